@@ -1,0 +1,321 @@
+//! The NATS JetStream sink.
+
+mod config;
+
+use std::fmt;
+use std::sync::Arc;
+
+use async_nats::connection::State;
+use async_nats::jetstream::context::{
+    CreateStreamError, CreateStreamErrorKind, Publish, PublishAckFuture, PublishError,
+    PublishErrorKind,
+};
+use async_nats::jetstream::{self, ErrorCode};
+use async_nats::{ConnectOptions, Event, HeaderMap};
+use ferry_core::cloudevents::binary_headers;
+use ferry_core::{BoxFuture, Delivery, Message, Sink, SinkError};
+use tokio::sync::{watch, OnceCell};
+
+pub use config::NatsSinkConfig;
+
+use crate::SinkConfigError;
+
+/// The JetStream header by which the server drops a message it already holds.
+const MSG_ID: &str = "Nats-Msg-Id";
+
+/// Publishes each message to NATS JetStream.
+///
+/// The subject is [`NatsSinkConfig::subject_prefix`] followed by the topic;
+/// the payload is the message's payload; the headers are the CloudEvents
+/// attributes of [`binary_headers`] (`ce-id`, `ce-type`, …, `content-type`),
+/// the message's own headers, and `Nats-Msg-Id: <message id>`, by which the
+/// stream drops a message it received again within its duplicate window.
+///
+/// A batch is published in one go (pipelined), then its acknowledgements
+/// are awaited together.
+///
+/// | outcome of a publish | result |
+/// |---|---|
+/// | acknowledged, or dropped as a duplicate | delivered |
+/// | not connected, no stream captures the subject (no responders), no acknowledgement in time, connection lost | [`Unavailable`](ferry_core::SinkErrorKind::Unavailable) |
+/// | rejected by JetStream (too large for the stream, wrong expected sequence, …); a topic or header NATS cannot carry; larger than the server's `max_payload` | [`Permanent`](ferry_core::SinkErrorKind::Permanent) |
+/// | rejected because the stream is full or out of resources; anything else | [`Transient`](ferry_core::SinkErrorKind::Transient) |
+pub struct NatsSink {
+    client: async_nats::Client,
+    jetstream: jetstream::Context,
+    config: NatsSinkConfig,
+    /// Set once the configured stream is known to exist.
+    stream_ready: OnceCell<()>,
+}
+
+impl NatsSink {
+    /// Connects to NATS and, when [`NatsSinkConfig::stream`] is set, makes
+    /// sure the stream exists.
+    ///
+    /// A server that is down does not fail this call: the client keeps
+    /// trying to connect in the background, this call returns after at
+    /// most [`NatsSinkConfig::ack_timeout`], and deliveries fail as
+    /// [`Unavailable`](ferry_core::SinkErrorKind::Unavailable) until the
+    /// connection is up. Invalid settings, or a stream JetStream refuses to
+    /// create, fail it.
+    pub async fn connect(config: NatsSinkConfig) -> Result<Self, SinkConfigError> {
+        config.validate()?;
+        let (connected_tx, mut connected_rx) = watch::channel(false);
+        let client = ConnectOptions::new()
+            .name("ferry")
+            .retry_on_initial_connect()
+            .event_callback(move |event| {
+                match event {
+                    Event::Connected => connected_tx.send_replace(true),
+                    Event::Disconnected | Event::Closed => connected_tx.send_replace(false),
+                    _ => false,
+                };
+                async {}
+            })
+            .connect(config.url.as_str())
+            .await
+            .map_err(|e| SinkConfigError::NatsConnect(Box::new(e)))?;
+        let mut jetstream = jetstream::new(client.clone());
+        jetstream.set_timeout(config.ack_timeout);
+        let sink = Self {
+            client,
+            jetstream,
+            config,
+            stream_ready: OnceCell::new(),
+        };
+
+        let connected = tokio::time::timeout(
+            sink.config.ack_timeout,
+            connected_rx.wait_for(|connected| *connected),
+        )
+        .await;
+        if connected.is_err() {
+            tracing::warn!(
+                server = %sink.config.url.host_str().unwrap_or_default(),
+                "nats is not reachable yet; retrying in the background"
+            );
+            return Ok(sink);
+        }
+        if let Some(stream) = &sink.config.stream {
+            match sink.ensure_stream().await {
+                Ok(()) => sink.stream_ready.set(()).unwrap_or_default(),
+                Err(e) if is_unreachable(&e) => tracing::warn!(
+                    stream = %stream,
+                    error = %e,
+                    "jetstream stream not ensured yet; retrying before the first delivery"
+                ),
+                Err(e) => {
+                    return Err(SinkConfigError::NatsStream {
+                        stream: stream.clone(),
+                        source: Box::new(e),
+                    })
+                }
+            }
+        }
+        Ok(sink)
+    }
+
+    /// The configured stream, created if missing.
+    async fn ensure_stream(&self) -> Result<(), CreateStreamError> {
+        let Some(name) = &self.config.stream else {
+            return Ok(());
+        };
+        self.jetstream
+            .get_or_create_stream(jetstream::stream::Config {
+                name: name.clone(),
+                subjects: self.config.subjects(),
+                ..Default::default()
+            })
+            .await
+            .map(drop)
+    }
+
+    async fn deliver_batch(&self, batch: &[Message]) -> Vec<Delivery> {
+        if self.client.connection_state() != State::Connected {
+            return every(batch, || SinkError::unavailable("nats is not connected"));
+        }
+        if let Err(e) = self
+            .stream_ready
+            .get_or_try_init(|| self.ensure_stream())
+            .await
+        {
+            let e = Arc::new(e);
+            return every(batch, || {
+                SinkError::unavailable("jetstream stream not ensured").with_source(e.clone())
+            });
+        }
+
+        // Publish everything first, then wait for the acknowledgements.
+        let mut pending = Vec::with_capacity(batch.len());
+        let mut down = false;
+        for message in batch {
+            if down {
+                pending.push(Err(SinkError::unavailable("nats is not connected")));
+                continue;
+            }
+            let published = match self.publication(message) {
+                Ok((subject, publish)) => self
+                    .jetstream
+                    .send_publish(subject, publish)
+                    .await
+                    // Only a closed or congested client fails here.
+                    .map_err(|e| SinkError::unavailable("nats publish failed").with_source(e)),
+                Err(e) => Err(e),
+            };
+            down = matches!(&published, Err(e) if e.kind == ferry_core::SinkErrorKind::Unavailable);
+            pending.push(published);
+        }
+        futures::future::join_all(pending.into_iter().map(|published| async move {
+            let ack: PublishAckFuture = published?;
+            ack.await.map(drop).map_err(publish_error)
+        }))
+        .await
+    }
+
+    /// The subject and the publication of `message`, or why NATS cannot
+    /// carry it.
+    fn publication(&self, message: &Message) -> Result<(String, Publish), SinkError> {
+        let subject = format!("{}{}", self.config.subject_prefix, message.topic);
+        if !config::is_subject(&subject) {
+            return Err(SinkError::permanent(format!(
+                "topic `{}` does not make a valid nats subject",
+                message.topic.escape_debug()
+            )));
+        }
+        let mut headers = HeaderMap::new();
+        let mut header_bytes = 0;
+        for (name, value) in binary_headers(message, &self.config.source) {
+            // The attributes come first and win over a message header of the
+            // same name.
+            if headers.get(name.as_str()).is_some() {
+                continue;
+            }
+            if !is_header_name(&name) {
+                return Err(SinkError::permanent(format!(
+                    "`{}` is not a valid nats header name",
+                    name.escape_debug()
+                )));
+            }
+            let value: async_nats::HeaderValue = value.parse().map_err(|e| {
+                SinkError::permanent(format!("header `{name}` has a value nats cannot carry"))
+                    .with_source(e)
+            })?;
+            header_bytes += name.len() + value.as_str().len() + 4;
+            headers.insert(name.as_str(), value);
+        }
+        let id = message.id.to_string();
+        header_bytes += MSG_ID.len() + id.len() + 4;
+
+        // The server closes the connection on an oversized message, failing
+        // every message in flight; refuse it here instead.
+        let size = "NATS/1.0\r\n\r\n".len() + header_bytes + message.payload.len();
+        let max = self.client.server_info().max_payload;
+        if max > 0 && size > max {
+            return Err(SinkError::permanent(format!(
+                "message of {size} bytes exceeds the nats server's max_payload of {max}"
+            )));
+        }
+        let publish = Publish::build()
+            .payload(message.payload.clone())
+            .headers(headers)
+            .message_id(id);
+        Ok((subject, publish))
+    }
+}
+
+impl Sink for NatsSink {
+    fn name(&self) -> &str {
+        "nats"
+    }
+
+    fn deliver<'a>(&'a self, batch: &'a [Message]) -> BoxFuture<'a, Vec<Delivery>> {
+        Box::pin(self.deliver_batch(batch))
+    }
+}
+
+impl fmt::Debug for NatsSink {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("NatsSink")
+            .field("server", &self.config.url.host_str())
+            .field("subject_prefix", &self.config.subject_prefix)
+            .field("stream", &self.config.stream)
+            .finish_non_exhaustive()
+    }
+}
+
+fn every(batch: &[Message], error: impl Fn() -> SinkError) -> Vec<Delivery> {
+    batch.iter().map(|_| Err(error())).collect()
+}
+
+/// Whether ensuring the stream failed because NATS or JetStream cannot be
+/// reached, rather than because JetStream refused.
+fn is_unreachable(error: &CreateStreamError) -> bool {
+    matches!(
+        error.kind(),
+        CreateStreamErrorKind::TimedOut | CreateStreamErrorKind::JetStreamUnavailable
+    )
+}
+
+/// NATS header names are printable ASCII without `:`; async-nats checks
+/// this only partly.
+fn is_header_name(name: &str) -> bool {
+    !name.is_empty() && name.bytes().all(|b| b.is_ascii_graphic() && b != b':')
+}
+
+/// Classifies a publish that was not acknowledged.
+fn publish_error(error: PublishError) -> SinkError {
+    let sink_error = match error.kind() {
+        PublishErrorKind::TimedOut => SinkError::unavailable("jetstream ack timed out"),
+        PublishErrorKind::StreamNotFound => {
+            SinkError::unavailable("no jetstream stream captures the subject")
+        }
+        PublishErrorKind::BrokenPipe => SinkError::unavailable("nats connection lost"),
+        PublishErrorKind::WrongLastMessageId | PublishErrorKind::WrongLastSequence => {
+            SinkError::permanent("jetstream rejected the message")
+        }
+        PublishErrorKind::Other => {
+            match std::error::Error::source(&error)
+                .and_then(|source| source.downcast_ref::<jetstream::Error>())
+            {
+                Some(api) => api_error(api.error_code()),
+                None => SinkError::transient("jetstream publish failed"),
+            }
+        }
+    };
+    sink_error.with_source(error)
+}
+
+/// Classifies JetStream's refusal of a message by its error code.
+fn api_error(code: ErrorCode) -> SinkError {
+    match code {
+        // Stream full with the `new` discard policy, or out of space: space
+        // may free up.
+        ErrorCode::STREAM_STORE_FAILED
+        | ErrorCode::INSUFFICIENT_RESOURCES
+        | ErrorCode::ACCOUNT_RESOURCES_EXCEEDED
+        | ErrorCode::STORAGE_RESOURCES_EXCEEDED
+        | ErrorCode::MEMORY_RESOURCES_EXCEEDED => {
+            SinkError::transient("jetstream cannot store the message now")
+        }
+        ErrorCode::CLUSTER_NOT_AVAILABLE
+        | ErrorCode::JETSTREAM_NOT_ENABLED
+        | ErrorCode::JETSTREAM_NOT_ENABLED_FOR_ACCOUNT => {
+            SinkError::unavailable("jetstream is not available")
+        }
+        _ => SinkError::permanent("jetstream rejected the message"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn header_names() {
+        assert!(is_header_name("ce-id"));
+        assert!(is_header_name("X-Trace"));
+        for bad in ["", "a:b", "a b", "é", "\u{141}"] {
+            assert!(!is_header_name(bad), "{bad:?}");
+        }
+    }
+}

@@ -1,0 +1,168 @@
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions};
+use sqlx::{PgPool, SqlitePool};
+
+use crate::{migrate, StoreError};
+
+/// Which database a URL points at.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DatabaseKind {
+    /// `postgres://…` or `postgresql://…`
+    Postgres,
+    /// `sqlite://path/to/file.db` or `sqlite:path`
+    Sqlite,
+}
+
+/// A connection pool to one of the databases Ferry supports.
+#[derive(Clone, Debug)]
+pub enum Database {
+    /// PostgreSQL.
+    Postgres(PgPool),
+    /// SQLite (one file, opened in WAL mode).
+    Sqlite(SqlitePool),
+}
+
+/// How to open a pool.
+#[derive(Clone, Debug)]
+pub struct ConnectOptions {
+    /// Largest number of connections in the pool.
+    pub max_connections: u32,
+    /// PostgreSQL only: the server ends a session that sits idle inside a
+    /// transaction for longer than this, releasing its row locks. The relay
+    /// uses it as the lease on a claimed batch: a relay that hangs or is cut
+    /// off loses its claim after this long and another relay takes over.
+    pub lease: Option<Duration>,
+}
+
+impl Default for ConnectOptions {
+    fn default() -> Self {
+        Self { max_connections: 10, lease: None }
+    }
+}
+
+impl DatabaseKind {
+    /// The kind of database `url` points at.
+    pub fn of(url: &str) -> Result<Self, StoreError> {
+        let scheme = url.split(':').next().unwrap_or_default();
+        match scheme {
+            "postgres" | "postgresql" => Ok(DatabaseKind::Postgres),
+            "sqlite" => Ok(DatabaseKind::Sqlite),
+            "mysql" | "mariadb" => Err(invalid(url, "mysql/mariadb is not supported yet")),
+            _ => Err(invalid(url, "expected postgres://… or sqlite://…")),
+        }
+    }
+}
+
+fn invalid(url: &str, reason: impl Into<String>) -> StoreError {
+    StoreError::InvalidUrl { url: redact(url), reason: reason.into() }
+}
+
+/// `url` with any password replaced by `***`, for messages and logs.
+pub fn redact(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut u) if u.password().is_some() => {
+            let _ = u.set_password(Some("***"));
+            u.to_string()
+        }
+        _ => url.to_owned(),
+    }
+}
+
+impl Database {
+    /// Opens a pool with default options.
+    pub async fn connect(url: &str) -> Result<Self, StoreError> {
+        Self::connect_with(url, &ConnectOptions::default()).await
+    }
+
+    /// Opens a pool. A SQLite file is created when missing unless the URL
+    /// says otherwise (`?mode=ro`, `?mode=rw`).
+    pub async fn connect_with(url: &str, options: &ConnectOptions) -> Result<Self, StoreError> {
+        match DatabaseKind::of(url)? {
+            DatabaseKind::Postgres => {
+                let connect = PgConnectOptions::from_str(url).map_err(|e| invalid(url, e.to_string()))?;
+                let lease = options.lease;
+                let pool = PgPoolOptions::new()
+                    .max_connections(options.max_connections)
+                    .acquire_timeout(Duration::from_secs(10))
+                    .after_connect(move |conn, _| {
+                        Box::pin(async move {
+                            if let Some(lease) = lease {
+                                let ms = lease.as_millis().max(1);
+                                sqlx::query(&format!("SET idle_in_transaction_session_timeout = {ms}"))
+                                    .execute(conn)
+                                    .await?;
+                            }
+                            Ok(())
+                        })
+                    })
+                    .connect_with(connect)
+                    .await?;
+                Ok(Database::Postgres(pool))
+            }
+            DatabaseKind::Sqlite => {
+                let mut connect = SqliteConnectOptions::from_str(url).map_err(|e| invalid(url, e.to_string()))?;
+                if !url.contains("mode=") {
+                    connect = connect.create_if_missing(true);
+                }
+                let connect = connect
+                    .journal_mode(SqliteJournalMode::Wal)
+                    .busy_timeout(Duration::from_secs(10))
+                    .foreign_keys(true);
+                let pool = SqlitePoolOptions::new()
+                    .max_connections(options.max_connections)
+                    .acquire_timeout(Duration::from_secs(10))
+                    .connect_with(connect)
+                    .await?;
+                Ok(Database::Sqlite(pool))
+            }
+        }
+    }
+
+    /// Which database this is.
+    pub fn kind(&self) -> DatabaseKind {
+        match self {
+            Database::Postgres(_) => DatabaseKind::Postgres,
+            Database::Sqlite(_) => DatabaseKind::Sqlite,
+        }
+    }
+
+    /// Applies Ferry's migrations that are not applied yet; returns their
+    /// versions. Safe to run from several processes at once.
+    pub async fn migrate(&self) -> Result<Vec<i64>, StoreError> {
+        match self {
+            Database::Postgres(pool) => migrate::postgres(pool).await,
+            Database::Sqlite(pool) => migrate::sqlite(pool).await,
+        }
+    }
+
+    /// Closes the pool, waiting for connections to be returned.
+    pub async fn close(&self) {
+        match self {
+            Database::Postgres(pool) => pool.close().await,
+            Database::Sqlite(pool) => pool.close().await,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kinds_from_urls() {
+        assert_eq!(DatabaseKind::of("postgres://u@h:5432/db").unwrap(), DatabaseKind::Postgres);
+        assert_eq!(DatabaseKind::of("postgresql://h/db").unwrap(), DatabaseKind::Postgres);
+        assert_eq!(DatabaseKind::of("sqlite://a/b.db?mode=rwc").unwrap(), DatabaseKind::Sqlite);
+        let err = DatabaseKind::of("redis://x").unwrap_err().to_string();
+        assert!(err.contains("expected postgres://"), "{err}");
+    }
+
+    #[test]
+    fn redacts_passwords() {
+        assert_eq!(redact("postgres://bob:secret@h/db"), "postgres://bob:***@h/db");
+        assert_eq!(redact("sqlite://x.db"), "sqlite://x.db");
+    }
+}

@@ -1,0 +1,127 @@
+//! Ferry's own tiny migration runner.
+//!
+//! Ferry shares the application's database, so it keeps its own history
+//! table (`ferry_schema_migrations`) instead of `_sqlx_migrations`, where
+//! its version numbers would collide with the application's.
+
+use sqlx::{PgPool, SqlitePool};
+
+use crate::StoreError;
+
+pub(crate) struct Migration {
+    pub version: i64,
+    pub name: &'static str,
+    pub sql: &'static str,
+}
+
+pub(crate) const POSTGRES: &[Migration] = &[Migration {
+    version: 1,
+    name: "outbox",
+    sql: include_str!("../migrations/postgres/0001_outbox.sql"),
+}];
+
+pub(crate) const SQLITE: &[Migration] = &[Migration {
+    version: 1,
+    name: "outbox",
+    sql: include_str!("../migrations/sqlite/0001_outbox.sql"),
+}];
+
+const HISTORY: &str = "CREATE TABLE IF NOT EXISTS ferry_schema_migrations (
+    version BIGINT PRIMARY KEY,
+    name TEXT NOT NULL,
+    applied_at TEXT NOT NULL
+)";
+
+/// Any fixed number: serialises concurrent `migrate` runs on one database.
+const PG_LOCK: i64 = 0x6665_7272_795f_6d69;
+
+pub(crate) async fn postgres(pool: &PgPool) -> Result<Vec<i64>, StoreError> {
+    let mut conn = pool.acquire().await?;
+    sqlx::query("SELECT pg_advisory_lock($1)").bind(PG_LOCK).execute(&mut *conn).await?;
+    let result = async {
+        sqlx::query(HISTORY).execute(&mut *conn).await?;
+        let applied: Vec<i64> = sqlx::query_scalar("SELECT version FROM ferry_schema_migrations ORDER BY version")
+            .fetch_all(&mut *conn)
+            .await?;
+        check_not_newer(&applied, POSTGRES)?;
+        let mut done = Vec::new();
+        for m in POSTGRES.iter().filter(|m| !applied.contains(&m.version)) {
+            let mut tx = sqlx::Connection::begin(&mut *conn).await?;
+            sqlx::raw_sql(m.sql)
+                .execute(&mut *tx)
+                .await
+                .map_err(|source| StoreError::Migration { version: m.version, name: m.name, source })?;
+            sqlx::query("INSERT INTO ferry_schema_migrations (version, name, applied_at) VALUES ($1, $2, now()::text)")
+                .bind(m.version)
+                .bind(m.name)
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await?;
+            done.push(m.version);
+        }
+        Ok(done)
+    }
+    .await;
+    sqlx::query("SELECT pg_advisory_unlock($1)").bind(PG_LOCK).execute(&mut *conn).await?;
+    result
+}
+
+pub(crate) async fn sqlite(pool: &SqlitePool) -> Result<Vec<i64>, StoreError> {
+    let mut conn = pool.acquire().await?;
+    sqlx::query(HISTORY).execute(&mut *conn).await?;
+    let applied: Vec<i64> = sqlx::query_scalar("SELECT version FROM ferry_schema_migrations ORDER BY version")
+        .fetch_all(&mut *conn)
+        .await?;
+    check_not_newer(&applied, SQLITE)?;
+    let mut done = Vec::new();
+    for m in SQLITE.iter().filter(|m| !applied.contains(&m.version)) {
+        // IMMEDIATE: take the write lock up front so two processes migrating
+        // at once serialise instead of failing half-way.
+        sqlx::query("BEGIN IMMEDIATE").execute(&mut *conn).await?;
+        let step = async {
+            sqlx::raw_sql(m.sql)
+                .execute(&mut *conn)
+                .await
+                .map_err(|source| StoreError::Migration { version: m.version, name: m.name, source })?;
+            let again: Option<i64> = sqlx::query_scalar("SELECT version FROM ferry_schema_migrations WHERE version = ?")
+                .bind(m.version)
+                .fetch_optional(&mut *conn)
+                .await?;
+            if again.is_none() {
+                sqlx::query("INSERT INTO ferry_schema_migrations (version, name, applied_at) VALUES (?, ?, datetime('now'))")
+                    .bind(m.version)
+                    .bind(m.name)
+                    .execute(&mut *conn)
+                    .await?;
+            }
+            Ok::<_, StoreError>(())
+        }
+        .await;
+        match step {
+            Ok(()) => {
+                sqlx::query("COMMIT").execute(&mut *conn).await?;
+                done.push(m.version);
+            }
+            Err(e) => {
+                let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
+                // Another process may have applied it between our read and our lock.
+                let now: Option<i64> = sqlx::query_scalar("SELECT version FROM ferry_schema_migrations WHERE version = ?")
+                    .bind(m.version)
+                    .fetch_optional(&mut *conn)
+                    .await?;
+                if now.is_none() {
+                    return Err(e);
+                }
+            }
+        }
+    }
+    Ok(done)
+}
+
+fn check_not_newer(applied: &[i64], known: &[Migration]) -> Result<(), StoreError> {
+    let newest_known = known.iter().map(|m| m.version).max().unwrap_or(0);
+    match applied.iter().max() {
+        Some(&found) if found > newest_known => Err(StoreError::SchemaTooNew { found, known: newest_known }),
+        _ => Ok(()),
+    }
+}

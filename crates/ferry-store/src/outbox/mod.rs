@@ -1,0 +1,195 @@
+//! The transactional outbox.
+//!
+//! A producer writes a message row in the same transaction as its business
+//! change ([`postgres::enqueue`], [`sqlite::enqueue`], or plain SQL: see
+//! `docs/outbox.md`). The relay then repeatedly *claims* a batch of committed
+//! pending messages ([`Outbox::claim`]), hands them to a sink, and *settles*
+//! the batch ([`ClaimedBatch::settle`]) with one [`Outcome`] per message.
+//!
+//! # Guarantees
+//!
+//! * A message becomes visible to the relay only when its transaction
+//!   commits; a rolled-back transaction leaves nothing.
+//! * Claims select by status, never by a high-water mark, so a transaction
+//!   that took a lower sequence number but committed later is picked up
+//!   when it commits, never skipped.
+//! * Per key, a batch only holds a message whose earlier messages (in
+//!   sequence order, among those visible) are all delivered or dead, or are
+//!   in the same batch. In [`OrderPolicy::Ordered`] a message waiting for a
+//!   retry also holds back the later messages of its key.
+//! * On PostgreSQL a batch is claimed with row locks (`FOR UPDATE SKIP
+//!   LOCKED`) inside a transaction that stays open until it is settled;
+//!   several relays share one outbox without taking the same message. If a
+//!   relay dies, the server aborts its transaction and the messages become
+//!   claimable again at once; if it hangs, the server ends its session after
+//!   the lease (`idle_in_transaction_session_timeout`).
+//! * On SQLite one relay process per database file is supported.
+
+use std::future::Future;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use ferry_core::Message;
+
+use crate::StoreError;
+
+pub mod admin;
+pub mod postgres;
+pub mod sqlite;
+
+pub use admin::{DeadMessage, MessageRef, OutboxStats};
+
+/// What a failing message does to the later messages of its key.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OrderPolicy {
+    /// A message waiting for a retry holds back its key (only its key)
+    /// until it is delivered or dead-lettered.
+    #[default]
+    Ordered,
+    /// Later messages of the key go ahead while a failed one waits for its
+    /// retry. Messages never attempted still go out in order.
+    Unordered,
+}
+
+/// Which messages a relay claims, and how many at a time.
+#[derive(Clone, Debug)]
+pub struct ClaimFilter {
+    /// Most messages in one batch.
+    pub limit: u32,
+    /// Ordering policy.
+    pub order: OrderPolicy,
+    /// Only these topics; `None` for all.
+    pub topics: Option<Vec<String>>,
+}
+
+/// A claimed message.
+#[derive(Clone, Debug)]
+pub struct Claimed {
+    /// Position in the outbox.
+    pub seq: i64,
+    /// Attempts made before this one.
+    pub attempts: u32,
+    /// The message, or why the row cannot be turned into one (a plain-SQL
+    /// producer wrote headers that are not a JSON object, say): such a
+    /// message is dead-lettered with that reason.
+    pub message: Result<Message, String>,
+}
+
+/// What became of one claimed message.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Outcome {
+    /// The sink accepted it.
+    Delivered,
+    /// Attempted and failed: try again at `retry_at`, or dead-letter it
+    /// when `retry_at` is `None`.
+    Failed {
+        /// The error, stored as `last_error`.
+        error: String,
+        /// When to try again; `None` makes the message dead.
+        retry_at: Option<DateTime<Utc>>,
+    },
+    /// Not attempted (held back behind a failure of its key, or the relay is
+    /// shutting down): left exactly as it was.
+    Released,
+}
+
+/// What happens to delivered messages.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Retention {
+    /// Deleted in the transaction that records the delivery.
+    #[default]
+    Delete,
+    /// Kept with status `delivered` for this long, then purged.
+    Keep(Duration),
+}
+
+impl Retention {
+    /// `0s` means delete at once.
+    pub fn from_duration(d: Duration) -> Self {
+        if d.is_zero() {
+            Retention::Delete
+        } else {
+            Retention::Keep(d)
+        }
+    }
+}
+
+/// An outbox the relay can drain.
+pub trait Outbox: Send + Sync + 'static {
+    /// A claimed batch, settled exactly once.
+    type Batch: ClaimedBatch;
+
+    /// Claims up to `filter.limit` deliverable messages, in sequence order.
+    /// An empty batch means there is nothing to do now.
+    fn claim(&self, filter: &ClaimFilter) -> impl Future<Output = Result<Self::Batch, StoreError>> + Send;
+
+    /// When the earliest message waiting for a retry becomes due, if any.
+    fn next_retry_at(&self) -> impl Future<Output = Result<Option<DateTime<Utc>>, StoreError>> + Send;
+
+    /// Waits until a producer signals new messages or `timeout` passes.
+    /// Wake-ups may be spurious or missed; the relay also polls.
+    fn wait_for_work(&self, timeout: Duration) -> impl Future<Output = ()> + Send;
+
+    /// Deletes delivered messages older than the retention; returns how many.
+    fn purge_delivered(&self, older_than: Duration) -> impl Future<Output = Result<u64, StoreError>> + Send;
+}
+
+/// A batch claimed from an outbox.
+pub trait ClaimedBatch: Send {
+    /// The claimed messages, in sequence order.
+    fn messages(&self) -> &[Claimed];
+
+    /// Records one outcome per message (same order as [`messages`]) and
+    /// releases the claim. Dropping a batch without settling releases it
+    /// with nothing recorded (the messages will be claimed again).
+    ///
+    /// [`messages`]: ClaimedBatch::messages
+    fn settle(self, outcomes: &[Outcome]) -> impl Future<Output = Result<(), StoreError>> + Send;
+}
+
+/// Turns stored headers (a JSON object) into a map; non-string values keep
+/// their JSON text.
+pub(crate) fn parse_headers(text: &str) -> Result<std::collections::BTreeMap<String, String>, String> {
+    let value: serde_json::Value =
+        serde_json::from_str(text).map_err(|e| format!("headers are not valid json: {e}"))?;
+    headers_from_json(value)
+}
+
+pub(crate) fn headers_from_json(value: serde_json::Value) -> Result<std::collections::BTreeMap<String, String>, String> {
+    match value {
+        serde_json::Value::Object(map) => Ok(map
+            .into_iter()
+            .map(|(k, v)| match v {
+                serde_json::Value::String(s) => (k, s),
+                other => (k, other.to_string()),
+            })
+            .collect()),
+        serde_json::Value::Null => Ok(Default::default()),
+        _ => Err("headers must be a json object".to_owned()),
+    }
+}
+
+pub(crate) fn headers_to_json(message: &Message) -> serde_json::Value {
+    serde_json::Value::Object(
+        message
+            .headers
+            .iter()
+            .map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone())))
+            .collect(),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn headers_parse_leniently_but_reject_non_objects() {
+        let h = parse_headers(r#"{"a":"x","n":1}"#).unwrap();
+        assert_eq!(h["a"], "x");
+        assert_eq!(h["n"], "1");
+        assert!(parse_headers("[1]").unwrap_err().contains("object"));
+        assert!(parse_headers("{").unwrap_err().contains("not valid json"));
+    }
+}

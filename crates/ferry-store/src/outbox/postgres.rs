@@ -1,0 +1,335 @@
+//! The outbox on PostgreSQL.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use ferry_core::{Kind, Message, MessageId};
+use sqlx::postgres::{PgListener, PgRow};
+use sqlx::{PgConnection, PgPool, Postgres, Row, Transaction};
+use tokio::sync::Notify;
+use uuid::Uuid;
+
+use super::{headers_from_json, headers_to_json, ClaimFilter, Claimed, ClaimedBatch, OrderPolicy, Outbox, Outcome, Retention};
+use crate::StoreError;
+
+/// The NOTIFY channel the outbox's insert trigger signals.
+pub const CHANNEL: &str = "ferry_outbox";
+
+/// Writes `message` to the outbox on `conn`, which should be the caller's
+/// open transaction (`&mut *tx`): the message then commits or rolls back
+/// with the caller's own changes. Returns the message's sequence number.
+///
+/// A payload that is valid UTF-8 is stored in `payload`, anything else in
+/// `payload_bytes`.
+pub async fn enqueue(conn: &mut PgConnection, message: &Message) -> Result<i64, StoreError> {
+    let (text, bytes) = split_payload(&message.payload);
+    let seq: i64 = sqlx::query_scalar(
+        "INSERT INTO ferry_outbox
+            (message_id, kind, topic, message_key, headers, content_type, payload, payload_bytes, created_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+         RETURNING seq",
+    )
+    .bind(message.id.0)
+    .bind(message.kind.as_str())
+    .bind(&message.topic)
+    .bind(message.key.as_deref())
+    .bind(headers_to_json(message))
+    .bind(&message.content_type)
+    .bind(text)
+    .bind(bytes)
+    .bind(message.created_at)
+    .fetch_one(conn)
+    .await?;
+    Ok(seq)
+}
+
+/// Writes many messages with one statement; see [`enqueue`].
+pub async fn enqueue_many(conn: &mut PgConnection, messages: &[Message]) -> Result<(), StoreError> {
+    if messages.is_empty() {
+        return Ok(());
+    }
+    let mut ids = Vec::with_capacity(messages.len());
+    let mut kinds = Vec::with_capacity(messages.len());
+    let mut topics = Vec::with_capacity(messages.len());
+    let mut keys: Vec<Option<String>> = Vec::with_capacity(messages.len());
+    let mut headers = Vec::with_capacity(messages.len());
+    let mut types = Vec::with_capacity(messages.len());
+    let mut texts: Vec<Option<String>> = Vec::with_capacity(messages.len());
+    let mut blobs: Vec<Option<Vec<u8>>> = Vec::with_capacity(messages.len());
+    let mut times = Vec::with_capacity(messages.len());
+    for m in messages {
+        let (text, bytes) = split_payload(&m.payload);
+        ids.push(m.id.0);
+        kinds.push(m.kind.as_str().to_owned());
+        topics.push(m.topic.clone());
+        keys.push(m.key.clone());
+        headers.push(headers_to_json(m));
+        types.push(m.content_type.clone());
+        texts.push(text.map(str::to_owned));
+        blobs.push(bytes.map(<[u8]>::to_vec));
+        times.push(m.created_at);
+    }
+    sqlx::query(
+        "INSERT INTO ferry_outbox
+            (message_id, kind, topic, message_key, headers, content_type, payload, payload_bytes, created_at)
+         SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::jsonb[], $6::text[], $7::text[], $8::bytea[], $9::timestamptz[])",
+    )
+    .bind(ids)
+    .bind(kinds)
+    .bind(topics)
+    .bind(keys)
+    .bind(headers)
+    .bind(types)
+    .bind(texts)
+    .bind(blobs)
+    .bind(times)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+fn split_payload(payload: &[u8]) -> (Option<&str>, Option<&[u8]>) {
+    match std::str::from_utf8(payload) {
+        Ok(text) if !text.contains('\0') => (Some(text), None),
+        _ => (None, Some(payload)),
+    }
+}
+
+/// Claim, in one statement:
+/// 1. `cand`: pending, due messages in sequence order, skipping rows another
+///    relay has locked; in ordered mode also skipping messages whose key has
+///    an earlier message waiting for a retry.
+/// 2. `gaps`: per key in `cand`, the first earlier pending message that is
+///    *not* in `cand` (locked by another relay, or held back); messages of
+///    that key from the gap on are left out, so a key never overtakes itself.
+/// The batch's transaction keeps the row locks until it is settled.
+const CLAIM: &str = "
+WITH cand AS (
+    SELECT o.seq, o.message_key
+    FROM ferry_outbox o
+    WHERE o.status = 'pending'
+      AND o.next_attempt_at <= now()
+      AND ($3::text[] IS NULL OR o.topic = ANY($3))
+      AND (NOT $2 OR o.message_key IS NULL OR NOT EXISTS (
+            SELECT 1 FROM ferry_outbox r
+            WHERE r.status = 'pending' AND r.attempts > 0
+              AND r.message_key = o.message_key AND r.seq < o.seq
+              AND ($3::text[] IS NULL OR r.topic = ANY($3))))
+    ORDER BY o.seq
+    LIMIT $1
+    FOR UPDATE SKIP LOCKED
+), gaps AS (
+    SELECT k.message_key,
+           (SELECT min(e.seq) FROM ferry_outbox e
+             WHERE e.status = 'pending' AND e.message_key = k.message_key AND e.seq < k.hi
+               AND ($2 OR e.attempts = 0)
+               AND ($3::text[] IS NULL OR e.topic = ANY($3))
+               AND e.seq NOT IN (SELECT seq FROM cand)) AS gap
+    FROM (SELECT message_key, max(seq) AS hi FROM cand WHERE message_key IS NOT NULL GROUP BY message_key) k
+)
+SELECT o.seq, o.message_id, o.kind, o.topic, o.message_key, o.headers, o.content_type,
+       o.payload, o.payload_bytes, o.attempts, o.created_at
+FROM cand c
+JOIN ferry_outbox o ON o.seq = c.seq
+LEFT JOIN gaps g ON g.message_key = c.message_key
+WHERE g.gap IS NULL OR c.seq < g.gap
+ORDER BY o.seq";
+
+fn claimed_from_row(row: &PgRow) -> Result<Claimed, sqlx::Error> {
+    let seq: i64 = row.try_get("seq")?;
+    let attempts: i32 = row.try_get("attempts")?;
+    let kind: String = row.try_get("kind")?;
+    let headers: serde_json::Value = row.try_get("headers")?;
+    let text: Option<String> = row.try_get("payload")?;
+    let blob: Option<Vec<u8>> = row.try_get("payload_bytes")?;
+    let id: Uuid = row.try_get("message_id")?;
+    let message = (|| {
+        let kind: Kind = kind.parse().map_err(|e: ferry_core::ParseKindError| e.to_string())?;
+        let headers = headers_from_json(headers)?;
+        let payload = match (text, blob) {
+            (Some(t), _) => Bytes::from(t),
+            (None, Some(b)) => Bytes::from(b),
+            (None, None) => return Err("message has no payload".to_owned()),
+        };
+        Ok(Message {
+            id: MessageId(id),
+            kind,
+            topic: row.try_get("topic").map_err(|e| e.to_string())?,
+            key: row.try_get("message_key").map_err(|e| e.to_string())?,
+            headers,
+            content_type: row.try_get("content_type").map_err(|e| e.to_string())?,
+            payload,
+            created_at: row.try_get("created_at").map_err(|e| e.to_string())?,
+        })
+    })();
+    Ok(Claimed { seq, attempts: attempts.max(0) as u32, message })
+}
+
+/// The outbox in a PostgreSQL database.
+///
+/// Open the pool with a lease ([`crate::ConnectOptions::lease`])
+/// so that a hung relay's claims are released by the server.
+pub struct PgOutbox {
+    pool: PgPool,
+    retention: Retention,
+    wake: Arc<Notify>,
+    listener: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for PgOutbox {
+    fn drop(&mut self) {
+        self.listener.abort();
+    }
+}
+
+impl PgOutbox {
+    /// An outbox on `pool`, listening for the insert trigger's NOTIFY.
+    pub fn new(pool: PgPool, retention: Retention) -> Self {
+        let wake = Arc::new(Notify::new());
+        let listener = tokio::spawn(listen(pool.clone(), wake.clone()));
+        Self { pool, retention, wake, listener }
+    }
+
+    /// The pool this outbox uses.
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+}
+
+/// Forwards NOTIFYs to the relay's workers. Logs once per state change.
+async fn listen(pool: PgPool, wake: Arc<Notify>) {
+    let mut healthy = true;
+    loop {
+        let result: Result<(), sqlx::Error> = async {
+            let mut listener = PgListener::connect_with(&pool).await?;
+            listener.listen(CHANNEL).await?;
+            if !healthy {
+                tracing::info!(channel = CHANNEL, "listening for outbox notifications again");
+                healthy = true;
+            }
+            // Anything committed while we were not listening is found by this wake-up.
+            wake.notify_one();
+            loop {
+                match listener.try_recv().await? {
+                    Some(_) => wake.notify_one(),
+                    None => {
+                        // Connection lost and re-established by sqlx.
+                        wake.notify_one();
+                        listener.listen(CHANNEL).await.ok();
+                    }
+                }
+            }
+        }
+        .await;
+        if let Err(error) = result {
+            if healthy {
+                tracing::warn!(channel = CHANNEL, error = %error, "outbox notifications unavailable; relying on polling");
+                healthy = false;
+            }
+            wake.notify_one();
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    }
+}
+
+/// A batch claimed from a [`PgOutbox`]; holds its row locks until settled.
+pub struct PgBatch {
+    tx: Option<Transaction<'static, Postgres>>,
+    messages: Vec<Claimed>,
+    retention: Retention,
+}
+
+impl Outbox for PgOutbox {
+    type Batch = PgBatch;
+
+    async fn claim(&self, filter: &ClaimFilter) -> Result<PgBatch, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let rows = sqlx::query(CLAIM)
+            .bind(i64::from(filter.limit))
+            .bind(filter.order == OrderPolicy::Ordered)
+            .bind(filter.topics.as_deref())
+            .fetch_all(&mut *tx)
+            .await?;
+        if rows.is_empty() {
+            tx.rollback().await?;
+            return Ok(PgBatch { tx: None, messages: Vec::new(), retention: self.retention });
+        }
+        let messages = rows.iter().map(claimed_from_row).collect::<Result<Vec<_>, _>>()?;
+        Ok(PgBatch { tx: Some(tx), messages, retention: self.retention })
+    }
+
+    async fn next_retry_at(&self) -> Result<Option<DateTime<Utc>>, StoreError> {
+        Ok(sqlx::query_scalar(
+            "SELECT min(next_attempt_at) FROM ferry_outbox WHERE status = 'pending' AND attempts > 0",
+        )
+        .fetch_one(&self.pool)
+        .await?)
+    }
+
+    async fn wait_for_work(&self, timeout: Duration) {
+        let _ = tokio::time::timeout(timeout, self.wake.notified()).await;
+    }
+
+    async fn purge_delivered(&self, older_than: Duration) -> Result<u64, StoreError> {
+        let cutoff = Utc::now() - chrono::Duration::from_std(older_than).unwrap_or(chrono::Duration::MAX);
+        let done = sqlx::query("DELETE FROM ferry_outbox WHERE status = 'delivered' AND delivered_at < $1")
+            .bind(cutoff)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected())
+    }
+}
+
+impl ClaimedBatch for PgBatch {
+    fn messages(&self) -> &[Claimed] {
+        &self.messages
+    }
+
+    async fn settle(mut self, outcomes: &[Outcome]) -> Result<(), StoreError> {
+        let Some(mut tx) = self.tx.take() else { return Ok(()) };
+        debug_assert_eq!(outcomes.len(), self.messages.len());
+        let mut delivered = Vec::new();
+        let (mut failed, mut errors, mut retry_at) = (Vec::new(), Vec::new(), Vec::new());
+        for (claimed, outcome) in self.messages.iter().zip(outcomes) {
+            match outcome {
+                Outcome::Delivered => delivered.push(claimed.seq),
+                Outcome::Failed { error, retry_at: at } => {
+                    failed.push(claimed.seq);
+                    errors.push(error.clone());
+                    retry_at.push(*at);
+                }
+                Outcome::Released => {}
+            }
+        }
+        if !delivered.is_empty() {
+            let sql = match self.retention {
+                Retention::Delete => "DELETE FROM ferry_outbox WHERE seq = ANY($1)",
+                Retention::Keep(_) => {
+                    "UPDATE ferry_outbox SET status = 'delivered', delivered_at = now(), attempts = attempts + 1
+                     WHERE seq = ANY($1)"
+                }
+            };
+            sqlx::query(sql).bind(&delivered).execute(&mut *tx).await?;
+        }
+        if !failed.is_empty() {
+            sqlx::query(
+                "UPDATE ferry_outbox AS o SET
+                    attempts = o.attempts + 1,
+                    status = CASE WHEN f.retry_at IS NULL THEN 'dead' ELSE 'pending' END,
+                    next_attempt_at = COALESCE(f.retry_at, o.next_attempt_at),
+                    last_error = f.error
+                 FROM unnest($1::bigint[], $2::text[], $3::timestamptz[]) AS f(seq, error, retry_at)
+                 WHERE o.seq = f.seq",
+            )
+            .bind(&failed)
+            .bind(&errors)
+            .bind(&retry_at)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+}

@@ -1,0 +1,251 @@
+//! The outbox on SQLite.
+//!
+//! SQLite has one writer at a time, so the relay does not hold a transaction
+//! while the sink works (that would stall producers): it reads a batch, hands
+//! it over, then records the outcomes in a short write transaction. One
+//! relay process per database file; a crash before the outcomes are recorded
+//! leaves the messages pending and they are delivered again.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use chrono::{DateTime, SecondsFormat, Utc};
+use ferry_core::{Kind, Message, MessageId};
+use sqlx::sqlite::SqliteRow;
+use sqlx::{Row, SqliteConnection, SqlitePool};
+use tokio::sync::Notify;
+
+use super::{headers_to_json, parse_headers, ClaimFilter, Claimed, ClaimedBatch, OrderPolicy, Outbox, Outcome, Retention};
+use crate::StoreError;
+
+/// Formats a time the way the SQLite schema stores it.
+pub fn format_time(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::Millis, true)
+}
+
+fn parse_time(s: &str) -> Result<DateTime<Utc>, String> {
+    DateTime::parse_from_rfc3339(s)
+        .map(|t| t.with_timezone(&Utc))
+        .or_else(|_| {
+            chrono::NaiveDateTime::parse_from_str(s, "%Y-%m-%d %H:%M:%S%.f").map(|t| t.and_utc())
+        })
+        .map_err(|e| format!("bad time `{s}`: {e}"))
+}
+
+/// Writes `message` to the outbox on `conn`, which should be the caller's
+/// open transaction (`&mut *tx`). Returns the message's sequence number.
+/// Call [`Waker::wake`] after the commit so an in-process relay sends it at
+/// once instead of at its next poll.
+pub async fn enqueue(conn: &mut SqliteConnection, message: &Message) -> Result<i64, StoreError> {
+    let seq: i64 = sqlx::query_scalar(
+        "INSERT INTO ferry_outbox
+            (message_id, kind, topic, message_key, headers, content_type, payload, created_at, next_attempt_at)
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
+         RETURNING seq",
+    )
+    .bind(message.id.to_string())
+    .bind(message.kind.as_str())
+    .bind(&message.topic)
+    .bind(message.key.as_deref())
+    .bind(headers_to_json(message).to_string())
+    .bind(&message.content_type)
+    .bind(message.payload.as_ref())
+    .bind(format_time(message.created_at))
+    .bind(format_time(message.created_at))
+    .fetch_one(conn)
+    .await?;
+    Ok(seq)
+}
+
+/// Wakes an in-process relay after a commit. Cheap to clone.
+#[derive(Clone, Debug, Default)]
+pub struct Waker(Arc<Notify>);
+
+impl Waker {
+    /// Signals that messages were committed.
+    pub fn wake(&self) {
+        self.0.notify_one();
+    }
+}
+
+/// The outbox in a SQLite database file.
+pub struct SqliteOutbox {
+    pool: SqlitePool,
+    retention: Retention,
+    waker: Waker,
+}
+
+impl SqliteOutbox {
+    /// An outbox on `pool`.
+    pub fn new(pool: SqlitePool, retention: Retention) -> Self {
+        Self { pool, retention, waker: Waker::default() }
+    }
+
+    /// The handle producers in this process use to wake the relay.
+    pub fn waker(&self) -> Waker {
+        self.waker.clone()
+    }
+
+    /// The pool this outbox uses.
+    pub fn pool(&self) -> &SqlitePool {
+        &self.pool
+    }
+}
+
+fn claimed_from_row(row: &SqliteRow) -> Result<Claimed, sqlx::Error> {
+    let seq: i64 = row.try_get("seq")?;
+    let attempts: i64 = row.try_get("attempts")?;
+    let message = (|| {
+        let get_text = |name: &str| row.try_get::<String, _>(name).map_err(|e| format!("{name}: {e}"));
+        let id: MessageId = get_text("message_id")?.parse().map_err(|e| format!("bad message_id: {e}"))?;
+        let kind: Kind = get_text("kind")?.parse().map_err(|e: ferry_core::ParseKindError| e.to_string())?;
+        let headers = parse_headers(&get_text("headers")?)?;
+        let payload: Vec<u8> = row.try_get("payload").map_err(|e| format!("payload: {e}"))?;
+        Ok(Message {
+            id,
+            kind,
+            topic: get_text("topic")?,
+            key: row.try_get("message_key").map_err(|e| format!("message_key: {e}"))?,
+            headers,
+            content_type: get_text("content_type")?,
+            payload: Bytes::from(payload),
+            created_at: parse_time(&get_text("created_at")?)?,
+        })
+    })();
+    Ok(Claimed { seq, attempts: attempts.max(0) as u32, message })
+}
+
+/// A batch read from a [`SqliteOutbox`].
+pub struct SqliteBatch {
+    pool: SqlitePool,
+    messages: Vec<Claimed>,
+    retention: Retention,
+}
+
+impl Outbox for SqliteOutbox {
+    type Batch = SqliteBatch;
+
+    async fn claim(&self, filter: &ClaimFilter) -> Result<SqliteBatch, StoreError> {
+        let topics = filter.topics.as_deref().unwrap_or_default();
+        let topic_list = vec!["?"; topics.len()].join(", ");
+        let topic_filter = |alias: &str| {
+            if filter.topics.is_some() {
+                format!("AND {alias}.topic IN ({topic_list})")
+            } else {
+                String::new()
+            }
+        };
+        let hold_back = if filter.order == OrderPolicy::Ordered {
+            format!(
+                "AND (o.message_key IS NULL OR NOT EXISTS (
+                    SELECT 1 FROM ferry_outbox r
+                    WHERE r.status = 'pending' AND r.attempts > 0
+                      AND r.message_key = o.message_key AND r.seq < o.seq {}))",
+                topic_filter("r")
+            )
+        } else {
+            String::new()
+        };
+        let sql = format!(
+            "SELECT seq, message_id, kind, topic, message_key, headers, content_type,
+                    CAST(payload AS BLOB) AS payload, attempts, created_at
+             FROM ferry_outbox o
+             WHERE o.status = 'pending' AND o.next_attempt_at <= ? {} {}
+             ORDER BY o.seq LIMIT ?",
+            topic_filter("o"),
+            hold_back
+        );
+        let mut query = sqlx::query(&sql).bind(format_time(Utc::now()));
+        for t in topics {
+            query = query.bind(t);
+        }
+        if filter.order == OrderPolicy::Ordered {
+            for t in topics {
+                query = query.bind(t);
+            }
+        }
+        let rows = query.bind(i64::from(filter.limit)).fetch_all(&self.pool).await?;
+        let messages = rows.iter().map(claimed_from_row).collect::<Result<Vec<_>, _>>()?;
+        Ok(SqliteBatch { pool: self.pool.clone(), messages, retention: self.retention })
+    }
+
+    async fn next_retry_at(&self) -> Result<Option<DateTime<Utc>>, StoreError> {
+        let next: Option<String> = sqlx::query_scalar(
+            "SELECT min(next_attempt_at) FROM ferry_outbox WHERE status = 'pending' AND attempts > 0",
+        )
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(next.and_then(|s| parse_time(&s).ok()))
+    }
+
+    async fn wait_for_work(&self, timeout: Duration) {
+        let _ = tokio::time::timeout(timeout, self.waker.0.notified()).await;
+    }
+
+    async fn purge_delivered(&self, older_than: Duration) -> Result<u64, StoreError> {
+        let cutoff = Utc::now() - chrono::Duration::from_std(older_than).unwrap_or(chrono::Duration::MAX);
+        let done = sqlx::query("DELETE FROM ferry_outbox WHERE status = 'delivered' AND delivered_at < ?")
+            .bind(format_time(cutoff))
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected())
+    }
+}
+
+impl ClaimedBatch for SqliteBatch {
+    fn messages(&self) -> &[Claimed] {
+        &self.messages
+    }
+
+    async fn settle(self, outcomes: &[Outcome]) -> Result<(), StoreError> {
+        if outcomes.iter().all(|o| *o == Outcome::Released) {
+            return Ok(());
+        }
+        let now = format_time(Utc::now());
+        let mut tx = self.pool.begin().await?;
+        let delivered: Vec<i64> = self
+            .messages
+            .iter()
+            .zip(outcomes)
+            .filter(|(_, o)| **o == Outcome::Delivered)
+            .map(|(c, _)| c.seq)
+            .collect();
+        for chunk in delivered.chunks(500) {
+            let list = vec!["?"; chunk.len()].join(", ");
+            let sql = match self.retention {
+                Retention::Delete => format!("DELETE FROM ferry_outbox WHERE seq IN ({list})"),
+                Retention::Keep(_) => format!(
+                    "UPDATE ferry_outbox SET status = 'delivered', delivered_at = ?, attempts = attempts + 1
+                     WHERE seq IN ({list})"
+                ),
+            };
+            let mut q = sqlx::query(&sql);
+            if matches!(self.retention, Retention::Keep(_)) {
+                q = q.bind(&now);
+            }
+            for seq in chunk {
+                q = q.bind(seq);
+            }
+            q.execute(&mut *tx).await?;
+        }
+        for (claimed, outcome) in self.messages.iter().zip(outcomes) {
+            if let Outcome::Failed { error, retry_at } = outcome {
+                sqlx::query(
+                    "UPDATE ferry_outbox SET attempts = attempts + 1,
+                        status = CASE WHEN ?1 IS NULL THEN 'dead' ELSE 'pending' END,
+                        next_attempt_at = COALESCE(?1, next_attempt_at),
+                        last_error = ?2
+                     WHERE seq = ?3",
+                )
+                .bind(retry_at.map(format_time))
+                .bind(error)
+                .bind(claimed.seq)
+                .execute(&mut *tx)
+                .await?;
+            }
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+}

@@ -1,0 +1,178 @@
+#![allow(missing_docs)]
+//! The store conformance suite: every test runs on SQLite and on
+//! PostgreSQL (a fresh database each), plus PostgreSQL-only concurrency tests.
+
+use std::time::Duration;
+
+use chrono::Utc;
+use ferry_core::Message;
+use ferry_store::outbox::{
+    postgres::PgOutbox, sqlite::SqliteOutbox, ClaimFilter, ClaimedBatch, MessageRef, OrderPolicy, Outbox, Outcome,
+    Retention,
+};
+use ferry_store::{ConnectOptions, Database};
+use ferry_testkit::{PgTestDb, SqliteTestDb};
+
+mod conformance;
+mod postgres_only;
+
+/// A migrated database and an outbox on it, of either kind.
+pub struct Env {
+    pub db: Database,
+    pub outbox: AnyOutbox,
+    _pg: Option<PgTestDb>,
+    _sqlite: Option<SqliteTestDb>,
+}
+
+pub enum AnyOutbox {
+    Pg(PgOutbox),
+    Sqlite(SqliteOutbox),
+}
+
+pub async fn pg_env(retention: Retention) -> Env {
+    let t = PgTestDb::create().await;
+    let db = Database::connect_with(&t.url, &ConnectOptions { max_connections: 8, lease: Some(Duration::from_secs(30)) })
+        .await
+        .unwrap();
+    db.migrate().await.unwrap();
+    let Database::Postgres(pool) = &db else { unreachable!() };
+    let outbox = AnyOutbox::Pg(PgOutbox::new(pool.clone(), retention));
+    Env { db, outbox, _pg: Some(t), _sqlite: None }
+}
+
+pub async fn sqlite_env(retention: Retention) -> Env {
+    let t = SqliteTestDb::create();
+    let db = Database::connect(&t.url).await.unwrap();
+    db.migrate().await.unwrap();
+    let Database::Sqlite(pool) = &db else { unreachable!() };
+    let outbox = AnyOutbox::Sqlite(SqliteOutbox::new(pool.clone(), retention));
+    Env { db, outbox, _pg: None, _sqlite: Some(t) }
+}
+
+impl Env {
+    /// Runs plain SQL, as a producer in another language would.
+    pub async fn exec(&self, sql: &str) {
+        match &self.db {
+            Database::Postgres(p) => {
+                sqlx::raw_sql(sql).execute(p).await.unwrap();
+            }
+            Database::Sqlite(p) => {
+                sqlx::raw_sql(sql).execute(p).await.unwrap();
+            }
+        }
+    }
+
+    /// Enqueues messages in one committed transaction through the Rust API.
+    pub async fn enqueue(&self, messages: &[Message]) {
+        match &self.db {
+            Database::Postgres(p) => {
+                let mut tx = p.begin().await.unwrap();
+                for m in messages {
+                    ferry_store::outbox::postgres::enqueue(&mut tx, m).await.unwrap();
+                }
+                tx.commit().await.unwrap();
+            }
+            Database::Sqlite(p) => {
+                let mut tx = p.begin().await.unwrap();
+                for m in messages {
+                    ferry_store::outbox::sqlite::enqueue(&mut tx, m).await.unwrap();
+                }
+                tx.commit().await.unwrap();
+            }
+        }
+    }
+
+    /// Claims a batch and settles it with `decide`; returns the topics/payloads claimed.
+    pub async fn round(&self, filter: &ClaimFilter, decide: impl Fn(&Message) -> Outcome) -> Vec<Message> {
+        match &self.outbox {
+            AnyOutbox::Pg(o) => round(o, filter, decide).await,
+            AnyOutbox::Sqlite(o) => round(o, filter, decide).await,
+        }
+    }
+
+    pub async fn next_retry_at(&self) -> Option<chrono::DateTime<Utc>> {
+        match &self.outbox {
+            AnyOutbox::Pg(o) => o.next_retry_at().await.unwrap(),
+            AnyOutbox::Sqlite(o) => o.next_retry_at().await.unwrap(),
+        }
+    }
+
+    pub async fn claim_raw(&self, filter: &ClaimFilter) -> Vec<ferry_store::outbox::Claimed> {
+        match &self.outbox {
+            AnyOutbox::Pg(o) => {
+                let b = o.claim(filter).await.unwrap();
+                let m = b.messages().to_vec();
+                b.settle(&vec![Outcome::Released; m.len()]).await.unwrap();
+                m
+            }
+            AnyOutbox::Sqlite(o) => {
+                let b = o.claim(filter).await.unwrap();
+                let m = b.messages().to_vec();
+                b.settle(&vec![Outcome::Released; m.len()]).await.unwrap();
+                m
+            }
+        }
+    }
+
+    pub async fn purge(&self, older_than: Duration) -> u64 {
+        match &self.outbox {
+            AnyOutbox::Pg(o) => o.purge_delivered(older_than).await.unwrap(),
+            AnyOutbox::Sqlite(o) => o.purge_delivered(older_than).await.unwrap(),
+        }
+    }
+
+    pub async fn scalar(&self, sql: &str) -> i64 {
+        match &self.db {
+            Database::Postgres(p) => sqlx::query_scalar(sql).fetch_one(p).await.unwrap(),
+            Database::Sqlite(p) => sqlx::query_scalar(sql).fetch_one(p).await.unwrap(),
+        }
+    }
+}
+
+async fn round<O: Outbox>(o: &O, filter: &ClaimFilter, decide: impl Fn(&Message) -> Outcome) -> Vec<Message> {
+    let batch = o.claim(filter).await.unwrap();
+    let messages: Vec<Message> = batch.messages().iter().map(|c| c.message.clone().unwrap()).collect();
+    let outcomes: Vec<Outcome> = messages.iter().map(&decide).collect();
+    batch.settle(&outcomes).await.unwrap();
+    messages
+}
+
+pub fn filter(order: OrderPolicy) -> ClaimFilter {
+    ClaimFilter { limit: 100, order, topics: None }
+}
+
+pub fn payloads(ms: &[Message]) -> Vec<String> {
+    ms.iter().map(|m| String::from_utf8(m.payload.to_vec()).unwrap()).collect()
+}
+
+pub fn retry_in(ms: i64) -> Outcome {
+    Outcome::Failed { error: "boom".into(), retry_at: Some(Utc::now() + chrono::Duration::milliseconds(ms)) }
+}
+
+pub fn dead(error: &str) -> Outcome {
+    Outcome::Failed { error: error.into(), retry_at: None }
+}
+
+pub fn seq_ref(seq: i64) -> MessageRef {
+    MessageRef::Seq(seq)
+}
+
+/// Defines a test that runs `body` against SQLite and PostgreSQL.
+#[macro_export]
+macro_rules! both {
+    ($name:ident, $retention:expr, $body:expr) => {
+        mod $name {
+            use super::*;
+            #[tokio::test]
+            async fn sqlite() {
+                let env = $crate::sqlite_env($retention).await;
+                ($body)(env).await;
+            }
+            #[tokio::test]
+            async fn postgres() {
+                let env = $crate::pg_env($retention).await;
+                ($body)(env).await;
+            }
+        }
+    };
+}

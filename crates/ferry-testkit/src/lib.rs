@@ -1,0 +1,200 @@
+//! Test helpers shared by Ferry's crates: a fresh PostgreSQL database per
+//! test, a SQLite file per test, and a webhook receiver that records what it
+//! gets and applies each message id once.
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::routing::post;
+use bytes::Bytes;
+use sqlx::{Connection, Executor, PgConnection};
+
+/// The server tests create their databases on; `FERRY_TEST_PG` overrides it.
+pub fn pg_admin_url() -> String {
+    std::env::var("FERRY_TEST_PG").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned())
+}
+
+/// A PostgreSQL database of its own for one test, dropped afterwards.
+pub struct PgTestDb {
+    /// Its URL.
+    pub url: String,
+    name: String,
+}
+
+impl PgTestDb {
+    /// Creates a fresh, empty database.
+    pub async fn create() -> Self {
+        let admin = pg_admin_url();
+        let name = format!("ferry_t_{}", uuid::Uuid::now_v7().simple());
+        let mut conn = PgConnection::connect(&admin).await.expect("connect to PostgreSQL (is it running?)");
+        conn.execute(format!("CREATE DATABASE {name}").as_str()).await.expect("create test database");
+        let base = admin.rsplit_once('/').map(|(b, _)| b.to_owned()).unwrap_or(admin);
+        Self { url: format!("{base}/{name}"), name }
+    }
+}
+
+impl Drop for PgTestDb {
+    fn drop(&mut self) {
+        let name = self.name.clone();
+        // Drop runs outside any runtime guarantee; use a thread of its own.
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().ok()?;
+            rt.block_on(async {
+                let mut conn = PgConnection::connect(&pg_admin_url()).await.ok()?;
+                conn.execute(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)").as_str()).await.ok()
+            })
+        })
+        .join();
+    }
+}
+
+/// A SQLite database file in a temporary directory of its own.
+pub struct SqliteTestDb {
+    /// Its URL.
+    pub url: String,
+    /// The file's path.
+    pub path: std::path::PathBuf,
+    _dir: TempDir,
+}
+
+impl SqliteTestDb {
+    /// A path for a new database file (created on first connect).
+    pub fn create() -> Self {
+        let dir = TempDir::new();
+        let path = dir.0.join("ferry.db");
+        Self { url: format!("sqlite://{}", path.display()), path, _dir: dir }
+    }
+}
+
+/// A directory removed on drop.
+pub struct TempDir(pub std::path::PathBuf);
+
+impl TempDir {
+    /// Creates a fresh directory under the system's temp dir.
+    pub fn new() -> Self {
+        let p = std::env::temp_dir().join(format!("ferry-test-{}", uuid::Uuid::now_v7().simple()));
+        std::fs::create_dir_all(&p).expect("create temp dir");
+        Self(p)
+    }
+}
+
+impl Default for TempDir {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// How the receiver answers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// 200 for everything (but 400 for payloads containing `poison`).
+    Up,
+    /// 503 for everything: the service is down.
+    Down,
+}
+
+/// One request the receiver got.
+#[derive(Clone, Debug)]
+pub struct Received {
+    /// `ce-id`.
+    pub id: String,
+    /// `ce-partitionkey`, if any.
+    pub key: Option<String>,
+    /// The body.
+    pub body: Bytes,
+    /// All headers, lowercased names.
+    pub headers: HashMap<String, String>,
+}
+
+#[derive(Default)]
+struct Inner {
+    mode: Option<Mode>,
+    requests: Vec<Received>,
+    applied: Vec<Received>,
+    seen: HashSet<String>,
+    requests_while_down: usize,
+}
+
+/// A webhook receiver on 127.0.0.1 that records requests and applies each
+/// `ce-id` once (an idempotent consumer), answering per its [`Mode`].
+#[derive(Clone)]
+pub struct Receiver {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    inner: Arc<Mutex<Inner>>,
+}
+
+impl Receiver {
+    /// Starts a receiver on a free port.
+    pub async fn start() -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind receiver");
+        Self::serve(listener)
+    }
+
+    /// Starts a receiver on `listener`.
+    pub fn serve(listener: tokio::net::TcpListener) -> Self {
+        let addr = listener.local_addr().expect("local addr");
+        let inner = Arc::new(Mutex::new(Inner { mode: Some(Mode::Up), ..Default::default() }));
+        let app = axum::Router::new().route("/", post(handle)).with_state(inner.clone());
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Self { addr, inner }
+    }
+
+    /// Its URL.
+    pub fn url(&self) -> String {
+        format!("http://{}/", self.addr)
+    }
+
+    /// Switches how it answers.
+    pub fn set_mode(&self, mode: Mode) {
+        self.inner.lock().unwrap().mode = Some(mode);
+    }
+
+    /// Every request, duplicates included.
+    pub fn requests(&self) -> Vec<Received> {
+        self.inner.lock().unwrap().requests.clone()
+    }
+
+    /// Messages applied (first delivery of each id, answered 200), in order.
+    pub fn applied(&self) -> Vec<Received> {
+        self.inner.lock().unwrap().applied.clone()
+    }
+
+    /// Requests answered 503 while down.
+    pub fn requests_while_down(&self) -> usize {
+        self.inner.lock().unwrap().requests_while_down
+    }
+}
+
+async fn handle(State(inner): State<Arc<Mutex<Inner>>>, headers: HeaderMap, body: Bytes) -> StatusCode {
+    let headers: HashMap<String, String> = headers
+        .iter()
+        .map(|(k, v)| (k.as_str().to_owned(), v.to_str().unwrap_or_default().to_owned()))
+        .collect();
+    let Some(id) = headers.get("ce-id").cloned() else { return StatusCode::BAD_REQUEST };
+    let received = Received { id: id.clone(), key: headers.get("ce-partitionkey").cloned(), body, headers };
+    let mut inner = inner.lock().unwrap();
+    inner.requests.push(received.clone());
+    if inner.mode == Some(Mode::Down) {
+        inner.requests_while_down += 1;
+        return StatusCode::SERVICE_UNAVAILABLE;
+    }
+    if received.body.windows(6).any(|w| w == b"poison") {
+        return StatusCode::BAD_REQUEST;
+    }
+    if inner.seen.insert(id) {
+        inner.applied.push(received);
+    }
+    StatusCode::OK
+}
