@@ -39,7 +39,10 @@ pub struct ConnectOptions {
 
 impl Default for ConnectOptions {
     fn default() -> Self {
-        Self { max_connections: 10, lease: None }
+        Self {
+            max_connections: 10,
+            lease: None,
+        }
     }
 }
 
@@ -57,7 +60,10 @@ impl DatabaseKind {
 }
 
 fn invalid(url: &str, reason: impl Into<String>) -> StoreError {
-    StoreError::InvalidUrl { url: redact(url), reason: reason.into() }
+    StoreError::InvalidUrl {
+        url: redact(url),
+        reason: reason.into(),
+    }
 }
 
 /// `url` with any password replaced by `***`, for messages and logs.
@@ -82,7 +88,8 @@ impl Database {
     pub async fn connect_with(url: &str, options: &ConnectOptions) -> Result<Self, StoreError> {
         match DatabaseKind::of(url)? {
             DatabaseKind::Postgres => {
-                let connect = PgConnectOptions::from_str(url).map_err(|e| invalid(url, e.to_string()))?;
+                let connect =
+                    PgConnectOptions::from_str(url).map_err(|e| invalid(url, e.to_string()))?;
                 let lease = options.lease;
                 let pool = PgPoolOptions::new()
                     .max_connections(options.max_connections)
@@ -91,9 +98,11 @@ impl Database {
                         Box::pin(async move {
                             if let Some(lease) = lease {
                                 let ms = lease.as_millis().max(1);
-                                sqlx::query(&format!("SET idle_in_transaction_session_timeout = {ms}"))
-                                    .execute(conn)
-                                    .await?;
+                                sqlx::query(&format!(
+                                    "SET idle_in_transaction_session_timeout = {ms}"
+                                ))
+                                .execute(conn)
+                                .await?;
                             }
                             Ok(())
                         })
@@ -103,7 +112,8 @@ impl Database {
                 Ok(Database::Postgres(pool))
             }
             DatabaseKind::Sqlite => {
-                let mut connect = SqliteConnectOptions::from_str(url).map_err(|e| invalid(url, e.to_string()))?;
+                let mut connect =
+                    SqliteConnectOptions::from_str(url).map_err(|e| invalid(url, e.to_string()))?;
                 if !url.contains("mode=") {
                     connect = connect.create_if_missing(true);
                 }
@@ -138,6 +148,32 @@ impl Database {
         }
     }
 
+    /// The newest Ferry migration applied, or `None` when Ferry's tables do
+    /// not exist yet.
+    pub async fn schema_version(&self) -> Result<Option<i64>, StoreError> {
+        let exists_sql = match self {
+            Database::Postgres(_) => "SELECT COUNT(*) FROM information_schema.tables WHERE table_name = 'ferry_schema_migrations' AND table_schema = current_schema()",
+            Database::Sqlite(_) => "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = 'ferry_schema_migrations'",
+        };
+        let version_sql = "SELECT MAX(version) FROM ferry_schema_migrations";
+        match self {
+            Database::Postgres(p) => {
+                let n: i64 = sqlx::query_scalar(exists_sql).fetch_one(p).await?;
+                if n == 0 {
+                    return Ok(None);
+                }
+                Ok(sqlx::query_scalar(version_sql).fetch_one(p).await?)
+            }
+            Database::Sqlite(p) => {
+                let n: i64 = sqlx::query_scalar(exists_sql).fetch_one(p).await?;
+                if n == 0 {
+                    return Ok(None);
+                }
+                Ok(sqlx::query_scalar(version_sql).fetch_one(p).await?)
+            }
+        }
+    }
+
     /// Closes the pool, waiting for connections to be returned.
     pub async fn close(&self) {
         match self {
@@ -153,16 +189,28 @@ mod tests {
 
     #[test]
     fn kinds_from_urls() {
-        assert_eq!(DatabaseKind::of("postgres://u@h:5432/db").unwrap(), DatabaseKind::Postgres);
-        assert_eq!(DatabaseKind::of("postgresql://h/db").unwrap(), DatabaseKind::Postgres);
-        assert_eq!(DatabaseKind::of("sqlite://a/b.db?mode=rwc").unwrap(), DatabaseKind::Sqlite);
+        assert_eq!(
+            DatabaseKind::of("postgres://u@h:5432/db").unwrap(),
+            DatabaseKind::Postgres
+        );
+        assert_eq!(
+            DatabaseKind::of("postgresql://h/db").unwrap(),
+            DatabaseKind::Postgres
+        );
+        assert_eq!(
+            DatabaseKind::of("sqlite://a/b.db?mode=rwc").unwrap(),
+            DatabaseKind::Sqlite
+        );
         let err = DatabaseKind::of("redis://x").unwrap_err().to_string();
         assert!(err.contains("expected postgres://"), "{err}");
     }
 
     #[test]
     fn redacts_passwords() {
-        assert_eq!(redact("postgres://bob:secret@h/db"), "postgres://bob:***@h/db");
+        assert_eq!(
+            redact("postgres://bob:secret@h/db"),
+            "postgres://bob:***@h/db"
+        );
         assert_eq!(redact("sqlite://x.db"), "sqlite://x.db");
     }
 }

@@ -13,7 +13,11 @@ pub enum StoreError {
     },
     /// A query or connection failed.
     #[error("database error")]
-    Database(#[from] #[source] sqlx::Error),
+    Database(
+        #[from]
+        #[source]
+        sqlx::Error,
+    ),
     /// A migration failed; the schema is left at the previous version.
     #[error("migration {version} ({name}) failed")]
     Migration {
@@ -26,7 +30,9 @@ pub enum StoreError {
         source: sqlx::Error,
     },
     /// The schema in the database is newer than this build knows.
-    #[error("database schema is at version {found}, newer than this ferry build (knows up to {known})")]
+    #[error(
+        "database schema is at version {found}, newer than this ferry build (knows up to {known})"
+    )]
     SchemaTooNew {
         /// Newest version applied in the database.
         found: i64,
@@ -46,17 +52,19 @@ impl StoreError {
     /// was unreachable, a connection broke, the pool was exhausted).
     pub fn is_retryable(&self) -> bool {
         match self {
-            StoreError::Database(e) => matches!(
-                e,
-                sqlx::Error::Io(_)
-                    | sqlx::Error::PoolTimedOut
-                    | sqlx::Error::PoolClosed
-                    | sqlx::Error::WorkerCrashed
-                    | sqlx::Error::Protocol(_)
-            ) || matches!(e, sqlx::Error::Database(db) if db.code().is_some_and(|c| {
-                // connection failures, admin shutdown, serialization/deadlock, SQLite busy/locked
-                c.starts_with("08") || c.starts_with("57P") || c == "40001" || c == "40P01" || c == "5" || c == "6" || c == "517"
-            })),
+            StoreError::Database(e) => {
+                matches!(
+                    e,
+                    sqlx::Error::Io(_)
+                        | sqlx::Error::PoolTimedOut
+                        | sqlx::Error::PoolClosed
+                        | sqlx::Error::WorkerCrashed
+                        | sqlx::Error::Protocol(_)
+                ) || matches!(e, sqlx::Error::Database(db) if db.code().is_some_and(|c| {
+                    // connection failures, admin shutdown, serialization/deadlock, SQLite busy/locked
+                    c.starts_with("08") || c.starts_with("57P") || c == "40001" || c == "40P01" || c == "5" || c == "6" || c == "517"
+                }))
+            }
             _ => false,
         }
     }

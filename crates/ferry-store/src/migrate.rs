@@ -37,7 +37,10 @@ const PG_LOCK: i64 = 0x6665_7272_795f_6d69;
 
 pub(crate) async fn postgres(pool: &PgPool) -> Result<Vec<i64>, StoreError> {
     let mut conn = pool.acquire().await?;
-    sqlx::query("SELECT pg_advisory_lock($1)").bind(PG_LOCK).execute(&mut *conn).await?;
+    sqlx::query("SELECT pg_advisory_lock($1)")
+        .bind(PG_LOCK)
+        .execute(&mut *conn)
+        .await?;
     let result = async {
         sqlx::query(HISTORY).execute(&mut *conn).await?;
         let applied: Vec<i64> = sqlx::query_scalar("SELECT version FROM ferry_schema_migrations ORDER BY version")
@@ -62,16 +65,20 @@ pub(crate) async fn postgres(pool: &PgPool) -> Result<Vec<i64>, StoreError> {
         Ok(done)
     }
     .await;
-    sqlx::query("SELECT pg_advisory_unlock($1)").bind(PG_LOCK).execute(&mut *conn).await?;
+    sqlx::query("SELECT pg_advisory_unlock($1)")
+        .bind(PG_LOCK)
+        .execute(&mut *conn)
+        .await?;
     result
 }
 
 pub(crate) async fn sqlite(pool: &SqlitePool) -> Result<Vec<i64>, StoreError> {
     let mut conn = pool.acquire().await?;
     sqlx::query(HISTORY).execute(&mut *conn).await?;
-    let applied: Vec<i64> = sqlx::query_scalar("SELECT version FROM ferry_schema_migrations ORDER BY version")
-        .fetch_all(&mut *conn)
-        .await?;
+    let applied: Vec<i64> =
+        sqlx::query_scalar("SELECT version FROM ferry_schema_migrations ORDER BY version")
+            .fetch_all(&mut *conn)
+            .await?;
     check_not_newer(&applied, SQLITE)?;
     let mut done = Vec::new();
     for m in SQLITE.iter().filter(|m| !applied.contains(&m.version)) {
@@ -105,10 +112,12 @@ pub(crate) async fn sqlite(pool: &SqlitePool) -> Result<Vec<i64>, StoreError> {
             Err(e) => {
                 let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
                 // Another process may have applied it between our read and our lock.
-                let now: Option<i64> = sqlx::query_scalar("SELECT version FROM ferry_schema_migrations WHERE version = ?")
-                    .bind(m.version)
-                    .fetch_optional(&mut *conn)
-                    .await?;
+                let now: Option<i64> = sqlx::query_scalar(
+                    "SELECT version FROM ferry_schema_migrations WHERE version = ?",
+                )
+                .bind(m.version)
+                .fetch_optional(&mut *conn)
+                .await?;
                 if now.is_none() {
                     return Err(e);
                 }
@@ -121,7 +130,10 @@ pub(crate) async fn sqlite(pool: &SqlitePool) -> Result<Vec<i64>, StoreError> {
 fn check_not_newer(applied: &[i64], known: &[Migration]) -> Result<(), StoreError> {
     let newest_known = known.iter().map(|m| m.version).max().unwrap_or(0);
     match applied.iter().max() {
-        Some(&found) if found > newest_known => Err(StoreError::SchemaTooNew { found, known: newest_known }),
+        Some(&found) if found > newest_known => Err(StoreError::SchemaTooNew {
+            found,
+            known: newest_known,
+        }),
         _ => Ok(()),
     }
 }

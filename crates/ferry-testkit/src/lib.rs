@@ -14,7 +14,8 @@ use sqlx::{Connection, Executor, PgConnection};
 
 /// The server tests create their databases on; `FERRY_TEST_PG` overrides it.
 pub fn pg_admin_url() -> String {
-    std::env::var("FERRY_TEST_PG").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned())
+    std::env::var("FERRY_TEST_PG")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned())
 }
 
 /// A PostgreSQL database of its own for one test, dropped afterwards.
@@ -29,10 +30,20 @@ impl PgTestDb {
     pub async fn create() -> Self {
         let admin = pg_admin_url();
         let name = format!("ferry_t_{}", uuid::Uuid::now_v7().simple());
-        let mut conn = PgConnection::connect(&admin).await.expect("connect to PostgreSQL (is it running?)");
-        conn.execute(format!("CREATE DATABASE {name}").as_str()).await.expect("create test database");
-        let base = admin.rsplit_once('/').map(|(b, _)| b.to_owned()).unwrap_or(admin);
-        Self { url: format!("{base}/{name}"), name }
+        let mut conn = PgConnection::connect(&admin)
+            .await
+            .expect("connect to PostgreSQL (is it running?)");
+        conn.execute(format!("CREATE DATABASE {name}").as_str())
+            .await
+            .expect("create test database");
+        let base = admin
+            .rsplit_once('/')
+            .map(|(b, _)| b.to_owned())
+            .unwrap_or(admin);
+        Self {
+            url: format!("{base}/{name}"),
+            name,
+        }
     }
 }
 
@@ -41,10 +52,15 @@ impl Drop for PgTestDb {
         let name = self.name.clone();
         // Drop runs outside any runtime guarantee; use a thread of its own.
         let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().ok()?;
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .ok()?;
             rt.block_on(async {
                 let mut conn = PgConnection::connect(&pg_admin_url()).await.ok()?;
-                conn.execute(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)").as_str()).await.ok()
+                conn.execute(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)").as_str())
+                    .await
+                    .ok()
             })
         })
         .join();
@@ -65,7 +81,11 @@ impl SqliteTestDb {
     pub fn create() -> Self {
         let dir = TempDir::new();
         let path = dir.0.join("ferry.db");
-        Self { url: format!("sqlite://{}", path.display()), path, _dir: dir }
+        Self {
+            url: format!("sqlite://{}", path.display()),
+            path,
+            _dir: dir,
+        }
     }
 }
 
@@ -136,15 +156,22 @@ pub struct Receiver {
 impl Receiver {
     /// Starts a receiver on a free port.
     pub async fn start() -> Self {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind receiver");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind receiver");
         Self::serve(listener)
     }
 
     /// Starts a receiver on `listener`.
     pub fn serve(listener: tokio::net::TcpListener) -> Self {
         let addr = listener.local_addr().expect("local addr");
-        let inner = Arc::new(Mutex::new(Inner { mode: Some(Mode::Up), ..Default::default() }));
-        let app = axum::Router::new().route("/", post(handle)).with_state(inner.clone());
+        let inner = Arc::new(Mutex::new(Inner {
+            mode: Some(Mode::Up),
+            ..Default::default()
+        }));
+        let app = axum::Router::new()
+            .route("/", post(handle))
+            .with_state(inner.clone());
         tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
         });
@@ -177,13 +204,29 @@ impl Receiver {
     }
 }
 
-async fn handle(State(inner): State<Arc<Mutex<Inner>>>, headers: HeaderMap, body: Bytes) -> StatusCode {
+async fn handle(
+    State(inner): State<Arc<Mutex<Inner>>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> StatusCode {
     let headers: HashMap<String, String> = headers
         .iter()
-        .map(|(k, v)| (k.as_str().to_owned(), v.to_str().unwrap_or_default().to_owned()))
+        .map(|(k, v)| {
+            (
+                k.as_str().to_owned(),
+                v.to_str().unwrap_or_default().to_owned(),
+            )
+        })
         .collect();
-    let Some(id) = headers.get("ce-id").cloned() else { return StatusCode::BAD_REQUEST };
-    let received = Received { id: id.clone(), key: headers.get("ce-partitionkey").cloned(), body, headers };
+    let Some(id) = headers.get("ce-id").cloned() else {
+        return StatusCode::BAD_REQUEST;
+    };
+    let received = Received {
+        id: id.clone(),
+        key: headers.get("ce-partitionkey").cloned(),
+        body,
+        headers,
+    };
     let mut inner = inner.lock().unwrap();
     inner.requests.push(received.clone());
     if inner.mode == Some(Mode::Down) {

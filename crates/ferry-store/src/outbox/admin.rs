@@ -22,7 +22,9 @@ impl FromStr for MessageRef {
         if let Ok(seq) = s.parse::<i64>() {
             return Ok(MessageRef::Seq(seq));
         }
-        Uuid::parse_str(s).map(MessageRef::Id).map_err(|_| StoreError::InvalidMessageRef(s.to_owned()))
+        Uuid::parse_str(s)
+            .map(MessageRef::Id)
+            .map_err(|_| StoreError::InvalidMessageRef(s.to_owned()))
     }
 }
 
@@ -149,7 +151,12 @@ impl Database {
             Database::Postgres(pool) => sqlx::query_as(sql).fetch_one(pool).await?,
             Database::Sqlite(pool) => sqlx::query_as(sql).fetch_one(pool).await?,
         };
-        Ok(OutboxStats { pending, retrying, delivered, dead })
+        Ok(OutboxStats {
+            pending,
+            retrying,
+            delivered,
+            dead,
+        })
     }
 }
 
@@ -178,23 +185,47 @@ where
     })
 }
 
-async fn pg_exec(conn: &mut sqlx::PgConnection, base: &str, which: Option<&MessageRef>) -> Result<u64, StoreError> {
+async fn pg_exec(
+    conn: &mut sqlx::PgConnection,
+    base: &str,
+    which: Option<&MessageRef>,
+) -> Result<u64, StoreError> {
     let n = match which {
         None => sqlx::query(base).execute(conn).await?,
-        Some(MessageRef::Seq(seq)) => sqlx::query(&format!("{base} AND seq = $1")).bind(*seq).execute(conn).await?,
+        Some(MessageRef::Seq(seq)) => {
+            sqlx::query(&format!("{base} AND seq = $1"))
+                .bind(*seq)
+                .execute(conn)
+                .await?
+        }
         Some(MessageRef::Id(id)) => {
-            sqlx::query(&format!("{base} AND message_id = $1")).bind(*id).execute(conn).await?
+            sqlx::query(&format!("{base} AND message_id = $1"))
+                .bind(*id)
+                .execute(conn)
+                .await?
         }
     };
     Ok(n.rows_affected())
 }
 
-async fn sqlite_exec(pool: &sqlx::SqlitePool, base: &str, which: Option<&MessageRef>) -> Result<u64, StoreError> {
+async fn sqlite_exec(
+    pool: &sqlx::SqlitePool,
+    base: &str,
+    which: Option<&MessageRef>,
+) -> Result<u64, StoreError> {
     let n = match which {
         None => sqlx::query(base).execute(pool).await?,
-        Some(MessageRef::Seq(seq)) => sqlx::query(&format!("{base} AND seq = ?")).bind(*seq).execute(pool).await?,
+        Some(MessageRef::Seq(seq)) => {
+            sqlx::query(&format!("{base} AND seq = ?"))
+                .bind(*seq)
+                .execute(pool)
+                .await?
+        }
         Some(MessageRef::Id(id)) => {
-            sqlx::query(&format!("{base} AND message_id = ?")).bind(id.to_string()).execute(pool).await?
+            sqlx::query(&format!("{base} AND message_id = ?"))
+                .bind(id.to_string())
+                .execute(pool)
+                .await?
         }
     };
     Ok(n.rows_affected())

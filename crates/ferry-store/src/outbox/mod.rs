@@ -122,17 +122,31 @@ pub trait Outbox: Send + Sync + 'static {
 
     /// Claims up to `filter.limit` deliverable messages, in sequence order.
     /// An empty batch means there is nothing to do now.
-    fn claim(&self, filter: &ClaimFilter) -> impl Future<Output = Result<Self::Batch, StoreError>> + Send;
+    fn claim(
+        &self,
+        filter: &ClaimFilter,
+    ) -> impl Future<Output = Result<Self::Batch, StoreError>> + Send;
 
     /// When the earliest message waiting for a retry becomes due, if any.
-    fn next_retry_at(&self) -> impl Future<Output = Result<Option<DateTime<Utc>>, StoreError>> + Send;
+    fn next_retry_at(
+        &self,
+    ) -> impl Future<Output = Result<Option<DateTime<Utc>>, StoreError>> + Send;
 
     /// Waits until a producer signals new messages or `timeout` passes.
     /// Wake-ups may be spurious or missed; the relay also polls.
     fn wait_for_work(&self, timeout: Duration) -> impl Future<Output = ()> + Send;
 
+    /// How many relay workers may claim from this outbox at once; `None`
+    /// for no limit. SQLite allows one, since its claims take no locks.
+    fn max_workers(&self) -> Option<usize> {
+        None
+    }
+
     /// Deletes delivered messages older than the retention; returns how many.
-    fn purge_delivered(&self, older_than: Duration) -> impl Future<Output = Result<u64, StoreError>> + Send;
+    fn purge_delivered(
+        &self,
+        older_than: Duration,
+    ) -> impl Future<Output = Result<u64, StoreError>> + Send;
 }
 
 /// A batch claimed from an outbox.
@@ -150,13 +164,17 @@ pub trait ClaimedBatch: Send {
 
 /// Turns stored headers (a JSON object) into a map; non-string values keep
 /// their JSON text.
-pub(crate) fn parse_headers(text: &str) -> Result<std::collections::BTreeMap<String, String>, String> {
+pub(crate) fn parse_headers(
+    text: &str,
+) -> Result<std::collections::BTreeMap<String, String>, String> {
     let value: serde_json::Value =
         serde_json::from_str(text).map_err(|e| format!("headers are not valid json: {e}"))?;
     headers_from_json(value)
 }
 
-pub(crate) fn headers_from_json(value: serde_json::Value) -> Result<std::collections::BTreeMap<String, String>, String> {
+pub(crate) fn headers_from_json(
+    value: serde_json::Value,
+) -> Result<std::collections::BTreeMap<String, String>, String> {
     match value {
         serde_json::Value::Object(map) => Ok(map
             .into_iter()

@@ -11,7 +11,10 @@ use sqlx::{PgConnection, PgPool, Postgres, Row, Transaction};
 use tokio::sync::Notify;
 use uuid::Uuid;
 
-use super::{headers_from_json, headers_to_json, ClaimFilter, Claimed, ClaimedBatch, OrderPolicy, Outbox, Outcome, Retention};
+use super::{
+    headers_from_json, headers_to_json, ClaimFilter, Claimed, ClaimedBatch, OrderPolicy, Outbox,
+    Outcome, Retention,
+};
 use crate::StoreError;
 
 /// The NOTIFY channel the outbox's insert trigger signals.
@@ -146,7 +149,9 @@ fn claimed_from_row(row: &PgRow) -> Result<Claimed, sqlx::Error> {
     let blob: Option<Vec<u8>> = row.try_get("payload_bytes")?;
     let id: Uuid = row.try_get("message_id")?;
     let message = (|| {
-        let kind: Kind = kind.parse().map_err(|e: ferry_core::ParseKindError| e.to_string())?;
+        let kind: Kind = kind
+            .parse()
+            .map_err(|e: ferry_core::ParseKindError| e.to_string())?;
         let headers = headers_from_json(headers)?;
         let payload = match (text, blob) {
             (Some(t), _) => Bytes::from(t),
@@ -164,7 +169,11 @@ fn claimed_from_row(row: &PgRow) -> Result<Claimed, sqlx::Error> {
             created_at: row.try_get("created_at").map_err(|e| e.to_string())?,
         })
     })();
-    Ok(Claimed { seq, attempts: attempts.max(0) as u32, message })
+    Ok(Claimed {
+        seq,
+        attempts: attempts.max(0) as u32,
+        message,
+    })
 }
 
 /// The outbox in a PostgreSQL database.
@@ -189,7 +198,12 @@ impl PgOutbox {
     pub fn new(pool: PgPool, retention: Retention) -> Self {
         let wake = Arc::new(Notify::new());
         let listener = tokio::spawn(listen(pool.clone(), wake.clone()));
-        Self { pool, retention, wake, listener }
+        Self {
+            pool,
+            retention,
+            wake,
+            listener,
+        }
     }
 
     /// The pool this outbox uses.
@@ -206,7 +220,10 @@ async fn listen(pool: PgPool, wake: Arc<Notify>) {
             let mut listener = PgListener::connect_with(&pool).await?;
             listener.listen(CHANNEL).await?;
             if !healthy {
-                tracing::info!(channel = CHANNEL, "listening for outbox notifications again");
+                tracing::info!(
+                    channel = CHANNEL,
+                    "listening for outbox notifications again"
+                );
                 healthy = true;
             }
             // Anything committed while we were not listening is found by this wake-up.
@@ -254,10 +271,21 @@ impl Outbox for PgOutbox {
             .await?;
         if rows.is_empty() {
             tx.rollback().await?;
-            return Ok(PgBatch { tx: None, messages: Vec::new(), retention: self.retention });
+            return Ok(PgBatch {
+                tx: None,
+                messages: Vec::new(),
+                retention: self.retention,
+            });
         }
-        let messages = rows.iter().map(claimed_from_row).collect::<Result<Vec<_>, _>>()?;
-        Ok(PgBatch { tx: Some(tx), messages, retention: self.retention })
+        let messages = rows
+            .iter()
+            .map(claimed_from_row)
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(PgBatch {
+            tx: Some(tx),
+            messages,
+            retention: self.retention,
+        })
     }
 
     async fn next_retry_at(&self) -> Result<Option<DateTime<Utc>>, StoreError> {
@@ -273,11 +301,14 @@ impl Outbox for PgOutbox {
     }
 
     async fn purge_delivered(&self, older_than: Duration) -> Result<u64, StoreError> {
-        let cutoff = Utc::now() - chrono::Duration::from_std(older_than).unwrap_or(chrono::Duration::MAX);
-        let done = sqlx::query("DELETE FROM ferry_outbox WHERE status = 'delivered' AND delivered_at < $1")
-            .bind(cutoff)
-            .execute(&self.pool)
-            .await?;
+        let cutoff =
+            Utc::now() - chrono::Duration::from_std(older_than).unwrap_or(chrono::Duration::MAX);
+        let done = sqlx::query(
+            "DELETE FROM ferry_outbox WHERE status = 'delivered' AND delivered_at < $1",
+        )
+        .bind(cutoff)
+        .execute(&self.pool)
+        .await?;
         Ok(done.rows_affected())
     }
 }
@@ -288,14 +319,19 @@ impl ClaimedBatch for PgBatch {
     }
 
     async fn settle(mut self, outcomes: &[Outcome]) -> Result<(), StoreError> {
-        let Some(mut tx) = self.tx.take() else { return Ok(()) };
+        let Some(mut tx) = self.tx.take() else {
+            return Ok(());
+        };
         debug_assert_eq!(outcomes.len(), self.messages.len());
         let mut delivered = Vec::new();
         let (mut failed, mut errors, mut retry_at) = (Vec::new(), Vec::new(), Vec::new());
         for (claimed, outcome) in self.messages.iter().zip(outcomes) {
             match outcome {
                 Outcome::Delivered => delivered.push(claimed.seq),
-                Outcome::Failed { error, retry_at: at } => {
+                Outcome::Failed {
+                    error,
+                    retry_at: at,
+                } => {
                     failed.push(claimed.seq);
                     errors.push(error.clone());
                     retry_at.push(*at);

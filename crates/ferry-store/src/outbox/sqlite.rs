@@ -16,7 +16,10 @@ use sqlx::sqlite::SqliteRow;
 use sqlx::{Row, SqliteConnection, SqlitePool};
 use tokio::sync::Notify;
 
-use super::{headers_to_json, parse_headers, ClaimFilter, Claimed, ClaimedBatch, OrderPolicy, Outbox, Outcome, Retention};
+use super::{
+    headers_to_json, parse_headers, ClaimFilter, Claimed, ClaimedBatch, OrderPolicy, Outbox,
+    Outcome, Retention,
+};
 use crate::StoreError;
 
 /// Formats a time the way the SQLite schema stores it.
@@ -79,7 +82,11 @@ pub struct SqliteOutbox {
 impl SqliteOutbox {
     /// An outbox on `pool`.
     pub fn new(pool: SqlitePool, retention: Retention) -> Self {
-        Self { pool, retention, waker: Waker::default() }
+        Self {
+            pool,
+            retention,
+            waker: Waker::default(),
+        }
     }
 
     /// The handle producers in this process use to wake the relay.
@@ -97,23 +104,38 @@ fn claimed_from_row(row: &SqliteRow) -> Result<Claimed, sqlx::Error> {
     let seq: i64 = row.try_get("seq")?;
     let attempts: i64 = row.try_get("attempts")?;
     let message = (|| {
-        let get_text = |name: &str| row.try_get::<String, _>(name).map_err(|e| format!("{name}: {e}"));
-        let id: MessageId = get_text("message_id")?.parse().map_err(|e| format!("bad message_id: {e}"))?;
-        let kind: Kind = get_text("kind")?.parse().map_err(|e: ferry_core::ParseKindError| e.to_string())?;
+        let get_text = |name: &str| {
+            row.try_get::<String, _>(name)
+                .map_err(|e| format!("{name}: {e}"))
+        };
+        let id: MessageId = get_text("message_id")?
+            .parse()
+            .map_err(|e| format!("bad message_id: {e}"))?;
+        let kind: Kind = get_text("kind")?
+            .parse()
+            .map_err(|e: ferry_core::ParseKindError| e.to_string())?;
         let headers = parse_headers(&get_text("headers")?)?;
-        let payload: Vec<u8> = row.try_get("payload").map_err(|e| format!("payload: {e}"))?;
+        let payload: Vec<u8> = row
+            .try_get("payload")
+            .map_err(|e| format!("payload: {e}"))?;
         Ok(Message {
             id,
             kind,
             topic: get_text("topic")?,
-            key: row.try_get("message_key").map_err(|e| format!("message_key: {e}"))?,
+            key: row
+                .try_get("message_key")
+                .map_err(|e| format!("message_key: {e}"))?,
             headers,
             content_type: get_text("content_type")?,
             payload: Bytes::from(payload),
             created_at: parse_time(&get_text("created_at")?)?,
         })
     })();
-    Ok(Claimed { seq, attempts: attempts.max(0) as u32, message })
+    Ok(Claimed {
+        seq,
+        attempts: attempts.max(0) as u32,
+        message,
+    })
 }
 
 /// A batch read from a [`SqliteOutbox`].
@@ -165,9 +187,19 @@ impl Outbox for SqliteOutbox {
                 query = query.bind(t);
             }
         }
-        let rows = query.bind(i64::from(filter.limit)).fetch_all(&self.pool).await?;
-        let messages = rows.iter().map(claimed_from_row).collect::<Result<Vec<_>, _>>()?;
-        Ok(SqliteBatch { pool: self.pool.clone(), messages, retention: self.retention })
+        let rows = query
+            .bind(i64::from(filter.limit))
+            .fetch_all(&self.pool)
+            .await?;
+        let messages = rows
+            .iter()
+            .map(claimed_from_row)
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(SqliteBatch {
+            pool: self.pool.clone(),
+            messages,
+            retention: self.retention,
+        })
     }
 
     async fn next_retry_at(&self) -> Result<Option<DateTime<Utc>>, StoreError> {
@@ -183,12 +215,18 @@ impl Outbox for SqliteOutbox {
         let _ = tokio::time::timeout(timeout, self.waker.0.notified()).await;
     }
 
+    fn max_workers(&self) -> Option<usize> {
+        Some(1)
+    }
+
     async fn purge_delivered(&self, older_than: Duration) -> Result<u64, StoreError> {
-        let cutoff = Utc::now() - chrono::Duration::from_std(older_than).unwrap_or(chrono::Duration::MAX);
-        let done = sqlx::query("DELETE FROM ferry_outbox WHERE status = 'delivered' AND delivered_at < ?")
-            .bind(format_time(cutoff))
-            .execute(&self.pool)
-            .await?;
+        let cutoff =
+            Utc::now() - chrono::Duration::from_std(older_than).unwrap_or(chrono::Duration::MAX);
+        let done =
+            sqlx::query("DELETE FROM ferry_outbox WHERE status = 'delivered' AND delivered_at < ?")
+                .bind(format_time(cutoff))
+                .execute(&self.pool)
+                .await?;
         Ok(done.rows_affected())
     }
 }

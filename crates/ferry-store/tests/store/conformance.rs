@@ -1,196 +1,346 @@
 use super::*;
 use crate::both;
 
-both!(plain_sql_insert_gets_every_default, Retention::Delete, |env: Env| async move {
-    // The exact statement from docs/outbox.md.
-    env.exec(r#"INSERT INTO ferry_outbox (topic, message_key, payload) VALUES ('user.signed_up', 'user-42', '{"user_id":42}')"#)
+both!(
+    plain_sql_insert_gets_every_default,
+    Retention::Delete,
+    |env: Env| async move {
+        // The exact statement from docs/outbox.md.
+        env.exec(r#"INSERT INTO ferry_outbox (topic, message_key, payload) VALUES ('user.signed_up', 'user-42', '{"user_id":42}')"#)
         .await;
-    // JSON with escapes must survive too.
-    env.exec(r#"INSERT INTO ferry_outbox (topic, payload) VALUES ('t', '{"s":"a\nb \"q\" \u00e9"}')"#).await;
-    let got = env.claim_raw(&filter(OrderPolicy::Ordered)).await;
-    assert_eq!(got.len(), 2);
-    let m = got[0].message.as_ref().unwrap();
-    assert_eq!(m.topic, "user.signed_up");
-    assert_eq!(m.key.as_deref(), Some("user-42"));
-    assert_eq!(&m.payload[..], br#"{"user_id":42}"#);
-    assert_eq!(m.kind, ferry_core::Kind::Event);
-    assert_eq!(m.content_type, "application/json");
-    assert!(m.headers.is_empty());
-    assert_eq!(m.id.0.get_version_num(), 7, "default id is a UUIDv7");
-    assert!((Utc::now() - m.created_at).num_seconds().abs() < 60);
-    let m2 = got[1].message.as_ref().unwrap();
-    assert_eq!(&m2.payload[..], br#"{"s":"a\nb \"q\" \u00e9"}"#);
-    assert!(m.id < m2.id || m.id != m2.id);
-    assert_eq!(env.scalar("SELECT COUNT(*) FROM ferry_outbox WHERE status = 'pending' AND attempts = 0").await, 2);
-});
-
-both!(migrate_twice_is_a_no_op, Retention::Delete, |env: Env| async move {
-    assert!(env.db.migrate().await.unwrap().is_empty());
-    assert_eq!(env.scalar("SELECT COUNT(*) FROM ferry_schema_migrations").await, 1);
-});
-
-both!(rolled_back_transaction_leaves_nothing, Retention::Delete, |env: Env| async move {
-    let m = Message::event("t", "x");
-    match &env.db {
-        Database::Postgres(p) => {
-            let mut tx = p.begin().await.unwrap();
-            ferry_store::outbox::postgres::enqueue(&mut tx, &m).await.unwrap();
-            tx.rollback().await.unwrap();
-        }
-        Database::Sqlite(p) => {
-            let mut tx = p.begin().await.unwrap();
-            ferry_store::outbox::sqlite::enqueue(&mut tx, &m).await.unwrap();
-            tx.rollback().await.unwrap();
-        }
+        // JSON with escapes must survive too.
+        env.exec(r#"INSERT INTO ferry_outbox (topic, payload) VALUES ('t', '{"s":"a\nb \"q\" \u00e9"}')"#).await;
+        let got = env.claim_raw(&filter(OrderPolicy::Ordered)).await;
+        assert_eq!(got.len(), 2);
+        let m = got[0].message.as_ref().unwrap();
+        assert_eq!(m.topic, "user.signed_up");
+        assert_eq!(m.key.as_deref(), Some("user-42"));
+        assert_eq!(&m.payload[..], br#"{"user_id":42}"#);
+        assert_eq!(m.kind, ferry_core::Kind::Event);
+        assert_eq!(m.content_type, "application/json");
+        assert!(m.headers.is_empty());
+        assert_eq!(m.id.0.get_version_num(), 7, "default id is a UUIDv7");
+        assert!((Utc::now() - m.created_at).num_seconds().abs() < 60);
+        let m2 = got[1].message.as_ref().unwrap();
+        assert_eq!(&m2.payload[..], br#"{"s":"a\nb \"q\" \u00e9"}"#);
+        assert!(m.id < m2.id || m.id != m2.id);
+        assert_eq!(
+            env.scalar(
+                "SELECT COUNT(*) FROM ferry_outbox WHERE status = 'pending' AND attempts = 0"
+            )
+            .await,
+            2
+        );
     }
-    assert!(env.claim_raw(&filter(OrderPolicy::Ordered)).await.is_empty());
-});
+);
 
-both!(rust_api_round_trips_every_field, Retention::Delete, |env: Env| async move {
-    let binary = Message::command("bin", vec![0u8, 159, 146, 150, 255])
-        .with_key("k")
-        .with_header("traceparent", "00-1")
-        .with_content_type("application/octet-stream");
-    let text = Message::event("text", r#"{"a":"\\"}"#);
-    env.enqueue(&[binary.clone(), text.clone()]).await;
-    let got = env.claim_raw(&filter(OrderPolicy::Ordered)).await;
-    let got: Vec<Message> = got.into_iter().map(|c| c.message.unwrap()).collect();
-    let same = |a: &Message, b: &Message| {
-        assert_eq!(a.id, b.id);
-        assert_eq!(a.kind, b.kind);
-        assert_eq!(a.topic, b.topic);
-        assert_eq!(a.key, b.key);
-        assert_eq!(a.headers, b.headers);
-        assert_eq!(a.content_type, b.content_type);
-        assert_eq!(a.payload, b.payload);
-        assert!((a.created_at - b.created_at).num_milliseconds().abs() <= 1);
-    };
-    same(&got[0], &binary);
-    same(&got[1], &text);
-});
+both!(
+    migrate_twice_is_a_no_op,
+    Retention::Delete,
+    |env: Env| async move {
+        assert!(env.db.migrate().await.unwrap().is_empty());
+        assert_eq!(
+            env.scalar("SELECT COUNT(*) FROM ferry_schema_migrations")
+                .await,
+            1
+        );
+    }
+);
 
-both!(delivered_messages_are_deleted, Retention::Delete, |env: Env| async move {
-    env.enqueue(&[Message::event("t", "1"), Message::event("t", "2")]).await;
-    let sent = env.round(&filter(OrderPolicy::Ordered), |_| Outcome::Delivered).await;
-    assert_eq!(payloads(&sent), ["1", "2"]);
-    assert_eq!(env.scalar("SELECT COUNT(*) FROM ferry_outbox").await, 0);
-    assert!(env.round(&filter(OrderPolicy::Ordered), |_| Outcome::Delivered).await.is_empty());
-});
+both!(
+    rolled_back_transaction_leaves_nothing,
+    Retention::Delete,
+    |env: Env| async move {
+        let m = Message::event("t", "x");
+        match &env.db {
+            Database::Postgres(p) => {
+                let mut tx = p.begin().await.unwrap();
+                ferry_store::outbox::postgres::enqueue(&mut tx, &m)
+                    .await
+                    .unwrap();
+                tx.rollback().await.unwrap();
+            }
+            Database::Sqlite(p) => {
+                let mut tx = p.begin().await.unwrap();
+                ferry_store::outbox::sqlite::enqueue(&mut tx, &m)
+                    .await
+                    .unwrap();
+                tx.rollback().await.unwrap();
+            }
+        }
+        assert!(env
+            .claim_raw(&filter(OrderPolicy::Ordered))
+            .await
+            .is_empty());
+    }
+);
 
-both!(delivered_messages_are_kept_then_purged, Retention::Keep(Duration::from_secs(3600)), |env: Env| async move {
-    env.enqueue(&[Message::event("t", "1")]).await;
-    env.round(&filter(OrderPolicy::Ordered), |_| Outcome::Delivered).await;
-    assert_eq!(
+both!(
+    rust_api_round_trips_every_field,
+    Retention::Delete,
+    |env: Env| async move {
+        let binary = Message::command("bin", vec![0u8, 159, 146, 150, 255])
+            .with_key("k")
+            .with_header("traceparent", "00-1")
+            .with_content_type("application/octet-stream");
+        let text = Message::event("text", r#"{"a":"\\"}"#);
+        env.enqueue(&[binary.clone(), text.clone()]).await;
+        let got = env.claim_raw(&filter(OrderPolicy::Ordered)).await;
+        let got: Vec<Message> = got.into_iter().map(|c| c.message.unwrap()).collect();
+        let same = |a: &Message, b: &Message| {
+            assert_eq!(a.id, b.id);
+            assert_eq!(a.kind, b.kind);
+            assert_eq!(a.topic, b.topic);
+            assert_eq!(a.key, b.key);
+            assert_eq!(a.headers, b.headers);
+            assert_eq!(a.content_type, b.content_type);
+            assert_eq!(a.payload, b.payload);
+            assert!((a.created_at - b.created_at).num_milliseconds().abs() <= 1);
+        };
+        same(&got[0], &binary);
+        same(&got[1], &text);
+    }
+);
+
+both!(
+    delivered_messages_are_deleted,
+    Retention::Delete,
+    |env: Env| async move {
+        env.enqueue(&[Message::event("t", "1"), Message::event("t", "2")])
+            .await;
+        let sent = env
+            .round(&filter(OrderPolicy::Ordered), |_| Outcome::Delivered)
+            .await;
+        assert_eq!(payloads(&sent), ["1", "2"]);
+        assert_eq!(env.scalar("SELECT COUNT(*) FROM ferry_outbox").await, 0);
+        assert!(env
+            .round(&filter(OrderPolicy::Ordered), |_| Outcome::Delivered)
+            .await
+            .is_empty());
+    }
+);
+
+both!(
+    delivered_messages_are_kept_then_purged,
+    Retention::Keep(Duration::from_secs(3600)),
+    |env: Env| async move {
+        env.enqueue(&[Message::event("t", "1")]).await;
+        env.round(&filter(OrderPolicy::Ordered), |_| Outcome::Delivered)
+            .await;
+        assert_eq!(
         env.scalar("SELECT COUNT(*) FROM ferry_outbox WHERE status = 'delivered' AND delivered_at IS NOT NULL AND attempts = 1").await,
         1
     );
-    assert_eq!(env.purge(Duration::from_secs(3600)).await, 0);
-    tokio::time::sleep(Duration::from_millis(20)).await;
-    assert_eq!(env.purge(Duration::from_millis(1)).await, 1);
-    assert_eq!(env.scalar("SELECT COUNT(*) FROM ferry_outbox").await, 0);
-});
-
-both!(failures_retry_later_then_die_with_their_reason, Retention::Delete, |env: Env| async move {
-    env.enqueue(&[Message::event("t", "a")]).await;
-    let f = filter(OrderPolicy::Ordered);
-    assert_eq!(env.round(&f, |_| retry_in(300)).await.len(), 1);
-    assert!(env.round(&f, |_| Outcome::Delivered).await.is_empty(), "not due yet");
-    let due = env.next_retry_at().await.expect("a retry is scheduled");
-    assert!(due > Utc::now());
-    tokio::time::sleep(Duration::from_millis(350)).await;
-    assert_eq!(env.round(&f, |_| dead("http 400 bad request")).await.len(), 1);
-    let dead_list = env.db.dead_messages(10).await.unwrap();
-    assert_eq!(dead_list.len(), 1);
-    assert_eq!(dead_list[0].attempts, 2);
-    assert_eq!(dead_list[0].last_error.as_deref(), Some("http 400 bad request"));
-    assert!(env.round(&f, |_| Outcome::Delivered).await.is_empty(), "dead is not claimed");
-    assert!(env.next_retry_at().await.is_none());
-});
-
-both!(dead_letters_replay_and_discard, Retention::Delete, |env: Env| async move {
-    env.enqueue(&[Message::event("t", "a"), Message::event("t", "b"), Message::event("t", "c")]).await;
-    let f = filter(OrderPolicy::Ordered);
-    env.round(&f, |_| dead("nope")).await;
-    let dead_list = env.db.dead_messages(10).await.unwrap();
-    assert_eq!(dead_list.len(), 3);
-    // one by sequence number, one by id, then the rest
-    assert_eq!(env.db.replay_dead(Some(&seq_ref(dead_list[0].seq))).await.unwrap(), 1);
-    let by_id: MessageRef = dead_list[1].message_id.parse().unwrap();
-    assert_eq!(env.db.discard_dead(&by_id).await.unwrap(), 1);
-    assert!(env.db.discard_dead(&by_id).await.is_err(), "already gone");
-    assert!(env.db.replay_dead(Some(&seq_ref(999_999))).await.is_err());
-    let again = env.round(&f, |_| Outcome::Delivered).await;
-    assert_eq!(payloads(&again), ["a"]);
-    assert_eq!(env.db.replay_dead(None).await.unwrap(), 1);
-    assert_eq!(payloads(&env.round(&f, |_| Outcome::Delivered).await), ["c"]);
-    let stats = env.db.outbox_stats().await.unwrap();
-    assert_eq!((stats.pending, stats.dead), (0, 0));
-});
-
-both!(ordered_mode_holds_back_only_the_failing_key, Retention::Delete, |env: Env| async move {
-    env.enqueue(&[
-        Message::event("t", "a1").with_key("a"),
-        Message::event("t", "b1").with_key("b"),
-        Message::event("t", "a2").with_key("a"),
-        Message::event("t", "b2").with_key("b"),
-    ])
-    .await;
-    let f = filter(OrderPolicy::Ordered);
-    // a1 fails; the relay releases a2 behind it (not attempted).
-    let first = env
-        .round(&f, |m| match &m.payload[..] {
-            b"a1" => retry_in(400),
-            b"a2" => Outcome::Released,
-            _ => Outcome::Delivered,
-        })
-        .await;
-    assert_eq!(payloads(&first), ["a1", "b1", "a2", "b2"]);
-    env.enqueue(&[Message::event("t", "b3").with_key("b"), Message::event("t", "n")]).await;
-    let second = env.round(&f, |_| Outcome::Delivered).await;
-    assert_eq!(payloads(&second), ["b3", "n"], "key a is held back, others flow");
-    tokio::time::sleep(Duration::from_millis(450)).await;
-    // a1 is due again: it goes first, a2 still waits behind it.
-    assert_eq!(payloads(&env.round(&f, |_| Outcome::Delivered).await), ["a1"]);
-    assert_eq!(payloads(&env.round(&f, |_| Outcome::Delivered).await), ["a2"]);
-});
-
-both!(unordered_mode_lets_later_messages_pass_a_retry, Retention::Delete, |env: Env| async move {
-    env.enqueue(&[Message::event("t", "a1").with_key("a"), Message::event("t", "a2").with_key("a")]).await;
-    let f = filter(OrderPolicy::Unordered);
-    let first = env
-        .round(&f, |m| if &m.payload[..] == b"a1" { retry_in(60_000) } else { Outcome::Released })
-        .await;
-    assert_eq!(payloads(&first), ["a1", "a2"]);
-    assert_eq!(payloads(&env.round(&f, |_| Outcome::Delivered).await), ["a2"]);
-});
-
-both!(topic_filter_claims_only_its_topics, Retention::Delete, |env: Env| async move {
-    env.enqueue(&[Message::event("x", "1"), Message::event("y", "2"), Message::event("z", "3")]).await;
-    let f = ClaimFilter { limit: 10, order: OrderPolicy::Ordered, topics: Some(vec!["x".into(), "z".into()]) };
-    assert_eq!(payloads(&env.round(&f, |_| Outcome::Delivered).await), ["1", "3"]);
-    assert_eq!(env.scalar("SELECT COUNT(*) FROM ferry_outbox").await, 1);
-});
-
-both!(malformed_rows_come_back_as_errors_not_panics, Retention::Delete, |env: Env| async move {
-    env.exec(r#"INSERT INTO ferry_outbox (topic, headers, payload) VALUES ('t', '[1,2]', 'x')"#).await;
-    let got = env.claim_raw(&filter(OrderPolicy::Ordered)).await;
-    assert_eq!(got.len(), 1);
-    assert!(got[0].message.as_ref().unwrap_err().contains("json object"));
-});
-
-both!(batch_limit_is_respected_in_sequence_order, Retention::Delete, |env: Env| async move {
-    let ms: Vec<Message> = (0..25).map(|i| Message::event("t", i.to_string()).with_key(format!("k{}", i % 3))).collect();
-    env.enqueue(&ms).await;
-    let f = ClaimFilter { limit: 10, order: OrderPolicy::Ordered, topics: None };
-    let mut all = Vec::new();
-    loop {
-        let got = env.round(&f, |_| Outcome::Delivered).await;
-        if got.is_empty() {
-            break;
-        }
-        assert!(got.len() <= 10);
-        all.extend(got);
+        assert_eq!(env.purge(Duration::from_secs(3600)).await, 0);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert_eq!(env.purge(Duration::from_millis(1)).await, 1);
+        assert_eq!(env.scalar("SELECT COUNT(*) FROM ferry_outbox").await, 0);
     }
-    let expected: Vec<String> = (0..25).map(|i| i.to_string()).collect();
-    assert_eq!(payloads(&all), expected);
-});
+);
+
+both!(
+    failures_retry_later_then_die_with_their_reason,
+    Retention::Delete,
+    |env: Env| async move {
+        env.enqueue(&[Message::event("t", "a")]).await;
+        let f = filter(OrderPolicy::Ordered);
+        assert_eq!(env.round(&f, |_| retry_in(300)).await.len(), 1);
+        assert!(
+            env.round(&f, |_| Outcome::Delivered).await.is_empty(),
+            "not due yet"
+        );
+        let due = env.next_retry_at().await.expect("a retry is scheduled");
+        assert!(due > Utc::now());
+        tokio::time::sleep(Duration::from_millis(350)).await;
+        assert_eq!(
+            env.round(&f, |_| dead("http 400 bad request")).await.len(),
+            1
+        );
+        let dead_list = env.db.dead_messages(10).await.unwrap();
+        assert_eq!(dead_list.len(), 1);
+        assert_eq!(dead_list[0].attempts, 2);
+        assert_eq!(
+            dead_list[0].last_error.as_deref(),
+            Some("http 400 bad request")
+        );
+        assert!(
+            env.round(&f, |_| Outcome::Delivered).await.is_empty(),
+            "dead is not claimed"
+        );
+        assert!(env.next_retry_at().await.is_none());
+    }
+);
+
+both!(
+    dead_letters_replay_and_discard,
+    Retention::Delete,
+    |env: Env| async move {
+        env.enqueue(&[
+            Message::event("t", "a"),
+            Message::event("t", "b"),
+            Message::event("t", "c"),
+        ])
+        .await;
+        let f = filter(OrderPolicy::Ordered);
+        env.round(&f, |_| dead("nope")).await;
+        let dead_list = env.db.dead_messages(10).await.unwrap();
+        assert_eq!(dead_list.len(), 3);
+        // one by sequence number, one by id, then the rest
+        assert_eq!(
+            env.db
+                .replay_dead(Some(&seq_ref(dead_list[0].seq)))
+                .await
+                .unwrap(),
+            1
+        );
+        let by_id: MessageRef = dead_list[1].message_id.parse().unwrap();
+        assert_eq!(env.db.discard_dead(&by_id).await.unwrap(), 1);
+        assert!(env.db.discard_dead(&by_id).await.is_err(), "already gone");
+        assert!(env.db.replay_dead(Some(&seq_ref(999_999))).await.is_err());
+        let again = env.round(&f, |_| Outcome::Delivered).await;
+        assert_eq!(payloads(&again), ["a"]);
+        assert_eq!(env.db.replay_dead(None).await.unwrap(), 1);
+        assert_eq!(
+            payloads(&env.round(&f, |_| Outcome::Delivered).await),
+            ["c"]
+        );
+        let stats = env.db.outbox_stats().await.unwrap();
+        assert_eq!((stats.pending, stats.dead), (0, 0));
+    }
+);
+
+both!(
+    ordered_mode_holds_back_only_the_failing_key,
+    Retention::Delete,
+    |env: Env| async move {
+        env.enqueue(&[
+            Message::event("t", "a1").with_key("a"),
+            Message::event("t", "b1").with_key("b"),
+            Message::event("t", "a2").with_key("a"),
+            Message::event("t", "b2").with_key("b"),
+        ])
+        .await;
+        let f = filter(OrderPolicy::Ordered);
+        // a1 fails; the relay releases a2 behind it (not attempted).
+        let first = env
+            .round(&f, |m| match &m.payload[..] {
+                b"a1" => retry_in(400),
+                b"a2" => Outcome::Released,
+                _ => Outcome::Delivered,
+            })
+            .await;
+        assert_eq!(payloads(&first), ["a1", "b1", "a2", "b2"]);
+        env.enqueue(&[
+            Message::event("t", "b3").with_key("b"),
+            Message::event("t", "n"),
+        ])
+        .await;
+        let second = env.round(&f, |_| Outcome::Delivered).await;
+        assert_eq!(
+            payloads(&second),
+            ["b3", "n"],
+            "key a is held back, others flow"
+        );
+        tokio::time::sleep(Duration::from_millis(450)).await;
+        // a1 is due again: it goes first, a2 still waits behind it.
+        assert_eq!(
+            payloads(&env.round(&f, |_| Outcome::Delivered).await),
+            ["a1"]
+        );
+        assert_eq!(
+            payloads(&env.round(&f, |_| Outcome::Delivered).await),
+            ["a2"]
+        );
+    }
+);
+
+both!(
+    unordered_mode_lets_later_messages_pass_a_retry,
+    Retention::Delete,
+    |env: Env| async move {
+        env.enqueue(&[
+            Message::event("t", "a1").with_key("a"),
+            Message::event("t", "a2").with_key("a"),
+        ])
+        .await;
+        let f = filter(OrderPolicy::Unordered);
+        let first = env
+            .round(&f, |m| {
+                if &m.payload[..] == b"a1" {
+                    retry_in(60_000)
+                } else {
+                    Outcome::Released
+                }
+            })
+            .await;
+        assert_eq!(payloads(&first), ["a1", "a2"]);
+        assert_eq!(
+            payloads(&env.round(&f, |_| Outcome::Delivered).await),
+            ["a2"]
+        );
+    }
+);
+
+both!(
+    topic_filter_claims_only_its_topics,
+    Retention::Delete,
+    |env: Env| async move {
+        env.enqueue(&[
+            Message::event("x", "1"),
+            Message::event("y", "2"),
+            Message::event("z", "3"),
+        ])
+        .await;
+        let f = ClaimFilter {
+            limit: 10,
+            order: OrderPolicy::Ordered,
+            topics: Some(vec!["x".into(), "z".into()]),
+        };
+        assert_eq!(
+            payloads(&env.round(&f, |_| Outcome::Delivered).await),
+            ["1", "3"]
+        );
+        assert_eq!(env.scalar("SELECT COUNT(*) FROM ferry_outbox").await, 1);
+    }
+);
+
+both!(
+    malformed_rows_come_back_as_errors_not_panics,
+    Retention::Delete,
+    |env: Env| async move {
+        env.exec(
+            r#"INSERT INTO ferry_outbox (topic, headers, payload) VALUES ('t', '[1,2]', 'x')"#,
+        )
+        .await;
+        let got = env.claim_raw(&filter(OrderPolicy::Ordered)).await;
+        assert_eq!(got.len(), 1);
+        assert!(got[0].message.as_ref().unwrap_err().contains("json object"));
+    }
+);
+
+both!(
+    batch_limit_is_respected_in_sequence_order,
+    Retention::Delete,
+    |env: Env| async move {
+        let ms: Vec<Message> = (0..25)
+            .map(|i| Message::event("t", i.to_string()).with_key(format!("k{}", i % 3)))
+            .collect();
+        env.enqueue(&ms).await;
+        let f = ClaimFilter {
+            limit: 10,
+            order: OrderPolicy::Ordered,
+            topics: None,
+        };
+        let mut all = Vec::new();
+        loop {
+            let got = env.round(&f, |_| Outcome::Delivered).await;
+            if got.is_empty() {
+                break;
+            }
+            assert!(got.len() <= 10);
+            all.extend(got);
+        }
+        let expected: Vec<String> = (0..25).map(|i| i.to_string()).collect();
+        assert_eq!(payloads(&all), expected);
+    }
+);

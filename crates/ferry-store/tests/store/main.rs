@@ -7,8 +7,8 @@ use std::time::Duration;
 use chrono::Utc;
 use ferry_core::Message;
 use ferry_store::outbox::{
-    postgres::PgOutbox, sqlite::SqliteOutbox, ClaimFilter, ClaimedBatch, MessageRef, OrderPolicy, Outbox, Outcome,
-    Retention,
+    postgres::PgOutbox, sqlite::SqliteOutbox, ClaimFilter, ClaimedBatch, MessageRef, OrderPolicy,
+    Outbox, Outcome, Retention,
 };
 use ferry_store::{ConnectOptions, Database};
 use ferry_testkit::{PgTestDb, SqliteTestDb};
@@ -31,22 +31,42 @@ pub enum AnyOutbox {
 
 pub async fn pg_env(retention: Retention) -> Env {
     let t = PgTestDb::create().await;
-    let db = Database::connect_with(&t.url, &ConnectOptions { max_connections: 8, lease: Some(Duration::from_secs(30)) })
-        .await
-        .unwrap();
+    let db = Database::connect_with(
+        &t.url,
+        &ConnectOptions {
+            max_connections: 8,
+            lease: Some(Duration::from_secs(30)),
+        },
+    )
+    .await
+    .unwrap();
     db.migrate().await.unwrap();
-    let Database::Postgres(pool) = &db else { unreachable!() };
+    let Database::Postgres(pool) = &db else {
+        unreachable!()
+    };
     let outbox = AnyOutbox::Pg(PgOutbox::new(pool.clone(), retention));
-    Env { db, outbox, _pg: Some(t), _sqlite: None }
+    Env {
+        db,
+        outbox,
+        _pg: Some(t),
+        _sqlite: None,
+    }
 }
 
 pub async fn sqlite_env(retention: Retention) -> Env {
     let t = SqliteTestDb::create();
     let db = Database::connect(&t.url).await.unwrap();
     db.migrate().await.unwrap();
-    let Database::Sqlite(pool) = &db else { unreachable!() };
+    let Database::Sqlite(pool) = &db else {
+        unreachable!()
+    };
     let outbox = AnyOutbox::Sqlite(SqliteOutbox::new(pool.clone(), retention));
-    Env { db, outbox, _pg: None, _sqlite: Some(t) }
+    Env {
+        db,
+        outbox,
+        _pg: None,
+        _sqlite: Some(t),
+    }
 }
 
 impl Env {
@@ -68,14 +88,18 @@ impl Env {
             Database::Postgres(p) => {
                 let mut tx = p.begin().await.unwrap();
                 for m in messages {
-                    ferry_store::outbox::postgres::enqueue(&mut tx, m).await.unwrap();
+                    ferry_store::outbox::postgres::enqueue(&mut tx, m)
+                        .await
+                        .unwrap();
                 }
                 tx.commit().await.unwrap();
             }
             Database::Sqlite(p) => {
                 let mut tx = p.begin().await.unwrap();
                 for m in messages {
-                    ferry_store::outbox::sqlite::enqueue(&mut tx, m).await.unwrap();
+                    ferry_store::outbox::sqlite::enqueue(&mut tx, m)
+                        .await
+                        .unwrap();
                 }
                 tx.commit().await.unwrap();
             }
@@ -83,7 +107,11 @@ impl Env {
     }
 
     /// Claims a batch and settles it with `decide`; returns the topics/payloads claimed.
-    pub async fn round(&self, filter: &ClaimFilter, decide: impl Fn(&Message) -> Outcome) -> Vec<Message> {
+    pub async fn round(
+        &self,
+        filter: &ClaimFilter,
+        decide: impl Fn(&Message) -> Outcome,
+    ) -> Vec<Message> {
         match &self.outbox {
             AnyOutbox::Pg(o) => round(o, filter, decide).await,
             AnyOutbox::Sqlite(o) => round(o, filter, decide).await,
@@ -129,28 +157,48 @@ impl Env {
     }
 }
 
-async fn round<O: Outbox>(o: &O, filter: &ClaimFilter, decide: impl Fn(&Message) -> Outcome) -> Vec<Message> {
+async fn round<O: Outbox>(
+    o: &O,
+    filter: &ClaimFilter,
+    decide: impl Fn(&Message) -> Outcome,
+) -> Vec<Message> {
     let batch = o.claim(filter).await.unwrap();
-    let messages: Vec<Message> = batch.messages().iter().map(|c| c.message.clone().unwrap()).collect();
+    let messages: Vec<Message> = batch
+        .messages()
+        .iter()
+        .map(|c| c.message.clone().unwrap())
+        .collect();
     let outcomes: Vec<Outcome> = messages.iter().map(&decide).collect();
     batch.settle(&outcomes).await.unwrap();
     messages
 }
 
 pub fn filter(order: OrderPolicy) -> ClaimFilter {
-    ClaimFilter { limit: 100, order, topics: None }
+    ClaimFilter {
+        limit: 100,
+        order,
+        topics: None,
+    }
 }
 
 pub fn payloads(ms: &[Message]) -> Vec<String> {
-    ms.iter().map(|m| String::from_utf8(m.payload.to_vec()).unwrap()).collect()
+    ms.iter()
+        .map(|m| String::from_utf8(m.payload.to_vec()).unwrap())
+        .collect()
 }
 
 pub fn retry_in(ms: i64) -> Outcome {
-    Outcome::Failed { error: "boom".into(), retry_at: Some(Utc::now() + chrono::Duration::milliseconds(ms)) }
+    Outcome::Failed {
+        error: "boom".into(),
+        retry_at: Some(Utc::now() + chrono::Duration::milliseconds(ms)),
+    }
 }
 
 pub fn dead(error: &str) -> Outcome {
-    Outcome::Failed { error: error.into(), retry_at: None }
+    Outcome::Failed {
+        error: error.into(),
+        retry_at: None,
+    }
 }
 
 pub fn seq_ref(seq: i64) -> MessageRef {

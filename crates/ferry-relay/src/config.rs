@@ -1,0 +1,68 @@
+use std::time::Duration;
+
+use ferry_core::RetryPolicy;
+use ferry_store::outbox::{OrderPolicy, Retention};
+
+/// How a relay runs.
+#[derive(Clone, Debug)]
+pub struct RelayConfig {
+    /// Name in logs.
+    pub name: String,
+    /// Most messages claimed and sent in one batch.
+    pub batch_size: u32,
+    /// Workers claiming and delivering batches at the same time (capped to
+    /// what the outbox allows: 1 on SQLite).
+    pub concurrency: usize,
+    /// Per-key ordering policy.
+    pub order: OrderPolicy,
+    /// Only these topics; `None` for all.
+    pub topics: Option<Vec<String>>,
+    /// Longest wait between two looks at the outbox when no wake-up comes.
+    pub poll_interval: Duration,
+    /// Retries of a failed message.
+    pub retry: RetryPolicy,
+    /// Pause when the sink as a whole is unavailable.
+    pub sink_backoff: SinkBackoff,
+    /// What happens to delivered messages.
+    pub retention: Retention,
+    /// How long batches in flight may finish after shutdown is requested.
+    pub shutdown_grace: Duration,
+}
+
+impl Default for RelayConfig {
+    fn default() -> Self {
+        Self {
+            name: "relay".to_owned(),
+            batch_size: 500,
+            concurrency: 2,
+            order: OrderPolicy::Ordered,
+            topics: None,
+            poll_interval: Duration::from_millis(500),
+            retry: RetryPolicy::default(),
+            sink_backoff: SinkBackoff::default(),
+            retention: Retention::Delete,
+            shutdown_grace: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Capped exponential pause while the sink is unavailable.
+#[derive(Clone, Debug, PartialEq, serde::Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SinkBackoff {
+    /// First pause, e.g. `"100ms"`.
+    #[serde(with = "humantime_serde")]
+    pub initial: Duration,
+    /// Longest pause, e.g. `"30s"`.
+    #[serde(with = "humantime_serde")]
+    pub max: Duration,
+}
+
+impl Default for SinkBackoff {
+    fn default() -> Self {
+        Self {
+            initial: Duration::from_millis(100),
+            max: Duration::from_secs(30),
+        }
+    }
+}

@@ -1,0 +1,386 @@
+//! Hands a claimed batch to the sink in waves that keep per-key order, and
+//! decides each message's [`Outcome`].
+
+use std::collections::{HashMap, VecDeque};
+
+use chrono::Utc;
+use ferry_core::{Message, RetryPolicy, Sink, SinkError, SinkErrorKind};
+use ferry_store::outbox::{Claimed, OrderPolicy, Outcome};
+
+/// What a batch's delivery came to.
+pub(crate) struct BatchResult {
+    pub outcomes: Vec<Outcome>,
+    /// Set when the sink reported itself unavailable: the error.
+    pub unavailable: Option<String>,
+    pub delivered: u64,
+    pub failed: u64,
+    pub dead: u64,
+}
+
+pub(crate) async fn deliver(
+    sink: &dyn Sink,
+    claimed: &[Claimed],
+    order: OrderPolicy,
+    retry: &RetryPolicy,
+    relay: &str,
+) -> BatchResult {
+    let mut result = BatchResult {
+        outcomes: vec![Outcome::Released; claimed.len()],
+        unavailable: None,
+        delivered: 0,
+        failed: 0,
+        dead: 0,
+    };
+    // One queue per key, in sequence order; each unkeyed message is alone.
+    let mut queues: Vec<VecDeque<usize>> = Vec::new();
+    let mut by_key: HashMap<&str, usize> = HashMap::new();
+    // Which queue each wave slot came from.
+    let mut wave_queue: Vec<usize> = Vec::new();
+    for (i, c) in claimed.iter().enumerate() {
+        let message = match &c.message {
+            Ok(m) => m,
+            Err(reason) => {
+                tracing::warn!(relay, seq = c.seq, reason = %reason, "malformed message dead-lettered");
+                result.outcomes[i] = Outcome::Failed {
+                    error: format!("malformed message: {reason}"),
+                    retry_at: None,
+                };
+                result.dead += 1;
+                continue;
+            }
+        };
+        match message.key.as_deref() {
+            Some(key) => {
+                let q = *by_key.entry(key).or_insert_with(|| {
+                    queues.push(VecDeque::new());
+                    queues.len() - 1
+                });
+                queues[q].push_back(i);
+            }
+            None => queues.push(VecDeque::from([i])),
+        }
+    }
+
+    let mut wave_idx: Vec<usize> = Vec::with_capacity(queues.len());
+    let mut wave: Vec<Message> = Vec::with_capacity(queues.len());
+    loop {
+        wave_idx.clear();
+        wave.clear();
+        wave_queue.clear();
+        for (qn, q) in queues.iter_mut().enumerate() {
+            if let Some(i) = q.pop_front() {
+                wave_queue.push(qn);
+                wave_idx.push(i);
+                wave.push(
+                    claimed[i]
+                        .message
+                        .as_ref()
+                        .expect("malformed messages are not queued")
+                        .clone(),
+                );
+            }
+        }
+        if wave.is_empty() {
+            break;
+        }
+        let results = sink.deliver(&wave).await;
+        for (pos, &i) in wave_idx.iter().enumerate() {
+            let outcome = match results.get(pos) {
+                Some(Ok(())) => {
+                    result.delivered += 1;
+                    Outcome::Delivered
+                }
+                Some(Err(e)) => match e.kind {
+                    SinkErrorKind::Unavailable => {
+                        result.unavailable.get_or_insert_with(|| e.describe());
+                        Outcome::Released
+                    }
+                    _ => failure(e, &claimed[i], retry, relay, &mut result),
+                },
+                None => failure(
+                    &SinkError::transient(format!(
+                        "sink `{}` returned no result for this message",
+                        sink.name()
+                    )),
+                    &claimed[i],
+                    retry,
+                    relay,
+                    &mut result,
+                ),
+            };
+            let retrying = matches!(
+                outcome,
+                Outcome::Failed {
+                    retry_at: Some(_),
+                    ..
+                }
+            );
+            if retrying && order == OrderPolicy::Ordered {
+                // The rest of a failing message's key waits for it.
+                queues[wave_queue[pos]].clear();
+            }
+            result.outcomes[i] = outcome;
+        }
+        if result.unavailable.is_some() {
+            // Stop at once; everything not yet settled stays as it was.
+            break;
+        }
+    }
+    result
+}
+
+fn failure(
+    e: &SinkError,
+    c: &Claimed,
+    retry: &RetryPolicy,
+    relay: &str,
+    result: &mut BatchResult,
+) -> Outcome {
+    let attempts = c.attempts + 1;
+    let error = e.describe();
+    let permanent = e.kind == SinkErrorKind::Permanent;
+    if permanent || !retry.allows_another(attempts) {
+        let id = c
+            .message
+            .as_ref()
+            .map(|m| m.id.to_string())
+            .unwrap_or_default();
+        tracing::warn!(relay, seq = c.seq, message_id = %id, attempts, error = %error,
+            reason = if permanent { "permanent error" } else { "attempts exhausted" }, "message dead-lettered");
+        result.dead += 1;
+        return Outcome::Failed {
+            error,
+            retry_at: None,
+        };
+    }
+    result.failed += 1;
+    let mut wait = retry.delay(attempts);
+    if let Some(after) = e.retry_after {
+        wait = wait.max(after.min(retry.max_backoff));
+    }
+    tracing::debug!(relay, seq = c.seq, attempts, error = %error, ?wait, "delivery failed; will retry");
+    Outcome::Failed {
+        error,
+        retry_at: Some(
+            Utc::now() + chrono::Duration::from_std(wait).unwrap_or(chrono::Duration::MAX),
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+    use std::time::Duration;
+
+    use ferry_core::{BoxFuture, Delivery};
+
+    use super::*;
+
+    /// A sink that answers from a script keyed by payload and records each
+    /// wave it was given.
+    struct Scripted {
+        answer: fn(&str) -> Delivery,
+        waves: Mutex<Vec<Vec<String>>>,
+    }
+
+    impl Sink for Scripted {
+        fn name(&self) -> &str {
+            "scripted"
+        }
+        fn deliver<'a>(&'a self, batch: &'a [Message]) -> BoxFuture<'a, Vec<Delivery>> {
+            let names: Vec<String> = batch
+                .iter()
+                .map(|m| String::from_utf8_lossy(&m.payload).into_owned())
+                .collect();
+            let out = names.iter().map(|n| (self.answer)(n)).collect();
+            self.waves.lock().unwrap().push(names);
+            Box::pin(async move { out })
+        }
+    }
+
+    fn claimed(items: &[(&str, Option<&str>)]) -> Vec<Claimed> {
+        items
+            .iter()
+            .enumerate()
+            .map(|(i, (p, k))| {
+                let mut m = Message::event("t", p.to_string());
+                m.key = k.map(str::to_owned);
+                Claimed {
+                    seq: i as i64,
+                    attempts: 0,
+                    message: Ok(m),
+                }
+            })
+            .collect()
+    }
+
+    fn policy() -> RetryPolicy {
+        RetryPolicy {
+            max_attempts: 3,
+            jitter: 0.0,
+            ..RetryPolicy::default()
+        }
+    }
+
+    async fn run(
+        answer: fn(&str) -> Delivery,
+        items: &[(&str, Option<&str>)],
+        order: OrderPolicy,
+    ) -> (BatchResult, Vec<Vec<String>>) {
+        let sink = Scripted {
+            answer,
+            waves: Mutex::default(),
+        };
+        let r = deliver(&sink, &claimed(items), order, &policy(), "t").await;
+        (r, sink.waves.into_inner().unwrap())
+    }
+
+    const BATCH: &[(&str, Option<&str>)] = &[
+        ("a1", Some("a")),
+        ("b1", Some("b")),
+        ("a2", Some("a")),
+        ("n", None),
+        ("a3", Some("a")),
+    ];
+
+    #[tokio::test]
+    async fn waves_hold_one_message_per_key_in_order() {
+        let (r, waves) = run(|_| Ok(()), BATCH, OrderPolicy::Ordered).await;
+        assert_eq!(waves, vec![vec!["a1", "b1", "n"], vec!["a2"], vec!["a3"]]);
+        assert!(r.outcomes.iter().all(|o| *o == Outcome::Delivered));
+        assert_eq!(r.delivered, 5);
+    }
+
+    #[tokio::test]
+    async fn ordered_failure_holds_back_its_key_only() {
+        let (r, waves) = run(
+            |p| {
+                if p == "a2" {
+                    Err(SinkError::transient("503"))
+                } else {
+                    Ok(())
+                }
+            },
+            BATCH,
+            OrderPolicy::Ordered,
+        )
+        .await;
+        assert_eq!(waves, vec![vec!["a1", "b1", "n"], vec!["a2"]]);
+        assert!(matches!(
+            r.outcomes[2],
+            Outcome::Failed {
+                retry_at: Some(_),
+                ..
+            }
+        ));
+        assert_eq!(r.outcomes[4], Outcome::Released, "a3 waits behind a2");
+        assert_eq!(r.outcomes[1], Outcome::Delivered);
+    }
+
+    #[tokio::test]
+    async fn unordered_failure_lets_the_key_continue() {
+        let (r, waves) = run(
+            |p| {
+                if p == "a2" {
+                    Err(SinkError::transient("503"))
+                } else {
+                    Ok(())
+                }
+            },
+            BATCH,
+            OrderPolicy::Unordered,
+        )
+        .await;
+        assert_eq!(waves, vec![vec!["a1", "b1", "n"], vec!["a2"], vec!["a3"]]);
+        assert_eq!(r.outcomes[4], Outcome::Delivered);
+        assert_eq!(r.failed, 1);
+    }
+
+    #[tokio::test]
+    async fn permanent_errors_dead_letter_at_once_and_free_the_key() {
+        let (r, _) = run(
+            |p| {
+                if p == "a1" {
+                    Err(SinkError::permanent("http 400"))
+                } else {
+                    Ok(())
+                }
+            },
+            BATCH,
+            OrderPolicy::Ordered,
+        )
+        .await;
+        assert_eq!(
+            r.outcomes[0],
+            Outcome::Failed {
+                error: "http 400".into(),
+                retry_at: None
+            }
+        );
+        assert_eq!(r.outcomes[2], Outcome::Delivered);
+        assert_eq!(r.dead, 1);
+    }
+
+    #[tokio::test]
+    async fn exhausted_attempts_dead_letter() {
+        let sink = Scripted {
+            answer: |_| Err(SinkError::transient("timeout")),
+            waves: Mutex::default(),
+        };
+        let mut c = claimed(&[("x", None)]);
+        c[0].attempts = 2; // the third attempt is the last
+        let r = deliver(&sink, &c, OrderPolicy::Ordered, &policy(), "t").await;
+        assert!(
+            matches!(&r.outcomes[0], Outcome::Failed { retry_at: None, error } if error == "timeout")
+        );
+    }
+
+    #[tokio::test]
+    async fn unavailable_sink_releases_everything_without_counting() {
+        let (r, waves) = run(
+            |_| Err(SinkError::unavailable("connection refused")),
+            BATCH,
+            OrderPolicy::Ordered,
+        )
+        .await;
+        assert_eq!(waves.len(), 1, "stops after the first wave");
+        assert!(r.outcomes.iter().all(|o| *o == Outcome::Released));
+        assert_eq!(r.unavailable.as_deref(), Some("connection refused"));
+    }
+
+    #[tokio::test]
+    async fn retry_after_is_honoured() {
+        let (r, _) = run(
+            |_| Err(SinkError::transient("429").with_retry_after(Duration::from_secs(120))),
+            &[("x", None)],
+            OrderPolicy::Ordered,
+        )
+        .await;
+        let Outcome::Failed {
+            retry_at: Some(at), ..
+        } = &r.outcomes[0]
+        else {
+            panic!()
+        };
+        assert!(*at > Utc::now() + chrono::Duration::seconds(100));
+    }
+
+    #[tokio::test]
+    async fn malformed_messages_are_dead_lettered_with_the_reason() {
+        let sink = Scripted {
+            answer: |_| Ok(()),
+            waves: Mutex::default(),
+        };
+        let mut c = claimed(&[("ok", None)]);
+        c.push(Claimed {
+            seq: 9,
+            attempts: 0,
+            message: Err("headers must be a json object".into()),
+        });
+        let r = deliver(&sink, &c, OrderPolicy::Ordered, &policy(), "t").await;
+        assert_eq!(r.outcomes[0], Outcome::Delivered);
+        assert!(
+            matches!(&r.outcomes[1], Outcome::Failed { retry_at: None, error } if error.contains("json object"))
+        );
+    }
+}

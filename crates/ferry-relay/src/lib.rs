@@ -1,0 +1,35 @@
+//! The relay: claims committed outbox messages in batches, hands them to a
+//! [`Sink`](ferry_core::Sink), and records what happened.
+//!
+//! # Guarantees
+//!
+//! * **At least once.** A message is marked delivered only after the sink
+//!   accepted it. A relay that dies between the two delivers it again after
+//!   restart (or another relay does); receivers drop the duplicate by
+//!   message id, so the effect happens once.
+//! * **Per-key order.** Messages with the same key reach the sink one at a
+//!   time, in order: a batch is sent in *waves*, each holding at most one
+//!   message per key, and the next wave goes only when the previous one is
+//!   settled. With [`OrderPolicy::Ordered`] a failed message holds back the
+//!   rest of its key until it is delivered or dead; with
+//!   [`OrderPolicy::Unordered`] the rest go ahead while it waits for its retry.
+//! * **Failures.** Transient errors are retried with exponential backoff,
+//!   jitter and a cap, up to [`RetryPolicy::max_attempts`]; then the message
+//!   is dead (kept with its last error). Permanent errors dead-letter at once.
+//!   When the sink as a whole is unavailable, attempts are not counted: the
+//!   relay pauses (capped backoff), then probes with one message.
+//! * **Shutdown.** When the token is cancelled the relay stops claiming,
+//!   lets the batches in flight finish for up to
+//!   [`RelayConfig::shutdown_grace`], then abandons them unrecorded (they are
+//!   delivered again later) and returns.
+
+mod config;
+mod delivery;
+mod health;
+mod relay;
+
+pub use config::{RelayConfig, SinkBackoff};
+pub use ferry_core::RetryPolicy;
+pub use ferry_store::outbox::{OrderPolicy, Retention};
+pub use relay::{Relay, RelayStats};
+pub use tokio_util::sync::CancellationToken;
