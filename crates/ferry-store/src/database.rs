@@ -141,10 +141,12 @@ impl Database {
 
     /// Applies Ferry's migrations that are not applied yet; returns their
     /// versions. Safe to run from several processes at once.
-    pub async fn migrate(&self) -> Result<Vec<i64>, StoreError> {
+    pub fn migrate(&self) -> futures::future::BoxFuture<'_, Result<Vec<i64>, StoreError>> {
+        // Boxed so that callers can spawn it: sqlx's executor lifetimes
+        // otherwise defeat the compiler's `Send` proof in generic contexts.
         match self {
-            Database::Postgres(pool) => migrate::postgres(pool).await,
-            Database::Sqlite(pool) => migrate::sqlite(pool).await,
+            Database::Postgres(pool) => Box::pin(migrate::postgres(pool)),
+            Database::Sqlite(pool) => Box::pin(migrate::sqlite(pool)),
         }
     }
 

@@ -4,7 +4,7 @@
 //! table (`ferry_schema_migrations`) instead of `_sqlx_migrations`, where
 //! its version numbers would collide with the application's.
 
-use sqlx::{PgPool, SqlitePool};
+use sqlx::{Connection, Executor, PgConnection, PgPool, SqliteConnection, SqlitePool};
 
 use crate::StoreError;
 
@@ -41,35 +41,41 @@ pub(crate) async fn postgres(pool: &PgPool) -> Result<Vec<i64>, StoreError> {
         .bind(PG_LOCK)
         .execute(&mut *conn)
         .await?;
-    let result = async {
-        sqlx::query(HISTORY).execute(&mut *conn).await?;
-        let applied: Vec<i64> = sqlx::query_scalar("SELECT version FROM ferry_schema_migrations ORDER BY version")
-            .fetch_all(&mut *conn)
-            .await?;
-        check_not_newer(&applied, POSTGRES)?;
-        let mut done = Vec::new();
-        for m in POSTGRES.iter().filter(|m| !applied.contains(&m.version)) {
-            let mut tx = sqlx::Connection::begin(&mut *conn).await?;
-            sqlx::raw_sql(m.sql)
-                .execute(&mut *tx)
-                .await
-                .map_err(|source| StoreError::Migration { version: m.version, name: m.name, source })?;
-            sqlx::query("INSERT INTO ferry_schema_migrations (version, name, applied_at) VALUES ($1, $2, now()::text)")
-                .bind(m.version)
-                .bind(m.name)
-                .execute(&mut *tx)
-                .await?;
-            tx.commit().await?;
-            done.push(m.version);
-        }
-        Ok(done)
-    }
-    .await;
+    let result = postgres_locked(&mut conn).await;
     sqlx::query("SELECT pg_advisory_unlock($1)")
         .bind(PG_LOCK)
         .execute(&mut *conn)
         .await?;
     result
+}
+
+async fn postgres_locked(conn: &mut PgConnection) -> Result<Vec<i64>, StoreError> {
+    sqlx::query(HISTORY).execute(&mut *conn).await?;
+    let applied: Vec<i64> =
+        sqlx::query_scalar("SELECT version FROM ferry_schema_migrations ORDER BY version")
+            .fetch_all(&mut *conn)
+            .await?;
+    check_not_newer(&applied, POSTGRES)?;
+    let mut done = Vec::new();
+    for m in POSTGRES.iter().filter(|m| !applied.contains(&m.version)) {
+        let mut tx = conn.begin().await?;
+        // A bare &str runs as a simple query, several statements at once.
+        Executor::execute(&mut *tx, m.sql)
+            .await
+            .map_err(|source| StoreError::Migration {
+                version: m.version,
+                name: m.name,
+                source,
+            })?;
+        sqlx::query("INSERT INTO ferry_schema_migrations (version, name, applied_at) VALUES ($1, $2, now()::text)")
+            .bind(m.version)
+            .bind(m.name)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        done.push(m.version);
+    }
+    Ok(done)
 }
 
 pub(crate) async fn sqlite(pool: &SqlitePool) -> Result<Vec<i64>, StoreError> {
@@ -85,46 +91,43 @@ pub(crate) async fn sqlite(pool: &SqlitePool) -> Result<Vec<i64>, StoreError> {
         // IMMEDIATE: take the write lock up front so two processes migrating
         // at once serialise instead of failing half-way.
         sqlx::query("BEGIN IMMEDIATE").execute(&mut *conn).await?;
-        let step = async {
-            sqlx::raw_sql(m.sql)
-                .execute(&mut *conn)
-                .await
-                .map_err(|source| StoreError::Migration { version: m.version, name: m.name, source })?;
-            let again: Option<i64> = sqlx::query_scalar("SELECT version FROM ferry_schema_migrations WHERE version = ?")
-                .bind(m.version)
-                .fetch_optional(&mut *conn)
-                .await?;
-            if again.is_none() {
-                sqlx::query("INSERT INTO ferry_schema_migrations (version, name, applied_at) VALUES (?, ?, datetime('now'))")
-                    .bind(m.version)
-                    .bind(m.name)
-                    .execute(&mut *conn)
-                    .await?;
-            }
-            Ok::<_, StoreError>(())
-        }
-        .await;
-        match step {
+        match sqlite_step(&mut conn, m).await {
             Ok(()) => {
                 sqlx::query("COMMIT").execute(&mut *conn).await?;
                 done.push(m.version);
             }
             Err(e) => {
                 let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
-                // Another process may have applied it between our read and our lock.
-                let now: Option<i64> = sqlx::query_scalar(
-                    "SELECT version FROM ferry_schema_migrations WHERE version = ?",
-                )
-                .bind(m.version)
-                .fetch_optional(&mut *conn)
-                .await?;
-                if now.is_none() {
-                    return Err(e);
-                }
+                return Err(e);
             }
         }
     }
     Ok(done)
+}
+
+/// Applies `m` unless another process did while we waited for the lock.
+async fn sqlite_step(conn: &mut SqliteConnection, m: &Migration) -> Result<(), StoreError> {
+    let again: Option<i64> =
+        sqlx::query_scalar("SELECT version FROM ferry_schema_migrations WHERE version = ?")
+            .bind(m.version)
+            .fetch_optional(&mut *conn)
+            .await?;
+    if again.is_some() {
+        return Ok(());
+    }
+    Executor::execute(&mut *conn, m.sql)
+        .await
+        .map_err(|source| StoreError::Migration {
+            version: m.version,
+            name: m.name,
+            source,
+        })?;
+    sqlx::query("INSERT INTO ferry_schema_migrations (version, name, applied_at) VALUES (?, ?, datetime('now'))")
+        .bind(m.version)
+        .bind(m.name)
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
 }
 
 fn check_not_newer(applied: &[i64], known: &[Migration]) -> Result<(), StoreError> {

@@ -1,0 +1,159 @@
+//! Runs one relay pipeline: connect (retrying while the database is down),
+//! migrate or check the schema, start the sink, relay until shutdown.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use ferry_core::{RetryPolicy, Sink};
+use ferry_relay::{CancellationToken, OrderPolicy, Relay, RelayConfig, Retention, SinkBackoff};
+use ferry_sinks::SinkConfig;
+use ferry_store::outbox::{postgres::PgOutbox, sqlite::SqliteOutbox};
+use ferry_store::{redact, ConnectOptions, Database};
+
+use crate::config::{error_chain, PipelineConfig};
+
+/// Everything a pipeline needs, from the file or from `ferry relay` flags.
+pub struct Pipeline {
+    pub name: String,
+    pub database: String,
+    pub migrate: bool,
+    pub lease: Duration,
+    pub sink: SinkConfig,
+    pub relay: RelayConfig,
+}
+
+impl From<&PipelineConfig> for Pipeline {
+    fn from(p: &PipelineConfig) -> Self {
+        Pipeline {
+            name: p.name.get_ref().clone(),
+            database: p.database.clone(),
+            migrate: p.migrate,
+            lease: p.lease,
+            sink: p.sink.clone(),
+            relay: RelayConfig {
+                name: p.name.get_ref().clone(),
+                batch_size: p.batch_size.get(),
+                concurrency: p.concurrency.get() as usize,
+                order: p.order,
+                topics: p.topics.clone(),
+                poll_interval: p.poll_interval,
+                retry: p.retry.clone(),
+                sink_backoff: p.sink_backoff.clone(),
+                retention: p.retention(),
+                shutdown_grace: p.shutdown_grace,
+            },
+        }
+    }
+}
+
+impl Pipeline {
+    /// A pipeline from `ferry relay` flags.
+    #[allow(clippy::too_many_arguments)]
+    pub fn quick(
+        database: String,
+        sink: SinkConfig,
+        order: OrderPolicy,
+        batch_size: u32,
+        concurrency: usize,
+        topics: Option<Vec<String>>,
+        retry: RetryPolicy,
+        retention: Duration,
+        migrate: bool,
+    ) -> Self {
+        Pipeline {
+            name: "relay".to_owned(),
+            database,
+            migrate,
+            lease: Duration::from_secs(60),
+            sink,
+            relay: RelayConfig {
+                name: "relay".to_owned(),
+                batch_size,
+                concurrency,
+                order,
+                topics,
+                retry,
+                retention: Retention::from_duration(retention),
+                sink_backoff: SinkBackoff::default(),
+                ..RelayConfig::default()
+            },
+        }
+    }
+
+    /// Runs until `shutdown`; an error means it could not start.
+    pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let name = self.name.clone();
+        let Some(db) = connect(&self, &shutdown).await? else {
+            return Ok(());
+        };
+        if self.migrate {
+            let applied = db
+                .migrate()
+                .await
+                .with_context(|| format!("pipeline `{name}`: migration failed"))?;
+            if !applied.is_empty() {
+                tracing::info!(pipeline = %name, ?applied, "applied migrations");
+            }
+        } else if db.schema_version().await?.is_none() {
+            bail!(
+                "pipeline `{name}`: the database has no Ferry outbox yet; run `ferry migrate --database {}` \
+                 or set `migrate = true`",
+                redact(&self.database)
+            );
+        }
+        let sink: Arc<dyn Sink> = self.sink.build().await.map_err(|e| {
+            anyhow::anyhow!(
+                "pipeline `{name}`: cannot start the sink: {}",
+                error_chain(&e)
+            )
+        })?;
+        let retention = self.relay.retention;
+        match db {
+            Database::Postgres(pool) => {
+                let outbox = Arc::new(PgOutbox::new(pool, retention));
+                Relay::new(outbox, sink, self.relay).run(shutdown).await;
+            }
+            Database::Sqlite(pool) => {
+                let outbox = Arc::new(SqliteOutbox::new(pool, retention));
+                Relay::new(outbox, sink, self.relay).run(shutdown).await;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Connects, retrying with capped backoff while the database is
+/// unreachable (logged once), failing at once on errors no retry fixes.
+/// `None` when shut down before connecting.
+async fn connect(p: &Pipeline, shutdown: &CancellationToken) -> anyhow::Result<Option<Database>> {
+    let options = ConnectOptions {
+        max_connections: p.relay.concurrency as u32 + 2,
+        lease: Some(p.lease),
+    };
+    let mut wait = Duration::from_millis(200);
+    let mut warned = false;
+    loop {
+        match Database::connect_with(&p.database, &options).await {
+            Ok(db) => {
+                if warned {
+                    tracing::info!(pipeline = %p.name, "database reachable again");
+                }
+                return Ok(Some(db));
+            }
+            Err(e) if e.is_retryable() => {
+                if !warned {
+                    tracing::warn!(pipeline = %p.name, database = %redact(&p.database), error = %error_chain(&e),
+                        "database unreachable; retrying with backoff");
+                    warned = true;
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(wait) => {}
+                    _ = shutdown.cancelled() => return Ok(None),
+                }
+                wait = (wait * 2).min(Duration::from_secs(30));
+            }
+            Err(e) => bail!("pipeline `{}`: {}", p.name, error_chain(&e)),
+        }
+    }
+}
