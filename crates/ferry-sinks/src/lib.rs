@@ -15,8 +15,8 @@
 //! at-least-once delivery produces.
 
 mod config;
-pub mod http;
-pub mod nats;
+mod http;
+mod nats;
 mod null;
 
 pub use config::{NullSinkConfig, SinkConfig, SinkConfigError};

@@ -142,6 +142,7 @@ struct Inner {
     applied: Vec<Received>,
     seen: HashSet<String>,
     requests_while_down: usize,
+    delay: std::time::Duration,
 }
 
 /// A webhook receiver on 127.0.0.1 that records requests and applies each
@@ -188,6 +189,11 @@ impl Receiver {
         self.inner.lock().unwrap().mode = Some(mode);
     }
 
+    /// Makes every answer wait this long (a slow receiver).
+    pub fn set_delay(&self, delay: std::time::Duration) {
+        self.inner.lock().unwrap().delay = delay;
+    }
+
     /// Every request, duplicates included.
     pub fn requests(&self) -> Vec<Received> {
         self.inner.lock().unwrap().requests.clone()
@@ -222,12 +228,24 @@ async fn handle(
         return StatusCode::BAD_REQUEST;
     };
     let received = Received {
-        id: id.clone(),
+        id,
         key: headers.get("ce-partitionkey").cloned(),
         body,
         headers,
     };
-    let mut inner = inner.lock().unwrap();
+    let (status, delay) = {
+        let mut inner = inner.lock().unwrap();
+        let status = apply(&mut inner, received);
+        (status, inner.delay)
+    };
+    // Applied first, answered later: a sender cut off in between sends again.
+    if !delay.is_zero() {
+        tokio::time::sleep(delay).await;
+    }
+    status
+}
+
+fn apply(inner: &mut Inner, received: Received) -> StatusCode {
     inner.requests.push(received.clone());
     if inner.mode == Some(Mode::Down) {
         inner.requests_while_down += 1;
@@ -236,7 +254,7 @@ async fn handle(
     if received.body.windows(6).any(|w| w == b"poison") {
         return StatusCode::BAD_REQUEST;
     }
-    if inner.seen.insert(id) {
+    if inner.seen.insert(received.id.clone()) {
         inner.applied.push(received);
     }
     StatusCode::OK

@@ -98,14 +98,13 @@ impl HttpSinkConfig {
         }
         let mut headers = HeaderMap::with_capacity(self.headers.len());
         for (name, value) in &self.headers {
-            let header_name = HeaderName::from_bytes(name.as_bytes()).map_err(|e| {
-                SinkConfigError::Invalid {
+            let header_name =
+                HeaderName::from_bytes(name.as_bytes()).map_err(|e| SinkConfigError::Invalid {
                     sink: "http",
                     field: "headers",
                     reason: format!("`{name}` is not a header name"),
                     source: Some(Box::new(e)),
-                }
-            })?;
+                })?;
             let header_value =
                 HeaderValue::from_str(value).map_err(|e| SinkConfigError::Invalid {
                     sink: "http",
@@ -119,11 +118,12 @@ impl HttpSinkConfig {
     }
 }
 
-/// Header values stay out of logs: they are often credentials.
+/// Header values and the URL's password stay out of logs: they are often
+/// credentials.
 impl fmt::Debug for HttpSinkConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("HttpSinkConfig")
-            .field("url", &self.url.as_str())
+            .field("url", &crate::config::redacted(&self.url))
             .field("timeout", &self.timeout)
             .field("concurrency", &self.concurrency)
             .field("source", &self.source)

@@ -112,8 +112,8 @@ impl HttpSink {
             let (name, value) = header(name, value)?;
             out.insert(name, value);
         }
-        let id = HeaderValue::try_from(message.id.to_string())
-            .expect("a uuid is a valid header value");
+        let id =
+            HeaderValue::try_from(message.id.to_string()).expect("a uuid is a valid header value");
         out.insert(IDEMPOTENCY_KEY, id);
         Ok(out)
     }
@@ -122,7 +122,11 @@ impl HttpSink {
 /// A header for the request, or why HTTP cannot carry it.
 fn header(name: &str, value: &str) -> Result<(HeaderName, HeaderValue), SinkError> {
     let name = HeaderName::from_bytes(name.as_bytes()).map_err(|e| {
-        SinkError::permanent(format!("`{name}` is not a valid http header name")).with_source(e)
+        SinkError::permanent(format!(
+            "`{}` is not a valid http header name",
+            name.escape_debug()
+        ))
+        .with_source(e)
     })?;
     let value = HeaderValue::from_bytes(value.as_bytes()).map_err(|e| {
         SinkError::permanent(format!("header `{name}` has a value http cannot carry"))
@@ -149,7 +153,7 @@ impl Sink for HttpSink {
 impl fmt::Debug for HttpSink {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("HttpSink")
-            .field("url", &self.url.as_str())
+            .field("url", &crate::config::redacted(&self.url))
             .field("concurrency", &self.concurrency)
             .finish_non_exhaustive()
     }
@@ -192,7 +196,13 @@ fn status_error(status: StatusCode, body: &str) -> SinkError {
 
 /// `Retry-After` in its delay-seconds form; the HTTP-date form is ignored.
 fn retry_after(headers: &HeaderMap) -> Option<Duration> {
-    let seconds = headers.get(RETRY_AFTER)?.to_str().ok()?.trim().parse().ok()?;
+    let seconds = headers
+        .get(RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
     Some(Duration::from_secs(seconds))
 }
 
@@ -232,7 +242,10 @@ fn one_line_prefix(bytes: &[u8], limit: usize) -> String {
 /// Reads a small successful response to the end, so that its connection goes
 /// back to the pool. The outcome is already known: errors are ignored.
 async fn drain(response: Response) {
-    if response.content_length().is_some_and(|len| len <= DRAIN_LIMIT) {
+    if response
+        .content_length()
+        .is_some_and(|len| len <= DRAIN_LIMIT)
+    {
         let _ = response.bytes().await;
     }
 }

@@ -1,5 +1,6 @@
 //! Configuration of the NATS JetStream sink.
 
+use std::fmt;
 use std::time::Duration;
 
 use url::Url;
@@ -15,11 +16,12 @@ use crate::SinkConfigError;
 /// stream = "FERRY"
 /// ack_timeout = "5s"
 /// ```
-#[derive(Clone, Debug, PartialEq, serde::Deserialize)]
+#[derive(Clone, PartialEq, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NatsSinkConfig {
-    /// The server, `nats://host:port` (or `tls://host:port`). A user and
-    /// password may be given as `nats://user:password@host:port`.
+    /// The server, `nats://host:port` (or `tls://host:port`). Credentials
+    /// may be given as `nats://user:password@host:port` or
+    /// `nats://token@host:port`, percent-encoded.
     pub url: Url,
     /// Put before a message's topic to make its subject: with `ferry.`, a
     /// message on `order.placed` goes to `ferry.order.placed`. Empty by
@@ -91,10 +93,12 @@ impl NatsSinkConfig {
         if self.url.query().is_some() || self.url.fragment().is_some() {
             return Err(invalid("url", "must not have a query or fragment"));
         }
-        if !self.subject_prefix.is_empty()
-            && !(self.subject_prefix.ends_with('.')
-                && is_subject(&self.subject_prefix[..self.subject_prefix.len() - 1]))
-        {
+        let prefix_ok = self.subject_prefix.is_empty()
+            || self
+                .subject_prefix
+                .strip_suffix('.')
+                .is_some_and(is_subject);
+        if !prefix_ok {
             return Err(invalid(
                 "subject_prefix",
                 "must be subject tokens followed by `.`, such as `ferry.`",
@@ -120,11 +124,7 @@ impl NatsSinkConfig {
                 ));
             }
         }
-        if !self
-            .stream_subjects
-            .iter()
-            .all(|s| is_subject_filter(s))
-        {
+        if !self.stream_subjects.iter().all(|s| is_subject_filter(s)) {
             return Err(invalid(
                 "stream_subjects",
                 "each must be a subject, wildcards allowed",
@@ -140,6 +140,20 @@ impl NatsSinkConfig {
         } else {
             self.stream_subjects.clone()
         }
+    }
+}
+
+/// The URL's credentials stay out of logs.
+impl fmt::Debug for NatsSinkConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("NatsSinkConfig")
+            .field("url", &crate::config::redacted(&self.url))
+            .field("subject_prefix", &self.subject_prefix)
+            .field("stream", &self.stream)
+            .field("stream_subjects", &self.stream_subjects)
+            .field("ack_timeout", &self.ack_timeout)
+            .field("source", &self.source)
+            .finish()
     }
 }
 

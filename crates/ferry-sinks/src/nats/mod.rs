@@ -11,16 +11,16 @@ use async_nats::jetstream::context::{
     PublishErrorKind,
 };
 use async_nats::jetstream::{self, ErrorCode};
-use async_nats::{ConnectOptions, Event, HeaderMap};
+use async_nats::{ConnectOptions, Event, HeaderMap, HeaderName, HeaderValue};
 use ferry_core::cloudevents::binary_headers;
-use ferry_core::{BoxFuture, Delivery, Message, Sink, SinkError};
+use ferry_core::{BoxFuture, Delivery, Message, Sink, SinkError, SinkErrorKind};
 use tokio::sync::{watch, OnceCell};
 
 pub use config::NatsSinkConfig;
 
 use crate::SinkConfigError;
 
-/// The JetStream header by which the server drops a message it already holds.
+/// The JetStream header carrying the message id, counted in the size check.
 const MSG_ID: &str = "Nats-Msg-Id";
 
 /// Publishes each message to NATS JetStream.
@@ -37,7 +37,7 @@ const MSG_ID: &str = "Nats-Msg-Id";
 /// | outcome of a publish | result |
 /// |---|---|
 /// | acknowledged, or dropped as a duplicate | delivered |
-/// | not connected, no stream captures the subject (no responders), no acknowledgement in time, connection lost | [`Unavailable`](ferry_core::SinkErrorKind::Unavailable) |
+/// | not connected, configured stream not ensured yet, no stream captures the subject (no responders), no acknowledgement in time, connection lost | [`Unavailable`](ferry_core::SinkErrorKind::Unavailable) |
 /// | rejected by JetStream (too large for the stream, wrong expected sequence, …); a topic or header NATS cannot carry; larger than the server's `max_payload` | [`Permanent`](ferry_core::SinkErrorKind::Permanent) |
 /// | rejected because the stream is full or out of resources; anything else | [`Transient`](ferry_core::SinkErrorKind::Transient) |
 pub struct NatsSink {
@@ -52,27 +52,32 @@ impl NatsSink {
     /// Connects to NATS and, when [`NatsSinkConfig::stream`] is set, makes
     /// sure the stream exists.
     ///
-    /// A server that is down does not fail this call: the client keeps
-    /// trying to connect in the background, this call returns after at
-    /// most [`NatsSinkConfig::ack_timeout`], and deliveries fail as
+    /// A server that is down (or refuses the credentials) does not fail
+    /// this call: it stops waiting for the connection after
+    /// [`NatsSinkConfig::ack_timeout`], the client keeps trying in the
+    /// background, and deliveries fail as
     /// [`Unavailable`](ferry_core::SinkErrorKind::Unavailable) until the
-    /// connection is up. Invalid settings, or a stream JetStream refuses to
-    /// create, fail it.
+    /// connection is up and the stream ensured. Invalid settings, or a
+    /// stream JetStream refuses to create, fail it.
     pub async fn connect(config: NatsSinkConfig) -> Result<Self, SinkConfigError> {
         config.validate()?;
         let (connected_tx, mut connected_rx) = watch::channel(false);
-        let client = ConnectOptions::new()
+        let (server, options) = server_and_credentials(&config.url);
+        let client = options
             .name("ferry")
             .retry_on_initial_connect()
             .event_callback(move |event| {
-                match event {
-                    Event::Connected => connected_tx.send_replace(true),
-                    Event::Disconnected | Event::Closed => connected_tx.send_replace(false),
-                    _ => false,
+                let connected = match event {
+                    Event::Connected => Some(true),
+                    Event::Disconnected | Event::Closed => Some(false),
+                    _ => None,
                 };
+                if let Some(connected) = connected {
+                    connected_tx.send_replace(connected);
+                }
                 async {}
             })
-            .connect(config.url.as_str())
+            .connect(server.as_str())
             .await
             .map_err(|e| SinkConfigError::NatsConnect(Box::new(e)))?;
         let mut jetstream = jetstream::new(client.clone());
@@ -88,8 +93,10 @@ impl NatsSink {
             sink.config.ack_timeout,
             connected_rx.wait_for(|connected| *connected),
         )
-        .await;
-        if connected.is_err() {
+        .await
+        // Drop the watch guard here: it must not live across an await (Send).
+        .is_ok_and(|r| r.is_ok());
+        if !connected {
             tracing::warn!(
                 server = %sink.config.url.host_str().unwrap_or_default(),
                 "nats is not reachable yet; retrying in the background"
@@ -98,7 +105,9 @@ impl NatsSink {
         }
         if let Some(stream) = &sink.config.stream {
             match sink.ensure_stream().await {
-                Ok(()) => sink.stream_ready.set(()).unwrap_or_default(),
+                Ok(()) => {
+                    let _ = sink.stream_ready.set(());
+                }
                 Err(e) if is_unreachable(&e) => tracing::warn!(
                     stream = %stream,
                     error = %e,
@@ -146,6 +155,7 @@ impl NatsSink {
         }
 
         // Publish everything first, then wait for the acknowledgements.
+        let max_payload = self.client.server_info().max_payload;
         let mut pending = Vec::with_capacity(batch.len());
         let mut down = false;
         for message in batch {
@@ -153,7 +163,7 @@ impl NatsSink {
                 pending.push(Err(SinkError::unavailable("nats is not connected")));
                 continue;
             }
-            let published = match self.publication(message) {
+            let published = match self.publication(message, max_payload) {
                 Ok((subject, publish)) => self
                     .jetstream
                     .send_publish(subject, publish)
@@ -162,7 +172,9 @@ impl NatsSink {
                     .map_err(|e| SinkError::unavailable("nats publish failed").with_source(e)),
                 Err(e) => Err(e),
             };
-            down = matches!(&published, Err(e) if e.kind == ferry_core::SinkErrorKind::Unavailable);
+            down = published
+                .as_ref()
+                .is_err_and(|e| e.kind == SinkErrorKind::Unavailable);
             pending.push(published);
         }
         futures::future::join_all(pending.into_iter().map(|published| async move {
@@ -173,8 +185,12 @@ impl NatsSink {
     }
 
     /// The subject and the publication of `message`, or why NATS cannot
-    /// carry it.
-    fn publication(&self, message: &Message) -> Result<(String, Publish), SinkError> {
+    /// carry it. `max_payload` is the server's limit, 0 if unknown.
+    fn publication(
+        &self,
+        message: &Message,
+        max_payload: usize,
+    ) -> Result<(String, Publish), SinkError> {
         let subject = format!("{}{}", self.config.subject_prefix, message.topic);
         if !config::is_subject(&subject) {
             return Err(SinkError::permanent(format!(
@@ -185,23 +201,27 @@ impl NatsSink {
         let mut headers = HeaderMap::new();
         let mut header_bytes = 0;
         for (name, value) in binary_headers(message, &self.config.source) {
+            let header_name = name
+                .parse::<HeaderName>()
+                .ok()
+                .filter(|_| is_header_name(&name))
+                .ok_or_else(|| {
+                    SinkError::permanent(format!(
+                        "`{}` is not a valid nats header name",
+                        name.escape_debug()
+                    ))
+                })?;
             // The attributes come first and win over a message header of the
             // same name.
-            if headers.get(name.as_str()).is_some() {
+            if headers.get(header_name.clone()).is_some() {
                 continue;
             }
-            if !is_header_name(&name) {
-                return Err(SinkError::permanent(format!(
-                    "`{}` is not a valid nats header name",
-                    name.escape_debug()
-                )));
-            }
-            let value: async_nats::HeaderValue = value.parse().map_err(|e| {
+            let value = value.parse::<HeaderValue>().map_err(|e| {
                 SinkError::permanent(format!("header `{name}` has a value nats cannot carry"))
                     .with_source(e)
             })?;
             header_bytes += name.len() + value.as_str().len() + 4;
-            headers.insert(name.as_str(), value);
+            headers.insert(header_name, value);
         }
         let id = message.id.to_string();
         header_bytes += MSG_ID.len() + id.len() + 4;
@@ -209,10 +229,9 @@ impl NatsSink {
         // The server closes the connection on an oversized message, failing
         // every message in flight; refuse it here instead.
         let size = "NATS/1.0\r\n\r\n".len() + header_bytes + message.payload.len();
-        let max = self.client.server_info().max_payload;
-        if max > 0 && size > max {
+        if max_payload > 0 && size > max_payload {
             return Err(SinkError::permanent(format!(
-                "message of {size} bytes exceeds the nats server's max_payload of {max}"
+                "message of {size} bytes exceeds the nats server's max_payload of {max_payload}"
             )));
         }
         let publish = Publish::build()
@@ -241,6 +260,27 @@ impl fmt::Debug for NatsSink {
             .field("stream", &self.config.stream)
             .finish_non_exhaustive()
     }
+}
+
+/// The server's address without credentials, and the options that carry
+/// them instead (async-nats does not read them from the URL).
+fn server_and_credentials(url: &url::Url) -> (url::Url, ConnectOptions) {
+    let decode = |s: &str| {
+        percent_encoding::percent_decode_str(s)
+            .decode_utf8_lossy()
+            .into_owned()
+    };
+    let options = match (url.username(), url.password()) {
+        ("", None) => ConnectOptions::new(),
+        (user, Some(password)) => {
+            ConnectOptions::with_user_and_password(decode(user), decode(password))
+        }
+        (token, None) => ConnectOptions::with_token(decode(token)),
+    };
+    let mut server = url.clone();
+    let _ = server.set_username("");
+    let _ = server.set_password(None);
+    (server, options)
 }
 
 fn every(batch: &[Message], error: impl Fn() -> SinkError) -> Vec<Delivery> {

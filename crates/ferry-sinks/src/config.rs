@@ -1,0 +1,198 @@
+//! Choosing a sink: from the configuration file or from a URL.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use ferry_core::Sink;
+use url::Url;
+
+use crate::{HttpSink, HttpSinkConfig, NatsSink, NatsSinkConfig, NullSink};
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Which sink the relay delivers to, and its settings.
+///
+/// In the configuration file it is a table whose `type` names the sink:
+///
+/// ```toml
+/// [sink]
+/// type = "http"            # or "nats", or "null"
+/// url = "https://example.com/hooks/ferry"
+/// ```
+///
+/// On the command line it is a URL, see [`SinkConfig::from_url`].
+#[derive(Clone, Debug, PartialEq, serde::Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub enum SinkConfig {
+    /// POST each message to a webhook ([`HttpSink`]).
+    Http(HttpSinkConfig),
+    /// Publish each message to NATS JetStream ([`NatsSink`]).
+    Nats(NatsSinkConfig),
+    /// Accept and drop every message ([`NullSink`]).
+    Null(NullSinkConfig),
+}
+
+/// The null sink has no settings.
+#[derive(Clone, Debug, Default, PartialEq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NullSinkConfig {}
+
+impl SinkConfig {
+    /// Reads a sink URL, as given on the command line:
+    ///
+    /// * `http://…` or `https://…`: a webhook; the whole URL, query
+    ///   included, is the endpoint, other settings take their defaults.
+    /// * `nats://host:port?subject_prefix=ferry.&stream=FERRY`: NATS
+    ///   JetStream. The query may set `subject_prefix`, `stream`,
+    ///   `stream_subjects` (comma-separated), `ack_timeout` (e.g. `5s`) and
+    ///   `source`; see [`NatsSinkConfig`].
+    /// * `null://`: the null sink.
+    ///
+    /// The result is validated.
+    pub fn from_url(url: &str) -> Result<Self, SinkConfigError> {
+        let url = Url::parse(url).map_err(SinkConfigError::Url)?;
+        let config = match url.scheme() {
+            "http" | "https" => SinkConfig::Http(HttpSinkConfig::new(url)),
+            "nats" => SinkConfig::Nats(nats_from_url(url)?),
+            "null" => {
+                if url.host_str().is_some_and(|host| !host.is_empty())
+                    || !url.path().is_empty()
+                    || url.query().is_some()
+                    || url.fragment().is_some()
+                {
+                    return Err(SinkConfigError::Invalid {
+                        sink: "null",
+                        field: "url",
+                        reason: "must be just `null://`".to_owned(),
+                        source: None,
+                    });
+                }
+                SinkConfig::Null(NullSinkConfig {})
+            }
+            other => return Err(SinkConfigError::UnknownScheme(other.to_owned())),
+        };
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks the settings; [`SinkConfig::build`] calls it.
+    pub fn validate(&self) -> Result<(), SinkConfigError> {
+        match self {
+            SinkConfig::Http(config) => config.validate(),
+            SinkConfig::Nats(config) => config.validate(),
+            SinkConfig::Null(_) => Ok(()),
+        }
+    }
+
+    /// Starts the sink: builds the HTTP client, or connects to NATS (see
+    /// [`NatsSink::connect`] for what happens when the server is down).
+    pub async fn build(&self) -> Result<Arc<dyn Sink>, SinkConfigError> {
+        Ok(match self {
+            SinkConfig::Http(config) => Arc::new(HttpSink::new(config.clone())?),
+            SinkConfig::Nats(config) => Arc::new(NatsSink::connect(config.clone()).await?),
+            SinkConfig::Null(_) => Arc::new(NullSink::new()),
+        })
+    }
+}
+
+/// The NATS settings of a `nats://` URL: the query holds the sink's
+/// settings, the rest is the server's address.
+fn nats_from_url(mut url: Url) -> Result<NatsSinkConfig, SinkConfigError> {
+    let query: Vec<(String, String)> = url.query_pairs().into_owned().collect();
+    url.set_query(None);
+    url.set_fragment(None);
+    let mut config = NatsSinkConfig::new(url);
+    let mut seen = HashSet::new();
+    for (name, value) in query {
+        if !seen.insert(name.clone()) {
+            return Err(SinkConfigError::RepeatedParameter { sink: "nats", name });
+        }
+        match name.as_str() {
+            "subject_prefix" => config.subject_prefix = value,
+            "stream" => config.stream = Some(value),
+            "stream_subjects" => {
+                config.stream_subjects = value.split(',').map(str::to_owned).collect();
+            }
+            "ack_timeout" => {
+                config.ack_timeout =
+                    humantime::parse_duration(&value).map_err(|e| SinkConfigError::Invalid {
+                        sink: "nats",
+                        field: "ack_timeout",
+                        reason: format!("`{value}` is not a duration such as `5s`"),
+                        source: Some(Box::new(e)),
+                    })?;
+            }
+            "source" => config.source = value,
+            _ => return Err(SinkConfigError::UnknownParameter { sink: "nats", name }),
+        }
+    }
+    Ok(config)
+}
+
+/// `url` with its user and password masked, for debug output and logs.
+pub(crate) fn redacted(url: &Url) -> String {
+    let mut url = url.clone();
+    if !url.username().is_empty() {
+        let _ = url.set_username("***");
+    }
+    if url.password().is_some() {
+        let _ = url.set_password(Some("***"));
+    }
+    url.into()
+}
+
+/// A sink's settings are wrong, or the sink could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SinkConfigError {
+    /// The sink URL does not parse.
+    #[error("invalid sink url")]
+    Url(#[source] url::ParseError),
+    /// The sink URL's scheme names no sink.
+    #[error("unknown sink url scheme `{0}` (expected http, https, nats or null)")]
+    UnknownScheme(String),
+    /// The sink URL has a query parameter the sink does not know.
+    #[error("unknown parameter `{name}` in {sink} sink url")]
+    UnknownParameter {
+        /// The sink, e.g. `nats`.
+        sink: &'static str,
+        /// The parameter.
+        name: String,
+    },
+    /// The sink URL gives a query parameter more than once.
+    #[error("parameter `{name}` given more than once in {sink} sink url")]
+    RepeatedParameter {
+        /// The sink, e.g. `nats`.
+        sink: &'static str,
+        /// The parameter.
+        name: String,
+    },
+    /// A setting has a value the sink cannot use.
+    #[error("invalid `{field}` for {sink} sink: {reason}")]
+    Invalid {
+        /// The sink, e.g. `http`.
+        sink: &'static str,
+        /// The setting, e.g. `concurrency`.
+        field: &'static str,
+        /// What is wrong with it.
+        reason: String,
+        /// The underlying error, if any.
+        #[source]
+        source: Option<BoxError>,
+    },
+    /// The HTTP client could not be set up (TLS, for one).
+    #[error("could not set up the http client")]
+    HttpClient(#[source] BoxError),
+    /// The NATS client could not be set up.
+    #[error("could not set up the nats client")]
+    NatsConnect(#[source] BoxError),
+    /// JetStream refused to create the configured stream.
+    #[error("could not ensure jetstream stream `{stream}`")]
+    NatsStream {
+        /// The stream's name.
+        stream: String,
+        /// Why.
+        #[source]
+        source: BoxError,
+    },
+}

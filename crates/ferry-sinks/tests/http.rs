@@ -1,0 +1,273 @@
+//! The webhook sink against a real axum server.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::IntoResponse;
+use axum::routing::post;
+use axum::Router;
+use ferry_core::{Delivery, Message, Sink, SinkErrorKind};
+use ferry_sinks::{HttpSink, HttpSinkConfig};
+
+/// What the test server saw.
+#[derive(Clone, Default)]
+struct Server {
+    requests: Arc<Mutex<Vec<(HeaderMap, Bytes)>>>,
+    in_flight: Arc<AtomicUsize>,
+    max_in_flight: Arc<AtomicUsize>,
+}
+
+/// Starts a server on a free port; returns its base URL.
+async fn serve() -> (String, Server) {
+    let server = Server::default();
+    let app = Router::new()
+        .route("/hook", post(record))
+        .route("/status/{code}", post(status))
+        .route("/slow", post(slow))
+        .route("/busy", post(busy))
+        .with_state(server.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (format!("http://{addr}"), server)
+}
+
+async fn record(State(server): State<Server>, headers: HeaderMap, body: Bytes) -> StatusCode {
+    server.requests.lock().unwrap().push((headers, body));
+    StatusCode::NO_CONTENT
+}
+
+async fn status(Path(code): Path<u16>) -> impl IntoResponse {
+    let code = StatusCode::from_u16(code).unwrap();
+    let mut headers = HeaderMap::new();
+    if code == StatusCode::TOO_MANY_REQUESTS {
+        headers.insert("retry-after", "7".parse().unwrap());
+    }
+    let body = match code.as_u16() {
+        400 => "{\"error\":\n\"field `amount` is missing\"}".to_owned(),
+        404 => "x".repeat(1000),
+        _ => String::new(),
+    };
+    (code, headers, body)
+}
+
+async fn slow() -> StatusCode {
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    StatusCode::OK
+}
+
+async fn busy(State(server): State<Server>) -> StatusCode {
+    let now = server.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+    server.max_in_flight.fetch_max(now, Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    server.in_flight.fetch_sub(1, Ordering::SeqCst);
+    StatusCode::OK
+}
+
+fn sink(url: &str) -> HttpSink {
+    HttpSink::new(HttpSinkConfig::new(url.parse().unwrap())).unwrap()
+}
+
+fn header<'a>(headers: &'a HeaderMap, name: &str) -> &'a str {
+    headers
+        .get(name)
+        .unwrap_or_else(|| panic!("no {name} header"))
+        .to_str()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn posts_binary_cloudevents() {
+    let (base, server) = serve().await;
+    let mut config = HttpSinkConfig::new(format!("{base}/hook").parse().unwrap());
+    config.source = "/ferry/orders".into();
+    config
+        .headers
+        .insert("Authorization".into(), "Bearer s3cret".into());
+    let sink = HttpSink::new(config).unwrap();
+    let batch = vec![
+        Message::event("order.placed", r#"{"order":1}"#)
+            .with_key("order-1")
+            .with_header("traceparent", "00-ab")
+            // Neither may replace what Ferry or the configuration sets.
+            .with_header("ce-id", "forged")
+            .with_header("authorization", "Bearer forged"),
+        Message::command("coupon.issue", "plain text").with_content_type("text/plain"),
+        Message::event("order.paid", ""),
+    ];
+
+    let results = sink.deliver(&batch).await;
+    assert!(results.iter().all(Result::is_ok), "{results:?}");
+
+    let requests = server.requests.lock().unwrap().clone();
+    assert_eq!(requests.len(), batch.len());
+    for message in &batch {
+        let id = message.id.to_string();
+        let (headers, body) = requests
+            .iter()
+            .find(|(headers, _)| header(headers, "ce-id") == id)
+            .unwrap_or_else(|| panic!("message {id} not received"));
+        assert_eq!(header(headers, "ce-specversion"), "1.0");
+        assert_eq!(header(headers, "ce-type"), message.topic);
+        assert_eq!(header(headers, "ce-source"), "/ferry/orders");
+        assert_eq!(header(headers, "ce-ferrykind"), message.kind.as_str());
+        let time = chrono::DateTime::parse_from_rfc3339(header(headers, "ce-time")).unwrap();
+        assert_eq!(
+            time.timestamp_micros(),
+            message.created_at.timestamp_micros()
+        );
+        assert_eq!(header(headers, "idempotency-key"), id);
+        assert_eq!(header(headers, "content-type"), message.content_type);
+        assert_eq!(header(headers, "authorization"), "Bearer s3cret");
+        assert_eq!(headers.get_all("ce-id").iter().count(), 1);
+        assert_eq!(body, &message.payload);
+    }
+    let (first, _) = &requests
+        .iter()
+        .find(|(h, _)| header(h, "ce-id") == batch[0].id.to_string())
+        .unwrap();
+    assert_eq!(header(first, "ce-partitionkey"), "order-1");
+    assert_eq!(header(first, "traceparent"), "00-ab");
+}
+
+#[tokio::test]
+async fn classifies_statuses() {
+    let (base, _server) = serve().await;
+    let cases = [
+        (200, None),
+        (204, None),
+        (400, Some(SinkErrorKind::Permanent)),
+        (404, Some(SinkErrorKind::Permanent)),
+        (301, Some(SinkErrorKind::Permanent)),
+        (408, Some(SinkErrorKind::Transient)),
+        (429, Some(SinkErrorKind::Transient)),
+        (500, Some(SinkErrorKind::Transient)),
+        (502, Some(SinkErrorKind::Unavailable)),
+        (503, Some(SinkErrorKind::Unavailable)),
+        (504, Some(SinkErrorKind::Unavailable)),
+    ];
+    for (code, expected) in cases {
+        let sink = sink(&format!("{base}/status/{code}"));
+        let result = deliver_one(&sink, Message::event("t", "{}")).await;
+        assert_eq!(result.as_ref().err().map(|e| e.kind), expected, "{code}");
+    }
+
+    let sink429 = sink(&format!("{base}/status/429"));
+    let error = deliver_one(&sink429, Message::event("t", "{}"))
+        .await
+        .unwrap_err();
+    assert_eq!(error.retry_after, Some(Duration::from_secs(7)));
+    assert_eq!(error.message, "http 429 too many requests");
+
+    let sink400 = sink(&format!("{base}/status/400"));
+    let error = deliver_one(&sink400, Message::event("t", "{}"))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        error.message,
+        r#"http 400 bad request: {"error": "field `amount` is missing"}"#
+    );
+    assert_eq!(error.retry_after, None);
+
+    let sink404 = sink(&format!("{base}/status/404"));
+    let error = deliver_one(&sink404, Message::event("t", "{}"))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        error.message,
+        format!("http 404 not found: {}…", "x".repeat(200))
+    );
+}
+
+#[tokio::test]
+async fn connection_refused_is_unavailable() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    drop(listener);
+    let sink = sink(&format!("http://{addr}/hook"));
+    let batch = [Message::event("a", "{}"), Message::event("b", "{}")];
+    for result in sink.deliver(&batch).await {
+        let error = result.unwrap_err();
+        assert_eq!(error.kind, SinkErrorKind::Unavailable);
+        assert_eq!(error.message, "http connection failed");
+        assert!(error.source.is_some());
+        assert!(
+            !error.describe().contains(&addr.port().to_string()),
+            "the url stays out of the error: {}",
+            error.describe()
+        );
+    }
+}
+
+#[tokio::test]
+async fn timeout_is_transient() {
+    let (base, _server) = serve().await;
+    let mut config = HttpSinkConfig::new(format!("{base}/slow").parse().unwrap());
+    config.timeout = Duration::from_millis(300);
+    let sink = HttpSink::new(config).unwrap();
+    let started = Instant::now();
+    let error = deliver_one(&sink, Message::event("t", "{}"))
+        .await
+        .unwrap_err();
+    assert!(started.elapsed() < Duration::from_secs(3));
+    assert_eq!(error.kind, SinkErrorKind::Transient);
+    assert_eq!(error.message, "http request timed out");
+}
+
+#[tokio::test]
+async fn bad_headers_fail_only_their_message() {
+    let (base, server) = serve().await;
+    let sink = sink(&format!("{base}/hook"));
+    let batch = [
+        Message::event("t", "{}").with_header("bad name", "x"),
+        Message::event("t", "{}").with_header("x-split", "a\r\nInjected: yes"),
+        Message::event("t", "{}").with_header("x-fine", "café"),
+    ];
+    let results = sink.deliver(&batch).await;
+    for result in &results[..2] {
+        let error = result.as_ref().unwrap_err();
+        assert_eq!(error.kind, SinkErrorKind::Permanent);
+    }
+    assert!(results[2].is_ok(), "{:?}", results[2]);
+    assert_eq!(server.requests.lock().unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn concurrency_bounds_requests_in_flight() {
+    let (base, server) = serve().await;
+    let mut config = HttpSinkConfig::new(format!("{base}/busy").parse().unwrap());
+    config.concurrency = 3;
+    let sink = HttpSink::new(config).unwrap();
+    let batch: Vec<_> = (0..9)
+        .map(|i| Message::event("t", format!("{i}")))
+        .collect();
+    let results = sink.deliver(&batch).await;
+    assert!(results.iter().all(Result::is_ok));
+    assert_eq!(server.max_in_flight.load(Ordering::SeqCst), 3);
+}
+
+#[test]
+fn invalid_settings_are_refused() {
+    let mut config = HttpSinkConfig::new("http://localhost/hook".parse().unwrap());
+    config.concurrency = 0;
+    assert!(HttpSink::new(config.clone()).is_err());
+    config.concurrency = 1;
+    config.headers.insert("Bad Name".into(), "x".into());
+    let error = HttpSink::new(config).unwrap_err();
+    assert_eq!(
+        error.to_string(),
+        "invalid `headers` for http sink: `Bad Name` is not a header name"
+    );
+    let config = HttpSinkConfig::new("ftp://localhost/hook".parse().unwrap());
+    assert!(HttpSink::new(config).is_err());
+}
+
+async fn deliver_one(sink: &HttpSink, message: Message) -> Delivery {
+    let mut results = sink.deliver(std::slice::from_ref(&message)).await;
+    assert_eq!(results.len(), 1);
+    results.pop().unwrap()
+}
