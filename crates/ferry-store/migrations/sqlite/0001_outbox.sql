@@ -3,10 +3,11 @@
 
 CREATE TABLE ferry_outbox (
     seq             INTEGER PRIMARY KEY AUTOINCREMENT,
-    -- UUIDv7: 48-bit Unix milliseconds, version 7, random rest.
+    -- UUIDv7: 48-bit Unix milliseconds, version 7, random rest. julianday()
+    -- rather than unixepoch('subsec'), which SQLite before 3.42 lacks.
     message_id      TEXT    NOT NULL DEFAULT (lower(printf('%08x-%04x-7%s-%s%s-%s',
-                        CAST(unixepoch('subsec') * 1000 AS INTEGER) >> 16,
-                        CAST(unixepoch('subsec') * 1000 AS INTEGER) & 65535,
+                        CAST((julianday('now') - 2440587.5) * 86400000.0 AS INTEGER) >> 16,
+                        CAST((julianday('now') - 2440587.5) * 86400000.0 AS INTEGER) & 65535,
                         substr(hex(randomblob(2)), 2, 3),
                         substr('89ab', 1 + (abs(random()) % 4), 1),
                         substr(hex(randomblob(2)), 2, 3),

@@ -1,0 +1,153 @@
+use super::*;
+
+/// SIGKILL the relay at random moments mid-batch, restart it, several
+/// times: every message arrives, the idempotent receiver applies each once,
+/// per-key order holds, nothing is left pending or dead.
+async fn kill_and_restart(url: &str) {
+    let db = migrated(url).await;
+    let n = 5000;
+    enqueue(&db, &keyed(n, 13)).await;
+    let r = Receiver::start().await;
+    r.set_delay(Duration::from_millis(25));
+    let mut rng = rand::thread_rng();
+    let mut kills = 0;
+    for _ in 0..5 {
+        let mut child = spawn_relay(url, &r.url(), &["--batch-size", "20"]);
+        tokio::time::sleep(Duration::from_millis(rng.gen_range(200..600))).await;
+        child.kill().unwrap(); // SIGKILL
+        child.wait().unwrap();
+        kills += 1;
+    }
+    let before_final = r.applied().len();
+    assert!(
+        before_final < n,
+        "the kills happened while work remained ({before_final}/{n})"
+    );
+    r.set_delay(Duration::ZERO);
+    let mut child = spawn_relay(url, &r.url(), &["--batch-size", "50"]);
+    wait_until("every message applied", Duration::from_secs(120), || {
+        r.applied().len() == n
+    })
+    .await;
+    sigterm(&child);
+    let status = child.wait().unwrap();
+    assert!(status.success(), "clean exit after SIGTERM: {status:?}");
+    let applied = r.applied();
+    let unique: std::collections::HashSet<_> = applied.iter().map(|m| m.id.clone()).collect();
+    assert_eq!(unique.len(), n, "each message applied exactly once");
+    assert_in_order_per_key(&r);
+    let stats = db.outbox_stats().await.unwrap();
+    assert_eq!((stats.pending, stats.dead), (0, 0));
+    eprintln!(
+        "{kills} kills; {} requests for {n} messages ({} redelivered)",
+        r.requests().len(),
+        r.requests().len() - n
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_mid_batch_loses_nothing_postgres() {
+    let t = PgTestDb::create().await;
+    kill_and_restart(&t.url).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_mid_batch_loses_nothing_sqlite() {
+    let t = SqliteTestDb::create();
+    kill_and_restart(&t.url).await;
+}
+
+/// Two relay processes on one PostgreSQL outbox, while a producer keeps
+/// writing: no message delivered twice, per-key order kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_relays_share_one_postgres_outbox() {
+    let t = PgTestDb::create().await;
+    let db = migrated(&t.url).await;
+    let r = Receiver::start().await;
+    let a = spawn_relay(&t.url, &r.url(), &["--batch-size", "20"]);
+    let b = spawn_relay(&t.url, &r.url(), &["--batch-size", "20"]);
+    let n = 4000;
+    let all = keyed(n, 9);
+    for chunk in all.chunks(100) {
+        enqueue(&db, chunk).await;
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    wait_until("every message applied", Duration::from_secs(120), || {
+        r.applied().len() == n
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(r.requests().len(), n, "no message delivered twice");
+    assert_in_order_per_key(&r);
+    for c in [a, b] {
+        sigterm(&c);
+        let mut c = c;
+        assert!(c.wait().unwrap().success());
+    }
+}
+
+/// SIGTERM while the sink is slow: the relay stops claiming, finishes or
+/// abandons its batch within the grace, and exits 0; nothing is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_exits_within_the_grace_and_loses_nothing() {
+    let t = PgTestDb::create().await;
+    let db = migrated(&t.url).await;
+    enqueue(&db, &keyed(500, 5)).await;
+    let r = Receiver::start().await;
+    r.set_delay(Duration::from_millis(20));
+    let mut child = spawn_relay(&t.url, &r.url(), &["--batch-size", "100"]);
+    wait_until("some deliveries", Duration::from_secs(30), || {
+        !r.applied().is_empty()
+    })
+    .await;
+    let asked = Instant::now();
+    sigterm(&child);
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{status:?}");
+    assert!(
+        asked.elapsed() < Duration::from_secs(30),
+        "bounded shutdown"
+    );
+    let left = db.outbox_stats().await.unwrap().pending as usize;
+    assert!(left > 0, "stopped before finishing the backlog");
+    r.set_delay(Duration::ZERO);
+    let mut again = spawn_relay(&t.url, &r.url(), &[]);
+    wait_until("the rest delivered", Duration::from_secs(60), || {
+        r.applied().len() == 500
+    })
+    .await;
+    sigterm(&again);
+    again.wait().unwrap();
+}
+
+/// The database is down when the daemon starts: it logs, retries, and
+/// starts once the database is reachable (simulated with a SQLite file in
+/// a directory that does not exist yet).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unreachable_database_is_retried_not_fatal() {
+    // A port nothing listens on: connection refused, a retryable error.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    drop(listener);
+    let url = format!("postgres://postgres@127.0.0.1:{port}/x");
+    let mut child = Command::new(FERRY)
+        .args(["relay", "--database", &url, "--to", "null://"])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "still running, retrying"
+    );
+    sigterm(&child);
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        log.matches("database unreachable").count(),
+        1,
+        "logged once, not per attempt:\n{log}"
+    );
+    let _ = TempDir::new();
+}
