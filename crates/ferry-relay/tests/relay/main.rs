@@ -294,3 +294,100 @@ async fn sqlite_waker_beats_the_poll_interval() {
     stop.cancel();
     task.await.unwrap();
 }
+
+/// Outbox → relay → NATS JetStream: every message stored once, in order per
+/// key; delivering the same messages again (as after a crash) is dropped by
+/// the server's `Nats-Msg-Id` deduplication.
+async fn to_nats(pg: bool) {
+    use async_nats::jetstream;
+    use futures::StreamExt;
+    let env = env(pg).await;
+    let id = uuid::Uuid::now_v7().simple().to_string();
+    let (stream, prefix) = (format!("FERRYRELAY_{id}"), format!("ferryrelay.{id}."));
+    let sink = SinkConfig::from_url(&format!(
+        "nats://127.0.0.1:4222?subject_prefix={prefix}&stream={stream}"
+    ))
+    .unwrap()
+    .build()
+    .await
+    .unwrap();
+    let cfg = RelayConfig {
+        retention: Retention::Keep(Duration::from_secs(3600)),
+        ..config()
+    };
+    let (stop, task) = env.start(sink.clone(), cfg.clone());
+    let n = 300;
+    env.enqueue(&keyed(n, 7)).await;
+    let js = jetstream::new(async_nats::connect("nats://127.0.0.1:4222").await.unwrap());
+    let count = |js: jetstream::Context, stream: String| async move {
+        js.get_stream(&stream)
+            .await
+            .unwrap()
+            .info()
+            .await
+            .unwrap()
+            .state
+            .messages
+    };
+    let start = Instant::now();
+    while count(js.clone(), stream.clone()).await < n as u64 {
+        assert!(start.elapsed() < Duration::from_secs(30), "timed out");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    stop.cancel();
+    task.await.unwrap();
+    // Deliver everything a second time.
+    let again = "UPDATE ferry_outbox SET status = 'pending'";
+    match &env.db {
+        Database::Postgres(p) => drop(sqlx::query(again).execute(p).await.unwrap()),
+        Database::Sqlite(p) => drop(sqlx::query(again).execute(p).await.unwrap()),
+    }
+    let (stop, task) = env.start(sink, cfg);
+    let start = Instant::now();
+    while env.db.outbox_stats().await.unwrap().pending > 0 {
+        assert!(start.elapsed() < Duration::from_secs(30), "timed out");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    stop.cancel();
+    task.await.unwrap();
+    assert_eq!(
+        count(js.clone(), stream.clone()).await,
+        n as u64,
+        "duplicates dropped by Nats-Msg-Id"
+    );
+    // Per key, stream order follows outbox order.
+    let consumer = js
+        .get_stream(&stream)
+        .await
+        .unwrap()
+        .create_consumer(jetstream::consumer::pull::Config::default())
+        .await
+        .unwrap();
+    let mut msgs = consumer.fetch().max_messages(n).messages().await.unwrap();
+    let mut last = std::collections::HashMap::<String, i64>::new();
+    let mut seen = 0;
+    while let Some(m) = msgs.next().await {
+        let m = m.unwrap();
+        let body = String::from_utf8(m.payload.to_vec()).unwrap();
+        let (k, i) = body.split_once(':').unwrap();
+        let i: i64 = i.parse().unwrap();
+        assert!(
+            i > last.insert(k.to_owned(), i).unwrap_or(-1),
+            "key {k} out of order"
+        );
+        assert!(m.headers.as_ref().unwrap().get("ce-id").is_some());
+        seen += 1;
+    }
+    assert_eq!(seen, n);
+    js.delete_stream(&stream).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn to_nats_sqlite() {
+    to_nats(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn to_nats_postgres() {
+    to_nats(true).await;
+}
