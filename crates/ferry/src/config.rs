@@ -307,4 +307,14 @@ url = "nats://127.0.0.1:4222"
         assert!(err("").contains("no [[pipeline]]"));
         assert!(err("[[pipeline]\n").contains("line 1"));
     }
+
+    #[test]
+    fn the_documented_files_parse() {
+        let doc = include_str!("../../../docs/config.md");
+        let block = doc.split("```toml\n").nth(1).unwrap().split("```").next().unwrap();
+        let c = FerryConfig::parse(block).unwrap();
+        assert_eq!(c.pipelines[0].name.get_ref(), "coupons");
+        let example = include_str!("../../../examples/ferry.toml");
+        assert_eq!(FerryConfig::parse(example).unwrap().pipelines.len(), 2);
+    }
 }
