@@ -107,6 +107,7 @@ fn split_payload(payload: &[u8]) -> (Option<&str>, Option<&[u8]>) {
 /// 2. `gaps`: per key in `cand`, the first earlier pending message that is
 ///    *not* in `cand` (locked by another relay, or held back); messages of
 ///    that key from the gap on are left out, so a key never overtakes itself.
+///
 /// The batch's transaction keeps the row locks until it is settled.
 const CLAIM: &str = "
 WITH cand AS (
