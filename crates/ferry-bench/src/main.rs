@@ -1,0 +1,115 @@
+//! `ferry-bench`: Ferry's benchmarks. Every figure is printed beside a
+//! baseline measured in the same run, and can be appended to a TSV file.
+//!
+//! * `drain`: a relay empties a filled outbox into a sink (null, NATS,
+//!   HTTP); baselines: the fill's INSERT rate and a one-statement SQL drain.
+//! * `ceiling`: how fast the database takes the same rows.
+//! * `latency`: commit-to-hand-off latency at a steady rate (PostgreSQL).
+//! * `all`: the standard set, with a summary table.
+//! * `peer`: the adapter for the bench-peers harness.
+//! * `clean`: drops scratch databases left behind by interrupted runs.
+//!
+//! How to run them: `bench/README.md`.
+
+mod ceiling;
+mod destination;
+mod drain;
+mod handoff;
+mod latency;
+mod peer;
+mod pipeline;
+mod producer;
+mod receiver;
+mod report;
+mod scratch;
+mod suite;
+mod workload;
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Ferry's benchmarks.
+#[derive(Parser)]
+#[command(name = "ferry-bench", version, about)]
+struct Cli {
+    /// Append every figure to this TSV file (created with a header).
+    #[arg(long, global = true, env = "FERRY_BENCH_TSV")]
+    tsv: Option<PathBuf>,
+    /// Log filter (tracing syntax); `RUST_LOG` works too. sqlx's
+    /// slow-statement warnings (a CHECKPOINT takes seconds) are off by default.
+    #[arg(long, global = true, default_value = "warn,sqlx::query=error")]
+    log_level: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Drain rate of a relay into a sink, beside the fill and SQL-drain rates.
+    Drain(drain::DrainArgs),
+    /// The database's insert ceiling for the same rows.
+    Ceiling(ceiling::CeilingArgs),
+    /// Commit-to-hand-off latency at a steady rate (PostgreSQL).
+    Latency(latency::LatencyArgs),
+    /// The standard set on SQLite and PostgreSQL, with a summary table.
+    All(suite::AllArgs),
+    /// The bench-peers adapter (environment-driven; see bench/README.md).
+    Peer {
+        /// Which step of the harness.
+        #[arg(value_enum)]
+        step: peer::PeerCommand,
+    },
+    /// Drop scratch databases (`ferry_bench_*`) left by interrupted runs.
+    Clean {
+        /// The PostgreSQL server, or `sqlite://` / `sqlite:///dir`.
+        #[arg(long)]
+        database: String,
+    },
+}
+
+fn init_logs(level: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    // No colour codes when the log goes to a file (the harness's worker logs).
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logs(&cli.log_level);
+    let tsv = report::Tsv::new(cli.tsv);
+    let result = match cli.command {
+        Command::Drain(args) => drain::run(&args, &tsv).await.map(drop),
+        Command::Ceiling(args) => ceiling::run(&args, &tsv).await.map(drop),
+        Command::Latency(args) => latency::run(&args, &tsv).await.map(drop),
+        Command::All(args) => suite::run(&args, &tsv).await,
+        Command::Peer { step } => peer::run(step).await,
+        Command::Clean { database } => {
+            async {
+                let gone = scratch::Server::parse(&database)?.clean().await?;
+                println!(
+                    "dropped {} scratch database(s): {}",
+                    gone.len(),
+                    gone.join(" ")
+                );
+                anyhow::Ok(())
+            }
+            .await
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("ferry-bench: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
