@@ -16,6 +16,7 @@ mod destination;
 mod drain;
 mod handoff;
 mod latency;
+mod natsraw;
 mod peer;
 mod pipeline;
 mod producer;
@@ -62,6 +63,9 @@ enum Command {
         #[arg(value_enum)]
         step: peer::PeerCommand,
     },
+    /// NATS JetStream's own publish rate with the same client crate: the
+    /// ceiling for the relay's NATS figure.
+    NatsRaw(natsraw::NatsRawArgs),
     /// Drop scratch databases (`ferry_bench_*`) left by interrupted runs.
     Clean {
         /// The PostgreSQL server, or `sqlite://` / `sqlite:///dir`.
@@ -92,6 +96,7 @@ async fn main() -> ExitCode {
         Command::Latency(args) => latency::run(&args, &tsv).await.map(drop),
         Command::All(args) => suite::run(&args, &tsv).await,
         Command::Peer { step } => peer::run(step).await,
+        Command::NatsRaw(args) => natsraw::run(&args).await.map(drop),
         Command::Clean { database } => {
             async {
                 let gone = scratch::Server::parse(&database)?.clean().await?;

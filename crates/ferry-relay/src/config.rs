@@ -25,6 +25,11 @@ pub struct RelayConfig {
     pub sink_backoff: SinkBackoff,
     /// What happens to delivered messages.
     pub retention: Retention,
+    /// How long delivering one batch may take; what is not settled by then
+    /// is released and delivered again later. Keep it well below the
+    /// PostgreSQL lease, so that no other relay takes over a batch still
+    /// being sent.
+    pub batch_budget: Duration,
     /// How long batches in flight may finish after shutdown is requested.
     pub shutdown_grace: Duration,
 }
@@ -33,7 +38,7 @@ impl Default for RelayConfig {
     fn default() -> Self {
         Self {
             name: "relay".to_owned(),
-            batch_size: 500,
+            batch_size: 1000,
             concurrency: 2,
             order: OrderPolicy::Ordered,
             topics: None,
@@ -41,6 +46,7 @@ impl Default for RelayConfig {
             retry: RetryPolicy::default(),
             sink_backoff: SinkBackoff::default(),
             retention: Retention::Delete,
+            batch_budget: Duration::from_secs(30),
             shutdown_grace: Duration::from_secs(10),
         }
     }

@@ -2,6 +2,9 @@
 //! decides each message's [`Outcome`].
 
 use std::collections::{HashMap, VecDeque};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use chrono::Utc;
 use ferry_core::{Message, RetryPolicy, Sink, SinkError, SinkErrorKind};
@@ -12,6 +15,9 @@ pub(crate) struct BatchResult {
     pub outcomes: Vec<Outcome>,
     /// Set when the sink reported itself unavailable: the error.
     pub unavailable: Option<String>,
+    /// Set when the batch ran out of its time budget: what was not yet
+    /// settled was released, to be delivered again.
+    pub over_budget: bool,
     pub delivered: u64,
     pub failed: u64,
     pub dead: u64,
@@ -22,11 +28,14 @@ pub(crate) async fn deliver(
     claimed: &[Claimed],
     order: OrderPolicy,
     retry: &RetryPolicy,
+    budget: Duration,
     relay: &str,
 ) -> BatchResult {
+    let deadline = Instant::now() + budget;
     let mut result = BatchResult {
         outcomes: vec![Outcome::Released; claimed.len()],
         unavailable: None,
+        over_budget: false,
         delivered: 0,
         failed: 0,
         dead: 0,
@@ -83,7 +92,16 @@ pub(crate) async fn deliver(
         if wave.is_empty() {
             break;
         }
-        let results = sink.deliver(&wave).await;
+        // Stay well inside the claim's lease: past the budget, the rest waits
+        // for the next claim rather than risk another relay taking it over.
+        let Some(left) = deadline.checked_duration_since(Instant::now()) else {
+            result.over_budget = true;
+            break;
+        };
+        let Ok(results) = tokio::time::timeout(left, sink.deliver(&wave)).await else {
+            result.over_budget = true;
+            break;
+        };
         for (pos, &i) in wave_idx.iter().enumerate() {
             let outcome = match results.get(pos) {
                 Some(Ok(())) => {
@@ -170,7 +188,6 @@ fn failure(
 #[cfg(test)]
 mod tests {
     use std::sync::Mutex;
-    use std::time::Duration;
 
     use ferry_core::{BoxFuture, Delivery};
 
@@ -231,7 +248,15 @@ mod tests {
             answer,
             waves: Mutex::default(),
         };
-        let r = deliver(&sink, &claimed(items), order, &policy(), "t").await;
+        let r = deliver(
+            &sink,
+            &claimed(items),
+            order,
+            &policy(),
+            Duration::from_secs(60),
+            "t",
+        )
+        .await;
         (r, sink.waves.into_inner().unwrap())
     }
 
@@ -329,7 +354,15 @@ mod tests {
         };
         let mut c = claimed(&[("x", None)]);
         c[0].attempts = 2; // the third attempt is the last
-        let r = deliver(&sink, &c, OrderPolicy::Ordered, &policy(), "t").await;
+        let r = deliver(
+            &sink,
+            &c,
+            OrderPolicy::Ordered,
+            &policy(),
+            Duration::from_secs(60),
+            "t",
+        )
+        .await;
         assert!(
             matches!(&r.outcomes[0], Outcome::Failed { retry_at: None, error } if error == "timeout")
         );
@@ -377,10 +410,56 @@ mod tests {
             attempts: 0,
             message: Err("headers must be a json object".into()),
         });
-        let r = deliver(&sink, &c, OrderPolicy::Ordered, &policy(), "t").await;
+        let r = deliver(
+            &sink,
+            &c,
+            OrderPolicy::Ordered,
+            &policy(),
+            Duration::from_secs(60),
+            "t",
+        )
+        .await;
         assert_eq!(r.outcomes[0], Outcome::Delivered);
         assert!(
             matches!(&r.outcomes[1], Outcome::Failed { retry_at: None, error } if error.contains("json object"))
         );
+    }
+
+    /// A sink that takes 200 ms per wave.
+    struct Slow;
+
+    impl Sink for Slow {
+        fn name(&self) -> &str {
+            "slow"
+        }
+        fn deliver<'a>(&'a self, batch: &'a [Message]) -> BoxFuture<'a, Vec<Delivery>> {
+            Box::pin(async move {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                batch.iter().map(|_| Ok(())).collect()
+            })
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_batch_stops_at_its_time_budget() {
+        let items: Vec<(&str, Option<&str>)> = vec![
+            ("1", Some("k")),
+            ("2", Some("k")),
+            ("3", Some("k")),
+            ("4", Some("k")),
+        ];
+        let r = deliver(
+            &Slow,
+            &claimed(&items),
+            OrderPolicy::Ordered,
+            &policy(),
+            Duration::from_millis(500),
+            "t",
+        )
+        .await;
+        assert!(r.over_budget);
+        // waves at 0-200 and 200-400 ms complete; the third is cut at 500 ms
+        assert_eq!(r.outcomes[..2], [Outcome::Delivered, Outcome::Delivered]);
+        assert_eq!(r.outcomes[2..], [Outcome::Released, Outcome::Released]);
     }
 }

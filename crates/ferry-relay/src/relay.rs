@@ -170,6 +170,7 @@ async fn work<O: Outbox>(s: Arc<Shared<O>>, worker: usize, shutdown: Cancellatio
                 batch.messages(),
                 s.config.order,
                 &s.config.retry,
+                s.config.batch_budget,
                 relay,
             )
             .await;
@@ -186,6 +187,10 @@ async fn work<O: Outbox>(s: Arc<Shared<O>>, worker: usize, shutdown: Cancellatio
                 return;
             }
         };
+        if result.over_budget {
+            tracing::warn!(relay, worker, budget = ?s.config.batch_budget,
+                "a batch ran out of its time budget; its unfinished messages will be delivered again (slow sink: lower batch_size or raise lease)");
+        }
         match &result.unavailable {
             Some(error) => {
                 s.stats.sink_unavailable.fetch_add(1, Ordering::Relaxed);

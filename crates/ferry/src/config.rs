@@ -45,7 +45,7 @@ pub struct PipelineConfig {
     /// they go ahead while it waits for its retry.
     #[serde(default)]
     pub order: OrderPolicy,
-    /// Most messages claimed and sent per batch (default 500).
+    /// Most messages claimed and sent per batch (default 1000).
     #[serde(default = "default_batch_size")]
     pub batch_size: NonZeroU32,
     /// Batches in flight at once (default 2; SQLite always uses 1).
@@ -58,7 +58,9 @@ pub struct PipelineConfig {
     pub poll_interval: Duration,
     /// PostgreSQL: how long a claimed batch may stay unsettled before the
     /// server ends the relay's session and frees the messages for another
-    /// relay (default `"60s"`). Must exceed the sink's timeout.
+    /// relay (default `"60s"`). A batch gets half of it to be delivered;
+    /// what is not sent by then waits for the next claim. Must exceed the
+    /// sink's timeout.
     #[serde(default = "default_lease", with = "humantime_serde")]
     pub lease: Duration,
     /// How long delivered messages are kept (status `delivered`), e.g.
@@ -83,7 +85,7 @@ pub struct PipelineConfig {
 }
 
 fn default_batch_size() -> NonZeroU32 {
-    NonZeroU32::new(500).expect("non-zero")
+    NonZeroU32::new(1000).expect("non-zero")
 }
 fn default_concurrency() -> NonZeroU32 {
     NonZeroU32::new(2).expect("non-zero")
@@ -311,7 +313,13 @@ url = "nats://127.0.0.1:4222"
     #[test]
     fn the_documented_files_parse() {
         let doc = include_str!("../../../docs/config.md");
-        let block = doc.split("```toml\n").nth(1).unwrap().split("```").next().unwrap();
+        let block = doc
+            .split("```toml\n")
+            .nth(1)
+            .unwrap()
+            .split("```")
+            .next()
+            .unwrap();
         let c = FerryConfig::parse(block).unwrap();
         assert_eq!(c.pipelines[0].name.get_ref(), "coupons");
         let example = include_str!("../../../examples/ferry.toml");

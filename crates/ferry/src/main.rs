@@ -68,7 +68,7 @@ enum Command {
         #[arg(long, value_enum, default_value_t = Order::Ordered)]
         order: Order,
         /// Messages per batch.
-        #[arg(long, default_value_t = 500)]
+        #[arg(long, default_value_t = 1000)]
         batch_size: u32,
         /// Batches in flight at once (SQLite: 1).
         #[arg(long, default_value_t = 2)]

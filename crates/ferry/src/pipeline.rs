@@ -41,6 +41,7 @@ impl From<&PipelineConfig> for Pipeline {
                 retry: p.retry.clone(),
                 sink_backoff: p.sink_backoff.clone(),
                 retention: p.retention(),
+                batch_budget: p.lease / 2,
                 shutdown_grace: p.shutdown_grace,
             },
         }
