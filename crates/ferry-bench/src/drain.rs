@@ -75,11 +75,11 @@ pub struct DrainArgs {
     #[arg(long, default_value_t = 200_000)]
     pub messages: usize,
     /// The relay's batch size (also the SQL drain's).
-    #[arg(long, default_value_t = 500)]
+    #[arg(long, default_value_t = 1000)]
     pub batch_size: u32,
     /// The relay's workers (SQLite: 1 whatever is asked); also the SQL
     /// drain's clients on PostgreSQL.
-    #[arg(long, default_value_t = 2)]
+    #[arg(long, default_value_t = 1)]
     pub concurrency: usize,
     /// Distinct ordering keys the messages are spread over (0: no key).
     #[arg(long, default_value_t = 1000)]

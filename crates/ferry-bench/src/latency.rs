@@ -40,10 +40,10 @@ pub struct LatencyArgs {
     #[arg(long, default_value_t = 3)]
     pub runs: usize,
     /// The relay's batch size.
-    #[arg(long, default_value_t = 500)]
+    #[arg(long, default_value_t = 1000)]
     pub batch_size: u32,
     /// The relay's workers.
-    #[arg(long, default_value_t = 2)]
+    #[arg(long, default_value_t = 1)]
     pub concurrency: usize,
     /// Distinct ordering keys (0: no key).
     #[arg(long, default_value_t = 1000)]

@@ -11,7 +11,10 @@ pub struct RelayConfig {
     /// Most messages claimed and sent in one batch.
     pub batch_size: u32,
     /// Workers claiming and delivering batches at the same time (capped to
-    /// what the outbox allows: 1 on SQLite).
+    /// what the outbox allows: 1 on SQLite). More than one helps slow sinks
+    /// and unkeyed streams; with ordering keys, workers of one relay hold
+    /// back each other's keys (measured on PostgreSQL, 1,000 keys: 1 worker
+    /// 139k msg/s, 2 workers 89k; no keys: 154k and 206k).
     pub concurrency: usize,
     /// Per-key ordering policy.
     pub order: OrderPolicy,
@@ -39,7 +42,7 @@ impl Default for RelayConfig {
         Self {
             name: "relay".to_owned(),
             batch_size: 1000,
-            concurrency: 2,
+            concurrency: 1,
             order: OrderPolicy::Ordered,
             topics: None,
             poll_interval: Duration::from_millis(500),

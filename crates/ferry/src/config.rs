@@ -48,7 +48,9 @@ pub struct PipelineConfig {
     /// Most messages claimed and sent per batch (default 1000).
     #[serde(default = "default_batch_size")]
     pub batch_size: NonZeroU32,
-    /// Batches in flight at once (default 2; SQLite always uses 1).
+    /// Batches in flight at once (default 1; SQLite always uses 1). Raise it
+    /// for a slow sink or an unkeyed stream; with ordering keys, batches in
+    /// flight hold back each other's keys.
     #[serde(default = "default_concurrency")]
     pub concurrency: NonZeroU32,
     /// Longest wait between two looks at the outbox when no wake-up arrives
@@ -88,7 +90,7 @@ fn default_batch_size() -> NonZeroU32 {
     NonZeroU32::new(1000).expect("non-zero")
 }
 fn default_concurrency() -> NonZeroU32 {
-    NonZeroU32::new(2).expect("non-zero")
+    NonZeroU32::new(1).expect("non-zero")
 }
 fn default_poll() -> Duration {
     Duration::from_millis(500)
@@ -250,7 +252,7 @@ url = "nats://127.0.0.1:4222"
         );
         let q = &c.pipelines[1];
         assert_eq!(q.order, OrderPolicy::Ordered);
-        assert_eq!(q.concurrency.get(), 2);
+        assert_eq!(q.concurrency.get(), 1);
         assert_eq!(q.retention(), Retention::Delete);
     }
 

@@ -71,7 +71,7 @@ enum Command {
         #[arg(long, default_value_t = 1000)]
         batch_size: u32,
         /// Batches in flight at once (SQLite: 1).
-        #[arg(long, default_value_t = 2)]
+        #[arg(long, default_value_t = 1)]
         concurrency: usize,
         /// Only these topics (repeatable).
         #[arg(long = "topic")]
