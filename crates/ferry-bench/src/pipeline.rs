@@ -12,7 +12,7 @@ use ferry_store::Database;
 /// A relay running on its own task.
 pub struct Running {
     token: CancellationToken,
-    handle: tokio::task::JoinHandle<()>,
+    handle: tokio::task::JoinHandle<Result<(), ferry_relay::RelayError>>,
     /// Its counters.
     pub stats: Arc<RelayStats>,
     /// When its task was spawned (after the outbox was set up).

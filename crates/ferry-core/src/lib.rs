@@ -13,3 +13,16 @@ pub mod sink;
 pub use message::{Kind, Message, MessageId, ParseKindError};
 pub use retry::RetryPolicy;
 pub use sink::{BoxFuture, Delivery, Sink, SinkError, SinkErrorKind};
+
+/// An error followed by its chain of causes, `outer: inner: root`, for logs
+/// and stored error columns.
+pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = error.to_string();
+    let mut cur = error.source();
+    while let Some(cause) = cur {
+        out.push_str(": ");
+        out.push_str(&cause.to_string());
+        cur = cause.source();
+    }
+    out
+}

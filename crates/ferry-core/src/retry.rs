@@ -54,6 +54,9 @@ pub enum InvalidRetryPolicy {
     /// `initial_backoff` exceeds `max_backoff`.
     #[error("initial_backoff must not exceed max_backoff")]
     InitialAboveMax,
+    /// `max_backoff` is longer than a year.
+    #[error("max_backoff must be at most 365 days")]
+    MaxTooLong,
 }
 
 impl RetryPolicy {
@@ -70,6 +73,9 @@ impl RetryPolicy {
         }
         if self.initial_backoff > self.max_backoff {
             return Err(InvalidRetryPolicy::InitialAboveMax);
+        }
+        if self.max_backoff > Duration::from_secs(365 * 86_400) {
+            return Err(InvalidRetryPolicy::MaxTooLong);
         }
         Ok(())
     }

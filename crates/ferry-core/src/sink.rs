@@ -111,14 +111,6 @@ impl SinkError {
     }
     /// The message followed by its chain of causes, for the `last_error` column and logs.
     pub fn describe(&self) -> String {
-        let mut out = self.message.clone();
-        let mut cur: Option<&(dyn std::error::Error + 'static)> =
-            self.source.as_deref().map(|e| e as _);
-        while let Some(e) = cur {
-            out.push_str(": ");
-            out.push_str(&e.to_string());
-            cur = e.source();
-        }
-        out
+        crate::error_chain(self)
     }
 }

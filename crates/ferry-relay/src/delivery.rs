@@ -10,6 +10,9 @@ use chrono::Utc;
 use ferry_core::{Message, RetryPolicy, Sink, SinkError, SinkErrorKind};
 use ferry_store::outbox::{Claimed, OrderPolicy, Outcome};
 
+/// Most messages handed to the sink in one call.
+const CHUNK: usize = 256;
+
 /// What a batch's delivery came to.
 pub(crate) struct BatchResult {
     pub outcomes: Vec<Outcome>,
@@ -92,54 +95,77 @@ pub(crate) async fn deliver(
         if wave.is_empty() {
             break;
         }
-        // Stay well inside the claim's lease: past the budget, the rest waits
-        // for the next claim rather than risk another relay taking it over.
-        let Some(left) = deadline.checked_duration_since(Instant::now()) else {
-            result.over_budget = true;
-            break;
-        };
-        let Ok(results) = tokio::time::timeout(left, sink.deliver(&wave)).await else {
-            result.over_budget = true;
-            break;
-        };
-        for (pos, &i) in wave_idx.iter().enumerate() {
-            let outcome = match results.get(pos) {
-                Some(Ok(())) => {
-                    result.delivered += 1;
-                    Outcome::Delivered
+        // A wave goes out in chunks, each settled before the next, so that a
+        // slow sink makes progress within the budget and a timeout costs at
+        // most one chunk.
+        for start in (0..wave.len()).step_by(CHUNK) {
+            let end = (start + CHUNK).min(wave.len());
+            // Stay well inside the claim's lease: past the budget, the rest
+            // waits for the next claim rather than risk another relay taking
+            // it over.
+            let Some(left) = deadline.checked_duration_since(Instant::now()) else {
+                result.over_budget = true;
+                break;
+            };
+            let results = match tokio::time::timeout(left, sink.deliver(&wave[start..end])).await {
+                Ok(results) => results,
+                Err(_) => {
+                    // Unknown whether these arrived: count a failed attempt
+                    // (with backoff) and let the receiver drop any duplicate.
+                    result.over_budget = true;
+                    (start..end)
+                        .map(|_| {
+                            Err(SinkError::transient(
+                                "delivery did not finish within the batch's time budget",
+                            ))
+                        })
+                        .collect()
                 }
-                Some(Err(e)) => match e.kind {
-                    SinkErrorKind::Unavailable => {
+            };
+            // The sink says it is down, yet it took some of this chunk: it is
+            // this message that fails, not the sink. Count the attempt, so a
+            // message the sink always refuses cannot stall the pipeline.
+            let some_ok = results.iter().any(Result::is_ok);
+            for (pos, &i) in wave_idx[start..end].iter().enumerate() {
+                let outcome = match results.get(pos) {
+                    Some(Ok(())) => {
+                        result.delivered += 1;
+                        Outcome::Delivered
+                    }
+                    Some(Err(e)) if e.kind == SinkErrorKind::Unavailable && !some_ok => {
                         result.unavailable.get_or_insert_with(|| e.describe());
                         Outcome::Released
                     }
-                    _ => failure(e, &claimed[i], retry, relay, &mut result),
-                },
-                None => failure(
-                    &SinkError::transient(format!(
-                        "sink `{}` returned no result for this message",
-                        sink.name()
-                    )),
-                    &claimed[i],
-                    retry,
-                    relay,
-                    &mut result,
-                ),
-            };
-            let retrying = matches!(
-                outcome,
-                Outcome::Failed {
-                    retry_at: Some(_),
-                    ..
+                    Some(Err(e)) => failure(e, &claimed[i], retry, relay, &mut result),
+                    None => failure(
+                        &SinkError::transient(format!(
+                            "sink `{}` returned no result for this message",
+                            sink.name()
+                        )),
+                        &claimed[i],
+                        retry,
+                        relay,
+                        &mut result,
+                    ),
+                };
+                let retrying = matches!(
+                    outcome,
+                    Outcome::Failed {
+                        retry_at: Some(_),
+                        ..
+                    }
+                );
+                if retrying && order == OrderPolicy::Ordered {
+                    // The rest of a failing message's key waits for it.
+                    queues[wave_queue[start + pos]].clear();
                 }
-            );
-            if retrying && order == OrderPolicy::Ordered {
-                // The rest of a failing message's key waits for it.
-                queues[wave_queue[pos]].clear();
+                result.outcomes[i] = outcome;
             }
-            result.outcomes[i] = outcome;
+            if result.unavailable.is_some() || result.over_budget {
+                break;
+            }
         }
-        if result.unavailable.is_some() {
+        if result.unavailable.is_some() || result.over_budget {
             // Stop at once; everything not yet settled stays as it was.
             break;
         }
@@ -180,7 +206,10 @@ fn failure(
     Outcome::Failed {
         error,
         retry_at: Some(
-            Utc::now() + chrono::Duration::from_std(wait).unwrap_or(chrono::Duration::MAX),
+            chrono::Duration::from_std(wait)
+                .ok()
+                .and_then(|d| Utc::now().checked_add_signed(d))
+                .unwrap_or(chrono::DateTime::<Utc>::MAX_UTC),
         ),
     }
 }
@@ -382,6 +411,30 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn one_message_refused_as_unavailable_among_accepted_ones_is_a_transient_failure() {
+        let (r, _) = run(
+            |p| {
+                if p == "b1" {
+                    Err(SinkError::unavailable("http 504 gateway timeout"))
+                } else {
+                    Ok(())
+                }
+            },
+            BATCH,
+            OrderPolicy::Ordered,
+        )
+        .await;
+        assert!(
+            r.unavailable.is_none(),
+            "the sink is up: it took the others"
+        );
+        assert!(
+            matches!(&r.outcomes[1], Outcome::Failed { retry_at: Some(_), error } if error.contains("504"))
+        );
+        assert_eq!(r.failed, 1);
+    }
+
+    #[tokio::test]
     async fn retry_after_is_honoured() {
         let (r, _) = run(
             |_| Err(SinkError::transient("429").with_retry_after(Duration::from_secs(120))),
@@ -459,7 +512,12 @@ mod tests {
         .await;
         assert!(r.over_budget);
         // waves at 0-200 and 200-400 ms complete; the third is cut at 500 ms
+        // and counts as a failed attempt (it may have arrived); the fourth
+        // is not tried.
         assert_eq!(r.outcomes[..2], [Outcome::Delivered, Outcome::Delivered]);
-        assert_eq!(r.outcomes[2..], [Outcome::Released, Outcome::Released]);
+        assert!(
+            matches!(&r.outcomes[2], Outcome::Failed { retry_at: Some(_), error } if error.contains("time budget"))
+        );
+        assert_eq!(r.outcomes[3], Outcome::Released);
     }
 }

@@ -61,9 +61,9 @@ impl Health {
         }
     }
 
-    /// Whether the dependency is considered down (the next try is a probe).
-    pub fn is_down(&self) -> bool {
-        self.state.lock().unwrap().failures > 0
+    /// Consecutive failures so far; 0 when up.
+    pub fn failures(&self) -> u32 {
+        self.state.lock().unwrap().failures
     }
 
     /// How long to wait before the next try, if paused.

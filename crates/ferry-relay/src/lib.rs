@@ -31,5 +31,5 @@ mod relay;
 pub use config::{RelayConfig, SinkBackoff};
 pub use ferry_core::RetryPolicy;
 pub use ferry_store::outbox::{OrderPolicy, Retention};
-pub use relay::{Relay, RelayStats};
+pub use relay::{Relay, RelayError, RelayStats};
 pub use tokio_util::sync::CancellationToken;

@@ -2,7 +2,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use ferry_core::Sink;
+use ferry_core::{error_chain, Sink};
 use ferry_store::outbox::{ClaimFilter, ClaimedBatch, Outbox, Outcome, Retention};
 use tokio_util::sync::CancellationToken;
 
@@ -30,6 +30,14 @@ impl RelayStats {
     pub fn delivered(&self) -> u64 {
         self.delivered.load(Ordering::Relaxed)
     }
+}
+
+/// Why a relay stopped on its own.
+#[derive(Debug, thiserror::Error)]
+pub enum RelayError {
+    /// A worker panicked (a bug); the relay stopped its other workers.
+    #[error("a worker of relay `{0}` panicked")]
+    WorkerPanicked(String),
 }
 
 /// Delivers an outbox's messages to a sink. See the crate docs for the
@@ -68,7 +76,10 @@ impl<O: Outbox> Relay<O> {
 
     /// Runs until `shutdown` is cancelled, then returns once the batches in
     /// flight are settled or abandoned (within the configured grace).
-    pub async fn run(self, shutdown: CancellationToken) {
+    ///
+    /// A worker that panics cancels `shutdown` (stopping the others) and
+    /// makes this return an error, so a supervisor sees a failed process.
+    pub async fn run(self, shutdown: CancellationToken) -> Result<(), RelayError> {
         let workers = match self.outbox.max_workers() {
             Some(max) => self.config.concurrency.clamp(1, max),
             None => self.config.concurrency.max(1),
@@ -98,15 +109,18 @@ impl<O: Outbox> Relay<O> {
         if let Retention::Keep(keep) = shared.config.retention {
             tasks.spawn(purge(shared.clone(), keep, shutdown.clone()));
         }
+        let mut result = Ok(());
         while let Some(done) = tasks.join_next().await {
             if let Err(e) = done {
                 if e.is_panic() {
                     tracing::error!(relay = %shared.config.name, "relay worker panicked: {e}");
                     shutdown.cancel();
+                    result = Err(RelayError::WorkerPanicked(shared.config.name.clone()));
                 }
             }
         }
         tracing::info!(relay = %shared.config.name, delivered = shared.stats.delivered(), "relay stopped");
+        result
     }
 }
 
@@ -117,6 +131,10 @@ async fn sleep_or_cancel(d: Duration, shutdown: &CancellationToken) {
     }
 }
 
+/// Largest probe of a sink that is down: enough messages (of different keys)
+/// to tell a refused message from a refusing sink, few enough to be gentle.
+const MAX_PROBE: u32 = 16;
+
 async fn work<O: Outbox>(s: Arc<Shared<O>>, worker: usize, shutdown: CancellationToken) {
     let relay = s.config.name.as_str();
     let mut filter = ClaimFilter {
@@ -124,6 +142,11 @@ async fn work<O: Outbox>(s: Arc<Shared<O>>, worker: usize, shutdown: Cancellatio
         order: s.config.order,
         topics: s.config.topics.clone(),
     };
+    // Consecutive empty claims: the wait before the next one grows from 10 ms
+    // to the poll interval, so a due retry this relay cannot claim (another
+    // relay holds it) does not turn into a busy loop.
+    let mut idle_streak: u32 = 0;
+    let mut over_budget_logged = false;
     while !shutdown.is_cancelled() {
         if let Some(pause) = s
             .sink_health
@@ -133,11 +156,16 @@ async fn work<O: Outbox>(s: Arc<Shared<O>>, worker: usize, shutdown: Cancellatio
             sleep_or_cancel(pause, &shutdown).await;
             continue;
         }
-        // While the sink is down, probe it with one message, not a batch.
-        filter.limit = if s.sink_health.is_down() {
-            1
-        } else {
-            s.config.batch_size
+        // While the sink is down, probe it with a few messages, doubling per
+        // failed probe: one message the sink keeps refusing then shares a
+        // wave with others, and is retried on its own (see `delivery`).
+        filter.limit = match s.sink_health.failures() {
+            0 => s.config.batch_size,
+            n => 1u32
+                .checked_shl(n - 1)
+                .unwrap_or(u32::MAX)
+                .min(MAX_PROBE)
+                .min(s.config.batch_size),
         };
         let batch = match s.outbox.claim(&filter).await {
             Ok(b) => {
@@ -151,19 +179,20 @@ async fn work<O: Outbox>(s: Arc<Shared<O>>, worker: usize, shutdown: Cancellatio
         };
         if batch.messages().is_empty() {
             drop(batch);
-            let wait = match s.outbox.next_retry_at().await {
-                Ok(Some(at)) => (at - chrono::Utc::now())
-                    .to_std()
-                    .unwrap_or_default()
-                    .min(s.config.poll_interval),
+            let floor = Duration::from_millis(10).saturating_mul(1 << idle_streak.min(10));
+            idle_streak = idle_streak.saturating_add(1);
+            let wait = match s.outbox.next_retry_in(filter.topics.as_deref()).await {
+                Ok(Some(due)) => due.max(floor),
                 _ => s.config.poll_interval,
-            };
+            }
+            .min(s.config.poll_interval);
             tokio::select! {
                 _ = s.outbox.wait_for_work(wait) => {}
                 _ = shutdown.cancelled() => {}
             }
             continue;
         }
+        idle_streak = 0;
         let process = async {
             let result = deliver(
                 &*s.sink,
@@ -187,16 +216,23 @@ async fn work<O: Outbox>(s: Arc<Shared<O>>, worker: usize, shutdown: Cancellatio
                 return;
             }
         };
-        if result.over_budget {
-            tracing::warn!(relay, worker, budget = ?s.config.batch_budget,
-                "a batch ran out of its time budget; its unfinished messages will be delivered again (slow sink: lower batch_size or raise lease)");
+        if result.over_budget != over_budget_logged {
+            over_budget_logged = result.over_budget;
+            if result.over_budget {
+                tracing::warn!(relay, worker, budget = ?s.config.batch_budget,
+                    "batches run out of their time budget: the slowest part of each is retried later \
+                     (slow sink: lower batch_size, raise the sink's concurrency or the lease)");
+            } else {
+                tracing::info!(relay, worker, "batches fit their time budget again");
+            }
         }
         match &result.unavailable {
             Some(error) => {
                 s.stats.sink_unavailable.fetch_add(1, Ordering::Relaxed);
                 s.sink_health.failed(error);
             }
-            None => s.sink_health.succeeded(),
+            None if result.delivered > 0 => s.sink_health.succeeded(),
+            None => {}
         }
         let (delivered, failed, dead) = (result.delivered, result.failed, result.dead);
         if result.outcomes.iter().all(|o| *o == Outcome::Released) {
@@ -224,27 +260,24 @@ async fn work<O: Outbox>(s: Arc<Shared<O>>, worker: usize, shutdown: Cancellatio
 
 async fn purge<O: Outbox>(s: Arc<Shared<O>>, keep: Duration, shutdown: CancellationToken) {
     let every = (keep / 10).clamp(Duration::from_secs(1), Duration::from_secs(60));
+    let mut failing = false;
     while !shutdown.is_cancelled() {
         match s.outbox.purge_delivered(keep).await {
-            Ok(0) => {}
             Ok(n) => {
-                tracing::debug!(relay = %s.config.name, purged = n, "purged delivered messages past retention")
+                if failing {
+                    tracing::info!(relay = %s.config.name, "purging delivered messages works again");
+                    failing = false;
+                }
+                if n > 0 {
+                    tracing::debug!(relay = %s.config.name, purged = n, "purged delivered messages past retention");
+                }
             }
-            Err(e) => {
-                tracing::debug!(relay = %s.config.name, error = %error_chain(&e), "purge failed; will retry")
+            Err(e) if !failing => {
+                tracing::warn!(relay = %s.config.name, error = %error_chain(&e), "purging delivered messages fails; will retry");
+                failing = true;
             }
+            Err(_) => {}
         }
         sleep_or_cancel(every, &shutdown).await;
     }
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        out.push_str(": ");
-        out.push_str(&c.to_string());
-        cur = c.source();
-    }
-    out
 }

@@ -65,7 +65,9 @@ async fn publishes_batch_with_cloudevents_headers() {
         Message::event("order.placed", r#"{"order":1}"#)
             .with_key("order-1")
             .with_header("traceparent", "00-ab")
-            .with_header("Nats-Msg-Id", "forged"),
+            .with_header("Nats-Msg-Id", "forged")
+            // would fail the publish if it reached JetStream
+            .with_header("Nats-Expected-Last-Sequence", "999"),
         Message::command("coupon.issue", "plain").with_content_type("text/plain"),
         Message::event("order.paid", ""),
     ];

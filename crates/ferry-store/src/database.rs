@@ -68,13 +68,30 @@ fn invalid(url: &str, reason: impl Into<String>) -> StoreError {
 
 /// `url` with any password replaced by `***`, for messages and logs.
 pub fn redact(url: &str) -> String {
-    match url::Url::parse(url) {
-        Ok(mut u) if u.password().is_some() => {
-            let _ = u.set_password(Some("***"));
-            u.to_string()
-        }
-        _ => url.to_owned(),
+    let Ok(mut u) = url::Url::parse(url) else {
+        return url.to_owned();
+    };
+    if u.password().is_some() {
+        let _ = u.set_password(Some("***"));
     }
+    if u.query().is_some() {
+        let pairs: Vec<(String, String)> = u
+            .query_pairs()
+            .map(|(k, v)| {
+                let secret = k.contains("password") || k.contains("secret") || k.contains("token");
+                (
+                    k.into_owned(),
+                    if secret {
+                        "***".to_owned()
+                    } else {
+                        v.into_owned()
+                    },
+                )
+            })
+            .collect();
+        u.query_pairs_mut().clear().extend_pairs(pairs);
+    }
+    u.to_string().replace("%2A%2A%2A", "***")
 }
 
 impl Database {
@@ -214,5 +231,9 @@ mod tests {
             "postgres://bob:***@h/db"
         );
         assert_eq!(redact("sqlite://x.db"), "sqlite://x.db");
+        assert_eq!(
+            redact("postgres://h/db?password=s3cret&sslmode=require"),
+            "postgres://h/db?password=***&sslmode=require"
+        );
     }
 }

@@ -36,8 +36,9 @@ pub struct PipelineConfig {
     /// `ferry migrate` yourself).
     #[serde(default)]
     pub migrate: bool,
-    /// Only deliver these topics (default: all). Two pipelines on one outbox
-    /// must split the topics between them, or both deliver every message.
+    /// Only deliver these topics (default: all). Pipelines on one database
+    /// compete for its messages, so each must list its topics, with no topic
+    /// in common (checked at load).
     #[serde(default)]
     pub topics: Option<Vec<String>>,
     /// `"ordered"` (default): a failing message holds back the later
@@ -115,18 +116,29 @@ fn valid_sink<'de, D: Deserializer<'de>>(d: D) -> Result<SinkConfig, D::Error> {
     Ok(sink)
 }
 
-pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        out.push_str(": ");
-        out.push_str(&c.to_string());
-        cur = c.source();
-    }
-    out
-}
+pub(crate) use ferry_core::error_chain;
 
 impl PipelineConfig {
+    /// Durations that would spin, stall or overflow.
+    fn check_durations(&self) -> Result<(), String> {
+        let ms = Duration::from_millis;
+        if self.poll_interval < ms(1) {
+            return Err("key `poll_interval` must be at least 1ms".to_owned());
+        }
+        if self.lease < Duration::from_secs(1) {
+            return Err("key `lease` must be at least 1s".to_owned());
+        }
+        if self.sink_backoff.initial < ms(1) || self.sink_backoff.initial > self.sink_backoff.max {
+            return Err(
+                "key `sink_backoff`: `initial` must be at least 1ms and at most `max`".to_owned(),
+            );
+        }
+        if self.retention > Duration::from_secs(100 * 365 * 86_400) {
+            return Err("key `retention` must be at most 100 years".to_owned());
+        }
+        Ok(())
+    }
+
     /// What delivered messages become.
     pub fn retention(&self) -> Retention {
         Retention::from_duration(self.retention)
@@ -191,12 +203,41 @@ impl FerryConfig {
                     p.name.get_ref()
                 ));
             }
+            if let Err(problem) = p.check_durations() {
+                return Err(format!("pipeline `{}`: {problem}", p.name.get_ref()));
+            }
             if let Err(e) = ferry_store::DatabaseKind::of(&p.database) {
                 return Err(format!(
                     "pipeline `{}`: key `database`: {}",
                     p.name.get_ref(),
                     error_chain(&e)
                 ));
+            }
+        }
+        // Pipelines on one outbox compete for its messages: each would get
+        // an arbitrary share. They must split the topics between them.
+        for (i, a) in config.pipelines.iter().enumerate() {
+            for b in &config.pipelines[i + 1..] {
+                if a.database != b.database {
+                    continue;
+                }
+                let (x, y) = (a.name.get_ref(), b.name.get_ref());
+                match (&a.topics, &b.topics) {
+                    (Some(ta), Some(tb)) => {
+                        if let Some(t) = ta.iter().find(|t| tb.contains(t)) {
+                            return Err(format!(
+                                "pipelines `{x}` and `{y}` share a database and both take topic `{t}`: \
+                                 each would receive only some of its messages; give each topic to one pipeline"
+                            ));
+                        }
+                    }
+                    _ => {
+                        return Err(format!(
+                            "pipelines `{x}` and `{y}` share a database: each would receive only some of \
+                             its messages; give both a `topics` list, without a topic in common"
+                        ))
+                    }
+                }
             }
         }
         Ok(config)
@@ -310,6 +351,49 @@ url = "nats://127.0.0.1:4222"
         assert!(e.contains("database"), "{e}");
         assert!(err("").contains("no [[pipeline]]"));
         assert!(err("[[pipeline]\n").contains("line 1"));
+    }
+
+    #[test]
+    fn durations_that_would_spin_or_overflow_are_refused() {
+        for (from, to, says) in [
+            (
+                "batch_size = 100",
+                "batch_size = 100\npoll_interval = \"0s\"",
+                "poll_interval",
+            ),
+            (
+                "batch_size = 100",
+                "batch_size = 100\nlease = \"10ms\"",
+                "lease",
+            ),
+            (
+                "batch_size = 100",
+                "batch_size = 100\nretention = \"1000years\"",
+                "retention",
+            ),
+            (
+                "max_attempts = 5",
+                "max_attempts = 5\nmax_backoff = \"1000years\"",
+                "max_backoff",
+            ),
+        ] {
+            let e = err(&GOOD.replace(from, to));
+            assert!(e.contains(says), "{e}");
+        }
+    }
+
+    #[test]
+    fn pipelines_sharing_a_database_must_split_topics() {
+        let two = |ta: &str, tb: &str| {
+            format!(
+                "[[pipeline]]\nname = \"a\"\ndatabase = \"sqlite://x.db\"\n{ta}\n[pipeline.sink]\ntype = \"null\"\n\
+                 [[pipeline]]\nname = \"b\"\ndatabase = \"sqlite://x.db\"\n{tb}\n[pipeline.sink]\ntype = \"null\"\n"
+            )
+        };
+        assert!(err(&two("", "")).contains("share a database"));
+        assert!(err(&two("topics = [\"x\"]", "")).contains("share a database"));
+        assert!(err(&two("topics = [\"x\", \"y\"]", "topics = [\"y\"]")).contains("topic `y`"));
+        assert!(FerryConfig::parse(&two("topics = [\"x\"]", "topics = [\"y\"]")).is_ok());
     }
 
     #[test]

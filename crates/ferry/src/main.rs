@@ -177,26 +177,32 @@ fn shutdown_on_signal() -> CancellationToken {
     tokio::spawn(async move {
         let mut term =
             tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
-        let term_recv = async {
-            match term.as_mut() {
-                Some(s) => {
-                    s.recv().await;
-                }
-                None => std::future::pending().await,
-            }
-        };
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term_recv => {}
-        }
+        signal(&mut term).await;
         tracing::info!(
             "shutdown requested; finishing batches in flight (signal again to exit at once)"
         );
         t.cancel();
-        let _ = tokio::signal::ctrl_c().await;
+        signal(&mut term).await;
+        tracing::warn!("second signal: exiting now; batches in flight will be delivered again");
         std::process::exit(130);
     });
     token
+}
+
+/// The next SIGINT or SIGTERM.
+async fn signal(term: &mut Option<tokio::signal::unix::Signal>) {
+    let term_recv = async {
+        match term.as_mut() {
+            Some(s) => {
+                s.recv().await;
+            }
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term_recv => {}
+    }
 }
 
 async fn run(command: Command) -> anyhow::Result<()> {

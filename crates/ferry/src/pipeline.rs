@@ -62,11 +62,12 @@ impl Pipeline {
         retention: Duration,
         migrate: bool,
     ) -> Self {
+        let lease = Duration::from_secs(60);
         Pipeline {
             name: "relay".to_owned(),
             database,
             migrate,
-            lease: Duration::from_secs(60),
+            lease,
             sink,
             relay: RelayConfig {
                 name: "relay".to_owned(),
@@ -77,6 +78,7 @@ impl Pipeline {
                 retry,
                 retention: Retention::from_duration(retention),
                 sink_backoff: SinkBackoff::default(),
+                batch_budget: lease / 2,
                 ..RelayConfig::default()
             },
         }
@@ -113,11 +115,11 @@ impl Pipeline {
         match db {
             Database::Postgres(pool) => {
                 let outbox = Arc::new(PgOutbox::new(pool, retention));
-                Relay::new(outbox, sink, self.relay).run(shutdown).await;
+                Relay::new(outbox, sink, self.relay).run(shutdown).await?;
             }
             Database::Sqlite(pool) => {
                 let outbox = Arc::new(SqliteOutbox::new(pool, retention));
-                Relay::new(outbox, sink, self.relay).run(shutdown).await;
+                Relay::new(outbox, sink, self.relay).run(shutdown).await?;
             }
         }
         Ok(())

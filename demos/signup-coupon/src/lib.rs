@@ -157,7 +157,7 @@ pub async fn run(options: Options) -> anyhow::Result<Report> {
     };
 
     relay_stop.cancel();
-    relay_task.await.context("relay task failed")?;
+    relay_task.await.context("relay task failed")??;
     // After the relay stopped, so that the batch it finished during its
     // shutdown grace is counted.
     let outbox_after = db.outbox_stats().await?;

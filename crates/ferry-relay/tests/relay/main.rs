@@ -70,7 +70,10 @@ impl Env {
         &self,
         sink: Arc<dyn Sink>,
         config: RelayConfig,
-    ) -> (CancellationToken, tokio::task::JoinHandle<()>) {
+    ) -> (
+        CancellationToken,
+        tokio::task::JoinHandle<Result<(), ferry_relay::RelayError>>,
+    ) {
         let token = CancellationToken::new();
         let t = token.clone();
         let handle = match &self.db {
@@ -183,9 +186,31 @@ both!(
         tokio::time::timeout(Duration::from_secs(15), task)
             .await
             .expect("stops within the grace")
+            .unwrap()
             .unwrap();
     }
 );
+
+both!(several_workers_keep_order_per_key, |env: Env| async move {
+    let r = Receiver::start().await;
+    let (stop, task) = env.start(
+        http_sink(&r).await,
+        RelayConfig {
+            concurrency: 3,
+            batch_size: 20,
+            ..config()
+        },
+    );
+    env.enqueue(&keyed(600, 11)).await;
+    wait_until("all applied", Duration::from_secs(30), || {
+        r.applied().len() == 600
+    })
+    .await;
+    assert_eq!(r.requests().len(), 600, "no duplicate in normal operation");
+    assert_in_order_per_key(&r);
+    stop.cancel();
+    task.await.unwrap().unwrap();
+});
 
 both!(
     poison_message_is_dead_lettered_and_others_flow,
@@ -203,7 +228,15 @@ both!(
             r.applied().len() == 3
         })
         .await;
-        let dead = env.db.dead_messages(10).await.unwrap();
+        // The outcomes are recorded when the batch settles, just after.
+        let mut dead = Vec::new();
+        for _ in 0..100 {
+            dead = env.db.dead_messages(10).await.unwrap();
+            if !dead.is_empty() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         assert_eq!(dead.len(), 1);
         assert!(
             dead[0].last_error.as_deref().unwrap().contains("400"),
@@ -212,7 +245,7 @@ both!(
         );
         assert_eq!(dead[0].attempts, 1, "a permanent error burns no retries");
         stop.cancel();
-        task.await.unwrap();
+        task.await.unwrap().unwrap();
     }
 );
 
@@ -241,7 +274,7 @@ both!(
         .await;
         assert_in_order_per_key(&r);
         stop.cancel();
-        task.await.unwrap();
+        task.await.unwrap().unwrap();
     }
 );
 
@@ -259,7 +292,7 @@ both!(kept_messages_show_their_delivery, |env: Env| async move {
     })
     .await;
     stop.cancel();
-    task.await.unwrap();
+    task.await.unwrap().unwrap();
     let stats = env.db.outbox_stats().await.unwrap();
     assert_eq!(stats.delivered, 10);
 });
@@ -292,7 +325,7 @@ async fn sqlite_waker_beats_the_poll_interval() {
     )
     .await;
     stop.cancel();
-    task.await.unwrap();
+    task.await.unwrap().unwrap();
 }
 
 /// Outbox → relay → NATS JetStream: every message stored once, in order per
@@ -335,7 +368,7 @@ async fn to_nats(pg: bool) {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     stop.cancel();
-    task.await.unwrap();
+    task.await.unwrap().unwrap();
     // Deliver everything a second time.
     let again = "UPDATE ferry_outbox SET status = 'pending'";
     match &env.db {
@@ -349,7 +382,7 @@ async fn to_nats(pg: bool) {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     stop.cancel();
-    task.await.unwrap();
+    task.await.unwrap().unwrap();
     assert_eq!(
         count(js.clone(), stream.clone()).await,
         n as u64,

@@ -201,6 +201,11 @@ impl NatsSink {
         let mut headers = HeaderMap::new();
         let mut header_bytes = 0;
         for (name, value) in binary_headers(message, &self.config.source) {
+            // `Nats-*` headers steer JetStream (expected sequence, rollup,
+            // TTL…); a producer's header must not, so such headers are dropped.
+            if name.len() >= 5 && name[..5].eq_ignore_ascii_case("nats-") {
+                continue;
+            }
             let header_name = name
                 .parse::<HeaderName>()
                 .ok()

@@ -222,7 +222,7 @@ async fn sqlite_exec(
                 .await?
         }
         Some(MessageRef::Id(id)) => {
-            sqlx::query(&format!("{base} AND message_id = ?"))
+            sqlx::query(&format!("{base} AND lower(message_id) = ?"))
                 .bind(id.to_string())
                 .execute(pool)
                 .await?

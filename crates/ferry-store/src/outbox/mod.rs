@@ -127,10 +127,13 @@ pub trait Outbox: Send + Sync + 'static {
         filter: &ClaimFilter,
     ) -> impl Future<Output = Result<Self::Batch, StoreError>> + Send;
 
-    /// When the earliest message waiting for a retry becomes due, if any.
-    fn next_retry_at(
+    /// How long until the earliest message waiting for a retry (of these
+    /// topics, or any) becomes due, by the database's clock; zero when one
+    /// is already due; `None` when no message waits for a retry.
+    fn next_retry_in(
         &self,
-    ) -> impl Future<Output = Result<Option<DateTime<Utc>>, StoreError>> + Send;
+        topics: Option<&[String]>,
+    ) -> impl Future<Output = Result<Option<Duration>, StoreError>> + Send;
 
     /// Waits until a producer signals new messages or `timeout` passes.
     /// Wake-ups may be spurious or missed; the relay also polls.
@@ -160,6 +163,20 @@ pub trait ClaimedBatch: Send {
     ///
     /// [`messages`]: ClaimedBatch::messages
     fn settle(self, outcomes: &[Outcome]) -> impl Future<Output = Result<(), StoreError>> + Send;
+}
+
+/// A number of seconds from the database (possibly negative: overdue) as a
+/// wait, saturating instead of panicking on absurd values.
+pub(crate) fn seconds_until(secs: f64) -> Duration {
+    Duration::try_from_secs_f64(secs.max(0.0)).unwrap_or(Duration::MAX)
+}
+
+/// `now - d`, or the earliest representable time when `d` is absurdly long.
+pub(crate) fn before_now(d: Duration) -> DateTime<Utc> {
+    chrono::Duration::from_std(d)
+        .ok()
+        .and_then(|d| Utc::now().checked_sub_signed(d))
+        .unwrap_or(DateTime::<Utc>::MIN_UTC)
 }
 
 /// Turns stored headers (a JSON object) into a map; non-string values keep

@@ -4,7 +4,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use chrono::{DateTime, Utc};
 use ferry_core::{Kind, Message, MessageId};
 use sqlx::postgres::{PgListener, PgRow};
 use sqlx::{PgConnection, PgPool, Postgres, Row, Transaction};
@@ -239,9 +238,10 @@ async fn listen(pool: PgPool, wake: Arc<Notify>) {
                 match listener.try_recv().await? {
                     Some(_) => wake.notify_one(),
                     None => {
-                        // Connection lost and re-established by sqlx.
+                        // Connection lost; sqlx reconnects and listens again on
+                        // the next call. Anything committed meanwhile is found
+                        // by this wake-up.
                         wake.notify_one();
-                        listener.listen(CHANNEL).await.ok();
                     }
                 }
             }
@@ -295,12 +295,18 @@ impl Outbox for PgOutbox {
         })
     }
 
-    async fn next_retry_at(&self) -> Result<Option<DateTime<Utc>>, StoreError> {
-        Ok(sqlx::query_scalar(
-            "SELECT min(next_attempt_at) FROM ferry_outbox WHERE status = 'pending' AND attempts > 0",
+    async fn next_retry_in(
+        &self,
+        topics: Option<&[String]>,
+    ) -> Result<Option<Duration>, StoreError> {
+        let secs: Option<f64> = sqlx::query_scalar(
+            "SELECT EXTRACT(EPOCH FROM (min(next_attempt_at) - now()))::float8 FROM ferry_outbox
+             WHERE status = 'pending' AND attempts > 0 AND ($1::text[] IS NULL OR topic = ANY($1))",
         )
+        .bind(topics)
         .fetch_one(&self.pool)
-        .await?)
+        .await?;
+        Ok(secs.map(super::seconds_until))
     }
 
     async fn wait_for_work(&self, timeout: Duration) {
@@ -308,8 +314,7 @@ impl Outbox for PgOutbox {
     }
 
     async fn purge_delivered(&self, older_than: Duration) -> Result<u64, StoreError> {
-        let cutoff =
-            Utc::now() - chrono::Duration::from_std(older_than).unwrap_or(chrono::Duration::MAX);
+        let cutoff = super::before_now(older_than);
         let done = sqlx::query(
             "DELETE FROM ferry_outbox WHERE status = 'delivered' AND delivered_at < $1",
         )
@@ -350,7 +355,7 @@ impl ClaimedBatch for PgBatch {
             let sql = match self.retention {
                 Retention::Delete => "DELETE FROM ferry_outbox WHERE seq = ANY($1)",
                 Retention::Keep(_) => {
-                    "UPDATE ferry_outbox SET status = 'delivered', delivered_at = now(), attempts = attempts + 1
+                    "UPDATE ferry_outbox SET status = 'delivered', delivered_at = clock_timestamp(), attempts = attempts + 1
                      WHERE seq = ANY($1)"
                 }
             };

@@ -43,8 +43,8 @@ fn parse_time(s: &str) -> Result<DateTime<Utc>, String> {
 pub async fn enqueue(conn: &mut SqliteConnection, message: &Message) -> Result<i64, StoreError> {
     let seq: i64 = sqlx::query_scalar(
         "INSERT INTO ferry_outbox
-            (message_id, kind, topic, message_key, headers, content_type, payload, created_at, next_attempt_at)
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
+            (message_id, kind, topic, message_key, headers, content_type, payload, created_at)
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?)
          RETURNING seq",
     )
     .bind(message.id.to_string())
@@ -54,7 +54,6 @@ pub async fn enqueue(conn: &mut SqliteConnection, message: &Message) -> Result<i
     .bind(headers_to_json(message).to_string())
     .bind(&message.content_type)
     .bind(message.payload.as_ref())
-    .bind(format_time(message.created_at))
     .bind(format_time(message.created_at))
     .fetch_one(conn)
     .await?;
@@ -202,13 +201,24 @@ impl Outbox for SqliteOutbox {
         })
     }
 
-    async fn next_retry_at(&self) -> Result<Option<DateTime<Utc>>, StoreError> {
-        let next: Option<String> = sqlx::query_scalar(
-            "SELECT min(next_attempt_at) FROM ferry_outbox WHERE status = 'pending' AND attempts > 0",
-        )
-        .fetch_one(&self.pool)
-        .await?;
-        Ok(next.and_then(|s| parse_time(&s).ok()))
+    async fn next_retry_in(
+        &self,
+        topics: Option<&[String]>,
+    ) -> Result<Option<Duration>, StoreError> {
+        let topic_filter = match topics {
+            Some(t) => format!("AND topic IN ({})", vec!["?"; t.len()].join(", ")),
+            None => String::new(),
+        };
+        let sql = format!(
+            "SELECT (julianday(min(next_attempt_at)) - julianday('now')) * 86400.0 FROM ferry_outbox
+             WHERE status = 'pending' AND attempts > 0 {topic_filter}"
+        );
+        let mut query = sqlx::query_scalar::<_, Option<f64>>(&sql);
+        for t in topics.unwrap_or_default() {
+            query = query.bind(t);
+        }
+        let secs = query.fetch_one(&self.pool).await?;
+        Ok(secs.map(super::seconds_until))
     }
 
     async fn wait_for_work(&self, timeout: Duration) {
@@ -220,8 +230,7 @@ impl Outbox for SqliteOutbox {
     }
 
     async fn purge_delivered(&self, older_than: Duration) -> Result<u64, StoreError> {
-        let cutoff =
-            Utc::now() - chrono::Duration::from_std(older_than).unwrap_or(chrono::Duration::MAX);
+        let cutoff = super::before_now(older_than);
         let done =
             sqlx::query("DELETE FROM ferry_outbox WHERE status = 'delivered' AND delivered_at < ?")
                 .bind(format_time(cutoff))

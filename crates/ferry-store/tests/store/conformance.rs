@@ -149,8 +149,17 @@ both!(
             env.round(&f, |_| Outcome::Delivered).await.is_empty(),
             "not due yet"
         );
-        let due = env.next_retry_at().await.expect("a retry is scheduled");
-        assert!(due > Utc::now());
+        let due = env.next_retry_in(None).await.expect("a retry is scheduled");
+        assert!(
+            due > Duration::ZERO && due <= Duration::from_millis(300),
+            "{due:?}"
+        );
+        assert!(
+            env.next_retry_in(Some(&["other".to_owned()]))
+                .await
+                .is_none(),
+            "filtered by topic"
+        );
         tokio::time::sleep(Duration::from_millis(350)).await;
         assert_eq!(
             env.round(&f, |_| dead("http 400 bad request")).await.len(),
@@ -167,7 +176,7 @@ both!(
             env.round(&f, |_| Outcome::Delivered).await.is_empty(),
             "dead is not claimed"
         );
-        assert!(env.next_retry_at().await.is_none());
+        assert!(env.next_retry_in(None).await.is_none());
     }
 );
 

@@ -118,10 +118,10 @@ impl Env {
         }
     }
 
-    pub async fn next_retry_at(&self) -> Option<chrono::DateTime<Utc>> {
+    pub async fn next_retry_in(&self, topics: Option<&[String]>) -> Option<Duration> {
         match &self.outbox {
-            AnyOutbox::Pg(o) => o.next_retry_at().await.unwrap(),
-            AnyOutbox::Sqlite(o) => o.next_retry_at().await.unwrap(),
+            AnyOutbox::Pg(o) => o.next_retry_in(topics).await.unwrap(),
+            AnyOutbox::Sqlite(o) => o.next_retry_in(topics).await.unwrap(),
         }
     }
 

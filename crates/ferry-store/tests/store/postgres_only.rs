@@ -42,42 +42,72 @@ async fn late_committing_lower_sequence_is_not_skipped() {
 }
 
 /// Two relays claiming at the same time never get the same message, and a
-/// key is never split across them.
+/// key is never split across them: a later claim leaves out the keys an
+/// earlier, unsettled claim holds (the gap probes), and takes the others.
 #[tokio::test]
 async fn concurrent_claims_are_disjoint_and_keep_keys_whole() {
     let env = pg_env(Retention::Delete).await;
-    let ms: Vec<Message> = (0..60)
-        .map(|i| Message::event("t", i.to_string()).with_key(format!("k{}", i % 4)))
+    // seq 1-20: keys a0-a3; seq 21-40: keys b0-b3; seq 41-50: a0 again and c0.
+    let mut ms: Vec<Message> = (0..20)
+        .map(|i| Message::event("t", i.to_string()).with_key(format!("a{}", i % 4)))
         .collect();
+    ms.extend((20..40).map(|i| Message::event("t", i.to_string()).with_key(format!("b{}", i % 4))));
+    ms.extend((40..50).map(|i| {
+        Message::event("t", i.to_string()).with_key(if i % 2 == 0 { "a0" } else { "c0" })
+    }));
     env.enqueue(&ms).await;
     let o = pg(&env);
-    let f = ClaimFilter {
-        limit: 20,
+    let f = |limit| ClaimFilter {
+        limit,
         order: OrderPolicy::Ordered,
         topics: None,
     };
-    let a = o.claim(&f).await.unwrap();
-    let b = o.claim(&f).await.unwrap();
+    let keys = |x: &ferry_store::outbox::postgres::PgBatch| {
+        x.messages()
+            .iter()
+            .map(|c| c.message.as_ref().unwrap().key.clone().unwrap())
+            .collect::<std::collections::HashSet<_>>()
+    };
     let seqs = |x: &ferry_store::outbox::postgres::PgBatch| {
         x.messages().iter().map(|c| c.seq).collect::<Vec<_>>()
     };
-    let (sa, sb) = (seqs(&a), seqs(&b));
-    assert!(!sa.is_empty());
-    assert!(sa.iter().all(|s| !sb.contains(s)), "disjoint");
-    // b may only hold messages whose earlier same-key messages are not in a.
-    let key_of = |x: &ferry_store::outbox::postgres::PgBatch| {
-        x.messages()
-            .iter()
-            .map(|c| c.message.as_ref().unwrap().key.clone())
-            .collect::<Vec<_>>()
-    };
-    for k in key_of(&b) {
-        assert!(!key_of(&a).contains(&k), "key {k:?} split across relays");
+    let a = o.claim(&f(20)).await.unwrap();
+    let b = o.claim(&f(20)).await.unwrap();
+    let c = o.claim(&f(20)).await.unwrap();
+    assert_eq!(seqs(&a).len(), 20);
+    assert_eq!(seqs(&b).len(), 20, "b takes keys a does not hold");
+    assert!(keys(&b).iter().all(|k| k.starts_with('b')));
+    // c's candidates are seq 41-50: a0 is held by a, so only c0 comes back.
+    assert_eq!(keys(&c), ["c0".to_owned()].into_iter().collect());
+    assert_eq!(seqs(&c).len(), 5);
+    for (x, y) in [(&a, &b), (&a, &c), (&b, &c)] {
+        assert!(seqs(x).iter().all(|s| !seqs(y).contains(s)), "disjoint");
+        assert!(keys(x).is_disjoint(&keys(y)), "no key split across relays");
     }
-    let na = sa.len();
-    a.settle(&vec![Outcome::Delivered; na]).await.unwrap();
-    let nb = sb.len();
-    b.settle(&vec![Outcome::Delivered; nb]).await.unwrap();
+    for batch in [a, b, c] {
+        let n = batch.messages().len();
+        batch.settle(&vec![Outcome::Delivered; n]).await.unwrap();
+    }
+    // a0's later messages are claimable now, after a0's earlier ones.
+    let rest = env.round(&f(50), |_| Outcome::Delivered).await;
+    assert_eq!(payloads(&rest), ["40", "42", "44", "46", "48"]);
+}
+
+/// The single-relay shortcut: nothing pending outside the batch, so no gap
+/// probes, and every message of a key in the batch comes back.
+#[tokio::test]
+async fn a_lone_claim_takes_whole_keys() {
+    let env = pg_env(Retention::Delete).await;
+    let ms: Vec<Message> = (0..30)
+        .map(|i| Message::event("t", i.to_string()).with_key(format!("k{}", i % 3)))
+        .collect();
+    env.enqueue(&ms).await;
+    let f = ClaimFilter {
+        limit: 30,
+        order: OrderPolicy::Ordered,
+        topics: None,
+    };
+    assert_eq!(env.round(&f, |_| Outcome::Delivered).await.len(), 30);
 }
 
 /// A claim whose session dies is released at once.

@@ -120,9 +120,9 @@ async fn sigterm_exits_within_the_grace_and_loses_nothing() {
     again.wait().unwrap();
 }
 
-/// The database is down when the daemon starts: it logs, retries, and
-/// starts once the database is reachable (simulated with a SQLite file in
-/// a directory that does not exist yet).
+/// The database is unreachable when the relay starts (a closed PostgreSQL
+/// port): it keeps retrying with backoff, logs that once, and stops cleanly
+/// on SIGTERM.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unreachable_database_is_retried_not_fatal() {
     // A port nothing listens on: connection refused, a retryable error.
