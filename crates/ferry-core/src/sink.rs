@@ -37,6 +37,14 @@ pub trait Sink: Send + Sync + 'static {
     /// Delivers each message of `batch`, returning one result per message
     /// in the same order.
     fn deliver<'a>(&'a self, batch: &'a [Message]) -> BoxFuture<'a, Vec<Delivery>>;
+
+    /// The most messages this sink wants per [`Sink::deliver`] call, if it
+    /// has a limit. The relay settles each call before the next, so a slow
+    /// sink with small calls still makes progress within a batch's time
+    /// budget; a pipelining sink (a broker) is fastest with no limit.
+    fn max_per_call(&self) -> Option<usize> {
+        None
+    }
 }
 
 impl<S: Sink + ?Sized> Sink for std::sync::Arc<S> {
@@ -45,6 +53,9 @@ impl<S: Sink + ?Sized> Sink for std::sync::Arc<S> {
     }
     fn deliver<'a>(&'a self, batch: &'a [Message]) -> BoxFuture<'a, Vec<Delivery>> {
         (**self).deliver(batch)
+    }
+    fn max_per_call(&self) -> Option<usize> {
+        (**self).max_per_call()
     }
 }
 

@@ -10,9 +10,6 @@ use chrono::Utc;
 use ferry_core::{Message, RetryPolicy, Sink, SinkError, SinkErrorKind};
 use ferry_store::outbox::{Claimed, OrderPolicy, Outcome};
 
-/// Most messages handed to the sink in one call.
-const CHUNK: usize = 256;
-
 /// What a batch's delivery came to.
 pub(crate) struct BatchResult {
     pub outcomes: Vec<Outcome>,
@@ -95,11 +92,12 @@ pub(crate) async fn deliver(
         if wave.is_empty() {
             break;
         }
-        // A wave goes out in chunks, each settled before the next, so that a
-        // slow sink makes progress within the budget and a timeout costs at
-        // most one chunk.
-        for start in (0..wave.len()).step_by(CHUNK) {
-            let end = (start + CHUNK).min(wave.len());
+        // A wave goes out in the sink's preferred chunks, each settled before
+        // the next, so that a slow sink makes progress within the budget and
+        // a timeout costs at most one chunk.
+        let chunk = sink.max_per_call().unwrap_or(usize::MAX).max(1);
+        for start in (0..wave.len()).step_by(chunk) {
+            let end = start.saturating_add(chunk).min(wave.len());
             // Stay well inside the claim's lease: past the budget, the rest
             // waits for the next claim rather than risk another relay taking
             // it over.
@@ -475,6 +473,44 @@ mod tests {
         assert_eq!(r.outcomes[0], Outcome::Delivered);
         assert!(
             matches!(&r.outcomes[1], Outcome::Failed { retry_at: None, error } if error.contains("json object"))
+        );
+    }
+
+    /// The scripted sink, asking for at most two messages per call.
+    struct Small(Scripted);
+
+    impl Sink for Small {
+        fn name(&self) -> &str {
+            "small"
+        }
+        fn deliver<'a>(&'a self, batch: &'a [Message]) -> BoxFuture<'a, Vec<Delivery>> {
+            self.0.deliver(batch)
+        }
+        fn max_per_call(&self) -> Option<usize> {
+            Some(2)
+        }
+    }
+
+    #[tokio::test]
+    async fn calls_respect_the_sinks_limit() {
+        let sink = Small(Scripted {
+            answer: |_| Ok(()),
+            waves: Mutex::default(),
+        });
+        let r = deliver(
+            &sink,
+            &claimed(BATCH),
+            OrderPolicy::Ordered,
+            &policy(),
+            Duration::from_secs(60),
+            "t",
+        )
+        .await;
+        assert_eq!(r.delivered, 5);
+        let calls = sink.0.waves.into_inner().unwrap();
+        assert_eq!(
+            calls,
+            vec![vec!["a1", "b1"], vec!["n"], vec!["a2"], vec!["a3"]]
         );
     }
 

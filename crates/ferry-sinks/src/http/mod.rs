@@ -136,6 +136,12 @@ fn header(name: &str, value: &str) -> Result<(HeaderName, HeaderValue), SinkErro
 }
 
 impl Sink for HttpSink {
+    /// Four rounds of `concurrency` requests: a slow receiver then costs
+    /// at most four request times per call.
+    fn max_per_call(&self) -> Option<usize> {
+        Some(self.concurrency.saturating_mul(4).max(1))
+    }
+
     fn name(&self) -> &str {
         "http"
     }
