@@ -193,6 +193,29 @@ impl Database {
         }
     }
 
+    /// Writes `messages` to the outbox in one transaction of their own, for
+    /// a producer whose business change lives elsewhere. Inside your own
+    /// transaction use [`crate::outbox::postgres::enqueue`] or
+    /// [`crate::outbox::sqlite::enqueue`] instead. (An in-process SQLite relay
+    /// is not woken: it finds them at its next poll.)
+    pub async fn enqueue(&self, messages: &[ferry_core::Message]) -> Result<(), StoreError> {
+        match self {
+            Database::Postgres(pool) => {
+                let mut tx = pool.begin().await?;
+                crate::outbox::postgres::enqueue_many(&mut tx, messages).await?;
+                tx.commit().await?;
+            }
+            Database::Sqlite(pool) => {
+                let mut tx = pool.begin().await?;
+                for m in messages {
+                    crate::outbox::sqlite::enqueue(&mut tx, m).await?;
+                }
+                tx.commit().await?;
+            }
+        }
+        Ok(())
+    }
+
     /// Closes the pool, waiting for connections to be returned.
     pub async fn close(&self) {
         match self {

@@ -45,24 +45,7 @@ async fn env(pg: bool) -> Env {
 
 impl Env {
     async fn enqueue(&self, ms: &[Message]) {
-        match &self.db {
-            Database::Postgres(p) => {
-                let mut tx = p.begin().await.unwrap();
-                ferry_store::outbox::postgres::enqueue_many(&mut tx, ms)
-                    .await
-                    .unwrap();
-                tx.commit().await.unwrap();
-            }
-            Database::Sqlite(p) => {
-                let mut tx = p.begin().await.unwrap();
-                for m in ms {
-                    ferry_store::outbox::sqlite::enqueue(&mut tx, m)
-                        .await
-                        .unwrap();
-                }
-                tx.commit().await.unwrap();
-            }
-        }
+        self.db.enqueue(ms).await.unwrap();
     }
 
     /// Starts a relay in the background; returns its stop token and task.

@@ -47,24 +47,7 @@ pub async fn migrated(url: &str) -> Database {
 }
 
 pub async fn enqueue(db: &Database, ms: &[Message]) {
-    match db {
-        Database::Postgres(p) => {
-            let mut tx = p.begin().await.unwrap();
-            ferry_store::outbox::postgres::enqueue_many(&mut tx, ms)
-                .await
-                .unwrap();
-            tx.commit().await.unwrap();
-        }
-        Database::Sqlite(p) => {
-            let mut tx = p.begin().await.unwrap();
-            for m in ms {
-                ferry_store::outbox::sqlite::enqueue(&mut tx, m)
-                    .await
-                    .unwrap();
-            }
-            tx.commit().await.unwrap();
-        }
-    }
+    db.enqueue(ms).await.unwrap();
 }
 
 pub fn keyed(n: usize, keys: usize) -> Vec<Message> {
