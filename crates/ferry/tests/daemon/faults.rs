@@ -151,3 +151,39 @@ async fn unreachable_database_is_retried_not_fatal() {
     );
     let _ = TempDir::new();
 }
+
+/// A second SIGTERM does not wait for the grace: the process exits at once
+/// (status 130), and what was in flight is delivered again later.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_sigterm_exits_at_once() {
+    let t = PgTestDb::create().await;
+    let db = migrated(&t.url).await;
+    enqueue(&db, &keyed(50, 5)).await;
+    let r = Receiver::start().await;
+    // Every answer takes 30 s: the first batch stays in flight.
+    r.set_delay(Duration::from_secs(30));
+    let mut child = spawn_relay(&t.url, &r.url(), &[]);
+    wait_until("a request in flight", Duration::from_secs(30), || {
+        !r.requests().is_empty()
+    })
+    .await;
+    sigterm(&child);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "the first signal waits for the batch in flight"
+    );
+    let asked = Instant::now();
+    sigterm(&child);
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(130));
+    assert!(
+        asked.elapsed() < Duration::from_secs(5),
+        "exited at once, not after the 10 s grace"
+    );
+    assert_eq!(
+        db.outbox_stats().await.unwrap().pending,
+        50,
+        "nothing recorded: all delivered again later"
+    );
+}
