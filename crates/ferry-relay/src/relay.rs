@@ -23,6 +23,8 @@ pub struct RelayStats {
     pub batches: AtomicU64,
     /// Times the sink was found unavailable.
     pub sink_unavailable: AtomicU64,
+    /// Claims made, empty ones included (how busy an idle relay is).
+    pub claims: AtomicU64,
 }
 
 impl RelayStats {
@@ -167,6 +169,7 @@ async fn work<O: Outbox>(s: Arc<Shared<O>>, worker: usize, shutdown: Cancellatio
                 .min(MAX_PROBE)
                 .min(s.config.batch_size),
         };
+        s.stats.claims.fetch_add(1, Ordering::Relaxed);
         let batch = match s.outbox.claim(&filter).await {
             Ok(b) => {
                 s.store_health.succeeded();

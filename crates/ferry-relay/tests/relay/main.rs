@@ -415,3 +415,118 @@ async fn to_nats_sqlite() {
 async fn to_nats_postgres() {
     to_nats(true).await;
 }
+
+/// A retry that is due but that this relay may not claim (another
+/// pipeline's topic, or a row another relay holds) must not make it spin:
+/// empty claims back off up to the poll interval.
+async fn idles_beside_an_unclaimable_due_retry(pg: bool, hold_it: bool) {
+    let env = env(pg).await;
+    let topic = if hold_it { "mine" } else { "other" };
+    env.enqueue(&[Message::event(topic, "x")]).await;
+    let due_retry =
+        "UPDATE ferry_outbox SET attempts = 1, next_attempt_at = '2000-01-01T00:00:00.000Z'";
+    let _held = match &env.db {
+        Database::Postgres(p) => {
+            sqlx::query(due_retry).execute(p).await.unwrap();
+            if hold_it {
+                // Another relay's claim: the row stays locked by this transaction.
+                let mut tx = p.begin().await.unwrap();
+                sqlx::query("SELECT seq FROM ferry_outbox FOR UPDATE")
+                    .execute(&mut *tx)
+                    .await
+                    .unwrap();
+                Some(tx)
+            } else {
+                None
+            }
+        }
+        Database::Sqlite(p) => {
+            sqlx::query(due_retry).execute(p).await.unwrap();
+            None
+        }
+    };
+    let cfg = RelayConfig {
+        topics: Some(vec!["mine".to_owned()]),
+        poll_interval: Duration::from_millis(200),
+        ..config()
+    };
+    let r = Receiver::start().await;
+    let token = CancellationToken::new();
+    let (stats, task) = match &env.db {
+        Database::Postgres(p) => {
+            let relay = Relay::new(
+                Arc::new(PgOutbox::new(p.clone(), cfg.retention)),
+                http_sink(&r).await,
+                cfg,
+            );
+            (relay.stats(), tokio::spawn(relay.run(token.clone())))
+        }
+        Database::Sqlite(p) => {
+            let relay = Relay::new(
+                Arc::new(SqliteOutbox::new(p.clone(), cfg.retention)),
+                http_sink(&r).await,
+                cfg,
+            );
+            (relay.stats(), tokio::spawn(relay.run(token.clone())))
+        }
+    };
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    token.cancel();
+    task.await.unwrap().unwrap();
+    let claims = stats.claims.load(std::sync::atomic::Ordering::Relaxed);
+    // Backing off 10, 20, 40 … up to 200 ms makes about a dozen claims in
+    // 2 s; a relay spinning on the due retry makes thousands.
+    assert!(claims <= 40, "{claims} claims in 2 s: the relay spins");
+    assert!(r.requests().is_empty());
+}
+
+#[tokio::test]
+async fn idles_beside_another_pipelines_due_retry_sqlite() {
+    idles_beside_an_unclaimable_due_retry(false, false).await;
+}
+
+#[tokio::test]
+async fn idles_beside_another_pipelines_due_retry_postgres() {
+    idles_beside_an_unclaimable_due_retry(true, false).await;
+}
+
+#[tokio::test]
+async fn idles_beside_a_due_retry_another_relay_holds() {
+    idles_beside_an_unclaimable_due_retry(true, true).await;
+}
+
+/// A sink that panics: a bug. The relay stops and says so.
+struct Panicking;
+
+impl Sink for Panicking {
+    fn name(&self) -> &str {
+        "panicking"
+    }
+    fn deliver<'a>(
+        &'a self,
+        _batch: &'a [Message],
+    ) -> ferry_core::BoxFuture<'a, Vec<ferry_core::Delivery>> {
+        Box::pin(async { panic!("bug in a sink") })
+    }
+}
+
+#[tokio::test]
+async fn a_worker_panic_stops_the_relay_with_an_error() {
+    let env = env(false).await;
+    env.enqueue(&[Message::event("t", "x")]).await;
+    let (stop, task) = env.start(Arc::new(Panicking), config());
+    let result = tokio::time::timeout(Duration::from_secs(10), task)
+        .await
+        .expect("stops by itself")
+        .unwrap();
+    assert!(
+        matches!(result, Err(ferry_relay::RelayError::WorkerPanicked(_))),
+        "{result:?}"
+    );
+    assert!(stop.is_cancelled(), "the other workers are told to stop");
+    assert_eq!(
+        env.db.outbox_stats().await.unwrap().pending,
+        1,
+        "the message stays pending"
+    );
+}
