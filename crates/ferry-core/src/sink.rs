@@ -70,7 +70,9 @@ pub enum SinkErrorKind {
     Permanent,
     /// The destination as a whole cannot be reached (connection refused,
     /// 503, broker disconnected): do not count an attempt against the
-    /// message; the relay pauses and probes the sink until it answers.
+    /// message; the relay pauses and probes the sink until it answers. When
+    /// other messages of the same call were accepted, the relay treats this
+    /// one as [`SinkErrorKind::Transient`] instead.
     Unavailable,
 }
 

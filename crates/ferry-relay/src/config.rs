@@ -24,17 +24,25 @@ pub struct RelayConfig {
     pub poll_interval: Duration,
     /// Retries of a failed message.
     pub retry: RetryPolicy,
-    /// Pause when the sink as a whole is unavailable.
+    /// Pause while the sink as a whole, or the database, is unavailable.
     pub sink_backoff: SinkBackoff,
     /// What happens to delivered messages.
     pub retention: Retention,
-    /// How long delivering one batch may take; what is not settled by then
-    /// is released and delivered again later. Keep it well below the
-    /// PostgreSQL lease, so that no other relay takes over a batch still
-    /// being sent.
-    pub batch_budget: Duration,
+    /// The lease on a claimed batch (on PostgreSQL, open the pool with the
+    /// same value, see `ferry_store::ConnectOptions::lease`). A batch gets
+    /// half of it to be delivered, so that no other relay takes over a
+    /// batch still being sent: a sink call not finished by then counts as a
+    /// failed attempt, and the rest of the batch waits for the next claim.
+    pub lease: Duration,
     /// How long batches in flight may finish after shutdown is requested.
     pub shutdown_grace: Duration,
+}
+
+impl RelayConfig {
+    /// How long delivering one batch may take: half the lease.
+    pub fn batch_budget(&self) -> Duration {
+        self.lease / 2
+    }
 }
 
 impl Default for RelayConfig {
@@ -49,7 +57,7 @@ impl Default for RelayConfig {
             retry: RetryPolicy::default(),
             sink_backoff: SinkBackoff::default(),
             retention: Retention::Delete,
-            batch_budget: Duration::from_secs(30),
+            lease: Duration::from_secs(60),
             shutdown_grace: Duration::from_secs(10),
         }
     }

@@ -15,8 +15,8 @@ pub(crate) struct BatchResult {
     pub outcomes: Vec<Outcome>,
     /// Set when the sink reported itself unavailable: the error.
     pub unavailable: Option<String>,
-    /// Set when the batch ran out of its time budget: what was not yet
-    /// settled was released, to be delivered again.
+    /// Set when the batch ran out of its time budget: the sink call cut off
+    /// counts as a failed attempt, the messages not yet tried are released.
     pub over_budget: bool,
     pub delivered: u64,
     pub failed: u64,

@@ -202,7 +202,7 @@ async fn work<O: Outbox>(s: Arc<Shared<O>>, worker: usize, shutdown: Cancellatio
                 batch.messages(),
                 s.config.order,
                 &s.config.retry,
-                s.config.batch_budget,
+                s.config.batch_budget(),
                 relay,
             )
             .await;
@@ -222,7 +222,7 @@ async fn work<O: Outbox>(s: Arc<Shared<O>>, worker: usize, shutdown: Cancellatio
         if result.over_budget != over_budget_logged {
             over_budget_logged = result.over_budget;
             if result.over_budget {
-                tracing::warn!(relay, worker, budget = ?s.config.batch_budget,
+                tracing::warn!(relay, worker, budget = ?s.config.batch_budget(),
                     "batches run out of their time budget: the slowest part of each is retried later \
                      (slow sink: lower batch_size, raise the sink's concurrency or the lease)");
             } else {

@@ -9,7 +9,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use ferry_core::RetryPolicy;
-use ferry_relay::{OrderPolicy, Retention, SinkBackoff};
+use ferry_relay::{OrderPolicy, RelayConfig, Retention, SinkBackoff};
 use ferry_sinks::SinkConfig;
 use serde::{Deserialize, Deserializer};
 
@@ -87,20 +87,22 @@ pub struct PipelineConfig {
     pub sink: SinkConfig,
 }
 
+// Defaults come from the relay's own, so that the file, `ferry relay` and
+// the library agree.
 fn default_batch_size() -> NonZeroU32 {
-    NonZeroU32::new(1000).expect("non-zero")
+    NonZeroU32::new(RelayConfig::default().batch_size).unwrap_or(NonZeroU32::MIN)
 }
 fn default_concurrency() -> NonZeroU32 {
-    NonZeroU32::new(1).expect("non-zero")
+    NonZeroU32::new(RelayConfig::default().concurrency as u32).unwrap_or(NonZeroU32::MIN)
 }
 fn default_poll() -> Duration {
-    Duration::from_millis(500)
+    RelayConfig::default().poll_interval
 }
 fn default_lease() -> Duration {
-    Duration::from_secs(60)
+    RelayConfig::default().lease
 }
 fn default_grace() -> Duration {
-    Duration::from_secs(10)
+    RelayConfig::default().shutdown_grace
 }
 
 fn valid_retry<'de, D: Deserializer<'de>>(d: D) -> Result<RetryPolicy, D::Error> {

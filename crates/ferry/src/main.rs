@@ -10,7 +10,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 use ferry_core::RetryPolicy;
-use ferry_relay::{CancellationToken, OrderPolicy};
+use ferry_relay::{CancellationToken, OrderPolicy, RelayConfig};
 use ferry_sinks::SinkConfig;
 use ferry_store::outbox::MessageRef;
 use ferry_store::{redact, Database};
@@ -68,10 +68,10 @@ enum Command {
         #[arg(long, value_enum, default_value_t = Order::Ordered)]
         order: Order,
         /// Messages per batch.
-        #[arg(long, default_value_t = 1000)]
+        #[arg(long, default_value_t = RelayConfig::default().batch_size)]
         batch_size: u32,
         /// Batches in flight at once (SQLite: 1).
-        #[arg(long, default_value_t = 1)]
+        #[arg(long, default_value_t = RelayConfig::default().concurrency)]
         concurrency: usize,
         /// Only these topics (repeatable).
         #[arg(long = "topic")]

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use ferry_core::{RetryPolicy, Sink};
-use ferry_relay::{CancellationToken, OrderPolicy, Relay, RelayConfig, Retention, SinkBackoff};
+use ferry_relay::{CancellationToken, OrderPolicy, Relay, RelayConfig, Retention};
 use ferry_sinks::SinkConfig;
 use ferry_store::outbox::{postgres::PgOutbox, sqlite::SqliteOutbox};
 use ferry_store::{redact, ConnectOptions, Database};
@@ -15,10 +15,8 @@ use crate::config::{error_chain, PipelineConfig};
 
 /// Everything a pipeline needs, from the file or from `ferry relay` flags.
 pub struct Pipeline {
-    pub name: String,
     pub database: String,
     pub migrate: bool,
-    pub lease: Duration,
     pub sink: SinkConfig,
     pub relay: RelayConfig,
 }
@@ -26,10 +24,8 @@ pub struct Pipeline {
 impl From<&PipelineConfig> for Pipeline {
     fn from(p: &PipelineConfig) -> Self {
         Pipeline {
-            name: p.name.get_ref().clone(),
             database: p.database.clone(),
             migrate: p.migrate,
-            lease: p.lease,
             sink: p.sink.clone(),
             relay: RelayConfig {
                 name: p.name.get_ref().clone(),
@@ -41,7 +37,7 @@ impl From<&PipelineConfig> for Pipeline {
                 retry: p.retry.clone(),
                 sink_backoff: p.sink_backoff.clone(),
                 retention: p.retention(),
-                batch_budget: p.lease / 2,
+                lease: p.lease,
                 shutdown_grace: p.shutdown_grace,
             },
         }
@@ -62,12 +58,9 @@ impl Pipeline {
         retention: Duration,
         migrate: bool,
     ) -> Self {
-        let lease = Duration::from_secs(60);
         Pipeline {
-            name: "relay".to_owned(),
             database,
             migrate,
-            lease,
             sink,
             relay: RelayConfig {
                 name: "relay".to_owned(),
@@ -77,8 +70,6 @@ impl Pipeline {
                 topics,
                 retry,
                 retention: Retention::from_duration(retention),
-                sink_backoff: SinkBackoff::default(),
-                batch_budget: lease / 2,
                 ..RelayConfig::default()
             },
         }
@@ -86,7 +77,7 @@ impl Pipeline {
 
     /// Runs until `shutdown`; an error means it could not start.
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        let name = self.name.clone();
+        let name = self.relay.name.clone();
         let Some(db) = connect(&self, &shutdown).await? else {
             return Ok(());
         };
@@ -132,7 +123,7 @@ impl Pipeline {
 async fn connect(p: &Pipeline, shutdown: &CancellationToken) -> anyhow::Result<Option<Database>> {
     let options = ConnectOptions {
         max_connections: p.relay.concurrency as u32 + 2,
-        lease: Some(p.lease),
+        lease: Some(p.relay.lease),
     };
     let mut wait = Duration::from_millis(200);
     let mut warned = false;
@@ -140,13 +131,13 @@ async fn connect(p: &Pipeline, shutdown: &CancellationToken) -> anyhow::Result<O
         match Database::connect_with(&p.database, &options).await {
             Ok(db) => {
                 if warned {
-                    tracing::info!(pipeline = %p.name, "database reachable again");
+                    tracing::info!(pipeline = %p.relay.name, "database reachable again");
                 }
                 return Ok(Some(db));
             }
             Err(e) if e.is_retryable() => {
                 if !warned {
-                    tracing::warn!(pipeline = %p.name, database = %redact(&p.database), error = %error_chain(&e),
+                    tracing::warn!(pipeline = %p.relay.name, database = %redact(&p.database), error = %error_chain(&e),
                         "database unreachable; retrying with backoff");
                     warned = true;
                 }
@@ -156,7 +147,7 @@ async fn connect(p: &Pipeline, shutdown: &CancellationToken) -> anyhow::Result<O
                 }
                 wait = (wait * 2).min(Duration::from_secs(30));
             }
-            Err(e) => bail!("pipeline `{}`: {}", p.name, error_chain(&e)),
+            Err(e) => bail!("pipeline `{}`: {}", p.relay.name, error_chain(&e)),
         }
     }
 }

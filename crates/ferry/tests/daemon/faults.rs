@@ -187,3 +187,45 @@ async fn a_second_sigterm_exits_at_once() {
         "nothing recorded: all delivered again later"
     );
 }
+
+/// A sink that is down for a while is logged once when it goes down and
+/// once when it comes back, not once per attempt.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_down_sink_is_logged_once_per_state_change() {
+    let t = SqliteTestDb::create();
+    let db = migrated(&t.url).await;
+    enqueue(&db, &keyed(200, 20)).await;
+    let r = Receiver::start().await;
+    r.set_mode(ferry_testkit::Mode::Down);
+    let child = Command::new(FERRY)
+        .args([
+            "--log-format",
+            "json",
+            "relay",
+            "--database",
+            &t.url,
+            "--to",
+            &r.url(),
+        ])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let attempts = r.requests_while_down();
+    r.set_mode(ferry_testkit::Mode::Up);
+    wait_until("all applied", Duration::from_secs(60), || {
+        r.applied().len() == 200
+    })
+    .await;
+    sigterm(&child);
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(attempts >= 3, "several attempts while down ({attempts})");
+    assert_eq!(
+        log.matches("sink unavailable").count(),
+        1,
+        "{attempts} attempts, one line:\n{log}"
+    );
+    assert_eq!(log.matches("sink available again").count(), 1, "{log}");
+}
