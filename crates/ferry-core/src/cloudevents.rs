@@ -5,7 +5,25 @@
 //! headers. The same attribute names are used as broker headers so that a
 //! receiver reads a message the same way whatever carried it.
 
-use crate::Message;
+use std::collections::BTreeMap;
+
+use bytes::Bytes;
+
+use crate::subscriber::Malformed;
+use crate::{Kind, Message, MessageId};
+
+/// The attribute headers [`binary_headers`] writes and [`from_binary_headers`]
+/// reads back into [`Message`] fields rather than [`Message::headers`].
+const ATTRIBUTES: [&str; 8] = [
+    "ce-specversion",
+    "ce-id",
+    "ce-type",
+    "ce-source",
+    "ce-time",
+    "ce-partitionkey",
+    "ce-ferrykind",
+    "content-type",
+];
 
 /// CloudEvents version Ferry emits.
 pub const SPEC_VERSION: &str = "1.0";
@@ -45,9 +63,138 @@ pub fn binary_headers(message: &Message, source: &str) -> Vec<(String, String)> 
     out
 }
 
+/// Reads a message back from its binary-mode attribute headers (as written
+/// by [`binary_headers`]) and its payload. Header names are matched without
+/// regard to case; the headers that are not attributes become
+/// [`Message::headers`].
+///
+/// `ce-id` (a UUID) and `ce-type` are required. A missing `ce-time` reads as
+/// now, a missing `ce-ferrykind` as an event and a missing `content-type` as
+/// JSON, so that messages published by other producers are accepted.
+pub fn from_binary_headers<I, K, V>(headers: I, payload: Bytes) -> Result<Message, Malformed>
+where
+    I: IntoIterator<Item = (K, V)>,
+    K: Into<String>,
+    V: Into<String>,
+{
+    let mut attributes: BTreeMap<&'static str, String> = BTreeMap::new();
+    let mut rest = BTreeMap::new();
+    let mut all = BTreeMap::new();
+    for (name, value) in headers {
+        let name: String = name.into();
+        let value: String = value.into();
+        let lower = name.to_ascii_lowercase();
+        all.insert(name.clone(), value.clone());
+        match ATTRIBUTES.iter().find(|a| **a == lower) {
+            Some(attribute) => {
+                attributes.insert(attribute, value);
+            }
+            None => {
+                rest.insert(name, value);
+            }
+        }
+    }
+    let malformed = |reason: String| Malformed {
+        reason,
+        headers: all.clone(),
+        payload: payload.clone(),
+    };
+    let id = match attributes.get("ce-id") {
+        None => return Err(malformed("missing ce-id header".to_owned())),
+        Some(id) => id
+            .parse::<MessageId>()
+            .map_err(|_| malformed(format!("ce-id `{id}` is not a uuid")))?,
+    };
+    let topic = match attributes.get("ce-type") {
+        Some(topic) if !topic.is_empty() => topic.clone(),
+        _ => return Err(malformed("missing ce-type header".to_owned())),
+    };
+    let kind = match attributes.get("ce-ferrykind") {
+        None => Kind::Event,
+        Some(kind) => kind.parse::<Kind>().map_err(|e| malformed(e.to_string()))?,
+    };
+    let created_at = match attributes.get("ce-time") {
+        None => chrono::Utc::now(),
+        Some(time) => chrono::DateTime::parse_from_rfc3339(time)
+            .map_err(|_| malformed(format!("ce-time `{time}` is not an rfc 3339 time")))?
+            .with_timezone(&chrono::Utc),
+    };
+    Ok(Message {
+        id,
+        kind,
+        topic,
+        key: attributes.get("ce-partitionkey").cloned(),
+        headers: rest,
+        content_type: attributes
+            .get("content-type")
+            .cloned()
+            .unwrap_or_else(|| crate::message::JSON.to_owned()),
+        payload,
+        created_at,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn round_trips_through_headers() {
+        let m = Message::command("coupon.issue", "{\"a\":1}")
+            .with_key("user-7")
+            .with_header("traceparent", "00-ab")
+            .with_content_type("text/plain");
+        let h = binary_headers(&m, "/ferry/test");
+        let back = from_binary_headers(h, m.payload.clone()).unwrap();
+        // RFC 3339 with microseconds: the time survives to the microsecond.
+        assert_eq!(
+            back.created_at.timestamp_micros(),
+            m.created_at.timestamp_micros()
+        );
+        assert_eq!(
+            Message {
+                created_at: m.created_at,
+                ..back
+            },
+            m
+        );
+    }
+
+    #[test]
+    fn upper_case_names_and_defaults() {
+        let id = MessageId::new();
+        let m = from_binary_headers(
+            [("CE-ID", id.to_string()), ("Ce-Type", "a.b".to_owned())],
+            Bytes::from_static(b"x"),
+        )
+        .unwrap();
+        assert_eq!(m.id, id);
+        assert_eq!(m.topic, "a.b");
+        assert_eq!(m.kind, Kind::Event);
+        assert_eq!(m.content_type, crate::message::JSON);
+        assert!(m.headers.is_empty());
+    }
+
+    #[test]
+    fn malformed_says_why_and_keeps_the_bytes() {
+        let err = from_binary_headers([("ce-type", "a")], Bytes::from_static(b"p")).unwrap_err();
+        assert_eq!(err.reason, "missing ce-id header");
+        assert_eq!(err.payload, Bytes::from_static(b"p"));
+        assert_eq!(err.headers["ce-type"], "a");
+        let err =
+            from_binary_headers([("ce-id", "nope"), ("ce-type", "a")], Bytes::new()).unwrap_err();
+        assert!(err.reason.contains("not a uuid"), "{}", err.reason);
+        let err = from_binary_headers(
+            [
+                ("ce-id", MessageId::new().to_string()),
+                ("ce-type", "a".to_owned()),
+                ("ce-ferrykind", "job".to_owned()),
+            ],
+            Bytes::new(),
+        )
+        .unwrap_err();
+        assert!(err.reason.contains("`job`"), "{}", err.reason);
+    }
 
     #[test]
     fn carries_required_attributes() {

@@ -1,0 +1,1 @@
+//! The conformance suite every broker adapter and the in-memory double pass.

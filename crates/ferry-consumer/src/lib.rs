@@ -1,0 +1,1 @@
+//! The consumer side: router, handler middleware and the idempotent inbox.

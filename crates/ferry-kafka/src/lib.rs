@@ -1,0 +1,1 @@
+//! Kafka: idempotent producer sink and consumer-group subscriber.

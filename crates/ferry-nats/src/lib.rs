@@ -1,0 +1,1 @@
+//! NATS JetStream: sink and subscriber.

@@ -1,0 +1,1 @@
+//! Redis Streams: sink and consumer-group subscriber.

@@ -1,0 +1,1 @@
+//! Amazon SQS: sink and subscriber for standard and FIFO queues.
