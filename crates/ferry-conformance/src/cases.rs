@@ -35,7 +35,10 @@ pub async fn publish_then_receive(broker: &impl Broker) {
     assert_eq!(message.topic, sent.topic);
     assert_eq!(message.key, sent.key);
     assert_eq!(message.payload, sent.payload);
-    assert_eq!(message.headers.get("x-trace").map(String::as_str), Some("t1"));
+    assert_eq!(
+        message.headers.get("x-trace").map(String::as_str),
+        Some("t1")
+    );
     got.ack().await.expect("ack");
     let again = tokio::time::timeout(broker.redelivery_after() * 2, stream.next()).await;
     assert!(again.is_err(), "an acked message came again: {again:?}");

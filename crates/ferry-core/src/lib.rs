@@ -16,8 +16,8 @@ pub use message::{Kind, Message, MessageId, ParseKindError};
 pub use retry::RetryPolicy;
 pub use sink::{BoxFuture, Delivery, Sink, SinkError, SinkErrorKind};
 pub use subscriber::{
-    Acker, Capabilities, Malformed, MessageStream, Received, SubscribeError, SubscribeErrorKind,
-    Subscriber, Subscription,
+    Acker, Capabilities, Lag, Malformed, MessageStream, Received, SubscribeError,
+    SubscribeErrorKind, Subscriber, Subscription,
 };
 
 /// An error followed by its chain of causes, `outer: inner: root`, for logs

@@ -190,6 +190,27 @@ pub trait Subscriber: Send + Sync + 'static {
         &'a self,
         subscription: &'a Subscription,
     ) -> BoxFuture<'a, Result<MessageStream, SubscribeError>>;
+
+    /// How far the group of `subscription` is behind, as the broker reports
+    /// it; fields the broker cannot tell are `None`. Does not create the
+    /// group: a group that does not exist yet reports `None`s.
+    fn lag<'a>(
+        &'a self,
+        subscription: &'a Subscription,
+    ) -> BoxFuture<'a, Result<Lag, SubscribeError>>;
+}
+
+/// A consumer group's backlog on its broker.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Lag {
+    /// Messages published to the topic that the group has not yet been
+    /// handed (or, for brokers that count so, not yet acknowledged).
+    pub waiting: Option<u64>,
+    /// Messages handed to the group's consumers and not yet acknowledged.
+    pub in_flight: Option<u64>,
+    /// Age of the oldest message the group has not acknowledged, where
+    /// the broker can tell.
+    pub oldest_age: Option<Duration>,
 }
 
 impl<S: Subscriber + ?Sized> Subscriber for std::sync::Arc<S> {
@@ -204,6 +225,12 @@ impl<S: Subscriber + ?Sized> Subscriber for std::sync::Arc<S> {
         subscription: &'a Subscription,
     ) -> BoxFuture<'a, Result<MessageStream, SubscribeError>> {
         (**self).subscribe(subscription)
+    }
+    fn lag<'a>(
+        &'a self,
+        subscription: &'a Subscription,
+    ) -> BoxFuture<'a, Result<Lag, SubscribeError>> {
+        (**self).lag(subscription)
     }
 }
 
