@@ -1,1 +1,0 @@
-//! The consumer side: router, handler middleware and the idempotent inbox.

@@ -1,1 +1,0 @@
-//! Kafka: idempotent producer sink and consumer-group subscriber.

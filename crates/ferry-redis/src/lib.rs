@@ -1,1 +1,0 @@
-//! Redis Streams: sink and consumer-group subscriber.

@@ -1,1 +1,0 @@
-//! Amazon SQS: sink and subscriber for standard and FIFO queues.
