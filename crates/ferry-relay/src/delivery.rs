@@ -122,7 +122,7 @@ pub(crate) async fn deliver(
             };
             // The sink says it is down, yet it took some of this chunk: it is
             // this message that fails, not the sink. Count the attempt, so a
-            // message the sink always refuses cannot stall the pipeline.
+            // message the sink always refuses ends dead instead of waiting forever.
             let some_ok = results.iter().any(Result::is_ok);
             for (pos, &i) in wave_idx[start..end].iter().enumerate() {
                 let outcome = match results.get(pos) {

@@ -17,9 +17,10 @@
 //!   jitter and a cap, up to [`RetryPolicy::max_attempts`]; then the message
 //!   is dead (kept with its last error). Permanent errors dead-letter at once.
 //!   When the sink as a whole is unavailable, attempts are not counted: the
-//!   relay pauses (capped backoff), then probes with 1, 2, 4 … 16 messages.
-//!   A message refused as "unavailable" while others of the same call are
-//!   accepted is the problem, not the sink: its attempt is counted.
+//!   relay pauses (capped backoff), then probes with 1, 2, 4 … 16 messages,
+//!   one per key. A message refused as "unavailable" while others of the
+//!   same call are accepted is the problem, not the sink: its attempt is
+//!   counted, and other keys flow past it.
 //! * **Time budget.** A batch gets half of [`RelayConfig::lease`]; a sink
 //!   call not finished by then counts as a failed attempt (its messages may
 //!   have arrived), and the rest waits for the next claim.

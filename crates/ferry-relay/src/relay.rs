@@ -133,8 +133,9 @@ async fn sleep_or_cancel(d: Duration, shutdown: &CancellationToken) {
     }
 }
 
-/// Largest probe of a sink that is down: enough messages (of different keys)
-/// to tell a refused message from a refusing sink, few enough to be gentle.
+/// Largest probe of a sink that is down: enough messages (of different keys,
+/// [`ClaimFilter::one_per_key`]) to tell a refused message from a refusing
+/// sink, few enough to be gentle.
 const MAX_PROBE: u32 = 16;
 
 async fn work<O: Outbox>(s: Arc<Shared<O>>, worker: usize, shutdown: CancellationToken) {
@@ -143,6 +144,7 @@ async fn work<O: Outbox>(s: Arc<Shared<O>>, worker: usize, shutdown: Cancellatio
         limit: s.config.batch_size,
         order: s.config.order,
         topics: s.config.topics.clone(),
+        one_per_key: false,
     };
     // Consecutive empty claims: the wait before the next one grows from 10 ms
     // to the poll interval, so a due retry this relay cannot claim (another
@@ -158,9 +160,11 @@ async fn work<O: Outbox>(s: Arc<Shared<O>>, worker: usize, shutdown: Cancellatio
             sleep_or_cancel(pause, &shutdown).await;
             continue;
         }
-        // While the sink is down, probe it with a few messages, doubling per
-        // failed probe: one message the sink keeps refusing then shares a
-        // wave with others, and is retried on its own (see `delivery`).
+        // While the sink is down, probe it with a few messages of different
+        // keys, doubling per failed probe: one message the sink keeps refusing
+        // then shares a wave with others, and is retried on its own (see
+        // `delivery`) instead of holding the whole pipeline.
+        filter.one_per_key = s.sink_health.failures() > 0;
         filter.limit = match s.sink_health.failures() {
             0 => s.config.batch_size,
             n => 1u32

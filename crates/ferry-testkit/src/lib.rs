@@ -116,7 +116,9 @@ impl Drop for TempDir {
 /// How the receiver answers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Mode {
-    /// 200 for everything (but 400 for payloads containing `poison`).
+    /// 200 for everything (but 400 for payloads containing `poison`, and 503
+    /// for payloads containing `refuse`: one message the service refuses as
+    /// if it were down).
     Up,
     /// 503 for everything: the service is down.
     Down,
@@ -253,6 +255,9 @@ fn apply(inner: &mut Inner, received: Received) -> StatusCode {
     }
     if received.body.windows(6).any(|w| w == b"poison") {
         return StatusCode::BAD_REQUEST;
+    }
+    if received.body.windows(6).any(|w| w == b"refuse") {
+        return StatusCode::SERVICE_UNAVAILABLE;
     }
     if inner.seen.insert(received.id.clone()) {
         inner.applied.push(received);

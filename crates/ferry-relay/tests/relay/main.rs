@@ -241,6 +241,51 @@ both!(
 );
 
 both!(
+    one_refused_message_ahead_of_its_key_does_not_stall_other_keys,
+    |env: Env| async move {
+        // The first batch holds only key `a`, so its first wave is the
+        // refused message alone and the sink looks down. Probing with one
+        // message per key sends it beside `b`, which is accepted: the refusal
+        // is then counted as a failure of that message, and `b` flows (when
+        // probes were claimed in sequence order they held only `a`'s
+        // messages, and nothing got through at all).
+        let r = Receiver::start().await;
+        let (stop, task) = env.start(
+            http_sink(&r).await,
+            RelayConfig {
+                batch_size: 8,
+                ..config()
+            },
+        );
+        let mut ms = vec![Message::event("t", "refuse").with_key("a")];
+        ms.extend((1..=20).map(|i| Message::event("t", format!("a:{i}")).with_key("a")));
+        ms.push(Message::event("t", "b:21").with_key("b"));
+        env.enqueue(&ms).await;
+        wait_until(
+            "the other key's message applied",
+            Duration::from_secs(30),
+            || r.applied().len() == 1,
+        )
+        .await;
+        assert_eq!(&r.applied()[0].body[..], b"b:21");
+        // The refusal is recorded against the message (when the batch
+        // settles, just after), which waits for a retry at the head of its
+        // key (ordered mode), neither lost nor dead.
+        let mut stats = env.db.outbox_stats().await.unwrap();
+        for _ in 0..100 {
+            if stats.pending == 21 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            stats = env.db.outbox_stats().await.unwrap();
+        }
+        assert_eq!((stats.pending, stats.retrying, stats.dead), (21, 1, 0));
+        stop.cancel();
+        task.await.unwrap().unwrap();
+    }
+);
+
+both!(
     down_receiver_idles_the_relay_then_everything_arrives,
     |env: Env| async move {
         let r = Receiver::start().await;

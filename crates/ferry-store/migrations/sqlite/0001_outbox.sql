@@ -29,6 +29,9 @@ CREATE TABLE ferry_outbox (
 
 CREATE UNIQUE INDEX ferry_outbox_message_id ON ferry_outbox (message_id);
 CREATE INDEX ferry_outbox_pending ON ferry_outbox (seq) WHERE status = 'pending';
+-- The first due message of each key, for probing a sink that is down.
+CREATE INDEX ferry_outbox_pending_key ON ferry_outbox (message_key, seq)
+    WHERE status = 'pending' AND message_key IS NOT NULL;
 CREATE INDEX ferry_outbox_retrying_key ON ferry_outbox (message_key, seq)
     WHERE status = 'pending' AND attempts > 0;
 CREATE INDEX ferry_outbox_retrying_due ON ferry_outbox (next_attempt_at)

@@ -61,6 +61,11 @@ pub struct ClaimFilter {
     pub order: OrderPolicy,
     /// Only these topics; `None` for all.
     pub topics: Option<Vec<String>>,
+    /// Only the first due message of each key (every keyless message counts
+    /// as a key of its own). The relay probes a sink that is down with such
+    /// batches, so that a message the sink refuses on its own is sent beside
+    /// messages of other keys, and told apart from a sink that refuses all.
+    pub one_per_key: bool,
 }
 
 /// A claimed message.

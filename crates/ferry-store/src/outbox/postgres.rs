@@ -121,6 +121,11 @@ WITH cand AS (
             WHERE r.status = 'pending' AND r.attempts > 0
               AND r.message_key = o.message_key AND r.seq < o.seq
               AND ($3::text[] IS NULL OR r.topic = ANY($3))))
+      AND (NOT $4 OR o.message_key IS NULL OR NOT EXISTS (
+            SELECT 1 FROM ferry_outbox h
+            WHERE h.status = 'pending' AND h.next_attempt_at <= now()
+              AND h.message_key = o.message_key AND h.seq < o.seq
+              AND ($3::text[] IS NULL OR h.topic = ANY($3))))
     ORDER BY o.seq
     LIMIT $1
     FOR UPDATE SKIP LOCKED
@@ -274,6 +279,7 @@ impl Outbox for PgOutbox {
             .bind(i64::from(filter.limit))
             .bind(filter.order == OrderPolicy::Ordered)
             .bind(filter.topics.as_deref())
+            .bind(filter.one_per_key)
             .fetch_all(&mut *tx)
             .await?;
         if rows.is_empty() {

@@ -168,20 +168,39 @@ impl Outbox for SqliteOutbox {
         } else {
             String::new()
         };
+        let one_per_key = if filter.one_per_key {
+            format!(
+                "AND (o.message_key IS NULL OR NOT EXISTS (
+                    SELECT 1 FROM ferry_outbox h
+                    WHERE h.status = 'pending' AND h.next_attempt_at <= ?
+                      AND h.message_key = o.message_key AND h.seq < o.seq {}))",
+                topic_filter("h")
+            )
+        } else {
+            String::new()
+        };
         let sql = format!(
             "SELECT seq, message_id, kind, topic, message_key, headers, content_type,
                     CAST(payload AS BLOB) AS payload, attempts, created_at
              FROM ferry_outbox o
-             WHERE o.status = 'pending' AND o.next_attempt_at <= ? {} {}
+             WHERE o.status = 'pending' AND o.next_attempt_at <= ? {} {} {}
              ORDER BY o.seq LIMIT ?",
             topic_filter("o"),
-            hold_back
+            hold_back,
+            one_per_key
         );
-        let mut query = sqlx::query(&sql).bind(format_time(Utc::now()));
+        let now = format_time(Utc::now());
+        let mut query = sqlx::query(&sql).bind(&now);
         for t in topics {
             query = query.bind(t);
         }
         if filter.order == OrderPolicy::Ordered {
+            for t in topics {
+                query = query.bind(t);
+            }
+        }
+        if filter.one_per_key {
+            query = query.bind(&now);
             for t in topics {
                 query = query.bind(t);
             }

@@ -304,6 +304,7 @@ both!(
             limit: 10,
             order: OrderPolicy::Ordered,
             topics: Some(vec!["x".into(), "z".into()]),
+            one_per_key: false,
         };
         assert_eq!(
             payloads(&env.round(&f, |_| Outcome::Delivered).await),
@@ -339,6 +340,7 @@ both!(
             limit: 10,
             order: OrderPolicy::Ordered,
             topics: None,
+            one_per_key: false,
         };
         let mut all = Vec::new();
         loop {
@@ -351,5 +353,45 @@ both!(
         }
         let expected: Vec<String> = (0..25).map(|i| i.to_string()).collect();
         assert_eq!(payloads(&all), expected);
+    }
+);
+
+both!(
+    one_per_key_claims_the_first_due_message_of_each_key,
+    Retention::Delete,
+    |env: Env| async move {
+        env.enqueue(&[
+            Message::event("t", "a0").with_key("a"),
+            Message::event("t", "a1").with_key("a"),
+            Message::event("t", "n0"),
+            Message::event("t", "b0").with_key("b"),
+            Message::event("t", "b1").with_key("b"),
+            Message::event("t", "n1"),
+        ])
+        .await;
+        let f = ClaimFilter {
+            one_per_key: true,
+            ..filter(OrderPolicy::Unordered)
+        };
+        // a0 fails and waits: in unordered mode a1 is now the first due
+        // message of key a.
+        let first = env
+            .round(&f, |m| {
+                if &m.payload[..] == b"a0" {
+                    retry_in(60_000)
+                } else {
+                    Outcome::Released
+                }
+            })
+            .await;
+        assert_eq!(payloads(&first), ["a0", "n0", "b0", "n1"]);
+        assert_eq!(
+            payloads(&env.round(&f, |_| Outcome::Delivered).await),
+            ["a1", "n0", "b0", "n1"]
+        );
+        assert_eq!(
+            payloads(&env.round(&f, |_| Outcome::Delivered).await),
+            ["b1"]
+        );
     }
 );

@@ -178,6 +178,7 @@ pub fn filter(order: OrderPolicy) -> ClaimFilter {
         limit: 100,
         order,
         topics: None,
+        one_per_key: false,
     }
 }
 

@@ -61,6 +61,7 @@ async fn concurrent_claims_are_disjoint_and_keep_keys_whole() {
         limit,
         order: OrderPolicy::Ordered,
         topics: None,
+        one_per_key: false,
     };
     let keys = |x: &ferry_store::outbox::postgres::PgBatch| {
         x.messages()
@@ -106,6 +107,7 @@ async fn a_lone_claim_takes_whole_keys() {
         limit: 30,
         order: OrderPolicy::Ordered,
         topics: None,
+        one_per_key: false,
     };
     assert_eq!(env.round(&f, |_| Outcome::Delivered).await.len(), 30);
 }
