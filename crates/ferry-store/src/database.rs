@@ -66,10 +66,11 @@ fn invalid(url: &str, reason: impl Into<String>) -> StoreError {
     }
 }
 
-/// `url` with any password replaced by `***`, for messages and logs.
+/// `url` with any password replaced by `***`, for messages and logs. A URL
+/// that does not parse loses all of its user information and its query.
 pub fn redact(url: &str) -> String {
     let Ok(mut u) = url::Url::parse(url) else {
-        return url.to_owned();
+        return redact_text(url);
     };
     if u.password().is_some() {
         let _ = u.set_password(Some("***"));
@@ -91,7 +92,22 @@ pub fn redact(url: &str) -> String {
             .collect();
         u.query_pairs_mut().clear().extend_pairs(pairs);
     }
-    u.to_string().replace("%2A%2A%2A", "***")
+    u.to_string()
+}
+
+/// [`redact`] for a URL that does not parse: masks, as plain text, any user
+/// information (everything between `://` and the last `@`) and the query.
+fn redact_text(url: &str) -> String {
+    let (head, rest) = match (url.find("://"), url.rfind('@')) {
+        (Some(start), Some(at)) if start + 3 <= at => {
+            (format!("{}***", &url[..start + 3]), &url[at..])
+        }
+        _ => (String::new(), url),
+    };
+    match rest.split_once('?') {
+        Some((before, _)) => format!("{head}{before}?***"),
+        None => format!("{head}{rest}"),
+    }
 }
 
 impl Database {
@@ -257,6 +273,22 @@ mod tests {
         assert_eq!(
             redact("postgres://h/db?password=s3cret&sslmode=require"),
             "postgres://h/db?password=***&sslmode=require"
+        );
+    }
+
+    #[test]
+    fn redacts_passwords_of_unparsable_urls() {
+        assert!(!redact("postgres://u:secret@h:99999/db").contains("secret"));
+        assert!(!redact("postgres://u:p@ss:secret@h:99999/db").contains("secret"));
+        assert_eq!(
+            redact("postgres://u:secret@h:99999/db"),
+            "postgres://***@h:99999/db"
+        );
+        assert!(!redact("postgres://u:se?cret@h:99999/db").contains("cret"));
+        assert_eq!(redact("not a url"), "not a url");
+        assert_eq!(
+            redact("postgres://h:99999/db?password=secret"),
+            "postgres://h:99999/db?***"
         );
     }
 }
