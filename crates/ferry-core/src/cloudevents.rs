@@ -9,11 +9,11 @@ use std::collections::BTreeMap;
 
 use bytes::Bytes;
 
-use crate::subscriber::Malformed;
 use crate::{Kind, Message, MessageId};
 
 /// The attribute headers [`binary_headers`] writes and [`from_binary_headers`]
 /// reads back into [`Message`] fields rather than [`Message::headers`].
+/// Lowercase; header names are compared without regard to case.
 const ATTRIBUTES: [&str; 8] = [
     "ce-specversion",
     "ce-id",
@@ -28,6 +28,25 @@ const ATTRIBUTES: [&str; 8] = [
 /// CloudEvents version Ferry emits.
 pub const SPEC_VERSION: &str = "1.0";
 
+/// Whether `name` is one of the attribute headers [`binary_headers`] writes
+/// (compared without regard to case): a message's own header of that name
+/// is dropped, and a sink must not let any other header replace it.
+pub fn is_attribute(name: &str) -> bool {
+    ATTRIBUTES.iter().any(|a| a.eq_ignore_ascii_case(name))
+}
+
+/// Headers and a payload that do not decode as a Ferry message.
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+#[error("malformed cloudevent: {reason}")]
+pub struct Malformed {
+    /// Why it does not decode, short and lowercase.
+    pub reason: String,
+    /// The headers as they arrived.
+    pub headers: BTreeMap<String, String>,
+    /// The payload as it arrived.
+    pub payload: Bytes,
+}
+
 /// The attribute headers (`ce-*`, plus `content-type`) of `message` in
 /// binary content mode, in a stable order.
 ///
@@ -39,7 +58,9 @@ pub const SPEC_VERSION: &str = "1.0";
 ///   CloudEvents *partitioning* extension)
 /// * `ce-ferrykind` — `event` or `command` (an extension attribute)
 ///
-/// The message's own headers follow unchanged.
+/// The message's own headers follow unchanged, except those named like an
+/// attribute (in any case, e.g. `CE-ID` or `Content-Type`): they are dropped,
+/// so that each attribute appears once and is Ferry's.
 pub fn binary_headers(message: &Message, source: &str) -> Vec<(String, String)> {
     let mut out = Vec::with_capacity(8 + message.headers.len());
     out.push(("ce-specversion".to_owned(), SPEC_VERSION.to_owned()));
@@ -58,7 +79,9 @@ pub fn binary_headers(message: &Message, source: &str) -> Vec<(String, String)> 
     out.push(("ce-ferrykind".to_owned(), message.kind.as_str().to_owned()));
     out.push(("content-type".to_owned(), message.content_type.clone()));
     for (k, v) in &message.headers {
-        out.push((k.clone(), v.clone()));
+        if !is_attribute(k) {
+            out.push((k.clone(), v.clone()));
+        }
     }
     out
 }
@@ -77,43 +100,54 @@ where
     K: Into<String>,
     V: Into<String>,
 {
-    let mut attributes: BTreeMap<&'static str, String> = BTreeMap::new();
+    // Attributes by their lowercase name, with the name as it arrived.
+    let mut attributes: BTreeMap<&'static str, (String, String)> = BTreeMap::new();
+    // An attribute given twice (in two cases): the earlier ones, kept only
+    // for the error.
+    let mut shadowed = Vec::new();
     let mut rest = BTreeMap::new();
-    let mut all = BTreeMap::new();
     for (name, value) in headers {
         let name: String = name.into();
         let value: String = value.into();
-        let lower = name.to_ascii_lowercase();
-        all.insert(name.clone(), value.clone());
-        match ATTRIBUTES.iter().find(|a| **a == lower) {
+        match ATTRIBUTES.iter().find(|a| a.eq_ignore_ascii_case(&name)) {
             Some(attribute) => {
-                attributes.insert(attribute, value);
+                if let Some(earlier) = attributes.insert(attribute, (name, value)) {
+                    shadowed.push(earlier);
+                }
             }
             None => {
                 rest.insert(name, value);
             }
         }
     }
+    let attribute = |name: &str| attributes.get(name).map(|(_, value)| value);
+    // The copy of every header is built only when the message is malformed.
     let malformed = |reason: String| Malformed {
         reason,
-        headers: all.clone(),
+        headers: shadowed
+            .iter()
+            .chain(attributes.values())
+            .map(|(name, value)| (name, value))
+            .chain(&rest)
+            .map(|(name, value)| (name.clone(), value.clone()))
+            .collect(),
         payload: payload.clone(),
     };
-    let id = match attributes.get("ce-id") {
+    let id = match attribute("ce-id") {
         None => return Err(malformed("missing ce-id header".to_owned())),
         Some(id) => id
             .parse::<MessageId>()
             .map_err(|_| malformed(format!("ce-id `{id}` is not a uuid")))?,
     };
-    let topic = match attributes.get("ce-type") {
+    let topic = match attribute("ce-type") {
         Some(topic) if !topic.is_empty() => topic.clone(),
         _ => return Err(malformed("missing ce-type header".to_owned())),
     };
-    let kind = match attributes.get("ce-ferrykind") {
+    let kind = match attribute("ce-ferrykind") {
         None => Kind::Event,
         Some(kind) => kind.parse::<Kind>().map_err(|e| malformed(e.to_string()))?,
     };
-    let created_at = match attributes.get("ce-time") {
+    let created_at = match attribute("ce-time") {
         None => chrono::Utc::now(),
         Some(time) => chrono::DateTime::parse_from_rfc3339(time)
             .map_err(|_| malformed(format!("ce-time `{time}` is not an rfc 3339 time")))?
@@ -123,10 +157,9 @@ where
         id,
         kind,
         topic,
-        key: attributes.get("ce-partitionkey").cloned(),
+        key: attribute("ce-partitionkey").cloned(),
         headers: rest,
-        content_type: attributes
-            .get("content-type")
+        content_type: attribute("content-type")
             .cloned()
             .unwrap_or_else(|| crate::message::JSON.to_owned()),
         payload,
@@ -194,6 +227,43 @@ mod tests {
         )
         .unwrap_err();
         assert!(err.reason.contains("`job`"), "{}", err.reason);
+    }
+
+    #[test]
+    fn message_headers_named_like_attributes_are_dropped() {
+        let m = Message::event("a.b", "{}")
+            .with_header("CE-ID", "forged")
+            .with_header("Content-Type", "text/forged")
+            .with_header("ce-Source", "/forged")
+            .with_header("x-kept", "1");
+        let h = binary_headers(&m, "/ferry/test");
+        let named = |k: &str| {
+            h.iter()
+                .filter(|(n, _)| n.eq_ignore_ascii_case(k))
+                .map(|(_, v)| v.as_str())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(named("ce-id"), [m.id.to_string().as_str()]);
+        assert_eq!(named("content-type"), ["application/json"]);
+        assert_eq!(named("ce-source"), ["/ferry/test"]);
+        assert_eq!(named("x-kept"), ["1"]);
+        assert!(is_attribute("Ce-Time") && !is_attribute("x-kept"));
+    }
+
+    #[test]
+    fn malformed_keeps_an_attribute_given_twice() {
+        let err = from_binary_headers(
+            [("CE-TYPE", "a"), ("ce-type", "b"), ("x", "1")],
+            Bytes::new(),
+        )
+        .unwrap_err();
+        assert_eq!(err.headers.len(), 3, "{:?}", err.headers);
+        assert_eq!(err.headers["CE-TYPE"], "a");
+        assert_eq!(err.headers["ce-type"], "b");
+        assert_eq!(
+            err.to_string(),
+            "malformed cloudevent: missing ce-id header"
+        );
     }
 
     #[test]

@@ -1,7 +1,6 @@
 //! Ferry's core: the [`Message`] that travels from an outbox to another
 //! system, the [`RetryPolicy`] that spaces out attempts, and the [`Sink`]
-//! contract every destination (webhook, broker, null) implements, and the
-//! [`Subscriber`] contract of a broker's consumer side.
+//! contract every destination (webhook, broker, null) implements.
 //!
 //! Nothing here talks to a database or a network; stores, the relay and the
 //! sinks build on these types.
@@ -10,15 +9,10 @@ pub mod cloudevents;
 pub mod message;
 pub mod retry;
 pub mod sink;
-pub mod subscriber;
 
 pub use message::{Kind, Message, MessageId, ParseKindError};
 pub use retry::RetryPolicy;
 pub use sink::{BoxFuture, Delivery, Sink, SinkError, SinkErrorKind};
-pub use subscriber::{
-    Acker, Capabilities, Lag, Malformed, MessageStream, Received, SubscribeError,
-    SubscribeErrorKind, Subscriber, Subscription,
-};
 
 /// An error followed by its chain of causes, `outer: inner: root`, for logs
 /// and stored error columns.

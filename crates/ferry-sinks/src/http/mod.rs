@@ -6,7 +6,7 @@ mod config;
 use std::fmt;
 use std::time::Duration;
 
-use ferry_core::cloudevents::binary_headers;
+use ferry_core::cloudevents::{binary_headers, is_attribute};
 use ferry_core::{BoxFuture, Delivery, Message, Sink, SinkError};
 use futures::StreamExt;
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue, RETRY_AFTER};
@@ -96,21 +96,20 @@ impl HttpSink {
         Err(error)
     }
 
-    /// Ferry's attributes win over the static headers, which win over the
-    /// message's own headers.
+    /// Ferry's attributes and `Idempotency-Key` win over the static
+    /// headers, which win over the message's own headers.
     fn request_headers(&self, message: &Message) -> Result<HeaderMap, SinkError> {
+        // binary_headers has already dropped message headers named like an attribute.
         let all = binary_headers(message, &self.source);
-        // binary_headers lists the attributes first, the message's own headers last.
-        let (attributes, own) = all.split_at(all.len().saturating_sub(message.headers.len()));
         let mut out = HeaderMap::with_capacity(all.len() + self.headers.len() + 1);
-        for (name, value) in own {
+        for (name, value) in &all {
             let (name, value) = header(name, value)?;
             out.insert(name, value);
         }
-        out.extend(self.headers.clone());
-        for (name, value) in attributes {
-            let (name, value) = header(name, value)?;
-            out.insert(name, value);
+        for (name, value) in &self.headers {
+            if !is_attribute(name.as_str()) {
+                out.insert(name.clone(), value.clone());
+            }
         }
         let id =
             HeaderValue::try_from(message.id.to_string()).expect("a uuid is a valid header value");

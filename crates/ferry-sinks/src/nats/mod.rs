@@ -28,7 +28,8 @@ const MSG_ID: &str = "Nats-Msg-Id";
 /// The subject is [`NatsSinkConfig::subject_prefix`] followed by the topic;
 /// the payload is the message's payload; the headers are the CloudEvents
 /// attributes of [`binary_headers`] (`ce-id`, `ce-type`, …, `content-type`),
-/// the message's own headers, and `Nats-Msg-Id: <message id>`, by which the
+/// the message's own headers (but none named like an attribute, in any case,
+/// nor any `Nats-*` header), and `Nats-Msg-Id: <message id>`, by which the
 /// stream drops a message it received again within its duplicate window.
 ///
 /// A batch is published in one go (pipelined), then its acknowledgements
@@ -216,11 +217,6 @@ impl NatsSink {
                         name.escape_debug()
                     ))
                 })?;
-            // The attributes come first and win over a message header of the
-            // same name.
-            if headers.get(header_name.clone()).is_some() {
-                continue;
-            }
             let value = value.parse::<HeaderValue>().map_err(|e| {
                 SinkError::permanent(format!("header `{name}` has a value nats cannot carry"))
                     .with_source(e)
