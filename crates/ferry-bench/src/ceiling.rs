@@ -139,7 +139,8 @@ pub async fn run(args: &CeilingArgs, tsv: &Tsv) -> anyhow::Result<CeilingSummary
         args.keys,
         args.runs
     );
-    println!("   database: {}", server.describe().await?);
+    let described = server.describe().await?;
+    println!("   database: {described}");
     println!(
         "   {} rows per measurement ({} for 1 row/txn); baseline: {}",
         thousands(n as f64),
@@ -161,6 +162,7 @@ pub async fn run(args: &CeilingArgs, tsv: &Tsv) -> anyhow::Result<CeilingSummary
             tsv.append(&Figure {
                 command: "ceiling",
                 database: db_label.to_owned(),
+                server: described.clone(),
                 figure: shape.key(),
                 run: r,
                 value: rate,
@@ -212,10 +214,8 @@ pub async fn run(args: &CeilingArgs, tsv: &Tsv) -> anyhow::Result<CeilingSummary
 
 async fn measure(server: &Server, shape: &Shape, keys: u32) -> anyhow::Result<f64> {
     let rows = Arc::new(workload::rows(shape.rows, keys, PayloadShape::Order));
-    let scratch = server.create().await?;
-    let result = async {
-        let db = scratch.open(shape.clients as u32 + 1).await?;
-        let result = async {
+    server
+        .with_fresh(shape.clients as u32 + 1, |_, db| async move {
             let took = workload::insert_all(&db, rows, shape.rows_per_txn, shape.clients).await?;
             let count = workload::count(&db).await?;
             ensure!(
@@ -224,12 +224,7 @@ async fn measure(server: &Server, shape: &Shape, keys: u32) -> anyhow::Result<f6
                 shape.rows
             );
             Ok(shape.rows as f64 / took.as_secs_f64())
-        }
-        .await;
-        db.close().await;
-        result
-    }
-    .await;
-    scratch.remove().await;
-    result.with_context(|| format!("ceiling: {}", shape.label()))
+        })
+        .await
+        .with_context(|| format!("ceiling: {}", shape.label()))
 }

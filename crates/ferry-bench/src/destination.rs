@@ -13,7 +13,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use async_nats::jetstream;
 use ferry_core::Sink;
-use ferry_sinks::{NullSink, SinkConfig};
+use ferry_sinks::{NullSink, SinkConfig, SinkConfigError};
 
 use crate::receiver::Receiver;
 
@@ -91,11 +91,9 @@ impl Destination {
                     info.config.storage, info.config.duplicate_window
                 );
                 let url = format!("{nats_url}?subject_prefix={prefix}&stream={stream}");
-                let sink = match SinkConfig::from_url(&url) {
-                    Ok(c) => c.build().await,
-                    Err(e) => Err(e),
-                };
-                let sink = match sink {
+                let built: Result<_, SinkConfigError> =
+                    async { SinkConfig::from_url(&url)?.build().await }.await;
+                let sink = match built {
                     Ok(s) => s,
                     Err(e) => {
                         let _ = js.delete_stream(&stream).await;

@@ -23,6 +23,7 @@ use sqlx::Row as _;
 use crate::destination::{Destination, SinkKind};
 use crate::handoff::HandOffRecorder;
 use crate::pipeline;
+use crate::relay::{self, RelayArgs};
 use crate::report::{median, ratio, thousands, Figure, Tsv};
 use crate::scratch::Server;
 use crate::workload::{self, PayloadShape, Row};
@@ -74,13 +75,9 @@ pub struct DrainArgs {
     /// Messages in the outbox.
     #[arg(long, default_value_t = 200_000)]
     pub messages: usize,
-    /// The relay's batch size (also the SQL drain's).
-    #[arg(long, default_value_t = 1000)]
-    pub batch_size: u32,
-    /// The relay's workers (SQLite: 1 whatever is asked); also the SQL
-    /// drain's clients on PostgreSQL.
-    #[arg(long, default_value_t = 1)]
-    pub concurrency: usize,
+    /// The relay's settings.
+    #[command(flatten)]
+    pub relay: RelayArgs,
     /// Distinct ordering keys the messages are spread over (0: no key).
     #[arg(long, default_value_t = 1000)]
     pub keys: u32,
@@ -119,6 +116,7 @@ pub struct DrainSummary {
 
 struct RelayPass {
     fill: Duration,
+    workers: usize,
     drain: Duration,
     first_handoff: Option<Duration>,
     received: u64,
@@ -134,40 +132,31 @@ pub async fn run(args: &DrainArgs, tsv: &Tsv) -> anyhow::Result<DrainSummary> {
     );
     let server = Server::parse(&args.database)?;
     let db_label = server.label();
-    let workers = match server {
-        Server::Sqlite { .. } => 1,
-        Server::Postgres { .. } => args.concurrency.max(1),
-    };
+    let described = server.describe().await?;
+    let (batch_size, concurrency) = (args.relay.batch_size, args.relay.concurrency);
     let n = args.messages;
     let settings = format!(
-        "messages={n} batch_size={} concurrency={workers} keys={} retention={} fill_batch={}",
-        args.batch_size,
+        "messages={n} batch_size={batch_size} concurrency={concurrency} keys={} retention={} fill_batch={}",
         args.keys,
         args.retention.label(),
         args.fill_batch
     );
     println!(
-        "== drain {db_label} -> {}: {} messages (~{}-byte JSON payload, {} keys), relay batch {}, {} worker(s), retention {}, {} run(s)",
+        "== drain {db_label} -> {}: {} messages (~{}-byte JSON payload, {} keys), relay batch {batch_size}, {concurrency} worker(s) asked, retention {}, {} run(s)",
         args.sink.label(),
         thousands(n as f64),
         workload::payload(0, PayloadShape::Order).len(),
         args.keys,
-        args.batch_size,
-        workers,
         args.retention.label(),
         args.runs
     );
-    println!(
-        "   database: {}; a fresh database per pass",
-        server.describe().await?
-    );
+    println!("   database: {described}; a fresh database per pass");
     println!(
         "   baselines, same run: fill = multi-row INSERT, {} rows/statement, 1 client{}",
         args.fill_batch,
         if args.baseline == Baseline::Sql {
             format!(
-                "; sql drain = one statement per batch of {} ({} {} RETURNING the rows), {workers} client(s), no sink, on a fresh copy",
-                args.batch_size,
+                "; sql drain = one statement per batch of {batch_size} ({} {} RETURNING the rows), as many clients as relay workers, no sink, on a fresh copy",
                 if db_label == "postgres" { "claim FOR UPDATE SKIP LOCKED +" } else { "pick by seq +" },
                 if args.retention == RetentionArg::Delete { "DELETE" } else { "UPDATE status" }
             )
@@ -180,7 +169,7 @@ pub async fn run(args: &DrainArgs, tsv: &Tsv) -> anyhow::Result<DrainSummary> {
     for r in 1..=args.runs {
         let rows = Arc::new(workload::rows(n, args.keys, PayloadShape::Order));
         let sql = if args.baseline == Baseline::Sql {
-            let secs = sql_pass(&server, rows.clone(), args, workers).await?;
+            let secs = sql_pass(&server, rows.clone(), args).await?;
             Some(n as f64 / secs.as_secs_f64())
         } else {
             None
@@ -197,11 +186,12 @@ pub async fn run(args: &DrainArgs, tsv: &Tsv) -> anyhow::Result<DrainSummary> {
             String::new()
         };
         println!(
-            "   run {r}/{}: relay drain {} msg/s ({:.2} s, first hand-off +{first} ms, \
+            "   run {r}/{}: relay drain {} msg/s ({:.2} s, {} worker(s), first hand-off +{first} ms, \
              {} batches{retried}) | fill {} rows/s{} | relay/fill {}{}",
             args.runs,
             thousands(relay),
             pass.drain.as_secs_f64(),
+            pass.workers,
             pass.batches,
             thousands(fill),
             sql.map_or(String::new(), |s| format!(
@@ -221,6 +211,7 @@ pub async fn run(args: &DrainArgs, tsv: &Tsv) -> anyhow::Result<DrainSummary> {
                       notes: String| Figure {
             command: "drain",
             database: db_label.to_owned(),
+            server: described.clone(),
             sink: args.sink.label().to_owned(),
             figure: name.to_owned(),
             run: r,
@@ -253,8 +244,9 @@ pub async fn run(args: &DrainArgs, tsv: &Tsv) -> anyhow::Result<DrainSummary> {
             "msg/s",
             Some(sql.map_or(("fill", fill), |s| ("sql_drain", s))),
             format!(
-                "secs={:.3} first_handoff_ms={} batches={} failed={} received={}",
+                "secs={:.3} workers={} first_handoff_ms={} batches={} failed={} received={}",
                 pass.drain.as_secs_f64(),
+                pass.workers,
                 pass.first_handoff
                     .map_or(-1.0, |d| d.as_secs_f64() * 1000.0),
                 pass.batches,
@@ -299,32 +291,21 @@ async fn relay_pass(
     args: &DrainArgs,
     describe: bool,
 ) -> anyhow::Result<RelayPass> {
-    let scratch = server.create().await?;
-    let result = async {
-        let db = scratch.open(args.concurrency as u32 + 2).await?;
-        let result = async {
-            let fill = workload::insert_all(&db, rows.clone(), args.fill_batch, 1).await?;
-            workload::settle(&db).await?;
+    let conns = args.relay.concurrency as u32 + 2;
+    server
+        .with_fresh(conns, |_, db| async move {
+            let fill = workload::fill(&db, rows.clone(), args.fill_batch).await?;
             // A running relay has its connections open already.
-            workload::warm(&db, args.concurrency + 1).await?;
+            workload::warm(&db, args.relay.concurrency + 1).await?;
             let dest = Destination::start(args.sink, &args.nats_url).await?;
             if describe {
                 println!("   sink: {}", dest.description);
             }
             let result = relay_drain(&db, &dest, rows.len(), args).await;
             dest.stop().await;
-            result.map(|mut pass| {
-                pass.fill = fill;
-                pass
-            })
-        }
-        .await;
-        db.close().await;
-        result
-    }
-    .await;
-    scratch.remove().await;
-    result
+            result.map(|pass| RelayPass { fill, ..pass })
+        })
+        .await
 }
 
 async fn relay_drain(
@@ -335,12 +316,10 @@ async fn relay_drain(
 ) -> anyhow::Result<RelayPass> {
     let recorder = Arc::new(HandOffRecorder::new(dest.sink.clone()));
     let config = RelayConfig {
-        name: "bench".to_owned(),
-        batch_size: args.batch_size,
-        concurrency: args.concurrency,
         retention: args.retention.relay(),
-        ..RelayConfig::default()
+        ..args.relay.config("bench")
     };
+    let workers = relay::workers(db, config.concurrency);
     let relay = pipeline::spawn(db, recorder.clone(), config);
     let deadline = relay.started + Duration::from_secs(args.timeout_secs);
     let n64 = n as u64;
@@ -383,6 +362,7 @@ async fn relay_drain(
     }
     Ok(RelayPass {
         fill: Duration::ZERO,
+        workers,
         drain,
         first_handoff,
         received,
@@ -391,21 +371,20 @@ async fn relay_drain(
     })
 }
 
-/// Fresh database, fill, settle, drain with plain SQL; returns the drain time.
+/// Fresh database, fill, settle, drain with plain SQL from as many clients
+/// as the relay would run workers; returns the drain time.
 async fn sql_pass(
     server: &Server,
     rows: Arc<Vec<Row>>,
     args: &DrainArgs,
-    clients: usize,
 ) -> anyhow::Result<Duration> {
-    let scratch = server.create().await?;
-    let result = async {
-        let db = scratch.open(clients as u32 + 1).await?;
-        let result = async {
-            workload::insert_all(&db, rows.clone(), args.fill_batch, 1).await?;
-            workload::settle(&db).await?;
+    let conns = args.relay.concurrency as u32 + 1;
+    server
+        .with_fresh(conns, |_, db| async move {
+            let clients = relay::workers(&db, args.relay.concurrency);
+            workload::fill(&db, rows, args.fill_batch).await?;
             workload::warm(&db, clients).await?;
-            let took = sql_drain(&db, args.batch_size, clients, args.retention).await?;
+            let took = sql_drain(&db, args.relay.batch_size, clients, args.retention).await?;
             let left = db.outbox_stats().await?;
             ensure!(
                 left.pending == 0,
@@ -413,14 +392,8 @@ async fn sql_pass(
                 left.pending
             );
             Ok(took)
-        }
-        .await;
-        db.close().await;
-        result
-    }
-    .await;
-    scratch.remove().await;
-    result
+        })
+        .await
 }
 
 /// The columns the relay's claim reads.

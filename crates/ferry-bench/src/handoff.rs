@@ -72,11 +72,16 @@ impl HandOffRecorder {
         self.first.get().copied()
     }
 
-    /// How many per-message hand-offs are recorded.
-    pub fn recorded(&self) -> usize {
-        self.each
-            .as_ref()
-            .map_or(0, |m| m.lock().unwrap_or_else(|p| p.into_inner()).len())
+    /// How many distinct messages (by sequence number) were handed off; a
+    /// message handed off again (a redelivery) counts once.
+    pub fn distinct(&self) -> usize {
+        self.each.as_ref().map_or(0, |m| {
+            let each = m.lock().unwrap_or_else(|p| p.into_inner());
+            each.iter()
+                .map(|(seq, _)| *seq)
+                .collect::<std::collections::HashSet<_>>()
+                .len()
+        })
     }
 
     /// The per-message hand-offs so far, `(seq, when)`, in hand-off order.
@@ -88,16 +93,9 @@ impl HandOffRecorder {
 
     fn record(&self, batch: &[Message]) {
         let now = Stamp::now();
-        if self.first.get().is_none() {
-            let mut won = false;
-            self.first.get_or_init(|| {
-                won = true;
-                now
-            });
-            if won {
-                if let Some(f) = &self.on_first {
-                    f(now);
-                }
+        if self.first.set(now).is_ok() {
+            if let Some(f) = &self.on_first {
+                f(now);
             }
         }
         if let Some(each) = &self.each {
@@ -144,10 +142,12 @@ mod tests {
             .collect();
         assert_eq!(r.deliver(&batch[..2]).await.len(), 2);
         r.deliver(&batch[2..]).await;
+        r.deliver(&batch[2..]).await;
         assert_eq!(calls.load(Ordering::Relaxed), 1);
-        assert_eq!(r.recorded(), 3);
+        assert_eq!(r.each().len(), 4);
+        assert_eq!(r.distinct(), 3);
         let seqs: Vec<u64> = r.each().iter().map(|(s, _)| *s).collect();
-        assert_eq!(seqs, [0, 1, 2]);
+        assert_eq!(seqs, [0, 1, 2, 2]);
         assert!(r.first().unwrap().epoch_ms > 1.6e12);
     }
 }

@@ -14,12 +14,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure};
-use ferry_relay::RelayConfig;
 use ferry_sinks::NullSink;
 
 use crate::handoff::HandOffRecorder;
 use crate::pipeline;
 use crate::producer::{self, ProducerConfig};
+use crate::relay::RelayArgs;
 use crate::report::{median, percentile, Figure, Tsv};
 use crate::scratch::Server;
 use crate::workload::PayloadShape;
@@ -39,12 +39,9 @@ pub struct LatencyArgs {
     /// Runs; medians are reported.
     #[arg(long, default_value_t = 3)]
     pub runs: usize,
-    /// The relay's batch size.
-    #[arg(long, default_value_t = 1000)]
-    pub batch_size: u32,
-    /// The relay's workers.
-    #[arg(long, default_value_t = 1)]
-    pub concurrency: usize,
+    /// The relay's settings.
+    #[command(flatten)]
+    pub relay: RelayArgs,
     /// Distinct ordering keys (0: no key).
     #[arg(long, default_value_t = 1000)]
     pub keys: u32,
@@ -97,25 +94,28 @@ pub async fn run(args: &LatencyArgs, tsv: &Tsv) -> anyhow::Result<LatencySummary
     let Server::Postgres { .. } = server else {
         bail!("latency needs a postgres:// server (the relay is woken by NOTIFY)");
     };
+    let described = server.describe().await?;
     println!(
         "== latency postgres: commit -> hand-off to the sink, {} msg/s for {} s ({} per transaction, {} keys), relay batch {}, {} worker(s), first {} s dropped, {} run(s)",
         args.rate,
         args.secs,
         if args.autocommit { "one autocommit INSERT" } else { "BEGIN; INSERT; COMMIT" },
         args.keys,
-        args.batch_size,
-        args.concurrency,
+        args.relay.batch_size,
+        args.relay.concurrency,
         args.warmup,
         args.runs
     );
-    println!(
-        "   database: {}; a fresh database per run",
-        server.describe().await?
-    );
+    println!("   database: {described}; a fresh database per run");
     println!("   producer: open loop on its own thread and runtime, at most 8 sends in flight; baseline: commit ack = send -> commit returned");
     let settings = format!(
         "rate={} secs={} batch_size={} concurrency={} keys={} autocommit={}",
-        args.rate, args.secs, args.batch_size, args.concurrency, args.keys, args.autocommit
+        args.rate,
+        args.secs,
+        args.relay.batch_size,
+        args.relay.concurrency,
+        args.keys,
+        args.autocommit
     );
     let mut runs = Vec::new();
     for r in 1..=args.runs {
@@ -149,6 +149,7 @@ pub async fn run(args: &LatencyArgs, tsv: &Tsv) -> anyhow::Result<LatencySummary
             tsv.append(&Figure {
                 command: "latency",
                 database: "postgres".to_owned(),
+                server: described.clone(),
                 sink: "null".to_owned(),
                 figure: name.to_owned(),
                 run: r,
@@ -179,24 +180,17 @@ pub async fn run(args: &LatencyArgs, tsv: &Tsv) -> anyhow::Result<LatencySummary
 }
 
 async fn one_run(server: &Server, args: &LatencyArgs) -> anyhow::Result<RunResult> {
-    let scratch = server.create().await?;
-    let result = async {
-        let db = scratch.open(args.concurrency as u32 + 2).await?;
-        let result = async {
+    let conns = args.relay.concurrency as u32 + 2;
+    server
+        .with_fresh(conns, |url, db| async move {
             let n = (args.rate * args.secs).round() as usize;
             let recorder =
                 Arc::new(HandOffRecorder::new(Arc::new(NullSink::new())).recording_each(n));
-            let config = RelayConfig {
-                name: "bench".to_owned(),
-                batch_size: args.batch_size,
-                concurrency: args.concurrency,
-                ..RelayConfig::default()
-            };
-            let relay = pipeline::spawn(&db, recorder.clone(), config);
+            let relay = pipeline::spawn(&db, recorder.clone(), args.relay.config("bench"));
             // As the harness does: the worker is up, then one more second.
             tokio::time::sleep(Duration::from_secs(1)).await;
             let produced = producer::produce_on_own_thread(ProducerConfig {
-                url: scratch.url.clone(),
+                url,
                 rate: args.rate,
                 secs: args.secs,
                 keys: args.keys,
@@ -205,8 +199,11 @@ async fn one_run(server: &Server, args: &LatencyArgs) -> anyhow::Result<RunResul
                 max_in_flight: 8,
             })
             .await;
+            // Until every committed message was handed off (a redelivery
+            // counts once), or 10 s.
+            let committed = produced.as_ref().map_or(0, |p| p.commits.len());
             let deadline = Instant::now() + Duration::from_secs(10);
-            while recorder.recorded() < n && Instant::now() < deadline && produced.is_ok() {
+            while recorder.distinct() < committed && Instant::now() < deadline {
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
             relay.stop().await;
@@ -226,6 +223,11 @@ async fn one_run(server: &Server, args: &LatencyArgs) -> anyhow::Result<RunResul
                     Some(_) => {}
                 }
             }
+            ensure!(
+                missing == 0,
+                "{missing} of {} committed messages were never handed off to the sink",
+                produced.commits.len()
+            );
             ensure!(
                 !lats.is_empty(),
                 "no message was handed off after the warm-up"
@@ -250,14 +252,8 @@ async fn one_run(server: &Server, args: &LatencyArgs) -> anyhow::Result<RunResul
                 achieved: produced.commits.len() as f64 / produced.secs,
                 late: produced.late,
             })
-        }
-        .await;
-        db.close().await;
-        result
-    }
-    .await;
-    scratch.remove().await;
-    result
+        })
+        .await
 }
 
 /// `a - b` in milliseconds, negative when `a` came first.

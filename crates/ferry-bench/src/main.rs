@@ -6,6 +6,7 @@
 //! * `ceiling`: how fast the database takes the same rows.
 //! * `latency`: commit-to-hand-off latency at a steady rate (PostgreSQL).
 //! * `all`: the standard set, with a summary table.
+//! * `nats-raw`: JetStream's own publish rate, the ceiling for the NATS figure.
 //! * `peer`: the adapter for the bench-peers harness.
 //! * `clean`: drops scratch databases left behind by interrupted runs.
 //!
@@ -21,6 +22,7 @@ mod peer;
 mod pipeline;
 mod producer;
 mod receiver;
+mod relay;
 mod report;
 mod scratch;
 mod suite;
@@ -63,8 +65,8 @@ enum Command {
         #[arg(value_enum)]
         step: peer::PeerCommand,
     },
-    /// NATS JetStream's own publish rate with the same client crate: the
-    /// ceiling for the relay's NATS figure.
+    /// NATS JetStream's own publish rate with the same client crate (lighter
+    /// messages than the relay's): the ceiling for the relay's NATS figure.
     NatsRaw(natsraw::NatsRawArgs),
     /// Drop scratch databases (`ferry_bench_*`) left by interrupted runs.
     Clean {
@@ -89,14 +91,20 @@ fn init_logs(level: &str) {
 async fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logs(&cli.log_level);
-    let tsv = report::Tsv::new(cli.tsv);
+    let tsv = match report::Tsv::new(cli.tsv) {
+        Ok(tsv) => tsv,
+        Err(e) => {
+            eprintln!("ferry-bench: {e:#}");
+            return ExitCode::FAILURE;
+        }
+    };
     let result = match cli.command {
         Command::Drain(args) => drain::run(&args, &tsv).await.map(drop),
         Command::Ceiling(args) => ceiling::run(&args, &tsv).await.map(drop),
         Command::Latency(args) => latency::run(&args, &tsv).await.map(drop),
         Command::All(args) => suite::run(&args, &tsv).await,
         Command::Peer { step } => peer::run(step).await,
-        Command::NatsRaw(args) => natsraw::run(&args).await.map(drop),
+        Command::NatsRaw(args) => natsraw::run(&args, &tsv).await.map(drop),
         Command::Clean { database } => {
             async {
                 let gone = scratch::Server::parse(&database)?.clean().await?;

@@ -7,7 +7,7 @@
 //! |---|---|---|---|
 //! | `setup` | `DATABASE_URL` | applies Ferry's migrations | `{"ok":true}` |
 //! | `enqueue` | `N` (100000), `BATCH` (1000), `KEYS` (0), `PAYLOAD` (`tiny`\|`order`), `API` (`enqueue_many`\|`sql`) | writes N messages, BATCH per statement (one statement per transaction) with `ferry_store::outbox::postgres::enqueue_many`, or with a plain multi-row INSERT when `API=sql` | `{"n","batch","secs","rate"}` |
-//! | `work` | `RELAY_BATCH` (1000), `CONC` (1), `RETENTION` (`delete`\|`keep`), `ORDER` (`ordered`\|`unordered`), `POLL_MS` (500), `FIRST_OUT`, `LAT_OUT` | runs a relay to a null sink; the hand-off (the moment the relay calls the sink's `deliver`) is the "handler start" | `READY` on stderr; FIRST_OUT: epoch ms of the first hand-off; on SIGTERM, LAT_OUT (when set and not empty): `[[seq, start_ms], …]` |
+//! | `work` | `RELAY_BATCH`, `CONC`, `POLL_MS` (defaults: `RelayConfig::default()`, i.e. 1000, 1, 500), `RETENTION` (`delete`\|`keep`), `ORDER` (`ordered`\|`unordered`), `FIRST_OUT`, `LAT_OUT` | runs a relay to a null sink; the hand-off (the moment the relay calls the sink's `deliver`) is the "handler start" | `READY` on stderr; FIRST_OUT: epoch ms of the first hand-off; on SIGTERM, LAT_OUT (when set and not empty): `[[seq, start_ms], …]` |
 //! | `produce` | `RATE` (500), `SECS` (20), `COMMITS_OUT`, `KEYS` (0), `PAYLOAD`, `TX` (1) | open loop, one message per transaction (`BEGIN; enqueue; COMMIT`, or one autocommit INSERT with `TX=0`), at most 8 in flight | COMMITS_OUT: `[[seq, commit_ms, send_ms], …]`; `{"n","secs","rate","late"}` |
 //!
 //! Times are Unix epoch milliseconds from the system clock, as the other
@@ -86,7 +86,7 @@ async fn connect(url: &str, max_connections: u32) -> anyhow::Result<Database> {
         url,
         &ConnectOptions {
             max_connections,
-            lease: Some(Duration::from_secs(60)),
+            lease: Some(RelayConfig::default().lease),
         },
     )
     .await
@@ -142,9 +142,10 @@ async fn enqueue(url: &str) -> anyhow::Result<()> {
 }
 
 async fn work(url: &str) -> anyhow::Result<()> {
-    let concurrency: usize = num("CONC", 1)?;
-    let batch_size: u32 = num("RELAY_BATCH", 1000)?;
-    let poll_ms: u64 = num("POLL_MS", 500)?;
+    let defaults = RelayConfig::default();
+    let concurrency: usize = num("CONC", defaults.concurrency)?;
+    let batch_size: u32 = num("RELAY_BATCH", defaults.batch_size)?;
+    let poll_ms: u64 = num("POLL_MS", defaults.poll_interval.as_millis() as u64)?;
     let retention = match var("RETENTION").as_deref() {
         None | Some("delete") => RetentionArg::Delete,
         Some("keep") => RetentionArg::Keep,
@@ -177,7 +178,7 @@ async fn work(url: &str) -> anyhow::Result<()> {
         order,
         poll_interval: Duration::from_millis(poll_ms.max(1)),
         retention: retention.relay(),
-        ..RelayConfig::default()
+        ..defaults
     };
     let relay = pipeline::spawn(&db, recorder.clone(), config);
     eprintln!("READY");

@@ -1,7 +1,7 @@
 //! Turning measurements into text: number formatting, medians, percentiles,
 //! and the optional TSV file every figure is appended to.
 
-use std::io::Write;
+use std::io::{BufRead, Write};
 use std::path::PathBuf;
 
 use anyhow::Context;
@@ -62,11 +62,14 @@ pub struct Figure {
     pub command: &'static str,
     /// `postgres` or `sqlite`.
     pub database: String,
+    /// What it ran on, e.g. `PostgreSQL 15.20 at 127.0.0.1:5432` (from
+    /// `Server::describe`), so figures from different servers stay apart.
+    pub server: String,
     /// The sink, for relay figures (`null`, `nats`, `http`).
     pub sink: String,
     /// What was measured, e.g. `relay_drain` or `insert_100_per_txn_x4`.
     pub figure: String,
-    /// 1-based run number, 0 for a median line.
+    /// 1-based run number.
     pub run: usize,
     /// The value.
     pub value: f64,
@@ -88,12 +91,33 @@ pub struct Tsv {
     path: Option<PathBuf>,
 }
 
-const HEADER: &str = "date\tversion\tcommand\tdatabase\tsink\tfigure\trun\tvalue\tunit\tbaseline\tbaseline_value\tratio\tsettings\tnotes\n";
+const HEADER: &str = "date\tversion\tcommand\tdatabase\tserver\tsink\tfigure\trun\tvalue\tunit\tbaseline\tbaseline_value\tratio\tsettings\tnotes\n";
 
 impl Tsv {
-    /// Figures go to `path`, or nowhere.
-    pub fn new(path: Option<PathBuf>) -> Self {
-        Self { path }
+    /// Figures go to `path`, or nowhere. A file written with other columns
+    /// (by an older version) is refused here, before anything is measured,
+    /// rather than mixed.
+    pub fn new(path: Option<PathBuf>) -> anyhow::Result<Self> {
+        if let Some(path) = &path {
+            Self::header_of(path)?;
+        }
+        Ok(Self { path })
+    }
+
+    /// The file's header line (empty for no file or an empty one), checked.
+    fn header_of(path: &std::path::Path) -> anyhow::Result<String> {
+        let mut header = String::new();
+        if path.exists() {
+            let file = std::fs::File::open(path)
+                .with_context(|| format!("cannot read {}", path.display()))?;
+            std::io::BufReader::new(file).read_line(&mut header)?;
+            anyhow::ensure!(
+                header.is_empty() || header == HEADER,
+                "{} has other columns (an older ferry-bench wrote it); give another --tsv file",
+                path.display()
+            );
+        }
+        Ok(header)
     }
 
     /// Appends one line.
@@ -105,7 +129,7 @@ impl Tsv {
             std::fs::create_dir_all(dir)
                 .with_context(|| format!("cannot create {}", dir.display()))?;
         }
-        let new = !path.exists();
+        let new = Self::header_of(path)?.is_empty();
         let mut file = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -116,11 +140,12 @@ impl Tsv {
         }
         let clean = |s: &str| s.replace(['\t', '\n'], " ");
         let line = format!(
-            "{}\t{}\t{}\t{}\t{}\t{}\t{}\t{:.2}\t{}\t{}\t{}\t{}\t{}\t{}\n",
+            "{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{:.2}\t{}\t{}\t{}\t{}\t{}\t{}\n",
             chrono::Utc::now().format("%Y-%m-%dT%H:%M:%SZ"),
             env!("CARGO_PKG_VERSION"),
             f.command,
             f.database,
+            clean(&f.server),
             f.sink,
             clean(&f.figure),
             f.run,

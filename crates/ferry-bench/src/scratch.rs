@@ -5,11 +5,12 @@
 //! * SQLite: a file `ferry_bench_<random>.db` in the system's temp dir (or
 //!   the directory the URL names), removed with its `-wal`/`-shm` files.
 
+use std::future::Future;
 use std::path::PathBuf;
 use std::str::FromStr;
-use std::time::Duration;
 
 use anyhow::{bail, Context};
+use ferry_relay::RelayConfig;
 use ferry_store::{redact, ConnectOptions, Database, DatabaseKind};
 use sqlx::postgres::PgConnectOptions;
 use sqlx::{ConnectOptions as _, Connection, Executor, PgConnection};
@@ -128,6 +129,26 @@ impl Server {
         }
     }
 
+    /// Runs `body` on a fresh, migrated database of `max_connections`
+    /// connections (given its URL and the open pool), then closes the pool
+    /// and removes the database, whatever `body` returned.
+    pub async fn with_fresh<T, F, Fut>(&self, max_connections: u32, body: F) -> anyhow::Result<T>
+    where
+        F: FnOnce(String, Database) -> Fut,
+        Fut: Future<Output = anyhow::Result<T>>,
+    {
+        let scratch = self.create().await?;
+        let result = async {
+            let db = scratch.open(max_connections).await?;
+            let result = body(scratch.url.clone(), db.clone()).await;
+            db.close().await;
+            result
+        }
+        .await;
+        scratch.remove().await;
+        result
+    }
+
     /// Drops scratch databases left behind by interrupted runs; returns
     /// their names.
     pub async fn clean(&self) -> anyhow::Result<Vec<String>> {
@@ -186,15 +207,15 @@ pub struct Scratch {
 }
 
 impl Scratch {
-    /// Connects a pool of `max_connections` (with a 60 s lease on
-    /// PostgreSQL, as the `ferry` binary uses) and applies Ferry's
+    /// Connects a pool of `max_connections` (on PostgreSQL with the relay's
+    /// default lease, as the `ferry` binary uses) and applies Ferry's
     /// migrations.
     pub async fn open(&self, max_connections: u32) -> anyhow::Result<Database> {
         let db = Database::connect_with(
             &self.url,
             &ConnectOptions {
                 max_connections,
-                lease: Some(Duration::from_secs(60)),
+                lease: Some(RelayConfig::default().lease),
             },
         )
         .await

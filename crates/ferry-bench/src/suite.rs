@@ -8,6 +8,7 @@ use crate::ceiling::{self, CeilingArgs, CeilingSummary};
 use crate::destination::SinkKind;
 use crate::drain::{self, Baseline, DrainArgs, DrainSummary, RetentionArg};
 use crate::latency::{self, LatencyArgs, LatencySummary};
+use crate::relay::RelayArgs;
 use crate::report::{ratio, thousands, Tsv};
 
 /// `ferry-bench all` options.
@@ -36,12 +37,9 @@ pub struct AllArgs {
     /// Runs of each drain and ceiling measurement.
     #[arg(long, default_value_t = 3)]
     pub runs: usize,
-    /// The relay's batch size.
-    #[arg(long, default_value_t = 1000)]
-    pub batch_size: u32,
-    /// The relay's workers (SQLite: 1).
-    #[arg(long, default_value_t = 1)]
-    pub concurrency: usize,
+    /// The relay's settings.
+    #[command(flatten)]
+    pub relay: RelayArgs,
     /// Distinct ordering keys.
     #[arg(long, default_value_t = 1000)]
     pub keys: u32,
@@ -87,8 +85,7 @@ pub async fn run(args: &AllArgs, tsv: &Tsv) -> anyhow::Result<()> {
                         database: database.clone(),
                         sink,
                         messages: args.messages,
-                        batch_size: args.batch_size,
-                        concurrency: args.concurrency,
+                        relay: args.relay.clone(),
                         keys: args.keys,
                         retention: RetentionArg::Delete,
                         runs: args.runs,
@@ -119,8 +116,7 @@ pub async fn run(args: &AllArgs, tsv: &Tsv) -> anyhow::Result<()> {
             rate: args.rate,
             secs: args.secs,
             runs: args.latency_runs,
-            batch_size: args.batch_size,
-            concurrency: args.concurrency,
+            relay: args.relay.clone(),
             keys: args.keys,
             autocommit: false,
             warmup: 1.0,
@@ -145,8 +141,8 @@ fn print_summary(
         thousands(args.messages as f64),
         crate::workload::payload(0, crate::workload::PayloadShape::Order).len(),
         args.keys,
-        args.batch_size,
-        args.concurrency,
+        args.relay.batch_size,
+        args.relay.concurrency,
         took.as_secs_f64()
     );
     println!("   database, relay, sinks' servers and the webhook receiver share this machine's {} core(s).", std::thread::available_parallelism().map_or(0, |n| n.get()));

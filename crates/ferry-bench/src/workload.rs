@@ -174,6 +174,18 @@ pub async fn warm(db: &Database, n: usize) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Fills the outbox for a drain: `rows`, `per_statement` at a time from one
+/// client, then [`settle`]; returns the fill's time (settling excluded).
+pub async fn fill(
+    db: &Database,
+    rows: Arc<Vec<Row>>,
+    per_statement: usize,
+) -> anyhow::Result<Duration> {
+    let took = insert_all(db, rows, per_statement, 1).await?;
+    settle(db).await?;
+    Ok(took)
+}
+
 /// What the peers' drivers do between filling and draining: PostgreSQL
 /// `ANALYZE` and `CHECKPOINT` (so a checkpoint caused by the fill does not
 /// land in the drain); SQLite: a WAL checkpoint (no `ANALYZE`, which SQLite
