@@ -2,6 +2,7 @@ use std::time::Duration;
 
 use ferry_core::RetryPolicy;
 use ferry_store::outbox::{OrderPolicy, Retention};
+use ferry_store::ConnectOptions;
 
 /// How a relay runs.
 #[derive(Clone, Debug)]
@@ -28,8 +29,8 @@ pub struct RelayConfig {
     pub sink_backoff: SinkBackoff,
     /// What happens to delivered messages.
     pub retention: Retention,
-    /// The lease on a claimed batch (on PostgreSQL, open the pool with the
-    /// same value, see `ferry_store::ConnectOptions::lease`). A batch gets
+    /// The lease on a claimed batch (on PostgreSQL, open the pool with
+    /// [`RelayConfig::connect_options`], which sets the same value). A batch gets
     /// half of it to be delivered, so that no other relay takes over a
     /// batch still being sent: a sink call not finished by then counts as a
     /// failed attempt, and the rest of the batch waits for the next claim.
@@ -42,6 +43,19 @@ impl RelayConfig {
     /// How long delivering one batch may take: half the lease.
     pub fn batch_budget(&self) -> Duration {
         self.lease / 2
+    }
+
+    /// How to open the database for this relay: its [`lease`](Self::lease)
+    /// (PostgreSQL's idle-in-transaction timeout, so that a batch's budget
+    /// stays half of it), and a connection per worker plus two (the
+    /// purger, start-up and the wait for work).
+    pub fn connect_options(&self) -> ConnectOptions {
+        ConnectOptions {
+            max_connections: u32::try_from(self.concurrency.max(1))
+                .unwrap_or(u32::MAX)
+                .saturating_add(2),
+            lease: Some(self.lease),
+        }
     }
 }
 

@@ -14,8 +14,9 @@
 //!   rest of its key until it is delivered or dead; with
 //!   [`OrderPolicy::Unordered`] the rest go ahead while it waits for its retry.
 //! * **Failures.** Transient errors are retried with exponential backoff,
-//!   jitter and a cap, up to [`RetryPolicy::max_attempts`]; then the message
-//!   is dead (kept with its last error). Permanent errors dead-letter at once.
+//!   jitter and a cap, up to
+//!   [`RetryPolicy::max_attempts`](ferry_core::RetryPolicy::max_attempts);
+//!   then the message is dead (kept with its last error). Permanent errors dead-letter at once.
 //!   When the sink as a whole is unavailable, attempts are not counted: the
 //!   relay pauses (capped backoff), then probes with 1, 2, 4 … 16 messages,
 //!   one per key. A message refused as "unavailable" while others of the
@@ -33,9 +34,10 @@ mod config;
 mod delivery;
 mod health;
 mod relay;
+mod running;
 
 pub use config::{RelayConfig, SinkBackoff};
-pub use ferry_core::RetryPolicy;
 pub use ferry_store::outbox::{OrderPolicy, Retention};
 pub use relay::{Relay, RelayError, RelayStats};
+pub use running::{spawn, spawn_until, Running};
 pub use tokio_util::sync::CancellationToken;

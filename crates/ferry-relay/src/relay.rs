@@ -40,6 +40,15 @@ pub enum RelayError {
     /// A worker panicked (a bug); the relay stopped its other workers.
     #[error("a worker of relay `{0}` panicked")]
     WorkerPanicked(String),
+    /// The relay's own task failed (it panicked or was aborted).
+    #[error("the task of relay `{relay}` failed")]
+    Task {
+        /// The relay's name.
+        relay: String,
+        /// Why the task failed.
+        #[source]
+        source: tokio::task::JoinError,
+    },
 }
 
 /// Delivers an outbox's messages to a sink. See the crate docs for the

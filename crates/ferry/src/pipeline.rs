@@ -6,10 +6,9 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use ferry_core::{RetryPolicy, Sink};
-use ferry_relay::{CancellationToken, OrderPolicy, Relay, RelayConfig, Retention};
+use ferry_relay::{CancellationToken, OrderPolicy, RelayConfig, Retention};
 use ferry_sinks::SinkConfig;
-use ferry_store::outbox::{postgres::PgOutbox, sqlite::SqliteOutbox};
-use ferry_store::{redact, ConnectOptions, Database};
+use ferry_store::{redact, Database};
 
 use crate::config::{error_chain, PipelineConfig};
 
@@ -63,7 +62,6 @@ impl Pipeline {
             migrate,
             sink,
             relay: RelayConfig {
-                name: "relay".to_owned(),
                 batch_size,
                 concurrency,
                 order,
@@ -102,17 +100,9 @@ impl Pipeline {
                 error_chain(&e)
             )
         })?;
-        let retention = self.relay.retention;
-        match db {
-            Database::Postgres(pool) => {
-                let outbox = Arc::new(PgOutbox::new(pool, retention));
-                Relay::new(outbox, sink, self.relay).run(shutdown).await?;
-            }
-            Database::Sqlite(pool) => {
-                let outbox = Arc::new(SqliteOutbox::new(pool, retention));
-                Relay::new(outbox, sink, self.relay).run(shutdown).await?;
-            }
-        }
+        ferry_relay::spawn_until(&db, sink, self.relay, &shutdown)
+            .finished()
+            .await?;
         Ok(())
     }
 }
@@ -121,10 +111,7 @@ impl Pipeline {
 /// unreachable (logged once), failing at once on errors no retry fixes.
 /// `None` when shut down before connecting.
 async fn connect(p: &Pipeline, shutdown: &CancellationToken) -> anyhow::Result<Option<Database>> {
-    let options = ConnectOptions {
-        max_connections: p.relay.concurrency as u32 + 2,
-        lease: Some(p.relay.lease),
-    };
+    let options = p.relay.connect_options();
     let mut wait = Duration::from_millis(200);
     let mut warned = false;
     loop {

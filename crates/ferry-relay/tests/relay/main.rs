@@ -2,13 +2,17 @@
 //! receiver.
 #![allow(missing_docs, dead_code)]
 
+use std::future::Future;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ferry_core::{Message, RetryPolicy, Sink};
-use ferry_relay::{CancellationToken, OrderPolicy, Relay, RelayConfig, Retention, SinkBackoff};
+use ferry_relay::{
+    CancellationToken, OrderPolicy, Relay, RelayConfig, Retention, Running, SinkBackoff,
+};
 use ferry_sinks::SinkConfig;
-use ferry_store::outbox::{postgres::PgOutbox, sqlite::SqliteOutbox, Outbox};
+use ferry_store::outbox::{sqlite::SqliteOutbox, Outbox, OutboxStats};
 use ferry_store::{ConnectOptions, Database};
 use ferry_testkit::{Mode, PgTestDb, Receiver, SqliteTestDb};
 
@@ -30,11 +34,12 @@ async fn env(pg: bool) -> Env {
         let t = SqliteTestDb::create();
         (t.url.clone(), Db::Sqlite(t))
     };
+    // The relay's lease, with room for the test's own queries.
     let db = Database::connect_with(
         &url,
         &ConnectOptions {
             max_connections: 8,
-            lease: Some(Duration::from_secs(30)),
+            ..config().connect_options()
         },
     )
     .await
@@ -48,36 +53,9 @@ impl Env {
         self.db.enqueue(ms).await.unwrap();
     }
 
-    /// Starts a relay in the background; returns its stop token and task.
-    fn start(
-        &self,
-        sink: Arc<dyn Sink>,
-        config: RelayConfig,
-    ) -> (
-        CancellationToken,
-        tokio::task::JoinHandle<Result<(), ferry_relay::RelayError>>,
-    ) {
-        let token = CancellationToken::new();
-        let t = token.clone();
-        let handle = match &self.db {
-            Database::Postgres(p) => {
-                let relay = Relay::new(
-                    Arc::new(PgOutbox::new(p.clone(), config.retention)),
-                    sink,
-                    config,
-                );
-                tokio::spawn(relay.run(t))
-            }
-            Database::Sqlite(p) => {
-                let relay = Relay::new(
-                    Arc::new(SqliteOutbox::new(p.clone(), config.retention)),
-                    sink,
-                    config,
-                );
-                tokio::spawn(relay.run(t))
-            }
-        };
-        (token, handle)
+    /// Starts a relay in the background.
+    fn start(&self, sink: Arc<dyn Sink>, config: RelayConfig) -> Running {
+        ferry_relay::spawn(&self.db, sink, config)
     }
 }
 
@@ -107,12 +85,36 @@ async fn http_sink(r: &Receiver) -> Arc<dyn Sink> {
         .unwrap()
 }
 
-async fn wait_until(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
+/// Polls `done` until it is true; fails the test after `limit`.
+async fn wait_for<F: Future<Output = bool>>(
+    what: &str,
+    limit: Duration,
+    mut done: impl FnMut() -> F,
+) {
     let start = Instant::now();
-    while !f() {
+    while !done().await {
         assert!(start.elapsed() < limit, "timed out waiting for {what}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+async fn wait_until(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
+    wait_for(what, limit, || std::future::ready(done())).await;
+}
+
+/// Waits until the outbox's counters satisfy `done` (a batch's outcomes are
+/// recorded just after its messages arrive), and returns them.
+async fn wait_for_stats(env: &Env, what: &str, done: impl Fn(&OutboxStats) -> bool) -> OutboxStats {
+    let last = std::sync::Mutex::new(None);
+    let (last_ref, done) = (&last, &done);
+    wait_for(what, Duration::from_secs(2), || async move {
+        let stats = env.db.outbox_stats().await.unwrap();
+        let ok = done(&stats);
+        *last_ref.lock().unwrap() = Some(stats);
+        ok
+    })
+    .await;
+    last.into_inner().unwrap().unwrap()
 }
 
 fn keyed(n: usize, keys: usize) -> Vec<Message> {
@@ -155,7 +157,7 @@ both!(
     delivers_everything_once_in_order_per_key,
     |env: Env| async move {
         let r = Receiver::start().await;
-        let (stop, task) = env.start(http_sink(&r).await, config());
+        let relay = env.start(http_sink(&r).await, config());
         env.enqueue(&keyed(300, 7)).await;
         wait_until("all applied", Duration::from_secs(30), || {
             r.applied().len() == 300
@@ -163,28 +165,22 @@ both!(
         .await;
         assert_eq!(r.requests().len(), 300, "no duplicate in normal operation");
         assert_in_order_per_key(&r);
-        // The last batch is recorded just after its messages arrive.
-        let mut pending = -1;
-        for _ in 0..100 {
-            pending = env.db.outbox_stats().await.unwrap().pending;
-            if pending == 0 {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        assert_eq!(pending, 0);
-        stop.cancel();
-        tokio::time::timeout(Duration::from_secs(15), task)
+        let stats = wait_for_stats(&env, "all recorded", |s| s.pending == 0).await;
+        assert_eq!(stats.pending, 0);
+        tokio::time::timeout(Duration::from_secs(15), relay.stop())
             .await
             .expect("stops within the grace")
-            .unwrap()
             .unwrap();
     }
 );
 
-both!(several_workers_keep_order_per_key, |env: Env| async move {
+/// Several workers need several connections: PostgreSQL only (on SQLite the
+/// relay runs one worker, which the other tests cover).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn several_workers_keep_order_per_key() {
+    let env = env(true).await;
     let r = Receiver::start().await;
-    let (stop, task) = env.start(
+    let relay = env.start(
         http_sink(&r).await,
         RelayConfig {
             concurrency: 3,
@@ -199,15 +195,14 @@ both!(several_workers_keep_order_per_key, |env: Env| async move {
     .await;
     assert_eq!(r.requests().len(), 600, "no duplicate in normal operation");
     assert_in_order_per_key(&r);
-    stop.cancel();
-    task.await.unwrap().unwrap();
-});
+    relay.stop().await.unwrap();
+}
 
 both!(
     poison_message_is_dead_lettered_and_others_flow,
     |env: Env| async move {
         let r = Receiver::start().await;
-        let (stop, task) = env.start(http_sink(&r).await, config());
+        let relay = env.start(http_sink(&r).await, config());
         env.enqueue(&[
             Message::event("t", "a:0").with_key("a"),
             Message::event("t", "poison").with_key("a"),
@@ -219,15 +214,8 @@ both!(
             r.applied().len() == 3
         })
         .await;
-        // The outcomes are recorded when the batch settles, just after.
-        let mut dead = Vec::new();
-        for _ in 0..100 {
-            dead = env.db.dead_messages(10).await.unwrap();
-            if !dead.is_empty() {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        wait_for_stats(&env, "the dead letter recorded", |s| s.dead == 1).await;
+        let dead = env.db.dead_messages(10).await.unwrap();
         assert_eq!(dead.len(), 1);
         assert!(
             dead[0].last_error.as_deref().unwrap().contains("400"),
@@ -235,8 +223,7 @@ both!(
             dead[0].last_error
         );
         assert_eq!(dead[0].attempts, 1, "a permanent error burns no retries");
-        stop.cancel();
-        task.await.unwrap().unwrap();
+        relay.stop().await.unwrap();
     }
 );
 
@@ -250,7 +237,7 @@ both!(
         // probes were claimed in sequence order they held only `a`'s
         // messages, and nothing got through at all).
         let r = Receiver::start().await;
-        let (stop, task) = env.start(
+        let relay = env.start(
             http_sink(&r).await,
             RelayConfig {
                 batch_size: 8,
@@ -268,20 +255,11 @@ both!(
         )
         .await;
         assert_eq!(&r.applied()[0].body[..], b"b:21");
-        // The refusal is recorded against the message (when the batch
-        // settles, just after), which waits for a retry at the head of its
-        // key (ordered mode), neither lost nor dead.
-        let mut stats = env.db.outbox_stats().await.unwrap();
-        for _ in 0..100 {
-            if stats.pending == 21 {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-            stats = env.db.outbox_stats().await.unwrap();
-        }
+        // The refusal is recorded against the message, which waits for a
+        // retry at the head of its key (ordered mode), neither lost nor dead.
+        let stats = wait_for_stats(&env, "b recorded", |s| s.pending == 21).await;
         assert_eq!((stats.pending, stats.retrying, stats.dead), (21, 1, 0));
-        stop.cancel();
-        task.await.unwrap().unwrap();
+        relay.stop().await.unwrap();
     }
 );
 
@@ -290,12 +268,13 @@ both!(
     |env: Env| async move {
         let r = Receiver::start().await;
         r.set_mode(Mode::Down);
-        let (stop, task) = env.start(http_sink(&r).await, config());
+        let relay = env.start(http_sink(&r).await, config());
         env.enqueue(&keyed(200, 5)).await;
         tokio::time::sleep(Duration::from_secs(3)).await;
         let while_down = r.requests_while_down();
-        // A spinning relay would send hundreds of requests a second; a pausing one
-        // probes with one message at a capped backoff (50 ms doubling to 500 ms).
+        // A spinning relay would send hundreds of requests a second; a
+        // pausing one probes with 1, 2, 4 … messages (one per key, so here at
+        // most 5) at a capped backoff (50 ms doubling to 500 ms).
         assert!(while_down >= 2, "the relay kept probing ({while_down})");
         assert!(
             while_down <= 60,
@@ -303,14 +282,47 @@ both!(
         );
         let stats = env.db.outbox_stats().await.unwrap();
         assert_eq!(stats.dead, 0, "an outage burns no attempts");
+        assert_eq!(stats.retrying, 0, "an outage counts no attempt");
         r.set_mode(Mode::Up);
         wait_until("all applied", Duration::from_secs(30), || {
             r.applied().len() == 200
         })
         .await;
         assert_in_order_per_key(&r);
-        stop.cancel();
-        task.await.unwrap().unwrap();
+        relay.stop().await.unwrap();
+    }
+);
+
+both!(
+    shutdown_abandons_a_batch_past_the_grace,
+    |env: Env| async move {
+        let r = Receiver::start().await;
+        r.set_delay(Duration::from_secs(5));
+        let relay = env.start(
+            http_sink(&r).await,
+            RelayConfig {
+                shutdown_grace: Duration::from_millis(200),
+                ..config()
+            },
+        );
+        env.enqueue(&[Message::event("t", "slow")]).await;
+        wait_until("the message sent", Duration::from_secs(10), || {
+            r.requests().len() == 1
+        })
+        .await;
+        let asked = Instant::now();
+        relay.stop().await.unwrap();
+        assert!(
+            asked.elapsed() < Duration::from_secs(2),
+            "stopped after {:?}, not within the grace",
+            asked.elapsed()
+        );
+        let stats = env.db.outbox_stats().await.unwrap();
+        assert_eq!(
+            (stats.pending, stats.retrying, stats.delivered, stats.dead),
+            (1, 0, 0, 0),
+            "abandoned unrecorded: still pending, no attempt counted"
+        );
     }
 );
 
@@ -321,14 +333,13 @@ both!(kept_messages_show_their_delivery, |env: Env| async move {
         order: OrderPolicy::Unordered,
         ..config()
     };
-    let (stop, task) = env.start(http_sink(&r).await, cfg);
+    let relay = env.start(http_sink(&r).await, cfg);
     env.enqueue(&keyed(10, 2)).await;
     wait_until("all applied", Duration::from_secs(30), || {
         r.applied().len() == 10
     })
     .await;
-    stop.cancel();
-    task.await.unwrap().unwrap();
+    relay.stop().await.unwrap();
     let stats = env.db.outbox_stats().await.unwrap();
     assert_eq!(stats.delivered, 10);
 });
@@ -340,13 +351,14 @@ async fn sqlite_waker_beats_the_poll_interval() {
     let Database::Sqlite(pool) = &env.db else {
         unreachable!()
     };
-    let outbox = Arc::new(SqliteOutbox::new(pool.clone(), Retention::Delete));
-    let waker = outbox.waker();
-    let r = Receiver::start().await;
     let cfg = RelayConfig {
         poll_interval: Duration::from_secs(60),
         ..config()
     };
+    // Built by hand for its waker.
+    let outbox = Arc::new(SqliteOutbox::new(pool.clone(), cfg.retention));
+    let waker = outbox.waker();
+    let r = Receiver::start().await;
     let stop = CancellationToken::new();
     let task = tokio::spawn(Relay::new(outbox.clone(), http_sink(&r).await, cfg).run(stop.clone()));
     // let the relay reach its idle wait
@@ -384,7 +396,7 @@ async fn to_nats(pg: bool) {
         retention: Retention::Keep(Duration::from_secs(3600)),
         ..config()
     };
-    let (stop, task) = env.start(sink.clone(), cfg.clone());
+    let relay = env.start(sink.clone(), cfg.clone());
     let n = 300;
     env.enqueue(&keyed(n, 7)).await;
     let js = jetstream::new(async_nats::connect("nats://127.0.0.1:4222").await.unwrap());
@@ -398,27 +410,24 @@ async fn to_nats(pg: bool) {
             .state
             .messages
     };
-    let start = Instant::now();
-    while count(js.clone(), stream.clone()).await < n as u64 {
-        assert!(start.elapsed() < Duration::from_secs(30), "timed out");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    stop.cancel();
-    task.await.unwrap().unwrap();
+    wait_for("all in the stream", Duration::from_secs(30), || {
+        let counted = count(js.clone(), stream.clone());
+        async move { counted.await >= n as u64 }
+    })
+    .await;
+    relay.stop().await.unwrap();
     // Deliver everything a second time.
     let again = "UPDATE ferry_outbox SET status = 'pending'";
     match &env.db {
         Database::Postgres(p) => drop(sqlx::query(again).execute(p).await.unwrap()),
         Database::Sqlite(p) => drop(sqlx::query(again).execute(p).await.unwrap()),
     }
-    let (stop, task) = env.start(sink, cfg);
-    let start = Instant::now();
-    while env.db.outbox_stats().await.unwrap().pending > 0 {
-        assert!(start.elapsed() < Duration::from_secs(30), "timed out");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    stop.cancel();
-    task.await.unwrap().unwrap();
+    let relay = env.start(sink, cfg);
+    wait_for("delivered again", Duration::from_secs(30), || async {
+        env.db.outbox_stats().await.unwrap().pending == 0
+    })
+    .await;
+    relay.stop().await.unwrap();
     assert_eq!(
         count(js.clone(), stream.clone()).await,
         n as u64,
@@ -496,29 +505,11 @@ async fn idles_beside_an_unclaimable_due_retry(pg: bool, hold_it: bool) {
         ..config()
     };
     let r = Receiver::start().await;
-    let token = CancellationToken::new();
-    let (stats, task) = match &env.db {
-        Database::Postgres(p) => {
-            let relay = Relay::new(
-                Arc::new(PgOutbox::new(p.clone(), cfg.retention)),
-                http_sink(&r).await,
-                cfg,
-            );
-            (relay.stats(), tokio::spawn(relay.run(token.clone())))
-        }
-        Database::Sqlite(p) => {
-            let relay = Relay::new(
-                Arc::new(SqliteOutbox::new(p.clone(), cfg.retention)),
-                http_sink(&r).await,
-                cfg,
-            );
-            (relay.stats(), tokio::spawn(relay.run(token.clone())))
-        }
-    };
+    let relay = env.start(http_sink(&r).await, cfg);
+    let stats = relay.stats.clone();
     tokio::time::sleep(Duration::from_secs(2)).await;
-    token.cancel();
-    task.await.unwrap().unwrap();
-    let claims = stats.claims.load(std::sync::atomic::Ordering::Relaxed);
+    relay.stop().await.unwrap();
+    let claims = stats.claims.load(Ordering::Relaxed);
     // Backing off 10, 20, 40 … up to 200 ms makes about a dozen claims in
     // 2 s; a relay spinning on the due retry makes thousands.
     assert!(claims <= 40, "{claims} claims in 2 s: the relay spins");
@@ -559,11 +550,11 @@ impl Sink for Panicking {
 async fn a_worker_panic_stops_the_relay_with_an_error() {
     let env = env(false).await;
     env.enqueue(&[Message::event("t", "x")]).await;
-    let (stop, task) = env.start(Arc::new(Panicking), config());
-    let result = tokio::time::timeout(Duration::from_secs(10), task)
+    let relay = env.start(Arc::new(Panicking), config());
+    let stop = relay.token();
+    let result = tokio::time::timeout(Duration::from_secs(10), relay.finished())
         .await
-        .expect("stops by itself")
-        .unwrap();
+        .expect("stops by itself");
     assert!(
         matches!(result, Err(ferry_relay::RelayError::WorkerPanicked(_))),
         "{result:?}"
