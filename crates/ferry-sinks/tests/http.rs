@@ -155,51 +155,52 @@ async fn posts_binary_cloudevents() {
 
 #[tokio::test]
 async fn classifies_statuses() {
+    use SinkErrorKind::{Permanent, Transient, Unavailable};
     let (base, _server) = serve().await;
+    let long_body = format!("http 404 not found: {}…", "x".repeat(200));
+    // status, then the error's kind, message and retry_after (None: delivered)
     let cases = [
         (200, None),
         (204, None),
-        (400, Some(SinkErrorKind::Permanent)),
-        (404, Some(SinkErrorKind::Permanent)),
-        (301, Some(SinkErrorKind::Permanent)),
-        (408, Some(SinkErrorKind::Transient)),
-        (429, Some(SinkErrorKind::Transient)),
-        (500, Some(SinkErrorKind::Transient)),
-        (502, Some(SinkErrorKind::Unavailable)),
-        (503, Some(SinkErrorKind::Unavailable)),
-        (504, Some(SinkErrorKind::Unavailable)),
+        (
+            400,
+            Some((
+                Permanent,
+                r#"http 400 bad request: {"error": "field `amount` is missing"}"#,
+                None,
+            )),
+        ),
+        (404, Some((Permanent, long_body.as_str(), None))),
+        (301, Some((Permanent, "http 301 moved permanently", None))),
+        (408, Some((Transient, "http 408 request timeout", None))),
+        (
+            429,
+            Some((
+                Transient,
+                "http 429 too many requests",
+                Some(Duration::from_secs(7)),
+            )),
+        ),
+        (
+            500,
+            Some((Transient, "http 500 internal server error", None)),
+        ),
+        (502, Some((Unavailable, "http 502 bad gateway", None))),
+        (
+            503,
+            Some((Unavailable, "http 503 service unavailable", None)),
+        ),
+        (504, Some((Unavailable, "http 504 gateway timeout", None))),
     ];
     for (code, expected) in cases {
         let sink = sink(&format!("{base}/status/{code}"));
         let result = deliver_one(&sink, Message::event("t", "{}")).await;
-        assert_eq!(result.as_ref().err().map(|e| e.kind), expected, "{code}");
+        let got = result
+            .as_ref()
+            .err()
+            .map(|e| (e.kind, e.message.as_str(), e.retry_after));
+        assert_eq!(got, expected, "{code}");
     }
-
-    let sink429 = sink(&format!("{base}/status/429"));
-    let error = deliver_one(&sink429, Message::event("t", "{}"))
-        .await
-        .unwrap_err();
-    assert_eq!(error.retry_after, Some(Duration::from_secs(7)));
-    assert_eq!(error.message, "http 429 too many requests");
-
-    let sink400 = sink(&format!("{base}/status/400"));
-    let error = deliver_one(&sink400, Message::event("t", "{}"))
-        .await
-        .unwrap_err();
-    assert_eq!(
-        error.message,
-        r#"http 400 bad request: {"error": "field `amount` is missing"}"#
-    );
-    assert_eq!(error.retry_after, None);
-
-    let sink404 = sink(&format!("{base}/status/404"));
-    let error = deliver_one(&sink404, Message::event("t", "{}"))
-        .await
-        .unwrap_err();
-    assert_eq!(
-        error.message,
-        format!("http 404 not found: {}…", "x".repeat(200))
-    );
 }
 
 #[tokio::test]
@@ -267,6 +268,91 @@ async fn concurrency_bounds_requests_in_flight() {
     let results = sink.deliver(&batch).await;
     assert!(results.iter().all(Result::is_ok));
     assert_eq!(server.max_in_flight.load(Ordering::SeqCst), 3);
+}
+
+/// A slow request does not stop the others from starting: with three in
+/// flight, the nine fast messages all reach the receiver while the slow one
+/// is still held there. The slow one is released only once the nine have
+/// arrived; if they never do, it fails after a generous timeout.
+#[tokio::test]
+async fn a_slow_request_does_not_hold_back_the_others() {
+    let (arrived, _) = tokio::sync::watch::channel(0usize);
+    let arrived = Arc::new(arrived);
+    let app = Router::new()
+        .route(
+            "/hook",
+            post(|State(arrived): State<Arc<tokio::sync::watch::Sender<usize>>>, body: Bytes| async move {
+                if body.as_ref() != b"slow" {
+                    arrived.send_modify(|n| *n += 1);
+                    return StatusCode::OK;
+                }
+                let mut seen = arrived.subscribe();
+                let released = tokio::time::timeout(Duration::from_secs(20), seen.wait_for(|n| *n == 9))
+                    .await
+                    .is_ok_and(|r| r.is_ok());
+                if released {
+                    StatusCode::OK
+                } else {
+                    StatusCode::INTERNAL_SERVER_ERROR
+                }
+            }),
+        )
+        .with_state(arrived.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+
+    let mut config = HttpSinkConfig::new(format!("http://{addr}/hook").parse().unwrap());
+    config.concurrency = 3;
+    config.timeout = Duration::from_secs(30);
+    let sink = HttpSink::new(config).unwrap();
+    let batch: Vec<_> = (0..10)
+        .map(|i| {
+            Message::event(
+                "t",
+                if i == 1 {
+                    "slow".to_owned()
+                } else {
+                    format!("{i}")
+                },
+            )
+        })
+        .collect();
+    let results = sink.deliver(&batch).await;
+    assert!(results.iter().all(Result::is_ok), "{results:?}");
+    assert_eq!(*arrived.borrow(), 9);
+}
+
+/// A successful response without a Content-Length (chunked) is read to the
+/// end, so that its connection is reused.
+#[tokio::test]
+async fn chunked_responses_keep_the_connection() {
+    use axum::serve::ListenerExt;
+
+    let connections = Arc::new(AtomicUsize::new(0));
+    let counted = connections.clone();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let listener = listener.tap_io(move |_| {
+        counted.fetch_add(1, Ordering::SeqCst);
+    });
+    let app = Router::new().route(
+        "/hook",
+        post(|| async {
+            let chunks = ["accepted", " and ", "stored"].map(Ok::<_, std::io::Error>);
+            axum::body::Body::from_stream(futures::stream::iter(chunks))
+        }),
+    );
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+
+    let mut config = HttpSinkConfig::new(format!("http://{addr}/hook").parse().unwrap());
+    config.concurrency = 1;
+    let sink = HttpSink::new(config).unwrap();
+    for i in 0..50 {
+        let result = deliver_one(&sink, Message::event("t", format!("{i}"))).await;
+        assert!(result.is_ok(), "{result:?}");
+    }
+    assert_eq!(connections.load(Ordering::SeqCst), 1);
 }
 
 #[test]

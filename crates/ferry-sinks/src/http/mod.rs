@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use ferry_core::cloudevents::{binary_headers, is_attribute};
 use ferry_core::{BoxFuture, Delivery, Message, Sink, SinkError};
+use futures::stream::FuturesUnordered;
 use futures::StreamExt;
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue, RETRY_AFTER};
 use reqwest::{Response, StatusCode};
@@ -26,7 +27,7 @@ const ERROR_BODY_PREFIX: usize = 200;
 
 /// Largest successful response body read to the end so that the connection
 /// can be reused; a larger one is dropped unread, closing the connection.
-const DRAIN_LIMIT: u64 = 16 * 1024;
+const DRAIN_LIMIT: usize = 16 * 1024;
 
 /// POSTs each message to a webhook.
 ///
@@ -73,6 +74,37 @@ impl HttpSink {
             headers,
             concurrency: config.concurrency,
         })
+    }
+
+    /// Sends the batch, at most `concurrency` requests in flight: a new one
+    /// starts as soon as any finishes, so a slow request does not hold back
+    /// the others (`buffered` would count finished but not yet yielded
+    /// results against the limit). Results come back in the batch's order.
+    async fn deliver_all(&self, batch: &[Message]) -> Vec<Delivery> {
+        let mut results: Vec<Option<Delivery>> = batch.iter().map(|_| None).collect();
+        let mut waiting = batch.iter().enumerate();
+        let mut in_flight = FuturesUnordered::new();
+        loop {
+            while in_flight.len() < self.concurrency {
+                let Some((i, message)) = waiting.next() else {
+                    break;
+                };
+                in_flight.push(self.send_nth(i, message));
+            }
+            let Some((i, delivery)) = in_flight.next().await else {
+                break;
+            };
+            results[i] = Some(delivery);
+        }
+        results
+            .into_iter()
+            .map(|delivery| delivery.expect("every message was sent"))
+            .collect()
+    }
+
+    /// [`send`](Self::send), tagged with the message's place in its batch.
+    async fn send_nth(&self, i: usize, message: &Message) -> (usize, Delivery) {
+        (i, self.send(message).await)
     }
 
     async fn send(&self, message: &Message) -> Delivery {
@@ -138,7 +170,7 @@ impl Sink for HttpSink {
     /// Four rounds of `concurrency` requests: a slow receiver then costs
     /// at most four request times per call.
     fn max_per_call(&self) -> Option<usize> {
-        Some(self.concurrency.saturating_mul(4).max(1))
+        Some(self.concurrency.saturating_mul(4))
     }
 
     fn name(&self) -> &str {
@@ -146,12 +178,7 @@ impl Sink for HttpSink {
     }
 
     fn deliver<'a>(&'a self, batch: &'a [Message]) -> BoxFuture<'a, Vec<Delivery>> {
-        Box::pin(
-            futures::stream::iter(batch)
-                .map(|message| self.send(message))
-                .buffered(self.concurrency)
-                .collect(),
-        )
+        Box::pin(self.deliver_all(batch))
     }
 }
 
@@ -214,14 +241,21 @@ fn retry_after(headers: &HeaderMap) -> Option<Duration> {
 /// The first [`ERROR_BODY_PREFIX`] bytes of the body, on one line, for the
 /// error message. The rest is never read.
 async fn body_prefix(mut response: Response) -> String {
+    let (bytes, _) = read_up_to(&mut response, ERROR_BODY_PREFIX).await;
+    one_line_prefix(&bytes, ERROR_BODY_PREFIX)
+}
+
+/// The body's chunks until at least `limit` bytes or the end, and whether
+/// the end was reached. A read error counts as an end.
+async fn read_up_to(response: &mut Response, limit: usize) -> (Vec<u8>, bool) {
     let mut bytes = Vec::new();
-    while bytes.len() < ERROR_BODY_PREFIX {
+    while bytes.len() < limit {
         match response.chunk().await {
             Ok(Some(chunk)) => bytes.extend_from_slice(&chunk),
-            Ok(None) | Err(_) => break,
+            Ok(None) | Err(_) => return (bytes, true),
         }
     }
-    one_line_prefix(&bytes, ERROR_BODY_PREFIX)
+    (bytes, false)
 }
 
 fn one_line_prefix(bytes: &[u8], limit: usize) -> String {
@@ -244,15 +278,18 @@ fn one_line_prefix(bytes: &[u8], limit: usize) -> String {
     out
 }
 
-/// Reads a small successful response to the end, so that its connection goes
-/// back to the pool. The outcome is already known: errors are ignored.
-async fn drain(response: Response) {
+/// Reads a small successful response to the end (chunked or not), so that
+/// its connection goes back to the pool; a larger one is dropped unread past
+/// [`DRAIN_LIMIT`], closing the connection. The outcome is already known:
+/// errors are ignored.
+async fn drain(mut response: Response) {
     if response
         .content_length()
-        .is_some_and(|len| len <= DRAIN_LIMIT)
+        .is_some_and(|len| len > DRAIN_LIMIT as u64)
     {
-        let _ = response.bytes().await;
+        return;
     }
+    let _ = read_up_to(&mut response, DRAIN_LIMIT).await;
 }
 
 #[cfg(test)]
