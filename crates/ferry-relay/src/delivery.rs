@@ -18,9 +18,25 @@ pub(crate) struct BatchResult {
     /// Set when the batch ran out of its time budget: the sink call cut off
     /// counts as a failed attempt, the messages not yet tried are released.
     pub over_budget: bool,
-    pub delivered: u64,
-    pub failed: u64,
-    pub dead: u64,
+    /// Set when the sink answered a call with something other than
+    /// "unavailable" (accepted or refused a message): it is up.
+    pub sink_answered: bool,
+}
+
+/// How many messages `outcomes` delivered, left to retry, and dead-lettered.
+pub(crate) fn tally(outcomes: &[Outcome]) -> (u64, u64, u64) {
+    let (mut delivered, mut failed, mut dead) = (0, 0, 0);
+    for o in outcomes {
+        match o {
+            Outcome::Delivered => delivered += 1,
+            Outcome::Failed {
+                retry_at: Some(_), ..
+            } => failed += 1,
+            Outcome::Failed { retry_at: None, .. } => dead += 1,
+            Outcome::Released => {}
+        }
+    }
+    (delivered, failed, dead)
 }
 
 pub(crate) async fn deliver(
@@ -36,15 +52,11 @@ pub(crate) async fn deliver(
         outcomes: vec![Outcome::Released; claimed.len()],
         unavailable: None,
         over_budget: false,
-        delivered: 0,
-        failed: 0,
-        dead: 0,
+        sink_answered: false,
     };
     // One queue per key, in sequence order; each unkeyed message is alone.
     let mut queues: Vec<VecDeque<usize>> = Vec::new();
     let mut by_key: HashMap<&str, usize> = HashMap::new();
-    // Which queue each wave slot came from.
-    let mut wave_queue: Vec<usize> = Vec::new();
     for (i, c) in claimed.iter().enumerate() {
         let message = match &c.message {
             Ok(m) => m,
@@ -54,7 +66,6 @@ pub(crate) async fn deliver(
                     error: format!("malformed message: {reason}"),
                     retry_at: None,
                 };
-                result.dead += 1;
                 continue;
             }
         };
@@ -70,16 +81,20 @@ pub(crate) async fn deliver(
         }
     }
 
-    let mut wave_idx: Vec<usize> = Vec::with_capacity(queues.len());
+    // A wave sends the head of every queue: for each slot, (its queue, its
+    // index in `claimed`), and the messages themselves.
+    let mut slots: Vec<(usize, usize)> = Vec::with_capacity(queues.len());
     let mut wave: Vec<Message> = Vec::with_capacity(queues.len());
-    loop {
-        wave_idx.clear();
+    // A wave goes out in the sink's preferred chunks, each settled before
+    // the next, so that a slow sink makes progress within the budget and
+    // a timeout costs at most one chunk.
+    let chunk = sink.max_per_call().unwrap_or(usize::MAX).max(1);
+    'waves: loop {
+        slots.clear();
         wave.clear();
-        wave_queue.clear();
         for (qn, q) in queues.iter_mut().enumerate() {
             if let Some(i) = q.pop_front() {
-                wave_queue.push(qn);
-                wave_idx.push(i);
+                slots.push((qn, i));
                 wave.push(
                     claimed[i]
                         .message
@@ -92,10 +107,6 @@ pub(crate) async fn deliver(
         if wave.is_empty() {
             break;
         }
-        // A wave goes out in the sink's preferred chunks, each settled before
-        // the next, so that a slow sink makes progress within the budget and
-        // a timeout costs at most one chunk.
-        let chunk = sink.max_per_call().unwrap_or(usize::MAX).max(1);
         for start in (0..wave.len()).step_by(chunk) {
             let end = start.saturating_add(chunk).min(wave.len());
             // Stay well inside the claim's lease: past the budget, the rest
@@ -103,10 +114,15 @@ pub(crate) async fn deliver(
             // it over.
             let Some(left) = deadline.checked_duration_since(Instant::now()) else {
                 result.over_budget = true;
-                break;
+                break 'waves;
             };
             let results = match tokio::time::timeout(left, sink.deliver(&wave[start..end])).await {
-                Ok(results) => results,
+                Ok(results) => {
+                    result.sink_answered |= results
+                        .iter()
+                        .any(|r| !matches!(r, Err(e) if e.kind == SinkErrorKind::Unavailable));
+                    results
+                }
                 Err(_) => {
                     // Unknown whether these arrived: count a failed attempt
                     // (with backoff) and let the receiver drop any duplicate.
@@ -124,17 +140,14 @@ pub(crate) async fn deliver(
             // this message that fails, not the sink. Count the attempt, so a
             // message the sink always refuses ends dead instead of waiting forever.
             let some_ok = results.iter().any(Result::is_ok);
-            for (pos, &i) in wave_idx[start..end].iter().enumerate() {
+            for (pos, &(queue, i)) in slots[start..end].iter().enumerate() {
                 let outcome = match results.get(pos) {
-                    Some(Ok(())) => {
-                        result.delivered += 1;
-                        Outcome::Delivered
-                    }
+                    Some(Ok(())) => Outcome::Delivered,
                     Some(Err(e)) if e.kind == SinkErrorKind::Unavailable && !some_ok => {
                         result.unavailable.get_or_insert_with(|| e.describe());
                         Outcome::Released
                     }
-                    Some(Err(e)) => failure(e, &claimed[i], retry, relay, &mut result),
+                    Some(Err(e)) => failure(e, &claimed[i], retry, relay),
                     None => failure(
                         &SinkError::transient(format!(
                             "sink `{}` returned no result for this message",
@@ -143,7 +156,6 @@ pub(crate) async fn deliver(
                         &claimed[i],
                         retry,
                         relay,
-                        &mut result,
                     ),
                 };
                 let retrying = matches!(
@@ -155,29 +167,20 @@ pub(crate) async fn deliver(
                 );
                 if retrying && order == OrderPolicy::Ordered {
                     // The rest of a failing message's key waits for it.
-                    queues[wave_queue[start + pos]].clear();
+                    queues[queue].clear();
                 }
                 result.outcomes[i] = outcome;
             }
             if result.unavailable.is_some() || result.over_budget {
-                break;
+                // Stop at once; everything not yet settled stays as it was.
+                break 'waves;
             }
-        }
-        if result.unavailable.is_some() || result.over_budget {
-            // Stop at once; everything not yet settled stays as it was.
-            break;
         }
     }
     result
 }
 
-fn failure(
-    e: &SinkError,
-    c: &Claimed,
-    retry: &RetryPolicy,
-    relay: &str,
-    result: &mut BatchResult,
-) -> Outcome {
+fn failure(e: &SinkError, c: &Claimed, retry: &RetryPolicy, relay: &str) -> Outcome {
     let attempts = c.attempts + 1;
     let error = e.describe();
     let permanent = e.kind == SinkErrorKind::Permanent;
@@ -189,13 +192,11 @@ fn failure(
             .unwrap_or_default();
         tracing::warn!(relay, seq = c.seq, message_id = %id, attempts, error = %error,
             reason = if permanent { "permanent error" } else { "attempts exhausted" }, "message dead-lettered");
-        result.dead += 1;
         return Outcome::Failed {
             error,
             retry_at: None,
         };
     }
-    result.failed += 1;
     let mut wait = retry.delay(attempts);
     if let Some(after) = e.retry_after {
         wait = wait.max(after.min(retry.max_backoff));
@@ -266,6 +267,20 @@ mod tests {
         }
     }
 
+    /// Delivers `claimed` in order, with the test policy and a minute's budget.
+    async fn deliver_to(sink: &dyn Sink, claimed: &[Claimed]) -> BatchResult {
+        deliver_within(sink, claimed, Duration::from_secs(60)).await
+    }
+
+    async fn deliver_within(sink: &dyn Sink, claimed: &[Claimed], budget: Duration) -> BatchResult {
+        deliver(sink, claimed, OrderPolicy::Ordered, &policy(), budget, "t").await
+    }
+
+    /// (delivered, retrying, dead)
+    fn counts(r: &BatchResult) -> (u64, u64, u64) {
+        tally(&r.outcomes)
+    }
+
     async fn run(
         answer: fn(&str) -> Delivery,
         items: &[(&str, Option<&str>)],
@@ -300,7 +315,7 @@ mod tests {
         let (r, waves) = run(|_| Ok(()), BATCH, OrderPolicy::Ordered).await;
         assert_eq!(waves, vec![vec!["a1", "b1", "n"], vec!["a2"], vec!["a3"]]);
         assert!(r.outcomes.iter().all(|o| *o == Outcome::Delivered));
-        assert_eq!(r.delivered, 5);
+        assert_eq!(counts(&r), (5, 0, 0));
     }
 
     #[tokio::test]
@@ -345,7 +360,7 @@ mod tests {
         .await;
         assert_eq!(waves, vec![vec!["a1", "b1", "n"], vec!["a2"], vec!["a3"]]);
         assert_eq!(r.outcomes[4], Outcome::Delivered);
-        assert_eq!(r.failed, 1);
+        assert_eq!(counts(&r).1, 1);
     }
 
     #[tokio::test]
@@ -370,7 +385,7 @@ mod tests {
             }
         );
         assert_eq!(r.outcomes[2], Outcome::Delivered);
-        assert_eq!(r.dead, 1);
+        assert_eq!(counts(&r).2, 1);
     }
 
     #[tokio::test]
@@ -381,15 +396,7 @@ mod tests {
         };
         let mut c = claimed(&[("x", None)]);
         c[0].attempts = 2; // the third attempt is the last
-        let r = deliver(
-            &sink,
-            &c,
-            OrderPolicy::Ordered,
-            &policy(),
-            Duration::from_secs(60),
-            "t",
-        )
-        .await;
+        let r = deliver_to(&sink, &c).await;
         assert!(
             matches!(&r.outcomes[0], Outcome::Failed { retry_at: None, error } if error == "timeout")
         );
@@ -406,6 +413,25 @@ mod tests {
         assert_eq!(waves.len(), 1, "stops after the first wave");
         assert!(r.outcomes.iter().all(|o| *o == Outcome::Released));
         assert_eq!(r.unavailable.as_deref(), Some("connection refused"));
+    }
+
+    #[tokio::test]
+    async fn a_sink_refusing_everything_has_answered() {
+        let (r, _) = run(
+            |_| Err(SinkError::permanent("http 400")),
+            BATCH,
+            OrderPolicy::Ordered,
+        )
+        .await;
+        assert!(r.sink_answered && r.unavailable.is_none());
+        assert_eq!(counts(&r), (0, 0, 5));
+        let (r, _) = run(
+            |_| Err(SinkError::unavailable("connection refused")),
+            BATCH,
+            OrderPolicy::Ordered,
+        )
+        .await;
+        assert!(!r.sink_answered, "\"unavailable\" is no answer");
     }
 
     #[tokio::test]
@@ -429,7 +455,7 @@ mod tests {
         assert!(
             matches!(&r.outcomes[1], Outcome::Failed { retry_at: Some(_), error } if error.contains("504"))
         );
-        assert_eq!(r.failed, 1);
+        assert_eq!(counts(&r).1, 1);
     }
 
     #[tokio::test]
@@ -461,15 +487,7 @@ mod tests {
             attempts: 0,
             message: Err("headers must be a json object".into()),
         });
-        let r = deliver(
-            &sink,
-            &c,
-            OrderPolicy::Ordered,
-            &policy(),
-            Duration::from_secs(60),
-            "t",
-        )
-        .await;
+        let r = deliver_to(&sink, &c).await;
         assert_eq!(r.outcomes[0], Outcome::Delivered);
         assert!(
             matches!(&r.outcomes[1], Outcome::Failed { retry_at: None, error } if error.contains("json object"))
@@ -497,16 +515,8 @@ mod tests {
             answer: |_| Ok(()),
             waves: Mutex::default(),
         });
-        let r = deliver(
-            &sink,
-            &claimed(BATCH),
-            OrderPolicy::Ordered,
-            &policy(),
-            Duration::from_secs(60),
-            "t",
-        )
-        .await;
-        assert_eq!(r.delivered, 5);
+        let r = deliver_to(&sink, &claimed(BATCH)).await;
+        assert_eq!(counts(&r), (5, 0, 0));
         let calls = sink.0.waves.into_inner().unwrap();
         assert_eq!(
             calls,
@@ -537,15 +547,7 @@ mod tests {
             ("3", Some("k")),
             ("4", Some("k")),
         ];
-        let r = deliver(
-            &Slow,
-            &claimed(&items),
-            OrderPolicy::Ordered,
-            &policy(),
-            Duration::from_millis(500),
-            "t",
-        )
-        .await;
+        let r = deliver_within(&Slow, &claimed(&items), Duration::from_millis(500)).await;
         assert!(r.over_budget);
         // waves at 0-200 and 200-400 ms complete; the third is cut at 500 ms
         // and counts as a failed attempt (it may have arrived); the fourth

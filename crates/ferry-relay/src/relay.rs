@@ -6,7 +6,7 @@ use ferry_core::{error_chain, Sink};
 use ferry_store::outbox::{ClaimFilter, ClaimedBatch, Outbox, Outcome, Retention};
 use tokio_util::sync::CancellationToken;
 
-use crate::delivery::deliver;
+use crate::delivery::{deliver, tally};
 use crate::health::Health;
 use crate::RelayConfig;
 
@@ -147,6 +147,19 @@ async fn sleep_or_cancel(d: Duration, shutdown: &CancellationToken) {
 /// sink, few enough to be gentle.
 const MAX_PROBE: u32 = 16;
 
+/// Most messages claimed after `failures` consecutive failures of the sink:
+/// a full batch while it is up, then 1, 2, 4 … [`MAX_PROBE`].
+fn probe_limit(failures: u32, batch_size: u32) -> u32 {
+    match failures {
+        0 => batch_size,
+        n => 1u32
+            .checked_shl(n - 1)
+            .unwrap_or(u32::MAX)
+            .min(MAX_PROBE)
+            .min(batch_size),
+    }
+}
+
 async fn work<O: Outbox>(s: Arc<Shared<O>>, worker: usize, shutdown: CancellationToken) {
     let relay = s.config.name.as_str();
     let mut filter = ClaimFilter {
@@ -174,14 +187,7 @@ async fn work<O: Outbox>(s: Arc<Shared<O>>, worker: usize, shutdown: Cancellatio
         // then shares a wave with others, and is retried on its own (see
         // `delivery`) instead of holding the whole pipeline.
         filter.one_per_key = s.sink_health.failures() > 0;
-        filter.limit = match s.sink_health.failures() {
-            0 => s.config.batch_size,
-            n => 1u32
-                .checked_shl(n - 1)
-                .unwrap_or(u32::MAX)
-                .min(MAX_PROBE)
-                .min(s.config.batch_size),
-        };
+        filter.limit = probe_limit(s.sink_health.failures(), s.config.batch_size);
         s.stats.claims.fetch_add(1, Ordering::Relaxed);
         let batch = match s.outbox.claim(&filter).await {
             Ok(b) => {
@@ -247,10 +253,10 @@ async fn work<O: Outbox>(s: Arc<Shared<O>>, worker: usize, shutdown: Cancellatio
                 s.stats.sink_unavailable.fetch_add(1, Ordering::Relaxed);
                 s.sink_health.failed(error);
             }
-            None if result.delivered > 0 => s.sink_health.succeeded(),
+            // Any answer but "unavailable" (even a refusal) means it is up.
+            None if result.sink_answered => s.sink_health.succeeded(),
             None => {}
         }
-        let (delivered, failed, dead) = (result.delivered, result.failed, result.dead);
         if result.outcomes.iter().all(|o| *o == Outcome::Released) {
             drop(batch);
             continue;
@@ -258,6 +264,7 @@ async fn work<O: Outbox>(s: Arc<Shared<O>>, worker: usize, shutdown: Cancellatio
         match batch.settle(&result.outcomes).await {
             Ok(()) => {
                 s.store_health.succeeded();
+                let (delivered, failed, dead) = tally(&result.outcomes);
                 s.stats.delivered.fetch_add(delivered, Ordering::Relaxed);
                 s.stats.failed.fetch_add(failed, Ordering::Relaxed);
                 s.stats.dead.fetch_add(dead, Ordering::Relaxed);
@@ -295,5 +302,25 @@ async fn purge<O: Outbox>(s: Arc<Shared<O>>, keep: Duration, shutdown: Cancellat
             Err(_) => {}
         }
         sleep_or_cancel(every, &shutdown).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn probes_double_up_to_the_cap_and_never_exceed_a_batch() {
+        let limits: Vec<u32> = (1..=6).map(|n| probe_limit(n, 1000)).collect();
+        assert_eq!(limits, [1, 2, 4, 8, 16, 16]);
+        assert_eq!(probe_limit(40, 1000), MAX_PROBE);
+        assert_eq!(
+            probe_limit(0, 1000),
+            1000,
+            "a sink that is up gets full batches"
+        );
+        assert_eq!(probe_limit(0, 5), 5);
+        assert_eq!(probe_limit(4, 5), 5, "capped to the batch size");
+        assert_eq!(probe_limit(6, 5), 5);
     }
 }

@@ -294,6 +294,39 @@ both!(
 );
 
 both!(
+    a_sink_answering_again_is_up_even_if_it_refuses,
+    |env: Env| async move {
+        // The receiver comes back refusing every message (HTTP 400): it
+        // answers, so it is up, and the relay goes back to full batches
+        // instead of probing one message (of the one key) per claim.
+        let r = Receiver::start().await;
+        r.set_mode(Mode::Down);
+        let relay = env.start(http_sink(&r).await, config());
+        env.enqueue(
+            &(0..200)
+                .map(|i| Message::event("t", format!("poison {i}")).with_key("k"))
+                .collect::<Vec<_>>(),
+        )
+        .await;
+        wait_until("probes while down", Duration::from_secs(10), || {
+            r.requests_while_down() >= 3
+        })
+        .await;
+        let claims_before = relay.stats.claims.load(Ordering::Relaxed);
+        r.set_mode(Mode::Up);
+        wait_for("all dead-lettered", Duration::from_secs(30), || async {
+            env.db.outbox_stats().await.unwrap().dead == 200
+        })
+        .await;
+        let claims = relay.stats.claims.load(Ordering::Relaxed) - claims_before;
+        // Batches of 50: a handful of claims. A relay that still thinks the
+        // sink is down claims one message at a time: 200.
+        assert!(claims <= 40, "{claims} claims for 200 messages");
+        relay.stop().await.unwrap();
+    }
+);
+
+both!(
     shutdown_abandons_a_batch_past_the_grace,
     |env: Env| async move {
         let r = Receiver::start().await;
