@@ -87,6 +87,10 @@ pub struct CouponLedger {
     pub duplicates_suppressed: u64,
     /// Calls rejected as malformed (no `ce-id`, bad body); 0 in a healthy run.
     pub rejected: u64,
+    /// Message ids already handled: the idempotency record, kept under the
+    /// same lock as the coupons so that recording an id and issuing its
+    /// coupon are one step.
+    pub handled: HashSet<String>,
 }
 
 impl CouponLedger {
@@ -109,8 +113,6 @@ impl CouponLedger {
 struct Shared {
     behaviour: CouponBehaviour,
     rng: Mutex<StdRng>,
-    /// Message ids already handled: the idempotency record.
-    handled: Mutex<HashSet<String>>,
     ledger: Mutex<CouponLedger>,
 }
 
@@ -160,19 +162,12 @@ impl CouponService {
         let shared = Arc::new(Shared {
             rng: Mutex::new(StdRng::seed_from_u64(behaviour.seed)),
             behaviour,
-            handled: Mutex::default(),
             ledger: Mutex::default(),
         });
         let app = Router::new()
             .route("/coupons", post(receive))
             .with_state(shared.clone());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-        let addr = listener.local_addr()?;
-        let task = tokio::spawn(async move {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(shutdown.cancelled_owned())
-                .await
-        });
+        let (addr, task) = crate::serve(app, shutdown).await?;
         Ok(Self { addr, shared, task })
     }
 
@@ -266,14 +261,9 @@ fn handle(
     };
     // `insert` checks and records the id in one step under the lock, so a
     // message is handled once even if two deliveries of it were to overlap.
-    let first_time = shared
-        .handled
-        .lock()
-        .expect("handled lock")
-        .insert(id.to_owned());
     {
         let mut ledger = shared.ledger.lock().expect("ledger lock");
-        if first_time {
+        if ledger.handled.insert(id.to_owned()) {
             let coupons = ledger.coupons.entry(user_id).or_default();
             coupons.push(format!("WELCOME-{user_id}-{}", coupons.len() + 1));
         } else {
@@ -302,7 +292,6 @@ mod tests {
                 ..CouponBehaviour::default()
             },
             rng: Mutex::new(StdRng::seed_from_u64(1)),
-            handled: Mutex::default(),
             ledger: Mutex::default(),
         }
     }
@@ -335,7 +324,7 @@ mod tests {
         let (answer, _) = handle(&s, &delivery("m1"), body, Fate::Broken);
         assert_eq!(answer.0, StatusCode::INTERNAL_SERVER_ERROR);
         assert!(s.ledger.lock().unwrap().coupons.is_empty());
-        assert!(s.handled.lock().unwrap().is_empty());
+        assert!(s.ledger.lock().unwrap().handled.is_empty());
     }
 
     #[test]

@@ -227,6 +227,25 @@ fn relay_config(retry: &RetryPolicy) -> RelayConfig {
     }
 }
 
+/// Serves `app` on a random port of 127.0.0.1 until `shutdown` is
+/// cancelled; returns the address and the server's task.
+async fn serve(
+    app: axum::Router,
+    shutdown: CancellationToken,
+) -> anyhow::Result<(
+    std::net::SocketAddr,
+    tokio::task::JoinHandle<std::io::Result<()>>,
+)> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let task = tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown.cancelled_owned())
+            .await
+    });
+    Ok((addr, task))
+}
+
 /// A directory of its own under the system's temp dir, removed on drop.
 struct TempDir(PathBuf);
 

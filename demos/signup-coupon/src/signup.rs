@@ -70,13 +70,7 @@ impl SignupService {
         let app = Router::new()
             .route("/signup", post(signup))
             .with_state(AppState { pool, waker });
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-        let addr = listener.local_addr()?;
-        let task = tokio::spawn(async move {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(shutdown.cancelled_owned())
-                .await
-        });
+        let (addr, task) = crate::serve(app, shutdown).await?;
         Ok(Self { addr, task })
     }
 
