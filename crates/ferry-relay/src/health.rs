@@ -1,10 +1,11 @@
-//! Tracks whether the sink and the store are up, so that failures are
-//! logged once per change of state rather than once per attempt.
+//! Tracks whether a dependency (the sink, the database) is up, so that
+//! failures are logged once per change of state rather than once per
+//! attempt, and tries in between are paused with capped backoff.
 
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use rand::Rng;
+use ferry_core::RetryPolicy;
 
 use crate::SinkBackoff;
 
@@ -15,40 +16,61 @@ struct State {
     paused_until: Option<Instant>,
 }
 
-/// Up/down state of one dependency (the sink, or the store).
-pub(crate) struct Health {
+/// Up/down state of one dependency of a relay (its sink, its database).
+///
+/// [`failed`](Self::failed) logs a warning on the first failure only and
+/// pauses for a capped exponential backoff with a little jitter;
+/// [`succeeded`](Self::succeeded) logs once that it is back. Safe to share
+/// between tasks.
+pub struct Health {
     what: &'static str,
+    down: &'static str,
+    up: &'static str,
     relay: String,
-    backoff: SinkBackoff,
+    backoff: RetryPolicy,
     state: Mutex<State>,
 }
 
 impl Health {
-    pub fn new(what: &'static str, relay: String, backoff: SinkBackoff) -> Self {
+    /// The health of `what` (e.g. `"sink"`), for the relay or pipeline
+    /// named `relay`, pausing as `backoff` says. It logs "`what`
+    /// unavailable" and "`what` available again".
+    pub fn new(what: &'static str, relay: impl Into<String>, backoff: &SinkBackoff) -> Self {
         Self {
             what,
-            relay,
-            backoff,
+            down: "unavailable",
+            up: "available",
+            relay: relay.into(),
+            backoff: RetryPolicy {
+                max_attempts: u32::MAX,
+                initial_backoff: backoff.initial,
+                max_backoff: backoff.max,
+                multiplier: 2.0,
+                jitter: 0.1,
+            },
             state: Mutex::new(State::default()),
         }
     }
 
-    /// Records a failure and returns how long to pause.
-    pub fn failed(&self, error: &str) -> Duration {
+    /// Other words for the two states in the log, e.g. `"unreachable"` and
+    /// `"reachable"`.
+    pub fn with_words(mut self, down: &'static str, up: &'static str) -> Self {
+        self.down = down;
+        self.up = up;
+        self
+    }
+
+    /// Records a failure and pauses: see [`pause_left`](Self::pause_left).
+    pub fn failed(&self, error: &str) {
         let mut s = self.state.lock().unwrap();
         s.failures += 1;
         if s.failures == 1 {
             s.since = Some(Instant::now());
-            tracing::warn!(relay = %self.relay, error, "{} unavailable; pausing and retrying with backoff", self.what);
+            tracing::warn!(relay = %self.relay, error, "{} {}; pausing and retrying with backoff", self.what, self.down);
         } else {
-            tracing::debug!(relay = %self.relay, error, failures = s.failures, "{} still unavailable", self.what);
+            tracing::debug!(relay = %self.relay, error, failures = s.failures, "{} still {}", self.what, self.down);
         }
-        let exp = (s.failures - 1).min(30) as i32;
-        let base = (self.backoff.initial.as_secs_f64() * 2f64.powi(exp))
-            .min(self.backoff.max.as_secs_f64());
-        let pause = Duration::from_secs_f64(base * rand::thread_rng().gen_range(0.8..=1.0));
-        s.paused_until = Some(Instant::now() + pause);
-        pause
+        s.paused_until = Some(Instant::now() + self.backoff.delay(s.failures));
     }
 
     /// Records a success.
@@ -56,7 +78,7 @@ impl Health {
         let mut s = self.state.lock().unwrap();
         if s.failures > 0 {
             let down = s.since.map(|t| t.elapsed()).unwrap_or_default();
-            tracing::info!(relay = %self.relay, failures = s.failures, down_for = ?down, "{} available again", self.what);
+            tracing::info!(relay = %self.relay, failures = s.failures, down_for = ?down, "{} {} again", self.what, self.up);
             *s = State::default();
         }
     }
@@ -71,5 +93,36 @@ impl Health {
         let s = self.state.lock().unwrap();
         s.paused_until
             .and_then(|t| t.checked_duration_since(Instant::now()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pauses_grow_to_the_cap_and_reset_on_success() {
+        let h = Health::new(
+            "sink",
+            "t",
+            &SinkBackoff {
+                initial: Duration::from_secs(10),
+                max: Duration::from_secs(40),
+            },
+        );
+        assert_eq!(h.pause_left(), None);
+        let mut pauses = Vec::new();
+        for _ in 0..4 {
+            h.failed("down");
+            pauses.push(h.pause_left().unwrap().as_secs_f64());
+        }
+        // 10, 20, 40, 40 s, each within 10 % (and never above the cap).
+        for (pause, base) in pauses.iter().zip([10.0, 20.0, 40.0, 40.0]) {
+            assert!(*pause > base * 0.85 && *pause <= base * 1.1, "{pauses:?}");
+        }
+        assert!(pauses[3] <= 40.0);
+        assert_eq!(h.failures(), 4);
+        h.succeeded();
+        assert_eq!((h.failures(), h.pause_left()), (0, None));
     }
 }

@@ -38,6 +38,7 @@ mod running;
 
 pub use config::{RelayConfig, SinkBackoff};
 pub use ferry_store::outbox::{OrderPolicy, Retention};
+pub use health::Health;
 pub use relay::{Relay, RelayError, RelayStats};
 pub use running::{spawn, spawn_until, Running};
 pub use tokio_util::sync::CancellationToken;

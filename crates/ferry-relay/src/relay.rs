@@ -7,8 +7,7 @@ use ferry_store::outbox::{ClaimFilter, ClaimedBatch, Outbox, Outcome, Retention}
 use tokio_util::sync::CancellationToken;
 
 use crate::delivery::{deliver, tally};
-use crate::health::Health;
-use crate::RelayConfig;
+use crate::{Health, RelayConfig};
 
 /// Counters of what a relay has done since it started.
 #[derive(Debug, Default)]
@@ -96,16 +95,8 @@ impl<O: Outbox> Relay<O> {
             None => self.config.concurrency.max(1),
         };
         let shared = Arc::new(Shared {
-            sink_health: Health::new(
-                "sink",
-                self.config.name.clone(),
-                self.config.sink_backoff.clone(),
-            ),
-            store_health: Health::new(
-                "database",
-                self.config.name.clone(),
-                self.config.sink_backoff.clone(),
-            ),
+            sink_health: Health::new("sink", &self.config.name, &self.config.sink_backoff),
+            store_health: Health::new("database", &self.config.name, &self.config.sink_backoff),
             outbox: self.outbox,
             sink: self.sink,
             config: self.config,

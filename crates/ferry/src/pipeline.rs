@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use ferry_core::{RetryPolicy, Sink};
-use ferry_relay::{CancellationToken, OrderPolicy, RelayConfig, Retention};
+use ferry_relay::{CancellationToken, Health, OrderPolicy, RelayConfig, Retention};
 use ferry_sinks::SinkConfig;
 use ferry_store::{redact, Database};
 
@@ -107,32 +107,25 @@ impl Pipeline {
     }
 }
 
-/// Connects, retrying with capped backoff while the database is
-/// unreachable (logged once), failing at once on errors no retry fixes.
+/// Connects, retrying with the pipeline's `sink_backoff` while the database
+/// is unreachable (logged once), failing at once on errors no retry fixes.
 /// `None` when shut down before connecting.
 async fn connect(p: &Pipeline, shutdown: &CancellationToken) -> anyhow::Result<Option<Database>> {
     let options = p.relay.connect_options();
-    let mut wait = Duration::from_millis(200);
-    let mut warned = false;
+    let health = Health::new("database", &p.relay.name, &p.relay.sink_backoff)
+        .with_words("unreachable", "reachable");
     loop {
         match Database::connect_with(&p.database, &options).await {
             Ok(db) => {
-                if warned {
-                    tracing::info!(pipeline = %p.relay.name, "database reachable again");
-                }
+                health.succeeded();
                 return Ok(Some(db));
             }
             Err(e) if e.is_retryable() => {
-                if !warned {
-                    tracing::warn!(pipeline = %p.relay.name, database = %redact(&p.database), error = %error_chain(&e),
-                        "database unreachable; retrying with backoff");
-                    warned = true;
-                }
+                health.failed(&format!("{} ({})", error_chain(&e), redact(&p.database)));
                 tokio::select! {
-                    _ = tokio::time::sleep(wait) => {}
+                    _ = tokio::time::sleep(health.pause_left().unwrap_or_default()) => {}
                     _ = shutdown.cancelled() => return Ok(None),
                 }
-                wait = (wait * 2).min(Duration::from_secs(30));
             }
             Err(e) => bail!("pipeline `{}`: {}", p.relay.name, error_chain(&e)),
         }
