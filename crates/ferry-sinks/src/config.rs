@@ -2,6 +2,7 @@
 
 use std::collections::HashSet;
 use std::sync::Arc;
+use std::time::Duration;
 
 use ferry_core::Sink;
 use url::Url;
@@ -81,6 +82,30 @@ impl SinkConfig {
             SinkConfig::Http(config) => config.validate(),
             SinkConfig::Nats(config) => config.validate(),
             SinkConfig::Null(_) => Ok(()),
+        }
+    }
+
+    /// The longest one call of [`Sink::deliver`] can take with these
+    /// settings: for HTTP, four rounds of `concurrency` requests (see
+    /// [`Sink::max_per_call`]), each within `timeout`; for NATS, one
+    /// `ack_timeout` (the batch is published at once and its
+    /// acknowledgements awaited together); nothing for the null sink. The
+    /// relay's batch budget, half its lease, must exceed it, or calls that
+    /// succeed are cut short and recorded as failed.
+    pub fn longest_call(&self) -> Duration {
+        match self {
+            SinkConfig::Http(config) => config.timeout.saturating_mul(crate::http::ROUNDS_PER_CALL),
+            SinkConfig::Nats(config) => config.ack_timeout,
+            SinkConfig::Null(_) => Duration::ZERO,
+        }
+    }
+
+    /// The sink's name, as in the `type` key: `http`, `nats` or `null`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            SinkConfig::Http(_) => "http",
+            SinkConfig::Nats(_) => "nats",
+            SinkConfig::Null(_) => "null",
         }
     }
 

@@ -25,7 +25,11 @@ fn http_url_is_the_endpoint() {
         unreachable!()
     };
     assert_eq!(config.url.as_str(), url);
-    assert_eq!(config.timeout, Duration::from_secs(10));
+    assert_eq!(config.timeout, Duration::from_secs(5));
+    assert_eq!(
+        SinkConfig::Http(config.clone()).longest_call(),
+        Duration::from_secs(20)
+    );
     assert_eq!(config.concurrency, 32);
     assert_eq!(config.source, "/ferry");
     assert!(config.headers.is_empty());
@@ -152,10 +156,13 @@ fn config_file_tables() {
     expected.stream = Some("FERRY".into());
     expected.ack_timeout = Duration::from_secs(1);
     assert_eq!(config, SinkConfig::Nats(expected));
+    assert_eq!(config.longest_call(), Duration::from_secs(1));
+    assert_eq!(config.kind(), "nats");
     config.validate().unwrap();
 
     let config: SinkConfig = toml::from_str(r#"type = "null""#).unwrap();
     assert_eq!(config, SinkConfig::Null(NullSinkConfig {}));
+    assert_eq!(config.longest_call(), Duration::ZERO);
 }
 
 #[test]

@@ -59,11 +59,13 @@ pub struct PipelineConfig {
     /// poll covers poolers that drop notifications.
     #[serde(default = "default_poll", with = "humantime_serde")]
     pub poll_interval: Duration,
-    /// PostgreSQL: how long a claimed batch may stay unsettled before the
-    /// server ends the relay's session and frees the messages for another
-    /// relay (default `"60s"`). A batch gets half of it to be delivered;
-    /// what is not sent by then waits for the next claim. Must exceed the
-    /// sink's timeout.
+    /// How long a claimed batch may stay unsettled (default `"60s"`; at
+    /// most 2147483647ms, about 24.8 days). On PostgreSQL the server then
+    /// ends the relay's session and frees the messages for another relay. A
+    /// batch gets half of it to be delivered, so half of it must exceed the
+    /// sink's longest call ([`SinkConfig::longest_call`]: HTTP 4 x `timeout`,
+    /// NATS `ack_timeout`), checked at load; otherwise a call still running
+    /// is cut short and requests that succeeded count as failed.
     #[serde(default = "default_lease", with = "humantime_serde")]
     pub lease: Duration,
     /// How long delivered messages are kept (status `delivered`), e.g.
@@ -120,6 +122,10 @@ fn valid_sink<'de, D: Deserializer<'de>>(d: D) -> Result<SinkConfig, D::Error> {
 
 pub(crate) use ferry_core::error_chain;
 
+/// PostgreSQL's `idle_in_transaction_session_timeout` is an int of
+/// milliseconds; the lease is set there.
+const MAX_LEASE: Duration = Duration::from_millis(i32::MAX as u64);
+
 impl PipelineConfig {
     /// Durations that would spin, stall or overflow.
     fn check_durations(&self) -> Result<(), String> {
@@ -129,6 +135,24 @@ impl PipelineConfig {
         }
         if self.lease < Duration::from_secs(1) {
             return Err("key `lease` must be at least 1s".to_owned());
+        }
+        if self.lease > MAX_LEASE {
+            return Err(format!(
+                "key `lease` must be at most {} ({}ms, PostgreSQL's largest \
+                 idle_in_transaction_session_timeout)",
+                humantime::format_duration(MAX_LEASE),
+                MAX_LEASE.as_millis()
+            ));
+        }
+        let (budget, longest) = (self.lease / 2, self.sink.longest_call());
+        if budget <= longest {
+            return Err(format!(
+                "key `lease`: a batch gets half of it ({}) to be delivered, which must exceed \
+                 the longest call to the {} sink ({}); raise `lease` or lower the sink's timeout",
+                humantime::format_duration(budget),
+                self.sink.kind(),
+                humantime::format_duration(longest)
+            ));
         }
         if self.sink_backoff.initial < ms(1) || self.sink_backoff.initial > self.sink_backoff.max {
             return Err(
@@ -199,43 +223,48 @@ impl FerryConfig {
                     p.name.get_ref()
                 ));
             }
+            let name = p.name.get_ref();
             if p.topics.as_ref().is_some_and(|t| t.is_empty()) {
                 return Err(format!(
-                    "pipeline `{}`: key `topics` is empty; leave it out to deliver every topic",
-                    p.name.get_ref()
+                    "line {line}: pipeline `{name}`: key `topics` is empty; leave it out to deliver every topic"
                 ));
             }
             if let Err(problem) = p.check_durations() {
-                return Err(format!("pipeline `{}`: {problem}", p.name.get_ref()));
+                return Err(format!("line {line}: pipeline `{name}`: {problem}"));
             }
             if let Err(e) = ferry_store::DatabaseKind::of(&p.database) {
                 return Err(format!(
-                    "pipeline `{}`: key `database`: {}",
-                    p.name.get_ref(),
+                    "line {line}: pipeline `{name}`: key `database`: {}",
                     error_chain(&e)
                 ));
             }
         }
         // Pipelines on one outbox compete for its messages: each would get
         // an arbitrary share. They must split the topics between them.
+        let outboxes: Vec<String> = config
+            .pipelines
+            .iter()
+            .map(|p| same_outbox_key(&p.database))
+            .collect();
         for (i, a) in config.pipelines.iter().enumerate() {
-            for b in &config.pipelines[i + 1..] {
-                if a.database != b.database {
+            for (j, b) in config.pipelines.iter().enumerate().skip(i + 1) {
+                if outboxes[i] != outboxes[j] {
                     continue;
                 }
                 let (x, y) = (a.name.get_ref(), b.name.get_ref());
+                let line = line_of(text, b.name.span().start);
                 match (&a.topics, &b.topics) {
                     (Some(ta), Some(tb)) => {
                         if let Some(t) = ta.iter().find(|t| tb.contains(t)) {
                             return Err(format!(
-                                "pipelines `{x}` and `{y}` share a database and both take topic `{t}`: \
+                                "line {line}: pipelines `{x}` and `{y}` share a database and both take topic `{t}`: \
                                  each would receive only some of its messages; give each topic to one pipeline"
                             ));
                         }
                     }
                     _ => {
                         return Err(format!(
-                            "pipelines `{x}` and `{y}` share a database: each would receive only some of \
+                            "line {line}: pipelines `{x}` and `{y}` share a database: each would receive only some of \
                              its messages; give both a `topics` list, without a topic in common"
                         ))
                     }
@@ -243,6 +272,68 @@ impl FerryConfig {
             }
         }
         Ok(config)
+    }
+}
+
+/// What makes two database URLs the same outbox, whatever their spelling.
+/// SQLite: the file's canonical path, without the query (`?mode=rwc`).
+/// PostgreSQL: host, port and database name, without credentials or query.
+/// Anything else: the URL as written.
+fn same_outbox_key(url: &str) -> String {
+    let without_query = url.split(['?', '#']).next().unwrap_or_default();
+    if let Some(path) = without_query.strip_prefix("sqlite:") {
+        let path = path.strip_prefix("//").unwrap_or(path);
+        if path.is_empty() || path.starts_with(':') {
+            // `sqlite::memory:` and the like: private to each connection.
+            return url.to_owned();
+        }
+        return format!("sqlite:{}", canonical_path(Path::new(path)).display());
+    }
+    let rest = without_query
+        .strip_prefix("postgres://")
+        .or_else(|| without_query.strip_prefix("postgresql://"));
+    let Some(rest) = rest else {
+        return url.to_owned();
+    };
+    let (authority, database) = rest.split_once('/').unwrap_or((rest, ""));
+    let (user, host_port) = match authority.rsplit_once('@') {
+        Some((credentials, host_port)) => (credentials.split(':').next().unwrap_or(""), host_port),
+        None => ("", authority),
+    };
+    // `[::1]:5432`, `host:5432` or `host`.
+    let (host, port) = match host_port.rsplit_once(':') {
+        Some((host, port)) if !port.contains(']') => (host, port),
+        _ => (host_port, ""),
+    };
+    let host = if host.is_empty() { "localhost" } else { host };
+    let port = if port.is_empty() { "5432" } else { port };
+    // PostgreSQL's default database is the user's name.
+    let database = if database.is_empty() { user } else { database };
+    format!("postgres://{}:{port}/{database}", host.to_ascii_lowercase())
+}
+
+/// `path` made absolute with `.` and `..` resolved and symbolic links
+/// followed as far as the path exists (the file may not exist yet).
+fn canonical_path(path: &Path) -> std::path::PathBuf {
+    if let Ok(path) = std::fs::canonicalize(path) {
+        return path;
+    }
+    let absolute = std::env::current_dir().unwrap_or_default().join(path);
+    let mut out = std::path::PathBuf::new();
+    for part in absolute.components() {
+        match part {
+            std::path::Component::CurDir => {}
+            std::path::Component::ParentDir => {
+                out.pop();
+            }
+            other => out.push(other),
+        }
+    }
+    match (out.parent(), out.file_name()) {
+        (Some(dir), Some(file)) => std::fs::canonicalize(dir)
+            .map(|dir| dir.join(file))
+            .unwrap_or(out),
+        _ => out,
     }
 }
 
@@ -303,54 +394,87 @@ url = "nats://127.0.0.1:4222"
         FerryConfig::parse(text).unwrap_err()
     }
 
+    /// Each change to GOOD, and what the error must say (its line first).
     #[test]
-    fn unknown_key_names_key_and_line() {
-        let e = err(&GOOD.replace("batch_size = 100", "bach_size = 100"));
-        assert!(e.contains("line 7"), "{e}");
-        assert!(e.contains("bach_size"), "{e}");
+    fn bad_values_name_key_and_line() {
+        for (from, to, says) in [
+            (
+                "batch_size = 100",
+                "bach_size = 100",
+                &["line 7", "bach_size"][..],
+            ),
+            (
+                "batch_size = 100",
+                "batch_size = \"lots\"",
+                &["line 7", "batch_size"],
+            ),
+            ("batch_size = 100", "batch_size = 0", &["line 7", "nonzero"]),
+            (
+                "retention = \"7d\"",
+                "retention = \"soon\"",
+                &["line 8", "retention"],
+            ),
+            (
+                "order = \"unordered\"",
+                "order = \"random\"",
+                &["line 6", "random"],
+            ),
+            (
+                "database = \"sqlite://ferry.db\"\n",
+                "",
+                &["missing field `database`"],
+            ),
+            (
+                "max_attempts = 5",
+                "max_attempts = 0",
+                &["line 10", "max_attempts must be at least 1"],
+            ),
+            (
+                "type = \"http\"",
+                "type = \"carrier-pigeon\"",
+                &["line 15", "carrier-pigeon"],
+            ),
+            (
+                "timeout = \"5s\"",
+                "timeout = \"5s\"\nretries = 3",
+                &["line 14", "retries"],
+            ),
+            (
+                "topics = [\"user.signed_up\"]",
+                "topics = []",
+                &["line 3:", "pipeline `coupons`", "`topics` is empty"],
+            ),
+            (
+                "sqlite://ferry.db",
+                "mongodb://x",
+                &["line 3:", "pipeline `coupons`", "key `database`"],
+            ),
+            (
+                "batch_size = 100",
+                "batch_size = 100\nlease = \"10ms\"",
+                &[
+                    "line 3:",
+                    "pipeline `coupons`",
+                    "`lease` must be at least 1s",
+                ],
+            ),
+        ] {
+            let changed = GOOD.replacen(from, to, 1);
+            assert_ne!(changed, GOOD, "{from}");
+            let e = err(&changed);
+            for said in says {
+                assert!(e.contains(said), "{to}: {e} lacks {said}");
+            }
+            if says[0].ends_with(':') {
+                assert!(e.starts_with(says[0]), "{e}");
+            }
+        }
     }
 
     #[test]
-    fn wrong_type_names_line() {
-        let e = err(&GOOD.replace("batch_size = 100", "batch_size = \"lots\""));
-        assert!(e.contains("line 7") && e.contains("batch_size"), "{e}");
-        let e = err(&GOOD.replace("batch_size = 100", "batch_size = 0"));
-        assert!(e.contains("line 7") && e.contains("nonzero"), "{e}");
-    }
-
-    #[test]
-    fn bad_duration_and_enum_name_line() {
-        let e = err(&GOOD.replace("retention = \"7d\"", "retention = \"soon\""));
-        assert!(e.contains("line 8") && e.contains("retention"), "{e}");
-        let e = err(&GOOD.replace("order = \"unordered\"", "order = \"random\""));
-        assert!(e.contains("line 6") && e.contains("random"), "{e}");
-    }
-
-    #[test]
-    fn missing_value_is_named() {
-        let e = err(&GOOD.replace("database = \"sqlite://ferry.db\"\n", ""));
-        assert!(e.contains("missing field `database`"), "{e}");
-    }
-
-    #[test]
-    fn bad_retry_and_sink_are_caught_at_load() {
-        let e = err(&GOOD.replace("max_attempts = 5", "max_attempts = 0"));
-        assert!(
-            e.contains("max_attempts must be at least 1") && e.contains("line"),
-            "{e}"
-        );
-        let e = err(&GOOD.replace("type = \"http\"", "type = \"carrier-pigeon\""));
-        assert!(e.contains("carrier-pigeon") && e.contains("line"), "{e}");
-        let e = err(&GOOD.replace("timeout = \"5s\"", "timeout = \"5s\"\nretries = 3"));
-        assert!(e.contains("retries") && e.contains("line"), "{e}");
-    }
-
-    #[test]
-    fn duplicate_names_and_bad_urls_are_rejected() {
+    fn duplicate_names_and_empty_files_are_rejected() {
         let e = err(&GOOD.replace("name = \"events\"", "name = \"coupons\""));
         assert!(e.contains("defined twice") && e.contains("line 20"), "{e}");
-        let e = err(&GOOD.replace("sqlite://ferry.db", "mongodb://x"));
-        assert!(e.contains("database"), "{e}");
         assert!(err("").contains("no [[pipeline]]"));
         assert!(err("[[pipeline]\n").contains("line 1"));
     }
@@ -378,6 +502,11 @@ url = "nats://127.0.0.1:4222"
                 "max_attempts = 5\nmax_backoff = \"1000years\"",
                 "max_backoff",
             ),
+            (
+                "batch_size = 100",
+                "batch_size = 100\nlease = \"25days\"",
+                "`lease` must be at most 24days 20h 31m 23s 647ms",
+            ),
         ] {
             let e = err(&GOOD.replace(from, to));
             assert!(e.contains(says), "{e}");
@@ -385,14 +514,70 @@ url = "nats://127.0.0.1:4222"
     }
 
     #[test]
-    fn pipelines_sharing_a_database_must_split_topics() {
-        let two = |ta: &str, tb: &str| {
+    fn the_lease_must_outlast_the_sinks_longest_call() {
+        let http = |extra: &str| {
             format!(
-                "[[pipeline]]\nname = \"a\"\ndatabase = \"sqlite://x.db\"\n{ta}\n[pipeline.sink]\ntype = \"null\"\n\
-                 [[pipeline]]\nname = \"b\"\ndatabase = \"sqlite://x.db\"\n{tb}\n[pipeline.sink]\ntype = \"null\"\n"
+                "[[pipeline]]\nname = \"a\"\ndatabase = \"sqlite://x.db\"\n{extra}\n\
+                 [pipeline.sink]\ntype = \"http\"\nurl = \"http://127.0.0.1/hook\"\n"
             )
         };
-        assert!(err(&two("", "")).contains("share a database"));
+        // The defaults keep the rule.
+        let c = FerryConfig::parse(&http("")).unwrap();
+        let p = &c.pipelines[0];
+        assert!(p.lease / 2 > p.sink.longest_call());
+        // 4 x 10s = 40s, not within 30s.
+        let e = err(&http("").replace("/hook\"", "/hook\"\ntimeout = \"10s\""));
+        assert!(e.starts_with("line 2: pipeline `a`: key `lease`"), "{e}");
+        assert!(e.contains("(30s)") && e.contains("http sink (40s)"), "{e}");
+        assert!(FerryConfig::parse(
+            &http("lease = \"81s\"").replace("/hook\"", "/hook\"\ntimeout = \"10s\"")
+        )
+        .is_ok());
+        // Equal is not enough: the call must end before the budget does.
+        let e = err(&http("lease = \"40s\""));
+        assert!(e.contains("(20s)") && e.contains("(20s)"), "{e}");
+        let nats = "[[pipeline]]\nname = \"n\"\ndatabase = \"sqlite://x.db\"\nlease = \"4s\"\n\
+                    [pipeline.sink]\ntype = \"nats\"\nurl = \"nats://127.0.0.1\"\nack_timeout = \"2s\"\n";
+        assert!(err(nats).contains("nats sink (2s)"));
+    }
+
+    #[test]
+    fn pipelines_sharing_a_database_must_split_topics() {
+        let two_on = |da: &str, db: &str, ta: &str, tb: &str| {
+            format!(
+                "[[pipeline]]\nname = \"a\"\ndatabase = \"{da}\"\n{ta}\n[pipeline.sink]\ntype = \"null\"\n\
+                 [[pipeline]]\nname = \"b\"\ndatabase = \"{db}\"\n{tb}\n[pipeline.sink]\ntype = \"null\"\n"
+            )
+        };
+        let two = |ta: &str, tb: &str| two_on("sqlite://x.db", "sqlite://x.db", ta, tb);
+        let e = err(&two("", ""));
+        assert!(
+            e.starts_with("line 8: ") && e.contains("share a database"),
+            "{e}"
+        );
+        // Other spellings of the same outbox.
+        for (da, db) in [
+            ("sqlite://x.db", "sqlite://x.db?mode=rwc"),
+            ("sqlite://x.db", "sqlite://./sub/../x.db"),
+            ("sqlite:x.db", "sqlite://x.db"),
+            (
+                "postgres://u:p@db.local/app",
+                "postgresql://other@DB.local:5432/app?sslmode=disable",
+            ),
+        ] {
+            let e = err(&two_on(da, db, "", ""));
+            assert!(e.contains("share a database"), "{da} {db}: {e}");
+        }
+        for (da, db) in [
+            ("sqlite://x.db", "sqlite://y.db"),
+            ("postgres://db.local/app", "postgres://db.local/other"),
+            ("postgres://db.local/app", "postgres://db.local:5433/app"),
+        ] {
+            assert!(
+                FerryConfig::parse(&two_on(da, db, "", "")).is_ok(),
+                "{da} {db}"
+            );
+        }
         assert!(err(&two("topics = [\"x\"]", "")).contains("share a database"));
         assert!(err(&two("topics = [\"x\", \"y\"]", "topics = [\"y\"]")).contains("topic `y`"));
         assert!(FerryConfig::parse(&two("topics = [\"x\"]", "topics = [\"y\"]")).is_ok());

@@ -14,7 +14,7 @@ use crate::SinkConfigError;
 /// ```toml
 /// type = "http"
 /// url = "https://example.com/hooks/ferry"
-/// timeout = "10s"
+/// timeout = "5s"
 /// concurrency = 32
 /// source = "/ferry/orders"
 /// headers = { Authorization = "Bearer secret" }
@@ -26,9 +26,12 @@ pub struct HttpSinkConfig {
     /// to this URL, query string included.
     pub url: Url,
     /// How long one request may take, from connecting to reading the
-    /// response, e.g. `"10s"`. Connecting may take at most half of it: a
+    /// response (default `"5s"`). Connecting may take at most half of it: a
     /// destination that cannot be reached by then counts as unavailable
-    /// rather than slow.
+    /// rather than slow. One call of the sink sends up to four rounds of
+    /// `concurrency` requests, so it may take four times this; the relay's
+    /// batch budget (half the pipeline's `lease`, 30 s by default) must
+    /// exceed that.
     #[serde(default = "default_timeout", with = "humantime_serde")]
     pub timeout: Duration,
     /// Most requests in flight at once for one batch (at least 1).
@@ -44,8 +47,10 @@ pub struct HttpSinkConfig {
     pub headers: BTreeMap<String, String>,
 }
 
+/// 5 s: four rounds of it (20 s) stay within the default lease's budget of
+/// 30 s with room for the claim and the settle.
 fn default_timeout() -> Duration {
-    Duration::from_secs(10)
+    Duration::from_secs(5)
 }
 
 fn default_concurrency() -> usize {

@@ -22,6 +22,10 @@ use crate::SinkConfigError;
 /// `Idempotency-Key` draft and understood by many webhook receivers.
 const IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
 
+/// Rounds of [`HttpSinkConfig::concurrency`] requests in one call of
+/// [`Sink::deliver`]: a call takes at most this many request timeouts.
+pub(crate) const ROUNDS_PER_CALL: u32 = 4;
+
 /// How much of an error response's body goes into the error message.
 const ERROR_BODY_PREFIX: usize = 200;
 
@@ -167,10 +171,10 @@ fn header(name: &str, value: &str) -> Result<(HeaderName, HeaderValue), SinkErro
 }
 
 impl Sink for HttpSink {
-    /// Four rounds of `concurrency` requests: a slow receiver then costs
-    /// at most four request times per call.
+    /// [`ROUNDS_PER_CALL`] rounds of `concurrency` requests: a slow
+    /// receiver then costs at most that many request times per call.
     fn max_per_call(&self) -> Option<usize> {
-        Some(self.concurrency.saturating_mul(4))
+        Some(self.concurrency.saturating_mul(ROUNDS_PER_CALL as usize))
     }
 
     fn name(&self) -> &str {
