@@ -209,6 +209,22 @@ impl Database {
         }
     }
 
+    /// Checks, without changing anything, that Ferry's schema is in place
+    /// and not newer than this build: [`StoreError::SchemaMissing`] before
+    /// the first migration, [`StoreError::SchemaTooNew`] after a newer
+    /// Ferry migrated the database. An older schema passes (run
+    /// [`Database::migrate`] to bring it up to date).
+    pub async fn check_schema(&self) -> Result<(), StoreError> {
+        let known = match self {
+            Database::Postgres(_) => migrate::POSTGRES,
+            Database::Sqlite(_) => migrate::SQLITE,
+        };
+        match self.schema_version().await? {
+            None => Err(StoreError::SchemaMissing),
+            Some(found) => migrate::check_not_newer(&[found], known),
+        }
+    }
+
     /// Writes `messages` to the outbox in one transaction of their own, for
     /// a producer whose business change lives elsewhere. Inside your own
     /// transaction use [`crate::outbox::postgres::enqueue`] or

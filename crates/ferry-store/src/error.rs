@@ -29,6 +29,9 @@ pub enum StoreError {
         #[source]
         source: sqlx::Error,
     },
+    /// Ferry's tables do not exist in the database yet.
+    #[error("the database has no ferry schema yet; run the migrations")]
+    SchemaMissing,
     /// The schema in the database is newer than this build knows.
     #[error(
         "database schema is at version {found}, newer than this ferry build (knows up to {known})"

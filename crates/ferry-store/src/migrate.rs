@@ -92,9 +92,11 @@ pub(crate) async fn sqlite(pool: &SqlitePool) -> Result<Vec<i64>, StoreError> {
         // at once serialise instead of failing half-way.
         sqlx::query("BEGIN IMMEDIATE").execute(&mut *conn).await?;
         match sqlite_step(&mut conn, m).await {
-            Ok(()) => {
+            Ok(applied) => {
                 sqlx::query("COMMIT").execute(&mut *conn).await?;
-                done.push(m.version);
+                if applied {
+                    done.push(m.version);
+                }
             }
             Err(e) => {
                 let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
@@ -105,15 +107,16 @@ pub(crate) async fn sqlite(pool: &SqlitePool) -> Result<Vec<i64>, StoreError> {
     Ok(done)
 }
 
-/// Applies `m` unless another process did while we waited for the lock.
-async fn sqlite_step(conn: &mut SqliteConnection, m: &Migration) -> Result<(), StoreError> {
+/// Applies `m` unless another process did while we waited for the lock;
+/// says whether it applied it.
+async fn sqlite_step(conn: &mut SqliteConnection, m: &Migration) -> Result<bool, StoreError> {
     let again: Option<i64> =
         sqlx::query_scalar("SELECT version FROM ferry_schema_migrations WHERE version = ?")
             .bind(m.version)
             .fetch_optional(&mut *conn)
             .await?;
     if again.is_some() {
-        return Ok(());
+        return Ok(false);
     }
     Executor::execute(&mut *conn, m.sql)
         .await
@@ -127,10 +130,10 @@ async fn sqlite_step(conn: &mut SqliteConnection, m: &Migration) -> Result<(), S
         .bind(m.name)
         .execute(&mut *conn)
         .await?;
-    Ok(())
+    Ok(true)
 }
 
-fn check_not_newer(applied: &[i64], known: &[Migration]) -> Result<(), StoreError> {
+pub(crate) fn check_not_newer(applied: &[i64], known: &[Migration]) -> Result<(), StoreError> {
     let newest_known = known.iter().map(|m| m.version).max().unwrap_or(0);
     match applied.iter().max() {
         Some(&found) if found > newest_known => Err(StoreError::SchemaTooNew {

@@ -8,7 +8,7 @@ use anyhow::{bail, Context};
 use ferry_core::{RetryPolicy, Sink};
 use ferry_relay::{CancellationToken, Health, OrderPolicy, RelayConfig, Retention};
 use ferry_sinks::SinkConfig;
-use ferry_store::{redact, Database};
+use ferry_store::{redact, Database, StoreError};
 
 use crate::config::{error_chain, PipelineConfig};
 
@@ -87,12 +87,15 @@ impl Pipeline {
             if !applied.is_empty() {
                 tracing::info!(pipeline = %name, ?applied, "applied migrations");
             }
-        } else if db.schema_version().await?.is_none() {
-            bail!(
-                "pipeline `{name}`: the database has no Ferry outbox yet; run `ferry migrate --database {}` \
-                 or set `migrate = true`",
-                redact(&self.database)
-            );
+        } else {
+            match db.check_schema().await {
+                Err(StoreError::SchemaMissing) => bail!(
+                    "pipeline `{name}`: the database has no Ferry outbox yet; run `ferry migrate --database {}` \
+                     or set `migrate = true`",
+                    redact(&self.database)
+                ),
+                checked => checked.with_context(|| format!("pipeline `{name}`: schema check failed"))?,
+            }
         }
         let sink: Arc<dyn Sink> = self.sink.build().await.map_err(|e| {
             anyhow::anyhow!(

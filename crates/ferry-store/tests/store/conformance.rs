@@ -1,5 +1,5 @@
 use super::*;
-use crate::both;
+use crate::{both, both_fresh};
 
 both!(
     plain_sql_insert_gets_every_default,
@@ -44,6 +44,72 @@ both!(
                 .await,
             1
         );
+    }
+);
+
+both!(
+    a_newer_schema_is_refused,
+    Retention::Delete,
+    |env: Env| async move {
+        env.db.check_schema().await.unwrap();
+        env.exec("INSERT INTO ferry_schema_migrations (version, name, applied_at) VALUES (99, 'future', 'x')")
+            .await;
+        let migrated = env.db.migrate().await;
+        assert!(
+            matches!(
+                migrated,
+                Err(StoreError::SchemaTooNew {
+                    found: 99,
+                    known: 1
+                })
+            ),
+            "{migrated:?}"
+        );
+        let checked = env.db.check_schema().await;
+        assert!(
+            matches!(
+                checked,
+                Err(StoreError::SchemaTooNew {
+                    found: 99,
+                    known: 1
+                })
+            ),
+            "{checked:?}"
+        );
+    }
+);
+
+both_fresh!(a_missing_schema_is_reported, |kind| async move {
+    let t = FreshDb::create(kind).await;
+    let db = Database::connect(t.url()).await.unwrap();
+    let checked = db.check_schema().await;
+    assert!(
+        matches!(checked, Err(StoreError::SchemaMissing)),
+        "{checked:?}"
+    );
+    db.migrate().await.unwrap();
+    db.check_schema().await.unwrap();
+});
+
+both_fresh!(
+    concurrent_migrations_apply_each_version_once,
+    |kind| async move {
+        // Who wins the race varies from run to run: run it a few times.
+        for _ in 0..25 {
+            let t = FreshDb::create(kind).await;
+            let a = Database::connect(t.url()).await.unwrap();
+            let b = Database::connect(t.url()).await.unwrap();
+            let (ra, rb) = tokio::join!(a.migrate(), b.migrate());
+            let mut applied = ra.unwrap();
+            applied.extend(rb.unwrap());
+            assert_eq!(
+                applied,
+                [1],
+                "each migration reported by the run that applied it"
+            );
+            a.close().await;
+            b.close().await;
+        }
     }
 );
 

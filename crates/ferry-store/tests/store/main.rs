@@ -10,7 +10,7 @@ use ferry_store::outbox::{
     postgres::PgOutbox, sqlite::SqliteOutbox, ClaimFilter, ClaimedBatch, MessageRef, OrderPolicy,
     Outbox, Outcome, Retention,
 };
-use ferry_store::{ConnectOptions, Database};
+use ferry_store::{ConnectOptions, Database, DatabaseKind, StoreError};
 use ferry_testkit::{PgTestDb, SqliteTestDb};
 
 mod conformance;
@@ -221,6 +221,48 @@ macro_rules! both {
             async fn postgres() {
                 let env = $crate::pg_env($retention).await;
                 ($body)(env).await;
+            }
+        }
+    };
+}
+
+/// A fresh, unmigrated database, dropped with this value.
+pub enum FreshDb {
+    Pg(PgTestDb),
+    Sqlite(SqliteTestDb),
+}
+
+impl FreshDb {
+    pub async fn create(kind: DatabaseKind) -> Self {
+        match kind {
+            DatabaseKind::Postgres => FreshDb::Pg(PgTestDb::create().await),
+            DatabaseKind::Sqlite => FreshDb::Sqlite(SqliteTestDb::create()),
+        }
+    }
+
+    pub fn url(&self) -> &str {
+        match self {
+            FreshDb::Pg(t) => &t.url,
+            FreshDb::Sqlite(t) => &t.url,
+        }
+    }
+}
+
+/// Defines a test that runs `body` with a [`DatabaseKind`], for tests that
+/// need fresh, unmigrated databases ([`FreshDb`]): once with SQLite, once
+/// with PostgreSQL.
+#[macro_export]
+macro_rules! both_fresh {
+    ($name:ident, $body:expr) => {
+        mod $name {
+            use super::*;
+            #[tokio::test]
+            async fn sqlite() {
+                ($body)(ferry_store::DatabaseKind::Sqlite).await;
+            }
+            #[tokio::test]
+            async fn postgres() {
+                ($body)(ferry_store::DatabaseKind::Postgres).await;
             }
         }
     };
