@@ -52,25 +52,26 @@ pub async fn enqueue_many(conn: &mut PgConnection, messages: &[Message]) -> Resu
     if messages.is_empty() {
         return Ok(());
     }
-    let mut ids = Vec::with_capacity(messages.len());
-    let mut kinds = Vec::with_capacity(messages.len());
-    let mut topics = Vec::with_capacity(messages.len());
-    let mut keys: Vec<Option<String>> = Vec::with_capacity(messages.len());
-    let mut headers = Vec::with_capacity(messages.len());
-    let mut types = Vec::with_capacity(messages.len());
-    let mut texts: Vec<Option<String>> = Vec::with_capacity(messages.len());
-    let mut blobs: Vec<Option<Vec<u8>>> = Vec::with_capacity(messages.len());
-    let mut times = Vec::with_capacity(messages.len());
+    let n = messages.len();
+    let mut ids = Vec::with_capacity(n);
+    let mut kinds: Vec<&str> = Vec::with_capacity(n);
+    let mut topics: Vec<&str> = Vec::with_capacity(n);
+    let mut keys: Vec<Option<&str>> = Vec::with_capacity(n);
+    let mut headers = Vec::with_capacity(n);
+    let mut types: Vec<&str> = Vec::with_capacity(n);
+    let mut texts: Vec<Option<&str>> = Vec::with_capacity(n);
+    let mut blobs: Vec<Option<&[u8]>> = Vec::with_capacity(n);
+    let mut times = Vec::with_capacity(n);
     for m in messages {
         let (text, bytes) = split_payload(&m.payload);
         ids.push(m.id.0);
-        kinds.push(m.kind.as_str().to_owned());
-        topics.push(m.topic.clone());
-        keys.push(m.key.clone());
+        kinds.push(m.kind.as_str());
+        topics.push(&m.topic);
+        keys.push(m.key.as_deref());
         headers.push(headers_to_json(m));
-        types.push(m.content_type.clone());
-        texts.push(text.map(str::to_owned));
-        blobs.push(bytes.map(<[u8]>::to_vec));
+        types.push(&m.content_type);
+        texts.push(text);
+        blobs.push(bytes);
         times.push(m.created_at);
     }
     sqlx::query(
