@@ -145,14 +145,6 @@ both!(
     rust_api_round_trips_every_field,
     Retention::Delete,
     |env: Env| async move {
-        let binary = Message::command("bin", vec![0u8, 159, 146, 150, 255])
-            .with_key("k")
-            .with_header("traceparent", "00-1")
-            .with_content_type("application/octet-stream");
-        let text = Message::event("text", r#"{"a":"\\"}"#);
-        env.enqueue(&[binary.clone(), text.clone()]).await;
-        let got = env.claim_raw(&filter(OrderPolicy::Ordered)).await;
-        let got: Vec<Message> = got.into_iter().map(|c| c.message.unwrap()).collect();
         let same = |a: &Message, b: &Message| {
             assert_eq!(a.id, b.id);
             assert_eq!(a.kind, b.kind);
@@ -163,8 +155,36 @@ both!(
             assert_eq!(a.payload, b.payload);
             assert!((a.created_at - b.created_at).num_milliseconds().abs() <= 1);
         };
-        same(&got[0], &binary);
-        same(&got[1], &text);
+        for single_rows in [true, false] {
+            let binary = Message::command("bin", vec![0u8, 159, 146, 150, 255])
+                .with_key("k")
+                .with_header("traceparent", "00-1")
+                .with_content_type("application/octet-stream");
+            let text = Message::event("text", r#"{"a":"\\"}"#);
+            // Valid UTF-8, but PostgreSQL text cannot hold a NUL.
+            let nul = Message::event("nul", "a\0b").with_content_type("text/plain");
+            let sent = [binary, text, nul];
+            if single_rows {
+                env.enqueue_in_tx(&sent).await;
+            } else {
+                env.enqueue(&sent).await;
+            }
+            if let Database::Postgres(_) = env.db {
+                assert_eq!(
+                    env.scalar("SELECT COUNT(*) FROM ferry_outbox WHERE payload IS NULL AND payload_bytes IS NOT NULL")
+                        .await,
+                    2,
+                    "the binary and the NUL payloads are bytes"
+                );
+            }
+            let got = env
+                .round(&filter(OrderPolicy::Ordered), |_| Outcome::Delivered)
+                .await;
+            assert_eq!(got.len(), sent.len(), "single rows: {single_rows}");
+            for (got, sent) in got.iter().zip(&sent) {
+                same(got, sent);
+            }
+        }
     }
 );
 

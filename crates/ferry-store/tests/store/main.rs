@@ -82,8 +82,15 @@ impl Env {
         }
     }
 
-    /// Enqueues messages in one committed transaction through the Rust API.
+    /// Enqueues messages in one committed transaction of their own
+    /// ([`Database::enqueue`], which uses `enqueue_many` on PostgreSQL).
     pub async fn enqueue(&self, messages: &[Message]) {
+        self.db.enqueue(messages).await.unwrap();
+    }
+
+    /// Enqueues messages one by one inside a transaction of the test's own,
+    /// as a producer does with its business change.
+    pub async fn enqueue_in_tx(&self, messages: &[Message]) {
         match &self.db {
             Database::Postgres(p) => {
                 let mut tx = p.begin().await.unwrap();
