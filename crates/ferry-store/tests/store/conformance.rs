@@ -189,6 +189,32 @@ both!(
 );
 
 both!(
+    a_dropped_batch_is_released_as_it_was,
+    Retention::Delete,
+    |env: Env| async move {
+        env.enqueue(&[Message::event("t", "x")]).await;
+        let f = filter(OrderPolicy::Ordered);
+        // One failed attempt first, so that "unchanged" is not just zero.
+        assert_eq!(env.round(&f, |_| retry_in(0)).await.len(), 1);
+        let dropped = env.claim_and_drop(&f).await;
+        assert_eq!(dropped.len(), 1);
+        assert_eq!(dropped[0].attempts, 1);
+        // PostgreSQL rolls the dropped transaction back in the background.
+        let mut again = Vec::new();
+        for _ in 0..50 {
+            again = env.claim_raw(&f).await;
+            if !again.is_empty() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(again.len(), 1, "claimable again");
+        assert_eq!(again[0].seq, dropped[0].seq);
+        assert_eq!(again[0].attempts, 1, "no attempt recorded");
+    }
+);
+
+both!(
     delivered_messages_are_deleted,
     Retention::Delete,
     |env: Env| async move {

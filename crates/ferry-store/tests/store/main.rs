@@ -149,6 +149,14 @@ impl Env {
         }
     }
 
+    /// Claims a batch and drops it without settling.
+    pub async fn claim_and_drop(&self, filter: &ClaimFilter) -> Vec<ferry_store::outbox::Claimed> {
+        match &self.outbox {
+            AnyOutbox::Pg(o) => o.claim(filter).await.unwrap().messages().to_vec(),
+            AnyOutbox::Sqlite(o) => o.claim(filter).await.unwrap().messages().to_vec(),
+        }
+    }
+
     pub async fn purge(&self, older_than: Duration) -> u64 {
         match &self.outbox {
             AnyOutbox::Pg(o) => o.purge_delivered(older_than).await.unwrap(),
