@@ -187,25 +187,41 @@ async fn an_idle_claim_expires_after_the_lease() {
 async fn notify_wakes_the_relay() {
     let env = pg_env(Retention::Delete).await;
     let o = pg(&env);
-    // Let the listener start and consume its initial wake-up.
-    o.wait_for_work(Duration::from_millis(500)).await;
     let p = pool(&env);
+    // The listener wakes the relay once it listens; after that wake-up only
+    // a NOTIFY (or a lost connection) wakes it before the timeout.
+    let started = std::time::Instant::now();
+    o.wait_for_work(Duration::from_secs(20)).await;
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "the listener never started"
+    );
     let waiter = async {
-        o.wait_for_work(Duration::from_secs(30)).await;
-        std::time::Instant::now()
+        // A stray wake-up before the row is visible waits again.
+        loop {
+            o.wait_for_work(Duration::from_secs(30)).await;
+            let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM ferry_outbox")
+                .fetch_one(&p)
+                .await
+                .unwrap();
+            if n > 0 {
+                return std::time::Instant::now();
+            }
+        }
     };
     let inserter = async {
         tokio::time::sleep(Duration::from_millis(100)).await;
+        let inserting = std::time::Instant::now();
         sqlx::query("INSERT INTO ferry_outbox (topic, payload) VALUES ('t', '{}')")
             .execute(&p)
             .await
             .unwrap();
-        std::time::Instant::now()
+        inserting
     };
-    let (woke, inserted) = tokio::join!(waiter, inserter);
-    assert!(woke >= inserted);
+    let (woke, inserting) = tokio::join!(waiter, inserter);
+    assert!(woke >= inserting);
     assert!(
-        woke.duration_since(inserted) < Duration::from_secs(10),
+        woke.duration_since(inserting) < Duration::from_secs(10),
         "woken by NOTIFY, not by the 30 s timeout"
     );
 }
