@@ -23,7 +23,12 @@ both!(
         assert!((Utc::now() - m.created_at).num_seconds().abs() < 60);
         let m2 = got[1].message.as_ref().unwrap();
         assert_eq!(&m2.payload[..], br#"{"s":"a\nb \"q\" \u00e9"}"#);
-        assert!(m.id < m2.id || m.id != m2.id);
+        assert_ne!(m.id, m2.id);
+        let millis = |id: &ferry_core::MessageId| {
+            let (secs, nanos) = id.0.get_timestamp().expect("a UUIDv7").to_unix();
+            u128::from(secs) * 1000 + u128::from(nanos) / 1_000_000
+        };
+        assert!(millis(&m.id) <= millis(&m2.id), "{} then {}", m.id, m2.id);
         assert_eq!(
             env.scalar(
                 "SELECT COUNT(*) FROM ferry_outbox WHERE status = 'pending' AND attempts = 0"
