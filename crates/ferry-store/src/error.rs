@@ -1,5 +1,3 @@
-use std::time::Duration;
-
 /// An error from a store.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -70,10 +68,5 @@ impl StoreError {
             }
             _ => false,
         }
-    }
-
-    /// A short suggestion of how long to wait before retrying.
-    pub fn retry_hint(&self) -> Option<Duration> {
-        self.is_retryable().then(|| Duration::from_millis(500))
     }
 }

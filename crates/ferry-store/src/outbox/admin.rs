@@ -108,7 +108,7 @@ impl Database {
             Database::Postgres(pool) => {
                 let mut tx = pool.begin().await?;
                 let n = pg_exec(&mut tx, &format!("UPDATE ferry_outbox {set} now() WHERE status = 'dead'"), which).await?;
-                sqlx::query("SELECT pg_notify('ferry_outbox', '')").execute(&mut *tx).await?;
+                sqlx::query("SELECT pg_notify($1, '')").bind(super::postgres::CHANNEL).execute(&mut *tx).await?;
                 tx.commit().await?;
                 n
             }

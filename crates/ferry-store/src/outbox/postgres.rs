@@ -217,11 +217,6 @@ impl PgOutbox {
             listener,
         }
     }
-
-    /// The pool this outbox uses.
-    pub fn pool(&self) -> &PgPool {
-        &self.pool
-    }
 }
 
 /// Forwards NOTIFYs to the relay's workers. Logs once per state change.

@@ -23,7 +23,7 @@ use super::{
 use crate::StoreError;
 
 /// Formats a time the way the SQLite schema stores it.
-pub fn format_time(t: DateTime<Utc>) -> String {
+pub(crate) fn format_time(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(SecondsFormat::Millis, true)
 }
 
@@ -91,11 +91,6 @@ impl SqliteOutbox {
     /// The handle producers in this process use to wake the relay.
     pub fn waker(&self) -> Waker {
         self.waker.clone()
-    }
-
-    /// The pool this outbox uses.
-    pub fn pool(&self) -> &SqlitePool {
-        &self.pool
     }
 }
 
