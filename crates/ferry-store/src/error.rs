@@ -49,24 +49,59 @@ pub enum StoreError {
 }
 
 impl StoreError {
-    /// Whether retrying the same operation later may succeed (the database
-    /// was unreachable, a connection broke, the pool was exhausted).
+    /// Whether connecting again later may succeed (the database is
+    /// unreachable, starting up, full or busy). Meant for errors from
+    /// [`crate::Database::connect`]; it does not judge errors of queries.
     pub fn is_retryable(&self) -> bool {
         match self {
-            StoreError::Database(e) => {
-                matches!(
-                    e,
-                    sqlx::Error::Io(_)
-                        | sqlx::Error::PoolTimedOut
-                        | sqlx::Error::PoolClosed
-                        | sqlx::Error::WorkerCrashed
-                        | sqlx::Error::Protocol(_)
-                ) || matches!(e, sqlx::Error::Database(db) if db.code().is_some_and(|c| {
-                    // connection failures, admin shutdown, serialization/deadlock, SQLite busy/locked
-                    c.starts_with("08") || c.starts_with("57P") || c == "40001" || c == "40P01" || c == "5" || c == "6" || c == "517"
-                }))
-            }
+            StoreError::Database(e) => match e {
+                sqlx::Error::Io(_)
+                | sqlx::Error::PoolTimedOut
+                | sqlx::Error::WorkerCrashed
+                | sqlx::Error::Protocol(_) => true,
+                sqlx::Error::Database(db) => db.code().is_some_and(|code| {
+                    if db.try_downcast_ref::<sqlx::sqlite::SqliteError>().is_some() {
+                        sqlite_retryable(&code)
+                    } else {
+                        postgres_retryable(&code)
+                    }
+                }),
+                _ => false,
+            },
             _ => false,
+        }
+    }
+}
+
+/// PostgreSQL: connection exceptions (`08…`), shutdown or start-up
+/// (`57P…`), too many connections (`53300`).
+fn postgres_retryable(code: &str) -> bool {
+    code.starts_with("08") || code.starts_with("57P") || code == "53300"
+}
+
+/// SQLite: busy or locked, with any extended code (whose low byte is the
+/// primary code).
+fn sqlite_retryable(code: &str) -> bool {
+    code.parse::<i32>().is_ok_and(|c| matches!(c % 256, 5 | 6))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{postgres_retryable, sqlite_retryable};
+
+    #[test]
+    fn retryable_codes() {
+        for code in ["5", "6", "261", "262", "517", "773"] {
+            assert!(sqlite_retryable(code), "{code}");
+        }
+        for code in ["1", "8", "14", "1038"] {
+            assert!(!sqlite_retryable(code), "{code}");
+        }
+        for code in ["08006", "57P03", "53300"] {
+            assert!(postgres_retryable(code), "{code}");
+        }
+        for code in ["28P01", "3D000", "42P01", "40001"] {
+            assert!(!postgres_retryable(code), "{code}");
         }
     }
 }
