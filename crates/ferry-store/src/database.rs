@@ -186,27 +186,30 @@ impl Database {
     /// The newest Ferry migration applied, or `None` when Ferry's tables do
     /// not exist yet.
     pub async fn schema_version(&self) -> Result<Option<i64>, StoreError> {
-        let exists_sql = match self {
-            Database::Postgres(_) => "SELECT COUNT(*) FROM information_schema.tables WHERE table_name = 'ferry_schema_migrations' AND table_schema = current_schema()",
-            Database::Sqlite(_) => "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = 'ferry_schema_migrations'",
-        };
         let version_sql = "SELECT MAX(version) FROM ferry_schema_migrations";
-        match self {
+        let version = match self {
             Database::Postgres(p) => {
-                let n: i64 = sqlx::query_scalar(exists_sql).fetch_one(p).await?;
+                let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM information_schema.tables WHERE table_name = 'ferry_schema_migrations' AND table_schema = current_schema()")
+                    .fetch_one(p)
+                    .await?;
                 if n == 0 {
-                    return Ok(None);
+                    None
+                } else {
+                    sqlx::query_scalar(version_sql).fetch_one(p).await?
                 }
-                Ok(sqlx::query_scalar(version_sql).fetch_one(p).await?)
             }
             Database::Sqlite(p) => {
-                let n: i64 = sqlx::query_scalar(exists_sql).fetch_one(p).await?;
+                let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = 'ferry_schema_migrations'")
+                    .fetch_one(p)
+                    .await?;
                 if n == 0 {
-                    return Ok(None);
+                    None
+                } else {
+                    sqlx::query_scalar(version_sql).fetch_one(p).await?
                 }
-                Ok(sqlx::query_scalar(version_sql).fetch_one(p).await?)
             }
-        }
+        };
+        Ok(version)
     }
 
     /// Checks, without changing anything, that Ferry's schema is in place

@@ -14,6 +14,17 @@ pub(crate) struct Migration {
     pub sql: &'static str,
 }
 
+impl Migration {
+    /// The error for this migration's own SQL failing.
+    fn failed(&self, source: sqlx::Error) -> StoreError {
+        StoreError::Migration {
+            version: self.version,
+            name: self.name,
+            source,
+        }
+    }
+}
+
 pub(crate) const POSTGRES: &[Migration] = &[Migration {
     version: 1,
     name: "outbox",
@@ -42,11 +53,23 @@ pub(crate) async fn postgres(pool: &PgPool) -> Result<Vec<i64>, StoreError> {
         .execute(&mut *conn)
         .await?;
     let result = postgres_locked(&mut conn).await;
-    sqlx::query("SELECT pg_advisory_unlock($1)")
+    let unlocked = sqlx::query("SELECT pg_advisory_unlock($1)")
         .bind(PG_LOCK)
         .execute(&mut *conn)
-        .await?;
-    result
+        .await;
+    let Err(unlock) = unlocked else {
+        return result;
+    };
+    // Ending the session releases the lock whatever state it is in.
+    conn.close_on_drop();
+    match result {
+        Ok(_) => Err(unlock.into()),
+        Err(e) => {
+            // The migration's own error is the one to report.
+            tracing::warn!(error = %unlock, "releasing the migration lock failed");
+            Err(e)
+        }
+    }
 }
 
 async fn postgres_locked(conn: &mut PgConnection) -> Result<Vec<i64>, StoreError> {
@@ -62,11 +85,7 @@ async fn postgres_locked(conn: &mut PgConnection) -> Result<Vec<i64>, StoreError
         // A bare &str runs as a simple query, several statements at once.
         Executor::execute(&mut *tx, m.sql)
             .await
-            .map_err(|source| StoreError::Migration {
-                version: m.version,
-                name: m.name,
-                source,
-            })?;
+            .map_err(|e| m.failed(e))?;
         sqlx::query("INSERT INTO ferry_schema_migrations (version, name, applied_at) VALUES ($1, $2, now()::text)")
             .bind(m.version)
             .bind(m.name)
@@ -120,11 +139,7 @@ async fn sqlite_step(conn: &mut SqliteConnection, m: &Migration) -> Result<bool,
     }
     Executor::execute(&mut *conn, m.sql)
         .await
-        .map_err(|source| StoreError::Migration {
-            version: m.version,
-            name: m.name,
-            source,
-        })?;
+        .map_err(|e| m.failed(e))?;
     sqlx::query("INSERT INTO ferry_schema_migrations (version, name, applied_at) VALUES (?, ?, datetime('now'))")
         .bind(m.version)
         .bind(m.name)
