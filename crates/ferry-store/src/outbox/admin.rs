@@ -107,7 +107,7 @@ impl Database {
         let n = match self {
             Database::Postgres(pool) => {
                 let mut tx = pool.begin().await?;
-                let n = pg_exec(&mut tx, &format!("UPDATE ferry_outbox {set} now() WHERE status = 'dead'"), which).await?;
+                let n = pg_exec(&mut *tx, &format!("UPDATE ferry_outbox {set} now() WHERE status = 'dead'"), which).await?;
                 sqlx::query("SELECT pg_notify($1, '')").bind(super::postgres::CHANNEL).execute(&mut *tx).await?;
                 tx.commit().await?;
                 n
@@ -128,12 +128,7 @@ impl Database {
     pub async fn discard_dead(&self, which: &MessageRef) -> Result<u64, StoreError> {
         let sql = "DELETE FROM ferry_outbox WHERE status = 'dead'";
         let n = match self {
-            Database::Postgres(pool) => {
-                let mut tx = pool.begin().await?;
-                let n = pg_exec(&mut tx, sql, Some(which)).await?;
-                tx.commit().await?;
-                n
-            }
+            Database::Postgres(pool) => pg_exec(pool, sql, Some(which)).await?,
             Database::Sqlite(pool) => sqlite_exec(pool, sql, Some(which)).await?,
         };
         not_found_if_zero(n, Some(which))
@@ -186,7 +181,7 @@ where
 }
 
 async fn pg_exec(
-    conn: &mut sqlx::PgConnection,
+    conn: impl sqlx::PgExecutor<'_>,
     base: &str,
     which: Option<&MessageRef>,
 ) -> Result<u64, StoreError> {
