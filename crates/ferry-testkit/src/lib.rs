@@ -36,15 +36,19 @@ impl PgTestDb {
         conn.execute(format!("CREATE DATABASE {name}").as_str())
             .await
             .expect("create test database");
-        let base = admin
-            .rsplit_once('/')
-            .map(|(b, _)| b.to_owned())
-            .unwrap_or(admin);
         Self {
-            url: format!("{base}/{name}"),
+            url: database_url(&admin, &name),
             name,
         }
     }
+}
+
+/// `server` with its database replaced by `name`: same host, user and
+/// parameters.
+fn database_url(server: &str, name: &str) -> String {
+    let mut url = url::Url::parse(server).expect("FERRY_TEST_PG is a URL");
+    url.set_path(name);
+    url.into()
 }
 
 impl Drop for PgTestDb {
@@ -114,11 +118,12 @@ impl Drop for TempDir {
 }
 
 /// How the receiver answers.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Mode {
     /// 200 for everything (but 400 for payloads containing `poison`, and 503
     /// for payloads containing `refuse`: one message the service refuses as
     /// if it were down).
+    #[default]
     Up,
     /// 503 for everything: the service is down.
     Down,
@@ -139,7 +144,7 @@ pub struct Received {
 
 #[derive(Default)]
 struct Inner {
-    mode: Option<Mode>,
+    mode: Mode,
     requests: Vec<Received>,
     applied: Vec<Received>,
     seen: HashSet<String>,
@@ -168,10 +173,7 @@ impl Receiver {
     /// Starts a receiver on `listener`.
     pub fn serve(listener: tokio::net::TcpListener) -> Self {
         let addr = listener.local_addr().expect("local addr");
-        let inner = Arc::new(Mutex::new(Inner {
-            mode: Some(Mode::Up),
-            ..Default::default()
-        }));
+        let inner = Arc::new(Mutex::new(Inner::default()));
         let app = axum::Router::new()
             .route("/", post(handle))
             .with_state(inner.clone());
@@ -188,7 +190,7 @@ impl Receiver {
 
     /// Switches how it answers.
     pub fn set_mode(&self, mode: Mode) {
-        self.inner.lock().unwrap().mode = Some(mode);
+        self.inner.lock().unwrap().mode = mode;
     }
 
     /// Makes every answer wait this long (a slow receiver).
@@ -249,7 +251,7 @@ async fn handle(
 
 fn apply(inner: &mut Inner, received: Received) -> StatusCode {
     inner.requests.push(received.clone());
-    if inner.mode == Some(Mode::Down) {
+    if inner.mode == Mode::Down {
         inner.requests_while_down += 1;
         return StatusCode::SERVICE_UNAVAILABLE;
     }
@@ -263,4 +265,19 @@ fn apply(inner: &mut Inner, received: Received) -> StatusCode {
         inner.applied.push(received);
     }
     StatusCode::OK
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_test_database_url_keeps_the_parameters() {
+        assert_eq!(
+            super::database_url("postgres://u@h:5432/postgres?sslmode=disable", "t1"),
+            "postgres://u@h:5432/t1?sslmode=disable"
+        );
+        assert_eq!(
+            super::database_url("postgres://u@h", "t1"),
+            "postgres://u@h/t1"
+        );
+    }
 }
