@@ -23,8 +23,8 @@ pub const CHANNEL: &str = "ferry_outbox";
 /// open transaction (`&mut *tx`): the message then commits or rolls back
 /// with the caller's own changes. Returns the message's sequence number.
 ///
-/// A payload that is valid UTF-8 is stored in `payload`, anything else in
-/// `payload_bytes`.
+/// A payload that is valid UTF-8 without NUL bytes is stored in `payload`
+/// (PostgreSQL text cannot hold a NUL), anything else in `payload_bytes`.
 pub async fn enqueue(conn: &mut PgConnection, message: &Message) -> Result<i64, StoreError> {
     let (text, bytes) = split_payload(&message.payload);
     let seq: i64 = sqlx::query_scalar(
