@@ -419,9 +419,8 @@ both!(
         .await;
         let f = ClaimFilter {
             limit: 10,
-            order: OrderPolicy::Ordered,
             topics: Some(vec!["x".into(), "z".into()]),
-            one_per_key: false,
+            ..filter(OrderPolicy::Ordered)
         };
         assert_eq!(
             payloads(&env.round(&f, |_| Outcome::Delivered).await),
@@ -455,9 +454,7 @@ both!(
         env.enqueue(&ms).await;
         let f = ClaimFilter {
             limit: 10,
-            order: OrderPolicy::Ordered,
-            topics: None,
-            one_per_key: false,
+            ..filter(OrderPolicy::Ordered)
         };
         let mut all = Vec::new();
         loop {

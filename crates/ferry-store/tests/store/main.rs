@@ -30,16 +30,19 @@ pub enum AnyOutbox {
 }
 
 pub async fn pg_env(retention: Retention) -> Env {
-    let t = PgTestDb::create().await;
-    let db = Database::connect_with(
-        &t.url,
-        &ConnectOptions {
+    pg_env_with(
+        retention,
+        ConnectOptions {
             max_connections: 8,
             lease: Some(Duration::from_secs(30)),
         },
     )
     .await
-    .unwrap();
+}
+
+pub async fn pg_env_with(retention: Retention, options: ConnectOptions) -> Env {
+    let t = PgTestDb::create().await;
+    let db = Database::connect_with(&t.url, &options).await.unwrap();
     db.migrate().await.unwrap();
     let Database::Postgres(pool) = &db else {
         unreachable!()

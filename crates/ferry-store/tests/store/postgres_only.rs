@@ -59,9 +59,7 @@ async fn concurrent_claims_are_disjoint_and_keep_keys_whole() {
     let o = pg(&env);
     let f = |limit| ClaimFilter {
         limit,
-        order: OrderPolicy::Ordered,
-        topics: None,
-        one_per_key: false,
+        ..filter(OrderPolicy::Ordered)
     };
     let keys = |x: &ferry_store::outbox::postgres::PgBatch| {
         x.messages()
@@ -105,9 +103,7 @@ async fn a_lone_claim_takes_whole_keys() {
     env.enqueue(&ms).await;
     let f = ClaimFilter {
         limit: 30,
-        order: OrderPolicy::Ordered,
-        topics: None,
-        one_per_key: false,
+        ..filter(OrderPolicy::Ordered)
     };
     assert_eq!(env.round(&f, |_| Outcome::Delivered).await.len(), 30);
 }
@@ -148,26 +144,16 @@ async fn a_dead_session_releases_its_claim() {
 /// The lease: a claim left idle longer than it is ended by the server.
 #[tokio::test]
 async fn an_idle_claim_expires_after_the_lease() {
-    let t = PgTestDb::create().await;
-    let db = Database::connect_with(
-        &t.url,
-        &ConnectOptions {
+    let env = pg_env_with(
+        Retention::Delete,
+        ConnectOptions {
             max_connections: 4,
             lease: Some(Duration::from_millis(300)),
         },
     )
-    .await
-    .unwrap();
-    db.migrate().await.unwrap();
-    let Database::Postgres(p) = &db else {
-        unreachable!()
-    };
-    let o = PgOutbox::new(p.clone(), Retention::Delete);
-    let mut tx = p.begin().await.unwrap();
-    ferry_store::outbox::postgres::enqueue(&mut tx, &Message::event("t", "x"))
-        .await
-        .unwrap();
-    tx.commit().await.unwrap();
+    .await;
+    let o = pg(&env);
+    env.enqueue_in_tx(&[Message::event("t", "x")]).await;
     let f = filter(OrderPolicy::Ordered);
     let held = o.claim(&f).await.unwrap();
     assert_eq!(held.messages().len(), 1);
