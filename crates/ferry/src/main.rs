@@ -3,17 +3,20 @@
 mod config;
 mod pipeline;
 
+use std::num::{NonZeroU32, NonZeroUsize};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
+use clap::builder::{PossibleValuesParser, TypedValueParser};
 use clap::{Parser, Subcommand, ValueEnum};
 use ferry_core::RetryPolicy;
 use ferry_relay::{CancellationToken, OrderPolicy, RelayConfig};
 use ferry_sinks::SinkConfig;
 use ferry_store::outbox::MessageRef;
 use ferry_store::{redact, Database};
+use serde::Deserialize;
 
 use crate::config::{error_chain, FerryConfig};
 use crate::pipeline::Pipeline;
@@ -64,15 +67,19 @@ enum Command {
         /// Apply Ferry's migrations first.
         #[arg(long)]
         migrate: bool,
-        /// Per-key policy when a message fails.
-        #[arg(long, value_enum, default_value_t = Order::Ordered)]
-        order: Order,
-        /// Messages per batch.
-        #[arg(long, default_value_t = RelayConfig::default().batch_size)]
-        batch_size: u32,
-        /// Batches in flight at once (SQLite: 1).
-        #[arg(long, default_value_t = RelayConfig::default().concurrency)]
-        concurrency: usize,
+        /// Per-key policy when a message fails, as `order` in the file.
+        #[arg(
+            long,
+            default_value = "ordered",
+            value_parser = PossibleValuesParser::new(["ordered", "unordered"]).try_map(order_policy)
+        )]
+        order: OrderPolicy,
+        /// Messages per batch (at least 1).
+        #[arg(long, default_value_t = default_batch_size())]
+        batch_size: NonZeroU32,
+        /// Batches in flight at once (at least 1; SQLite: 1).
+        #[arg(long, default_value_t = default_concurrency())]
+        concurrency: NonZeroUsize,
         /// Only these topics (repeatable).
         #[arg(long = "topic")]
         topics: Vec<String>,
@@ -102,10 +109,17 @@ enum Command {
     },
 }
 
-#[derive(Clone, Copy, ValueEnum)]
-enum Order {
-    Ordered,
-    Unordered,
+/// `ordered` or `unordered`, read as the configuration file reads it.
+fn order_policy(name: String) -> Result<OrderPolicy, serde::de::value::Error> {
+    OrderPolicy::deserialize(serde::de::value::StringDeserializer::new(name))
+}
+
+fn default_batch_size() -> NonZeroU32 {
+    NonZeroU32::new(RelayConfig::default().batch_size).unwrap_or(NonZeroU32::MIN)
+}
+
+fn default_concurrency() -> NonZeroUsize {
+    NonZeroUsize::new(RelayConfig::default().concurrency).unwrap_or(NonZeroUsize::MIN)
 }
 
 #[derive(Subcommand)]
@@ -244,7 +258,6 @@ async fn run(command: Command) -> anyhow::Result<()> {
             max_attempts,
             retention,
         } => {
-            anyhow::ensure!(batch_size > 0, "--batch-size must be at least 1");
             let sink = SinkConfig::from_url(&to)
                 .map_err(|e| anyhow::anyhow!("--to: {}", error_chain(&e)))?;
             let retry = RetryPolicy {
@@ -252,17 +265,13 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 ..RetryPolicy::default()
             };
             retry.validate().context("--max-attempts")?;
-            let order = match order {
-                Order::Ordered => OrderPolicy::Ordered,
-                Order::Unordered => OrderPolicy::Unordered,
-            };
             let topics = (!topics.is_empty()).then_some(topics);
             let p = Pipeline::quick(
                 database,
                 sink,
                 order,
-                batch_size,
-                concurrency,
+                batch_size.get(),
+                concurrency.get(),
                 topics,
                 retry,
                 retention,

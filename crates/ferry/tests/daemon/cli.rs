@@ -28,6 +28,113 @@ fn bad_config_names_key_and_line_and_exits_non_zero() {
     assert!(text(&out).contains("cannot read"));
 }
 
+/// `ferry run` with a valid file: two pipelines on one SQLite outbox, split
+/// by topic, one to a webhook and one to `null://`. Messages written by plain
+/// SQL reach the webhook (and only its topic does); SIGTERM exits 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_relays_every_pipeline_until_sigterm() {
+    let t = SqliteTestDb::create();
+    let out = ferry(&["migrate", "--database", &t.url]);
+    assert!(out.status.success(), "{}", text(&out));
+    let r = Receiver::start().await;
+    let dir = TempDir::new();
+    let path = dir.0.join("ferry.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[[pipeline]]\nname = \"hooks\"\ndatabase = \"{db}\"\ntopics = [\"user.signed_up\"]\n\
+             poll_interval = \"50ms\"\n[pipeline.sink]\ntype = \"http\"\nurl = \"{hook}\"\n\
+             [[pipeline]]\nname = \"audit\"\ndatabase = \"{db}\"\ntopics = [\"audit\"]\n\
+             poll_interval = \"50ms\"\n[pipeline.sink]\ntype = \"null\"\n",
+            db = t.url,
+            hook = r.url()
+        ),
+    )
+    .unwrap();
+    let mut child = KillOnDrop(
+        Command::new(FERRY)
+            .args([
+                "--log-level",
+                "warn",
+                "run",
+                "--config",
+                path.to_str().unwrap(),
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start ferry"),
+    );
+
+    let sql = "INSERT INTO ferry_outbox (topic, message_key, payload) VALUES \
+               ('user.signed_up', 'user-1', '{\"user_id\":1}'), ('audit', NULL, '{\"a\":1}'), \
+               ('user.signed_up', 'user-2', '{\"user_id\":2}'), ('audit', NULL, '{\"a\":2}');";
+    let st = Command::new("sqlite3")
+        .arg(&t.path)
+        .arg(sql)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let db = Database::connect(&t.url).await.unwrap();
+    let start = Instant::now();
+    loop {
+        let pending = db.outbox_stats().await.unwrap().pending;
+        if pending == 0 && r.applied().len() == 2 {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "still {pending} pending, {} received",
+            r.applied().len()
+        );
+        assert!(
+            child.0.try_wait().unwrap().is_none(),
+            "ferry run exited early"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut bodies: Vec<String> = r
+        .applied()
+        .iter()
+        .map(|m| String::from_utf8_lossy(&m.body).into_owned())
+        .collect();
+    bodies.sort();
+    assert_eq!(bodies, ["{\"user_id\":1}", "{\"user_id\":2}"]);
+    sigterm(&child.0);
+    let status = child.0.wait().unwrap();
+    assert!(status.success(), "{status}");
+}
+
+/// Kills the process if the test fails before it exits.
+struct KillOnDrop(Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A pipeline that may not migrate an unmigrated database stops `ferry
+/// run`, with the reason.
+#[test]
+fn run_exits_non_zero_when_a_pipeline_cannot_start() {
+    let t = SqliteTestDb::create();
+    let dir = TempDir::new();
+    let path = dir.0.join("ferry.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[[pipeline]]\nname = \"p\"\ndatabase = \"{}\"\nmigrate = false\n[pipeline.sink]\ntype = \"null\"\n",
+            t.url
+        ),
+    )
+    .unwrap();
+    let out = ferry(&["run", "--config", path.to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(text(&out).contains("ferry migrate"), "{}", text(&out));
+}
+
 #[test]
 fn bad_urls_are_clear_errors() {
     let out = ferry(&["relay", "--database", "sqlite://x.db", "--to", "ftp://x"]);
@@ -44,6 +151,28 @@ fn bad_urls_are_clear_errors() {
         "{}",
         text(&out)
     );
+}
+
+/// Flags are refused as the file refuses the same values.
+#[test]
+fn relay_flags_refuse_what_the_file_refuses() {
+    for (flag, value, says) in [
+        ("--concurrency", "0", "--concurrency"),
+        ("--batch-size", "0", "--batch-size"),
+        ("--order", "random", "ordered, unordered"),
+    ] {
+        let out = ferry(&[
+            "relay",
+            "--database",
+            "sqlite://x.db",
+            "--to",
+            "null://",
+            flag,
+            value,
+        ]);
+        assert!(!out.status.success(), "{flag} {value}");
+        assert!(text(&out).contains(says), "{}", text(&out));
+    }
 }
 
 #[test]

@@ -149,7 +149,6 @@ async fn unreachable_database_is_retried_not_fatal() {
         1,
         "logged once, not per attempt:\n{log}"
     );
-    let _ = TempDir::new();
 }
 
 /// A second SIGTERM does not wait for the grace: the process exits at once
