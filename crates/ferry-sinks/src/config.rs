@@ -154,7 +154,8 @@ fn nats_from_url(mut url: Url) -> Result<NatsSinkConfig, SinkConfigError> {
     Ok(config)
 }
 
-/// `url` with its user and password masked, for debug output and logs.
+/// `url` with its user, password and every query value masked, for debug
+/// output and logs: webhook URLs often carry a token in the query.
 pub(crate) fn redacted(url: &Url) -> String {
     let mut url = url.clone();
     if !url.username().is_empty() {
@@ -163,7 +164,34 @@ pub(crate) fn redacted(url: &Url) -> String {
     if url.password().is_some() {
         let _ = url.set_password(Some("***"));
     }
+    if url.query().is_some() {
+        let names: Vec<String> = url
+            .query_pairs()
+            .map(|(name, _)| name.into_owned())
+            .collect();
+        url.query_pairs_mut()
+            .clear()
+            .extend_pairs(names.iter().map(|name| (name, "***")));
+    }
     url.into()
+}
+
+/// The CloudEvents `source` attribute when none is configured.
+pub(crate) fn default_source() -> String {
+    crate::DEFAULT_SOURCE.to_owned()
+}
+
+/// A configured `source` must be a non-empty CloudEvents source.
+pub(crate) fn check_source(sink: &'static str, source: &str) -> Result<(), SinkConfigError> {
+    if source.is_empty() {
+        return Err(SinkConfigError::Invalid {
+            sink,
+            field: "source",
+            reason: "must not be empty".to_owned(),
+            source: None,
+        });
+    }
+    Ok(())
 }
 
 /// A sink's settings are wrong, or the sink could not start.

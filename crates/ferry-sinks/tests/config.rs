@@ -25,6 +25,9 @@ fn http_url_is_the_endpoint() {
         unreachable!()
     };
     assert_eq!(config.url.as_str(), url);
+    let debug = format!("{config:?}");
+    assert!(!debug.contains("abc"), "query values stay out: {debug}");
+    assert!(debug.contains("token=***"), "{debug}");
     assert_eq!(config.timeout, Duration::from_secs(5));
     assert_eq!(
         SinkConfig::Http(config.clone()).longest_call(),
@@ -103,6 +106,10 @@ fn bad_urls_say_what_is_wrong() {
         (
             "nats://localhost?subject_prefix=x.&stream=A.B",
             "invalid `stream` for nats sink: must be non-empty, without whitespace, `.`, `*`, `>`, `/` or `\\`",
+        ),
+        (
+            "nats://localhost?source=",
+            "invalid `source` for nats sink: must not be empty",
         ),
         ("null://x", "invalid `url` for null sink: must be just `null://`"),
     ];
@@ -210,4 +217,11 @@ async fn build_starts_the_sink() {
     let mut invalid = HttpSinkConfig::new("https://example.com".parse().unwrap());
     invalid.concurrency = 0;
     assert!(SinkConfig::Http(invalid).build().await.is_err());
+    let mut invalid = HttpSinkConfig::new("https://example.com".parse().unwrap());
+    invalid.source.clear();
+    let error = SinkConfig::Http(invalid).validate().unwrap_err();
+    assert_eq!(
+        error.to_string(),
+        "invalid `source` for http sink: must not be empty"
+    );
 }

@@ -38,7 +38,7 @@ pub struct HttpSinkConfig {
     #[serde(default = "default_concurrency")]
     pub concurrency: usize,
     /// The CloudEvents `source` attribute, sent as `ce-source`.
-    #[serde(default = "default_source")]
+    #[serde(default = "crate::config::default_source")]
     pub source: String,
     /// Headers added to every request, e.g. `Authorization`. They replace a
     /// message's own header of the same name, but not the CloudEvents
@@ -57,10 +57,6 @@ fn default_concurrency() -> usize {
     32
 }
 
-fn default_source() -> String {
-    crate::DEFAULT_SOURCE.to_owned()
-}
-
 impl HttpSinkConfig {
     /// The defaults, posting to `url`.
     pub fn new(url: Url) -> Self {
@@ -68,7 +64,7 @@ impl HttpSinkConfig {
             url,
             timeout: default_timeout(),
             concurrency: default_concurrency(),
-            source: default_source(),
+            source: crate::config::default_source(),
             headers: BTreeMap::new(),
         }
     }
@@ -98,9 +94,7 @@ impl HttpSinkConfig {
         if self.concurrency == 0 {
             return Err(invalid("concurrency", "must be at least 1".to_owned()));
         }
-        if self.source.is_empty() {
-            return Err(invalid("source", "must not be empty".to_owned()));
-        }
+        crate::config::check_source("http", &self.source)?;
         let mut headers = HeaderMap::with_capacity(self.headers.len());
         for (name, value) in &self.headers {
             let header_name =

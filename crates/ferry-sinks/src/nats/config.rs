@@ -50,16 +50,12 @@ pub struct NatsSinkConfig {
     #[serde(default = "default_ack_timeout", with = "humantime_serde")]
     pub ack_timeout: Duration,
     /// The CloudEvents `source` attribute, sent as the `ce-source` header.
-    #[serde(default = "default_source")]
+    #[serde(default = "crate::config::default_source")]
     pub source: String,
 }
 
 fn default_ack_timeout() -> Duration {
     Duration::from_secs(5)
-}
-
-fn default_source() -> String {
-    crate::DEFAULT_SOURCE.to_owned()
 }
 
 impl NatsSinkConfig {
@@ -71,7 +67,7 @@ impl NatsSinkConfig {
             stream: None,
             stream_subjects: Vec::new(),
             ack_timeout: default_ack_timeout(),
-            source: default_source(),
+            source: crate::config::default_source(),
         }
     }
 
@@ -107,9 +103,7 @@ impl NatsSinkConfig {
         if self.ack_timeout.is_zero() {
             return Err(invalid("ack_timeout", "must be more than zero"));
         }
-        if self.source.is_empty() {
-            return Err(invalid("source", "must not be empty"));
-        }
+        crate::config::check_source("nats", &self.source)?;
         if let Some(stream) = &self.stream {
             if !is_stream_name(stream) {
                 return Err(invalid(
