@@ -205,6 +205,34 @@ async fn rejected_messages_are_permanent_and_spare_the_rest() {
     js.delete_stream(&names.stream).await.unwrap();
 }
 
+/// A stream that is full and discards new messages refuses with error
+/// 10077: space may free up, so the message is retried.
+#[tokio::test]
+async fn stream_full_is_transient() {
+    let names = names();
+    let js = jetstream().await;
+    js.create_stream(jetstream::stream::Config {
+        name: names.stream.clone(),
+        subjects: vec![format!("{}>", names.prefix)],
+        max_messages: 1,
+        discard: jetstream::stream::DiscardPolicy::New,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let sink = NatsSink::connect(config(&names)).await.unwrap();
+    let first = sink.deliver(&[Message::event("t", "1")]).await;
+    assert!(first[0].is_ok(), "{first:?}");
+    let second = sink.deliver(&[Message::event("t", "2")]).await;
+    let error = second[0].as_ref().unwrap_err();
+    assert_eq!(error.kind, SinkErrorKind::Transient, "{error:?}");
+    assert_eq!(error.message, "jetstream cannot store the message now");
+    assert!(error.describe().contains("10077"), "{}", error.describe());
+    assert_eq!(stored(&js, &names.stream).await, 1);
+
+    js.delete_stream(&names.stream).await.unwrap();
+}
+
 #[tokio::test]
 async fn subject_without_stream_is_unavailable() {
     let names = names();
