@@ -9,7 +9,7 @@ up() { # host port
 }
 
 wait_for() { # name host port
-  for _ in $(seq 1 60); do
+  for _ in $(seq 1 120); do
     up "$2" "$3" && return 0
     sleep 0.5
   done
@@ -31,5 +31,25 @@ if ! up 127.0.0.1 4222; then
     -a 127.0.0.1 -p 4222 -js -sd /var/lib/nats-server -l /var/log/nats-server.log || true
 fi
 wait_for NATS 127.0.0.1 4222 || status=1
+
+if ! up 127.0.0.1 6379; then
+  echo "services: starting Redis"
+  mkdir -p /var/lib/redis /var/log/redis
+  redis-server --daemonize yes --bind 127.0.0.1 -::1 --port 6379 --save "" --appendonly no \
+    --dir /var/lib/redis --logfile /var/log/redis/ci.log || true
+fi
+wait_for Redis 127.0.0.1 6379 || status=1
+
+if ! up 127.0.0.1 5672; then
+  echo "services: starting RabbitMQ"
+  rabbitmq-server -detached || true
+fi
+wait_for RabbitMQ 127.0.0.1 5672 || status=1
+
+if ! up 127.0.0.1 3306; then
+  echo "services: starting MariaDB"
+  start-stop-daemon --start --oknodo --background --exec /usr/sbin/mariadbd || true
+fi
+wait_for MariaDB 127.0.0.1 3306 || status=1
 
 exit $status

@@ -1,6 +1,7 @@
 //! Ferry's core: the [`Message`] that travels from an outbox to another
 //! system, the [`RetryPolicy`] that spaces out attempts, and the [`Sink`]
-//! contract every destination (webhook, broker, null) implements.
+//! contract every destination (webhook, broker, null) implements, and the
+//! [`Subscriber`] contract of a broker's consumer side.
 //!
 //! Nothing here talks to a database or a network; stores, the relay and the
 //! sinks build on these types.
@@ -9,10 +10,16 @@ pub mod cloudevents;
 pub mod message;
 pub mod retry;
 pub mod sink;
+pub mod subscriber;
 
+pub use cloudevents::Malformed;
 pub use message::{Kind, Message, MessageId, ParseKindError};
 pub use retry::RetryPolicy;
 pub use sink::{BoxFuture, Delivery, Sink, SinkError, SinkErrorKind};
+pub use subscriber::{
+    Acker, Capabilities, Lag, MessageStream, Received, SubscribeError,
+    SubscribeErrorKind, Subscriber, Subscription,
+};
 
 /// An error followed by its chain of causes, `outer: inner: root`, for logs
 /// and stored error columns.
