@@ -1,0 +1,1 @@
+//! The cases of the suite, each a function of a [`Broker`](crate::Broker).

@@ -1,0 +1,48 @@
+//! One conformance suite for every broker adapter, after watermill's
+//! universal Pub/Sub tests.
+//!
+//! An adapter's test crate implements [`Broker`] for a harness that connects
+//! to a real server, then calls [`suite!`]:
+//!
+//! ```ignore
+//! ferry_conformance::suite!(async { MyHarness::connect().await });
+//! ```
+//!
+//! The macro expands to one `#[tokio::test]` per case. Every case runs; a
+//! case that checks a [`Capabilities`] flag the harness does not claim checks
+//! that nothing breaks without it and returns early. Adding a broker to
+//! Ferry means passing this suite.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ferry_core::{Capabilities, Sink, Subscriber};
+
+pub mod cases;
+
+/// A connected broker under test: its publishing half (the adapter's
+/// [`Sink`]) and its consuming half (the adapter's [`Subscriber`]).
+pub trait Broker: Send + Sync + 'static {
+    /// The adapter's sink, publishing to this broker.
+    fn sink(&self) -> impl Future<Output = Arc<dyn Sink>> + Send;
+
+    /// A new subscriber on this broker. Cases that model two consumer
+    /// processes call this twice.
+    fn subscriber(&self) -> impl Future<Output = Arc<dyn Subscriber>> + Send;
+
+    /// What this broker, as the harness runs it, guarantees. Usually the
+    /// subscriber's own [`Subscriber::capabilities`]; a harness may clear a
+    /// flag the server it runs cannot keep (a Redis without persistence is
+    /// not `persistent`), never set one.
+    fn capabilities(&self) -> Capabilities;
+
+    /// The longest a message received and dropped unsettled (its consumer
+    /// crashed) stays away before the broker redelivers it: a visibility
+    /// timeout, a claim idle time, an ack wait.
+    fn redelivery_within(&self) -> Duration;
+
+    /// Restarts the broker server, keeping what it persists. Called only when
+    /// [`Capabilities::persistent`] is claimed.
+    fn restart(&self) -> impl Future<Output = ()> + Send;
+}

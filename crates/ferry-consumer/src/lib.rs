@@ -1,0 +1,1 @@
+//! Ferry's consumer side: router, handler middleware, idempotent inbox
