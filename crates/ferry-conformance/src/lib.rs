@@ -46,3 +46,47 @@ pub trait Broker: Send + Sync + 'static {
     /// [`Capabilities::persistent`] is claimed.
     fn restart(&self) -> impl Future<Output = ()> + Send;
 }
+
+/// Expands to one `#[tokio::test]` per case of the suite, each building its
+/// harness with the given `async` expression.
+///
+/// ```ignore
+/// ferry_conformance::suite!(async { MyHarness::connect().await });
+/// ```
+#[macro_export]
+macro_rules! suite {
+    ($harness:expr) => {
+        $crate::suite!(@cases $harness;
+            round_trip,
+            acked_messages_are_not_redelivered,
+            nack_redelivers,
+            delayed_nack_waits,
+            unacked_messages_are_redelivered,
+            group_members_share,
+            events_fan_out_to_every_group,
+            ordered_per_key,
+            survives_a_broker_restart,
+            duplicates_are_dropped,
+            lag_reports_the_backlog,
+        );
+
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn harness_claims_only_what_the_adapter_has() {
+            let broker = $harness.await;
+            let subscriber = $crate::Broker::subscriber(&broker).await;
+            $crate::cases::claims_only_what_the_adapter_has(
+                $crate::Broker::capabilities(&broker),
+                subscriber.capabilities(),
+            );
+        }
+    };
+    (@cases $harness:expr; $($case:ident),+ $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $case() {
+                let broker = $harness.await;
+                $crate::cases::$case(&broker).await;
+            }
+        )+
+    };
+}
