@@ -268,6 +268,11 @@ impl SubscribeError {
         self.source = Some(Box::new(source));
         self
     }
+    /// Attaches an underlying error that is already boxed.
+    pub fn with_boxed_source(mut self, source: Box<dyn std::error::Error + Send + Sync>) -> Self {
+        self.source = Some(source);
+        self
+    }
     /// Whether subscribing again may help.
     pub fn is_retryable(&self) -> bool {
         self.kind == SubscribeErrorKind::Unavailable

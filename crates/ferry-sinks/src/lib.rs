@@ -21,7 +21,7 @@ mod null;
 
 pub use config::{NullSinkConfig, SinkConfig, SinkConfigError};
 pub use http::{HttpSink, HttpSinkConfig};
-pub use nats::{NatsSink, NatsSinkConfig};
+pub use nats::{NatsSink, NatsSinkConfig, NatsSubscriber};
 pub use null::NullSink;
 
 /// The default CloudEvents `source` attribute (`ce-source`).

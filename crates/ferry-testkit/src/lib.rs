@@ -2,6 +2,8 @@
 //! test, a SQLite file per test, and a webhook receiver that records what it
 //! gets and applies each message id once.
 
+pub mod nats_server;
+
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};

@@ -52,6 +52,16 @@ pub struct NatsSinkConfig {
     /// The CloudEvents `source` attribute, sent as the `ce-source` header.
     #[serde(default = "crate::config::default_source")]
     pub source: String,
+    /// Subscriber only: how long a delivered message may stay
+    /// unacknowledged before JetStream delivers it again (the durable
+    /// consumer's `ack_wait`), e.g. `"30s"`. A handler that runs longer than
+    /// this sees its message redelivered meanwhile.
+    #[serde(default = "default_ack_wait", with = "humantime_serde")]
+    pub ack_wait: Duration,
+}
+
+fn default_ack_wait() -> Duration {
+    Duration::from_secs(30)
 }
 
 fn default_ack_timeout() -> Duration {
@@ -68,6 +78,7 @@ impl NatsSinkConfig {
             stream_subjects: Vec::new(),
             ack_timeout: default_ack_timeout(),
             source: crate::config::default_source(),
+            ack_wait: default_ack_wait(),
         }
     }
 
@@ -102,6 +113,9 @@ impl NatsSinkConfig {
         }
         if self.ack_timeout.is_zero() {
             return Err(invalid("ack_timeout", "must be more than zero"));
+        }
+        if self.ack_wait < Duration::from_secs(1) {
+            return Err(invalid("ack_wait", "must be at least one second"));
         }
         crate::config::check_source("nats", &self.source)?;
         if let Some(stream) = &self.stream {

@@ -1,6 +1,7 @@
 //! The NATS JetStream sink.
 
 mod config;
+mod subscriber;
 
 use std::fmt;
 use std::sync::Arc;
@@ -17,6 +18,7 @@ use ferry_core::{BoxFuture, Delivery, Message, Sink, SinkError, SinkErrorKind};
 use tokio::sync::{watch, OnceCell};
 
 pub use config::NatsSinkConfig;
+pub use subscriber::NatsSubscriber;
 
 use crate::SinkConfigError;
 
