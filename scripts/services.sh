@@ -52,4 +52,7 @@ if ! up 127.0.0.1 3306; then
 fi
 wait_for MariaDB 127.0.0.1 3306 || status=1
 
+"$(dirname "$0")/kafka.sh" || status=1
+"$(dirname "$0")/sqs.sh" || status=1
+
 exit $status

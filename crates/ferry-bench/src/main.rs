@@ -6,12 +6,15 @@
 //! * `ceiling`: how fast the database takes the same rows.
 //! * `latency`: commit-to-hand-off latency at a steady rate (PostgreSQL).
 //! * `all`: the standard set, with a summary table.
+//! * `brokers`: publish and consume rates per broker adapter, beside the
+//!   broker's raw publish rate with the same client crate.
 //! * `nats-raw`: JetStream's own publish rate, the ceiling for the NATS figure.
 //! * `peer`: the adapter for the bench-peers harness.
 //! * `clean`: drops scratch databases left behind by interrupted runs.
 //!
 //! How to run them: `bench/README.md`.
 
+mod brokers;
 mod ceiling;
 mod destination;
 mod drain;
@@ -65,6 +68,8 @@ enum Command {
         #[arg(value_enum)]
         step: peer::PeerCommand,
     },
+    /// Publish and consume rates per broker, beside its raw publish rate.
+    Brokers(brokers::BrokersArgs),
     /// NATS JetStream's own publish rate with the same client crate (lighter
     /// messages than the relay's): the ceiling for the relay's NATS figure.
     NatsRaw(natsraw::NatsRawArgs),
@@ -104,6 +109,7 @@ async fn main() -> ExitCode {
         Command::Latency(args) => latency::run(&args, &tsv).await.map(drop),
         Command::All(args) => suite::run(&args, &tsv).await,
         Command::Peer { step } => peer::run(step).await,
+        Command::Brokers(args) => brokers::run(&args, &tsv).await,
         Command::NatsRaw(args) => natsraw::run(&args, &tsv).await.map(drop),
         Command::Clean { database } => {
             async {

@@ -38,6 +38,8 @@ pub fn workers(db: &Database, asked: usize) -> usize {
     // Only asked for its limit: dropped at once (PgOutbox's listener task
     // is aborted with it).
     let max = match db {
+        // Server::parse refuses MariaDB.
+        Database::Mysql(_) => None,
         Database::Postgres(pool) => PgOutbox::new(pool.clone(), Retention::Delete).max_workers(),
         Database::Sqlite(pool) => SqliteOutbox::new(pool.clone(), Retention::Delete).max_workers(),
     };

@@ -38,6 +38,7 @@ impl Server {
     /// connect), or `sqlite://` (temp dir), or `sqlite:///some/dir`.
     pub fn parse(url: &str) -> anyhow::Result<Self> {
         match DatabaseKind::of(url)? {
+            DatabaseKind::Mysql => anyhow::bail!("the benchmark does not run on MariaDB yet"),
             DatabaseKind::Postgres => Ok(Server::Postgres {
                 admin: url.to_owned(),
             }),

@@ -94,6 +94,7 @@ pub fn rows(n: usize, keys: u32, shape: PayloadShape) -> Vec<Row> {
 pub async fn insert(db: &Database, rows: &[Row]) -> anyhow::Result<()> {
     const SQL: &str = "INSERT INTO ferry_outbox (message_id, topic, message_key, payload) ";
     match db {
+        Database::Mysql(_) => anyhow::bail!("the benchmark does not run on MariaDB"),
         Database::Postgres(pool) => {
             let mut q = QueryBuilder::<Postgres>::new(SQL);
             q.push_values(rows, |mut b, r| {
@@ -158,6 +159,7 @@ pub async fn insert_all(
 /// measurement includes connecting.
 pub async fn warm(db: &Database, n: usize) -> anyhow::Result<()> {
     match db {
+        Database::Mysql(_) => anyhow::bail!("the benchmark does not run on MariaDB"),
         Database::Postgres(pool) => {
             let mut held = Vec::with_capacity(n);
             for _ in 0..n {
@@ -192,6 +194,7 @@ pub async fn fill(
 /// never runs on its own).
 pub async fn settle(db: &Database) -> anyhow::Result<()> {
     match db {
+        Database::Mysql(_) => anyhow::bail!("the benchmark does not run on MariaDB"),
         Database::Postgres(pool) => {
             sqlx::query("ANALYZE ferry_outbox").execute(pool).await?;
             if let Err(e) = sqlx::query("CHECKPOINT").execute(pool).await {
@@ -211,6 +214,7 @@ pub async fn settle(db: &Database) -> anyhow::Result<()> {
 pub async fn count(db: &Database) -> anyhow::Result<i64> {
     let sql = "SELECT COUNT(*) FROM ferry_outbox";
     Ok(match db {
+        Database::Mysql(_) => anyhow::bail!("the benchmark does not run on MariaDB"),
         Database::Postgres(pool) => sqlx::query_scalar(sql).fetch_one(pool).await?,
         Database::Sqlite(pool) => sqlx::query_scalar(sql).fetch_one(pool).await?,
     })

@@ -13,12 +13,12 @@ pub mod sink;
 pub mod subscriber;
 
 pub use cloudevents::Malformed;
-pub use message::{Kind, Message, MessageId, ParseKindError};
+pub use message::{Kind, Message, MessageId, ParseKindError, REPLAY_HEADER};
 pub use retry::RetryPolicy;
 pub use sink::{BoxFuture, Delivery, Sink, SinkError, SinkErrorKind};
 pub use subscriber::{
-    Acker, Capabilities, Lag, MessageStream, Received, SubscribeError,
-    SubscribeErrorKind, Subscriber, Subscription,
+    Acker, Capabilities, Lag, MessageStream, Received, SubscribeError, SubscribeErrorKind,
+    Subscriber, Subscription,
 };
 
 /// An error followed by its chain of causes, `outer: inner: root`, for logs

@@ -89,6 +89,13 @@ impl FromStr for Kind {
     }
 }
 
+/// A header an operator's replay sets (`ferry dead-letters replay`): its
+/// value, fresh for each replay, makes [`Message::broker_dedup_id`] differ
+/// from the first publish's, so a broker that drops repeated ids (JetStream,
+/// SQS FIFO) takes the replay, while [`Message::id`], the consumers'
+/// idempotency key, stays the same.
+pub const REPLAY_HEADER: &str = "ferry-replay";
+
 /// The default content type of a payload.
 pub const JSON: &str = "application/json";
 
@@ -150,6 +157,23 @@ impl Message {
         self
     }
 
+    /// The id a broker deduplicates publishes by: [`Message::id`], or, for
+    /// a replay ([`REPLAY_HEADER`]), the id followed by `-replay-` and the
+    /// replay's value.
+    pub fn broker_dedup_id(&self) -> String {
+        match self.headers.get(REPLAY_HEADER) {
+            Some(replay) => format!("{}-replay-{replay}", self.id),
+            None => self.id.to_string(),
+        }
+    }
+
+    /// Marks the message as a replay, with a fresh [`REPLAY_HEADER`].
+    pub fn replayed(mut self) -> Self {
+        self.headers
+            .insert(REPLAY_HEADER.to_owned(), MessageId::new().to_string());
+        self
+    }
+
     /// Sets the payload's content type.
     pub fn with_content_type(mut self, content_type: impl Into<String>) -> Self {
         self.content_type = content_type.into();
@@ -177,6 +201,19 @@ mod tests {
         assert_eq!(Kind::Event.as_str(), "event");
         let err = "job".parse::<Kind>().unwrap_err();
         assert!(err.to_string().contains("`job`"));
+    }
+
+    #[test]
+    fn a_replay_changes_the_broker_dedup_id_but_not_the_id() {
+        let m = Message::event("a", "{}");
+        assert_eq!(m.broker_dedup_id(), m.id.to_string());
+        let once = m.clone().replayed();
+        let twice = m.clone().replayed();
+        assert_eq!(once.id, m.id);
+        assert!(once
+            .broker_dedup_id()
+            .starts_with(&format!("{}-replay-", m.id)));
+        assert_ne!(once.broker_dedup_id(), twice.broker_dedup_id());
     }
 
     #[test]

@@ -29,7 +29,7 @@ pub struct RelayConfig {
     pub sink_backoff: SinkBackoff,
     /// What happens to delivered messages.
     pub retention: Retention,
-    /// The lease on a claimed batch (on PostgreSQL, open the pool with
+    /// The lease on a claimed batch (on PostgreSQL and MariaDB, open the pool with
     /// [`RelayConfig::connect_options`], which sets the same value). A batch gets
     /// half of it to be delivered, so that no other relay takes over a
     /// batch still being sent: a sink call not finished by then counts as a
@@ -46,7 +46,7 @@ impl RelayConfig {
     }
 
     /// How to open the database for this relay: its [`lease`](Self::lease)
-    /// (PostgreSQL's idle-in-transaction timeout, so that a batch's budget
+    /// (the server's idle-in-transaction timeout, so that a batch's budget
     /// stays half of it), and a connection per worker plus two (the
     /// purger, start-up and the wait for work).
     pub fn connect_options(&self) -> ConnectOptions {

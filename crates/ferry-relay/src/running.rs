@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use ferry_core::Sink;
-use ferry_store::outbox::{postgres::PgOutbox, sqlite::SqliteOutbox};
+use ferry_store::outbox::{mysql::MysqlOutbox, postgres::PgOutbox, sqlite::SqliteOutbox};
 use ferry_store::Database;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -28,7 +28,7 @@ pub struct Running {
 /// until [`Running::stop`].
 ///
 /// The outbox keeps delivered messages as `config.retention` says (the
-/// relay purges them by the same setting). On PostgreSQL, open `db` with
+/// relay purges them by the same setting). On PostgreSQL and MariaDB, open `db` with
 /// [`RelayConfig::connect_options`] so that the lease matches.
 pub fn spawn(db: &Database, sink: Arc<dyn Sink>, config: RelayConfig) -> Running {
     spawn_until(db, sink, config, &CancellationToken::new())
@@ -54,6 +54,11 @@ pub fn spawn_until(
         }
         Database::Sqlite(pool) => {
             let outbox = Arc::new(SqliteOutbox::new(pool.clone(), retention));
+            let relay = Relay::new(outbox, sink, config);
+            (relay.stats(), tokio::spawn(relay.run(token.clone())))
+        }
+        Database::Mysql(pool) => {
+            let outbox = Arc::new(MysqlOutbox::new(pool.clone(), retention));
             let relay = Relay::new(outbox, sink, config);
             (relay.stats(), tokio::spawn(relay.run(token.clone())))
         }

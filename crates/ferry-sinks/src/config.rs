@@ -7,6 +7,11 @@ use std::time::Duration;
 use ferry_core::Sink;
 use url::Url;
 
+use ferry_amqp::{AmqpConfig, AmqpSink};
+use ferry_kafka::{KafkaConfig, KafkaSink};
+use ferry_redis::{RedisConfig, RedisSink};
+use ferry_sqs::{SqsConfig, SqsSink};
+
 use crate::{HttpSink, HttpSinkConfig, NatsSink, NatsSinkConfig, NullSink};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -17,7 +22,7 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 ///
 /// ```toml
 /// [sink]
-/// type = "http"            # or "nats", or "null"
+/// type = "http"            # or "nats", "amqp", "redis", "kafka", "sqs", "null"
 /// url = "https://example.com/hooks/ferry"
 /// ```
 ///
@@ -29,6 +34,14 @@ pub enum SinkConfig {
     Http(HttpSinkConfig),
     /// Publish each message to NATS JetStream ([`NatsSink`]).
     Nats(NatsSinkConfig),
+    /// Publish each message to RabbitMQ with publisher confirms ([`AmqpSink`]).
+    Amqp(AmqpConfig),
+    /// Append each message to a Redis stream ([`RedisSink`]).
+    Redis(RedisConfig),
+    /// Produce each message to Kafka, idempotently ([`KafkaSink`]).
+    Kafka(KafkaConfig),
+    /// Send each message to an Amazon SQS queue ([`SqsSink`]).
+    Sqs(SqsConfig),
     /// Accept and drop every message ([`NullSink`]).
     Null(NullSinkConfig),
 }
@@ -45,8 +58,16 @@ impl SinkConfig {
     ///   included, is the endpoint, other settings take their defaults.
     /// * `nats://host:port?subject_prefix=ferry.&stream=FERRY`: NATS
     ///   JetStream. The query may set `subject_prefix`, `stream`,
-    ///   `stream_subjects` (comma-separated), `ack_timeout` (e.g. `5s`) and
-    ///   `source`; see [`NatsSinkConfig`].
+    ///   `stream_subjects` (comma-separated), `ack_timeout` (e.g. `5s`),
+    ///   `ack_wait` (subscribers only) and `source`; see [`NatsSinkConfig`].
+    /// * `amqp://user:password@host:port/vhost?exchange=ferry&…`: RabbitMQ,
+    ///   see [`AmqpConfig::from_url`].
+    /// * `redis://host:port/db?stream_prefix=ferry.&…`: Redis Streams, see
+    ///   [`RedisConfig::from_url`].
+    /// * `kafka://host:port,host:port?topic_prefix=…&…`: Kafka, see
+    ///   [`KafkaConfig::from_url`].
+    /// * `sqs://?region=…`, `sqs+http://host:port?…`: Amazon SQS (or a local
+    ///   endpoint), see [`SqsConfig::from_url`].
     /// * `null://`: the null sink.
     ///
     /// The result is validated.
@@ -55,6 +76,16 @@ impl SinkConfig {
         let config = match url.scheme() {
             "http" | "https" => SinkConfig::Http(HttpSinkConfig::new(url)),
             "nats" => SinkConfig::Nats(nats_from_url(url)?),
+            "amqp" | "amqps" => {
+                SinkConfig::Amqp(adapter("amqp", AmqpConfig::from_url(url.as_str()))?)
+            }
+            "redis" | "rediss" => {
+                SinkConfig::Redis(adapter("redis", RedisConfig::from_url(url.as_str()))?)
+            }
+            "kafka" => SinkConfig::Kafka(adapter("kafka", KafkaConfig::from_url(url.as_str()))?),
+            "sqs" | "sqs+http" => {
+                SinkConfig::Sqs(adapter("sqs", SqsConfig::from_url(url.as_str()))?)
+            }
             "null" => {
                 if url.host_str().is_some_and(|host| !host.is_empty())
                     || !url.path().is_empty()
@@ -81,6 +112,10 @@ impl SinkConfig {
         match self {
             SinkConfig::Http(config) => config.validate(),
             SinkConfig::Nats(config) => config.validate(),
+            SinkConfig::Amqp(config) => adapter("amqp", config.validate()),
+            SinkConfig::Redis(config) => adapter("redis", config.validate()),
+            SinkConfig::Kafka(config) => adapter("kafka", config.validate()),
+            SinkConfig::Sqs(config) => adapter("sqs", config.validate()),
             SinkConfig::Null(_) => Ok(()),
         }
     }
@@ -96,6 +131,10 @@ impl SinkConfig {
         match self {
             SinkConfig::Http(config) => config.timeout.saturating_mul(crate::http::ROUNDS_PER_CALL),
             SinkConfig::Nats(config) => config.ack_timeout,
+            SinkConfig::Amqp(config) => config.longest_call(),
+            SinkConfig::Redis(config) => config.longest_call(),
+            SinkConfig::Kafka(config) => config.longest_call(),
+            SinkConfig::Sqs(config) => config.longest_call(),
             SinkConfig::Null(_) => Duration::ZERO,
         }
     }
@@ -105,6 +144,10 @@ impl SinkConfig {
         match self {
             SinkConfig::Http(_) => "http",
             SinkConfig::Nats(_) => "nats",
+            SinkConfig::Amqp(_) => "amqp",
+            SinkConfig::Redis(_) => "redis",
+            SinkConfig::Kafka(_) => "kafka",
+            SinkConfig::Sqs(_) => "sqs",
             SinkConfig::Null(_) => "null",
         }
     }
@@ -115,6 +158,18 @@ impl SinkConfig {
         Ok(match self {
             SinkConfig::Http(config) => Arc::new(HttpSink::new(config.clone())?),
             SinkConfig::Nats(config) => Arc::new(NatsSink::connect(config.clone()).await?),
+            SinkConfig::Amqp(config) => {
+                Arc::new(adapter("amqp", AmqpSink::connect(config.clone()).await)?)
+            }
+            SinkConfig::Redis(config) => {
+                Arc::new(adapter("redis", RedisSink::connect(config.clone()).await)?)
+            }
+            SinkConfig::Kafka(config) => {
+                Arc::new(adapter("kafka", KafkaSink::connect(config.clone()).await)?)
+            }
+            SinkConfig::Sqs(config) => {
+                Arc::new(adapter("sqs", SqsSink::connect(config.clone()).await)?)
+            }
             SinkConfig::Null(_) => Arc::new(NullSink::new()),
         })
     }
@@ -122,7 +177,7 @@ impl SinkConfig {
 
 /// The NATS settings of a `nats://` URL: the query holds the sink's
 /// settings, the rest is the server's address.
-fn nats_from_url(mut url: Url) -> Result<NatsSinkConfig, SinkConfigError> {
+pub(crate) fn nats_from_url(mut url: Url) -> Result<NatsSinkConfig, SinkConfigError> {
     let query: Vec<(String, String)> = url.query_pairs().into_owned().collect();
     url.set_query(None);
     url.set_fragment(None);
@@ -147,11 +202,31 @@ fn nats_from_url(mut url: Url) -> Result<NatsSinkConfig, SinkConfigError> {
                         source: Some(Box::new(e)),
                     })?;
             }
+            "ack_wait" => {
+                config.ack_wait =
+                    humantime::parse_duration(&value).map_err(|e| SinkConfigError::Invalid {
+                        sink: "nats",
+                        field: "ack_wait",
+                        reason: format!("`{value}` is not a duration such as `30s`"),
+                        source: Some(Box::new(e)),
+                    })?;
+            }
             "source" => config.source = value,
             _ => return Err(SinkConfigError::UnknownParameter { sink: "nats", name }),
         }
     }
     Ok(config)
+}
+
+/// An adapter crate's own error, kept as the source.
+pub(crate) fn adapter<T, E>(sink: &'static str, result: Result<T, E>) -> Result<T, SinkConfigError>
+where
+    E: std::error::Error + Send + Sync + 'static,
+{
+    result.map_err(|e| SinkConfigError::Adapter {
+        sink,
+        source: Box::new(e),
+    })
 }
 
 /// `url` with its user, password and every query value masked, for debug
@@ -202,8 +277,15 @@ pub enum SinkConfigError {
     #[error("invalid sink url")]
     Url(#[source] url::ParseError),
     /// The sink URL's scheme names no sink.
-    #[error("unknown sink url scheme `{0}` (expected http, https, nats or null)")]
+    #[error(
+        "unknown sink url scheme `{0}` (expected http, https, nats, amqp, redis, kafka, sqs, sqs+http or null)"
+    )]
     UnknownScheme(String),
+    /// The URL's scheme names no broker to consume from.
+    #[error(
+        "unknown broker url scheme `{0}` (expected nats, amqp, redis, kafka, sqs or sqs+http)"
+    )]
+    UnknownSourceScheme(String),
     /// The sink URL has a query parameter the sink does not know.
     #[error("unknown parameter `{name}` in {sink} sink url")]
     UnknownParameter {
@@ -232,6 +314,15 @@ pub enum SinkConfigError {
         /// The underlying error, if any.
         #[source]
         source: Option<BoxError>,
+    },
+    /// A broker adapter refused its settings or could not start.
+    #[error("{sink}")]
+    Adapter {
+        /// The adapter, e.g. `amqp`.
+        sink: &'static str,
+        /// The adapter's error.
+        #[source]
+        source: BoxError,
     },
     /// The HTTP client could not be set up (TLS, for one).
     #[error("could not set up the http client")]

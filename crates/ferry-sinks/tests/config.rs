@@ -77,7 +77,7 @@ fn bad_urls_say_what_is_wrong() {
         ("not a url", "invalid sink url"),
         (
             "ftp://example.com",
-            "unknown sink url scheme `ftp` (expected http, https, nats or null)",
+            "unknown sink url scheme `ftp` (expected http, https, nats, amqp, redis, kafka, sqs, sqs+http or null)",
         ),
         (
             "nats://localhost?subjectprefix=x.",
@@ -223,5 +223,49 @@ async fn build_starts_the_sink() {
     assert_eq!(
         error.to_string(),
         "invalid `source` for http sink: must not be empty"
+    );
+}
+
+/// Every broker URL reaches its adapter, for publishing and for consuming,
+/// and an adapter's refusal keeps the adapter's reason.
+#[test]
+fn broker_urls_choose_their_adapter() {
+    use ferry_sinks::SourceConfig;
+    let cases = [
+        (
+            "amqp://guest:guest@127.0.0.1:5672/%2f?exchange=ferry",
+            "amqp",
+        ),
+        ("redis://127.0.0.1:6379/0?stream_prefix=ferry.", "redis"),
+        ("kafka://127.0.0.1:19092?topic_prefix=ferry.", "kafka"),
+        ("sqs+http://127.0.0.1:19324?region=us-east-1", "sqs"),
+        (
+            "nats://127.0.0.1:4222?stream=FERRY&subject_prefix=ferry.",
+            "nats",
+        ),
+    ];
+    for (url, kind) in cases {
+        let sink = SinkConfig::from_url(url).unwrap_or_else(|e| panic!("{url}: {e}"));
+        assert_eq!(sink.kind(), kind, "{url}");
+        let source = SourceConfig::from_url(url).unwrap_or_else(|e| panic!("{url}: {e}"));
+        assert_eq!(source.kind(), kind, "{url}");
+    }
+    for url in [
+        "amqp://127.0.0.1?exchnge=x",
+        "redis://127.0.0.1?streamprefix=x",
+        "sqs+http://127.0.0.1:1?fifo=maybe",
+    ] {
+        let err = SinkConfig::from_url(url).unwrap_err();
+        let chain = ferry_core::error_chain(&err);
+        assert!(
+            chain.contains(": "),
+            "{url}: the adapter's reason is kept: {chain}"
+        );
+        assert!(SourceConfig::from_url(url).is_err(), "{url}");
+    }
+    let err = SourceConfig::from_url("http://127.0.0.1/").unwrap_err();
+    assert!(
+        err.to_string().contains("unknown broker url scheme `http`"),
+        "{err}"
     );
 }

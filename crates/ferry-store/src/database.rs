@@ -1,9 +1,10 @@
 use std::str::FromStr;
 use std::time::Duration;
 
+use sqlx::mysql::{MySqlConnectOptions, MySqlPoolOptions};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions};
-use sqlx::{PgPool, SqlitePool};
+use sqlx::{MySqlPool, PgPool, SqlitePool};
 
 use crate::{migrate, StoreError};
 
@@ -14,6 +15,8 @@ pub enum DatabaseKind {
     Postgres,
     /// `sqlite://path/to/file.db` or `sqlite:path`
     Sqlite,
+    /// `mysql://user@host:port/db` or `mariadb://…`: MariaDB 10.10 or newer.
+    Mysql,
 }
 
 /// A connection pool to one of the databases Ferry supports.
@@ -23,6 +26,8 @@ pub enum Database {
     Postgres(PgPool),
     /// SQLite (one file, opened in WAL mode).
     Sqlite(SqlitePool),
+    /// MariaDB.
+    Mysql(MySqlPool),
 }
 
 /// How to open a pool.
@@ -30,8 +35,10 @@ pub enum Database {
 pub struct ConnectOptions {
     /// Largest number of connections in the pool.
     pub max_connections: u32,
-    /// PostgreSQL only: the server ends a session that sits idle inside a
-    /// transaction for longer than this, releasing its row locks. The relay
+    /// PostgreSQL and MariaDB: the server ends a session that sits idle
+    /// inside a transaction for longer than this, releasing its row locks
+    /// (PostgreSQL's `idle_in_transaction_session_timeout`; MariaDB's
+    /// `idle_transaction_timeout`, in whole seconds, rounded up). The relay
     /// uses it as the lease on a claimed batch: a relay that hangs or is cut
     /// off loses its claim after this long and another relay takes over.
     pub lease: Option<Duration>,
@@ -53,8 +60,11 @@ impl DatabaseKind {
         match scheme {
             "postgres" | "postgresql" => Ok(DatabaseKind::Postgres),
             "sqlite" => Ok(DatabaseKind::Sqlite),
-            "mysql" | "mariadb" => Err(invalid(url, "mysql/mariadb is not supported yet")),
-            _ => Err(invalid(url, "expected postgres://… or sqlite://…")),
+            "mysql" | "mariadb" => Ok(DatabaseKind::Mysql),
+            _ => Err(invalid(
+                url,
+                "expected postgres://…, mysql://… (MariaDB) or sqlite://…",
+            )),
         }
     }
 }
@@ -161,6 +171,35 @@ impl Database {
                     .await?;
                 Ok(Database::Sqlite(pool))
             }
+            DatabaseKind::Mysql => {
+                // sqlx knows the `mysql` scheme only.
+                let url_for_sqlx = match url.strip_prefix("mariadb:") {
+                    Some(rest) => format!("mysql:{rest}"),
+                    None => url.to_owned(),
+                };
+                let connect = MySqlConnectOptions::from_str(&url_for_sqlx)
+                    .map_err(|e| invalid(url, e.to_string()))?;
+                let lease = options.lease;
+                let pool = MySqlPoolOptions::new()
+                    .max_connections(options.max_connections)
+                    .acquire_timeout(Duration::from_secs(10))
+                    .after_connect(move |conn, _| {
+                        Box::pin(async move {
+                            if let Some(lease) = lease {
+                                sqlx::query(&format!(
+                                    "SET SESSION idle_transaction_timeout = {}",
+                                    lease_seconds(lease)
+                                ))
+                                .execute(conn)
+                                .await?;
+                            }
+                            Ok(())
+                        })
+                    })
+                    .connect_with(connect)
+                    .await?;
+                Ok(Database::Mysql(pool))
+            }
         }
     }
 
@@ -169,6 +208,7 @@ impl Database {
         match self {
             Database::Postgres(_) => DatabaseKind::Postgres,
             Database::Sqlite(_) => DatabaseKind::Sqlite,
+            Database::Mysql(_) => DatabaseKind::Mysql,
         }
     }
 
@@ -180,6 +220,7 @@ impl Database {
         match self {
             Database::Postgres(pool) => Box::pin(migrate::postgres(pool)),
             Database::Sqlite(pool) => Box::pin(migrate::sqlite(pool)),
+            Database::Mysql(pool) => Box::pin(migrate::mysql(pool)),
         }
     }
 
@@ -208,6 +249,16 @@ impl Database {
                     sqlx::query_scalar(version_sql).fetch_one(p).await?
                 }
             }
+            Database::Mysql(p) => {
+                let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM information_schema.tables WHERE table_name = 'ferry_schema_migrations' AND table_schema = DATABASE()")
+                    .fetch_one(p)
+                    .await?;
+                if n == 0 {
+                    None
+                } else {
+                    sqlx::query_scalar(version_sql).fetch_one(p).await?
+                }
+            }
         };
         Ok(version)
     }
@@ -221,6 +272,7 @@ impl Database {
         let known = match self {
             Database::Postgres(_) => migrate::POSTGRES,
             Database::Sqlite(_) => migrate::SQLITE,
+            Database::Mysql(_) => migrate::MYSQL,
         };
         match self.schema_version().await? {
             None => Err(StoreError::SchemaMissing),
@@ -230,9 +282,10 @@ impl Database {
 
     /// Writes `messages` to the outbox in one transaction of their own, for
     /// a producer whose business change lives elsewhere. Inside your own
-    /// transaction use [`crate::outbox::postgres::enqueue`] or
-    /// [`crate::outbox::sqlite::enqueue`] instead. (An in-process SQLite relay
-    /// is not woken: it finds them at its next poll.)
+    /// transaction use [`crate::outbox::postgres::enqueue`],
+    /// [`crate::outbox::mysql::enqueue`] or [`crate::outbox::sqlite::enqueue`]
+    /// instead. (An in-process SQLite or MariaDB relay is not woken: it finds
+    /// them at its next poll.)
     pub async fn enqueue(&self, messages: &[ferry_core::Message]) -> Result<(), StoreError> {
         match self {
             Database::Postgres(pool) => {
@@ -247,8 +300,25 @@ impl Database {
                 }
                 tx.commit().await?;
             }
+            Database::Mysql(pool) => {
+                let mut tx = pool.begin().await?;
+                crate::outbox::mysql::enqueue_many(&mut tx, messages).await?;
+                tx.commit().await?;
+            }
         }
         Ok(())
+    }
+
+    /// Deletes inbox rows received longer than `older_than` ago; returns
+    /// how many. A message redelivered after its row is gone is applied
+    /// again: keep the window longer than any redelivery (docs/inbox.md).
+    pub async fn prune_inbox(&self, older_than: Duration) -> Result<u64, StoreError> {
+        use crate::inbox::InboxDatabase;
+        match self {
+            Database::Postgres(pool) => sqlx::Postgres::prune(pool, older_than).await,
+            Database::Sqlite(pool) => sqlx::Sqlite::prune(pool, older_than).await,
+            Database::Mysql(pool) => sqlx::MySql::prune(pool, older_than).await,
+        }
     }
 
     /// Closes the pool, waiting for connections to be returned.
@@ -256,8 +326,19 @@ impl Database {
         match self {
             Database::Postgres(pool) => pool.close().await,
             Database::Sqlite(pool) => pool.close().await,
+            Database::Mysql(pool) => pool.close().await,
         }
     }
+}
+
+/// A lease as MariaDB's `idle_transaction_timeout`: whole seconds, rounded
+/// up (never shorter than asked), at least 1 (0 would switch it off), at
+/// most the variable's largest value (a year).
+fn lease_seconds(lease: Duration) -> u64 {
+    let secs = lease
+        .as_secs()
+        .saturating_add(u64::from(lease.subsec_nanos() > 0));
+    secs.clamp(1, 31_536_000)
 }
 
 #[cfg(test)]
@@ -278,8 +359,20 @@ mod tests {
             DatabaseKind::of("sqlite://a/b.db?mode=rwc").unwrap(),
             DatabaseKind::Sqlite
         );
+        for url in ["mysql://root@127.0.0.1:3306/test", "mariadb://h/db"] {
+            assert_eq!(DatabaseKind::of(url).unwrap(), DatabaseKind::Mysql);
+        }
         let err = DatabaseKind::of("redis://x").unwrap_err().to_string();
         assert!(err.contains("expected postgres://"), "{err}");
+    }
+
+    #[test]
+    fn leases_round_up_to_whole_seconds() {
+        assert_eq!(lease_seconds(Duration::from_millis(300)), 1);
+        assert_eq!(lease_seconds(Duration::from_secs(60)), 60);
+        assert_eq!(lease_seconds(Duration::from_millis(60_001)), 61);
+        assert_eq!(lease_seconds(Duration::ZERO), 1);
+        assert_eq!(lease_seconds(Duration::MAX), 31_536_000);
     }
 
     #[test]

@@ -16,7 +16,9 @@ pub enum StoreError {
         #[source]
         sqlx::Error,
     ),
-    /// A migration failed; the schema is left at the previous version.
+    /// A migration failed. The schema is left at the previous version on
+    /// PostgreSQL and SQLite; on MariaDB, whose DDL is not transactional,
+    /// running the migrations again completes it.
     #[error("migration {version} ({name}) failed")]
     Migration {
         /// Migration number.
@@ -27,6 +29,11 @@ pub enum StoreError {
         #[source]
         source: sqlx::Error,
     },
+    /// Another process held the migration lock for a day (MariaDB's
+    /// `GET_LOCK` timed out or failed); it is stuck, so waiting more will
+    /// not help.
+    #[error("could not take the migration lock; another ferry migration holds it")]
+    MigrationLock,
     /// Ferry's tables do not exist in the database yet.
     #[error("the database has no ferry schema yet; run the migrations")]
     SchemaMissing,
@@ -59,13 +66,18 @@ impl StoreError {
                 | sqlx::Error::PoolTimedOut
                 | sqlx::Error::WorkerCrashed
                 | sqlx::Error::Protocol(_) => true,
-                sqlx::Error::Database(db) => db.code().is_some_and(|code| {
-                    if db.try_downcast_ref::<sqlx::sqlite::SqliteError>().is_some() {
-                        sqlite_retryable(&code)
-                    } else {
-                        postgres_retryable(&code)
+                sqlx::Error::Database(db) => {
+                    if let Some(my) = db.try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>() {
+                        return mysql_retryable(my.number());
                     }
-                }),
+                    db.code().is_some_and(|code| {
+                        if db.try_downcast_ref::<sqlx::sqlite::SqliteError>().is_some() {
+                            sqlite_retryable(&code)
+                        } else {
+                            postgres_retryable(&code)
+                        }
+                    })
+                }
                 _ => false,
             },
             _ => false,
@@ -79,6 +91,12 @@ fn postgres_retryable(code: &str) -> bool {
     code.starts_with("08") || code.starts_with("57P") || code == "53300"
 }
 
+/// MariaDB: too many connections (`1040`, `1203` per user), shutting down
+/// (`1053`), connection killed (`1927`).
+fn mysql_retryable(number: u16) -> bool {
+    matches!(number, 1040 | 1203 | 1053 | 1927)
+}
+
 /// SQLite: busy or locked, with any extended code (whose low byte is the
 /// primary code).
 fn sqlite_retryable(code: &str) -> bool {
@@ -87,7 +105,7 @@ fn sqlite_retryable(code: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::{postgres_retryable, sqlite_retryable};
+    use super::{mysql_retryable, postgres_retryable, sqlite_retryable};
 
     #[test]
     fn retryable_codes() {
@@ -102,6 +120,13 @@ mod tests {
         }
         for code in ["28P01", "3D000", "42P01", "40001"] {
             assert!(!postgres_retryable(code), "{code}");
+        }
+        for number in [1040, 1203, 1053, 1927] {
+            assert!(mysql_retryable(number), "{number}");
+        }
+        // access denied, unknown database, syntax error
+        for number in [1045, 1049, 1064] {
+            assert!(!mysql_retryable(number), "{number}");
         }
     }
 }

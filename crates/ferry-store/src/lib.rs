@@ -1,15 +1,21 @@
-//! Ferry's stores.
+//! Ferry's stores, on SQLite, PostgreSQL and MariaDB.
 //!
-//! * [`Database`]: connects to SQLite or PostgreSQL from a URL and runs
-//!   Ferry's migrations (its own `ferry_schema_migrations` table, so it
-//!   never collides with the application's migration tool).
+//! * [`Database`]: connects from a URL and runs Ferry's migrations (its own
+//!   `ferry_schema_migrations` table, so it never collides with the
+//!   application's migration tool).
 //! * [`outbox`]: the transactional outbox — enqueue inside the caller's
 //!   transaction, and the claim/settle protocol the relay runs on.
+//! * [`inbox`]: the idempotent inbox — a consumer records each message id
+//!   in the transaction that applies it, and skips redeliveries.
+//! * [`dead_letters`]: messages a consumer gave up on, kept for replay.
 
 mod database;
+pub mod dead_letters;
 mod error;
+pub mod inbox;
 mod migrate;
 pub mod outbox;
 
 pub use database::{redact, ConnectOptions, Database, DatabaseKind};
+pub use dead_letters::DeadLetter;
 pub use error::StoreError;

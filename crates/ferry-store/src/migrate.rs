@@ -4,7 +4,10 @@
 //! table (`ferry_schema_migrations`) instead of `_sqlx_migrations`, where
 //! its version numbers would collide with the application's.
 
-use sqlx::{Connection, Executor, PgConnection, PgPool, SqliteConnection, SqlitePool};
+use sqlx::{
+    Connection, Executor, MySqlConnection, MySqlPool, PgConnection, PgPool, SqliteConnection,
+    SqlitePool,
+};
 
 use crate::StoreError;
 
@@ -25,17 +28,32 @@ impl Migration {
     }
 }
 
-pub(crate) const POSTGRES: &[Migration] = &[Migration {
-    version: 1,
-    name: "outbox",
-    sql: include_str!("../migrations/postgres/0001_outbox.sql"),
-}];
+/// The same three migrations on every database, one directory each.
+macro_rules! migrations {
+    ($dir:literal) => {
+        &[
+            Migration {
+                version: 1,
+                name: "outbox",
+                sql: include_str!(concat!("../migrations/", $dir, "/0001_outbox.sql")),
+            },
+            Migration {
+                version: 2,
+                name: "inbox",
+                sql: include_str!(concat!("../migrations/", $dir, "/0002_inbox.sql")),
+            },
+            Migration {
+                version: 3,
+                name: "dead_letters",
+                sql: include_str!(concat!("../migrations/", $dir, "/0003_dead_letters.sql")),
+            },
+        ]
+    };
+}
 
-pub(crate) const SQLITE: &[Migration] = &[Migration {
-    version: 1,
-    name: "outbox",
-    sql: include_str!("../migrations/sqlite/0001_outbox.sql"),
-}];
+pub(crate) const POSTGRES: &[Migration] = migrations!("postgres");
+pub(crate) const SQLITE: &[Migration] = migrations!("sqlite");
+pub(crate) const MYSQL: &[Migration] = migrations!("mysql");
 
 const HISTORY: &str = "CREATE TABLE IF NOT EXISTS ferry_schema_migrations (
     version BIGINT PRIMARY KEY,
@@ -146,6 +164,62 @@ async fn sqlite_step(conn: &mut SqliteConnection, m: &Migration) -> Result<bool,
         .execute(&mut *conn)
         .await?;
     Ok(true)
+}
+
+/// The MariaDB migration lock: named after the database, since `GET_LOCK`
+/// names are server-wide (hashed: a name may be at most 64 characters).
+const MYSQL_LOCK: &str = "CONCAT('ferry_migrate_', MD5(DATABASE()))";
+
+/// MariaDB. DDL commits by itself there, so a migration is not atomic: its
+/// statements are written to be run again (`IF NOT EXISTS`), and one that
+/// failed half-way completes on the next run. `GET_LOCK` serialises
+/// concurrent runs; it is held by the session and released when it ends.
+pub(crate) async fn mysql(pool: &MySqlPool) -> Result<Vec<i64>, StoreError> {
+    let mut conn = pool.acquire().await?;
+    // 1: taken; 0: timed out (a day: another run is stuck); NULL: error.
+    let locked: Option<i64> = sqlx::query_scalar(&format!("SELECT GET_LOCK({MYSQL_LOCK}, 86400)"))
+        .fetch_one(&mut *conn)
+        .await?;
+    if locked != Some(1) {
+        return Err(StoreError::MigrationLock);
+    }
+    let result = mysql_locked(&mut conn).await;
+    let unlocked = sqlx::query(&format!("DO RELEASE_LOCK({MYSQL_LOCK})"))
+        .execute(&mut *conn)
+        .await;
+    let Err(unlock) = unlocked else {
+        return result;
+    };
+    conn.close_on_drop();
+    match result {
+        Ok(_) => Err(unlock.into()),
+        Err(e) => {
+            tracing::warn!(error = %unlock, "releasing the migration lock failed");
+            Err(e)
+        }
+    }
+}
+
+async fn mysql_locked(conn: &mut MySqlConnection) -> Result<Vec<i64>, StoreError> {
+    sqlx::query(HISTORY).execute(&mut *conn).await?;
+    let applied: Vec<i64> =
+        sqlx::query_scalar("SELECT version FROM ferry_schema_migrations ORDER BY version")
+            .fetch_all(&mut *conn)
+            .await?;
+    check_not_newer(&applied, MYSQL)?;
+    let mut done = Vec::new();
+    for m in MYSQL.iter().filter(|m| !applied.contains(&m.version)) {
+        Executor::execute(&mut *conn, m.sql)
+            .await
+            .map_err(|e| m.failed(e))?;
+        sqlx::query("INSERT INTO ferry_schema_migrations (version, name, applied_at) VALUES (?, ?, DATE_FORMAT(UTC_TIMESTAMP(6), '%Y-%m-%dT%H:%i:%s.%fZ'))")
+            .bind(m.version)
+            .bind(m.name)
+            .execute(&mut *conn)
+            .await?;
+        done.push(m.version);
+    }
+    Ok(done)
 }
 
 pub(crate) fn check_not_newer(applied: &[i64], known: &[Migration]) -> Result<(), StoreError> {

@@ -1,6 +1,6 @@
-//! Test helpers shared by Ferry's crates: a fresh PostgreSQL database per
-//! test, a SQLite file per test, and a webhook receiver that records what it
-//! gets and applies each message id once.
+//! Test helpers shared by Ferry's crates: a fresh PostgreSQL or MariaDB
+//! database per test, a SQLite file per test, and a webhook receiver that
+//! records what it gets and applies each message id once.
 
 pub mod nats_server;
 
@@ -12,7 +12,7 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::post;
 use bytes::Bytes;
-use sqlx::{Connection, Executor, PgConnection};
+use sqlx::{Connection, Executor, MySqlConnection, PgConnection};
 
 /// The server tests create their databases on; `FERRY_TEST_PG` overrides it.
 pub fn pg_admin_url() -> String {
@@ -67,6 +67,76 @@ impl Drop for PgTestDb {
                 conn.execute(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)").as_str())
                     .await
                     .ok()
+            })
+        })
+        .join();
+    }
+}
+
+/// The MariaDB server tests create their databases on; `FERRY_TEST_MYSQL`
+/// overrides it.
+pub fn mysql_admin_url() -> String {
+    std::env::var("FERRY_TEST_MYSQL")
+        .unwrap_or_else(|_| "mysql://root@127.0.0.1:3306/test".to_owned())
+}
+
+/// A MariaDB database of its own for one test, dropped afterwards.
+pub struct MysqlTestDb {
+    /// Its URL.
+    pub url: String,
+    name: String,
+}
+
+impl MysqlTestDb {
+    /// Creates a fresh, empty database.
+    pub async fn create() -> Self {
+        let admin = mysql_admin_url();
+        let name = format!("ferry_test_{}", uuid::Uuid::now_v7().simple());
+        let mut conn = MySqlConnection::connect(&admin)
+            .await
+            .expect("connect to MariaDB (is it running?)");
+        conn.execute(format!("CREATE DATABASE {name}").as_str())
+            .await
+            .expect("create test database");
+        let _ = conn.close().await;
+        let mut url = url::Url::parse(&admin).expect("FERRY_TEST_MYSQL is a URL");
+        url.set_path(&name);
+        Self {
+            url: url.into(),
+            name,
+        }
+    }
+}
+
+impl Drop for MysqlTestDb {
+    fn drop(&mut self) {
+        let name = self.name.clone();
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .ok()?;
+            rt.block_on(async {
+                let mut conn = MySqlConnection::connect(&mysql_admin_url()).await.ok()?;
+                // Sessions still open on the database (a pool not closed
+                // yet, a claim held) would make DROP wait for their locks.
+                let sessions: Vec<i64> = sqlx::query_scalar(
+                    "SELECT id FROM information_schema.processlist WHERE db = ?",
+                )
+                .bind(&name)
+                .fetch_all(&mut conn)
+                .await
+                .ok()?;
+                for id in sessions {
+                    let _ = conn.execute(format!("KILL {id}").as_str()).await;
+                }
+                let _ = conn.execute("SET SESSION lock_wait_timeout = 30").await;
+                let dropped = conn
+                    .execute(format!("DROP DATABASE IF EXISTS {name}").as_str())
+                    .await
+                    .ok();
+                let _ = conn.close().await;
+                dropped
             })
         })
         .join();

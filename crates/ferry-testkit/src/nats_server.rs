@@ -37,14 +37,28 @@ impl NatsServer {
 
     async fn spawn(&self) {
         let child = Command::new("nats-server")
-            .args(["-a", "127.0.0.1", "-p", &self.port.to_string(), "-js", "-sd"])
+            .args([
+                "-a",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-js",
+                "-sd",
+            ])
             .arg(&self.dir.0)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .or_else(|_| {
                 Command::new("/usr/sbin/nats-server")
-                    .args(["-a", "127.0.0.1", "-p", &self.port.to_string(), "-js", "-sd"])
+                    .args([
+                        "-a",
+                        "127.0.0.1",
+                        "-p",
+                        &self.port.to_string(),
+                        "-js",
+                        "-sd",
+                    ])
                     .arg(&self.dir.0)
                     .stdout(Stdio::null())
                     .stderr(Stdio::null())

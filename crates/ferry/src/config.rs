@@ -21,6 +21,21 @@ pub struct FerryConfig {
     /// get messages from one to the other.
     #[serde(rename = "pipeline", default)]
     pub pipelines: Vec<PipelineConfig>,
+    /// One `[[consumer]]` table per consumer: a broker, the topics to take
+    /// from it, and the sink each message is handed to.
+    #[serde(rename = "consumer", default)]
+    pub consumers: Vec<crate::consume::ConsumerConfig>,
+    /// The daemon's HTTP port (`/metrics`, `/health`); none when omitted.
+    #[serde(default)]
+    pub http: Option<HttpConfig>,
+}
+
+/// `[http]`: where the daemon serves `/metrics` and `/health`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpConfig {
+    /// Address and port, e.g. `"127.0.0.1:9464"`.
+    pub listen: std::net::SocketAddr,
 }
 
 /// A relay from one outbox to one sink.
@@ -29,7 +44,8 @@ pub struct FerryConfig {
 pub struct PipelineConfig {
     /// Name in logs; unique in the file.
     pub name: toml::Spanned<String>,
-    /// The outbox's database: `postgres://user@host:port/db` or
+    /// The outbox's database: `postgres://user@host:port/db`,
+    /// `mysql://user@host:port/db` (MariaDB 10.10 or newer) or
     /// `sqlite://path/to/file.db`.
     pub database: String,
     /// Apply Ferry's migrations at startup (default `false`: run
@@ -113,7 +129,7 @@ fn valid_retry<'de, D: Deserializer<'de>>(d: D) -> Result<RetryPolicy, D::Error>
     Ok(retry)
 }
 
-fn valid_sink<'de, D: Deserializer<'de>>(d: D) -> Result<SinkConfig, D::Error> {
+pub(crate) fn valid_sink<'de, D: Deserializer<'de>>(d: D) -> Result<SinkConfig, D::Error> {
     let sink = SinkConfig::deserialize(d)?;
     sink.validate()
         .map_err(|e| serde::de::Error::custom(error_chain(&e)))?;
@@ -211,8 +227,29 @@ impl FerryConfig {
     pub fn parse(text: &str) -> Result<Self, String> {
         let config: FerryConfig =
             toml::from_str(text).map_err(|e| e.to_string().trim_end().to_owned())?;
-        if config.pipelines.is_empty() {
-            return Err("no [[pipeline]] defined: nothing to run".to_owned());
+        if config.pipelines.is_empty() && config.consumers.is_empty() {
+            return Err("no [[pipeline]] or [[consumer]] defined: nothing to run".to_owned());
+        }
+        let mut consumers = std::collections::HashMap::new();
+        for c in &config.consumers {
+            let line = line_of(text, c.name.span().start);
+            let name = c.name.get_ref();
+            if let Some(first) = consumers.insert(name.clone(), line) {
+                return Err(format!(
+                    "line {line}: key `consumer.name`: consumer `{name}` is defined twice (first at line {first})"
+                ));
+            }
+            if c.topics.is_empty() {
+                return Err(format!(
+                    "line {line}: consumer `{name}`: key `topics` must list at least one topic"
+                ));
+            }
+            if let Err(e) = ferry_store::DatabaseKind::of(&c.database) {
+                return Err(format!(
+                    "line {line}: consumer `{name}`: key `database`: {}",
+                    error_chain(&e)
+                ));
+            }
         }
         let mut seen = std::collections::HashMap::new();
         for p in &config.pipelines {
@@ -595,7 +632,44 @@ url = "nats://127.0.0.1:4222"
             .unwrap();
         let c = FerryConfig::parse(block).unwrap();
         assert_eq!(c.pipelines[0].name.get_ref(), "coupons");
+        let consumers = doc.split("## Consumers").nth(1).unwrap();
+        let block = consumers
+            .split("```toml\n")
+            .nth(1)
+            .unwrap()
+            .split("```")
+            .next()
+            .unwrap();
+        let c = FerryConfig::parse(block).unwrap_or_else(|e| panic!("{e}"));
+        let consumer = &c.consumers[0];
+        assert_eq!(consumer.name.get_ref(), "billing");
+        assert!(consumer.router.circuit_breaker.is_some() && consumer.router.dedup.is_some());
+        assert_eq!(consumer.router.retry.as_ref().unwrap().max_deliveries, 5);
+        assert_eq!(c.http.unwrap().listen.port(), 9464);
         let example = include_str!("../../../examples/ferry.toml");
         assert_eq!(FerryConfig::parse(example).unwrap().pipelines.len(), 2);
+    }
+
+    #[test]
+    fn consumer_errors_name_the_key_and_line() {
+        let base = |extra: &str| {
+            format!(
+                "[[consumer]]\nname = \"c\"\ntopics = [\"t\"]\ndatabase = \"sqlite://x.db\"\n\
+                 from = {{ type = \"nats\", url = \"nats://127.0.0.1:4222\" }}\n\
+                 to = {{ type = \"http\", url = \"http://127.0.0.1:1/\" }}\n{extra}"
+            )
+        };
+        assert!(FerryConfig::parse(&base("")).is_ok());
+        let err = |text: &str| FerryConfig::parse(text).unwrap_err();
+        let e = err(&base("[consumer.router]\nprefetsh = 3\n"));
+        assert!(e.contains("prefetsh") && e.contains("line 8"), "{e}");
+        let e = err(&base("[consumer.router]\nprefetch = 0\n"));
+        assert!(e.contains("prefetch"), "{e}");
+        let e = err(&base("").replace("topics = [\"t\"]", "topics = []"));
+        assert!(e.contains("line 2") && e.contains("topics"), "{e}");
+        let e = err(&base("").replace("type = \"nats\"", "type = \"natz\""));
+        assert!(e.contains("natz"), "{e}");
+        let twice = format!("{}{}", base(""), base(""));
+        assert!(err(&twice).contains("defined twice"), "{}", err(&twice));
     }
 }

@@ -1,6 +1,8 @@
 //! `ferry`: the daemon and its command line.
 
 mod config;
+mod consume;
+mod metrics;
 mod pipeline;
 
 use std::num::{NonZeroU32, NonZeroUsize};
@@ -58,7 +60,7 @@ enum Command {
     },
     /// Run one relay without a configuration file.
     Relay {
-        /// Outbox database: `postgres://…` or `sqlite://path.db`.
+        /// Outbox database: `postgres://…`, `mysql://…` (MariaDB) or `sqlite://path.db`.
         #[arg(long, env = "FERRY_DATABASE")]
         database: String,
         /// Sink: `http(s)://…` webhook, `nats://host:port?subject_prefix=…&stream=…`, or `null://`.
@@ -90,15 +92,57 @@ enum Command {
         #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
         retention: Duration,
     },
+    /// Consume topics from a broker and hand each message to a sink (an
+    /// HTTP endpoint as a CloudEvent, or another broker), with retries,
+    /// dead letters and metrics; no configuration file.
+    Consume {
+        /// Broker: `nats://host:port?stream=…&subject_prefix=…`.
+        #[arg(long)]
+        from: String,
+        /// Sink: `http(s)://…` endpoint, or a broker URL.
+        #[arg(long)]
+        to: String,
+        /// A topic to consume (repeatable, at least one).
+        #[arg(long = "topic", required = true)]
+        topics: Vec<String>,
+        /// The consumer group (events); also the name in logs and metrics.
+        #[arg(long, default_value = "ferry-consume")]
+        group: String,
+        /// The topics are commands (one owner; the group is derived from the topic).
+        #[arg(long)]
+        command: bool,
+        /// Where dead letters are recorded; migrated at start.
+        #[arg(
+            long,
+            env = "FERRY_DATABASE",
+            default_value = "sqlite://ferry-consume.db"
+        )]
+        database: String,
+        /// Deliveries of a message before it is dead-lettered.
+        #[arg(long, default_value_t = 5)]
+        max_deliveries: u32,
+        /// Time limit of one handler attempt (one POST), e.g. `30s`.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        timeout: Option<Duration>,
+        /// Messages in flight at once.
+        #[arg(long, default_value_t = 64)]
+        prefetch: usize,
+        /// Serve `/metrics` and `/health` here, e.g. `127.0.0.1:9464`.
+        #[arg(long)]
+        listen: Option<std::net::SocketAddr>,
+        /// Log a warning while more messages than this wait for the group.
+        #[arg(long)]
+        warn_waiting: Option<u64>,
+    },
     /// Apply Ferry's migrations to a database.
     Migrate {
-        /// `postgres://…` or `sqlite://path.db`.
+        /// `postgres://…`, `mysql://…` (MariaDB) or `sqlite://path.db`.
         #[arg(long, env = "FERRY_DATABASE")]
         database: String,
     },
     /// Counts of pending, retrying, delivered and dead messages.
     Status {
-        /// `postgres://…` or `sqlite://path.db`.
+        /// `postgres://…`, `mysql://…` (MariaDB) or `sqlite://path.db`.
         #[arg(long, env = "FERRY_DATABASE")]
         database: String,
     },
@@ -106,6 +150,54 @@ enum Command {
     Dead {
         #[command(subcommand)]
         action: DeadAction,
+    },
+    /// Inspect, replay and discard the messages consumers gave up on
+    /// (`ferry_dead_letters`: `ferry consume`, `ferry run` consumers, and the
+    /// library's `StoreDeadLetters`).
+    DeadLetters {
+        #[command(subcommand)]
+        action: DeadLetterAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum DeadLetterAction {
+    /// List dead letters, oldest first.
+    List {
+        /// `sqlite://path.db`, `postgres://…` or `mysql://…`.
+        #[arg(long, env = "FERRY_DATABASE")]
+        database: String,
+        /// Only this consumer's (its name or group).
+        #[arg(long)]
+        consumer: Option<String>,
+        /// Most rows shown.
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+        /// One JSON object per line.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Publish a dead letter again (to its broker, or any sink), then
+    /// delete it. At least once: a crash between the two publishes it again
+    /// on the next replay, with the same message id.
+    Replay {
+        /// The dead letter's id (from `list`).
+        id: uuid::Uuid,
+        /// `sqlite://path.db`, `postgres://…` or `mysql://…`.
+        #[arg(long, env = "FERRY_DATABASE")]
+        database: String,
+        /// Where to publish it: a broker URL (`nats://…`, `amqp://…`, …) or
+        /// an `http(s)://` endpoint.
+        #[arg(long)]
+        to: String,
+    },
+    /// Delete a dead letter for good.
+    Discard {
+        /// The dead letter's id.
+        id: uuid::Uuid,
+        /// `sqlite://path.db`, `postgres://…` or `mysql://…`.
+        #[arg(long, env = "FERRY_DATABASE")]
+        database: String,
     },
 }
 
@@ -126,7 +218,7 @@ fn default_concurrency() -> NonZeroUsize {
 enum DeadAction {
     /// List dead messages, oldest first.
     List {
-        /// `postgres://…` or `sqlite://path.db`.
+        /// `postgres://…`, `mysql://…` (MariaDB) or `sqlite://path.db`.
         #[arg(long, env = "FERRY_DATABASE")]
         database: String,
         /// Most rows shown.
@@ -144,7 +236,7 @@ enum DeadAction {
         /// Replay every dead message.
         #[arg(long)]
         all: bool,
-        /// `postgres://…` or `sqlite://path.db`.
+        /// `postgres://…`, `mysql://…` (MariaDB) or `sqlite://path.db`.
         #[arg(long, env = "FERRY_DATABASE")]
         database: String,
     },
@@ -152,7 +244,7 @@ enum DeadAction {
     Discard {
         /// Sequence number or message id.
         id: String,
-        /// `postgres://…` or `sqlite://path.db`.
+        /// `postgres://…`, `mysql://…` (MariaDB) or `sqlite://path.db`.
         #[arg(long, env = "FERRY_DATABASE")]
         database: String,
     },
@@ -224,11 +316,41 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::Run { config } => {
             let config = FerryConfig::load(&config)?;
             let shutdown = shutdown_on_signal();
+            let metrics = metrics::Metrics::default();
             let mut tasks = tokio::task::JoinSet::new();
             for p in &config.pipelines {
                 tasks.spawn(Pipeline::from(p).run(shutdown.clone()));
             }
-            let mut result = Ok(());
+            let mut started = Ok(());
+            for c in &config.consumers {
+                let consumer = consume::Consumer::from(c);
+                match consumer.start().await {
+                    Ok((router, stats)) => {
+                        metrics.add_consumer(&consumer.name, stats);
+                        tasks.spawn(consume::Consumer::run(
+                            consumer.name.clone(),
+                            router,
+                            shutdown.clone(),
+                        ));
+                    }
+                    Err(e) => {
+                        started = Err(e);
+                        break;
+                    }
+                }
+            }
+            if started.is_ok() {
+                if let Some(http) = &config.http {
+                    match metrics::serve(http.listen, metrics.clone(), shutdown.clone()).await {
+                        Ok(server) => drop(server),
+                        Err(e) => started = Err(e),
+                    }
+                }
+            }
+            let mut result = started;
+            if result.is_err() {
+                shutdown.cancel();
+            }
             while let Some(done) = tasks.join_next().await {
                 let outcome = done.map_err(anyhow::Error::from).and_then(|r| r);
                 if let Err(e) = outcome {
@@ -244,7 +366,11 @@ async fn run(command: Command) -> anyhow::Result<()> {
         }
         Command::Check { config } => {
             let config = FerryConfig::load(&config)?;
-            println!("ok: {} pipeline(s)", config.pipelines.len());
+            println!(
+                "ok: {} pipeline(s), {} consumer(s)",
+                config.pipelines.len(),
+                config.consumers.len()
+            );
             Ok(())
         }
         Command::Relay {
@@ -279,6 +405,59 @@ async fn run(command: Command) -> anyhow::Result<()> {
             );
             p.run(shutdown_on_signal()).await
         }
+        Command::Consume {
+            from,
+            to,
+            topics,
+            group,
+            command,
+            database,
+            max_deliveries,
+            timeout,
+            prefetch,
+            listen,
+            warn_waiting,
+        } => {
+            let from = ferry_sinks::SourceConfig::from_url(&from)
+                .map_err(|e| anyhow::anyhow!("--from: {}", error_chain(&e)))?;
+            let to = SinkConfig::from_url(&to)
+                .map_err(|e| anyhow::anyhow!("--to: {}", error_chain(&e)))?;
+            let mut router = ferry_consumer::RouterConfig {
+                prefetch,
+                timeout,
+                ..Default::default()
+            };
+            if let Some(retry) = router.retry.as_mut() {
+                retry.max_deliveries = max_deliveries;
+            }
+            router.lag.warn_waiting = warn_waiting;
+            router
+                .validate()
+                .map_err(|e| anyhow::anyhow!("{}", error_chain(&e)))?;
+            let consumer = consume::Consumer {
+                name: group.clone(),
+                topics,
+                kind: if command {
+                    ferry_core::Kind::Command
+                } else {
+                    ferry_core::Kind::Event
+                },
+                group,
+                database,
+                migrate: true,
+                from,
+                to,
+                router,
+            };
+            let shutdown = shutdown_on_signal();
+            let (router, stats) = consumer.start().await?;
+            if let Some(listen) = listen {
+                let metrics = metrics::Metrics::default();
+                metrics.add_consumer(&consumer.name, stats);
+                drop(metrics::serve(listen, metrics, shutdown.clone()).await?);
+            }
+            consume::Consumer::run(consumer.name, router, shutdown).await
+        }
         Command::Migrate { database } => {
             let db = open(&database).await?;
             let applied = db.migrate().await?;
@@ -298,6 +477,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Dead { action } => dead(action).await,
+        Command::DeadLetters { action } => dead_letters(action).await,
     }
 }
 
@@ -353,6 +533,96 @@ async fn dead(action: DeadAction) -> anyhow::Result<()> {
             let which = parse_ref(&id)?;
             open(&database).await?.discard_dead(&which).await?;
             println!("discarded {which}");
+            Ok(())
+        }
+    }
+}
+
+async fn dead_letters(action: DeadLetterAction) -> anyhow::Result<()> {
+    match action {
+        DeadLetterAction::List {
+            database,
+            consumer,
+            limit,
+            json,
+        } => {
+            let rows = open(&database)
+                .await?
+                .dead_letters(consumer.as_deref(), limit)
+                .await?;
+            if json {
+                for r in &rows {
+                    let m = &r.message;
+                    let line = serde_json::json!({
+                        "id": r.id,
+                        "consumer": r.consumer,
+                        "message_id": m.id,
+                        "kind": m.kind,
+                        "topic": m.topic,
+                        "key": m.key,
+                        "headers": m.headers,
+                        "content_type": m.content_type,
+                        "payload": String::from_utf8_lossy(&m.payload),
+                        "error": r.error,
+                        "attempts": r.attempts,
+                        "dead_at": r.dead_at,
+                    });
+                    println!("{line}");
+                }
+            } else if rows.is_empty() {
+                println!("no dead letters");
+            } else {
+                println!(
+                    "{:36}  {:16}  {:20}  {:>8}  error",
+                    "id", "consumer", "topic", "attempts"
+                );
+                for r in &rows {
+                    println!(
+                        "{:36}  {:16}  {:20}  {:>8}  {}",
+                        r.id, r.consumer, r.message.topic, r.attempts, r.error
+                    );
+                }
+            }
+            Ok(())
+        }
+        DeadLetterAction::Replay { id, database, to } => {
+            let db = open(&database).await?;
+            let sink = SinkConfig::from_url(&to)
+                .map_err(|e| anyhow::anyhow!("--to: {}", error_chain(&e)))?;
+            let letter = db
+                .dead_letters(None, u32::MAX)
+                .await?
+                .into_iter()
+                .find(|l| l.id == id)
+                .ok_or_else(|| anyhow::anyhow!("no dead letter {id}"))?;
+            let sink = sink
+                .build()
+                .await
+                .map_err(|e| anyhow::anyhow!("--to: {}", error_chain(&e)))?;
+            // A fresh broker dedup id: the first publish is still inside the
+            // broker's duplicate window (JetStream, SQS FIFO) more often than not.
+            let message = letter.message.clone().replayed();
+            let delivered = sink.deliver(std::slice::from_ref(&message)).await;
+            match delivered.into_iter().next() {
+                Some(Ok(())) => {}
+                Some(Err(e)) => {
+                    anyhow::bail!("{} refused the message: {}", sink.name(), e.describe())
+                }
+                None => anyhow::bail!("{} returned no result", sink.name()),
+            }
+            db.delete_dead_letter(id).await?;
+            println!(
+                "replayed {id} (message {}) to {}",
+                letter.message.id,
+                sink.name()
+            );
+            Ok(())
+        }
+        DeadLetterAction::Discard { id, database } => {
+            if !open(&database).await?.delete_dead_letter(id).await? {
+                anyhow::bail!("no dead letter {id}");
+            }
+            println!("discarded {id}");
             Ok(())
         }
     }

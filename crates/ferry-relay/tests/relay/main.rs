@@ -1,5 +1,5 @@
-//! The relay against real databases (SQLite, PostgreSQL) and a real HTTP
-//! receiver.
+//! The relay against real databases (SQLite, PostgreSQL, MariaDB) and a
+//! real HTTP receiver.
 #![allow(missing_docs, dead_code)]
 
 use std::future::Future;
@@ -13,12 +13,13 @@ use ferry_relay::{
 };
 use ferry_sinks::SinkConfig;
 use ferry_store::outbox::{sqlite::SqliteOutbox, Outbox, OutboxStats};
-use ferry_store::{ConnectOptions, Database};
-use ferry_testkit::{Mode, PgTestDb, Receiver, SqliteTestDb};
+use ferry_store::{ConnectOptions, Database, DatabaseKind};
+use ferry_testkit::{Mode, MysqlTestDb, PgTestDb, Receiver, SqliteTestDb};
 
 enum Db {
     Pg(PgTestDb),
     Sqlite(SqliteTestDb),
+    Mysql(MysqlTestDb),
 }
 
 struct Env {
@@ -26,13 +27,20 @@ struct Env {
     _t: Db,
 }
 
-async fn env(pg: bool) -> Env {
-    let (url, t) = if pg {
-        let t = PgTestDb::create().await;
-        (t.url.clone(), Db::Pg(t))
-    } else {
-        let t = SqliteTestDb::create();
-        (t.url.clone(), Db::Sqlite(t))
+async fn env(kind: DatabaseKind) -> Env {
+    let (url, t) = match kind {
+        DatabaseKind::Postgres => {
+            let t = PgTestDb::create().await;
+            (t.url.clone(), Db::Pg(t))
+        }
+        DatabaseKind::Sqlite => {
+            let t = SqliteTestDb::create();
+            (t.url.clone(), Db::Sqlite(t))
+        }
+        DatabaseKind::Mysql => {
+            let t = MysqlTestDb::create().await;
+            (t.url.clone(), Db::Mysql(t))
+        }
     };
     // The relay's lease, with room for the test's own queries.
     let db = Database::connect_with(
@@ -143,11 +151,15 @@ macro_rules! both {
             use super::*;
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn sqlite() {
-                ($body)(env(false).await).await;
+                ($body)(env(DatabaseKind::Sqlite).await).await;
             }
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn postgres() {
-                ($body)(env(true).await).await;
+                ($body)(env(DatabaseKind::Postgres).await).await;
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn mysql() {
+                ($body)(env(DatabaseKind::Mysql).await).await;
             }
         }
     };
@@ -174,11 +186,10 @@ both!(
     }
 );
 
-/// Several workers need several connections: PostgreSQL only (on SQLite the
-/// relay runs one worker, which the other tests cover).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn several_workers_keep_order_per_key() {
-    let env = env(true).await;
+/// Several workers need several connections: PostgreSQL and MariaDB (on
+/// SQLite the relay runs one worker, which the other tests cover).
+async fn several_workers_keep_order_per_key(kind: DatabaseKind) {
+    let env = env(kind).await;
     let r = Receiver::start().await;
     let relay = env.start(
         http_sink(&r).await,
@@ -196,6 +207,16 @@ async fn several_workers_keep_order_per_key() {
     assert_eq!(r.requests().len(), 600, "no duplicate in normal operation");
     assert_in_order_per_key(&r);
     relay.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn several_workers_keep_order_per_key_postgres() {
+    several_workers_keep_order_per_key(DatabaseKind::Postgres).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn several_workers_keep_order_per_key_mysql() {
+    several_workers_keep_order_per_key(DatabaseKind::Mysql).await;
 }
 
 both!(
@@ -380,7 +401,7 @@ both!(kept_messages_show_their_delivery, |env: Env| async move {
 /// An in-process producer wakes the SQLite relay without waiting for a poll.
 #[tokio::test]
 async fn sqlite_waker_beats_the_poll_interval() {
-    let env = env(false).await;
+    let env = env(DatabaseKind::Sqlite).await;
     let Database::Sqlite(pool) = &env.db else {
         unreachable!()
     };
@@ -412,10 +433,10 @@ async fn sqlite_waker_beats_the_poll_interval() {
 /// Outbox → relay → NATS JetStream: every message stored once, in order per
 /// key; delivering the same messages again (as after a crash) is dropped by
 /// the server's `Nats-Msg-Id` deduplication.
-async fn to_nats(pg: bool) {
+async fn to_nats(kind: DatabaseKind) {
     use async_nats::jetstream;
     use futures::StreamExt;
-    let env = env(pg).await;
+    let env = env(kind).await;
     let id = uuid::Uuid::now_v7().simple().to_string();
     let (stream, prefix) = (format!("FERRYRELAY_{id}"), format!("ferryrelay.{id}."));
     let sink = SinkConfig::from_url(&format!(
@@ -454,6 +475,7 @@ async fn to_nats(pg: bool) {
     match &env.db {
         Database::Postgres(p) => drop(sqlx::query(again).execute(p).await.unwrap()),
         Database::Sqlite(p) => drop(sqlx::query(again).execute(p).await.unwrap()),
+        Database::Mysql(p) => drop(sqlx::query(again).execute(p).await.unwrap()),
     }
     let relay = env.start(sink, cfg);
     wait_for("delivered again", Duration::from_secs(30), || async {
@@ -495,19 +517,24 @@ async fn to_nats(pg: bool) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn to_nats_sqlite() {
-    to_nats(false).await;
+    to_nats(DatabaseKind::Sqlite).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn to_nats_postgres() {
-    to_nats(true).await;
+    to_nats(DatabaseKind::Postgres).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn to_nats_mysql() {
+    to_nats(DatabaseKind::Mysql).await;
 }
 
 /// A retry that is due but that this relay may not claim (another
 /// pipeline's topic, or a row another relay holds) must not make it spin:
 /// empty claims back off up to the poll interval.
-async fn idles_beside_an_unclaimable_due_retry(pg: bool, hold_it: bool) {
-    let env = env(pg).await;
+async fn idles_beside_an_unclaimable_due_retry(kind: DatabaseKind, hold_it: bool) {
+    let env = env(kind).await;
     let topic = if hold_it { "mine" } else { "other" };
     env.enqueue(&[Message::event(topic, "x")]).await;
     let due_retry =
@@ -531,6 +558,15 @@ async fn idles_beside_an_unclaimable_due_retry(pg: bool, hold_it: bool) {
             sqlx::query(due_retry).execute(p).await.unwrap();
             None
         }
+        Database::Mysql(p) => {
+            sqlx::query(
+                "UPDATE ferry_outbox SET attempts = 1, next_attempt_at = '2000-01-01 00:00:00'",
+            )
+            .execute(p)
+            .await
+            .unwrap();
+            None
+        }
     };
     let cfg = RelayConfig {
         topics: Some(vec!["mine".to_owned()]),
@@ -551,17 +587,22 @@ async fn idles_beside_an_unclaimable_due_retry(pg: bool, hold_it: bool) {
 
 #[tokio::test]
 async fn idles_beside_another_pipelines_due_retry_sqlite() {
-    idles_beside_an_unclaimable_due_retry(false, false).await;
+    idles_beside_an_unclaimable_due_retry(DatabaseKind::Sqlite, false).await;
 }
 
 #[tokio::test]
 async fn idles_beside_another_pipelines_due_retry_postgres() {
-    idles_beside_an_unclaimable_due_retry(true, false).await;
+    idles_beside_an_unclaimable_due_retry(DatabaseKind::Postgres, false).await;
+}
+
+#[tokio::test]
+async fn idles_beside_another_pipelines_due_retry_mysql() {
+    idles_beside_an_unclaimable_due_retry(DatabaseKind::Mysql, false).await;
 }
 
 #[tokio::test]
 async fn idles_beside_a_due_retry_another_relay_holds() {
-    idles_beside_an_unclaimable_due_retry(true, true).await;
+    idles_beside_an_unclaimable_due_retry(DatabaseKind::Postgres, true).await;
 }
 
 /// A sink that panics: a bug. The relay stops and says so.
@@ -581,7 +622,7 @@ impl Sink for Panicking {
 
 #[tokio::test]
 async fn a_worker_panic_stops_the_relay_with_an_error() {
-    let env = env(false).await;
+    let env = env(DatabaseKind::Sqlite).await;
     env.enqueue(&[Message::event("t", "x")]).await;
     let relay = env.start(Arc::new(Panicking), config());
     let stop = relay.token();

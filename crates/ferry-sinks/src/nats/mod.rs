@@ -31,7 +31,8 @@ const MSG_ID: &str = "Nats-Msg-Id";
 /// the payload is the message's payload; the headers are the CloudEvents
 /// attributes of [`binary_headers`] (`ce-id`, `ce-type`, …, `content-type`),
 /// the message's own headers (but none named like an attribute, in any case,
-/// nor any `Nats-*` header), and `Nats-Msg-Id: <message id>`, by which the
+/// nor any `Nats-*` header), and `Nats-Msg-Id: <message id>` (for an
+/// operator's replay, [`Message::broker_dedup_id`]), by which the
 /// stream drops a message it received again within its duplicate window.
 ///
 /// A batch is published in one go (pipelined), then its acknowledgements
@@ -226,7 +227,7 @@ impl NatsSink {
             header_bytes += name.len() + value.as_str().len() + 4;
             headers.insert(header_name, value);
         }
-        let id = message.id.to_string();
+        let id = message.broker_dedup_id();
         header_bytes += MSG_ID.len() + id.len() + 4;
 
         // The server closes the connection on an oversized message, failing

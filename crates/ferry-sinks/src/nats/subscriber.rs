@@ -3,9 +3,9 @@
 use std::time::Duration;
 
 use async_nats::jetstream::consumer::pull::Config as PullConfig;
+use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy};
 use async_nats::jetstream::context::ConsumerInfoErrorKind;
 use async_nats::jetstream::message::StreamMessage;
-use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy};
 use async_nats::jetstream::{self, AckKind};
 use ferry_core::cloudevents::from_binary_headers;
 use ferry_core::{
@@ -111,12 +111,20 @@ fn durable_name(subscription: &Subscription) -> String {
     };
     // FNV-1a: a fixed function, so the name is the same in every build.
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    let pair = subscription.group.bytes().chain([0]).chain(subscription.topic.bytes());
+    let pair = subscription
+        .group
+        .bytes()
+        .chain([0])
+        .chain(subscription.topic.bytes());
     for b in pair {
         hash ^= u64::from(b);
         hash = hash.wrapping_mul(0x0100_0000_01b3);
     }
-    let mut name = format!("{}__{}", clean(&subscription.group), clean(&subscription.topic));
+    let mut name = format!(
+        "{}__{}",
+        clean(&subscription.group),
+        clean(&subscription.topic)
+    );
     name.truncate(200);
     format!("{name}__{hash:016x}")
 }
@@ -219,7 +227,12 @@ impl Subscriber for NatsSubscriber {
             let info = match stream.consumer_info(&name).await {
                 Ok(info) => info,
                 // A group that does not exist yet has no lag to report.
-                Err(e) if e.kind() == ConsumerInfoErrorKind::NotFound => {
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        ConsumerInfoErrorKind::NotFound | ConsumerInfoErrorKind::StreamNotFound
+                    ) =>
+                {
                     return Ok(Lag::default())
                 }
                 Err(e) => return Err(unavailable("jetstream consumer info failed", e)),
@@ -274,10 +287,9 @@ struct NatsAcker(jetstream::Message);
 impl Acker for NatsAcker {
     fn ack(self: Box<Self>) -> BoxFuture<'static, Result<(), SubscribeError>> {
         Box::pin(async move {
-            self.0
-                .ack()
-                .await
-                .map_err(|e| SubscribeError::unavailable("jetstream ack failed").with_boxed_source(e))
+            self.0.ack().await.map_err(|e| {
+                SubscribeError::unavailable("jetstream ack failed").with_boxed_source(e)
+            })
         })
     }
 
@@ -286,10 +298,9 @@ impl Acker for NatsAcker {
         delay: Option<Duration>,
     ) -> BoxFuture<'static, Result<(), SubscribeError>> {
         Box::pin(async move {
-            self.0
-                .ack_with(AckKind::Nak(delay))
-                .await
-                .map_err(|e| SubscribeError::unavailable("jetstream nak failed").with_boxed_source(e))
+            self.0.ack_with(AckKind::Nak(delay)).await.map_err(|e| {
+                SubscribeError::unavailable("jetstream nak failed").with_boxed_source(e)
+            })
         })
     }
 }

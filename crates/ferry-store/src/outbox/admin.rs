@@ -96,6 +96,19 @@ impl Database {
             .into_iter()
             .map(|r| dead_from(&r))
             .collect::<Result<Vec<_>, sqlx::Error>>()?,
+            Database::Mysql(pool) => sqlx::query(
+                // Text as CHAR: binary-collated columns would not decode as strings.
+                "SELECT seq, CAST(message_id AS CHAR) AS message_id, CAST(topic AS CHAR) AS topic,
+                        CAST(message_key AS CHAR) AS message_key, CAST(attempts AS SIGNED) AS attempts,
+                        CAST(created_at AS CHAR) AS created_at, CAST(last_error AS CHAR) AS last_error
+                 FROM ferry_outbox WHERE status = 'dead' ORDER BY seq LIMIT ?",
+            )
+            .bind(limit)
+            .fetch_all(pool)
+            .await?
+            .into_iter()
+            .map(|r| dead_from(&r))
+            .collect::<Result<Vec<_>, sqlx::Error>>()?,
         };
         Ok(rows)
     }
@@ -120,6 +133,14 @@ impl Database {
                 )
                 .await?
             }
+            Database::Mysql(pool) => {
+                mysql_exec(
+                    pool,
+                    &format!("UPDATE ferry_outbox {set} NOW(6) WHERE status = 'dead'"),
+                    which,
+                )
+                .await?
+            }
         };
         not_found_if_zero(n, which)
     }
@@ -130,21 +151,24 @@ impl Database {
         let n = match self {
             Database::Postgres(pool) => pg_exec(pool, sql, Some(which)).await?,
             Database::Sqlite(pool) => sqlite_exec(pool, sql, Some(which)).await?,
+            Database::Mysql(pool) => mysql_exec(pool, sql, Some(which)).await?,
         };
         not_found_if_zero(n, Some(which))
     }
 
     /// Counts messages by status.
     pub async fn outbox_stats(&self) -> Result<OutboxStats, StoreError> {
+        // COUNT(CASE …) rather than SUM: a BIGINT on MariaDB too (its SUM is a DECIMAL).
         let sql = "SELECT
-              COALESCE(SUM(CASE WHEN status = 'pending' THEN 1 ELSE 0 END), 0),
-              COALESCE(SUM(CASE WHEN status = 'pending' AND attempts > 0 THEN 1 ELSE 0 END), 0),
-              COALESCE(SUM(CASE WHEN status = 'delivered' THEN 1 ELSE 0 END), 0),
-              COALESCE(SUM(CASE WHEN status = 'dead' THEN 1 ELSE 0 END), 0)
+              COUNT(CASE WHEN status = 'pending' THEN 1 END),
+              COUNT(CASE WHEN status = 'pending' AND attempts > 0 THEN 1 END),
+              COUNT(CASE WHEN status = 'delivered' THEN 1 END),
+              COUNT(CASE WHEN status = 'dead' THEN 1 END)
             FROM ferry_outbox";
         let (pending, retrying, delivered, dead): (i64, i64, i64, i64) = match self {
             Database::Postgres(pool) => sqlx::query_as(sql).fetch_one(pool).await?,
             Database::Sqlite(pool) => sqlx::query_as(sql).fetch_one(pool).await?,
+            Database::Mysql(pool) => sqlx::query_as(sql).fetch_one(pool).await?,
         };
         Ok(OutboxStats {
             pending,
@@ -218,6 +242,29 @@ async fn sqlite_exec(
         }
         Some(MessageRef::Id(id)) => {
             sqlx::query(&format!("{base} AND lower(message_id) = ?"))
+                .bind(id.to_string())
+                .execute(pool)
+                .await?
+        }
+    };
+    Ok(n.rows_affected())
+}
+
+async fn mysql_exec(
+    pool: &sqlx::MySqlPool,
+    base: &str,
+    which: Option<&MessageRef>,
+) -> Result<u64, StoreError> {
+    let n = match which {
+        None => sqlx::query(base).execute(pool).await?,
+        Some(MessageRef::Seq(seq)) => {
+            sqlx::query(&format!("{base} AND seq = ?"))
+                .bind(*seq)
+                .execute(pool)
+                .await?
+        }
+        Some(MessageRef::Id(id)) => {
+            sqlx::query(&format!("{base} AND message_id = ?"))
                 .bind(id.to_string())
                 .execute(pool)
                 .await?

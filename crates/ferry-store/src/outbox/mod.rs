@@ -1,8 +1,8 @@
 //! The transactional outbox.
 //!
 //! A producer writes a message row in the same transaction as its business
-//! change ([`postgres::enqueue`], [`sqlite::enqueue`], or plain SQL: see
-//! `docs/outbox.md`). The relay then repeatedly *claims* a batch of committed
+//! change ([`postgres::enqueue`], [`mysql::enqueue`], [`sqlite::enqueue`], or
+//! plain SQL: see `docs/outbox.md`). The relay then repeatedly *claims* a batch of committed
 //! pending messages ([`Outbox::claim`]), hands them to a sink, and *settles*
 //! the batch ([`ClaimedBatch::settle`]) with one [`Outcome`] per message.
 //!
@@ -23,9 +23,14 @@
 //!   relay dies, the server aborts its transaction and the messages become
 //!   claimable again at once; if it hangs, the server ends its session after
 //!   the lease (`idle_in_transaction_session_timeout`).
+//! * MariaDB works the same way (`FOR UPDATE SKIP LOCKED` in a `READ
+//!   COMMITTED` transaction held until settled; the lease is the session's
+//!   `idle_transaction_timeout`), but has no notifications: relays poll, and
+//!   an in-process producer can wake its relay with a [`Waker`].
 //! * On SQLite one relay process per database file is supported.
 
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -34,6 +39,7 @@ use ferry_core::Message;
 use crate::StoreError;
 
 pub mod admin;
+pub mod mysql;
 pub mod postgres;
 pub mod sqlite;
 
@@ -168,6 +174,23 @@ pub trait ClaimedBatch: Send {
     ///
     /// [`messages`]: ClaimedBatch::messages
     fn settle(self, outcomes: &[Outcome]) -> impl Future<Output = Result<(), StoreError>> + Send;
+}
+
+/// Wakes an in-process relay after a commit, on databases without
+/// notifications (SQLite, MariaDB). Cheap to clone.
+#[derive(Clone, Debug, Default)]
+pub struct Waker(Arc<tokio::sync::Notify>);
+
+impl Waker {
+    /// Signals that messages were committed.
+    pub fn wake(&self) {
+        self.0.notify_one();
+    }
+
+    /// Waits for a wake-up or `timeout`, whichever comes first.
+    pub(crate) async fn wait(&self, timeout: Duration) {
+        let _ = tokio::time::timeout(timeout, self.0.notified()).await;
+    }
 }
 
 /// A number of seconds from the database (possibly negative: overdue) as a

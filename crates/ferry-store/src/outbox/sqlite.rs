@@ -6,7 +6,6 @@
 //! relay process per database file; a crash before the outcomes are recorded
 //! leaves the messages pending and they are delivered again.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -14,8 +13,8 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use ferry_core::{Kind, Message, MessageId};
 use sqlx::sqlite::SqliteRow;
 use sqlx::{Row, SqliteConnection, SqlitePool};
-use tokio::sync::Notify;
 
+pub use super::Waker;
 use super::{
     headers_to_json, parse_headers, ClaimFilter, Claimed, ClaimedBatch, OrderPolicy, Outbox,
     Outcome, Retention,
@@ -58,17 +57,6 @@ pub async fn enqueue(conn: &mut SqliteConnection, message: &Message) -> Result<i
     .fetch_one(conn)
     .await?;
     Ok(seq)
-}
-
-/// Wakes an in-process relay after a commit. Cheap to clone.
-#[derive(Clone, Debug, Default)]
-pub struct Waker(Arc<Notify>);
-
-impl Waker {
-    /// Signals that messages were committed.
-    pub fn wake(&self) {
-        self.0.notify_one();
-    }
 }
 
 /// The outbox in a SQLite database file.
@@ -236,7 +224,7 @@ impl Outbox for SqliteOutbox {
     }
 
     async fn wait_for_work(&self, timeout: Duration) {
-        let _ = tokio::time::timeout(timeout, self.waker.0.notified()).await;
+        self.waker.wait(timeout).await;
     }
 
     fn max_workers(&self) -> Option<usize> {

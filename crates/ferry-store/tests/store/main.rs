@@ -1,32 +1,34 @@
 #![allow(missing_docs)]
-//! The store conformance suite: every test runs on SQLite and on
-//! PostgreSQL (a fresh database each), plus PostgreSQL-only concurrency tests.
+//! The store conformance suite: every test runs on SQLite, PostgreSQL and
+//! MariaDB (a fresh database each), plus concurrency tests for the servers.
 
 use std::time::Duration;
 
 use chrono::Utc;
 use ferry_core::Message;
 use ferry_store::outbox::{
-    postgres::PgOutbox, sqlite::SqliteOutbox, ClaimFilter, ClaimedBatch, MessageRef, OrderPolicy,
-    Outbox, Outcome, Retention,
+    mysql::MysqlOutbox, postgres::PgOutbox, sqlite::SqliteOutbox, ClaimFilter, ClaimedBatch,
+    MessageRef, OrderPolicy, Outbox, Outcome, Retention,
 };
 use ferry_store::{ConnectOptions, Database, DatabaseKind, StoreError};
-use ferry_testkit::{PgTestDb, SqliteTestDb};
+use ferry_testkit::{MysqlTestDb, PgTestDb, SqliteTestDb};
 
 mod conformance;
+mod consumer;
+mod mysql_only;
 mod postgres_only;
 
 /// A migrated database and an outbox on it, of either kind.
 pub struct Env {
     pub db: Database,
     pub outbox: AnyOutbox,
-    _pg: Option<PgTestDb>,
-    _sqlite: Option<SqliteTestDb>,
+    _t: FreshDb,
 }
 
 pub enum AnyOutbox {
     Pg(PgOutbox),
     Sqlite(SqliteOutbox),
+    Mysql(MysqlOutbox),
 }
 
 pub async fn pg_env(retention: Retention) -> Env {
@@ -51,8 +53,33 @@ pub async fn pg_env_with(retention: Retention, options: ConnectOptions) -> Env {
     Env {
         db,
         outbox,
-        _pg: Some(t),
-        _sqlite: None,
+        _t: FreshDb::Pg(t),
+    }
+}
+
+pub async fn mysql_env(retention: Retention) -> Env {
+    mysql_env_with(
+        retention,
+        ConnectOptions {
+            max_connections: 8,
+            lease: Some(Duration::from_secs(30)),
+        },
+    )
+    .await
+}
+
+pub async fn mysql_env_with(retention: Retention, options: ConnectOptions) -> Env {
+    let t = MysqlTestDb::create().await;
+    let db = Database::connect_with(&t.url, &options).await.unwrap();
+    db.migrate().await.unwrap();
+    let Database::Mysql(pool) = &db else {
+        unreachable!()
+    };
+    let outbox = AnyOutbox::Mysql(MysqlOutbox::new(pool.clone(), retention));
+    Env {
+        db,
+        outbox,
+        _t: FreshDb::Mysql(t),
     }
 }
 
@@ -67,8 +94,7 @@ pub async fn sqlite_env(retention: Retention) -> Env {
     Env {
         db,
         outbox,
-        _pg: None,
-        _sqlite: Some(t),
+        _t: FreshDb::Sqlite(t),
     }
 }
 
@@ -80,6 +106,9 @@ impl Env {
                 sqlx::raw_sql(sql).execute(p).await.unwrap();
             }
             Database::Sqlite(p) => {
+                sqlx::raw_sql(sql).execute(p).await.unwrap();
+            }
+            Database::Mysql(p) => {
                 sqlx::raw_sql(sql).execute(p).await.unwrap();
             }
         }
@@ -113,6 +142,15 @@ impl Env {
                 }
                 tx.commit().await.unwrap();
             }
+            Database::Mysql(p) => {
+                let mut tx = p.begin().await.unwrap();
+                for m in messages {
+                    ferry_store::outbox::mysql::enqueue(&mut tx, m)
+                        .await
+                        .unwrap();
+                }
+                tx.commit().await.unwrap();
+            }
         }
     }
 
@@ -125,6 +163,7 @@ impl Env {
         match &self.outbox {
             AnyOutbox::Pg(o) => round(o, filter, decide).await,
             AnyOutbox::Sqlite(o) => round(o, filter, decide).await,
+            AnyOutbox::Mysql(o) => round(o, filter, decide).await,
         }
     }
 
@@ -132,6 +171,7 @@ impl Env {
         match &self.outbox {
             AnyOutbox::Pg(o) => o.next_retry_in(topics).await.unwrap(),
             AnyOutbox::Sqlite(o) => o.next_retry_in(topics).await.unwrap(),
+            AnyOutbox::Mysql(o) => o.next_retry_in(topics).await.unwrap(),
         }
     }
 
@@ -149,6 +189,12 @@ impl Env {
                 b.settle(&vec![Outcome::Released; m.len()]).await.unwrap();
                 m
             }
+            AnyOutbox::Mysql(o) => {
+                let b = o.claim(filter).await.unwrap();
+                let m = b.messages().to_vec();
+                b.settle(&vec![Outcome::Released; m.len()]).await.unwrap();
+                m
+            }
         }
     }
 
@@ -157,6 +203,7 @@ impl Env {
         match &self.outbox {
             AnyOutbox::Pg(o) => o.claim(filter).await.unwrap().messages().to_vec(),
             AnyOutbox::Sqlite(o) => o.claim(filter).await.unwrap().messages().to_vec(),
+            AnyOutbox::Mysql(o) => o.claim(filter).await.unwrap().messages().to_vec(),
         }
     }
 
@@ -164,6 +211,7 @@ impl Env {
         match &self.outbox {
             AnyOutbox::Pg(o) => o.purge_delivered(older_than).await.unwrap(),
             AnyOutbox::Sqlite(o) => o.purge_delivered(older_than).await.unwrap(),
+            AnyOutbox::Mysql(o) => o.purge_delivered(older_than).await.unwrap(),
         }
     }
 
@@ -171,6 +219,7 @@ impl Env {
         match &self.db {
             Database::Postgres(p) => sqlx::query_scalar(sql).fetch_one(p).await.unwrap(),
             Database::Sqlite(p) => sqlx::query_scalar(sql).fetch_one(p).await.unwrap(),
+            Database::Mysql(p) => sqlx::query_scalar(sql).fetch_one(p).await.unwrap(),
         }
     }
 }
@@ -224,9 +273,9 @@ pub fn seq_ref(seq: i64) -> MessageRef {
     MessageRef::Seq(seq)
 }
 
-/// Defines a test that runs `body` against SQLite and PostgreSQL.
+/// Defines a test that runs `body` against SQLite, PostgreSQL and MariaDB.
 #[macro_export]
-macro_rules! both {
+macro_rules! each_db {
     ($name:ident, $retention:expr, $body:expr) => {
         mod $name {
             use super::*;
@@ -240,6 +289,11 @@ macro_rules! both {
                 let env = $crate::pg_env($retention).await;
                 ($body)(env).await;
             }
+            #[tokio::test]
+            async fn mysql() {
+                let env = $crate::mysql_env($retention).await;
+                ($body)(env).await;
+            }
         }
     };
 }
@@ -248,6 +302,7 @@ macro_rules! both {
 pub enum FreshDb {
     Pg(PgTestDb),
     Sqlite(SqliteTestDb),
+    Mysql(MysqlTestDb),
 }
 
 impl FreshDb {
@@ -255,6 +310,7 @@ impl FreshDb {
         match kind {
             DatabaseKind::Postgres => FreshDb::Pg(PgTestDb::create().await),
             DatabaseKind::Sqlite => FreshDb::Sqlite(SqliteTestDb::create()),
+            DatabaseKind::Mysql => FreshDb::Mysql(MysqlTestDb::create().await),
         }
     }
 
@@ -262,15 +318,15 @@ impl FreshDb {
         match self {
             FreshDb::Pg(t) => &t.url,
             FreshDb::Sqlite(t) => &t.url,
+            FreshDb::Mysql(t) => &t.url,
         }
     }
 }
 
 /// Defines a test that runs `body` with a [`DatabaseKind`], for tests that
-/// need fresh, unmigrated databases ([`FreshDb`]): once with SQLite, once
-/// with PostgreSQL.
+/// need fresh, unmigrated databases ([`FreshDb`]): once with each database.
 #[macro_export]
-macro_rules! both_fresh {
+macro_rules! each_fresh_db {
     ($name:ident, $body:expr) => {
         mod $name {
             use super::*;
@@ -281,6 +337,10 @@ macro_rules! both_fresh {
             #[tokio::test]
             async fn postgres() {
                 ($body)(ferry_store::DatabaseKind::Postgres).await;
+            }
+            #[tokio::test]
+            async fn mysql() {
+                ($body)(ferry_store::DatabaseKind::Mysql).await;
             }
         }
     };

@@ -184,15 +184,16 @@ fn relay_refuses_an_unmigrated_database_unless_asked() {
 }
 
 /// The plain-SQL producer statement from docs/outbox.md, through the
-/// `sqlite3` and `psql` command-line clients, then dead letters handled
-/// with the CLI.
+/// `sqlite3`, `psql` and `mariadb` command-line clients, then dead letters
+/// handled with the CLI.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn migrate_produce_by_sql_and_manage_dead_letters() {
     let sql = r#"INSERT INTO ferry_outbox (topic, message_key, payload) VALUES ('user.signed_up', 'user-42', '{"user_id":42}');
 INSERT INTO ferry_outbox (topic, message_key, payload) VALUES ('user.signed_up', 'user-43', '{"poison":true}');"#;
     let s = SqliteTestDb::create();
     let pg = PgTestDb::create().await;
-    for url in [s.url.clone(), pg.url.clone()] {
+    let my = ferry_testkit::MysqlTestDb::create().await;
+    for url in [s.url.clone(), pg.url.clone(), my.url.clone()] {
         let out = ferry(&["migrate", "--database", &url]);
         assert!(out.status.success(), "{}", text(&out));
         assert!(text(&out).contains("applied"));
@@ -201,6 +202,15 @@ INSERT INTO ferry_outbox (topic, message_key, payload) VALUES ('user.signed_up',
             Command::new("sqlite3")
                 .arg(&s.path)
                 .arg(sql)
+                .status()
+                .unwrap()
+        } else if let Some(rest) = url.strip_prefix("mysql://") {
+            // mysql://user@host:port/db
+            let (authority, db) = rest.split_once('/').unwrap();
+            let (user, host_port) = authority.split_once('@').unwrap();
+            let (host, port) = host_port.split_once(':').unwrap_or((host_port, "3306"));
+            Command::new("mariadb")
+                .args(["-h", host, "-P", port, "-u", user, db, "-e", sql])
                 .status()
                 .unwrap()
         } else {

@@ -62,10 +62,21 @@ async fn sigkill_mid_batch_loses_nothing_sqlite() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_relays_share_one_postgres_outbox() {
     let t = PgTestDb::create().await;
-    let db = migrated(&t.url).await;
+    two_relays_share_one_outbox(&t.url).await;
+}
+
+/// The same on MariaDB.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_relays_share_one_mariadb_outbox() {
+    let t = ferry_testkit::MysqlTestDb::create().await;
+    two_relays_share_one_outbox(&t.url).await;
+}
+
+async fn two_relays_share_one_outbox(url: &str) {
+    let db = migrated(url).await;
     let r = Receiver::start().await;
-    let a = spawn_relay(&t.url, &r.url(), &["--batch-size", "20"]);
-    let b = spawn_relay(&t.url, &r.url(), &["--batch-size", "20"]);
+    let a = spawn_relay(url, &r.url(), &["--batch-size", "20"]);
+    let b = spawn_relay(url, &r.url(), &["--batch-size", "20"]);
     let n = 4000;
     let all = keyed(n, 9);
     for chunk in all.chunks(100) {

@@ -13,6 +13,7 @@ use ferry_testkit::{PgTestDb, Receiver, SqliteTestDb, TempDir};
 use rand::Rng;
 
 mod cli;
+mod consume;
 mod faults;
 
 pub const FERRY: &str = env!("CARGO_BIN_EXE_ferry");

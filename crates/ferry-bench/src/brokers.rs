@@ -1,0 +1,751 @@
+//! Publish and consume rates per broker, each beside the broker's raw
+//! publish rate with the same client crate, measured in the same run.
+//!
+//! For every broker and run, on topics of the run's own:
+//! * **raw publish**: the client crate publishes the messages directly, as
+//!   fast as it can with the broker's acknowledgement awaited (pipelined in
+//!   batches of `--batch-size`): the baseline;
+//! * **ferry publish**: the adapter's [`Sink`] delivers the same messages in
+//!   batches of `--batch-size` (or the sink's own limit), as the relay does;
+//! * **ferry consume**: the adapter's [`Subscriber`] hands them to one
+//!   consumer that acknowledges each (acks in flight up to the prefetch), from
+//!   the first message received to the last.
+//!
+//! Messages carry a 1 KiB payload and the CloudEvents headers Ferry sends.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use bytes::Bytes;
+use ferry_core::{Message, Sink, Subscriber, Subscription};
+use futures::stream::FuturesUnordered;
+use futures::StreamExt;
+
+use crate::report::{median, ratio, thousands, Figure, Tsv};
+
+/// `ferry-bench brokers` options.
+#[derive(clap::Args, Debug)]
+pub struct BrokersArgs {
+    /// Brokers to measure (repeatable): nats, amqp, redis, kafka, sqs.
+    #[arg(long = "broker", default_values = ["nats", "amqp", "redis"])]
+    pub brokers: Vec<String>,
+    /// Messages per run and figure.
+    #[arg(long, default_value_t = 20_000)]
+    pub messages: usize,
+    /// Payload size in bytes.
+    #[arg(long, default_value_t = 1024)]
+    pub payload: usize,
+    /// Messages per publish batch (raw and ferry alike).
+    #[arg(long, default_value_t = 1000)]
+    pub batch_size: usize,
+    /// The consumer's prefetch.
+    #[arg(long, default_value_t = 256)]
+    pub prefetch: usize,
+    /// Runs; medians are reported.
+    #[arg(long, default_value_t = 3)]
+    pub runs: usize,
+    /// NATS server.
+    #[arg(long, default_value = "nats://127.0.0.1:4222")]
+    pub nats_url: String,
+    /// RabbitMQ server.
+    #[arg(long, default_value = "amqp://guest:guest@127.0.0.1:5672/%2f")]
+    pub amqp_url: String,
+    /// Redis server.
+    #[arg(long, default_value = "redis://127.0.0.1:6379/0")]
+    pub redis_url: String,
+    /// Kafka bootstrap server (tansu here: `scripts/kafka.sh`).
+    #[arg(long, default_value = "127.0.0.1:19092")]
+    pub kafka: String,
+    /// SQS endpoint (moto here: `scripts/sqs.sh`).
+    #[arg(long, default_value = "http://127.0.0.1:19324")]
+    pub sqs_endpoint: String,
+    /// Also measure outbox -> broker -> consumer with an inbox, both on this
+    /// PostgreSQL server (a scratch database per run); `none` to skip.
+    #[arg(long, default_value = "postgres://postgres@127.0.0.1:5432/postgres")]
+    pub end_to_end: String,
+}
+
+/// One broker under measurement.
+pub trait Target: Send + Sync {
+    /// Short name, as in `--broker`.
+    fn name(&self) -> &'static str;
+    /// Publishes `payloads` to `topic` with the client crate alone, in
+    /// batches of `batch` whose acknowledgements are awaited together.
+    fn raw_publish<'a>(
+        &'a self,
+        topic: &'a str,
+        payloads: &'a [Bytes],
+        batch: usize,
+    ) -> ferry_core::BoxFuture<'a, anyhow::Result<()>>;
+    /// The adapter's sink.
+    fn sink(&self) -> ferry_core::BoxFuture<'_, anyhow::Result<Arc<dyn Sink>>>;
+    /// The adapter's subscriber.
+    fn subscriber(&self) -> ferry_core::BoxFuture<'_, anyhow::Result<Arc<dyn Subscriber>>>;
+    /// Removes what a run left on the broker, where that matters.
+    fn clean<'a>(&'a self, _topic: &'a str) -> ferry_core::BoxFuture<'a, ()> {
+        Box::pin(async {})
+    }
+}
+
+fn target(name: &str, args: &BrokersArgs) -> anyhow::Result<Box<dyn Target>> {
+    Ok(match name {
+        "nats" => Box::new(nats::Nats::new(&args.nats_url)?),
+        "amqp" => Box::new(others::Adapter::new(
+            "amqp",
+            format!("{}?exchange=ferry-bench", args.amqp_url),
+            others::Raw::Amqp(args.amqp_url.clone()),
+        )?),
+        "redis" => Box::new(others::Adapter::new(
+            "redis",
+            format!("{}?stream_prefix=ferrybench.", args.redis_url),
+            others::Raw::Redis(args.redis_url.clone()),
+        )?),
+        "kafka" => Box::new(others::Adapter::new(
+            "kafka",
+            format!("kafka://{}?topic_prefix=ferrybench.", args.kafka),
+            others::Raw::Kafka(args.kafka.clone()),
+        )?),
+        "sqs" => Box::new(others::Adapter::new(
+            "sqs",
+            format!(
+                "{}?region=us-east-1&queue_prefix=ferrybench-",
+                args.sqs_endpoint
+                    .replacen("http://", "sqs+http://bench:bench@", 1)
+            ),
+            others::Raw::Sqs(args.sqs_endpoint.clone()),
+        )?),
+        other => bail!("unknown broker `{other}` (expected nats, amqp, redis, kafka or sqs)"),
+    })
+}
+
+struct Rates {
+    raw: f64,
+    publish: f64,
+    consume: f64,
+    end_to_end: Option<f64>,
+}
+
+/// Runs every requested broker and prints a summary table.
+pub async fn run(args: &BrokersArgs, tsv: &Tsv) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        args.messages > 0 && args.runs > 0 && args.batch_size > 0 && args.prefetch > 0,
+        "--messages, --runs, --batch-size and --prefetch must be positive"
+    );
+    let mut summary = Vec::new();
+    for name in &args.brokers {
+        let target = target(name, args)?;
+        println!(
+            "== brokers: {} — {} messages of {} bytes, batches of {}, prefetch {}, {} run(s)",
+            target.name(),
+            thousands(args.messages as f64),
+            args.payload,
+            args.batch_size,
+            args.prefetch,
+            args.runs
+        );
+        let mut runs = Vec::new();
+        for run in 1..=args.runs {
+            let rates = measure(target.as_ref(), args)
+                .await
+                .with_context(|| format!("{} run {run}", target.name()))?;
+            println!(
+                "   run {run}/{}: raw publish {} msg/s; ferry publish {} msg/s ({}); ferry consume {} msg/s ({}){}",
+                args.runs,
+                thousands(rates.raw),
+                thousands(rates.publish),
+                ratio(rates.publish, rates.raw),
+                thousands(rates.consume),
+                ratio(rates.consume, rates.raw),
+                rates.end_to_end.map_or(String::new(), |e| format!(
+                    "; outbox->consumer with inbox {} msg/s ({})",
+                    thousands(e),
+                    ratio(e, rates.raw)
+                )),
+            );
+            let mut figures = vec![
+                ("raw-publish", rates.raw),
+                ("publish", rates.publish),
+                ("consume", rates.consume),
+            ];
+            if let Some(e) = rates.end_to_end {
+                figures.push(("end-to-end", e));
+            }
+            for (figure, value) in figures {
+                tsv.append(&Figure {
+                    command: "brokers",
+                    server: target.name().to_owned(),
+                    sink: target.name().to_owned(),
+                    figure: figure.to_owned(),
+                    run,
+                    value,
+                    unit: "msg/s",
+                    settings: format!(
+                        "messages={} payload={} batch_size={} prefetch={}",
+                        args.messages, args.payload, args.batch_size, args.prefetch
+                    ),
+                    ..Figure::default()
+                })?;
+            }
+            runs.push(rates);
+        }
+        let med = |f: fn(&Rates) -> f64| median(&runs.iter().map(f).collect::<Vec<_>>());
+        let e2e: Vec<f64> = runs.iter().filter_map(|r| r.end_to_end).collect();
+        let e2e = (!e2e.is_empty()).then(|| median(&e2e));
+        summary.push((
+            target.name(),
+            med(|r| r.raw),
+            med(|r| r.publish),
+            med(|r| r.consume),
+            e2e,
+        ));
+    }
+    println!();
+    println!("| broker | raw publish msg/s | ferry publish msg/s | ÷ raw | ferry consume msg/s | ÷ raw | outbox → consumer + inbox (PostgreSQL) msg/s | ÷ raw |");
+    println!("|---|---|---|---|---|---|---|---|");
+    for (name, raw, publish, consume, e2e) in summary {
+        println!(
+            "| {name} | {} | {} | {} | {} | {} | {} | {} |",
+            thousands(raw),
+            thousands(publish),
+            ratio(publish, raw),
+            thousands(consume),
+            ratio(consume, raw),
+            e2e.map_or("—".to_owned(), thousands),
+            e2e.map_or("—".to_owned(), |e| ratio(e, raw)),
+        );
+    }
+    Ok(())
+}
+
+/// Outbox → relay → broker → router with an inbox, on a scratch PostgreSQL
+/// database: the messages are in the outbox before the clock starts; it
+/// stops when the last one's inbox row and effect row have committed.
+async fn end_to_end(
+    target: &dyn Target,
+    args: &BrokersArgs,
+    topic: &str,
+    payloads: &[Bytes],
+) -> anyhow::Result<f64> {
+    use ferry_consumer::inbox::{inbox_fn, Inbox};
+    use ferry_consumer::{HandlerError, Router, RouterConfig, StoreDeadLetters};
+    let server = crate::scratch::Server::parse(&args.end_to_end)?;
+    server
+        .with_fresh(16, |_url, db| async move {
+            let ferry_store::Database::Postgres(pool) = db.clone() else {
+                bail!("--end-to-end must be a PostgreSQL server")
+            };
+            sqlx::query("CREATE TABLE bench_applied (message_id UUID NOT NULL)")
+                .execute(&pool)
+                .await?;
+            let handler = Inbox::new(
+                pool.clone(),
+                inbox_fn(|tx, message, _cx| {
+                    Box::pin(async move {
+                        sqlx::query("INSERT INTO bench_applied (message_id) VALUES ($1)")
+                            .bind(message.id.0)
+                            .execute(&mut **tx)
+                            .await
+                            .map_err(|e| HandlerError::transient("insert").with_source(e))?;
+                        Ok(())
+                    })
+                }),
+            );
+            let config = RouterConfig {
+                prefetch: args.prefetch,
+                ..RouterConfig::default()
+            };
+            let router = Router::builder()
+                .subscriber(target.subscriber().await?)
+                .dead_letters(Arc::new(StoreDeadLetters::new(db.clone())))
+                .config(&config)
+                .event(topic, "bench-e2e", handler)
+                .build()?;
+            let stop = ferry_relay::CancellationToken::new();
+            let consumer = tokio::spawn(router.run(stop.clone().cancelled_owned()));
+            // Unkeyed, as the publish figures: the router handles them
+            // concurrently up to its prefetch.
+            let messages: Vec<Message> = payloads
+                .iter()
+                .map(|p| Message::event(topic, p.clone()))
+                .collect();
+            for chunk in messages.chunks(1000) {
+                db.enqueue(chunk).await?;
+            }
+            // Let the subscription exist on the broker before the relay runs.
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            let start = Instant::now();
+            let relay = ferry_relay::spawn(
+                &db,
+                target.sink().await?,
+                ferry_relay::RelayConfig {
+                    name: "bench-e2e".to_owned(),
+                    ..ferry_relay::RelayConfig::default()
+                },
+            );
+            let want = messages.len() as i64;
+            loop {
+                let applied: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM bench_applied")
+                    .fetch_one(&pool)
+                    .await?;
+                if applied >= want {
+                    break;
+                }
+                anyhow::ensure!(
+                    start.elapsed() < Duration::from_secs(300),
+                    "end to end: {applied} of {want} applied after 300 s"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            let elapsed = start.elapsed();
+            relay.stop().await?;
+            stop.cancel();
+            consumer.await??;
+            let twice: i64 = sqlx::query_scalar(
+                "SELECT COUNT(*) FROM (SELECT message_id FROM bench_applied GROUP BY message_id HAVING COUNT(*) > 1) d",
+            )
+            .fetch_one(&pool)
+            .await?;
+            anyhow::ensure!(twice == 0, "end to end: {twice} messages applied twice");
+            Ok(want as f64 / elapsed.as_secs_f64())
+        })
+        .await
+}
+
+fn payload(size: usize, i: usize) -> Bytes {
+    let head = format!("{{\"seq\":{i},\"pad\":\"");
+    let pad = size.saturating_sub(head.len() + 2);
+    Bytes::from(format!("{head}{}\"}}", "x".repeat(pad)))
+}
+
+async fn measure(target: &dyn Target, args: &BrokersArgs) -> anyhow::Result<Rates> {
+    let id = uuid::Uuid::now_v7().simple().to_string();
+    let raw_topic = format!("bench-raw-{}", &id[20..]);
+    let topic = format!("bench-ferry-{}", &id[20..]);
+    let payloads: Vec<Bytes> = (0..args.messages)
+        .map(|i| payload(args.payload, i))
+        .collect();
+
+    let start = Instant::now();
+    target
+        .raw_publish(&raw_topic, &payloads, args.batch_size)
+        .await
+        .context("raw publish")?;
+    let raw = args.messages as f64 / start.elapsed().as_secs_f64();
+    target.clean(&raw_topic).await;
+
+    // The group exists before anything is published, so it gets everything.
+    let subscriber = target.subscriber().await?;
+    let subscription = Subscription::new(&topic, "bench").with_prefetch(args.prefetch);
+    let mut stream = subscriber
+        .subscribe(&subscription)
+        .await
+        .map_err(|e| anyhow::anyhow!("subscribe: {}", e.describe()))?;
+
+    let sink = target.sink().await?;
+    let messages: Vec<Message> = payloads
+        .iter()
+        .map(|p| Message::event(&topic, p.clone()))
+        .collect();
+    let per_call = args
+        .batch_size
+        .min(sink.max_per_call().unwrap_or(usize::MAX))
+        .max(1);
+    let start = Instant::now();
+    for chunk in messages.chunks(per_call) {
+        for (i, r) in sink.deliver(chunk).await.into_iter().enumerate() {
+            if let Err(e) = r {
+                bail!("ferry publish of {}: {}", chunk[i].id, e.describe());
+            }
+        }
+    }
+    let publish = args.messages as f64 / start.elapsed().as_secs_f64();
+
+    let mut acks = FuturesUnordered::new();
+    let mut received = 0;
+    let mut first: Option<Instant> = None;
+    while received < args.messages {
+        let next = tokio::time::timeout(Duration::from_secs(60), stream.next())
+            .await
+            .with_context(|| format!("consume: nothing for 60 s after {received} messages"))?;
+        let r = match next {
+            Some(Ok(r)) => r,
+            Some(Err(e)) => bail!("consume: {}", e.describe()),
+            None => bail!("consume: the stream ended after {received} messages"),
+        };
+        first.get_or_insert_with(Instant::now);
+        received += 1;
+        // Each ack runs on its own task at once, as a handler settling its
+        // message would; at most a prefetch of them in flight.
+        acks.push(tokio::spawn(r.ack()));
+        while acks.len() >= args.prefetch {
+            if let Some(done) = acks.next().await {
+                done?.map_err(|e| anyhow::anyhow!("ack: {}", e.describe()))?;
+            }
+        }
+    }
+    while let Some(done) = acks.next().await {
+        done?.map_err(|e| anyhow::anyhow!("ack: {}", e.describe()))?;
+    }
+    let elapsed = first.map_or(Duration::ZERO, |t| t.elapsed());
+    let consume = args.messages as f64 / elapsed.as_secs_f64().max(1e-9);
+    drop(stream);
+    target.clean(&topic).await;
+    let end_to_end = if args.end_to_end == "none" {
+        None
+    } else {
+        let topic = format!("bench-e2e-{}", &id[20..]);
+        let rate = end_to_end(target, args, &topic, &payloads)
+            .await
+            .context("end to end")?;
+        target.clean(&topic).await;
+        Some(rate)
+    };
+    Ok(Rates {
+        raw,
+        publish,
+        consume,
+        end_to_end,
+    })
+}
+
+mod nats {
+    use super::*;
+    use async_nats::jetstream;
+    use ferry_sinks::{NatsSink, NatsSinkConfig, NatsSubscriber};
+
+    pub struct Nats {
+        config: NatsSinkConfig,
+    }
+
+    impl Nats {
+        pub fn new(url: &str) -> anyhow::Result<Self> {
+            let mut config = NatsSinkConfig::new(url.parse().context("--nats-url")?);
+            config.subject_prefix = "ferrybench.".to_owned();
+            config.stream = Some("FERRY_BENCH_BROKERS".to_owned());
+            Ok(Self { config })
+        }
+    }
+
+    impl Target for Nats {
+        fn name(&self) -> &'static str {
+            "nats"
+        }
+        fn raw_publish<'a>(
+            &'a self,
+            topic: &'a str,
+            payloads: &'a [Bytes],
+            batch: usize,
+        ) -> ferry_core::BoxFuture<'a, anyhow::Result<()>> {
+            Box::pin(async move {
+                let client = async_nats::connect(self.config.url.as_str()).await?;
+                let js = jetstream::new(client);
+                js.get_or_create_stream(jetstream::stream::Config {
+                    name: "FERRY_BENCH_BROKERS".to_owned(),
+                    subjects: vec!["ferrybench.>".to_owned()],
+                    ..Default::default()
+                })
+                .await?;
+                let subject = format!("ferrybench.{topic}");
+                for chunk in payloads.chunks(batch) {
+                    let mut acks = Vec::with_capacity(chunk.len());
+                    for p in chunk {
+                        let mut headers = async_nats::HeaderMap::new();
+                        headers.insert("Nats-Msg-Id", uuid::Uuid::now_v7().to_string().as_str());
+                        acks.push(
+                            js.publish_with_headers(subject.clone(), headers, p.clone())
+                                .await?,
+                        );
+                    }
+                    for ack in acks {
+                        ack.await?;
+                    }
+                }
+                Ok(())
+            })
+        }
+        fn sink(&self) -> ferry_core::BoxFuture<'_, anyhow::Result<Arc<dyn Sink>>> {
+            Box::pin(async move {
+                Ok(Arc::new(NatsSink::connect(self.config.clone()).await?) as Arc<dyn Sink>)
+            })
+        }
+        fn subscriber(&self) -> ferry_core::BoxFuture<'_, anyhow::Result<Arc<dyn Subscriber>>> {
+            Box::pin(async move {
+                Ok(
+                    Arc::new(NatsSubscriber::connect(self.config.clone()).await?)
+                        as Arc<dyn Subscriber>,
+                )
+            })
+        }
+        fn clean<'a>(&'a self, topic: &'a str) -> ferry_core::BoxFuture<'a, ()> {
+            Box::pin(async move {
+                // Purge the run's subject so the stream does not grow run
+                // after run.
+                if let Ok(client) = async_nats::connect(self.config.url.as_str()).await {
+                    let js = jetstream::new(client);
+                    if let Ok(stream) = js.get_stream("FERRY_BENCH_BROKERS").await {
+                        let _ = stream.purge().filter(format!("ferrybench.{topic}")).await;
+                    }
+                }
+            })
+        }
+    }
+}
+
+/// RabbitMQ, Redis, Kafka and SQS: Ferry's side from the adapter's URL, the
+/// raw side with the adapter's own client crate and the same durability
+/// settings (persistent messages with publisher confirms; XADD replies;
+/// `acks=all` with idempotence; SQS send replies).
+mod others {
+    use super::*;
+    use ferry_sinks::{SinkConfig, SourceConfig};
+
+    pub enum Raw {
+        Amqp(String),
+        Redis(String),
+        Kafka(String),
+        Sqs(String),
+    }
+
+    pub struct Adapter {
+        name: &'static str,
+        sink: SinkConfig,
+        source: SourceConfig,
+        raw: Raw,
+    }
+
+    impl Adapter {
+        pub fn new(name: &'static str, url: String, raw: Raw) -> anyhow::Result<Self> {
+            let sink = SinkConfig::from_url(&url)
+                .map_err(|e| anyhow::anyhow!("{name}: {}", ferry_core::error_chain(&e)))?;
+            let source = SourceConfig::from_url(&url)
+                .map_err(|e| anyhow::anyhow!("{name}: {}", ferry_core::error_chain(&e)))?;
+            Ok(Self {
+                name,
+                sink,
+                source,
+                raw,
+            })
+        }
+    }
+
+    impl Target for Adapter {
+        fn name(&self) -> &'static str {
+            self.name
+        }
+        fn raw_publish<'a>(
+            &'a self,
+            topic: &'a str,
+            payloads: &'a [Bytes],
+            batch: usize,
+        ) -> ferry_core::BoxFuture<'a, anyhow::Result<()>> {
+            Box::pin(async move {
+                match &self.raw {
+                    Raw::Amqp(url) => amqp(url, topic, payloads, batch).await,
+                    Raw::Redis(url) => redis_raw(url, topic, payloads, batch).await,
+                    Raw::Kafka(brokers) => kafka(brokers, topic, payloads, batch).await,
+                    Raw::Sqs(endpoint) => sqs(endpoint, topic, payloads).await,
+                }
+            })
+        }
+        fn sink(&self) -> ferry_core::BoxFuture<'_, anyhow::Result<Arc<dyn Sink>>> {
+            Box::pin(async move {
+                self.sink
+                    .build()
+                    .await
+                    .map_err(|e| anyhow::anyhow!("{}", ferry_core::error_chain(&e)))
+            })
+        }
+        fn subscriber(&self) -> ferry_core::BoxFuture<'_, anyhow::Result<Arc<dyn Subscriber>>> {
+            Box::pin(async move {
+                self.source
+                    .build()
+                    .await
+                    .map_err(|e| anyhow::anyhow!("{}", ferry_core::error_chain(&e)))
+            })
+        }
+    }
+
+    async fn amqp(url: &str, topic: &str, payloads: &[Bytes], batch: usize) -> anyhow::Result<()> {
+        use lapin::options::{
+            BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions,
+            QueueDeclareOptions,
+        };
+        use lapin::types::FieldTable;
+        use lapin::{BasicProperties, Connection, ConnectionProperties, ExchangeKind};
+        let connection = Connection::connect(url, ConnectionProperties::default()).await?;
+        let channel = connection.create_channel().await?;
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await?;
+        let exchange = "ferry-bench-raw";
+        channel
+            .exchange_declare(
+                exchange.into(),
+                ExchangeKind::Topic,
+                ExchangeDeclareOptions {
+                    durable: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await?;
+        // A durable queue takes the messages, as a consumer group's would.
+        let queue = format!("bench:{topic}");
+        channel
+            .queue_declare(
+                queue.as_str().into(),
+                QueueDeclareOptions {
+                    durable: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await?;
+        channel
+            .queue_bind(
+                queue.as_str().into(),
+                exchange.into(),
+                topic.into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        for chunk in payloads.chunks(batch) {
+            let mut confirms = Vec::with_capacity(chunk.len());
+            for p in chunk {
+                confirms.push(
+                    channel
+                        .basic_publish(
+                            exchange.into(),
+                            topic.into(),
+                            BasicPublishOptions::default(),
+                            p,
+                            BasicProperties::default().with_delivery_mode(2),
+                        )
+                        .await?,
+                );
+            }
+            for c in confirms {
+                c.await?;
+            }
+        }
+        channel
+            .queue_delete(queue.as_str().into(), Default::default())
+            .await?;
+        Ok(())
+    }
+
+    async fn redis_raw(
+        url: &str,
+        topic: &str,
+        payloads: &[Bytes],
+        batch: usize,
+    ) -> anyhow::Result<()> {
+        let client = redis::Client::open(url)?;
+        let mut connection = client.get_multiplexed_async_connection().await?;
+        let key = format!("ferrybench.raw.{topic}");
+        for chunk in payloads.chunks(batch) {
+            let mut pipe = redis::pipe();
+            for p in chunk {
+                pipe.cmd("XADD")
+                    .arg(&key)
+                    .arg("*")
+                    .arg("payload")
+                    .arg(p.as_ref());
+            }
+            let _: Vec<String> = pipe.query_async(&mut connection).await?;
+        }
+        let _: i64 = redis::cmd("DEL")
+            .arg(&key)
+            .query_async(&mut connection)
+            .await?;
+        Ok(())
+    }
+
+    async fn kafka(
+        brokers: &str,
+        topic: &str,
+        payloads: &[Bytes],
+        batch: usize,
+    ) -> anyhow::Result<()> {
+        use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+        use rdkafka::producer::{FutureProducer, FutureRecord};
+        use rdkafka::ClientConfig;
+        let mut config = ClientConfig::new();
+        config
+            .set("bootstrap.servers", brokers)
+            .set("enable.idempotence", "true")
+            .set("acks", "all");
+        let name = format!("ferrybench.raw.{topic}");
+        let admin: AdminClient<_> = config.create()?;
+        admin
+            .create_topics(
+                &[NewTopic::new(&name, 1, TopicReplication::Fixed(1))],
+                &AdminOptions::new(),
+            )
+            .await?;
+        let producer: FutureProducer = config.create()?;
+        for chunk in payloads.chunks(batch) {
+            let mut reports = Vec::with_capacity(chunk.len());
+            for p in chunk {
+                let record = FutureRecord::<str, [u8]>::to(&name).payload(p.as_ref());
+                match producer.send_result(record) {
+                    Ok(report) => reports.push(report),
+                    Err((e, _)) => bail!("kafka refused a record: {e}"),
+                }
+            }
+            for report in reports {
+                if let Err((e, _)) = report.await? {
+                    bail!("kafka delivery failed: {e}");
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn sqs(endpoint: &str, topic: &str, payloads: &[Bytes]) -> anyhow::Result<()> {
+        use aws_sdk_sqs::config::{BehaviorVersion, Credentials, Region};
+        use aws_sdk_sqs::types::SendMessageBatchRequestEntry;
+        let config = aws_sdk_sqs::Config::builder()
+            .behavior_version(BehaviorVersion::latest())
+            .region(Region::new("us-east-1"))
+            .credentials_provider(Credentials::new("bench", "bench", None, None, "bench"))
+            .endpoint_url(endpoint)
+            .build();
+        let client = aws_sdk_sqs::Client::from_conf(config);
+        let name: String = format!("ferrybench-raw-{topic}")
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect();
+        let url = client
+            .create_queue()
+            .queue_name(&name)
+            .send()
+            .await?
+            .queue_url
+            .context("sqs returned no queue url")?;
+        // SQS takes ten messages per call, as the sink sends them.
+        for chunk in payloads.chunks(10) {
+            let mut request = client.send_message_batch().queue_url(&url);
+            for (i, p) in chunk.iter().enumerate() {
+                request = request.entries(
+                    SendMessageBatchRequestEntry::builder()
+                        .id(i.to_string())
+                        .message_body(String::from_utf8_lossy(p))
+                        .build()?,
+                );
+            }
+            let out = request.send().await?;
+            anyhow::ensure!(out.failed.is_empty(), "sqs refused {:?}", out.failed);
+        }
+        let _ = client.delete_queue().queue_url(&url).send().await;
+        Ok(())
+    }
+}

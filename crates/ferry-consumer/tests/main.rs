@@ -1,0 +1,7 @@
+//! Integration tests of the consumer side, linked once.
+
+mod dead_letters;
+mod inbox;
+mod router;
+mod sigkill;
+mod support;

@@ -1,0 +1,210 @@
+//! A [`Message`] as the fields of a stream entry, and back.
+
+use std::collections::BTreeMap;
+
+use bytes::Bytes;
+use ferry_core::cloudevents::{binary_headers, from_binary_headers};
+use ferry_core::{Malformed, Message};
+use redis::Value;
+
+/// The field holding the payload.
+pub(crate) const PAYLOAD: &str = "payload";
+/// Put before a header's name to make its field's name.
+pub(crate) const HEADER: &str = "h:";
+
+/// The fields of `message`'s entry: `payload`, then `h:<name>` for each
+/// header of [`binary_headers`].
+pub(crate) fn fields(message: &Message, source: &str) -> Vec<(String, Vec<u8>)> {
+    let headers = binary_headers(message, source);
+    let mut out = Vec::with_capacity(1 + headers.len());
+    out.push((PAYLOAD.to_owned(), message.payload.to_vec()));
+    for (name, value) in headers {
+        out.push((format!("{HEADER}{name}"), value.into_bytes()));
+    }
+    out
+}
+
+/// One entry as read: its id and its fields in order.
+#[derive(Debug)]
+pub(crate) struct Entry {
+    pub(crate) id: String,
+    pub(crate) fields: Vec<(Vec<u8>, Vec<u8>)>,
+}
+
+impl Entry {
+    /// The message of this entry, or why the fields are not one.
+    pub(crate) fn message(self) -> Result<Message, Malformed> {
+        let mut headers = BTreeMap::new();
+        let mut payload = None;
+        let mut problem = None;
+        for (name, value) in self.fields {
+            if name == PAYLOAD.as_bytes() {
+                payload = Some(Bytes::from(value));
+                continue;
+            }
+            match (String::from_utf8(name), String::from_utf8(value)) {
+                (Ok(name), Ok(value)) => match name.strip_prefix(HEADER) {
+                    Some(header) => {
+                        headers.insert(header.to_owned(), value);
+                    }
+                    None => {
+                        problem.get_or_insert(format!("unknown field `{name}`"));
+                        headers.insert(name, value);
+                    }
+                },
+                (Ok(name), Err(_)) => {
+                    problem.get_or_insert(format!("field `{name}` is not utf-8"));
+                }
+                (Err(_), _) => {
+                    problem.get_or_insert("a field name is not utf-8".to_owned());
+                }
+            }
+        }
+        let problem = problem.or_else(|| {
+            payload
+                .is_none()
+                .then(|| "missing payload field".to_owned())
+        });
+        let payload = payload.unwrap_or_default();
+        match problem {
+            Some(reason) => Err(Malformed {
+                reason,
+                headers,
+                payload,
+            }),
+            None => from_binary_headers(headers, payload),
+        }
+    }
+}
+
+/// The entries of a reply: an array of `[id, [field, value, …]]`. An entry
+/// whose data is gone (trimmed while pending) has no fields; it is left out.
+pub(crate) fn entries(value: Value) -> Result<Vec<Entry>, String> {
+    let Value::Array(items) = value else {
+        return match value {
+            Value::Nil => Ok(Vec::new()),
+            other => Err(format!("expected stream entries, got {other:?}")),
+        };
+    };
+    let mut out = Vec::with_capacity(items.len());
+    for item in items {
+        let Value::Array(parts) = item else {
+            return Err("a stream entry is not an array".to_owned());
+        };
+        let mut parts = parts.into_iter();
+        let id = match parts.next() {
+            Some(v) => string(v)?,
+            None => return Err("a stream entry has no id".to_owned()),
+        };
+        let raw = match parts.next() {
+            Some(Value::Array(raw)) => raw,
+            Some(Value::Map(pairs)) => pairs.into_iter().flat_map(|(k, v)| [k, v]).collect(),
+            Some(Value::Nil) | None => continue,
+            Some(other) => return Err(format!("stream entry fields are {other:?}")),
+        };
+        let mut fields = Vec::with_capacity(raw.len() / 2);
+        let mut raw = raw.into_iter();
+        while let (Some(name), Some(value)) = (raw.next(), raw.next()) {
+            fields.push((bytes(name)?, bytes(value)?));
+        }
+        out.push(Entry { id, fields });
+    }
+    Ok(out)
+}
+
+pub(crate) fn bytes(value: Value) -> Result<Vec<u8>, String> {
+    match value {
+        Value::BulkString(b) => Ok(b),
+        Value::SimpleString(s) => Ok(s.into_bytes()),
+        Value::Int(n) => Ok(n.to_string().into_bytes()),
+        other => Err(format!("expected a string, got {other:?}")),
+    }
+}
+
+pub(crate) fn string(value: Value) -> Result<String, String> {
+    String::from_utf8(bytes(value)?).map_err(|_| "a reply is not utf-8".to_owned())
+}
+
+/// The time part of an entry id `<ms>-<seq>`, in milliseconds since the epoch.
+pub(crate) fn id_millis(id: &str) -> Option<u64> {
+    id.split('-').next()?.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(fields: Vec<(String, Vec<u8>)>) -> Entry {
+        Entry {
+            id: "1-0".to_owned(),
+            fields: fields
+                .into_iter()
+                .map(|(k, v)| (k.into_bytes(), v))
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn round_trips_every_field() {
+        let mut m = Message::command("coupon.issue", "")
+            .with_key("user-7")
+            .with_header("traceparent", "00-ab")
+            .with_header("payload", "a header named like the payload field")
+            .with_content_type("application/octet-stream");
+        m.payload = Bytes::from_static(&[0, 159, 255]);
+        let back = entry(fields(&m, "/ferry/test")).message().unwrap();
+        assert_eq!(
+            back.created_at.timestamp_micros(),
+            m.created_at.timestamp_micros()
+        );
+        assert_eq!(
+            Message {
+                created_at: m.created_at,
+                ..back
+            },
+            m
+        );
+    }
+
+    #[test]
+    fn fields_that_do_not_decode_are_malformed() {
+        let err = entry(vec![("x".into(), b"1".to_vec())])
+            .message()
+            .unwrap_err();
+        assert_eq!(err.reason, "unknown field `x`");
+        let err = entry(vec![]).message().unwrap_err();
+        assert_eq!(err.reason, "missing payload field");
+        let err = entry(vec![
+            (PAYLOAD.into(), b"p".to_vec()),
+            ("h:ce-id".into(), vec![0xff]),
+        ])
+        .message()
+        .unwrap_err();
+        assert!(err.reason.contains("`h:ce-id`"), "{}", err.reason);
+        let err = entry(vec![(PAYLOAD.into(), b"p".to_vec())])
+            .message()
+            .unwrap_err();
+        assert_eq!(err.reason, "missing ce-id header");
+        assert_eq!(err.payload, Bytes::from_static(b"p"));
+    }
+
+    #[test]
+    fn parses_replies_and_ids() {
+        let reply = Value::Array(vec![
+            Value::Array(vec![
+                Value::BulkString(b"5-1".to_vec()),
+                Value::Array(vec![
+                    Value::BulkString(b"a".to_vec()),
+                    Value::BulkString(b"b".to_vec()),
+                ]),
+            ]),
+            Value::Array(vec![Value::BulkString(b"6-0".to_vec()), Value::Nil]),
+        ]);
+        let parsed = entries(reply).unwrap();
+        assert_eq!(parsed.len(), 1);
+        assert_eq!(parsed[0].id, "5-1");
+        assert_eq!(parsed[0].fields, vec![(b"a".to_vec(), b"b".to_vec())]);
+        assert!(entries(Value::Nil).unwrap().is_empty());
+        assert_eq!(id_millis("1700000000000-3"), Some(1_700_000_000_000));
+    }
+}

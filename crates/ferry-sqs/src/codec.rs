@@ -1,0 +1,238 @@
+//! A Ferry message as an SQS message body and message attributes.
+//!
+//! SQS allows at most 10 message attributes, with non-empty values of XML
+//! characters, and a body of XML characters. So:
+//!
+//! * the CloudEvents attributes of [`binary_headers`] (`ce-specversion`,
+//!   `ce-id`, `ce-type`, `ce-source`, `ce-time`, `ce-partitionkey`,
+//!   `ce-ferrykind`, `content-type`: at most 8) are String attributes of
+//!   those names;
+//! * the message's own headers, and any attribute whose value SQS cannot
+//!   carry as an attribute (empty, or with control characters), go in one
+//!   String attribute `ferry-headers`, a JSON object of names to values;
+//! * the body is the payload when it is text SQS accepts; otherwise (bytes
+//!   that are not UTF-8, control characters) it is the payload in standard
+//!   base64 and the attribute `ferry-encoding` is `base64`; an empty
+//!   payload (SQS refuses empty bodies) is sent as the body `-` with
+//!   `ferry-encoding: empty`.
+//!
+//! That makes at most 10 attributes, whatever the message. Receiving,
+//! String and Number attributes of other names (from other producers)
+//! become headers as well.
+
+use std::collections::{BTreeMap, HashMap};
+
+use aws_sdk_sqs::types::MessageAttributeValue;
+use base64::Engine as _;
+use bytes::Bytes;
+use ferry_core::cloudevents::{binary_headers, from_binary_headers, is_attribute};
+use ferry_core::{Malformed, Message};
+
+/// The attribute holding the headers that are not attributes, as JSON.
+pub(crate) const HEADERS: &str = "ferry-headers";
+/// The attribute saying how the body encodes the payload.
+pub(crate) const ENCODING: &str = "ferry-encoding";
+
+/// A message ready to send: its body and attributes.
+pub(crate) struct Encoded {
+    pub(crate) body: String,
+    pub(crate) attributes: HashMap<String, MessageAttributeValue>,
+    /// What SQS counts against its size limit: body, names and values.
+    pub(crate) size: usize,
+}
+
+/// Whether SQS accepts `text` in a body or attribute value: XML 1.0
+/// characters (tab, line feed, carriage return, and from U+0020 on, less
+/// U+FFFE and U+FFFF).
+pub(crate) fn is_sqs_text(text: &str) -> bool {
+    text.chars().all(|c| {
+        matches!(c, '\t' | '\n' | '\r') || (c >= ' ' && c != '\u{FFFE}' && c != '\u{FFFF}')
+    })
+}
+
+fn string(value: &str) -> MessageAttributeValue {
+    MessageAttributeValue::builder()
+        .data_type("String")
+        .string_value(value)
+        .build()
+        // Only a missing data type fails the build, and it is set.
+        .unwrap_or_else(|_| unreachable!("the data type is set"))
+}
+
+/// The body and attributes of `message`.
+pub(crate) fn encode(message: &Message, source: &str) -> Encoded {
+    let mut attributes = HashMap::new();
+    let mut rest = BTreeMap::new();
+    for (name, value) in binary_headers(message, source) {
+        if is_attribute(&name) && !value.is_empty() && is_sqs_text(&value) {
+            attributes.insert(name, string(&value));
+        } else {
+            rest.insert(name, value);
+        }
+    }
+    if !rest.is_empty() {
+        // serde_json escapes every control character.
+        let json = serde_json::to_string(&rest).unwrap_or_default();
+        attributes.insert(HEADERS.to_owned(), string(&json));
+    }
+    let body = match std::str::from_utf8(&message.payload) {
+        Ok("") => {
+            attributes.insert(ENCODING.to_owned(), string("empty"));
+            "-".to_owned()
+        }
+        Ok(text) if is_sqs_text(text) => text.to_owned(),
+        _ => {
+            attributes.insert(ENCODING.to_owned(), string("base64"));
+            base64::engine::general_purpose::STANDARD.encode(&message.payload)
+        }
+    };
+    let size = body.len()
+        + attributes
+            .iter()
+            .map(|(name, value)| {
+                name.len() + "String".len() + value.string_value().map_or(0, str::len)
+            })
+            .sum::<usize>();
+    Encoded {
+        body,
+        attributes,
+        size,
+    }
+}
+
+/// The message a body and its attributes carry.
+pub(crate) fn decode(
+    body: Option<&str>,
+    attributes: Option<&HashMap<String, MessageAttributeValue>>,
+) -> Result<Message, Malformed> {
+    let body = body.unwrap_or_default();
+    let mut problem: Option<String> = None;
+    let mut raw = BTreeMap::new();
+    let mut headers = Vec::new();
+    let mut encoding = None;
+    for (name, value) in attributes.into_iter().flatten() {
+        let text = match value.string_value() {
+            Some(text) => text.to_owned(),
+            None => {
+                problem.get_or_insert_with(|| format!("attribute `{name}` is not a string"));
+                let bytes = value.binary_value().map(|b| b.as_ref()).unwrap_or_default();
+                base64::engine::general_purpose::STANDARD.encode(bytes)
+            }
+        };
+        raw.insert(name.clone(), text.clone());
+        match name.as_str() {
+            ENCODING => encoding = Some(text),
+            HEADERS => match serde_json::from_str::<BTreeMap<String, String>>(&text) {
+                Ok(more) => headers.extend(more),
+                Err(_) => {
+                    problem.get_or_insert_with(|| {
+                        format!("attribute `{HEADERS}` is not a json object of strings")
+                    });
+                }
+            },
+            _ => headers.push((name.clone(), text)),
+        }
+    }
+    let payload = match encoding.as_deref() {
+        None => Bytes::copy_from_slice(body.as_bytes()),
+        Some("empty") => Bytes::new(),
+        Some("base64") => match base64::engine::general_purpose::STANDARD.decode(body) {
+            Ok(bytes) => Bytes::from(bytes),
+            Err(_) => {
+                problem.get_or_insert_with(|| "the body is not base64".to_owned());
+                Bytes::copy_from_slice(body.as_bytes())
+            }
+        },
+        Some(other) => {
+            problem.get_or_insert_with(|| format!("unknown `{ENCODING}` `{other}`"));
+            Bytes::copy_from_slice(body.as_bytes())
+        }
+    };
+    match problem {
+        Some(reason) => Err(Malformed {
+            reason,
+            headers: raw,
+            payload: Bytes::copy_from_slice(body.as_bytes()),
+        }),
+        None => from_binary_headers(headers, payload),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn round_trip(message: &Message) -> (Encoded, Message) {
+        let encoded = encode(message, "/ferry/test");
+        let back = decode(Some(&encoded.body), Some(&encoded.attributes)).unwrap();
+        (encoded, back)
+    }
+
+    #[test]
+    fn text_payloads_travel_as_they_are() {
+        let m = Message::event("a.b", "{\"x\":\"é\"}").with_key("k");
+        let (encoded, back) = round_trip(&m);
+        assert_eq!(encoded.body, "{\"x\":\"é\"}");
+        assert!(!encoded.attributes.contains_key(ENCODING));
+        assert!(!encoded.attributes.contains_key(HEADERS));
+        assert_eq!(
+            back,
+            Message {
+                created_at: back.created_at,
+                ..m
+            }
+        );
+    }
+
+    #[test]
+    fn every_header_fits_in_ten_attributes() {
+        let mut m = Message::command("a.b", vec![0u8, 255, 1])
+            .with_key("")
+            .with_content_type("application/octet-stream");
+        for i in 0..20 {
+            m = m.with_header(format!("x-{i}"), format!("v\u{1}{i}"));
+        }
+        let (encoded, back) = round_trip(&m);
+        assert!(
+            encoded.attributes.len() <= 10,
+            "{:?}",
+            encoded.attributes.keys()
+        );
+        assert_eq!(encoded.attributes[ENCODING].string_value(), Some("base64"));
+        assert_eq!(
+            back,
+            Message {
+                created_at: back.created_at,
+                ..m
+            }
+        );
+    }
+
+    #[test]
+    fn empty_and_control_character_payloads() {
+        let empty = Message::event("a", "");
+        let (encoded, back) = round_trip(&empty);
+        assert_eq!(encoded.body, "-");
+        assert_eq!(back.payload, Bytes::new());
+        let nul = Message::event("a", "a\0b");
+        let (encoded, back) = round_trip(&nul);
+        assert_ne!(encoded.body, "a\0b");
+        assert_eq!(back.payload, Bytes::from_static(b"a\0b"));
+    }
+
+    #[test]
+    fn bad_attributes_are_malformed() {
+        let mut attributes = HashMap::new();
+        attributes.insert(HEADERS.to_owned(), string("[1]"));
+        let err = decode(Some("x"), Some(&attributes)).unwrap_err();
+        assert!(err.reason.contains("json"), "{}", err.reason);
+        assert_eq!(err.headers[HEADERS], "[1]");
+        let mut attributes = HashMap::new();
+        attributes.insert(ENCODING.to_owned(), string("base64"));
+        let err = decode(Some("!!"), Some(&attributes)).unwrap_err();
+        assert_eq!(err.reason, "the body is not base64");
+        assert_eq!(err.payload, Bytes::from_static(b"!!"));
+        let err = decode(Some("plain"), None).unwrap_err();
+        assert_eq!(err.reason, "missing ce-id header");
+    }
+}

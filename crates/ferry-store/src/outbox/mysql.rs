@@ -1,0 +1,520 @@
+//! The outbox on MariaDB (10.10 or newer).
+//!
+//! The same protocol as PostgreSQL: a batch is claimed with `SELECT … FOR
+//! UPDATE SKIP LOCKED` in a transaction that stays open until the batch is
+//! settled, so several relays share one outbox without taking the same
+//! message, and a key is never split between them (the gap check below).
+//! The transaction runs at `READ COMMITTED`: at InnoDB's default `REPEATABLE
+//! READ` the claim's scan would take gap locks that block producers'
+//! inserts until the batch is settled.
+//!
+//! The lease is the session's `idle_transaction_timeout`
+//! ([`crate::ConnectOptions::lease`]): the server kills a connection left
+//! idle inside a transaction longer than that, which rolls it back and
+//! releases its row locks. MariaDB has no LISTEN/NOTIFY: relays poll, and a
+//! producer in the same process can wake its relay with [`Waker::wake`].
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use ferry_core::{Kind, Message, MessageId};
+use sqlx::mysql::{MySqlArguments, MySqlRow};
+use sqlx::{Arguments, MySql, MySqlConnection, MySqlPool, Row, Transaction};
+
+pub use super::Waker;
+use super::{
+    headers_to_json, parse_headers, ClaimFilter, Claimed, ClaimedBatch, OrderPolicy, Outbox,
+    Outcome, Retention,
+};
+use crate::StoreError;
+
+/// Columns of a claimed row, `o` being `ferry_outbox`. Text columns are
+/// read through `CAST(… AS CHAR)`: with their binary collation (and the
+/// `UUID` type) they reach the client flagged as binary, which sqlx will
+/// not decode as a string.
+const COLUMNS: &str =
+    "o.seq, CAST(o.message_id AS CHAR) AS message_id, CAST(o.kind AS CHAR) AS kind,
+    CAST(o.topic AS CHAR) AS topic, CAST(o.message_key AS CHAR) AS message_key,
+    CAST(o.headers AS CHAR) AS headers, CAST(o.content_type AS CHAR) AS content_type,
+    o.payload, o.attempts, o.created_at";
+
+/// Rows per multi-row `INSERT` (eight placeholders each, well below the
+/// protocol's 65,535).
+const INSERT_CHUNK: usize = 1000;
+
+/// Writes `message` to the outbox on `conn`, which should be the caller's
+/// open transaction (`&mut tx`): the message then commits or rolls back with
+/// the caller's own changes. Returns the message's sequence number. Call
+/// the relay's [`Waker::wake`] after the commit when it runs in this
+/// process, so it sends at once instead of at its next poll.
+pub async fn enqueue(conn: &mut MySqlConnection, message: &Message) -> Result<i64, StoreError> {
+    let done = sqlx::query(
+        "INSERT INTO ferry_outbox
+            (message_id, kind, topic, message_key, headers, content_type, payload, created_at)
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+    )
+    .bind(message.id.to_string())
+    .bind(message.kind.as_str())
+    .bind(&message.topic)
+    .bind(message.key.as_deref())
+    .bind(headers_to_json(message).to_string())
+    .bind(&message.content_type)
+    .bind(message.payload.as_ref())
+    .bind(message.created_at)
+    .execute(conn)
+    .await?;
+    // AUTO_INCREMENT values are positive and fit a BIGINT.
+    Ok(i64::try_from(done.last_insert_id()).unwrap_or(i64::MAX))
+}
+
+/// Writes many messages with one statement per thousand; see [`enqueue`].
+pub async fn enqueue_many(
+    conn: &mut MySqlConnection,
+    messages: &[Message],
+) -> Result<(), StoreError> {
+    for chunk in messages.chunks(INSERT_CHUNK) {
+        let rows = vec!["(?, ?, ?, ?, ?, ?, ?, ?)"; chunk.len()].join(", ");
+        let sql = format!(
+            "INSERT INTO ferry_outbox
+                (message_id, kind, topic, message_key, headers, content_type, payload, created_at)
+             VALUES {rows}"
+        );
+        let mut query = sqlx::query(&sql);
+        for m in chunk {
+            query = query
+                .bind(m.id.to_string())
+                .bind(m.kind.as_str())
+                .bind(&m.topic)
+                .bind(m.key.as_deref())
+                .bind(headers_to_json(m).to_string())
+                .bind(&m.content_type)
+                .bind(m.payload.as_ref())
+                .bind(m.created_at);
+        }
+        query.execute(&mut *conn).await?;
+    }
+    Ok(())
+}
+
+/// The outbox in a MariaDB database.
+///
+/// Open the pool with a lease ([`crate::ConnectOptions::lease`]) so that a
+/// hung relay's claims are released by the server.
+pub struct MysqlOutbox {
+    pool: MySqlPool,
+    retention: Retention,
+    waker: Waker,
+}
+
+impl MysqlOutbox {
+    fn empty(&self) -> MysqlBatch {
+        MysqlBatch {
+            tx: None,
+            messages: Vec::new(),
+            retention: self.retention,
+        }
+    }
+
+    /// An outbox on `pool`.
+    pub fn new(pool: MySqlPool, retention: Retention) -> Self {
+        Self {
+            pool,
+            retention,
+            waker: Waker::default(),
+        }
+    }
+
+    /// The handle producers in this process use to wake the relay.
+    pub fn waker(&self) -> Waker {
+        self.waker.clone()
+    }
+}
+
+/// A batch claimed from a [`MysqlOutbox`]; holds its row locks until settled.
+pub struct MysqlBatch {
+    tx: Option<Transaction<'static, MySql>>,
+    messages: Vec<Claimed>,
+    retention: Retention,
+}
+
+fn claimed_from_row(row: &MySqlRow) -> Result<Claimed, sqlx::Error> {
+    let seq: i64 = row.try_get("seq")?;
+    let attempts: i32 = row.try_get("attempts")?;
+    let message = (|| {
+        let text = |name: &str| {
+            row.try_get::<String, _>(name)
+                .map_err(|e| format!("{name}: {e}"))
+        };
+        let id: MessageId = text("message_id")?
+            .parse()
+            .map_err(|e| format!("bad message_id: {e}"))?;
+        let kind: Kind = text("kind")?
+            .parse()
+            .map_err(|e: ferry_core::ParseKindError| e.to_string())?;
+        let headers = parse_headers(&text("headers")?)?;
+        let payload: Vec<u8> = row
+            .try_get("payload")
+            .map_err(|e| format!("payload: {e}"))?;
+        Ok(Message {
+            id,
+            kind,
+            topic: text("topic")?,
+            key: row
+                .try_get("message_key")
+                .map_err(|e| format!("message_key: {e}"))?,
+            headers,
+            content_type: text("content_type")?,
+            payload: Bytes::from(payload),
+            created_at: row
+                .try_get::<DateTime<Utc>, _>("created_at")
+                .map_err(|e| format!("created_at: {e}"))?,
+        })
+    })();
+    Ok(Claimed {
+        seq,
+        attempts: attempts.max(0) as u32,
+        message,
+    })
+}
+
+/// SQL text with its arguments, built together so that placeholders and
+/// values cannot drift apart.
+struct Sql {
+    text: String,
+    args: MySqlArguments,
+}
+
+impl Sql {
+    fn new(text: &str) -> Self {
+        Self {
+            text: text.to_owned(),
+            args: MySqlArguments::default(),
+        }
+    }
+
+    fn push(&mut self, text: &str) -> &mut Self {
+        self.text.push_str(text);
+        self
+    }
+
+    fn bind<'q, T>(&mut self, value: T) -> Result<&mut Self, StoreError>
+    where
+        T: sqlx::Encode<'q, MySql> + sqlx::Type<MySql> + 'q,
+    {
+        self.args
+            .add(value)
+            .map_err(|e| StoreError::Database(sqlx::Error::Encode(e)))?;
+        Ok(self)
+    }
+
+    /// `?, ?, …` bound to `values`.
+    fn list<'q, T>(&mut self, values: impl IntoIterator<Item = T>) -> Result<&mut Self, StoreError>
+    where
+        T: sqlx::Encode<'q, MySql> + sqlx::Type<MySql> + 'q,
+    {
+        for (i, v) in values.into_iter().enumerate() {
+            self.push(if i == 0 { "?" } else { ", ?" });
+            self.bind(v)?;
+        }
+        Ok(self)
+    }
+
+    /// `AND {alias}.topic IN (…)` for a topic filter, or nothing. An empty
+    /// list matches no topic (`IN (NULL)`), as `= ANY('{}')` on PostgreSQL.
+    fn topics(&mut self, alias: &str, topics: Option<&[String]>) -> Result<&mut Self, StoreError> {
+        match topics {
+            None => {}
+            Some([]) => {
+                self.push(&format!(" AND {alias}.topic IN (NULL)"));
+            }
+            Some(t) => {
+                self.push(&format!(" AND {alias}.topic IN ("));
+                self.list(t.iter().map(String::as_str))?.push(")");
+            }
+        }
+        Ok(self)
+    }
+
+    /// In ordered mode, leaves out the messages of each key after its
+    /// first message waiting for a retry (`held`: key, seq of that message).
+    fn hold_back(&mut self, held: &[(String, i64)]) -> Result<&mut Self, StoreError> {
+        if held.is_empty() {
+            return Ok(self);
+        }
+        self.push(" AND (o.message_key IS NULL OR o.message_key NOT IN (");
+        self.list(held.iter().map(|(k, _)| k.as_str()))?;
+        self.push(") OR o.seq <= CASE o.message_key");
+        for (key, seq) in held {
+            self.push(" WHEN ? THEN ?");
+            self.bind(key.as_str())?.bind(*seq)?;
+        }
+        self.push(" END)");
+        Ok(self)
+    }
+}
+
+impl Outbox for MysqlOutbox {
+    type Batch = MysqlBatch;
+
+    /// No subquery on `ferry_outbox` may run inside the locking statement:
+    /// MariaDB would take locks for it too (on index records of other
+    /// relays' rows, stalling their settles). What the filters need is read
+    /// first, without locks, then passed in as values; a failure recorded
+    /// in between is caught by the gap check.
+    async fn claim(&self, filter: &ClaimFilter) -> Result<MysqlBatch, StoreError> {
+        let topics = filter.topics.as_deref();
+        let mut tx = self
+            .pool
+            .begin_with("SET TRANSACTION ISOLATION LEVEL READ COMMITTED; START TRANSACTION")
+            .await?;
+        let held = if filter.order == OrderPolicy::Ordered {
+            held_keys(&mut tx, topics).await?
+        } else {
+            Vec::new()
+        };
+        // Probes: the first due message of each key, read without locks and
+        // generously (other relays may hold some), then locked below.
+        let firsts = if filter.one_per_key {
+            let firsts = first_per_key(&mut tx, filter, &held).await?;
+            if firsts.is_empty() {
+                tx.rollback().await?;
+                return Ok(self.empty());
+            }
+            Some(firsts)
+        } else {
+            None
+        };
+        // The (status, seq) index, forced: it yields rows in sequence order
+        // so the scan stops at the limit. A plan that sorts (by way of
+        // another index) would lock every due row, not just the batch.
+        let mut sql = Sql::new(&format!(
+            "SELECT {COLUMNS} FROM ferry_outbox o FORCE INDEX (ferry_outbox_status_seq)
+             WHERE o.status = 'pending' AND o.next_attempt_at <= NOW(6)"
+        ));
+        sql.topics("o", topics)?.hold_back(&held)?;
+        if let Some(firsts) = &firsts {
+            sql.push(" AND o.seq IN (")
+                .list(firsts.iter().copied())?
+                .push(")");
+        }
+        sql.push(" ORDER BY o.seq LIMIT ? FOR UPDATE SKIP LOCKED")
+            .bind(i64::from(filter.limit))?;
+        let rows = sqlx::query_with(&sql.text, sql.args)
+            .fetch_all(&mut *tx)
+            .await?;
+        if rows.is_empty() {
+            tx.rollback().await?;
+            return Ok(self.empty());
+        }
+        // (seq, key) from the columns, whether or not the row is a valid message.
+        let keyed = rows
+            .iter()
+            .map(|r| Ok((r.try_get("seq")?, r.try_get("message_key")?)))
+            .collect::<Result<Vec<(i64, Option<String>)>, sqlx::Error>>()?;
+        let gaps = gaps(&mut tx, &keyed, filter.order, topics).await?;
+        let messages = rows
+            .iter()
+            .zip(&keyed)
+            .filter(|(_, (seq, key))| {
+                let gap = key.as_deref().and_then(|k| gaps.get(k));
+                gap.is_none_or(|gap| seq < gap)
+            })
+            .map(|(row, _)| claimed_from_row(row))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(MysqlBatch {
+            tx: Some(tx),
+            messages,
+            retention: self.retention,
+        })
+    }
+
+    async fn next_retry_in(
+        &self,
+        topics: Option<&[String]>,
+    ) -> Result<Option<Duration>, StoreError> {
+        let mut sql = Sql::new(
+            "SELECT TIMESTAMPDIFF(MICROSECOND, NOW(6), MIN(o.next_attempt_at)) FROM ferry_outbox o
+             WHERE o.status = 'pending' AND o.attempts > 0",
+        );
+        sql.topics("o", topics)?;
+        let micros: Option<i64> = sqlx::query_with(&sql.text, sql.args)
+            .fetch_one(&self.pool)
+            .await?
+            .try_get(0)?;
+        Ok(micros.map(|us| super::seconds_until(us as f64 / 1e6)))
+    }
+
+    async fn wait_for_work(&self, timeout: Duration) {
+        self.waker.wait(timeout).await;
+    }
+
+    async fn purge_delivered(&self, older_than: Duration) -> Result<u64, StoreError> {
+        let cutoff = super::before_now(older_than);
+        // Through the delivered index, so as not to wait on rows batches hold.
+        let done = sqlx::query(
+            "DELETE o FROM ferry_outbox o FORCE INDEX (ferry_outbox_status_delivered)
+             WHERE o.status = 'delivered' AND o.delivered_at < ?",
+        )
+        .bind(cutoff)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected())
+    }
+}
+
+/// Per key, the first message waiting for a retry (ordered mode holds back
+/// what comes after it). A plain read: it sees what is committed, and locks
+/// nothing.
+async fn held_keys(
+    tx: &mut Transaction<'static, MySql>,
+    topics: Option<&[String]>,
+) -> Result<Vec<(String, i64)>, StoreError> {
+    let mut sql = Sql::new(
+        "SELECT CAST(o.message_key AS CHAR), MIN(o.seq) FROM ferry_outbox o
+         WHERE o.status = 'pending' AND o.attempts > 0 AND o.message_key IS NOT NULL",
+    );
+    sql.topics("o", topics)?.push(" GROUP BY o.message_key");
+    let rows = sqlx::query_with(&sql.text, sql.args)
+        .fetch_all(&mut **tx)
+        .await?;
+    rows.iter()
+        .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+        .collect::<Result<_, sqlx::Error>>()
+        .map_err(StoreError::from)
+}
+
+/// Sequence numbers of the first due messages of each key (every keyless
+/// message counts as a key of its own), four times the limit. A plain read.
+async fn first_per_key(
+    tx: &mut Transaction<'static, MySql>,
+    filter: &ClaimFilter,
+    held: &[(String, i64)],
+) -> Result<Vec<i64>, StoreError> {
+    let topics = filter.topics.as_deref();
+    let mut sql = Sql::new(
+        "SELECT o.seq FROM ferry_outbox o FORCE INDEX (ferry_outbox_status_seq)
+         WHERE o.status = 'pending' AND o.next_attempt_at <= NOW(6)",
+    );
+    sql.topics("o", topics)?.hold_back(held)?.push(
+        " AND (o.message_key IS NULL OR NOT EXISTS (
+            SELECT 1 FROM ferry_outbox h
+            WHERE h.status = 'pending' AND h.next_attempt_at <= NOW(6)
+              AND h.message_key = o.message_key AND h.seq < o.seq",
+    );
+    sql.topics("h", topics)?
+        .push(")) ORDER BY o.seq LIMIT ?")
+        .bind(i64::from(filter.limit).saturating_mul(4))?;
+    Ok(sqlx::query_scalar_with(&sql.text, sql.args)
+        .fetch_all(&mut **tx)
+        .await?)
+}
+
+/// Per key in the batch, the first earlier pending message that is *not*
+/// in it (locked by another relay's batch, or held back): messages of that
+/// key from the gap on must be left out, so that a key never overtakes
+/// itself. In unordered mode only never-attempted messages count, since a
+/// failed one may be passed. A plain read.
+async fn gaps(
+    tx: &mut Transaction<'static, MySql>,
+    batch: &[(i64, Option<String>)],
+    order: OrderPolicy,
+    topics: Option<&[String]>,
+) -> Result<std::collections::HashMap<String, i64>, StoreError> {
+    let mut keys: Vec<&str> = batch.iter().filter_map(|(_, k)| k.as_deref()).collect();
+    keys.sort_unstable();
+    keys.dedup();
+    if keys.is_empty() {
+        return Ok(Default::default());
+    }
+    // The batch is in sequence order.
+    let last = batch.last().map_or(i64::MAX, |(seq, _)| *seq);
+    let mut sql = Sql::new(
+        "SELECT CAST(o.message_key AS CHAR), MIN(o.seq) FROM ferry_outbox o
+         WHERE o.status = 'pending' AND o.message_key IN (",
+    );
+    sql.list(keys)?
+        .push(") AND o.seq < ?")
+        .bind(last)?
+        .push(" AND o.seq NOT IN (")
+        .list(batch.iter().map(|(seq, _)| *seq))?
+        .push(")");
+    if order == OrderPolicy::Unordered {
+        sql.push(" AND o.attempts = 0");
+    }
+    sql.topics("o", topics)?.push(" GROUP BY o.message_key");
+    let rows = sqlx::query_with(&sql.text, sql.args)
+        .fetch_all(&mut **tx)
+        .await?;
+    rows.iter()
+        .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+        .collect::<Result<_, sqlx::Error>>()
+        .map_err(StoreError::from)
+}
+
+impl ClaimedBatch for MysqlBatch {
+    fn messages(&self) -> &[Claimed] {
+        &self.messages
+    }
+
+    async fn settle(mut self, outcomes: &[Outcome]) -> Result<(), StoreError> {
+        let Some(mut tx) = self.tx.take() else {
+            return Ok(());
+        };
+        debug_assert_eq!(outcomes.len(), self.messages.len());
+        let delivered: Vec<i64> = self
+            .messages
+            .iter()
+            .zip(outcomes)
+            .filter(|(_, o)| **o == Outcome::Delivered)
+            .map(|(c, _)| c.seq)
+            .collect();
+        for chunk in delivered.chunks(INSERT_CHUNK) {
+            match self.retention {
+                // One DELETE per row, sent together as text (the numbers
+                // are ours): a DELETE … IN (…) reads past its last row and,
+                // having no semi-consistent read, waits for the row after
+                // it if another relay's batch holds it.
+                Retention::Delete => {
+                    let text: String = chunk
+                        .iter()
+                        .map(|seq| format!("DELETE FROM ferry_outbox WHERE seq = {seq};"))
+                        .collect();
+                    sqlx::Executor::execute(&mut *tx, text.as_str()).await?;
+                }
+                Retention::Keep(_) => {
+                    let sql = format!(
+                        "UPDATE ferry_outbox FORCE INDEX (PRIMARY)
+                         SET status = 'delivered', delivered_at = NOW(6), attempts = attempts + 1
+                         WHERE seq IN ({})",
+                        vec!["?"; chunk.len()].join(", ")
+                    );
+                    let mut q = sqlx::query(&sql);
+                    for seq in chunk {
+                        q = q.bind(seq);
+                    }
+                    q.execute(&mut *tx).await?;
+                }
+            }
+        }
+        for (claimed, outcome) in self.messages.iter().zip(outcomes) {
+            if let Outcome::Failed { error, retry_at } = outcome {
+                sqlx::query(
+                    "UPDATE ferry_outbox SET attempts = attempts + 1,
+                        status = IF(? IS NULL, 'dead', 'pending'),
+                        next_attempt_at = COALESCE(?, next_attempt_at),
+                        last_error = ?
+                     WHERE seq = ?",
+                )
+                .bind(retry_at)
+                .bind(retry_at)
+                .bind(error)
+                .bind(claimed.seq)
+                .execute(&mut *tx)
+                .await?;
+            }
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+}

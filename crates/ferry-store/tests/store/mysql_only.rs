@@ -1,0 +1,216 @@
+//! MariaDB's concurrency: the same claims as PostgreSQL's (see
+//! postgres_only.rs), with MariaDB's own ways to kill a session and its
+//! lease (`idle_transaction_timeout`).
+
+use super::*;
+use ferry_store::outbox::mysql::MysqlBatch;
+use sqlx::MySqlPool;
+
+fn pool(env: &Env) -> MySqlPool {
+    let Database::Mysql(p) = &env.db else {
+        unreachable!()
+    };
+    p.clone()
+}
+
+fn my(env: &Env) -> &MysqlOutbox {
+    let AnyOutbox::Mysql(o) = &env.outbox else {
+        unreachable!()
+    };
+    o
+}
+
+/// A transaction that takes a lower sequence number but commits after a
+/// higher one must still be delivered.
+#[tokio::test]
+async fn late_committing_lower_sequence_is_not_skipped() {
+    let env = mysql_env(Retention::Delete).await;
+    let p = pool(&env);
+    let mut slow = p.begin().await.unwrap();
+    let low = ferry_store::outbox::mysql::enqueue(&mut slow, &Message::event("t", "slow"))
+        .await
+        .unwrap();
+    env.enqueue(&[Message::event("t", "fast")]).await;
+    let f = filter(OrderPolicy::Ordered);
+    assert_eq!(
+        payloads(&env.round(&f, |_| Outcome::Delivered).await),
+        ["fast"]
+    );
+    slow.commit().await.unwrap();
+    let late = env.round(&f, |_| Outcome::Delivered).await;
+    assert_eq!(payloads(&late), ["slow"]);
+    assert!(low >= 1);
+}
+
+/// A claim held open does not block producers (no gap locks: the claim
+/// runs at READ COMMITTED).
+#[tokio::test]
+async fn a_held_claim_does_not_block_producers() {
+    let env = mysql_env(Retention::Delete).await;
+    env.enqueue(&[Message::event("t", "1").with_key("k")]).await;
+    let held = my(&env).claim(&filter(OrderPolicy::Ordered)).await.unwrap();
+    assert_eq!(held.messages().len(), 1);
+    let p = pool(&env);
+    let mut conn = p.acquire().await.unwrap();
+    sqlx::query("SET SESSION innodb_lock_wait_timeout = 2")
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+    let mut tx = sqlx::Connection::begin(&mut *conn).await.unwrap();
+    for i in 2..5 {
+        ferry_store::outbox::mysql::enqueue(
+            &mut tx,
+            &Message::event("t", i.to_string()).with_key("k"),
+        )
+        .await
+        .expect("the insert is not blocked by the claim");
+    }
+    tx.commit().await.unwrap();
+    held.settle(&[Outcome::Delivered]).await.unwrap();
+    let rest = env
+        .round(&filter(OrderPolicy::Ordered), |_| Outcome::Delivered)
+        .await;
+    assert_eq!(payloads(&rest), ["2", "3", "4"]);
+}
+
+/// Two relays claiming at the same time never get the same message, and a
+/// key is never split across them.
+#[tokio::test]
+async fn concurrent_claims_are_disjoint_and_keep_keys_whole() {
+    let env = mysql_env(Retention::Delete).await;
+    let mut ms: Vec<Message> = (0..20)
+        .map(|i| Message::event("t", i.to_string()).with_key(format!("a{}", i % 4)))
+        .collect();
+    ms.extend((20..40).map(|i| Message::event("t", i.to_string()).with_key(format!("b{}", i % 4))));
+    ms.extend((40..50).map(|i| {
+        Message::event("t", i.to_string()).with_key(if i % 2 == 0 { "a0" } else { "c0" })
+    }));
+    env.enqueue(&ms).await;
+    let o = my(&env);
+    let f = |limit| ClaimFilter {
+        limit,
+        ..filter(OrderPolicy::Ordered)
+    };
+    let keys = |x: &MysqlBatch| {
+        x.messages()
+            .iter()
+            .map(|c| c.message.as_ref().unwrap().key.clone().unwrap())
+            .collect::<std::collections::HashSet<_>>()
+    };
+    let seqs = |x: &MysqlBatch| x.messages().iter().map(|c| c.seq).collect::<Vec<_>>();
+    let a = o.claim(&f(20)).await.unwrap();
+    let b = o.claim(&f(20)).await.unwrap();
+    let c = o.claim(&f(20)).await.unwrap();
+    assert_eq!(seqs(&a).len(), 20);
+    assert_eq!(seqs(&b).len(), 20, "b takes keys a does not hold");
+    assert!(keys(&b).iter().all(|k| k.starts_with('b')));
+    assert_eq!(keys(&c), ["c0".to_owned()].into_iter().collect());
+    assert_eq!(seqs(&c).len(), 5);
+    for (x, y) in [(&a, &b), (&a, &c), (&b, &c)] {
+        assert!(seqs(x).iter().all(|s| !seqs(y).contains(s)), "disjoint");
+        assert!(keys(x).is_disjoint(&keys(y)), "no key split across relays");
+    }
+    for batch in [a, b, c] {
+        let n = batch.messages().len();
+        batch.settle(&vec![Outcome::Delivered; n]).await.unwrap();
+    }
+    let rest = env.round(&f(50), |_| Outcome::Delivered).await;
+    assert_eq!(payloads(&rest), ["40", "42", "44", "46", "48"]);
+}
+
+/// Sessions of this test's database with a transaction open.
+async fn sessions_in_transaction(p: &MySqlPool) -> Vec<i64> {
+    sqlx::query_scalar(
+        "SELECT p.id FROM information_schema.innodb_trx t
+         JOIN information_schema.processlist p ON p.id = t.trx_mysql_thread_id
+         WHERE p.db = DATABASE() AND p.id <> CONNECTION_ID()",
+    )
+    .fetch_all(p)
+    .await
+    .unwrap()
+}
+
+/// A claim whose session dies is released at once.
+#[tokio::test]
+async fn a_dead_session_releases_its_claim() {
+    let env = mysql_env(Retention::Delete).await;
+    env.enqueue(&[Message::event("t", "x")]).await;
+    let o = my(&env);
+    let f = filter(OrderPolicy::Ordered);
+    let held = o.claim(&f).await.unwrap();
+    assert_eq!(held.messages().len(), 1);
+    assert!(
+        o.claim(&f).await.unwrap().messages().is_empty(),
+        "locked by the first claim"
+    );
+    let p = pool(&env);
+    let sessions = sessions_in_transaction(&p).await;
+    assert_eq!(sessions.len(), 1, "the claim's session");
+    sqlx::query(&format!("KILL {}", sessions[0]))
+        .execute(&p)
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    for _ in 0..50 {
+        got = env.round(&f, |_| Outcome::Delivered).await;
+        if !got.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(payloads(&got), ["x"]);
+    assert!(
+        held.settle(&[Outcome::Delivered]).await.is_err(),
+        "the dead claim cannot settle"
+    );
+}
+
+/// The lease: a claim left idle longer than it is ended by the server
+/// (`idle_transaction_timeout`, whole seconds: 300 ms rounds up to 1 s).
+#[tokio::test]
+async fn an_idle_claim_expires_after_the_lease() {
+    let env = mysql_env_with(
+        Retention::Delete,
+        ConnectOptions {
+            max_connections: 4,
+            lease: Some(Duration::from_millis(300)),
+        },
+    )
+    .await;
+    let o = my(&env);
+    env.enqueue_in_tx(&[Message::event("t", "x")]).await;
+    let f = filter(OrderPolicy::Ordered);
+    let held = o.claim(&f).await.unwrap();
+    assert_eq!(held.messages().len(), 1);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        o.claim(&f).await.unwrap().messages().is_empty(),
+        "still held within the lease"
+    );
+    tokio::time::sleep(Duration::from_millis(2000)).await;
+    let again = o.claim(&f).await.unwrap();
+    assert_eq!(
+        again.messages().len(),
+        1,
+        "lease expired, message claimable again"
+    );
+    again.settle(&[Outcome::Delivered]).await.unwrap();
+    assert!(held.settle(&[Outcome::Delivered]).await.is_err());
+}
+
+/// An in-process producer wakes a waiting relay through the waker.
+#[tokio::test]
+async fn the_waker_wakes_a_waiting_relay() {
+    let env = mysql_env(Retention::Delete).await;
+    let o = my(&env);
+    let waker = o.waker();
+    let started = std::time::Instant::now();
+    let ((), ()) = tokio::join!(o.wait_for_work(Duration::from_secs(30)), async {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        waker.wake();
+    });
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "woken, not timed out"
+    );
+}

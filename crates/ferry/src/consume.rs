@@ -1,0 +1,183 @@
+//! Runs one consumer: takes messages from a broker and hands each to a sink
+//! (an HTTP endpoint as a CloudEvent, or another broker), with the
+//! consumer router's retries, circuit breaker, dedup and dead letters, so a
+//! service in any language consumes reliably without a broker client.
+
+use std::sync::Arc;
+
+use anyhow::{bail, Context};
+use ferry_consumer::{Forward, Router, RouterConfig, Stats, StoreDeadLetters};
+use ferry_core::{Kind, Sink, Subscriber};
+use ferry_relay::CancellationToken;
+use ferry_sinks::{SinkConfig, SourceConfig};
+use ferry_store::{redact, Database, StoreError};
+use serde::{Deserialize, Deserializer};
+
+use crate::config::error_chain;
+
+/// A `[[consumer]]` table: from a broker to a sink.
+///
+/// ```toml
+/// [[consumer]]
+/// name = "billing"
+/// topics = ["order.placed"]
+/// database = "sqlite://ferry.db"
+/// migrate = true
+/// from = { type = "nats", url = "nats://127.0.0.1:4222", stream = "FERRY", subject_prefix = "ferry." }
+/// to = { type = "http", url = "http://127.0.0.1:8080/events" }
+/// ```
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConsumerConfig {
+    /// Name in logs and metrics, unique in the file; also the consumer
+    /// group of event topics unless `group` is set.
+    pub name: toml::Spanned<String>,
+    /// The topics to consume, as producers set them.
+    pub topics: Vec<String>,
+    /// `"event"` (default): the consumer is one group among any number that
+    /// each get every message. `"command"`: the topics are commands with
+    /// one owner; their group is derived from the topic, so two consumers of
+    /// one command share its messages instead of each doing the work.
+    #[serde(default)]
+    pub kind: Kind,
+    /// The consumer group of event topics (default: `name`). It names a
+    /// durable queue or consumer on the broker: keep it stable.
+    #[serde(default)]
+    pub group: Option<String>,
+    /// Where dead letters are recorded (`ferry_dead_letters`):
+    /// `sqlite://path.db`, `postgres://…` or `mysql://…`.
+    pub database: String,
+    /// Apply Ferry's migrations to `database` at startup (default `false`).
+    #[serde(default)]
+    pub migrate: bool,
+    /// The broker: `type = "nats"` and that broker's settings.
+    #[serde(deserialize_with = "valid_source")]
+    pub from: SourceConfig,
+    /// Where each message goes: `type = "http"` (a CloudEvent in binary mode
+    /// with `Idempotency-Key`, so the endpoint can drop duplicates), or
+    /// another broker.
+    #[serde(deserialize_with = "crate::config::valid_sink")]
+    pub to: SinkConfig,
+    /// Prefetch, retries, timeout, circuit breaker, in-memory dedup, lag
+    /// warnings and shutdown deadline; see docs/consume.md.
+    #[serde(default, deserialize_with = "valid_router")]
+    pub router: RouterConfig,
+}
+
+fn valid_source<'de, D: Deserializer<'de>>(d: D) -> Result<SourceConfig, D::Error> {
+    let source = SourceConfig::deserialize(d)?;
+    source
+        .validate()
+        .map_err(|e| serde::de::Error::custom(error_chain(&e)))?;
+    Ok(source)
+}
+
+fn valid_router<'de, D: Deserializer<'de>>(d: D) -> Result<RouterConfig, D::Error> {
+    let router = RouterConfig::deserialize(d)?;
+    router
+        .validate()
+        .map_err(|e| serde::de::Error::custom(error_chain(&e)))?;
+    Ok(router)
+}
+
+/// Everything a consumer needs, from the file or from `ferry consume` flags.
+pub struct Consumer {
+    pub name: String,
+    pub topics: Vec<String>,
+    pub kind: Kind,
+    pub group: String,
+    pub database: String,
+    pub migrate: bool,
+    pub from: SourceConfig,
+    pub to: SinkConfig,
+    pub router: RouterConfig,
+}
+
+impl From<&ConsumerConfig> for Consumer {
+    fn from(c: &ConsumerConfig) -> Self {
+        let name = c.name.get_ref().clone();
+        Consumer {
+            group: c.group.clone().unwrap_or_else(|| name.clone()),
+            name,
+            topics: c.topics.clone(),
+            kind: c.kind,
+            database: c.database.clone(),
+            migrate: c.migrate,
+            from: c.from.clone(),
+            to: c.to.clone(),
+            router: c.router.clone(),
+        }
+    }
+}
+
+impl Consumer {
+    /// Connects everything and builds the router; `stats` is where its
+    /// counters show up while it runs.
+    pub async fn start(&self) -> anyhow::Result<(Router, Stats)> {
+        let name = &self.name;
+        let db = Database::connect(&self.database).await.with_context(|| {
+            format!("consumer `{name}`: cannot open {}", redact(&self.database))
+        })?;
+        if self.migrate {
+            db.migrate()
+                .await
+                .with_context(|| format!("consumer `{name}`: migration failed"))?;
+        } else {
+            match db.check_schema().await {
+                Err(StoreError::SchemaMissing) => bail!(
+                    "consumer `{name}`: the database has no Ferry tables yet; run `ferry migrate --database {}` \
+                     or set `migrate = true`",
+                    redact(&self.database)
+                ),
+                checked => checked.with_context(|| format!("consumer `{name}`: schema check failed"))?,
+            }
+        }
+        let subscriber: Arc<dyn Subscriber> = self.from.build().await.map_err(|e| {
+            anyhow::anyhow!(
+                "consumer `{name}`: cannot start the {} subscriber: {}",
+                self.from.kind(),
+                error_chain(&e)
+            )
+        })?;
+        let sink: Arc<dyn Sink> = self.to.build().await.map_err(|e| {
+            anyhow::anyhow!(
+                "consumer `{name}`: cannot start the {} sink: {}",
+                self.to.kind(),
+                error_chain(&e)
+            )
+        })?;
+        let mut builder = Router::builder()
+            .subscriber(subscriber)
+            .dead_letters(Arc::new(StoreDeadLetters::new(db)))
+            .config(&self.router);
+        for topic in &self.topics {
+            let forward = Forward::new(sink.clone());
+            builder = match self.kind {
+                Kind::Event => builder.event(topic.clone(), self.group.clone(), forward),
+                Kind::Command => builder.command(topic.clone(), forward),
+            };
+        }
+        let router = builder
+            .build()
+            .map_err(|e| anyhow::anyhow!("consumer `{name}`: {}", error_chain(&e)))?;
+        let stats = router.stats();
+        Ok((router, stats))
+    }
+
+    /// Runs `router` until `shutdown`, logging what was given back.
+    pub async fn run(
+        name: String,
+        router: Router,
+        shutdown: CancellationToken,
+    ) -> anyhow::Result<()> {
+        let report = router
+            .run(shutdown.cancelled_owned())
+            .await
+            .map_err(|e| anyhow::anyhow!("consumer `{name}`: {}", error_chain(&e)))?;
+        let nacked = report.nacked();
+        if nacked > 0 {
+            tracing::info!(consumer = %name, nacked, "gave unfinished messages back to the broker");
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,190 @@
+//! The daemon's HTTP port: `/metrics` in the Prometheus text format and
+//! `/health`.
+//!
+//! Per consumer subscription (labels `consumer`, `topic`, `group`):
+//!
+//! | metric | type | meaning |
+//! |---|---|---|
+//! | `ferry_consumer_handled_total` | counter | messages handled and acknowledged |
+//! | `ferry_consumer_failed_total` | counter | deliveries that failed and went back to the broker |
+//! | `ferry_consumer_dead_lettered_total` | counter | messages dead-lettered |
+//! | `ferry_consumer_retried_total` | counter | attempts repeated in process |
+//! | `ferry_consumer_in_flight` | gauge | messages taken and not settled yet |
+//! | `ferry_consumer_subscribed` | gauge | 1 while subscribed to the broker |
+//! | `ferry_consumer_lag_waiting` | gauge | messages waiting for the group, as the broker reports it |
+//! | `ferry_consumer_lag_unacked` | gauge | messages handed out and not acknowledged, as the broker reports it |
+//! | `ferry_consumer_lag_oldest_age_seconds` | gauge | age of the oldest unhandled message |
+//!
+//! Lag gauges are absent until the broker has been read, or when the broker
+//! cannot tell.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use axum::extract::State;
+use axum::http::header::CONTENT_TYPE;
+use axum::response::IntoResponse;
+use axum::routing::get;
+use ferry_consumer::Stats;
+use ferry_relay::CancellationToken;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::registry::Registry;
+
+/// The consumers whose counters `/metrics` shows, by name.
+#[derive(Clone, Debug, Default)]
+pub struct Metrics {
+    consumers: Arc<Mutex<Vec<(String, Stats)>>>,
+}
+
+impl Metrics {
+    /// Shows `stats` under the consumer `name`.
+    pub fn add_consumer(&self, name: &str, stats: Stats) {
+        self.consumers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push((name.to_owned(), stats));
+    }
+
+    fn render(&self) -> String {
+        let mut registry = Registry::default();
+        registry.register_collector(Box::new(ConsumerCollector(self.clone())));
+        let mut out = String::new();
+        // Writing to a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &registry);
+        out
+    }
+}
+
+#[derive(Debug)]
+struct ConsumerCollector(Metrics);
+
+type Labels = [(&'static str, String); 3];
+
+impl Collector for ConsumerCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
+        let consumers = self
+            .0
+            .consumers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let rows: Vec<(Labels, ferry_consumer::SubscriptionStats)> = consumers
+            .iter()
+            .flat_map(|(name, stats)| {
+                stats.snapshot().into_iter().map(move |s| {
+                    (
+                        [
+                            ("consumer", name.clone()),
+                            ("topic", s.topic.clone()),
+                            ("group", s.group.clone()),
+                        ],
+                        s,
+                    )
+                })
+            })
+            .collect();
+        type Pick = fn(&ferry_consumer::SubscriptionStats) -> u64;
+        let counters: [(&str, &str, Pick); 4] = [
+            (
+                "ferry_consumer_handled",
+                "Messages handled and acknowledged.",
+                |s| s.handled,
+            ),
+            (
+                "ferry_consumer_failed",
+                "Deliveries that failed and went back to the broker.",
+                |s| s.failed,
+            ),
+            (
+                "ferry_consumer_dead_lettered",
+                "Messages dead-lettered.",
+                |s| s.dead_lettered,
+            ),
+            (
+                "ferry_consumer_retried",
+                "Handler attempts repeated in process.",
+                |s| s.retried,
+            ),
+        ];
+        for (name, help, pick) in counters {
+            let counter = ConstCounter::new(0u64);
+            let mut family = encoder.encode_descriptor(name, help, None, counter.metric_type())?;
+            for (labels, s) in &rows {
+                ConstCounter::new(pick(s)).encode(family.encode_family(labels)?)?;
+            }
+        }
+        type Gauge = fn(&ferry_consumer::SubscriptionStats) -> Option<f64>;
+        let gauges: [(&str, &str, Gauge); 5] = [
+            (
+                "ferry_consumer_in_flight",
+                "Messages taken from the broker and not settled yet.",
+                |s| Some(s.in_flight as f64),
+            ),
+            (
+                "ferry_consumer_subscribed",
+                "1 while the subscription is established.",
+                |s| Some(if s.subscribed { 1.0 } else { 0.0 }),
+            ),
+            (
+                "ferry_consumer_lag_waiting",
+                "Messages waiting for the group, as the broker reports it.",
+                |s| s.lag.and_then(|l| l.waiting).map(|n| n as f64),
+            ),
+            (
+                "ferry_consumer_lag_unacked",
+                "Messages handed out and not acknowledged, as the broker reports it.",
+                |s| s.lag.and_then(|l| l.in_flight).map(|n| n as f64),
+            ),
+            (
+                "ferry_consumer_lag_oldest_age_seconds",
+                "Age of the oldest message the group has not acknowledged.",
+                |s| s.lag.and_then(|l| l.oldest_age).map(|d| d.as_secs_f64()),
+            ),
+        ];
+        for (name, help, pick) in gauges {
+            let gauge = ConstGauge::new(0.0f64);
+            let mut family = encoder.encode_descriptor(name, help, None, gauge.metric_type())?;
+            for (labels, s) in &rows {
+                if let Some(value) = pick(s) {
+                    ConstGauge::new(value).encode(family.encode_family(labels)?)?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+async fn render_metrics(State(metrics): State<Metrics>) -> impl IntoResponse {
+    (
+        [(CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        metrics.render(),
+    )
+}
+
+/// Serves `/metrics` and `/health` on `listen` until `shutdown`. Binding
+/// happens before this returns, so a port in use is an error at startup.
+pub async fn serve(
+    listen: SocketAddr,
+    metrics: Metrics,
+    shutdown: CancellationToken,
+) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {listen}: {e}"))?;
+    let app = axum::Router::new()
+        .route("/metrics", get(render_metrics))
+        .route("/health", get(|| async { "ok\n" }))
+        .with_state(metrics);
+    tracing::info!(%listen, "serving /metrics and /health");
+    Ok(tokio::spawn(async move {
+        let served = axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown.cancelled_owned())
+            .await;
+        if let Err(e) = served {
+            tracing::error!(error = %e, "the http server stopped");
+        }
+    }))
+}

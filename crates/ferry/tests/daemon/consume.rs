@@ -1,0 +1,533 @@
+//! `ferry consume` as a process: from a private NATS JetStream server to a
+//! real HTTP receiver, killed mid-POST, with a poison message, with the
+//! broker restarted mid-stream, and given bad URLs.
+
+use std::sync::Arc;
+
+use ferry_core::Sink;
+use ferry_sinks::{NatsSink, NatsSinkConfig};
+use ferry_testkit::nats_server::NatsServer;
+
+use super::*;
+
+const TOPIC: &str = "order.placed";
+
+fn nats_url(server: &NatsServer) -> String {
+    format!(
+        "{}?stream=CONSUME&subject_prefix=t.&ack_wait=2s",
+        server.url()
+    )
+}
+
+async fn publish(server: &NatsServer, messages: &[Message]) {
+    let mut config = NatsSinkConfig::new(server.url().parse().unwrap());
+    config.stream = Some("CONSUME".to_owned());
+    config.subject_prefix = "t.".to_owned();
+    let sink: Arc<dyn Sink> = Arc::new(NatsSink::connect(config).await.unwrap());
+    // One message per key and call, as the relay does.
+    for m in messages {
+        let results = sink.deliver(std::slice::from_ref(m)).await;
+        assert!(results.iter().all(Result::is_ok), "{results:?}");
+    }
+}
+
+fn spawn_consume(server: &NatsServer, to: &str, database: &str, extra: &[&str]) -> Reaped {
+    Reaped(
+        Command::new(FERRY)
+            .args(["--log-level", "warn", "consume", "--from"])
+            .arg(nats_url(server))
+            .args([
+                "--to",
+                to,
+                "--topic",
+                TOPIC,
+                "--group",
+                "billing",
+                "--database",
+            ])
+            .arg(format!("{database}?mode=rwc"))
+            .args(extra)
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start ferry consume"),
+    )
+}
+
+fn orders(n: usize, keys: usize) -> Vec<Message> {
+    (0..n)
+        .map(|i| {
+            Message::event(TOPIC, format!("{}:{}", i % keys, i)).with_key(format!("k{}", i % keys))
+        })
+        .collect()
+}
+
+/// The consumer is SIGKILLed while POSTs are in flight (the receiver has
+/// applied them but not answered): a second consumer gets them again from
+/// the broker, the receiver drops the duplicates by `ce-id`, and every
+/// message is applied exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_mid_post_redelivers_and_the_receiver_applies_once() {
+    let server = NatsServer::start().await;
+    let db = SqliteTestDb::create();
+    let r = Receiver::start().await;
+    r.set_delay(Duration::from_millis(300));
+    // Create the group before publishing, as a consumer deployed first would.
+    let mut child = spawn_consume(&server, &r.url(), &db.url, &["--prefetch", "8"]);
+    let n = 40;
+    let sent = orders(n, 5);
+    // The durable consumer starts with messages published after it exists.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    publish(&server, &sent).await;
+    wait_until("some POSTs in flight", Duration::from_secs(30), || {
+        r.requests().len() >= 5
+    })
+    .await;
+    child.0.kill().unwrap(); // SIGKILL, answers still pending
+    child.0.wait().unwrap();
+    let before = r.applied().len();
+    assert!(before < n, "killed while work remained ({before}/{n})");
+
+    r.set_delay(Duration::ZERO);
+    let mut child = spawn_consume(&server, &r.url(), &db.url, &[]);
+    wait_until("every message applied", Duration::from_secs(60), || {
+        r.applied().len() == n
+    })
+    .await;
+    sigterm(&child.0);
+    assert!(
+        child.0.wait().unwrap().success(),
+        "clean exit after SIGTERM"
+    );
+
+    let applied: std::collections::HashSet<String> =
+        r.applied().iter().map(|m| m.id.clone()).collect();
+    let sent_ids: std::collections::HashSet<String> =
+        sent.iter().map(|m| m.id.to_string()).collect();
+    assert_eq!(applied, sent_ids, "every message applied, exactly once");
+    assert!(
+        r.requests().len() > n,
+        "the messages in flight at the kill were delivered again ({} requests for {n})",
+        r.requests().len()
+    );
+}
+
+/// A message the endpoint refuses for good (400) is dead-lettered with the
+/// reason; the others flow past it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_poison_message_is_dead_lettered_and_the_rest_flows() {
+    let server = NatsServer::start().await;
+    let db = SqliteTestDb::create();
+    let r = Receiver::start().await;
+    let mut child = spawn_consume(&server, &r.url(), &db.url, &[]);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let mut sent = orders(10, 2);
+    sent.insert(3, Message::event(TOPIC, "poison").with_key("k0"));
+    publish(&server, &sent).await;
+    wait_until("the good messages applied", Duration::from_secs(30), || {
+        r.applied().len() == 10
+    })
+    .await;
+    let store = Database::connect(&db.url).await.unwrap();
+    let mut dead = Vec::new();
+    let started = Instant::now();
+    while dead.is_empty() && started.elapsed() < Duration::from_secs(10) {
+        dead = store.dead_letters(None, 10).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    assert_eq!(dead[0].message.id, sent[3].id);
+    assert_eq!(dead[0].consumer, "billing");
+    assert!(
+        dead[0].error.contains("400"),
+        "the reason is kept: {}",
+        dead[0].error
+    );
+
+    // An operator sees it, replays it to the broker (the consumer takes it
+    // again and, the endpoint still refusing it, buries it again), then
+    // discards it.
+    let out = ferry(&["dead-letters", "list", "--database", &db.url, "--json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let listed: serde_json::Value =
+        serde_json::from_str(String::from_utf8_lossy(&out.stdout).trim()).unwrap();
+    assert_eq!(listed["message_id"], sent[3].id.to_string());
+    assert_eq!(listed["payload"], "poison");
+    let poison_requests = || {
+        r.requests()
+            .iter()
+            .filter(|q| q.id == sent[3].id.to_string())
+            .count()
+    };
+    let before = poison_requests();
+    let first = dead[0].id.to_string();
+    let out = ferry(&[
+        "dead-letters",
+        "replay",
+        &first,
+        "--database",
+        &db.url,
+        "--to",
+        &nats_url(&server),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    wait_until(
+        "the replayed message reaches the endpoint",
+        Duration::from_secs(30),
+        || poison_requests() > before,
+    )
+    .await;
+    let started = Instant::now();
+    let again = loop {
+        let letters = store.dead_letters(None, 10).await.unwrap();
+        if letters.len() == 1 && letters[0].id != dead[0].id {
+            break letters;
+        }
+        assert!(started.elapsed() < Duration::from_secs(10), "{letters:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(
+        again[0].message.id, sent[3].id,
+        "the same message, buried again"
+    );
+    let out = ferry(&[
+        "dead-letters",
+        "discard",
+        &again[0].id.to_string(),
+        "--database",
+        &db.url,
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(store.dead_letters(None, 10).await.unwrap().is_empty());
+    let out = ferry(&["dead-letters", "discard", &first, "--database", &db.url]);
+    assert!(!out.status.success(), "discarding a replayed letter fails");
+    sigterm(&child.0);
+    assert!(child.0.wait().unwrap().success());
+}
+
+/// The broker is killed and restarted while the consumer works: it
+/// resubscribes by itself and every message is applied.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_restart_mid_stream_loses_nothing() {
+    let server = NatsServer::start().await;
+    let db = SqliteTestDb::create();
+    let r = Receiver::start().await;
+    r.set_delay(Duration::from_millis(10));
+    let mut child = spawn_consume(&server, &r.url(), &db.url, &[]);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let n = 300;
+    let sent = orders(n, 7);
+    publish(&server, &sent).await;
+    wait_until("a part applied", Duration::from_secs(30), || {
+        r.applied().len() >= 30
+    })
+    .await;
+    server.restart().await;
+    assert!(r.applied().len() < n, "restarted mid-stream");
+    wait_until(
+        "every message applied after the restart",
+        Duration::from_secs(90),
+        || r.applied().len() == n,
+    )
+    .await;
+    sigterm(&child.0);
+    assert!(child.0.wait().unwrap().success());
+}
+
+#[test]
+fn bad_urls_are_clear_errors() {
+    let out = ferry(&[
+        "consume",
+        "--from",
+        "bogus://x",
+        "--to",
+        "http://127.0.0.1:1/",
+        "--topic",
+        "t",
+    ]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--from") && err.contains("bogus"), "{err}");
+
+    let out = ferry(&[
+        "consume",
+        "--from",
+        "nats://127.0.0.1:4222?strem=X",
+        "--to",
+        "http://127.0.0.1:1/",
+        "--topic",
+        "t",
+    ]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("unknown parameter `strem`"), "{err}");
+
+    let out = ferry(&[
+        "consume",
+        "--from",
+        "nats://127.0.0.1:4222",
+        "--to",
+        "ftp://x",
+        "--topic",
+        "t",
+    ]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--to"), "{err}");
+}
+
+/// GETs `http://addr/path` with a raw HTTP/1.0 request (no client crate
+/// needed for one line of text).
+async fn http_get(addr: &str, path: &str) -> Option<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.ok()?;
+    stream
+        .write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())
+        .await
+        .ok()?;
+    let mut out = String::new();
+    stream.read_to_string(&mut out).await.ok()?;
+    Some(out)
+}
+
+fn metric(page: &str, name: &str) -> Option<f64> {
+    page.lines()
+        .find(|l| l.starts_with(name) && l[name.len()..].starts_with('{'))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+/// A `[[consumer]]` in the file, with a circuit breaker: while the endpoint
+/// is down the circuit opens and the consumer stops pulling (a handful of
+/// probes, not a retry storm), messages wait on the broker, `/metrics`
+/// shows the lag; once the endpoint is back the circuit closes and
+/// everything is applied.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_circuit_opens_while_the_endpoint_is_down_and_closes_after() {
+    let server = NatsServer::start().await;
+    let db = SqliteTestDb::create();
+    let r = Receiver::start().await;
+    r.set_mode(ferry_testkit::Mode::Down);
+    let port = ferry_testkit::nats_server::free_port();
+    let dir = TempDir::new();
+    let path = dir.0.join("ferry.toml");
+    std::fs::write(
+        &path,
+        format!(
+            r#"
+[http]
+listen = "127.0.0.1:{port}"
+
+[[consumer]]
+name = "billing"
+topics = ["{TOPIC}"]
+database = "{db}?mode=rwc"
+migrate = true
+from = {{ type = "nats", url = "{nats}", stream = "CONSUME", subject_prefix = "t.", ack_wait = "5s" }}
+to = {{ type = "http", url = "{to}" }}
+
+[consumer.router]
+prefetch = 8
+
+[consumer.router.circuit_breaker]
+failures = 3
+cool_down = "1s"
+
+# One attempt per delivery, and deliveries enough not to dead-letter
+# anything: every failure reaches the breaker, and without it each message
+# in flight would come back after 0.1, 0.2, 0.4 … s.
+[consumer.router.retry]
+max_deliveries = 1000
+backoff = {{ max_attempts = 1, initial_backoff = "100ms", max_backoff = "2s" }}
+
+[consumer.router.lag]
+interval = "200ms"
+warn_waiting = 10
+"#,
+            db = db.url,
+            nats = server.url(),
+            to = r.url(),
+        ),
+    )
+    .unwrap();
+    let check = ferry(&["check", "--config", path.to_str().unwrap()]);
+    assert!(
+        check.status.success(),
+        "{}",
+        String::from_utf8_lossy(&check.stderr)
+    );
+    let mut child = Reaped(
+        Command::new(FERRY)
+            .args([
+                "--log-level",
+                "warn",
+                "run",
+                "--config",
+                path.to_str().unwrap(),
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap(),
+    );
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let n = 50;
+    publish(&server, &orders(n, 5)).await;
+    let addr = format!("127.0.0.1:{port}");
+
+    // Down for 4 s: 3 failures open the circuit (the other messages in
+    // flight fail too), then one probe per second; without the breaker the
+    // five keys' messages would be tried some 30 times in those 4 s.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let while_down = r.requests_while_down();
+    assert!(while_down >= 3, "the endpoint was tried ({while_down})");
+    assert!(
+        while_down <= 12,
+        "the open circuit stops pulling: {while_down} requests in 4 s"
+    );
+    let mut waiting = None;
+    let started = Instant::now();
+    while waiting.is_none_or(|w| w < 10.0) && started.elapsed() < Duration::from_secs(10) {
+        let page = http_get(&addr, "/metrics").await.unwrap_or_default();
+        waiting = metric(&page, "ferry_consumer_lag_waiting");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(
+        waiting.is_some_and(|w| w >= 10.0),
+        "/metrics shows the messages waiting: {waiting:?}"
+    );
+
+    r.set_mode(ferry_testkit::Mode::Up);
+    wait_until(
+        "every message applied once the endpoint is back",
+        Duration::from_secs(60),
+        || r.applied().len() == n,
+    )
+    .await;
+    let started = Instant::now();
+    let handled = loop {
+        let page = http_get(&addr, "/metrics").await.unwrap_or_default();
+        let handled = metric(&page, "ferry_consumer_handled_total");
+        if handled == Some(n as f64) || started.elapsed() > Duration::from_secs(10) {
+            break handled;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(
+        handled,
+        Some(n as f64),
+        "/metrics counts the handled messages"
+    );
+    assert!(http_get(&addr, "/health")
+        .await
+        .unwrap_or_default()
+        .ends_with("ok\n"));
+    sigterm(&child.0);
+    assert!(child.0.wait().unwrap().success());
+}
+
+/// A child process killed when the test ends, passed or not.
+struct Reaped(Child);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// `ferry relay --to URL` and `ferry consume --from URL` through each broker
+/// other than NATS: an SQLite outbox written by plain SQL, a relay into the
+/// broker, a consumer out of it to an HTTP receiver; every message arrives
+/// with its id and key.
+async fn relay_and_consume_through(broker_url: &str) {
+    let outbox = SqliteTestDb::create();
+    let dead = SqliteTestDb::create();
+    let db = migrated(&format!("{}?mode=rwc", outbox.url)).await;
+    let r = Receiver::start().await;
+    let group = format!("g{}", &uuid::Uuid::now_v7().simple().to_string()[20..]);
+    let topic = format!("relayed.{group}");
+    let consumer = Reaped(
+        Command::new(FERRY)
+            .args([
+                "--log-level",
+                "warn",
+                "consume",
+                "--from",
+                broker_url,
+                "--to",
+                &r.url(),
+            ])
+            .args(["--topic", &topic, "--group", &group, "--database"])
+            .arg(format!("{}?mode=rwc", dead.url))
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap(),
+    );
+    // The group's queue, stream group or consumer exists once the consumer
+    // has subscribed; a Kafka group join takes longest.
+    tokio::time::sleep(Duration::from_secs(if broker_url.starts_with("kafka") {
+        25
+    } else {
+        3
+    }))
+    .await;
+    let sent: Vec<Message> = (0..20)
+        .map(|i| Message::event(&topic, format!("{{\"n\":{i}}}")).with_key(format!("k{}", i % 4)))
+        .collect();
+    enqueue(&db, &sent).await;
+    let relay = Reaped(spawn_relay(&outbox.url, broker_url, &[]));
+    wait_until(
+        "every message relayed and consumed",
+        Duration::from_secs(90),
+        || r.applied().len() == sent.len(),
+    )
+    .await;
+    let mut got: Vec<(String, Option<String>)> =
+        r.applied().into_iter().map(|m| (m.id, m.key)).collect();
+    let mut want: Vec<(String, Option<String>)> = sent
+        .iter()
+        .map(|m| (m.id.to_string(), m.key.clone()))
+        .collect();
+    got.sort();
+    want.sort();
+    assert_eq!(got, want);
+    drop((relay, consumer));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relay_and_consume_through_rabbitmq() {
+    relay_and_consume_through("amqp://guest:guest@127.0.0.1:5672/%2f?exchange=ferry-daemon-test")
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relay_and_consume_through_redis() {
+    relay_and_consume_through("redis://127.0.0.1:6379/0?stream_prefix=ferrydaemontest.").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relay_and_consume_through_kafka() {
+    relay_and_consume_through("kafka://127.0.0.1:19092?topic_prefix=ferrydaemontest.").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relay_and_consume_through_sqs() {
+    relay_and_consume_through(
+        "sqs+http://test:test@127.0.0.1:19324?region=us-east-1&queue_prefix=ferrydaemontest-",
+    )
+    .await;
+}
