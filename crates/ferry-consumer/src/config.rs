@@ -61,8 +61,9 @@ pub struct RouterConfig {
     /// unavailable. `max_attempts` consecutive failures stop the router
     /// (the default, 4294967295, keeps trying).
     pub resubscribe: RetryPolicy,
-    /// Retry of failing messages; omit to hand a failure straight back to
-    /// the broker.
+    /// Retry of failing messages: on by default (3 attempts per delivery,
+    /// 5 deliveries). `backoff.max_attempts = 1` hands each failure straight
+    /// back to the broker.
     pub retry: Option<RetryConfig>,
     /// Time limit of one handler attempt, e.g. `"30s"`; omit for none.
     #[serde(with = "humantime_serde")]

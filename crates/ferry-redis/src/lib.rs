@@ -82,6 +82,12 @@ fn is_unreachable(e: &RedisError) -> bool {
         || e.is_connection_refusal()
         || e.is_timeout()
         || e.is_connection_dropped()
-        || e.code()
-            .is_some_and(|c| c == "LOADING" || c == "MASTERDOWN")
+        // The server is there but cannot serve now: loading its data, a
+        // replica after a failover, out of memory, busy with a script.
+        || e.code().is_some_and(|c| {
+            matches!(
+                c,
+                "LOADING" | "MASTERDOWN" | "READONLY" | "OOM" | "BUSY" | "TRYAGAIN"
+            )
+        })
 }

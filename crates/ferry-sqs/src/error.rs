@@ -101,7 +101,12 @@ where
 
 /// Classifies an SQS error code, as the service or a batch entry gives it.
 pub(crate) fn code_class(code: Option<&str>) -> Class {
-    match code.unwrap_or_default() {
+    // An answer without an error code did not come from SQS's request
+    // checks (a proxy's 5xx, a local endpoint's crash): worth trying again.
+    let Some(code) = code else {
+        return Class::Transient;
+    };
+    match code {
         "AWS.SimpleQueueService.NonExistentQueue" | "QueueDoesNotExist" => Class::NoQueue,
         "ServiceUnavailable" | "AWS.SimpleQueueService.ServiceUnavailable" => Class::Unavailable,
         "AccessDenied"
@@ -131,10 +136,10 @@ mod tests {
 
     #[test]
     fn codes() {
+        assert_eq!(code_class(None), Class::Transient);
         assert_eq!(code_class(Some("QueueDoesNotExist")), Class::NoQueue);
         assert_eq!(code_class(Some("InvalidClientTokenId")), Class::Denied);
         assert_eq!(code_class(Some("RequestThrottled")), Class::Transient);
         assert_eq!(code_class(Some("InvalidMessageContents")), Class::Permanent);
-        assert_eq!(code_class(None), Class::Permanent);
     }
 }

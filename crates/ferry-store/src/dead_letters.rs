@@ -304,6 +304,37 @@ impl Database {
         }
     }
 
+    /// One dead letter by id, or `None`.
+    pub async fn dead_letter(&self, id: Uuid) -> Result<Option<DeadLetter>, StoreError> {
+        let stored = match self {
+            Database::Postgres(pool) => sqlx::query(&format!(
+                "SELECT {COLUMNS} FROM ferry_dead_letters WHERE id = $1"
+            ))
+            .bind(id)
+            .fetch_optional(pool)
+            .await?
+            .map(|r| from_postgres(&r))
+            .transpose()?,
+            Database::Sqlite(pool) => sqlx::query(&format!(
+                "SELECT {COLUMNS} FROM ferry_dead_letters WHERE id = ?"
+            ))
+            .bind(id.to_string())
+            .fetch_optional(pool)
+            .await?
+            .map(|r| from_sqlite(&r))
+            .transpose()?,
+            Database::Mysql(pool) => sqlx::query(&format!(
+                "SELECT {MYSQL_COLUMNS} FROM ferry_dead_letters WHERE id = ?"
+            ))
+            .bind(id.to_string())
+            .fetch_optional(pool)
+            .await?
+            .map(|r| from_mysql(&r))
+            .transpose()?,
+        };
+        stored.map(Stored::into_dead_letter).transpose()
+    }
+
     /// Deletes a dead letter and returns it (to replay it), or `None` when
     /// there is no such dead letter (already taken or deleted).
     pub async fn take_dead_letter(&self, id: Uuid) -> Result<Option<DeadLetter>, StoreError> {

@@ -133,6 +133,11 @@ enum Command {
         /// Log a warning while more messages than this wait for the group.
         #[arg(long)]
         warn_waiting: Option<u64>,
+        /// Drop a message id already handled within this window, e.g. `10m`
+        /// (in memory, up to 100,000 ids: best effort; the endpoint still
+        /// gets `ce-id` to dedup for sure).
+        #[arg(long, value_parser = humantime::parse_duration)]
+        dedup_window: Option<Duration>,
     },
     /// Apply Ferry's migrations to a database.
     Migrate {
@@ -417,6 +422,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
             prefetch,
             listen,
             warn_waiting,
+            dedup_window,
         } => {
             let from = ferry_sinks::SourceConfig::from_url(&from)
                 .map_err(|e| anyhow::anyhow!("--from: {}", error_chain(&e)))?;
@@ -431,6 +437,10 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 retry.max_deliveries = max_deliveries;
             }
             router.lag.warn_waiting = warn_waiting;
+            router.dedup = dedup_window.map(|max_age| ferry_consumer::middleware::DedupConfig {
+                capacity: 100_000,
+                max_age,
+            });
             router
                 .validate()
                 .map_err(|e| anyhow::anyhow!("{}", error_chain(&e)))?;
@@ -590,10 +600,8 @@ async fn dead_letters(action: DeadLetterAction) -> anyhow::Result<()> {
             let sink = SinkConfig::from_url(&to)
                 .map_err(|e| anyhow::anyhow!("--to: {}", error_chain(&e)))?;
             let letter = db
-                .dead_letters(None, u32::MAX)
+                .dead_letter(id)
                 .await?
-                .into_iter()
-                .find(|l| l.id == id)
                 .ok_or_else(|| anyhow::anyhow!("no dead letter {id}"))?;
             let sink = sink
                 .build()

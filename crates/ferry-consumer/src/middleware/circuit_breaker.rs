@@ -201,6 +201,16 @@ impl BreakerHandler {
     }
 }
 
+/// A transient failure, or retry giving up on one (a permanent error whose
+/// source is transient): both say the downstream is failing. Only a
+/// handler's own permanent verdict (poison) says nothing about it.
+fn is_downstream_failure(error: &HandlerError) -> bool {
+    error.is_transient()
+        || std::error::Error::source(error)
+            .and_then(|source| source.downcast_ref::<HandlerError>())
+            .is_some_and(HandlerError::is_transient)
+}
+
 impl Handler for BreakerHandler {
     fn handle<'a>(
         &'a self,
@@ -220,7 +230,9 @@ impl Handler for BreakerHandler {
                     let result = self.inner.handle(message, cx).await;
                     guard.armed = false;
                     match &result {
-                        Err(e) if e.is_transient() => self.open(message, cx, "probe failed"),
+                        Err(e) if is_downstream_failure(e) => {
+                            self.open(message, cx, "probe failed")
+                        }
                         _ => {
                             self.state
                                 .send_replace(CircuitState::Closed { failures: 0 });
@@ -231,7 +243,7 @@ impl Handler for BreakerHandler {
                 }
                 Role::Normal => {
                     let result = self.inner.handle(message, cx).await;
-                    let failed = matches!(&result, Err(e) if e.is_transient());
+                    let failed = matches!(&result, Err(e) if is_downstream_failure(e));
                     let mut opened = false;
                     self.state.send_if_modified(|state| match state {
                         // Only a closed circuit counts: a message that was in

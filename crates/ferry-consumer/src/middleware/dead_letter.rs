@@ -132,7 +132,12 @@ impl SinkDeadLetters {
     fn dead_message(&self, letter: &DeadLetter) -> Message {
         let mut message = letter.message.clone();
         message.topic = self.topic_for(&letter.message.topic);
+        // The copy keeps the message id (consumers of the dead-letter topic
+        // dedup by it), but a broker that drops repeated ids (JetStream, SQS
+        // FIFO) must not take it for the original, published moments ago:
+        // the letter's id makes its broker dedup id its own.
         message
+            .with_header(ferry_core::REPLAY_HEADER, letter.id.to_string())
             .with_header(ERROR_HEADER, header_value(&letter.error, MAX_ERROR_HEADER))
             .with_header(ATTEMPTS_HEADER, letter.attempts.to_string())
             .with_header(CONSUMER_HEADER, header_value(&letter.consumer, 256))

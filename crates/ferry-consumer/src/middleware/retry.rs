@@ -174,7 +174,9 @@ impl Handler for RetryHandler {
                 }
                 let backoff = self.config.backoff.delay(attempts);
                 let asked = error.retry_after.unwrap_or_default();
-                if attempt >= per_delivery {
+                // Longer than this layer waits in process: the broker waits.
+                let too_long = asked > self.config.backoff.max_backoff;
+                if attempt >= per_delivery || too_long {
                     if last_delivery {
                         let mut gave_up =
                             HandlerError::permanent(format!("gave up after {attempts} attempts"));
@@ -183,10 +185,6 @@ impl Handler for RetryHandler {
                     }
                     // Back to the broker, still backing off.
                     error.retry_after = Some(backoff.max(asked));
-                    return Err(error);
-                }
-                if asked > self.config.backoff.max_backoff {
-                    // Longer than this layer waits in process: the broker waits.
                     return Err(error);
                 }
                 cx.count_retry();

@@ -155,6 +155,9 @@ pub(crate) async fn run(
         };
         let error = match item {
             Some(Ok(received)) => {
+                if health.down || health.failures > 0 {
+                    health.delivered(&*subscriber, &subscription);
+                }
                 dispatch(&shared, &mut tasks, received, permit);
                 continue;
             }
@@ -180,27 +183,39 @@ pub(crate) async fn run(
 }
 
 /// Whether the broker answers, to log once per change and back off.
+///
+/// A subscription counts as back only once its stream delivered a message
+/// or stayed up for [`HEALTHY_AFTER`]: a stream that fails right after each
+/// subscribe keeps backing off and logs nothing new.
 #[derive(Default)]
 struct Health {
     failures: u32,
     down: bool,
+    up_since: Option<std::time::Instant>,
 }
+
+/// How long a stream must stay up before a failure counts as a new outage.
+const HEALTHY_AFTER: Duration = Duration::from_secs(30);
 
 impl Health {
     fn up(&mut self, subscriber: &dyn Subscriber, subscription: &Subscription) {
+        tracing::debug!(
+            broker = subscriber.name(),
+            topic = %subscription.topic,
+            group = %subscription.group,
+            "subscribed"
+        );
+        self.up_since = Some(std::time::Instant::now());
+    }
+
+    /// The stream delivered: the broker is back, if it was down.
+    fn delivered(&mut self, subscriber: &dyn Subscriber, subscription: &Subscription) {
         if self.down {
             tracing::info!(
                 broker = subscriber.name(),
                 topic = %subscription.topic,
                 group = %subscription.group,
                 "subscribed again"
-            );
-        } else {
-            tracing::debug!(
-                broker = subscriber.name(),
-                topic = %subscription.topic,
-                group = %subscription.group,
-                "subscribed"
             );
         }
         self.down = false;
@@ -216,6 +231,14 @@ impl Health {
         subscription: &Subscription,
         settings: &Settings,
     ) -> Result<Duration, RouterError> {
+        if self
+            .up_since
+            .take()
+            .is_some_and(|since| since.elapsed() >= HEALTHY_AFTER)
+        {
+            // It was up for long: this is a new outage, not the old one.
+            self.delivered(subscriber, subscription);
+        }
         self.failures = self.failures.saturating_add(1);
         if !error.is_retryable() || !settings.resubscribe.allows_another(self.failures) {
             return Err(RouterError::Subscribe {
@@ -330,13 +353,16 @@ impl Shared {
         };
         let id = message.id;
         let cx = Context::new(self.group.clone(), message, received.delivery_count);
-        // A panic is a failure of this message, not of its key's lane.
+        // A panic is a failure of this message (a bug: it is dead-lettered),
+        // not of its key's lane.
         let handled = AssertUnwindSafe(self.handler.handle(message, &cx)).catch_unwind();
         let outcome = tokio::select! {
             biased;
             outcome = handled => Some(outcome.unwrap_or_else(|_| {
                 tracing::error!(message_id = %id, topic = %self.topic, group = %self.group, "handler panicked");
-                Err(HandlerError::transient("handler panicked"))
+                // Retry never saw it (the panic unwound through the whole
+                // stack): park it rather than redeliver it at once, forever.
+                Err(HandlerError::permanent("handler panicked"))
             })),
             _ = self.abort.cancelled() => None,
         };

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use async_nats::jetstream::consumer::pull::Config as PullConfig;
 use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy};
-use async_nats::jetstream::context::ConsumerInfoErrorKind;
+use async_nats::jetstream::context::{ConsumerInfoErrorKind, GetStreamByNameErrorKind};
 use async_nats::jetstream::message::StreamMessage;
 use async_nats::jetstream::{self, AckKind};
 use ferry_core::cloudevents::from_binary_headers;
@@ -83,10 +83,16 @@ impl NatsSubscriber {
                     .stream_by_subject(subject)
                     .await
                     .map_err(|e| {
-                        SubscribeError::permanent(format!(
-                            "no jetstream stream captures `{subject}`"
-                        ))
-                        .with_source(e)
+                        // Only "no such stream" is the subscription's fault;
+                        // a timeout or a lost connection is the server's.
+                        let message = format!("no jetstream stream captures `{subject}`");
+                        match e.kind() {
+                            GetStreamByNameErrorKind::NotFound
+                            | GetStreamByNameErrorKind::InvalidSubject => {
+                                SubscribeError::permanent(message).with_source(e)
+                            }
+                            _ => unavailable("jetstream stream lookup failed", e),
+                        }
                     })?;
                 self.jetstream
                     .get_stream(&name)

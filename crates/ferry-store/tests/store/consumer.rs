@@ -281,6 +281,8 @@ each_db!(
             .await
             .unwrap()
             .is_empty());
+        let read = env.db.dead_letter(a1.id).await.unwrap().expect("read");
+        assert_same(&read, &a1);
         let taken = env
             .db
             .take_dead_letter(a1.id)
@@ -292,6 +294,7 @@ each_db!(
             env.db.take_dead_letter(a1.id).await.unwrap().is_none(),
             "gone"
         );
+        assert!(env.db.dead_letter(a1.id).await.unwrap().is_none());
         assert!(env.db.delete_dead_letter(b1.id).await.unwrap());
         assert!(!env.db.delete_dead_letter(b1.id).await.unwrap());
         let left = env.db.dead_letters(None, 10).await.unwrap();

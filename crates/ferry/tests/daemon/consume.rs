@@ -531,3 +531,127 @@ async fn relay_and_consume_through_sqs() {
     )
     .await;
 }
+
+/// A private persistent Redis (`appendonly yes`, `appendfsync always`), for
+/// killing and restarting under a running consumer.
+struct PrivateRedis {
+    port: u16,
+    dir: TempDir,
+    child: Option<Child>,
+}
+
+impl PrivateRedis {
+    async fn start() -> Self {
+        let mut redis = Self {
+            port: ferry_testkit::nats_server::free_port(),
+            dir: TempDir::new(),
+            child: None,
+        };
+        redis.spawn().await;
+        redis
+    }
+
+    async fn spawn(&mut self) {
+        let child = Command::new("redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args([
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                "always",
+                "--save",
+                "",
+            ])
+            .arg("--dir")
+            .arg(&self.dir.0)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start redis-server");
+        self.child = Some(child);
+        let started = Instant::now();
+        while tokio::net::TcpStream::connect(("127.0.0.1", self.port))
+            .await
+            .is_err()
+        {
+            assert!(
+                started.elapsed() < Duration::from_secs(20),
+                "redis did not come up"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// SIGKILL, then the same port and data directory again.
+    async fn restart(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        self.spawn().await;
+    }
+}
+
+impl Drop for PrivateRedis {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Redis killed (SIGKILL) and restarted while `ferry consume` reads from it
+/// and the relay writes to it: the consumer group, its pending entries and
+/// every acknowledged XADD survive, and every message is applied.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_restart_mid_stream_loses_nothing() {
+    let mut redis = PrivateRedis::start().await;
+    let url = format!(
+        "redis://127.0.0.1:{}/0?stream_prefix=midstream.&claim_idle=2s",
+        redis.port
+    );
+    let outbox = SqliteTestDb::create();
+    let dead = SqliteTestDb::create();
+    let db = migrated(&format!("{}?mode=rwc", outbox.url)).await;
+    let r = Receiver::start().await;
+    r.set_delay(Duration::from_millis(5));
+    let consumer = Reaped(
+        Command::new(FERRY)
+            .args([
+                "--log-level",
+                "error",
+                "consume",
+                "--from",
+                &url,
+                "--to",
+                &r.url(),
+            ])
+            .args(["--topic", TOPIC, "--group", "billing", "--database"])
+            .arg(format!("{}?mode=rwc", dead.url))
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap(),
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let n = 400;
+    let sent = orders(n, 7);
+    enqueue(&db, &sent).await;
+    let relay = Reaped(spawn_relay(&outbox.url, &url, &["--batch-size", "20"]));
+    wait_until("a part applied", Duration::from_secs(30), || {
+        r.applied().len() >= 40
+    })
+    .await;
+    redis.restart().await;
+    assert!(r.applied().len() < n, "restarted mid-stream");
+    wait_until(
+        "every message applied after the restart",
+        Duration::from_secs(90),
+        || r.applied().len() == n,
+    )
+    .await;
+    let stats = db.outbox_stats().await.unwrap();
+    assert_eq!((stats.pending, stats.dead), (0, 0));
+    drop((relay, consumer));
+}
