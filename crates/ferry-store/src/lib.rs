@@ -5,6 +5,8 @@
 //!   application's migration tool).
 //! * [`outbox`]: the transactional outbox — enqueue inside the caller's
 //!   transaction, and the claim/settle protocol the relay runs on.
+//!   [`OutboxSink`] and [`OutboxSubscriber`] make the outbox a broker that
+//!   consumers read directly (`outbox::source`).
 //! * [`inbox`]: the idempotent inbox — a consumer records each message id
 //!   in the transaction that applies it, and skips redeliveries.
 //! * [`dead_letters`]: messages a consumer gave up on, kept for replay.
@@ -19,3 +21,4 @@ pub mod outbox;
 pub use database::{redact, ConnectOptions, Database, DatabaseKind};
 pub use dead_letters::DeadLetter;
 pub use error::StoreError;
+pub use outbox::source::{OutboxSink, OutboxSubscriber};

@@ -41,6 +41,7 @@ use crate::StoreError;
 pub mod admin;
 pub mod mysql;
 pub mod postgres;
+pub mod source;
 pub mod sqlite;
 
 pub use admin::{DeadMessage, MessageRef, OutboxStats};

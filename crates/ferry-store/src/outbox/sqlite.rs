@@ -53,7 +53,13 @@ pub async fn enqueue(conn: &mut SqliteConnection, message: &Message) -> Result<i
     .bind(headers_to_json(message).to_string())
     .bind(&message.content_type)
     .bind(message.payload.as_ref())
-    .bind(format_time(message.created_at))
+    // To the microsecond, as PostgreSQL and MariaDB keep it, so that a
+    // message's time reads the same whatever outbox carried it.
+    .bind(
+        message
+            .created_at
+            .to_rfc3339_opts(SecondsFormat::Micros, true),
+    )
     .fetch_one(conn)
     .await?;
     Ok(seq)
