@@ -129,3 +129,41 @@ fn block_on<F: std::future::Future>(f: F) -> F::Output {
         .expect("a runtime")
         .block_on(f)
 }
+
+/// `brokers` on NATS and Redis, end to end through a PostgreSQL outbox and
+/// inbox included: every figure reaches the table and the TSV.
+#[test]
+fn brokers_nats_and_redis_with_end_to_end() {
+    let dir = TempDir::new();
+    let tsv = dir.0.join("figures.tsv");
+    let pg = ferry_testkit::pg_admin_url();
+    let out = bench(
+        &tsv,
+        &[
+            "brokers",
+            "--broker",
+            "nats",
+            "--broker",
+            "redis",
+            "--messages",
+            "300",
+            "--runs",
+            "1",
+            "--end-to-end",
+            &pg,
+        ],
+    );
+    assert!(
+        out.contains("| nats |") && out.contains("| redis |"),
+        "{out}"
+    );
+    for figure in [
+        "raw-publish",
+        "publish",
+        "consume",
+        "end-to-end",
+        "inbox-ceiling",
+    ] {
+        assert_eq!(tsv_rows(&tsv, figure).len(), 2, "{figure}: {out}");
+    }
+}

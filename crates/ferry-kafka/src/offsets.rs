@@ -79,6 +79,16 @@ impl Partitions {
         Ok((target > state.committed).then_some(target))
     }
 
+    /// The position to commit now for `position`'s partition, if the
+    /// committed one does not cover every acknowledgement so far: several
+    /// acknowledgements that came in while a commit was in flight go out
+    /// in one commit. `Err(())` as for [`Partitions::acked`].
+    pub(crate) fn to_commit(&mut self, position: Position) -> Result<Option<i64>, ()> {
+        let state = self.current(position)?;
+        let target = state.pending.first().copied().unwrap_or(state.high);
+        Ok((target > state.committed).then_some(target))
+    }
+
     /// Records that `offset` of the epoch of `position` was committed.
     pub(crate) fn committed(&mut self, position: Position, offset: i64) {
         if let Ok(state) = self.current(position) {

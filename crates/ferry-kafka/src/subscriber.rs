@@ -425,12 +425,22 @@ impl Acker for KafkaAcker {
     fn ack(self: Box<Self>) -> BoxFuture<'static, Result<(), SubscribeError>> {
         Box::pin(async move {
             let shared = self.member.shared.clone();
-            let _commit = shared.commit.lock().await;
-            let target = shared.partitions().acked(self.position);
-            match target {
-                Err(()) => Err(SubscribeError::unavailable(
+            let reassigned = || {
+                SubscribeError::unavailable(
                     "the kafka partition was reassigned; the message will be delivered again",
-                )),
+                )
+            };
+            // Recorded before waiting for the commit lock, so that the
+            // commit in flight's successor covers this acknowledgement and
+            // every other that arrived meanwhile: one commit for many.
+            let recorded = shared.partitions().acked(self.position);
+            if recorded.is_err() {
+                return Err(reassigned());
+            }
+            let _commit = shared.commit.lock().await;
+            let target = shared.partitions().to_commit(self.position);
+            match target {
+                Err(()) => Err(reassigned()),
                 Ok(None) => Ok(()),
                 Ok(Some(offset)) => self.member.commit(self.position, offset).await,
             }

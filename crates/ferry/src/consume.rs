@@ -10,7 +10,7 @@ use ferry_consumer::{Forward, Router, RouterConfig, Stats, StoreDeadLetters};
 use ferry_core::{Kind, Sink, Subscriber};
 use ferry_relay::CancellationToken;
 use ferry_sinks::{SinkConfig, SourceConfig};
-use ferry_store::{redact, Database, StoreError};
+use ferry_store::{redact, StoreError};
 use serde::{Deserialize, Deserializer};
 
 use crate::config::error_chain;
@@ -112,12 +112,30 @@ impl From<&ConsumerConfig> for Consumer {
 
 impl Consumer {
     /// Connects everything and builds the router; `stats` is where its
-    /// counters show up while it runs.
-    pub async fn start(&self) -> anyhow::Result<(Router, Stats)> {
+    /// counters show up while it runs. A database that cannot be reached
+    /// is retried with capped backoff (logged once); `None` when shut down
+    /// before it answered.
+    pub async fn start(
+        &self,
+        shutdown: &CancellationToken,
+    ) -> anyhow::Result<Option<(Router, Stats)>> {
         let name = &self.name;
-        let db = Database::connect(&self.database).await.with_context(|| {
-            format!("consumer `{name}`: cannot open {}", redact(&self.database))
-        })?;
+        let backoff = ferry_relay::SinkBackoff {
+            initial: self.router.resubscribe.initial_backoff,
+            max: self.router.resubscribe.max_backoff,
+        };
+        let Some(db) = crate::pipeline::connect_retrying(
+            &self.database,
+            &ferry_store::ConnectOptions::default(),
+            &format!("consumer `{name}`"),
+            name,
+            &backoff,
+            shutdown,
+        )
+        .await?
+        else {
+            return Ok(None);
+        };
         if self.migrate {
             db.migrate()
                 .await
@@ -161,7 +179,7 @@ impl Consumer {
             .build()
             .map_err(|e| anyhow::anyhow!("consumer `{name}`: {}", error_chain(&e)))?;
         let stats = router.stats();
-        Ok((router, stats))
+        Ok(Some((router, stats)))
     }
 
     /// Runs `router` until `shutdown`, logging what was given back.

@@ -329,8 +329,9 @@ async fn run(command: Command) -> anyhow::Result<()> {
             let mut started = Ok(());
             for c in &config.consumers {
                 let consumer = consume::Consumer::from(c);
-                match consumer.start().await {
-                    Ok((router, stats)) => {
+                match consumer.start(&shutdown).await {
+                    Ok(None) => break,
+                    Ok(Some((router, stats))) => {
                         metrics.add_consumer(&consumer.name, stats);
                         tasks.spawn(consume::Consumer::run(
                             consumer.name.clone(),
@@ -460,7 +461,9 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 router,
             };
             let shutdown = shutdown_on_signal();
-            let (router, stats) = consumer.start().await?;
+            let Some((router, stats)) = consumer.start(&shutdown).await? else {
+                return Ok(());
+            };
             if let Some(listen) = listen {
                 let metrics = metrics::Metrics::default();
                 metrics.add_consumer(&consumer.name, stats);

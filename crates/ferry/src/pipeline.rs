@@ -115,22 +115,44 @@ impl Pipeline {
 /// `None` when shut down before connecting.
 async fn connect(p: &Pipeline, shutdown: &CancellationToken) -> anyhow::Result<Option<Database>> {
     let options = p.relay.connect_options();
-    let health = Health::new("database", &p.relay.name, &p.relay.sink_backoff)
-        .with_words("unreachable", "reachable");
+    connect_retrying(
+        &p.database,
+        &options,
+        &format!("pipeline `{}`", p.relay.name),
+        &p.relay.name,
+        &p.relay.sink_backoff,
+        shutdown,
+    )
+    .await
+}
+
+/// Connects to `url`, retrying with `backoff` while the database is
+/// unreachable (logged when it goes down and when it is back), failing at
+/// once on errors no retry fixes. `None` when shut down before connecting.
+/// `what` names the pipeline or consumer in errors, `name` in logs.
+pub async fn connect_retrying(
+    url: &str,
+    options: &ferry_store::ConnectOptions,
+    what: &str,
+    name: &str,
+    backoff: &ferry_relay::SinkBackoff,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<Option<Database>> {
+    let health = Health::new("database", name, backoff).with_words("unreachable", "reachable");
     loop {
-        match Database::connect_with(&p.database, &options).await {
+        match Database::connect_with(url, options).await {
             Ok(db) => {
                 health.succeeded();
                 return Ok(Some(db));
             }
             Err(e) if e.is_retryable() => {
-                health.failed(&format!("{} ({})", error_chain(&e), redact(&p.database)));
+                health.failed(&format!("{} ({})", error_chain(&e), redact(url)));
                 tokio::select! {
                     _ = tokio::time::sleep(health.pause_left().unwrap_or_default()) => {}
                     _ = shutdown.cancelled() => return Ok(None),
                 }
             }
-            Err(e) => bail!("pipeline `{}`: {}", p.relay.name, error_chain(&e)),
+            Err(e) => bail!("{what}: {}", error_chain(&e)),
         }
     }
 }

@@ -535,10 +535,18 @@ pub(crate) async fn poll_lag(
     loop {
         let read = tokio::select! {
             _ = stop.cancelled() => return,
-            _ = ticks.tick() => tokio::select! {
-                _ = stop.cancelled() => return,
-                read = subscriber.lag(&subscription) => read,
-            },
+            _ = ticks.tick() => {
+                // Not subscribed (yet, or the broker is down, which the
+                // subscription already reports): the group may not exist,
+                // and asking would only add errors to the log.
+                if !counters.subscribed.load(Ordering::Relaxed) {
+                    continue;
+                }
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    read = subscriber.lag(&subscription) => read,
+                }
+            }
         };
         match read {
             Ok(lag) => {

@@ -655,3 +655,43 @@ async fn a_redis_restart_mid_stream_loses_nothing() {
     assert_eq!((stats.pending, stats.dead), (0, 0));
     drop((relay, consumer));
 }
+
+/// The consumer's database is unreachable at start (a closed PostgreSQL
+/// port): `ferry consume` keeps retrying with backoff, logs that once, and
+/// stops cleanly on SIGTERM.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_database_is_retried_not_fatal() {
+    let port = ferry_testkit::nats_server::free_port();
+    let url = format!("postgres://postgres@127.0.0.1:{port}/x");
+    let mut child = Command::new(FERRY)
+        .args([
+            "consume",
+            "--from",
+            "nats://127.0.0.1:4222?stream=FERRY&subject_prefix=ferry.",
+        ])
+        .args([
+            "--to",
+            "http://127.0.0.1:1/",
+            "--topic",
+            "t",
+            "--database",
+            &url,
+        ])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "still running, retrying"
+    );
+    sigterm(&child);
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        log.matches("database unreachable").count(),
+        1,
+        "logged once, not per attempt:\n{log}"
+    );
+}
