@@ -134,3 +134,43 @@ async fn store_dead_letters_on_mariadb() {
     let db = MysqlTestDb::create().await;
     recorded_in_the_table(&db.url).await;
 }
+
+/// The same poison message delivered twice (a redelivery after the record's
+/// answer was lost, a producer's re-send) is buried once: the letter's id
+/// comes from the consumer and the message id.
+#[tokio::test]
+async fn a_message_buried_twice_is_one_dead_letter() {
+    let db_file = SqliteTestDb::create();
+    let db = ferry_store::Database::connect(&db_file.url).await.unwrap();
+    db.migrate().await.unwrap();
+    let broker = MemoryBroker::new();
+    let t = topic("buried-twice");
+    let router = Router::builder()
+        .subscriber(Arc::new(broker.clone()))
+        .dead_letters(Arc::new(StoreDeadLetters::new(db.clone())))
+        .config(&RouterConfig::default())
+        .event(&t, "g", poison())
+        .build()
+        .unwrap();
+    let stats = router.stats();
+    let running = Running::start(router);
+    wait_for("subscribed", || {
+        stats.snapshot().iter().all(|s| s.subscribed)
+    })
+    .await;
+    let m = Message::event(&t, "poison");
+    for _ in 0..2 {
+        for r in broker.deliver(std::slice::from_ref(&m)).await {
+            r.unwrap();
+        }
+    }
+    wait_for("both deliveries buried", || {
+        stats.get(&t, "g").is_some_and(|s| s.dead_lettered == 2)
+    })
+    .await;
+    running.shut_down().await;
+    let letters = db.dead_letters(None, 10).await.unwrap();
+    assert_eq!(letters.len(), 1, "{letters:?}");
+    assert_eq!(letters[0].message.id, m.id);
+    db.close().await;
+}

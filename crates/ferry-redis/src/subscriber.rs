@@ -477,24 +477,28 @@ struct RedisAcker {
 impl RedisAcker {
     /// Sets the entry's idle time (as this consumer's) to `idle`.
     async fn set_idle(&self, idle: Duration) -> Result<(), SubscribeError> {
-        let shared = &self.shared;
-        query(
-            &shared.manager,
-            redis::cmd("XCLAIM")
-                .arg(&shared.key)
-                .arg(&shared.group)
-                .arg(&shared.consumer)
-                .arg(0)
-                .arg(&self.id)
-                .arg("IDLE")
-                .arg(idle.as_millis() as u64)
-                .arg("JUSTID"),
-            shared.timeout,
-        )
-        .await
-        .map(drop)
-        .map_err(|e| command_error("could not give the entry back", e))
+        set_idle(&self.shared, &self.id, idle).await
     }
+}
+
+/// Sets entry `id`'s idle time (as this consumer's) to `idle`.
+async fn set_idle(shared: &Shared, id: &str, idle: Duration) -> Result<(), SubscribeError> {
+    query(
+        &shared.manager,
+        redis::cmd("XCLAIM")
+            .arg(&shared.key)
+            .arg(&shared.group)
+            .arg(&shared.consumer)
+            .arg(0)
+            .arg(id)
+            .arg("IDLE")
+            .arg(idle.as_millis() as u64)
+            .arg("JUSTID"),
+        shared.timeout,
+    )
+    .await
+    .map(drop)
+    .map_err(|e| command_error("could not give the entry back", e))
 }
 
 impl Acker for RedisAcker {
@@ -529,22 +533,29 @@ impl Acker for RedisAcker {
                 return Ok(());
             }
             // Longer than Redis can be told: hold the entry, keeping it
-            // fresh, until the rest of the delay fits.
+            // fresh, until the rest of the delay fits. The prefetch slot is
+            // free meanwhile: the entry is not in this consumer's hands.
             self.set_idle(Duration::ZERO).await?;
             let until = Instant::now() + delay;
+            let RedisAcker {
+                shared,
+                id,
+                _permit,
+            } = *self;
+            drop(_permit);
             tokio::spawn(async move {
                 loop {
                     let rest = until.saturating_duration_since(Instant::now());
                     if rest < claim_idle {
-                        if let Err(e) = self.set_idle(claim_idle - rest).await {
+                        if let Err(e) = set_idle(&shared, &id, claim_idle - rest).await {
                             tracing::debug!(error = %e.describe(), "delayed redis nack failed");
                         }
-                        nudge_after(self.shared.clone(), rest);
+                        nudge_after(shared.clone(), rest);
                         return;
                     }
                     tokio::time::sleep((rest - claim_idle).min(claim_idle / 2)).await;
                     if rest - claim_idle >= claim_idle / 2 {
-                        let _ = self.set_idle(Duration::ZERO).await;
+                        let _ = set_idle(&shared, &id, Duration::ZERO).await;
                     }
                 }
             });

@@ -209,6 +209,21 @@ impl DeadLetters for StoreDeadLetters {
     }
 }
 
+/// The dead letter's id for `message` buried by `consumer`: the same each
+/// time, so that burying it again (the record's answer was lost and the
+/// message came back) stores it once. The message id with a hash of the
+/// consumer mixed in, so two consumers burying one message keep a letter
+/// each.
+fn letter_id(consumer: &str, message: &Message) -> uuid::Uuid {
+    // FNV-1a over 128 bits: a fixed function, the same in every build.
+    let mut hash: u128 = 0x6c62_272e_07bb_0142_62b8_2175_6295_c58d;
+    for b in consumer.bytes() {
+        hash ^= u128::from(b);
+        hash = hash.wrapping_mul(0x0000_0000_0100_0000_0000_0000_0000_013b);
+    }
+    uuid::Uuid::from_u128(message.id.0.as_u128() ^ hash)
+}
+
 /// Dead-letters `message` into `dead_letters`, marking the context so the
 /// router counts it; an error becomes a transient handler error, so the
 /// message is given back and tried again.
@@ -218,12 +233,13 @@ pub(crate) async fn bury(
     cx: &Context,
     error: &HandlerError,
 ) -> Result<(), HandlerError> {
-    let letter = DeadLetter::new(
+    let mut letter = DeadLetter::new(
         cx.group(),
         message.clone(),
         error.describe(),
         error.attempts.or(cx.delivery_count()).unwrap_or(1).max(1),
     );
+    letter.id = letter_id(cx.group(), message);
     match dead_letters.record(&letter).await {
         Ok(()) => {
             tracing::warn!(
