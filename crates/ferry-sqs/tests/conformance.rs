@@ -28,8 +28,11 @@ impl Moto {
             queue_prefix: "ferry-".to_owned(),
             fifo,
             // Long enough for a prefetched batch to be handled one by one
-            // while two dozen cases share one moto process.
-            visibility_timeout: Duration::from_secs(10),
+            // while two dozen cases share one moto process: with 10 s, a
+            // loaded machine saw a message held that long come back to the
+            // group's other consumer (at-least-once, but the group-sharing
+            // case counts receipts).
+            visibility_timeout: Duration::from_secs(30),
             wait_time: Duration::from_secs(1),
             ..SqsConfig::default()
         };
