@@ -33,18 +33,7 @@ async fn round_trip_keeps_every_field() {
 
     let received = next(&mut stream).await;
     assert_eq!(received.delivery_count, Some(1));
-    let got = received.message.as_ref().unwrap().clone();
-    assert_eq!(got.id, sent.id);
-    assert_eq!(got.kind, sent.kind);
-    assert_eq!(got.topic, sent.topic);
-    assert_eq!(got.key, sent.key);
-    assert_eq!(got.headers, sent.headers);
-    assert_eq!(got.content_type, sent.content_type);
-    assert_eq!(got.payload, sent.payload);
-    assert_eq!(
-        got.created_at.timestamp_micros(),
-        sent.created_at.timestamp_micros()
-    );
+    ferry_conformance::cases::assert_same_message(received.message.as_ref().unwrap(), &sent);
     received.ack().await.unwrap();
     expect_nothing(&mut stream, Duration::from_millis(300)).await;
 }

@@ -277,7 +277,7 @@ fn received(message: jetstream::Message) -> Received {
         .headers
         .iter()
         .flat_map(|headers| headers.iter())
-        .filter(|(name, _)| !name.to_string().starts_with("Nats-"))
+        .filter(|(name, _)| !AsRef::<str>::as_ref(*name).starts_with("Nats-"))
         .filter_map(|(name, values)| {
             values
                 .first()
