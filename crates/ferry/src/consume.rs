@@ -5,12 +5,10 @@
 
 use std::sync::Arc;
 
-use anyhow::{bail, Context};
 use ferry_consumer::{Forward, Router, RouterConfig, Stats, StoreDeadLetters};
 use ferry_core::{Kind, Sink, Subscriber};
 use ferry_relay::CancellationToken;
 use ferry_sinks::{SinkConfig, SourceConfig};
-use ferry_store::{redact, StoreError};
 use serde::{Deserialize, Deserializer};
 
 use crate::config::error_chain;
@@ -136,20 +134,13 @@ impl Consumer {
         else {
             return Ok(None);
         };
-        if self.migrate {
-            db.migrate()
-                .await
-                .with_context(|| format!("consumer `{name}`: migration failed"))?;
-        } else {
-            match db.check_schema().await {
-                Err(StoreError::SchemaMissing) => bail!(
-                    "consumer `{name}`: the database has no Ferry tables yet; run `ferry migrate --database {}` \
-                     or set `migrate = true`",
-                    redact(&self.database)
-                ),
-                checked => checked.with_context(|| format!("consumer `{name}`: schema check failed"))?,
-            }
-        }
+        crate::pipeline::prepare_schema(
+            &db,
+            self.migrate,
+            &format!("consumer `{name}`"),
+            &self.database,
+        )
+        .await?;
         let subscriber: Arc<dyn Subscriber> = self.from.build().await.map_err(|e| {
             anyhow::anyhow!(
                 "consumer `{name}`: cannot start the {} subscriber: {}",

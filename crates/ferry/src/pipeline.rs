@@ -79,24 +79,13 @@ impl Pipeline {
         let Some(db) = connect(&self, &shutdown).await? else {
             return Ok(());
         };
-        if self.migrate {
-            let applied = db
-                .migrate()
-                .await
-                .with_context(|| format!("pipeline `{name}`: migration failed"))?;
-            if !applied.is_empty() {
-                tracing::info!(pipeline = %name, ?applied, "applied migrations");
-            }
-        } else {
-            match db.check_schema().await {
-                Err(StoreError::SchemaMissing) => bail!(
-                    "pipeline `{name}`: the database has no Ferry outbox yet; run `ferry migrate --database {}` \
-                     or set `migrate = true`",
-                    redact(&self.database)
-                ),
-                checked => checked.with_context(|| format!("pipeline `{name}`: schema check failed"))?,
-            }
-        }
+        prepare_schema(
+            &db,
+            self.migrate,
+            &format!("pipeline `{name}`"),
+            &self.database,
+        )
+        .await?;
         let sink: Arc<dyn Sink> = self.sink.build().await.map_err(|e| {
             anyhow::anyhow!(
                 "pipeline `{name}`: cannot start the sink: {}",
@@ -107,6 +96,35 @@ impl Pipeline {
             .finished()
             .await?;
         Ok(())
+    }
+}
+
+/// Applies Ferry's migrations when `migrate` is set, else checks that the
+/// schema is there and not newer than this binary. `what` names the
+/// pipeline or consumer in errors.
+pub async fn prepare_schema(
+    db: &Database,
+    migrate: bool,
+    what: &str,
+    url: &str,
+) -> anyhow::Result<()> {
+    if migrate {
+        let applied = db
+            .migrate()
+            .await
+            .with_context(|| format!("{what}: migration failed"))?;
+        if !applied.is_empty() {
+            tracing::info!(%what, ?applied, "applied migrations");
+        }
+        return Ok(());
+    }
+    match db.check_schema().await {
+        Err(StoreError::SchemaMissing) => bail!(
+            "{what}: the database has no Ferry tables yet; run `ferry migrate --database {}` \
+             or set `migrate = true`",
+            redact(url)
+        ),
+        checked => checked.with_context(|| format!("{what}: schema check failed")),
     }
 }
 
