@@ -58,7 +58,7 @@ pub struct BrokersArgs {
     #[arg(long, default_value = "127.0.0.1:19092")]
     pub kafka: String,
     /// SQS endpoint (moto here: `scripts/sqs.sh`).
-    #[arg(long, default_value = "http://127.0.0.1:19324")]
+    #[arg(long, default_value = "http://127.0.0.1:19325")]
     pub sqs_endpoint: String,
     /// Also measure outbox -> broker -> consumer with an inbox, both on this
     /// PostgreSQL server (a scratch database per run); `none` to skip.

@@ -238,7 +238,7 @@ fn broker_urls_choose_their_adapter() {
         ),
         ("redis://127.0.0.1:6379/0?stream_prefix=ferry.", "redis"),
         ("kafka://127.0.0.1:19092?topic_prefix=ferry.", "kafka"),
-        ("sqs+http://127.0.0.1:19324?region=us-east-1", "sqs"),
+        ("sqs+http://127.0.0.1:19325?region=us-east-1", "sqs"),
         (
             "nats://127.0.0.1:4222?stream=FERRY&subject_prefix=ferry.",
             "nats",

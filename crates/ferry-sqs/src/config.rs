@@ -23,7 +23,7 @@ use crate::queue::{is_queue_name, MAX_QUEUE_NAME};
 #[derive(Clone, PartialEq, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SqsConfig {
-    /// The SQS endpoint, e.g. `http://127.0.0.1:19324` for a local server.
+    /// The SQS endpoint, e.g. `http://127.0.0.1:19325` for a local server.
     /// Unset (the default), AWS's endpoint for `region`.
     #[serde(default)]
     pub endpoint: Option<Url>,
@@ -387,12 +387,12 @@ mod tests {
     #[test]
     fn from_url_reads_endpoints_and_settings() {
         let config = SqsConfig::from_url(
-            "sqs+http://key:s%2Fecret@127.0.0.1:19324?region=eu-west-1&fifo=true&queue_prefix=ferry-&dead_letter_queue=dead&max_receive_count=3&visibility_timeout=5s",
+            "sqs+http://key:s%2Fecret@127.0.0.1:19325?region=eu-west-1&fifo=true&queue_prefix=ferry-&dead_letter_queue=dead&max_receive_count=3&visibility_timeout=5s",
         )
         .unwrap();
         assert_eq!(
             config.endpoint.as_ref().map(Url::as_str),
-            Some("http://127.0.0.1:19324/")
+            Some("http://127.0.0.1:19325/")
         );
         assert_eq!(config.region, "eu-west-1");
         assert_eq!(config.access_key_id.as_deref(), Some("key"));

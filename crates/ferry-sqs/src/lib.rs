@@ -8,7 +8,7 @@
 //!
 //! Both are configured by one [`SqsConfig`], from the configuration file or
 //! a URL ([`SqsConfig::from_url`]): `sqs://?region=eu-west-1` for AWS,
-//! `sqs+http://127.0.0.1:19324` for a local server.
+//! `sqs+http://127.0.0.1:19325` for a local server.
 //!
 //! # Message encoding
 //!

@@ -20,7 +20,7 @@ struct Moto {
 impl Moto {
     fn new(fifo: bool) -> Self {
         let endpoint = std::env::var("FERRY_SQS_ENDPOINT")
-            .unwrap_or_else(|_| "http://127.0.0.1:19324".to_owned());
+            .unwrap_or_else(|_| "http://127.0.0.1:19325".to_owned());
         let config = SqsConfig {
             endpoint: Some(endpoint.parse().unwrap()),
             access_key_id: Some("test".to_owned()),
@@ -28,10 +28,7 @@ impl Moto {
             queue_prefix: "ferry-".to_owned(),
             fifo,
             // Long enough for a prefetched batch to be handled one by one
-            // while two dozen cases share one moto process: with 10 s, a
-            // loaded machine saw a message held that long come back to the
-            // group's other consumer (at-least-once, but the group-sharing
-            // case counts receipts).
+            // while two dozen cases share one moto process.
             visibility_timeout: Duration::from_secs(30),
             wait_time: Duration::from_secs(1),
             ..SqsConfig::default()

@@ -17,7 +17,7 @@ fn unique(what: &str) -> String {
 
 fn config(fifo: bool) -> SqsConfig {
     let endpoint =
-        std::env::var("FERRY_SQS_ENDPOINT").unwrap_or_else(|_| "http://127.0.0.1:19324".to_owned());
+        std::env::var("FERRY_SQS_ENDPOINT").unwrap_or_else(|_| "http://127.0.0.1:19325".to_owned());
     SqsConfig {
         endpoint: Some(endpoint.parse().unwrap()),
         access_key_id: Some("test".to_owned()),

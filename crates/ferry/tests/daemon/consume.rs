@@ -530,7 +530,7 @@ async fn relay_and_consume_through_kafka() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn relay_and_consume_through_sqs() {
     relay_and_consume_through(
-        "sqs+http://test:test@127.0.0.1:19324?region=us-east-1&queue_prefix=ferrydaemontest-",
+        "sqs+http://test:test@127.0.0.1:19325?region=us-east-1&queue_prefix=ferrydaemontest-",
     )
     .await;
 }
