@@ -53,6 +53,20 @@ pub enum StoreError {
     /// An admin command's id is neither a sequence number nor a UUID.
     #[error("`{0}` is neither a sequence number nor a message id")]
     InvalidMessageRef(String),
+    /// An event store page was asked with a limit of 0 or above the largest
+    /// page ([`crate::event_store::MAX_PAGE`]); the same request will fail
+    /// again.
+    #[error("page limit {limit} is out of range (1 to {max})")]
+    InvalidPageLimit {
+        /// The limit asked for.
+        limit: u32,
+        /// The largest limit allowed.
+        max: u32,
+    },
+    /// An event store offset was negative; the same request will fail
+    /// again.
+    #[error("offset {0} is negative")]
+    NegativeOffset(i64),
 }
 
 impl StoreError {

@@ -15,6 +15,7 @@ use ferry_testkit::{MysqlTestDb, PgTestDb, SqliteTestDb};
 
 mod conformance;
 mod consumer;
+mod events;
 mod mysql_only;
 mod postgres_only;
 
