@@ -38,10 +38,11 @@ pub struct ExecutorConfig {
     /// in the submitting task, which slows the submitter down).
     pub overload: OverloadPolicy,
     /// Attempts per task and the waits between them (backoff with jitter,
-    /// capped). Without a `retry` table: 5 attempts, 500ms growing to at
-    /// most 30s. Fields left out of a `retry` table take Ferry's retry
-    /// defaults (see docs/config.md).
-    #[serde(default = "default_retry")]
+    /// capped): `max_attempts` (default 5), `initial_backoff` (`"500ms"`),
+    /// `max_backoff` (`"30s"`), `multiplier` (2) and `jitter` (0.2); a field
+    /// left out takes its default. Keep `max_backoff` short: a task keeps
+    /// its slot while it waits to retry.
+    #[serde(deserialize_with = "retry_with_executor_defaults")]
     pub retry: RetryPolicy,
     /// How long a shutdown lets queued and running tasks finish before it
     /// cancels them (and records them in the failure log), e.g. `"30s"`.
@@ -73,6 +74,37 @@ fn default_retry() -> RetryPolicy {
         multiplier: 2.0,
         jitter: 0.2,
     }
+}
+
+/// The `retry` table as written: the fields given.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RetryFields {
+    max_attempts: Option<u32>,
+    #[serde(default, with = "humantime_serde")]
+    initial_backoff: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    max_backoff: Option<Duration>,
+    multiplier: Option<f64>,
+    jitter: Option<f64>,
+}
+
+/// A `retry` table whose missing fields take the executor's defaults (not
+/// [`RetryPolicy::default`], whose 5-minute backoff suits a relay, not a
+/// task holding a slot).
+fn retry_with_executor_defaults<'de, D>(deserializer: D) -> Result<RetryPolicy, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    let given = RetryFields::deserialize(deserializer)?;
+    let base = default_retry();
+    Ok(RetryPolicy {
+        max_attempts: given.max_attempts.unwrap_or(base.max_attempts),
+        initial_backoff: given.initial_backoff.unwrap_or(base.initial_backoff),
+        max_backoff: given.max_backoff.unwrap_or(base.max_backoff),
+        multiplier: given.multiplier.unwrap_or(base.multiplier),
+        jitter: given.jitter.unwrap_or(base.jitter),
+    })
 }
 
 impl Default for ExecutorConfig {
@@ -145,6 +177,20 @@ mod tests {
         assert_eq!(c.retry.max_attempts, 4);
         assert_eq!(c.retry.initial_backoff, Duration::from_millis(10));
         assert!(c.validate().is_ok());
+    }
+
+    #[test]
+    fn retry_fields_left_out_take_the_executor_defaults() {
+        let c: ExecutorConfig = toml::from_str("[retry]\nmax_attempts = 2").unwrap();
+        assert_eq!(
+            c.retry,
+            RetryPolicy {
+                max_attempts: 2,
+                ..default_retry()
+            }
+        );
+        let e = toml::from_str::<ExecutorConfig>("[retry]\nmax_attempt = 2").unwrap_err();
+        assert!(e.to_string().contains("max_attempt"), "{e}");
     }
 
     #[test]

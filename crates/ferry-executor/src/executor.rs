@@ -40,10 +40,13 @@ type Handler = Arc<dyn Fn(Value) -> TaskFuture + Send + Sync>;
 /// submitted with a JSON input: re-runnable from the failure log) or
 /// *ad-hoc* closures (recorded, but not re-runnable).
 ///
-/// Delivery is at-most-once-per-attempt in memory: a process crash loses
-/// queued and running tasks (use the outbox or the event store for work
-/// that must survive a crash). [`Executor::shutdown`] drains within a
-/// deadline and records what it had to cancel.
+/// Tasks live in memory: a process crash loses queued and running tasks
+/// (use the outbox or the event store for work that must survive a crash).
+/// [`Executor::shutdown`] drains within a deadline and records in the
+/// failure log what it had to cancel.
+///
+/// Functions that return before the task is done end in `_async` and
+/// return a [`TaskHandle`]; see the crate documentation.
 ///
 /// Cloning gives another handle on the same executor. Dropping every
 /// handle without a shutdown lets queued and running tasks finish while
@@ -117,9 +120,12 @@ impl std::fmt::Debug for Executor {
 }
 
 impl Executor {
-    /// Starts an executor (its dispatcher is a task on the current Tokio
-    /// runtime, so call this inside one) that hands spent failures to
-    /// `failure_log`.
+    /// Starts an executor that hands spent failures to `failure_log`.
+    ///
+    /// # Panics
+    ///
+    /// Outside a Tokio runtime: its dispatcher is a task on the current
+    /// runtime.
     pub fn new(
         config: ExecutorConfig,
         failure_log: Arc<dyn FailureLog>,

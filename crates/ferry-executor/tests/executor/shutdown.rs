@@ -1,0 +1,220 @@
+//! Graceful shutdown with the log-only failure log, on the paused clock.
+
+use std::time::Duration;
+
+use ferry_executor::{OverloadPolicy, SubmitError, TaskOutcome, UnfinishedState};
+
+use crate::{config, log_only, next_start, started, Latch};
+
+#[tokio::test(start_paused = true)]
+async fn shutdown_drains_queued_and_running_tasks_within_the_deadline() {
+    let executor = log_only(config(1, 10, OverloadPolicy::Wait, 1));
+    let mut handles = Vec::new();
+    for i in 0..4 {
+        handles.push(
+            executor
+                .submit_async(format!("task {i}"), || async {
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    Ok::<_, std::io::Error>(())
+                })
+                .await
+                .unwrap(),
+        );
+    }
+    let started = tokio::time::Instant::now();
+    let report = executor.shutdown(Duration::from_secs(10)).await;
+    assert!(report.is_complete(), "{report:?}");
+    // One slot, four tasks of a second each: shutdown waited for them all.
+    assert!(
+        started.elapsed() >= Duration::from_secs(4),
+        "{:?}",
+        started.elapsed()
+    );
+    for h in handles {
+        assert_eq!(h.await, TaskOutcome::Succeeded { attempts: 1 });
+    }
+    let m = executor.metrics();
+    assert_eq!(
+        (m.done, m.cancelled, m.queued, m.running),
+        (4, 0, 0, 0),
+        "{m:?}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn tasks_that_outrun_the_deadline_are_cancelled_and_reported() {
+    let executor = log_only(config(1, 10, OverloadPolicy::Wait, 1));
+    let never = Latch::new();
+    let (tx, mut rx) = started();
+    let stuck = {
+        let never = never.clone();
+        executor
+            .submit_async("stuck", move || {
+                let (never, tx) = (never.clone(), tx.clone());
+                async move {
+                    let _ = tx.send("stuck".to_owned());
+                    never.wait().await;
+                    Ok::<_, std::io::Error>(())
+                }
+            })
+            .await
+            .unwrap()
+    };
+    let waiting = executor
+        .submit_async("waiting", crate::succeeds)
+        .await
+        .unwrap();
+    next_start(&mut rx).await;
+
+    let started = tokio::time::Instant::now();
+    let report = executor.shutdown(Duration::from_secs(5)).await;
+    assert!(started.elapsed() >= Duration::from_secs(5));
+    let mut unfinished = report.unfinished.clone();
+    unfinished.sort_by(|a, b| a.name.cmp(&b.name));
+    assert_eq!(unfinished.len(), 2, "{report:?}");
+    assert_eq!(
+        (
+            unfinished[0].name.as_str(),
+            unfinished[0].state,
+            unfinished[0].attempts
+        ),
+        ("stuck", UnfinishedState::Running, 1)
+    );
+    assert_eq!(unfinished[0].id, stuck.id());
+    assert_eq!(
+        (
+            unfinished[1].name.as_str(),
+            unfinished[1].state,
+            unfinished[1].attempts
+        ),
+        ("waiting", UnfinishedState::Queued, 0)
+    );
+    assert!(
+        !unfinished[0].recorded,
+        "the log-only failure log keeps nothing"
+    );
+    assert_eq!(
+        stuck.await,
+        TaskOutcome::Cancelled {
+            attempts: 1,
+            recorded: false
+        }
+    );
+    assert_eq!(
+        waiting.await,
+        TaskOutcome::Cancelled {
+            attempts: 0,
+            recorded: false
+        }
+    );
+    let m = executor.metrics();
+    assert_eq!(
+        (m.cancelled, m.done, m.queued, m.running),
+        (2, 0, 0, 0),
+        "{m:?}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_task_waiting_to_retry_is_cancelled_at_the_deadline() {
+    let mut c = config(1, 10, OverloadPolicy::Wait, 3);
+    c.retry.initial_backoff = Duration::from_secs(60);
+    c.retry.max_backoff = Duration::from_secs(60);
+    let executor = log_only(c);
+    let handle = executor
+        .submit_async("slow_retry", crate::always_fails)
+        .await
+        .unwrap();
+    let report = executor.shutdown(Duration::from_secs(1)).await;
+    assert_eq!(report.unfinished.len(), 1, "{report:?}");
+    assert_eq!(report.unfinished[0].state, UnfinishedState::Running);
+    assert_eq!(
+        handle.await,
+        TaskOutcome::Cancelled {
+            attempts: 1,
+            recorded: false
+        }
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn submissions_after_shutdown_are_refused() {
+    let executor = log_only(config(1, 1, OverloadPolicy::Wait, 1));
+    executor
+        .register("registered", |_| crate::succeeds())
+        .unwrap();
+    assert!(!executor.is_shutting_down());
+    let report = executor.shutdown(Duration::from_secs(1)).await;
+    assert!(report.is_complete());
+    assert!(executor.is_shutting_down());
+    let err = executor
+        .submit_async("late", crate::succeeds)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, SubmitError::ShuttingDown { task } if task == "late"),
+        "{err:?}"
+    );
+    assert!(!err.is_retryable());
+    assert!(err.to_string().contains("shutting down"), "{err}");
+    let err = executor
+        .submit_registered_async("registered", serde_json::json!(1))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, SubmitError::ShuttingDown { .. }), "{err:?}");
+    assert!(executor
+        .shutdown(Duration::from_secs(1))
+        .await
+        .is_complete());
+    assert_eq!(executor.metrics().rejected, 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_submitter_waiting_for_room_is_refused_when_shutdown_begins() {
+    let executor = log_only(config(1, 1, OverloadPolicy::Wait, 1));
+    let latch = Latch::new();
+    let (tx, mut rx) = started();
+    let mut handles = Vec::new();
+    for name in ["running", "queued"] {
+        let (latch, tx) = (latch.clone(), tx.clone());
+        handles.push(
+            executor
+                .submit_async(name, move || {
+                    let (latch, tx) = (latch.clone(), tx.clone());
+                    async move {
+                        let _ = tx.send(name.to_owned());
+                        latch.wait().await;
+                        Ok::<_, std::io::Error>(())
+                    }
+                })
+                .await
+                .unwrap(),
+        );
+        if name == "running" {
+            next_start(&mut rx).await;
+        }
+    }
+    let mut blocked = {
+        let executor = executor.clone();
+        tokio::spawn(async move { executor.submit_async("blocked", crate::succeeds).await })
+    };
+    // The submitter waits for room (paused time: it would have finished).
+    assert!(tokio::time::timeout(Duration::from_secs(5), &mut blocked)
+        .await
+        .is_err());
+    let shutdown = {
+        let executor = executor.clone();
+        tokio::spawn(async move { executor.shutdown(Duration::from_secs(30)).await })
+    };
+    let err = blocked.await.unwrap().unwrap_err();
+    assert!(
+        matches!(&err, SubmitError::ShuttingDown { task } if task == "blocked"),
+        "{err:?}"
+    );
+    // The tasks already taken still finish: the shutdown drains them.
+    latch.open();
+    assert!(shutdown.await.unwrap().is_complete());
+    for h in handles {
+        assert!(h.await.is_success());
+    }
+}
