@@ -10,13 +10,18 @@
 //! * [`inbox`]: the idempotent inbox — a consumer records each message id
 //!   in the transaction that applies it, and skips redeliveries.
 //! * [`dead_letters`]: messages a consumer gave up on, kept for replay.
+//! * [`event_store`]: the append-only event log, reader offsets and the
+//!   events readers gave up on.
+//! * [`task_failures`]: the executor's failure log.
 
 mod database;
 pub mod dead_letters;
 mod error;
+pub mod event_store;
 pub mod inbox;
 mod migrate;
 pub mod outbox;
+pub mod task_failures;
 
 pub use database::{redact, ConnectOptions, Database, DatabaseKind};
 pub use dead_letters::DeadLetter;

@@ -28,7 +28,7 @@ impl Migration {
     }
 }
 
-/// The same three migrations on every database, one directory each.
+/// The same migrations on every database, one directory each.
 macro_rules! migrations {
     ($dir:literal) => {
         &[
@@ -46,6 +46,16 @@ macro_rules! migrations {
                 version: 3,
                 name: "dead_letters",
                 sql: include_str!(concat!("../migrations/", $dir, "/0003_dead_letters.sql")),
+            },
+            Migration {
+                version: 4,
+                name: "event_store",
+                sql: include_str!(concat!("../migrations/", $dir, "/0004_event_store.sql")),
+            },
+            Migration {
+                version: 5,
+                name: "task_failures",
+                sql: include_str!(concat!("../migrations/", $dir, "/0005_task_failures.sql")),
             },
         ]
     };
