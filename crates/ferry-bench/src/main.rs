@@ -10,6 +10,8 @@
 //!   broker's raw publish rate with the same client crate.
 //! * `nats-raw`: JetStream's own publish rate, the ceiling for the NATS figure.
 //! * `peer`: the adapter for the bench-peers harness.
+//! * `events`: the event store's append rate beside a raw insert, the
+//!   forwarder's rate to a no-op handler and the HTTP API's pages/s.
 //! * `clean`: drops scratch databases left behind by interrupted runs.
 //!
 //! How to run them: `bench/README.md`.
@@ -18,6 +20,7 @@ mod brokers;
 mod ceiling;
 mod destination;
 mod drain;
+mod events;
 mod handoff;
 mod latency;
 mod natsraw;
@@ -73,6 +76,9 @@ enum Command {
     /// NATS JetStream's own publish rate with the same client crate (lighter
     /// messages than the relay's): the ceiling for the relay's NATS figure.
     NatsRaw(natsraw::NatsRawArgs),
+    /// The event store: append rate beside a raw insert of the same rows,
+    /// forwarder rate to a no-op handler, HTTP API pages/s.
+    Events(events::EventsArgs),
     /// Drop scratch databases (`ferry_bench_*`) left by interrupted runs.
     Clean {
         /// The PostgreSQL server, or `sqlite://` / `sqlite:///dir`.
@@ -110,6 +116,7 @@ async fn main() -> ExitCode {
         Command::All(args) => suite::run(&args, &tsv).await,
         Command::Peer { step } => peer::run(step).await,
         Command::Brokers(args) => brokers::run(&args, &tsv).await,
+        Command::Events(args) => events::run(args, &tsv).await,
         Command::NatsRaw(args) => natsraw::run(&args, &tsv).await.map(drop),
         Command::Clean { database } => {
             async {
