@@ -65,7 +65,11 @@ impl NewEvent {
     }
 
     /// The aggregate the event is about.
-    pub fn with_source(mut self, source_type: impl Into<String>, source_id: impl Into<String>) -> Self {
+    pub fn with_source(
+        mut self,
+        source_type: impl Into<String>,
+        source_id: impl Into<String>,
+    ) -> Self {
         self.source_type = source_type.into();
         self.source_id = source_id.into();
         self
@@ -320,21 +324,39 @@ impl Database {
         attempts: i32,
         error: &str,
     ) -> Result<(), StoreError> {
-        let _ = (reader, event, attempts, error);
-        todo!()
+        match self {
+            Database::Postgres(pool) => {
+                postgres::record_failure(pool, reader, event, attempts, error).await
+            }
+            Database::Sqlite(pool) => {
+                sqlite::record_failure(pool, reader, event, attempts, error).await
+            }
+            Database::Mysql(pool) => {
+                mysql::record_failure(pool, reader, event, attempts, error).await
+            }
+        }
     }
 
     /// Events readers gave up on, oldest first; `reader` narrows to one.
-    pub async fn event_failures(&self, reader: Option<&str>) -> Result<Vec<EventFailure>, StoreError> {
-        let _ = reader;
-        todo!()
+    pub async fn event_failures(
+        &self,
+        reader: Option<&str>,
+    ) -> Result<Vec<EventFailure>, StoreError> {
+        match self {
+            Database::Postgres(pool) => postgres::failures(pool, reader).await,
+            Database::Sqlite(pool) => sqlite::failures(pool, reader).await,
+            Database::Mysql(pool) => mysql::failures(pool, reader).await,
+        }
     }
 
     /// Forgets a recorded failure (after it was handled by hand or
     /// replayed); returns whether there was one.
     pub async fn discard_event_failure(&self, reader: &str, seq: i64) -> Result<bool, StoreError> {
-        let _ = (reader, seq);
-        todo!()
+        match self {
+            Database::Postgres(pool) => postgres::discard_failure(pool, reader, seq).await,
+            Database::Sqlite(pool) => sqlite::discard_failure(pool, reader, seq).await,
+            Database::Mysql(pool) => mysql::discard_failure(pool, reader, seq).await,
+        }
     }
 }
 

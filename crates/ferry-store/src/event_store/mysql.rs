@@ -11,7 +11,7 @@ use sqlx::mysql::MySqlRow;
 use sqlx::{MySqlConnection, MySqlPool, Row};
 
 use super::sqlite::parse_uuid;
-use super::{check_offset, EventQuery, NewEvent, StoredEvent};
+use super::{check_offset, EventFailure, EventQuery, NewEvent, StoredEvent};
 use crate::StoreError;
 
 /// Rows per multi-row `INSERT` (six placeholders each, well below the
@@ -23,7 +23,10 @@ const INSERT_CHUNK: usize = 1000;
 /// the transaction ends, other transactions' appends wait (see the module
 /// docs of [`crate::event_store`]); InnoDB's `innodb_lock_wait_timeout`
 /// bounds that wait.
-pub async fn append(conn: &mut MySqlConnection, events: &[NewEvent]) -> Result<Vec<i64>, StoreError> {
+pub async fn append(
+    conn: &mut MySqlConnection,
+    events: &[NewEvent],
+) -> Result<Vec<i64>, StoreError> {
     let mut seqs = Vec::with_capacity(events.len());
     for chunk in events.chunks(INSERT_CHUNK) {
         let rows = vec!["(?, ?, ?, ?, ?, ?)"; chunk.len()].join(", ");
@@ -73,10 +76,11 @@ pub async fn save_offset(
     .bind(offset)
     .execute(&mut *conn)
     .await?;
-    let stored: i64 = sqlx::query_scalar("SELECT position FROM ferry_event_offsets WHERE reader = ?")
-        .bind(reader)
-        .fetch_one(&mut *conn)
-        .await?;
+    let stored: i64 =
+        sqlx::query_scalar("SELECT position FROM ferry_event_offsets WHERE reader = ?")
+            .bind(reader)
+            .fetch_one(&mut *conn)
+            .await?;
     Ok(stored)
 }
 
@@ -139,4 +143,71 @@ fn event_from_row(row: &MySqlRow) -> Result<Option<StoredEvent>, sqlx::Error> {
         payload: row.try_get("payload")?,
         recorded_at: row.try_get::<DateTime<Utc>, _>("recorded_at")?,
     }))
+}
+
+pub(super) async fn record_failure(
+    pool: &MySqlPool,
+    reader: &str,
+    event: &StoredEvent,
+    attempts: i32,
+    error: &str,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO ferry_event_failures (reader, seq, event_id, attempts, last_error)
+         VALUES (?, ?, ?, ?, ?)
+         ON DUPLICATE KEY UPDATE
+             event_id = VALUES(event_id), attempts = VALUES(attempts),
+             last_error = VALUES(last_error), failed_at = CURRENT_TIMESTAMP(6)",
+    )
+    .bind(reader)
+    .bind(event.seq)
+    .bind(event.id.to_string())
+    .bind(attempts)
+    .bind(error)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+pub(super) async fn failures(
+    pool: &MySqlPool,
+    reader: Option<&str>,
+) -> Result<Vec<EventFailure>, StoreError> {
+    let rows = sqlx::query(
+        "SELECT CAST(reader AS CHAR) AS reader, seq, CAST(event_id AS CHAR) AS event_id,
+                attempts, CAST(last_error AS CHAR) AS last_error, failed_at
+         FROM ferry_event_failures
+         WHERE ? IS NULL OR reader = ?
+         ORDER BY failed_at, reader, seq",
+    )
+    .bind(reader)
+    .bind(reader)
+    .fetch_all(pool)
+    .await?;
+    let mut out = Vec::with_capacity(rows.len());
+    for row in &rows {
+        let event_id: String = row.try_get("event_id")?;
+        out.push(EventFailure {
+            reader: row.try_get("reader")?,
+            seq: row.try_get("seq")?,
+            event_id: parse_uuid("event_id", &event_id)?,
+            attempts: row.try_get("attempts")?,
+            last_error: row.try_get("last_error")?,
+            failed_at: row.try_get::<DateTime<Utc>, _>("failed_at")?,
+        });
+    }
+    Ok(out)
+}
+
+pub(super) async fn discard_failure(
+    pool: &MySqlPool,
+    reader: &str,
+    seq: i64,
+) -> Result<bool, StoreError> {
+    let done = sqlx::query("DELETE FROM ferry_event_failures WHERE reader = ? AND seq = ?")
+        .bind(reader)
+        .bind(seq)
+        .execute(pool)
+        .await?;
+    Ok(done.rows_affected() > 0)
 }

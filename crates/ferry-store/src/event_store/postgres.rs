@@ -10,7 +10,7 @@ use sqlx::postgres::PgRow;
 use sqlx::{PgConnection, PgPool, Row};
 use uuid::Uuid;
 
-use super::{check_offset, EventQuery, NewEvent, StoredEvent};
+use super::{check_offset, EventFailure, EventQuery, NewEvent, StoredEvent};
 use crate::StoreError;
 
 /// The NOTIFY channel the event store's insert trigger signals (with an
@@ -84,7 +84,11 @@ fn split_payload(payload: &[u8]) -> (Option<&str>, Option<&[u8]>) {
 /// (exactly-once for handlers whose effects live in this database). An
 /// offset at or below the stored one changes nothing; returns the stored
 /// offset afterwards. The row stays locked until the transaction ends.
-pub async fn save_offset(conn: &mut PgConnection, reader: &str, offset: i64) -> Result<i64, StoreError> {
+pub async fn save_offset(
+    conn: &mut PgConnection,
+    reader: &str,
+    offset: i64,
+) -> Result<i64, StoreError> {
     check_offset(offset)?;
     let stored: i64 = sqlx::query_scalar(
         "INSERT INTO ferry_event_offsets (reader, position) VALUES ($1, $2)
@@ -118,7 +122,9 @@ pub(super) async fn read_events(
          ) e ON true
          ORDER BY e.seq"
     );
-    let mut q = sqlx::query(&sql).bind(query.offset).bind(i64::from(query.limit));
+    let mut q = sqlx::query(&sql)
+        .bind(query.offset)
+        .bind(i64::from(query.limit));
     for v in values {
         q = q.bind(v);
     }
@@ -155,4 +161,68 @@ fn event_from_row(row: &PgRow) -> Result<Option<StoredEvent>, sqlx::Error> {
         payload: text.map(String::into_bytes).or(bytes).unwrap_or_default(),
         recorded_at: row.try_get("recorded_at")?,
     }))
+}
+
+pub(super) async fn record_failure(
+    pool: &PgPool,
+    reader: &str,
+    event: &StoredEvent,
+    attempts: i32,
+    error: &str,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO ferry_event_failures (reader, seq, event_id, attempts, last_error)
+         VALUES ($1, $2, $3, $4, $5)
+         ON CONFLICT (reader, seq) DO UPDATE
+             SET event_id = EXCLUDED.event_id, attempts = EXCLUDED.attempts,
+                 last_error = EXCLUDED.last_error, failed_at = now()",
+    )
+    .bind(reader)
+    .bind(event.seq)
+    .bind(event.id)
+    .bind(attempts)
+    .bind(error)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+pub(super) async fn failures(
+    pool: &PgPool,
+    reader: Option<&str>,
+) -> Result<Vec<EventFailure>, StoreError> {
+    let rows = sqlx::query(
+        "SELECT reader, seq, event_id, attempts, last_error, failed_at
+         FROM ferry_event_failures
+         WHERE $1::text IS NULL OR reader = $1
+         ORDER BY failed_at, reader, seq",
+    )
+    .bind(reader)
+    .fetch_all(pool)
+    .await?;
+    let mut out = Vec::with_capacity(rows.len());
+    for row in &rows {
+        out.push(EventFailure {
+            reader: row.try_get("reader")?,
+            seq: row.try_get("seq")?,
+            event_id: row.try_get("event_id")?,
+            attempts: row.try_get("attempts")?,
+            last_error: row.try_get("last_error")?,
+            failed_at: row.try_get("failed_at")?,
+        });
+    }
+    Ok(out)
+}
+
+pub(super) async fn discard_failure(
+    pool: &PgPool,
+    reader: &str,
+    seq: i64,
+) -> Result<bool, StoreError> {
+    let done = sqlx::query("DELETE FROM ferry_event_failures WHERE reader = $1 AND seq = $2")
+        .bind(reader)
+        .bind(seq)
+        .execute(pool)
+        .await?;
+    Ok(done.rows_affected() > 0)
 }

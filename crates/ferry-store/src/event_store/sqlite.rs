@@ -9,7 +9,7 @@ use sqlx::sqlite::SqliteRow;
 use sqlx::{Row, SqliteConnection, SqlitePool};
 use uuid::Uuid;
 
-use super::{check_offset, EventQuery, NewEvent, StoredEvent};
+use super::{check_offset, EventFailure, EventQuery, NewEvent, StoredEvent};
 use crate::StoreError;
 
 /// Rows per multi-row `INSERT` (six parameters each, well below SQLite's
@@ -20,7 +20,10 @@ const INSERT_CHUNK: usize = 1000;
 /// transaction); returns their sequence numbers, in order. From here until
 /// the transaction ends, other transactions' appends wait (see the module
 /// docs of [`crate::event_store`]).
-pub async fn append(conn: &mut SqliteConnection, events: &[NewEvent]) -> Result<Vec<i64>, StoreError> {
+pub async fn append(
+    conn: &mut SqliteConnection,
+    events: &[NewEvent],
+) -> Result<Vec<i64>, StoreError> {
     let mut seqs = Vec::with_capacity(events.len());
     for chunk in events.chunks(INSERT_CHUNK) {
         let rows = vec!["(?, ?, ?, ?, ?, ?)"; chunk.len()].join(", ");
@@ -148,4 +151,71 @@ pub(super) fn parse_time(column: &str, s: &str) -> Result<DateTime<Utc>, sqlx::E
             index: column.to_owned(),
             source: Box::new(e),
         })
+}
+
+pub(super) async fn record_failure(
+    pool: &SqlitePool,
+    reader: &str,
+    event: &StoredEvent,
+    attempts: i32,
+    error: &str,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO ferry_event_failures (reader, seq, event_id, attempts, last_error)
+         VALUES (?, ?, ?, ?, ?)
+         ON CONFLICT (reader, seq) DO UPDATE
+             SET event_id = excluded.event_id, attempts = excluded.attempts,
+                 last_error = excluded.last_error,
+                 failed_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now')",
+    )
+    .bind(reader)
+    .bind(event.seq)
+    .bind(event.id.to_string())
+    .bind(attempts)
+    .bind(error)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+pub(super) async fn failures(
+    pool: &SqlitePool,
+    reader: Option<&str>,
+) -> Result<Vec<EventFailure>, StoreError> {
+    let rows = sqlx::query(
+        "SELECT reader, seq, event_id, attempts, last_error, failed_at
+         FROM ferry_event_failures
+         WHERE ?1 IS NULL OR reader = ?1
+         ORDER BY failed_at, reader, seq",
+    )
+    .bind(reader)
+    .fetch_all(pool)
+    .await?;
+    let mut out = Vec::with_capacity(rows.len());
+    for row in &rows {
+        let event_id: String = row.try_get("event_id")?;
+        let failed_at: String = row.try_get("failed_at")?;
+        out.push(EventFailure {
+            reader: row.try_get("reader")?,
+            seq: row.try_get("seq")?,
+            event_id: parse_uuid("event_id", &event_id)?,
+            attempts: row.try_get("attempts")?,
+            last_error: row.try_get("last_error")?,
+            failed_at: parse_time("failed_at", &failed_at)?,
+        });
+    }
+    Ok(out)
+}
+
+pub(super) async fn discard_failure(
+    pool: &SqlitePool,
+    reader: &str,
+    seq: i64,
+) -> Result<bool, StoreError> {
+    let done = sqlx::query("DELETE FROM ferry_event_failures WHERE reader = ? AND seq = ?")
+        .bind(reader)
+        .bind(seq)
+        .execute(pool)
+        .await?;
+    Ok(done.rows_affected() > 0)
 }
