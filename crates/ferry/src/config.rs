@@ -28,6 +28,10 @@ pub struct FerryConfig {
     /// The daemon's HTTP port (`/metrics`, `/health`); none when omitted.
     #[serde(default)]
     pub http: Option<HttpConfig>,
+    /// `[events_api]`: the event store's HTTP offset API (`GET /v1/events`),
+    /// served on the `[http]` port; none when omitted.
+    #[serde(default)]
+    pub events_api: Option<EventsApiConfig>,
 }
 
 /// `[http]`: where the daemon serves `/metrics` and `/health`.
@@ -36,6 +40,86 @@ pub struct FerryConfig {
 pub struct HttpConfig {
     /// Address and port, e.g. `"127.0.0.1:9464"`.
     pub listen: std::net::SocketAddr,
+    /// The bearer token the events API requires (`Authorization: Bearer
+    /// …`): visible ASCII, no spaces. Required with `[events_api]` when
+    /// `listen` is not a loopback address. `/metrics` and `/health` stay
+    /// open. Prefer `token_env`, which keeps it out of the file.
+    #[serde(default)]
+    pub token: Option<ferry_events::api::BearerToken>,
+    /// The name of an environment variable that holds the token, e.g.
+    /// `"FERRY_API_TOKEN"` (read at load); instead of `token`.
+    #[serde(default)]
+    pub token_env: Option<String>,
+}
+
+impl HttpConfig {
+    /// The events API's token, from `token` or the variable `token_env`
+    /// names; the error names the key.
+    pub fn token(&self) -> Result<Option<ferry_events::api::BearerToken>, String> {
+        match (&self.token, &self.token_env) {
+            (Some(_), Some(_)) => {
+                Err("keys `http.token` and `http.token_env`: set one, not both".to_owned())
+            }
+            (Some(token), None) => Ok(Some(token.clone())),
+            (None, Some(var)) => {
+                let value = std::env::var(var).map_err(|_| {
+                    format!("key `http.token_env`: the environment variable `{var}` is not set")
+                })?;
+                ferry_events::api::BearerToken::new(value)
+                    .map(Some)
+                    .map_err(|e| format!("key `http.token_env`: `{var}`: {e}"))
+            }
+            (None, None) => Ok(None),
+        }
+    }
+}
+
+/// `[events_api]`: the HTTP offset API over one event store, served on the
+/// `[http]` port (docs/events-api.md).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventsApiConfig {
+    /// The event store's database: `postgres://…`, `mysql://…` (MariaDB)
+    /// or `sqlite://path/to/file.db`.
+    pub database: String,
+    /// Apply Ferry's migrations at startup (default `false`).
+    #[serde(default)]
+    pub migrate: bool,
+    /// The largest `limit` a request may ask for (default 1000, at most
+    /// 10000).
+    #[serde(default = "default_max_limit")]
+    pub max_limit: u32,
+    /// The longest `wait` (long poll) a request may ask for (default
+    /// `"30s"`).
+    #[serde(default = "default_max_wait", with = "humantime_serde")]
+    pub max_wait: Duration,
+}
+
+fn default_max_limit() -> u32 {
+    ferry_events::api::DEFAULT_MAX_LIMIT
+}
+fn default_max_wait() -> Duration {
+    ferry_events::api::DEFAULT_MAX_WAIT
+}
+
+impl EventsApiConfig {
+    /// How the API is served, with `http`'s token.
+    pub fn api_config(&self, http: &HttpConfig) -> Result<ferry_events::api::ApiConfig, String> {
+        let api = ferry_events::api::ApiConfig {
+            token: http.token()?,
+            max_limit: self.max_limit,
+            max_wait: self.max_wait,
+            ..Default::default()
+        };
+        api.validate()
+            .map_err(|e| format!("key `events_api.max_limit`: {e}"))?;
+        if let Err(e) = api.check_listen(http.listen) {
+            return Err(format!(
+                "key `http.token`: {e} (set `token` or `token_env` in [http])"
+            ));
+        }
+        Ok(api)
+    }
 }
 
 /// A relay from one outbox to one sink.
@@ -227,7 +311,10 @@ impl FerryConfig {
     pub fn parse(text: &str) -> Result<Self, String> {
         let config: FerryConfig =
             toml::from_str(text).map_err(|e| e.to_string().trim_end().to_owned())?;
-        if config.pipelines.is_empty() && config.consumers.is_empty() {
+        if config.pipelines.is_empty()
+            && config.consumers.is_empty()
+            && config.events_api.is_none()
+        {
             return Err("no [[pipeline]] or [[consumer]] defined: nothing to run".to_owned());
         }
         let mut consumers = std::collections::HashMap::new();
@@ -308,7 +395,28 @@ impl FerryConfig {
                 }
             }
         }
+        config.check_http()?;
         Ok(config)
+    }
+
+    /// `[http]`'s token, and `[events_api]` with what it needs.
+    fn check_http(&self) -> Result<(), String> {
+        let Some(http) = &self.http else {
+            if self.events_api.is_some() {
+                return Err("[events_api] is served on the daemon's HTTP port: \
+                            add [http] with `listen`"
+                    .to_owned());
+            }
+            return Ok(());
+        };
+        http.token()?;
+        if let Some(api) = &self.events_api {
+            if let Err(e) = ferry_store::DatabaseKind::of(&api.database) {
+                return Err(format!("key `events_api.database`: {}", error_chain(&e)));
+            }
+            api.api_config(http)?;
+        }
+        Ok(())
     }
 }
 
@@ -671,5 +779,51 @@ url = "nats://127.0.0.1:4222"
         assert!(e.contains("natz"), "{e}");
         let twice = format!("{}{}", base(""), base(""));
         assert!(err(&twice).contains("defined twice"), "{}", err(&twice));
+    }
+
+    #[test]
+    fn the_events_api_needs_http_and_a_token_off_loopback() {
+        let with = |http: &str| format!("{http}\n[events_api]\ndatabase = \"sqlite://events.db\"\n");
+        let open = "[http]\nlisten = \"0.0.0.0:9464\"";
+        // On loopback without a token, and with nothing else to run: fine.
+        let c = FerryConfig::parse(&with("[http]\nlisten = \"127.0.0.1:9464\"")).unwrap();
+        let api = c.events_api.unwrap();
+        assert_eq!((api.max_limit, api.migrate), (1000, false));
+        let e = err(&with(""));
+        assert!(e.contains("[events_api]") && e.contains("[http]"), "{e}");
+        let e = err(&with(open));
+        assert!(
+            e.starts_with("key `http.token`") && e.contains("0.0.0.0:9464"),
+            "{e}"
+        );
+        let c = FerryConfig::parse(&with(&format!("{open}\ntoken = \"s3cret\""))).unwrap();
+        assert!(!format!("{c:?}").contains("s3cret"));
+        // A variable that is set wherever tests run.
+        let c = FerryConfig::parse(&with(&format!("{open}\ntoken_env = \"PATH\""))).unwrap();
+        let token = c.http.unwrap().token().unwrap().unwrap();
+        assert_eq!(token.expose(), std::env::var("PATH").unwrap());
+        for (extra, says) in [
+            (
+                "token_env = \"FERRY_TEST_NO_SUCH_VARIABLE\"",
+                "key `http.token_env`: the environment variable `FERRY_TEST_NO_SUCH_VARIABLE` is not set",
+            ),
+            ("token = \"a\"\ntoken_env = \"PATH\"", "set one, not both"),
+            ("token = \"two words\"", "visible ASCII"),
+            ("token = \"\"", "must not be empty"),
+        ] {
+            let e = err(&with(&format!("{open}\n{extra}")));
+            assert!(e.contains(says), "{extra}: {e}");
+        }
+        let e = err(&with("[http]\nlisten = \"127.0.0.1:1\"").replace("sqlite://", "mongodb://"));
+        assert!(e.contains("key `events_api.database`"), "{e}");
+        let e = err(&format!("{}max_limit = 0\n", with("[http]\nlisten = \"127.0.0.1:1\"")));
+        assert!(e.contains("key `events_api.max_limit`"), "{e}");
+        let e = err(&format!("{}limit = 5\n", with("[http]\nlisten = \"127.0.0.1:1\"")));
+        assert!(e.contains("unknown field `limit`"), "{e}");
+        // Without [events_api], [http] serves /metrics only: no token needed.
+        let metrics_only = format!(
+            "{open}\n[[pipeline]]\nname = \"p\"\ndatabase = \"sqlite://x.db\"\n[pipeline.sink]\ntype = \"null\"\n"
+        );
+        assert!(FerryConfig::parse(&metrics_only).is_ok());
     }
 }

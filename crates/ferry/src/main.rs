@@ -2,6 +2,7 @@
 
 mod config;
 mod consume;
+mod events_api;
 mod metrics;
 mod pipeline;
 
@@ -138,6 +139,30 @@ enum Command {
         /// gets `ce-id` to dedup for sure).
         #[arg(long, value_parser = humantime::parse_duration)]
         dedup_window: Option<Duration>,
+    },
+    /// Serve the event store's HTTP offset API (`GET /v1/events`,
+    /// `/v1/events/head`) and `/health` until SIGINT/SIGTERM.
+    Serve {
+        /// The event store: `postgres://…`, `mysql://…` (MariaDB) or `sqlite://path.db`.
+        #[arg(long, env = "FERRY_DATABASE")]
+        database: String,
+        /// Address and port, e.g. `127.0.0.1:9465`. Anything but a loopback
+        /// address needs a token.
+        #[arg(long)]
+        listen: std::net::SocketAddr,
+        /// The bearer token every request must carry; prefer the
+        /// environment variable to the command line.
+        #[arg(long, env = "FERRY_API_TOKEN", hide_env_values = true)]
+        token: Option<String>,
+        /// The largest `limit` a request may ask for (1 to 10000).
+        #[arg(long, default_value_t = ferry_events::api::DEFAULT_MAX_LIMIT)]
+        max_limit: u32,
+        /// The longest `wait` (long poll) a request may ask for, e.g. `30s`.
+        #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+        max_wait: Duration,
+        /// Apply Ferry's migrations first.
+        #[arg(long)]
+        migrate: bool,
     },
     /// Apply Ferry's migrations to a database.
     Migrate {
@@ -347,9 +372,28 @@ async fn run(command: Command) -> anyhow::Result<()> {
             }
             if started.is_ok() {
                 if let Some(http) = &config.http {
-                    match metrics::serve(http.listen, metrics.clone(), shutdown.clone()).await {
-                        Ok(server) => drop(server),
-                        Err(e) => started = Err(e),
+                    let api = match &config.events_api {
+                        Some(events) => events_api::router(events, http, &shutdown).await,
+                        None => Ok(Some(axum::Router::new())),
+                    };
+                    // `None`: shut down before the events database was reached.
+                    // The server is one of the daemon's tasks: with nothing but
+                    // the events API to run, the daemon runs until shut down.
+                    let served = match api {
+                        Ok(Some(api)) => {
+                            metrics::serve_with(http.listen, metrics.clone(), api, shutdown.clone())
+                                .await
+                                .map(|server| {
+                                    tasks.spawn(async move {
+                                        server.await.map_err(anyhow::Error::from)
+                                    });
+                                })
+                        }
+                        Ok(None) => Ok(()),
+                        Err(e) => Err(e),
+                    };
+                    if let Err(e) = served {
+                        started = Err(e);
                     }
                 }
             }
@@ -470,6 +514,27 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 drop(metrics::serve(listen, metrics, shutdown.clone()).await?);
             }
             consume::Consumer::run(consumer.name, router, shutdown).await
+        }
+        Command::Serve {
+            database,
+            listen,
+            token,
+            max_limit,
+            max_wait,
+            migrate,
+        } => {
+            let token = token
+                .map(ferry_events::api::BearerToken::new)
+                .transpose()
+                .context("--token (or FERRY_API_TOKEN)")?;
+            let config = ferry_events::api::ApiConfig {
+                token,
+                max_limit,
+                max_wait,
+                shutdown: shutdown_on_signal(),
+                ..Default::default()
+            };
+            events_api::serve(&database, migrate, listen, config).await
         }
         Command::Migrate { database } => {
             let db = open(&database).await?;

@@ -171,13 +171,25 @@ pub async fn serve(
     metrics: Metrics,
     shutdown: CancellationToken,
 ) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    serve_with(listen, metrics, axum::Router::new(), shutdown).await
+}
+
+/// [`serve`], with the routes of `more` (the events API, say) on the same
+/// port.
+pub async fn serve_with(
+    listen: SocketAddr,
+    metrics: Metrics,
+    more: axum::Router,
+    shutdown: CancellationToken,
+) -> anyhow::Result<tokio::task::JoinHandle<()>> {
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {listen}: {e}"))?;
     let app = axum::Router::new()
         .route("/metrics", get(render_metrics))
         .route("/health", get(|| async { "ok\n" }))
-        .with_state(metrics);
+        .with_state(metrics)
+        .merge(more);
     tracing::info!(%listen, "serving /metrics and /health");
     Ok(tokio::spawn(async move {
         let served = axum::serve(listener, app)
