@@ -2,3 +2,8 @@
 
 pub mod api;
 pub mod client;
+mod database;
+pub mod forwarder;
+pub mod unit_of_work;
+
+pub use database::EventDatabase;

@@ -1,0 +1,579 @@
+#![allow(missing_docs)]
+//! The forwarder against real databases and a real webhook receiver:
+//! order, offsets and restarts, at-least-once after a crash, exactly-once
+//! writes of a transactional handler, stop and skip, a sink that is down.
+
+#[macro_use]
+mod support;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use ferry_core::{BoxFuture, RetryPolicy};
+use ferry_events::forwarder::{
+    EventHandler, Forwarder, ForwarderConfig, ForwarderError, HandlerError, OnFailure,
+    TransactionalHandler, SEQ_HEADER,
+};
+use ferry_relay::SinkBackoff;
+use ferry_sinks::SinkConfig;
+use ferry_store::event_store::{NewEvent, StoredEvent};
+use ferry_testkit::{Mode, Receiver};
+use support::{events, table, wait_until, Env, Sql};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+const LONG: Duration = Duration::from_secs(30);
+
+fn config(name: &str) -> ForwarderConfig {
+    ForwarderConfig {
+        name: name.to_owned(),
+        batch_size: 10,
+        poll_interval: Duration::from_millis(50),
+        retry: RetryPolicy {
+            max_attempts: 3,
+            initial_backoff: Duration::from_millis(5),
+            max_backoff: Duration::from_millis(20),
+            multiplier: 2.0,
+            jitter: 0.0,
+        },
+        on_failure: OnFailure::Stop,
+        backoff: SinkBackoff {
+            initial: Duration::from_millis(20),
+            max: Duration::from_millis(100),
+        },
+        shutdown_grace: Duration::from_secs(5),
+    }
+}
+
+/// How a [`Recorder`] treats one event.
+#[derive(Clone, Copy)]
+enum Fault {
+    /// Fails with a transient error, always.
+    Transient,
+    /// Fails with a permanent error.
+    Permanent,
+    /// Panics.
+    Panic,
+    /// Waits forever (the forwarder is "killed" meanwhile).
+    Hang,
+}
+
+/// A handler that records what it gets, and fails as told.
+#[derive(Clone, Default)]
+struct Recorder {
+    seen: Arc<Mutex<Vec<StoredEvent>>>,
+    faults: Arc<Mutex<HashMap<i64, Fault>>>,
+    /// Each call waits this long first.
+    delay: Duration,
+}
+
+impl Recorder {
+    fn failing(faults: &[(i64, Fault)]) -> Self {
+        let r = Self::default();
+        r.faults.lock().unwrap().extend(faults.iter().copied());
+        r
+    }
+    fn seqs(&self) -> Vec<i64> {
+        self.seen.lock().unwrap().iter().map(|e| e.seq).collect()
+    }
+    fn len(&self) -> usize {
+        self.seen.lock().unwrap().len()
+    }
+}
+
+impl EventHandler for Recorder {
+    fn handle<'a>(&'a self, event: &'a StoredEvent) -> BoxFuture<'a, Result<(), HandlerError>> {
+        Box::pin(async move {
+            if !self.delay.is_zero() {
+                tokio::time::sleep(self.delay).await;
+            }
+            self.seen.lock().unwrap().push(event.clone());
+            let fault = self.faults.lock().unwrap().get(&event.seq).copied();
+            match fault {
+                None => Ok(()),
+                Some(Fault::Transient) => Err(HandlerError::transient("the service timed out")),
+                Some(Fault::Permanent) => Err(HandlerError::permanent("the event is refused")),
+                Some(Fault::Panic) => panic!("handler bug"),
+                Some(Fault::Hang) => std::future::pending().await,
+            }
+        })
+    }
+}
+
+async fn append<DB: Sql>(env: &Env<DB>, events: &[NewEvent]) -> Vec<i64> {
+    env.db.append_events(events).await.unwrap()
+}
+
+/// Every event once, in sequence order; stopped, it has saved its offset,
+/// and a new forwarder of the same name gets only what came after.
+async fn delivers_in_order_and_resumes_after_its_offset<DB: Sql>(env: Env<DB>) {
+    let seqs = append(&env, &events(25, 3)).await;
+    let first = Recorder::default();
+    let running =
+        Forwarder::to_handler(&env.db, first.clone(), config("f")).spawn(&CancellationToken::new());
+    let stats = running.stats.clone();
+    wait_until("25 events handled", LONG, || first.len() == 25).await;
+    wait_until("the offset at the last one", LONG, || {
+        stats.offset() == seqs[24]
+    })
+    .await;
+    running.stop().await.unwrap();
+    assert_eq!(first.seqs(), seqs, "each once, in order");
+    assert_eq!(env.db.load_offset("f").await.unwrap(), seqs[24]);
+    assert_eq!((stats.delivered(), stats.lag()), (25, 0));
+
+    let more = append(&env, &events(10, 3)).await;
+    let second = Recorder::default();
+    let running = Forwarder::to_handler(&env.db, second.clone(), config("f"))
+        .spawn(&CancellationToken::new());
+    wait_until("the 10 new events", LONG, || second.len() == 10).await;
+    // Another forwarder, another offset: it starts from the beginning.
+    let other = Recorder::default();
+    let other_running =
+        Forwarder::to_handler(&env.db, other.clone(), config("g")).spawn(&CancellationToken::new());
+    wait_until("all 35 for `g`", LONG, || other.len() == 35).await;
+    running.stop().await.unwrap();
+    other_running.stop().await.unwrap();
+    assert_eq!(
+        second.seqs(),
+        more,
+        "nothing at or below the saved offset again"
+    );
+    assert_eq!(env.db.load_offset("f").await.unwrap(), more[9]);
+}
+on!(delivers_in_order_and_resumes_after_its_offset: postgres, sqlite, mariadb);
+
+/// The forwarder dies (its task aborted) in the middle of its third page:
+/// the two pages before are saved and not delivered again; the events of
+/// the third that were handled are delivered again (at least once).
+async fn a_crash_before_the_offset_is_saved_delivers_the_page_again<DB: Sql>(env: Env<DB>) {
+    let seqs = append(&env, &events(30, 0)).await;
+    let first = Recorder::failing(&[(seqs[24], Fault::Hang)]);
+    let forwarder = Forwarder::to_handler(&env.db, first.clone(), config("f"));
+    let task = tokio::spawn(forwarder.run(CancellationToken::new()));
+    wait_until("the 25th event in flight", LONG, || first.len() == 25).await;
+    task.abort();
+    assert!(task.await.unwrap_err().is_cancelled());
+    assert_eq!(
+        env.db.load_offset("f").await.unwrap(),
+        seqs[19],
+        "saved after each page"
+    );
+
+    let second = Recorder::default();
+    let running = Forwarder::to_handler(&env.db, second.clone(), config("f"))
+        .spawn(&CancellationToken::new());
+    wait_until("the rest", LONG, || second.len() == 10).await;
+    running.stop().await.unwrap();
+    assert_eq!(
+        second.seqs(),
+        seqs[20..],
+        "21..25 again, then the rest; nothing before"
+    );
+}
+on!(a_crash_before_the_offset_is_saved_delivers_the_page_again: postgres, sqlite);
+
+/// Under `Stop`, a failing event is tried `max_attempts` times, then the
+/// forwarder stops with an error naming it, its offset just before it;
+/// a restart tries it again and goes on once it passes.
+async fn stop_leaves_the_offset_before_the_failing_event<DB: Sql>(env: Env<DB>) {
+    let seqs = append(&env, &events(10, 0)).await;
+    let failing = seqs[4];
+    let first = Recorder::failing(&[(failing, Fault::Transient)]);
+    let forwarder = Forwarder::to_handler(&env.db, first.clone(), config("f"));
+    let stats = forwarder.stats();
+    let e = tokio::time::timeout(LONG, forwarder.run(CancellationToken::new()))
+        .await
+        .expect("it stops on its own")
+        .unwrap_err();
+    let ForwarderError::Stopped {
+        seq,
+        attempts,
+        offset,
+        ref error,
+        ..
+    } = e
+    else {
+        panic!("{e}")
+    };
+    assert_eq!((seq, attempts, offset), (failing, 3, seqs[3]));
+    assert!(error.is_transient());
+    let text = e.to_string();
+    assert!(
+        text.contains(&format!("stopped at event {failing}")) && text.contains("3 attempt(s)"),
+        "{text}"
+    );
+    assert_eq!(
+        first.seqs(),
+        [&seqs[..4], &[failing; 3][..]].concat(),
+        "nothing after it"
+    );
+    assert_eq!(env.db.load_offset("f").await.unwrap(), seqs[3]);
+    assert_eq!(
+        (stats.delivered(), stats.failed(), stats.offset()),
+        (4, 3, seqs[3])
+    );
+    assert_eq!(stats.lag(), seqs[9] - seqs[3]);
+
+    // A permanent error stops it at the first attempt.
+    let permanent = Recorder::failing(&[(failing, Fault::Permanent)]);
+    let e = Forwarder::to_handler(&env.db, permanent.clone(), config("f"))
+        .run(CancellationToken::new())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(e, ForwarderError::Stopped { attempts: 1, .. }),
+        "{e}"
+    );
+    assert_eq!(permanent.seqs(), [failing]);
+
+    // Fixed: it goes on from the failing event.
+    let healed = Recorder::default();
+    let running = Forwarder::to_handler(&env.db, healed.clone(), config("f"))
+        .spawn(&CancellationToken::new());
+    wait_until("the rest", LONG, || healed.len() == 6).await;
+    running.stop().await.unwrap();
+    assert_eq!(healed.seqs(), seqs[4..]);
+    assert!(env.db.event_failures(Some("f")).await.unwrap().is_empty());
+}
+on!(stop_leaves_the_offset_before_the_failing_event: postgres, sqlite, mariadb);
+
+/// Under `Skip`, a failing event is recorded in the failure store after
+/// its attempts (a permanent error or a panic after one) and the forwarder
+/// goes on.
+async fn skip_records_the_failing_events_and_goes_on<DB: Sql>(env: Env<DB>) {
+    let seqs = append(&env, &events(12, 0)).await;
+    let recorder = Recorder::failing(&[
+        (seqs[2], Fault::Transient),
+        (seqs[5], Fault::Panic),
+        (seqs[8], Fault::Permanent),
+    ]);
+    let config = ForwarderConfig {
+        on_failure: OnFailure::Skip,
+        ..config("f")
+    };
+    let running =
+        Forwarder::to_handler(&env.db, recorder.clone(), config).spawn(&CancellationToken::new());
+    let stats = running.stats.clone();
+    wait_until("the offset at the end", LONG, || stats.offset() == seqs[11]).await;
+    running.stop().await.unwrap();
+    assert_eq!(
+        (stats.delivered(), stats.skipped(), stats.failed()),
+        (9, 3, 5)
+    );
+    let failures = env.db.event_failures(Some("f")).await.unwrap();
+    let got: Vec<(i64, i32)> = failures.iter().map(|f| (f.seq, f.attempts)).collect();
+    assert_eq!(got, [(seqs[2], 3), (seqs[5], 1), (seqs[8], 1)]);
+    assert!(
+        failures[0].last_error.contains("the service timed out"),
+        "{}",
+        failures[0].last_error
+    );
+    assert!(
+        failures[1].last_error.contains("panicked: handler bug"),
+        "{}",
+        failures[1].last_error
+    );
+    assert_eq!(
+        failures[2].event_id,
+        recorder
+            .seen
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|e| e.seq == seqs[8])
+            .unwrap()
+            .id
+    );
+    assert_eq!(env.db.load_offset("f").await.unwrap(), seqs[11]);
+    let mut handled = recorder.seqs();
+    handled.dedup();
+    assert_eq!(handled, seqs, "in order, the failing ones too");
+}
+on!(skip_records_the_failing_events_and_goes_on: postgres, sqlite, mariadb);
+
+/// Writes `applied (id)` for each event in the forwarder's transaction.
+/// The first attempt at `fail_once` writes, then fails (its write is rolled
+/// back with its savepoint); `hang` never returns.
+struct Apply<DB> {
+    fail_once: Mutex<Option<i64>>,
+    hang: Option<i64>,
+    reached_hang: Arc<Notify>,
+    calls: Arc<Mutex<Vec<i64>>>,
+    _db: std::marker::PhantomData<fn(DB)>,
+}
+
+impl<DB: Sql> TransactionalHandler<DB> for Apply<DB> {
+    fn handle<'a>(
+        &'a self,
+        conn: &'a mut DB::Connection,
+        event: &'a StoredEvent,
+    ) -> BoxFuture<'a, Result<(), HandlerError>> {
+        Box::pin(async move {
+            self.calls.lock().unwrap().push(event.seq);
+            if self.hang == Some(event.seq) {
+                self.reached_hang.notify_one();
+                std::future::pending::<()>().await;
+            }
+            DB::insert(conn, "applied", event.id.to_string()).await?;
+            let mut fail_once = self.fail_once.lock().unwrap();
+            if *fail_once == Some(event.seq) {
+                *fail_once = None;
+                return Err(HandlerError::transient("deadlock detected"));
+            }
+            Ok(())
+        })
+    }
+}
+
+/// A transactional handler's writes commit with the offset: a failed
+/// attempt's write is rolled back, a crash mid-page rolls back the page's
+/// writes and its offset together, so each event is written exactly once.
+async fn a_transactional_handler_writes_each_event_once<DB: Sql>(env: Env<DB>) {
+    table(&env.pool, "applied").await;
+    let appended: Vec<NewEvent> = events(25, 0);
+    let seqs = append(&env, &appended).await;
+    let calls = Arc::new(Mutex::new(Vec::new()));
+    let reached_hang = Arc::new(Notify::new());
+    let first = Apply::<DB> {
+        fail_once: Mutex::new(Some(seqs[6])),
+        hang: Some(seqs[14]),
+        reached_hang: reached_hang.clone(),
+        calls: calls.clone(),
+        _db: std::marker::PhantomData,
+    };
+    let task = tokio::spawn(
+        Forwarder::to_transactional(&env.pool, first, config("tx")).run(CancellationToken::new()),
+    );
+    tokio::time::timeout(LONG, reached_hang.notified())
+        .await
+        .expect("reaches event 15");
+    task.abort();
+    let _ = task.await;
+    assert_eq!(env.db.load_offset("tx").await.unwrap(), seqs[9]);
+    let written = DB::ids(&env.pool, "applied").await;
+    let mut want: Vec<String> = appended[..10].iter().map(|e| e.id.to_string()).collect();
+    want.sort();
+    assert_eq!(
+        written, want,
+        "the first page once, the second page's writes rolled back"
+    );
+    let first_calls = calls.lock().unwrap().clone();
+    assert_eq!(
+        first_calls.iter().filter(|s| **s == seqs[6]).count(),
+        2,
+        "event 7 failed once"
+    );
+
+    let second = Apply::<DB> {
+        fail_once: Mutex::new(None),
+        hang: None,
+        reached_hang: Arc::new(Notify::new()),
+        calls: calls.clone(),
+        _db: std::marker::PhantomData,
+    };
+    let running = Forwarder::to_transactional(&env.pool, second, config("tx"))
+        .spawn(&CancellationToken::new());
+    let stats = running.stats.clone();
+    wait_until("all applied", LONG, || stats.offset() == seqs[24]).await;
+    running.stop().await.unwrap();
+    let written = DB::ids(&env.pool, "applied").await;
+    let mut want: Vec<String> = appended.iter().map(|e| e.id.to_string()).collect();
+    want.sort();
+    assert_eq!(written, want, "every event written exactly once");
+    assert_eq!(env.db.load_offset("tx").await.unwrap(), seqs[24]);
+    let calls = calls.lock().unwrap().clone();
+    assert_eq!(
+        calls.iter().filter(|s| **s == seqs[11]).count(),
+        2,
+        "event 12 handled twice, written once"
+    );
+}
+on!(a_transactional_handler_writes_each_event_once: postgres, sqlite, mariadb);
+
+/// To a webhook: each event is a CloudEvent whose id is the event id, type
+/// the event type, partition key its source, with its sequence number;
+/// events of one source arrive in order.
+async fn a_sink_gets_each_event_as_a_message<DB: Sql>(env: Env<DB>) {
+    let mut sent = events(60, 4);
+    for e in sent.iter_mut().step_by(7) {
+        e.source_type.clear();
+        e.source_id.clear();
+    }
+    let seqs = append(&env, &sent).await;
+    let r = Receiver::start().await;
+    let sink = SinkConfig::from_url(&r.url())
+        .unwrap()
+        .build()
+        .await
+        .unwrap();
+    let running =
+        Forwarder::to_sink(&env.db, sink, config("hook")).spawn(&CancellationToken::new());
+    let stats = running.stats.clone();
+    wait_until("60 applied", LONG, || r.applied().len() == 60).await;
+    wait_until("the offset at the end", LONG, || stats.offset() == seqs[59]).await;
+    running.stop().await.unwrap();
+    assert_eq!(r.requests().len(), 60, "none twice");
+    let by_id: HashMap<String, (usize, &NewEvent)> = sent
+        .iter()
+        .enumerate()
+        .map(|(i, e)| (e.id.to_string(), (i, e)))
+        .collect();
+    let mut last_seq_of_key: HashMap<Option<String>, i64> = HashMap::new();
+    for m in r.applied() {
+        let (i, e) = by_id[&m.id];
+        assert_eq!(m.headers["ce-type"], "t");
+        assert_eq!(m.headers[SEQ_HEADER], seqs[i].to_string());
+        assert_eq!(&m.body[..], &e.payload[..]);
+        let key = (!e.source_id.is_empty()).then(|| format!("s:{}", e.source_id));
+        assert_eq!(m.key, key);
+        if key.is_some() {
+            let before = last_seq_of_key.insert(key.clone(), seqs[i]).unwrap_or(0);
+            assert!(seqs[i] > before, "{key:?}: {} after {before}", seqs[i]);
+        }
+    }
+    assert_eq!(env.db.load_offset("hook").await.unwrap(), seqs[59]);
+}
+on!(a_sink_gets_each_event_as_a_message: postgres, sqlite);
+
+/// A sink that answers 503 to everything is down: the forwarder pauses and
+/// probes without counting attempts (with max_attempts 2 and `Skip`,
+/// counting would skip the events), then delivers everything once it is
+/// back. An event the receiver refuses (400) is skipped at once.
+async fn a_sink_that_is_down_costs_no_attempts<DB: Sql>(env: Env<DB>) {
+    let r = Receiver::start().await;
+    r.set_mode(Mode::Down);
+    let seqs = append(&env, &events(5, 0)).await;
+    let sink = SinkConfig::from_url(&r.url())
+        .unwrap()
+        .build()
+        .await
+        .unwrap();
+    let config = ForwarderConfig {
+        on_failure: OnFailure::Skip,
+        retry: RetryPolicy {
+            max_attempts: 2,
+            ..config("").retry
+        },
+        ..config("hook")
+    };
+    let running = Forwarder::to_sink(&env.db, sink, config).spawn(&CancellationToken::new());
+    let stats = running.stats.clone();
+    wait_until("several probes while down", LONG, || {
+        r.requests_while_down() >= 5
+    })
+    .await;
+    assert_eq!(
+        (stats.failed(), stats.skipped(), stats.delivered()),
+        (0, 0, 0)
+    );
+    let first_id = env
+        .db
+        .read_events(&ferry_store::event_store::EventQuery {
+            offset: 0,
+            limit: 1,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .events[0]
+        .id
+        .to_string();
+    assert!(
+        r.requests()[5..].iter().all(|m| m.id == first_id),
+        "after the first call, probes with the first event only"
+    );
+    r.set_mode(Mode::Up);
+    wait_until("all 5 applied", LONG, || r.applied().len() == 5).await;
+    let poison = append(&env, &[NewEvent::new("t", "\"poison\"")]).await[0];
+    wait_until("the offset past the poison", LONG, || {
+        stats.offset() == poison
+    })
+    .await;
+    running.stop().await.unwrap();
+    assert_eq!(
+        (stats.failed(), stats.skipped(), stats.delivered()),
+        (1, 1, 5)
+    );
+    // One call of 5, then probes of one each, all refused as unavailable.
+    let unavailable = stats
+        .sink_unavailable
+        .load(std::sync::atomic::Ordering::Relaxed) as usize;
+    assert_eq!(unavailable, r.requests_while_down() - 4);
+    let failures = env.db.event_failures(Some("hook")).await.unwrap();
+    assert_eq!(failures.len(), 1);
+    assert_eq!((failures[0].seq, failures[0].attempts), (poison, 1));
+    // Events without a source share a wave and may arrive in any order.
+    let mut applied: Vec<i64> = r
+        .applied()
+        .iter()
+        .map(|m| m.headers[SEQ_HEADER].parse().unwrap())
+        .collect();
+    applied.sort();
+    assert_eq!(applied, seqs, "each once");
+}
+on!(a_sink_that_is_down_costs_no_attempts: postgres, sqlite);
+
+/// On PostgreSQL an idle forwarder is woken by the store's NOTIFY: with a
+/// poll interval of an hour, events still arrive.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_wakes_an_idle_forwarder() {
+    let env = support::pg().await;
+    let recorder = Recorder::default();
+    let config = ForwarderConfig {
+        poll_interval: Duration::from_secs(3600),
+        ..config("f")
+    };
+    let running =
+        Forwarder::to_handler(&env.db, recorder.clone(), config).spawn(&CancellationToken::new());
+    for i in 1..=3 {
+        // Not a synchronisation: it only gives the forwarder time to go
+        // idle, so that only a notification can wake it.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        append(&env, &events(1, 0)).await;
+        wait_until("the event, by NOTIFY", Duration::from_secs(20), || {
+            recorder.len() == i
+        })
+        .await;
+    }
+    running.stop().await.unwrap();
+}
+
+/// Shutdown lets the event in flight finish and saves the offset of what
+/// was delivered, mid-page.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_saves_the_offset_of_what_was_delivered() {
+    let env = support::sqlite().await;
+    let seqs = append(&env, &events(50, 0)).await;
+    let recorder = Recorder {
+        delay: Duration::from_millis(20),
+        ..Recorder::default()
+    };
+    let config = ForwarderConfig {
+        batch_size: 50,
+        ..config("f")
+    };
+    let running =
+        Forwarder::to_handler(&env.db, recorder.clone(), config).spawn(&CancellationToken::new());
+    wait_until("some handled", LONG, || recorder.len() >= 5).await;
+    running.stop().await.unwrap();
+    let handled = recorder.len();
+    assert!(handled < 50, "stopped mid-page");
+    assert_eq!(env.db.load_offset("f").await.unwrap(), seqs[handled - 1]);
+}
+
+#[tokio::test]
+async fn an_invalid_configuration_is_refused() {
+    let env = support::sqlite().await;
+    let config = ForwarderConfig {
+        batch_size: 0,
+        ..config("f")
+    };
+    let e = Forwarder::to_handler(&env.db, Recorder::default(), config)
+        .run(CancellationToken::new())
+        .await
+        .unwrap_err();
+    assert!(matches!(e, ForwarderError::Config(_)), "{e}");
+    assert!(e.to_string().contains("batch_size"), "{e}");
+}
