@@ -43,15 +43,17 @@ async fn follow(s: &Served, limit: u32, filter: &str, head: i64) -> Vec<Value> {
     let mut offset = 0;
     let mut all = Vec::new();
     loop {
-        let (status, page) = get(&s.url(&format!(
-            "/v1/events?offset={offset}&limit={limit}{filter}"
-        )))
-        .await;
+        let (status, page) =
+            get(&s.url(&format!("/v1/events?offset={offset}&limit={limit}{filter}"))).await;
         assert_eq!(status, 200, "{page}");
         let got = seqs(&page);
         let next = page["next_offset"].as_i64().unwrap();
         if got.len() == limit as usize {
-            assert_eq!(next, *got.last().unwrap(), "a full page ends at its last event");
+            assert_eq!(
+                next,
+                *got.last().unwrap(),
+                "a full page ends at its last event"
+            );
         } else {
             assert_eq!(next, head, "a short page moves to the head");
         }
@@ -117,10 +119,15 @@ each_db!(filters_select_by_type_and_source, |env: Env| async move {
             .collect()
     };
     for (filter, keep) in [
-        ("&type=b", &(|e: &NewEvent| e.event_type == "b") as &dyn Fn(&NewEvent) -> bool),
+        (
+            "&type=b",
+            &(|e: &NewEvent| e.event_type == "b") as &dyn Fn(&NewEvent) -> bool,
+        ),
         ("&source_type=order", &|_: &NewEvent| true),
         ("&source_type=invoice", &|_: &NewEvent| false),
-        ("&source_type=order&source_id=3", &|e: &NewEvent| e.source_id == "3"),
+        ("&source_type=order&source_id=3", &|e: &NewEvent| {
+            e.source_id == "3"
+        }),
         ("&type=c&source_id=4", &|e: &NewEvent| {
             e.event_type == "c" && e.source_id == "4"
         }),
@@ -133,30 +140,36 @@ each_db!(filters_select_by_type_and_source, |env: Env| async move {
     }
     // A filter that matches nothing still moves the reader to the head.
     let (_, page) = get(&s.url("/v1/events?type=nothing")).await;
-    assert_eq!((seqs(&page).len(), page["next_offset"].as_i64()), (0, Some(head)));
+    assert_eq!(
+        (seqs(&page).len(), page["next_offset"].as_i64()),
+        (0, Some(head))
+    );
     s.stop().await;
 });
 
-each_db!(the_head_gives_empty_pages_and_the_head_route, |env: Env| async move {
-    let s = Served::start(&env.db, ApiConfig::default()).await;
-    let (status, page) = get(&s.url("/v1/events")).await;
-    assert_eq!(status, 200);
-    assert_eq!(page, serde_json::json!({"events": [], "next_offset": 0}));
-    let (_, head) = get(&s.url("/v1/events/head")).await;
-    assert_eq!(head, serde_json::json!({"head": 0}));
-    let seqs_appended = env.append(&events(5)).await;
-    let head = seqs_appended[4];
-    let (_, body) = get(&s.url("/v1/events/head")).await;
-    assert_eq!(body["head"].as_i64(), Some(head));
-    let (_, page) = get(&s.url(&format!("/v1/events?offset={head}"))).await;
-    assert_eq!(seqs(&page), Vec::<i64>::new());
-    assert_eq!(page["next_offset"].as_i64(), Some(head));
-    // Past the head: empty, and next_offset never goes below the offset.
-    let (_, page) = get(&s.url(&format!("/v1/events?offset={}", head + 50))).await;
-    assert_eq!(seqs(&page), Vec::<i64>::new());
-    assert_eq!(page["next_offset"].as_i64(), Some(head + 50));
-    s.stop().await;
-});
+each_db!(
+    the_head_gives_empty_pages_and_the_head_route,
+    |env: Env| async move {
+        let s = Served::start(&env.db, ApiConfig::default()).await;
+        let (status, page) = get(&s.url("/v1/events")).await;
+        assert_eq!(status, 200);
+        assert_eq!(page, serde_json::json!({"events": [], "next_offset": 0}));
+        let (_, head) = get(&s.url("/v1/events/head")).await;
+        assert_eq!(head, serde_json::json!({"head": 0}));
+        let seqs_appended = env.append(&events(5)).await;
+        let head = seqs_appended[4];
+        let (_, body) = get(&s.url("/v1/events/head")).await;
+        assert_eq!(body["head"].as_i64(), Some(head));
+        let (_, page) = get(&s.url(&format!("/v1/events?offset={head}"))).await;
+        assert_eq!(seqs(&page), Vec::<i64>::new());
+        assert_eq!(page["next_offset"].as_i64(), Some(head));
+        // Past the head: empty, and next_offset never goes below the offset.
+        let (_, page) = get(&s.url(&format!("/v1/events?offset={}", head + 50))).await;
+        assert_eq!(seqs(&page), Vec::<i64>::new());
+        assert_eq!(page["next_offset"].as_i64(), Some(head + 50));
+        s.stop().await;
+    }
+);
 
 #[tokio::test]
 async fn payloads_follow_one_rule() {
@@ -164,7 +177,8 @@ async fn payloads_follow_one_rule() {
     env.append(&[
         NewEvent::new("json", br#"{"a": [1, 2.50, "x"]}"#.to_vec()),
         NewEvent::new("text", "h\u{e9}llo".as_bytes().to_vec()).with_content_type("text/plain"),
-        NewEvent::new("bytes", vec![0, 159, 146, 150]).with_content_type("application/octet-stream"),
+        NewEvent::new("bytes", vec![0, 159, 146, 150])
+            .with_content_type("application/octet-stream"),
         NewEvent::new("broken", b"{oops".to_vec()),
     ])
     .await;
@@ -176,7 +190,10 @@ async fn payloads_follow_one_rule() {
         .await
         .unwrap();
     // The JSON document as stored, not re-serialised.
-    assert!(text.contains(r#""payload":{"a": [1, 2.50, "x"]}"#), "{text}");
+    assert!(
+        text.contains(r#""payload":{"a": [1, 2.50, "x"]}"#),
+        "{text}"
+    );
     let page: Value = serde_json::from_str(&text).unwrap();
     let e = page["events"].as_array().unwrap();
     assert_eq!(e[1]["payload"], "h\u{e9}llo");
@@ -219,12 +236,22 @@ async fn bad_parameters_are_400s_that_name_them() {
     ] {
         let (status, body) = get(&s.url(&format!("/v1/events?{query}"))).await;
         assert_eq!(status, 400, "{query}: {body}");
-        assert_eq!(body["parameter"].as_str(), Some(parameter), "{query}: {body}");
+        assert_eq!(
+            body["parameter"].as_str(),
+            Some(parameter),
+            "{query}: {body}"
+        );
         let error = body["error"].as_str().unwrap();
-        assert!(error.contains(&format!("`{parameter}`")), "{query}: {error}");
+        assert!(
+            error.contains(&format!("`{parameter}`")),
+            "{query}: {error}"
+        );
     }
     let (_, body) = get(&s.url("/v1/events?limit=51")).await;
-    assert!(body["error"].as_str().unwrap().contains("from 1 to 50"), "{body}");
+    assert!(
+        body["error"].as_str().unwrap().contains("from 1 to 50"),
+        "{body}"
+    );
     // Without `limit`, the smaller of 100 and the maximum.
     let s2 = Served::start(
         &env.db,
@@ -278,7 +305,10 @@ async fn a_token_is_required_when_set() {
             "Bearer realm=\"ferry\""
         );
         let body: Value = no_token.json().await.unwrap();
-        assert!(body["error"].as_str().unwrap().contains("bearer token is required"));
+        assert!(body["error"]
+            .as_str()
+            .unwrap()
+            .contains("bearer token is required"));
         for wrong in [
             "Bearer wrong".to_owned(),
             format!("Bearer {token}x"),
@@ -359,7 +389,10 @@ async fn database_failures_are_503s_without_details() {
             body,
             serde_json::json!({"error": "the event store is unavailable; try again later"})
         );
-        assert!(!text.contains("ferry_events") && !text.contains("no such table"), "{text}");
+        assert!(
+            !text.contains("ferry_events") && !text.contains("no such table"),
+            "{text}"
+        );
     }
     s.stop().await;
     // A closed pool, likewise.
@@ -371,30 +404,33 @@ async fn database_failures_are_503s_without_details() {
     s.stop().await;
 }
 
-each_db!(a_long_poll_answers_when_an_event_arrives, |env: Env| async move {
-    let s = Served::start(&env.db, ApiConfig::default()).await;
-    // Nothing arrives: the page is held for the wait, then comes back empty.
-    let started = Instant::now();
-    let (status, page) = get(&s.url("/v1/events?wait=300ms")).await;
-    assert_eq!((status, seqs(&page).len()), (200, 0));
-    assert!(started.elapsed() >= Duration::from_millis(300));
-    // An event of another type does not answer a filtered poll; one of its
-    // type does, long before the wait is over.
-    let url = s.url("/v1/events?type=wanted&wait=20s");
-    let poll = tokio::spawn(async move { get(&url).await });
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    env.append(&[NewEvent::new("other", b"1".to_vec())]).await;
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    assert!(!poll.is_finished(), "answered before a wanted event");
-    let seq = env.append(&[NewEvent::new("wanted", b"2".to_vec())]).await[0];
-    let (status, page) = tokio::time::timeout(Duration::from_secs(15), poll)
-        .await
-        .expect("the poll answers once the event is there")
-        .unwrap();
-    assert_eq!((status, seqs(&page)), (200, vec![seq]));
-    assert_eq!(page["next_offset"].as_i64(), Some(seq));
-    s.stop().await;
-});
+each_db!(
+    a_long_poll_answers_when_an_event_arrives,
+    |env: Env| async move {
+        let s = Served::start(&env.db, ApiConfig::default()).await;
+        // Nothing arrives: the page is held for the wait, then comes back empty.
+        let started = Instant::now();
+        let (status, page) = get(&s.url("/v1/events?wait=300ms")).await;
+        assert_eq!((status, seqs(&page).len()), (200, 0));
+        assert!(started.elapsed() >= Duration::from_millis(300));
+        // An event of another type does not answer a filtered poll; one of its
+        // type does, long before the wait is over.
+        let url = s.url("/v1/events?type=wanted&wait=20s");
+        let poll = tokio::spawn(async move { get(&url).await });
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        env.append(&[NewEvent::new("other", b"1".to_vec())]).await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(!poll.is_finished(), "answered before a wanted event");
+        let seq = env.append(&[NewEvent::new("wanted", b"2".to_vec())]).await[0];
+        let (status, page) = tokio::time::timeout(Duration::from_secs(15), poll)
+            .await
+            .expect("the poll answers once the event is there")
+            .unwrap();
+        assert_eq!((status, seqs(&page)), (200, vec![seq]));
+        assert_eq!(page["next_offset"].as_i64(), Some(seq));
+        s.stop().await;
+    }
+);
 
 #[tokio::test]
 async fn shutdown_answers_waiting_polls_at_once() {
@@ -410,4 +446,41 @@ async fn shutdown_answers_waiting_polls_at_once() {
     assert!(stopped.is_ok(), "the server waited for the poll");
     let (status, page) = poll.await.unwrap();
     assert_eq!((status, seqs(&page).len()), (200, 0));
+}
+
+/// docs/openapi/events.yaml names every parameter the server takes and
+/// every field it sends, with the server's bounds.
+#[tokio::test]
+async fn the_openapi_description_matches_the_server() {
+    let yaml = include_str!("../../../docs/openapi/events.yaml");
+    for p in api::params::PARAMETERS {
+        assert!(yaml.contains(&format!("- name: {p}\n")), "parameter {p}");
+    }
+    let max = ferry_store::event_store::MAX_PAGE;
+    assert!(yaml.contains(&format!("maximum: {max}\n")));
+    assert!(yaml.contains(&format!("default: {}\n", api::DEFAULT_LIMIT)));
+    let env = Env::sqlite().await;
+    env.append(&[
+        NewEvent::new("json", b"{}".to_vec()),
+        NewEvent::new("bytes", vec![255]).with_content_type("application/octet-stream"),
+    ])
+    .await;
+    let s = Served::start(&env.db, ApiConfig::default()).await;
+    let (_, page) = get(&s.url("/v1/events")).await;
+    let (_, head) = get(&s.url("/v1/events/head")).await;
+    let (_, error) = get(&s.url("/v1/events?limit=0")).await;
+    let mut fields: Vec<String> = Vec::new();
+    for object in [&page, &head, &error]
+        .into_iter()
+        .chain(page["events"].as_array().unwrap())
+    {
+        fields.extend(object.as_object().unwrap().keys().cloned());
+    }
+    for field in fields {
+        assert!(
+            yaml.contains(&format!("        {field}:\n")),
+            "field {field}"
+        );
+    }
+    s.stop().await;
 }

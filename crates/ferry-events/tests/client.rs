@@ -49,7 +49,9 @@ async fn resumes_from_the_durable_offset<S: OffsetStore + Clone>(store: S) {
     let s = Served::start(&env.db, ApiConfig::default()).await;
     let mut seen: HashMap<Uuid, usize> = HashMap::new();
 
-    let mut client = EventsClient::new(config(&s, 30), store.clone()).await.unwrap();
+    let mut client = EventsClient::new(config(&s, 30), store.clone())
+        .await
+        .unwrap();
     assert_eq!(client.committed(), 0);
     let first = client.next_page().await.unwrap();
     assert_eq!(first.events.len(), 30);
@@ -63,7 +65,9 @@ async fn resumes_from_the_durable_offset<S: OffsetStore + Clone>(store: S) {
     assert_eq!(client.committed(), appended[29]);
     drop(client); // crashed before committing the second page
 
-    let mut client = EventsClient::new(config(&s, 30), store.clone()).await.unwrap();
+    let mut client = EventsClient::new(config(&s, 30), store.clone())
+        .await
+        .unwrap();
     assert_eq!(client.committed(), appended[29]);
     let again = client.next_page().await.unwrap();
     assert_eq!(again, second, "the uncommitted page comes again");
@@ -109,7 +113,14 @@ async fn resumes_from_a_file_offset() {
     let dir = TempDir::new();
     let store = FileOffsetStore::new(dir.0.join("billing.offset"));
     resumes_from_the_durable_offset(store.clone()).await;
-    assert!(std::fs::read_to_string(store.path()).unwrap().trim().parse::<i64>().unwrap() > 0);
+    assert!(
+        std::fs::read_to_string(store.path())
+            .unwrap()
+            .trim()
+            .parse::<i64>()
+            .unwrap()
+            > 0
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -185,7 +196,10 @@ async fn filters_and_long_polls() {
     });
     let page = client.next_page().await.unwrap();
     let seq = append.await.unwrap();
-    assert_eq!(page.events.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![seq]);
+    assert_eq!(
+        page.events.iter().map(|e| e.seq).collect::<Vec<_>>(),
+        vec![seq]
+    );
     assert_eq!(client.head().await.unwrap(), seq);
     s.stop().await;
 }
@@ -280,7 +294,9 @@ async fn refusals_are_not_retried() {
         ..config(&s, limit)
     };
     for token in [None, Some("wrong")] {
-        let mut c = EventsClient::new(client_with(token, 10, None), store()).await.unwrap();
+        let mut c = EventsClient::new(client_with(token, 10, None), store())
+            .await
+            .unwrap();
         let e = tokio::time::timeout(Duration::from_secs(4), c.next_page())
             .await
             .expect("no retry")
@@ -308,7 +324,9 @@ async fn refusals_are_not_retried() {
         }
         assert!(e.to_string().contains(&format!("`{parameter}`")), "{e}");
     }
-    let mut c = EventsClient::new(client_with(Some("right"), 10, None), store()).await.unwrap();
+    let mut c = EventsClient::new(client_with(Some("right"), 10, None), store())
+        .await
+        .unwrap();
     assert!(c.next_page().await.unwrap().events.is_empty());
     s.stop().await;
 }
@@ -324,9 +342,14 @@ async fn unavailable_once_the_retries_are_spent() {
         retry: fast_retry(3),
         ..ClientConfig::new(format!("http://{addr}").parse().unwrap())
     };
-    let mut c = EventsClient::new(config, FileOffsetStore::new(dir.0.join("o"))).await.unwrap();
+    let mut c = EventsClient::new(config, FileOffsetStore::new(dir.0.join("o")))
+        .await
+        .unwrap();
     let e = c.next_page().await.unwrap_err();
-    assert!(matches!(e, ClientError::Unavailable { attempts: 3, .. }), "{e}");
+    assert!(
+        matches!(e, ClientError::Unavailable { attempts: 3, .. }),
+        "{e}"
+    );
     assert!(e.is_retryable());
     assert_eq!(c.position(), 0);
 
@@ -337,11 +360,18 @@ async fn unavailable_once_the_retries_are_spent() {
         retry: fast_retry(2),
         ..ClientConfig::new(s.url("/").parse().unwrap())
     };
-    let mut c = EventsClient::new(config, FileOffsetStore::new(dir.0.join("p"))).await.unwrap();
+    let mut c = EventsClient::new(config, FileOffsetStore::new(dir.0.join("p")))
+        .await
+        .unwrap();
     let e = c.next_page().await.unwrap_err();
     match &e {
-        ClientError::Unavailable { attempts: 2, last, .. } => {
-            assert!(last.contains("503") && last.contains("unavailable"), "{last}")
+        ClientError::Unavailable {
+            attempts: 2, last, ..
+        } => {
+            assert!(
+                last.contains("503") && last.contains("unavailable"),
+                "{last}"
+            )
         }
         other => panic!("{other}"),
     }

@@ -783,7 +783,8 @@ url = "nats://127.0.0.1:4222"
 
     #[test]
     fn the_events_api_needs_http_and_a_token_off_loopback() {
-        let with = |http: &str| format!("{http}\n[events_api]\ndatabase = \"sqlite://events.db\"\n");
+        let with =
+            |http: &str| format!("{http}\n[events_api]\ndatabase = \"sqlite://events.db\"\n");
         let open = "[http]\nlisten = \"0.0.0.0:9464\"";
         // On loopback without a token, and with nothing else to run: fine.
         let c = FerryConfig::parse(&with("[http]\nlisten = \"127.0.0.1:9464\"")).unwrap();
@@ -816,14 +817,39 @@ url = "nats://127.0.0.1:4222"
         }
         let e = err(&with("[http]\nlisten = \"127.0.0.1:1\"").replace("sqlite://", "mongodb://"));
         assert!(e.contains("key `events_api.database`"), "{e}");
-        let e = err(&format!("{}max_limit = 0\n", with("[http]\nlisten = \"127.0.0.1:1\"")));
+        let e = err(&format!(
+            "{}max_limit = 0\n",
+            with("[http]\nlisten = \"127.0.0.1:1\"")
+        ));
         assert!(e.contains("key `events_api.max_limit`"), "{e}");
-        let e = err(&format!("{}limit = 5\n", with("[http]\nlisten = \"127.0.0.1:1\"")));
+        let e = err(&format!(
+            "{}limit = 5\n",
+            with("[http]\nlisten = \"127.0.0.1:1\"")
+        ));
         assert!(e.contains("unknown field `limit`"), "{e}");
         // Without [events_api], [http] serves /metrics only: no token needed.
         let metrics_only = format!(
             "{open}\n[[pipeline]]\nname = \"p\"\ndatabase = \"sqlite://x.db\"\n[pipeline.sink]\ntype = \"null\"\n"
         );
         assert!(FerryConfig::parse(&metrics_only).is_ok());
+        // The documented table (its variable swapped for one that is set).
+        let doc = include_str!("../../../docs/config.md");
+        let block = doc.split("## The events API").nth(1).unwrap();
+        let block = block
+            .split("```toml\n")
+            .nth(1)
+            .unwrap()
+            .split("```")
+            .next()
+            .unwrap();
+        let c = FerryConfig::parse(&block.replace("FERRY_API_TOKEN", "PATH"))
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(c.events_api.unwrap().max_limit, 1000);
+        let e = err(block
+            .replace("token_env = \"FERRY_API_TOKEN\"", "")
+            .as_str());
+        assert!(e.contains("key `http.token`"), "{e}");
+        let example = include_str!("../../../examples/ferry.toml");
+        assert!(FerryConfig::parse(example).unwrap().events_api.is_some());
     }
 }

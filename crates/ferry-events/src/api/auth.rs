@@ -118,7 +118,10 @@ mod tests {
 
     #[test]
     fn tokens_are_checked_and_hidden() {
-        assert!(matches!(BearerToken::new(""), Err(ApiConfigError::EmptyToken)));
+        assert!(matches!(
+            BearerToken::new(""),
+            Err(ApiConfigError::EmptyToken)
+        ));
         assert!(matches!(
             BearerToken::new("two words"),
             Err(ApiConfigError::TokenCharacters)

@@ -131,8 +131,7 @@ pub fn is_json(content_type: &str) -> bool {
         .unwrap_or_default()
         .trim()
         .to_ascii_lowercase();
-    essence == "application/json"
-        || (essence.ends_with("+json") && essence.contains('/'))
+    essence == "application/json" || (essence.ends_with("+json") && essence.contains('/'))
 }
 
 impl From<StoredEvent> for EventBody {
@@ -162,7 +161,12 @@ impl From<EventPage> for PageBody {
 }
 
 fn encode_payload(content_type: &str, bytes: Vec<u8>) -> (Option<Box<RawValue>>, Option<String>) {
-    let base64 = |bytes: &[u8]| (None, Some(base64::engine::general_purpose::STANDARD.encode(bytes)));
+    let base64 = |bytes: &[u8]| {
+        (
+            None,
+            Some(base64::engine::general_purpose::STANDARD.encode(bytes)),
+        )
+    };
     let text = match String::from_utf8(bytes) {
         Ok(text) => text,
         Err(e) => return base64(e.as_bytes()),
@@ -246,7 +250,13 @@ mod tests {
         ] {
             assert!(is_json(ct), "{ct}");
         }
-        for ct in ["text/plain", "application/jsonx", "+json", "", "application/xml"] {
+        for ct in [
+            "text/plain",
+            "application/jsonx",
+            "+json",
+            "",
+            "application/xml",
+        ] {
             assert!(!is_json(ct), "{ct}");
         }
     }
@@ -259,7 +269,11 @@ mod tests {
                 br#"{"order":42,"lines":[1,2]}"#,
                 serde_json::json!({"payload": {"order": 42, "lines": [1, 2]}}),
             ),
-            ("application/json", b"null", serde_json::json!({"payload": null})),
+            (
+                "application/json",
+                b"null",
+                serde_json::json!({"payload": null}),
+            ),
             (
                 "text/plain",
                 "caf\u{e9} \"quoted\"".as_bytes(),

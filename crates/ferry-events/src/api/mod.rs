@@ -266,7 +266,12 @@ mod tests {
     #[test]
     fn only_loopback_may_go_without_a_token() {
         let open = ApiConfig::default();
-        for addr in ["127.0.0.1:80", "127.1.2.3:80", "[::1]:80", "[::ffff:127.0.0.1]:80"] {
+        for addr in [
+            "127.0.0.1:80",
+            "127.1.2.3:80",
+            "[::1]:80",
+            "[::ffff:127.0.0.1]:80",
+        ] {
             assert!(open.check_listen(addr.parse().unwrap()).is_ok(), "{addr}");
         }
         for addr in ["0.0.0.0:80", "[::]:80", "10.0.0.5:80", "[2001:db8::1]:80"] {
@@ -296,10 +301,13 @@ mod tests {
         };
         assert!(c.validate().is_ok());
         assert_eq!(c.bounds().default_limit, 10);
-        assert!(!format!("{:?}", ApiConfig {
-            token: Some(BearerToken::new("hidden").unwrap()),
-            ..ApiConfig::default()
-        })
+        assert!(!format!(
+            "{:?}",
+            ApiConfig {
+                token: Some(BearerToken::new("hidden").unwrap()),
+                ..ApiConfig::default()
+            }
+        )
         .contains("hidden"));
     }
 }

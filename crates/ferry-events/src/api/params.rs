@@ -6,7 +6,14 @@ use std::time::Duration;
 use ferry_store::event_store::EventQuery;
 
 /// The parameters `GET /v1/events` takes.
-pub const PARAMETERS: [&str; 6] = ["offset", "limit", "type", "source_type", "source_id", "wait"];
+pub const PARAMETERS: [&str; 6] = [
+    "offset",
+    "limit",
+    "type",
+    "source_type",
+    "source_id",
+    "wait",
+];
 
 /// A query parameter the API refuses.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -143,7 +150,10 @@ mod tests {
     #[test]
     fn defaults_and_every_parameter() {
         let r = parse("", BOUNDS).unwrap();
-        assert_eq!((r.query.offset, r.query.limit, r.wait), (0, 100, Duration::ZERO));
+        assert_eq!(
+            (r.query.offset, r.query.limit, r.wait),
+            (0, 100, Duration::ZERO)
+        );
         let r = parse(
             "offset=12&limit=1000&type=order.cancelled&source_type=order&source_id=a%20b&wait=1500ms",
             BOUNDS,
@@ -155,7 +165,10 @@ mod tests {
         assert_eq!(r.query.source_type.as_deref(), Some("order"));
         assert_eq!(r.query.source_id.as_deref(), Some("a b"));
         assert_eq!(r.wait, Duration::from_millis(1500));
-        assert_eq!(parse("wait=3", BOUNDS).unwrap().wait, Duration::from_secs(3));
+        assert_eq!(
+            parse("wait=3", BOUNDS).unwrap().wait,
+            Duration::from_secs(3)
+        );
     }
 
     #[test]
@@ -180,7 +193,10 @@ mod tests {
         ] {
             let e = parse(query, BOUNDS).unwrap_err();
             assert_eq!(e.parameter, parameter, "{query}");
-            assert!(e.message.contains(&format!("`{parameter}`")), "{query}: {e}");
+            assert!(
+                e.message.contains(&format!("`{parameter}`")),
+                "{query}: {e}"
+            );
         }
     }
 }

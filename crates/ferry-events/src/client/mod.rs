@@ -318,7 +318,11 @@ impl<S: OffsetStore> EventsClient<S> {
 
     /// GET `url`, retrying per the policy while the server is unreachable
     /// or failing.
-    async fn get<T: DeserializeOwned>(&self, url: Url, timeout: Duration) -> Result<T, ClientError> {
+    async fn get<T: DeserializeOwned>(
+        &self,
+        url: Url,
+        timeout: Duration,
+    ) -> Result<T, ClientError> {
         let mut failed = 0u32;
         loop {
             let (last, source) = match self.attempt(&url, timeout).await {

@@ -225,7 +225,10 @@ mod tests {
         let missing = FileOffsetStore::new(dir.join("no/such/dir/offset"));
         assert!(matches!(
             missing.save(1).await,
-            Err(OffsetError::Io { action: "write", .. })
+            Err(OffsetError::Io {
+                action: "write",
+                ..
+            })
         ));
         std::fs::remove_dir_all(&dir).unwrap();
     }

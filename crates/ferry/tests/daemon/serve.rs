@@ -77,7 +77,12 @@ async fn status(url: &str, token: Option<&str>) -> u16 {
 async fn appended(url: &str, n: usize) -> Database {
     let db = migrated(url).await;
     let events: Vec<NewEvent> = (0..n)
-        .map(|i| NewEvent::new("order.cancelled", format!(r#"{{"order":{i}}}"#).into_bytes()))
+        .map(|i| {
+            NewEvent::new(
+                "order.cancelled",
+                format!(r#"{{"order":{i}}}"#).into_bytes(),
+            )
+        })
         .collect();
     db.append_events(&events).await.unwrap();
     db
@@ -91,14 +96,28 @@ async fn serve_pages_events_to_holders_of_the_token() {
     let listen = format!("127.0.0.1:{port}");
     let token = "daemon-t0ken";
     let mut daemon = Daemon::start(
-        &["serve", "--database", &t.url, "--listen", &listen, "--max-limit", "10"],
+        &[
+            "serve",
+            "--database",
+            &t.url,
+            "--listen",
+            &listen,
+            "--max-limit",
+            "10",
+        ],
         &[("FERRY_API_TOKEN", token)],
     );
     healthy(port, &mut daemon).await;
     let base = format!("http://{listen}");
     assert_eq!(status(&format!("{base}/v1/events"), None).await, 401);
-    assert_eq!(status(&format!("{base}/v1/events"), Some("wrong")).await, 401);
-    assert_eq!(status(&format!("{base}/v1/events?limit=11"), Some(token)).await, 400);
+    assert_eq!(
+        status(&format!("{base}/v1/events"), Some("wrong")).await,
+        401
+    );
+    assert_eq!(
+        status(&format!("{base}/v1/events?limit=11"), Some(token)).await,
+        400
+    );
     let page: serde_json::Value = reqwest::Client::new()
         .get(format!("{base}/v1/events?offset=0&limit=10"))
         .bearer_auth(token)
@@ -119,7 +138,9 @@ async fn serve_pages_events_to_holders_of_the_token() {
         ..ClientConfig::new(base.parse().unwrap())
     };
     let offsets = FileOffsetStore::new(dir.0.join("offset"));
-    let mut client = EventsClient::new(config.clone(), offsets.clone()).await.unwrap();
+    let mut client = EventsClient::new(config.clone(), offsets.clone())
+        .await
+        .unwrap();
     let mut seen = 0;
     loop {
         let page = client.next_page().await.unwrap();
@@ -158,7 +179,10 @@ fn serve_refuses_an_open_address_without_a_token() {
         .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("FERRY_API_TOKEN") && err.contains("visible ASCII"), "{err}");
+    assert!(
+        err.contains("FERRY_API_TOKEN") && err.contains("visible ASCII"),
+        "{err}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -198,7 +222,10 @@ async fn run_serves_the_events_api_beside_metrics() {
     let base = format!("http://127.0.0.1:{port}");
     assert_eq!(status(&format!("{base}/metrics"), None).await, 200);
     assert_eq!(status(&format!("{base}/v1/events"), None).await, 401);
-    assert_eq!(status(&format!("{base}/v1/events/head"), Some("file-token")).await, 200);
+    assert_eq!(
+        status(&format!("{base}/v1/events/head"), Some("file-token")).await,
+        200
+    );
     assert_eq!(
         status(&format!("{base}/v1/events?limit=3"), Some("file-token")).await,
         400
