@@ -441,7 +441,8 @@ async fn shutdown_answers_waiting_polls_at_once() {
     // The poll must be in flight before the shutdown, or it is refused.
     let head = reqwest::get(s.url("/v1/events/head")).await.unwrap();
     assert_eq!(head.status().as_u16(), 200);
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!poll.is_finished(), "the poll is held");
     let stopped = tokio::time::timeout(Duration::from_secs(10), s.stop()).await;
     assert!(stopped.is_ok(), "the server waited for the poll");
     let (status, page) = poll.await.unwrap();
