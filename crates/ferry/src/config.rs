@@ -32,6 +32,10 @@ pub struct FerryConfig {
     /// served on the `[http]` port; none when omitted.
     #[serde(default)]
     pub events_api: Option<EventsApiConfig>,
+    /// One `[[forwarder]]` table per forwarder: an event store, and the
+    /// sink its events go to, in order.
+    #[serde(rename = "forwarder", default)]
+    pub forwarders: Vec<crate::forward::ForwarderFileConfig>,
 }
 
 /// `[http]`: where the daemon serves `/metrics` and `/health`.
@@ -314,8 +318,11 @@ impl FerryConfig {
         if config.pipelines.is_empty()
             && config.consumers.is_empty()
             && config.events_api.is_none()
+            && config.forwarders.is_empty()
         {
-            return Err("no [[pipeline]] or [[consumer]] defined: nothing to run".to_owned());
+            return Err(
+                "no [[pipeline]], [[consumer]] or [[forwarder]] defined: nothing to run".to_owned(),
+            );
         }
         let mut consumers = std::collections::HashMap::new();
         for c in &config.consumers {
@@ -396,6 +403,7 @@ impl FerryConfig {
             }
         }
         config.check_http()?;
+        crate::forward::check(text, &config.forwarders)?;
         Ok(config)
     }
 

@@ -3,6 +3,7 @@
 mod config;
 mod consume;
 mod events_api;
+mod forward;
 mod metrics;
 mod pipeline;
 
@@ -139,6 +140,43 @@ enum Command {
         /// gets `ce-id` to dedup for sure).
         #[arg(long, value_parser = humantime::parse_duration)]
         dedup_window: Option<Duration>,
+    },
+    /// Forward the event store's events, in order, to a sink (a webhook as
+    /// CloudEvents, or a broker), from the forwarder's saved offset, until
+    /// SIGINT/SIGTERM. Each event id is the receiver's dedup key: after a
+    /// crash, the events after the saved offset are delivered again.
+    Forward {
+        /// The event store: `postgres://…`, `mysql://…` (MariaDB) or `sqlite://path.db`.
+        #[arg(long, env = "FERRY_DATABASE")]
+        database: String,
+        /// Sink: `http(s)://…` webhook, `nats://host:port?subject_prefix=…&stream=…`, or `null://`.
+        #[arg(long)]
+        to: String,
+        /// The forwarder's name: its offset is kept under it (keep it stable).
+        #[arg(long)]
+        name: String,
+        /// Apply Ferry's migrations first.
+        #[arg(long)]
+        migrate: bool,
+        /// Once an event's attempts are spent: `stop` (exit non-zero, the
+        /// offset before the event) or `skip` (record it in
+        /// ferry_event_failures and go on).
+        #[arg(
+            long,
+            default_value = "stop",
+            value_parser = PossibleValuesParser::new(["stop", "skip"]).try_map(|s| s.parse::<ferry_events::forwarder::OnFailure>())
+        )]
+        on_failure: ferry_events::forwarder::OnFailure,
+        /// Attempts at a failing event.
+        #[arg(long, default_value_t = RetryPolicy::default().max_attempts)]
+        max_attempts: u32,
+        /// Events read per page (1 to 10000); the offset is saved after each.
+        #[arg(long, default_value_t = ferry_events::forwarder::ForwarderConfig::default().batch_size)]
+        batch_size: u32,
+        /// Longest wait between two looks at the store, e.g. `500ms`
+        /// (PostgreSQL wakes the forwarder at once).
+        #[arg(long, default_value = "500ms", value_parser = humantime::parse_duration)]
+        poll_interval: Duration,
     },
     /// Serve the event store's HTTP offset API (`GET /v1/events`,
     /// `/v1/events/head`) and `/health` until SIGINT/SIGTERM.
@@ -351,6 +389,14 @@ async fn run(command: Command) -> anyhow::Result<()> {
             for p in &config.pipelines {
                 tasks.spawn(Pipeline::from(p).run(shutdown.clone()));
             }
+            for f in &config.forwarders {
+                let (metrics, name) = (metrics.clone(), f.name.get_ref().clone());
+                tasks.spawn(
+                    forward::Forward::from(f).run(shutdown.clone(), move |stats| {
+                        metrics.add_forwarder(&name, stats)
+                    }),
+                );
+            }
             let mut started = Ok(());
             for c in &config.consumers {
                 let consumer = consume::Consumer::from(c);
@@ -417,9 +463,10 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::Check { config } => {
             let config = FerryConfig::load(&config)?;
             println!(
-                "ok: {} pipeline(s), {} consumer(s)",
+                "ok: {} pipeline(s), {} consumer(s), {} forwarder(s)",
                 config.pipelines.len(),
-                config.consumers.len()
+                config.consumers.len(),
+                config.forwarders.len()
             );
             Ok(())
         }
@@ -514,6 +561,38 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 drop(metrics::serve(listen, metrics, shutdown.clone()).await?);
             }
             consume::Consumer::run(consumer.name, router, shutdown).await
+        }
+        Command::Forward {
+            database,
+            to,
+            name,
+            migrate,
+            on_failure,
+            max_attempts,
+            batch_size,
+            poll_interval,
+        } => {
+            let sink = SinkConfig::from_url(&to)
+                .map_err(|e| anyhow::anyhow!("--to: {}", error_chain(&e)))?;
+            let config = ferry_events::forwarder::ForwarderConfig {
+                name,
+                batch_size,
+                poll_interval,
+                on_failure,
+                retry: RetryPolicy {
+                    max_attempts,
+                    ..RetryPolicy::default()
+                },
+                ..Default::default()
+            };
+            config.validate()?;
+            let forward = forward::Forward {
+                database,
+                migrate,
+                sink,
+                config,
+            };
+            forward.run(shutdown_on_signal(), drop).await
         }
         Command::Serve {
             database,

@@ -17,6 +17,17 @@
 //!
 //! Lag gauges are absent until the broker has been read, or when the broker
 //! cannot tell.
+//!
+//! Per forwarder (label `forwarder`):
+//!
+//! | metric | type | meaning |
+//! |---|---|---|
+//! | `ferry_forwarder_delivered_total` | counter | events the sink accepted |
+//! | `ferry_forwarder_failed_total` | counter | failed attempts (each retry counts) |
+//! | `ferry_forwarder_skipped_total` | counter | events given up on and recorded in `ferry_event_failures` |
+//! | `ferry_forwarder_sink_unavailable_total` | counter | calls the sink refused as a whole (no attempt counted) |
+//! | `ferry_forwarder_offset` | gauge | the saved-or-about-to-be-saved offset |
+//! | `ferry_forwarder_lag` | gauge | head of the store minus the offset |
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -26,6 +37,7 @@ use axum::http::header::CONTENT_TYPE;
 use axum::response::IntoResponse;
 use axum::routing::get;
 use ferry_consumer::Stats;
+use ferry_events::forwarder::ForwarderStats;
 use ferry_relay::CancellationToken;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
@@ -37,7 +49,11 @@ use prometheus_client::registry::Registry;
 #[derive(Clone, Debug, Default)]
 pub struct Metrics {
     consumers: Arc<Mutex<Vec<(String, Stats)>>>,
+    forwarders: Arc<Mutex<Vec<Named<Arc<ForwarderStats>>>>>,
 }
+
+/// Something shown under a name.
+type Named<T> = (String, T);
 
 impl Metrics {
     /// Shows `stats` under the consumer `name`.
@@ -48,9 +64,18 @@ impl Metrics {
             .push((name.to_owned(), stats));
     }
 
+    /// Shows `stats` under the forwarder `name`.
+    pub fn add_forwarder(&self, name: &str, stats: Arc<ForwarderStats>) {
+        self.forwarders
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push((name.to_owned(), stats));
+    }
+
     fn render(&self) -> String {
         let mut registry = Registry::default();
         registry.register_collector(Box::new(ConsumerCollector(self.clone())));
+        registry.register_collector(Box::new(ForwarderCollector(self.clone())));
         let mut out = String::new();
         // Writing to a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &registry);
@@ -151,6 +176,74 @@ impl Collector for ConsumerCollector {
                 if let Some(value) = pick(s) {
                     ConstGauge::new(value).encode(family.encode_family(labels)?)?;
                 }
+            }
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug)]
+struct ForwarderCollector(Metrics);
+
+impl Collector for ForwarderCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
+        let forwarders = self
+            .0
+            .forwarders
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        type Pick = fn(&ForwarderStats) -> u64;
+        let counters: [(&str, &str, Pick); 4] = [
+            (
+                "ferry_forwarder_delivered",
+                "Events the sink accepted.",
+                |s| s.delivered(),
+            ),
+            (
+                "ferry_forwarder_failed",
+                "Failed attempts; each retry counts.",
+                |s| s.failed(),
+            ),
+            (
+                "ferry_forwarder_skipped",
+                "Events given up on and recorded in ferry_event_failures.",
+                |s| s.skipped(),
+            ),
+            (
+                "ferry_forwarder_sink_unavailable",
+                "Calls the sink refused as a whole, without counting attempts.",
+                |s| {
+                    s.sink_unavailable
+                        .load(std::sync::atomic::Ordering::Relaxed)
+                },
+            ),
+        ];
+        for (name, help, pick) in counters {
+            let counter = ConstCounter::new(0u64);
+            let mut family = encoder.encode_descriptor(name, help, None, counter.metric_type())?;
+            for (forwarder, s) in &forwarders {
+                ConstCounter::new(pick(s))
+                    .encode(family.encode_family(&[("forwarder", forwarder.as_str())])?)?;
+            }
+        }
+        type Gauge = fn(&ForwarderStats) -> i64;
+        let gauges: [(&str, &str, Gauge); 2] = [
+            ("ferry_forwarder_offset", "The forwarder's offset.", |s| {
+                s.offset()
+            }),
+            (
+                "ferry_forwarder_lag",
+                "The store's head minus the forwarder's offset.",
+                |s| s.lag(),
+            ),
+        ];
+        for (name, help, pick) in gauges {
+            let gauge = ConstGauge::new(0i64);
+            let mut family = encoder.encode_descriptor(name, help, None, gauge.metric_type())?;
+            for (forwarder, s) in &forwarders {
+                ConstGauge::new(pick(s))
+                    .encode(family.encode_family(&[("forwarder", forwarder.as_str())])?)?;
             }
         }
         Ok(())

@@ -9,8 +9,10 @@ use ferry_relay::SinkBackoff;
 #[serde(rename_all = "lowercase")]
 pub enum OnFailure {
     /// Stop with an error naming the event; the offset stays before it, so
-    /// a restart tries it again. Nothing after it is delivered first:
-    /// strict order.
+    /// a restart tries it again. A handler gets nothing after it; a sink
+    /// gets nothing more of its source, but may have accepted events of
+    /// other sources that shared its wave (they go out again after the
+    /// restart).
     #[default]
     Stop,
     /// Record it in the failure store (`ferry_event_failures`, see

@@ -15,6 +15,7 @@ use rand::Rng;
 mod cli;
 mod consume;
 mod faults;
+mod forward;
 mod serve;
 
 pub const FERRY: &str = env!("CARGO_BIN_EXE_ferry");
