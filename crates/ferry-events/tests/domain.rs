@@ -551,3 +551,21 @@ async fn a_bus_refuses_two_types_of_one_name_and_executor_handlers_without_execu
     );
     let _: Database = env.db;
 }
+
+/// Units of work can be used from spawned tasks (an HTTP handler, say):
+/// their futures are `Send`. A compile-time check, on every database.
+#[allow(dead_code)]
+fn units_of_work_are_send() {
+    fn send<T: Send>(_: &T) {}
+    fn check<DB: Sql>(bus: EventBus<DB>) {
+        let work = async move {
+            let mut uow = bus.begin().await?;
+            uow.raise(OrderCancelled { order: 1 }).await?;
+            uow.commit().await.map(drop)
+        };
+        send(&work);
+    }
+    let _ = check::<sqlx::Postgres>;
+    let _ = check::<sqlx::Sqlite>;
+    let _ = check::<sqlx::MySql>;
+}

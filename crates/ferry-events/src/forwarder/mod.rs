@@ -47,6 +47,53 @@
 //! * **Shutdown.** When the token is cancelled the forwarder finishes the
 //!   delivery in flight (for up to [`ForwarderConfig::shutdown_grace`]),
 //!   saves its offset and returns.
+//!
+//! ```no_run
+//! use ferry_events::forwarder::{
+//!     handler_fn, Forwarder, ForwarderConfig, ForwarderError, HandlerError, OnFailure,
+//!     TransactionalHandler,
+//! };
+//! use ferry_store::event_store::StoredEvent;
+//! # use tokio_util::sync::CancellationToken;
+//!
+//! // At least once: idempotent by event id.
+//! async fn billing(db: ferry_store::Database, shutdown: CancellationToken) -> Result<(), ForwarderError> {
+//!     let config = ForwarderConfig {
+//!         on_failure: OnFailure::Skip,
+//!         ..ForwarderConfig::named("billing")
+//!     };
+//!     let handler = handler_fn(|event: StoredEvent| async move {
+//!         if event.payload.is_empty() {
+//!             return Err(HandlerError::permanent("empty payload"));
+//!         }
+//!         Ok(())
+//!     });
+//!     Forwarder::to_handler(&db, handler, config).run(shutdown).await
+//! }
+//!
+//! // Exactly once for the writes: they commit with the offset.
+//! struct Refunds;
+//! impl TransactionalHandler<sqlx::Postgres> for Refunds {
+//!     fn handle<'a>(
+//!         &'a self,
+//!         conn: &'a mut sqlx::PgConnection,
+//!         event: &'a StoredEvent,
+//!     ) -> ferry_core::BoxFuture<'a, Result<(), HandlerError>> {
+//!         Box::pin(async move {
+//!             sqlx::query("INSERT INTO refunds (event_id) VALUES ($1)")
+//!                 .bind(event.id)
+//!                 .execute(conn)
+//!                 .await?;
+//!             Ok(())
+//!         })
+//!     }
+//! }
+//! # async fn refunds(pool: sqlx::PgPool, shutdown: CancellationToken) -> Result<(), ForwarderError> {
+//! Forwarder::to_transactional(&pool, Refunds, ForwarderConfig::named("refunds"))
+//!     .run(shutdown)
+//!     .await
+//! # }
+//! ```
 
 mod config;
 mod handler;

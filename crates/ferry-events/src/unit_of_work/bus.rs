@@ -149,13 +149,23 @@ impl<DB: EventDatabase> EventBusBuilder<DB> {
     /// transaction, before [`UnitOfWork::raise`] returns. Its error fails
     /// `raise` and rolls the unit of work back (nothing of it commits).
     ///
-    /// ```ignore
-    /// .in_transaction("reserve_refund", |conn: &mut sqlx::PgConnection, e: &Event<OrderCancelled>| {
-    ///     Box::pin(async move {
-    ///         sqlx::query("INSERT INTO refunds (order_id) VALUES ($1)").bind(e.data.order_id).execute(conn).await?;
-    ///         Ok(())
-    ///     })
-    /// })
+    /// ```
+    /// # use ferry_events::unit_of_work::{DomainEvent, Event, EventBus};
+    /// # #[derive(serde::Serialize, serde::Deserialize)]
+    /// # struct OrderCancelled { order_id: i64 }
+    /// # impl DomainEvent for OrderCancelled { const TYPE: &'static str = "order.cancelled"; }
+    /// let builder = EventBus::<sqlx::Postgres>::builder().in_transaction(
+    ///     "reserve_refund",
+    ///     |conn: &mut sqlx::PgConnection, e: &Event<OrderCancelled>| {
+    ///         Box::pin(async move {
+    ///             sqlx::query("INSERT INTO refunds (order_id) VALUES ($1)")
+    ///                 .bind(e.data.order_id)
+    ///                 .execute(conn)
+    ///                 .await?;
+    ///             Ok(())
+    ///         })
+    ///     },
+    /// );
     /// ```
     pub fn in_transaction<E, F>(mut self, name: impl Into<String>, handler: F) -> Self
     where

@@ -9,7 +9,16 @@
 //! startup on an [`EventBus`] (see there for the four kinds and what each
 //! guarantees).
 //!
-//! ```ignore
+//! ```no_run
+//! # use std::sync::Arc;
+//! # use ferry_events::forwarder::{ForwarderConfig, HandlerError};
+//! # use ferry_events::unit_of_work::{DomainEvent, Event, EventBus};
+//! # #[derive(serde::Serialize, serde::Deserialize)]
+//! # struct OrderCancelled { order_id: i64 }
+//! # impl DomainEvent for OrderCancelled { const TYPE: &'static str = "order.cancelled"; }
+//! # async fn notify(_: &OrderCancelled) -> Result<(), HandlerError> { Ok(()) }
+//! # async fn refund(_: uuid::Uuid, _: &OrderCancelled) -> Result<(), HandlerError> { Ok(()) }
+//! # async fn demo(pool: sqlx::PgPool, shutdown: tokio_util::sync::CancellationToken) -> Result<(), Box<dyn std::error::Error>> {
 //! let bus = EventBus::<sqlx::Postgres>::builder()
 //!     .after_commit("notify", |e: Arc<Event<OrderCancelled>>| async move { notify(&e.data).await })
 //!     .durable("refund", |e: Arc<Event<OrderCancelled>>| async move { refund(e.id, &e.data).await })
@@ -19,7 +28,9 @@
 //! let mut uow = bus.begin().await?;
 //! sqlx::query("UPDATE orders SET state = 'cancelled' WHERE id = $1").bind(42).execute(uow.conn()).await?;
 //! uow.raise(OrderCancelled { order_id: 42 }).await?;
-//! uow.commit().await?; // appends the event, commits, then runs `notify`
+//! let committed = uow.commit().await?; // appends the event, commits, then runs `notify`
+//! assert!(committed.failures.is_empty());
+//! # Ok(()) }
 //! ```
 //!
 //! # When handlers do not run
