@@ -43,9 +43,11 @@ CREATE TABLE IF NOT EXISTS ferry_events (
 CREATE OR REPLACE TRIGGER ferry_events_append
 BEFORE INSERT ON ferry_events FOR EACH ROW
 BEGIN
-    UPDATE ferry_event_head SET seq = seq + 1 WHERE id = 1;
-    -- The transaction's own change, under its own row lock.
-    SET NEW.seq = (SELECT seq FROM ferry_event_head WHERE id = 1);
+    -- LAST_INSERT_ID(expr) carries the value read under the row lock to
+    -- the next statement; MariaDB restores the session's own
+    -- LAST_INSERT_ID() when the trigger ends.
+    UPDATE ferry_event_head SET seq = LAST_INSERT_ID(seq + 1) WHERE id = 1;
+    SET NEW.seq = LAST_INSERT_ID();
 END;
 
 CREATE OR REPLACE TRIGGER ferry_events_no_update

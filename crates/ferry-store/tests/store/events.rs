@@ -982,8 +982,8 @@ mod waits {
 
     use super::*;
 
-    /// Polls `check` until it is true (bounded: 10 s).
-    async fn wait_until<F, Fut>(what: &str, check: F)
+    /// Polls `check` every `every` until it is true (bounded: 10 s).
+    async fn wait_until<F, Fut>(what: &str, every: Duration, check: F)
     where
         F: Fn() -> Fut,
         Fut: std::future::Future<Output = bool>,
@@ -994,7 +994,7 @@ mod waits {
                 std::time::Instant::now() < deadline,
                 "timed out waiting: {what}"
             );
-            tokio::time::sleep(Duration::from_millis(10)).await;
+            tokio::time::sleep(every).await;
         }
     }
 
@@ -1021,7 +1021,7 @@ mod waits {
             tx.commit().await.unwrap();
             s
         });
-        wait_until("the second append waits on the advisory lock", || async {
+        wait_until("the second append waits on the advisory lock", Duration::from_millis(10), || async {
             let waiting: i64 = sqlx::query_scalar(
                 "SELECT COUNT(*) FROM pg_locks WHERE pid = $1 AND locktype = 'advisory' AND NOT granted",
             )
@@ -1063,17 +1063,24 @@ mod waits {
             tx.commit().await.unwrap();
             s
         });
-        wait_until("the second append waits on the counter row", || async {
-            let waiting: i64 = sqlx::query_scalar(
-                "SELECT COUNT(*) FROM information_schema.INNODB_TRX
+        // InnoDB refreshes its INFORMATION_SCHEMA lock tables only when
+        // they have not been read for 100 ms: polling faster would read
+        // the same stale copy for ever.
+        wait_until(
+            "the second append waits on the counter row",
+            Duration::from_millis(250),
+            || async {
+                let waiting: i64 = sqlx::query_scalar(
+                    "SELECT COUNT(*) FROM information_schema.INNODB_TRX
                  WHERE trx_mysql_thread_id = ? AND trx_state = 'LOCK WAIT'",
-            )
-            .bind(id)
-            .fetch_one(p)
-            .await
-            .unwrap();
-            waiting > 0
-        })
+                )
+                .bind(id)
+                .fetch_one(p)
+                .await
+                .unwrap();
+                waiting > 0
+            },
+        )
         .await;
         assert!(!second.is_finished());
         assert!(read_all(&env.db).await.is_empty());
@@ -1120,4 +1127,32 @@ mod waits {
         assert_eq!(n.channel(), event_store::postgres::CHANNEL);
         assert_eq!(n.payload(), "");
     }
+}
+
+/// MariaDB's insert trigger passes the number through `LAST_INSERT_ID(expr)`;
+/// the application's own `LAST_INSERT_ID()` must come out unchanged.
+#[tokio::test]
+async fn mysql_appends_leave_the_sessions_last_insert_id_alone() {
+    let env = mysql_env(Retention::Delete).await;
+    let Database::Mysql(p) = &env.db else {
+        unreachable!()
+    };
+    env.exec(
+        "CREATE TABLE orders (id BIGINT AUTO_INCREMENT PRIMARY KEY, x INT) AUTO_INCREMENT = 500",
+    )
+    .await;
+    let mut tx = p.begin().await.unwrap();
+    sqlx::query("INSERT INTO orders (x) VALUES (0)")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    event_store::mysql::append(&mut tx, &[NewEvent::new("t", "1"), NewEvent::new("t", "2")])
+        .await
+        .unwrap();
+    let id: u64 = sqlx::query_scalar("SELECT LAST_INSERT_ID()")
+        .fetch_one(&mut *tx)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(id, 500);
 }
