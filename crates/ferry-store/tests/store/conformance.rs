@@ -52,7 +52,7 @@ each_db!(
         assert_eq!(
             env.scalar("SELECT COUNT(*) FROM ferry_schema_migrations")
                 .await,
-            3
+            5
         );
     }
 );
@@ -70,7 +70,7 @@ each_db!(
                 migrated,
                 Err(StoreError::SchemaTooNew {
                     found: 99,
-                    known: 3
+                    known: 5
                 })
             ),
             "{migrated:?}"
@@ -81,7 +81,7 @@ each_db!(
                 checked,
                 Err(StoreError::SchemaTooNew {
                     found: 99,
-                    known: 3
+                    known: 5
                 })
             ),
             "{checked:?}"
@@ -115,7 +115,7 @@ each_fresh_db!(
             applied.sort_unstable();
             assert_eq!(
                 applied,
-                [1, 2, 3],
+                [1, 2, 3, 4, 5],
                 "each migration reported by the run that applied it"
             );
             a.close().await;
