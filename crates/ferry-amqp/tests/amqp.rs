@@ -290,13 +290,16 @@ async fn restart_loses_nothing(queue_type: QueueType, crash: bool) {
         node.restart().await;
     }
     // The sink reports the lost connection, then connects again by itself.
+    // A restarted node takes connections before it has recovered its
+    // durable queues: a publish in that window comes back unroutable
+    // (Transient, which the relay retries), never as a permanent failure.
     let after = Message::event(&topic, "after");
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         match sink.deliver(std::slice::from_ref(&after)).await.remove(0) {
             Ok(()) => break,
             Err(e) => {
-                assert_eq!(e.kind, SinkErrorKind::Unavailable, "{}", e.describe());
+                assert_ne!(e.kind, SinkErrorKind::Permanent, "{}", e.describe());
                 assert!(Instant::now() < deadline, "sink did not reconnect");
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
