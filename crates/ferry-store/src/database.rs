@@ -263,11 +263,12 @@ impl Database {
         Ok(version)
     }
 
-    /// Checks, without changing anything, that Ferry's schema is in place
-    /// and not newer than this build: [`StoreError::SchemaMissing`] before
-    /// the first migration, [`StoreError::SchemaTooNew`] after a newer
-    /// Ferry migrated the database. An older schema passes (run
-    /// [`Database::migrate`] to bring it up to date).
+    /// Checks, without changing anything, that Ferry's schema is exactly
+    /// the one this build knows: [`StoreError::SchemaMissing`] before the
+    /// first migration, [`StoreError::SchemaTooOld`] when migrations of this
+    /// build were not run yet (run [`Database::migrate`] or `ferry
+    /// migrate`), [`StoreError::SchemaTooNew`] after a newer Ferry migrated
+    /// the database. None of them goes away by retrying.
     pub async fn check_schema(&self) -> Result<(), StoreError> {
         let known = match self {
             Database::Postgres(_) => migrate::POSTGRES,
@@ -276,7 +277,7 @@ impl Database {
         };
         match self.schema_version().await? {
             None => Err(StoreError::SchemaMissing),
-            Some(found) => migrate::check_not_newer(&[found], known),
+            Some(found) => migrate::check_current(found, known),
         }
     }
 

@@ -47,6 +47,18 @@ pub enum StoreError {
         /// Newest version this build has.
         known: i64,
     },
+    /// The schema in the database is older than this build needs (Ferry
+    /// was upgraded and the new migrations were not run). Retrying will not
+    /// help until `ferry migrate` (or [`crate::Database::migrate`]) ran.
+    #[error(
+        "database schema is at version {found}, older than this ferry build needs ({known}): run ferry migrate"
+    )]
+    SchemaTooOld {
+        /// Newest version applied in the database.
+        found: i64,
+        /// Newest version this build has, which it needs.
+        known: i64,
+    },
     /// An admin command named a message that does not exist or is not dead.
     #[error("no dead message `{0}`")]
     NoSuchDeadMessage(String),

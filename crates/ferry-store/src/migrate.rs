@@ -242,3 +242,17 @@ pub(crate) fn check_not_newer(applied: &[i64], known: &[Migration]) -> Result<()
         _ => Ok(()),
     }
 }
+
+/// For [`crate::Database::check_schema`]: the newest applied version
+/// `found` must be the newest this build knows, neither older nor newer.
+pub(crate) fn check_current(found: i64, known: &[Migration]) -> Result<(), StoreError> {
+    check_not_newer(&[found], known)?;
+    let newest_known = known.iter().map(|m| m.version).max().unwrap_or(0);
+    if found < newest_known {
+        return Err(StoreError::SchemaTooOld {
+            found,
+            known: newest_known,
+        });
+    }
+    Ok(())
+}

@@ -307,7 +307,9 @@ impl Subscriber for OutboxSubscriber {
 /// unknown table), yes otherwise.
 fn subscribe_error(error: StoreError, message: &str) -> SubscribeError {
     let permanent = match &error {
-        StoreError::SchemaMissing | StoreError::SchemaTooNew { .. } => true,
+        StoreError::SchemaMissing
+        | StoreError::SchemaTooNew { .. }
+        | StoreError::SchemaTooOld { .. } => true,
         StoreError::Database(sqlx::Error::Database(db)) => {
             if let Some(my) = db.try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>() {
                 // access denied (database, user, table), unknown database or table

@@ -89,6 +89,36 @@ each_db!(
     }
 );
 
+each_db!(
+    an_older_schema_is_refused_until_migrated,
+    Retention::Delete,
+    |env: Env| async move {
+        env.db.check_schema().await.unwrap();
+        // As if the database had been migrated by a build that knew
+        // migrations 1 to 3 only.
+        env.exec("DELETE FROM ferry_schema_migrations WHERE version IN (4, 5)")
+            .await;
+        let checked = env.db.check_schema().await;
+        assert!(
+            matches!(
+                checked,
+                Err(StoreError::SchemaTooOld { found: 3, known: 5 })
+            ),
+            "{checked:?}"
+        );
+        let e = checked.unwrap_err();
+        assert!(!e.is_retryable());
+        assert_eq!(
+            e.to_string(),
+            "database schema is at version 3, older than this ferry build needs (5): run ferry migrate"
+        );
+        // Only the newest version counts: with it back, the check passes.
+        env.exec("INSERT INTO ferry_schema_migrations (version, name, applied_at) VALUES (5, 'task_failures', 'x')")
+            .await;
+        env.db.check_schema().await.unwrap();
+    }
+);
+
 each_fresh_db!(a_missing_schema_is_reported, |kind| async move {
     let t = FreshDb::create(kind).await;
     let db = Database::connect(t.url()).await.unwrap();
