@@ -8,20 +8,31 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use ferry_core::BoxFuture;
-use futures::FutureExt;
+use ferry_core::{error_chain, BoxFuture};
+use futures::{FutureExt, StreamExt};
 use serde_json::Value;
 use tokio::sync::{mpsc, oneshot, watch, Semaphore};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::metrics::Counters;
-use crate::task::error_chain;
 use crate::{
     BoxError, ExecutorConfig, ExecutorMetrics, FailureLog, FailureLogError, InvalidExecutorConfig,
     OverloadPolicy, RegisterError, RerunError, ShutdownReport, SubmitError, TaskFailure,
     TaskHandle, TaskOutcome, TaskPanicked, UnfinishedState, UnfinishedTask,
 };
+
+/// How long after its deadline a shutdown waits for the failure log to
+/// record the tasks it cancelled. A failure log that has not answered by
+/// then (a database down, each insert waiting for the pool's timeout) is
+/// abandoned: each task it did not record is written to the application's
+/// log at error level, with its name, id and input, and reported with
+/// `recorded: false`. A shutdown thus returns within `deadline` plus this.
+pub const SHUTDOWN_RECORD_GRACE: Duration = Duration::from_secs(5);
+
+/// How many queued tasks cancelled by a shutdown are handed to the failure
+/// log at once (running ones record themselves, one per slot).
+const RECORD_CONCURRENCY: usize = 16;
 
 type TaskFuture = BoxFuture<'static, Result<(), BoxError>>;
 /// Makes one attempt's future; called once per attempt.
@@ -74,6 +85,10 @@ struct Shared {
     closing: CancellationToken,
     /// The shutdown deadline passed: cancels everything in flight.
     cancel: CancellationToken,
+    /// The recording grace after the deadline ran out: failure log calls
+    /// still pending are abandoned (the failure goes to the application's
+    /// log instead).
+    give_up: CancellationToken,
     slots: Arc<Semaphore>,
     counters: Counters,
     unfinished: Mutex<Vec<UnfinishedTask>>,
@@ -140,6 +155,7 @@ impl Executor {
             gate: watch::Sender::new(Gate::default()),
             closing: CancellationToken::new(),
             cancel: CancellationToken::new(),
+            give_up: CancellationToken::new(),
             counters: Counters::default(),
             unfinished: Mutex::default(),
             reruns: Mutex::default(),
@@ -330,9 +346,9 @@ impl Executor {
             return Err(RerunError::InProgress { id });
         };
         let failure = shared
-            .log
-            .get(id)
-            .await?
+            .or_give_up(shared.log.get(id))
+            .await
+            .ok_or(RerunError::ShuttingDown { id })??
             .ok_or(RerunError::NotFound { id })?;
         let Some(input) = failure.input.clone() else {
             return Err(RerunError::NotRerunnable {
@@ -360,7 +376,9 @@ impl Executor {
             Some(Ok(())) => {
                 Counters::add(&shared.counters.done);
                 tracing::info!(task = %failure.task, task_id = %id, "re-run of a failed task succeeded");
-                shared.log.remove(id).await?;
+                if shared.or_give_up(shared.log.remove(id)).await.transpose()?.is_none() {
+                    tracing::warn!(task = %failure.task, task_id = %id, "the failure log did not remove the re-run failure before the shutdown's grace ran out: it stays, and a later re-run runs it again");
+                }
                 return Ok(());
             }
             Some(Err(e)) => e,
@@ -374,7 +392,9 @@ impl Executor {
             last_failed_at: Utc::now(),
             ..failure
         };
-        shared.log.record(&updated).await?;
+        if shared.or_give_up(shared.log.record(&updated)).await.transpose()?.is_none() {
+            tracing::warn!(task = %updated.task, task_id = %id, "the failure log did not update the re-run failure before the shutdown's grace ran out: it stays as it was");
+        }
         if was_cancelled {
             return Err(RerunError::Cancelled {
                 id,
@@ -392,8 +412,13 @@ impl Executor {
     /// for room) get [`SubmitError::ShuttingDown`]; queued and running
     /// tasks have until `deadline` to finish; then whatever is left is
     /// cancelled, recorded in the failure log (registered tasks with their
-    /// input, so they can be re-run) and reported. Returns when done.
-    /// Calling it again returns an empty report.
+    /// input, so they can be re-run; several at once) and reported.
+    /// Recording gets at most [`SHUTDOWN_RECORD_GRACE`] more: what the
+    /// failure log has not recorded by then is logged at error level (name,
+    /// id, input) and reported with `recorded: false`. Returns when done,
+    /// within `deadline` plus that grace (unless a task is stuck in
+    /// blocking code, which nothing can cancel). Calling it again returns
+    /// an empty report.
     pub async fn shutdown(&self, deadline: Duration) -> ShutdownReport {
         let shared = &self.inner.shared;
         shared.gate.send_modify(|g| g.closed = true);
@@ -406,9 +431,25 @@ impl Executor {
         shared.cancel.cancel();
         if !drained {
             // Everything in flight now stops at its next await and records
-            // itself; this cannot fail while `shared.gate` lives.
-            let _ = gate.wait_for(|g| g.in_flight == 0).await;
+            // itself, within the grace.
+            let recorded = tokio::time::timeout(
+                SHUTDOWN_RECORD_GRACE,
+                gate.wait_for(|g| g.in_flight == 0),
+            )
+            .await
+            .is_ok();
+            if !recorded {
+                tracing::error!(
+                    grace = ?SHUTDOWN_RECORD_GRACE,
+                    "the failure log did not record every cancelled task in time; the rest are logged here instead"
+                );
+            }
         }
+        // Failure log calls still pending now give up at once (and any
+        // made later, by a shutdown that found nothing to cancel, too).
+        shared.give_up.cancel();
+        // This cannot fail while `shared.gate` lives.
+        let _ = gate.wait_for(|g| g.in_flight == 0).await;
         let unfinished =
             std::mem::take(&mut *shared.unfinished.lock().unwrap_or_else(|e| e.into_inner()));
         if unfinished.is_empty() {
@@ -447,6 +488,16 @@ impl Shared {
         entered.then(|| InFlight(self.clone()))
     }
 
+    /// `f`'s output, or `None` once the shutdown's recording grace has run
+    /// out.
+    async fn or_give_up<T>(&self, f: impl Future<Output = T>) -> Option<T> {
+        tokio::select! {
+            biased;
+            _ = self.give_up.cancelled() => None,
+            r = f => Some(r),
+        }
+    }
+
     fn handler(&self, name: &str) -> Option<Handler> {
         self.handlers
             .read()
@@ -456,17 +507,38 @@ impl Shared {
     }
 
     /// Hands a failure to the failure log; says whether it is kept there.
+    /// Gives up when the shutdown's recording grace runs out. When it is
+    /// not kept because of an error or that grace, the failure is logged
+    /// with its input, so that it can still be re-run by hand.
     async fn record(&self, failure: &TaskFailure) -> bool {
-        match self.log.record(failure).await {
-            Ok(kept) => kept,
-            Err(e) => {
+        let recorded = self.or_give_up(self.log.record(failure)).await;
+        let input = failure
+            .input
+            .as_ref()
+            .map(|v| v.to_string())
+            .unwrap_or_default();
+        match recorded {
+            Some(Ok(kept)) => kept,
+            Some(Err(e)) => {
                 tracing::error!(
                     task = %failure.task,
                     task_id = %failure.id,
                     attempts = failure.attempts,
                     error = %failure.error,
+                    input = %input,
                     log_error = %error_chain(&e),
                     "failure log unavailable: this task failure is kept only in this log line"
+                );
+                false
+            }
+            None => {
+                tracing::error!(
+                    task = %failure.task,
+                    task_id = %failure.id,
+                    attempts = failure.attempts,
+                    error = %failure.error,
+                    input = %input,
+                    "failure log did not record this task before the shutdown's grace ran out: it is kept only in this log line"
                 );
                 false
             }
@@ -529,11 +601,23 @@ async fn dispatch(shared: Arc<Shared>, mut queue: mpsc::Receiver<Job>) {
         });
     }
     queue.close();
-    while let Some(job) = queue.recv().await {
-        Counters::sub(&shared.counters.queued);
-        let outcome = cancelled(&shared, &job.task, UnfinishedState::Queued, 0, None, None).await;
-        let _ = job.outcome.send(outcome);
-    }
+    // Several at once, so that a slow failure log does not take a round
+    // trip per queued task; the shutdown's grace bounds the whole.
+    let queued = futures::stream::poll_fn(|cx| queue.poll_recv(cx));
+    queued
+        .for_each_concurrent(RECORD_CONCURRENCY, |job| {
+            let shared = &shared;
+            async move {
+                // The whole job, its in-flight count included, lives until
+                // the task is recorded and reported.
+                let job = job;
+                Counters::sub(&shared.counters.queued);
+                let outcome =
+                    cancelled(shared, &job.task, UnfinishedState::Queued, 0, None, None).await;
+                let _ = job.outcome.send(outcome);
+            }
+        })
+        .await;
 }
 
 /// Runs a task's attempts per the retry policy, then reports its outcome.

@@ -46,7 +46,7 @@ mod task;
 
 pub use config::{ExecutorConfig, InvalidExecutorConfig, OverloadPolicy};
 pub use error::{RegisterError, RerunError, SubmitError};
-pub use executor::Executor;
+pub use executor::{Executor, SHUTDOWN_RECORD_GRACE};
 pub use failure_log::{DatabaseFailureLog, FailureLog, FailureLogError, LogOnlyFailureLog};
 pub use ferry_store::task_failures::TaskFailure;
 pub use metrics::ExecutorMetrics;

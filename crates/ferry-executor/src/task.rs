@@ -106,15 +106,3 @@ impl Future for TaskHandle {
             .map(|r| r.unwrap_or(TaskOutcome::Abandoned))
     }
 }
-
-/// One error with its sources, `outer: inner: innermost`.
-pub(crate) fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
-}

@@ -218,3 +218,121 @@ async fn a_submitter_waiting_for_room_is_refused_when_shutdown_begins() {
         assert!(h.await.is_success());
     }
 }
+
+/// A failure log that never answers a `record` (a database down, each
+/// insert waiting for ever): failure injection for the shutdown's bound.
+#[derive(Debug)]
+struct HangingFailureLog;
+
+impl ferry_executor::FailureLog for HangingFailureLog {
+    fn record<'a>(
+        &'a self,
+        _failure: &'a ferry_executor::TaskFailure,
+    ) -> ferry_core::BoxFuture<'a, Result<bool, ferry_executor::FailureLogError>> {
+        Box::pin(std::future::pending())
+    }
+
+    fn list<'a>(
+        &'a self,
+        _task: Option<&'a str>,
+        _limit: u32,
+    ) -> ferry_core::BoxFuture<
+        'a,
+        Result<Vec<ferry_executor::TaskFailure>, ferry_executor::FailureLogError>,
+    > {
+        Box::pin(std::future::pending())
+    }
+
+    fn get(
+        &self,
+        _id: uuid::Uuid,
+    ) -> ferry_core::BoxFuture<
+        '_,
+        Result<Option<ferry_executor::TaskFailure>, ferry_executor::FailureLogError>,
+    > {
+        Box::pin(std::future::pending())
+    }
+
+    fn remove(
+        &self,
+        _id: uuid::Uuid,
+    ) -> ferry_core::BoxFuture<'_, Result<bool, ferry_executor::FailureLogError>> {
+        Box::pin(std::future::pending())
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failure_log_that_never_answers_delays_shutdown_by_the_grace_only() {
+    let log = crate::CapturedLog::default();
+    let _guard = log.install();
+    let executor = ferry_executor::Executor::new(
+        config(1, 1000, OverloadPolicy::Wait, 1),
+        std::sync::Arc::new(HangingFailureLog),
+    )
+    .unwrap();
+    let never = Latch::new();
+    {
+        let never = never.clone();
+        executor
+            .register("stuck", move |_| {
+                let never = never.clone();
+                async move {
+                    never.wait().await;
+                    Ok::<_, std::io::Error>(())
+                }
+            })
+            .unwrap();
+    }
+    let mut handles = Vec::new();
+    for n in 0..1000 {
+        handles.push(
+            executor
+                .submit_registered_async("stuck", serde_json::json!({ "n": n }))
+                .await
+                .unwrap(),
+        );
+    }
+    let deadline = Duration::from_secs(5);
+    let started = tokio::time::Instant::now();
+    let report = tokio::time::timeout(
+        deadline + ferry_executor::SHUTDOWN_RECORD_GRACE + Duration::from_secs(60),
+        executor.shutdown(deadline),
+    )
+    .await
+    .expect("shutdown should return within its deadline and the recording grace");
+    let took = started.elapsed();
+    assert!(
+        took >= deadline && took <= deadline + ferry_executor::SHUTDOWN_RECORD_GRACE,
+        "{took:?}"
+    );
+    // Every task is reported, none recorded: one running, the rest queued.
+    assert_eq!(report.unfinished.len(), 1000);
+    assert!(report.unfinished.iter().all(|t| !t.recorded), "{report:?}");
+    assert_eq!(
+        report
+            .unfinished
+            .iter()
+            .filter(|t| t.state == UnfinishedState::Running)
+            .count(),
+        1
+    );
+    let last = handles.pop().unwrap();
+    let last_id = last.id();
+    assert_eq!(
+        last.await,
+        TaskOutcome::Cancelled {
+            attempts: 0,
+            recorded: false
+        }
+    );
+    // What the failure log did not keep is in the application's log, with
+    // the input needed to run it again by hand.
+    let text = log.text();
+    let line = text
+        .lines()
+        .find(|l| l.contains(&last_id.to_string()) && l.contains("ERROR"))
+        .unwrap_or_else(|| panic!("no error line for {last_id} in:\n{text}"));
+    assert!(line.contains("stuck"), "{line}");
+    assert!(line.contains(r#"{"n":999}"#), "{line}");
+    assert_eq!(executor.metrics().cancelled, 1000);
+}
