@@ -72,7 +72,9 @@ pub enum OffsetError {
 #[derive(Clone, Debug)]
 pub struct FileOffsetStore {
     path: PathBuf,
-    // Saves of one store take turns on the one temporary file.
+    // Saves of one store take turns on the one temporary file. The turn
+    // is held by the blocking write itself, so a save whose future is
+    // dropped mid-write keeps it until the write is over.
     lock: Arc<tokio::sync::Mutex<()>>,
 }
 
@@ -122,11 +124,15 @@ impl OffsetStore for FileOffsetStore {
     }
 
     async fn save(&self, offset: i64) -> Result<(), OffsetError> {
-        let _turn = self.lock.lock().await;
+        let turn = self.lock.clone().lock_owned().await;
         let (path, temporary) = (self.path.clone(), self.temporary());
         let written = tokio::task::spawn_blocking({
             let path = path.clone();
-            move || write_durably(&path, &temporary, offset)
+            move || {
+                let written = write_durably(&path, &temporary, offset);
+                drop(turn);
+                written
+            }
         })
         .await
         .unwrap_or_else(|e| Err(std::io::Error::other(e)));
@@ -230,6 +236,25 @@ mod tests {
                 ..
             })
         ));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_save_dropped_mid_write_does_not_race_the_next_one() {
+        use futures::FutureExt;
+        let dir = std::env::temp_dir().join(format!("ferry-offsets-{}", uuid::Uuid::now_v7()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let store = FileOffsetStore::new(dir.join("reader.offset"));
+        for n in (0..200).step_by(2) {
+            // Polled once: the blocking write has started, then the future
+            // is dropped (a caller's timeout, a cancelled task).
+            assert!(store.save(n).now_or_never().is_none());
+            store.save(n + 1).await.unwrap();
+            assert_eq!(store.load().await.unwrap(), n + 1);
+        }
+        // The dropped write's turn is given back when it is over.
+        let _turn = store.lock.lock().await;
+        assert!(!store.temporary().exists());
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }
