@@ -306,10 +306,18 @@ async fn refusals_are_not_retried() {
         let e = c.head().await.unwrap_err();
         assert!(matches!(e, ClientError::Unauthorized { .. }), "{e}");
     }
-    for (limit, event_type, parameter) in [(5000, None, "limit"), (10, Some(""), "type")] {
-        let mut c = EventsClient::new(client_with(Some("right"), limit, event_type), store())
-            .await
-            .unwrap();
+    // A limit or wait above the server's maximum (1000, 30 s) is refused
+    // by the server, with the parameter named.
+    for (limit, event_type, wait, parameter) in [
+        (5000, None, None, "limit"),
+        (10, Some(""), None, "type"),
+        (10, None, Some(Duration::from_secs(31)), "wait"),
+    ] {
+        let config = ClientConfig {
+            wait,
+            ..client_with(Some("right"), limit, event_type)
+        };
+        let mut c = EventsClient::new(config, store()).await.unwrap();
         let e = tokio::time::timeout(Duration::from_secs(4), c.next_page())
             .await
             .expect("no retry")
@@ -329,6 +337,42 @@ async fn refusals_are_not_retried() {
         .unwrap();
     assert!(c.next_page().await.unwrap().events.is_empty());
     s.stop().await;
+}
+
+#[tokio::test]
+async fn a_configuration_no_server_accepts_is_refused_at_once() {
+    let dir = TempDir::new();
+    let base = ClientConfig::new("http://127.0.0.1:9".parse().unwrap());
+    for limit in [0, ferry_store::event_store::MAX_PAGE + 1] {
+        let e = EventsClient::new(
+            ClientConfig {
+                limit,
+                ..base.clone()
+            },
+            FileOffsetStore::new(dir.0.join("o")),
+        )
+        .await
+        .unwrap_err();
+        assert!(matches!(e, ClientError::Config { .. }), "{e:?}");
+        assert!(e.to_string().contains("limit"), "{e}");
+        assert!(!e.is_retryable());
+    }
+    let mut retry = base.retry.clone();
+    retry.max_attempts = 0;
+    let e = EventsClient::new(
+        ClientConfig {
+            retry,
+            ..base.clone()
+        },
+        FileOffsetStore::new(dir.0.join("o")),
+    )
+    .await
+    .unwrap_err();
+    assert!(matches!(e, ClientError::Config { .. }), "{e:?}");
+    // The cause is kept as the source, not formatted into the message.
+    let source = std::error::Error::source(&e).expect("the retry policy's error");
+    assert!(!e.to_string().contains(&source.to_string()), "{e}");
+    assert!(base.validate().is_ok());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -42,7 +42,7 @@ mod offsets;
 use std::time::Duration;
 
 use ferry_core::RetryPolicy;
-use ferry_store::event_store::StoredEvent;
+use ferry_store::event_store::{StoredEvent, MAX_PAGE};
 use reqwest::StatusCode;
 use serde::de::DeserializeOwned;
 use url::Url;
@@ -61,8 +61,11 @@ pub struct ClientConfig {
     pub url: Url,
     /// Sent as `Authorization: Bearer …` when set.
     pub token: Option<BearerToken>,
-    /// Events per page (default 100; the server's maximum applies, 1000 by
-    /// default).
+    /// Events per page: default 100, from 1 to [`MAX_PAGE`] (10000;
+    /// [`EventsClient::new`] refuses others with [`ClientError::Config`]).
+    /// Keep it at most the server's `max_limit` (1000 by default): a
+    /// server refuses a larger one with 400, so every call fails with
+    /// [`ClientError::Rejected`] naming the parameter `limit`.
     pub limit: u32,
     /// Only events of this type.
     pub event_type: Option<String>,
@@ -71,8 +74,10 @@ pub struct ClientConfig {
     /// Only events of this source id.
     pub source_id: Option<String>,
     /// Ask the server to hold an empty page this long for new events (long
-    /// poll; the server's maximum applies, 30 s by default). `None`: an
-    /// empty page comes back at once.
+    /// poll; sent in whole milliseconds). Keep it at most the server's
+    /// `max_wait` (30 s by default): a server refuses a longer one with
+    /// 400, so every call fails with [`ClientError::Rejected`] naming the
+    /// parameter `wait`. `None`: an empty page comes back at once.
     pub wait: Option<Duration>,
     /// Time limit of one request, on top of `wait` (default 30 s).
     pub timeout: Duration,
@@ -83,6 +88,28 @@ pub struct ClientConfig {
 }
 
 impl ClientConfig {
+    /// Checks what can be checked without asking the server (its own
+    /// `max_limit` and `max_wait` are known only to it): a `limit` from 1
+    /// to [`MAX_PAGE`], a valid retry policy, a base URL.
+    pub fn validate(&self) -> Result<(), ClientError> {
+        if !(1..=MAX_PAGE).contains(&self.limit) {
+            return Err(ClientError::config(format!(
+                "limit must be from 1 to {MAX_PAGE}, got {}",
+                self.limit
+            )));
+        }
+        self.retry
+            .validate()
+            .map_err(|e| ClientError::config_from("invalid retry policy", e))?;
+        if self.url.cannot_be_a_base() {
+            return Err(ClientError::config(format!(
+                "`{}` cannot be a base url",
+                self.url
+            )));
+        }
+        Ok(())
+    }
+
     /// Defaults for the server at `url`.
     pub fn new(url: Url) -> Self {
         Self {
@@ -119,9 +146,15 @@ pub struct EventsPage {
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     /// The configuration cannot work (a base URL that cannot take a path,
-    /// a limit of 0, a retry policy out of range); fix it.
-    #[error("invalid client configuration: {0}")]
-    Config(String),
+    /// a limit out of range, a retry policy out of range); fix it.
+    #[error("invalid client configuration: {reason}")]
+    Config {
+        /// What is wrong.
+        reason: String,
+        /// The underlying error, when there is one.
+        #[source]
+        source: Option<Box<dyn std::error::Error + Send + Sync>>,
+    },
     /// The server refused the token (401). Retrying does not help.
     #[error("the events api refused the request: {message} (401)")]
     Unauthorized {
@@ -176,6 +209,23 @@ pub enum MalformedBody {
 }
 
 impl ClientError {
+    fn config(reason: impl Into<String>) -> Self {
+        ClientError::Config {
+            reason: reason.into(),
+            source: None,
+        }
+    }
+
+    fn config_from(
+        reason: &str,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        ClientError::Config {
+            reason: reason.to_owned(),
+            source: Some(Box::new(source)),
+        }
+    }
+
     /// Whether calling again later may succeed.
     pub fn is_retryable(&self) -> bool {
         match self {
@@ -201,32 +251,23 @@ pub struct EventsClient<S> {
 }
 
 impl<S: OffsetStore> EventsClient<S> {
-    /// A client that starts from the offset in `store`.
+    /// A client that starts from the offset in `store`; fails with
+    /// [`ClientError::Config`] when the configuration does not pass
+    /// [`ClientConfig::validate`].
     pub async fn new(config: ClientConfig, store: S) -> Result<Self, ClientError> {
-        if config.limit == 0 {
-            return Err(ClientError::Config("limit must be at least 1".to_owned()));
-        }
-        config
-            .retry
-            .validate()
-            .map_err(|e| ClientError::Config(format!("retry: {e}")))?;
+        config.validate()?;
         let mut base = config.url.clone();
-        if base.cannot_be_a_base() {
-            return Err(ClientError::Config(format!(
-                "`{base}` cannot be a base url"
-            )));
-        }
         if !base.path().ends_with('/') {
             base.set_path(&format!("{}/", base.path()));
         }
         let join = |path: &str| {
             base.join(path)
-                .map_err(|e| ClientError::Config(format!("url: {e}")))
+                .map_err(|e| ClientError::config_from("cannot make the api's url", e))
         };
         let (events_url, head_url) = (join("v1/events")?, join("v1/events/head")?);
         let http = reqwest::Client::builder()
             .build()
-            .map_err(|e| ClientError::Config(format!("http client: {e}")))?;
+            .map_err(|e| ClientError::config_from("cannot build the http client", e))?;
         let committed = store.load().await?;
         Ok(Self {
             http,
