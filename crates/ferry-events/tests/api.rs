@@ -417,9 +417,16 @@ each_db!(
         // type does, long before the wait is over.
         let url = s.url("/v1/events?type=wanted&wait=20s");
         let poll = tokio::spawn(async move { get(&url).await });
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        s.until("the poll waits", |w| w.held() == 1).await;
         env.append(&[NewEvent::new("other", b"1".to_vec())]).await;
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        // Two more empty reads: the second began after the append had
+        // committed, so it saw the other event and did not answer.
+        let reads = s.waiting.empty_reads();
+        s.until("the poll read past the other event", |w| {
+            w.empty_reads() >= reads + 2
+        })
+        .await;
+        assert_eq!(s.waiting.held(), 1, "answered before a wanted event");
         assert!(!poll.is_finished(), "answered before a wanted event");
         let seq = env.append(&[NewEvent::new("wanted", b"2".to_vec())]).await[0];
         let (status, page) = tokio::time::timeout(Duration::from_secs(15), poll)
@@ -438,14 +445,17 @@ async fn shutdown_answers_waiting_polls_at_once() {
     let s = Served::start(&env.db, ApiConfig::default()).await;
     let url = s.url("/v1/events?wait=30s");
     let poll = tokio::spawn(async move { get(&url).await });
-    // The poll must be in flight before the shutdown, or it is refused.
-    let head = reqwest::get(s.url("/v1/events/head")).await.unwrap();
-    assert_eq!(head.status().as_u16(), 200);
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    assert!(!poll.is_finished(), "the poll is held");
+    // The poll must be held by the server before the shutdown, or it is
+    // refused.
+    s.until("the poll waits", |w| w.held() == 1).await;
+    let waiting = s.waiting.clone();
     let stopped = tokio::time::timeout(Duration::from_secs(10), s.stop()).await;
-    assert!(stopped.is_ok(), "the server waited for the poll");
-    let (status, page) = poll.await.unwrap();
+    assert!(stopped.is_ok(), "the server did not answer the poll at once");
+    assert_eq!(waiting.held(), 0);
+    let (status, page) = tokio::time::timeout(Duration::from_secs(10), poll)
+        .await
+        .expect("the poll is answered")
+        .unwrap();
     assert_eq!((status, seqs(&page).len()), (200, 0));
 }
 

@@ -25,6 +25,7 @@ pub mod params;
 
 use std::fmt;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -67,6 +68,50 @@ pub struct ApiConfig {
     /// Cancelled when the server shuts down: waiting requests answer at
     /// once (with an empty page) instead of holding the shutdown up.
     pub shutdown: CancellationToken,
+    /// Counts the requests held by `wait`; keep a clone to read it.
+    pub waiting: WaitingPolls,
+}
+
+/// The long polls a server holds: how many wait right now, and how many
+/// times they looked for new events and found none. Clones share the
+/// counts.
+#[derive(Clone, Debug, Default)]
+pub struct WaitingPolls(Arc<WaitingCounts>);
+
+#[derive(Debug, Default)]
+struct WaitingCounts {
+    held: AtomicUsize,
+    empty_reads: AtomicU64,
+}
+
+impl WaitingPolls {
+    /// Requests waiting for events now (they read an empty page and hold
+    /// it until an event arrives, their wait is over or the server shuts
+    /// down).
+    pub fn held(&self) -> usize {
+        self.0.held.load(Ordering::SeqCst)
+    }
+
+    /// Reads by waiting requests that found nothing, in total: it grows
+    /// while requests wait.
+    pub fn empty_reads(&self) -> u64 {
+        self.0.empty_reads.load(Ordering::SeqCst)
+    }
+
+    fn hold(&self) -> Held {
+        self.0.held.fetch_add(1, Ordering::SeqCst);
+        Held(self.0.clone())
+    }
+}
+
+/// One request counted in [`WaitingPolls::held`] until dropped (also when
+/// the client goes away and the request's future is dropped).
+struct Held(Arc<WaitingCounts>);
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.0.held.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 impl Default for ApiConfig {
@@ -77,6 +122,7 @@ impl Default for ApiConfig {
             max_wait: DEFAULT_MAX_WAIT,
             poll_interval: Duration::from_millis(100),
             shutdown: CancellationToken::new(),
+            waiting: WaitingPolls::default(),
         }
     }
 }
@@ -219,6 +265,7 @@ async fn list_events(State(state): State<ApiState>, RawQuery(raw): RawQuery) -> 
     };
     let mut query = request.query;
     let deadline = Instant::now() + request.wait;
+    let mut held = None;
     loop {
         let page = match state.db.read_events(&query).await {
             Ok(page) => page,
@@ -230,6 +277,9 @@ async fn list_events(State(state): State<ApiState>, RawQuery(raw): RawQuery) -> 
         }
         // Nothing up to `next_offset` matches: look only past it.
         query.offset = page.next_offset;
+        let waiting = &state.config.waiting;
+        held.get_or_insert_with(|| waiting.hold());
+        waiting.0.empty_reads.fetch_add(1, Ordering::SeqCst);
         let pause = state.config.poll_interval.min(deadline - now);
         tokio::select! {
             _ = tokio::time::sleep(pause) => {}

@@ -105,6 +105,8 @@ pub fn events(n: usize) -> Vec<NewEvent> {
 pub struct Served {
     pub addr: SocketAddr,
     pub shutdown: CancellationToken,
+    /// The server's long polls, as it counts them.
+    pub waiting: api::WaitingPolls,
     task: JoinHandle<Result<(), ServeError>>,
 }
 
@@ -119,16 +121,30 @@ impl Served {
         let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
         let addr = listener.local_addr().unwrap();
         let shutdown = config.shutdown.clone();
+        let waiting = config.waiting.clone();
         let task = tokio::spawn(api::serve(listener, db.clone(), config));
         Self {
             addr,
             shutdown,
+            waiting,
             task,
         }
     }
 
     pub fn url(&self, path_and_query: &str) -> String {
         format!("http://{}{path_and_query}", self.addr)
+    }
+
+    /// Waits (30 s at most) until `done` says so of the server's long
+    /// polls.
+    pub async fn until(&self, what: &str, done: impl Fn(&api::WaitingPolls) -> bool) {
+        let waited = tokio::time::timeout(std::time::Duration::from_secs(30), async {
+            while !done(&self.waiting) {
+                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            }
+        })
+        .await;
+        assert!(waited.is_ok(), "timed out waiting until {what}");
     }
 
     /// Shuts the server down and waits until it has stopped.
