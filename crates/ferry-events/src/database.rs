@@ -25,6 +25,24 @@ pub trait EventDatabase: sqlx::Database {
         offset: i64,
     ) -> BoxFuture<'a, Result<i64, StoreError>>;
 
+    /// Takes `reader`'s offset row for the rest of the transaction `conn`
+    /// (creating it at 0 when missing) and returns the stored offset.
+    ///
+    /// A no-op upsert: on PostgreSQL and MariaDB it write-locks the row
+    /// until the transaction ends, so a second transaction of the same
+    /// reader waits here and then sees what the first committed; on SQLite
+    /// it makes the transaction the single writer. A transactional
+    /// forwarder calls it first in each transaction and passes by the
+    /// events at or below the result, which is what keeps its writes
+    /// exactly once when its own view of the offset is stale (a COMMIT
+    /// whose acknowledgement was lost, a second instance of one name).
+    fn lock_offset<'a>(
+        conn: &'a mut Self::Connection,
+        reader: &'a str,
+    ) -> BoxFuture<'a, Result<i64, StoreError>> {
+        Self::save_offset(conn, reader, 0)
+    }
+
     /// `pool` as a [`Database`].
     fn database(pool: &sqlx::Pool<Self>) -> Database;
 }

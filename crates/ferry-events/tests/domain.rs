@@ -488,6 +488,64 @@ async fn durable_handlers_retry_without_repeating_work<DB: Sql>(env: Env<DB>) {
 }
 on!(durable_handlers_retry_without_repeating_work: postgres, sqlite, mariadb);
 
+/// Plain durable handlers run outside any transaction, so one may write
+/// through the pool while the forwarder's transactional handlers of
+/// earlier events have written. On SQLite, whose single writer makes the
+/// difference visible, that write would wait for the forwarder's
+/// transaction (and fail with SQLITE_BUSY) if it ran inside it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plain_durable_handlers_run_outside_the_forwarder_transaction() {
+    let env = support::sqlite().await;
+    table(&env.pool, "orders").await;
+    table(&env.pool, "refunds").await;
+    table(&env.pool, "mails").await;
+    let pool = env.pool.clone();
+    let bus = EventBus::builder()
+        .durable_in_transaction(
+            "refund",
+            |conn: &mut sqlx::SqliteConnection, e: &Event<OrderCancelled>| {
+                Box::pin(async move {
+                    sqlx::Sqlite::insert(conn, "refunds", e.id.to_string()).await?;
+                    Ok(())
+                })
+            },
+        )
+        .durable("mail", move |e: Arc<Event<OrderCancelled>>| {
+            let pool = pool.clone();
+            async move {
+                sqlx::query("INSERT INTO mails (id) VALUES (?)")
+                    .bind(e.id.to_string())
+                    .execute(&pool)
+                    .await?;
+                Ok(())
+            }
+        })
+        .build(env.pool.clone())
+        .unwrap();
+    let mut ids = Vec::new();
+    for n in 1..=4 {
+        ids.push(cancel(&bus, n, End::Commit).await.unwrap().to_string());
+    }
+    ids.sort();
+    let config = ForwarderConfig {
+        retry: RetryPolicy {
+            max_attempts: 1,
+            ..fast_forwarder("").retry
+        },
+        ..fast_forwarder("handlers")
+    };
+    let running = bus.forwarder(config).spawn(&CancellationToken::new());
+    let stats = running.stats.clone();
+    let head = env.db.event_head().await.unwrap();
+    wait_until("the offset at the head", LONG, || {
+        stats.offset() == head || running.has_ended()
+    })
+    .await;
+    running.stop().await.unwrap();
+    assert_eq!(sqlx::Sqlite::ids(&env.pool, "mails").await, ids);
+    assert_eq!(sqlx::Sqlite::ids(&env.pool, "refunds").await, ids);
+}
+
 /// On SQLite (no NOTIFY) the bus's units of work wake its forwarder in the
 /// same process: with a poll interval of an hour, durable events still
 /// arrive.
@@ -509,15 +567,17 @@ async fn a_commit_wakes_the_bus_forwarder() {
         ..fast_forwarder("refunds")
     };
     let running = bus.forwarder(config).spawn(&CancellationToken::new());
+    let stats = running.stats.clone();
+    wait_until("the forwarder idle", LONG, || stats.idle() >= 1).await;
     for n in 1..=3 {
-        // Not a synchronisation: it only lets the forwarder go idle, so
-        // that only the commit's wake-up can bring the event.
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        let idle = stats.idle();
         cancel(&bus, n, End::Commit).await.unwrap();
         wait_until("the event", Duration::from_secs(20), || {
             seen.lock().unwrap().len() == n as usize
         })
         .await;
+        // Idle again, waiting for an hour unless woken.
+        wait_until("the forwarder idle", LONG, || stats.idle() > idle).await;
     }
     running.stop().await.unwrap();
 }

@@ -392,6 +392,75 @@ async fn a_transactional_handler_writes_each_event_once<DB: Sql>(env: Env<DB>) {
 }
 on!(a_transactional_handler_writes_each_event_once: postgres, sqlite, mariadb);
 
+fn apply<DB>(calls: &Arc<Mutex<Vec<i64>>>) -> Apply<DB> {
+    Apply {
+        fail_once: Mutex::new(None),
+        hang: None,
+        reached_hang: Arc::new(Notify::new()),
+        calls: calls.clone(),
+        _db: std::marker::PhantomData,
+    }
+}
+
+/// Two transactional forwarders of one name over the same events: each
+/// transaction takes the stored offset first and passes by what the other
+/// committed, so every event is written exactly once.
+async fn two_transactional_forwarders_of_one_name_write_each_event_once<DB: Sql>(env: Env<DB>) {
+    table(&env.pool, "applied").await;
+    let appended = events(80, 0);
+    let seqs = append(&env, &appended).await;
+    let calls = Arc::new(Mutex::new(Vec::new()));
+    let token = CancellationToken::new();
+    let a = Forwarder::to_transactional(&env.pool, apply::<DB>(&calls), config("tx")).spawn(&token);
+    let b = Forwarder::to_transactional(&env.pool, apply::<DB>(&calls), config("tx")).spawn(&token);
+    let (sa, sb) = (a.stats.clone(), b.stats.clone());
+    let last = seqs[79];
+    wait_until("both at the last event", LONG, || {
+        sa.offset() == last && sb.offset() == last
+    })
+    .await;
+    a.stop().await.unwrap();
+    b.stop().await.unwrap();
+    let mut want: Vec<String> = appended.iter().map(|e| e.id.to_string()).collect();
+    want.sort();
+    assert_eq!(
+        DB::ids(&env.pool, "applied").await,
+        want,
+        "every event written exactly once"
+    );
+    assert_eq!(sa.delivered() + sb.delivered(), 80, "each event counted once");
+    assert_eq!(env.db.load_offset("tx").await.unwrap(), last);
+}
+on!(two_transactional_forwarders_of_one_name_write_each_event_once: postgres, sqlite, mariadb);
+
+/// The offset stored ahead of the forwarder's own view (what a COMMIT
+/// whose acknowledgement was lost leaves behind): the forwarder passes by
+/// the events at or below it instead of writing them again.
+async fn a_stored_offset_ahead_of_the_forwarder_is_respected<DB: Sql>(env: Env<DB>) {
+    table(&env.pool, "applied").await;
+    let calls = Arc::new(Mutex::new(Vec::new()));
+    let running = Forwarder::to_transactional(&env.pool, apply::<DB>(&calls), config("tx"))
+        .spawn(&CancellationToken::new());
+    let stats = running.stats.clone();
+    // Idle: it has loaded its offset (0) and read an empty store.
+    wait_until("the forwarder idle", LONG, || stats.idle() >= 1).await;
+    let appended = events(10, 0);
+    let mut tx = env.pool.begin().await.unwrap();
+    let seqs = DB::append(&mut *tx, &appended).await.unwrap();
+    DB::save_offset(&mut *tx, "tx", seqs[4]).await.unwrap();
+    tx.commit().await.unwrap();
+    wait_until("the offset at the last event", LONG, || {
+        stats.offset() == seqs[9]
+    })
+    .await;
+    running.stop().await.unwrap();
+    let mut want: Vec<String> = appended[5..].iter().map(|e| e.id.to_string()).collect();
+    want.sort();
+    assert_eq!(DB::ids(&env.pool, "applied").await, want, "only the last five");
+    assert_eq!(*calls.lock().unwrap(), seqs[5..].to_vec());
+}
+on!(a_stored_offset_ahead_of_the_forwarder_is_respected: postgres, sqlite, mariadb);
+
 /// To a webhook: each event is a CloudEvent whose id is the event id, type
 /// the event type, partition key its source, with its sequence number;
 /// events of one source arrive in order.
@@ -515,6 +584,78 @@ async fn a_sink_that_is_down_costs_no_attempts<DB: Sql>(env: Env<DB>) {
 }
 on!(a_sink_that_is_down_costs_no_attempts: postgres, sqlite);
 
+/// A call in which nothing is accepted, one event refused as unavailable
+/// (503) and the next as malformed (400): the permanent refusal counts
+/// (the sink is not taken for down for ever), and the forwarder stops
+/// naming the refused event with its own error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_permanent_refusal_counts_beside_an_unavailable_one() {
+    let env = support::sqlite().await;
+    let r = Receiver::start().await;
+    let seqs = append(
+        &env,
+        &[
+            NewEvent::new("t", "\"refuse\""),
+            NewEvent::new("t", "\"poison\""),
+        ],
+    )
+    .await;
+    let sink = SinkConfig::from_url(&r.url())
+        .unwrap()
+        .build()
+        .await
+        .unwrap();
+    let run = Forwarder::to_sink(&env.db, sink, config("hook")).run(CancellationToken::new());
+    let e = tokio::time::timeout(LONG, run)
+        .await
+        .expect("stops at the refused event")
+        .unwrap_err();
+    let ForwarderError::Stopped {
+        seq,
+        attempts,
+        offset,
+        error,
+        ..
+    } = &e
+    else {
+        panic!("{e}")
+    };
+    assert_eq!((*seq, *attempts, *offset), (seqs[1], 1, 0), "{e}");
+    assert!(!error.is_transient(), "{e}: the 400's error");
+    assert!(error.describe().contains("400"), "{}", error.describe());
+    assert_eq!(env.db.load_offset("hook").await.unwrap(), 0);
+}
+
+/// A row that cannot be decoded (a plain-SQL producer wrote an event id
+/// that is not a UUID): the forwarder delivers the events before it, then
+/// stops with `Undecodable` naming where it is, instead of retrying as if
+/// the database were down.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_undecodable_row_stops_the_forwarder_after_the_events_before_it() {
+    let env = support::sqlite().await;
+    let seqs = append(&env, &events(3, 0)).await;
+    sqlx::query(
+        "INSERT INTO ferry_events (event_id, event_type, payload) VALUES ('order-42', 't', '{}')",
+    )
+    .execute(&env.pool)
+    .await
+    .unwrap();
+    append(&env, &events(2, 0)).await;
+    let recorder = Recorder::default();
+    let run = Forwarder::to_handler(&env.db, recorder.clone(), config("f"))
+        .run(CancellationToken::new());
+    let e = tokio::time::timeout(LONG, run)
+        .await
+        .expect("stops instead of retrying")
+        .unwrap_err();
+    let ForwarderError::Undecodable { after, .. } = &e else {
+        panic!("{e}")
+    };
+    assert_eq!(*after, seqs[2], "{e}");
+    assert_eq!(recorder.seqs(), seqs, "the events before the bad row");
+    assert_eq!(env.db.load_offset("f").await.unwrap(), seqs[2]);
+}
+
 /// On PostgreSQL an idle forwarder is woken by the store's NOTIFY: with a
 /// poll interval of an hour, events still arrive.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -527,15 +668,17 @@ async fn postgres_wakes_an_idle_forwarder() {
     };
     let running =
         Forwarder::to_handler(&env.db, recorder.clone(), config).spawn(&CancellationToken::new());
+    let stats = running.stats.clone();
+    wait_until("the forwarder idle", LONG, || stats.idle() >= 1).await;
     for i in 1..=3 {
-        // Not a synchronisation: it only gives the forwarder time to go
-        // idle, so that only a notification can wake it.
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        let idle = stats.idle();
         append(&env, &events(1, 0)).await;
         wait_until("the event, by NOTIFY", Duration::from_secs(20), || {
             recorder.len() == i
         })
         .await;
+        // Idle again, waiting for an hour unless notified.
+        wait_until("the forwarder idle", LONG, || stats.idle() > idle).await;
     }
     running.stop().await.unwrap();
 }

@@ -106,7 +106,7 @@ use std::time::Duration;
 
 use ferry_core::{error_chain, BoxFuture, Message, Sink, SinkError, SinkErrorKind};
 use ferry_relay::Health;
-use ferry_store::event_store::{EventQuery, StoredEvent};
+use ferry_store::event_store::{EventPage, EventQuery, StoredEvent};
 use ferry_store::{Database, StoreError};
 use futures::FutureExt;
 use tokio::sync::Notify;
@@ -151,6 +151,24 @@ pub enum ForwarderError {
         /// The last attempt's error.
         #[source]
         error: HandlerError,
+    },
+    /// A row of the event store cannot be decoded (an `event_id` that is
+    /// not a UUID, written by plain SQL, say): the forwarder delivered
+    /// every event before it and stops, its offset at `after`. Retrying
+    /// does not help until the row is repaired; see
+    /// `docs/forwarder.md#a-row-that-cannot-be-read`.
+    #[error(
+        "forwarder `{forwarder}` stopped: the first event store row after seq {after} cannot be decoded"
+    )]
+    Undecodable {
+        /// The forwarder's name.
+        forwarder: String,
+        /// Its offset: the bad row is the first one with a sequence
+        /// number above it.
+        after: i64,
+        /// The decoding error.
+        #[source]
+        source: StoreError,
     },
     /// The forwarder's task panicked or was aborted (a bug).
     #[error("the task of forwarder `{forwarder}` failed")]
@@ -203,6 +221,23 @@ impl Forwarder {
         let target = Target::Transactional(Box::new(InTransaction {
             pool: pool.clone(),
             handler: Arc::new(handler),
+            outside: None,
+        }));
+        Self::new(DB::database(pool), target, config)
+    }
+
+    /// As [`Forwarder::to_transactional`], with `outside` run for an event
+    /// before its transaction and outside any.
+    pub(crate) fn to_transactional_with<DB: EventDatabase>(
+        pool: &sqlx::Pool<DB>,
+        handler: impl TransactionalHandler<DB>,
+        outside: impl OutsideWork,
+        config: ForwarderConfig,
+    ) -> Self {
+        let target = Target::Transactional(Box::new(InTransaction {
+            pool: pool.clone(),
+            handler: Arc::new(handler),
+            outside: Some(Arc::new(outside)),
         }));
         Self::new(DB::database(pool), target, config)
     }
@@ -305,6 +340,28 @@ impl Forwarder {
                     run.store.succeeded();
                     page
                 }
+                Err(e) if is_decode_error(&e) => match self.read_up_to_bad_row(offset).await {
+                    // Deliver the events before the bad row first.
+                    Ok(events) if !events.is_empty() => EventPage {
+                        next_offset: events[events.len() - 1].seq,
+                        events,
+                    },
+                    Ok(_) => {
+                        let e = ForwarderError::Undecodable {
+                            forwarder: name.to_owned(),
+                            after: offset,
+                            source: e,
+                        };
+                        tracing::error!(forwarder = name, after = offset, error = %error_chain(&e),
+                            "forwarder stopped at an event store row it cannot decode");
+                        break Err(e);
+                    }
+                    Err(e) => {
+                        run.store
+                            .failed(&format!("reading events failed: {}", error_chain(&e)));
+                        continue;
+                    }
+                },
                 Err(e) => {
                     run.store
                         .failed(&format!("reading events failed: {}", error_chain(&e)));
@@ -321,6 +378,10 @@ impl Forwarder {
                 offset = offset.max(page.next_offset);
                 self.stats.set_offset(offset);
                 saved = self.save(run, offset, saved).await;
+                if run.shutdown.is_cancelled() {
+                    continue;
+                }
+                ForwarderStats::add(&self.stats.idle, 1);
                 tokio::select! {
                     _ = self.wake.notified() => {}
                     _ = tokio::time::sleep(self.config.poll_interval) => {}
@@ -341,7 +402,10 @@ impl Forwarder {
                 offset = offset.max(page.events[end.done - 1].seq);
             }
             if let Some(through) = end.saved {
+                // What the store holds, even when another instance of this
+                // name or a COMMIT whose answer we lost put it there.
                 saved = saved.max(through);
+                offset = offset.max(through);
             }
             if end.done == page.events.len() && matches!(end.how, How::Continue) {
                 offset = offset.max(page.next_offset);
@@ -351,8 +415,12 @@ impl Forwarder {
             match end.how {
                 How::Continue => {}
                 How::Interrupted => break Ok(()),
-                How::Stop { attempts, error } => {
-                    let event = &page.events[end.done];
+                How::Stop {
+                    at,
+                    attempts,
+                    error,
+                } => {
+                    let event = &page.events[at];
                     let e = ForwarderError::Stopped {
                         forwarder: name.to_owned(),
                         seq: event.seq,
@@ -413,23 +481,51 @@ impl Forwarder {
         }
     }
 
-    /// Saves `offset` if it is past `saved`; returns what is saved now. A
-    /// failure pauses the forwarder (the offset is saved with the next page).
+    /// Saves `offset` if it is past `saved`; returns what is saved now.
+    /// A failure is retried with the database's backoff before anything
+    /// else is delivered, so that at most one page is ever delivered
+    /// again; only shutdown ends the retries (then `saved` is returned and
+    /// [`Forwarder::forward`] makes one last try).
     async fn save(&self, run: &Run, offset: i64, saved: i64) -> i64 {
         if offset <= saved {
             return saved;
         }
-        match self.db.save_offset(&self.config.name, offset).await {
-            Ok(now) => {
-                run.store.succeeded();
-                now
-            }
-            Err(e) => {
-                run.store
-                    .failed(&format!("saving the offset failed: {}", error_chain(&e)));
-                saved
+        loop {
+            match self.db.save_offset(&self.config.name, offset).await {
+                Ok(now) => {
+                    run.store.succeeded();
+                    return now;
+                }
+                Err(e) => {
+                    run.store
+                        .failed(&format!("saving the offset failed: {}", error_chain(&e)));
+                    if !run.pause(&run.store).await {
+                        return saved;
+                    }
+                }
             }
         }
+    }
+
+    /// After a page failed to decode: the events after `offset` read one
+    /// at a time, up to the first row that does not decode (or a page's
+    /// worth). Empty when the very next row is the bad one.
+    async fn read_up_to_bad_row(&self, offset: i64) -> Result<Vec<StoredEvent>, StoreError> {
+        let mut events: Vec<StoredEvent> = Vec::new();
+        while events.len() < self.config.batch_size as usize {
+            let query = EventQuery {
+                offset: events.last().map_or(offset, |e| e.seq),
+                limit: 1,
+                ..EventQuery::default()
+            };
+            match self.db.read_events(&query).await {
+                Ok(page) if page.events.is_empty() => break,
+                Ok(page) => events.extend(page.events),
+                Err(e) if is_decode_error(&e) => break,
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(events)
     }
 
     async fn to_handler_page(
@@ -453,13 +549,18 @@ impl Forwarder {
             match settled {
                 Settled::Delivered => ForwarderStats::add(&self.stats.delivered, 1),
                 Settled::Skipped => {}
-                Settled::Stop { attempts, error } => return PageEnd::stop(done, attempts, error),
+                Settled::Stop { attempts, error } => {
+                    return PageEnd::stop(done, done, attempts, error)
+                }
                 Settled::Interrupted => return PageEnd::interrupted(done),
             }
         }
         PageEnd::all(events.len())
     }
 
+    /// For each event: its work outside the transaction first, if any
+    /// (settled like a handler's), then its transactional work, batched
+    /// with the following events that have none outside.
     async fn to_transactional_page(
         &self,
         run: &Run,
@@ -468,7 +569,12 @@ impl Forwarder {
     ) -> PageEnd {
         let name = self.config.name.as_str();
         let mut done = 0;
-        let mut saved = None;
+        let mut saved: Option<i64> = None;
+        let note = |saved: &mut Option<i64>, seq: i64| {
+            *saved = Some(saved.map_or(seq, |s| s.max(seq)));
+        };
+        // The event whose outside work succeeded.
+        let mut outside_done = None;
         while done < events.len() {
             if run.shutdown.is_cancelled() {
                 return PageEnd {
@@ -480,8 +586,49 @@ impl Forwarder {
                 run.sleep(pause).await;
                 continue;
             }
+            let event = &events[done];
+            if outside_done != Some(done) && tx.outside(event).is_some() {
+                let settled = self
+                    .settle(run, event, 0, None, || {
+                        Box::pin(async move {
+                            Ok(match tx.outside(event) {
+                                Some(work) => guarded(work).await,
+                                None => Ok(()),
+                            })
+                        })
+                    })
+                    .await;
+                match settled {
+                    Settled::Delivered => {
+                        outside_done = Some(done);
+                        if !tx.wants(event) {
+                            ForwarderStats::add(&self.stats.delivered, 1);
+                        }
+                    }
+                    Settled::Skipped => {
+                        done += 1;
+                        continue;
+                    }
+                    Settled::Stop { attempts, error } => {
+                        return PageEnd {
+                            saved,
+                            ..PageEnd::stop(done, done, attempts, error)
+                        }
+                    }
+                    Settled::Interrupted => {
+                        return PageEnd {
+                            saved,
+                            ..PageEnd::interrupted(done)
+                        }
+                    }
+                }
+            }
+            let mut end = done + 1;
+            while end < events.len() && tx.outside(&events[end]).is_none() {
+                end += 1;
+            }
             let Some(batch) = run
-                .within_grace(&self.config, tx.batch(name, &events[done..]))
+                .within_grace(&self.config, tx.batch(name, &events[done..end]))
                 .await
             else {
                 return PageEnd {
@@ -493,6 +640,7 @@ impl Forwarder {
                 handled,
                 wanted,
                 failure,
+                stored,
             } = match batch {
                 Ok(result) => {
                     run.store.succeeded();
@@ -508,8 +656,8 @@ impl Forwarder {
             };
             ForwarderStats::add(&self.stats.delivered, wanted as u64);
             done += handled;
-            if handled > 0 {
-                saved = Some(events[done - 1].seq);
+            if let Some(stored) = stored {
+                note(&mut saved, stored);
             }
             let Some(error) = failure else { continue };
             let event = &events[done];
@@ -519,14 +667,14 @@ impl Forwarder {
             match settled {
                 Settled::Delivered => {
                     ForwarderStats::add(&self.stats.delivered, 1);
-                    saved = Some(event.seq);
+                    note(&mut saved, event.seq);
                     done += 1;
                 }
                 Settled::Skipped => done += 1,
                 Settled::Stop { attempts, error } => {
                     return PageEnd {
                         saved,
-                        ..PageEnd::stop(done, attempts, error)
+                        ..PageEnd::stop(done, done, attempts, error)
                     }
                 }
                 Settled::Interrupted => {
@@ -577,6 +725,9 @@ impl Forwarder {
                 else {
                     return PageEnd::interrupted(prefix(&settled));
                 };
+                // Down: nothing accepted and some refused as unavailable.
+                // Those cost no attempt; the call's other refusals (a
+                // permanent one, say) still count.
                 let some_ok = results.iter().any(Result::is_ok);
                 let down = results.iter().find_map(|r| match r {
                     Err(e) if e.kind == SinkErrorKind::Unavailable && !some_ok => {
@@ -584,12 +735,13 @@ impl Forwarder {
                     }
                     _ => None,
                 });
-                if let Some(error) = down {
-                    ForwarderStats::add(&self.stats.sink_unavailable, 1);
-                    run.sink.failed(&error);
-                    continue;
+                match &down {
+                    Some(error) => {
+                        ForwarderStats::add(&self.stats.sink_unavailable, 1);
+                        run.sink.failed(error);
+                    }
+                    None => run.sink.succeeded(),
                 }
-                run.sink.succeeded();
                 let mut results = results.into_iter();
                 let mut retrying = Vec::new();
                 let mut wait = Duration::ZERO;
@@ -604,6 +756,10 @@ impl Forwarder {
                         Ok(()) => {
                             ForwarderStats::add(&self.stats.delivered, 1);
                             settled[i] = true;
+                            continue;
+                        }
+                        Err(e) if down.is_some() && e.kind == SinkErrorKind::Unavailable => {
+                            retrying.push(i);
                             continue;
                         }
                         Err(e) => e,
@@ -626,7 +782,7 @@ impl Forwarder {
                     match self.give_up(run, event, attempts[i], error).await {
                         Settled::Skipped => settled[i] = true,
                         Settled::Stop { attempts, error } => {
-                            return PageEnd::stop(prefix(&settled), attempts, error)
+                            return PageEnd::stop(prefix(&settled), start + i, attempts, error)
                         }
                         Settled::Interrupted | Settled::Delivered => {
                             return PageEnd::interrupted(prefix(&settled))
@@ -841,7 +997,12 @@ struct PageEnd {
 enum How {
     Continue,
     Interrupted,
-    Stop { attempts: u32, error: HandlerError },
+    /// Gave up on the page's event `at` (at or after `done`).
+    Stop {
+        at: usize,
+        attempts: u32,
+        error: HandlerError,
+    },
 }
 
 impl PageEnd {
@@ -859,13 +1020,26 @@ impl PageEnd {
             how: How::Interrupted,
         }
     }
-    fn stop(done: usize, attempts: u32, error: HandlerError) -> Self {
+    fn stop(done: usize, at: usize, attempts: u32, error: HandlerError) -> Self {
         Self {
             done,
             saved: None,
-            how: How::Stop { attempts, error },
+            how: How::Stop {
+                at,
+                attempts,
+                error,
+            },
         }
     }
+}
+
+/// Whether `e` says a row could not be decoded (as opposed to the
+/// database being unreachable): reading it again will fail again.
+fn is_decode_error(e: &StoreError) -> bool {
+    matches!(
+        e,
+        StoreError::Database(sqlx::Error::ColumnDecode { .. } | sqlx::Error::Decode(_))
+    )
 }
 
 /// A handler's result, with a panic turned into a permanent error.
@@ -889,10 +1063,21 @@ pub(crate) async fn guarded(
 
 /// A transactional target, without its database type.
 trait Transact: Send + Sync {
+    /// Whether `event` has work to do in a transaction.
+    fn wants(&self, event: &StoredEvent) -> bool;
+
+    /// The part of `event`'s handling that runs before its transaction and
+    /// outside any (at least once), if it has one.
+    fn outside<'a>(
+        &'a self,
+        event: &'a StoredEvent,
+    ) -> Option<BoxFuture<'a, Result<(), HandlerError>>>;
+
     /// Handles `events` in order in one transaction, a savepoint each,
     /// until one fails; saves the offset of the last one handled and
-    /// commits. Returns how many were handled (or passed by), how many of
-    /// those the handler wanted, and the failing one's error.
+    /// commits. First it takes the stored offset
+    /// ([`EventDatabase::lock_offset`]) and passes by the events at or
+    /// below it. Opens no transaction when no event wants one.
     fn batch<'a>(
         &'a self,
         reader: &'a str,
@@ -900,7 +1085,8 @@ trait Transact: Send + Sync {
     ) -> BoxFuture<'a, Result<Batch, StoreError>>;
 
     /// One attempt at `event` in a transaction of its own, saving its
-    /// offset with it.
+    /// offset with it (passing it by when the stored offset is at or past
+    /// it).
     fn single<'a>(
         &'a self,
         reader: &'a str,
@@ -912,30 +1098,68 @@ trait Transact: Send + Sync {
 struct Batch {
     /// Events handled or passed by, from the first.
     handled: usize,
-    /// Of those, the ones the handler wanted.
+    /// Of those, the ones the handler wanted and handled here.
     wanted: usize,
     /// The error of the event after them, if one failed.
     failure: Option<HandlerError>,
+    /// The offset stored when the transaction ended, if one was opened:
+    /// as it found it (locked), or as it committed it.
+    stored: Option<i64>,
+}
+
+/// Work a transactional target does outside the transaction, before it
+/// (the bus's plain durable handlers).
+pub(crate) trait OutsideWork: Send + Sync + 'static {
+    /// Whether `event` has such work.
+    fn wants(&self, event: &StoredEvent) -> bool;
+    /// Does it; at least once.
+    fn run<'a>(&'a self, event: &'a StoredEvent) -> BoxFuture<'a, Result<(), HandlerError>>;
 }
 
 struct InTransaction<DB: EventDatabase> {
     pool: sqlx::Pool<DB>,
     handler: Arc<dyn TransactionalHandler<DB>>,
+    outside: Option<Arc<dyn OutsideWork>>,
 }
 
 impl<DB: EventDatabase> Transact for InTransaction<DB> {
+    fn wants(&self, event: &StoredEvent) -> bool {
+        self.handler.wants(event)
+    }
+
+    fn outside<'a>(
+        &'a self,
+        event: &'a StoredEvent,
+    ) -> Option<BoxFuture<'a, Result<(), HandlerError>>> {
+        let outside = self.outside.as_ref()?;
+        outside.wants(event).then(|| outside.run(event))
+    }
+
     fn batch<'a>(
         &'a self,
         reader: &'a str,
         events: &'a [StoredEvent],
     ) -> BoxFuture<'a, Result<Batch, StoreError>> {
         Box::pin(async move {
+            if !events.iter().any(|e| self.handler.wants(e)) {
+                // Nothing to write: the offset is saved after the page.
+                return Ok(Batch {
+                    handled: events.len(),
+                    wanted: 0,
+                    failure: None,
+                    stored: None,
+                });
+            }
             let mut tx = self.pool.begin().await?;
+            // Held until commit: our in-memory offset may be stale (a lost
+            // COMMIT acknowledgement, another instance of this name), the
+            // locked row is not.
+            let stored = DB::lock_offset(&mut tx, reader).await?;
             let mut handled = 0;
             let mut wanted = 0;
             let mut failure = None;
             for event in events {
-                if !self.handler.wants(event) {
+                if event.seq <= stored || !self.handler.wants(event) {
                     handled += 1;
                     continue;
                 }
@@ -953,16 +1177,19 @@ impl<DB: EventDatabase> Transact for InTransaction<DB> {
                     }
                 }
             }
-            if handled > 0 {
-                DB::save_offset(&mut tx, reader, events[handled - 1].seq).await?;
+            let stored = if wanted > 0 {
+                let now = DB::save_offset(&mut tx, reader, events[handled - 1].seq).await?;
                 tx.commit().await?;
+                now
             } else {
                 tx.rollback().await?;
-            }
+                stored
+            };
             Ok(Batch {
                 handled,
                 wanted,
                 failure,
+                stored: Some(stored),
             })
         })
     }
@@ -974,6 +1201,10 @@ impl<DB: EventDatabase> Transact for InTransaction<DB> {
     ) -> BoxFuture<'a, Result<Result<(), HandlerError>, StoreError>> {
         Box::pin(async move {
             let mut tx = self.pool.begin().await?;
+            if DB::lock_offset(&mut tx, reader).await? >= event.seq {
+                tx.rollback().await?;
+                return Ok(Ok(()));
+            }
             if let Err(error) = guarded(self.handler.handle(&mut tx, event)).await {
                 tx.rollback().await?;
                 return Ok(Err(error));

@@ -11,6 +11,9 @@ pub struct ForwarderStats {
     pub skipped: AtomicU64,
     /// Times the sink as a whole was found unavailable.
     pub sink_unavailable: AtomicU64,
+    /// Times it found no new event and began to wait (for a wake-up or
+    /// the poll interval).
+    pub idle: AtomicU64,
     /// The offset: every event up to it is delivered or skipped.
     pub offset: AtomicI64,
     /// The newest committed sequence number the forwarder has seen.
@@ -31,6 +34,11 @@ impl ForwarderStats {
     /// Events skipped so far.
     pub fn skipped(&self) -> u64 {
         self.skipped.load(Ordering::Relaxed)
+    }
+
+    /// Times it went idle so far.
+    pub fn idle(&self) -> u64 {
+        self.idle.load(Ordering::Relaxed)
     }
 
     /// The current offset.

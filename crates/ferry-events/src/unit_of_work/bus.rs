@@ -12,7 +12,9 @@ use ferry_store::event_store::StoredEvent;
 use tokio::sync::Notify;
 
 use super::{DomainEvent, Event, Source, UnitOfWork, UnitOfWorkError};
-use crate::forwarder::{guarded, Forwarder, ForwarderConfig, HandlerError, TransactionalHandler};
+use crate::forwarder::{
+    guarded, Forwarder, ForwarderConfig, HandlerError, OutsideWork, TransactionalHandler,
+};
 use crate::EventDatabase;
 
 /// A raised event, type-erased: an `Arc<Event<E>>`.
@@ -46,7 +48,7 @@ impl<DB: EventDatabase> Clone for EventBus<DB> {
 pub(crate) struct Registry<DB: EventDatabase> {
     pub(crate) pool: sqlx::Pool<DB>,
     pub(crate) by_type: HashMap<TypeId, TypeHandlers<DB>>,
-    durable: Arc<HashMap<&'static str, Vec<DurableEntry<DB>>>>,
+    durable: DurableHandlers<DB>,
     pub(crate) executor: Option<Executor>,
     pub(crate) wake: Arc<Notify>,
 }
@@ -102,22 +104,33 @@ impl<DB: EventDatabase> EventBus<DB> {
 
     /// The forwarder that runs the durable handlers: it reads the event
     /// store in the bus's database from its offset under `config.name`,
-    /// and hands each event to the durable handlers of its type (in the
-    /// order they were registered), in a transaction that also saves its
-    /// offset. Events of other types pass by. Units of work of this bus
-    /// wake it when they commit stored events.
+    /// and for each event of a type with durable handlers:
     ///
-    /// When one handler of an event fails, the event is retried; handlers
-    /// registered with [`EventBusBuilder::durable`] that already succeeded
-    /// for it are not called again in this process (they are after a
-    /// restart), those of [`EventBusBuilder::durable_in_transaction`] are
-    /// (their writes were rolled back with the failing attempt).
+    /// 1. calls its [`EventBusBuilder::durable`] handlers, in the order
+    ///    registered, **outside any database transaction** (they may call
+    ///    other systems for as long as they need; at least once);
+    /// 2. then calls its [`EventBusBuilder::durable_in_transaction`]
+    ///    handlers, in the order registered, in the transaction that also
+    ///    saves the offset (exactly once for their writes). Consecutive
+    ///    events without plain durable handlers share one transaction.
+    ///
+    /// Events of other types pass by. Units of work of this bus wake it
+    /// when they commit stored events.
+    ///
+    /// When one handler of an event fails, the event is retried; `durable`
+    /// handlers that already succeeded for it are not called again in this
+    /// process (they are after a restart), `durable_in_transaction`
+    /// handlers are (their writes were rolled back with the failing
+    /// attempt).
     pub fn forwarder(&self, config: ForwarderConfig) -> Forwarder {
-        let dispatch = Dispatch {
+        let outside = Outside {
             durable: self.registry.durable.clone(),
             done: Mutex::default(),
         };
-        Forwarder::to_transactional(&self.registry.pool, dispatch, config)
+        let in_transaction = InTransaction {
+            durable: self.registry.durable.clone(),
+        };
+        Forwarder::to_transactional_with(&self.registry.pool, in_transaction, outside, config)
             .woken_by(self.registry.wake.clone())
     }
 
@@ -239,9 +252,10 @@ impl<DB: EventDatabase> EventBusBuilder<DB> {
 
     /// Stores every `E` (as [`store`](Self::store)) and runs `handler` for
     /// it from the bus's [forwarder](EventBus::forwarder): after the
-    /// commit, surviving a crash (at least once, with [`Event::seq`] set).
-    /// A handler sees an event again after a crash or a failed attempt:
-    /// make it idempotent by [`Event::id`].
+    /// commit, surviving a crash (at least once, with [`Event::seq`] set),
+    /// outside any database transaction, so a slow external call holds no
+    /// lock. A handler sees an event again after a crash or a failed
+    /// attempt: make it idempotent by [`Event::id`].
     pub fn durable<E, F, Fut>(mut self, name: impl Into<String>, handler: F) -> Self
     where
         E: DomainEvent,
@@ -249,18 +263,20 @@ impl<DB: EventDatabase> EventBusBuilder<DB> {
         Fut: Future<Output = Result<(), HandlerError>> + Send + 'static,
     {
         self.of::<E>().stored = true;
-        let handler: Arc<dyn Durable<DB>> = Arc::new(DurableFn(handler, PhantomData::<fn(E)>));
+        let handler: Arc<dyn Plain> = Arc::new(DurableFn(handler, PhantomData::<fn(E)>));
         self.durable.entry(E::TYPE).or_default().push(DurableEntry {
             name: name.into(),
-            handler,
-            in_transaction: false,
+            handler: DurableKind::Plain(handler),
         });
         self
     }
 
     /// Like [`durable`](Self::durable), but `handler` writes with `conn`,
     /// the forwarder's transaction, which also saves the forwarder's
-    /// offset: its writes are applied exactly once.
+    /// offset: its writes are applied exactly once. It runs after the
+    /// event's plain durable handlers succeeded. Keep it to database work:
+    /// anything slow in it holds the transaction (and, if it appends
+    /// events, the event store's append lock) open.
     pub fn durable_in_transaction<E, F>(mut self, name: impl Into<String>, handler: F) -> Self
     where
         E: DomainEvent,
@@ -276,8 +292,7 @@ impl<DB: EventDatabase> EventBusBuilder<DB> {
         let handler: Arc<dyn Durable<DB>> = Arc::new(DurableInTx(handler, PhantomData::<fn(E)>));
         self.durable.entry(E::TYPE).or_default().push(DurableEntry {
             name: name.into(),
-            handler,
-            in_transaction: true,
+            handler: DurableKind::InTransaction(handler),
         });
         self
     }
@@ -404,10 +419,22 @@ trait Durable<DB: sqlx::Database>: Send + Sync {
     ) -> BoxFuture<'a, Result<(), HandlerError>>;
 }
 
+/// A plain durable handler without its event type: decodes the stored
+/// event; runs outside any transaction.
+trait Plain: Send + Sync {
+    fn call<'a>(&'a self, event: &'a StoredEvent) -> BoxFuture<'a, Result<(), HandlerError>>;
+}
+
 struct DurableEntry<DB: sqlx::Database> {
     name: String,
-    handler: Arc<dyn Durable<DB>>,
-    in_transaction: bool,
+    handler: DurableKind<DB>,
+}
+
+enum DurableKind<DB: sqlx::Database> {
+    /// [`EventBusBuilder::durable`]: outside any transaction.
+    Plain(Arc<dyn Plain>),
+    /// [`EventBusBuilder::durable_in_transaction`].
+    InTransaction(Arc<dyn Durable<DB>>),
 }
 
 /// A stored event as its typed form; a payload that does not decode is a
@@ -431,18 +458,13 @@ fn decode<E: DomainEvent>(stored: &StoredEvent) -> Result<Event<E>, HandlerError
 
 struct DurableFn<F, E>(F, PhantomData<fn(E)>);
 
-impl<DB, E, F, Fut> Durable<DB> for DurableFn<F, E>
+impl<E, F, Fut> Plain for DurableFn<F, E>
 where
-    DB: sqlx::Database,
     E: DomainEvent,
     F: Fn(Arc<Event<E>>) -> Fut + Send + Sync,
     Fut: Future<Output = Result<(), HandlerError>> + Send + 'static,
 {
-    fn call<'a>(
-        &'a self,
-        _conn: &'a mut DB::Connection,
-        event: &'a StoredEvent,
-    ) -> BoxFuture<'a, Result<(), HandlerError>> {
+    fn call<'a>(&'a self, event: &'a StoredEvent) -> BoxFuture<'a, Result<(), HandlerError>> {
         match decode::<E>(event) {
             Ok(event) => Box::pin((self.0)(Arc::new(event))),
             Err(e) => Box::pin(std::future::ready(Err(e))),
@@ -472,24 +494,26 @@ where
     }
 }
 
-/// Hands each stored event to the durable handlers of its type.
-struct Dispatch<DB: sqlx::Database> {
-    durable: Arc<HashMap<&'static str, Vec<DurableEntry<DB>>>>,
-    /// Per sequence number, the plain durable handlers that succeeded on
-    /// an attempt that failed in a later handler, so a retry skips them.
+/// The durable handlers by event type, shared by both halves of the
+/// bus's forwarder.
+type DurableHandlers<DB> = Arc<HashMap<&'static str, Vec<DurableEntry<DB>>>>;
+
+/// Runs an event's plain durable handlers, outside any transaction.
+struct Outside<DB: sqlx::Database> {
+    durable: DurableHandlers<DB>,
+    /// Per sequence number, the handlers that succeeded on an attempt
+    /// that failed in a later handler, so a retry skips them.
     done: Mutex<HashMap<i64, HashSet<usize>>>,
 }
 
-impl<DB: EventDatabase> TransactionalHandler<DB> for Dispatch<DB> {
+impl<DB: EventDatabase> OutsideWork for Outside<DB> {
     fn wants(&self, event: &StoredEvent) -> bool {
-        self.durable.contains_key(event.event_type.as_str())
+        self.durable
+            .get(event.event_type.as_str())
+            .is_some_and(|hs| hs.iter().any(|h| matches!(h.handler, DurableKind::Plain(_))))
     }
 
-    fn handle<'a>(
-        &'a self,
-        conn: &'a mut DB::Connection,
-        event: &'a StoredEvent,
-    ) -> BoxFuture<'a, Result<(), HandlerError>> {
+    fn run<'a>(&'a self, event: &'a StoredEvent) -> BoxFuture<'a, Result<(), HandlerError>> {
         Box::pin(async move {
             let Some(handlers) = self.durable.get(event.event_type.as_str()) else {
                 return Ok(());
@@ -502,20 +526,17 @@ impl<DB: EventDatabase> TransactionalHandler<DB> for Dispatch<DB> {
                 done.get(&event.seq).cloned().unwrap_or_default()
             };
             for (i, entry) in handlers.iter().enumerate() {
+                let DurableKind::Plain(handler) = &entry.handler else {
+                    continue;
+                };
                 if done_before.contains(&i) {
                     continue;
                 }
-                if let Err(error) = guarded(entry.handler.call(&mut *conn, event)).await {
-                    return Err(HandlerError {
-                        kind: error.kind,
-                        message: format!("durable handler `{}` failed", entry.name),
-                        source: Some(Box::new(error)),
-                    });
-                }
-                if !entry.in_transaction {
-                    let mut done = self.done.lock().unwrap_or_else(|e| e.into_inner());
-                    done.entry(event.seq).or_default().insert(i);
-                }
+                guarded(handler.call(event))
+                    .await
+                    .map_err(|e| named(&entry.name, e))?;
+                let mut done = self.done.lock().unwrap_or_else(|e| e.into_inner());
+                done.entry(event.seq).or_default().insert(i);
             }
             self.done
                 .lock()
@@ -523,5 +544,49 @@ impl<DB: EventDatabase> TransactionalHandler<DB> for Dispatch<DB> {
                 .remove(&event.seq);
             Ok(())
         })
+    }
+}
+
+/// Runs an event's `durable_in_transaction` handlers in the forwarder's
+/// transaction.
+struct InTransaction<DB: sqlx::Database> {
+    durable: DurableHandlers<DB>,
+}
+
+impl<DB: EventDatabase> TransactionalHandler<DB> for InTransaction<DB> {
+    fn wants(&self, event: &StoredEvent) -> bool {
+        self.durable.get(event.event_type.as_str()).is_some_and(|hs| {
+            hs.iter()
+                .any(|h| matches!(h.handler, DurableKind::InTransaction(_)))
+        })
+    }
+
+    fn handle<'a>(
+        &'a self,
+        conn: &'a mut DB::Connection,
+        event: &'a StoredEvent,
+    ) -> BoxFuture<'a, Result<(), HandlerError>> {
+        Box::pin(async move {
+            let Some(handlers) = self.durable.get(event.event_type.as_str()) else {
+                return Ok(());
+            };
+            for entry in handlers {
+                if let DurableKind::InTransaction(handler) = &entry.handler {
+                    guarded(handler.call(&mut *conn, event))
+                        .await
+                        .map_err(|e| named(&entry.name, e))?;
+                }
+            }
+            Ok(())
+        })
+    }
+}
+
+/// `error` of durable handler `name`.
+fn named(name: &str, error: HandlerError) -> HandlerError {
+    HandlerError {
+        kind: error.kind,
+        message: format!("durable handler `{name}` failed"),
+        source: Some(Box::new(error)),
     }
 }
