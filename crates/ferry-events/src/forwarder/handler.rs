@@ -64,7 +64,11 @@ impl<H: EventHandler + ?Sized> EventHandler for std::sync::Arc<H> {
 ///   then saves its offset in the same transaction and commits. Either the
 ///   writes and the new offset both commit, or neither does (a crash or a
 ///   failed commit leaves the offset before the events, and their writes
-///   undone), so each event's writes are applied once.
+///   undone). Before any event, the transaction takes the stored offset
+///   row ([`EventDatabase::lock_offset`](crate::EventDatabase::lock_offset))
+///   and passes by the events at or below it: a COMMIT that succeeded but
+///   whose answer was lost, or a second forwarder of the same name, does
+///   not make them run again. So each event's writes are applied once.
 /// * **Anything else is at least once.** A call to another system made from
 ///   `handle` is not rolled back: it is repeated when the event is handled
 ///   again (after an error, a failed commit or a crash).

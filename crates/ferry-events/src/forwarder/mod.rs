@@ -11,8 +11,9 @@
 //!   delivered concurrently.
 //! * **Offset.** The forwarder's offset (`ferry_event_offsets`, under its
 //!   name) is the sequence number up to which every event is delivered or
-//!   skipped. It only moves forward, is saved after each page of events,
-//!   and is where the forwarder resumes after a restart. Events at or below
+//!   skipped. It only moves forward, is saved after each page of events
+//!   (the next page waits until the save succeeded), and is where the
+//!   forwarder resumes after a restart. Events at or below
 //!   it are never delivered again by that forwarder (they are recognised by
 //!   their sequence number), even after an offset is saved twice or a page
 //!   read again.
@@ -23,7 +24,11 @@
 //!   `Nats-Msg-Id`, `Idempotency-Key`). At most one page
 //!   ([`ForwarderConfig::batch_size`]) is delivered again.
 //! * **Exactly once** for the database writes of a [`TransactionalHandler`]:
-//!   they commit in the transaction that saves the offset.
+//!   they commit in the transaction that saves the offset, and that
+//!   transaction first takes the stored offset
+//!   ([`EventDatabase::lock_offset`]) and passes by the events at or below
+//!   it, so a COMMIT whose answer was lost, or a second forwarder of the
+//!   same name, does not apply them again.
 //! * **Failures.** A failing event is retried with
 //!   [`ForwarderConfig::retry`] (backoff with jitter, capped, up to
 //!   `max_attempts`); a permanent error is not retried. Then
@@ -36,8 +41,12 @@
 //!   [`Unavailable`](ferry_core::SinkErrorKind::Unavailable) for a whole
 //!   call costs no attempts: the forwarder pauses with capped backoff and
 //!   probes with one event until the sink takes it, logging once when the
-//!   sink goes down and once when it is back. The same holds for the
-//!   database.
+//!   sink goes down and once when it is back. In a call where nothing was
+//!   accepted, the other refusals (a permanent one) still count. The same
+//!   holds for the database.
+//! * **Undecodable rows.** A row that cannot be decoded is not an outage:
+//!   the forwarder delivers the events before it and stops with
+//!   [`ForwarderError::Undecodable`].
 //! * **Wake-up.** On PostgreSQL the forwarder LISTENs on
 //!   [`CHANNEL`](ferry_store::event_store::postgres::CHANNEL) and reads as
 //!   soon as events commit; otherwise it polls every

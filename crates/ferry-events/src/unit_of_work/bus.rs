@@ -30,7 +30,7 @@ pub(crate) type AnyEvent = Arc<dyn Any + Send + Sync>;
 /// | [`in_transaction`](EventBusBuilder::in_transaction) | at [`UnitOfWork::raise`], inside the transaction | the unit of work rolls back | with the transaction |
 /// | [`after_commit`](EventBusBuilder::after_commit) | in [`UnitOfWork::commit`], after the commit, awaited | logged and reported; the commit stands | at most once (lost on a crash) |
 /// | [`on_executor`](EventBusBuilder::on_executor) | after the commit, on the [`Executor`] | retried, then kept in the executor's failure log (re-runnable) | at most once per attempt (lost on a crash) |
-/// | [`durable`](EventBusBuilder::durable), [`durable_in_transaction`](EventBusBuilder::durable_in_transaction) | after the commit, by the bus's [forwarder](EventBus::forwarder) | retried, then stop or skip | stored with the transaction; at least once (exactly once for `durable_in_transaction`'s writes) |
+/// | [`durable`](EventBusBuilder::durable), [`durable_in_transaction`](EventBusBuilder::durable_in_transaction) | after the commit, by the bus's [forwarder](EventBus::forwarder): `durable` outside any transaction, `durable_in_transaction` in the one that saves the offset | retried, then stop or skip | stored with the transaction; at least once (exactly once for `durable_in_transaction`'s writes) |
 ///
 /// None of them runs for a unit of work that rolls back.
 pub struct EventBus<DB: EventDatabase> {

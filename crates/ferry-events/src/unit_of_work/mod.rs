@@ -174,6 +174,9 @@ impl<DB: EventDatabase> UnitOfWork<DB> {
     /// Returns when the transaction is committed and the inline
     /// after-commit handlers have run; their failures are in
     /// [`Committed::failures`], not an error, because the commit stands.
+    /// It does not wait for the executor handlers: they run on the
+    /// executor's tasks, and their handles are in [`Committed::tasks`]
+    /// (durable handlers run later, from the forwarder).
     /// An error means the transaction did not commit (or, for
     /// [`UnitOfWorkError::Database`] from COMMIT itself, that its outcome
     /// is unknown); no handler runs after it.
