@@ -8,9 +8,9 @@
 //!   `--clients` clients (1 on SQLite), and 100 events per transaction
 //!   from one client.
 //! * **forward**: a forwarder drains the store into a handler that does
-//!   nothing, beside reading the same events page by page with
-//!   `Database::read_events` (the forwarder's own reads, without handling
-//!   or offsets).
+//!   nothing (its default page size and settings), beside reading the same
+//!   events page by page with `Database::read_events` at that page size
+//!   (the forwarder's own reads, without handling or saving offsets).
 //! * **http**: a client pulls every event through `GET /v1/events` with
 //!   `limit=500` from the API served on loopback, beside the same pages
 //!   read straight from the database.
@@ -53,14 +53,21 @@ pub struct EventsArgs {
 
 /// Runs the event store figures and prints them.
 pub async fn run(args: EventsArgs, tsv: &Tsv) -> anyhow::Result<()> {
-    ensure!(args.events > 0 && args.runs > 0, "--events and --runs must be at least 1");
+    ensure!(
+        args.events > 0 && args.runs > 0,
+        "--events and --runs must be at least 1"
+    );
     let kind = DatabaseKind::of(&args.database)?;
     let label = match kind {
         DatabaseKind::Postgres => "postgres",
         DatabaseKind::Mysql => "mariadb",
         DatabaseKind::Sqlite => "sqlite",
     };
-    let clients = if kind == DatabaseKind::Sqlite { 1 } else { args.clients.max(1) };
+    let clients = if kind == DatabaseKind::Sqlite {
+        1
+    } else {
+        args.clients.max(1)
+    };
     let payload = payload();
     println!(
         "event store on {label}: {} events of {} B per measurement, median of {} runs",
@@ -81,12 +88,22 @@ pub async fn run(args: EventsArgs, tsv: &Tsv) -> anyhow::Result<()> {
             raw.push(append_rate(&db, args.events, per_txn, clients, Mode::Raw).await?);
             ferry.push(append_rate(&db, args.events, per_txn, clients, Mode::Ferry).await?);
             let head = db.event_head().await?;
-            ensure!(head as usize >= args.events, "the store holds {head} events, expected {}", args.events);
+            ensure!(
+                head as usize >= args.events,
+                "the store holds {head} events, expected {}",
+                args.events
+            );
             db.close().await;
             scratch.drop().await?;
         }
         let name = format!("append_{per_txn}_per_txn_x{clients}");
-        rows.push((name, median(&ferry), "events/s", median(&raw), "raw insert, same rows".to_owned()));
+        rows.push((
+            name,
+            median(&ferry),
+            "events/s",
+            median(&raw),
+            "raw insert, same rows".to_owned(),
+        ));
     }
 
     // Forwarder and HTTP share one filled store per run.
@@ -99,7 +116,7 @@ pub async fn run(args: EventsArgs, tsv: &Tsv) -> anyhow::Result<()> {
         let scratch = Scratch::create(&args.database).await?;
         let db = scratch.connect().await?;
         fill(&db, args.events).await?;
-        let (rate, _) = read_rate(&db, 500).await?;
+        let (rate, _) = read_rate(&db, ForwarderConfig::default().batch_size).await?;
         direct.push(rate);
         forwarded.push(forward_rate(&db, args.events).await?);
         let (events_s, pages_s) = http_rate(&db, args.page, args.events).await?;
@@ -115,7 +132,10 @@ pub async fn run(args: EventsArgs, tsv: &Tsv) -> anyhow::Result<()> {
         median(&forwarded),
         "events/s",
         median(&direct),
-        "read_events pages of 500".to_owned(),
+        format!(
+            "read_events pages of {}",
+            ForwarderConfig::default().batch_size
+        ),
     ));
     rows.push((
         format!("http_limit_{}", args.page),
@@ -154,7 +174,10 @@ pub async fn run(args: EventsArgs, tsv: &Tsv) -> anyhow::Result<()> {
             unit,
             baseline: base_name.clone(),
             baseline_value: Some(*base),
-            settings: format!("events={} clients={clients} runs={}", args.events, args.runs),
+            settings: format!(
+                "events={} clients={clients} runs={}",
+                args.events, args.runs
+            ),
             notes: String::new(),
         })?;
     }
@@ -340,7 +363,9 @@ async fn create_raw_table(db: &Database) -> anyhow::Result<()> {
 async fn fill(db: &Database, n: usize) -> anyhow::Result<()> {
     let payload = payload();
     for start in (0..n).step_by(1000) {
-        let batch: Vec<NewEvent> = (start..(start + 1000).min(n)).map(|i| event(i, &payload)).collect();
+        let batch: Vec<NewEvent> = (start..(start + 1000).min(n))
+            .map(|i| event(i, &payload))
+            .collect();
         db.append_events(&batch).await?;
     }
     Ok(())
@@ -355,7 +380,11 @@ async fn read_rate(db: &Database, limit: u32) -> anyhow::Result<(f64, f64)> {
     let mut pages = 0usize;
     while offset < head {
         let page = db
-            .read_events(&EventQuery { offset, limit, ..EventQuery::default() })
+            .read_events(&EventQuery {
+                offset,
+                limit,
+                ..EventQuery::default()
+            })
             .await?;
         events += page.events.len();
         pages += 1;
@@ -370,7 +399,10 @@ async fn read_rate(db: &Database, limit: u32) -> anyhow::Result<(f64, f64)> {
 /// does nothing; timed until its stored offset reaches the head.
 async fn forward_rate(db: &Database, n: usize) -> anyhow::Result<f64> {
     let head = db.event_head().await?;
-    ensure!(head as usize >= n, "the store holds {head} events, expected {n}");
+    ensure!(
+        head as usize >= n,
+        "the store holds {head} events, expected {n}"
+    );
     let handled = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let counter = handled.clone();
     let handler = handler_fn(move |_event| {
@@ -420,7 +452,9 @@ async fn http_rate(db: &Database, limit: u32, n: usize) -> anyhow::Result<(f64, 
     let mut pages = 0usize;
     while offset < head {
         let body: serde_json::Value = client
-            .get(format!("http://{addr}/v1/events?offset={offset}&limit={limit}"))
+            .get(format!(
+                "http://{addr}/v1/events?offset={offset}&limit={limit}"
+            ))
             .send()
             .await?
             .error_for_status()?
@@ -446,10 +480,16 @@ struct Scratch {
 
 impl Scratch {
     async fn create(server: &str) -> anyhow::Result<Self> {
-        let name = format!("{}events_{:012x}", crate::scratch::PREFIX, rand::random::<u64>() >> 16);
+        let name = format!(
+            "{}events_{:012x}",
+            crate::scratch::PREFIX,
+            rand::random::<u64>() >> 16
+        );
         match DatabaseKind::of(server)? {
             DatabaseKind::Sqlite => {
-                let rest = server.trim_start_matches("sqlite:").trim_start_matches("//");
+                let rest = server
+                    .trim_start_matches("sqlite:")
+                    .trim_start_matches("//");
                 let dir = match rest.split('?').next().unwrap_or_default() {
                     "" => std::env::temp_dir(),
                     d => std::path::PathBuf::from(d),
@@ -486,7 +526,11 @@ impl Scratch {
 
     async fn drop(self) -> anyhow::Result<()> {
         if let Some((server, name)) = &self.admin {
-            let force = if DatabaseKind::of(server)? == DatabaseKind::Postgres { " WITH (FORCE)" } else { "" };
+            let force = if DatabaseKind::of(server)? == DatabaseKind::Postgres {
+                " WITH (FORCE)"
+            } else {
+                ""
+            };
             admin_execute(server, &format!("DROP DATABASE IF EXISTS {name}{force}")).await?;
         }
         if let Some(file) = &self.file {

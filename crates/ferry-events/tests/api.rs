@@ -450,7 +450,10 @@ async fn shutdown_answers_waiting_polls_at_once() {
     s.until("the poll waits", |w| w.held() == 1).await;
     let waiting = s.waiting.clone();
     let stopped = tokio::time::timeout(Duration::from_secs(10), s.stop()).await;
-    assert!(stopped.is_ok(), "the server did not answer the poll at once");
+    assert!(
+        stopped.is_ok(),
+        "the server did not answer the poll at once"
+    );
     assert_eq!(waiting.held(), 0);
     let (status, page) = tokio::time::timeout(Duration::from_secs(10), poll)
         .await

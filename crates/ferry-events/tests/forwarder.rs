@@ -428,7 +428,11 @@ async fn two_transactional_forwarders_of_one_name_write_each_event_once<DB: Sql>
         want,
         "every event written exactly once"
     );
-    assert_eq!(sa.delivered() + sb.delivered(), 80, "each event counted once");
+    assert_eq!(
+        sa.delivered() + sb.delivered(),
+        80,
+        "each event counted once"
+    );
     assert_eq!(env.db.load_offset("tx").await.unwrap(), last);
 }
 on!(two_transactional_forwarders_of_one_name_write_each_event_once: postgres, sqlite, mariadb);
@@ -456,7 +460,11 @@ async fn a_stored_offset_ahead_of_the_forwarder_is_respected<DB: Sql>(env: Env<D
     running.stop().await.unwrap();
     let mut want: Vec<String> = appended[5..].iter().map(|e| e.id.to_string()).collect();
     want.sort();
-    assert_eq!(DB::ids(&env.pool, "applied").await, want, "only the last five");
+    assert_eq!(
+        DB::ids(&env.pool, "applied").await,
+        want,
+        "only the last five"
+    );
     assert_eq!(*calls.lock().unwrap(), seqs[5..].to_vec());
 }
 on!(a_stored_offset_ahead_of_the_forwarder_is_respected: postgres, sqlite, mariadb);
@@ -642,8 +650,8 @@ async fn an_undecodable_row_stops_the_forwarder_after_the_events_before_it() {
     .unwrap();
     append(&env, &events(2, 0)).await;
     let recorder = Recorder::default();
-    let run = Forwarder::to_handler(&env.db, recorder.clone(), config("f"))
-        .run(CancellationToken::new());
+    let run =
+        Forwarder::to_handler(&env.db, recorder.clone(), config("f")).run(CancellationToken::new());
     let e = tokio::time::timeout(LONG, run)
         .await
         .expect("stops instead of retrying")

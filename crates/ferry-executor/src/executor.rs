@@ -376,7 +376,12 @@ impl Executor {
             Some(Ok(())) => {
                 Counters::add(&shared.counters.done);
                 tracing::info!(task = %failure.task, task_id = %id, "re-run of a failed task succeeded");
-                if shared.or_give_up(shared.log.remove(id)).await.transpose()?.is_none() {
+                if shared
+                    .or_give_up(shared.log.remove(id))
+                    .await
+                    .transpose()?
+                    .is_none()
+                {
                     tracing::warn!(task = %failure.task, task_id = %id, "the failure log did not remove the re-run failure before the shutdown's grace ran out: it stays, and a later re-run runs it again");
                 }
                 return Ok(());
@@ -392,7 +397,12 @@ impl Executor {
             last_failed_at: Utc::now(),
             ..failure
         };
-        if shared.or_give_up(shared.log.record(&updated)).await.transpose()?.is_none() {
+        if shared
+            .or_give_up(shared.log.record(&updated))
+            .await
+            .transpose()?
+            .is_none()
+        {
             tracing::warn!(task = %updated.task, task_id = %id, "the failure log did not update the re-run failure before the shutdown's grace ran out: it stays as it was");
         }
         if was_cancelled {
@@ -432,12 +442,10 @@ impl Executor {
         if !drained {
             // Everything in flight now stops at its next await and records
             // itself, within the grace.
-            let recorded = tokio::time::timeout(
-                SHUTDOWN_RECORD_GRACE,
-                gate.wait_for(|g| g.in_flight == 0),
-            )
-            .await
-            .is_ok();
+            let recorded =
+                tokio::time::timeout(SHUTDOWN_RECORD_GRACE, gate.wait_for(|g| g.in_flight == 0))
+                    .await
+                    .is_ok();
             if !recorded {
                 tracing::error!(
                     grace = ?SHUTDOWN_RECORD_GRACE,

@@ -100,8 +100,8 @@ impl Pipeline {
 }
 
 /// Applies Ferry's migrations when `migrate` is set, else checks that the
-/// schema is there and not newer than this binary. `what` names the
-/// pipeline or consumer in errors.
+/// schema is there and at the version this binary knows (neither older nor
+/// newer). `what` names the pipeline or consumer in errors.
 pub async fn prepare_schema(
     db: &Database,
     migrate: bool,

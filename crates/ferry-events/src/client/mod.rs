@@ -216,10 +216,7 @@ impl ClientError {
         }
     }
 
-    fn config_from(
-        reason: &str,
-        source: impl std::error::Error + Send + Sync + 'static,
-    ) -> Self {
+    fn config_from(reason: &str, source: impl std::error::Error + Send + Sync + 'static) -> Self {
         ClientError::Config {
             reason: reason.to_owned(),
             source: Some(Box::new(source)),

@@ -510,7 +510,10 @@ impl<DB: EventDatabase> OutsideWork for Outside<DB> {
     fn wants(&self, event: &StoredEvent) -> bool {
         self.durable
             .get(event.event_type.as_str())
-            .is_some_and(|hs| hs.iter().any(|h| matches!(h.handler, DurableKind::Plain(_))))
+            .is_some_and(|hs| {
+                hs.iter()
+                    .any(|h| matches!(h.handler, DurableKind::Plain(_)))
+            })
     }
 
     fn run<'a>(&'a self, event: &'a StoredEvent) -> BoxFuture<'a, Result<(), HandlerError>> {
@@ -555,10 +558,12 @@ struct InTransaction<DB: sqlx::Database> {
 
 impl<DB: EventDatabase> TransactionalHandler<DB> for InTransaction<DB> {
     fn wants(&self, event: &StoredEvent) -> bool {
-        self.durable.get(event.event_type.as_str()).is_some_and(|hs| {
-            hs.iter()
-                .any(|h| matches!(h.handler, DurableKind::InTransaction(_)))
-        })
+        self.durable
+            .get(event.event_type.as_str())
+            .is_some_and(|hs| {
+                hs.iter()
+                    .any(|h| matches!(h.handler, DurableKind::InTransaction(_)))
+            })
     }
 
     fn handle<'a>(
