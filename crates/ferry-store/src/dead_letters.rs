@@ -11,7 +11,7 @@ use sqlx::Row;
 use uuid::Uuid;
 
 use crate::outbox::{headers_to_json, parse_headers, sqlite::format_time};
-use crate::{Database, StoreError};
+use crate::{text_columns, Database, StoreError};
 
 /// A message a consumer gave up on.
 #[derive(Clone, Debug, PartialEq)]
@@ -98,31 +98,21 @@ impl Stored {
     }
 }
 
-fn uuid_text(s: &str) -> Result<Uuid, sqlx::Error> {
-    Uuid::parse_str(s).map_err(|e| sqlx::Error::Decode(Box::new(e)))
-}
-
-fn time_text(s: &str) -> Result<DateTime<Utc>, sqlx::Error> {
-    DateTime::parse_from_rfc3339(s)
-        .map(|t| t.with_timezone(&Utc))
-        .map_err(|e| sqlx::Error::Decode(Box::new(e)))
-}
-
 fn from_sqlite(r: &sqlx::sqlite::SqliteRow) -> Result<Stored, sqlx::Error> {
     Ok(Stored {
-        id: uuid_text(r.try_get("id")?)?,
+        id: text_columns::uuid("id", r.try_get("id")?)?,
         consumer: r.try_get("consumer")?,
-        message_id: uuid_text(r.try_get("message_id")?)?,
+        message_id: text_columns::uuid("message_id", r.try_get("message_id")?)?,
         kind: r.try_get("kind")?,
         topic: r.try_get("topic")?,
         key: r.try_get("message_key")?,
         headers: r.try_get("headers")?,
         content_type: r.try_get("content_type")?,
         payload: r.try_get("payload")?,
-        created_at: time_text(r.try_get("created_at")?)?,
+        created_at: text_columns::time("created_at", r.try_get("created_at")?)?,
         error: r.try_get("error")?,
         attempts: r.try_get("attempts")?,
-        dead_at: time_text(r.try_get("dead_at")?)?,
+        dead_at: text_columns::time("dead_at", r.try_get("dead_at")?)?,
     })
 }
 
@@ -146,9 +136,9 @@ fn from_postgres(r: &sqlx::postgres::PgRow) -> Result<Stored, sqlx::Error> {
 
 fn from_mysql(r: &sqlx::mysql::MySqlRow) -> Result<Stored, sqlx::Error> {
     Ok(Stored {
-        id: uuid_text(r.try_get("id")?)?,
+        id: text_columns::uuid("id", r.try_get("id")?)?,
         consumer: r.try_get("consumer")?,
-        message_id: uuid_text(r.try_get("message_id")?)?,
+        message_id: text_columns::uuid("message_id", r.try_get("message_id")?)?,
         kind: r.try_get("kind")?,
         topic: r.try_get("topic")?,
         key: r.try_get("message_key")?,

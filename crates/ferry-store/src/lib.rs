@@ -22,6 +22,7 @@ pub mod inbox;
 mod migrate;
 pub mod outbox;
 pub mod task_failures;
+mod text_columns;
 
 pub use database::{redact, ConnectOptions, Database, DatabaseKind};
 pub use dead_letters::DeadLetter;

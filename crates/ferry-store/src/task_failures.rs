@@ -10,7 +10,7 @@ use sqlx::Row;
 use uuid::Uuid;
 
 use crate::outbox::sqlite::format_time;
-use crate::{Database, StoreError};
+use crate::{text_columns, Database, StoreError};
 
 /// A task the executor gave up on.
 #[derive(Clone, Debug, PartialEq)]
@@ -78,25 +78,15 @@ impl Stored {
     }
 }
 
-fn uuid_text(s: &str) -> Result<Uuid, sqlx::Error> {
-    Uuid::parse_str(s).map_err(|e| sqlx::Error::Decode(Box::new(e)))
-}
-
-fn time_text(s: &str) -> Result<DateTime<Utc>, sqlx::Error> {
-    DateTime::parse_from_rfc3339(s)
-        .map(|t| t.with_timezone(&Utc))
-        .map_err(|e| sqlx::Error::Decode(Box::new(e)))
-}
-
 fn from_sqlite(r: &sqlx::sqlite::SqliteRow) -> Result<Stored, sqlx::Error> {
     Ok(Stored {
-        id: uuid_text(r.try_get("id")?)?,
+        id: text_columns::uuid("id", r.try_get("id")?)?,
         task: r.try_get("task")?,
         input: r.try_get("input")?,
         error: r.try_get("error")?,
         attempts: r.try_get("attempts")?,
-        first_failed_at: time_text(r.try_get("first_failed_at")?)?,
-        last_failed_at: time_text(r.try_get("last_failed_at")?)?,
+        first_failed_at: text_columns::time("first_failed_at", r.try_get("first_failed_at")?)?,
+        last_failed_at: text_columns::time("last_failed_at", r.try_get("last_failed_at")?)?,
     })
 }
 
@@ -114,7 +104,7 @@ fn from_postgres(r: &sqlx::postgres::PgRow) -> Result<Stored, sqlx::Error> {
 
 fn from_mysql(r: &sqlx::mysql::MySqlRow) -> Result<Stored, sqlx::Error> {
     Ok(Stored {
-        id: uuid_text(r.try_get("id")?)?,
+        id: text_columns::uuid("id", r.try_get("id")?)?,
         task: r.try_get("task")?,
         input: r.try_get("input")?,
         error: r.try_get("error")?,

@@ -10,7 +10,6 @@ use chrono::{DateTime, Utc};
 use sqlx::mysql::MySqlRow;
 use sqlx::{MySqlConnection, MySqlPool, Row};
 
-use super::sqlite::parse_uuid;
 use super::{check_offset, EventFailure, EventQuery, NewEvent, StoredEvent};
 use crate::StoreError;
 
@@ -135,7 +134,7 @@ fn event_from_row(row: &MySqlRow) -> Result<Option<StoredEvent>, sqlx::Error> {
     let id: String = row.try_get("event_id")?;
     Ok(Some(StoredEvent {
         seq,
-        id: parse_uuid("event_id", &id)?,
+        id: crate::text_columns::uuid("event_id", &id)?,
         event_type: row.try_get("event_type")?,
         source_type: row.try_get("source_type")?,
         source_id: row.try_get("source_id")?,
@@ -190,7 +189,7 @@ pub(super) async fn failures(
         out.push(EventFailure {
             reader: row.try_get("reader")?,
             seq: row.try_get("seq")?,
-            event_id: parse_uuid("event_id", &event_id)?,
+            event_id: crate::text_columns::uuid("event_id", &event_id)?,
             attempts: row.try_get("attempts")?,
             last_error: row.try_get("last_error")?,
             failed_at: row.try_get::<DateTime<Utc>, _>("failed_at")?,

@@ -4,13 +4,11 @@
 //! out in commit order without any lock of Ferry's own. A `seq` given by a
 //! plain-SQL client is refused (a trigger cannot replace it here).
 
-use chrono::{DateTime, Utc};
 use sqlx::sqlite::SqliteRow;
 use sqlx::{Row, SqliteConnection, SqlitePool};
-use uuid::Uuid;
 
 use super::{check_offset, EventFailure, EventQuery, NewEvent, StoredEvent};
-use crate::StoreError;
+use crate::{text_columns, StoreError};
 
 /// Rows per multi-row `INSERT` (six parameters each, well below SQLite's
 /// 32,766).
@@ -122,35 +120,14 @@ fn event_from_row(row: &SqliteRow) -> Result<Option<StoredEvent>, sqlx::Error> {
     let recorded_at: String = row.try_get("recorded_at")?;
     Ok(Some(StoredEvent {
         seq,
-        id: parse_uuid("event_id", &id)?,
+        id: text_columns::uuid("event_id", &id)?,
         event_type: row.try_get("event_type")?,
         source_type: row.try_get("source_type")?,
         source_id: row.try_get("source_id")?,
         content_type: row.try_get("content_type")?,
         payload: row.try_get("payload")?,
-        recorded_at: parse_time("recorded_at", &recorded_at)?,
+        recorded_at: text_columns::time("recorded_at", &recorded_at)?,
     }))
-}
-
-pub(super) fn parse_uuid(column: &str, s: &str) -> Result<Uuid, sqlx::Error> {
-    s.parse().map_err(|e| sqlx::Error::ColumnDecode {
-        index: column.to_owned(),
-        source: Box::new(e),
-    })
-}
-
-/// A time as SQLite stores it: RFC 3339 text, or `YYYY-MM-DD HH:MM:SS`
-/// from `datetime('now')` in a plain-SQL insert.
-pub(super) fn parse_time(column: &str, s: &str) -> Result<DateTime<Utc>, sqlx::Error> {
-    DateTime::parse_from_rfc3339(s)
-        .map(|t| t.with_timezone(&Utc))
-        .or_else(|_| {
-            chrono::NaiveDateTime::parse_from_str(s, "%Y-%m-%d %H:%M:%S%.f").map(|t| t.and_utc())
-        })
-        .map_err(|e| sqlx::Error::ColumnDecode {
-            index: column.to_owned(),
-            source: Box::new(e),
-        })
 }
 
 pub(super) async fn record_failure(
@@ -198,10 +175,10 @@ pub(super) async fn failures(
         out.push(EventFailure {
             reader: row.try_get("reader")?,
             seq: row.try_get("seq")?,
-            event_id: parse_uuid("event_id", &event_id)?,
+            event_id: text_columns::uuid("event_id", &event_id)?,
             attempts: row.try_get("attempts")?,
             last_error: row.try_get("last_error")?,
-            failed_at: parse_time("failed_at", &failed_at)?,
+            failed_at: text_columns::time("failed_at", &failed_at)?,
         });
     }
     Ok(out)

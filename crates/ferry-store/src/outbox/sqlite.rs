@@ -26,15 +26,6 @@ pub(crate) fn format_time(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(SecondsFormat::Millis, true)
 }
 
-fn parse_time(s: &str) -> Result<DateTime<Utc>, String> {
-    DateTime::parse_from_rfc3339(s)
-        .map(|t| t.with_timezone(&Utc))
-        .or_else(|_| {
-            chrono::NaiveDateTime::parse_from_str(s, "%Y-%m-%d %H:%M:%S%.f").map(|t| t.and_utc())
-        })
-        .map_err(|e| format!("bad time `{s}`: {e}"))
-}
-
 /// Writes `message` to the outbox on `conn`, which should be the caller's
 /// open transaction (`&mut *tx`). Returns the message's sequence number.
 /// Call [`Waker::wake`] after the commit so an in-process relay sends it at
@@ -116,7 +107,8 @@ fn claimed_from_row(row: &SqliteRow) -> Result<Claimed, sqlx::Error> {
             headers,
             content_type: get_text("content_type")?,
             payload: Bytes::from(payload),
-            created_at: parse_time(&get_text("created_at")?)?,
+            created_at: crate::text_columns::time("created_at", &get_text("created_at")?)
+                .map_err(|e| e.to_string())?,
         })
     })();
     Ok(Claimed {
