@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Ferry beside the PostgreSQL queue peers, with the bench-peers harness
-# (/work/shared/bench-peers) on its own cluster (127.0.0.1:25432), without
+# (../shared/bench-peers from the repository root) on its own cluster (127.0.0.1:25432), without
 # editing the harness and without writing into it: Ferry is registered
 # through EXTRA_PEERS, results go to bench/results/, raw files to $PB/run.
 #
@@ -17,9 +17,14 @@
 # same cluster). Prerequisites: bench/README.md.
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
-HARNESS=${HARNESS:-/work/shared/bench-peers}
+REPO=$(cd "$HERE/.." && pwd)
+HARNESS=${HARNESS:-$REPO/../shared/bench-peers}
 export PB=${PB:-/tmp/peerbench}
-export EXTRA_PEERS=$HERE/peers.json
+# The harness runs a peer's command from its own peers/ directory, so the
+# command must be absolute: peers.json is made from bench/peers.json.in here.
+mkdir -p "$PB"
+export EXTRA_PEERS=$PB/ferry-peers.json
+sed "s|@BENCH@|$HERE|" "$HERE/peers.json.in" > "$EXTRA_PEERS"
 export RESULTS_TSV=$HERE/results/peers.tsv
 # Importing the harness's Python modules must not leave __pycache__ in it.
 export PYTHONDONTWRITEBYTECODE=1
@@ -27,7 +32,8 @@ PY=$PB/venv/bin/python
 D="$PY $HARNESS/run_peer.py"
 R=${RUNS:-3}
 L=${LRUNS:-3}
-BIN=${FERRY_BENCH:-$HERE/../../ferry-target/release/ferry-bench}
+BIN=$(realpath -m "${FERRY_BENCH:-${CARGO_TARGET_DIR:-$REPO/target}/release/ferry-bench}")
+export FERRY_BENCH=$BIN   # peer-ferry.sh, run from the harness's directory, uses the same binary
 PORT=${PGPORT:-25432}
 PG="postgres://postgres@127.0.0.1:$PORT/postgres"
 NATS_URL=${NATS_URL:-nats://127.0.0.1:4222}

@@ -7,7 +7,7 @@
 #
 #   bench/peer-smoke.sh                 # N=5000, RATE=500, SECS=3
 #   N=20000 SECS=5 bench/peer-smoke.sh
-#   FERRY_BENCH=../ferry-target/debug/ferry-bench bench/peer-smoke.sh
+#   FERRY_BENCH=target/debug/ferry-bench bench/peer-smoke.sh
 #
 # Uses its own database ferry_peer_smoke_<pid>, dropped at the end, and a
 # temp dir for the files. Needs psql and python3 (standard library only).

@@ -1,7 +1,8 @@
 //! `ferry-bench peer <setup|enqueue|work|produce>`: Ferry as a peer of the
-//! bench-peers harness (`/work/shared/bench-peers`), driven, like the other
-//! peers' adapters, by environment variables; `bench/peer-ferry.sh` and
-//! `bench/peers.json` register it through `EXTRA_PEERS`.
+//! bench-peers harness (`../shared/bench-peers` from the repository root),
+//! driven, like the other peers' adapters, by environment variables;
+//! `bench/peer-ferry.sh` and `bench/peers.json.in` register it through
+//! `EXTRA_PEERS`.
 //!
 //! | sub-command | reads | does | prints / writes |
 //! |---|---|---|---|
