@@ -16,9 +16,11 @@
 
 mod database;
 pub mod dead_letters;
+pub mod dialect;
 mod error;
 pub mod event_store;
 pub mod inbox;
+mod log_table;
 mod migrate;
 pub mod outbox;
 pub mod task_failures;

@@ -9,7 +9,7 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use chrono::{DateTime, SecondsFormat, Utc};
+use chrono::{SecondsFormat, Utc};
 use ferry_core::{Kind, Message, MessageId};
 use sqlx::sqlite::SqliteRow;
 use sqlx::{Row, SqliteConnection, SqlitePool};
@@ -21,10 +21,7 @@ use super::{
 };
 use crate::StoreError;
 
-/// Formats a time the way the SQLite schema stores it.
-pub(crate) fn format_time(t: DateTime<Utc>) -> String {
-    t.to_rfc3339_opts(SecondsFormat::Millis, true)
-}
+pub(crate) use crate::dialect::format_time;
 
 /// Writes `message` to the outbox on `conn`, which should be the caller's
 /// open transaction (`&mut *tx`). Returns the message's sequence number.
