@@ -2,8 +2,7 @@
 
 pub mod api;
 pub mod client;
-mod database;
 pub mod forwarder;
 pub mod unit_of_work;
 
-pub use database::EventDatabase;
+pub use ferry_store::event_store::EventDatabase;

@@ -41,7 +41,8 @@ use crate::{text_columns, Database, DatabaseKind};
 pub trait Dialect:
     for<'q> sqlx::Database<
     Connection: Exec<Self>,
-    Row: Read<i64>
+    Row: ReadFirst<i64>
+             + Read<i64>
              + Read<Option<i64>>
              + Read<i32>
              + Read<String>
@@ -104,6 +105,17 @@ pub trait Dialect:
 
     /// Any value shown as text, as an operator reads it.
     fn cast_text(expr: &str) -> String;
+
+    /// The payload column(s) of the outbox or the event store (aliased
+    /// `alias`) as selected for [`read_payload`](Dialect::read_payload).
+    fn payload(alias: &str) -> String {
+        format!("{alias}.payload")
+    }
+
+    /// The payload selected by [`payload`](Dialect::payload).
+    fn read_payload(row: &Self::Row) -> Result<Vec<u8>, sqlx::Error> {
+        row.read("payload")
+    }
 
     /// An integer expression as a `BIGINT` (an `i64`).
     fn cast_bigint(expr: &str) -> String {
@@ -168,6 +180,19 @@ impl Dialect for sqlx::Postgres {
         format!("{expr}::text")
     }
 
+    /// Text without NUL bytes in `payload` (PostgreSQL text cannot hold a
+    /// NUL), anything else in `payload_bytes`.
+    fn payload(alias: &str) -> String {
+        format!("{alias}.payload, {alias}.payload_bytes")
+    }
+
+    fn read_payload(row: &Self::Row) -> Result<Vec<u8>, sqlx::Error> {
+        let text: Option<String> = row.try_get("payload")?;
+        let bytes: Option<Vec<u8>> = row.try_get("payload_bytes")?;
+        // The tables' checks keep exactly one of the two.
+        Ok(text.map(String::into_bytes).or(bytes).unwrap_or_default())
+    }
+
     fn cast_bigint(expr: &str) -> String {
         format!("{expr}::bigint")
     }
@@ -210,6 +235,10 @@ impl Dialect for sqlx::Sqlite {
 
     fn cast_text(expr: &str) -> String {
         expr.to_owned()
+    }
+
+    fn payload(alias: &str) -> String {
+        format!("CAST({alias}.payload AS BLOB) AS payload")
     }
 
     /// A plain-SQL producer may write a UUID in capitals.
@@ -305,6 +334,37 @@ macro_rules! with_pool {
 }
 pub(crate) use with_pool;
 
+/// A text column `expr` selected as `alias`, read as a string.
+pub(crate) fn select_text<DB: Dialect>(expr: &str, alias: &str) -> String {
+    let text = DB::text(expr);
+    if text == alias {
+        text
+    } else {
+        format!("{text} AS {alias}")
+    }
+}
+
+/// `rows` rows of `columns` parameters each, `(?, ?), (?, ?)` or
+/// `($1, $2), ($3, $4)`, for a multi-row `INSERT … VALUES`.
+pub(crate) fn values<DB: Dialect>(rows: usize, columns: usize) -> String {
+    let mut out = String::with_capacity(rows * columns * 5);
+    for row in 0..rows {
+        out.push_str(if row == 0 { "(" } else { ", (" });
+        for column in 0..columns {
+            if column > 0 {
+                out.push_str(", ");
+            }
+            if DB::NUMBERED_PARAMS {
+                out.push_str(&format!("${}", row * columns + column + 1));
+            } else {
+                out.push('?');
+            }
+        }
+        out.push(')');
+    }
+    out
+}
+
 /// SQL written with numbered parameters (`$1`, `$2`, … in the order they
 /// appear, each once) in the dialect's own style.
 pub(crate) fn sql<DB: Dialect>(numbered: &str) -> String {
@@ -397,6 +457,24 @@ where
     }
 }
 
+/// A row whose first column yields a `T` (MariaDB names the columns of
+/// `INSERT … RETURNING` after their expressions, not their names).
+pub trait ReadFirst<T> {
+    /// The value of the first column.
+    fn read_first(&self) -> Result<T, sqlx::Error>;
+}
+
+impl<R, T> ReadFirst<T> for R
+where
+    R: Row,
+    T: for<'r> Decode<'r, R::Database> + Type<R::Database>,
+    usize: ColumnIndex<R>,
+{
+    fn read_first(&self) -> Result<T, sqlx::Error> {
+        self.try_get(0)
+    }
+}
+
 /// A statement with its arguments, for any dialect.
 pub(crate) struct Stmt<'q, DB: Dialect> {
     sql: &'q str,
@@ -468,6 +546,8 @@ mod tests {
             sql::<sqlx::MySql>(numbered),
             "SELECT a FROM t WHERE b = ? AND c = COALESCE(?, c) LIMIT ?"
         );
+        assert_eq!(values::<sqlx::MySql>(2, 2), "(?, ?), (?, ?)");
+        assert_eq!(values::<sqlx::Postgres>(2, 2), "($1, $2), ($3, $4)");
         assert_eq!(
             sql::<sqlx::Sqlite>("strftime('%Y', 'now') = $1"),
             "strftime('%Y', 'now') = ?"

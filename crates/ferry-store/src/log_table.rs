@@ -7,7 +7,7 @@
 use sqlx::Pool;
 use uuid::Uuid;
 
-use crate::dialect::{sql, Dialect, PerDialect, Stmt};
+use crate::dialect::{select_text, sql, Dialect, PerDialect, Stmt};
 use crate::StoreError;
 
 /// One such table.
@@ -74,9 +74,9 @@ impl LogTable {
             let select = self
                 .columns
                 .iter()
-                .map(|&c| match DB::text(c) {
-                    t if t != c && self.text.contains(&c) => format!("{t} AS {c}"),
-                    _ => c.to_owned(),
+                .map(|&c| match self.text.contains(&c) {
+                    true => select_text::<DB>(c, c),
+                    false => c.to_owned(),
                 })
                 .collect::<Vec<_>>()
                 .join(", ");

@@ -21,8 +21,13 @@
 //! transaction as possible. See `docs/event-store.md`.
 
 use chrono::{DateTime, Utc};
+use ferry_core::BoxFuture;
+use sqlx::Pool;
 use uuid::Uuid;
 
+use crate::dialect::{
+    select_text, sql, values, with_pool, Dialect, PerDialect, Read, ReadFirst, Stmt,
+};
 use crate::{Database, StoreError};
 
 pub mod mysql;
@@ -169,24 +174,13 @@ impl EventQuery {
         Ok(())
     }
 
-    /// The `AND …` conditions for the filters that are set, with `param`
-    /// giving the database's placeholder for the n-th filter value
-    /// (counting from 0), and the values in order. Only the filters in use
-    /// appear, so each combination gets a plan that can use its index.
-    fn filters(&self, param: impl Fn(usize) -> String) -> (String, Vec<&str>) {
-        let mut sql = String::new();
-        let mut values = Vec::new();
-        for (column, value) in [
-            ("event_type", &self.event_type),
-            ("source_type", &self.source_type),
-            ("source_id", &self.source_id),
-        ] {
-            if let Some(v) = value {
-                sql.push_str(&format!(" AND {column} = {}", param(values.len())));
-                values.push(v.as_str());
-            }
-        }
-        (sql, values)
+    /// The filters, by column, and their values when set.
+    fn filters(&self) -> [(&'static str, Option<&str>); 3] {
+        [
+            ("event_type", self.event_type.as_deref()),
+            ("source_type", self.source_type.as_deref()),
+            ("source_id", self.source_id.as_deref()),
+        ]
     }
 }
 
@@ -221,26 +215,7 @@ impl Database {
         if events.is_empty() {
             return Ok(Vec::new());
         }
-        match self {
-            Database::Postgres(pool) => {
-                let mut tx = pool.begin().await?;
-                let seqs = postgres::append(&mut tx, events).await?;
-                tx.commit().await?;
-                Ok(seqs)
-            }
-            Database::Sqlite(pool) => {
-                let mut tx = pool.begin().await?;
-                let seqs = sqlite::append(&mut tx, events).await?;
-                tx.commit().await?;
-                Ok(seqs)
-            }
-            Database::Mysql(pool) => {
-                let mut tx = pool.begin().await?;
-                let seqs = mysql::append(&mut tx, events).await?;
-                tx.commit().await?;
-                Ok(seqs)
-            }
-        }
+        with_pool!(self, |pool| append_alone(pool, events).await)
     }
 
     /// A page of committed events after `query.offset`; see [`EventPage`].
@@ -249,47 +224,18 @@ impl Database {
     /// [`StoreError::NegativeOffset`] on a bad query.
     pub async fn read_events(&self, query: &EventQuery) -> Result<EventPage, StoreError> {
         query.validate()?;
-        let (events, head) = match self {
-            Database::Postgres(pool) => postgres::read_events(pool, query).await?,
-            Database::Sqlite(pool) => sqlite::read_events(pool, query).await?,
-            Database::Mysql(pool) => mysql::read_events(pool, query).await?,
-        };
+        let (events, head) = with_pool!(self, |pool| read_events(pool, query).await)?;
         Ok(EventPage::new(query, events, head))
     }
 
     /// The highest sequence number committed (0 for an empty store).
     pub async fn event_head(&self) -> Result<i64, StoreError> {
-        let head: i64 = match self {
-            Database::Postgres(pool) => sqlx::query_scalar(HEAD).fetch_one(pool).await?,
-            Database::Sqlite(pool) => sqlx::query_scalar(HEAD).fetch_one(pool).await?,
-            Database::Mysql(pool) => sqlx::query_scalar(HEAD).fetch_one(pool).await?,
-        };
-        Ok(head)
+        with_pool!(self, |pool| event_head(pool).await)
     }
 
     /// The stored offset of `reader`, 0 if it has none.
     pub async fn load_offset(&self, reader: &str) -> Result<i64, StoreError> {
-        let offset: Option<i64> = match self {
-            Database::Postgres(pool) => {
-                sqlx::query_scalar("SELECT position FROM ferry_event_offsets WHERE reader = $1")
-                    .bind(reader)
-                    .fetch_optional(pool)
-                    .await?
-            }
-            Database::Sqlite(pool) => {
-                sqlx::query_scalar("SELECT position FROM ferry_event_offsets WHERE reader = ?")
-                    .bind(reader)
-                    .fetch_optional(pool)
-                    .await?
-            }
-            Database::Mysql(pool) => {
-                sqlx::query_scalar("SELECT position FROM ferry_event_offsets WHERE reader = ?")
-                    .bind(reader)
-                    .fetch_optional(pool)
-                    .await?
-            }
-        };
-        Ok(offset.unwrap_or(0))
+        with_pool!(self, |pool| load_offset(pool, reader).await)
     }
 
     /// Moves `reader`'s offset forward to `offset`. An offset at or below
@@ -307,6 +253,7 @@ impl Database {
                 sqlite::save_offset(&mut conn, reader, offset).await
             }
             Database::Mysql(pool) => {
+                // Its upsert and the read-back are two statements.
                 let mut tx = pool.begin().await?;
                 let stored = mysql::save_offset(&mut tx, reader, offset).await?;
                 tx.commit().await?;
@@ -324,17 +271,10 @@ impl Database {
         attempts: i32,
         error: &str,
     ) -> Result<(), StoreError> {
-        match self {
-            Database::Postgres(pool) => {
-                postgres::record_failure(pool, reader, event, attempts, error).await
-            }
-            Database::Sqlite(pool) => {
-                sqlite::record_failure(pool, reader, event, attempts, error).await
-            }
-            Database::Mysql(pool) => {
-                mysql::record_failure(pool, reader, event, attempts, error).await
-            }
-        }
+        with_pool!(self, |pool| record_failure(
+            pool, reader, event, attempts, error
+        )
+        .await)
     }
 
     /// Events readers gave up on, oldest first; `reader` narrows to one.
@@ -342,23 +282,342 @@ impl Database {
         &self,
         reader: Option<&str>,
     ) -> Result<Vec<EventFailure>, StoreError> {
-        match self {
-            Database::Postgres(pool) => postgres::failures(pool, reader).await,
-            Database::Sqlite(pool) => sqlite::failures(pool, reader).await,
-            Database::Mysql(pool) => mysql::failures(pool, reader).await,
-        }
+        with_pool!(self, |pool| failures(pool, reader).await)
     }
 
     /// Forgets a recorded failure (after it was handled by hand or
     /// replayed); returns whether there was one.
     pub async fn discard_event_failure(&self, reader: &str, seq: i64) -> Result<bool, StoreError> {
-        match self {
-            Database::Postgres(pool) => postgres::discard_failure(pool, reader, seq).await,
-            Database::Sqlite(pool) => sqlite::discard_failure(pool, reader, seq).await,
-            Database::Mysql(pool) => mysql::discard_failure(pool, reader, seq).await,
-        }
+        with_pool!(self, |pool| discard_failure(pool, reader, seq).await)
     }
 }
 
+/// A database the event store lives in: PostgreSQL ([`sqlx::Postgres`]),
+/// SQLite ([`sqlx::Sqlite`]) or MariaDB ([`sqlx::MySql`]), as seen from
+/// inside a transaction, so that units of work and transactional
+/// forwarders can be generic over the database. (`ferry_events` re-exports
+/// it.)
+pub trait EventDatabase: sqlx::Database {
+    /// Appends `events` inside the transaction `conn` (see
+    /// [`postgres::append`]); from then until the transaction ends, other
+    /// transactions' appends wait.
+    fn append<'a>(
+        conn: &'a mut Self::Connection,
+        events: &'a [NewEvent],
+    ) -> BoxFuture<'a, Result<Vec<i64>, StoreError>>;
+
+    /// Moves `reader`'s offset forward to `offset` inside the transaction
+    /// `conn`; never moves it back. Returns the offset afterwards.
+    fn save_offset<'a>(
+        conn: &'a mut Self::Connection,
+        reader: &'a str,
+        offset: i64,
+    ) -> BoxFuture<'a, Result<i64, StoreError>>;
+
+    /// Takes `reader`'s offset row for the rest of the transaction `conn`
+    /// (creating it at 0 when missing) and returns the stored offset.
+    ///
+    /// A no-op upsert: on PostgreSQL and MariaDB it write-locks the row
+    /// until the transaction ends, so a second transaction of the same
+    /// reader waits here and then sees what the first committed; on SQLite
+    /// it makes the transaction the single writer. A transactional
+    /// forwarder calls it first in each transaction and passes by the
+    /// events at or below the result, which is what keeps its writes
+    /// exactly once when its own view of the offset is stale (a COMMIT
+    /// whose acknowledgement was lost, a second instance of one name).
+    fn lock_offset<'a>(
+        conn: &'a mut Self::Connection,
+        reader: &'a str,
+    ) -> BoxFuture<'a, Result<i64, StoreError>> {
+        Self::save_offset(conn, reader, 0)
+    }
+
+    /// `pool` as a [`Database`].
+    fn database(pool: &sqlx::Pool<Self>) -> Database;
+}
+
+/// The per-database halves of [`EventDatabase`]: each module's `append`
+/// and `save_offset`.
+macro_rules! event_database {
+    ($db:ty, $module:ident) => {
+        impl EventDatabase for $db {
+            fn append<'a>(
+                conn: &'a mut Self::Connection,
+                events: &'a [NewEvent],
+            ) -> BoxFuture<'a, Result<Vec<i64>, StoreError>> {
+                Box::pin($module::append(conn, events))
+            }
+
+            fn save_offset<'a>(
+                conn: &'a mut Self::Connection,
+                reader: &'a str,
+                offset: i64,
+            ) -> BoxFuture<'a, Result<i64, StoreError>> {
+                Box::pin($module::save_offset(conn, reader, offset))
+            }
+
+            fn database(pool: &sqlx::Pool<Self>) -> Database {
+                <$db as Dialect>::database(pool)
+            }
+        }
+    };
+}
+
+event_database!(sqlx::Postgres, postgres);
+event_database!(sqlx::Sqlite, sqlite);
+event_database!(sqlx::MySql, mysql);
+
+async fn append_alone<DB: EventDatabase>(
+    pool: &Pool<DB>,
+    events: &[NewEvent],
+) -> Result<Vec<i64>, StoreError> {
+    let mut tx = pool.begin().await?;
+    let seqs = DB::append(&mut *tx, events).await?;
+    tx.commit().await?;
+    Ok(seqs)
+}
+
+/// Rows per multi-row `INSERT` of [`append_rows`] (six parameters each,
+/// well below SQLite's 32,766 and MariaDB's 65,535).
+const INSERT_CHUNK: usize = 1000;
+
+/// Appends with multi-row `INSERT … RETURNING seq`, for databases that
+/// number rows in `VALUES` order as they insert them (SQLite, one writer
+/// at a time; MariaDB, whose insert trigger takes the counter's row lock).
+/// `RETURNING`'s order is unspecified, hence the sort. (One string per
+/// chunk size, as sqlx's `QueryBuilder` would build; its arguments cannot
+/// outlive the builder in code generic over the database.)
+async fn append_rows<DB: Dialect>(
+    conn: &mut DB::Connection,
+    events: &[NewEvent],
+) -> Result<Vec<i64>, StoreError> {
+    let mut seqs = Vec::with_capacity(events.len());
+    for chunk in events.chunks(INSERT_CHUNK) {
+        let sql = format!(
+            "INSERT INTO ferry_events
+                (event_id, event_type, source_type, source_id, content_type, payload)
+             VALUES {}
+             RETURNING seq",
+            values::<DB>(chunk.len(), 6)
+        );
+        let mut insert = Stmt::<DB>::new(&sql);
+        for e in chunk {
+            insert = insert
+                .bind(DB::id(e.id))
+                .bind(e.event_type.as_str())
+                .bind(e.source_type.as_str())
+                .bind(e.source_id.as_str())
+                .bind(e.content_type.as_str())
+                .bind(e.payload.as_slice());
+        }
+        let rows = insert.fetch_all(conn).await?;
+        let mut chunk_seqs = rows
+            .iter()
+            .map(ReadFirst::read_first)
+            .collect::<Result<Vec<i64>, _>>()?;
+        chunk_seqs.sort_unstable();
+        seqs.extend(chunk_seqs);
+    }
+    Ok(seqs)
+}
+
+/// The event store's SQL that is the same on every database.
+struct Statements {
+    /// [`read_events`], by the set of filters in use (bit `i` for
+    /// [`EventQuery::filters`]`[i]`): only the filters in use appear, so
+    /// each combination gets a plan that can use its index.
+    read: Vec<String>,
+    head: String,
+    load_offset: String,
+    record_failure: String,
+    failures: String,
+    discard_failure: String,
+}
+
+fn statements<DB: Dialect>() -> &'static Statements {
+    static STATEMENTS: PerDialect<Statements> = PerDialect::new();
+    STATEMENTS.get::<DB>(|| {
+        let filter_columns = EventQuery::default().filters().map(|(column, _)| column);
+        // The page and the head, read by one statement and so in one
+        // snapshot.
+        let read = (0..1 << filter_columns.len())
+            .map(|set| {
+                let mut filters = String::new();
+                let mut n = 1;
+                for (i, column) in filter_columns.iter().enumerate() {
+                    if set & (1 << i) != 0 {
+                        n += 1;
+                        filters.push_str(&format!(" AND {column} = ${n}"));
+                    }
+                }
+                sql::<DB>(&format!(
+                    "SELECT h.head, e.seq, {}, {}, {}, {}, {}, {}, e.recorded_at
+                     FROM (SELECT {} AS head FROM ferry_events) h
+                     LEFT JOIN (
+                         SELECT * FROM ferry_events
+                         WHERE seq > $1{filters}
+                         ORDER BY seq
+                         LIMIT ${}
+                     ) e ON 1 = 1
+                     ORDER BY e.seq",
+                    select_text::<DB>("e.event_id", "event_id"),
+                    select_text::<DB>("e.event_type", "event_type"),
+                    select_text::<DB>("e.source_type", "source_type"),
+                    select_text::<DB>("e.source_id", "source_id"),
+                    select_text::<DB>("e.content_type", "content_type"),
+                    DB::payload("e"),
+                    DB::cast_bigint("COALESCE(MAX(seq), 0)"),
+                    n + 1,
+                ))
+            })
+            .collect();
+        let replace = ["event_id", "attempts", "last_error"]
+            .map(|c| format!("{c} = {}", DB::excluded(c)))
+            .join(", ");
+        Statements {
+            read,
+            head: HEAD.to_owned(),
+            load_offset: sql::<DB>("SELECT position FROM ferry_event_offsets WHERE reader = $1"),
+            record_failure: sql::<DB>(&format!(
+                "INSERT INTO ferry_event_failures (reader, seq, event_id, attempts, last_error)
+                 VALUES ($1, $2, $3, $4, $5) {}",
+                DB::on_conflict(
+                    "reader, seq",
+                    &format!("{replace}, failed_at = {}", DB::NOW)
+                )
+            )),
+            failures: sql::<DB>(&format!(
+                "SELECT {}, seq, {}, attempts, {}, failed_at
+                 FROM ferry_event_failures
+                 WHERE reader = COALESCE($1, reader)
+                 ORDER BY failed_at, reader, seq",
+                select_text::<DB>("reader", "reader"),
+                select_text::<DB>("event_id", "event_id"),
+                select_text::<DB>("last_error", "last_error"),
+            )),
+            discard_failure: sql::<DB>(
+                "DELETE FROM ferry_event_failures WHERE reader = $1 AND seq = $2",
+            ),
+        }
+    })
+}
+
+/// The page and the head.
+async fn read_events<DB: Dialect>(
+    pool: &Pool<DB>,
+    query: &EventQuery,
+) -> Result<(Vec<StoredEvent>, i64), StoreError> {
+    let filters = query.filters();
+    let set = filters
+        .iter()
+        .enumerate()
+        .filter(|(_, (_, value))| value.is_some())
+        .fold(0, |set, (i, _)| set | 1 << i);
+    let mut stmt = Stmt::<DB>::new(&statements::<DB>().read[set]).bind(query.offset);
+    for value in filters.into_iter().filter_map(|(_, value)| value) {
+        stmt = stmt.bind(value);
+    }
+    let rows = stmt
+        .bind(i64::from(query.limit))
+        .fetch_all(&mut *pool.acquire().await?)
+        .await?;
+    let head = match rows.first() {
+        Some(row) => row.read("head")?,
+        None => 0,
+    };
+    let mut events = Vec::with_capacity(rows.len());
+    for row in &rows {
+        if let Some(event) = event_from_row::<DB>(row)? {
+            events.push(event);
+        }
+    }
+    Ok((events, head))
+}
+
+/// The event in `row`, `None` for the head-only row of an empty page.
+fn event_from_row<DB: Dialect>(row: &DB::Row) -> Result<Option<StoredEvent>, sqlx::Error> {
+    let seq: Option<i64> = row.read("seq")?;
+    let Some(seq) = seq else {
+        return Ok(None);
+    };
+    Ok(Some(StoredEvent {
+        seq,
+        id: DB::read_uuid(row, "event_id")?,
+        event_type: row.read("event_type")?,
+        source_type: row.read("source_type")?,
+        source_id: row.read("source_id")?,
+        content_type: row.read("content_type")?,
+        payload: DB::read_payload(row)?,
+        recorded_at: DB::read_time(row, "recorded_at")?,
+    }))
+}
+
+async fn event_head<DB: Dialect>(pool: &Pool<DB>) -> Result<i64, StoreError> {
+    let row = Stmt::<DB>::new(&statements::<DB>().head)
+        .fetch_one(&mut *pool.acquire().await?)
+        .await?;
+    Ok(row.read("head")?)
+}
+
+async fn load_offset<DB: Dialect>(pool: &Pool<DB>, reader: &str) -> Result<i64, StoreError> {
+    let row = Stmt::<DB>::new(&statements::<DB>().load_offset)
+        .bind(reader)
+        .fetch_optional(&mut *pool.acquire().await?)
+        .await?;
+    Ok(row.map(|r| r.read("position")).transpose()?.unwrap_or(0))
+}
+
+async fn record_failure<DB: Dialect>(
+    pool: &Pool<DB>,
+    reader: &str,
+    event: &StoredEvent,
+    attempts: i32,
+    error: &str,
+) -> Result<(), StoreError> {
+    Stmt::<DB>::new(&statements::<DB>().record_failure)
+        .bind(reader)
+        .bind(event.seq)
+        .bind(DB::id(event.id))
+        .bind(attempts)
+        .bind(error)
+        .execute(&mut *pool.acquire().await?)
+        .await?;
+    Ok(())
+}
+
+async fn failures<DB: Dialect>(
+    pool: &Pool<DB>,
+    reader: Option<&str>,
+) -> Result<Vec<EventFailure>, StoreError> {
+    let rows = Stmt::<DB>::new(&statements::<DB>().failures)
+        .bind(reader)
+        .fetch_all(&mut *pool.acquire().await?)
+        .await?;
+    let failure = |row: &DB::Row| -> Result<EventFailure, sqlx::Error> {
+        Ok(EventFailure {
+            reader: row.read("reader")?,
+            seq: row.read("seq")?,
+            event_id: DB::read_uuid(row, "event_id")?,
+            attempts: row.read("attempts")?,
+            last_error: row.read("last_error")?,
+            failed_at: DB::read_time(row, "failed_at")?,
+        })
+    };
+    Ok(rows.iter().map(failure).collect::<Result<_, _>>()?)
+}
+
+async fn discard_failure<DB: Dialect>(
+    pool: &Pool<DB>,
+    reader: &str,
+    seq: i64,
+) -> Result<bool, StoreError> {
+    let done = Stmt::<DB>::new(&statements::<DB>().discard_failure)
+        .bind(reader)
+        .bind(seq)
+        .execute(&mut *pool.acquire().await?)
+        .await?;
+    Ok(done > 0)
+}
+
 /// The head: the highest committed sequence number, 0 when empty.
-const HEAD: &str = "SELECT COALESCE(MAX(seq), 0) FROM ferry_events";
+const HEAD: &str = "SELECT COALESCE(MAX(seq), 0) AS head FROM ferry_events";

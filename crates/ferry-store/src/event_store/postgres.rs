@@ -6,11 +6,9 @@
 //! after each insert, so readers that `LISTEN` learn of new events when
 //! their transaction commits.
 
-use sqlx::postgres::PgRow;
-use sqlx::{PgConnection, PgPool, Row};
-use uuid::Uuid;
+use sqlx::PgConnection;
 
-use super::{check_offset, EventFailure, EventQuery, NewEvent, StoredEvent};
+use super::{check_offset, NewEvent};
 use crate::StoreError;
 
 /// The NOTIFY channel the event store's insert trigger signals (with an
@@ -102,127 +100,4 @@ pub async fn save_offset(
     .fetch_one(conn)
     .await?;
     Ok(stored)
-}
-
-/// The page and the head, read by one statement and so in one snapshot.
-pub(super) async fn read_events(
-    pool: &PgPool,
-    query: &EventQuery,
-) -> Result<(Vec<StoredEvent>, i64), StoreError> {
-    let (filters, values) = query.filters(|i| format!("${}", i + 3));
-    let sql = format!(
-        "SELECT h.head, e.seq, e.event_id, e.event_type, e.source_type, e.source_id,
-                e.content_type, e.payload, e.payload_bytes, e.recorded_at
-         FROM (SELECT COALESCE(max(seq), 0) AS head FROM ferry_events) h
-         LEFT JOIN (
-             SELECT * FROM ferry_events
-             WHERE seq > $1{filters}
-             ORDER BY seq
-             LIMIT $2
-         ) e ON true
-         ORDER BY e.seq"
-    );
-    let mut q = sqlx::query(&sql)
-        .bind(query.offset)
-        .bind(i64::from(query.limit));
-    for v in values {
-        q = q.bind(v);
-    }
-    let rows = q.fetch_all(pool).await?;
-    let head = match rows.first() {
-        Some(row) => row.try_get("head")?,
-        None => 0,
-    };
-    let mut events = Vec::with_capacity(rows.len());
-    for row in &rows {
-        if let Some(event) = event_from_row(row)? {
-            events.push(event);
-        }
-    }
-    Ok((events, head))
-}
-
-/// The event in `row`, `None` for the head-only row of an empty page.
-fn event_from_row(row: &PgRow) -> Result<Option<StoredEvent>, sqlx::Error> {
-    let Some(seq) = row.try_get::<Option<i64>, _>("seq")? else {
-        return Ok(None);
-    };
-    let text: Option<String> = row.try_get("payload")?;
-    let bytes: Option<Vec<u8>> = row.try_get("payload_bytes")?;
-    let id: Uuid = row.try_get("event_id")?;
-    Ok(Some(StoredEvent {
-        seq,
-        id,
-        event_type: row.try_get("event_type")?,
-        source_type: row.try_get("source_type")?,
-        source_id: row.try_get("source_id")?,
-        content_type: row.try_get("content_type")?,
-        // The table's check keeps exactly one of the two.
-        payload: text.map(String::into_bytes).or(bytes).unwrap_or_default(),
-        recorded_at: row.try_get("recorded_at")?,
-    }))
-}
-
-pub(super) async fn record_failure(
-    pool: &PgPool,
-    reader: &str,
-    event: &StoredEvent,
-    attempts: i32,
-    error: &str,
-) -> Result<(), StoreError> {
-    sqlx::query(
-        "INSERT INTO ferry_event_failures (reader, seq, event_id, attempts, last_error)
-         VALUES ($1, $2, $3, $4, $5)
-         ON CONFLICT (reader, seq) DO UPDATE
-             SET event_id = EXCLUDED.event_id, attempts = EXCLUDED.attempts,
-                 last_error = EXCLUDED.last_error, failed_at = now()",
-    )
-    .bind(reader)
-    .bind(event.seq)
-    .bind(event.id)
-    .bind(attempts)
-    .bind(error)
-    .execute(pool)
-    .await?;
-    Ok(())
-}
-
-pub(super) async fn failures(
-    pool: &PgPool,
-    reader: Option<&str>,
-) -> Result<Vec<EventFailure>, StoreError> {
-    let rows = sqlx::query(
-        "SELECT reader, seq, event_id, attempts, last_error, failed_at
-         FROM ferry_event_failures
-         WHERE $1::text IS NULL OR reader = $1
-         ORDER BY failed_at, reader, seq",
-    )
-    .bind(reader)
-    .fetch_all(pool)
-    .await?;
-    let mut out = Vec::with_capacity(rows.len());
-    for row in &rows {
-        out.push(EventFailure {
-            reader: row.try_get("reader")?,
-            seq: row.try_get("seq")?,
-            event_id: row.try_get("event_id")?,
-            attempts: row.try_get("attempts")?,
-            last_error: row.try_get("last_error")?,
-            failed_at: row.try_get("failed_at")?,
-        });
-    }
-    Ok(out)
-}
-
-pub(super) async fn discard_failure(
-    pool: &PgPool,
-    reader: &str,
-    seq: i64,
-) -> Result<bool, StoreError> {
-    let done = sqlx::query("DELETE FROM ferry_event_failures WHERE reader = $1 AND seq = $2")
-        .bind(reader)
-        .bind(seq)
-        .execute(pool)
-        .await?;
-    Ok(done.rows_affected() > 0)
 }
