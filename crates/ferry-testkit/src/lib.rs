@@ -1,7 +1,9 @@
 //! Test helpers shared by Ferry's crates: a fresh PostgreSQL or MariaDB
-//! database per test, a SQLite file per test, and a webhook receiver that
-//! records what it gets and applies each message id once.
+//! database per test, a SQLite file per test, a webhook receiver that
+//! records what it gets and applies each message id once, and the broker
+//! adapters' stream and naming helpers ([`broker`]).
 
+pub mod broker;
 pub mod nats_server;
 
 use std::collections::{HashMap, HashSet};

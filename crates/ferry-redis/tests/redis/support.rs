@@ -1,8 +1,6 @@
 //! Test helpers: configs with unique stream names, and a private persistent
 //! Redis that a test may kill and restart without disturbing the shared one.
 
-#![allow(dead_code)] // each test binary uses a part
-
 use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -11,15 +9,11 @@ use std::time::{Duration, Instant};
 
 use ferry_core::{MessageStream, Received};
 use ferry_redis::RedisConfig;
-use futures::StreamExt;
+use ferry_testkit::broker::next_within;
+pub use ferry_testkit::broker::{expect_nothing, unique};
 
 /// The shared Redis (no persistence) every test may use.
 pub const SHARED: &str = "redis://127.0.0.1:6379/0";
-
-/// A name no other test uses.
-pub fn unique(prefix: &str) -> String {
-    format!("{prefix}-{}", uuid::Uuid::now_v7().simple())
-}
 
 /// Settings for the server at `url`, with a stream prefix of the test's
 /// own and a short claim idle time.
@@ -32,19 +26,7 @@ pub fn config(url: &str) -> RedisConfig {
 
 /// The next item of `stream`, failing the test after 15 s.
 pub async fn next(stream: &mut MessageStream) -> Received {
-    match tokio::time::timeout(Duration::from_secs(15), stream.next()).await {
-        Ok(Some(Ok(received))) => received,
-        Ok(Some(Err(e))) => panic!("stream failed: {}", e.describe()),
-        Ok(None) => panic!("stream ended"),
-        Err(_) => panic!("no message within 15 s"),
-    }
-}
-
-/// Fails if anything arrives within `quiet`.
-pub async fn expect_nothing(stream: &mut MessageStream, quiet: Duration) {
-    if let Ok(item) = tokio::time::timeout(quiet, stream.next()).await {
-        panic!("expected nothing, got {item:?}");
-    }
+    next_within(stream, Duration::from_secs(15)).await
 }
 
 /// A `redis-server` of the test's own on a free loopback port, writing an

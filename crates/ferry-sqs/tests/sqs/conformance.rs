@@ -19,10 +19,8 @@ struct Moto {
 
 impl Moto {
     fn new(fifo: bool) -> Self {
-        let endpoint = std::env::var("FERRY_SQS_ENDPOINT")
-            .unwrap_or_else(|_| "http://127.0.0.1:19325".to_owned());
         let config = SqsConfig {
-            endpoint: Some(endpoint.parse().unwrap()),
+            endpoint: Some(crate::endpoint().parse().unwrap()),
             access_key_id: Some("test".to_owned()),
             secret_access_key: Some("test".to_owned()),
             queue_prefix: "ferry-".to_owned(),

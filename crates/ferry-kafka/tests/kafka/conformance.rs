@@ -18,8 +18,7 @@ struct Tansu {
 
 impl Tansu {
     fn new() -> Self {
-        let broker = std::env::var("FERRY_KAFKA").unwrap_or_else(|_| "127.0.0.1:19092".to_owned());
-        let mut config = KafkaConfig::new([broker]);
+        let mut config = KafkaConfig::new([crate::broker()]);
         config.topic_prefix = "ferry.".to_owned();
         // Several partitions, so that the members of a group share a topic.
         config.partitions = 3;

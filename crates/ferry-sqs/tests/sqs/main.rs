@@ -1,12 +1,14 @@
 //! The SQS adapter against moto's server (`scripts/sqs.sh`, or the endpoint
 //! FERRY_SQS_ENDPOINT names).
 
+mod conformance;
+
 use std::time::Duration;
 
 use bytes::Bytes;
 use ferry_core::{Message, MessageStream, Received, Sink, Subscriber, Subscription};
 use ferry_sqs::{SqsConfig, SqsSink, SqsSubscriber};
-use futures::StreamExt;
+use ferry_testkit::broker::{deliver_all, message, next_within};
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -15,11 +17,14 @@ fn unique(what: &str) -> String {
     format!("{what}-{}", &id[20..])
 }
 
+/// moto's endpoint: `scripts/sqs.sh`'s, or the one FERRY_SQS_ENDPOINT names.
+pub(crate) fn endpoint() -> String {
+    std::env::var("FERRY_SQS_ENDPOINT").unwrap_or_else(|_| "http://127.0.0.1:19325".to_owned())
+}
+
 fn config(fifo: bool) -> SqsConfig {
-    let endpoint =
-        std::env::var("FERRY_SQS_ENDPOINT").unwrap_or_else(|_| "http://127.0.0.1:19325".to_owned());
     SqsConfig {
-        endpoint: Some(endpoint.parse().unwrap()),
+        endpoint: Some(endpoint().parse().unwrap()),
         access_key_id: Some("test".to_owned()),
         secret_access_key: Some("test".to_owned()),
         queue_prefix: "ferry-test-".to_owned(),
@@ -27,14 +32,6 @@ fn config(fifo: bool) -> SqsConfig {
         visibility_timeout: Duration::from_secs(10),
         wait_time: Duration::from_secs(1),
         ..SqsConfig::default()
-    }
-}
-
-async fn deliver(sink: &SqsSink, batch: &[Message]) {
-    for (m, r) in batch.iter().zip(sink.deliver(batch).await) {
-        if let Err(e) = r {
-            panic!("message {} refused: {}", m.id, e.describe());
-        }
     }
 }
 
@@ -47,15 +44,7 @@ async fn subscribe(config: &SqsConfig, topic: &str) -> MessageStream {
 }
 
 async fn next(stream: &mut MessageStream) -> Received {
-    tokio::time::timeout(WAIT, stream.next())
-        .await
-        .expect("a message in time")
-        .expect("the stream goes on")
-        .unwrap_or_else(|e| panic!("stream failed: {}", e.describe()))
-}
-
-fn message(received: &Received) -> Message {
-    received.message.clone().expect("a well-formed message")
+    next_within(stream, WAIT).await
 }
 
 fn same(got: &Message, sent: &Message) {
@@ -92,7 +81,7 @@ async fn round_trip_keeps_every_field_and_any_payload() {
             Message::event(&topic, "").with_key("k-2"),
             Message::event(&topic, "{\"text\":\"é ✓\"}").with_header("traceparent", "00-ab"),
         ];
-        deliver(&sink, &sent).await;
+        deliver_all(&sink, &sent).await;
         let mut got = Vec::new();
         while got.len() < sent.len() {
             let r = next(&mut stream).await;
@@ -122,10 +111,10 @@ async fn fifo_drops_a_message_sent_twice_and_keeps_each_keys_order() {
                     .with_header("x-seq", i.to_string())
             })
             .collect();
-        deliver(&sink, &wave).await;
+        deliver_all(&sink, &wave).await;
         if i == 3 {
             // A relay's re-send after a crash: SQS drops it by its id.
-            deliver(&sink, &wave).await;
+            deliver_all(&sink, &wave).await;
         }
         sent.extend(wave);
     }
@@ -150,7 +139,7 @@ async fn fifo_drops_a_message_sent_twice_and_keeps_each_keys_order() {
     }
     // Drained: no stray copy arrives behind a marker.
     let marker = Message::event(&topic, "{}").with_key("a");
-    deliver(&sink, std::slice::from_ref(&marker)).await;
+    deliver_all(&sink, std::slice::from_ref(&marker)).await;
     let r = next(&mut stream).await;
     assert_eq!(message(&r).id, marker.id);
     r.ack().await.unwrap();
@@ -166,7 +155,7 @@ async fn unsettled_messages_come_back_after_the_visibility_timeout() {
     let mut stream = subscribe(&config, &topic).await;
     let sink = SqsSink::connect(config).await.unwrap();
     let sent = Message::event(&topic, "{}");
-    deliver(&sink, std::slice::from_ref(&sent)).await;
+    deliver_all(&sink, std::slice::from_ref(&sent)).await;
     let first = next(&mut stream).await;
     assert_eq!(first.delivery_count, Some(1));
     drop(first);
@@ -198,7 +187,7 @@ async fn redrive_moves_a_message_to_the_dead_letter_queue() {
         let mut stream = subscribe(&config, &topic).await;
         let sink = SqsSink::connect(config.clone()).await.unwrap();
         let sent = Message::event(&topic, Bytes::from_static(&[1, 2, 255])).with_key("k");
-        deliver(&sink, std::slice::from_ref(&sent)).await;
+        deliver_all(&sink, std::slice::from_ref(&sent)).await;
         for count in 1..=2 {
             let r = next(&mut stream).await;
             assert_eq!(r.delivery_count, Some(count));
@@ -233,7 +222,7 @@ async fn lag_counts_waiting_and_in_flight_messages() {
         ferry_core::Lag::default()
     );
     let sink = SqsSink::connect(config).await.unwrap();
-    deliver(
+    deliver_all(
         &sink,
         &[Message::event(&topic, "1"), Message::event(&topic, "2")],
     )

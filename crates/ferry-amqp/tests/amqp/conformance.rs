@@ -1,15 +1,13 @@
 //! The broker conformance suite against a private RabbitMQ node per case,
 //! so that the restart case restarts a broker no other test uses.
 
-mod support;
-
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::support::{self, RabbitNode};
 use ferry_amqp::{AmqpConfig, AmqpSink, AmqpSubscriber};
 use ferry_conformance::Broker;
 use ferry_core::{Capabilities, Sink, Subscriber};
-use support::RabbitNode;
 
 struct Harness {
     node: RabbitNode,

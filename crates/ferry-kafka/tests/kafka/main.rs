@@ -4,19 +4,21 @@
 //! A consumer-group join takes tansu about 20 s, so each test joins as few
 //! groups as it can; the tests run in parallel.
 
+mod conformance;
+
 use std::time::Duration;
 
 use bytes::Bytes;
 use ferry_core::{Message, MessageStream, Received, Sink, Subscriber, Subscription};
 use ferry_kafka::{KafkaConfig, KafkaSink, KafkaSubscriber};
-use futures::StreamExt;
+use ferry_testkit::broker::{deliver_all, message, next_within};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::ClientConfig;
 
 const WAIT: Duration = Duration::from_secs(90);
 
-fn broker() -> String {
+pub(crate) fn broker() -> String {
     std::env::var("FERRY_KAFKA").unwrap_or_else(|_| "127.0.0.1:19092".to_owned())
 }
 
@@ -33,24 +35,8 @@ fn config() -> KafkaConfig {
     config
 }
 
-async fn deliver(sink: &KafkaSink, batch: &[Message]) {
-    for (m, r) in batch.iter().zip(sink.deliver(batch).await) {
-        if let Err(e) = r {
-            panic!("message {} refused: {}", m.id, e.describe());
-        }
-    }
-}
-
 async fn next(stream: &mut MessageStream) -> Received {
-    tokio::time::timeout(WAIT, stream.next())
-        .await
-        .expect("a message in time")
-        .expect("the stream goes on")
-        .unwrap_or_else(|e| panic!("stream failed: {}", e.describe()))
-}
-
-fn message(received: &Received) -> Message {
-    received.message.clone().expect("a well-formed message")
+    next_within(stream, WAIT).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -77,7 +63,7 @@ async fn round_trip_keeps_every_field_and_each_keys_order() {
     }
     // The sink contract: one message per key in a call.
     for wave in sent.chunks(3) {
-        deliver(&sink, wave).await;
+        deliver_all(&sink, wave).await;
     }
     let mut got = Vec::new();
     while got.len() < sent.len() {
@@ -131,7 +117,7 @@ async fn a_new_member_resumes_at_the_lowest_unacked_offset() {
         .map(|i| Message::event(&topic, format!("{{\"i\":{i}}}")))
         .collect();
     for m in &sent {
-        deliver(&sink, std::slice::from_ref(m)).await;
+        deliver_all(&sink, std::slice::from_ref(m)).await;
     }
     let mut received = Vec::new();
     for m in &sent {

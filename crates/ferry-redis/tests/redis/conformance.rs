@@ -3,15 +3,13 @@
 //! kill and restart a server no other test uses and claim `persistent`.
 //! The shared Redis on 6379 keeps nothing on disk and could not.
 
-mod support;
-
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::support::{self, RedisServer};
 use ferry_conformance::Broker;
 use ferry_core::{Capabilities, Sink, Subscriber};
 use ferry_redis::{RedisConfig, RedisSink, RedisSubscriber};
-use support::RedisServer;
 
 struct Harness {
     server: RedisServer,

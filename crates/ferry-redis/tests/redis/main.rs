@@ -1,6 +1,7 @@
 //! The sink and the subscriber against real Redis: the shared server on
 //! 6379, and private persistent servers for crashes.
 
+mod conformance;
 mod support;
 
 use std::collections::BTreeSet;

@@ -1,8 +1,6 @@
 //! Test helpers: configs with unique names, and a private RabbitMQ node that
 //! a test may restart or disconnect without disturbing the shared server.
 
-#![allow(dead_code)] // each test binary uses a part
-
 use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -11,15 +9,11 @@ use std::time::{Duration, Instant};
 
 use ferry_amqp::AmqpConfig;
 use ferry_core::{MessageStream, Received};
-use futures::StreamExt;
+use ferry_testkit::broker::next_within;
+pub use ferry_testkit::broker::{expect_nothing, unique};
 
 /// The shared RabbitMQ every test may use.
 pub const SHARED: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
-
-/// A name no other test uses.
-pub fn unique(prefix: &str) -> String {
-    format!("{prefix}-{}", uuid::Uuid::now_v7().simple())
-}
 
 /// Settings for the server at `url`, with an exchange of the test's own.
 pub fn config(url: &str) -> AmqpConfig {
@@ -30,19 +24,7 @@ pub fn config(url: &str) -> AmqpConfig {
 
 /// The next item of `stream`, failing the test after 15 s.
 pub async fn next(stream: &mut MessageStream) -> Received {
-    match tokio::time::timeout(Duration::from_secs(15), stream.next()).await {
-        Ok(Some(Ok(received))) => received,
-        Ok(Some(Err(e))) => panic!("stream failed: {}", e.describe()),
-        Ok(None) => panic!("stream ended"),
-        Err(_) => panic!("no message within 15 s"),
-    }
-}
-
-/// Waits until nothing more arrives for `quiet`, failing on a message.
-pub async fn expect_nothing(stream: &mut MessageStream, quiet: Duration) {
-    if let Ok(item) = tokio::time::timeout(quiet, stream.next()).await {
-        panic!("expected nothing, got {item:?}");
-    }
+    next_within(stream, Duration::from_secs(15)).await
 }
 
 const SERVER: &str = "/usr/lib/rabbitmq/bin/rabbitmq-server";

@@ -1,6 +1,7 @@
 //! The sink and the subscriber against real RabbitMQ: the shared server on
 //! 5672, and private nodes for restarts and broken connections.
 
+mod conformance;
 mod support;
 
 use std::collections::BTreeSet;
