@@ -15,10 +15,8 @@ use futures::StreamExt;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-/// A unique topic name for one test.
-pub fn topic(name: &str) -> String {
-    format!("{name}-{}", uuid::Uuid::now_v7().simple())
-}
+/// A unique topic name for one test: `name-<a fresh UUIDv7>`.
+pub use ferry_testkit::broker::unique as topic;
 
 /// Wraps a subscriber and counts the messages its streams hand out.
 pub struct Counting {
