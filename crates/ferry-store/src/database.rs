@@ -4,8 +4,9 @@ use std::time::Duration;
 use sqlx::mysql::{MySqlConnectOptions, MySqlPoolOptions};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions};
-use sqlx::{MySqlPool, PgPool, SqlitePool};
+use sqlx::{MySqlPool, PgPool, Pool, SqlitePool};
 
+use crate::dialect::{with_pool, Dialect, ReadFirst, Stmt};
 use crate::{migrate, StoreError};
 
 /// Which database a URL points at.
@@ -227,40 +228,7 @@ impl Database {
     /// The newest Ferry migration applied, or `None` when Ferry's tables do
     /// not exist yet.
     pub async fn schema_version(&self) -> Result<Option<i64>, StoreError> {
-        let version_sql = "SELECT MAX(version) FROM ferry_schema_migrations";
-        let version = match self {
-            Database::Postgres(p) => {
-                let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM information_schema.tables WHERE table_name = 'ferry_schema_migrations' AND table_schema = current_schema()")
-                    .fetch_one(p)
-                    .await?;
-                if n == 0 {
-                    None
-                } else {
-                    sqlx::query_scalar(version_sql).fetch_one(p).await?
-                }
-            }
-            Database::Sqlite(p) => {
-                let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = 'ferry_schema_migrations'")
-                    .fetch_one(p)
-                    .await?;
-                if n == 0 {
-                    None
-                } else {
-                    sqlx::query_scalar(version_sql).fetch_one(p).await?
-                }
-            }
-            Database::Mysql(p) => {
-                let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM information_schema.tables WHERE table_name = 'ferry_schema_migrations' AND table_schema = DATABASE()")
-                    .fetch_one(p)
-                    .await?;
-                if n == 0 {
-                    None
-                } else {
-                    sqlx::query_scalar(version_sql).fetch_one(p).await?
-                }
-            }
-        };
-        Ok(version)
+        with_pool!(self, |pool| schema_version(pool).await)
     }
 
     /// Checks, without changing anything, that Ferry's schema is exactly
@@ -315,21 +283,30 @@ impl Database {
     /// again: keep the window longer than any redelivery (docs/inbox.md).
     pub async fn prune_inbox(&self, older_than: Duration) -> Result<u64, StoreError> {
         use crate::inbox::InboxDatabase;
-        match self {
-            Database::Postgres(pool) => sqlx::Postgres::prune(pool, older_than).await,
-            Database::Sqlite(pool) => sqlx::Sqlite::prune(pool, older_than).await,
-            Database::Mysql(pool) => sqlx::MySql::prune(pool, older_than).await,
-        }
+        with_pool!(self, |pool| InboxDatabase::prune(pool, older_than).await)
     }
 
     /// Closes the pool, waiting for connections to be returned.
     pub async fn close(&self) {
-        match self {
-            Database::Postgres(pool) => pool.close().await,
-            Database::Sqlite(pool) => pool.close().await,
-            Database::Mysql(pool) => pool.close().await,
-        }
+        with_pool!(self, |pool| pool.close().await)
     }
+}
+
+async fn schema_version<DB: Dialect>(pool: &Pool<DB>) -> Result<Option<i64>, StoreError> {
+    let mut conn = pool.acquire().await?;
+    let tables: i64 = Stmt::<DB>::new(DB::TABLE_EXISTS)
+        .bind("ferry_schema_migrations")
+        .fetch_one(&mut conn)
+        .await?
+        .read_first()?;
+    if tables == 0 {
+        return Ok(None);
+    }
+    let version = Stmt::<DB>::new("SELECT MAX(version) FROM ferry_schema_migrations")
+        .fetch_one(&mut conn)
+        .await?
+        .read_first()?;
+    Ok(version)
 }
 
 /// A lease as MariaDB's `idle_transaction_timeout`: whole seconds, rounded

@@ -42,6 +42,7 @@ pub trait Dialect:
     for<'q> sqlx::Database<
     Connection: Exec<Self>,
     Row: ReadFirst<i64>
+             + ReadFirst<Option<i64>>
              + Read<i64>
              + Read<Option<i64>>
              + Read<i32>
@@ -72,6 +73,9 @@ pub trait Dialect:
     /// Notifies relays that the outbox has messages (PostgreSQL's
     /// `pg_notify`; none elsewhere: relays poll).
     const NOTIFY_OUTBOX: Option<&'static str>;
+
+    /// Counts the tables named `$1` in the connection's schema.
+    const TABLE_EXISTS: &'static str;
 
     /// Whether `DELETE … RETURNING` returns the selected columns under
     /// their aliases (MariaDB drops them, which the casts of [`text`]
@@ -157,6 +161,8 @@ impl Dialect for sqlx::Postgres {
     const NOW: &'static str = "now()";
     const NOTIFY_OUTBOX: Option<&'static str> = Some("SELECT pg_notify('ferry_outbox', '')");
     const DELETE_RETURNING: bool = true;
+    const TABLE_EXISTS: &'static str = "SELECT COUNT(*) FROM information_schema.tables
+         WHERE table_name = $1 AND table_schema = current_schema()";
     type Id = Uuid;
     type Time = DateTime<Utc>;
 
@@ -214,6 +220,8 @@ impl Dialect for sqlx::Sqlite {
     const NOW: &'static str = "strftime('%Y-%m-%dT%H:%M:%fZ', 'now')";
     const NOTIFY_OUTBOX: Option<&'static str> = None;
     const DELETE_RETURNING: bool = true;
+    const TABLE_EXISTS: &'static str =
+        "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = ?";
     type Id = String;
     type Time = String;
 
@@ -263,6 +271,8 @@ impl Dialect for sqlx::MySql {
     const NOW: &'static str = "NOW(6)";
     const NOTIFY_OUTBOX: Option<&'static str> = None;
     const DELETE_RETURNING: bool = false;
+    const TABLE_EXISTS: &'static str = "SELECT COUNT(*) FROM information_schema.tables
+         WHERE table_name = ? AND table_schema = DATABASE()";
     type Id = String;
     type Time = DateTime<Utc>;
 

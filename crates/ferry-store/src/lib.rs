@@ -6,13 +6,15 @@
 //! * [`outbox`]: the transactional outbox — enqueue inside the caller's
 //!   transaction, and the claim/settle protocol the relay runs on.
 //!   [`OutboxSink`] and [`OutboxSubscriber`] make the outbox a broker that
-//!   consumers read directly (`outbox::source`).
+//!   consumers read directly (`outbox::as_broker`).
 //! * [`inbox`]: the idempotent inbox — a consumer records each message id
 //!   in the transaction that applies it, and skips redeliveries.
 //! * [`dead_letters`]: messages a consumer gave up on, kept for replay.
 //! * [`event_store`]: the append-only event log, reader offsets and the
 //!   events readers gave up on.
 //! * [`task_failures`]: the executor's failure log.
+//! * [`dialect`]: what differs between the databases' SQL; everything
+//!   the same on all of them is written once over it.
 
 mod database;
 pub mod dead_letters;
@@ -29,4 +31,4 @@ mod text_columns;
 pub use database::{redact, ConnectOptions, Database, DatabaseKind};
 pub use dead_letters::DeadLetter;
 pub use error::StoreError;
-pub use outbox::source::{OutboxSink, OutboxSubscriber};
+pub use outbox::as_broker::{OutboxSink, OutboxSubscriber};

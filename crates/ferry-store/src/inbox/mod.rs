@@ -21,6 +21,8 @@ use std::time::Duration;
 
 use futures::future::BoxFuture;
 
+use crate::dialect::{sql, Dialect, PerDialect, Stmt};
+use crate::outbox::before_now;
 use crate::StoreError;
 
 pub mod mysql;
@@ -54,55 +56,64 @@ pub trait InboxDatabase: sqlx::Database {
     ) -> BoxFuture<'a, Result<u64, StoreError>>;
 }
 
-impl InboxDatabase for sqlx::Sqlite {
-    fn record<'a, 'c>(
-        tx: &'a mut sqlx::Transaction<'c, Self>,
-        consumer: &'a str,
-        id: ferry_core::MessageId,
-    ) -> BoxFuture<'a, Result<Recorded, StoreError>> {
-        Box::pin(sqlite::record(tx, consumer, id))
-    }
+/// Each database's [`InboxDatabase`]: its module's `record` and `prune`.
+macro_rules! inbox_database {
+    ($db:ty, $module:ident) => {
+        impl InboxDatabase for $db {
+            fn record<'a, 'c>(
+                tx: &'a mut sqlx::Transaction<'c, Self>,
+                consumer: &'a str,
+                id: ferry_core::MessageId,
+            ) -> BoxFuture<'a, Result<Recorded, StoreError>> {
+                Box::pin($module::record(tx, consumer, id))
+            }
 
-    fn prune<'a>(
-        pool: &'a sqlx::Pool<Self>,
-        older_than: Duration,
-    ) -> BoxFuture<'a, Result<u64, StoreError>> {
-        Box::pin(sqlite::prune(pool, older_than))
-    }
+            fn prune<'a>(
+                pool: &'a sqlx::Pool<Self>,
+                older_than: Duration,
+            ) -> BoxFuture<'a, Result<u64, StoreError>> {
+                Box::pin(prune::<$db>(pool, older_than))
+            }
+        }
+    };
 }
 
-impl InboxDatabase for sqlx::Postgres {
-    fn record<'a, 'c>(
-        tx: &'a mut sqlx::Transaction<'c, Self>,
-        consumer: &'a str,
-        id: ferry_core::MessageId,
-    ) -> BoxFuture<'a, Result<Recorded, StoreError>> {
-        Box::pin(postgres::record(tx, consumer, id))
-    }
+inbox_database!(sqlx::Sqlite, sqlite);
+inbox_database!(sqlx::Postgres, postgres);
+inbox_database!(sqlx::MySql, mysql);
 
-    fn prune<'a>(
-        pool: &'a sqlx::Pool<Self>,
-        older_than: Duration,
-    ) -> BoxFuture<'a, Result<u64, StoreError>> {
-        Box::pin(postgres::prune(pool, older_than))
-    }
+/// `INSERT … ON CONFLICT DO NOTHING`: a duplicate is not an error, which
+/// would abort the caller's transaction on PostgreSQL.
+async fn record_unless_there<DB: Dialect>(
+    tx: &mut sqlx::Transaction<'_, DB>,
+    consumer: &str,
+    id: ferry_core::MessageId,
+) -> Result<Recorded, StoreError> {
+    static INSERT: PerDialect<String> = PerDialect::new();
+    let insert = INSERT.get::<DB>(|| {
+        sql::<DB>(
+            "INSERT INTO ferry_inbox (consumer, message_id) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+        )
+    });
+    let done = Stmt::<DB>::new(insert)
+        .bind(consumer)
+        .bind(DB::id(id.0))
+        .execute(tx)
+        .await?;
+    Ok(recorded(done))
 }
 
-impl InboxDatabase for sqlx::MySql {
-    fn record<'a, 'c>(
-        tx: &'a mut sqlx::Transaction<'c, Self>,
-        consumer: &'a str,
-        id: ferry_core::MessageId,
-    ) -> BoxFuture<'a, Result<Recorded, StoreError>> {
-        Box::pin(mysql::record(tx, consumer, id))
-    }
-
-    fn prune<'a>(
-        pool: &'a sqlx::Pool<Self>,
-        older_than: Duration,
-    ) -> BoxFuture<'a, Result<u64, StoreError>> {
-        Box::pin(mysql::prune(pool, older_than))
-    }
+/// Deletes rows received longer than `older_than` ago; returns how many.
+async fn prune<DB: Dialect>(
+    pool: &sqlx::Pool<DB>,
+    older_than: Duration,
+) -> Result<u64, StoreError> {
+    static DELETE: PerDialect<String> = PerDialect::new();
+    let delete = DELETE.get::<DB>(|| sql::<DB>("DELETE FROM ferry_inbox WHERE received_at < $1"));
+    Ok(Stmt::<DB>::new(delete)
+        .bind(DB::time(before_now(older_than)))
+        .execute(&mut *pool.acquire().await?)
+        .await?)
 }
 
 /// One row inserted: the first; none: a duplicate.

@@ -6,7 +6,6 @@ use ferry_core::MessageId;
 use sqlx::{MySql, MySqlPool, Transaction};
 
 use super::Recorded;
-use crate::outbox::before_now;
 use crate::StoreError;
 
 /// Records that `consumer` applies message `id`, inside `tx`; see
@@ -37,9 +36,5 @@ pub async fn record(
 
 /// Deletes rows received longer than `older_than` ago; returns how many.
 pub async fn prune(pool: &MySqlPool, older_than: Duration) -> Result<u64, StoreError> {
-    let done = sqlx::query("DELETE FROM ferry_inbox WHERE received_at < ?")
-        .bind(before_now(older_than))
-        .execute(pool)
-        .await?;
-    Ok(done.rows_affected())
+    super::prune(pool, older_than).await
 }

@@ -6,7 +6,6 @@ use ferry_core::MessageId;
 use sqlx::{PgPool, Postgres, Transaction};
 
 use super::Recorded;
-use crate::outbox::before_now;
 use crate::StoreError;
 
 /// Records that `consumer` applies message `id`, inside `tx`; see
@@ -19,21 +18,10 @@ pub async fn record(
     consumer: &str,
     id: MessageId,
 ) -> Result<Recorded, StoreError> {
-    let done = sqlx::query(
-        "INSERT INTO ferry_inbox (consumer, message_id) VALUES ($1, $2) ON CONFLICT DO NOTHING",
-    )
-    .bind(consumer)
-    .bind(id.0)
-    .execute(&mut **tx)
-    .await?;
-    Ok(super::recorded(done.rows_affected()))
+    super::record_unless_there(tx, consumer, id).await
 }
 
 /// Deletes rows received longer than `older_than` ago; returns how many.
 pub async fn prune(pool: &PgPool, older_than: Duration) -> Result<u64, StoreError> {
-    let done = sqlx::query("DELETE FROM ferry_inbox WHERE received_at < $1")
-        .bind(before_now(older_than))
-        .execute(pool)
-        .await?;
-    Ok(done.rows_affected())
+    super::prune(pool, older_than).await
 }

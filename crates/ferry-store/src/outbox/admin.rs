@@ -2,9 +2,10 @@
 
 use std::str::FromStr;
 
-use sqlx::Row;
+use sqlx::Pool;
 use uuid::Uuid;
 
+use crate::dialect::{select_text, sql, with_pool, Dialect, PerDialect, Read, Stmt};
 use crate::{Database, StoreError};
 
 /// A message named on the command line: its sequence number or its id.
@@ -72,111 +73,144 @@ pub struct OutboxStats {
 impl Database {
     /// Dead messages, oldest first, at most `limit`.
     pub async fn dead_messages(&self, limit: i64) -> Result<Vec<DeadMessage>, StoreError> {
-        let rows = match self {
-            Database::Postgres(pool) => {
-                sqlx::query(
-                    "SELECT seq, message_id::text AS message_id, topic, message_key, attempts::bigint AS attempts,
-                            created_at::text AS created_at, last_error
-                     FROM ferry_outbox WHERE status = 'dead' ORDER BY seq LIMIT $1",
-                )
-                .bind(limit)
-                .fetch_all(pool)
-                .await?
-                .into_iter()
-                .map(|r| dead_from(&r))
-                .collect::<Result<Vec<_>, sqlx::Error>>()?
-            }
-            Database::Sqlite(pool) => sqlx::query(
-                "SELECT seq, message_id, topic, message_key, attempts, created_at, last_error
-                 FROM ferry_outbox WHERE status = 'dead' ORDER BY seq LIMIT ?",
-            )
-            .bind(limit)
-            .fetch_all(pool)
-            .await?
-            .into_iter()
-            .map(|r| dead_from(&r))
-            .collect::<Result<Vec<_>, sqlx::Error>>()?,
-            Database::Mysql(pool) => sqlx::query(
-                // Text as CHAR: binary-collated columns would not decode as strings.
-                "SELECT seq, CAST(message_id AS CHAR) AS message_id, CAST(topic AS CHAR) AS topic,
-                        CAST(message_key AS CHAR) AS message_key, CAST(attempts AS SIGNED) AS attempts,
-                        CAST(created_at AS CHAR) AS created_at, CAST(last_error AS CHAR) AS last_error
-                 FROM ferry_outbox WHERE status = 'dead' ORDER BY seq LIMIT ?",
-            )
-            .bind(limit)
-            .fetch_all(pool)
-            .await?
-            .into_iter()
-            .map(|r| dead_from(&r))
-            .collect::<Result<Vec<_>, sqlx::Error>>()?,
-        };
-        Ok(rows)
+        with_pool!(self, |pool| dead_messages(pool, limit).await)
     }
 
     /// Makes dead messages pending again with a fresh attempt budget: one
     /// (`Some`) or all (`None`). Returns how many.
     pub async fn replay_dead(&self, which: Option<&MessageRef>) -> Result<u64, StoreError> {
-        let set = "SET status = 'pending', attempts = 0, next_attempt_at = ";
-        let n = match self {
-            Database::Postgres(pool) => {
-                let mut tx = pool.begin().await?;
-                let n = pg_exec(&mut *tx, &format!("UPDATE ferry_outbox {set} now() WHERE status = 'dead'"), which).await?;
-                sqlx::query("SELECT pg_notify($1, '')").bind(super::postgres::CHANNEL).execute(&mut *tx).await?;
-                tx.commit().await?;
-                n
-            }
-            Database::Sqlite(pool) => {
-                sqlite_exec(
-                    pool,
-                    &format!("UPDATE ferry_outbox {set} strftime('%Y-%m-%dT%H:%M:%fZ', 'now') WHERE status = 'dead'"),
-                    which,
-                )
-                .await?
-            }
-            Database::Mysql(pool) => {
-                mysql_exec(
-                    pool,
-                    &format!("UPDATE ferry_outbox {set} NOW(6) WHERE status = 'dead'"),
-                    which,
-                )
-                .await?
-            }
-        };
+        let n = with_pool!(self, |pool| replay_dead(pool, which).await)?;
         not_found_if_zero(n, which)
     }
 
     /// Deletes one dead message for good.
     pub async fn discard_dead(&self, which: &MessageRef) -> Result<u64, StoreError> {
-        let sql = "DELETE FROM ferry_outbox WHERE status = 'dead'";
-        let n = match self {
-            Database::Postgres(pool) => pg_exec(pool, sql, Some(which)).await?,
-            Database::Sqlite(pool) => sqlite_exec(pool, sql, Some(which)).await?,
-            Database::Mysql(pool) => mysql_exec(pool, sql, Some(which)).await?,
-        };
+        let n = with_pool!(self, |pool| discard_dead(pool, which).await)?;
         not_found_if_zero(n, Some(which))
     }
 
     /// Counts messages by status.
     pub async fn outbox_stats(&self) -> Result<OutboxStats, StoreError> {
-        // COUNT(CASE …) rather than SUM: a BIGINT on MariaDB too (its SUM is a DECIMAL).
-        let sql = "SELECT
-              COUNT(CASE WHEN status = 'pending' THEN 1 END),
-              COUNT(CASE WHEN status = 'pending' AND attempts > 0 THEN 1 END),
-              COUNT(CASE WHEN status = 'delivered' THEN 1 END),
-              COUNT(CASE WHEN status = 'dead' THEN 1 END)
-            FROM ferry_outbox";
-        let (pending, retrying, delivered, dead): (i64, i64, i64, i64) = match self {
-            Database::Postgres(pool) => sqlx::query_as(sql).fetch_one(pool).await?,
-            Database::Sqlite(pool) => sqlx::query_as(sql).fetch_one(pool).await?,
-            Database::Mysql(pool) => sqlx::query_as(sql).fetch_one(pool).await?,
-        };
-        Ok(OutboxStats {
-            pending,
-            retrying,
-            delivered,
-            dead,
-        })
+        with_pool!(self, |pool| outbox_stats(pool).await)
     }
+}
+
+/// A statement on dead messages: on all, or on one by sequence number or id.
+struct Which {
+    all: String,
+    seq: String,
+    id: String,
+}
+
+impl Which {
+    fn new<DB: Dialect>(base: &str) -> Self {
+        Self {
+            all: base.to_owned(),
+            seq: sql::<DB>(&format!("{base} AND seq = $1")),
+            id: sql::<DB>(&format!("{base} AND {} = $1", DB::stored_id("message_id"))),
+        }
+    }
+
+    fn pick(&self, which: Option<&MessageRef>) -> &str {
+        match which {
+            None => &self.all,
+            Some(MessageRef::Seq(_)) => &self.seq,
+            Some(MessageRef::Id(_)) => &self.id,
+        }
+    }
+}
+
+struct Statements {
+    dead: String,
+    replay: Which,
+    discard: Which,
+    stats: String,
+}
+
+fn statements<DB: Dialect>(_: &Pool<DB>) -> &'static Statements {
+    static STATEMENTS: PerDialect<Statements> = PerDialect::new();
+    STATEMENTS.get::<DB>(|| Statements {
+        dead: sql::<DB>(&format!(
+            "SELECT seq, {} AS message_id, {}, {}, {} AS attempts, {} AS created_at, {}
+             FROM ferry_outbox WHERE status = 'dead' ORDER BY seq LIMIT $1",
+            DB::cast_text("message_id"),
+            select_text::<DB>("topic", "topic"),
+            select_text::<DB>("message_key", "message_key"),
+            DB::cast_bigint("attempts"),
+            DB::cast_text("created_at"),
+            select_text::<DB>("last_error", "last_error"),
+        )),
+        replay: Which::new::<DB>(&format!(
+            "UPDATE ferry_outbox SET status = 'pending', attempts = 0, next_attempt_at = {}
+             WHERE status = 'dead'",
+            DB::NOW
+        )),
+        discard: Which::new::<DB>("DELETE FROM ferry_outbox WHERE status = 'dead'"),
+        // COUNT(CASE …) rather than SUM: a BIGINT on MariaDB too (its SUM is a DECIMAL).
+        stats: "SELECT
+              COUNT(CASE WHEN status = 'pending' THEN 1 END) AS pending,
+              COUNT(CASE WHEN status = 'pending' AND attempts > 0 THEN 1 END) AS retrying,
+              COUNT(CASE WHEN status = 'delivered' THEN 1 END) AS delivered,
+              COUNT(CASE WHEN status = 'dead' THEN 1 END) AS dead
+            FROM ferry_outbox"
+            .to_owned(),
+    })
+}
+
+async fn dead_messages<DB: Dialect>(
+    pool: &Pool<DB>,
+    limit: i64,
+) -> Result<Vec<DeadMessage>, StoreError> {
+    let rows = Stmt::<DB>::new(&statements(pool).dead)
+        .bind(limit)
+        .fetch_all(&mut *pool.acquire().await?)
+        .await?;
+    let dead = |r: &DB::Row| -> Result<DeadMessage, sqlx::Error> {
+        Ok(DeadMessage {
+            seq: r.read("seq")?,
+            message_id: r.read("message_id")?,
+            topic: r.read("topic")?,
+            key: r.read("message_key")?,
+            attempts: r.read("attempts")?,
+            created_at: r.read("created_at")?,
+            last_error: r.read("last_error")?,
+        })
+    };
+    Ok(rows.iter().map(dead).collect::<Result<_, _>>()?)
+}
+
+/// Replays, and tells the relays (where the database can) in the same
+/// transaction.
+async fn replay_dead<DB: Dialect>(
+    pool: &Pool<DB>,
+    which: Option<&MessageRef>,
+) -> Result<u64, StoreError> {
+    let statement = statements(pool).replay.pick(which);
+    let Some(notify) = DB::NOTIFY_OUTBOX else {
+        return exec::<DB>(&mut *pool.acquire().await?, statement, which).await;
+    };
+    let mut tx = pool.begin().await?;
+    let n = exec::<DB>(&mut tx, statement, which).await?;
+    Stmt::<DB>::new(notify).execute(&mut tx).await?;
+    tx.commit().await?;
+    Ok(n)
+}
+
+async fn discard_dead<DB: Dialect>(pool: &Pool<DB>, which: &MessageRef) -> Result<u64, StoreError> {
+    let statement = statements(pool).discard.pick(Some(which));
+    exec::<DB>(&mut *pool.acquire().await?, statement, Some(which)).await
+}
+
+async fn outbox_stats<DB: Dialect>(pool: &Pool<DB>) -> Result<OutboxStats, StoreError> {
+    let row = Stmt::<DB>::new(&statements(pool).stats)
+        .fetch_one(&mut *pool.acquire().await?)
+        .await?;
+    Ok(OutboxStats {
+        pending: row.read("pending")?,
+        retrying: row.read("retrying")?,
+        delivered: row.read("delivered")?,
+        dead: row.read("dead")?,
+    })
 }
 
 fn not_found_if_zero(n: u64, which: Option<&MessageRef>) -> Result<u64, StoreError> {
@@ -186,89 +220,17 @@ fn not_found_if_zero(n: u64, which: Option<&MessageRef>) -> Result<u64, StoreErr
     }
 }
 
-fn dead_from<R: Row>(r: &R) -> Result<DeadMessage, sqlx::Error>
-where
-    for<'a> &'a str: sqlx::ColumnIndex<R>,
-    i64: sqlx::Type<R::Database> + for<'a> sqlx::Decode<'a, R::Database>,
-    String: sqlx::Type<R::Database> + for<'a> sqlx::Decode<'a, R::Database>,
-    Option<String>: sqlx::Type<R::Database> + for<'a> sqlx::Decode<'a, R::Database>,
-{
-    Ok(DeadMessage {
-        seq: r.try_get("seq")?,
-        message_id: r.try_get("message_id")?,
-        topic: r.try_get("topic")?,
-        key: r.try_get("message_key")?,
-        attempts: r.try_get("attempts")?,
-        created_at: r.try_get("created_at")?,
-        last_error: r.try_get("last_error")?,
-    })
-}
-
-async fn pg_exec(
-    conn: impl sqlx::PgExecutor<'_>,
-    base: &str,
+/// Runs `statement` (picked by [`Which::pick`]) with `which`'s value.
+async fn exec<DB: Dialect>(
+    conn: &mut DB::Connection,
+    statement: &str,
     which: Option<&MessageRef>,
 ) -> Result<u64, StoreError> {
-    let n = match which {
-        None => sqlx::query(base).execute(conn).await?,
-        Some(MessageRef::Seq(seq)) => {
-            sqlx::query(&format!("{base} AND seq = $1"))
-                .bind(*seq)
-                .execute(conn)
-                .await?
-        }
-        Some(MessageRef::Id(id)) => {
-            sqlx::query(&format!("{base} AND message_id = $1"))
-                .bind(*id)
-                .execute(conn)
-                .await?
-        }
+    let stmt = Stmt::<DB>::new(statement);
+    let stmt = match which {
+        None => stmt,
+        Some(MessageRef::Seq(seq)) => stmt.bind(*seq),
+        Some(MessageRef::Id(id)) => stmt.bind(DB::id(*id)),
     };
-    Ok(n.rows_affected())
-}
-
-async fn sqlite_exec(
-    pool: &sqlx::SqlitePool,
-    base: &str,
-    which: Option<&MessageRef>,
-) -> Result<u64, StoreError> {
-    let n = match which {
-        None => sqlx::query(base).execute(pool).await?,
-        Some(MessageRef::Seq(seq)) => {
-            sqlx::query(&format!("{base} AND seq = ?"))
-                .bind(*seq)
-                .execute(pool)
-                .await?
-        }
-        Some(MessageRef::Id(id)) => {
-            sqlx::query(&format!("{base} AND lower(message_id) = ?"))
-                .bind(id.to_string())
-                .execute(pool)
-                .await?
-        }
-    };
-    Ok(n.rows_affected())
-}
-
-async fn mysql_exec(
-    pool: &sqlx::MySqlPool,
-    base: &str,
-    which: Option<&MessageRef>,
-) -> Result<u64, StoreError> {
-    let n = match which {
-        None => sqlx::query(base).execute(pool).await?,
-        Some(MessageRef::Seq(seq)) => {
-            sqlx::query(&format!("{base} AND seq = ?"))
-                .bind(*seq)
-                .execute(pool)
-                .await?
-        }
-        Some(MessageRef::Id(id)) => {
-            sqlx::query(&format!("{base} AND message_id = ?"))
-                .bind(id.to_string())
-                .execute(pool)
-                .await?
-        }
-    };
-    Ok(n.rows_affected())
+    Ok(stmt.execute(conn).await?)
 }

@@ -39,9 +39,9 @@ use ferry_core::Message;
 use crate::StoreError;
 
 pub mod admin;
+pub mod as_broker;
 pub mod mysql;
 pub mod postgres;
-pub mod source;
 pub mod sqlite;
 
 pub use admin::{DeadMessage, MessageRef, OutboxStats};

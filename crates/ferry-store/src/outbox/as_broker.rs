@@ -56,13 +56,14 @@ use ferry_core::{
     Acker, BoxFuture, Capabilities, Delivery, Lag, Malformed, Message, MessageStream, Received,
     Sink, SinkError, SubscribeError, Subscriber, Subscription,
 };
-use sqlx::Row;
+use sqlx::{Pool, Row};
 use tokio::sync::{mpsc, Notify};
 
 use super::mysql::MysqlOutbox;
 use super::postgres::PgOutbox;
 use super::sqlite::SqliteOutbox;
 use super::{ClaimFilter, Claimed, ClaimedBatch, OrderPolicy, Outbox, Outcome, Retention};
+use crate::dialect::{sql, with_pool, Dialect, PerDialect, Stmt};
 use crate::{Database, StoreError};
 
 /// The name of both halves, for logs and metrics.
@@ -472,95 +473,50 @@ async fn settle_leased(
     attempts: i32,
     settle: Settle,
 ) -> Result<bool, StoreError> {
-    let done = match (database, settle) {
-        (Database::Postgres(pool), Settle::Ack) => {
-            sqlx::query("DELETE FROM ferry_outbox WHERE seq = $1 AND attempts = $2 AND status = 'pending'")
-                .bind(seq)
-                .bind(attempts)
-                .execute(pool)
-                .await?
-                .rows_affected()
+    with_pool!(database, |pool| settle_leased_in(
+        pool, seq, attempts, settle
+    )
+    .await)
+}
+
+async fn settle_leased_in<DB: Dialect>(
+    pool: &Pool<DB>,
+    seq: i64,
+    attempts: i32,
+    settle: Settle,
+) -> Result<bool, StoreError> {
+    struct Statements {
+        ack: String,
+        retry: String,
+        release: String,
+    }
+    static STATEMENTS: PerDialect<Statements> = PerDialect::new();
+    let statements = STATEMENTS.get::<DB>(|| {
+        let leased = "seq = $2 AND attempts = $3 AND status = 'pending'";
+        Statements {
+            ack: sql::<DB>("DELETE FROM ferry_outbox WHERE seq = $1 AND attempts = $2 AND status = 'pending'"),
+            retry: sql::<DB>(&format!(
+                "UPDATE ferry_outbox SET next_attempt_at = $1, last_error = 'nacked by the consumer'
+                 WHERE {leased}"
+            )),
+            release: sql::<DB>(&format!(
+                "UPDATE ferry_outbox SET next_attempt_at = {}, last_error = 'released by the consumer'
+                 WHERE {}",
+                DB::NOW,
+                leased.replace("$2", "$1").replace("$3", "$2"),
+            )),
         }
-        (Database::Postgres(pool), Settle::Retry(at)) => {
-            sqlx::query(
-                "UPDATE ferry_outbox SET next_attempt_at = $3, last_error = 'nacked by the consumer'
-                 WHERE seq = $1 AND attempts = $2 AND status = 'pending'",
-            )
-            .bind(seq)
-            .bind(attempts)
-            .bind(at)
-            .execute(pool)
-            .await?
-            .rows_affected()
-        }
-        (Database::Postgres(pool), Settle::Release) => {
-            sqlx::query(
-                "UPDATE ferry_outbox SET next_attempt_at = now(), last_error = 'released by the consumer'
-                 WHERE seq = $1 AND attempts = $2 AND status = 'pending'",
-            )
-            .bind(seq)
-            .bind(attempts)
-            .execute(pool)
-            .await?
-            .rows_affected()
-        }
-        (Database::Sqlite(pool), Settle::Ack) => {
-            sqlx::query("DELETE FROM ferry_outbox WHERE seq = ? AND attempts = ? AND status = 'pending'")
-                .bind(seq)
-                .bind(attempts)
-                .execute(pool)
-                .await?
-                .rows_affected()
-        }
-        (Database::Sqlite(pool), settle) => {
-            let (at, why) = match settle {
-                Settle::Retry(at) => (at, "nacked by the consumer"),
-                _ => (Utc::now(), "released by the consumer"),
-            };
-            sqlx::query(
-                "UPDATE ferry_outbox SET next_attempt_at = ?, last_error = ?
-                 WHERE seq = ? AND attempts = ? AND status = 'pending'",
-            )
-            .bind(super::sqlite::format_time(at))
-            .bind(why)
-            .bind(seq)
-            .bind(attempts)
-            .execute(pool)
-            .await?
-            .rows_affected()
-        }
-        (Database::Mysql(pool), Settle::Ack) => {
-            sqlx::query("DELETE FROM ferry_outbox WHERE seq = ? AND attempts = ? AND status = 'pending'")
-                .bind(seq)
-                .bind(attempts)
-                .execute(pool)
-                .await?
-                .rows_affected()
-        }
-        (Database::Mysql(pool), Settle::Retry(at)) => {
-            sqlx::query(
-                "UPDATE ferry_outbox SET next_attempt_at = ?, last_error = 'nacked by the consumer'
-                 WHERE seq = ? AND attempts = ? AND status = 'pending'",
-            )
-            .bind(at)
-            .bind(seq)
-            .bind(attempts)
-            .execute(pool)
-            .await?
-            .rows_affected()
-        }
-        (Database::Mysql(pool), Settle::Release) => {
-            sqlx::query(
-                "UPDATE ferry_outbox SET next_attempt_at = NOW(6), last_error = 'released by the consumer'
-                 WHERE seq = ? AND attempts = ? AND status = 'pending'",
-            )
-            .bind(seq)
-            .bind(attempts)
-            .execute(pool)
-            .await?
-            .rows_affected()
-        }
+    });
+    let stmt = match settle {
+        Settle::Ack => Stmt::<DB>::new(&statements.ack),
+        Settle::Retry(at) => Stmt::<DB>::new(&statements.retry).bind(DB::time(at)),
+        Settle::Release => Stmt::<DB>::new(&statements.release),
     };
+    let done = stmt
+        .bind(seq)
+        .bind(attempts)
+        .execute(&mut *pool.acquire().await?)
+        .await?;
     Ok(done > 0)
 }
 
