@@ -151,73 +151,16 @@ impl Context {
     }
 }
 
-/// What the router should do after a handler failed.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum HandlerErrorKind {
-    /// This attempt failed and a later one may succeed (a timeout, a
-    /// downstream 503, a deadlock): retry, with backoff.
-    Transient,
-    /// The message will never be handled (bad payload, a violated business
-    /// rule): dead-letter it now, without burning retries.
-    Permanent,
-}
+/// What the router should do after a handler failed: the core
+/// [`ErrorKind`](ferry_core::ErrorKind). Transient and unavailable are
+/// retried (by the retry middleware, then by the broker); permanent is
+/// dead-lettered at once, without burning retries.
+pub type HandlerErrorKind = ferry_core::ErrorKind;
 
-/// A failed handler call, with what to do next.
-#[derive(Debug, thiserror::Error)]
-#[error("{message}")]
-pub struct HandlerError {
-    /// Whether to retry.
-    pub kind: HandlerErrorKind,
-    /// What went wrong, short and lowercase; becomes the dead letter's error.
-    pub message: String,
-    /// The earliest time to try again, when the handler knows (a
-    /// downstream's `Retry-After`).
-    pub retry_after: Option<Duration>,
-    /// How many times the message has been tried in all, when the error
-    /// comes from a middleware that counted (retry gives up).
-    pub attempts: Option<u32>,
-    /// The underlying error.
-    #[source]
-    pub source: Option<Box<dyn std::error::Error + Send + Sync>>,
-}
-
-impl HandlerError {
-    fn new(kind: HandlerErrorKind, message: impl Into<String>) -> Self {
-        Self {
-            kind,
-            message: message.into(),
-            retry_after: None,
-            attempts: None,
-            source: None,
-        }
-    }
-    /// A failure worth retrying.
-    pub fn transient(message: impl Into<String>) -> Self {
-        Self::new(HandlerErrorKind::Transient, message)
-    }
-    /// A failure no retry will fix: the message is poison.
-    pub fn permanent(message: impl Into<String>) -> Self {
-        Self::new(HandlerErrorKind::Permanent, message)
-    }
-    /// Attaches the underlying error.
-    pub fn with_source(mut self, source: impl std::error::Error + Send + Sync + 'static) -> Self {
-        self.source = Some(Box::new(source));
-        self
-    }
-    /// Asks not to be retried before `wait` has passed.
-    pub fn with_retry_after(mut self, wait: Duration) -> Self {
-        self.retry_after = Some(wait);
-        self
-    }
-    /// Whether trying again may help.
-    pub fn is_transient(&self) -> bool {
-        self.kind == HandlerErrorKind::Transient
-    }
-    /// The message followed by its chain of causes, for logs and dead letters.
-    pub fn describe(&self) -> String {
-        ferry_core::error_chain(self)
-    }
-}
+/// A failed handler call, with what to do next: the core
+/// [`HandlerError`](ferry_core::HandlerError), shared with the forwarder's
+/// event handlers.
+pub use ferry_core::HandlerError;
 
 /// A handler made of an async closure; see [`handler_fn`].
 pub struct HandlerFn<F>(F);
@@ -285,11 +228,11 @@ impl Handler for Forward {
             match result {
                 Some(Ok(())) => Ok(()),
                 Some(Err(e)) => {
+                    // The router holds one message: it cannot tell a down
+                    // sink from a refused message, so both are retried.
                     let kind = match e.kind {
                         SinkErrorKind::Permanent => HandlerErrorKind::Permanent,
-                        SinkErrorKind::Transient | SinkErrorKind::Unavailable => {
-                            HandlerErrorKind::Transient
-                        }
+                        _ => HandlerErrorKind::Transient,
                     };
                     let mut err = HandlerError::new(
                         kind,
@@ -327,7 +270,8 @@ mod tests {
                 Some(SinkErrorKind::Transient) => {
                     Err(SinkError::transient("429").with_retry_after(Duration::from_secs(7)))
                 }
-                Some(SinkErrorKind::Unavailable) => Err(SinkError::unavailable("refused")),
+                // Unavailable (the kinds are non-exhaustive).
+                Some(_) => Err(SinkError::unavailable("refused")),
             };
             Box::pin(std::future::ready(batch.iter().map(|_| answer()).collect()))
         }

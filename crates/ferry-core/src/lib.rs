@@ -1,19 +1,25 @@
 //! Ferry's core: the [`Message`] that travels from an outbox to another
 //! system, the [`RetryPolicy`] that spaces out attempts, and the [`Sink`]
 //! contract every destination (webhook, broker, null) implements, and the
-//! [`Subscriber`] contract of a broker's consumer side.
+//! [`Subscriber`] contract of a broker's consumer side, the one
+//! [`ErrorKind`] vocabulary that sinks, subscribers and handlers ([`HandlerError`])
+//! share, and [`redact_url`], the one way a URL is shown in logs.
 //!
 //! Nothing here talks to a database or a network; stores, the relay and the
 //! sinks build on these types.
 
 pub mod cloudevents;
+pub mod error;
 pub mod message;
+mod redact;
 pub mod retry;
 pub mod sink;
 pub mod subscriber;
 
 pub use cloudevents::Malformed;
+pub use error::{ErrorKind, HandlerError};
 pub use message::{Kind, Message, MessageId, ParseKindError, REPLAY_HEADER};
+pub use redact::redact_url;
 pub use retry::RetryPolicy;
 pub use sink::{BoxFuture, Delivery, Sink, SinkError, SinkErrorKind};
 pub use subscriber::{

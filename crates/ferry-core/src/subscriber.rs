@@ -13,7 +13,7 @@ use std::time::Duration;
 use futures::Stream;
 
 use crate::cloudevents::Malformed;
-use crate::{BoxFuture, Message};
+use crate::{BoxFuture, ErrorKind, Message};
 
 /// What a consumer asks a broker for: the messages of one topic, shared
 /// among the consumers of one group.
@@ -163,6 +163,10 @@ pub type MessageStream = Pin<Box<dyn Stream<Item = Result<Received, SubscribeErr
 ///   durable on the broker.
 /// * Implementations are shared between tasks (`Send + Sync`); each
 ///   [`Received`] may be settled from any task, in any order.
+/// * **Errors** use the core [`ErrorKind`]: unavailable (the broker cannot
+///   be reached: subscribe again with backoff), transient (this call
+///   failed), permanent (the request is wrong: retrying will not help).
+/// * **Close.** The caller calls [`Subscriber::close`] once when it stops.
 pub trait Subscriber: Send + Sync + 'static {
     /// Short name for logs and metrics, e.g. `amqp` or `redis`.
     fn name(&self) -> &str;
@@ -186,6 +190,15 @@ pub trait Subscriber: Send + Sync + 'static {
         &'a self,
         subscription: &'a Subscription,
     ) -> BoxFuture<'a, Result<Lag, SubscribeError>>;
+
+    /// Releases the connection once the caller is done with every stream
+    /// it subscribed and has settled what it will settle: flushes pending
+    /// acknowledgements where the adapter buffers them. Messages not
+    /// acknowledged by then are redelivered, as after a crash. The
+    /// default does nothing (the connection closes when dropped).
+    fn close(&self) -> BoxFuture<'_, Result<(), SubscribeError>> {
+        Box::pin(async { Ok(()) })
+    }
 }
 
 /// A consumer group's backlog on its broker.
@@ -220,18 +233,19 @@ impl<S: Subscriber + ?Sized> Subscriber for std::sync::Arc<S> {
     ) -> BoxFuture<'a, Result<Lag, SubscribeError>> {
         (**self).lag(subscription)
     }
+    fn close(&self) -> BoxFuture<'_, Result<(), SubscribeError>> {
+        (**self).close()
+    }
 }
 
-/// Whether trying again can help after a [`SubscribeError`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum SubscribeErrorKind {
-    /// The broker cannot be reached or the connection broke: subscribe
-    /// again with backoff.
-    Unavailable,
-    /// The request is wrong (a topic or group name the broker refuses, a
-    /// missing permission): trying again will not help.
-    Permanent,
-}
+/// Whether trying again can help after a [`SubscribeError`]: the core
+/// [`ErrorKind`]. [`Unavailable`](ErrorKind::Unavailable): the broker cannot
+/// be reached or the connection broke, subscribe again with backoff;
+/// [`Permanent`](ErrorKind::Permanent): the request is wrong (a topic or
+/// group name the broker refuses, a missing permission), trying again will
+/// not help; [`Transient`](ErrorKind::Transient): this one call failed (a
+/// settle that timed out), the next may succeed.
+pub type SubscribeErrorKind = ErrorKind;
 
 /// A failed subscribe, receive or settle.
 #[derive(Debug, thiserror::Error)]
@@ -247,21 +261,25 @@ pub struct SubscribeError {
 }
 
 impl SubscribeError {
-    /// The broker cannot be reached; try again later.
-    pub fn unavailable(message: impl Into<String>) -> Self {
+    /// An error of `kind`.
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
         Self {
-            kind: SubscribeErrorKind::Unavailable,
+            kind,
             message: message.into(),
             source: None,
         }
     }
+    /// The broker cannot be reached; try again later.
+    pub fn unavailable(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::Unavailable, message)
+    }
     /// A request no retry will fix.
     pub fn permanent(message: impl Into<String>) -> Self {
-        Self {
-            kind: SubscribeErrorKind::Permanent,
-            message: message.into(),
-            source: None,
-        }
+        Self::new(ErrorKind::Permanent, message)
+    }
+    /// This call failed; the next may succeed.
+    pub fn transient(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::Transient, message)
     }
     /// Attaches the underlying error.
     pub fn with_source(mut self, source: impl std::error::Error + Send + Sync + 'static) -> Self {
@@ -275,7 +293,7 @@ impl SubscribeError {
     }
     /// Whether subscribing again may help.
     pub fn is_retryable(&self) -> bool {
-        self.kind == SubscribeErrorKind::Unavailable
+        self.kind.is_retryable()
     }
     /// The message followed by its chain of causes, for logs.
     pub fn describe(&self) -> String {

@@ -1,7 +1,8 @@
 use std::time::Duration;
 
 use ferry_core::RetryPolicy;
-use ferry_store::outbox::{OrderPolicy, Retention};
+use ferry_delivery::{OrderPolicy, SinkBackoff};
+use ferry_store::outbox::Retention;
 use ferry_store::ConnectOptions;
 
 /// How a relay runs.
@@ -73,27 +74,6 @@ impl Default for RelayConfig {
             retention: Retention::Delete,
             lease: Duration::from_secs(60),
             shutdown_grace: Duration::from_secs(10),
-        }
-    }
-}
-
-/// Capped exponential pause while the sink is unavailable.
-#[derive(Clone, Debug, PartialEq, serde::Deserialize, serde::Serialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct SinkBackoff {
-    /// First pause, e.g. `"100ms"`.
-    #[serde(with = "humantime_serde")]
-    pub initial: Duration,
-    /// Longest pause, e.g. `"30s"`.
-    #[serde(with = "humantime_serde")]
-    pub max: Duration,
-}
-
-impl Default for SinkBackoff {
-    fn default() -> Self {
-        Self {
-            initial: Duration::from_millis(100),
-            max: Duration::from_secs(30),
         }
     }
 }

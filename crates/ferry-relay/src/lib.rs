@@ -1,5 +1,7 @@
 //! The relay: claims committed outbox messages in batches, hands them to a
-//! [`Sink`](ferry_core::Sink), and records what happened.
+//! [`Sink`](ferry_core::Sink) through the delivery engine
+//! ([`ferry_delivery`], shared with the forwarder), and records what
+//! happened.
 //!
 //! # Guarantees
 //!
@@ -31,14 +33,12 @@
 //!   delivered again later) and returns.
 
 mod config;
-mod delivery;
-mod health;
 mod relay;
 mod running;
 
-pub use config::{RelayConfig, SinkBackoff};
-pub use ferry_store::outbox::{OrderPolicy, Retention};
-pub use health::Health;
+pub use config::RelayConfig;
+pub use ferry_delivery::{Health, OrderPolicy, SinkBackoff};
+pub use ferry_store::outbox::Retention;
 pub use relay::{Relay, RelayError, RelayStats};
 pub use running::{spawn, spawn_until, Running};
 pub use tokio_util::sync::CancellationToken;

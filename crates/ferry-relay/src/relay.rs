@@ -6,8 +6,9 @@ use ferry_core::{error_chain, Sink};
 use ferry_store::outbox::{ClaimFilter, ClaimedBatch, Outbox, Outcome, Retention};
 use tokio_util::sync::CancellationToken;
 
-use crate::delivery::{deliver, tally};
-use crate::{Health, RelayConfig};
+use ferry_delivery::{deliver, probe_limit, tally, Health};
+
+use crate::RelayConfig;
 
 /// Counters of what a relay has done since it started.
 #[derive(Debug, Default)]
@@ -121,6 +122,9 @@ impl<O: Outbox> Relay<O> {
                 }
             }
         }
+        if let Err(e) = shared.sink.shutdown().await {
+            tracing::warn!(relay = %shared.config.name, error = %e.describe(), "flushing the sink at shutdown failed");
+        }
         tracing::info!(relay = %shared.config.name, delivered = shared.stats.delivered(), "relay stopped");
         result
     }
@@ -130,24 +134,6 @@ async fn sleep_or_cancel(d: Duration, shutdown: &CancellationToken) {
     tokio::select! {
         _ = tokio::time::sleep(d) => {}
         _ = shutdown.cancelled() => {}
-    }
-}
-
-/// Largest probe of a sink that is down: enough messages (of different keys,
-/// [`ClaimFilter::one_per_key`]) to tell a refused message from a refusing
-/// sink, few enough to be gentle.
-const MAX_PROBE: u32 = 16;
-
-/// Most messages claimed after `failures` consecutive failures of the sink:
-/// a full batch while it is up, then 1, 2, 4 … [`MAX_PROBE`].
-fn probe_limit(failures: u32, batch_size: u32) -> u32 {
-    match failures {
-        0 => batch_size,
-        n => 1u32
-            .checked_shl(n - 1)
-            .unwrap_or(u32::MAX)
-            .min(MAX_PROBE)
-            .min(batch_size),
     }
 }
 
@@ -212,7 +198,7 @@ async fn work<O: Outbox>(s: Arc<Shared<O>>, worker: usize, shutdown: Cancellatio
                 batch.messages(),
                 s.config.order,
                 &s.config.retry,
-                s.config.batch_budget(),
+                Some(s.config.batch_budget()),
                 relay,
             )
             .await;
@@ -293,25 +279,5 @@ async fn purge<O: Outbox>(s: Arc<Shared<O>>, keep: Duration, shutdown: Cancellat
             Err(_) => {}
         }
         sleep_or_cancel(every, &shutdown).await;
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn probes_double_up_to_the_cap_and_never_exceed_a_batch() {
-        let limits: Vec<u32> = (1..=6).map(|n| probe_limit(n, 1000)).collect();
-        assert_eq!(limits, [1, 2, 4, 8, 16, 16]);
-        assert_eq!(probe_limit(40, 1000), MAX_PROBE);
-        assert_eq!(
-            probe_limit(0, 1000),
-            1000,
-            "a sink that is up gets full batches"
-        );
-        assert_eq!(probe_limit(0, 5), 5);
-        assert_eq!(probe_limit(4, 5), 5, "capped to the batch size");
-        assert_eq!(probe_limit(6, 5), 5);
     }
 }

@@ -82,6 +82,19 @@ pub enum StoreError {
 }
 
 impl StoreError {
+    /// This error in the core vocabulary: [`Unavailable`](ferry_core::ErrorKind::Unavailable)
+    /// when the database cannot be reached or is busy (retry with backoff,
+    /// as [`is_retryable`](Self::is_retryable) says), else
+    /// [`Permanent`](ferry_core::ErrorKind::Permanent). Judges errors of
+    /// [`crate::Database::connect`], like `is_retryable`.
+    pub fn kind(&self) -> ferry_core::ErrorKind {
+        if self.is_retryable() {
+            ferry_core::ErrorKind::Unavailable
+        } else {
+            ferry_core::ErrorKind::Permanent
+        }
+    }
+
     /// Whether connecting again later may succeed (the database is
     /// unreachable, starting up, full or busy). Meant for errors from
     /// [`crate::Database::connect`]; it does not judge errors of queries.
@@ -154,5 +167,13 @@ mod tests {
         for number in [1045, 1049, 1064] {
             assert!(!mysql_retryable(number), "{number}");
         }
+    }
+}
+
+/// A store error in a handler is worth retrying (a lost connection, a
+/// deadlock), so handlers can use `?` on store calls.
+impl From<StoreError> for ferry_core::HandlerError {
+    fn from(e: StoreError) -> Self {
+        ferry_core::HandlerError::transient("store error").with_source(e)
     }
 }

@@ -415,7 +415,12 @@ impl Router {
         // Aborted with the set should the caller drop this future.
         let mut pollers = JoinSet::new();
         let mut names = HashMap::new();
+        // Each one closed once, after every subscription on it has ended.
+        let mut subscribers: Vec<Arc<dyn Subscriber>> = Vec::new();
         for plan in self.plans {
+            if !subscribers.iter().any(|s| Arc::ptr_eq(s, &plan.subscriber)) {
+                subscribers.push(plan.subscriber.clone());
+            }
             let (topic, group) = (
                 plan.subscription.topic.clone(),
                 plan.subscription.group.clone(),
@@ -465,6 +470,11 @@ impl Router {
         // The lag pollers end with `stop`.
         stop.cancel();
         while pollers.join_next().await.is_some() {}
+        for subscriber in subscribers {
+            if let Err(e) = subscriber.close().await {
+                tracing::warn!(subscriber = subscriber.name(), error = %e.describe(), "closing the subscriber failed");
+            }
+        }
         match failure {
             Some(e) => Err(e),
             None => Ok(report),

@@ -46,18 +46,9 @@ pub mod sqlite;
 
 pub use admin::{DeadMessage, MessageRef, OutboxStats};
 
-/// What a failing message does to the later messages of its key.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum OrderPolicy {
-    /// A message waiting for a retry holds back its key (only its key)
-    /// until it is delivered or dead-lettered.
-    #[default]
-    Ordered,
-    /// Later messages of the key go ahead while a failed one waits for its
-    /// retry. Messages never attempted still go out in order.
-    Unordered,
-}
+/// What a failing message does to the later messages of its key: the
+/// delivery engine's policy.
+pub use ferry_delivery::OrderPolicy;
 
 /// Which messages a relay claims, and how many at a time.
 #[derive(Clone, Debug)]
@@ -88,22 +79,20 @@ pub struct Claimed {
     pub message: Result<Message, String>,
 }
 
-/// What became of one claimed message.
-#[derive(Clone, Debug, PartialEq)]
-pub enum Outcome {
-    /// The sink accepted it.
-    Delivered,
-    /// Attempted and failed: try again at `retry_at`, or dead-letter it
-    /// when `retry_at` is `None`.
-    Failed {
-        /// The error, stored as `last_error`.
-        error: String,
-        /// When to try again; `None` makes the message dead.
-        retry_at: Option<DateTime<Utc>>,
-    },
-    /// Not attempted (held back behind a failure of its key, or the relay is
-    /// shutting down): left exactly as it was.
-    Released,
+/// What became of one claimed message: the delivery engine's outcome.
+pub use ferry_delivery::Outcome;
+
+/// The delivery engine delivers claimed messages as they are.
+impl ferry_delivery::Item for Claimed {
+    fn message(&self) -> Result<&Message, &str> {
+        self.message.as_ref().map_err(String::as_str)
+    }
+    fn attempts(&self) -> u32 {
+        self.attempts
+    }
+    fn seq(&self) -> i64 {
+        self.seq
+    }
 }
 
 /// What happens to delivered messages.

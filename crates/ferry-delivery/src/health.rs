@@ -7,8 +7,6 @@ use std::time::{Duration, Instant};
 
 use ferry_core::RetryPolicy;
 
-use crate::SinkBackoff;
-
 #[derive(Default)]
 struct State {
     failures: u32,
@@ -16,7 +14,7 @@ struct State {
     paused_until: Option<Instant>,
 }
 
-/// Up/down state of one dependency of a relay (its sink, its database).
+/// Up/down state of one dependency of a pipeline (its sink, its database).
 ///
 /// [`failed`](Self::failed) logs a warning on the first failure only and
 /// pauses for a capped exponential backoff with a little jitter;
@@ -32,8 +30,8 @@ pub struct Health {
 }
 
 impl Health {
-    /// The health of `what` (e.g. `"sink"`), for the relay or pipeline
-    /// named `relay`, pausing as `backoff` says. It logs "`what`
+    /// The health of `what` (e.g. `"sink"`), for the pipeline (relay,
+    /// forwarder) named `relay`, pausing as `backoff` says. It logs "`what`
     /// unavailable" and "`what` available again".
     pub fn new(what: &'static str, relay: impl Into<String>, backoff: &SinkBackoff) -> Self {
         Self {
@@ -93,6 +91,27 @@ impl Health {
         let s = self.state.lock().unwrap();
         s.paused_until
             .and_then(|t| t.checked_duration_since(Instant::now()))
+    }
+}
+
+/// Capped exponential pause while the sink (or the database) is unavailable.
+#[derive(Clone, Debug, PartialEq, serde::Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SinkBackoff {
+    /// First pause, e.g. `"100ms"`.
+    #[serde(with = "humantime_serde")]
+    pub initial: Duration,
+    /// Longest pause, e.g. `"30s"`.
+    #[serde(with = "humantime_serde")]
+    pub max: Duration,
+}
+
+impl Default for SinkBackoff {
+    fn default() -> Self {
+        Self {
+            initial: Duration::from_millis(100),
+            max: Duration::from_secs(30),
+        }
     }
 }
 

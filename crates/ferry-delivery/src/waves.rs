@@ -1,19 +1,23 @@
-//! Hands a claimed batch to the sink in waves that keep per-key order, and
+//! Hands a batch to the sink in waves that keep per-key order, and
 //! decides each message's [`Outcome`].
 
 use std::collections::{HashMap, VecDeque};
 use std::time::Duration;
 
+use chrono::Utc;
+use ferry_core::{ErrorKind, Message, RetryPolicy, Sink, SinkError};
 use tokio::time::Instant;
 
-use chrono::Utc;
-use ferry_core::{Message, RetryPolicy, Sink, SinkError, SinkErrorKind};
-use ferry_store::outbox::{Claimed, OrderPolicy, Outcome};
+use crate::{Item, OrderPolicy, Outcome};
 
 /// What a batch's delivery came to.
-pub(crate) struct BatchResult {
+#[derive(Debug)]
+pub struct BatchResult {
+    /// One per message of the batch, in its order.
     pub outcomes: Vec<Outcome>,
-    /// Set when the sink reported itself unavailable: the error.
+    /// Set when the sink reported itself unavailable: the error. The
+    /// messages of that call are [`Outcome::Released`] without an attempt
+    /// counted, and the batch stopped there.
     pub unavailable: Option<String>,
     /// Set when the batch ran out of its time budget: the sink call cut off
     /// counts as a failed attempt, the messages not yet tried are released.
@@ -21,51 +25,73 @@ pub(crate) struct BatchResult {
     /// Set when the sink answered a call with something other than
     /// "unavailable" (accepted or refused a message): it is up.
     pub sink_answered: bool,
+    /// For each [`Outcome::Failed`], the kind of the error (for callers
+    /// that report it, e.g. a forwarder stopping at an event).
+    pub kinds: Vec<Option<ErrorKind>>,
 }
 
-/// How many messages `outcomes` delivered, left to retry, and dead-lettered.
-pub(crate) fn tally(outcomes: &[Outcome]) -> (u64, u64, u64) {
-    let (mut delivered, mut failed, mut dead) = (0, 0, 0);
-    for o in outcomes {
-        match o {
-            Outcome::Delivered => delivered += 1,
-            Outcome::Failed {
-                retry_at: Some(_), ..
-            } => failed += 1,
-            Outcome::Failed { retry_at: None, .. } => dead += 1,
-            Outcome::Released => {}
-        }
+/// What to do with a message after a failed attempt.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Decision {
+    /// Try again after this long.
+    Retry {
+        /// The wait: the policy's backoff, or the destination's
+        /// `Retry-After` when longer (capped at the policy's maximum).
+        after: Duration,
+    },
+    /// Stop trying: the error is permanent or the attempts are spent.
+    GiveUp,
+}
+
+/// The next step for a message whose `attempts`-th attempt (this one
+/// included) failed with an error of `kind`: one rule for every pipeline.
+pub fn decide(
+    kind: ErrorKind,
+    attempts: u32,
+    retry_after: Option<Duration>,
+    retry: &RetryPolicy,
+) -> Decision {
+    if !kind.is_retryable() || !retry.allows_another(attempts) {
+        return Decision::GiveUp;
     }
-    (delivered, failed, dead)
+    let mut after = retry.delay(attempts);
+    if let Some(asked) = retry_after {
+        after = after.max(asked.min(retry.max_backoff));
+    }
+    Decision::Retry { after }
 }
 
-pub(crate) async fn deliver(
+/// Delivers `items` to `sink` in waves (see the [crate docs](crate)),
+/// within `budget` if one is given. `pipeline` names the caller in logs.
+pub async fn deliver<I: Item>(
     sink: &dyn Sink,
-    claimed: &[Claimed],
+    items: &[I],
     order: OrderPolicy,
     retry: &RetryPolicy,
-    budget: Duration,
-    relay: &str,
+    budget: Option<Duration>,
+    pipeline: &str,
 ) -> BatchResult {
-    let deadline = Instant::now() + budget;
+    let deadline = budget.and_then(|b| Instant::now().checked_add(b));
     let mut result = BatchResult {
-        outcomes: vec![Outcome::Released; claimed.len()],
+        outcomes: vec![Outcome::Released; items.len()],
         unavailable: None,
         over_budget: false,
         sink_answered: false,
+        kinds: vec![None; items.len()],
     };
-    // One queue per key, in sequence order; each unkeyed message is alone.
+    // One queue per key, in the batch's order; each unkeyed message is alone.
     let mut queues: Vec<VecDeque<usize>> = Vec::new();
     let mut by_key: HashMap<&str, usize> = HashMap::new();
-    for (i, c) in claimed.iter().enumerate() {
-        let message = match &c.message {
+    for (i, item) in items.iter().enumerate() {
+        let message = match item.message() {
             Ok(m) => m,
             Err(reason) => {
-                tracing::warn!(relay, seq = c.seq, reason = %reason, "malformed message dead-lettered");
+                tracing::warn!(pipeline, seq = item.seq(), reason = %reason, "malformed message given up");
                 result.outcomes[i] = Outcome::Failed {
                     error: format!("malformed message: {reason}"),
                     retry_at: None,
                 };
+                result.kinds[i] = Some(ErrorKind::Permanent);
                 continue;
             }
         };
@@ -82,7 +108,7 @@ pub(crate) async fn deliver(
     }
 
     // A wave sends the head of every queue: for each slot, (its queue, its
-    // index in `claimed`), and the messages themselves.
+    // index in `items`), and the messages themselves.
     let mut slots: Vec<(usize, usize)> = Vec::with_capacity(queues.len());
     let mut wave: Vec<Message> = Vec::with_capacity(queues.len());
     // A wave goes out in the sink's preferred chunks, each settled before
@@ -96,9 +122,8 @@ pub(crate) async fn deliver(
             if let Some(i) = q.pop_front() {
                 slots.push((qn, i));
                 wave.push(
-                    claimed[i]
-                        .message
-                        .as_ref()
+                    items[i]
+                        .message()
                         .expect("malformed messages are not queued")
                         .clone(),
                 );
@@ -109,21 +134,27 @@ pub(crate) async fn deliver(
         }
         for start in (0..wave.len()).step_by(chunk) {
             let end = start.saturating_add(chunk).min(wave.len());
-            // Stay well inside the claim's lease: past the budget, the rest
-            // waits for the next claim rather than risk another relay taking
-            // it over.
-            let Some(left) = deadline.checked_duration_since(Instant::now()) else {
-                result.over_budget = true;
-                break 'waves;
+            let call = sink.deliver(&wave[start..end]);
+            let answered = match deadline {
+                None => Some(call.await),
+                // Stay inside the budget (a relay's claim lease): past it, the
+                // rest waits for the next batch.
+                Some(deadline) => match deadline.checked_duration_since(Instant::now()) {
+                    None => {
+                        result.over_budget = true;
+                        break 'waves;
+                    }
+                    Some(left) => tokio::time::timeout(left, call).await.ok(),
+                },
             };
-            let results = match tokio::time::timeout(left, sink.deliver(&wave[start..end])).await {
-                Ok(results) => {
+            let results = match answered {
+                Some(results) => {
                     result.sink_answered |= results
                         .iter()
-                        .any(|r| !matches!(r, Err(e) if e.kind == SinkErrorKind::Unavailable));
+                        .any(|r| !matches!(r, Err(e) if e.kind == ErrorKind::Unavailable));
                     results
                 }
-                Err(_) => {
+                None => {
                     // Unknown whether these arrived: count a failed attempt
                     // (with backoff) and let the receiver drop any duplicate.
                     result.over_budget = true;
@@ -138,24 +169,28 @@ pub(crate) async fn deliver(
             };
             // The sink says it is down, yet it took some of this chunk: it is
             // this message that fails, not the sink. Count the attempt, so a
-            // message the sink always refuses ends dead instead of waiting forever.
+            // message the sink always refuses is given up instead of waiting
+            // forever.
             let some_ok = results.iter().any(Result::is_ok);
             for (pos, &(queue, i)) in slots[start..end].iter().enumerate() {
                 let outcome = match results.get(pos) {
                     Some(Ok(())) => Outcome::Delivered,
-                    Some(Err(e)) if e.kind == SinkErrorKind::Unavailable && !some_ok => {
+                    Some(Err(e)) if e.kind == ErrorKind::Unavailable && !some_ok => {
                         result.unavailable.get_or_insert_with(|| e.describe());
                         Outcome::Released
                     }
-                    Some(Err(e)) => failure(e, &claimed[i], retry, relay),
+                    Some(Err(e)) => {
+                        result.kinds[i] = Some(e.kind);
+                        failure(e, &items[i], retry, pipeline)
+                    }
                     None => failure(
                         &SinkError::transient(format!(
                             "sink `{}` returned no result for this message",
                             sink.name()
                         )),
-                        &claimed[i],
+                        &items[i],
                         retry,
-                        relay,
+                        pipeline,
                     ),
                 };
                 let retrying = matches!(
@@ -180,36 +215,32 @@ pub(crate) async fn deliver(
     result
 }
 
-fn failure(e: &SinkError, c: &Claimed, retry: &RetryPolicy, relay: &str) -> Outcome {
-    let attempts = c.attempts + 1;
+fn failure<I: Item>(e: &SinkError, item: &I, retry: &RetryPolicy, pipeline: &str) -> Outcome {
+    let attempts = item.attempts() + 1;
     let error = e.describe();
-    let permanent = e.kind == SinkErrorKind::Permanent;
-    if permanent || !retry.allows_another(attempts) {
-        let id = c
-            .message
-            .as_ref()
-            .map(|m| m.id.to_string())
-            .unwrap_or_default();
-        tracing::warn!(relay, seq = c.seq, message_id = %id, attempts, error = %error,
-            reason = if permanent { "permanent error" } else { "attempts exhausted" }, "message dead-lettered");
-        return Outcome::Failed {
-            error,
-            retry_at: None,
-        };
-    }
-    let mut wait = retry.delay(attempts);
-    if let Some(after) = e.retry_after {
-        wait = wait.max(after.min(retry.max_backoff));
-    }
-    tracing::debug!(relay, seq = c.seq, attempts, error = %error, ?wait, "delivery failed; will retry");
-    Outcome::Failed {
-        error,
-        retry_at: Some(
-            chrono::Duration::from_std(wait)
-                .ok()
-                .and_then(|d| Utc::now().checked_add_signed(d))
-                .unwrap_or(chrono::DateTime::<Utc>::MAX_UTC),
-        ),
+    match decide(e.kind, attempts, e.retry_after, retry) {
+        Decision::GiveUp => {
+            let id = item.message().map(|m| m.id.to_string()).unwrap_or_default();
+            let permanent = !e.kind.is_retryable();
+            tracing::warn!(pipeline, seq = item.seq(), message_id = %id, attempts, error = %error,
+                reason = if permanent { "permanent error" } else { "attempts exhausted" }, "message given up");
+            Outcome::Failed {
+                error,
+                retry_at: None,
+            }
+        }
+        Decision::Retry { after } => {
+            tracing::debug!(pipeline, seq = item.seq(), attempts, error = %error, wait = ?after, "delivery failed; will retry");
+            Outcome::Failed {
+                error,
+                retry_at: Some(
+                    chrono::Duration::from_std(after)
+                        .ok()
+                        .and_then(|d| Utc::now().checked_add_signed(d))
+                        .unwrap_or(chrono::DateTime::<Utc>::MAX_UTC),
+                ),
+            }
+        }
     }
 }
 
@@ -220,6 +251,26 @@ mod tests {
     use ferry_core::{BoxFuture, Delivery};
 
     use super::*;
+    use crate::tally;
+
+    /// A message as a caller holds it.
+    struct Claimed {
+        seq: i64,
+        attempts: u32,
+        message: Result<Message, String>,
+    }
+
+    impl Item for Claimed {
+        fn message(&self) -> Result<&Message, &str> {
+            self.message.as_ref().map_err(String::as_str)
+        }
+        fn attempts(&self) -> u32 {
+            self.attempts
+        }
+        fn seq(&self) -> i64 {
+            self.seq
+        }
+    }
 
     /// A sink that answers from a script keyed by payload and records each
     /// wave it was given.
@@ -273,7 +324,15 @@ mod tests {
     }
 
     async fn deliver_within(sink: &dyn Sink, claimed: &[Claimed], budget: Duration) -> BatchResult {
-        deliver(sink, claimed, OrderPolicy::Ordered, &policy(), budget, "t").await
+        deliver(
+            sink,
+            claimed,
+            OrderPolicy::Ordered,
+            &policy(),
+            Some(budget),
+            "t",
+        )
+        .await
     }
 
     /// (delivered, retrying, dead)
@@ -295,7 +354,7 @@ mod tests {
             &claimed(items),
             order,
             &policy(),
-            Duration::from_secs(60),
+            Some(Duration::from_secs(60)),
             "t",
         )
         .await;
@@ -557,5 +616,48 @@ mod tests {
             matches!(&r.outcomes[2], Outcome::Failed { retry_at: Some(_), error } if error.contains("time budget"))
         );
         assert_eq!(r.outcomes[3], Outcome::Released);
+    }
+
+    #[test]
+    fn decide_retries_transient_and_unavailable_and_gives_up_otherwise() {
+        let p = policy();
+        assert_eq!(decide(ErrorKind::Permanent, 1, None, &p), Decision::GiveUp);
+        assert_eq!(
+            decide(ErrorKind::Transient, 3, None, &p),
+            Decision::GiveUp,
+            "spent"
+        );
+        assert_eq!(
+            decide(ErrorKind::Transient, 1, None, &p),
+            Decision::Retry { after: p.delay(1) }
+        );
+        assert!(matches!(
+            decide(ErrorKind::Unavailable, 2, None, &p),
+            Decision::Retry { .. }
+        ));
+        let asked = decide(ErrorKind::Transient, 1, Some(Duration::from_secs(3600)), &p);
+        assert_eq!(
+            asked,
+            Decision::Retry {
+                after: p.max_backoff
+            },
+            "capped"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn without_a_budget_a_slow_sink_is_waited_for() {
+        let items: Vec<(&str, Option<&str>)> = vec![("1", Some("k")), ("2", Some("k"))];
+        let r = deliver(
+            &Slow,
+            &claimed(&items),
+            OrderPolicy::Ordered,
+            &policy(),
+            None,
+            "t",
+        )
+        .await;
+        assert!(!r.over_budget);
+        assert_eq!(counts(&r), (2, 0, 0));
     }
 }
