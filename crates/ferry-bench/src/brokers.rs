@@ -473,7 +473,7 @@ async fn measure(target: &dyn Target, args: &BrokersArgs) -> anyhow::Result<Rate
 mod nats {
     use super::*;
     use async_nats::jetstream;
-    use ferry_sinks::{NatsSink, NatsSinkConfig, NatsSubscriber};
+    use ferry_adapters::{NatsSink, NatsSinkConfig, NatsSubscriber};
 
     pub struct Nats {
         config: NatsSinkConfig,
@@ -561,7 +561,7 @@ mod nats {
 /// `acks=all` with idempotence; SQS send replies).
 mod others {
     use super::*;
-    use ferry_sinks::{SinkConfig, SourceConfig};
+    use ferry_adapters::{SinkConfig, SourceConfig};
 
     pub enum Raw {
         Amqp(String),

@@ -1,19 +1,19 @@
 //! The sink a drain delivers to, set up for one run and torn down after.
 //!
-//! * `null`: [`ferry_sinks::NullSink`].
-//! * `nats`: [`ferry_sinks::NatsSink`] publishing to `bench.<random>.orders`
+//! * `null`: [`ferry_adapters::NullSink`].
+//! * `nats`: [`ferry_adapters::NatsSink`] publishing to `bench.<random>.orders`
 //!   in a JetStream stream made for the run (file storage, the server's
 //!   default duplicate window of 2 minutes, so JetStream tracks every
 //!   `Nats-Msg-Id` of the run, as it does in production) and deleted after.
-//! * `http`: [`ferry_sinks::HttpSink`] posting to an in-process
+//! * `http`: [`ferry_adapters::HttpSink`] posting to an in-process
 //!   [`Receiver`] on its own thread and runtime.
 
 use std::sync::Arc;
 
 use anyhow::Context;
 use async_nats::jetstream;
+use ferry_adapters::{NullSink, SinkConfig, SinkConfigError};
 use ferry_core::Sink;
-use ferry_sinks::{NullSink, SinkConfig, SinkConfigError};
 
 use crate::receiver::Receiver;
 

@@ -122,7 +122,7 @@ impl Sink for HandOffRecorder {
 mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
 
-    use ferry_sinks::NullSink;
+    use ferry_adapters::NullSink;
 
     use super::*;
     use crate::workload::{payload, PayloadShape, TOPIC};

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure};
-use ferry_sinks::NullSink;
+use ferry_adapters::NullSink;
 
 use crate::handoff::HandOffRecorder;
 use crate::pipeline;

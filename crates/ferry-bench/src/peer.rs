@@ -18,8 +18,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
+use ferry_adapters::NullSink;
 use ferry_relay::{OrderPolicy, RelayConfig};
-use ferry_sinks::NullSink;
 use ferry_store::outbox::postgres::enqueue_many;
 use ferry_store::{ConnectOptions, Database};
 use serde_json::json;

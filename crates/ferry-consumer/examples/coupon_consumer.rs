@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use ferry_consumer::inbox::{inbox_fn, Inbox};
 use ferry_consumer::{HandlerError, Router, StoreDeadLetters};
-use ferry_sinks::{NatsSinkConfig, NatsSubscriber};
+use ferry_nats::{NatsSinkConfig, NatsSubscriber};
 use ferry_store::Database;
 
 #[tokio::main]

@@ -10,13 +10,13 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use ferry_adapters::SinkConfig;
 use ferry_core::{BoxFuture, RetryPolicy};
 use ferry_events::forwarder::{
     EventHandler, Forwarder, ForwarderConfig, ForwarderError, HandlerError, OnFailure,
     TransactionalHandler, SEQ_HEADER,
 };
 use ferry_relay::SinkBackoff;
-use ferry_sinks::SinkConfig;
 use ferry_store::event_store::{NewEvent, StoredEvent};
 use ferry_testkit::{Mode, Receiver};
 use support::{events, table, wait_until, Env, Sql};

@@ -1,17 +1,22 @@
 //! The daemon's configuration file (`ferry run --config ferry.toml`).
 //!
-//! Every field's doc comment is its user documentation; docs/config.md
-//! shows a complete file. Unknown keys, wrong types and missing values are
-//! errors that name the key and its line.
+//! Each section belongs to the module that runs it and is documented
+//! there, field by field: `[[pipeline]]` in pipeline.rs, `[[consumer]]` in
+//! consume.rs, `[[forwarder]]` in forward.rs, `[events_api]` in
+//! events_api.rs, `[http]` in metrics.rs. This module only puts them
+//! together and checks the file as a whole; docs/config.md shows a complete
+//! file. Unknown keys, wrong types and missing values are errors that name
+//! the key and its line.
 
-use std::num::NonZeroU32;
 use std::path::Path;
-use std::time::Duration;
 
-use ferry_core::RetryPolicy;
-use ferry_relay::{OrderPolicy, RelayConfig, Retention, SinkBackoff};
-use ferry_sinks::SinkConfig;
-use serde::{Deserialize, Deserializer};
+use serde::Deserialize;
+
+use crate::consume::{self, ConsumerConfig};
+use crate::events_api::EventsApiConfig;
+use crate::forward::{self, ForwarderFileConfig};
+use crate::metrics::HttpConfig;
+use crate::pipeline::{self, PipelineConfig};
 
 /// The whole file.
 #[derive(Debug, Deserialize)]
@@ -24,7 +29,7 @@ pub struct FerryConfig {
     /// One `[[consumer]]` table per consumer: a broker, the topics to take
     /// from it, and the sink each message is handed to.
     #[serde(rename = "consumer", default)]
-    pub consumers: Vec<crate::consume::ConsumerConfig>,
+    pub consumers: Vec<ConsumerConfig>,
     /// The daemon's HTTP port (`/metrics`, `/health`); none when omitted.
     #[serde(default)]
     pub http: Option<HttpConfig>,
@@ -35,244 +40,7 @@ pub struct FerryConfig {
     /// One `[[forwarder]]` table per forwarder: an event store, and the
     /// sink its events go to, in order.
     #[serde(rename = "forwarder", default)]
-    pub forwarders: Vec<crate::forward::ForwarderFileConfig>,
-}
-
-/// `[http]`: where the daemon serves `/metrics` and `/health`.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct HttpConfig {
-    /// Address and port, e.g. `"127.0.0.1:9464"`.
-    pub listen: std::net::SocketAddr,
-    /// The bearer token the events API requires (`Authorization: Bearer
-    /// …`): visible ASCII, no spaces. Required with `[events_api]` when
-    /// `listen` is not a loopback address. `/metrics` and `/health` stay
-    /// open. Prefer `token_env`, which keeps it out of the file.
-    #[serde(default)]
-    pub token: Option<ferry_events::api::BearerToken>,
-    /// The name of an environment variable that holds the token, e.g.
-    /// `"FERRY_API_TOKEN"` (read at load); instead of `token`.
-    #[serde(default)]
-    pub token_env: Option<String>,
-}
-
-impl HttpConfig {
-    /// The events API's token, from `token` or the variable `token_env`
-    /// names; the error names the key.
-    pub fn token(&self) -> Result<Option<ferry_events::api::BearerToken>, String> {
-        match (&self.token, &self.token_env) {
-            (Some(_), Some(_)) => {
-                Err("keys `http.token` and `http.token_env`: set one, not both".to_owned())
-            }
-            (Some(token), None) => Ok(Some(token.clone())),
-            (None, Some(var)) => {
-                let value = std::env::var(var).map_err(|_| {
-                    format!("key `http.token_env`: the environment variable `{var}` is not set")
-                })?;
-                ferry_events::api::BearerToken::new(value)
-                    .map(Some)
-                    .map_err(|e| format!("key `http.token_env`: `{var}`: {e}"))
-            }
-            (None, None) => Ok(None),
-        }
-    }
-}
-
-/// `[events_api]`: the HTTP offset API over one event store, served on the
-/// `[http]` port (docs/events-api.md).
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct EventsApiConfig {
-    /// The event store's database: `postgres://…`, `mysql://…` (MariaDB)
-    /// or `sqlite://path/to/file.db`.
-    pub database: String,
-    /// Apply Ferry's migrations at startup (default `false`).
-    #[serde(default)]
-    pub migrate: bool,
-    /// The largest `limit` a request may ask for (default 1000, at most
-    /// 10000).
-    #[serde(default = "default_max_limit")]
-    pub max_limit: u32,
-    /// The longest `wait` (long poll) a request may ask for (default
-    /// `"30s"`).
-    #[serde(default = "default_max_wait", with = "humantime_serde")]
-    pub max_wait: Duration,
-}
-
-fn default_max_limit() -> u32 {
-    ferry_events::api::DEFAULT_MAX_LIMIT
-}
-fn default_max_wait() -> Duration {
-    ferry_events::api::DEFAULT_MAX_WAIT
-}
-
-impl EventsApiConfig {
-    /// How the API is served, with `http`'s token.
-    pub fn api_config(&self, http: &HttpConfig) -> Result<ferry_events::api::ApiConfig, String> {
-        let api = ferry_events::api::ApiConfig {
-            token: http.token()?,
-            max_limit: self.max_limit,
-            max_wait: self.max_wait,
-            ..Default::default()
-        };
-        api.validate()
-            .map_err(|e| format!("key `events_api.max_limit`: {e}"))?;
-        if let Err(e) = api.check_listen(http.listen) {
-            return Err(format!(
-                "key `http.token`: {e} (set `token` or `token_env` in [http])"
-            ));
-        }
-        Ok(api)
-    }
-}
-
-/// A relay from one outbox to one sink.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct PipelineConfig {
-    /// Name in logs; unique in the file.
-    pub name: toml::Spanned<String>,
-    /// The outbox's database: `postgres://user@host:port/db`,
-    /// `mysql://user@host:port/db` (MariaDB 10.10 or newer) or
-    /// `sqlite://path/to/file.db`.
-    pub database: String,
-    /// Apply Ferry's migrations at startup (default `false`: run
-    /// `ferry migrate` yourself).
-    #[serde(default)]
-    pub migrate: bool,
-    /// Only deliver these topics (default: all). Pipelines on one database
-    /// compete for its messages, so each must list its topics, with no topic
-    /// in common (checked at load).
-    #[serde(default)]
-    pub topics: Option<Vec<String>>,
-    /// `"ordered"` (default): a failing message holds back the later
-    /// messages of its key until it is delivered or dead. `"unordered"`:
-    /// they go ahead while it waits for its retry.
-    #[serde(default)]
-    pub order: OrderPolicy,
-    /// Most messages claimed and sent per batch (default 1000).
-    #[serde(default = "default_batch_size")]
-    pub batch_size: NonZeroU32,
-    /// Batches in flight at once (default 1; SQLite always uses 1). Raise it
-    /// for a slow sink or an unkeyed stream; with ordering keys, batches in
-    /// flight hold back each other's keys.
-    #[serde(default = "default_concurrency")]
-    pub concurrency: NonZeroU32,
-    /// Longest wait between two looks at the outbox when no wake-up arrives
-    /// (default `"500ms"`). PostgreSQL wakes the relay by NOTIFY at once; the
-    /// poll covers poolers that drop notifications.
-    #[serde(default = "default_poll", with = "humantime_serde")]
-    pub poll_interval: Duration,
-    /// How long a claimed batch may stay unsettled (default `"60s"`; at
-    /// most 2147483647ms, about 24.8 days). On PostgreSQL the server then
-    /// ends the relay's session and frees the messages for another relay. A
-    /// batch gets half of it to be delivered, so half of it must exceed the
-    /// sink's longest call ([`SinkConfig::longest_call`]: HTTP 4 x `timeout`,
-    /// NATS `ack_timeout`), checked at load; otherwise a call still running
-    /// is cut short and requests that succeeded count as failed.
-    #[serde(default = "default_lease", with = "humantime_serde")]
-    pub lease: Duration,
-    /// How long delivered messages are kept (status `delivered`), e.g.
-    /// `"7d"`; `"0s"` (default) deletes them on delivery.
-    #[serde(default, with = "humantime_serde")]
-    pub retention: Duration,
-    /// After SIGINT/SIGTERM, how long batches in flight may finish before
-    /// they are abandoned (and later delivered again). Default `"10s"`.
-    #[serde(default = "default_grace", with = "humantime_serde")]
-    pub shutdown_grace: Duration,
-    /// Retries of a failing message; see `[pipeline.retry]`.
-    #[serde(default, deserialize_with = "valid_retry")]
-    pub retry: RetryPolicy,
-    /// Pause while the sink as a whole is unreachable: `initial` (default
-    /// `"100ms"`) doubling up to `max` (default `"30s"`).
-    #[serde(default)]
-    pub sink_backoff: SinkBackoff,
-    /// Where messages go: `type = "http"`, `"nats"` or `"null"` and that
-    /// sink's settings.
-    #[serde(deserialize_with = "valid_sink")]
-    pub sink: SinkConfig,
-}
-
-// Defaults come from the relay's own, so that the file, `ferry relay` and
-// the library agree.
-fn default_batch_size() -> NonZeroU32 {
-    NonZeroU32::new(RelayConfig::default().batch_size).unwrap_or(NonZeroU32::MIN)
-}
-fn default_concurrency() -> NonZeroU32 {
-    NonZeroU32::new(RelayConfig::default().concurrency as u32).unwrap_or(NonZeroU32::MIN)
-}
-fn default_poll() -> Duration {
-    RelayConfig::default().poll_interval
-}
-fn default_lease() -> Duration {
-    RelayConfig::default().lease
-}
-fn default_grace() -> Duration {
-    RelayConfig::default().shutdown_grace
-}
-
-fn valid_retry<'de, D: Deserializer<'de>>(d: D) -> Result<RetryPolicy, D::Error> {
-    let retry = RetryPolicy::deserialize(d)?;
-    retry.validate().map_err(serde::de::Error::custom)?;
-    Ok(retry)
-}
-
-pub(crate) fn valid_sink<'de, D: Deserializer<'de>>(d: D) -> Result<SinkConfig, D::Error> {
-    let sink = SinkConfig::deserialize(d)?;
-    sink.validate()
-        .map_err(|e| serde::de::Error::custom(error_chain(&e)))?;
-    Ok(sink)
-}
-
-pub(crate) use ferry_core::error_chain;
-
-/// PostgreSQL's `idle_in_transaction_session_timeout` is an int of
-/// milliseconds; the lease is set there.
-const MAX_LEASE: Duration = Duration::from_millis(i32::MAX as u64);
-
-impl PipelineConfig {
-    /// Durations that would spin, stall or overflow.
-    fn check_durations(&self) -> Result<(), String> {
-        let ms = Duration::from_millis;
-        if self.poll_interval < ms(1) {
-            return Err("key `poll_interval` must be at least 1ms".to_owned());
-        }
-        if self.lease < Duration::from_secs(1) {
-            return Err("key `lease` must be at least 1s".to_owned());
-        }
-        if self.lease > MAX_LEASE {
-            return Err(format!(
-                "key `lease` must be at most {} ({}ms, PostgreSQL's largest \
-                 idle_in_transaction_session_timeout)",
-                humantime::format_duration(MAX_LEASE),
-                MAX_LEASE.as_millis()
-            ));
-        }
-        let (budget, longest) = (self.lease / 2, self.sink.longest_call());
-        if budget <= longest {
-            return Err(format!(
-                "key `lease`: a batch gets half of it ({}) to be delivered, which must exceed \
-                 the longest call to the {} sink ({}); raise `lease` or lower the sink's timeout",
-                humantime::format_duration(budget),
-                self.sink.kind(),
-                humantime::format_duration(longest)
-            ));
-        }
-        if self.sink_backoff.initial < ms(1) || self.sink_backoff.initial > self.sink_backoff.max {
-            return Err(
-                "key `sink_backoff`: `initial` must be at least 1ms and at most `max`".to_owned(),
-            );
-        }
-        if self.retention > Duration::from_secs(100 * 365 * 86_400) {
-            return Err("key `retention` must be at most 100 years".to_owned());
-        }
-        Ok(())
-    }
-
-    /// What delivered messages become.
-    pub fn retention(&self) -> Retention {
-        Retention::from_duration(self.retention)
-    }
+    pub forwarders: Vec<ForwarderFileConfig>,
 }
 
 /// A configuration file that cannot be used.
@@ -324,178 +92,26 @@ impl FerryConfig {
                 "no [[pipeline]], [[consumer]] or [[forwarder]] defined: nothing to run".to_owned(),
             );
         }
-        let mut consumers = std::collections::HashMap::new();
-        for c in &config.consumers {
-            let line = line_of(text, c.name.span().start);
-            let name = c.name.get_ref();
-            if let Some(first) = consumers.insert(name.clone(), line) {
-                return Err(format!(
-                    "line {line}: key `consumer.name`: consumer `{name}` is defined twice (first at line {first})"
-                ));
-            }
-            if c.topics.is_empty() {
-                return Err(format!(
-                    "line {line}: consumer `{name}`: key `topics` must list at least one topic"
-                ));
-            }
-            if let Err(e) = ferry_store::DatabaseKind::of(&c.database) {
-                return Err(format!(
-                    "line {line}: consumer `{name}`: key `database`: {}",
-                    error_chain(&e)
-                ));
-            }
+        consume::check(text, &config.consumers)?;
+        pipeline::check(text, &config.pipelines)?;
+        if let Some(http) = &config.http {
+            http.token()?;
         }
-        let mut seen = std::collections::HashMap::new();
-        for p in &config.pipelines {
-            let line = line_of(text, p.name.span().start);
-            if let Some(first) = seen.insert(p.name.get_ref().clone(), line) {
-                return Err(format!(
-                    "line {line}: key `pipeline.name`: pipeline `{}` is defined twice (first at line {first})",
-                    p.name.get_ref()
-                ));
-            }
-            let name = p.name.get_ref();
-            if p.topics.as_ref().is_some_and(|t| t.is_empty()) {
-                return Err(format!(
-                    "line {line}: pipeline `{name}`: key `topics` is empty; leave it out to deliver every topic"
-                ));
-            }
-            if let Err(problem) = p.check_durations() {
-                return Err(format!("line {line}: pipeline `{name}`: {problem}"));
-            }
-            if let Err(e) = ferry_store::DatabaseKind::of(&p.database) {
-                return Err(format!(
-                    "line {line}: pipeline `{name}`: key `database`: {}",
-                    error_chain(&e)
-                ));
-            }
+        if let Some(events_api) = &config.events_api {
+            events_api.check(config.http.as_ref())?;
         }
-        // Pipelines on one outbox compete for its messages: each would get
-        // an arbitrary share. They must split the topics between them.
-        let outboxes: Vec<String> = config
-            .pipelines
-            .iter()
-            .map(|p| same_outbox_key(&p.database))
-            .collect();
-        for (i, a) in config.pipelines.iter().enumerate() {
-            for (j, b) in config.pipelines.iter().enumerate().skip(i + 1) {
-                if outboxes[i] != outboxes[j] {
-                    continue;
-                }
-                let (x, y) = (a.name.get_ref(), b.name.get_ref());
-                let line = line_of(text, b.name.span().start);
-                match (&a.topics, &b.topics) {
-                    (Some(ta), Some(tb)) => {
-                        if let Some(t) = ta.iter().find(|t| tb.contains(t)) {
-                            return Err(format!(
-                                "line {line}: pipelines `{x}` and `{y}` share a database and both take topic `{t}`: \
-                                 each would receive only some of its messages; give each topic to one pipeline"
-                            ));
-                        }
-                    }
-                    _ => {
-                        return Err(format!(
-                            "line {line}: pipelines `{x}` and `{y}` share a database: each would receive only some of \
-                             its messages; give both a `topics` list, without a topic in common"
-                        ))
-                    }
-                }
-            }
-        }
-        config.check_http()?;
-        crate::forward::check(text, &config.forwarders)?;
+        forward::check(text, &config.forwarders)?;
         Ok(config)
     }
-
-    /// `[http]`'s token, and `[events_api]` with what it needs.
-    fn check_http(&self) -> Result<(), String> {
-        let Some(http) = &self.http else {
-            if self.events_api.is_some() {
-                return Err("[events_api] is served on the daemon's HTTP port: \
-                            add [http] with `listen`"
-                    .to_owned());
-            }
-            return Ok(());
-        };
-        http.token()?;
-        if let Some(api) = &self.events_api {
-            if let Err(e) = ferry_store::DatabaseKind::of(&api.database) {
-                return Err(format!("key `events_api.database`: {}", error_chain(&e)));
-            }
-            api.api_config(http)?;
-        }
-        Ok(())
-    }
-}
-
-/// What makes two database URLs the same outbox, whatever their spelling.
-/// SQLite: the file's canonical path, without the query (`?mode=rwc`).
-/// PostgreSQL: host, port and database name, without credentials or query.
-/// Anything else: the URL as written.
-fn same_outbox_key(url: &str) -> String {
-    let without_query = url.split(['?', '#']).next().unwrap_or_default();
-    if let Some(path) = without_query.strip_prefix("sqlite:") {
-        let path = path.strip_prefix("//").unwrap_or(path);
-        if path.is_empty() || path.starts_with(':') {
-            // `sqlite::memory:` and the like: private to each connection.
-            return url.to_owned();
-        }
-        return format!("sqlite:{}", canonical_path(Path::new(path)).display());
-    }
-    let rest = without_query
-        .strip_prefix("postgres://")
-        .or_else(|| without_query.strip_prefix("postgresql://"));
-    let Some(rest) = rest else {
-        return url.to_owned();
-    };
-    let (authority, database) = rest.split_once('/').unwrap_or((rest, ""));
-    let (user, host_port) = match authority.rsplit_once('@') {
-        Some((credentials, host_port)) => (credentials.split(':').next().unwrap_or(""), host_port),
-        None => ("", authority),
-    };
-    // `[::1]:5432`, `host:5432` or `host`.
-    let (host, port) = match host_port.rsplit_once(':') {
-        Some((host, port)) if !port.contains(']') => (host, port),
-        _ => (host_port, ""),
-    };
-    let host = if host.is_empty() { "localhost" } else { host };
-    let port = if port.is_empty() { "5432" } else { port };
-    // PostgreSQL's default database is the user's name.
-    let database = if database.is_empty() { user } else { database };
-    format!("postgres://{}:{port}/{database}", host.to_ascii_lowercase())
-}
-
-/// `path` made absolute with `.` and `..` resolved and symbolic links
-/// followed as far as the path exists (the file may not exist yet).
-fn canonical_path(path: &Path) -> std::path::PathBuf {
-    if let Ok(path) = std::fs::canonicalize(path) {
-        return path;
-    }
-    let absolute = std::env::current_dir().unwrap_or_default().join(path);
-    let mut out = std::path::PathBuf::new();
-    for part in absolute.components() {
-        match part {
-            std::path::Component::CurDir => {}
-            std::path::Component::ParentDir => {
-                out.pop();
-            }
-            other => out.push(other),
-        }
-    }
-    match (out.parent(), out.file_name()) {
-        (Some(dir), Some(file)) => std::fs::canonicalize(dir)
-            .map(|dir| dir.join(file))
-            .unwrap_or(out),
-        _ => out,
-    }
-}
-
-fn line_of(text: &str, offset: usize) -> usize {
-    text[..offset.min(text.len())].matches('\n').count() + 1
 }
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
+    use ferry_core::RetryPolicy;
+    use ferry_relay::{OrderPolicy, Retention};
+
     use super::*;
 
     const GOOD: &str = r#"
@@ -859,5 +475,185 @@ url = "nats://127.0.0.1:4222"
         assert!(e.contains("key `http.token`"), "{e}");
         let example = include_str!("../../../examples/ferry.toml");
         assert!(FerryConfig::parse(example).unwrap().events_api.is_some());
+    }
+
+    /// The doc comment above `field` (a line such as `pub sink: SinkConfig,`)
+    /// in a module's source, attributes in between skipped.
+    fn doc_above(source: &str, field: &str) -> String {
+        let lines: Vec<&str> = source.lines().map(str::trim).collect();
+        let at = lines
+            .iter()
+            .position(|line| *line == field)
+            .unwrap_or_else(|| panic!("no `{field}`"));
+        let mut doc: Vec<&str> = lines[..at]
+            .iter()
+            .rev()
+            .skip_while(|line| line.starts_with("#["))
+            .take_while(|line| line.starts_with("///"))
+            .copied()
+            .collect();
+        doc.reverse();
+        doc.join("\n")
+    }
+
+    /// The doc comments of the fields that hold a sink or a broker are the
+    /// user's reference: each names every `type` the enum accepts, and so
+    /// does docs/config.md.
+    #[test]
+    fn sink_and_source_docs_name_every_type() {
+        use ferry_adapters::{SinkConfig, SourceConfig};
+        let fields = [
+            (
+                include_str!("pipeline.rs"),
+                "pub sink: SinkConfig,",
+                SinkConfig::KINDS,
+            ),
+            (
+                include_str!("forward.rs"),
+                "pub sink: SinkConfig,",
+                SinkConfig::KINDS,
+            ),
+            (
+                include_str!("consume.rs"),
+                "pub to: SinkConfig,",
+                SinkConfig::KINDS,
+            ),
+            (
+                include_str!("consume.rs"),
+                "pub from: SourceConfig,",
+                SourceConfig::KINDS,
+            ),
+        ];
+        for (source, field, kinds) in fields {
+            let doc = doc_above(source, field);
+            for kind in kinds {
+                assert!(
+                    doc.contains(&format!("\"{kind}\"")),
+                    "the doc of `{field}` lacks \"{kind}\": {doc}"
+                );
+            }
+        }
+        let doc = include_str!("../../../docs/config.md");
+        let listing = doc
+            .lines()
+            .find(|line| line.starts_with("type = \"http\"") && line.contains('#'))
+            .expect("the sink line of the example pipeline");
+        let headings: String = doc
+            .lines()
+            .filter(|line| line.starts_with("### `type = "))
+            .collect();
+        for kind in SinkConfig::KINDS {
+            let quoted = format!("\"{kind}\"");
+            assert!(
+                listing.contains(&quoted),
+                "config.md: {listing} lacks {quoted}"
+            );
+            assert!(
+                headings.contains(&quoted),
+                "config.md: no section for {quoted}"
+            );
+        }
+        let brokers = include_str!("../../../docs/brokers.md");
+        for kind in SourceConfig::KINDS {
+            let quoted = format!("\"{kind}\"");
+            assert!(brokers.contains(&quoted), "brokers.md lacks {quoted}");
+        }
+    }
+
+    /// The `[[forwarder]]` tables (forward.rs), read as part of a file.
+    mod forwarders {
+        use super::FerryConfig;
+
+        const ONE: &str = r#"
+    [[forwarder]]
+    name = "billing"
+    database = "sqlite://events.db"
+    on_failure = "skip"
+    batch_size = 50
+    [forwarder.retry]
+    max_attempts = 4
+    [forwarder.sink]
+    type = "http"
+    url = "http://127.0.0.1:8080/events"
+    "#;
+
+        #[test]
+        fn a_forwarder_table_parses_with_defaults() {
+            let c = FerryConfig::parse(ONE).unwrap();
+            let f = c.forwarders[0].forwarder();
+            assert_eq!(f.name, "billing");
+            assert_eq!(f.on_failure, ferry_events::forwarder::OnFailure::Skip);
+            assert_eq!((f.batch_size, f.retry.max_attempts), (50, 4));
+            assert_eq!(f.poll_interval, std::time::Duration::from_millis(500));
+            assert!(!c.forwarders[0].migrate);
+        }
+
+        #[test]
+        fn the_documented_forwarder_parses() {
+            let doc = include_str!("../../../docs/config.md");
+            let section = doc.split("## Forwarders").nth(1).unwrap();
+            let block = section.split("```toml\n").nth(1).unwrap();
+            let block = block.split("```").next().unwrap();
+            let c = FerryConfig::parse(block).unwrap_or_else(|e| panic!("{e}"));
+            let f = c.forwarders[0].forwarder();
+            assert_eq!(
+                (f.name.as_str(), f.retry.max_attempts),
+                ("orders-to-billing", 5)
+            );
+            let example = FerryConfig::parse(include_str!("../../../examples/ferry.toml")).unwrap();
+            assert_eq!(example.forwarders.len(), 1);
+        }
+
+        #[test]
+        fn forwarder_errors_name_the_key_and_line() {
+            let err = |text: &str| FerryConfig::parse(text).unwrap_err();
+            for (from, to, says) in [
+                (
+                    "batch_size = 50",
+                    "bach_size = 50",
+                    &["line 6", "bach_size"][..],
+                ),
+                (
+                    "on_failure = \"skip\"",
+                    "on_failure = \"retry\"",
+                    &["line 5", "retry"],
+                ),
+                (
+                    "max_attempts = 4",
+                    "max_attempts = 0",
+                    &["line 7", "max_attempts must be at least 1"],
+                ),
+                (
+                    "batch_size = 50",
+                    "batch_size = 10001",
+                    &["line 3:", "forwarder `billing`", "key `batch_size"],
+                ),
+                (
+                    "batch_size = 50",
+                    "poll_interval = \"0s\"",
+                    &["line 3:", "key `poll_interval"],
+                ),
+                (
+                    "sqlite://events.db",
+                    "redis://x",
+                    &["line 3:", "key `database`"],
+                ),
+                (
+                    "type = \"http\"",
+                    "type = \"pigeon\"",
+                    &["line 10", "pigeon"],
+                ),
+                ("name = \"billing\"\n", "", &["missing field `name`"]),
+            ] {
+                let changed = ONE.replacen(from, to, 1);
+                assert_ne!(changed, ONE, "{from}");
+                let e = err(&changed);
+                for said in says {
+                    assert!(e.contains(said), "{to}: {e} lacks {said}");
+                }
+            }
+            let e = err(&format!("{ONE}{ONE}"));
+            assert!(e.contains("defined twice") && e.contains("line 14"), "{e}");
+        }
     }
 }

@@ -2,16 +2,17 @@
 //! (an HTTP endpoint as a CloudEvent, or another broker), with the
 //! consumer router's retries, circuit breaker, dedup and dead letters, so a
 //! service in any language consumes reliably without a broker client.
+//! `ferry consume` and the `[[consumer]]` tables of `ferry run`.
 
 use std::sync::Arc;
 
+use ferry_adapters::{SinkConfig, SourceConfig};
 use ferry_consumer::{Forward, Router, RouterConfig, Stats, StoreDeadLetters};
 use ferry_core::{Kind, Sink, Subscriber};
 use ferry_relay::CancellationToken;
-use ferry_sinks::{SinkConfig, SourceConfig};
 use serde::{Deserialize, Deserializer};
 
-use crate::config::error_chain;
+use crate::startup::{connect_retrying, error_chain, line_of, prepare_schema, valid_sink};
 
 /// A `[[consumer]]` table: from a broker to a sink.
 ///
@@ -48,13 +49,15 @@ pub struct ConsumerConfig {
     /// Apply Ferry's migrations to `database` at startup (default `false`).
     #[serde(default)]
     pub migrate: bool,
-    /// The broker: `type = "nats"` and that broker's settings.
+    /// The broker: `type = "nats"`, `"amqp"`, `"redis"`, `"kafka"` or
+    /// `"sqs"`, and that broker's settings (docs/brokers.md).
     #[serde(deserialize_with = "valid_source")]
     pub from: SourceConfig,
     /// Where each message goes: `type = "http"` (a CloudEvent in binary mode
-    /// with `Idempotency-Key`, so the endpoint can drop duplicates), or
-    /// another broker.
-    #[serde(deserialize_with = "crate::config::valid_sink")]
+    /// with `Idempotency-Key`, so the endpoint can drop duplicates), another
+    /// broker (`"nats"`, `"amqp"`, `"redis"`, `"kafka"`, `"sqs"`), or
+    /// `"null"`; and that sink's settings.
+    #[serde(deserialize_with = "valid_sink")]
     pub to: SinkConfig,
     /// Prefetch, retries, timeout, circuit breaker, in-memory dedup, lag
     /// warnings and shutdown deadline; see docs/consume.md.
@@ -76,6 +79,34 @@ fn valid_router<'de, D: Deserializer<'de>>(d: D) -> Result<RouterConfig, D::Erro
         .validate()
         .map_err(|e| serde::de::Error::custom(error_chain(&e)))?;
     Ok(router)
+}
+
+/// Checks the `[[consumer]]` tables of a file whose text is `text`: unique
+/// names, at least one topic, a database URL Ferry knows. The error starts
+/// with the line of the consumer's name and names the key.
+pub fn check(text: &str, consumers: &[ConsumerConfig]) -> Result<(), String> {
+    let mut seen = std::collections::HashMap::new();
+    for c in consumers {
+        let line = line_of(text, c.name.span().start);
+        let name = c.name.get_ref();
+        if let Some(first) = seen.insert(name.clone(), line) {
+            return Err(format!(
+                "line {line}: key `consumer.name`: consumer `{name}` is defined twice (first at line {first})"
+            ));
+        }
+        if c.topics.is_empty() {
+            return Err(format!(
+                "line {line}: consumer `{name}`: key `topics` must list at least one topic"
+            ));
+        }
+        if let Err(e) = ferry_store::DatabaseKind::of(&c.database) {
+            return Err(format!(
+                "line {line}: consumer `{name}`: key `database`: {}",
+                error_chain(&e)
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Everything a consumer needs, from the file or from `ferry consume` flags.
@@ -122,7 +153,7 @@ impl Consumer {
             initial: self.router.resubscribe.initial_backoff,
             max: self.router.resubscribe.max_backoff,
         };
-        let Some(db) = crate::pipeline::connect_retrying(
+        let Some(db) = connect_retrying(
             &self.database,
             &ferry_store::ConnectOptions::default(),
             &format!("consumer `{name}`"),
@@ -134,7 +165,7 @@ impl Consumer {
         else {
             return Ok(None);
         };
-        crate::pipeline::prepare_schema(
+        prepare_schema(
             &db,
             self.migrate,
             &format!("consumer `{name}`"),

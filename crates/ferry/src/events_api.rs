@@ -2,14 +2,78 @@
 //! `[events_api]` on the `[http]` port of `ferry run`.
 
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use anyhow::Context;
 use ferry_events::api::{self, ApiConfig};
 use ferry_relay::CancellationToken;
 use ferry_store::Database;
+use serde::Deserialize;
 
-use crate::config::{EventsApiConfig, HttpConfig};
-use crate::pipeline::{connect_retrying, prepare_schema};
+use crate::metrics::HttpConfig;
+use crate::startup::{connect_retrying, error_chain, prepare_schema};
+
+/// `[events_api]`: the HTTP offset API over one event store, served on the
+/// `[http]` port (docs/events-api.md).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventsApiConfig {
+    /// The event store's database: `postgres://…`, `mysql://…` (MariaDB)
+    /// or `sqlite://path/to/file.db`.
+    pub database: String,
+    /// Apply Ferry's migrations at startup (default `false`).
+    #[serde(default)]
+    pub migrate: bool,
+    /// The largest `limit` a request may ask for (default 1000, at most
+    /// 10000).
+    #[serde(default = "default_max_limit")]
+    pub max_limit: u32,
+    /// The longest `wait` (long poll) a request may ask for (default
+    /// `"30s"`).
+    #[serde(default = "default_max_wait", with = "humantime_serde")]
+    pub max_wait: Duration,
+}
+
+fn default_max_limit() -> u32 {
+    ferry_events::api::DEFAULT_MAX_LIMIT
+}
+fn default_max_wait() -> Duration {
+    ferry_events::api::DEFAULT_MAX_WAIT
+}
+
+impl EventsApiConfig {
+    /// How the API is served, with `http`'s token.
+    pub fn api_config(&self, http: &HttpConfig) -> Result<ferry_events::api::ApiConfig, String> {
+        let api = ferry_events::api::ApiConfig {
+            token: http.token()?,
+            max_limit: self.max_limit,
+            max_wait: self.max_wait,
+            ..Default::default()
+        };
+        api.validate()
+            .map_err(|e| format!("key `events_api.max_limit`: {e}"))?;
+        if let Err(e) = api.check_listen(http.listen) {
+            return Err(format!(
+                "key `http.token`: {e} (set `token` or `token_env` in [http])"
+            ));
+        }
+        Ok(api)
+    }
+
+    /// Checks the table against `http`, the file's `[http]`: the API is
+    /// served there, so it must be present, and its token must fit.
+    pub fn check(&self, http: Option<&HttpConfig>) -> Result<(), String> {
+        let Some(http) = http else {
+            return Err("[events_api] is served on the daemon's HTTP port: \
+                        add [http] with `listen`"
+                .to_owned());
+        };
+        if let Err(e) = ferry_store::DatabaseKind::of(&self.database) {
+            return Err(format!("key `events_api.database`: {}", error_chain(&e)));
+        }
+        self.api_config(http).map(drop)
+    }
+}
 
 /// Connects to the event store (retrying while it is unreachable), checks
 /// or migrates its schema, and returns the API's routes; `None` when shut

@@ -8,14 +8,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use ferry_adapters::SinkConfig;
 use ferry_core::{RetryPolicy, Sink};
 use ferry_events::forwarder::{Forwarder, ForwarderConfig, ForwarderStats, OnFailure};
 use ferry_relay::{CancellationToken, SinkBackoff};
-use ferry_sinks::SinkConfig;
-use serde::{Deserialize, Deserializer};
+use serde::Deserialize;
 
-use crate::config::error_chain;
-use crate::pipeline::{connect_retrying, prepare_schema};
+use crate::startup::{
+    connect_retrying, error_chain, line_of, prepare_schema, valid_retry, valid_sink,
+};
 
 /// A `[[forwarder]]` table: from one event store to one sink.
 ///
@@ -70,11 +71,11 @@ pub struct ForwarderFileConfig {
     /// up to `max` (default `"30s"`).
     #[serde(default)]
     pub sink_backoff: SinkBackoff,
-    /// Where events go: `type = "http"`, `"nats"`, … and that sink's
-    /// settings. Each event is a message whose id is the event id (the
-    /// receiver's dedup key), topic the event type, key
-    /// `<source_type>:<source_id>`.
-    #[serde(deserialize_with = "crate::config::valid_sink")]
+    /// Where events go: `type = "http"`, `"nats"`, `"amqp"`, `"redis"`,
+    /// `"kafka"`, `"sqs"` or `"null"`, and that sink's settings. Each event
+    /// is a message whose id is the event id (the receiver's dedup key),
+    /// topic the event type, key `<source_type>:<source_id>`.
+    #[serde(deserialize_with = "valid_sink")]
     pub sink: SinkConfig,
 }
 
@@ -86,12 +87,6 @@ fn default_poll() -> Duration {
 }
 fn default_grace() -> Duration {
     ForwarderConfig::default().shutdown_grace
-}
-
-fn valid_retry<'de, D: Deserializer<'de>>(d: D) -> Result<RetryPolicy, D::Error> {
-    let retry = RetryPolicy::deserialize(d)?;
-    retry.validate().map_err(serde::de::Error::custom)?;
-    Ok(retry)
 }
 
 impl ForwarderFileConfig {
@@ -115,10 +110,7 @@ impl ForwarderFileConfig {
 pub fn check(text: &str, forwarders: &[ForwarderFileConfig]) -> Result<(), String> {
     let mut seen = HashMap::new();
     for f in forwarders {
-        let line = text[..f.name.span().start.min(text.len())]
-            .matches('\n')
-            .count()
-            + 1;
+        let line = line_of(text, f.name.span().start);
         let name = f.name.get_ref();
         if let Some(first) = seen.insert(name.clone(), line) {
             return Err(format!(
@@ -203,102 +195,5 @@ impl Forward {
         let result = forwarder.run(shutdown).await;
         db.close().await;
         result.with_context(|| format!("{what} stopped"))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use crate::config::FerryConfig;
-
-    const ONE: &str = r#"
-[[forwarder]]
-name = "billing"
-database = "sqlite://events.db"
-on_failure = "skip"
-batch_size = 50
-[forwarder.retry]
-max_attempts = 4
-[forwarder.sink]
-type = "http"
-url = "http://127.0.0.1:8080/events"
-"#;
-
-    #[test]
-    fn a_forwarder_table_parses_with_defaults() {
-        let c = FerryConfig::parse(ONE).unwrap();
-        let f = c.forwarders[0].forwarder();
-        assert_eq!(f.name, "billing");
-        assert_eq!(f.on_failure, ferry_events::forwarder::OnFailure::Skip);
-        assert_eq!((f.batch_size, f.retry.max_attempts), (50, 4));
-        assert_eq!(f.poll_interval, std::time::Duration::from_millis(500));
-        assert!(!c.forwarders[0].migrate);
-    }
-
-    #[test]
-    fn the_documented_forwarder_parses() {
-        let doc = include_str!("../../../docs/config.md");
-        let section = doc.split("## Forwarders").nth(1).unwrap();
-        let block = section.split("```toml\n").nth(1).unwrap();
-        let block = block.split("```").next().unwrap();
-        let c = FerryConfig::parse(block).unwrap_or_else(|e| panic!("{e}"));
-        let f = c.forwarders[0].forwarder();
-        assert_eq!(
-            (f.name.as_str(), f.retry.max_attempts),
-            ("orders-to-billing", 5)
-        );
-        let example = FerryConfig::parse(include_str!("../../../examples/ferry.toml")).unwrap();
-        assert_eq!(example.forwarders.len(), 1);
-    }
-
-    #[test]
-    fn forwarder_errors_name_the_key_and_line() {
-        let err = |text: &str| FerryConfig::parse(text).unwrap_err();
-        for (from, to, says) in [
-            (
-                "batch_size = 50",
-                "bach_size = 50",
-                &["line 6", "bach_size"][..],
-            ),
-            (
-                "on_failure = \"skip\"",
-                "on_failure = \"retry\"",
-                &["line 5", "retry"],
-            ),
-            (
-                "max_attempts = 4",
-                "max_attempts = 0",
-                &["line 7", "max_attempts must be at least 1"],
-            ),
-            (
-                "batch_size = 50",
-                "batch_size = 10001",
-                &["line 3:", "forwarder `billing`", "key `batch_size"],
-            ),
-            (
-                "batch_size = 50",
-                "poll_interval = \"0s\"",
-                &["line 3:", "key `poll_interval"],
-            ),
-            (
-                "sqlite://events.db",
-                "redis://x",
-                &["line 3:", "key `database`"],
-            ),
-            (
-                "type = \"http\"",
-                "type = \"pigeon\"",
-                &["line 10", "pigeon"],
-            ),
-            ("name = \"billing\"\n", "", &["missing field `name`"]),
-        ] {
-            let changed = ONE.replacen(from, to, 1);
-            assert_ne!(changed, ONE, "{from}");
-            let e = err(&changed);
-            for said in says {
-                assert!(e.contains(said), "{to}: {e} lacks {said}");
-            }
-        }
-        let e = err(&format!("{ONE}{ONE}"));
-        assert!(e.contains("defined twice") && e.contains("line 14"), "{e}");
     }
 }

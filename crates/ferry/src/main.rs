@@ -6,6 +6,7 @@ mod events_api;
 mod forward;
 mod metrics;
 mod pipeline;
+mod startup;
 
 use std::num::{NonZeroU32, NonZeroUsize};
 use std::path::PathBuf;
@@ -15,15 +16,16 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::builder::{PossibleValuesParser, TypedValueParser};
 use clap::{Parser, Subcommand, ValueEnum};
+use ferry_adapters::SinkConfig;
 use ferry_core::RetryPolicy;
 use ferry_relay::{CancellationToken, OrderPolicy, RelayConfig};
-use ferry_sinks::SinkConfig;
 use ferry_store::outbox::MessageRef;
 use ferry_store::{redact, Database};
 use serde::Deserialize;
 
-use crate::config::{error_chain, FerryConfig};
+use crate::config::FerryConfig;
 use crate::pipeline::Pipeline;
+use crate::startup::error_chain;
 
 /// Ferry: reliable asynchronous hand-offs through a transactional outbox.
 #[derive(Parser)]
@@ -516,7 +518,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
             warn_waiting,
             dedup_window,
         } => {
-            let from = ferry_sinks::SourceConfig::from_url(&from)
+            let from = ferry_adapters::SourceConfig::from_url(&from)
                 .map_err(|e| anyhow::anyhow!("--from: {}", error_chain(&e)))?;
             let to = SinkConfig::from_url(&to)
                 .map_err(|e| anyhow::anyhow!("--to: {}", error_chain(&e)))?;

@@ -44,6 +44,48 @@ use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::Registry;
+use serde::Deserialize;
+
+/// `[http]`: where the daemon serves `/metrics` and `/health` (and the
+/// events API, with `[events_api]`).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpConfig {
+    /// Address and port, e.g. `"127.0.0.1:9464"`.
+    pub listen: std::net::SocketAddr,
+    /// The bearer token the events API requires (`Authorization: Bearer
+    /// …`): visible ASCII, no spaces. Required with `[events_api]` when
+    /// `listen` is not a loopback address. `/metrics` and `/health` stay
+    /// open. Prefer `token_env`, which keeps it out of the file.
+    #[serde(default)]
+    pub token: Option<ferry_events::api::BearerToken>,
+    /// The name of an environment variable that holds the token, e.g.
+    /// `"FERRY_API_TOKEN"` (read at load); instead of `token`.
+    #[serde(default)]
+    pub token_env: Option<String>,
+}
+
+impl HttpConfig {
+    /// The events API's token, from `token` or the variable `token_env`
+    /// names; the error names the key.
+    pub fn token(&self) -> Result<Option<ferry_events::api::BearerToken>, String> {
+        match (&self.token, &self.token_env) {
+            (Some(_), Some(_)) => {
+                Err("keys `http.token` and `http.token_env`: set one, not both".to_owned())
+            }
+            (Some(token), None) => Ok(Some(token.clone())),
+            (None, Some(var)) => {
+                let value = std::env::var(var).map_err(|_| {
+                    format!("key `http.token_env`: the environment variable `{var}` is not set")
+                })?;
+                ferry_events::api::BearerToken::new(value)
+                    .map(Some)
+                    .map_err(|e| format!("key `http.token_env`: `{var}`: {e}"))
+            }
+            (None, None) => Ok(None),
+        }
+    }
+}
 
 /// The consumers whose counters `/metrics` shows, by name.
 #[derive(Clone, Debug, Default)]

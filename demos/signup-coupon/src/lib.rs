@@ -21,9 +21,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use ferry_adapters::SinkConfig;
 use ferry_core::RetryPolicy;
 use ferry_relay::{CancellationToken, Relay, RelayConfig, Retention, SinkBackoff};
-use ferry_sinks::SinkConfig;
 use ferry_store::outbox::sqlite::SqliteOutbox;
 use ferry_store::{ConnectOptions, Database};
 use std::sync::atomic::Ordering;

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use ferry_consumer::inbox::{inbox_fn, Inbox};
 use ferry_consumer::{HandlerError, Router, RouterConfig, StoreDeadLetters};
 use ferry_core::{Message, Sink};
-use ferry_sinks::{NatsSink, NatsSinkConfig, NatsSubscriber};
+use ferry_nats::{NatsSink, NatsSinkConfig, NatsSubscriber};
 use ferry_testkit::nats_server::NatsServer;
 use ferry_testkit::PgTestDb;
 

@@ -7,11 +7,11 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use ferry_adapters::SinkConfig;
 use ferry_core::{Message, RetryPolicy, Sink};
 use ferry_relay::{
     CancellationToken, OrderPolicy, Relay, RelayConfig, Retention, Running, SinkBackoff,
 };
-use ferry_sinks::SinkConfig;
 use ferry_store::outbox::{sqlite::SqliteOutbox, Outbox, OutboxStats};
 use ferry_store::{ConnectOptions, Database, DatabaseKind};
 use ferry_testkit::{Mode, MysqlTestDb, PgTestDb, Receiver, SqliteTestDb};

@@ -4,8 +4,8 @@
 
 use std::sync::Arc;
 
+use ferry_adapters::{NatsSink, NatsSinkConfig};
 use ferry_core::Sink;
-use ferry_sinks::{NatsSink, NatsSinkConfig};
 use ferry_testkit::nats_server::NatsServer;
 
 use super::*;

@@ -14,8 +14,8 @@ use ferry_core::{
 };
 use futures::StreamExt;
 
-use super::{config, server_and_credentials, NatsSinkConfig};
-use crate::SinkConfigError;
+use crate::config::is_subject;
+use crate::{ConnectError, NatsSinkConfig};
 
 /// Consumes messages from NATS JetStream with one durable pull consumer per
 /// group.
@@ -41,19 +41,19 @@ pub struct NatsSubscriber {
 }
 
 impl NatsSubscriber {
-    /// Connects to NATS. Like [`NatsSink::connect`](super::NatsSink::connect),
+    /// Connects to NATS. Like [`NatsSink::connect`](crate::NatsSink::connect),
     /// a server that is down does not fail this call: the client keeps
     /// trying and [`Subscriber::subscribe`] fails as unavailable until it
     /// is up.
-    pub async fn connect(config: NatsSinkConfig) -> Result<Self, SinkConfigError> {
+    pub async fn connect(config: NatsSinkConfig) -> Result<Self, ConnectError> {
         config.validate()?;
-        let (server, options) = server_and_credentials(&config.url);
+        let (server, options) = config.server_and_credentials();
         let client = options
             .name("ferry-subscriber")
             .retry_on_initial_connect()
             .connect(server.as_str())
             .await
-            .map_err(|e| SinkConfigError::NatsConnect(Box::new(e)))?;
+            .map_err(|e| ConnectError::Connect(Box::new(e)))?;
         let mut jetstream = jetstream::new(client);
         jetstream.set_timeout(config.ack_timeout);
         Ok(Self { jetstream, config })
@@ -164,7 +164,7 @@ impl Subscriber for NatsSubscriber {
     ) -> BoxFuture<'a, Result<MessageStream, SubscribeError>> {
         Box::pin(async move {
             let subject = self.subject(&subscription.topic);
-            if !config::is_subject(&subject) {
+            if !is_subject(&subject) {
                 return Err(SubscribeError::permanent(format!(
                     "topic `{}` does not make a valid nats subject",
                     subscription.topic.escape_debug()

@@ -1,8 +1,6 @@
 //! The webhook sink: each message is POSTed as a CloudEvents 1.0 event in
 //! binary content mode.
 
-mod config;
-
 use std::fmt;
 use std::time::Duration;
 
@@ -14,9 +12,8 @@ use reqwest::header::{HeaderMap, HeaderName, HeaderValue, RETRY_AFTER};
 use reqwest::{Response, StatusCode};
 use url::Url;
 
-pub use config::HttpSinkConfig;
-
-use crate::SinkConfigError;
+use crate::config::redacted;
+use crate::{HttpSinkConfig, SetupError};
 
 /// The header carrying the message id, as proposed by the IETF's
 /// `Idempotency-Key` draft and understood by many webhook receivers.
@@ -61,8 +58,9 @@ pub struct HttpSink {
 }
 
 impl HttpSink {
-    /// A sink for `config`; fails if the settings are invalid.
-    pub fn new(config: HttpSinkConfig) -> Result<Self, SinkConfigError> {
+    /// A sink for `config`; fails if the settings are invalid or the HTTP
+    /// client cannot be set up.
+    pub fn new(config: HttpSinkConfig) -> Result<Self, SetupError> {
         let headers = config.static_headers()?;
         let client = reqwest::Client::builder()
             .timeout(config.timeout)
@@ -70,7 +68,7 @@ impl HttpSink {
             .redirect(reqwest::redirect::Policy::none())
             .user_agent(concat!("ferry/", env!("CARGO_PKG_VERSION")))
             .build()
-            .map_err(|e| SinkConfigError::HttpClient(Box::new(e)))?;
+            .map_err(|e| SetupError::Client(Box::new(e)))?;
         Ok(Self {
             client,
             url: config.url,
@@ -189,7 +187,7 @@ impl Sink for HttpSink {
 impl fmt::Debug for HttpSink {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("HttpSink")
-            .field("url", &crate::config::redacted(&self.url))
+            .field("url", &redacted(&self.url))
             .field("concurrency", &self.concurrency)
             .finish_non_exhaustive()
     }

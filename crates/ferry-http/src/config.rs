@@ -7,7 +7,8 @@ use std::time::Duration;
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use url::Url;
 
-use crate::SinkConfigError;
+/// The default CloudEvents `source` attribute (`ce-source`).
+pub const DEFAULT_SOURCE: &str = "/ferry";
 
 /// Where and how [`HttpSink`](super::HttpSink) POSTs messages.
 ///
@@ -38,7 +39,7 @@ pub struct HttpSinkConfig {
     #[serde(default = "default_concurrency")]
     pub concurrency: usize,
     /// The CloudEvents `source` attribute, sent as `ce-source`.
-    #[serde(default = "crate::config::default_source")]
+    #[serde(default = "default_source")]
     pub source: String,
     /// Headers added to every request, e.g. `Authorization`. They replace a
     /// message's own header of the same name, but not the CloudEvents
@@ -57,6 +58,10 @@ fn default_concurrency() -> usize {
     32
 }
 
+fn default_source() -> String {
+    DEFAULT_SOURCE.to_owned()
+}
+
 impl HttpSinkConfig {
     /// The defaults, posting to `url`.
     pub fn new(url: Url) -> Self {
@@ -64,20 +69,27 @@ impl HttpSinkConfig {
             url,
             timeout: default_timeout(),
             concurrency: default_concurrency(),
-            source: crate::config::default_source(),
+            source: default_source(),
             headers: BTreeMap::new(),
         }
     }
 
-    /// Checks the settings; [`HttpSink::new`](super::HttpSink::new) calls it.
-    pub fn validate(&self) -> Result<(), SinkConfigError> {
+    /// Checks the settings; [`HttpSink::new`](crate::HttpSink::new) calls it.
+    pub fn validate(&self) -> Result<(), ConfigError> {
         self.static_headers().map(drop)
     }
 
+    /// The longest one call of [`Sink::deliver`](ferry_core::Sink::deliver)
+    /// can take: [`ROUNDS_PER_CALL`](crate::sink::ROUNDS_PER_CALL) rounds of
+    /// `concurrency` requests, each within `timeout`. The relay's batch
+    /// budget must exceed it.
+    pub fn longest_call(&self) -> Duration {
+        self.timeout.saturating_mul(crate::sink::ROUNDS_PER_CALL)
+    }
+
     /// The validated settings' extra headers, ready to send.
-    pub(super) fn static_headers(&self) -> Result<HeaderMap, SinkConfigError> {
-        let invalid = |field, reason: String| SinkConfigError::Invalid {
-            sink: "http",
+    pub(crate) fn static_headers(&self) -> Result<HeaderMap, ConfigError> {
+        let invalid = |field, reason: String| ConfigError::Invalid {
             field,
             reason,
             source: None,
@@ -94,23 +106,22 @@ impl HttpSinkConfig {
         if self.concurrency == 0 {
             return Err(invalid("concurrency", "must be at least 1".to_owned()));
         }
-        crate::config::check_source("http", &self.source)?;
+        if self.source.is_empty() {
+            return Err(invalid("source", "must not be empty".to_owned()));
+        }
         let mut headers = HeaderMap::with_capacity(self.headers.len());
         for (name, value) in &self.headers {
             let header_name =
-                HeaderName::from_bytes(name.as_bytes()).map_err(|e| SinkConfigError::Invalid {
-                    sink: "http",
+                HeaderName::from_bytes(name.as_bytes()).map_err(|e| ConfigError::Invalid {
                     field: "headers",
                     reason: format!("`{name}` is not a header name"),
                     source: Some(Box::new(e)),
                 })?;
-            let header_value =
-                HeaderValue::from_str(value).map_err(|e| SinkConfigError::Invalid {
-                    sink: "http",
-                    field: "headers",
-                    reason: format!("the value of `{name}` is not a header value"),
-                    source: Some(Box::new(e)),
-                })?;
+            let header_value = HeaderValue::from_str(value).map_err(|e| ConfigError::Invalid {
+                field: "headers",
+                reason: format!("the value of `{name}` is not a header value"),
+                source: Some(Box::new(e)),
+            })?;
             headers.insert(header_name, header_value);
         }
         Ok(headers)
@@ -122,11 +133,52 @@ impl HttpSinkConfig {
 impl fmt::Debug for HttpSinkConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("HttpSinkConfig")
-            .field("url", &crate::config::redacted(&self.url))
+            .field("url", &redacted(&self.url))
             .field("timeout", &self.timeout)
             .field("concurrency", &self.concurrency)
             .field("source", &self.source)
             .field("headers", &self.headers.keys().collect::<Vec<_>>())
             .finish()
     }
+}
+
+/// `url` with its user, password and every query value masked, for debug
+/// output and logs: webhook URLs often carry a token in the query.
+pub(crate) fn redacted(url: &Url) -> String {
+    let mut url = url.clone();
+    if !url.username().is_empty() {
+        let _ = url.set_username("***");
+    }
+    if url.password().is_some() {
+        let _ = url.set_password(Some("***"));
+    }
+    if url.query().is_some() {
+        let names: Vec<String> = url
+            .query_pairs()
+            .map(|(name, _)| name.into_owned())
+            .collect();
+        url.query_pairs_mut()
+            .clear()
+            .extend_pairs(names.iter().map(|name| (name, "***")));
+    }
+    url.into()
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The webhook settings are wrong; fixing them, not retrying, helps.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// A setting has a value the sink cannot use.
+    #[error("invalid `{field}` for http sink: {reason}")]
+    Invalid {
+        /// The setting, e.g. `concurrency`.
+        field: &'static str,
+        /// What is wrong with it.
+        reason: String,
+        /// The underlying error, if any.
+        #[source]
+        source: Option<BoxError>,
+    },
 }

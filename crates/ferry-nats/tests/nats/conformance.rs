@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use ferry_conformance::Broker;
 use ferry_core::{Capabilities, Sink, Subscriber};
-use ferry_sinks::{NatsSink, NatsSinkConfig, NatsSubscriber};
+use ferry_nats::{NatsSink, NatsSinkConfig, NatsSubscriber};
 use ferry_testkit::nats_server::NatsServer;
 
 struct Nats {

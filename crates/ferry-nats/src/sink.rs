@@ -1,8 +1,5 @@
 //! The NATS JetStream sink.
 
-mod config;
-mod subscriber;
-
 use std::fmt;
 use std::sync::Arc;
 
@@ -12,15 +9,13 @@ use async_nats::jetstream::context::{
     PublishErrorKind,
 };
 use async_nats::jetstream::{self, ErrorCode};
-use async_nats::{ConnectOptions, Event, HeaderMap, HeaderName, HeaderValue};
+use async_nats::{Event, HeaderMap, HeaderName, HeaderValue};
 use ferry_core::cloudevents::binary_headers;
 use ferry_core::{BoxFuture, Delivery, Message, Sink, SinkError, SinkErrorKind};
 use tokio::sync::{watch, OnceCell};
 
-pub use config::NatsSinkConfig;
-pub use subscriber::NatsSubscriber;
-
-use crate::SinkConfigError;
+use crate::config::is_subject;
+use crate::{ConnectError, NatsSinkConfig};
 
 /// The JetStream header carrying the message id, counted in the size check.
 const MSG_ID: &str = "Nats-Msg-Id";
@@ -63,10 +58,10 @@ impl NatsSink {
     /// [`Unavailable`](ferry_core::SinkErrorKind::Unavailable) until the
     /// connection is up and the stream ensured. Invalid settings, or a
     /// stream JetStream refuses to create, fail it.
-    pub async fn connect(config: NatsSinkConfig) -> Result<Self, SinkConfigError> {
+    pub async fn connect(config: NatsSinkConfig) -> Result<Self, ConnectError> {
         config.validate()?;
         let (connected_tx, mut connected_rx) = watch::channel(false);
-        let (server, options) = server_and_credentials(&config.url);
+        let (server, options) = config.server_and_credentials();
         let client = options
             .name("ferry")
             .retry_on_initial_connect()
@@ -83,7 +78,7 @@ impl NatsSink {
             })
             .connect(server.as_str())
             .await
-            .map_err(|e| SinkConfigError::NatsConnect(Box::new(e)))?;
+            .map_err(|e| ConnectError::Connect(Box::new(e)))?;
         let mut jetstream = jetstream::new(client.clone());
         jetstream.set_timeout(config.ack_timeout);
         let sink = Self {
@@ -118,7 +113,7 @@ impl NatsSink {
                     "jetstream stream not ensured yet; retrying before the first delivery"
                 ),
                 Err(e) => {
-                    return Err(SinkConfigError::NatsStream {
+                    return Err(ConnectError::Stream {
                         stream: stream.clone(),
                         source: Box::new(e),
                     })
@@ -196,7 +191,7 @@ impl NatsSink {
         max_payload: usize,
     ) -> Result<(String, Publish), SinkError> {
         let subject = format!("{}{}", self.config.subject_prefix, message.topic);
-        if !config::is_subject(&subject) {
+        if !is_subject(&subject) {
             return Err(SinkError::permanent(format!(
                 "topic `{}` does not make a valid nats subject",
                 message.topic.escape_debug()
@@ -264,27 +259,6 @@ impl fmt::Debug for NatsSink {
             .field("stream", &self.config.stream)
             .finish_non_exhaustive()
     }
-}
-
-/// The server's address without credentials, and the options that carry
-/// them instead (async-nats does not read them from the URL).
-fn server_and_credentials(url: &url::Url) -> (url::Url, ConnectOptions) {
-    let decode = |s: &str| {
-        percent_encoding::percent_decode_str(s)
-            .decode_utf8_lossy()
-            .into_owned()
-    };
-    let options = match (url.username(), url.password()) {
-        ("", None) => ConnectOptions::new(),
-        (user, Some(password)) => {
-            ConnectOptions::with_user_and_password(decode(user), decode(password))
-        }
-        (token, None) => ConnectOptions::with_token(decode(token)),
-    };
-    let mut server = url.clone();
-    let _ = server.set_username("");
-    let _ = server.set_password(None);
-    (server, options)
 }
 
 fn every(batch: &[Message], error: impl Fn() -> SinkError) -> Vec<Delivery> {

@@ -3,6 +3,33 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use ferry_core::{BoxFuture, Delivery, Message, Sink};
+use url::Url;
+
+use crate::SinkConfigError;
+
+/// The null sink has no settings.
+#[derive(Clone, Debug, Default, PartialEq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NullSinkConfig {}
+
+impl NullSinkConfig {
+    /// Reads `null://`, the only null sink URL.
+    pub(crate) fn from_url(url: &Url) -> Result<Self, SinkConfigError> {
+        if url.host_str().is_some_and(|host| !host.is_empty())
+            || !url.path().is_empty()
+            || url.query().is_some()
+            || url.fragment().is_some()
+        {
+            return Err(SinkConfigError::Invalid {
+                sink: "null",
+                field: "url",
+                reason: "must be just `null://`".to_owned(),
+                source: None,
+            });
+        }
+        Ok(NullSinkConfig {})
+    }
+}
 
 /// Accepts every message at once and counts it; measures the relay without a
 /// destination's cost.

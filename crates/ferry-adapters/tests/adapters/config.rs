@@ -3,8 +3,8 @@
 use std::error::Error;
 use std::time::Duration;
 
+use ferry_adapters::{HttpSinkConfig, NatsSinkConfig, NullSinkConfig, SinkConfig, SinkConfigError};
 use ferry_core::Sink;
-use ferry_sinks::{HttpSinkConfig, NatsSinkConfig, NullSinkConfig, SinkConfig, SinkConfigError};
 
 fn nats(url: &str) -> NatsSinkConfig {
     match SinkConfig::from_url(url).unwrap() {
@@ -230,7 +230,7 @@ async fn build_starts_the_sink() {
 /// and an adapter's refusal keeps the adapter's reason.
 #[test]
 fn broker_urls_choose_their_adapter() {
-    use ferry_sinks::SourceConfig;
+    use ferry_adapters::SourceConfig;
     let cases = [
         (
             "amqp://guest:guest@127.0.0.1:5672/%2f?exchange=ferry",

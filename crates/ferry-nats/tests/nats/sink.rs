@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use async_nats::jetstream::{self, consumer::pull};
 use ferry_core::cloudevents::{from_binary_headers, is_attribute};
 use ferry_core::{Message, Sink, SinkErrorKind};
-use ferry_sinks::{NatsSink, NatsSinkConfig, SinkConfigError};
+use ferry_nats::{ConnectError, NatsSink, NatsSinkConfig};
 use futures::StreamExt;
 
 const NATS: &str = "nats://127.0.0.1:4222";
@@ -282,10 +282,7 @@ async fn stream_jetstream_refuses_fails_connect() {
     let mut clashing = config(&names);
     clashing.stream = Some(format!("{}_CLASH", names.stream));
     let error = NatsSink::connect(clashing).await.unwrap_err();
-    assert!(
-        matches!(error, SinkConfigError::NatsStream { .. }),
-        "{error:?}"
-    );
+    assert!(matches!(error, ConnectError::Stream { .. }), "{error:?}");
     assert_eq!(
         error.to_string(),
         format!("could not ensure jetstream stream `{}_CLASH`", names.stream)

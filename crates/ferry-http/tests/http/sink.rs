@@ -12,7 +12,7 @@ use axum::routing::post;
 use axum::Router;
 use ferry_core::cloudevents::{from_binary_headers, is_attribute};
 use ferry_core::{Delivery, Message, Sink, SinkErrorKind};
-use ferry_sinks::{HttpSink, HttpSinkConfig};
+use ferry_http::{HttpSink, HttpSinkConfig};
 
 /// What the test server saw.
 #[derive(Clone, Default)]
@@ -155,7 +155,6 @@ async fn posts_binary_cloudevents() {
 
 #[tokio::test]
 async fn classifies_statuses() {
-    use SinkErrorKind::{Permanent, Transient, Unavailable};
     let (base, _server) = serve().await;
     let long_body = format!("http 404 not found: {}…", "x".repeat(200));
     // status, then the error's kind, message and retry_after (None: delivered)
@@ -165,32 +164,55 @@ async fn classifies_statuses() {
         (
             400,
             Some((
-                Permanent,
+                SinkErrorKind::Permanent,
                 r#"http 400 bad request: {"error": "field `amount` is missing"}"#,
                 None,
             )),
         ),
-        (404, Some((Permanent, long_body.as_str(), None))),
-        (301, Some((Permanent, "http 301 moved permanently", None))),
-        (408, Some((Transient, "http 408 request timeout", None))),
+        (
+            404,
+            Some((SinkErrorKind::Permanent, long_body.as_str(), None)),
+        ),
+        (
+            301,
+            Some((SinkErrorKind::Permanent, "http 301 moved permanently", None)),
+        ),
+        (
+            408,
+            Some((SinkErrorKind::Transient, "http 408 request timeout", None)),
+        ),
         (
             429,
             Some((
-                Transient,
+                SinkErrorKind::Transient,
                 "http 429 too many requests",
                 Some(Duration::from_secs(7)),
             )),
         ),
         (
             500,
-            Some((Transient, "http 500 internal server error", None)),
+            Some((
+                SinkErrorKind::Transient,
+                "http 500 internal server error",
+                None,
+            )),
         ),
-        (502, Some((Unavailable, "http 502 bad gateway", None))),
+        (
+            502,
+            Some((SinkErrorKind::Unavailable, "http 502 bad gateway", None)),
+        ),
         (
             503,
-            Some((Unavailable, "http 503 service unavailable", None)),
+            Some((
+                SinkErrorKind::Unavailable,
+                "http 503 service unavailable",
+                None,
+            )),
         ),
-        (504, Some((Unavailable, "http 504 gateway timeout", None))),
+        (
+            504,
+            Some((SinkErrorKind::Unavailable, "http 504 gateway timeout", None)),
+        ),
     ];
     for (code, expected) in cases {
         let sink = sink(&format!("{base}/status/{code}"));

@@ -1,13 +1,17 @@
 //! Configuration of the NATS JetStream sink.
 
+use std::collections::HashSet;
 use std::fmt;
 use std::time::Duration;
 
+use async_nats::ConnectOptions;
 use url::Url;
 
-use crate::SinkConfigError;
+/// The default CloudEvents `source` attribute (`ce-source`).
+pub const DEFAULT_SOURCE: &str = "/ferry";
 
-/// Where and how [`NatsSink`](super::NatsSink) publishes messages.
+/// Where and how [`NatsSink`](crate::NatsSink) publishes messages, and
+/// where [`NatsSubscriber`](crate::NatsSubscriber) consumes them.
 ///
 /// ```toml
 /// type = "nats"
@@ -50,7 +54,7 @@ pub struct NatsSinkConfig {
     #[serde(default = "default_ack_timeout", with = "humantime_serde")]
     pub ack_timeout: Duration,
     /// The CloudEvents `source` attribute, sent as the `ce-source` header.
-    #[serde(default = "crate::config::default_source")]
+    #[serde(default = "default_source")]
     pub source: String,
     /// Subscriber only: how long a delivered message may stay
     /// unacknowledged before JetStream delivers it again (the durable
@@ -68,6 +72,10 @@ fn default_ack_timeout() -> Duration {
     Duration::from_secs(5)
 }
 
+fn default_source() -> String {
+    DEFAULT_SOURCE.to_owned()
+}
+
 impl NatsSinkConfig {
     /// The defaults, with the server at `url`.
     pub fn new(url: Url) -> Self {
@@ -77,16 +85,55 @@ impl NatsSinkConfig {
             stream: None,
             stream_subjects: Vec::new(),
             ack_timeout: default_ack_timeout(),
-            source: crate::config::default_source(),
+            source: default_source(),
             ack_wait: default_ack_wait(),
         }
     }
 
-    /// Checks the settings; [`NatsSink::connect`](super::NatsSink::connect)
-    /// calls it.
-    pub fn validate(&self) -> Result<(), SinkConfigError> {
-        let invalid = |field, reason: &str| SinkConfigError::Invalid {
-            sink: "nats",
+    /// Reads a URL such as
+    /// `nats://host:port?subject_prefix=ferry.&stream=FERRY`: the query
+    /// holds the settings (`subject_prefix`, `stream`, `stream_subjects`
+    /// comma-separated, `ack_timeout` and `ack_wait` as durations such as
+    /// `5s`, `source`), the rest is the server's address. The result is not
+    /// validated yet: call [`NatsSinkConfig::validate`].
+    pub fn from_url(url: &str) -> Result<Self, ConfigError> {
+        let mut url = Url::parse(url).map_err(ConfigError::Url)?;
+        let query: Vec<(String, String)> = url.query_pairs().into_owned().collect();
+        url.set_query(None);
+        url.set_fragment(None);
+        let mut config = NatsSinkConfig::new(url);
+        let mut seen = HashSet::new();
+        let duration = |field, value: &str, example| {
+            humantime::parse_duration(value).map_err(|e| ConfigError::Invalid {
+                field,
+                reason: format!("`{value}` is not a duration such as `{example}`"),
+                source: Some(Box::new(e)),
+            })
+        };
+        for (name, value) in query {
+            if !seen.insert(name.clone()) {
+                return Err(ConfigError::RepeatedParameter(name));
+            }
+            match name.as_str() {
+                "subject_prefix" => config.subject_prefix = value,
+                "stream" => config.stream = Some(value),
+                "stream_subjects" => {
+                    config.stream_subjects = value.split(',').map(str::to_owned).collect();
+                }
+                "ack_timeout" => config.ack_timeout = duration("ack_timeout", &value, "5s")?,
+                "ack_wait" => config.ack_wait = duration("ack_wait", &value, "30s")?,
+                "source" => config.source = value,
+                _ => return Err(ConfigError::UnknownParameter(name)),
+            }
+        }
+        Ok(config)
+    }
+
+    /// Checks the settings; [`NatsSink::connect`](crate::NatsSink::connect)
+    /// and [`NatsSubscriber::connect`](crate::NatsSubscriber::connect) call
+    /// it.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |field, reason: &str| ConfigError::Invalid {
             field,
             reason: reason.to_owned(),
             source: None,
@@ -117,7 +164,9 @@ impl NatsSinkConfig {
         if self.ack_wait < Duration::from_secs(1) {
             return Err(invalid("ack_wait", "must be at least one second"));
         }
-        crate::config::check_source("nats", &self.source)?;
+        if self.source.is_empty() {
+            return Err(invalid("source", "must not be empty"));
+        }
         if let Some(stream) = &self.stream {
             if !is_stream_name(stream) {
                 return Err(invalid(
@@ -141,13 +190,42 @@ impl NatsSinkConfig {
         Ok(())
     }
 
+    /// The longest one call of [`Sink::deliver`](ferry_core::Sink::deliver)
+    /// can take: one `ack_timeout` (the batch is published at once and its
+    /// acknowledgements awaited together). The relay's batch budget must
+    /// exceed it.
+    pub fn longest_call(&self) -> Duration {
+        self.ack_timeout
+    }
+
     /// The subjects of the stream the sink creates.
-    pub(super) fn subjects(&self) -> Vec<String> {
+    pub(crate) fn subjects(&self) -> Vec<String> {
         if self.stream_subjects.is_empty() {
             vec![format!("{}>", self.subject_prefix)]
         } else {
             self.stream_subjects.clone()
         }
+    }
+
+    /// The server's address without credentials, and the options that
+    /// carry them instead (async-nats does not read them from the URL).
+    pub(crate) fn server_and_credentials(&self) -> (Url, ConnectOptions) {
+        let decode = |s: &str| {
+            percent_encoding::percent_decode_str(s)
+                .decode_utf8_lossy()
+                .into_owned()
+        };
+        let options = match (self.url.username(), self.url.password()) {
+            ("", None) => ConnectOptions::new(),
+            (user, Some(password)) => {
+                ConnectOptions::with_user_and_password(decode(user), decode(password))
+            }
+            (token, None) => ConnectOptions::with_token(decode(token)),
+        };
+        let mut server = self.url.clone();
+        let _ = server.set_username("");
+        let _ = server.set_password(None);
+        (server, options)
     }
 }
 
@@ -155,7 +233,7 @@ impl NatsSinkConfig {
 impl fmt::Debug for NatsSinkConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("NatsSinkConfig")
-            .field("url", &crate::config::redacted(&self.url))
+            .field("url", &redacted(&self.url))
             .field("subject_prefix", &self.subject_prefix)
             .field("stream", &self.stream)
             .field("stream_subjects", &self.stream_subjects)
@@ -167,7 +245,7 @@ impl fmt::Debug for NatsSinkConfig {
 
 /// A literal subject one can publish to: dot-separated non-empty tokens,
 /// no whitespace or control characters, no wildcards.
-pub(super) fn is_subject(subject: &str) -> bool {
+pub(crate) fn is_subject(subject: &str) -> bool {
     !subject.is_empty()
         && subject
             .split('.')
@@ -193,6 +271,46 @@ fn is_stream_name(name: &str) -> bool {
         && !name
             .chars()
             .any(|c| c.is_whitespace() || c.is_control() || ".*>/\\".contains(c))
+}
+
+/// `url` with its user and password masked, for debug output and logs.
+fn redacted(url: &Url) -> String {
+    let mut url = url.clone();
+    if !url.username().is_empty() {
+        let _ = url.set_username("***");
+    }
+    if url.password().is_some() {
+        let _ = url.set_password(Some("***"));
+    }
+    url.into()
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The NATS settings are wrong; fixing them, not retrying, helps.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The URL does not parse.
+    #[error("invalid nats url")]
+    Url(#[source] url::ParseError),
+    /// The URL has a query parameter that is not a setting.
+    #[error("unknown parameter `{0}` in nats sink url")]
+    UnknownParameter(String),
+    /// The URL gives a query parameter more than once.
+    #[error("parameter `{0}` given more than once in nats sink url")]
+    RepeatedParameter(String),
+    /// A setting has a value that cannot be used.
+    #[error("invalid `{field}` for nats sink: {reason}")]
+    Invalid {
+        /// The setting, e.g. `subject_prefix`.
+        field: &'static str,
+        /// What is wrong with it.
+        reason: String,
+        /// The underlying error, if any.
+        #[source]
+        source: Option<BoxError>,
+    },
 }
 
 #[cfg(test)]
