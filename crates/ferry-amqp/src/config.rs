@@ -195,13 +195,9 @@ impl AmqpConfig {
         self.timeout
     }
 
-    /// The server URL with the password masked, for logs.
+    /// The server URL for logs ([`ferry_core::redact_url`]).
     pub(crate) fn redacted_url(&self) -> String {
-        let mut url = self.url.clone();
-        if url.password().is_some() {
-            let _ = url.set_password(Some("***"));
-        }
-        url.into()
+        ferry_core::redact_url(self.url.as_str())
     }
 }
 

@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::time::Duration;
 
+use ferry_core::redact_url;
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use url::Url;
 
@@ -128,40 +129,18 @@ impl HttpSinkConfig {
     }
 }
 
-/// Header values and the URL's password stay out of logs: they are often
-/// credentials.
+/// Header values, the URL's password and secret-looking query values
+/// ([`redact_url`]) stay out of logs: they are often credentials.
 impl fmt::Debug for HttpSinkConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("HttpSinkConfig")
-            .field("url", &redacted(&self.url))
+            .field("url", &redact_url(self.url.as_str()))
             .field("timeout", &self.timeout)
             .field("concurrency", &self.concurrency)
             .field("source", &self.source)
             .field("headers", &self.headers.keys().collect::<Vec<_>>())
             .finish()
     }
-}
-
-/// `url` with its user, password and every query value masked, for debug
-/// output and logs: webhook URLs often carry a token in the query.
-pub(crate) fn redacted(url: &Url) -> String {
-    let mut url = url.clone();
-    if !url.username().is_empty() {
-        let _ = url.set_username("***");
-    }
-    if url.password().is_some() {
-        let _ = url.set_password(Some("***"));
-    }
-    if url.query().is_some() {
-        let names: Vec<String> = url
-            .query_pairs()
-            .map(|(name, _)| name.into_owned())
-            .collect();
-        url.query_pairs_mut()
-            .clear()
-            .extend_pairs(names.iter().map(|name| (name, "***")));
-    }
-    url.into()
 }
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;

@@ -12,7 +12,6 @@ use reqwest::header::{HeaderMap, HeaderName, HeaderValue, RETRY_AFTER};
 use reqwest::{Response, StatusCode};
 use url::Url;
 
-use crate::config::redacted;
 use crate::{HttpSinkConfig, SetupError};
 
 /// The header carrying the message id, as proposed by the IETF's
@@ -187,7 +186,7 @@ impl Sink for HttpSink {
 impl fmt::Debug for HttpSink {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("HttpSink")
-            .field("url", &redacted(&self.url))
+            .field("url", &ferry_core::redact_url(self.url.as_str()))
             .field("concurrency", &self.concurrency)
             .finish_non_exhaustive()
     }

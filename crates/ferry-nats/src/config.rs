@@ -273,16 +273,14 @@ fn is_stream_name(name: &str) -> bool {
             .any(|c| c.is_whitespace() || c.is_control() || ".*>/\\".contains(c))
 }
 
-/// `url` with its user and password masked, for debug output and logs.
+/// `url` for debug output and logs, by [`ferry_core::redact_url`]. A user
+/// name without a password is a NATS token, so it counts as the password.
 fn redacted(url: &Url) -> String {
     let mut url = url.clone();
-    if !url.username().is_empty() {
+    if !url.username().is_empty() && url.password().is_none() {
         let _ = url.set_username("***");
     }
-    if url.password().is_some() {
-        let _ = url.set_password(Some("***"));
-    }
-    url.into()
+    ferry_core::redact_url(url.as_str())
 }
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -329,6 +327,18 @@ mod tests {
         assert!(is_subject_filter("a.*.c"));
         assert!(!is_subject_filter("a.>.c"));
         assert!(!is_subject_filter("a..c"));
+    }
+
+    #[test]
+    fn debug_output_hides_credentials() {
+        for url in ["nats://s3cret@h:4222", "nats://user:s3cret@h:4222"] {
+            let config = NatsSinkConfig::new(url.parse().unwrap());
+            let debug = format!("{config:?}");
+            assert!(
+                !debug.contains("s3cret") && debug.contains("***"),
+                "{debug}"
+            );
+        }
     }
 
     #[test]

@@ -179,16 +179,9 @@ impl RedisConfig {
         format!("{}{topic}", self.stream_prefix)
     }
 
-    /// The server URL with user and password masked, for logs.
+    /// The server URL for logs ([`ferry_core::redact_url`]).
     pub(crate) fn redacted_url(&self) -> String {
-        let mut url = self.url.clone();
-        if !url.username().is_empty() {
-            let _ = url.set_username("***");
-        }
-        if url.password().is_some() {
-            let _ = url.set_password(Some("***"));
-        }
-        url.into()
+        ferry_core::redact_url(self.url.as_str())
     }
 }
 

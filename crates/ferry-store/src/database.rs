@@ -77,49 +77,9 @@ fn invalid(url: &str, reason: impl Into<String>) -> StoreError {
     }
 }
 
-/// `url` with any password replaced by `***`, for messages and logs. A URL
-/// that does not parse loses all of its user information and its query.
-pub fn redact(url: &str) -> String {
-    let Ok(mut u) = url::Url::parse(url) else {
-        return redact_text(url);
-    };
-    if u.password().is_some() {
-        let _ = u.set_password(Some("***"));
-    }
-    if u.query().is_some() {
-        let pairs: Vec<(String, String)> = u
-            .query_pairs()
-            .map(|(k, v)| {
-                let secret = k.contains("password") || k.contains("secret") || k.contains("token");
-                (
-                    k.into_owned(),
-                    if secret {
-                        "***".to_owned()
-                    } else {
-                        v.into_owned()
-                    },
-                )
-            })
-            .collect();
-        u.query_pairs_mut().clear().extend_pairs(pairs);
-    }
-    u.to_string()
-}
-
-/// [`redact`] for a URL that does not parse: masks, as plain text, any user
-/// information (everything between `://` and the last `@`) and the query.
-fn redact_text(url: &str) -> String {
-    let (head, rest) = match (url.find("://"), url.rfind('@')) {
-        (Some(start), Some(at)) if start + 3 <= at => {
-            (format!("{}***", &url[..start + 3]), &url[at..])
-        }
-        _ => (String::new(), url),
-    };
-    match rest.split_once('?') {
-        Some((before, _)) => format!("{head}{before}?***"),
-        None => format!("{head}{rest}"),
-    }
-}
+/// `url` fit for messages and logs: Ferry's one redaction policy,
+/// [`ferry_core::redact_url`].
+pub use ferry_core::redact_url as redact;
 
 impl Database {
     /// Opens a pool with default options.
