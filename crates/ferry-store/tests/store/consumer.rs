@@ -17,11 +17,7 @@ macro_rules! with_pool {
         // The whole env, not only `env.db`: an `async move` block that
         // named only the field would let the test database go.
         let env: &Env = &$env;
-        match &env.db {
-            Database::Postgres(p) => ($f)(p).await,
-            Database::Sqlite(p) => ($f)(p).await,
-            Database::Mysql(p) => ($f)(p).await,
-        }
+        $crate::on_pool!(&env.db, |p| ($f)(p).await)
     }};
 }
 

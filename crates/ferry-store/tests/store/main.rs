@@ -1,6 +1,8 @@
 #![allow(missing_docs)]
 //! The store conformance suite: every test runs on SQLite, PostgreSQL and
-//! MariaDB (a fresh database each), plus concurrency tests for the servers.
+//! MariaDB (a fresh database each), plus concurrency tests for the servers,
+//! and the broker conformance suite on the outbox used as a broker
+//! (`outbox_broker`).
 
 use std::time::Duration;
 
@@ -17,6 +19,7 @@ mod conformance;
 mod consumer;
 mod events;
 mod mysql_only;
+mod outbox_broker;
 mod postgres_only;
 
 /// A migrated database and an outbox on it, of either kind.
@@ -32,87 +35,96 @@ pub enum AnyOutbox {
     Mysql(MysqlOutbox),
 }
 
+/// The options of the servers' test pools: a lease, so that a hung claim
+/// is released.
+fn server_options() -> ConnectOptions {
+    ConnectOptions {
+        max_connections: 8,
+        lease: Some(Duration::from_secs(30)),
+    }
+}
+
 pub async fn pg_env(retention: Retention) -> Env {
-    pg_env_with(
-        retention,
-        ConnectOptions {
-            max_connections: 8,
-            lease: Some(Duration::from_secs(30)),
-        },
-    )
-    .await
+    pg_env_with(retention, server_options()).await
 }
 
 pub async fn pg_env_with(retention: Retention, options: ConnectOptions) -> Env {
-    let t = PgTestDb::create().await;
-    let db = Database::connect_with(&t.url, &options).await.unwrap();
-    db.migrate().await.unwrap();
-    let Database::Postgres(pool) = &db else {
-        unreachable!()
-    };
-    let outbox = AnyOutbox::Pg(PgOutbox::new(pool.clone(), retention));
-    Env {
-        db,
-        outbox,
-        _t: FreshDb::Pg(t),
-    }
+    env_on(FreshDb::Pg(PgTestDb::create().await), retention, options).await
 }
 
 pub async fn mysql_env(retention: Retention) -> Env {
-    mysql_env_with(
+    mysql_env_with(retention, server_options()).await
+}
+
+pub async fn mysql_env_with(retention: Retention, options: ConnectOptions) -> Env {
+    env_on(
+        FreshDb::Mysql(MysqlTestDb::create().await),
         retention,
-        ConnectOptions {
-            max_connections: 8,
-            lease: Some(Duration::from_secs(30)),
-        },
+        options,
     )
     .await
 }
 
-pub async fn mysql_env_with(retention: Retention, options: ConnectOptions) -> Env {
-    let t = MysqlTestDb::create().await;
-    let db = Database::connect_with(&t.url, &options).await.unwrap();
-    db.migrate().await.unwrap();
-    let Database::Mysql(pool) = &db else {
-        unreachable!()
-    };
-    let outbox = AnyOutbox::Mysql(MysqlOutbox::new(pool.clone(), retention));
-    Env {
-        db,
-        outbox,
-        _t: FreshDb::Mysql(t),
-    }
+pub async fn sqlite_env(retention: Retention) -> Env {
+    let t = FreshDb::Sqlite(SqliteTestDb::create());
+    env_on(t, retention, ConnectOptions::default()).await
 }
 
-pub async fn sqlite_env(retention: Retention) -> Env {
-    let t = SqliteTestDb::create();
-    let db = Database::connect(&t.url).await.unwrap();
+/// `t` migrated, with an outbox on it.
+async fn env_on(t: FreshDb, retention: Retention, options: ConnectOptions) -> Env {
+    let db = Database::connect_with(t.url(), &options).await.unwrap();
     db.migrate().await.unwrap();
-    let Database::Sqlite(pool) = &db else {
-        unreachable!()
+    let outbox = match &db {
+        Database::Postgres(p) => AnyOutbox::Pg(PgOutbox::new(p.clone(), retention)),
+        Database::Sqlite(p) => AnyOutbox::Sqlite(SqliteOutbox::new(p.clone(), retention)),
+        Database::Mysql(p) => AnyOutbox::Mysql(MysqlOutbox::new(p.clone(), retention)),
     };
-    let outbox = AnyOutbox::Sqlite(SqliteOutbox::new(pool.clone(), retention));
-    Env {
-        db,
-        outbox,
-        _t: FreshDb::Sqlite(t),
-    }
+    Env { db, outbox, _t: t }
+}
+
+/// `$body` with `$pool` bound to the pool of the [`Database`] `$db`.
+#[macro_export]
+macro_rules! on_pool {
+    ($db:expr, |$pool:ident| $body:expr) => {
+        match $db {
+            Database::Postgres($pool) => $body,
+            Database::Sqlite($pool) => $body,
+            Database::Mysql($pool) => $body,
+        }
+    };
+}
+
+/// `$body` with `$o` bound to the outbox of `$outbox`, an [`AnyOutbox`].
+macro_rules! with_outbox {
+    ($outbox:expr, |$o:ident| $body:expr) => {
+        match $outbox {
+            AnyOutbox::Pg($o) => $body,
+            AnyOutbox::Sqlite($o) => $body,
+            AnyOutbox::Mysql($o) => $body,
+        }
+    };
+}
+
+/// Enqueues `$messages` one by one with `ferry_store::outbox::$module::enqueue`
+/// in a transaction of `$pool`.
+macro_rules! enqueue_each {
+    ($pool:expr, $module:ident, $messages:expr) => {{
+        let mut tx = $pool.begin().await.unwrap();
+        for m in $messages {
+            ferry_store::outbox::$module::enqueue(&mut tx, m)
+                .await
+                .unwrap();
+        }
+        tx.commit().await.unwrap();
+    }};
 }
 
 impl Env {
     /// Runs plain SQL, as a producer in another language would.
     pub async fn exec(&self, sql: &str) {
-        match &self.db {
-            Database::Postgres(p) => {
-                sqlx::raw_sql(sql).execute(p).await.unwrap();
-            }
-            Database::Sqlite(p) => {
-                sqlx::raw_sql(sql).execute(p).await.unwrap();
-            }
-            Database::Mysql(p) => {
-                sqlx::raw_sql(sql).execute(p).await.unwrap();
-            }
-        }
+        on_pool!(&self.db, |p| {
+            sqlx::raw_sql(sql).execute(p).await.unwrap();
+        })
     }
 
     /// Enqueues messages in one committed transaction of their own
@@ -125,33 +137,9 @@ impl Env {
     /// as a producer does with its business change.
     pub async fn enqueue_in_tx(&self, messages: &[Message]) {
         match &self.db {
-            Database::Postgres(p) => {
-                let mut tx = p.begin().await.unwrap();
-                for m in messages {
-                    ferry_store::outbox::postgres::enqueue(&mut tx, m)
-                        .await
-                        .unwrap();
-                }
-                tx.commit().await.unwrap();
-            }
-            Database::Sqlite(p) => {
-                let mut tx = p.begin().await.unwrap();
-                for m in messages {
-                    ferry_store::outbox::sqlite::enqueue(&mut tx, m)
-                        .await
-                        .unwrap();
-                }
-                tx.commit().await.unwrap();
-            }
-            Database::Mysql(p) => {
-                let mut tx = p.begin().await.unwrap();
-                for m in messages {
-                    ferry_store::outbox::mysql::enqueue(&mut tx, m)
-                        .await
-                        .unwrap();
-                }
-                tx.commit().await.unwrap();
-            }
+            Database::Postgres(p) => enqueue_each!(p, postgres, messages),
+            Database::Sqlite(p) => enqueue_each!(p, sqlite, messages),
+            Database::Mysql(p) => enqueue_each!(p, mysql, messages),
         }
     }
 
@@ -161,67 +149,44 @@ impl Env {
         filter: &ClaimFilter,
         decide: impl Fn(&Message) -> Outcome,
     ) -> Vec<Message> {
-        match &self.outbox {
-            AnyOutbox::Pg(o) => round(o, filter, decide).await,
-            AnyOutbox::Sqlite(o) => round(o, filter, decide).await,
-            AnyOutbox::Mysql(o) => round(o, filter, decide).await,
-        }
+        with_outbox!(&self.outbox, |o| round(o, filter, decide).await)
     }
 
     pub async fn next_retry_in(&self, topics: Option<&[String]>) -> Option<Duration> {
-        match &self.outbox {
-            AnyOutbox::Pg(o) => o.next_retry_in(topics).await.unwrap(),
-            AnyOutbox::Sqlite(o) => o.next_retry_in(topics).await.unwrap(),
-            AnyOutbox::Mysql(o) => o.next_retry_in(topics).await.unwrap(),
-        }
+        with_outbox!(&self.outbox, |o| o.next_retry_in(topics).await.unwrap())
     }
 
     pub async fn claim_raw(&self, filter: &ClaimFilter) -> Vec<ferry_store::outbox::Claimed> {
-        match &self.outbox {
-            AnyOutbox::Pg(o) => {
-                let b = o.claim(filter).await.unwrap();
-                let m = b.messages().to_vec();
-                b.settle(&vec![Outcome::Released; m.len()]).await.unwrap();
-                m
-            }
-            AnyOutbox::Sqlite(o) => {
-                let b = o.claim(filter).await.unwrap();
-                let m = b.messages().to_vec();
-                b.settle(&vec![Outcome::Released; m.len()]).await.unwrap();
-                m
-            }
-            AnyOutbox::Mysql(o) => {
-                let b = o.claim(filter).await.unwrap();
-                let m = b.messages().to_vec();
-                b.settle(&vec![Outcome::Released; m.len()]).await.unwrap();
-                m
-            }
-        }
+        with_outbox!(&self.outbox, |o| {
+            let b = o.claim(filter).await.unwrap();
+            let m = b.messages().to_vec();
+            b.settle(&vec![Outcome::Released; m.len()]).await.unwrap();
+            m
+        })
     }
 
     /// Claims a batch and drops it without settling.
     pub async fn claim_and_drop(&self, filter: &ClaimFilter) -> Vec<ferry_store::outbox::Claimed> {
-        match &self.outbox {
-            AnyOutbox::Pg(o) => o.claim(filter).await.unwrap().messages().to_vec(),
-            AnyOutbox::Sqlite(o) => o.claim(filter).await.unwrap().messages().to_vec(),
-            AnyOutbox::Mysql(o) => o.claim(filter).await.unwrap().messages().to_vec(),
-        }
+        with_outbox!(&self.outbox, |o| o
+            .claim(filter)
+            .await
+            .unwrap()
+            .messages()
+            .to_vec())
     }
 
     pub async fn purge(&self, older_than: Duration) -> u64 {
-        match &self.outbox {
-            AnyOutbox::Pg(o) => o.purge_delivered(older_than).await.unwrap(),
-            AnyOutbox::Sqlite(o) => o.purge_delivered(older_than).await.unwrap(),
-            AnyOutbox::Mysql(o) => o.purge_delivered(older_than).await.unwrap(),
-        }
+        with_outbox!(&self.outbox, |o| o
+            .purge_delivered(older_than)
+            .await
+            .unwrap())
     }
 
     pub async fn scalar(&self, sql: &str) -> i64 {
-        match &self.db {
-            Database::Postgres(p) => sqlx::query_scalar(sql).fetch_one(p).await.unwrap(),
-            Database::Sqlite(p) => sqlx::query_scalar(sql).fetch_one(p).await.unwrap(),
-            Database::Mysql(p) => sqlx::query_scalar(sql).fetch_one(p).await.unwrap(),
-        }
+        on_pool!(&self.db, |p| sqlx::query_scalar(sql)
+            .fetch_one(p)
+            .await
+            .unwrap())
     }
 }
 
@@ -239,6 +204,76 @@ async fn round<O: Outbox>(
     let outcomes: Vec<Outcome> = messages.iter().map(&decide).collect();
     batch.settle(&outcomes).await.unwrap();
     messages
+}
+
+/// A claim whose session `kill` ends is released at once: the message is
+/// claimed again, and the dead claim cannot settle.
+pub async fn a_dead_session_releases_its_claim<O: Outbox, F: std::future::Future<Output = ()>>(
+    env: &Env,
+    o: &O,
+    kill: impl FnOnce() -> F,
+) {
+    env.enqueue(&[Message::event("t", "x")]).await;
+    let f = filter(OrderPolicy::Ordered);
+    let held = o.claim(&f).await.unwrap();
+    assert_eq!(held.messages().len(), 1);
+    assert!(
+        o.claim(&f).await.unwrap().messages().is_empty(),
+        "locked by the first claim"
+    );
+    kill().await;
+    let mut got = Vec::new();
+    for _ in 0..50 {
+        got = env.round(&f, |_| Outcome::Delivered).await;
+        if !got.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(payloads(&got), ["x"]);
+    assert!(
+        held.settle(&[Outcome::Delivered]).await.is_err(),
+        "the dead claim cannot settle"
+    );
+}
+
+/// The lease: a claim left idle is ended by the server, so that its message
+/// is claimable again `expired_after` the claim (and, when `held_at` is
+/// given, still held that long after it).
+pub async fn an_idle_claim_expires_after_the_lease<O: Outbox>(
+    env: &Env,
+    o: &O,
+    held_at: Option<Duration>,
+    expired_after: Duration,
+) {
+    env.enqueue_in_tx(&[Message::event("t", "x")]).await;
+    let f = filter(OrderPolicy::Ordered);
+    let held = o.claim(&f).await.unwrap();
+    assert_eq!(held.messages().len(), 1);
+    if let Some(held_at) = held_at {
+        tokio::time::sleep(held_at).await;
+        assert!(
+            o.claim(&f).await.unwrap().messages().is_empty(),
+            "still held within the lease"
+        );
+    }
+    tokio::time::sleep(expired_after).await;
+    let again = o.claim(&f).await.unwrap();
+    assert_eq!(
+        again.messages().len(),
+        1,
+        "lease expired, message claimable again"
+    );
+    again.settle(&[Outcome::Delivered]).await.unwrap();
+    assert!(held.settle(&[Outcome::Delivered]).await.is_err());
+}
+
+/// The options of a pool with a short lease (300 ms).
+pub fn short_lease() -> ConnectOptions {
+    ConnectOptions {
+        max_connections: 4,
+        lease: Some(Duration::from_millis(300)),
+    }
 }
 
 pub fn filter(order: OrderPolicy) -> ClaimFilter {

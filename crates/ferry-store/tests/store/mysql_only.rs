@@ -134,68 +134,30 @@ async fn sessions_in_transaction(p: &MySqlPool) -> Vec<i64> {
 #[tokio::test]
 async fn a_dead_session_releases_its_claim() {
     let env = mysql_env(Retention::Delete).await;
-    env.enqueue(&[Message::event("t", "x")]).await;
-    let o = my(&env);
-    let f = filter(OrderPolicy::Ordered);
-    let held = o.claim(&f).await.unwrap();
-    assert_eq!(held.messages().len(), 1);
-    assert!(
-        o.claim(&f).await.unwrap().messages().is_empty(),
-        "locked by the first claim"
-    );
     let p = pool(&env);
-    let sessions = sessions_in_transaction(&p).await;
-    assert_eq!(sessions.len(), 1, "the claim's session");
-    sqlx::query(&format!("KILL {}", sessions[0]))
-        .execute(&p)
-        .await
-        .unwrap();
-    let mut got = Vec::new();
-    for _ in 0..50 {
-        got = env.round(&f, |_| Outcome::Delivered).await;
-        if !got.is_empty() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert_eq!(payloads(&got), ["x"]);
-    assert!(
-        held.settle(&[Outcome::Delivered]).await.is_err(),
-        "the dead claim cannot settle"
-    );
+    crate::a_dead_session_releases_its_claim(&env, my(&env), || async {
+        let sessions = sessions_in_transaction(&p).await;
+        assert_eq!(sessions.len(), 1, "the claim's session");
+        sqlx::query(&format!("KILL {}", sessions[0]))
+            .execute(&p)
+            .await
+            .unwrap();
+    })
+    .await;
 }
 
 /// The lease: a claim left idle longer than it is ended by the server
 /// (`idle_transaction_timeout`, whole seconds: 300 ms rounds up to 1 s).
 #[tokio::test]
 async fn an_idle_claim_expires_after_the_lease() {
-    let env = mysql_env_with(
-        Retention::Delete,
-        ConnectOptions {
-            max_connections: 4,
-            lease: Some(Duration::from_millis(300)),
-        },
+    let env = mysql_env_with(Retention::Delete, short_lease()).await;
+    crate::an_idle_claim_expires_after_the_lease(
+        &env,
+        my(&env),
+        Some(Duration::from_millis(500)),
+        Duration::from_millis(2000),
     )
     .await;
-    let o = my(&env);
-    env.enqueue_in_tx(&[Message::event("t", "x")]).await;
-    let f = filter(OrderPolicy::Ordered);
-    let held = o.claim(&f).await.unwrap();
-    assert_eq!(held.messages().len(), 1);
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    assert!(
-        o.claim(&f).await.unwrap().messages().is_empty(),
-        "still held within the lease"
-    );
-    tokio::time::sleep(Duration::from_millis(2000)).await;
-    let again = o.claim(&f).await.unwrap();
-    assert_eq!(
-        again.messages().len(),
-        1,
-        "lease expired, message claimable again"
-    );
-    again.settle(&[Outcome::Delivered]).await.unwrap();
-    assert!(held.settle(&[Outcome::Delivered]).await.is_err());
 }
 
 /// An in-process producer wakes a waiting relay through the waker.

@@ -112,60 +112,22 @@ async fn a_lone_claim_takes_whole_keys() {
 #[tokio::test]
 async fn a_dead_session_releases_its_claim() {
     let env = pg_env(Retention::Delete).await;
-    env.enqueue(&[Message::event("t", "x")]).await;
-    let o = pg(&env);
-    let f = filter(OrderPolicy::Ordered);
-    let held = o.claim(&f).await.unwrap();
-    assert_eq!(held.messages().len(), 1);
-    assert!(
-        o.claim(&f).await.unwrap().messages().is_empty(),
-        "locked by the first claim"
-    );
     let p = pool(&env);
-    sqlx::query("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = current_database() AND state = 'idle in transaction'")
-        .execute(&p)
-        .await
-        .unwrap();
-    let mut got = Vec::new();
-    for _ in 0..50 {
-        got = env.round(&f, |_| Outcome::Delivered).await;
-        if !got.is_empty() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert_eq!(payloads(&got), ["x"]);
-    assert!(
-        held.settle(&[Outcome::Delivered]).await.is_err(),
-        "the dead claim cannot settle"
-    );
+    crate::a_dead_session_releases_its_claim(&env, pg(&env), || async {
+        sqlx::query("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = current_database() AND state = 'idle in transaction'")
+            .execute(&p)
+            .await
+            .unwrap();
+    })
+    .await;
 }
 
 /// The lease: a claim left idle longer than it is ended by the server.
 #[tokio::test]
 async fn an_idle_claim_expires_after_the_lease() {
-    let env = pg_env_with(
-        Retention::Delete,
-        ConnectOptions {
-            max_connections: 4,
-            lease: Some(Duration::from_millis(300)),
-        },
-    )
-    .await;
-    let o = pg(&env);
-    env.enqueue_in_tx(&[Message::event("t", "x")]).await;
-    let f = filter(OrderPolicy::Ordered);
-    let held = o.claim(&f).await.unwrap();
-    assert_eq!(held.messages().len(), 1);
-    tokio::time::sleep(Duration::from_millis(600)).await;
-    let again = o.claim(&f).await.unwrap();
-    assert_eq!(
-        again.messages().len(),
-        1,
-        "lease expired, message claimable again"
-    );
-    again.settle(&[Outcome::Delivered]).await.unwrap();
-    assert!(held.settle(&[Outcome::Delivered]).await.is_err());
+    let env = pg_env_with(Retention::Delete, short_lease()).await;
+    crate::an_idle_claim_expires_after_the_lease(&env, pg(&env), None, Duration::from_millis(600))
+        .await;
 }
 
 /// The insert trigger wakes a waiting relay long before its poll interval.

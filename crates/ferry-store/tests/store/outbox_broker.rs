@@ -160,29 +160,13 @@ mod lease {
         let sub = Subscription::new(&topic, "g");
         let subscriber = OutboxSubscriber::new(database.clone());
         let mut stream = subscriber.subscribe(&sub).await.expect("subscribe");
-        match &database {
-            Database::Sqlite(pool) => {
-                sqlx::query(insert)
-                    .bind(&topic)
-                    .execute(pool)
-                    .await
-                    .unwrap();
-            }
-            Database::Postgres(pool) => {
-                sqlx::query(insert)
-                    .bind(&topic)
-                    .execute(pool)
-                    .await
-                    .unwrap();
-            }
-            Database::Mysql(pool) => {
-                sqlx::query(insert)
-                    .bind(&topic)
-                    .execute(pool)
-                    .await
-                    .unwrap();
-            }
-        }
+        crate::on_pool!(&database, |pool| {
+            sqlx::query(insert)
+                .bind(&topic)
+                .execute(pool)
+                .await
+                .unwrap();
+        });
         let received = next(&mut stream, "the malformed row").await;
         let malformed = received.message.as_ref().expect_err("malformed");
         assert!(malformed.reason.contains("object"), "{}", malformed.reason);
