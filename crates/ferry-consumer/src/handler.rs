@@ -4,9 +4,8 @@
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
 
-use ferry_core::{BoxFuture, Message, Sink, SinkErrorKind};
+use ferry_core::{BoxFuture, HandlerFuture, Message, Sink, SinkErrorKind};
 
 use crate::middleware::correlation;
 
@@ -38,11 +37,7 @@ use crate::middleware::correlation;
 ///   error instead.
 pub trait Handler: Send + Sync + 'static {
     /// Handles one message.
-    fn handle<'a>(
-        &'a self,
-        message: &'a Message,
-        cx: &'a Context,
-    ) -> BoxFuture<'a, Result<(), HandlerError>>;
+    fn handle<'a>(&'a self, message: &'a Message, cx: &'a Context) -> HandlerFuture<'a>;
 
     /// Resolves when the handler is willing to take another message; the
     /// router waits for it before it pulls the next one from the broker (as
@@ -55,11 +50,7 @@ pub trait Handler: Send + Sync + 'static {
 }
 
 impl<H: Handler + ?Sized> Handler for Arc<H> {
-    fn handle<'a>(
-        &'a self,
-        message: &'a Message,
-        cx: &'a Context,
-    ) -> BoxFuture<'a, Result<(), HandlerError>> {
+    fn handle<'a>(&'a self, message: &'a Message, cx: &'a Context) -> HandlerFuture<'a> {
         (**self).handle(message, cx)
     }
     fn ready(&self) -> BoxFuture<'_, ()> {
@@ -192,11 +183,7 @@ where
     F: Fn(Message, Context) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Result<(), HandlerError>> + Send + 'static,
 {
-    fn handle<'a>(
-        &'a self,
-        message: &'a Message,
-        cx: &'a Context,
-    ) -> BoxFuture<'a, Result<(), HandlerError>> {
+    fn handle<'a>(&'a self, message: &'a Message, cx: &'a Context) -> HandlerFuture<'a> {
         Box::pin((self.0)(message.clone(), cx.clone()))
     }
 }
@@ -217,11 +204,7 @@ impl Forward {
 }
 
 impl Handler for Forward {
-    fn handle<'a>(
-        &'a self,
-        message: &'a Message,
-        _cx: &'a Context,
-    ) -> BoxFuture<'a, Result<(), HandlerError>> {
+    fn handle<'a>(&'a self, message: &'a Message, _cx: &'a Context) -> HandlerFuture<'a> {
         Box::pin(async move {
             let batch = std::slice::from_ref(message);
             let result = self.sink.deliver(batch).await.into_iter().next();
@@ -252,6 +235,8 @@ impl Handler for Forward {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use ferry_core::{Delivery, SinkError};
 
     use super::*;

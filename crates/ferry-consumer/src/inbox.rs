@@ -23,7 +23,7 @@ use std::future::Future;
 use std::marker::PhantomData;
 use std::time::Duration;
 
-use ferry_core::{BoxFuture, Message};
+use ferry_core::{HandlerFuture, Message};
 pub use ferry_store::inbox::{InboxDatabase, Recorded};
 use ferry_store::StoreError;
 
@@ -45,7 +45,7 @@ pub trait InboxHandler<DB: InboxDatabase>: Send + Sync + 'static {
         tx: &'a mut Tx<DB>,
         message: &'a Message,
         cx: &'a Context,
-    ) -> BoxFuture<'a, Result<(), HandlerError>>;
+    ) -> HandlerFuture<'a>;
 }
 
 /// An [`InboxHandler`] made of a closure; see [`inbox_fn`].
@@ -74,11 +74,7 @@ pub struct InboxFn<DB, F> {
 pub fn inbox_fn<DB, F>(f: F) -> InboxFn<DB, F>
 where
     DB: InboxDatabase,
-    F: for<'a> Fn(
-            &'a mut Tx<DB>,
-            &'a Message,
-            &'a Context,
-        ) -> BoxFuture<'a, Result<(), HandlerError>>
+    F: for<'a> Fn(&'a mut Tx<DB>, &'a Message, &'a Context) -> HandlerFuture<'a>
         + Send
         + Sync
         + 'static,
@@ -92,11 +88,7 @@ where
 impl<DB, F> InboxHandler<DB> for InboxFn<DB, F>
 where
     DB: InboxDatabase,
-    F: for<'a> Fn(
-            &'a mut Tx<DB>,
-            &'a Message,
-            &'a Context,
-        ) -> BoxFuture<'a, Result<(), HandlerError>>
+    F: for<'a> Fn(&'a mut Tx<DB>, &'a Message, &'a Context) -> HandlerFuture<'a>
         + Send
         + Sync
         + 'static,
@@ -106,7 +98,7 @@ where
         tx: &'a mut Tx<DB>,
         message: &'a Message,
         cx: &'a Context,
-    ) -> BoxFuture<'a, Result<(), HandlerError>> {
+    ) -> HandlerFuture<'a> {
         (self.f)(tx, message, cx)
     }
 }
@@ -142,11 +134,7 @@ fn store_error(what: &'static str, e: StoreError) -> HandlerError {
 }
 
 impl<DB: InboxDatabase, H: InboxHandler<DB>> Handler for Inbox<DB, H> {
-    fn handle<'a>(
-        &'a self,
-        message: &'a Message,
-        cx: &'a Context,
-    ) -> BoxFuture<'a, Result<(), HandlerError>> {
+    fn handle<'a>(&'a self, message: &'a Message, cx: &'a Context) -> HandlerFuture<'a> {
         Box::pin(async move {
             let mut tx = self.pool.begin().await.map_err(|e| {
                 store_error("could not begin the inbox transaction", StoreError::from(e))

@@ -58,6 +58,10 @@ impl ErrorKind {
     }
 }
 
+/// What a handler returns: a boxed future of its result, so that handlers
+/// can be chosen at run time (`dyn Handler`) and the signature stays short.
+pub type HandlerFuture<'a> = crate::BoxFuture<'a, Result<(), HandlerError>>;
+
 /// A failed handler call (a consumer's handler, a forwarder's event
 /// handler), with what to do next.
 #[derive(Debug, thiserror::Error)]

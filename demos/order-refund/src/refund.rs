@@ -9,7 +9,7 @@
 
 use std::time::Duration;
 
-use ferry_core::BoxFuture;
+use ferry_core::HandlerFuture;
 use ferry_events::forwarder::{EventHandler, HandlerError};
 use ferry_store::event_store::StoredEvent;
 
@@ -34,7 +34,7 @@ impl RefundHandler {
 }
 
 impl EventHandler for RefundHandler {
-    fn handle<'a>(&'a self, event: &'a StoredEvent) -> BoxFuture<'a, Result<(), HandlerError>> {
+    fn handle<'a>(&'a self, event: &'a StoredEvent) -> HandlerFuture<'a> {
         Box::pin(async move {
             // A payload that does not decode is a permanent error.
             let cancelled: OrderCancelled = serde_json::from_slice(&event.payload)?;

@@ -23,7 +23,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use ferry_core::{BoxFuture, Message};
+use ferry_core::{BoxFuture, HandlerFuture, Message};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
@@ -212,11 +212,7 @@ fn is_downstream_failure(error: &HandlerError) -> bool {
 }
 
 impl Handler for BreakerHandler {
-    fn handle<'a>(
-        &'a self,
-        message: &'a Message,
-        cx: &'a Context,
-    ) -> BoxFuture<'a, Result<(), HandlerError>> {
+    fn handle<'a>(&'a self, message: &'a Message, cx: &'a Context) -> HandlerFuture<'a> {
         Box::pin(async move {
             let role = self.take_role();
             match role {

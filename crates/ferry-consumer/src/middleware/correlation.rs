@@ -12,10 +12,10 @@
 
 use std::sync::Arc;
 
-use ferry_core::{BoxFuture, Message};
+use ferry_core::{BoxFuture, HandlerFuture, Message};
 use tracing::Instrument;
 
-use crate::{Context, Handler, HandlerError, Layer};
+use crate::{Context, Handler, Layer};
 
 /// The header carrying a message's correlation id.
 pub const CORRELATION_ID: &str = "ferry-correlation-id";
@@ -56,11 +56,7 @@ struct CorrelationHandler {
 }
 
 impl Handler for CorrelationHandler {
-    fn handle<'a>(
-        &'a self,
-        message: &'a Message,
-        cx: &'a Context,
-    ) -> BoxFuture<'a, Result<(), HandlerError>> {
+    fn handle<'a>(&'a self, message: &'a Message, cx: &'a Context) -> HandlerFuture<'a> {
         let span = tracing::info_span!(
             "message",
             message_id = %message.id,

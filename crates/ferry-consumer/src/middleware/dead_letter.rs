@@ -11,7 +11,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use ferry_core::{BoxFuture, Message, Sink};
+use ferry_core::{BoxFuture, HandlerFuture, Message, Sink};
 
 use crate::{Context, Handler, HandlerError, Layer};
 
@@ -289,11 +289,7 @@ struct DeadLetterHandler {
 }
 
 impl Handler for DeadLetterHandler {
-    fn handle<'a>(
-        &'a self,
-        message: &'a Message,
-        cx: &'a Context,
-    ) -> BoxFuture<'a, Result<(), HandlerError>> {
+    fn handle<'a>(&'a self, message: &'a Message, cx: &'a Context) -> HandlerFuture<'a> {
         Box::pin(async move {
             match self.inner.handle(message, cx).await {
                 Err(e) if !e.is_transient() => {

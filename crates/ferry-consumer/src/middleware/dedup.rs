@@ -11,10 +11,10 @@ use std::collections::{HashSet, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use ferry_core::{BoxFuture, Message, MessageId};
+use ferry_core::{BoxFuture, HandlerFuture, Message, MessageId};
 use tokio::time::Instant;
 
-use crate::{ConfigError, Context, Handler, HandlerError, Layer};
+use crate::{ConfigError, Context, Handler, Layer};
 
 /// How much the dedup memory holds.
 #[derive(Clone, Debug, PartialEq, serde::Deserialize, serde::Serialize)]
@@ -122,11 +122,7 @@ impl DedupHandler {
 }
 
 impl Handler for DedupHandler {
-    fn handle<'a>(
-        &'a self,
-        message: &'a Message,
-        cx: &'a Context,
-    ) -> BoxFuture<'a, Result<(), HandlerError>> {
+    fn handle<'a>(&'a self, message: &'a Message, cx: &'a Context) -> HandlerFuture<'a> {
         Box::pin(async move {
             if self.contains(message.id) {
                 tracing::debug!(message_id = %message.id, topic = %message.topic, "duplicate skipped");
@@ -148,7 +144,7 @@ mod tests {
     use std::sync::atomic::{AtomicU32, Ordering};
 
     use super::*;
-    use crate::{handler_fn, HandlerExt};
+    use crate::{handler_fn, HandlerError, HandlerExt};
 
     fn counting(calls: Arc<AtomicU32>) -> impl Handler {
         handler_fn(move |_, _| {

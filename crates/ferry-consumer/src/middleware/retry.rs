@@ -20,7 +20,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use ferry_core::{BoxFuture, Message, MessageId, RetryPolicy};
+use ferry_core::{BoxFuture, HandlerFuture, Message, MessageId, RetryPolicy};
 
 use crate::{ConfigError, Context, Handler, HandlerError, Layer};
 
@@ -145,11 +145,7 @@ impl RetryHandler {
 }
 
 impl Handler for RetryHandler {
-    fn handle<'a>(
-        &'a self,
-        message: &'a Message,
-        cx: &'a Context,
-    ) -> BoxFuture<'a, Result<(), HandlerError>> {
+    fn handle<'a>(&'a self, message: &'a Message, cx: &'a Context) -> HandlerFuture<'a> {
         Box::pin(async move {
             let counted_here = cx.delivery_count().is_none();
             let delivery = match cx.delivery_count() {

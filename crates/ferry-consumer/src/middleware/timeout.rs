@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use ferry_core::{BoxFuture, Message};
+use ferry_core::{BoxFuture, HandlerFuture, Message};
 
 use crate::{Context, Handler, HandlerError, Layer};
 
@@ -38,11 +38,7 @@ struct TimeoutHandler {
 }
 
 impl Handler for TimeoutHandler {
-    fn handle<'a>(
-        &'a self,
-        message: &'a Message,
-        cx: &'a Context,
-    ) -> BoxFuture<'a, Result<(), HandlerError>> {
+    fn handle<'a>(&'a self, message: &'a Message, cx: &'a Context) -> HandlerFuture<'a> {
         Box::pin(async move {
             match tokio::time::timeout(self.limit, self.inner.handle(message, cx)).await {
                 Ok(result) => result,

@@ -1,7 +1,7 @@
 use std::time::Duration;
 
 use ferry_core::RetryPolicy;
-use ferry_relay::SinkBackoff;
+use ferry_delivery::SinkBackoff;
 
 /// What a forwarder does with an event it gave up on (retries spent, or a
 /// permanent error).

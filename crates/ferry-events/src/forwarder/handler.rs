@@ -5,9 +5,8 @@
 use std::future::Future;
 use std::marker::PhantomData;
 
-use ferry_core::{BoxFuture, SinkError, SinkErrorKind};
+use ferry_core::HandlerFuture;
 use ferry_store::event_store::StoredEvent;
-use ferry_store::StoreError;
 
 /// Handles the events a forwarder reads from the event store.
 ///
@@ -33,7 +32,7 @@ use ferry_store::StoreError;
 ///   `.await` and the event is handled again after the restart.
 pub trait EventHandler: Send + Sync + 'static {
     /// Handles one event.
-    fn handle<'a>(&'a self, event: &'a StoredEvent) -> BoxFuture<'a, Result<(), HandlerError>>;
+    fn handle<'a>(&'a self, event: &'a StoredEvent) -> HandlerFuture<'a>;
 
     /// Whether it handles `event` at all (all events by default). The
     /// forwarder passes by the events it does not want: they count as
@@ -45,7 +44,7 @@ pub trait EventHandler: Send + Sync + 'static {
 }
 
 impl<H: EventHandler + ?Sized> EventHandler for std::sync::Arc<H> {
-    fn handle<'a>(&'a self, event: &'a StoredEvent) -> BoxFuture<'a, Result<(), HandlerError>> {
+    fn handle<'a>(&'a self, event: &'a StoredEvent) -> HandlerFuture<'a> {
         (**self).handle(event)
     }
     fn wants(&self, event: &StoredEvent) -> bool {
@@ -85,7 +84,7 @@ pub trait TransactionalHandler<DB: sqlx::Database>: Send + Sync + 'static {
         &'a self,
         conn: &'a mut DB::Connection,
         event: &'a StoredEvent,
-    ) -> BoxFuture<'a, Result<(), HandlerError>>;
+    ) -> HandlerFuture<'a>;
 
     /// Whether it handles `event` at all (all events by default). The
     /// forwarder passes by the events it does not want, without a
@@ -103,7 +102,7 @@ impl<DB: sqlx::Database, H: TransactionalHandler<DB> + ?Sized> TransactionalHand
         &'a self,
         conn: &'a mut DB::Connection,
         event: &'a StoredEvent,
-    ) -> BoxFuture<'a, Result<(), HandlerError>> {
+    ) -> HandlerFuture<'a> {
         (**self).handle(conn, event)
     }
     fn wants(&self, event: &StoredEvent) -> bool {
@@ -135,132 +134,20 @@ where
     F: Fn(StoredEvent) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Result<(), HandlerError>> + Send + 'static,
 {
-    fn handle<'a>(&'a self, event: &'a StoredEvent) -> BoxFuture<'a, Result<(), HandlerError>> {
+    fn handle<'a>(&'a self, event: &'a StoredEvent) -> HandlerFuture<'a> {
         Box::pin((self.f)(event.clone()))
     }
 }
 
-/// Whether retrying a failed event can help.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum HandlerErrorKind {
-    /// It may succeed later (a timeout, a deadlock, a service that is down):
-    /// retried with backoff, counting an attempt.
-    Transient,
-    /// It never will (the payload is malformed, the handler rejects it):
-    /// no more attempts; the forwarder stops or skips the event at once.
-    Permanent,
-}
+/// Whether retrying a failed event can help: the core
+/// [`ErrorKind`](ferry_core::ErrorKind). Transient (and unavailable: a
+/// handler holds one event, so its caller cannot tell a down service from
+/// a refused event) are retried with backoff, counting an attempt;
+/// permanent is not retried: the forwarder stops or skips the event at once.
+pub type HandlerErrorKind = ferry_core::ErrorKind;
 
-/// A handler's failure, with what to do next.
-#[derive(Debug, thiserror::Error)]
-#[error("{message}")]
-pub struct HandlerError {
-    /// Whether a retry can help.
-    pub kind: HandlerErrorKind,
-    /// What went wrong, short and lowercase; recorded as the failure's
-    /// last error.
-    pub message: String,
-    /// The underlying error.
-    #[source]
-    pub source: Option<Box<dyn std::error::Error + Send + Sync>>,
-}
-
-impl HandlerError {
-    /// A failure worth retrying.
-    pub fn transient(message: impl Into<String>) -> Self {
-        Self {
-            kind: HandlerErrorKind::Transient,
-            message: message.into(),
-            source: None,
-        }
-    }
-
-    /// A failure no retry will fix.
-    pub fn permanent(message: impl Into<String>) -> Self {
-        Self {
-            kind: HandlerErrorKind::Permanent,
-            message: message.into(),
-            source: None,
-        }
-    }
-
-    /// Attaches the underlying error.
-    pub fn with_source(mut self, source: impl std::error::Error + Send + Sync + 'static) -> Self {
-        self.source = Some(Box::new(source));
-        self
-    }
-
-    /// Whether a retry can help.
-    pub fn is_transient(&self) -> bool {
-        self.kind == HandlerErrorKind::Transient
-    }
-
-    /// The message followed by its chain of causes, for logs and the
-    /// failure store.
-    pub fn describe(&self) -> String {
-        ferry_core::error_chain(self)
-    }
-}
-
-/// A database error is worth retrying (a deadlock, a lost connection).
-impl From<sqlx::Error> for HandlerError {
-    fn from(e: sqlx::Error) -> Self {
-        HandlerError::transient("database error").with_source(e)
-    }
-}
-
-/// A store error is worth retrying.
-impl From<StoreError> for HandlerError {
-    fn from(e: StoreError) -> Self {
-        HandlerError::transient("store error").with_source(e)
-    }
-}
-
-/// A payload that does not decode never will.
-impl From<serde_json::Error> for HandlerError {
-    fn from(e: serde_json::Error) -> Self {
-        HandlerError::permanent("malformed event payload").with_source(e)
-    }
-}
-
-/// A sink's refusal: permanent stays permanent, anything else is transient
-/// (a sink that is unavailable as a whole is handled before this, without
-/// counting attempts).
-impl From<SinkError> for HandlerError {
-    fn from(e: SinkError) -> Self {
-        let (kind, message) = match e.kind {
-            SinkErrorKind::Permanent => (HandlerErrorKind::Permanent, "the sink refused the event"),
-            SinkErrorKind::Transient | SinkErrorKind::Unavailable => (
-                HandlerErrorKind::Transient,
-                "the sink did not take the event",
-            ),
-        };
-        Self {
-            kind,
-            message: message.to_owned(),
-            source: Some(Box::new(e)),
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn conversions_keep_the_kind_and_the_cause() {
-        let e = HandlerError::from(
-            SinkError::permanent("http 400").with_source(std::io::Error::other("bad")),
-        );
-        assert_eq!(e.kind, HandlerErrorKind::Permanent);
-        assert_eq!(e.describe(), "the sink refused the event: http 400: bad");
-        let e = HandlerError::from(SinkError::unavailable("connection refused"));
-        assert!(e.is_transient());
-        let bad: Result<u8, _> = serde_json::from_str("{");
-        assert_eq!(
-            HandlerError::from(bad.unwrap_err()).kind,
-            HandlerErrorKind::Permanent
-        );
-        assert!(HandlerError::from(sqlx::Error::PoolTimedOut).is_transient());
-    }
-}
+/// A handler's failure, with what to do next: the core
+/// [`HandlerError`](ferry_core::HandlerError), shared with the consumer's
+/// handlers. `?` works on `sqlx::Error` and `StoreError` (transient) and
+/// `serde_json::Error` (permanent).
+pub use ferry_core::HandlerError;

@@ -3,12 +3,15 @@
 //!
 //! # Guarantees
 //!
-//! * **Order.** Events go out in sequence order. A handler gets one event
-//!   at a time; a sink gets *waves*, runs of consecutive events with no
-//!   source (key) twice, and the next wave only after every event of this
-//!   one is accepted or given up on. Events of one source therefore reach
-//!   the sink in order; events of different sources within a wave may be
-//!   delivered concurrently.
+//! * **Order.** Events go out in sequence order per source. A handler
+//!   gets one event at a time, in sequence order. A sink gets them through
+//!   the delivery engine ([`ferry_delivery`], the relay's): in *waves*
+//!   holding at most one event per source (the key `<source_type>:<source_id>`;
+//!   an event without a source is a key of its own), the next wave only
+//!   after this one is settled. Events of one source therefore reach the
+//!   sink in order; events of different sources may be delivered
+//!   concurrently, and an event waiting for a retry holds back its own
+//!   source only: the others go on (see [`WINDOW_PAGES`]).
 //! * **Offset.** The forwarder's offset (`ferry_event_offsets`, under its
 //!   name) is the sequence number up to which every event is delivered or
 //!   skipped. It only moves forward, is saved after each page of events
@@ -22,7 +25,9 @@
 //!   restart, with the same event id. Handlers and receivers must be
 //!   idempotent by event id (the sink's receivers get it as `ce-id`,
 //!   `Nats-Msg-Id`, `Idempotency-Key`). At most one page
-//!   ([`ForwarderConfig::batch_size`]) is delivered again.
+//!   ([`ForwarderConfig::batch_size`]) is delivered again to a handler; to
+//!   a sink, at most [`WINDOW_PAGES`] pages (the events other sources
+//!   delivered past one waiting for a retry).
 //! * **Exactly once** for the database writes of a [`TransactionalHandler`]:
 //!   they commit in the transaction that saves the offset, and that
 //!   transaction first takes the stored offset
@@ -38,12 +43,14 @@
 //!   ([`ferry_store::Database::event_failures`]) and goes on. Attempts are
 //!   counted in memory: a restart gives an event fresh attempts.
 //! * **Unavailable sink.** A sink that answers
-//!   [`Unavailable`](ferry_core::SinkErrorKind::Unavailable) for a whole
-//!   call costs no attempts: the forwarder pauses with capped backoff and
-//!   probes with one event until the sink takes it, logging once when the
-//!   sink goes down and once when it is back. In a call where nothing was
-//!   accepted, the other refusals (a permanent one) still count. The same
-//!   holds for the database.
+//!   [`Unavailable`](ferry_core::ErrorKind::Unavailable) for a whole call
+//!   costs no attempts: the forwarder pauses with capped backoff and
+//!   probes with 1, 2, 4 … 16 events, one per source, until the sink takes
+//!   them, logging once when the sink goes down and once when it is back
+//!   (the engine's rule, as for the relay). In a call where nothing was
+//!   accepted, the other refusals (a permanent one) still count; an event
+//!   refused as unavailable while others of its call were accepted is a
+//!   transient failure of that event. The same pause holds for the database.
 //! * **Undecodable rows.** A row that cannot be decoded is not an outage:
 //!   the forwarder delivers the events before it and stops with
 //!   [`ForwarderError::Undecodable`].
@@ -87,7 +94,7 @@
 //!         &'a self,
 //!         conn: &'a mut sqlx::PgConnection,
 //!         event: &'a StoredEvent,
-//!     ) -> ferry_core::BoxFuture<'a, Result<(), HandlerError>> {
+//!     ) -> ferry_core::HandlerFuture<'a> {
 //!         Box::pin(async move {
 //!             sqlx::query("INSERT INTO refunds (event_id) VALUES ($1)")
 //!                 .bind(event.id)
@@ -106,15 +113,19 @@
 
 mod config;
 mod handler;
+mod listen;
+mod pages;
 mod sink;
 mod stats;
+mod to_sink;
+mod transactional;
 
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Duration;
 
-use ferry_core::{error_chain, BoxFuture, Message, Sink, SinkError, SinkErrorKind};
-use ferry_relay::Health;
+use ferry_core::{error_chain, BoxFuture, Sink};
+use ferry_delivery::{decide, Decision, Health};
 use ferry_store::event_store::{EventPage, EventQuery, StoredEvent};
 use ferry_store::{Database, StoreError};
 use futures::FutureExt;
@@ -128,6 +139,11 @@ pub use handler::{
 };
 pub use sink::{event_message, SEQ_HEADER};
 pub use stats::ForwarderStats;
+pub use to_sink::WINDOW_PAGES;
+pub(crate) use transactional::OutsideWork;
+
+use listen::{listen, AbortOnDrop};
+use transactional::{InTransaction, Transact};
 
 use crate::EventDatabase;
 
@@ -319,10 +335,9 @@ impl Forwarder {
 
     async fn forward(&self, run: &Run) -> Result<(), ForwarderError> {
         let name = self.config.name.as_str();
-        let Some(mut offset) = self.load_offset(run).await else {
+        let Some(offset) = self.load_offset(run).await else {
             return Ok(());
         };
-        let mut saved = offset;
         self.stats.set_offset(offset);
         tracing::info!(
             forwarder = name,
@@ -331,120 +346,20 @@ impl Forwarder {
             on_failure = self.config.on_failure.as_str(),
             "forwarder started"
         );
-        let result = loop {
-            if run.shutdown.is_cancelled() {
-                break Ok(());
-            }
-            if let Some(pause) = run.store.pause_left() {
-                run.sleep(pause).await;
-                continue;
-            }
-            let query = EventQuery {
-                offset,
-                limit: self.config.batch_size,
-                ..EventQuery::default()
-            };
-            let page = match self.db.read_events(&query).await {
-                Ok(page) => {
-                    run.store.succeeded();
-                    page
-                }
-                Err(e) if is_decode_error(&e) => match self.read_up_to_bad_row(offset).await {
-                    // Deliver the events before the bad row first.
-                    Ok(events) if !events.is_empty() => EventPage {
-                        next_offset: events[events.len() - 1].seq,
-                        events,
-                    },
-                    Ok(_) => {
-                        let e = ForwarderError::Undecodable {
-                            forwarder: name.to_owned(),
-                            after: offset,
-                            source: e,
-                        };
-                        tracing::error!(forwarder = name, after = offset, error = %error_chain(&e),
-                            "forwarder stopped at an event store row it cannot decode");
-                        break Err(e);
-                    }
-                    Err(e) => {
-                        run.store
-                            .failed(&format!("reading events failed: {}", error_chain(&e)));
-                        continue;
-                    }
-                },
-                Err(e) => {
-                    run.store
-                        .failed(&format!("reading events failed: {}", error_chain(&e)));
-                    continue;
-                }
-            };
-            self.stats.set_head(page.next_offset);
-            if page.events.len() as u64 >= u64::from(self.config.batch_size) {
-                if let Ok(head) = self.db.event_head().await {
-                    self.stats.set_head(head);
-                }
-            }
-            if page.events.is_empty() {
-                offset = offset.max(page.next_offset);
-                self.stats.set_offset(offset);
-                saved = self.save(run, offset, saved).await;
-                if run.shutdown.is_cancelled() {
-                    continue;
-                }
-                ForwarderStats::add(&self.stats.idle, 1);
-                tokio::select! {
-                    _ = self.wake.notified() => {}
-                    _ = tokio::time::sleep(self.config.poll_interval) => {}
-                    _ = run.shutdown.cancelled() => {}
-                }
-                continue;
-            }
-            let end = match &self.target {
-                Target::Handler(handler) => {
-                    self.to_handler_page(run, &**handler, &page.events).await
-                }
-                Target::Sink(sink) => self.to_sink_page(run, &**sink, &page.events).await,
-                Target::Transactional(tx) => {
-                    self.to_transactional_page(run, &**tx, &page.events).await
-                }
-            };
-            if end.done > 0 {
-                offset = offset.max(page.events[end.done - 1].seq);
-            }
-            if let Some(through) = end.saved {
-                // What the store holds, even when another instance of this
-                // name or a COMMIT whose answer we lost put it there.
-                saved = saved.max(through);
-                offset = offset.max(through);
-            }
-            if end.done == page.events.len() && matches!(end.how, How::Continue) {
-                offset = offset.max(page.next_offset);
-            }
-            self.stats.set_offset(offset);
-            saved = self.save(run, offset, saved).await;
-            match end.how {
-                How::Continue => {}
-                How::Interrupted => break Ok(()),
-                How::Stop {
-                    at,
-                    attempts,
-                    error,
-                } => {
-                    let event = &page.events[at];
-                    let e = ForwarderError::Stopped {
-                        forwarder: name.to_owned(),
-                        seq: event.seq,
-                        event_id: event.id,
-                        event_type: event.event_type.clone(),
-                        attempts,
-                        offset,
-                        error,
-                    };
-                    tracing::error!(forwarder = name, seq = event.seq, event_id = %event.id,
-                        attempts, offset, error = %error_chain(&e), "forwarder stopped at an event it gave up on");
-                    break Err(e);
-                }
-            }
+        let mut at = Position {
+            offset,
+            saved: offset,
         };
+        let result = match &self.target {
+            Target::Sink(sink) => self.deliver_to_sink(run, &**sink, &mut at).await,
+            _ => self.page_by_page(run, &mut at).await,
+        };
+        if let Target::Sink(sink) = &self.target {
+            if let Err(e) = sink.shutdown().await {
+                tracing::warn!(forwarder = name, error = %e.describe(), "flushing the sink at shutdown failed");
+            }
+        }
+        let Position { offset, saved } = at;
         if offset > saved {
             // One last try at shutdown; what is not saved is delivered again.
             if let Err(e) = self.db.save_offset(name, offset).await {
@@ -460,6 +375,92 @@ impl Forwarder {
             "forwarder stopped"
         );
         result
+    }
+
+    /// Reads the page after `from`, with the read's failures handled: an
+    /// unreachable database pauses (`None`: try again), a row that does
+    /// not decode gives the events before it, or [`ForwarderError::Undecodable`]
+    /// when it is the very next one.
+    async fn read_page(&self, run: &Run, from: i64) -> Option<Result<EventPage, ForwarderError>> {
+        let name = self.config.name.as_str();
+        let query = EventQuery {
+            offset: from,
+            limit: self.config.batch_size,
+            ..EventQuery::default()
+        };
+        let page = match self.db.read_events(&query).await {
+            Ok(page) => {
+                run.store.succeeded();
+                page
+            }
+            Err(e) if is_decode_error(&e) => match self.read_up_to_bad_row(from).await {
+                // Deliver the events before the bad row first.
+                Ok(events) if !events.is_empty() => EventPage {
+                    next_offset: events[events.len() - 1].seq,
+                    events,
+                },
+                Ok(_) => {
+                    let e = ForwarderError::Undecodable {
+                        forwarder: name.to_owned(),
+                        after: from,
+                        source: e,
+                    };
+                    tracing::error!(forwarder = name, after = from, error = %error_chain(&e),
+                        "forwarder stopped at an event store row it cannot decode");
+                    return Some(Err(e));
+                }
+                Err(e) => {
+                    run.store
+                        .failed(&format!("reading events failed: {}", error_chain(&e)));
+                    return None;
+                }
+            },
+            Err(e) => {
+                run.store
+                    .failed(&format!("reading events failed: {}", error_chain(&e)));
+                return None;
+            }
+        };
+        self.stats.set_head(page.next_offset);
+        if page.events.len() as u64 >= u64::from(self.config.batch_size) {
+            if let Ok(head) = self.db.event_head().await {
+                self.stats.set_head(head);
+            }
+        }
+        Some(Ok(page))
+    }
+
+    /// Waits for new events: a wake-up, the poll interval, or shutdown.
+    async fn idle(&self, run: &Run, longest: Duration) {
+        ForwarderStats::add(&self.stats.idle, 1);
+        tokio::select! {
+            _ = self.wake.notified() => {}
+            _ = tokio::time::sleep(longest.min(self.config.poll_interval)) => {}
+            _ = run.shutdown.cancelled() => {}
+        }
+    }
+
+    /// The stop error for the event it gave up on, logged.
+    fn stopped(
+        &self,
+        event: &StoredEvent,
+        attempts: u32,
+        offset: i64,
+        error: HandlerError,
+    ) -> ForwarderError {
+        let name = self.config.name.as_str();
+        let e = ForwarderError::Stopped {
+            forwarder: name.to_owned(),
+            seq: event.seq,
+            event_id: event.id,
+            event_type: event.event_type.clone(),
+            attempts,
+            offset,
+            error,
+        };
+        tracing::error!(forwarder = name, seq = event.seq, event_id = %event.id,
+            attempts, offset, error = %error_chain(&e), "forwarder stopped at an event it gave up on");
+        e
     }
 
     fn target_name(&self) -> &str {
@@ -537,278 +538,6 @@ impl Forwarder {
         Ok(events)
     }
 
-    async fn to_handler_page(
-        &self,
-        run: &Run,
-        handler: &dyn EventHandler,
-        events: &[StoredEvent],
-    ) -> PageEnd {
-        for (done, event) in events.iter().enumerate() {
-            if run.shutdown.is_cancelled() {
-                return PageEnd::interrupted(done);
-            }
-            if !handler.wants(event) {
-                continue;
-            }
-            let settled = self
-                .settle(run, event, 0, None, || {
-                    Box::pin(async move { Ok(guarded(handler.handle(event)).await) })
-                })
-                .await;
-            match settled {
-                Settled::Delivered => ForwarderStats::add(&self.stats.delivered, 1),
-                Settled::Skipped => {}
-                Settled::Stop { attempts, error } => {
-                    return PageEnd::stop(done, done, attempts, error)
-                }
-                Settled::Interrupted => return PageEnd::interrupted(done),
-            }
-        }
-        PageEnd::all(events.len())
-    }
-
-    /// For each event: its work outside the transaction first, if any
-    /// (settled like a handler's), then its transactional work, batched
-    /// with the following events that have none outside.
-    async fn to_transactional_page(
-        &self,
-        run: &Run,
-        tx: &dyn Transact,
-        events: &[StoredEvent],
-    ) -> PageEnd {
-        let name = self.config.name.as_str();
-        let mut done = 0;
-        let mut saved: Option<i64> = None;
-        let note = |saved: &mut Option<i64>, seq: i64| {
-            *saved = Some(saved.map_or(seq, |s| s.max(seq)));
-        };
-        // The event whose outside work succeeded.
-        let mut outside_done = None;
-        while done < events.len() {
-            if run.shutdown.is_cancelled() {
-                return PageEnd {
-                    saved,
-                    ..PageEnd::interrupted(done)
-                };
-            }
-            if let Some(pause) = run.store.pause_left() {
-                run.sleep(pause).await;
-                continue;
-            }
-            let event = &events[done];
-            if outside_done != Some(done) && tx.outside(event).is_some() {
-                let settled = self
-                    .settle(run, event, 0, None, || {
-                        Box::pin(async move {
-                            Ok(match tx.outside(event) {
-                                Some(work) => guarded(work).await,
-                                None => Ok(()),
-                            })
-                        })
-                    })
-                    .await;
-                match settled {
-                    Settled::Delivered => {
-                        outside_done = Some(done);
-                        if !tx.wants(event) {
-                            ForwarderStats::add(&self.stats.delivered, 1);
-                        }
-                    }
-                    Settled::Skipped => {
-                        done += 1;
-                        continue;
-                    }
-                    Settled::Stop { attempts, error } => {
-                        return PageEnd {
-                            saved,
-                            ..PageEnd::stop(done, done, attempts, error)
-                        }
-                    }
-                    Settled::Interrupted => {
-                        return PageEnd {
-                            saved,
-                            ..PageEnd::interrupted(done)
-                        }
-                    }
-                }
-            }
-            let mut end = done + 1;
-            while end < events.len() && tx.outside(&events[end]).is_none() {
-                end += 1;
-            }
-            let Some(batch) = run
-                .within_grace(&self.config, tx.batch(name, &events[done..end]))
-                .await
-            else {
-                return PageEnd {
-                    saved,
-                    ..PageEnd::interrupted(done)
-                };
-            };
-            let Batch {
-                handled,
-                wanted,
-                failure,
-                stored,
-            } = match batch {
-                Ok(result) => {
-                    run.store.succeeded();
-                    result
-                }
-                Err(e) => {
-                    run.store.failed(&format!(
-                        "a transaction of the forwarder failed: {}",
-                        error_chain(&e)
-                    ));
-                    continue;
-                }
-            };
-            ForwarderStats::add(&self.stats.delivered, wanted as u64);
-            done += handled;
-            if let Some(stored) = stored {
-                note(&mut saved, stored);
-            }
-            let Some(error) = failure else { continue };
-            let event = &events[done];
-            let settled = self
-                .settle(run, event, 1, Some(error), || tx.single(name, event))
-                .await;
-            match settled {
-                Settled::Delivered => {
-                    ForwarderStats::add(&self.stats.delivered, 1);
-                    note(&mut saved, event.seq);
-                    done += 1;
-                }
-                Settled::Skipped => done += 1,
-                Settled::Stop { attempts, error } => {
-                    return PageEnd {
-                        saved,
-                        ..PageEnd::stop(done, done, attempts, error)
-                    }
-                }
-                Settled::Interrupted => {
-                    return PageEnd {
-                        saved,
-                        ..PageEnd::interrupted(done)
-                    }
-                }
-            }
-        }
-        PageEnd {
-            saved,
-            ..PageEnd::all(done)
-        }
-    }
-
-    async fn to_sink_page(&self, run: &Run, sink: &dyn Sink, events: &[StoredEvent]) -> PageEnd {
-        let messages: Vec<Message> = events.iter().map(event_message).collect();
-        let per_call = sink.max_per_call().unwrap_or(usize::MAX).max(1);
-        let mut start = 0;
-        while start < events.len() {
-            let end = sink::wave_end(&messages, start, per_call);
-            let n = end - start;
-            // Indexes into the wave of the events not yet accepted or given up on.
-            let mut pending: Vec<usize> = (0..n).collect();
-            let mut attempts = vec![0u32; n];
-            let mut settled = vec![false; n];
-            let prefix = |settled: &[bool]| start + settled.iter().take_while(|s| **s).count();
-            while !pending.is_empty() {
-                if run.shutdown.is_cancelled() {
-                    return PageEnd::interrupted(prefix(&settled));
-                }
-                if let Some(pause) = run.sink.pause_left().or_else(|| run.store.pause_left()) {
-                    run.sleep(pause).await;
-                    continue;
-                }
-                // While the sink is down, probe it with one event.
-                let sending = if run.sink.failures() > 0 {
-                    1
-                } else {
-                    pending.len()
-                };
-                let call: Vec<Message> = pending[..sending]
-                    .iter()
-                    .map(|&i| messages[start + i].clone())
-                    .collect();
-                let Some(results) = run.within_grace(&self.config, sink.deliver(&call)).await
-                else {
-                    return PageEnd::interrupted(prefix(&settled));
-                };
-                // Down: nothing accepted and some refused as unavailable.
-                // Those cost no attempt; the call's other refusals (a
-                // permanent one, say) still count.
-                let some_ok = results.iter().any(Result::is_ok);
-                let down = results.iter().find_map(|r| match r {
-                    Err(e) if e.kind == SinkErrorKind::Unavailable && !some_ok => {
-                        Some(e.describe())
-                    }
-                    _ => None,
-                });
-                match &down {
-                    Some(error) => {
-                        ForwarderStats::add(&self.stats.sink_unavailable, 1);
-                        run.sink.failed(error);
-                    }
-                    None => run.sink.succeeded(),
-                }
-                let mut results = results.into_iter();
-                let mut retrying = Vec::new();
-                let mut wait = Duration::ZERO;
-                for &i in &pending[..sending] {
-                    let result = results.next().unwrap_or_else(|| {
-                        Err(SinkError::transient(format!(
-                            "sink `{}` returned no result for this event",
-                            sink.name()
-                        )))
-                    });
-                    let error = match result {
-                        Ok(()) => {
-                            ForwarderStats::add(&self.stats.delivered, 1);
-                            settled[i] = true;
-                            continue;
-                        }
-                        Err(e) if down.is_some() && e.kind == SinkErrorKind::Unavailable => {
-                            retrying.push(i);
-                            continue;
-                        }
-                        Err(e) => e,
-                    };
-                    attempts[i] += 1;
-                    ForwarderStats::add(&self.stats.failed, 1);
-                    let retry_after = error.retry_after;
-                    let error = HandlerError::from(error);
-                    let event = &events[start + i];
-                    if error.is_transient() && self.config.retry.allows_another(attempts[i]) {
-                        self.log_attempt(event, attempts[i], &error);
-                        let delay = self.config.retry.delay(attempts[i]);
-                        let asked = retry_after
-                            .unwrap_or_default()
-                            .min(self.config.retry.max_backoff);
-                        wait = wait.max(delay.max(asked));
-                        retrying.push(i);
-                        continue;
-                    }
-                    match self.give_up(run, event, attempts[i], error).await {
-                        Settled::Skipped => settled[i] = true,
-                        Settled::Stop { attempts, error } => {
-                            return PageEnd::stop(prefix(&settled), start + i, attempts, error)
-                        }
-                        Settled::Interrupted | Settled::Delivered => {
-                            return PageEnd::interrupted(prefix(&settled))
-                        }
-                    }
-                }
-                retrying.extend_from_slice(&pending[sending..]);
-                pending = retrying;
-                if !wait.is_zero() && !run.sleep(wait).await {
-                    return PageEnd::interrupted(prefix(&settled));
-                }
-            }
-            start = end;
-        }
-        PageEnd::all(events.len())
-    }
-
     /// Makes attempts at one event until it is delivered or given up on.
     /// `attempts` were made already, the last failing with `last`. An
     /// attempt's outer error is the database's, not the handler's: it
@@ -824,11 +553,12 @@ impl Forwarder {
         loop {
             if let Some(error) = last.take() {
                 ForwarderStats::add(&self.stats.failed, 1);
-                if !error.is_transient() || !self.config.retry.allows_another(attempts) {
+                let decision = decide(error.kind, attempts, error.retry_after, &self.config.retry);
+                let Decision::Retry { after } = decision else {
                     return self.give_up(run, event, attempts, error).await;
-                }
+                };
                 self.log_attempt(event, attempts, &error);
-                if !run.sleep(self.config.retry.delay(attempts)).await {
+                if !run.sleep(after).await {
                     return Settled::Interrupted;
                 }
             }
@@ -945,6 +675,13 @@ impl Running {
     }
 }
 
+/// Where the forwarder is: every event up to `offset` is delivered or
+/// skipped; `saved` is what the store holds.
+struct Position {
+    offset: i64,
+    saved: i64,
+}
+
 /// One run's shutdown token and the health of its dependencies.
 struct Run {
     shutdown: CancellationToken,
@@ -995,53 +732,6 @@ enum Settled {
     Interrupted,
 }
 
-/// How a page ended: `done` events (a prefix) are delivered or skipped;
-/// `saved` is the offset a transactional target committed, if any.
-struct PageEnd {
-    done: usize,
-    saved: Option<i64>,
-    how: How,
-}
-
-enum How {
-    Continue,
-    Interrupted,
-    /// Gave up on the page's event `at` (at or after `done`).
-    Stop {
-        at: usize,
-        attempts: u32,
-        error: HandlerError,
-    },
-}
-
-impl PageEnd {
-    fn all(done: usize) -> Self {
-        Self {
-            done,
-            saved: None,
-            how: How::Continue,
-        }
-    }
-    fn interrupted(done: usize) -> Self {
-        Self {
-            done,
-            saved: None,
-            how: How::Interrupted,
-        }
-    }
-    fn stop(done: usize, at: usize, attempts: u32, error: HandlerError) -> Self {
-        Self {
-            done,
-            saved: None,
-            how: How::Stop {
-                at,
-                attempts,
-                error,
-            },
-        }
-    }
-}
-
 /// Whether `e` says a row could not be decoded (as opposed to the
 /// database being unreachable): reading it again will fail again.
 fn is_decode_error(e: &StoreError) -> bool {
@@ -1066,204 +756,6 @@ pub(crate) async fn guarded(
             Err(HandlerError::permanent(format!(
                 "the handler panicked: {what}"
             )))
-        }
-    }
-}
-
-/// A transactional target, without its database type.
-trait Transact: Send + Sync {
-    /// Whether `event` has work to do in a transaction.
-    fn wants(&self, event: &StoredEvent) -> bool;
-
-    /// The part of `event`'s handling that runs before its transaction and
-    /// outside any (at least once), if it has one.
-    fn outside<'a>(
-        &'a self,
-        event: &'a StoredEvent,
-    ) -> Option<BoxFuture<'a, Result<(), HandlerError>>>;
-
-    /// Handles `events` in order in one transaction, a savepoint each,
-    /// until one fails; saves the offset of the last one handled and
-    /// commits. First it takes the stored offset
-    /// ([`EventDatabase::lock_offset`]) and passes by the events at or
-    /// below it. Opens no transaction when no event wants one.
-    fn batch<'a>(
-        &'a self,
-        reader: &'a str,
-        events: &'a [StoredEvent],
-    ) -> BoxFuture<'a, Result<Batch, StoreError>>;
-
-    /// One attempt at `event` in a transaction of its own, saving its
-    /// offset with it (passing it by when the stored offset is at or past
-    /// it).
-    fn single<'a>(
-        &'a self,
-        reader: &'a str,
-        event: &'a StoredEvent,
-    ) -> BoxFuture<'a, Result<Result<(), HandlerError>, StoreError>>;
-}
-
-/// What [`Transact::batch`] did.
-struct Batch {
-    /// Events handled or passed by, from the first.
-    handled: usize,
-    /// Of those, the ones the handler wanted and handled here.
-    wanted: usize,
-    /// The error of the event after them, if one failed.
-    failure: Option<HandlerError>,
-    /// The offset stored when the transaction ended, if one was opened:
-    /// as it found it (locked), or as it committed it.
-    stored: Option<i64>,
-}
-
-/// Work a transactional target does outside the transaction, before it
-/// (the bus's plain durable handlers).
-pub(crate) trait OutsideWork: Send + Sync + 'static {
-    /// Whether `event` has such work.
-    fn wants(&self, event: &StoredEvent) -> bool;
-    /// Does it; at least once.
-    fn run<'a>(&'a self, event: &'a StoredEvent) -> BoxFuture<'a, Result<(), HandlerError>>;
-}
-
-struct InTransaction<DB: EventDatabase> {
-    pool: sqlx::Pool<DB>,
-    handler: Arc<dyn TransactionalHandler<DB>>,
-    outside: Option<Arc<dyn OutsideWork>>,
-}
-
-impl<DB: EventDatabase> Transact for InTransaction<DB> {
-    fn wants(&self, event: &StoredEvent) -> bool {
-        self.handler.wants(event)
-    }
-
-    fn outside<'a>(
-        &'a self,
-        event: &'a StoredEvent,
-    ) -> Option<BoxFuture<'a, Result<(), HandlerError>>> {
-        let outside = self.outside.as_ref()?;
-        outside.wants(event).then(|| outside.run(event))
-    }
-
-    fn batch<'a>(
-        &'a self,
-        reader: &'a str,
-        events: &'a [StoredEvent],
-    ) -> BoxFuture<'a, Result<Batch, StoreError>> {
-        Box::pin(async move {
-            if !events.iter().any(|e| self.handler.wants(e)) {
-                // Nothing to write: the offset is saved after the page.
-                return Ok(Batch {
-                    handled: events.len(),
-                    wanted: 0,
-                    failure: None,
-                    stored: None,
-                });
-            }
-            let mut tx = self.pool.begin().await?;
-            // Held until commit: our in-memory offset may be stale (a lost
-            // COMMIT acknowledgement, another instance of this name), the
-            // locked row is not.
-            let stored = DB::lock_offset(&mut tx, reader).await?;
-            let mut handled = 0;
-            let mut wanted = 0;
-            let mut failure = None;
-            for event in events {
-                if event.seq <= stored || !self.handler.wants(event) {
-                    handled += 1;
-                    continue;
-                }
-                let mut savepoint = sqlx::Connection::begin(&mut *tx).await?;
-                match guarded(self.handler.handle(&mut savepoint, event)).await {
-                    Ok(()) => {
-                        savepoint.commit().await?;
-                        handled += 1;
-                        wanted += 1;
-                    }
-                    Err(error) => {
-                        savepoint.rollback().await?;
-                        failure = Some(error);
-                        break;
-                    }
-                }
-            }
-            let stored = if wanted > 0 {
-                let now = DB::save_offset(&mut tx, reader, events[handled - 1].seq).await?;
-                tx.commit().await?;
-                now
-            } else {
-                tx.rollback().await?;
-                stored
-            };
-            Ok(Batch {
-                handled,
-                wanted,
-                failure,
-                stored: Some(stored),
-            })
-        })
-    }
-
-    fn single<'a>(
-        &'a self,
-        reader: &'a str,
-        event: &'a StoredEvent,
-    ) -> BoxFuture<'a, Result<Result<(), HandlerError>, StoreError>> {
-        Box::pin(async move {
-            let mut tx = self.pool.begin().await?;
-            if DB::lock_offset(&mut tx, reader).await? >= event.seq {
-                tx.rollback().await?;
-                return Ok(Ok(()));
-            }
-            if let Err(error) = guarded(self.handler.handle(&mut tx, event)).await {
-                tx.rollback().await?;
-                return Ok(Err(error));
-            }
-            DB::save_offset(&mut tx, reader, event.seq).await?;
-            tx.commit().await?;
-            Ok(Ok(()))
-        })
-    }
-}
-
-struct AbortOnDrop(JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
-
-/// Wakes the forwarder on the event store's NOTIFY. Logs once per change
-/// of state; polling covers the gaps.
-async fn listen(pool: sqlx::PgPool, wake: Arc<Notify>, forwarder: String) {
-    use ferry_store::event_store::postgres::CHANNEL;
-    let mut healthy = true;
-    loop {
-        let result: Result<(), sqlx::Error> = async {
-            let mut listener = sqlx::postgres::PgListener::connect_with(&pool).await?;
-            listener.listen(CHANNEL).await?;
-            if !healthy {
-                tracing::info!(forwarder = %forwarder, channel = CHANNEL, "listening for event notifications again");
-                healthy = true;
-            }
-            // Anything committed while we were not listening.
-            wake.notify_one();
-            loop {
-                // `None`: the connection was lost and is re-established on
-                // the next call; a wake-up covers what committed meanwhile.
-                let _ = listener.try_recv().await?;
-                wake.notify_one();
-            }
-        }
-        .await;
-        if let Err(error) = result {
-            if healthy {
-                tracing::warn!(forwarder = %forwarder, channel = CHANNEL, error = %error,
-                    "event notifications unavailable; relying on polling");
-                healthy = false;
-            }
-            wake.notify_one();
-            tokio::time::sleep(Duration::from_secs(1)).await;
         }
     }
 }

@@ -1,7 +1,6 @@
-//! Stored events as [`Message`]s for a [`Sink`](ferry_core::Sink), and the
-//! waves in which the forwarder hands them over.
+//! Stored events as [`Message`]s for a [`Sink`](ferry_core::Sink).
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 
 use bytes::Bytes;
 use ferry_core::{Kind, Message, MessageId};
@@ -38,24 +37,6 @@ pub fn event_message(event: &StoredEvent) -> Message {
     }
 }
 
-/// The end of the wave starting at `start`: the longest run of
-/// consecutive messages, at most `cap`, in which no key appears twice
-/// (messages without a key never clash). A sink may deliver a call's
-/// messages in any order, so a wave must not hold two of one key.
-pub(crate) fn wave_end(messages: &[Message], start: usize, cap: usize) -> usize {
-    let mut keys = HashSet::new();
-    let mut end = start;
-    while end < messages.len() && end - start < cap.max(1) {
-        if let Some(key) = &messages[end].key {
-            if !keys.insert(key.as_str()) {
-                break;
-            }
-        }
-        end += 1;
-    }
-    end
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -86,26 +67,5 @@ mod tests {
         assert_eq!(&m.payload[..], &e.payload[..]);
         assert_eq!(m.created_at, e.recorded_at);
         assert_eq!(event_message(&stored(1, "", "")).key, None);
-    }
-
-    #[test]
-    fn a_wave_stops_before_a_repeated_key_or_at_the_cap() {
-        let ms: Vec<Message> = [
-            ("a", "1"),
-            ("a", "2"),
-            ("", ""),
-            ("", ""),
-            ("a", "1"),
-            ("b", "1"),
-        ]
-        .iter()
-        .enumerate()
-        .map(|(i, (t, id))| event_message(&stored(i as i64 + 1, t, id)))
-        .collect();
-        assert_eq!(wave_end(&ms, 0, 100), 4, "a:1 comes again at 4");
-        assert_eq!(wave_end(&ms, 4, 100), 6);
-        assert_eq!(wave_end(&ms, 0, 2), 2);
-        assert_eq!(wave_end(&ms, 0, 0), 1, "at least one");
-        assert_eq!(wave_end(&ms, 6, 10), 6);
     }
 }

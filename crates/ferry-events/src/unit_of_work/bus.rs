@@ -6,7 +6,7 @@ use std::future::Future;
 use std::marker::PhantomData;
 use std::sync::{Arc, Mutex};
 
-use ferry_core::BoxFuture;
+use ferry_core::{BoxFuture, HandlerFuture};
 use ferry_executor::{Executor, RegisterError};
 use ferry_store::event_store::StoredEvent;
 use tokio::sync::Notify;
@@ -183,10 +183,7 @@ impl<DB: EventDatabase> EventBusBuilder<DB> {
     pub fn in_transaction<E, F>(mut self, name: impl Into<String>, handler: F) -> Self
     where
         E: DomainEvent,
-        F: for<'a> Fn(
-                &'a mut DB::Connection,
-                &'a Event<E>,
-            ) -> BoxFuture<'a, Result<(), HandlerError>>
+        F: for<'a> Fn(&'a mut DB::Connection, &'a Event<E>) -> HandlerFuture<'a>
             + Send
             + Sync
             + 'static,
@@ -280,10 +277,7 @@ impl<DB: EventDatabase> EventBusBuilder<DB> {
     pub fn durable_in_transaction<E, F>(mut self, name: impl Into<String>, handler: F) -> Self
     where
         E: DomainEvent,
-        F: for<'a> Fn(
-                &'a mut DB::Connection,
-                &'a Event<E>,
-            ) -> BoxFuture<'a, Result<(), HandlerError>>
+        F: for<'a> Fn(&'a mut DB::Connection, &'a Event<E>) -> HandlerFuture<'a>
             + Send
             + Sync
             + 'static,
@@ -351,11 +345,7 @@ pub enum BuildError {
 
 /// An in-transaction handler without its event type.
 pub(crate) trait InTx<DB: sqlx::Database>: Send + Sync {
-    fn call<'a>(
-        &'a self,
-        conn: &'a mut DB::Connection,
-        event: &'a AnyEvent,
-    ) -> BoxFuture<'a, Result<(), HandlerError>>;
+    fn call<'a>(&'a self, conn: &'a mut DB::Connection, event: &'a AnyEvent) -> HandlerFuture<'a>;
 }
 
 struct TypedInTx<F, E>(F, PhantomData<fn(E)>);
@@ -364,15 +354,9 @@ impl<DB, E, F> InTx<DB> for TypedInTx<F, E>
 where
     DB: sqlx::Database,
     E: DomainEvent,
-    F: for<'a> Fn(&'a mut DB::Connection, &'a Event<E>) -> BoxFuture<'a, Result<(), HandlerError>>
-        + Send
-        + Sync,
+    F: for<'a> Fn(&'a mut DB::Connection, &'a Event<E>) -> HandlerFuture<'a> + Send + Sync,
 {
-    fn call<'a>(
-        &'a self,
-        conn: &'a mut DB::Connection,
-        event: &'a AnyEvent,
-    ) -> BoxFuture<'a, Result<(), HandlerError>> {
+    fn call<'a>(&'a self, conn: &'a mut DB::Connection, event: &'a AnyEvent) -> HandlerFuture<'a> {
         match event.downcast_ref::<Event<E>>() {
             Some(event) => (self.0)(conn, event),
             None => Box::pin(std::future::ready(Err(mismatch::<E>()))),
@@ -416,13 +400,13 @@ trait Durable<DB: sqlx::Database>: Send + Sync {
         &'a self,
         conn: &'a mut DB::Connection,
         event: &'a StoredEvent,
-    ) -> BoxFuture<'a, Result<(), HandlerError>>;
+    ) -> HandlerFuture<'a>;
 }
 
 /// A plain durable handler without its event type: decodes the stored
 /// event; runs outside any transaction.
 trait Plain: Send + Sync {
-    fn call<'a>(&'a self, event: &'a StoredEvent) -> BoxFuture<'a, Result<(), HandlerError>>;
+    fn call<'a>(&'a self, event: &'a StoredEvent) -> HandlerFuture<'a>;
 }
 
 struct DurableEntry<DB: sqlx::Database> {
@@ -464,7 +448,7 @@ where
     F: Fn(Arc<Event<E>>) -> Fut + Send + Sync,
     Fut: Future<Output = Result<(), HandlerError>> + Send + 'static,
 {
-    fn call<'a>(&'a self, event: &'a StoredEvent) -> BoxFuture<'a, Result<(), HandlerError>> {
+    fn call<'a>(&'a self, event: &'a StoredEvent) -> HandlerFuture<'a> {
         match decode::<E>(event) {
             Ok(event) => Box::pin((self.0)(Arc::new(event))),
             Err(e) => Box::pin(std::future::ready(Err(e))),
@@ -478,15 +462,13 @@ impl<DB, E, F> Durable<DB> for DurableInTx<F, E>
 where
     DB: sqlx::Database,
     E: DomainEvent,
-    F: for<'a> Fn(&'a mut DB::Connection, &'a Event<E>) -> BoxFuture<'a, Result<(), HandlerError>>
-        + Send
-        + Sync,
+    F: for<'a> Fn(&'a mut DB::Connection, &'a Event<E>) -> HandlerFuture<'a> + Send + Sync,
 {
     fn call<'a>(
         &'a self,
         conn: &'a mut DB::Connection,
         event: &'a StoredEvent,
-    ) -> BoxFuture<'a, Result<(), HandlerError>> {
+    ) -> HandlerFuture<'a> {
         Box::pin(async move {
             let event = decode::<E>(event)?;
             (self.0)(conn, &event).await
@@ -516,7 +498,7 @@ impl<DB: EventDatabase> OutsideWork for Outside<DB> {
             })
     }
 
-    fn run<'a>(&'a self, event: &'a StoredEvent) -> BoxFuture<'a, Result<(), HandlerError>> {
+    fn run<'a>(&'a self, event: &'a StoredEvent) -> HandlerFuture<'a> {
         Box::pin(async move {
             let Some(handlers) = self.durable.get(event.event_type.as_str()) else {
                 return Ok(());
@@ -570,7 +552,7 @@ impl<DB: EventDatabase> TransactionalHandler<DB> for InTransaction<DB> {
         &'a self,
         conn: &'a mut DB::Connection,
         event: &'a StoredEvent,
-    ) -> BoxFuture<'a, Result<(), HandlerError>> {
+    ) -> HandlerFuture<'a> {
         Box::pin(async move {
             let Some(handlers) = self.durable.get(event.event_type.as_str()) else {
                 return Ok(());
@@ -589,9 +571,7 @@ impl<DB: EventDatabase> TransactionalHandler<DB> for InTransaction<DB> {
 
 /// `error` of durable handler `name`.
 fn named(name: &str, error: HandlerError) -> HandlerError {
-    HandlerError {
-        kind: error.kind,
-        message: format!("durable handler `{name}` failed"),
-        source: Some(Box::new(error)),
-    }
+    let mut named = HandlerError::new(error.kind, format!("durable handler `{name}` failed"));
+    named.retry_after = error.retry_after;
+    named.with_source(error)
 }

@@ -1,9 +1,8 @@
-#![allow(missing_docs)]
 //! The HTTP offset API served on a loopback port over real databases:
 //! paging, filters, the head, long polls, bad parameters, authentication
 //! and database failures.
 
-mod api_common;
+use crate::api_common;
 
 use std::time::{Duration, Instant};
 
@@ -466,7 +465,7 @@ async fn shutdown_answers_waiting_polls_at_once() {
 /// every field it sends, with the server's bounds.
 #[tokio::test]
 async fn the_openapi_description_matches_the_server() {
-    let yaml = include_str!("../../../docs/openapi/events.yaml");
+    let yaml = include_str!("../../../../docs/openapi/events.yaml");
     for p in api::params::PARAMETERS {
         assert!(yaml.contains(&format!("- name: {p}\n")), "parameter {p}");
     }

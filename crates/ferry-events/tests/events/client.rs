@@ -1,9 +1,8 @@
-#![allow(missing_docs)]
 //! The offset API's Rust client against the real server and real
 //! databases: durable offsets in a file and in a database, resuming after a
 //! drop, riding out a server restart, and errors that are not retried.
 
-mod api_common;
+use crate::api_common;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};

@@ -1,12 +1,10 @@
-#![allow(missing_docs)]
 //! Domain events in units of work against real databases: after-commit
 //! handlers never run on rollback or drop, an in-transaction handler's
 //! error rolls the business write back, executor handlers run on the
 //! executor after commit, and durable events survive a crash between
 //! commit and handling.
 
-#[macro_use]
-mod support;
+use crate::support;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
