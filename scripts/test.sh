@@ -6,3 +6,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/services.sh
 cargo test --workspace --locked "$@"
+# The adapter registry with one adapter only (a library that needs one does
+# not build the others); rebuilds just ferry-adapters, and runs its check
+# that an adapter left out is refused by name.
+cargo test --locked -p ferry-adapters --no-default-features --features http --lib
+cargo test --locked -p ferry-adapters --no-default-features --features nats --lib

@@ -31,6 +31,7 @@
 //! that at-least-once delivery produces.
 
 mod adapter;
+mod adapters;
 pub mod disabled;
 mod error;
 mod null;

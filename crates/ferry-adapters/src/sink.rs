@@ -6,8 +6,9 @@ use std::time::Duration;
 use ferry_core::Sink;
 use url::Url;
 
-use crate::adapter::{
-    Adapter, AmqpConfig, HttpSinkConfig, KafkaConfig, NatsSinkConfig, RedisConfig, SqsConfig,
+use crate::adapter::Adapter;
+use crate::adapters::{
+    AmqpConfig, HttpSinkConfig, KafkaConfig, NatsSinkConfig, RedisConfig, SqsConfig,
 };
 use crate::{NullSink, NullSinkConfig, SinkConfigError};
 

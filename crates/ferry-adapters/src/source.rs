@@ -6,9 +6,8 @@ use std::sync::Arc;
 use ferry_core::Subscriber;
 use url::Url;
 
-use crate::adapter::{
-    Adapter, AmqpConfig, KafkaConfig, NatsSinkConfig, RedisConfig, SourceAdapter, SqsConfig,
-};
+use crate::adapter::{Adapter, SourceAdapter};
+use crate::adapters::{AmqpConfig, KafkaConfig, NatsSinkConfig, RedisConfig, SqsConfig};
 use crate::SinkConfigError;
 
 /// Which broker a consumer takes its messages from, and its settings.

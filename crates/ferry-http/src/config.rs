@@ -11,6 +11,11 @@ use url::Url;
 /// The default CloudEvents `source` attribute (`ce-source`).
 pub const DEFAULT_SOURCE: &str = "/ferry";
 
+/// Rounds of [`HttpSinkConfig::concurrency`] requests in one call of
+/// [`Sink::deliver`](ferry_core::Sink::deliver): a call takes at most this
+/// many request timeouts.
+pub(crate) const ROUNDS_PER_CALL: u32 = 4;
+
 /// Where and how [`HttpSink`](super::HttpSink) POSTs messages.
 ///
 /// ```toml
@@ -81,11 +86,11 @@ impl HttpSinkConfig {
     }
 
     /// The longest one call of [`Sink::deliver`](ferry_core::Sink::deliver)
-    /// can take: [`ROUNDS_PER_CALL`](crate::sink::ROUNDS_PER_CALL) rounds of
+    /// can take: [`ROUNDS_PER_CALL`] rounds of
     /// `concurrency` requests, each within `timeout`. The relay's batch
     /// budget must exceed it.
     pub fn longest_call(&self) -> Duration {
-        self.timeout.saturating_mul(crate::sink::ROUNDS_PER_CALL)
+        self.timeout.saturating_mul(ROUNDS_PER_CALL)
     }
 
     /// The validated settings' extra headers, ready to send.

@@ -12,15 +12,12 @@ use reqwest::header::{HeaderMap, HeaderName, HeaderValue, RETRY_AFTER};
 use reqwest::{Response, StatusCode};
 use url::Url;
 
+use crate::config::ROUNDS_PER_CALL;
 use crate::{HttpSinkConfig, SetupError};
 
 /// The header carrying the message id, as proposed by the IETF's
 /// `Idempotency-Key` draft and understood by many webhook receivers.
 const IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
-
-/// Rounds of [`HttpSinkConfig::concurrency`] requests in one call of
-/// [`Sink::deliver`]: a call takes at most this many request timeouts.
-pub(crate) const ROUNDS_PER_CALL: u32 = 4;
 
 /// How much of an error response's body goes into the error message.
 const ERROR_BODY_PREFIX: usize = 200;

@@ -8,7 +8,7 @@ use ferry_amqp::{AmqpConfig, AmqpSink, AmqpSubscriber};
 use ferry_core::{Sink, Subscriber};
 use url::Url;
 
-use super::{Adapter, SourceAdapter};
+use crate::adapter::{Adapter, SourceAdapter};
 use crate::SinkConfigError;
 
 impl Adapter for AmqpConfig {

@@ -8,7 +8,7 @@ use ferry_core::{Sink, Subscriber};
 use ferry_sqs::{SqsConfig, SqsSink, SqsSubscriber};
 use url::Url;
 
-use super::{Adapter, SourceAdapter};
+use crate::adapter::{Adapter, SourceAdapter};
 use crate::SinkConfigError;
 
 impl Adapter for SqsConfig {

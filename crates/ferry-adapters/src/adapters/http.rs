@@ -8,7 +8,7 @@ use ferry_core::Sink;
 use ferry_http::{HttpSink, HttpSinkConfig, SetupError};
 use url::Url;
 
-use super::Adapter;
+use crate::adapter::Adapter;
 use crate::SinkConfigError;
 
 impl Adapter for HttpSinkConfig {

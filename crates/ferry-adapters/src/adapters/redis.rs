@@ -8,7 +8,7 @@ use ferry_core::{Sink, Subscriber};
 use ferry_redis::{RedisConfig, RedisSink, RedisSubscriber};
 use url::Url;
 
-use super::{Adapter, SourceAdapter};
+use crate::adapter::{Adapter, SourceAdapter};
 use crate::SinkConfigError;
 
 impl Adapter for RedisConfig {

@@ -8,7 +8,7 @@ use ferry_core::{Sink, Subscriber};
 use ferry_kafka::{KafkaConfig, KafkaSink, KafkaSubscriber};
 use url::Url;
 
-use super::{Adapter, SourceAdapter};
+use crate::adapter::{Adapter, SourceAdapter};
 use crate::SinkConfigError;
 
 impl Adapter for KafkaConfig {

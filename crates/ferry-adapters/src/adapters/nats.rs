@@ -8,7 +8,7 @@ use ferry_core::{Sink, Subscriber};
 use ferry_nats::{ConnectError, NatsSink, NatsSinkConfig, NatsSubscriber};
 use url::Url;
 
-use super::{Adapter, SourceAdapter};
+use crate::adapter::{Adapter, SourceAdapter};
 use crate::SinkConfigError;
 
 impl Adapter for NatsSinkConfig {
