@@ -9,7 +9,7 @@ use chrono::{DateTime, Utc};
 use ferry_core::{Kind, Message, MessageId};
 use uuid::Uuid;
 
-use crate::dialect::{with_pool, Dialect, Read, Stmt};
+use crate::dialect::{with_pool, Dialect, PerDialect, Read, Stmt};
 use crate::log_table::{self, LogTable, Record};
 use crate::outbox::{headers_to_json, parse_headers};
 use crate::{Database, StoreError};
@@ -53,9 +53,9 @@ impl DeadLetter {
 
 impl Record for DeadLetter {
     fn table() -> &'static LogTable {
-        static TABLE: LogTable = LogTable::new(
-            "ferry_dead_letters",
-            &[
+        static TABLE: LogTable = LogTable {
+            table: "ferry_dead_letters",
+            columns: &[
                 "id",
                 "consumer",
                 "message_id",
@@ -70,21 +70,12 @@ impl Record for DeadLetter {
                 "attempts",
                 "dead_at",
             ],
-            &[
-                "id",
-                "consumer",
-                "message_id",
-                "kind",
-                "topic",
-                "message_key",
-                "headers",
-                "content_type",
-                "error",
-            ],
-            "consumer",
-            "dead_at, id",
-            &[],
-        );
+            plain: &["payload", "created_at", "attempts", "dead_at"],
+            filter: "consumer",
+            order: "dead_at, id",
+            replace: &[],
+            statements: PerDialect::new(),
+        };
         &TABLE
     }
 

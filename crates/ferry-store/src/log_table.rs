@@ -12,21 +12,22 @@ use crate::StoreError;
 
 /// One such table.
 pub(crate) struct LogTable {
-    table: &'static str,
+    pub(crate) table: &'static str,
     /// Every column, in the order [`Record::bind`] binds them.
-    columns: &'static [&'static str],
-    /// Of those, the text and UUID columns (read through [`Dialect::text`]).
-    text: &'static [&'static str],
+    pub(crate) columns: &'static [&'static str],
+    /// Of those, the columns read as they are; the others are text or
+    /// UUIDs, read through [`Dialect::text`].
+    pub(crate) plain: &'static [&'static str],
     /// The column a list may be narrowed by.
-    filter: &'static str,
+    pub(crate) filter: &'static str,
     /// The order of a list.
-    order: &'static str,
+    pub(crate) order: &'static str,
     /// The columns recording a row again replaces; none: it changes nothing.
-    replace: &'static [&'static str],
-    statements: PerDialect<Statements>,
+    pub(crate) replace: &'static [&'static str],
+    pub(crate) statements: PerDialect<Statements>,
 }
 
-struct Statements {
+pub(crate) struct Statements {
     insert: String,
     list: String,
     get: String,
@@ -49,34 +50,15 @@ pub(crate) trait Record: Sized {
 }
 
 impl LogTable {
-    pub(crate) const fn new(
-        table: &'static str,
-        columns: &'static [&'static str],
-        text: &'static [&'static str],
-        filter: &'static str,
-        order: &'static str,
-        replace: &'static [&'static str],
-    ) -> Self {
-        Self {
-            table,
-            columns,
-            text,
-            filter,
-            order,
-            replace,
-            statements: PerDialect::new(),
-        }
-    }
-
     fn statements<DB: Dialect>(&self) -> &Statements {
         self.statements.get::<DB>(|| {
             let table = self.table;
             let select = self
                 .columns
                 .iter()
-                .map(|&c| match self.text.contains(&c) {
-                    true => select_text::<DB>(c, c),
-                    false => c.to_owned(),
+                .map(|&c| match self.plain.contains(&c) {
+                    true => c.to_owned(),
+                    false => select_text::<DB>(c, c),
                 })
                 .collect::<Vec<_>>()
                 .join(", ");

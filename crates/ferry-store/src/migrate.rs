@@ -9,6 +9,7 @@ use sqlx::{
     SqlitePool,
 };
 
+use crate::dialect::{Dialect, ReadFirst, Stmt};
 use crate::StoreError;
 
 pub(crate) struct Migration {
@@ -101,12 +102,7 @@ pub(crate) async fn postgres(pool: &PgPool) -> Result<Vec<i64>, StoreError> {
 }
 
 async fn postgres_locked(conn: &mut PgConnection) -> Result<Vec<i64>, StoreError> {
-    sqlx::query(HISTORY).execute(&mut *conn).await?;
-    let applied: Vec<i64> =
-        sqlx::query_scalar("SELECT version FROM ferry_schema_migrations ORDER BY version")
-            .fetch_all(&mut *conn)
-            .await?;
-    check_not_newer(&applied, POSTGRES)?;
+    let applied = applied::<sqlx::Postgres>(&mut *conn, POSTGRES).await?;
     let mut done = Vec::new();
     for m in POSTGRES.iter().filter(|m| !applied.contains(&m.version)) {
         let mut tx = conn.begin().await?;
@@ -127,12 +123,7 @@ async fn postgres_locked(conn: &mut PgConnection) -> Result<Vec<i64>, StoreError
 
 pub(crate) async fn sqlite(pool: &SqlitePool) -> Result<Vec<i64>, StoreError> {
     let mut conn = pool.acquire().await?;
-    sqlx::query(HISTORY).execute(&mut *conn).await?;
-    let applied: Vec<i64> =
-        sqlx::query_scalar("SELECT version FROM ferry_schema_migrations ORDER BY version")
-            .fetch_all(&mut *conn)
-            .await?;
-    check_not_newer(&applied, SQLITE)?;
+    let applied = applied::<sqlx::Sqlite>(&mut conn, SQLITE).await?;
     let mut done = Vec::new();
     for m in SQLITE.iter().filter(|m| !applied.contains(&m.version)) {
         // IMMEDIATE: take the write lock up front so two processes migrating
@@ -211,12 +202,7 @@ pub(crate) async fn mysql(pool: &MySqlPool) -> Result<Vec<i64>, StoreError> {
 }
 
 async fn mysql_locked(conn: &mut MySqlConnection) -> Result<Vec<i64>, StoreError> {
-    sqlx::query(HISTORY).execute(&mut *conn).await?;
-    let applied: Vec<i64> =
-        sqlx::query_scalar("SELECT version FROM ferry_schema_migrations ORDER BY version")
-            .fetch_all(&mut *conn)
-            .await?;
-    check_not_newer(&applied, MYSQL)?;
+    let applied = applied::<sqlx::MySql>(&mut *conn, MYSQL).await?;
     let mut done = Vec::new();
     for m in MYSQL.iter().filter(|m| !applied.contains(&m.version)) {
         Executor::execute(&mut *conn, m.sql)
@@ -230,6 +216,23 @@ async fn mysql_locked(conn: &mut MySqlConnection) -> Result<Vec<i64>, StoreError
         done.push(m.version);
     }
     Ok(done)
+}
+
+/// Creates the history table when missing and returns the versions
+/// applied, refusing a schema newer than `known`.
+async fn applied<DB: Dialect>(
+    conn: &mut DB::Connection,
+    known: &[Migration],
+) -> Result<Vec<i64>, StoreError> {
+    Stmt::<DB>::new(HISTORY).execute(conn).await?;
+    let applied = Stmt::<DB>::new("SELECT version FROM ferry_schema_migrations ORDER BY version")
+        .fetch_all(conn)
+        .await?
+        .iter()
+        .map(ReadFirst::read_first)
+        .collect::<Result<Vec<i64>, _>>()?;
+    check_not_newer(&applied, known)?;
+    Ok(applied)
 }
 
 pub(crate) fn check_not_newer(applied: &[i64], known: &[Migration]) -> Result<(), StoreError> {

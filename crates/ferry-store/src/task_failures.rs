@@ -8,7 +8,7 @@
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
-use crate::dialect::{with_pool, Dialect, Read, Stmt};
+use crate::dialect::{with_pool, Dialect, PerDialect, Read, Stmt};
 use crate::log_table::{self, LogTable, Record};
 use crate::{Database, StoreError};
 
@@ -43,9 +43,9 @@ impl TaskFailure {
 
 impl Record for TaskFailure {
     fn table() -> &'static LogTable {
-        static TABLE: LogTable = LogTable::new(
-            "ferry_task_failures",
-            &[
+        static TABLE: LogTable = LogTable {
+            table: "ferry_task_failures",
+            columns: &[
                 "id",
                 "task",
                 "input",
@@ -54,11 +54,12 @@ impl Record for TaskFailure {
                 "first_failed_at",
                 "last_failed_at",
             ],
-            &["id", "task", "input", "error"],
-            "task",
-            "first_failed_at, id",
-            &["error", "attempts", "last_failed_at"],
-        );
+            plain: &["attempts", "first_failed_at", "last_failed_at"],
+            filter: "task",
+            order: "first_failed_at, id",
+            replace: &["error", "attempts", "last_failed_at"],
+            statements: PerDialect::new(),
+        };
         &TABLE
     }
 
