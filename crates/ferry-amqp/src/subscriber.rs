@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use ferry_core::{
-    Acker, BoxFuture, Capabilities, Lag, MessageStream, Received, SubscribeError, Subscriber,
-    Subscription,
+    Acker, BoxFuture, Capabilities, Lag, LagFuture, MessageStream, Received, SubscribeError,
+    SubscribeFuture, Subscriber, Subscription,
 };
 use futures::StreamExt;
 use lapin::options::{
@@ -206,17 +206,11 @@ impl Subscriber for AmqpSubscriber {
         }
     }
 
-    fn subscribe<'a>(
-        &'a self,
-        subscription: &'a Subscription,
-    ) -> BoxFuture<'a, Result<MessageStream, SubscribeError>> {
+    fn subscribe<'a>(&'a self, subscription: &'a Subscription) -> SubscribeFuture<'a> {
         Box::pin(self.start(subscription))
     }
 
-    fn lag<'a>(
-        &'a self,
-        subscription: &'a Subscription,
-    ) -> BoxFuture<'a, Result<Lag, SubscribeError>> {
+    fn lag<'a>(&'a self, subscription: &'a Subscription) -> LagFuture<'a> {
         Box::pin(self.group_lag(subscription))
     }
 }

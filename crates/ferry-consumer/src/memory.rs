@@ -20,8 +20,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use ferry_core::cloudevents::{binary_headers, from_binary_headers};
 use ferry_core::{
-    Acker, BoxFuture, Capabilities, Delivery, Lag, Message, MessageStream, Received, Sink,
-    SubscribeError, Subscriber, Subscription,
+    Acker, BoxFuture, Capabilities, Delivery, Lag, LagFuture, Message, MessageStream, Received,
+    Sink, SubscribeError, SubscribeFuture, Subscriber, Subscription,
 };
 use tokio::sync::Notify;
 use tokio::time::Instant;
@@ -176,10 +176,7 @@ impl Subscriber for MemoryBroker {
         }
     }
 
-    fn subscribe<'a>(
-        &'a self,
-        subscription: &'a Subscription,
-    ) -> BoxFuture<'a, Result<MessageStream, SubscribeError>> {
+    fn subscribe<'a>(&'a self, subscription: &'a Subscription) -> SubscribeFuture<'a> {
         // The group exists once this returns: later publishes reach it.
         self.lock()
             .topics
@@ -201,10 +198,7 @@ impl Subscriber for MemoryBroker {
         Box::pin(std::future::ready(Ok(Box::pin(stream) as MessageStream)))
     }
 
-    fn lag<'a>(
-        &'a self,
-        subscription: &'a Subscription,
-    ) -> BoxFuture<'a, Result<Lag, SubscribeError>> {
+    fn lag<'a>(&'a self, subscription: &'a Subscription) -> LagFuture<'a> {
         let state = self.lock();
         let lag = match state
             .topics

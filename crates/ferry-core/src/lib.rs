@@ -23,8 +23,8 @@ pub use redact::redact_url;
 pub use retry::RetryPolicy;
 pub use sink::{BoxFuture, Delivery, Sink, SinkError, SinkErrorKind};
 pub use subscriber::{
-    Acker, Capabilities, Lag, MessageStream, Received, SubscribeError, SubscribeErrorKind,
-    Subscriber, Subscription,
+    Acker, Capabilities, Lag, LagFuture, MessageStream, Received, SubscribeError,
+    SubscribeErrorKind, SubscribeFuture, Subscriber, Subscription,
 };
 
 /// An error followed by its chain of causes, `outer: inner: root`, for logs

@@ -141,6 +141,12 @@ pub trait Acker: Send + Sync + 'static {
     ) -> BoxFuture<'static, Result<(), SubscribeError>>;
 }
 
+/// What [`Subscriber::subscribe`] returns.
+pub type SubscribeFuture<'a> = BoxFuture<'a, Result<MessageStream, SubscribeError>>;
+
+/// What [`Subscriber::lag`] returns.
+pub type LagFuture<'a> = BoxFuture<'a, Result<Lag, SubscribeError>>;
+
 /// The messages of a subscription as they arrive.
 pub type MessageStream = Pin<Box<dyn Stream<Item = Result<Received, SubscribeError>> + Send>>;
 
@@ -178,18 +184,12 @@ pub trait Subscriber: Send + Sync + 'static {
     /// group (queue, consumer, stream group) when it does not exist yet; a
     /// new group starts with the messages published after it was created,
     /// unless the adapter documents otherwise.
-    fn subscribe<'a>(
-        &'a self,
-        subscription: &'a Subscription,
-    ) -> BoxFuture<'a, Result<MessageStream, SubscribeError>>;
+    fn subscribe<'a>(&'a self, subscription: &'a Subscription) -> SubscribeFuture<'a>;
 
     /// How far the group of `subscription` is behind, as the broker reports
     /// it; fields the broker cannot tell are `None`. Does not create the
     /// group: a group that does not exist yet reports `None`s.
-    fn lag<'a>(
-        &'a self,
-        subscription: &'a Subscription,
-    ) -> BoxFuture<'a, Result<Lag, SubscribeError>>;
+    fn lag<'a>(&'a self, subscription: &'a Subscription) -> LagFuture<'a>;
 
     /// Releases the connection once the caller is done with every stream
     /// it subscribed and has settled what it will settle: flushes pending
@@ -221,16 +221,10 @@ impl<S: Subscriber + ?Sized> Subscriber for std::sync::Arc<S> {
     fn capabilities(&self) -> Capabilities {
         (**self).capabilities()
     }
-    fn subscribe<'a>(
-        &'a self,
-        subscription: &'a Subscription,
-    ) -> BoxFuture<'a, Result<MessageStream, SubscribeError>> {
+    fn subscribe<'a>(&'a self, subscription: &'a Subscription) -> SubscribeFuture<'a> {
         (**self).subscribe(subscription)
     }
-    fn lag<'a>(
-        &'a self,
-        subscription: &'a Subscription,
-    ) -> BoxFuture<'a, Result<Lag, SubscribeError>> {
+    fn lag<'a>(&'a self, subscription: &'a Subscription) -> LagFuture<'a> {
         (**self).lag(subscription)
     }
     fn close(&self) -> BoxFuture<'_, Result<(), SubscribeError>> {

@@ -8,8 +8,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use ferry_core::cloudevents::from_binary_headers;
 use ferry_core::{
-    Acker, BoxFuture, Capabilities, Lag, Malformed, Message, MessageStream, Received,
-    SubscribeError, Subscriber, Subscription,
+    Acker, BoxFuture, Capabilities, Lag, LagFuture, Malformed, Message, MessageStream, Received,
+    SubscribeError, SubscribeFuture, Subscriber, Subscription,
 };
 use rdkafka::consumer::{
     BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
@@ -180,17 +180,11 @@ impl Subscriber for KafkaSubscriber {
         }
     }
 
-    fn subscribe<'a>(
-        &'a self,
-        subscription: &'a Subscription,
-    ) -> BoxFuture<'a, Result<MessageStream, SubscribeError>> {
+    fn subscribe<'a>(&'a self, subscription: &'a Subscription) -> SubscribeFuture<'a> {
         Box::pin(self.start(subscription))
     }
 
-    fn lag<'a>(
-        &'a self,
-        subscription: &'a Subscription,
-    ) -> BoxFuture<'a, Result<Lag, SubscribeError>> {
+    fn lag<'a>(&'a self, subscription: &'a Subscription) -> LagFuture<'a> {
         Box::pin(async move {
             let topic = self.topic(subscription)?;
             let config = self.config.clone();

@@ -9,8 +9,8 @@ use async_nats::jetstream::message::StreamMessage;
 use async_nats::jetstream::{self, AckKind};
 use ferry_core::cloudevents::from_binary_headers;
 use ferry_core::{
-    Acker, BoxFuture, Capabilities, Lag, MessageStream, Received, SubscribeError, Subscriber,
-    Subscription,
+    Acker, BoxFuture, Capabilities, Lag, LagFuture, MessageStream, Received, SubscribeError,
+    SubscribeFuture, Subscriber, Subscription,
 };
 use futures::StreamExt;
 
@@ -158,10 +158,7 @@ impl Subscriber for NatsSubscriber {
         }
     }
 
-    fn subscribe<'a>(
-        &'a self,
-        subscription: &'a Subscription,
-    ) -> BoxFuture<'a, Result<MessageStream, SubscribeError>> {
+    fn subscribe<'a>(&'a self, subscription: &'a Subscription) -> SubscribeFuture<'a> {
         Box::pin(async move {
             let subject = self.subject(&subscription.topic);
             if !is_subject(&subject) {
@@ -212,10 +209,7 @@ impl Subscriber for NatsSubscriber {
         })
     }
 
-    fn lag<'a>(
-        &'a self,
-        subscription: &'a Subscription,
-    ) -> BoxFuture<'a, Result<Lag, SubscribeError>> {
+    fn lag<'a>(&'a self, subscription: &'a Subscription) -> LagFuture<'a> {
         Box::pin(async move {
             let subject = self.subject(&subscription.topic);
             let name = durable_name(subscription);

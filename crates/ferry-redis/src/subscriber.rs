@@ -8,8 +8,8 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use ferry_core::{
-    Acker, BoxFuture, Capabilities, Lag, MessageStream, Received, SubscribeError, Subscriber,
-    Subscription,
+    Acker, BoxFuture, Capabilities, Lag, LagFuture, MessageStream, Received, SubscribeError,
+    SubscribeFuture, Subscriber, Subscription,
 };
 use redis::aio::{ConnectionManager, MultiplexedConnection};
 use redis::{AsyncConnectionConfig, Cmd, RedisError, Value};
@@ -253,17 +253,11 @@ impl Subscriber for RedisSubscriber {
         }
     }
 
-    fn subscribe<'a>(
-        &'a self,
-        subscription: &'a Subscription,
-    ) -> BoxFuture<'a, Result<MessageStream, SubscribeError>> {
+    fn subscribe<'a>(&'a self, subscription: &'a Subscription) -> SubscribeFuture<'a> {
         Box::pin(self.start(subscription))
     }
 
-    fn lag<'a>(
-        &'a self,
-        subscription: &'a Subscription,
-    ) -> BoxFuture<'a, Result<Lag, SubscribeError>> {
+    fn lag<'a>(&'a self, subscription: &'a Subscription) -> LagFuture<'a> {
         Box::pin(self.group_lag(subscription))
     }
 }

@@ -7,8 +7,8 @@ use std::time::Duration;
 use aws_sdk_sqs::types::{MessageSystemAttributeName, QueueAttributeName};
 use aws_sdk_sqs::Client;
 use ferry_core::{
-    Acker, BoxFuture, Capabilities, Lag, MessageStream, Received, RetryPolicy, SubscribeError,
-    Subscriber, Subscription,
+    Acker, BoxFuture, Capabilities, Lag, LagFuture, MessageStream, Received, RetryPolicy,
+    SubscribeError, SubscribeFuture, Subscriber, Subscription,
 };
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 
@@ -156,17 +156,11 @@ impl Subscriber for SqsSubscriber {
         }
     }
 
-    fn subscribe<'a>(
-        &'a self,
-        subscription: &'a Subscription,
-    ) -> BoxFuture<'a, Result<MessageStream, SubscribeError>> {
+    fn subscribe<'a>(&'a self, subscription: &'a Subscription) -> SubscribeFuture<'a> {
         Box::pin(self.start(subscription))
     }
 
-    fn lag<'a>(
-        &'a self,
-        subscription: &'a Subscription,
-    ) -> BoxFuture<'a, Result<Lag, SubscribeError>> {
+    fn lag<'a>(&'a self, subscription: &'a Subscription) -> LagFuture<'a> {
         Box::pin(self.queue_lag(subscription))
     }
 }

@@ -13,8 +13,8 @@ use ferry_consumer::{
     RouterConfig, RouterError, Stats,
 };
 use ferry_core::{
-    BoxFuture, Capabilities, Lag, Message, MessageId, MessageStream, RetryPolicy, Sink,
-    SubscribeError, Subscriber, Subscription,
+    Capabilities, Lag, LagFuture, Message, MessageId, RetryPolicy, Sink, SubscribeError,
+    SubscribeFuture, Subscriber, Subscription,
 };
 use tokio::time::Instant;
 
@@ -735,10 +735,7 @@ impl Subscriber for Refusing {
     fn capabilities(&self) -> Capabilities {
         self.inner.capabilities()
     }
-    fn subscribe<'a>(
-        &'a self,
-        subscription: &'a Subscription,
-    ) -> BoxFuture<'a, Result<MessageStream, SubscribeError>> {
+    fn subscribe<'a>(&'a self, subscription: &'a Subscription) -> SubscribeFuture<'a> {
         let refuse = self
             .failures
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
@@ -753,10 +750,7 @@ impl Subscriber for Refusing {
         }
         self.inner.subscribe(subscription)
     }
-    fn lag<'a>(
-        &'a self,
-        subscription: &'a Subscription,
-    ) -> BoxFuture<'a, Result<Lag, SubscribeError>> {
+    fn lag<'a>(&'a self, subscription: &'a Subscription) -> LagFuture<'a> {
         self.inner.lag(subscription)
     }
 }

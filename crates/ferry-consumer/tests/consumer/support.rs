@@ -9,7 +9,7 @@ use std::time::Duration;
 use ferry_consumer::middleware::DeadLetterError;
 use ferry_consumer::{DeadLetter, DeadLetters, Router, RouterError, ShutdownReport};
 use ferry_core::{
-    BoxFuture, Capabilities, Lag, MessageStream, SubscribeError, Subscriber, Subscription,
+    BoxFuture, Capabilities, LagFuture, MessageStream, SubscribeFuture, Subscriber, Subscription,
 };
 use futures::StreamExt;
 use tokio::task::JoinHandle;
@@ -45,10 +45,7 @@ impl Subscriber for Counting {
     fn capabilities(&self) -> Capabilities {
         self.inner.capabilities()
     }
-    fn subscribe<'a>(
-        &'a self,
-        subscription: &'a Subscription,
-    ) -> BoxFuture<'a, Result<MessageStream, SubscribeError>> {
+    fn subscribe<'a>(&'a self, subscription: &'a Subscription) -> SubscribeFuture<'a> {
         Box::pin(async move {
             let stream = self.inner.subscribe(subscription).await?;
             let received = self.received.clone();
@@ -60,10 +57,7 @@ impl Subscriber for Counting {
             Ok(Box::pin(counted) as MessageStream)
         })
     }
-    fn lag<'a>(
-        &'a self,
-        subscription: &'a Subscription,
-    ) -> BoxFuture<'a, Result<Lag, SubscribeError>> {
+    fn lag<'a>(&'a self, subscription: &'a Subscription) -> LagFuture<'a> {
         self.inner.lag(subscription)
     }
 }

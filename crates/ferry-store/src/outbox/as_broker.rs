@@ -53,8 +53,8 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use ferry_core::{
-    Acker, BoxFuture, Capabilities, Delivery, Lag, Malformed, Message, MessageStream, Received,
-    Sink, SinkError, SubscribeError, Subscriber, Subscription,
+    Acker, BoxFuture, Capabilities, Delivery, Lag, LagFuture, Malformed, Message, MessageStream,
+    Received, Sink, SinkError, SubscribeError, SubscribeFuture, Subscriber, Subscription,
 };
 use sqlx::{Pool, Row};
 use tokio::sync::{mpsc, Notify};
@@ -198,10 +198,7 @@ impl Subscriber for OutboxSubscriber {
         }
     }
 
-    fn subscribe<'a>(
-        &'a self,
-        subscription: &'a Subscription,
-    ) -> BoxFuture<'a, Result<MessageStream, SubscribeError>> {
+    fn subscribe<'a>(&'a self, subscription: &'a Subscription) -> SubscribeFuture<'a> {
         Box::pin(async move {
             if subscription.topic.is_empty() {
                 return Err(SubscribeError::permanent("the topic is empty"));
@@ -248,10 +245,7 @@ impl Subscriber for OutboxSubscriber {
         })
     }
 
-    fn lag<'a>(
-        &'a self,
-        subscription: &'a Subscription,
-    ) -> BoxFuture<'a, Result<Lag, SubscribeError>> {
+    fn lag<'a>(&'a self, subscription: &'a Subscription) -> LagFuture<'a> {
         Box::pin(async move {
             let topic = subscription.topic.as_str();
             let (waiting, oldest_secs): (i64, Option<f64>) = match &self.database {
