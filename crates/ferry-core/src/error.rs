@@ -58,33 +58,40 @@ impl ErrorKind {
     }
 }
 
+/// A failed handler call (a consumer's handler, a forwarder's event
+/// handler): a [`Failure`].
+pub type HandlerError = Failure;
+
 /// What a handler returns: a boxed future of its result, so that handlers
 /// can be chosen at run time (`dyn Handler`) and the signature stays short.
 pub type HandlerFuture<'a> = crate::BoxFuture<'a, Result<(), HandlerError>>;
 
-/// A failed handler call (a consumer's handler, a forwarder's event
-/// handler), with what to do next.
+/// A failure, with what to do next: the one error type of the contracts.
+/// A sink's refusal ([`SinkError`](crate::SinkError)), a subscriber's
+/// failure ([`SubscribeError`](crate::SubscribeError)) and a handler's
+/// ([`HandlerError`]) are all a `Failure`, so they say the same things the
+/// same way and pass from one contract to the next unchanged.
 #[derive(Debug, thiserror::Error)]
 #[error("{message}")]
-pub struct HandlerError {
+pub struct Failure {
     /// Whether and how to retry.
     pub kind: ErrorKind,
-    /// What went wrong, short and lowercase; becomes the dead letter's or
-    /// failure record's error.
+    /// What went wrong, short and lowercase; becomes the dead letter's,
+    /// failure record's or outbox row's last error.
     pub message: String,
-    /// The earliest time to try again, when the handler knows (a
-    /// downstream's `Retry-After`).
+    /// The earliest time to try again, when the failing side knows (a
+    /// destination's `Retry-After`).
     pub retry_after: Option<Duration>,
-    /// How many times the message has been tried in all, when the error
-    /// comes from a middleware that counted (a retry layer giving up).
+    /// How many times the message has been tried in all, when the failure
+    /// comes from something that counted (a retry layer giving up).
     pub attempts: Option<u32>,
     /// The underlying error.
     #[source]
     pub source: Option<Box<dyn std::error::Error + Send + Sync>>,
 }
 
-impl HandlerError {
-    /// An error of `kind`.
+impl Failure {
+    /// A failure of `kind`.
     pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
         Self {
             kind,
@@ -111,6 +118,11 @@ impl HandlerError {
         self.source = Some(Box::new(source));
         self
     }
+    /// Attaches an underlying error that is already boxed.
+    pub fn with_boxed_source(mut self, source: Box<dyn std::error::Error + Send + Sync>) -> Self {
+        self.source = Some(source);
+        self
+    }
     /// Asks not to be retried before `wait` has passed.
     pub fn with_retry_after(mut self, wait: Duration) -> Self {
         self.retry_after = Some(wait);
@@ -121,6 +133,11 @@ impl HandlerError {
     pub fn is_transient(&self) -> bool {
         self.kind.is_retryable()
     }
+    /// Whether trying again may help; the same as
+    /// [`is_transient`](Self::is_transient).
+    pub fn is_retryable(&self) -> bool {
+        self.kind.is_retryable()
+    }
     /// The message followed by its chain of causes, for logs, dead letters
     /// and failure records.
     pub fn describe(&self) -> String {
@@ -129,7 +146,7 @@ impl HandlerError {
 }
 
 /// A payload that does not decode never will.
-impl From<serde_json::Error> for HandlerError {
+impl From<serde_json::Error> for Failure {
     fn from(e: serde_json::Error) -> Self {
         HandlerError::permanent("malformed payload").with_source(e)
     }
@@ -137,7 +154,7 @@ impl From<serde_json::Error> for HandlerError {
 
 /// A database error is worth retrying (a deadlock, a lost connection).
 #[cfg(feature = "sqlx")]
-impl From<sqlx::Error> for HandlerError {
+impl From<sqlx::Error> for Failure {
     fn from(e: sqlx::Error) -> Self {
         HandlerError::transient("database error").with_source(e)
     }

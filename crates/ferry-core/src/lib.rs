@@ -17,7 +17,7 @@ pub mod sink;
 pub mod subscriber;
 
 pub use cloudevents::Malformed;
-pub use error::{ErrorKind, HandlerError, HandlerFuture};
+pub use error::{ErrorKind, Failure, HandlerError, HandlerFuture};
 pub use message::{Kind, Message, MessageId, ParseKindError, REPLAY_HEADER};
 pub use redact::redact_url;
 pub use retry::RetryPolicy;

@@ -3,9 +3,8 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::time::Duration;
 
-use crate::{ErrorKind, Message};
+use crate::{ErrorKind, Failure, Message};
 
 /// A boxed future, so that sinks can be chosen at run time (`dyn Sink`).
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -91,54 +90,7 @@ impl<S: Sink + ?Sized> Sink for std::sync::Arc<S> {
 /// caller treats this one as [`Transient`](ErrorKind::Transient) instead.
 pub type SinkErrorKind = ErrorKind;
 
-/// A failed delivery, with what to do next.
-#[derive(Debug, thiserror::Error)]
-#[error("{message}")]
-pub struct SinkError {
-    /// Whether and how to retry.
-    pub kind: SinkErrorKind,
-    /// What went wrong, short and lowercase; stored as the message's last error.
-    pub message: String,
-    /// The earliest time the destination asked to be retried (`Retry-After`).
-    pub retry_after: Option<Duration>,
-    /// The underlying error.
-    #[source]
-    pub source: Option<Box<dyn std::error::Error + Send + Sync>>,
-}
-
-impl SinkError {
-    fn new(kind: SinkErrorKind, message: impl Into<String>) -> Self {
-        Self {
-            kind,
-            message: message.into(),
-            retry_after: None,
-            source: None,
-        }
-    }
-    /// A failure worth retrying.
-    pub fn transient(message: impl Into<String>) -> Self {
-        Self::new(SinkErrorKind::Transient, message)
-    }
-    /// A failure no retry will fix.
-    pub fn permanent(message: impl Into<String>) -> Self {
-        Self::new(SinkErrorKind::Permanent, message)
-    }
-    /// The destination is down as a whole.
-    pub fn unavailable(message: impl Into<String>) -> Self {
-        Self::new(SinkErrorKind::Unavailable, message)
-    }
-    /// Attaches the underlying error.
-    pub fn with_source(mut self, source: impl std::error::Error + Send + Sync + 'static) -> Self {
-        self.source = Some(Box::new(source));
-        self
-    }
-    /// Attaches the destination's requested wait.
-    pub fn with_retry_after(mut self, wait: Duration) -> Self {
-        self.retry_after = Some(wait);
-        self
-    }
-    /// The message followed by its chain of causes, for the `last_error` column and logs.
-    pub fn describe(&self) -> String {
-        crate::error_chain(self)
-    }
-}
+/// A failed delivery, with what to do next: the core [`Failure`]. Its
+/// `message` is stored as the message's last error; `retry_after` is the
+/// earliest time the destination asked to be retried (`Retry-After`).
+pub type SinkError = Failure;

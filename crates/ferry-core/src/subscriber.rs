@@ -13,7 +13,7 @@ use std::time::Duration;
 use futures::Stream;
 
 use crate::cloudevents::Malformed;
-use crate::{BoxFuture, ErrorKind, Message};
+use crate::{BoxFuture, ErrorKind, Failure, Message};
 
 /// What a consumer asks a broker for: the messages of one topic, shared
 /// among the consumers of one group.
@@ -241,56 +241,7 @@ impl<S: Subscriber + ?Sized> Subscriber for std::sync::Arc<S> {
 /// settle that timed out), the next may succeed.
 pub type SubscribeErrorKind = ErrorKind;
 
-/// A failed subscribe, receive or settle.
-#[derive(Debug, thiserror::Error)]
-#[error("{message}")]
-pub struct SubscribeError {
-    /// Whether to try again.
-    pub kind: SubscribeErrorKind,
-    /// What went wrong, short and lowercase.
-    pub message: String,
-    /// The underlying error.
-    #[source]
-    pub source: Option<Box<dyn std::error::Error + Send + Sync>>,
-}
-
-impl SubscribeError {
-    /// An error of `kind`.
-    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
-        Self {
-            kind,
-            message: message.into(),
-            source: None,
-        }
-    }
-    /// The broker cannot be reached; try again later.
-    pub fn unavailable(message: impl Into<String>) -> Self {
-        Self::new(ErrorKind::Unavailable, message)
-    }
-    /// A request no retry will fix.
-    pub fn permanent(message: impl Into<String>) -> Self {
-        Self::new(ErrorKind::Permanent, message)
-    }
-    /// This call failed; the next may succeed.
-    pub fn transient(message: impl Into<String>) -> Self {
-        Self::new(ErrorKind::Transient, message)
-    }
-    /// Attaches the underlying error.
-    pub fn with_source(mut self, source: impl std::error::Error + Send + Sync + 'static) -> Self {
-        self.source = Some(Box::new(source));
-        self
-    }
-    /// Attaches an underlying error that is already boxed.
-    pub fn with_boxed_source(mut self, source: Box<dyn std::error::Error + Send + Sync>) -> Self {
-        self.source = Some(source);
-        self
-    }
-    /// Whether subscribing again may help.
-    pub fn is_retryable(&self) -> bool {
-        self.kind.is_retryable()
-    }
-    /// The message followed by its chain of causes, for logs.
-    pub fn describe(&self) -> String {
-        crate::error_chain(self)
-    }
-}
+/// A failed subscribe, receive or settle: the core [`Failure`], whose
+/// [`kind`](Failure::kind) says whether subscribing again may help
+/// ([`Failure::is_retryable`]).
+pub type SubscribeError = Failure;
