@@ -275,7 +275,7 @@ mod tests {
     /// A sink that answers from a script keyed by payload and records each
     /// wave it was given.
     struct Scripted {
-        answer: fn(&str) -> Delivery,
+        answer: Box<dyn Fn(&str) -> Delivery + Send + Sync>,
         waves: Mutex<Vec<Vec<String>>>,
     }
 
@@ -340,13 +340,21 @@ mod tests {
         tally(&r.outcomes)
     }
 
+    /// Refuses the message `payload` with `error()`, accepts the others.
+    fn refusing(
+        payload: &'static str,
+        error: fn() -> SinkError,
+    ) -> impl Fn(&str) -> Delivery + Send + Sync + 'static {
+        move |p| if p == payload { Err(error()) } else { Ok(()) }
+    }
+
     async fn run(
-        answer: fn(&str) -> Delivery,
+        answer: impl Fn(&str) -> Delivery + Send + Sync + 'static,
         items: &[(&str, Option<&str>)],
         order: OrderPolicy,
     ) -> (BatchResult, Vec<Vec<String>>) {
         let sink = Scripted {
-            answer,
+            answer: Box::new(answer),
             waves: Mutex::default(),
         };
         let r = deliver(
@@ -380,13 +388,7 @@ mod tests {
     #[tokio::test]
     async fn ordered_failure_holds_back_its_key_only() {
         let (r, waves) = run(
-            |p| {
-                if p == "a2" {
-                    Err(SinkError::transient("503"))
-                } else {
-                    Ok(())
-                }
-            },
+            refusing("a2", || SinkError::transient("503")),
             BATCH,
             OrderPolicy::Ordered,
         )
@@ -406,13 +408,7 @@ mod tests {
     #[tokio::test]
     async fn unordered_failure_lets_the_key_continue() {
         let (r, waves) = run(
-            |p| {
-                if p == "a2" {
-                    Err(SinkError::transient("503"))
-                } else {
-                    Ok(())
-                }
-            },
+            refusing("a2", || SinkError::transient("503")),
             BATCH,
             OrderPolicy::Unordered,
         )
@@ -425,13 +421,7 @@ mod tests {
     #[tokio::test]
     async fn permanent_errors_dead_letter_at_once_and_free_the_key() {
         let (r, _) = run(
-            |p| {
-                if p == "a1" {
-                    Err(SinkError::permanent("http 400"))
-                } else {
-                    Ok(())
-                }
-            },
+            refusing("a1", || SinkError::permanent("http 400")),
             BATCH,
             OrderPolicy::Ordered,
         )
@@ -450,7 +440,7 @@ mod tests {
     #[tokio::test]
     async fn exhausted_attempts_dead_letter() {
         let sink = Scripted {
-            answer: |_| Err(SinkError::transient("timeout")),
+            answer: Box::new(|_| Err(SinkError::transient("timeout"))),
             waves: Mutex::default(),
         };
         let mut c = claimed(&[("x", None)]);
@@ -496,13 +486,7 @@ mod tests {
     #[tokio::test]
     async fn one_message_refused_as_unavailable_among_accepted_ones_is_a_transient_failure() {
         let (r, _) = run(
-            |p| {
-                if p == "b1" {
-                    Err(SinkError::unavailable("http 504 gateway timeout"))
-                } else {
-                    Ok(())
-                }
-            },
+            refusing("b1", || SinkError::unavailable("http 504 gateway timeout")),
             BATCH,
             OrderPolicy::Ordered,
         )
@@ -537,7 +521,7 @@ mod tests {
     #[tokio::test]
     async fn malformed_messages_are_dead_lettered_with_the_reason() {
         let sink = Scripted {
-            answer: |_| Ok(()),
+            answer: Box::new(|_| Ok(())),
             waves: Mutex::default(),
         };
         let mut c = claimed(&[("ok", None)]);
@@ -571,7 +555,7 @@ mod tests {
     #[tokio::test]
     async fn calls_respect_the_sinks_limit() {
         let sink = Small(Scripted {
-            answer: |_| Ok(()),
+            answer: Box::new(|_| Ok(())),
             waves: Mutex::default(),
         });
         let r = deliver_to(&sink, &claimed(BATCH)).await;
