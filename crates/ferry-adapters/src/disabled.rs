@@ -29,13 +29,16 @@ use url::Url;
 use crate::adapter::{Adapter, SourceAdapter};
 use crate::SinkConfigError;
 
-/// Defines the stand-in `$name` for the adapter of feature `$feature`.
+/// Defines the stand-in `$name` for the adapter of feature `$feature`,
+/// when that feature is off.
 macro_rules! stand_in {
     ($name:ident, $feature:literal) => {
+        #[cfg(not(feature = $feature))]
         #[doc = concat!("The settings of the `", $feature, "` adapter, left out of this build.")]
         #[derive(Clone, Debug, PartialEq)]
         pub enum $name {}
 
+        #[cfg(not(feature = $feature))]
         impl<'de> serde::Deserialize<'de> for $name {
             fn deserialize<D: serde::Deserializer<'de>>(_: D) -> Result<Self, D::Error> {
                 Err(serde::de::Error::custom(SinkConfigError::Disabled(
@@ -44,6 +47,7 @@ macro_rules! stand_in {
             }
         }
 
+        #[cfg(not(feature = $feature))]
         impl Adapter for $name {
             fn read_url(_: &Url) -> Result<Self, SinkConfigError> {
                 Err(SinkConfigError::Disabled($feature))
@@ -64,31 +68,30 @@ macro_rules! stand_in {
     };
 }
 
-/// [`stand_in!`] for an adapter that can also be consumed from.
-macro_rules! source_stand_in {
-    ($name:ident, $feature:literal) => {
-        stand_in!($name, $feature);
+/// [`stand_in!`] for each adapter that can also be consumed from.
+macro_rules! source_stand_ins {
+    ($($name:ident: $feature:literal),+ $(,)?) => {
+        $(
+            stand_in!($name, $feature);
 
-        impl SourceAdapter for $name {
-            async fn subscriber(&self) -> Result<Arc<dyn Subscriber>, SinkConfigError> {
-                match *self {}
+            #[cfg(not(feature = $feature))]
+            impl SourceAdapter for $name {
+                async fn subscriber(&self) -> Result<Arc<dyn Subscriber>, SinkConfigError> {
+                    match *self {}
+                }
             }
-        }
+        )+
     };
 }
 
-#[cfg(not(feature = "http"))]
 stand_in!(HttpSinkConfig, "http");
-#[cfg(not(feature = "nats"))]
-source_stand_in!(NatsSinkConfig, "nats");
-#[cfg(not(feature = "amqp"))]
-source_stand_in!(AmqpConfig, "amqp");
-#[cfg(not(feature = "redis"))]
-source_stand_in!(RedisConfig, "redis");
-#[cfg(not(feature = "kafka"))]
-source_stand_in!(KafkaConfig, "kafka");
-#[cfg(not(feature = "sqs"))]
-source_stand_in!(SqsConfig, "sqs");
+source_stand_ins! {
+    NatsSinkConfig: "nats",
+    AmqpConfig: "amqp",
+    RedisConfig: "redis",
+    KafkaConfig: "kafka",
+    SqsConfig: "sqs",
+}
 
 /// Run with `--no-default-features --features http,nats`, as
 /// scripts/test.sh does.

@@ -76,3 +76,44 @@ pub(crate) fn doc_before(text: &str, item: &str) -> String {
     doc.reverse();
     doc.join("\n")
 }
+
+/// Checks that `kinds` is what serde accepts as the `type` of a `T`: each
+/// kind is a known variant, and the variants serde lists when the `type`
+/// is `unknown` are `kinds`.
+#[cfg(test)]
+pub(crate) fn assert_kinds_are_the_variants<T>(kinds: &[&str], unknown: &str)
+where
+    T: serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    for kind in kinds {
+        let error = toml::from_str::<T>(&format!("type = \"{kind}\""))
+            .map(|_| String::new())
+            .unwrap_or_else(|e| e.to_string());
+        assert!(!error.contains("unknown variant"), "{kind}: {error}");
+    }
+    let error = toml::from_str::<T>(&format!("type = \"{unknown}\"")).unwrap_err();
+    let expected = kinds
+        .iter()
+        .map(|k| format!("`{k}`"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    assert!(
+        error
+            .to_string()
+            .contains(&format!("expected one of {expected}")),
+        "{error}"
+    );
+}
+
+/// Checks that the doc comment of `item` in `text` (the user's reference)
+/// names every kind, quoted.
+#[cfg(test)]
+pub(crate) fn assert_doc_lists_every_kind(text: &str, item: &str, kinds: &[&str]) {
+    let doc = doc_before(text, item);
+    for kind in kinds {
+        assert!(
+            doc.contains(&format!("\"{kind}\"")),
+            "{kind} missing in {doc}"
+        );
+    }
+}

@@ -1,43 +1,88 @@
-//! The adapters compiled in, each implementing [`Adapter`](crate::adapter::Adapter)
-//! in its own file, and the settings type of every adapter: the adapter
-//! crate's own, or a stand-in from [`crate::disabled`] when its feature is
-//! off.
+//! The adapters compiled in, each implementing [`Adapter`](crate::adapter::Adapter),
+//! and the settings type of every adapter: the adapter crate's own, or a
+//! stand-in from [`crate::disabled`] when its feature is off.
+//!
+//! The broker crates whose sink and subscriber both `connect` from their
+//! settings (RabbitMQ, Redis Streams, Kafka, Amazon SQS) are adapted by
+//! `broker!`, their errors kept as the source of
+//! [`SinkConfigError::Adapter`](crate::SinkConfigError::Adapter); NATS and
+//! the webhook keep error variants of their own, in their own files.
 
-#[cfg(feature = "amqp")]
-mod amqp;
 #[cfg(feature = "http")]
 mod http;
-#[cfg(feature = "kafka")]
-mod kafka;
 #[cfg(feature = "nats")]
 mod nats;
-#[cfg(feature = "redis")]
-mod redis;
-#[cfg(feature = "sqs")]
-mod sqs;
 
-#[cfg(feature = "amqp")]
-pub use ferry_amqp::AmqpConfig;
-#[cfg(feature = "http")]
-pub use ferry_http::HttpSinkConfig;
-#[cfg(feature = "kafka")]
-pub use ferry_kafka::KafkaConfig;
-#[cfg(feature = "nats")]
-pub use ferry_nats::NatsSinkConfig;
-#[cfg(feature = "redis")]
-pub use ferry_redis::RedisConfig;
-#[cfg(feature = "sqs")]
-pub use ferry_sqs::SqsConfig;
+/// Re-exports, for each adapter's feature, its crate's settings type when
+/// the feature is on and the stand-in of [`crate::disabled`] when it is off.
+macro_rules! settings {
+    ($($feature:literal => $krate:ident::$config:ident),+ $(,)?) => {
+        $(
+            #[cfg(feature = $feature)]
+            pub use $krate::$config;
+            #[cfg(not(feature = $feature))]
+            pub use crate::disabled::$config;
+        )+
+    };
+}
 
-#[cfg(not(feature = "amqp"))]
-pub use crate::disabled::AmqpConfig;
-#[cfg(not(feature = "http"))]
-pub use crate::disabled::HttpSinkConfig;
-#[cfg(not(feature = "kafka"))]
-pub use crate::disabled::KafkaConfig;
-#[cfg(not(feature = "nats"))]
-pub use crate::disabled::NatsSinkConfig;
-#[cfg(not(feature = "redis"))]
-pub use crate::disabled::RedisConfig;
-#[cfg(not(feature = "sqs"))]
-pub use crate::disabled::SqsConfig;
+settings! {
+    "amqp" => ferry_amqp::AmqpConfig,
+    "http" => ferry_http::HttpSinkConfig,
+    "kafka" => ferry_kafka::KafkaConfig,
+    "nats" => ferry_nats::NatsSinkConfig,
+    "redis" => ferry_redis::RedisConfig,
+    "sqs" => ferry_sqs::SqsConfig,
+}
+
+/// Implements [`Adapter`](crate::adapter::Adapter) and
+/// [`SourceAdapter`](crate::adapter::SourceAdapter), when `$feature` is
+/// on, for the settings `$config` of the broker crate `$krate`: its
+/// `from_url`, `validate` and `longest_call`, and its `$sink::connect` and
+/// `$subscriber::connect`, each error kept as the source of
+/// [`SinkConfigError::Adapter`](crate::SinkConfigError::Adapter) under the
+/// feature's name.
+macro_rules! broker {
+    ($feature:literal, $krate:ident::{$config:ident, $sink:ident, $subscriber:ident}) => {
+        #[cfg(feature = $feature)]
+        impl crate::adapter::Adapter for $krate::$config {
+            fn read_url(url: &url::Url) -> Result<Self, crate::SinkConfigError> {
+                crate::SinkConfigError::adapter($feature, Self::from_url(url.as_str()))
+            }
+
+            fn check(&self) -> Result<(), crate::SinkConfigError> {
+                crate::SinkConfigError::adapter($feature, self.validate())
+            }
+
+            fn longest_call(&self) -> std::time::Duration {
+                $krate::$config::longest_call(self)
+            }
+
+            async fn sink(
+                &self,
+            ) -> Result<std::sync::Arc<dyn ferry_core::Sink>, crate::SinkConfigError> {
+                let sink = $krate::$sink::connect(self.clone()).await;
+                Ok(std::sync::Arc::new(crate::SinkConfigError::adapter(
+                    $feature, sink,
+                )?))
+            }
+        }
+
+        #[cfg(feature = $feature)]
+        impl crate::adapter::SourceAdapter for $krate::$config {
+            async fn subscriber(
+                &self,
+            ) -> Result<std::sync::Arc<dyn ferry_core::Subscriber>, crate::SinkConfigError> {
+                let subscriber = $krate::$subscriber::connect(self.clone()).await;
+                Ok(std::sync::Arc::new(crate::SinkConfigError::adapter(
+                    $feature, subscriber,
+                )?))
+            }
+        }
+    };
+}
+
+broker!("amqp", ferry_amqp::{AmqpConfig, AmqpSink, AmqpSubscriber});
+broker!("redis", ferry_redis::{RedisConfig, RedisSink, RedisSubscriber});
+broker!("kafka", ferry_kafka::{KafkaConfig, KafkaSink, KafkaSubscriber});
+broker!("sqs", ferry_sqs::{SqsConfig, SqsSink, SqsSubscriber});

@@ -195,24 +195,14 @@ fn config_file_rejects_unknown_fields_and_types() {
 
 #[tokio::test]
 async fn build_starts_the_sink() {
-    let sink = SinkConfig::from_url("null://")
-        .unwrap()
-        .build()
-        .await
-        .unwrap();
-    assert_eq!(sink.name(), "null");
-    let sink = SinkConfig::from_url("http://127.0.0.1:9/hook")
-        .unwrap()
-        .build()
-        .await
-        .unwrap();
-    assert_eq!(sink.name(), "http");
-    let sink = SinkConfig::from_url("nats://127.0.0.1:4222")
-        .unwrap()
-        .build()
-        .await
-        .unwrap();
-    assert_eq!(sink.name(), "nats");
+    for (url, name) in [
+        ("null://", "null"),
+        ("http://127.0.0.1:9/hook", "http"),
+        ("nats://127.0.0.1:4222", "nats"),
+    ] {
+        let sink = SinkConfig::from_url(url).unwrap().build().await.unwrap();
+        assert_eq!(sink.name(), name);
+    }
 
     let mut invalid = HttpSinkConfig::new("https://example.com".parse().unwrap());
     invalid.concurrency = 0;
