@@ -1,9 +1,12 @@
 use std::str::FromStr;
 use std::time::Duration;
 
-use sqlx::mysql::{MySqlConnectOptions, MySqlPoolOptions};
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions};
+use std::sync::Arc;
+
+use sqlx::mysql::MySqlConnectOptions;
+use sqlx::pool::PoolOptions;
+use sqlx::postgres::PgConnectOptions;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode};
 use sqlx::{MySqlPool, PgPool, Pool, SqlitePool};
 
 use crate::dialect::{with_pool, Dialect, ReadFirst, Stmt};
@@ -94,23 +97,13 @@ impl Database {
             DatabaseKind::Postgres => {
                 let connect =
                     PgConnectOptions::from_str(url).map_err(|e| invalid(url, e.to_string()))?;
-                let lease = options.lease;
-                let pool = PgPoolOptions::new()
-                    .max_connections(options.max_connections)
-                    .acquire_timeout(Duration::from_secs(10))
-                    .after_connect(move |conn, _| {
-                        Box::pin(async move {
-                            if let Some(lease) = lease {
-                                let ms = lease.as_millis().max(1);
-                                sqlx::query(&format!(
-                                    "SET idle_in_transaction_session_timeout = {ms}"
-                                ))
-                                .execute(conn)
-                                .await?;
-                            }
-                            Ok(())
-                        })
-                    })
+                let set_lease = options.lease.map(|lease| {
+                    format!(
+                        "SET idle_in_transaction_session_timeout = {}",
+                        lease.as_millis().max(1)
+                    )
+                });
+                let pool = pool_options(options, set_lease)
                     .connect_with(connect)
                     .await?;
                 Ok(Database::Postgres(pool))
@@ -125,11 +118,7 @@ impl Database {
                     .journal_mode(SqliteJournalMode::Wal)
                     .busy_timeout(Duration::from_secs(10))
                     .foreign_keys(true);
-                let pool = SqlitePoolOptions::new()
-                    .max_connections(options.max_connections)
-                    .acquire_timeout(Duration::from_secs(10))
-                    .connect_with(connect)
-                    .await?;
+                let pool = pool_options(options, None).connect_with(connect).await?;
                 Ok(Database::Sqlite(pool))
             }
             DatabaseKind::Mysql => {
@@ -140,23 +129,13 @@ impl Database {
                 };
                 let connect = MySqlConnectOptions::from_str(&url_for_sqlx)
                     .map_err(|e| invalid(url, e.to_string()))?;
-                let lease = options.lease;
-                let pool = MySqlPoolOptions::new()
-                    .max_connections(options.max_connections)
-                    .acquire_timeout(Duration::from_secs(10))
-                    .after_connect(move |conn, _| {
-                        Box::pin(async move {
-                            if let Some(lease) = lease {
-                                sqlx::query(&format!(
-                                    "SET SESSION idle_transaction_timeout = {}",
-                                    lease_seconds(lease)
-                                ))
-                                .execute(conn)
-                                .await?;
-                            }
-                            Ok(())
-                        })
-                    })
+                let set_lease = options.lease.map(|lease| {
+                    format!(
+                        "SET SESSION idle_transaction_timeout = {}",
+                        lease_seconds(lease)
+                    )
+                });
+                let pool = pool_options(options, set_lease)
                     .connect_with(connect)
                     .await?;
                 Ok(Database::Mysql(pool))
@@ -178,11 +157,7 @@ impl Database {
     pub fn migrate(&self) -> futures::future::BoxFuture<'_, Result<Vec<i64>, StoreError>> {
         // Boxed so that callers can spawn it: sqlx's executor lifetimes
         // otherwise defeat the compiler's `Send` proof in generic contexts.
-        match self {
-            Database::Postgres(pool) => Box::pin(migrate::postgres(pool)),
-            Database::Sqlite(pool) => Box::pin(migrate::sqlite(pool)),
-            Database::Mysql(pool) => Box::pin(migrate::mysql(pool)),
-        }
+        with_pool!(self, |pool| Box::pin(migrate::run(pool)))
     }
 
     /// The newest Ferry migration applied, or `None` when Ferry's tables do
@@ -198,11 +173,7 @@ impl Database {
     /// migrate`), [`StoreError::SchemaTooNew`] after a newer Ferry migrated
     /// the database. None of them goes away by retrying.
     pub async fn check_schema(&self) -> Result<(), StoreError> {
-        let known = match self {
-            Database::Postgres(_) => migrate::POSTGRES,
-            Database::Sqlite(_) => migrate::SQLITE,
-            Database::Mysql(_) => migrate::MYSQL,
-        };
+        let known = with_pool!(self, |pool| migrate::migrations(pool));
         match self.schema_version().await? {
             None => Err(StoreError::SchemaMissing),
             Some(found) => migrate::check_current(found, known),
@@ -250,6 +221,28 @@ impl Database {
     pub async fn close(&self) {
         with_pool!(self, |pool| pool.close().await)
     }
+}
+
+/// A pool's options: `options`' size, a ten-second wait for a connection,
+/// and `on_connect` (setting the lease) run on every new connection.
+fn pool_options<DB: Dialect>(
+    options: &ConnectOptions,
+    on_connect: Option<String>,
+) -> PoolOptions<DB> {
+    let pool = PoolOptions::<DB>::new()
+        .max_connections(options.max_connections)
+        .acquire_timeout(Duration::from_secs(10));
+    let Some(sql) = on_connect else {
+        return pool;
+    };
+    let sql: Arc<str> = sql.into();
+    pool.after_connect(move |conn, _| {
+        let sql = sql.clone();
+        Box::pin(async move {
+            Stmt::<DB>::new(&sql).execute(conn).await?;
+            Ok(())
+        })
+    })
 }
 
 async fn schema_version<DB: Dialect>(pool: &Pool<DB>) -> Result<Option<i64>, StoreError> {
@@ -311,34 +304,5 @@ mod tests {
         assert_eq!(lease_seconds(Duration::from_millis(60_001)), 61);
         assert_eq!(lease_seconds(Duration::ZERO), 1);
         assert_eq!(lease_seconds(Duration::MAX), 31_536_000);
-    }
-
-    #[test]
-    fn redacts_passwords() {
-        assert_eq!(
-            redact("postgres://bob:secret@h/db"),
-            "postgres://bob:***@h/db"
-        );
-        assert_eq!(redact("sqlite://x.db"), "sqlite://x.db");
-        assert_eq!(
-            redact("postgres://h/db?password=s3cret&sslmode=require"),
-            "postgres://h/db?password=***&sslmode=require"
-        );
-    }
-
-    #[test]
-    fn redacts_passwords_of_unparsable_urls() {
-        assert!(!redact("postgres://u:secret@h:99999/db").contains("secret"));
-        assert!(!redact("postgres://u:p@ss:secret@h:99999/db").contains("secret"));
-        assert_eq!(
-            redact("postgres://u:secret@h:99999/db"),
-            "postgres://***@h:99999/db"
-        );
-        assert!(!redact("postgres://u:se?cret@h:99999/db").contains("cret"));
-        assert_eq!(redact("not a url"), "not a url");
-        assert_eq!(
-            redact("postgres://h:99999/db?password=secret"),
-            "postgres://h:99999/db?***"
-        );
     }
 }

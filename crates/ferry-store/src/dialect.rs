@@ -48,6 +48,7 @@ pub trait Dialect:
              + Read<i32>
              + Read<String>
              + Read<Option<String>>
+             + Read<Option<f64>>
              + Read<Vec<u8>>,
     Arguments<'q>: IntoArguments<'q, Self>
                        + Bind<'q, i64>
@@ -94,6 +95,12 @@ pub trait Dialect:
 
     /// `t` to bind.
     fn time(t: DateTime<Utc>) -> Self::Time;
+
+    /// `t` to bind where it is kept to the microsecond (the outbox's
+    /// `created_at`).
+    fn precise_time(t: DateTime<Utc>) -> Self::Time {
+        Self::time(t)
+    }
 
     /// The UUID in `column` (selected through [`text`](Dialect::text)).
     fn read_uuid(row: &Self::Row, column: &str) -> Result<Uuid, sqlx::Error>;
@@ -147,6 +154,9 @@ pub trait Dialect:
     fn on_conflict_do_nothing(key: &str) -> String {
         format!("ON CONFLICT ({key}) DO NOTHING")
     }
+
+    /// The seconds from the time `expr` until now, as a double.
+    fn seconds_since(expr: &str) -> String;
 
     /// How many rows a statement changed.
     fn rows_affected(result: &Self::QueryResult) -> u64;
@@ -203,6 +213,10 @@ impl Dialect for sqlx::Postgres {
         format!("{expr}::bigint")
     }
 
+    fn seconds_since(expr: &str) -> String {
+        format!("EXTRACT(EPOCH FROM (now() - {expr}))::float8")
+    }
+
     fn rows_affected(result: &Self::QueryResult) -> u64 {
         result.rows_affected()
     }
@@ -233,6 +247,10 @@ impl Dialect for sqlx::Sqlite {
         format_time(t)
     }
 
+    fn precise_time(t: DateTime<Utc>) -> String {
+        t.to_rfc3339_opts(SecondsFormat::Micros, true)
+    }
+
     fn read_uuid(row: &Self::Row, column: &str) -> Result<Uuid, sqlx::Error> {
         text_columns::uuid(column, row.try_get(column)?)
     }
@@ -252,6 +270,10 @@ impl Dialect for sqlx::Sqlite {
     /// A plain-SQL producer may write a UUID in capitals.
     fn stored_id(column: &str) -> String {
         format!("lower({column})")
+    }
+
+    fn seconds_since(expr: &str) -> String {
+        format!("(julianday('now') - julianday({expr})) * 86400.0")
     }
 
     fn rows_affected(result: &Self::QueryResult) -> u64 {
@@ -314,6 +336,10 @@ impl Dialect for sqlx::MySql {
 
     fn on_conflict_do_nothing(key: &str) -> String {
         format!("ON DUPLICATE KEY UPDATE {key} = {key}")
+    }
+
+    fn seconds_since(expr: &str) -> String {
+        format!("TIMESTAMPDIFF(MICROSECOND, {expr}, NOW(6)) / 1e6")
     }
 
     fn rows_affected(result: &Self::QueryResult) -> u64 {
@@ -521,8 +547,15 @@ impl<'q, DB: Dialect> Stmt<'q, DB> {
 
     /// Runs it; returns how many rows it changed.
     pub(crate) async fn execute(self, conn: &mut DB::Connection) -> Result<u64, sqlx::Error> {
-        let done = self.query()?.execute(conn.executor()).await?;
-        Ok(DB::rows_affected(&done))
+        Ok(DB::rows_affected(&self.execute_result(conn).await?))
+    }
+
+    /// Runs it; returns what the database said of it.
+    pub(crate) async fn execute_result(
+        self,
+        conn: &mut DB::Connection,
+    ) -> Result<DB::QueryResult, sqlx::Error> {
+        self.query()?.execute(conn.executor()).await
     }
 
     pub(crate) async fn fetch_all(

@@ -4,12 +4,11 @@
 //! table (`ferry_schema_migrations`) instead of `_sqlx_migrations`, where
 //! its version numbers would collide with the application's.
 
-use sqlx::{
-    Connection, Executor, MySqlConnection, MySqlPool, PgConnection, PgPool, SqliteConnection,
-    SqlitePool,
-};
+use std::future::Future;
 
-use crate::dialect::{Dialect, ReadFirst, Stmt};
+use sqlx::{Connection, Executor, MySqlConnection, PgConnection, Pool, SqliteConnection};
+
+use crate::dialect::{sql, Dialect, Exec, ReadFirst, Stmt};
 use crate::StoreError;
 
 pub(crate) struct Migration {
@@ -72,21 +71,107 @@ const HISTORY: &str = "CREATE TABLE IF NOT EXISTS ferry_schema_migrations (
     applied_at TEXT NOT NULL
 )";
 
+/// What migrating differs in between the databases.
+pub(crate) trait Migrate: Dialect {
+    /// This database's migrations.
+    const MIGRATIONS: &'static [Migration];
+
+    /// The time a migration was applied, as text.
+    const APPLIED_AT: &'static str;
+
+    /// The statement that opens a migration's transaction; `None` where
+    /// DDL commits by itself (MariaDB).
+    const BEGIN: Option<&'static str>;
+
+    /// Takes the lock that serialises concurrent runs, held by the session.
+    fn lock(conn: &mut Self::Connection) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Releases it.
+    fn unlock(conn: &mut Self::Connection) -> impl Future<Output = Result<(), sqlx::Error>> + Send;
+}
+
 /// Any fixed number: serialises concurrent `migrate` runs on one database.
 const PG_LOCK: i64 = 0x6665_7272_795f_6d69;
 
-pub(crate) async fn postgres(pool: &PgPool) -> Result<Vec<i64>, StoreError> {
+impl Migrate for sqlx::Postgres {
+    const MIGRATIONS: &'static [Migration] = POSTGRES;
+    const APPLIED_AT: &'static str = "now()::text";
+    const BEGIN: Option<&'static str> = Some("BEGIN");
+
+    async fn lock(conn: &mut PgConnection) -> Result<(), StoreError> {
+        Stmt::<Self>::new("SELECT pg_advisory_lock($1)")
+            .bind(PG_LOCK)
+            .execute(conn)
+            .await?;
+        Ok(())
+    }
+
+    async fn unlock(conn: &mut PgConnection) -> Result<(), sqlx::Error> {
+        Stmt::<Self>::new("SELECT pg_advisory_unlock($1)")
+            .bind(PG_LOCK)
+            .execute(conn)
+            .await?;
+        Ok(())
+    }
+}
+
+/// SQLite takes no lock for the whole run: each migration's transaction
+/// is `IMMEDIATE`, taking the write lock up front so that two processes
+/// migrating at once serialise instead of failing half-way.
+impl Migrate for sqlx::Sqlite {
+    const MIGRATIONS: &'static [Migration] = SQLITE;
+    const APPLIED_AT: &'static str = "datetime('now')";
+    const BEGIN: Option<&'static str> = Some("BEGIN IMMEDIATE");
+
+    async fn lock(_: &mut SqliteConnection) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    async fn unlock(_: &mut SqliteConnection) -> Result<(), sqlx::Error> {
+        Ok(())
+    }
+}
+
+/// The MariaDB migration lock: named after the database, since `GET_LOCK`
+/// names are server-wide (hashed: a name may be at most 64 characters).
+const MYSQL_LOCK: &str = "CONCAT('ferry_migrate_', MD5(DATABASE()))";
+
+/// MariaDB. DDL commits by itself there, so a migration is not atomic: its
+/// statements are written to be run again (`IF NOT EXISTS`), and one that
+/// failed half-way completes on the next run. `GET_LOCK` serialises
+/// concurrent runs; it is held by the session and released when it ends.
+impl Migrate for sqlx::MySql {
+    const MIGRATIONS: &'static [Migration] = MYSQL;
+    const APPLIED_AT: &'static str = "DATE_FORMAT(UTC_TIMESTAMP(6), '%Y-%m-%dT%H:%i:%s.%fZ')";
+    const BEGIN: Option<&'static str> = None;
+
+    async fn lock(conn: &mut MySqlConnection) -> Result<(), StoreError> {
+        // 1: taken; 0: timed out (a day: another run is stuck); NULL: error.
+        let sql = format!("SELECT GET_LOCK({MYSQL_LOCK}, 86400)");
+        let locked: Option<i64> = Stmt::<Self>::new(&sql)
+            .fetch_one(conn)
+            .await?
+            .read_first()?;
+        if locked != Some(1) {
+            return Err(StoreError::MigrationLock);
+        }
+        Ok(())
+    }
+
+    async fn unlock(conn: &mut MySqlConnection) -> Result<(), sqlx::Error> {
+        let sql = format!("DO RELEASE_LOCK({MYSQL_LOCK})");
+        Stmt::<Self>::new(&sql).execute(conn).await?;
+        Ok(())
+    }
+}
+
+/// Applies the migrations not applied yet, under the database's lock;
+/// returns their versions.
+pub(crate) async fn run<DB: Migrate>(pool: &Pool<DB>) -> Result<Vec<i64>, StoreError> {
     let mut conn = pool.acquire().await?;
-    sqlx::query("SELECT pg_advisory_lock($1)")
-        .bind(PG_LOCK)
-        .execute(&mut *conn)
-        .await?;
-    let result = postgres_locked(&mut conn).await;
-    let unlocked = sqlx::query("SELECT pg_advisory_unlock($1)")
-        .bind(PG_LOCK)
-        .execute(&mut *conn)
-        .await;
-    let Err(unlock) = unlocked else {
+    DB::lock(&mut conn).await?;
+    let result = locked::<DB>(&mut conn).await;
+    let Err(unlock) = DB::unlock(&mut conn).await else {
         return result;
     };
     // Ending the session releases the lock whatever state it is in.
@@ -101,45 +186,24 @@ pub(crate) async fn postgres(pool: &PgPool) -> Result<Vec<i64>, StoreError> {
     }
 }
 
-async fn postgres_locked(conn: &mut PgConnection) -> Result<Vec<i64>, StoreError> {
-    let applied = applied::<sqlx::Postgres>(&mut *conn, POSTGRES).await?;
+async fn locked<DB: Migrate>(conn: &mut DB::Connection) -> Result<Vec<i64>, StoreError> {
+    let applied = applied::<DB>(&mut *conn, DB::MIGRATIONS).await?;
     let mut done = Vec::new();
-    for m in POSTGRES.iter().filter(|m| !applied.contains(&m.version)) {
-        let mut tx = conn.begin().await?;
-        // A bare &str runs as a simple query, several statements at once.
-        Executor::execute(&mut *tx, m.sql)
-            .await
-            .map_err(|e| m.failed(e))?;
-        sqlx::query("INSERT INTO ferry_schema_migrations (version, name, applied_at) VALUES ($1, $2, now()::text)")
-            .bind(m.version)
-            .bind(m.name)
-            .execute(&mut *tx)
-            .await?;
-        tx.commit().await?;
-        done.push(m.version);
-    }
-    Ok(done)
-}
-
-pub(crate) async fn sqlite(pool: &SqlitePool) -> Result<Vec<i64>, StoreError> {
-    let mut conn = pool.acquire().await?;
-    let applied = applied::<sqlx::Sqlite>(&mut conn, SQLITE).await?;
-    let mut done = Vec::new();
-    for m in SQLITE.iter().filter(|m| !applied.contains(&m.version)) {
-        // IMMEDIATE: take the write lock up front so two processes migrating
-        // at once serialise instead of failing half-way.
-        sqlx::query("BEGIN IMMEDIATE").execute(&mut *conn).await?;
-        match sqlite_step(&mut conn, m).await {
-            Ok(applied) => {
-                sqlx::query("COMMIT").execute(&mut *conn).await?;
-                if applied {
-                    done.push(m.version);
-                }
+    for m in DB::MIGRATIONS
+        .iter()
+        .filter(|m| !applied.contains(&m.version))
+    {
+        let applied = match DB::BEGIN {
+            Some(begin) => {
+                let mut tx = conn.begin_with(begin).await?;
+                let applied = step::<DB>(&mut tx, m).await?;
+                tx.commit().await?;
+                applied
             }
-            Err(e) => {
-                let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
-                return Err(e);
-            }
+            None => step::<DB>(conn, m).await?,
+        };
+        if applied {
+            done.push(m.version);
         }
     }
     Ok(done)
@@ -147,75 +211,36 @@ pub(crate) async fn sqlite(pool: &SqlitePool) -> Result<Vec<i64>, StoreError> {
 
 /// Applies `m` unless another process did while we waited for the lock;
 /// says whether it applied it.
-async fn sqlite_step(conn: &mut SqliteConnection, m: &Migration) -> Result<bool, StoreError> {
-    let again: Option<i64> =
-        sqlx::query_scalar("SELECT version FROM ferry_schema_migrations WHERE version = ?")
-            .bind(m.version)
-            .fetch_optional(&mut *conn)
-            .await?;
+async fn step<DB: Migrate>(conn: &mut DB::Connection, m: &Migration) -> Result<bool, StoreError> {
+    let again = Stmt::<DB>::new(&sql::<DB>(
+        "SELECT version FROM ferry_schema_migrations WHERE version = $1",
+    ))
+    .bind(m.version)
+    .fetch_optional(conn)
+    .await?;
     if again.is_some() {
         return Ok(false);
     }
-    Executor::execute(&mut *conn, m.sql)
+    // A bare &str runs as a simple query, several statements at once.
+    conn.executor()
+        .execute(m.sql)
         .await
         .map_err(|e| m.failed(e))?;
-    sqlx::query("INSERT INTO ferry_schema_migrations (version, name, applied_at) VALUES (?, ?, datetime('now'))")
+    let record = sql::<DB>(&format!(
+        "INSERT INTO ferry_schema_migrations (version, name, applied_at) VALUES ($1, $2, {})",
+        DB::APPLIED_AT
+    ));
+    Stmt::<DB>::new(&record)
         .bind(m.version)
         .bind(m.name)
-        .execute(&mut *conn)
+        .execute(conn)
         .await?;
     Ok(true)
 }
 
-/// The MariaDB migration lock: named after the database, since `GET_LOCK`
-/// names are server-wide (hashed: a name may be at most 64 characters).
-const MYSQL_LOCK: &str = "CONCAT('ferry_migrate_', MD5(DATABASE()))";
-
-/// MariaDB. DDL commits by itself there, so a migration is not atomic: its
-/// statements are written to be run again (`IF NOT EXISTS`), and one that
-/// failed half-way completes on the next run. `GET_LOCK` serialises
-/// concurrent runs; it is held by the session and released when it ends.
-pub(crate) async fn mysql(pool: &MySqlPool) -> Result<Vec<i64>, StoreError> {
-    let mut conn = pool.acquire().await?;
-    // 1: taken; 0: timed out (a day: another run is stuck); NULL: error.
-    let locked: Option<i64> = sqlx::query_scalar(&format!("SELECT GET_LOCK({MYSQL_LOCK}, 86400)"))
-        .fetch_one(&mut *conn)
-        .await?;
-    if locked != Some(1) {
-        return Err(StoreError::MigrationLock);
-    }
-    let result = mysql_locked(&mut conn).await;
-    let unlocked = sqlx::query(&format!("DO RELEASE_LOCK({MYSQL_LOCK})"))
-        .execute(&mut *conn)
-        .await;
-    let Err(unlock) = unlocked else {
-        return result;
-    };
-    conn.close_on_drop();
-    match result {
-        Ok(_) => Err(unlock.into()),
-        Err(e) => {
-            tracing::warn!(error = %unlock, "releasing the migration lock failed");
-            Err(e)
-        }
-    }
-}
-
-async fn mysql_locked(conn: &mut MySqlConnection) -> Result<Vec<i64>, StoreError> {
-    let applied = applied::<sqlx::MySql>(&mut *conn, MYSQL).await?;
-    let mut done = Vec::new();
-    for m in MYSQL.iter().filter(|m| !applied.contains(&m.version)) {
-        Executor::execute(&mut *conn, m.sql)
-            .await
-            .map_err(|e| m.failed(e))?;
-        sqlx::query("INSERT INTO ferry_schema_migrations (version, name, applied_at) VALUES (?, ?, DATE_FORMAT(UTC_TIMESTAMP(6), '%Y-%m-%dT%H:%i:%s.%fZ'))")
-            .bind(m.version)
-            .bind(m.name)
-            .execute(&mut *conn)
-            .await?;
-        done.push(m.version);
-    }
-    Ok(done)
+/// The migrations this build knows for `pool`'s database.
+pub(crate) fn migrations<DB: Migrate>(_pool: &Pool<DB>) -> &'static [Migration] {
+    DB::MIGRATIONS
 }
 
 /// Creates the history table when missing and returns the versions

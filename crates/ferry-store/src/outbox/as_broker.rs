@@ -56,14 +56,14 @@ use ferry_core::{
     Acker, BoxFuture, Capabilities, Delivery, Lag, LagFuture, Malformed, Message, MessageStream,
     Received, Sink, SinkError, SubscribeError, SubscribeFuture, Subscriber, Subscription,
 };
-use sqlx::{Pool, Row};
+use sqlx::Pool;
 use tokio::sync::{mpsc, Notify};
 
 use super::mysql::MysqlOutbox;
 use super::postgres::PgOutbox;
 use super::sqlite::SqliteOutbox;
 use super::{ClaimFilter, Claimed, ClaimedBatch, OrderPolicy, Outbox, Outcome, Retention};
-use crate::dialect::{sql, with_pool, Dialect, PerDialect, Stmt};
+use crate::dialect::{sql, with_pool, Dialect, PerDialect, Read, Stmt};
 use crate::{Database, StoreError};
 
 /// The name of both halves, for logs and metrics.
@@ -248,45 +248,8 @@ impl Subscriber for OutboxSubscriber {
     fn lag<'a>(&'a self, subscription: &'a Subscription) -> LagFuture<'a> {
         Box::pin(async move {
             let topic = subscription.topic.as_str();
-            let (waiting, oldest_secs): (i64, Option<f64>) = match &self.database {
-                Database::Postgres(pool) => {
-                    let row = sqlx::query(
-                        "SELECT COUNT(*), EXTRACT(EPOCH FROM (now() - MIN(created_at)))::float8
-                         FROM ferry_outbox WHERE status = 'pending' AND topic = $1",
-                    )
-                    .bind(topic)
-                    .fetch_one(pool)
-                    .await
-                    .map_err(|e| subscribe_error(e.into(), "reading the outbox's lag failed"))?;
-                    (row.try_get(0).unwrap_or(0), row.try_get(1).ok().flatten())
-                }
-                Database::Sqlite(pool) => {
-                    let row = sqlx::query(
-                        "SELECT COUNT(*), (julianday('now') - julianday(MIN(created_at))) * 86400.0
-                         FROM ferry_outbox WHERE status = 'pending' AND topic = ?",
-                    )
-                    .bind(topic)
-                    .fetch_one(pool)
-                    .await
-                    .map_err(|e| subscribe_error(e.into(), "reading the outbox's lag failed"))?;
-                    (row.try_get(0).unwrap_or(0), row.try_get(1).ok().flatten())
-                }
-                Database::Mysql(pool) => {
-                    let row = sqlx::query(
-                        "SELECT COUNT(*), TIMESTAMPDIFF(MICROSECOND, MIN(created_at), NOW(6))
-                         FROM ferry_outbox WHERE status = 'pending' AND topic = ?",
-                    )
-                    .bind(topic)
-                    .fetch_one(pool)
-                    .await
-                    .map_err(|e| subscribe_error(e.into(), "reading the outbox's lag failed"))?;
-                    let micros: Option<i64> = row.try_get(1).ok().flatten();
-                    (
-                        row.try_get(0).unwrap_or(0),
-                        micros.map(|us| us as f64 / 1e6),
-                    )
-                }
-            };
+            let (waiting, oldest_secs) = with_pool!(&self.database, |pool| lag(pool, topic).await)
+                .map_err(|e| subscribe_error(e, "reading the outbox's lag failed"))?;
             Ok(Lag {
                 waiting: Some(u64::try_from(waiting).unwrap_or(0)),
                 // Claimed messages are still pending: they count as waiting.
@@ -295,6 +258,27 @@ impl Subscriber for OutboxSubscriber {
             })
         })
     }
+}
+
+/// How many messages of `topic` are pending, and for how many seconds the
+/// oldest of them has been.
+async fn lag<DB: Dialect>(pool: &Pool<DB>, topic: &str) -> Result<(i64, Option<f64>), StoreError> {
+    static SQL: PerDialect<String> = PerDialect::new();
+    let lag = SQL.get::<DB>(|| {
+        sql::<DB>(&format!(
+            "SELECT COUNT(*) AS waiting, {} AS oldest
+             FROM ferry_outbox WHERE status = 'pending' AND topic = $1",
+            DB::seconds_since("MIN(created_at)")
+        ))
+    });
+    let row = Stmt::<DB>::new(lag)
+        .bind(topic)
+        .fetch_one(&mut *pool.acquire().await?)
+        .await?;
+    Ok((
+        row.read("waiting").unwrap_or(0),
+        row.read("oldest").ok().flatten(),
+    ))
 }
 
 /// Whether subscribing again may help after a store error: not when the

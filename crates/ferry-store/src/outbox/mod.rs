@@ -33,9 +33,12 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use chrono::{DateTime, Utc};
-use ferry_core::Message;
+use ferry_core::{Kind, Message, MessageId};
+use sqlx::Pool;
 
+use crate::dialect::{sql, Dialect, PerDialect, Read, Stmt};
 use crate::StoreError;
 
 pub mod admin;
@@ -195,6 +198,154 @@ pub(crate) fn before_now(d: Duration) -> DateTime<Utc> {
         .ok()
         .and_then(|d| Utc::now().checked_sub_signed(d))
         .unwrap_or(DateTime::<Utc>::MIN_UTC)
+}
+
+/// What the outbox's SQL differs in beyond [`Dialect`]; claiming is
+/// written per database in its own module.
+pub(crate) trait OutboxDialect: Dialect {
+    /// Deletes the delivered messages delivered before `$1`.
+    const PURGE: &'static str;
+}
+
+impl OutboxDialect for sqlx::Postgres {
+    const PURGE: &'static str =
+        "DELETE FROM ferry_outbox WHERE status = 'delivered' AND delivered_at < $1";
+}
+
+impl OutboxDialect for sqlx::Sqlite {
+    const PURGE: &'static str =
+        "DELETE FROM ferry_outbox WHERE status = 'delivered' AND delivered_at < ?";
+}
+
+/// Through the delivered index, so as not to wait on rows batches hold.
+impl OutboxDialect for sqlx::MySql {
+    const PURGE: &'static str =
+        "DELETE o FROM ferry_outbox o FORCE INDEX (ferry_outbox_status_delivered)
+         WHERE o.status = 'delivered' AND o.delivered_at < ?";
+}
+
+/// [`Outbox::purge_delivered`] on any database.
+pub(crate) async fn purge_delivered<DB: OutboxDialect>(
+    pool: &Pool<DB>,
+    older_than: Duration,
+) -> Result<u64, StoreError> {
+    let cutoff = DB::time(before_now(older_than));
+    let mut conn = pool.acquire().await?;
+    Ok(Stmt::<DB>::new(DB::PURGE)
+        .bind(cutoff)
+        .execute(&mut conn)
+        .await?)
+}
+
+/// The outbox's columns written by an insert, in the order
+/// [`bind_message`] binds them.
+macro_rules! insert_columns {
+    () => {
+        "message_id, kind, topic, message_key, headers, content_type, payload, created_at"
+    };
+}
+pub(crate) use insert_columns;
+
+/// Binds `message`'s [`insert_columns`] (the payload in one column: not on
+/// PostgreSQL, which splits it).
+pub(crate) fn bind_message<'q, DB: Dialect>(
+    stmt: Stmt<'q, DB>,
+    message: &'q Message,
+) -> Stmt<'q, DB> {
+    stmt.bind(DB::id(message.id.0))
+        .bind(message.kind.as_str())
+        .bind(message.topic.as_str())
+        .bind(message.key.as_deref())
+        .bind(headers_to_json(message).to_string())
+        .bind(message.content_type.as_str())
+        .bind(message.payload.as_ref())
+        // To the microsecond, as every database keeps it, so that a
+        // message's time reads the same whatever outbox carried it.
+        .bind(DB::precise_time(message.created_at))
+}
+
+/// The claimed messages of `rows`, selected with the columns `seq`,
+/// `attempts`, `created_at`, the payload as [`Dialect::payload`] and the
+/// others as text.
+pub(crate) fn claimed<DB: Dialect>(rows: &[DB::Row]) -> Result<Vec<Claimed>, sqlx::Error> {
+    rows.iter().map(claimed_from_row::<DB>).collect()
+}
+
+/// One claimed message; a row that cannot be turned into a message is
+/// claimed with the reason (it is dead-lettered).
+pub(crate) fn claimed_from_row<DB: Dialect>(row: &DB::Row) -> Result<Claimed, sqlx::Error> {
+    let seq: i64 = row.read("seq")?;
+    let attempts: i32 = row.read("attempts")?;
+    let message = (|| {
+        let text = |name: &str| Read::<String>::read(row, name).map_err(|e| format!("{name}: {e}"));
+        let id = DB::read_uuid(row, "message_id").map_err(|e| format!("bad message_id: {e}"))?;
+        let kind: Kind = text("kind")?
+            .parse()
+            .map_err(|e: ferry_core::ParseKindError| e.to_string())?;
+        let headers = parse_headers(&text("headers")?)?;
+        let payload = DB::read_payload(row).map_err(|e| format!("payload: {e}"))?;
+        Ok(Message {
+            id: MessageId(id),
+            kind,
+            topic: text("topic")?,
+            key: row
+                .read("message_key")
+                .map_err(|e| format!("message_key: {e}"))?,
+            headers,
+            content_type: text("content_type")?,
+            payload: Bytes::from(payload),
+            created_at: DB::read_time(row, "created_at").map_err(|e| format!("created_at: {e}"))?,
+        })
+    })();
+    Ok(Claimed {
+        seq,
+        attempts: attempts.max(0) as u32,
+        message,
+    })
+}
+
+/// The sequence numbers of the messages delivered.
+pub(crate) fn delivered(messages: &[Claimed], outcomes: &[Outcome]) -> Vec<i64> {
+    messages
+        .iter()
+        .zip(outcomes)
+        .filter(|(_, o)| **o == Outcome::Delivered)
+        .map(|(c, _)| c.seq)
+        .collect()
+}
+
+/// Records the failures among `outcomes`, one statement each: dead
+/// without a retry time, otherwise pending until it.
+pub(crate) async fn record_failures<DB: Dialect>(
+    conn: &mut DB::Connection,
+    messages: &[Claimed],
+    outcomes: &[Outcome],
+) -> Result<(), StoreError>
+where
+    Option<DB::Time>: for<'q> sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+{
+    static SQL: PerDialect<String> = PerDialect::new();
+    let update = SQL.get::<DB>(|| {
+        sql::<DB>(
+            "UPDATE ferry_outbox SET attempts = attempts + 1,
+                status = CASE WHEN $1 IS NULL THEN 'dead' ELSE 'pending' END,
+                next_attempt_at = COALESCE($2, next_attempt_at),
+                last_error = $3
+             WHERE seq = $4",
+        )
+    });
+    for (claimed, outcome) in messages.iter().zip(outcomes) {
+        if let Outcome::Failed { error, retry_at } = outcome {
+            Stmt::<DB>::new(update)
+                .bind(retry_at.map(DB::time))
+                .bind(retry_at.map(DB::time))
+                .bind(error.as_str())
+                .bind(claimed.seq)
+                .execute(conn)
+                .await?;
+        }
+    }
+    Ok(())
 }
 
 /// Turns stored headers (a JSON object) into a map; non-string values keep

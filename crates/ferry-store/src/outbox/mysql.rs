@@ -16,17 +16,16 @@
 
 use std::time::Duration;
 
-use bytes::Bytes;
-use chrono::{DateTime, Utc};
-use ferry_core::{Kind, Message, MessageId};
-use sqlx::mysql::{MySqlArguments, MySqlRow};
+use ferry_core::Message;
+use sqlx::mysql::MySqlArguments;
 use sqlx::{Arguments, MySql, MySqlConnection, MySqlPool, Row, Transaction};
 
 pub use super::Waker;
 use super::{
-    headers_to_json, parse_headers, ClaimFilter, Claimed, ClaimedBatch, OrderPolicy, Outbox,
-    Outcome, Retention,
+    bind_message, claimed_from_row, delivered, insert_columns, record_failures, ClaimFilter,
+    Claimed, ClaimedBatch, OrderPolicy, Outbox, Outcome, Retention,
 };
+use crate::dialect::{values, Stmt};
 use crate::StoreError;
 
 /// Columns of a claimed row, `o` being `ferry_outbox`. Text columns are
@@ -49,21 +48,14 @@ const INSERT_CHUNK: usize = 1000;
 /// the relay's [`Waker::wake`] after the commit when it runs in this
 /// process, so it sends at once instead of at its next poll.
 pub async fn enqueue(conn: &mut MySqlConnection, message: &Message) -> Result<i64, StoreError> {
-    let done = sqlx::query(
-        "INSERT INTO ferry_outbox
-            (message_id, kind, topic, message_key, headers, content_type, payload, created_at)
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-    )
-    .bind(message.id.to_string())
-    .bind(message.kind.as_str())
-    .bind(&message.topic)
-    .bind(message.key.as_deref())
-    .bind(headers_to_json(message).to_string())
-    .bind(&message.content_type)
-    .bind(message.payload.as_ref())
-    .bind(message.created_at)
-    .execute(conn)
-    .await?;
+    let sql = concat!(
+        "INSERT INTO ferry_outbox (",
+        insert_columns!(),
+        ") VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+    );
+    let done = bind_message(Stmt::<MySql>::new(sql), message)
+        .execute_result(conn)
+        .await?;
     // AUTO_INCREMENT values are positive and fit a BIGINT.
     Ok(i64::try_from(done.last_insert_id()).unwrap_or(i64::MAX))
 }
@@ -74,25 +66,19 @@ pub async fn enqueue_many(
     messages: &[Message],
 ) -> Result<(), StoreError> {
     for chunk in messages.chunks(INSERT_CHUNK) {
-        let rows = vec!["(?, ?, ?, ?, ?, ?, ?, ?)"; chunk.len()].join(", ");
         let sql = format!(
-            "INSERT INTO ferry_outbox
-                (message_id, kind, topic, message_key, headers, content_type, payload, created_at)
-             VALUES {rows}"
+            concat!(
+                "INSERT INTO ferry_outbox (",
+                insert_columns!(),
+                ") VALUES {}"
+            ),
+            values::<MySql>(chunk.len(), 8)
         );
-        let mut query = sqlx::query(&sql);
+        let mut stmt = Stmt::<MySql>::new(&sql);
         for m in chunk {
-            query = query
-                .bind(m.id.to_string())
-                .bind(m.kind.as_str())
-                .bind(&m.topic)
-                .bind(m.key.as_deref())
-                .bind(headers_to_json(m).to_string())
-                .bind(&m.content_type)
-                .bind(m.payload.as_ref())
-                .bind(m.created_at);
+            stmt = bind_message(stmt, m);
         }
-        query.execute(&mut *conn).await?;
+        stmt.execute(conn).await?;
     }
     Ok(())
 }
@@ -136,46 +122,6 @@ pub struct MysqlBatch {
     tx: Option<Transaction<'static, MySql>>,
     messages: Vec<Claimed>,
     retention: Retention,
-}
-
-fn claimed_from_row(row: &MySqlRow) -> Result<Claimed, sqlx::Error> {
-    let seq: i64 = row.try_get("seq")?;
-    let attempts: i32 = row.try_get("attempts")?;
-    let message = (|| {
-        let text = |name: &str| {
-            row.try_get::<String, _>(name)
-                .map_err(|e| format!("{name}: {e}"))
-        };
-        let id: MessageId = text("message_id")?
-            .parse()
-            .map_err(|e| format!("bad message_id: {e}"))?;
-        let kind: Kind = text("kind")?
-            .parse()
-            .map_err(|e: ferry_core::ParseKindError| e.to_string())?;
-        let headers = parse_headers(&text("headers")?)?;
-        let payload: Vec<u8> = row
-            .try_get("payload")
-            .map_err(|e| format!("payload: {e}"))?;
-        Ok(Message {
-            id,
-            kind,
-            topic: text("topic")?,
-            key: row
-                .try_get("message_key")
-                .map_err(|e| format!("message_key: {e}"))?,
-            headers,
-            content_type: text("content_type")?,
-            payload: Bytes::from(payload),
-            created_at: row
-                .try_get::<DateTime<Utc>, _>("created_at")
-                .map_err(|e| format!("created_at: {e}"))?,
-        })
-    })();
-    Ok(Claimed {
-        seq,
-        attempts: attempts.max(0) as u32,
-        message,
-    })
 }
 
 /// SQL text with its arguments, built together so that placeholders and
@@ -234,6 +180,20 @@ impl Sql {
             }
         }
         Ok(self)
+    }
+
+    /// Runs it for rows of a key and a sequence number.
+    async fn key_seqs<C: FromIterator<(String, i64)>>(
+        self,
+        tx: &mut Transaction<'static, MySql>,
+    ) -> Result<C, StoreError> {
+        let rows = sqlx::query_with(&self.text, self.args)
+            .fetch_all(&mut **tx)
+            .await?;
+        Ok(rows
+            .iter()
+            .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+            .collect::<Result<_, sqlx::Error>>()?)
     }
 
     /// In ordered mode, leaves out the messages of each key after its
@@ -320,7 +280,7 @@ impl Outbox for MysqlOutbox {
                 let gap = key.as_deref().and_then(|k| gaps.get(k));
                 gap.is_none_or(|gap| seq < gap)
             })
-            .map(|(row, _)| claimed_from_row(row))
+            .map(|(row, _)| claimed_from_row::<MySql>(row))
             .collect::<Result<Vec<_>, _>>()?;
         Ok(MysqlBatch {
             tx: Some(tx),
@@ -350,16 +310,7 @@ impl Outbox for MysqlOutbox {
     }
 
     async fn purge_delivered(&self, older_than: Duration) -> Result<u64, StoreError> {
-        let cutoff = super::before_now(older_than);
-        // Through the delivered index, so as not to wait on rows batches hold.
-        let done = sqlx::query(
-            "DELETE o FROM ferry_outbox o FORCE INDEX (ferry_outbox_status_delivered)
-             WHERE o.status = 'delivered' AND o.delivered_at < ?",
-        )
-        .bind(cutoff)
-        .execute(&self.pool)
-        .await?;
-        Ok(done.rows_affected())
+        super::purge_delivered(&self.pool, older_than).await
     }
 }
 
@@ -375,13 +326,7 @@ async fn held_keys(
          WHERE o.status = 'pending' AND o.attempts > 0 AND o.message_key IS NOT NULL",
     );
     sql.topics("o", topics)?.push(" GROUP BY o.message_key");
-    let rows = sqlx::query_with(&sql.text, sql.args)
-        .fetch_all(&mut **tx)
-        .await?;
-    rows.iter()
-        .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
-        .collect::<Result<_, sqlx::Error>>()
-        .map_err(StoreError::from)
+    sql.key_seqs(tx).await
 }
 
 /// Sequence numbers of the first due messages of each key (every keyless
@@ -443,13 +388,7 @@ async fn gaps(
         sql.push(" AND o.attempts = 0");
     }
     sql.topics("o", topics)?.push(" GROUP BY o.message_key");
-    let rows = sqlx::query_with(&sql.text, sql.args)
-        .fetch_all(&mut **tx)
-        .await?;
-    rows.iter()
-        .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
-        .collect::<Result<_, sqlx::Error>>()
-        .map_err(StoreError::from)
+    sql.key_seqs(tx).await
 }
 
 impl ClaimedBatch for MysqlBatch {
@@ -462,14 +401,7 @@ impl ClaimedBatch for MysqlBatch {
             return Ok(());
         };
         debug_assert_eq!(outcomes.len(), self.messages.len());
-        let delivered: Vec<i64> = self
-            .messages
-            .iter()
-            .zip(outcomes)
-            .filter(|(_, o)| **o == Outcome::Delivered)
-            .map(|(c, _)| c.seq)
-            .collect();
-        for chunk in delivered.chunks(INSERT_CHUNK) {
+        for chunk in delivered(&self.messages, outcomes).chunks(INSERT_CHUNK) {
             match self.retention {
                 // One DELETE per row, sent together as text (the numbers
                 // are ours): a DELETE … IN (…) reads past its last row and,
@@ -497,23 +429,7 @@ impl ClaimedBatch for MysqlBatch {
                 }
             }
         }
-        for (claimed, outcome) in self.messages.iter().zip(outcomes) {
-            if let Outcome::Failed { error, retry_at } = outcome {
-                sqlx::query(
-                    "UPDATE ferry_outbox SET attempts = attempts + 1,
-                        status = IF(? IS NULL, 'dead', 'pending'),
-                        next_attempt_at = COALESCE(?, next_attempt_at),
-                        last_error = ?
-                     WHERE seq = ?",
-                )
-                .bind(retry_at)
-                .bind(retry_at)
-                .bind(error)
-                .bind(claimed.seq)
-                .execute(&mut *tx)
-                .await?;
-            }
-        }
+        record_failures::<MySql>(&mut tx, &self.messages, outcomes).await?;
         tx.commit().await?;
         Ok(())
     }

@@ -3,16 +3,14 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
-use ferry_core::{Kind, Message, MessageId};
-use sqlx::postgres::{PgListener, PgRow};
-use sqlx::{PgConnection, PgPool, Postgres, Row, Transaction};
+use ferry_core::Message;
+use sqlx::postgres::PgListener;
+use sqlx::{PgConnection, PgPool, Postgres, Transaction};
 use tokio::sync::Notify;
-use uuid::Uuid;
 
 use super::{
-    headers_from_json, headers_to_json, ClaimFilter, Claimed, ClaimedBatch, OrderPolicy, Outbox,
-    Outcome, Retention,
+    claimed, headers_to_json, ClaimFilter, Claimed, ClaimedBatch, OrderPolicy, Outbox, Outcome,
+    Retention,
 };
 use crate::StoreError;
 
@@ -144,49 +142,13 @@ WITH cand AS (
             WHERE p.status = 'pending' AND p.seq <= (SELECT max(seq) FROM cand))
           > (SELECT count(*) FROM cand)
 )
-SELECT o.seq, o.message_id, o.kind, o.topic, o.message_key, o.headers, o.content_type,
+SELECT o.seq, o.message_id, o.kind, o.topic, o.message_key, o.headers::text AS headers, o.content_type,
        o.payload, o.payload_bytes, o.attempts, o.created_at
 FROM cand c
 JOIN ferry_outbox o ON o.seq = c.seq
 LEFT JOIN gaps g ON g.message_key = c.message_key
 WHERE g.gap IS NULL OR c.seq < g.gap
 ORDER BY o.seq";
-
-fn claimed_from_row(row: &PgRow) -> Result<Claimed, sqlx::Error> {
-    let seq: i64 = row.try_get("seq")?;
-    let attempts: i32 = row.try_get("attempts")?;
-    let kind: String = row.try_get("kind")?;
-    let headers: serde_json::Value = row.try_get("headers")?;
-    let text: Option<String> = row.try_get("payload")?;
-    let blob: Option<Vec<u8>> = row.try_get("payload_bytes")?;
-    let id: Uuid = row.try_get("message_id")?;
-    let message = (|| {
-        let kind: Kind = kind
-            .parse()
-            .map_err(|e: ferry_core::ParseKindError| e.to_string())?;
-        let headers = headers_from_json(headers)?;
-        let payload = match (text, blob) {
-            (Some(t), _) => Bytes::from(t),
-            (None, Some(b)) => Bytes::from(b),
-            (None, None) => return Err("message has no payload".to_owned()),
-        };
-        Ok(Message {
-            id: MessageId(id),
-            kind,
-            topic: row.try_get("topic").map_err(|e| e.to_string())?,
-            key: row.try_get("message_key").map_err(|e| e.to_string())?,
-            headers,
-            content_type: row.try_get("content_type").map_err(|e| e.to_string())?,
-            payload,
-            created_at: row.try_get("created_at").map_err(|e| e.to_string())?,
-        })
-    })();
-    Ok(Claimed {
-        seq,
-        attempts: attempts.max(0) as u32,
-        message,
-    })
-}
 
 /// The outbox in a PostgreSQL database.
 ///
@@ -286,10 +248,7 @@ impl Outbox for PgOutbox {
                 retention: self.retention,
             });
         }
-        let messages = rows
-            .iter()
-            .map(claimed_from_row)
-            .collect::<Result<Vec<_>, _>>()?;
+        let messages = claimed::<Postgres>(&rows)?;
         Ok(PgBatch {
             tx: Some(tx),
             messages,
@@ -316,14 +275,7 @@ impl Outbox for PgOutbox {
     }
 
     async fn purge_delivered(&self, older_than: Duration) -> Result<u64, StoreError> {
-        let cutoff = super::before_now(older_than);
-        let done = sqlx::query(
-            "DELETE FROM ferry_outbox WHERE status = 'delivered' AND delivered_at < $1",
-        )
-        .bind(cutoff)
-        .execute(&self.pool)
-        .await?;
-        Ok(done.rows_affected())
+        super::purge_delivered(&self.pool, older_than).await
     }
 }
 

@@ -8,17 +8,16 @@
 
 use std::time::Duration;
 
-use bytes::Bytes;
-use chrono::{SecondsFormat, Utc};
-use ferry_core::{Kind, Message, MessageId};
-use sqlx::sqlite::SqliteRow;
-use sqlx::{Row, SqliteConnection, SqlitePool};
+use chrono::Utc;
+use ferry_core::Message;
+use sqlx::{Sqlite, SqliteConnection, SqlitePool};
 
 pub use super::Waker;
 use super::{
-    headers_to_json, parse_headers, ClaimFilter, Claimed, ClaimedBatch, OrderPolicy, Outbox,
-    Outcome, Retention,
+    bind_message, claimed, delivered, insert_columns, record_failures, ClaimFilter, Claimed,
+    ClaimedBatch, OrderPolicy, Outbox, Outcome, Retention,
 };
+use crate::dialect::{ReadFirst, Stmt};
 use crate::StoreError;
 
 pub(crate) use crate::dialect::format_time;
@@ -28,29 +27,15 @@ pub(crate) use crate::dialect::format_time;
 /// Call [`Waker::wake`] after the commit so an in-process relay sends it at
 /// once instead of at its next poll.
 pub async fn enqueue(conn: &mut SqliteConnection, message: &Message) -> Result<i64, StoreError> {
-    let seq: i64 = sqlx::query_scalar(
-        "INSERT INTO ferry_outbox
-            (message_id, kind, topic, message_key, headers, content_type, payload, created_at)
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?)
-         RETURNING seq",
-    )
-    .bind(message.id.to_string())
-    .bind(message.kind.as_str())
-    .bind(&message.topic)
-    .bind(message.key.as_deref())
-    .bind(headers_to_json(message).to_string())
-    .bind(&message.content_type)
-    .bind(message.payload.as_ref())
-    // To the microsecond, as PostgreSQL and MariaDB keep it, so that a
-    // message's time reads the same whatever outbox carried it.
-    .bind(
-        message
-            .created_at
-            .to_rfc3339_opts(SecondsFormat::Micros, true),
-    )
-    .fetch_one(conn)
-    .await?;
-    Ok(seq)
+    let sql = concat!(
+        "INSERT INTO ferry_outbox (",
+        insert_columns!(),
+        ") VALUES (?, ?, ?, ?, ?, ?, ?, ?) RETURNING seq"
+    );
+    Ok(bind_message(Stmt::<Sqlite>::new(sql), message)
+        .fetch_one(conn)
+        .await?
+        .read_first()?)
 }
 
 /// The outbox in a SQLite database file.
@@ -74,45 +59,6 @@ impl SqliteOutbox {
     pub fn waker(&self) -> Waker {
         self.waker.clone()
     }
-}
-
-fn claimed_from_row(row: &SqliteRow) -> Result<Claimed, sqlx::Error> {
-    let seq: i64 = row.try_get("seq")?;
-    let attempts: i64 = row.try_get("attempts")?;
-    let message = (|| {
-        let get_text = |name: &str| {
-            row.try_get::<String, _>(name)
-                .map_err(|e| format!("{name}: {e}"))
-        };
-        let id: MessageId = get_text("message_id")?
-            .parse()
-            .map_err(|e| format!("bad message_id: {e}"))?;
-        let kind: Kind = get_text("kind")?
-            .parse()
-            .map_err(|e: ferry_core::ParseKindError| e.to_string())?;
-        let headers = parse_headers(&get_text("headers")?)?;
-        let payload: Vec<u8> = row
-            .try_get("payload")
-            .map_err(|e| format!("payload: {e}"))?;
-        Ok(Message {
-            id,
-            kind,
-            topic: get_text("topic")?,
-            key: row
-                .try_get("message_key")
-                .map_err(|e| format!("message_key: {e}"))?,
-            headers,
-            content_type: get_text("content_type")?,
-            payload: Bytes::from(payload),
-            created_at: crate::text_columns::time("created_at", &get_text("created_at")?)
-                .map_err(|e| e.to_string())?,
-        })
-    })();
-    Ok(Claimed {
-        seq,
-        attempts: attempts.max(0) as u32,
-        message,
-    })
 }
 
 /// A batch read from a [`SqliteOutbox`].
@@ -187,10 +133,7 @@ impl Outbox for SqliteOutbox {
             .bind(i64::from(filter.limit))
             .fetch_all(&self.pool)
             .await?;
-        let messages = rows
-            .iter()
-            .map(claimed_from_row)
-            .collect::<Result<Vec<_>, _>>()?;
+        let messages = claimed::<Sqlite>(&rows)?;
         Ok(SqliteBatch {
             pool: self.pool.clone(),
             messages,
@@ -227,13 +170,7 @@ impl Outbox for SqliteOutbox {
     }
 
     async fn purge_delivered(&self, older_than: Duration) -> Result<u64, StoreError> {
-        let cutoff = super::before_now(older_than);
-        let done =
-            sqlx::query("DELETE FROM ferry_outbox WHERE status = 'delivered' AND delivered_at < ?")
-                .bind(format_time(cutoff))
-                .execute(&self.pool)
-                .await?;
-        Ok(done.rows_affected())
+        super::purge_delivered(&self.pool, older_than).await
     }
 }
 
@@ -248,14 +185,7 @@ impl ClaimedBatch for SqliteBatch {
         }
         let now = format_time(Utc::now());
         let mut tx = self.pool.begin().await?;
-        let delivered: Vec<i64> = self
-            .messages
-            .iter()
-            .zip(outcomes)
-            .filter(|(_, o)| **o == Outcome::Delivered)
-            .map(|(c, _)| c.seq)
-            .collect();
-        for chunk in delivered.chunks(500) {
+        for chunk in delivered(&self.messages, outcomes).chunks(500) {
             let list = vec!["?"; chunk.len()].join(", ");
             let sql = match self.retention {
                 Retention::Delete => format!("DELETE FROM ferry_outbox WHERE seq IN ({list})"),
@@ -273,22 +203,7 @@ impl ClaimedBatch for SqliteBatch {
             }
             q.execute(&mut *tx).await?;
         }
-        for (claimed, outcome) in self.messages.iter().zip(outcomes) {
-            if let Outcome::Failed { error, retry_at } = outcome {
-                sqlx::query(
-                    "UPDATE ferry_outbox SET attempts = attempts + 1,
-                        status = CASE WHEN ?1 IS NULL THEN 'dead' ELSE 'pending' END,
-                        next_attempt_at = COALESCE(?1, next_attempt_at),
-                        last_error = ?2
-                     WHERE seq = ?3",
-                )
-                .bind(retry_at.map(format_time))
-                .bind(error)
-                .bind(claimed.seq)
-                .execute(&mut *tx)
-                .await?;
-            }
-        }
+        record_failures::<Sqlite>(&mut tx, &self.messages, outcomes).await?;
         tx.commit().await?;
         Ok(())
     }
