@@ -364,11 +364,7 @@ impl Executor {
         };
         let mut attempt: Attempt = Box::new(move || handler(input.clone()));
         Counters::add(&shared.counters.running);
-        let result = tokio::select! {
-            biased;
-            _ = shared.cancel.cancelled() => None,
-            r = run_attempt(&mut attempt) => Some(r),
-        };
+        let result = unless_cancelled(&shared.cancel, run_attempt(&mut attempt)).await;
         Counters::sub(&shared.counters.running);
         let attempts = failure.attempts.saturating_add(1);
         let was_cancelled = result.is_none();
@@ -499,11 +495,7 @@ impl Shared {
     /// `f`'s output, or `None` once the shutdown's recording grace has run
     /// out.
     async fn or_give_up<T>(&self, f: impl Future<Output = T>) -> Option<T> {
-        tokio::select! {
-            biased;
-            _ = self.give_up.cancelled() => None,
-            r = f => Some(r),
-        }
+        unless_cancelled(&self.give_up, f).await
     }
 
     fn handler(&self, name: &str) -> Option<Handler> {
@@ -525,32 +517,28 @@ impl Shared {
             .as_ref()
             .map(|v| v.to_string())
             .unwrap_or_default();
-        match recorded {
-            Some(Ok(kept)) => kept,
-            Some(Err(e)) => {
-                tracing::error!(
-                    task = %failure.task,
-                    task_id = %failure.id,
-                    attempts = failure.attempts,
-                    error = %failure.error,
-                    input = %input,
-                    log_error = %error_chain(&e),
-                    "failure log unavailable: this task failure is kept only in this log line"
-                );
-                false
-            }
-            None => {
-                tracing::error!(
-                    task = %failure.task,
-                    task_id = %failure.id,
-                    attempts = failure.attempts,
-                    error = %failure.error,
-                    input = %input,
-                    "failure log did not record this task before the shutdown's grace ran out: it is kept only in this log line"
-                );
-                false
-            }
-        }
+        let (why, log_error) = match recorded {
+            Some(Ok(kept)) => return kept,
+            Some(Err(e)) => (
+                "failure log unavailable: this task failure is kept only in this log line",
+                Some(error_chain(&e)),
+            ),
+            None => (
+                "failure log did not record this task before the shutdown's grace ran out: it is kept only in this log line",
+                None,
+            ),
+        };
+        // Without a `log_error` field when there is none.
+        tracing::error!(
+            task = %failure.task,
+            task_id = %failure.id,
+            attempts = failure.attempts,
+            error = %failure.error,
+            input = %input,
+            log_error = log_error.as_ref().map(tracing::field::display),
+            "{why}"
+        );
+        false
     }
 }
 
@@ -635,31 +623,17 @@ async fn run(shared: Arc<Shared>, mut job: Job) {
     let mut attempts = 0u32;
     let mut first_failed_at: Option<DateTime<Utc>> = None;
     let mut last_error: Option<String> = None;
+    // `None`: cancelled by the shutdown deadline while running.
     let outcome = loop {
         attempts += 1;
-        let result = tokio::select! {
-            biased;
-            _ = shared.cancel.cancelled() => None,
-            r = run_attempt(&mut job.attempt) => Some(r),
-        };
-        let error = match result {
-            None => {
-                break cancelled(
-                    &shared,
-                    &job.task,
-                    UnfinishedState::Running,
-                    attempts,
-                    first_failed_at,
-                    last_error,
-                )
-                .await;
-            }
+        let error = match unless_cancelled(&shared.cancel, run_attempt(&mut job.attempt)).await {
+            None => break None,
             Some(Ok(())) => {
                 Counters::add(&shared.counters.done);
                 if attempts > 1 {
                     tracing::info!(task = %job.task.name, task_id = %job.task.id, attempts, "task succeeded after retrying");
                 }
-                break TaskOutcome::Succeeded { attempts };
+                break Some(TaskOutcome::Succeeded { attempts });
             }
             Some(Err(e)) => error_chain(&*e),
         };
@@ -670,21 +644,9 @@ async fn run(shared: Arc<Shared>, mut job: Job) {
             tracing::warn!(task = %job.task.name, task_id = %job.task.id, attempt = attempts, error = %error, retry_in = ?delay, "task failed, retrying");
             Counters::add(&shared.counters.retried);
             last_error = Some(error);
-            let waited = tokio::select! {
-                biased;
-                _ = shared.cancel.cancelled() => false,
-                _ = tokio::time::sleep(delay) => true,
-            };
-            if !waited {
-                break cancelled(
-                    &shared,
-                    &job.task,
-                    UnfinishedState::Running,
-                    attempts,
-                    first_failed_at,
-                    last_error,
-                )
-                .await;
+            let waited = unless_cancelled(&shared.cancel, tokio::time::sleep(delay)).await;
+            if waited.is_none() {
+                break None;
             }
             continue;
         }
@@ -700,15 +662,39 @@ async fn run(shared: Arc<Shared>, mut job: Job) {
         };
         let recorded = shared.record(&failure).await;
         Counters::add(&shared.counters.failed);
-        break TaskOutcome::Failed {
+        break Some(TaskOutcome::Failed {
             attempts,
             error,
             recorded,
-        };
+        });
+    };
+    let outcome = match outcome {
+        Some(outcome) => outcome,
+        None => {
+            cancelled(
+                &shared,
+                &job.task,
+                UnfinishedState::Running,
+                attempts,
+                first_failed_at,
+                last_error,
+            )
+            .await
+        }
     };
     Counters::sub(&shared.counters.running);
     // The submitter may have dropped its handle: nobody to tell.
     let _ = job.outcome.send(outcome);
+}
+
+/// `f`'s output, or `None` once `token` is cancelled (checked first, so a
+/// cancelled token wins over a ready `f`).
+async fn unless_cancelled<T>(token: &CancellationToken, f: impl Future<Output = T>) -> Option<T> {
+    tokio::select! {
+        biased;
+        _ = token.cancelled() => None,
+        r = f => Some(r),
+    }
 }
 
 /// One attempt, with a panic (while making the future or polling it)

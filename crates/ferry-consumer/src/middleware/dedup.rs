@@ -144,29 +144,19 @@ mod tests {
     use std::sync::atomic::{AtomicU32, Ordering};
 
     use super::*;
-    use crate::{handler_fn, HandlerError, HandlerExt};
-
-    fn counting(calls: Arc<AtomicU32>) -> impl Handler {
-        handler_fn(move |_, _| {
-            calls.fetch_add(1, Ordering::SeqCst);
-            async { Ok(()) }
-        })
-    }
-
-    async fn handle(h: &Arc<dyn Handler>, m: &Message) {
-        h.handle(m, &Context::new("g", m, None)).await.unwrap();
-    }
+    use crate::middleware::testing::{flaky, handle, scripted};
+    use crate::HandlerExt;
 
     #[tokio::test]
     async fn forgets_by_count() {
         let calls = Arc::new(AtomicU32::new(0));
-        let h = counting(calls.clone()).with(Dedup::new(DedupConfig {
+        let h = scripted(calls.clone(), |_| Ok(())).with(Dedup::new(DedupConfig {
             capacity: 2,
             max_age: Duration::from_secs(60),
         }));
         let [a, b, c] = [0, 1, 2].map(|_| Message::event("t", "{}"));
         for m in [&a, &a, &b, &c, &a] {
-            handle(&h, m).await;
+            handle(&h, m, None).await.unwrap();
         }
         // a, b, c handled; the second a skipped; a forgotten after c.
         assert_eq!(calls.load(Ordering::SeqCst), 4);
@@ -175,38 +165,27 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn forgets_by_age() {
         let calls = Arc::new(AtomicU32::new(0));
-        let h = counting(calls.clone()).with(Dedup::new(DedupConfig {
+        let h = scripted(calls.clone(), |_| Ok(())).with(Dedup::new(DedupConfig {
             capacity: 10,
             max_age: Duration::from_secs(60),
         }));
         let a = Message::event("t", "{}");
-        handle(&h, &a).await;
+        handle(&h, &a, None).await.unwrap();
         tokio::time::advance(Duration::from_secs(30)).await;
-        handle(&h, &a).await;
+        handle(&h, &a, None).await.unwrap();
         assert_eq!(calls.load(Ordering::SeqCst), 1);
         tokio::time::advance(Duration::from_secs(31)).await;
-        handle(&h, &a).await;
+        handle(&h, &a, None).await.unwrap();
         assert_eq!(calls.load(Ordering::SeqCst), 2);
     }
 
     #[tokio::test]
     async fn a_failed_message_is_not_remembered() {
         let calls = Arc::new(AtomicU32::new(0));
-        let c = calls.clone();
-        let h = handler_fn(move |_, _| {
-            let n = c.fetch_add(1, Ordering::SeqCst);
-            async move {
-                if n == 0 {
-                    Err(HandlerError::transient("first fails"))
-                } else {
-                    Ok(())
-                }
-            }
-        })
-        .with(Dedup::new(DedupConfig::default()));
+        let h = flaky(1, calls.clone(), "first fails").with(Dedup::new(DedupConfig::default()));
         let a = Message::event("t", "{}");
-        assert!(h.handle(&a, &Context::new("g", &a, None)).await.is_err());
-        handle(&h, &a).await;
+        assert!(handle(&h, &a, None).await.is_err());
+        handle(&h, &a, None).await.unwrap();
         assert_eq!(calls.load(Ordering::SeqCst), 2);
     }
 }

@@ -15,6 +15,8 @@ pub mod correlation;
 pub mod dead_letter;
 pub mod dedup;
 pub mod retry;
+#[cfg(test)]
+mod testing;
 pub mod timeout;
 
 pub use circuit_breaker::{CircuitBreaker, CircuitBreakerConfig};

@@ -203,7 +203,8 @@ mod tests {
     use std::sync::atomic::{AtomicU32, Ordering};
 
     use super::*;
-    use crate::{handler_fn, HandlerErrorKind, HandlerExt};
+    use crate::middleware::testing::{flaky, handle, scripted};
+    use crate::{HandlerErrorKind, HandlerExt};
 
     fn config(per_delivery: u32, max_deliveries: u32) -> RetryConfig {
         RetryConfig {
@@ -218,24 +219,10 @@ mod tests {
         }
     }
 
-    /// A handler failing transiently `failures` times, then succeeding.
-    fn flaky(failures: u32, calls: Arc<AtomicU32>) -> impl Handler {
-        handler_fn(move |_, _| {
-            let n = calls.fetch_add(1, Ordering::SeqCst);
-            async move {
-                if n < failures {
-                    Err(HandlerError::transient("flaky"))
-                } else {
-                    Ok(())
-                }
-            }
-        })
-    }
-
     #[tokio::test]
     async fn succeeds_within_one_delivery() {
         let calls = Arc::new(AtomicU32::new(0));
-        let h = flaky(2, calls.clone()).with(Retry::new(config(3, 1)));
+        let h = flaky(2, calls.clone(), "flaky").with(Retry::new(config(3, 1)));
         let m = Message::event("t", "{}");
         let cx = Context::new("g", &m, Some(1));
         h.handle(&m, &cx).await.unwrap();
@@ -246,20 +233,14 @@ mod tests {
     #[tokio::test]
     async fn hands_back_then_gives_up_on_the_last_delivery() {
         let calls = Arc::new(AtomicU32::new(0));
-        let h = flaky(u32::MAX, calls.clone()).with(Retry::new(config(2, 3)));
+        let h = flaky(u32::MAX, calls.clone(), "flaky").with(Retry::new(config(2, 3)));
         let m = Message::event("t", "{}");
-        let err = h
-            .handle(&m, &Context::new("g", &m, Some(1)))
-            .await
-            .unwrap_err();
+        let err = handle(&h, &m, Some(1)).await.unwrap_err();
         assert_eq!(err.kind, HandlerErrorKind::Transient);
         assert_eq!(err.attempts, Some(2));
         // Waits 1ms in process, then asks the broker to wait the next step.
         assert_eq!(err.retry_after, Some(Duration::from_millis(2)));
-        let err = h
-            .handle(&m, &Context::new("g", &m, Some(3)))
-            .await
-            .unwrap_err();
+        let err = handle(&h, &m, Some(3)).await.unwrap_err();
         assert_eq!(err.kind, HandlerErrorKind::Permanent);
         assert_eq!(err.attempts, Some(6));
         assert_eq!(err.describe(), "gave up after 6 attempts: flaky");
@@ -269,17 +250,11 @@ mod tests {
     #[tokio::test]
     async fn counts_deliveries_itself_when_the_broker_does_not() {
         let calls = Arc::new(AtomicU32::new(0));
-        let h = flaky(u32::MAX, calls.clone()).with(Retry::new(config(1, 2)));
+        let h = flaky(u32::MAX, calls.clone(), "flaky").with(Retry::new(config(1, 2)));
         let m = Message::event("t", "{}");
-        let first = h
-            .handle(&m, &Context::new("g", &m, None))
-            .await
-            .unwrap_err();
+        let first = handle(&h, &m, None).await.unwrap_err();
         assert!(first.is_transient());
-        let second = h
-            .handle(&m, &Context::new("g", &m, None))
-            .await
-            .unwrap_err();
+        let second = handle(&h, &m, None).await.unwrap_err();
         assert_eq!(second.kind, HandlerErrorKind::Permanent);
         assert_eq!(second.attempts, Some(2));
     }
@@ -287,17 +262,12 @@ mod tests {
     #[tokio::test]
     async fn permanent_errors_are_not_retried() {
         let calls = Arc::new(AtomicU32::new(0));
-        let c = calls.clone();
-        let h = handler_fn(move |_, _| {
-            c.fetch_add(1, Ordering::SeqCst);
-            async { Err(HandlerError::permanent("bad payload")) }
+        let h = scripted(calls.clone(), |_| {
+            Err(HandlerError::permanent("bad payload"))
         })
         .with(Retry::new(config(5, 5)));
         let m = Message::event("t", "{}");
-        let err = h
-            .handle(&m, &Context::new("g", &m, Some(2)))
-            .await
-            .unwrap_err();
+        let err = handle(&h, &m, Some(2)).await.unwrap_err();
         assert_eq!(err.kind, HandlerErrorKind::Permanent);
         assert_eq!(err.attempts, Some(6));
         assert_eq!(calls.load(Ordering::SeqCst), 1);
@@ -306,17 +276,12 @@ mod tests {
     #[tokio::test]
     async fn a_long_retry_after_goes_to_the_broker() {
         let calls = Arc::new(AtomicU32::new(0));
-        let c = calls.clone();
-        let h = handler_fn(move |_, _| {
-            c.fetch_add(1, Ordering::SeqCst);
-            async { Err(HandlerError::transient("busy").with_retry_after(Duration::from_secs(30))) }
+        let h = scripted(calls.clone(), |_| {
+            Err(HandlerError::transient("busy").with_retry_after(Duration::from_secs(30)))
         })
         .with(Retry::new(config(5, 5)));
         let m = Message::event("t", "{}");
-        let err = h
-            .handle(&m, &Context::new("g", &m, Some(1)))
-            .await
-            .unwrap_err();
+        let err = handle(&h, &m, Some(1)).await.unwrap_err();
         assert_eq!(err.retry_after, Some(Duration::from_secs(30)));
         assert_eq!(calls.load(Ordering::SeqCst), 1);
     }

@@ -58,6 +58,7 @@ impl Handler for TimeoutHandler {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::middleware::testing::handle;
     use crate::{handler_fn, HandlerExt};
 
     #[tokio::test]
@@ -70,15 +71,10 @@ mod tests {
         })
         .with(Timeout::new(Duration::from_millis(30)));
         let slow = Message::event("t", "slow");
-        let err = h
-            .handle(&slow, &Context::new("g", &slow, None))
-            .await
-            .unwrap_err();
+        let err = handle(&h, &slow, None).await.unwrap_err();
         assert!(err.is_transient());
         assert_eq!(err.message, "handler timed out after 30ms");
         let fast = Message::event("t", "fast");
-        h.handle(&fast, &Context::new("g", &fast, None))
-            .await
-            .unwrap();
+        handle(&h, &fast, None).await.unwrap();
     }
 }

@@ -10,22 +10,42 @@ use ferry_consumer::middleware::dead_letter::{
 use ferry_consumer::middleware::DeadLetterLayer;
 use ferry_consumer::{
     handler_fn, DeadLetters, HandlerError, HandlerExt, Router, RouterConfig, SinkDeadLetters,
-    StoreDeadLetters,
+    Stats, StoreDeadLetters,
 };
 use ferry_core::{Message, Sink, Subscriber, Subscription};
 use ferry_testkit::{MysqlTestDb, PgTestDb, SqliteTestDb};
 use futures::StreamExt;
 
-use crate::support::{topic, wait_for, Graveyard, Running};
+use crate::support::{fail_if, topic, wait_for, Graveyard, Running};
 
 fn poison() -> impl ferry_consumer::Handler {
     handler_fn(|m: Message, _| async move {
-        if m.payload == "poison" {
-            Err(HandlerError::permanent("bad payload\nline two"))
-        } else {
-            Ok(())
-        }
+        fail_if(
+            m.payload == "poison",
+            HandlerError::permanent("bad payload\nline two"),
+        )
     })
+}
+
+/// A router with default settings burying in `dead_letters`, `poison()`
+/// as `group` of `t`, started and subscribed.
+async fn start_poison(
+    broker: &MemoryBroker,
+    t: &str,
+    group: &str,
+    dead_letters: Arc<dyn DeadLetters>,
+) -> (Running, Stats) {
+    let router = Router::builder()
+        .subscriber(Arc::new(broker.clone()))
+        .dead_letters(dead_letters)
+        .config(&RouterConfig::default())
+        .event(t, group, poison())
+        .build()
+        .unwrap();
+    let stats = router.stats();
+    let running = Running::start(router);
+    wait_for("subscribed", || stats.get(t, group).unwrap().subscribed).await;
+    (running, stats)
 }
 
 #[tokio::test]
@@ -36,19 +56,8 @@ async fn sink_dead_letters_go_to_the_dead_topic_with_why_in_headers() {
         .subscribe(&Subscription::new(format!("{t}.dead"), "ops"))
         .await
         .unwrap();
-    let router = Router::builder()
-        .subscriber(Arc::new(broker.clone()))
-        .dead_letters(Arc::new(SinkDeadLetters::new(Arc::new(broker.clone()))))
-        .config(&RouterConfig::default())
-        .event(&t, "billing", poison())
-        .build()
-        .unwrap();
-    let stats = router.stats();
-    let running = Running::start(router);
-    wait_for("subscribed", || {
-        stats.get(&t, "billing").unwrap().subscribed
-    })
-    .await;
+    let dead_letters = SinkDeadLetters::new(Arc::new(broker.clone()));
+    let (running, stats) = start_poison(&broker, &t, "billing", Arc::new(dead_letters)).await;
     let m = Message::event(&t, "poison")
         .with_key("order-7")
         .with_header("x-trace", "1");
@@ -145,19 +154,8 @@ async fn a_message_buried_twice_is_one_dead_letter() {
     db.migrate().await.unwrap();
     let broker = MemoryBroker::new();
     let t = topic("buried-twice");
-    let router = Router::builder()
-        .subscriber(Arc::new(broker.clone()))
-        .dead_letters(Arc::new(StoreDeadLetters::new(db.clone())))
-        .config(&RouterConfig::default())
-        .event(&t, "g", poison())
-        .build()
-        .unwrap();
-    let stats = router.stats();
-    let running = Running::start(router);
-    wait_for("subscribed", || {
-        stats.snapshot().iter().all(|s| s.subscribed)
-    })
-    .await;
+    let dead_letters = StoreDeadLetters::new(db.clone());
+    let (running, stats) = start_poison(&broker, &t, "g", Arc::new(dead_letters)).await;
     let m = Message::event(&t, "poison");
     for _ in 0..2 {
         for r in broker.deliver(std::slice::from_ref(&m)).await {

@@ -55,7 +55,7 @@ async fn consume(
 /// Fails the first call after writing (so the write must be rolled back),
 /// if `fail_first`; counts calls.
 macro_rules! inbox_tests {
-    ($name:ident, $db:ty, $variant:path, $create:expr, $insert:literal) => {
+    ($($name:ident: $db:ty, $variant:ident, $create:expr, $placeholder:literal;)*) => {$(
         mod $name {
             use super::*;
 
@@ -63,7 +63,7 @@ macro_rules! inbox_tests {
                 let test_db = $create;
                 let db = ferry_store::Database::connect(&test_db.url).await.unwrap();
                 db.migrate().await.unwrap();
-                let $variant(pool) = db else {
+                let ferry_store::Database::$variant(pool) = db else {
                     panic!("unexpected database kind")
                 };
                 sqlx::query("CREATE TABLE coupons (message_id VARCHAR(64) NOT NULL)")
@@ -83,7 +83,11 @@ macro_rules! inbox_tests {
                     inbox_fn(move |tx, message, _cx| {
                         let n = calls.fetch_add(1, Ordering::SeqCst);
                         Box::pin(async move {
-                            sqlx::query($insert)
+                            sqlx::query(concat!(
+                                "INSERT INTO coupons (message_id) VALUES (",
+                                $placeholder,
+                                ")"
+                            ))
                                 .bind(message.id.to_string())
                                 .execute(&mut **tx)
                                 .await
@@ -106,46 +110,46 @@ macro_rules! inbox_tests {
                     .unwrap()
             }
 
+            /// On a fresh database, delivers one message `copies` times
+            /// (one after the other) to `handler(fail_first)` until
+            /// `handled` deliveries were handled: the pool, the test
+            /// database (dropped last) and how often the handler ran.
+            async fn deliver_one(
+                name: &str,
+                fail_first: bool,
+                copies: usize,
+                handled: u64,
+            ) -> (sqlx::Pool<$db>, Box<dyn std::any::Any>, u32) {
+                let (pool, db) = setup().await;
+                let broker = MemoryBroker::new();
+                let t = topic(name);
+                let calls = Arc::new(AtomicU32::new(0));
+                let copies = vec![Message::event(&t, "{}"); copies];
+                let h = handler(pool.clone(), fail_first, calls.clone());
+                consume(&broker, &t, h, &copies, handled).await;
+                (pool, db, calls.load(Ordering::SeqCst))
+            }
+
             #[tokio::test]
             async fn a_message_delivered_twice_is_applied_once() {
-                let (pool, _db) = setup().await;
-                let broker = MemoryBroker::new();
-                let t = topic("inbox");
-                let calls = Arc::new(AtomicU32::new(0));
-                let m = Message::event(&t, "{}");
-                let h = handler(pool.clone(), false, calls.clone());
-                consume(&broker, &t, h, &[m.clone(), m.clone()], 2).await;
+                let (pool, _db, calls) = deliver_one("inbox", false, 2, 2).await;
                 assert_eq!(count(&pool, "coupons").await, 1);
                 assert_eq!(count(&pool, "ferry_inbox").await, 1);
                 // The duplicate never reached the handler.
-                assert_eq!(calls.load(Ordering::SeqCst), 1);
+                assert_eq!(calls, 1);
             }
 
             #[tokio::test]
             async fn a_failed_handler_rolls_back_its_inbox_row_so_the_retry_applies_it() {
-                let (pool, _db) = setup().await;
-                let broker = MemoryBroker::new();
-                let t = topic("inbox-fail");
-                let calls = Arc::new(AtomicU32::new(0));
-                let m = Message::event(&t, "{}");
-                let h = handler(pool.clone(), true, calls.clone());
-                consume(&broker, &t, h, &[m], 1).await;
-                assert_eq!(
-                    calls.load(Ordering::SeqCst),
-                    2,
-                    "the redelivery ran the handler"
-                );
+                let (pool, _db, calls) = deliver_one("inbox-fail", true, 1, 1).await;
+                assert_eq!(calls, 2, "the redelivery ran the handler");
                 assert_eq!(count(&pool, "coupons").await, 1);
                 assert_eq!(count(&pool, "ferry_inbox").await, 1);
             }
 
             #[tokio::test]
             async fn pruning_deletes_old_rows() {
-                let (pool, _db) = setup().await;
-                let broker = MemoryBroker::new();
-                let t = topic("inbox-prune");
-                let h = handler(pool.clone(), false, Arc::new(AtomicU32::new(0)));
-                consume(&broker, &t, h, &[Message::event(&t, "{}")], 1).await;
+                let (pool, _db, _) = deliver_one("inbox-prune", false, 1, 1).await;
                 assert_eq!(count(&pool, "ferry_inbox").await, 1);
                 let config = PruneConfig {
                     window: Duration::from_millis(1),
@@ -164,27 +168,11 @@ macro_rules! inbox_tests {
                 task.await.unwrap();
             }
         }
-    };
+    )*};
 }
 
-inbox_tests!(
-    sqlite,
-    sqlx::Sqlite,
-    ferry_store::Database::Sqlite,
-    SqliteTestDb::create(),
-    "INSERT INTO coupons (message_id) VALUES (?)"
-);
-inbox_tests!(
-    postgres,
-    sqlx::Postgres,
-    ferry_store::Database::Postgres,
-    PgTestDb::create().await,
-    "INSERT INTO coupons (message_id) VALUES ($1)"
-);
-inbox_tests!(
-    mariadb,
-    sqlx::MySql,
-    ferry_store::Database::Mysql,
-    MysqlTestDb::create().await,
-    "INSERT INTO coupons (message_id) VALUES (?)"
-);
+inbox_tests! {
+    sqlite: sqlx::Sqlite, Sqlite, SqliteTestDb::create(), "?";
+    postgres: sqlx::Postgres, Postgres, PgTestDb::create().await, "$1";
+    mariadb: sqlx::MySql, Mysql, MysqlTestDb::create().await, "?";
+}

@@ -18,7 +18,7 @@ use ferry_core::{
 };
 use tokio::time::Instant;
 
-use crate::support::{topic, wait_for, Counting, Graveyard, Running};
+use crate::support::{fail_if, topic, wait_for, Counting, Graveyard, Running};
 
 /// A router on `subscriber` with a graveyard and `config` (no middleware
 /// unless it asks).
@@ -41,16 +41,21 @@ fn bare() -> RouterConfig {
     }
 }
 
-fn fast_retry(per_delivery: u32, max_deliveries: u32) -> RetryConfig {
-    RetryConfig {
-        backoff: RetryPolicy {
-            max_attempts: per_delivery,
-            initial_backoff: Duration::from_millis(1),
-            max_backoff: Duration::from_millis(5),
-            multiplier: 2.0,
-            jitter: 0.0,
-        },
-        max_deliveries,
+/// Default settings with a quick retry: `per_delivery` attempts in
+/// process, on up to `max_deliveries` deliveries.
+fn fast_retry(per_delivery: u32, max_deliveries: u32) -> RouterConfig {
+    RouterConfig {
+        retry: Some(RetryConfig {
+            backoff: RetryPolicy {
+                max_attempts: per_delivery,
+                initial_backoff: Duration::from_millis(1),
+                max_backoff: Duration::from_millis(5),
+                multiplier: 2.0,
+                jitter: 0.0,
+            },
+            max_deliveries,
+        }),
+        ..RouterConfig::default()
     }
 }
 
@@ -64,6 +69,37 @@ async fn start(router: Router) -> (Running, Stats) {
     })
     .await;
     (running, stats)
+}
+
+/// A router on `subscriber` with `handler` as group `g` of the event `t`,
+/// started: its graveyard, the running router and its stats.
+async fn start_g(
+    subscriber: Arc<dyn Subscriber>,
+    t: &str,
+    config: RouterConfig,
+    handler: impl Handler,
+) -> (Arc<Graveyard>, Running, Stats) {
+    let graveyard = Graveyard::new();
+    let router = builder(subscriber, &graveyard, config)
+        .event(t, "g", handler)
+        .build()
+        .unwrap();
+    let (running, stats) = start(router).await;
+    (graveyard, running, stats)
+}
+
+/// A router with one route, `handler` as group `g` of a fresh topic
+/// `name-…` on a fresh in-process broker, started: the broker, the topic,
+/// the graveyard, the running router and its stats.
+async fn one_route(
+    name: &str,
+    config: RouterConfig,
+    handler: impl Handler,
+) -> (MemoryBroker, String, Arc<Graveyard>, Running, Stats) {
+    let broker = MemoryBroker::new();
+    let t = topic(name);
+    let (graveyard, running, stats) = start_g(Arc::new(broker.clone()), &t, config, handler).await;
+    (broker, t, graveyard, running, stats)
 }
 
 async fn publish(broker: &MemoryBroker, messages: &[Message]) {
@@ -184,16 +220,9 @@ async fn a_command_reaches_its_one_handler() {
     let broker = MemoryBroker::new();
     let t = topic("command");
     let calls = Arc::new(AtomicU32::new(0));
-    let c = calls.clone();
     let graveyard = Graveyard::new();
     let router = builder(Arc::new(broker.clone()), &graveyard, bare())
-        .command(
-            &t,
-            handler_fn(move |_, _| {
-                c.fetch_add(1, Ordering::SeqCst);
-                async { Ok(()) }
-            }),
-        )
+        .command(&t, flaky(0, calls.clone()))
         .build()
         .unwrap();
     let (running, stats) = start(router).await;
@@ -205,8 +234,6 @@ async fn a_command_reaches_its_one_handler() {
 
 #[tokio::test]
 async fn messages_of_a_key_are_handled_in_order_and_keys_concurrently() {
-    let broker = MemoryBroker::new();
-    let t = topic("order");
     #[derive(Default)]
     struct Seen {
         order: HashMap<String, Vec<u32>>,
@@ -238,12 +265,7 @@ async fn messages_of_a_key_are_handled_in_order_and_keys_concurrently() {
             Ok(())
         }
     });
-    let graveyard = Graveyard::new();
-    let router = builder(Arc::new(broker.clone()), &graveyard, bare())
-        .event(&t, "g", handler)
-        .build()
-        .unwrap();
-    let (running, stats) = start(router).await;
+    let (broker, t, _, running, stats) = one_route("order", bare(), handler).await;
     let keys = ["k0", "k1", "k2", "k3"];
     let messages: Vec<Message> = (0..25)
         .flat_map(|n| keys.map(|k| Message::event(&t, n.to_string()).with_key(k)))
@@ -267,8 +289,6 @@ async fn messages_of_a_key_are_handled_in_order_and_keys_concurrently() {
 
 #[tokio::test]
 async fn poison_and_malformed_messages_are_dead_lettered_while_others_flow() {
-    let broker = MemoryBroker::new();
-    let t = topic("poison");
     let handled = Arc::new(Mutex::new(Vec::new()));
     let h = handled.clone();
     let handler = handler_fn(move |m: Message, _| {
@@ -276,24 +296,10 @@ async fn poison_and_malformed_messages_are_dead_lettered_while_others_flow() {
         if !poison {
             h.lock().unwrap().push(m.id);
         }
-        async move {
-            if poison {
-                Err(HandlerError::permanent("poison pill"))
-            } else {
-                Ok(())
-            }
-        }
+        async move { fail_if(poison, HandlerError::permanent("poison pill")) }
     });
-    let graveyard = Graveyard::new();
-    let router = builder(
-        Arc::new(broker.clone()),
-        &graveyard,
-        RouterConfig::default(),
-    )
-    .event(&t, "g", handler)
-    .build()
-    .unwrap();
-    let (running, stats) = start(router).await;
+    let (broker, t, graveyard, running, stats) =
+        one_route("poison", RouterConfig::default(), handler).await;
     // One key: the poison must not block the messages behind it.
     let messages: Vec<Message> = ["ok", "poison", "ok", "poison", "ok"]
         .iter()
@@ -344,35 +350,20 @@ async fn poison_and_malformed_messages_are_dead_lettered_while_others_flow() {
     assert_eq!((lag.waiting, lag.in_flight), (Some(0), Some(0)));
 }
 
-/// A handler failing transiently its first `failures` calls.
+/// A handler failing transiently its first `failures` calls (none with 0),
+/// counting every call in `calls`.
 fn flaky(failures: u32, calls: Arc<AtomicU32>) -> impl Handler {
     handler_fn(move |_, _| {
         let n = calls.fetch_add(1, Ordering::SeqCst);
-        async move {
-            if n < failures {
-                Err(HandlerError::transient("downstream down"))
-            } else {
-                Ok(())
-            }
-        }
+        async move { fail_if(n < failures, HandlerError::transient("downstream down")) }
     })
 }
 
 #[tokio::test]
 async fn a_failing_message_is_retried_in_process_until_it_succeeds() {
-    let broker = MemoryBroker::new();
-    let t = topic("retry");
     let calls = Arc::new(AtomicU32::new(0));
-    let graveyard = Graveyard::new();
-    let config = RouterConfig {
-        retry: Some(fast_retry(3, 1)),
-        ..RouterConfig::default()
-    };
-    let router = builder(Arc::new(broker.clone()), &graveyard, config)
-        .event(&t, "g", flaky(2, calls.clone()))
-        .build()
-        .unwrap();
-    let (running, stats) = start(router).await;
+    let (broker, t, graveyard, running, stats) =
+        one_route("retry", fast_retry(3, 1), flaky(2, calls.clone())).await;
     publish(&broker, &[Message::event(&t, "{}")]).await;
     wait_for("success", || counter(&stats, |s| s.handled) == 1).await;
     running.shut_down().await;
@@ -384,31 +375,14 @@ async fn a_failing_message_is_retried_in_process_until_it_succeeds() {
 
 #[tokio::test]
 async fn a_failing_message_is_handed_back_to_the_broker_and_redelivered() {
-    let broker = MemoryBroker::new();
-    let t = topic("redeliver");
     let deliveries = Arc::new(Mutex::new(Vec::new()));
     let d = deliveries.clone();
     let handler = handler_fn(move |_, cx| {
         let count = cx.delivery_count().unwrap();
         d.lock().unwrap().push(count);
-        async move {
-            if count < 3 {
-                Err(HandlerError::transient("not yet"))
-            } else {
-                Ok(())
-            }
-        }
+        async move { fail_if(count < 3, HandlerError::transient("not yet")) }
     });
-    let graveyard = Graveyard::new();
-    let config = RouterConfig {
-        retry: Some(fast_retry(1, 5)),
-        ..RouterConfig::default()
-    };
-    let router = builder(Arc::new(broker.clone()), &graveyard, config)
-        .event(&t, "g", handler)
-        .build()
-        .unwrap();
-    let (running, stats) = start(router).await;
+    let (broker, t, _, running, stats) = one_route("redeliver", fast_retry(1, 5), handler).await;
     publish(&broker, &[Message::event(&t, "{}")]).await;
     wait_for("success", || counter(&stats, |s| s.handled) == 1).await;
     running.shut_down().await;
@@ -418,19 +392,13 @@ async fn a_failing_message_is_handed_back_to_the_broker_and_redelivered() {
 
 #[tokio::test]
 async fn exhausted_retries_dead_letter_with_the_attempt_count() {
-    let broker = MemoryBroker::new();
-    let t = topic("exhausted");
     let calls = Arc::new(AtomicU32::new(0));
-    let graveyard = Graveyard::new();
-    let config = RouterConfig {
-        retry: Some(fast_retry(2, 3)),
-        ..RouterConfig::default()
-    };
-    let router = builder(Arc::new(broker.clone()), &graveyard, config)
-        .event(&t, "g", flaky(u32::MAX, calls.clone()))
-        .build()
-        .unwrap();
-    let (running, stats) = start(router).await;
+    let (broker, t, graveyard, running, stats) = one_route(
+        "exhausted",
+        fast_retry(2, 3),
+        flaky(u32::MAX, calls.clone()),
+    )
+    .await;
     let m = Message::event(&t, "{}");
     publish(&broker, std::slice::from_ref(&m)).await;
     wait_for("the dead letter", || graveyard.letters().len() == 1).await;
@@ -449,8 +417,6 @@ async fn exhausted_retries_dead_letter_with_the_attempt_count() {
 
 #[tokio::test]
 async fn a_slow_attempt_times_out_and_is_retried() {
-    let broker = MemoryBroker::new();
-    let t = topic("timeout");
     let calls = Arc::new(Mutex::new(HashMap::<String, u32>::new()));
     let c = calls.clone();
     let handler = handler_fn(move |m: Message, _| {
@@ -468,17 +434,11 @@ async fn a_slow_attempt_times_out_and_is_retried() {
             Ok(())
         }
     });
-    let graveyard = Graveyard::new();
     let config = RouterConfig {
         timeout: Some(Duration::from_millis(50)),
-        retry: Some(fast_retry(2, 1)),
-        ..RouterConfig::default()
+        ..fast_retry(2, 1)
     };
-    let router = builder(Arc::new(broker.clone()), &graveyard, config)
-        .event(&t, "g", handler)
-        .build()
-        .unwrap();
-    let (running, stats) = start(router).await;
+    let (broker, t, graveyard, running, stats) = one_route("timeout", config, handler).await;
     let began = Instant::now();
     publish(
         &broker,
@@ -508,15 +468,8 @@ async fn an_open_circuit_stops_pulling_then_probes_and_closes() {
     let f = failing.clone();
     let handler = handler_fn(move |_, _| {
         let fail = f.load(Ordering::SeqCst);
-        async move {
-            if fail {
-                Err(HandlerError::transient("downstream down"))
-            } else {
-                Ok(())
-            }
-        }
+        async move { fail_if(fail, HandlerError::transient("downstream down")) }
     });
-    let graveyard = Graveyard::new();
     let cool_down = Duration::from_millis(1000);
     let config = RouterConfig {
         // One message at a time, so that every pull can be counted.
@@ -527,11 +480,7 @@ async fn an_open_circuit_stops_pulling_then_probes_and_closes() {
         }),
         ..bare()
     };
-    let router = builder(counting.clone(), &graveyard, config)
-        .event(&t, "g", handler)
-        .build()
-        .unwrap();
-    let (running, stats) = start(router).await;
+    let (graveyard, running, stats) = start_g(counting.clone(), &t, config, handler).await;
     publish(
         &broker,
         &(0..10)
@@ -559,8 +508,6 @@ async fn an_open_circuit_stops_pulling_then_probes_and_closes() {
 
 #[tokio::test]
 async fn shutdown_lets_running_handlers_finish_within_the_deadline_and_gives_back_the_rest() {
-    let broker = MemoryBroker::new();
-    let t = topic("shutdown");
     let started = Arc::new(Mutex::new(HashSet::new()));
     let done = Arc::new(Mutex::new(HashSet::new()));
     let (s, d) = (started.clone(), done.clone());
@@ -578,16 +525,11 @@ async fn shutdown_lets_running_handlers_finish_within_the_deadline_and_gives_bac
             Ok(())
         }
     });
-    let graveyard = Graveyard::new();
     let config = RouterConfig {
         shutdown_timeout: Duration::from_millis(500),
         ..bare()
     };
-    let router = builder(Arc::new(broker.clone()), &graveyard, config)
-        .event(&t, "g", handler)
-        .build()
-        .unwrap();
-    let (running, stats) = start(router).await;
+    let (broker, t, graveyard, running, stats) = one_route("shutdown", config, handler).await;
     let slow_a = Message::event(&t, "slow").with_key("a");
     let behind_a = Message::event(&t, "fast").with_key("a");
     let slow = Message::event(&t, "slow");
@@ -636,27 +578,12 @@ async fn shutdown_lets_running_handlers_finish_within_the_deadline_and_gives_bac
 
 #[tokio::test]
 async fn dedup_drops_a_duplicate() {
-    let broker = MemoryBroker::new();
-    let t = topic("dedup");
     let calls = Arc::new(AtomicU32::new(0));
-    let c = calls.clone();
-    let graveyard = Graveyard::new();
     let config = RouterConfig {
         dedup: Some(DedupConfig::default()),
         ..bare()
     };
-    let router = builder(Arc::new(broker.clone()), &graveyard, config)
-        .event(
-            &t,
-            "g",
-            handler_fn(move |_, _| {
-                c.fetch_add(1, Ordering::SeqCst);
-                async { Ok(()) }
-            }),
-        )
-        .build()
-        .unwrap();
-    let (running, stats) = start(router).await;
+    let (broker, t, _, running, stats) = one_route("dedup", config, flaky(0, calls.clone())).await;
     let m = Message::event(&t, "{}");
     // A relay's re-send after a crash: the same message twice.
     publish(&broker, std::slice::from_ref(&m)).await;
@@ -669,8 +596,6 @@ async fn dedup_drops_a_duplicate() {
 
 #[tokio::test]
 async fn stats_show_the_lag_read_from_the_broker() {
-    let broker = MemoryBroker::new();
-    let t = topic("lag");
     let gate = Arc::new(tokio::sync::Semaphore::new(0));
     let g = gate.clone();
     let handler = handler_fn(move |_, _| {
@@ -680,7 +605,6 @@ async fn stats_show_the_lag_read_from_the_broker() {
             Ok(())
         }
     });
-    let graveyard = Graveyard::new();
     let config = RouterConfig {
         prefetch: 1,
         lag: ferry_consumer::LagConfig {
@@ -690,11 +614,7 @@ async fn stats_show_the_lag_read_from_the_broker() {
         },
         ..bare()
     };
-    let router = builder(Arc::new(broker.clone()), &graveyard, config)
-        .event(&t, "g", handler)
-        .build()
-        .unwrap();
-    let (running, stats) = start(router).await;
+    let (broker, t, _, running, stats) = one_route("lag", config, handler).await;
     publish(
         &broker,
         &(0..3).map(|_| Message::event(&t, "{}")).collect::<Vec<_>>(),
@@ -812,8 +732,6 @@ async fn an_unavailable_broker_is_retried_and_a_permanent_refusal_fails_the_rout
 /// messages behind it on its key are handled.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_panicking_handler_dead_letters_its_message_and_the_key_flows() {
-    let broker = MemoryBroker::new();
-    let t = topic("panic");
     let handled = Arc::new(Mutex::new(Vec::new()));
     let calls = Arc::new(std::sync::atomic::AtomicU32::new(0));
     let (h, c) = (handled.clone(), calls.clone());
@@ -828,16 +746,8 @@ async fn a_panicking_handler_dead_letters_its_message_and_the_key_flows() {
             Ok(())
         }
     });
-    let graveyard = Graveyard::new();
-    let router = builder(
-        Arc::new(broker.clone()),
-        &graveyard,
-        RouterConfig::default(),
-    )
-    .event(&t, "g", handler)
-    .build()
-    .unwrap();
-    let (running, _stats) = start(router).await;
+    let (broker, t, graveyard, running, _stats) =
+        one_route("panic", RouterConfig::default(), handler).await;
     let messages: Vec<Message> = ["ok", "boom", "ok"]
         .iter()
         .map(|p| Message::event(&t, *p).with_key("k"))

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use ferry_consumer::middleware::DeadLetterError;
-use ferry_consumer::{DeadLetter, DeadLetters, Router, RouterError, ShutdownReport};
+use ferry_consumer::{DeadLetter, DeadLetters, HandlerError, Router, RouterError, ShutdownReport};
 use ferry_core::{
     BoxFuture, Capabilities, LagFuture, MessageStream, SubscribeFuture, Subscriber, Subscription,
 };
@@ -106,6 +106,16 @@ impl Running {
             .expect("router stops")
             .expect("router task")
             .expect("router ends without error")
+    }
+}
+
+/// `Err(error)` when `failing`, else `Ok(())`: what a handler that fails
+/// on some calls returns.
+pub fn fail_if(failing: bool, error: HandlerError) -> Result<(), HandlerError> {
+    if failing {
+        Err(error)
+    } else {
+        Ok(())
     }
 }
 

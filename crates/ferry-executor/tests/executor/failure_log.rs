@@ -16,33 +16,20 @@ use uuid::Uuid;
 
 use crate::{next_start, started, Latch};
 
+/// Each test as `sqlite::…`, `postgres::…` and `mysql::…`, on a fresh
+/// database of its own.
 macro_rules! each_db {
     ($($name:ident),* $(,)?) => {
-        mod sqlite {
+        each_db!(@on sqlite, ferry_testkit::SqliteTestDb::create(), $($name),*);
+        each_db!(@on postgres, ferry_testkit::PgTestDb::create().await, $($name),*);
+        each_db!(@on mysql, ferry_testkit::MysqlTestDb::create().await, $($name),*);
+    };
+    (@on $module:ident, $create:expr, $($name:ident),*) => {
+        mod $module {
             $(
                 #[tokio::test]
                 async fn $name() {
-                    let t = ferry_testkit::SqliteTestDb::create();
-                    super::$name(super::connect(&t.url).await).await;
-                }
-            )*
-        }
-        mod postgres {
-            $(
-                #[tokio::test]
-                async fn $name() {
-                    let t = ferry_testkit::PgTestDb::create().await;
-                    let db = super::connect(&t.url).await;
-                    super::$name(db.clone()).await;
-                    db.close().await;
-                }
-            )*
-        }
-        mod mysql {
-            $(
-                #[tokio::test]
-                async fn $name() {
-                    let t = ferry_testkit::MysqlTestDb::create().await;
+                    let t = $create;
                     let db = super::connect(&t.url).await;
                     super::$name(db.clone()).await;
                     db.close().await;
@@ -151,19 +138,13 @@ async fn spent_retries_are_recorded_with_name_input_error_and_attempts(db: Datab
         .await
         .unwrap()
         .is_empty());
-    let m = executor.metrics();
-    assert_eq!((m.failed, m.retried), (1, 2), "{m:?}");
+    assert_metrics!(executor, failed: 1, retried: 2);
 }
 
 async fn an_ad_hoc_failure_is_recorded_but_cannot_be_rerun(db: Database) {
     let executor = executor(&db, fast(1));
     let handle = executor
-        .submit_async("inline_cleanup", || async {
-            if true {
-                panic!("cleanup blew up");
-            }
-            Ok::<_, std::io::Error>(())
-        })
+        .submit_async("inline_cleanup", || crate::panics("cleanup blew up"))
         .await
         .unwrap();
     let id = handle.id();
@@ -312,27 +293,9 @@ async fn shutdown_records_what_outran_the_deadline_for_a_rerun(db: Database) {
         ]
     );
     assert_eq!(unfinished[2].id, running.id());
-    assert_eq!(
-        running.await,
-        TaskOutcome::Cancelled {
-            attempts: 1,
-            recorded: true
-        }
-    );
-    assert_eq!(
-        queued.await,
-        TaskOutcome::Cancelled {
-            attempts: 0,
-            recorded: true
-        }
-    );
-    assert_eq!(
-        finished.await,
-        TaskOutcome::Cancelled {
-            attempts: 0,
-            recorded: true
-        }
-    );
+    assert_eq!(running.await, crate::cancelled(1, true));
+    assert_eq!(queued.await, crate::cancelled(0, true));
+    assert_eq!(finished.await, crate::cancelled(0, true));
     assert_eq!(executor.metrics().cancelled, 3);
 
     let rows = db.task_failures(Some("export_report"), 10).await.unwrap();

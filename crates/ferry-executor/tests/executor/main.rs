@@ -4,12 +4,24 @@
 //! log), and the failure log on SQLite, PostgreSQL and MariaDB (a fresh
 //! database each, real time).
 
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use ferry_core::RetryPolicy;
-use ferry_executor::{Executor, ExecutorConfig, LogOnlyFailureLog, OverloadPolicy};
+use ferry_executor::{
+    Executor, ExecutorConfig, LogOnlyFailureLog, OverloadPolicy, TaskHandle, TaskOutcome,
+};
 use tokio::sync::{mpsc, watch};
+
+/// Asserts the executor's metrics named, all at once, showing every metric
+/// when they differ.
+macro_rules! assert_metrics {
+    ($executor:expr, $($field:ident: $value:expr),+ $(,)?) => {{
+        let m = $executor.metrics();
+        assert_eq!(($(m.$field),+), ($($value),+), "{m:?}");
+    }};
+}
 
 mod failure_log;
 mod overload;
@@ -79,6 +91,38 @@ pub async fn next_start(rx: &mut mpsc::UnboundedReceiver<String>) -> String {
         .expect("senders alive")
 }
 
+/// Submits a task `name` that sends its name to `tx` when it starts, then
+/// waits at `latch`.
+pub async fn submit_blocked(
+    executor: &Executor,
+    name: &str,
+    latch: &Latch,
+    tx: &mpsc::UnboundedSender<String>,
+) -> TaskHandle {
+    let (latch, tx, announce) = (latch.clone(), tx.clone(), name.to_owned());
+    executor
+        .submit_async(name, move || {
+            let (latch, tx, announce) = (latch.clone(), tx.clone(), announce.clone());
+            async move {
+                let _ = tx.send(announce);
+                latch.wait().await;
+                Ok::<_, std::io::Error>(())
+            }
+        })
+        .await
+        .unwrap()
+}
+
+/// A task that counts its attempts in `calls` and makes the n-th (from 1)
+/// with `attempt(n)`.
+pub fn counted<Fut>(
+    calls: &Arc<AtomicU32>,
+    attempt: impl Fn(u32) -> Fut + Send + 'static,
+) -> impl FnMut() -> Fut + Send + 'static {
+    let calls = calls.clone();
+    move || attempt(calls.fetch_add(1, Ordering::SeqCst) + 1)
+}
+
 /// Log lines written while `f` runs on this thread (current-thread
 /// runtimes only), as text.
 #[derive(Clone, Default)]
@@ -114,6 +158,17 @@ impl std::io::Write for CapturedLog {
 /// A task that never succeeds, for `submit_async`.
 pub async fn always_fails() -> Result<(), std::io::Error> {
     Err(std::io::Error::other("downstream refused"))
+}
+
+/// A task that panics with `message` when it runs (not while its future
+/// is made).
+pub async fn panics(message: &'static str) -> Result<(), std::io::Error> {
+    panic!("{message}")
+}
+
+/// The outcome of a task the shutdown cancelled after `attempts`.
+pub fn cancelled(attempts: u32, recorded: bool) -> TaskOutcome {
+    TaskOutcome::Cancelled { attempts, recorded }
 }
 
 /// A successful task.

@@ -6,36 +6,23 @@ use std::time::Duration;
 
 use ferry_executor::{Executor, OverloadPolicy, SubmitError, TaskHandle, TaskOutcome};
 
-use crate::{config, log_only, next_start, started, Latch};
+use crate::{config, log_only, next_start, started, submit_blocked, Latch};
 
 /// Fills the executor: `first` running (blocked at `latch`), `second`
 /// queued. Returns their handles.
 async fn fill(executor: &Executor, latch: &Latch) -> (TaskHandle, TaskHandle) {
     let (tx, mut rx) = started();
-    let mut handles = Vec::new();
-    for name in ["first", "second"] {
-        let (latch, tx) = (latch.clone(), tx.clone());
-        handles.push(
-            executor
-                .submit_async(name, move || {
-                    let (latch, tx) = (latch.clone(), tx.clone());
-                    async move {
-                        let _ = tx.send(name.to_owned());
-                        latch.wait().await;
-                        Ok::<_, std::io::Error>(())
-                    }
-                })
-                .await
-                .unwrap(),
-        );
-        if name == "first" {
-            assert_eq!(next_start(&mut rx).await, "first");
-        }
-    }
-    let m = executor.metrics();
-    assert_eq!((m.running, m.queued), (1, 1), "{m:?}");
-    let second = handles.pop().unwrap();
-    (handles.pop().unwrap(), second)
+    let first = submit_blocked(executor, "first", latch, &tx).await;
+    assert_eq!(next_start(&mut rx).await, "first");
+    let second = submit_blocked(executor, "second", latch, &tx).await;
+    assert_metrics!(executor, running: 1, queued: 1);
+    (first, second)
+}
+
+/// A task that sets `ran` when it runs.
+async fn mark(ran: Arc<AtomicBool>) -> Result<(), std::io::Error> {
+    ran.store(true, Ordering::SeqCst);
+    Ok(())
 }
 
 #[tokio::test(start_paused = true)]
@@ -49,13 +36,7 @@ async fn wait_blocks_the_submitter_until_there_is_room() {
         let (executor, ran) = (executor.clone(), third_ran.clone());
         tokio::spawn(async move {
             executor
-                .submit_async("third", move || {
-                    let ran = ran.clone();
-                    async move {
-                        ran.store(true, Ordering::SeqCst);
-                        Ok::<_, std::io::Error>(())
-                    }
-                })
+                .submit_async("third", move || mark(ran.clone()))
                 .await
         })
     };
@@ -76,12 +57,7 @@ async fn wait_blocks_the_submitter_until_there_is_room() {
     assert_eq!(second.await, TaskOutcome::Succeeded { attempts: 1 });
     assert_eq!(third.await, TaskOutcome::Succeeded { attempts: 1 });
     assert!(third_ran.load(Ordering::SeqCst));
-    let m = executor.metrics();
-    assert_eq!(
-        (m.submitted, m.done, m.rejected, m.ran_in_caller),
-        (3, 3, 0, 0),
-        "{m:?}"
-    );
+    assert_metrics!(executor, submitted: 3, done: 3, rejected: 0, ran_in_caller: 0);
 }
 
 #[tokio::test(start_paused = true)]
@@ -94,13 +70,7 @@ async fn reject_refuses_with_an_error_when_full() {
     let refused = {
         let ran = ran.clone();
         executor
-            .submit_async("third", move || {
-                let ran = ran.clone();
-                async move {
-                    ran.store(true, Ordering::SeqCst);
-                    Ok::<_, std::io::Error>(())
-                }
-            })
+            .submit_async("third", move || mark(ran.clone()))
             .await
     };
     let err = refused.expect_err("the queue is full");
@@ -115,8 +85,7 @@ async fn reject_refuses_with_an_error_when_full() {
     assert!(first.await.is_success());
     assert!(second.await.is_success());
     assert!(!ran.load(Ordering::SeqCst), "a rejected task never runs");
-    let m = executor.metrics();
-    assert_eq!((m.submitted, m.done, m.rejected), (2, 2, 1), "{m:?}");
+    assert_metrics!(executor, submitted: 2, done: 2, rejected: 1);
 
     // With room again, the same submission is taken.
     let again = executor
@@ -132,57 +101,49 @@ tokio::task_local! {
     static SUBMITTER: &'static str;
 }
 
+/// What a task saw of `SUBMITTER`: `None` until it ran, then `Some(None)`
+/// outside the submitter's task.
+type Seen = Arc<std::sync::Mutex<Option<Option<&'static str>>>>;
+
+/// Submits `name` with `SUBMITTER` set to "the test", as a task that notes
+/// in `seen` what it sees of it.
+async fn submit_as_the_test(executor: &Executor, name: &str, seen: &Seen) -> TaskHandle {
+    let seen = seen.clone();
+    SUBMITTER
+        .scope(
+            "the test",
+            executor.submit_async(name, move || {
+                let seen = seen.clone();
+                async move {
+                    *seen.lock().unwrap() = Some(SUBMITTER.try_with(|s| *s).ok());
+                    Ok::<_, std::io::Error>(())
+                }
+            }),
+        )
+        .await
+        .unwrap()
+}
+
 #[tokio::test(start_paused = true)]
 async fn run_in_caller_runs_the_task_inline_in_the_submitter() {
     let executor = log_only(config(1, 1, OverloadPolicy::RunInCaller, 1));
     let latch = Latch::new();
     let (first, second) = fill(&executor, &latch).await;
 
-    let seen = Arc::new(std::sync::Mutex::new(None));
-    let handle = {
-        let seen = seen.clone();
-        SUBMITTER
-            .scope(
-                "the test",
-                executor.submit_async("third", move || {
-                    let seen = seen.clone();
-                    async move {
-                        *seen.lock().unwrap() = Some(SUBMITTER.try_with(|s| *s).ok());
-                        Ok::<_, std::io::Error>(())
-                    }
-                }),
-            )
-            .await
-            .unwrap()
-    };
+    let seen = Seen::default();
+    let handle = submit_as_the_test(&executor, "third", &seen).await;
     // Ran before the submission returned, on the submitter's task, while
     // the slot and the queue were still full.
     assert_eq!(*seen.lock().unwrap(), Some(Some("the test")));
     assert_eq!(handle.await, TaskOutcome::Succeeded { attempts: 1 });
-    let m = executor.metrics();
-    assert_eq!((m.running, m.queued, m.ran_in_caller), (1, 1, 1), "{m:?}");
+    assert_metrics!(executor, running: 1, queued: 1, ran_in_caller: 1);
 
     // A queued task runs on the executor, not in its submitter.
     latch.open();
     assert!(first.await.is_success());
     assert!(second.await.is_success());
-    let seen_queued = Arc::new(std::sync::Mutex::new(None));
-    let handle = {
-        let seen = seen_queued.clone();
-        SUBMITTER
-            .scope(
-                "the test",
-                executor.submit_async("fourth", move || {
-                    let seen = seen.clone();
-                    async move {
-                        *seen.lock().unwrap() = Some(SUBMITTER.try_with(|s| *s).ok());
-                        Ok::<_, std::io::Error>(())
-                    }
-                }),
-            )
-            .await
-            .unwrap()
-    };
+    let seen_queued = Seen::default();
+    let handle = submit_as_the_test(&executor, "fourth", &seen_queued).await;
     assert!(handle.await.is_success());
     assert_eq!(*seen_queued.lock().unwrap(), Some(None));
     assert_eq!(executor.metrics().ran_in_caller, 1);
@@ -195,20 +156,7 @@ async fn concurrency_is_bounded() {
     let (tx, mut rx) = started();
     let mut handles = Vec::new();
     for i in 0..10 {
-        let (latch, tx) = (latch.clone(), tx.clone());
-        handles.push(
-            executor
-                .submit_async(format!("task {i}"), move || {
-                    let (latch, tx) = (latch.clone(), tx.clone());
-                    async move {
-                        let _ = tx.send(format!("task {i}"));
-                        latch.wait().await;
-                        Ok::<_, std::io::Error>(())
-                    }
-                })
-                .await
-                .unwrap(),
-        );
+        handles.push(submit_blocked(&executor, &format!("task {i}"), &latch, &tx).await);
     }
     for _ in 0..3 {
         next_start(&mut rx).await;
@@ -219,12 +167,10 @@ async fn concurrency_is_bounded() {
             .is_err(),
         "a fourth task started on three slots"
     );
-    let m = executor.metrics();
-    assert_eq!((m.running, m.queued), (3, 7), "{m:?}");
+    assert_metrics!(executor, running: 3, queued: 7);
     latch.open();
     for h in handles {
         assert!(h.await.is_success());
     }
-    let m = executor.metrics();
-    assert_eq!((m.running, m.queued, m.done), (0, 0, 10), "{m:?}");
+    assert_metrics!(executor, running: 0, queued: 0, done: 10);
 }

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use ferry_executor::{OverloadPolicy, SubmitError, TaskOutcome, UnfinishedState};
 
-use crate::{config, log_only, next_start, started, Latch};
+use crate::{config, log_only, next_start, started, submit_blocked, Latch};
 
 #[tokio::test(start_paused = true)]
 async fn shutdown_drains_queued_and_running_tasks_within_the_deadline() {
@@ -33,12 +33,7 @@ async fn shutdown_drains_queued_and_running_tasks_within_the_deadline() {
     for h in handles {
         assert_eq!(h.await, TaskOutcome::Succeeded { attempts: 1 });
     }
-    let m = executor.metrics();
-    assert_eq!(
-        (m.done, m.cancelled, m.queued, m.running),
-        (4, 0, 0, 0),
-        "{m:?}"
-    );
+    assert_metrics!(executor, done: 4, cancelled: 0, queued: 0, running: 0);
 }
 
 #[tokio::test(start_paused = true)]
@@ -46,20 +41,7 @@ async fn tasks_that_outrun_the_deadline_are_cancelled_and_reported() {
     let executor = log_only(config(1, 10, OverloadPolicy::Wait, 1));
     let never = Latch::new();
     let (tx, mut rx) = started();
-    let stuck = {
-        let never = never.clone();
-        executor
-            .submit_async("stuck", move || {
-                let (never, tx) = (never.clone(), tx.clone());
-                async move {
-                    let _ = tx.send("stuck".to_owned());
-                    never.wait().await;
-                    Ok::<_, std::io::Error>(())
-                }
-            })
-            .await
-            .unwrap()
-    };
+    let stuck = submit_blocked(&executor, "stuck", &never, &tx).await;
     let waiting = executor
         .submit_async("waiting", crate::succeeds)
         .await
@@ -93,26 +75,9 @@ async fn tasks_that_outrun_the_deadline_are_cancelled_and_reported() {
         !unfinished[0].recorded,
         "the log-only failure log keeps nothing"
     );
-    assert_eq!(
-        stuck.await,
-        TaskOutcome::Cancelled {
-            attempts: 1,
-            recorded: false
-        }
-    );
-    assert_eq!(
-        waiting.await,
-        TaskOutcome::Cancelled {
-            attempts: 0,
-            recorded: false
-        }
-    );
-    let m = executor.metrics();
-    assert_eq!(
-        (m.cancelled, m.done, m.queued, m.running),
-        (2, 0, 0, 0),
-        "{m:?}"
-    );
+    assert_eq!(stuck.await, crate::cancelled(1, false));
+    assert_eq!(waiting.await, crate::cancelled(0, false));
+    assert_metrics!(executor, cancelled: 2, done: 0, queued: 0, running: 0);
 }
 
 #[tokio::test(start_paused = true)]
@@ -128,13 +93,7 @@ async fn a_task_waiting_to_retry_is_cancelled_at_the_deadline() {
     let report = executor.shutdown(Duration::from_secs(1)).await;
     assert_eq!(report.unfinished.len(), 1, "{report:?}");
     assert_eq!(report.unfinished[0].state, UnfinishedState::Running);
-    assert_eq!(
-        handle.await,
-        TaskOutcome::Cancelled {
-            attempts: 1,
-            recorded: false
-        }
-    );
+    assert_eq!(handle.await, crate::cancelled(1, false));
 }
 
 #[tokio::test(start_paused = true)]
@@ -174,26 +133,9 @@ async fn a_submitter_waiting_for_room_is_refused_when_shutdown_begins() {
     let executor = log_only(config(1, 1, OverloadPolicy::Wait, 1));
     let latch = Latch::new();
     let (tx, mut rx) = started();
-    let mut handles = Vec::new();
-    for name in ["running", "queued"] {
-        let (latch, tx) = (latch.clone(), tx.clone());
-        handles.push(
-            executor
-                .submit_async(name, move || {
-                    let (latch, tx) = (latch.clone(), tx.clone());
-                    async move {
-                        let _ = tx.send(name.to_owned());
-                        latch.wait().await;
-                        Ok::<_, std::io::Error>(())
-                    }
-                })
-                .await
-                .unwrap(),
-        );
-        if name == "running" {
-            next_start(&mut rx).await;
-        }
-    }
+    let running = submit_blocked(&executor, "running", &latch, &tx).await;
+    next_start(&mut rx).await;
+    let queued = submit_blocked(&executor, "queued", &latch, &tx).await;
     let mut blocked = {
         let executor = executor.clone();
         tokio::spawn(async move { executor.submit_async("blocked", crate::succeeds).await })
@@ -214,7 +156,7 @@ async fn a_submitter_waiting_for_room_is_refused_when_shutdown_begins() {
     // The tasks already taken still finish: the shutdown drains them.
     latch.open();
     assert!(shutdown.await.unwrap().is_complete());
-    for h in handles {
+    for h in [running, queued] {
         assert!(h.await.is_success());
     }
 }
@@ -318,13 +260,7 @@ async fn a_failure_log_that_never_answers_delays_shutdown_by_the_grace_only() {
     );
     let last = handles.pop().unwrap();
     let last_id = last.id();
-    assert_eq!(
-        last.await,
-        TaskOutcome::Cancelled {
-            attempts: 0,
-            recorded: false
-        }
-    );
+    assert_eq!(last.await, crate::cancelled(0, false));
     // What the failure log did not keep is in the application's log, with
     // the input needed to run it again by hand.
     let text = log.text();

@@ -9,7 +9,7 @@ use ferry_executor::{
 };
 use serde_json::json;
 
-use crate::{always_fails, config, log_only, CapturedLog};
+use crate::{always_fails, config, counted, log_only, panics, CapturedLog};
 
 #[derive(Debug, thiserror::Error)]
 #[error("sending the mail failed")]
@@ -63,12 +63,7 @@ async fn a_panic_is_caught_logged_and_the_executor_keeps_going() {
     let _guard = log.install();
     let executor = log_only(config(1, 10, OverloadPolicy::Wait, 1));
     let handle = executor
-        .submit_async("resize_avatar", || async {
-            if true {
-                panic!("index out of bounds in resize");
-            }
-            Ok::<_, std::io::Error>(())
-        })
+        .submit_async("resize_avatar", || panics("index out of bounds in resize"))
         .await
         .unwrap();
     match handle.await {
@@ -107,8 +102,7 @@ async fn a_panic_is_caught_logged_and_the_executor_keeps_going() {
         .await
         .unwrap();
     assert!(next.await.is_success());
-    let m = executor.metrics();
-    assert_eq!((m.failed, m.done, m.running), (2, 1, 0), "{m:?}");
+    assert_metrics!(executor, failed: 2, done: 1, running: 0);
 }
 
 #[tokio::test(start_paused = true)]
@@ -116,22 +110,14 @@ async fn a_task_is_retried_with_backoff_then_succeeds() {
     let executor = log_only(config(1, 10, OverloadPolicy::Wait, 5));
     let calls = Arc::new(AtomicU32::new(0));
     let started = tokio::time::Instant::now();
-    let handle = {
-        let calls = calls.clone();
-        executor
-            .submit_async("flaky", move || {
-                let n = calls.fetch_add(1, Ordering::SeqCst) + 1;
-                async move {
-                    if n < 3 {
-                        Err(std::io::Error::other(format!("attempt {n} failed")))
-                    } else {
-                        Ok(())
-                    }
-                }
-            })
-            .await
-            .unwrap()
-    };
+    let flaky = counted(&calls, |n| async move {
+        if n < 3 {
+            Err(std::io::Error::other(format!("attempt {n} failed")))
+        } else {
+            Ok(())
+        }
+    });
+    let handle = executor.submit_async("flaky", flaky).await.unwrap();
     assert_eq!(handle.await, TaskOutcome::Succeeded { attempts: 3 });
     assert_eq!(calls.load(Ordering::SeqCst), 3);
     // Waited 100 ms, then 200 ms (no jitter) on the paused clock.
@@ -140,24 +126,15 @@ async fn a_task_is_retried_with_backoff_then_succeeds() {
         "{:?}",
         started.elapsed()
     );
-    let m = executor.metrics();
-    assert_eq!((m.retried, m.done, m.failed), (2, 1, 0), "{m:?}");
+    assert_metrics!(executor, retried: 2, done: 1, failed: 0);
 }
 
 #[tokio::test(start_paused = true)]
 async fn retries_stop_at_max_attempts() {
     let executor = log_only(config(1, 10, OverloadPolicy::Wait, 4));
     let calls = Arc::new(AtomicU32::new(0));
-    let handle = {
-        let calls = calls.clone();
-        executor
-            .submit_async("hopeless", move || {
-                calls.fetch_add(1, Ordering::SeqCst);
-                always_fails()
-            })
-            .await
-            .unwrap()
-    };
+    let hopeless = counted(&calls, |_| always_fails());
+    let handle = executor.submit_async("hopeless", hopeless).await.unwrap();
     assert!(matches!(
         handle.await,
         TaskOutcome::Failed { attempts: 4, .. }
