@@ -17,7 +17,8 @@
 //!   retried after the [`RetryPolicy`](ferry_core::RetryPolicy)'s backoff
 //!   (or the sink's `Retry-After`, capped) until its attempts are spent; a
 //!   [permanent](ferry_core::ErrorKind::Permanent) one, or spent attempts,
-//!   give it up (the caller dead-letters, skips or stops).
+//!   give it up (the caller dead-letters, skips or stops; with
+//!   [`AfterGiveUp::Stop`] nothing more of the batch is sent after it).
 //! * **A sink that is down.** A call in which nothing was accepted and some
 //!   message was refused as [unavailable](ferry_core::ErrorKind::Unavailable)
 //!   means the sink is down: those messages are released without counting
@@ -46,6 +47,6 @@ mod probe;
 mod waves;
 
 pub use health::{Health, SinkBackoff};
-pub use outcome::{tally, Item, OrderPolicy, Outcome};
+pub use outcome::{tally, AfterGiveUp, Item, OrderPolicy, Outcome};
 pub use probe::{probe_limit, MAX_PROBE};
 pub use waves::{decide, deliver, BatchResult, Decision};

@@ -28,6 +28,20 @@ pub enum OrderPolicy {
     Unordered,
 }
 
+/// What a message given up on (permanent error, attempts spent) does to
+/// the rest of its batch.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum AfterGiveUp {
+    /// The batch goes on, its key included: the caller dead-letters or
+    /// skips the message (the relay; a forwarder that skips).
+    #[default]
+    Continue,
+    /// The batch stops after the sink call that gave it up, and nothing
+    /// more is sent: the caller stops at that message (a forwarder under
+    /// `OnFailure::Stop`).
+    Stop,
+}
+
 /// What became of one message.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Outcome {

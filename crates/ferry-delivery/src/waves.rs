@@ -8,7 +8,7 @@ use chrono::Utc;
 use ferry_core::{ErrorKind, Message, RetryPolicy, Sink, SinkError};
 use tokio::time::Instant;
 
-use crate::{Item, OrderPolicy, Outcome};
+use crate::{AfterGiveUp, Item, OrderPolicy, Outcome};
 
 /// What a batch's delivery came to.
 #[derive(Debug)]
@@ -67,6 +67,7 @@ pub async fn deliver<I: Item>(
     sink: &dyn Sink,
     items: &[I],
     order: OrderPolicy,
+    after_give_up: AfterGiveUp,
     retry: &RetryPolicy,
     budget: Option<Duration>,
     pipeline: &str,
@@ -115,6 +116,7 @@ pub async fn deliver<I: Item>(
     // the next, so that a slow sink makes progress within the budget and
     // a timeout costs at most one chunk.
     let chunk = sink.max_per_call().unwrap_or(usize::MAX).max(1);
+    let mut given_up = false;
     'waves: loop {
         slots.clear();
         wave.clear();
@@ -204,7 +206,11 @@ pub async fn deliver<I: Item>(
                     // The rest of a failing message's key waits for it.
                     queues[queue].clear();
                 }
+                given_up |= matches!(outcome, Outcome::Failed { retry_at: None, .. });
                 result.outcomes[i] = outcome;
+            }
+            if given_up && after_give_up == AfterGiveUp::Stop {
+                break 'waves;
             }
             if result.unavailable.is_some() || result.over_budget {
                 // Stop at once; everything not yet settled stays as it was.
@@ -328,6 +334,7 @@ mod tests {
             sink,
             claimed,
             OrderPolicy::Ordered,
+            AfterGiveUp::Continue,
             &policy(),
             Some(budget),
             "t",
@@ -361,6 +368,7 @@ mod tests {
             &sink,
             &claimed(items),
             order,
+            AfterGiveUp::Continue,
             &policy(),
             Some(Duration::from_secs(60)),
             "t",
@@ -435,6 +443,33 @@ mod tests {
         );
         assert_eq!(r.outcomes[2], Outcome::Delivered);
         assert_eq!(counts(&r).2, 1);
+    }
+
+    #[tokio::test]
+    async fn a_give_up_under_stop_ends_the_batch_after_its_call() {
+        let sink = Scripted {
+            answer: Box::new(refusing("a1", || SinkError::permanent("http 400"))),
+            waves: Mutex::default(),
+        };
+        let r = deliver(
+            &sink,
+            &claimed(BATCH),
+            OrderPolicy::Ordered,
+            AfterGiveUp::Stop,
+            &policy(),
+            None,
+            "t",
+        )
+        .await;
+        let waves = sink.waves.into_inner().unwrap();
+        assert_eq!(waves, vec![vec!["a1", "b1", "n"]], "nothing after the call");
+        assert!(matches!(
+            r.outcomes[0],
+            Outcome::Failed { retry_at: None, .. }
+        ));
+        assert_eq!(r.outcomes[1], Outcome::Delivered);
+        assert_eq!(r.outcomes[2], Outcome::Released, "a2 waits");
+        assert_eq!(r.outcomes[4], Outcome::Released);
     }
 
     #[tokio::test]
@@ -636,6 +671,7 @@ mod tests {
             &Slow,
             &claimed(&items),
             OrderPolicy::Ordered,
+            AfterGiveUp::Continue,
             &policy(),
             None,
             "t",

@@ -6,7 +6,7 @@ use ferry_core::{error_chain, Sink};
 use ferry_store::outbox::{ClaimFilter, ClaimedBatch, Outbox, Outcome, Retention};
 use tokio_util::sync::CancellationToken;
 
-use ferry_delivery::{deliver, probe_limit, tally, Health};
+use ferry_delivery::{deliver, probe_limit, tally, AfterGiveUp, Health};
 
 use crate::RelayConfig;
 
@@ -197,6 +197,7 @@ async fn work<O: Outbox>(s: Arc<Shared<O>>, worker: usize, shutdown: Cancellatio
                 &*s.sink,
                 batch.messages(),
                 s.config.order,
+                AfterGiveUp::Continue,
                 &s.config.retry,
                 Some(s.config.batch_budget()),
                 relay,

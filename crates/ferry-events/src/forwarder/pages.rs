@@ -125,10 +125,7 @@ impl Forwarder {
         let mut outside_done = None;
         while done < events.len() {
             if run.shutdown.is_cancelled() {
-                return PageEnd {
-                    saved,
-                    ..PageEnd::interrupted(done)
-                };
+                return PageEnd::interrupted(done).with_saved(saved);
             }
             if let Some(pause) = run.store.pause_left() {
                 run.sleep(pause).await;
@@ -158,17 +155,9 @@ impl Forwarder {
                         continue;
                     }
                     Settled::Stop { attempts, error } => {
-                        return PageEnd {
-                            saved,
-                            ..PageEnd::stop(done, done, attempts, error)
-                        }
+                        return PageEnd::stop(done, done, attempts, error).with_saved(saved)
                     }
-                    Settled::Interrupted => {
-                        return PageEnd {
-                            saved,
-                            ..PageEnd::interrupted(done)
-                        }
-                    }
+                    Settled::Interrupted => return PageEnd::interrupted(done).with_saved(saved),
                 }
             }
             let mut end = done + 1;
@@ -179,10 +168,7 @@ impl Forwarder {
                 .within_grace(&self.config, tx.batch(name, &events[done..end]))
                 .await
             else {
-                return PageEnd {
-                    saved,
-                    ..PageEnd::interrupted(done)
-                };
+                return PageEnd::interrupted(done).with_saved(saved);
             };
             let Batch {
                 handled,
@@ -220,23 +206,12 @@ impl Forwarder {
                 }
                 Settled::Skipped => done += 1,
                 Settled::Stop { attempts, error } => {
-                    return PageEnd {
-                        saved,
-                        ..PageEnd::stop(done, done, attempts, error)
-                    }
+                    return PageEnd::stop(done, done, attempts, error).with_saved(saved)
                 }
-                Settled::Interrupted => {
-                    return PageEnd {
-                        saved,
-                        ..PageEnd::interrupted(done)
-                    }
-                }
+                Settled::Interrupted => return PageEnd::interrupted(done).with_saved(saved),
             }
         }
-        PageEnd {
-            saved,
-            ..PageEnd::all(done)
-        }
+        PageEnd::all(done).with_saved(saved)
     }
 }
 
@@ -266,6 +241,10 @@ impl PageEnd {
             saved: None,
             how: How::Continue,
         }
+    }
+    /// The same end, with the offset a transactional target committed.
+    fn with_saved(self, saved: Option<i64>) -> Self {
+        Self { saved, ..self }
     }
     fn interrupted(done: usize) -> Self {
         Self {

@@ -15,11 +15,13 @@ use std::collections::{HashSet, VecDeque};
 
 use chrono::Utc;
 use ferry_core::{ErrorKind, HandlerError, Message, Sink};
-use ferry_delivery::{deliver, probe_limit, Item, OrderPolicy, Outcome};
+use ferry_delivery::{deliver, probe_limit, AfterGiveUp, Item, OrderPolicy, Outcome};
 use ferry_store::event_store::StoredEvent;
 use tokio::time::Instant;
 
-use super::{event_message, Forwarder, ForwarderError, ForwarderStats, Position, Run, Settled};
+use super::{
+    event_message, Forwarder, ForwarderError, ForwarderStats, OnFailure, Position, Run, Settled,
+};
 
 /// Most pages of events held past the offset while some wait for a retry:
 /// what a crash can make the forwarder deliver again.
@@ -78,6 +80,12 @@ impl Forwarder {
         // A row after the window cannot be decoded: stop once the window
         // is settled.
         let mut undecodable: Option<ForwarderError> = None;
+        // Under Stop nothing goes out after the event the forwarder stops
+        // at, not even later events of its source in the same call.
+        let after_give_up = match self.config.on_failure {
+            OnFailure::Stop => AfterGiveUp::Stop,
+            OnFailure::Skip => AfterGiveUp::Continue,
+        };
         loop {
             if run.shutdown.is_cancelled() {
                 return Ok(());
@@ -165,6 +173,7 @@ impl Forwarder {
                         sink,
                         &round,
                         OrderPolicy::Ordered,
+                        after_give_up,
                         &self.config.retry,
                         None,
                         name,
