@@ -165,22 +165,14 @@ mod tests {
             ..ExecutorMetrics::default()
         };
         let text = m.to_prometheus("mail \"a\"");
-        assert!(
-            text.contains("# TYPE ferry_executor_queued gauge\n"),
-            "{text}"
-        );
-        assert!(
-            text.contains("ferry_executor_queued{executor=\"mail \\\"a\\\"\"} 3\n"),
-            "{text}"
-        );
-        assert!(
-            text.contains("# TYPE ferry_executor_failed_total counter\n"),
-            "{text}"
-        );
-        assert!(
-            text.contains("ferry_executor_failed_total{executor=\"mail \\\"a\\\"\"} 2\n"),
-            "{text}"
-        );
+        for line in [
+            "# TYPE ferry_executor_queued gauge\n",
+            "ferry_executor_queued{executor=\"mail \\\"a\\\"\"} 3\n",
+            "# TYPE ferry_executor_failed_total counter\n",
+            "ferry_executor_failed_total{executor=\"mail \\\"a\\\"\"} 2\n",
+        ] {
+            assert!(text.contains(line), "{line:?} in {text}");
+        }
         assert_eq!(text.lines().count(), 27);
     }
 }

@@ -169,6 +169,12 @@ async fn an_ad_hoc_failure_is_recorded_but_cannot_be_rerun(db: Database) {
     );
 }
 
+/// The ids of the first ten failures the executor lists.
+async fn listed_ids(executor: &Executor) -> Vec<Uuid> {
+    let failures = executor.failures(None, 10).await.unwrap();
+    failures.iter().map(|f| f.id).collect()
+}
+
 async fn a_failure_is_listed_and_rerun_until_it_succeeds(db: Database) {
     let executor = executor(&db, fast(2));
     let broken = Arc::new(AtomicBool::new(true));
@@ -182,13 +188,7 @@ async fn a_failure_is_listed_and_rerun_until_it_succeeds(db: Database) {
         ids.push(h.id());
         assert!(matches!(h.await, TaskOutcome::Failed { attempts: 2, .. }));
     }
-    let listed: Vec<Uuid> = executor
-        .failures(None, 10)
-        .await
-        .unwrap()
-        .iter()
-        .map(|f| f.id)
-        .collect();
+    let listed = listed_ids(&executor).await;
     let mut expected = ids.clone();
     expected.sort();
     let mut listed_sorted = listed.clone();
@@ -219,13 +219,7 @@ async fn a_failure_is_listed_and_rerun_until_it_succeeds(db: Database) {
     executor.rerun_failure(ids[0]).await.unwrap();
     assert_eq!(*seen.lock().unwrap(), vec![json!({"order": 1})]);
     assert!(db.task_failure(ids[0]).await.unwrap().is_none());
-    let left: Vec<Uuid> = executor
-        .failures(None, 10)
-        .await
-        .unwrap()
-        .iter()
-        .map(|f| f.id)
-        .collect();
+    let left = listed_ids(&executor).await;
     assert_eq!(left, vec![ids[1]]);
     assert!(matches!(
         executor.rerun_failure(ids[0]).await,

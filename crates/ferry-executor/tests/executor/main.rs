@@ -113,6 +113,19 @@ pub async fn submit_blocked(
         .unwrap()
 }
 
+/// An executor of one slot and one queue place with `overload`, full:
+/// `first` running (blocked at the latch), `second` queued. Returns it,
+/// the latch and their handles.
+pub async fn full(overload: OverloadPolicy) -> (Executor, Latch, TaskHandle, TaskHandle) {
+    let (executor, latch) = (log_only(config(1, 1, overload, 1)), Latch::new());
+    let (tx, mut rx) = started();
+    let first = submit_blocked(&executor, "first", &latch, &tx).await;
+    assert_eq!(next_start(&mut rx).await, "first");
+    let second = submit_blocked(&executor, "second", &latch, &tx).await;
+    assert_metrics!(executor, running: 1, queued: 1);
+    (executor, latch, first, second)
+}
+
 /// A task that counts its attempts in `calls` and makes the n-th (from 1)
 /// with `attempt(n)`.
 pub fn counted<Fut>(
@@ -129,14 +142,16 @@ pub fn counted<Fut>(
 pub struct CapturedLog(Arc<Mutex<Vec<u8>>>);
 
 impl CapturedLog {
-    pub fn install(&self) -> tracing::subscriber::DefaultGuard {
-        let sink = self.clone();
+    /// A new capture, installed until the guard drops.
+    pub fn installed() -> (Self, tracing::subscriber::DefaultGuard) {
+        let log = Self::default();
+        let sink = log.clone();
         let subscriber = tracing_subscriber::fmt()
             .with_writer(move || sink.clone())
             .with_ansi(false)
             .with_max_level(tracing::Level::DEBUG)
             .finish();
-        tracing::subscriber::set_default(subscriber)
+        (log, tracing::subscriber::set_default(subscriber))
     }
 
     pub fn text(&self) -> String {

@@ -8,17 +8,6 @@ use ferry_executor::{Executor, OverloadPolicy, SubmitError, TaskHandle, TaskOutc
 
 use crate::{config, log_only, next_start, started, submit_blocked, Latch};
 
-/// Fills the executor: `first` running (blocked at `latch`), `second`
-/// queued. Returns their handles.
-async fn fill(executor: &Executor, latch: &Latch) -> (TaskHandle, TaskHandle) {
-    let (tx, mut rx) = started();
-    let first = submit_blocked(executor, "first", latch, &tx).await;
-    assert_eq!(next_start(&mut rx).await, "first");
-    let second = submit_blocked(executor, "second", latch, &tx).await;
-    assert_metrics!(executor, running: 1, queued: 1);
-    (first, second)
-}
-
 /// A task that sets `ran` when it runs.
 async fn mark(ran: Arc<AtomicBool>) -> Result<(), std::io::Error> {
     ran.store(true, Ordering::SeqCst);
@@ -27,9 +16,7 @@ async fn mark(ran: Arc<AtomicBool>) -> Result<(), std::io::Error> {
 
 #[tokio::test(start_paused = true)]
 async fn wait_blocks_the_submitter_until_there_is_room() {
-    let executor = log_only(config(1, 1, OverloadPolicy::Wait, 1));
-    let latch = Latch::new();
-    let (first, second) = fill(&executor, &latch).await;
+    let (executor, latch, first, second) = crate::full(OverloadPolicy::Wait).await;
 
     let third_ran = Arc::new(AtomicBool::new(false));
     let submit = {
@@ -62,9 +49,7 @@ async fn wait_blocks_the_submitter_until_there_is_room() {
 
 #[tokio::test(start_paused = true)]
 async fn reject_refuses_with_an_error_when_full() {
-    let executor = log_only(config(1, 1, OverloadPolicy::Reject, 1));
-    let latch = Latch::new();
-    let (first, second) = fill(&executor, &latch).await;
+    let (executor, latch, first, second) = crate::full(OverloadPolicy::Reject).await;
 
     let ran = Arc::new(AtomicBool::new(false));
     let refused = {
@@ -126,9 +111,7 @@ async fn submit_as_the_test(executor: &Executor, name: &str, seen: &Seen) -> Tas
 
 #[tokio::test(start_paused = true)]
 async fn run_in_caller_runs_the_task_inline_in_the_submitter() {
-    let executor = log_only(config(1, 1, OverloadPolicy::RunInCaller, 1));
-    let latch = Latch::new();
-    let (first, second) = fill(&executor, &latch).await;
+    let (executor, latch, first, second) = crate::full(OverloadPolicy::RunInCaller).await;
 
     let seen = Seen::default();
     let handle = submit_as_the_test(&executor, "third", &seen).await;

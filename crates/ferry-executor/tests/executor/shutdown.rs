@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use ferry_executor::{OverloadPolicy, SubmitError, TaskOutcome, UnfinishedState};
+use ferry_executor::{OverloadPolicy, SubmitError, TaskFailure, TaskOutcome, UnfinishedState};
 
 use crate::{config, log_only, next_start, started, submit_blocked, Latch};
 
@@ -130,12 +130,7 @@ async fn submissions_after_shutdown_are_refused() {
 
 #[tokio::test(start_paused = true)]
 async fn a_submitter_waiting_for_room_is_refused_when_shutdown_begins() {
-    let executor = log_only(config(1, 1, OverloadPolicy::Wait, 1));
-    let latch = Latch::new();
-    let (tx, mut rx) = started();
-    let running = submit_blocked(&executor, "running", &latch, &tx).await;
-    next_start(&mut rx).await;
-    let queued = submit_blocked(&executor, "queued", &latch, &tx).await;
+    let (executor, latch, running, queued) = crate::full(OverloadPolicy::Wait).await;
     let mut blocked = {
         let executor = executor.clone();
         tokio::spawn(async move { executor.submit_async("blocked", crate::succeeds).await })
@@ -161,52 +156,39 @@ async fn a_submitter_waiting_for_room_is_refused_when_shutdown_begins() {
     }
 }
 
-/// A failure log that never answers a `record` (a database down, each
-/// insert waiting for ever): failure injection for the shutdown's bound.
+/// A failure log that never answers (a database down, each insert
+/// waiting for ever): failure injection for the shutdown's bound.
 #[derive(Debug)]
 struct HangingFailureLog;
 
+/// What a [`FailureLog`](ferry_executor::FailureLog) call returns.
+type Answer<'a, T> = ferry_core::BoxFuture<'a, Result<T, ferry_executor::FailureLogError>>;
+
+fn never<'a, T: 'a>() -> Answer<'a, T> {
+    Box::pin(std::future::pending())
+}
+
 impl ferry_executor::FailureLog for HangingFailureLog {
-    fn record<'a>(
-        &'a self,
-        _failure: &'a ferry_executor::TaskFailure,
-    ) -> ferry_core::BoxFuture<'a, Result<bool, ferry_executor::FailureLogError>> {
-        Box::pin(std::future::pending())
+    fn record<'a>(&'a self, _failure: &'a TaskFailure) -> Answer<'a, bool> {
+        never()
     }
 
-    fn list<'a>(
-        &'a self,
-        _task: Option<&'a str>,
-        _limit: u32,
-    ) -> ferry_core::BoxFuture<
-        'a,
-        Result<Vec<ferry_executor::TaskFailure>, ferry_executor::FailureLogError>,
-    > {
-        Box::pin(std::future::pending())
+    fn list<'a>(&'a self, _task: Option<&'a str>, _limit: u32) -> Answer<'a, Vec<TaskFailure>> {
+        never()
     }
 
-    fn get(
-        &self,
-        _id: uuid::Uuid,
-    ) -> ferry_core::BoxFuture<
-        '_,
-        Result<Option<ferry_executor::TaskFailure>, ferry_executor::FailureLogError>,
-    > {
-        Box::pin(std::future::pending())
+    fn get(&self, _id: uuid::Uuid) -> Answer<'_, Option<TaskFailure>> {
+        never()
     }
 
-    fn remove(
-        &self,
-        _id: uuid::Uuid,
-    ) -> ferry_core::BoxFuture<'_, Result<bool, ferry_executor::FailureLogError>> {
-        Box::pin(std::future::pending())
+    fn remove(&self, _id: uuid::Uuid) -> Answer<'_, bool> {
+        never()
     }
 }
 
 #[tokio::test(start_paused = true)]
 async fn a_failure_log_that_never_answers_delays_shutdown_by_the_grace_only() {
-    let log = crate::CapturedLog::default();
-    let _guard = log.install();
+    let (log, _guard) = crate::CapturedLog::installed();
     let executor = ferry_executor::Executor::new(
         config(1, 1000, OverloadPolicy::Wait, 1),
         std::sync::Arc::new(HangingFailureLog),

@@ -17,8 +17,7 @@ struct MailError(#[source] std::io::Error);
 
 #[tokio::test(start_paused = true)]
 async fn an_error_is_logged_with_the_task_name_and_reported() {
-    let log = CapturedLog::default();
-    let _guard = log.install();
+    let (log, _guard) = CapturedLog::installed();
     let executor = log_only(config(2, 10, OverloadPolicy::Wait, 2));
     let handle = executor
         .submit_async("send_welcome_mail", || async {
@@ -59,8 +58,7 @@ async fn an_error_is_logged_with_the_task_name_and_reported() {
 
 #[tokio::test(start_paused = true)]
 async fn a_panic_is_caught_logged_and_the_executor_keeps_going() {
-    let log = CapturedLog::default();
-    let _guard = log.install();
+    let (log, _guard) = CapturedLog::installed();
     let executor = log_only(config(1, 10, OverloadPolicy::Wait, 1));
     let handle = executor
         .submit_async("resize_avatar", || panics("index out of bounds in resize"))
@@ -250,12 +248,10 @@ async fn metrics_count_what_happened() {
         }
     );
     let text = m.to_prometheus("jobs");
-    assert!(
-        text.contains("ferry_executor_done_total{executor=\"jobs\"} 3\n"),
-        "{text}"
-    );
-    assert!(
-        text.contains("ferry_executor_failed_total{executor=\"jobs\"} 1\n"),
-        "{text}"
-    );
+    for line in [
+        "ferry_executor_done_total{executor=\"jobs\"} 3\n",
+        "ferry_executor_failed_total{executor=\"jobs\"} 1\n",
+    ] {
+        assert!(text.contains(line), "{line:?} in {text}");
+    }
 }
