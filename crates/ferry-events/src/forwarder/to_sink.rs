@@ -152,6 +152,11 @@ impl Forwarder {
                     }
                     undecodable = Some(e);
                 }
+                if !at_head && undecodable.is_none() && window.len() < capacity {
+                    // Everything read waits behind retries: read on, other
+                    // sources may follow.
+                    continue;
+                }
                 let longest = match next_due {
                     Some(due) => due.saturating_duration_since(now),
                     None => self.config.poll_interval,
