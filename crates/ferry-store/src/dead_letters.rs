@@ -11,7 +11,7 @@ use uuid::Uuid;
 
 use crate::dialect::{with_pool, Dialect, PerDialect, Read, Stmt};
 use crate::log_table::{self, LogTable, Record};
-use crate::outbox::{headers_to_json, parse_headers};
+use crate::outbox::{bind_message, parse_headers};
 use crate::{Database, StoreError};
 
 /// A message a consumer gave up on.
@@ -81,16 +81,8 @@ impl Record for DeadLetter {
 
     fn bind<'q, DB: Dialect>(&'q self, stmt: Stmt<'q, DB>) -> Stmt<'q, DB> {
         let m = &self.message;
-        stmt.bind(DB::id(self.id))
-            .bind(self.consumer.as_str())
-            .bind(DB::id(m.id.0))
-            .bind(m.kind.as_str())
-            .bind(m.topic.as_str())
-            .bind(m.key.as_deref())
-            .bind(headers_to_json(m).to_string())
-            .bind(m.content_type.as_str())
-            .bind(m.payload.as_ref())
-            .bind(DB::time(m.created_at))
+        let stmt = stmt.bind(DB::id(self.id)).bind(self.consumer.as_str());
+        bind_message(stmt, m, DB::time(m.created_at))
             .bind(self.error.as_str())
             .bind(i64::from(self.attempts))
             .bind(DB::time(self.dead_at))

@@ -6,7 +6,7 @@
 
 use std::future::Future;
 
-use sqlx::{Connection, Executor, MySqlConnection, PgConnection, Pool, SqliteConnection};
+use sqlx::{Connection, Executor, MySqlConnection, PgConnection, Pool};
 
 use crate::dialect::{sql, Dialect, Exec, ReadFirst, Stmt};
 use crate::StoreError;
@@ -28,36 +28,25 @@ impl Migration {
     }
 }
 
-/// The same migrations on every database, one directory each.
+/// The same migrations on every database, one directory each: version,
+/// file name's prefix, name.
 macro_rules! migrations {
     ($dir:literal) => {
-        &[
-            Migration {
-                version: 1,
-                name: "outbox",
-                sql: include_str!(concat!("../migrations/", $dir, "/0001_outbox.sql")),
-            },
-            Migration {
-                version: 2,
-                name: "inbox",
-                sql: include_str!(concat!("../migrations/", $dir, "/0002_inbox.sql")),
-            },
-            Migration {
-                version: 3,
-                name: "dead_letters",
-                sql: include_str!(concat!("../migrations/", $dir, "/0003_dead_letters.sql")),
-            },
-            Migration {
-                version: 4,
-                name: "event_store",
-                sql: include_str!(concat!("../migrations/", $dir, "/0004_event_store.sql")),
-            },
-            Migration {
-                version: 5,
-                name: "task_failures",
-                sql: include_str!(concat!("../migrations/", $dir, "/0005_task_failures.sql")),
-            },
-        ]
+        migrations!(@ $dir,
+            1 "0001" outbox,
+            2 "0002" inbox,
+            3 "0003" dead_letters,
+            4 "0004" event_store,
+            5 "0005" task_failures)
+    };
+    (@ $dir:literal, $($version:literal $prefix:literal $name:ident),*) => {
+        &[$(Migration {
+            version: $version,
+            name: stringify!($name),
+            sql: include_str!(concat!(
+                "../migrations/", $dir, "/", $prefix, "_", stringify!($name), ".sql"
+            )),
+        }),*]
     };
 }
 
@@ -83,11 +72,18 @@ pub(crate) trait Migrate: Dialect {
     /// DDL commits by itself (MariaDB).
     const BEGIN: Option<&'static str>;
 
-    /// Takes the lock that serialises concurrent runs, held by the session.
-    fn lock(conn: &mut Self::Connection) -> impl Future<Output = Result<(), StoreError>> + Send;
+    /// Takes the lock that serialises concurrent runs, held by the
+    /// session; none by default.
+    fn lock(_conn: &mut Self::Connection) -> impl Future<Output = Result<(), StoreError>> + Send {
+        async { Ok(()) }
+    }
 
     /// Releases it.
-    fn unlock(conn: &mut Self::Connection) -> impl Future<Output = Result<(), sqlx::Error>> + Send;
+    fn unlock(
+        _conn: &mut Self::Connection,
+    ) -> impl Future<Output = Result<(), sqlx::Error>> + Send {
+        async { Ok(()) }
+    }
 }
 
 /// Any fixed number: serialises concurrent `migrate` runs on one database.
@@ -122,14 +118,6 @@ impl Migrate for sqlx::Sqlite {
     const MIGRATIONS: &'static [Migration] = SQLITE;
     const APPLIED_AT: &'static str = "datetime('now')";
     const BEGIN: Option<&'static str> = Some("BEGIN IMMEDIATE");
-
-    async fn lock(_: &mut SqliteConnection) -> Result<(), StoreError> {
-        Ok(())
-    }
-
-    async fn unlock(_: &mut SqliteConnection) -> Result<(), sqlx::Error> {
-        Ok(())
-    }
 }
 
 /// The MariaDB migration lock: named after the database, since `GET_LOCK`

@@ -169,6 +169,31 @@ pub trait ClaimedBatch: Send {
     fn settle(self, outcomes: &[Outcome]) -> impl Future<Output = Result<(), StoreError>> + Send;
 }
 
+/// The outbox on a database without notifications (SQLite, MariaDB):
+/// relays poll, and producers in this process can wake theirs with its
+/// [`Waker`]. See [`mysql::MysqlOutbox`] and [`sqlite::SqliteOutbox`].
+pub struct PollingOutbox<DB: sqlx::Database> {
+    pool: Pool<DB>,
+    retention: Retention,
+    waker: Waker,
+}
+
+impl<DB: sqlx::Database> PollingOutbox<DB> {
+    /// An outbox on `pool`.
+    pub fn new(pool: Pool<DB>, retention: Retention) -> Self {
+        Self {
+            pool,
+            retention,
+            waker: Waker::default(),
+        }
+    }
+
+    /// The handle producers in this process use to wake the relay.
+    pub fn waker(&self) -> Waker {
+        self.waker.clone()
+    }
+}
+
 /// Wakes an in-process relay after a commit, on databases without
 /// notifications (SQLite, MariaDB). Cheap to clone.
 #[derive(Clone, Debug, Default)]
@@ -247,10 +272,11 @@ macro_rules! insert_columns {
 pub(crate) use insert_columns;
 
 /// Binds `message`'s [`insert_columns`] (the payload in one column: not on
-/// PostgreSQL, which splits it).
+/// PostgreSQL, which splits it), its time as `created_at`.
 pub(crate) fn bind_message<'q, DB: Dialect>(
     stmt: Stmt<'q, DB>,
     message: &'q Message,
+    created_at: DB::Time,
 ) -> Stmt<'q, DB> {
     stmt.bind(DB::id(message.id.0))
         .bind(message.kind.as_str())
@@ -259,9 +285,7 @@ pub(crate) fn bind_message<'q, DB: Dialect>(
         .bind(headers_to_json(message).to_string())
         .bind(message.content_type.as_str())
         .bind(message.payload.as_ref())
-        // To the microsecond, as every database keeps it, so that a
-        // message's time reads the same whatever outbox carried it.
-        .bind(DB::precise_time(message.created_at))
+        .bind(created_at)
 }
 
 /// The claimed messages of `rows`, selected with the columns `seq`,
@@ -269,6 +293,16 @@ pub(crate) fn bind_message<'q, DB: Dialect>(
 /// others as text.
 pub(crate) fn claimed<DB: Dialect>(rows: &[DB::Row]) -> Result<Vec<Claimed>, sqlx::Error> {
     rows.iter().map(claimed_from_row::<DB>).collect()
+}
+
+/// Binds `message` as the outbox keeps it: its time to the microsecond, as
+/// every database keeps it, so that it reads the same whatever outbox
+/// carried it.
+pub(crate) fn bind_outbox_message<'q, DB: Dialect>(
+    stmt: Stmt<'q, DB>,
+    message: &'q Message,
+) -> Stmt<'q, DB> {
+    bind_message(stmt, message, DB::precise_time(message.created_at))
 }
 
 /// One claimed message; a row that cannot be turned into a message is

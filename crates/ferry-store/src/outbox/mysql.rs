@@ -18,12 +18,12 @@ use std::time::Duration;
 
 use ferry_core::Message;
 use sqlx::mysql::MySqlArguments;
-use sqlx::{Arguments, MySql, MySqlConnection, MySqlPool, Row, Transaction};
+use sqlx::{Arguments, MySql, MySqlConnection, Row, Transaction};
 
 pub use super::Waker;
 use super::{
-    bind_message, claimed_from_row, delivered, insert_columns, record_failures, ClaimFilter,
-    Claimed, ClaimedBatch, OrderPolicy, Outbox, Outcome, Retention,
+    bind_outbox_message, claimed_from_row, delivered, insert_columns, record_failures, ClaimFilter,
+    Claimed, ClaimedBatch, OrderPolicy, Outbox, Outcome, PollingOutbox, Retention,
 };
 use crate::dialect::{values, Stmt};
 use crate::StoreError;
@@ -53,7 +53,7 @@ pub async fn enqueue(conn: &mut MySqlConnection, message: &Message) -> Result<i6
         insert_columns!(),
         ") VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
     );
-    let done = bind_message(Stmt::<MySql>::new(sql), message)
+    let done = bind_outbox_message(Stmt::<MySql>::new(sql), message)
         .execute_result(conn)
         .await?;
     // AUTO_INCREMENT values are positive and fit a BIGINT.
@@ -76,7 +76,7 @@ pub async fn enqueue_many(
         );
         let mut stmt = Stmt::<MySql>::new(&sql);
         for m in chunk {
-            stmt = bind_message(stmt, m);
+            stmt = bind_outbox_message(stmt, m);
         }
         stmt.execute(conn).await?;
     }
@@ -87,33 +87,15 @@ pub async fn enqueue_many(
 ///
 /// Open the pool with a lease ([`crate::ConnectOptions::lease`]) so that a
 /// hung relay's claims are released by the server.
-pub struct MysqlOutbox {
-    pool: MySqlPool,
-    retention: Retention,
-    waker: Waker,
-}
+pub type MysqlOutbox = PollingOutbox<MySql>;
 
 impl MysqlOutbox {
-    fn empty(&self) -> MysqlBatch {
+    fn batch(&self, tx: Option<Transaction<'static, MySql>>, messages: Vec<Claimed>) -> MysqlBatch {
         MysqlBatch {
-            tx: None,
-            messages: Vec::new(),
+            tx,
+            messages,
             retention: self.retention,
         }
-    }
-
-    /// An outbox on `pool`.
-    pub fn new(pool: MySqlPool, retention: Retention) -> Self {
-        Self {
-            pool,
-            retention,
-            waker: Waker::default(),
-        }
-    }
-
-    /// The handle producers in this process use to wake the relay.
-    pub fn waker(&self) -> Waker {
-        self.waker.clone()
     }
 }
 
@@ -239,7 +221,7 @@ impl Outbox for MysqlOutbox {
             let firsts = first_per_key(&mut tx, filter, &held).await?;
             if firsts.is_empty() {
                 tx.rollback().await?;
-                return Ok(self.empty());
+                return Ok(self.batch(None, Vec::new()));
             }
             Some(firsts)
         } else {
@@ -265,7 +247,7 @@ impl Outbox for MysqlOutbox {
             .await?;
         if rows.is_empty() {
             tx.rollback().await?;
-            return Ok(self.empty());
+            return Ok(self.batch(None, Vec::new()));
         }
         // (seq, key) from the columns, whether or not the row is a valid message.
         let keyed = rows
@@ -282,11 +264,7 @@ impl Outbox for MysqlOutbox {
             })
             .map(|(row, _)| claimed_from_row::<MySql>(row))
             .collect::<Result<Vec<_>, _>>()?;
-        Ok(MysqlBatch {
-            tx: Some(tx),
-            messages,
-            retention: self.retention,
-        })
+        Ok(self.batch(Some(tx), messages))
     }
 
     async fn next_retry_in(

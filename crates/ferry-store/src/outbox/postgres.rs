@@ -181,6 +181,16 @@ impl PgOutbox {
     }
 }
 
+impl PgOutbox {
+    fn batch(&self, tx: Option<Transaction<'static, Postgres>>, messages: Vec<Claimed>) -> PgBatch {
+        PgBatch {
+            tx,
+            messages,
+            retention: self.retention,
+        }
+    }
+}
+
 /// Forwards NOTIFYs to the relay's workers. Logs once per state change.
 async fn listen(pool: PgPool, wake: Arc<Notify>) {
     let mut healthy = true;
@@ -242,18 +252,10 @@ impl Outbox for PgOutbox {
             .await?;
         if rows.is_empty() {
             tx.rollback().await?;
-            return Ok(PgBatch {
-                tx: None,
-                messages: Vec::new(),
-                retention: self.retention,
-            });
+            return Ok(self.batch(None, Vec::new()));
         }
         let messages = claimed::<Postgres>(&rows)?;
-        Ok(PgBatch {
-            tx: Some(tx),
-            messages,
-            retention: self.retention,
-        })
+        Ok(self.batch(Some(tx), messages))
     }
 
     async fn next_retry_in(

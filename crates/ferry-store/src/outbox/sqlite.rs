@@ -14,8 +14,8 @@ use sqlx::{Sqlite, SqliteConnection, SqlitePool};
 
 pub use super::Waker;
 use super::{
-    bind_message, claimed, delivered, insert_columns, record_failures, ClaimFilter, Claimed,
-    ClaimedBatch, OrderPolicy, Outbox, Outcome, Retention,
+    bind_outbox_message, claimed, delivered, insert_columns, record_failures, ClaimFilter, Claimed,
+    ClaimedBatch, OrderPolicy, Outbox, Outcome, PollingOutbox, Retention,
 };
 use crate::dialect::{ReadFirst, Stmt};
 use crate::StoreError;
@@ -32,34 +32,14 @@ pub async fn enqueue(conn: &mut SqliteConnection, message: &Message) -> Result<i
         insert_columns!(),
         ") VALUES (?, ?, ?, ?, ?, ?, ?, ?) RETURNING seq"
     );
-    Ok(bind_message(Stmt::<Sqlite>::new(sql), message)
+    Ok(bind_outbox_message(Stmt::<Sqlite>::new(sql), message)
         .fetch_one(conn)
         .await?
         .read_first()?)
 }
 
 /// The outbox in a SQLite database file.
-pub struct SqliteOutbox {
-    pool: SqlitePool,
-    retention: Retention,
-    waker: Waker,
-}
-
-impl SqliteOutbox {
-    /// An outbox on `pool`.
-    pub fn new(pool: SqlitePool, retention: Retention) -> Self {
-        Self {
-            pool,
-            retention,
-            waker: Waker::default(),
-        }
-    }
-
-    /// The handle producers in this process use to wake the relay.
-    pub fn waker(&self) -> Waker {
-        self.waker.clone()
-    }
-}
+pub type SqliteOutbox = PollingOutbox<Sqlite>;
 
 /// A batch read from a [`SqliteOutbox`].
 pub struct SqliteBatch {

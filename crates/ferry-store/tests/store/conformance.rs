@@ -159,29 +159,7 @@ each_db!(
     Retention::Delete,
     |env: Env| async move {
         let m = Message::event("t", "x");
-        match &env.db {
-            Database::Postgres(p) => {
-                let mut tx = p.begin().await.unwrap();
-                ferry_store::outbox::postgres::enqueue(&mut tx, &m)
-                    .await
-                    .unwrap();
-                tx.rollback().await.unwrap();
-            }
-            Database::Sqlite(p) => {
-                let mut tx = p.begin().await.unwrap();
-                ferry_store::outbox::sqlite::enqueue(&mut tx, &m)
-                    .await
-                    .unwrap();
-                tx.rollback().await.unwrap();
-            }
-            Database::Mysql(p) => {
-                let mut tx = p.begin().await.unwrap();
-                ferry_store::outbox::mysql::enqueue(&mut tx, &m)
-                    .await
-                    .unwrap();
-                tx.rollback().await.unwrap();
-            }
-        }
+        crate::enqueue_each!(&env.db, [&m], rollback);
         assert!(env
             .claim_raw(&filter(OrderPolicy::Ordered))
             .await

@@ -998,96 +998,85 @@ mod waits {
         }
     }
 
-    #[tokio::test]
-    async fn postgres_a_second_appender_waits_for_the_first_to_end() {
-        let env = pg_env(Retention::Delete).await;
-        let Database::Postgres(p) = &env.db else {
-            unreachable!()
-        };
-        let mut first = p.begin().await.unwrap();
-        let low = event_store::postgres::append(&mut first, &[NewEvent::new("t", "first")])
-            .await
-            .unwrap();
-        let mut conn = p.acquire().await.unwrap();
-        let pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
-            .fetch_one(&mut *conn)
-            .await
-            .unwrap();
-        let second = tokio::spawn(async move {
-            let mut tx = sqlx::Connection::begin(&mut *conn).await.unwrap();
-            let s = event_store::postgres::append(&mut tx, &[NewEvent::new("t", "second")])
+    /// Appends "first" in a transaction left open and "second" on another
+    /// session (`$session` reads its id, of type `$id`), waits until
+    /// `$waiting` (bound to that id, polled every `$every`) shows the
+    /// second one waiting, checks that nothing is readable until the first
+    /// commits, then both in order, `$check` holding of their positions.
+    macro_rules! second_appender_waits {
+        (
+            $env:expr, $variant:ident, $module:ident,
+            session: $session:literal as $id:ty,
+            waits: $what:literal every $every:expr, $waiting:literal,
+            |$low:ident, $high:ident| $check:block
+        ) => {{
+            let env = $env;
+            let Database::$variant(p) = &env.db else {
+                unreachable!()
+            };
+            let mut first = p.begin().await.unwrap();
+            let $low = event_store::$module::append(&mut first, &[NewEvent::new("t", "first")])
                 .await
                 .unwrap();
-            tx.commit().await.unwrap();
-            s
-        });
-        wait_until("the second append waits on the advisory lock", Duration::from_millis(10), || async {
-            let waiting: i64 = sqlx::query_scalar(
-                "SELECT COUNT(*) FROM pg_locks WHERE pid = $1 AND locktype = 'advisory' AND NOT granted",
-            )
-            .bind(pid)
-            .fetch_one(p)
-            .await
-            .unwrap();
-            waiting > 0
-        })
-        .await;
-        assert!(!second.is_finished());
-        assert!(read_all(&env.db).await.is_empty());
-        first.commit().await.unwrap();
-        let high = second.await.unwrap();
-        assert!(high[0] > low[0]);
-        assert_eq!(seqs(&read_all(&env.db).await), [low[0], high[0]]);
+            let mut conn = p.acquire().await.unwrap();
+            let id: $id = sqlx::query_scalar($session)
+                .fetch_one(&mut *conn)
+                .await
+                .unwrap();
+            let second = tokio::spawn(async move {
+                let mut tx = sqlx::Connection::begin(&mut *conn).await.unwrap();
+                let s = event_store::$module::append(&mut tx, &[NewEvent::new("t", "second")])
+                    .await
+                    .unwrap();
+                tx.commit().await.unwrap();
+                s
+            });
+            wait_until($what, $every, || async {
+                let waiting: i64 = sqlx::query_scalar($waiting)
+                    .bind(id)
+                    .fetch_one(p)
+                    .await
+                    .unwrap();
+                waiting > 0
+            })
+            .await;
+            assert!(!second.is_finished());
+            assert!(read_all(&env.db).await.is_empty());
+            first.commit().await.unwrap();
+            let $high = second.await.unwrap();
+            $check
+            assert_eq!(seqs(&read_all(&env.db).await), [$low[0], $high[0]]);
+        }};
+    }
+
+    #[tokio::test]
+    async fn postgres_a_second_appender_waits_for_the_first_to_end() {
+        second_appender_waits!(
+            pg_env(Retention::Delete).await, Postgres, postgres,
+            session: "SELECT pg_backend_pid()" as i32,
+            waits: "the second append waits on the advisory lock" every Duration::from_millis(10),
+            "SELECT COUNT(*) FROM pg_locks WHERE pid = $1 AND locktype = 'advisory' AND NOT granted",
+            |low, high| {
+                assert!(high[0] > low[0]);
+            }
+        );
     }
 
     #[tokio::test]
     async fn mysql_a_second_appender_waits_for_the_first_to_end() {
-        let env = mysql_env(Retention::Delete).await;
-        let Database::Mysql(p) = &env.db else {
-            unreachable!()
-        };
-        let mut first = p.begin().await.unwrap();
-        let low = event_store::mysql::append(&mut first, &[NewEvent::new("t", "first")])
-            .await
-            .unwrap();
-        let mut conn = p.acquire().await.unwrap();
-        let id: u64 = sqlx::query_scalar("SELECT CONNECTION_ID()")
-            .fetch_one(&mut *conn)
-            .await
-            .unwrap();
-        let second = tokio::spawn(async move {
-            let mut tx = sqlx::Connection::begin(&mut *conn).await.unwrap();
-            let s = event_store::mysql::append(&mut tx, &[NewEvent::new("t", "second")])
-                .await
-                .unwrap();
-            tx.commit().await.unwrap();
-            s
-        });
         // InnoDB refreshes its INFORMATION_SCHEMA lock tables only when
         // they have not been read for 100 ms: polling faster would read
         // the same stale copy for ever.
-        wait_until(
-            "the second append waits on the counter row",
-            Duration::from_millis(250),
-            || async {
-                let waiting: i64 = sqlx::query_scalar(
-                    "SELECT COUNT(*) FROM information_schema.INNODB_TRX
-                 WHERE trx_mysql_thread_id = ? AND trx_state = 'LOCK WAIT'",
-                )
-                .bind(id)
-                .fetch_one(p)
-                .await
-                .unwrap();
-                waiting > 0
-            },
-        )
-        .await;
-        assert!(!second.is_finished());
-        assert!(read_all(&env.db).await.is_empty());
-        first.commit().await.unwrap();
-        let high = second.await.unwrap();
-        assert_eq!(high[0], low[0] + 1, "no gaps on MariaDB");
-        assert_eq!(seqs(&read_all(&env.db).await), [low[0], high[0]]);
+        second_appender_waits!(
+            mysql_env(Retention::Delete).await, Mysql, mysql,
+            session: "SELECT CONNECTION_ID()" as u64,
+            waits: "the second append waits on the counter row" every Duration::from_millis(250),
+            "SELECT COUNT(*) FROM information_schema.INNODB_TRX
+             WHERE trx_mysql_thread_id = ? AND trx_state = 'LOCK WAIT'",
+            |low, high| {
+                assert_eq!(high[0], low[0] + 1, "no gaps on MariaDB");
+            }
+        );
     }
 
     async fn next(listener: &mut sqlx::postgres::PgListener) -> sqlx::postgres::PgNotification {

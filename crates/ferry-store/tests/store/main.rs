@@ -82,40 +82,60 @@ async fn env_on(t: FreshDb, retention: Retention, options: ConnectOptions) -> En
     Env { db, outbox, _t: t }
 }
 
+/// `$body` with `$x` bound to the value of whichever of the variants of
+/// `$enum` `$e` is.
+#[macro_export]
+macro_rules! each_variant {
+    ($e:expr, $enum:ident { $($variant:ident),* }, |$x:ident| $body:expr) => {
+        match $e {
+            $($enum::$variant($x) => $body,)*
+        }
+    };
+}
+
 /// `$body` with `$pool` bound to the pool of the [`Database`] `$db`.
 #[macro_export]
 macro_rules! on_pool {
     ($db:expr, |$pool:ident| $body:expr) => {
-        match $db {
-            Database::Postgres($pool) => $body,
-            Database::Sqlite($pool) => $body,
-            Database::Mysql($pool) => $body,
-        }
+        $crate::each_variant!(
+            $db,
+            Database {
+                Postgres,
+                Sqlite,
+                Mysql
+            },
+            |$pool| $body
+        )
     };
 }
 
 /// `$body` with `$o` bound to the outbox of `$outbox`, an [`AnyOutbox`].
 macro_rules! with_outbox {
     ($outbox:expr, |$o:ident| $body:expr) => {
-        match $outbox {
-            AnyOutbox::Pg($o) => $body,
-            AnyOutbox::Sqlite($o) => $body,
-            AnyOutbox::Mysql($o) => $body,
-        }
+        each_variant!($outbox, AnyOutbox { Pg, Sqlite, Mysql }, |$o| $body)
     };
 }
 
-/// Enqueues `$messages` one by one with `ferry_store::outbox::$module::enqueue`
-/// in a transaction of `$pool`.
+/// Enqueues `$messages` one by one with the `enqueue` of the outbox module
+/// of the [`Database`] `$db`, in a transaction of its pool that ends with
+/// `$end` (`commit` or `rollback`).
+#[macro_export]
 macro_rules! enqueue_each {
-    ($pool:expr, $module:ident, $messages:expr) => {{
+    ($db:expr, $messages:expr, $end:ident) => {
+        match $db {
+            Database::Postgres(p) => $crate::enqueue_each!(@ p, postgres, $messages, $end),
+            Database::Sqlite(p) => $crate::enqueue_each!(@ p, sqlite, $messages, $end),
+            Database::Mysql(p) => $crate::enqueue_each!(@ p, mysql, $messages, $end),
+        }
+    };
+    (@ $pool:expr, $module:ident, $messages:expr, $end:ident) => {{
         let mut tx = $pool.begin().await.unwrap();
         for m in $messages {
             ferry_store::outbox::$module::enqueue(&mut tx, m)
                 .await
                 .unwrap();
         }
-        tx.commit().await.unwrap();
+        tx.$end().await.unwrap();
     }};
 }
 
@@ -136,11 +156,7 @@ impl Env {
     /// Enqueues messages one by one inside a transaction of the test's own,
     /// as a producer does with its business change.
     pub async fn enqueue_in_tx(&self, messages: &[Message]) {
-        match &self.db {
-            Database::Postgres(p) => enqueue_each!(p, postgres, messages),
-            Database::Sqlite(p) => enqueue_each!(p, sqlite, messages),
-            Database::Mysql(p) => enqueue_each!(p, mysql, messages),
-        }
+        enqueue_each!(&self.db, messages, commit)
     }
 
     /// Claims a batch and settles it with `decide`; returns the topics/payloads claimed.
@@ -204,6 +220,79 @@ async fn round<O: Outbox>(
     let outcomes: Vec<Outcome> = messages.iter().map(&decide).collect();
     batch.settle(&outcomes).await.unwrap();
     messages
+}
+
+/// A transaction (`slow`, committed by `commit`) that took the lower
+/// sequence number `low` but commits after a higher one is still
+/// delivered. Returns `low`.
+#[macro_export]
+macro_rules! late_committing_lower_sequence_is_not_skipped {
+    ($env:expr, $variant:ident, $module:ident) => {{
+        let env = $env;
+        let Database::$variant(p) = &env.db else {
+            unreachable!()
+        };
+        let mut slow = p.begin().await.unwrap();
+        let low = ferry_store::outbox::$module::enqueue(&mut slow, &Message::event("t", "slow"))
+            .await
+            .unwrap();
+        env.enqueue(&[Message::event("t", "fast")]).await;
+        let f = filter(OrderPolicy::Ordered);
+        assert_eq!(
+            payloads(&env.round(&f, |_| Outcome::Delivered).await),
+            ["fast"]
+        );
+        slow.commit().await.unwrap();
+        let late = env.round(&f, |_| Outcome::Delivered).await;
+        assert_eq!(payloads(&late), ["slow"]);
+        low
+    }};
+}
+
+/// Two relays claiming at the same time never get the same message, and a
+/// key is never split across them: a later claim leaves out the keys an
+/// earlier, unsettled claim holds (the gap probes), and takes the others.
+pub async fn concurrent_claims_are_disjoint_and_keep_keys_whole<O: Outbox>(env: &Env, o: &O) {
+    // seq 1-20: keys a0-a3; seq 21-40: keys b0-b3; seq 41-50: a0 again and c0.
+    let mut ms: Vec<Message> = (0..20)
+        .map(|i| Message::event("t", i.to_string()).with_key(format!("a{}", i % 4)))
+        .collect();
+    ms.extend((20..40).map(|i| Message::event("t", i.to_string()).with_key(format!("b{}", i % 4))));
+    ms.extend((40..50).map(|i| {
+        Message::event("t", i.to_string()).with_key(if i % 2 == 0 { "a0" } else { "c0" })
+    }));
+    env.enqueue(&ms).await;
+    let f = |limit| ClaimFilter {
+        limit,
+        ..filter(OrderPolicy::Ordered)
+    };
+    let keys = |x: &O::Batch| {
+        x.messages()
+            .iter()
+            .map(|c| c.message.as_ref().unwrap().key.clone().unwrap())
+            .collect::<std::collections::HashSet<_>>()
+    };
+    let seqs = |x: &O::Batch| x.messages().iter().map(|c| c.seq).collect::<Vec<_>>();
+    let a = o.claim(&f(20)).await.unwrap();
+    let b = o.claim(&f(20)).await.unwrap();
+    let c = o.claim(&f(20)).await.unwrap();
+    assert_eq!(seqs(&a).len(), 20);
+    assert_eq!(seqs(&b).len(), 20, "b takes keys a does not hold");
+    assert!(keys(&b).iter().all(|k| k.starts_with('b')));
+    // c's candidates are seq 41-50: a0 is held by a, so only c0 comes back.
+    assert_eq!(keys(&c), ["c0".to_owned()].into_iter().collect());
+    assert_eq!(seqs(&c).len(), 5);
+    for (x, y) in [(&a, &b), (&a, &c), (&b, &c)] {
+        assert!(seqs(x).iter().all(|s| !seqs(y).contains(s)), "disjoint");
+        assert!(keys(x).is_disjoint(&keys(y)), "no key split across relays");
+    }
+    for batch in [a, b, c] {
+        let n = batch.messages().len();
+        batch.settle(&vec![Outcome::Delivered; n]).await.unwrap();
+    }
+    // a0's later messages are claimable now, after a0's earlier ones.
+    let rest = env.round(&f(50), |_| Outcome::Delivered).await;
+    assert_eq!(payloads(&rest), ["40", "42", "44", "46", "48"]);
 }
 
 /// A claim whose session `kill` ends is released at once: the message is

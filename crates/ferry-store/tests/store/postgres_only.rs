@@ -20,20 +20,7 @@ fn pg(env: &Env) -> &PgOutbox {
 #[tokio::test]
 async fn late_committing_lower_sequence_is_not_skipped() {
     let env = pg_env(Retention::Delete).await;
-    let p = pool(&env);
-    let mut slow = p.begin().await.unwrap();
-    let low = ferry_store::outbox::postgres::enqueue(&mut slow, &Message::event("t", "slow"))
-        .await
-        .unwrap();
-    env.enqueue(&[Message::event("t", "fast")]).await;
-    let f = filter(OrderPolicy::Ordered);
-    assert_eq!(
-        payloads(&env.round(&f, |_| Outcome::Delivered).await),
-        ["fast"]
-    );
-    slow.commit().await.unwrap();
-    let late = env.round(&f, |_| Outcome::Delivered).await;
-    assert_eq!(payloads(&late), ["slow"]);
+    let low = crate::late_committing_lower_sequence_is_not_skipped!(&env, Postgres, postgres);
     assert!(
         low < env
             .scalar("SELECT COALESCE(MAX(seq), 1000000) FROM ferry_outbox")
@@ -42,54 +29,11 @@ async fn late_committing_lower_sequence_is_not_skipped() {
 }
 
 /// Two relays claiming at the same time never get the same message, and a
-/// key is never split across them: a later claim leaves out the keys an
-/// earlier, unsettled claim holds (the gap probes), and takes the others.
+/// key is never split across them.
 #[tokio::test]
 async fn concurrent_claims_are_disjoint_and_keep_keys_whole() {
     let env = pg_env(Retention::Delete).await;
-    // seq 1-20: keys a0-a3; seq 21-40: keys b0-b3; seq 41-50: a0 again and c0.
-    let mut ms: Vec<Message> = (0..20)
-        .map(|i| Message::event("t", i.to_string()).with_key(format!("a{}", i % 4)))
-        .collect();
-    ms.extend((20..40).map(|i| Message::event("t", i.to_string()).with_key(format!("b{}", i % 4))));
-    ms.extend((40..50).map(|i| {
-        Message::event("t", i.to_string()).with_key(if i % 2 == 0 { "a0" } else { "c0" })
-    }));
-    env.enqueue(&ms).await;
-    let o = pg(&env);
-    let f = |limit| ClaimFilter {
-        limit,
-        ..filter(OrderPolicy::Ordered)
-    };
-    let keys = |x: &ferry_store::outbox::postgres::PgBatch| {
-        x.messages()
-            .iter()
-            .map(|c| c.message.as_ref().unwrap().key.clone().unwrap())
-            .collect::<std::collections::HashSet<_>>()
-    };
-    let seqs = |x: &ferry_store::outbox::postgres::PgBatch| {
-        x.messages().iter().map(|c| c.seq).collect::<Vec<_>>()
-    };
-    let a = o.claim(&f(20)).await.unwrap();
-    let b = o.claim(&f(20)).await.unwrap();
-    let c = o.claim(&f(20)).await.unwrap();
-    assert_eq!(seqs(&a).len(), 20);
-    assert_eq!(seqs(&b).len(), 20, "b takes keys a does not hold");
-    assert!(keys(&b).iter().all(|k| k.starts_with('b')));
-    // c's candidates are seq 41-50: a0 is held by a, so only c0 comes back.
-    assert_eq!(keys(&c), ["c0".to_owned()].into_iter().collect());
-    assert_eq!(seqs(&c).len(), 5);
-    for (x, y) in [(&a, &b), (&a, &c), (&b, &c)] {
-        assert!(seqs(x).iter().all(|s| !seqs(y).contains(s)), "disjoint");
-        assert!(keys(x).is_disjoint(&keys(y)), "no key split across relays");
-    }
-    for batch in [a, b, c] {
-        let n = batch.messages().len();
-        batch.settle(&vec![Outcome::Delivered; n]).await.unwrap();
-    }
-    // a0's later messages are claimable now, after a0's earlier ones.
-    let rest = env.round(&f(50), |_| Outcome::Delivered).await;
-    assert_eq!(payloads(&rest), ["40", "42", "44", "46", "48"]);
+    crate::concurrent_claims_are_disjoint_and_keep_keys_whole(&env, pg(&env)).await;
 }
 
 /// The single-relay shortcut: nothing pending outside the batch, so no gap
