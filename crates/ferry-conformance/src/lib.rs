@@ -2,7 +2,8 @@
 //! universal Pub/Sub tests.
 //!
 //! An adapter's test crate implements [`Broker`] for a harness that connects
-//! to a real server, then calls [`suite!`]:
+//! to a real server (usually a [`Harness`] of its settings and `connect`
+//! functions), then calls [`suite!`]:
 //!
 //! ```ignore
 //! ferry_conformance::suite!(async { MyHarness::connect().await });
@@ -20,6 +21,9 @@ use std::time::Duration;
 use ferry_core::{Capabilities, Sink, Subscriber};
 
 pub mod cases;
+mod harness;
+
+pub use harness::{Harness, Server, Shared};
 
 /// A connected broker under test: its publishing half (the adapter's
 /// [`Sink`]) and its consuming half (the adapter's [`Subscriber`]).

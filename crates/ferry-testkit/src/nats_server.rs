@@ -36,34 +36,23 @@ impl NatsServer {
     }
 
     async fn spawn(&self) {
-        let child = Command::new("nats-server")
-            .args([
-                "-a",
-                "127.0.0.1",
-                "-p",
-                &self.port.to_string(),
-                "-js",
-                "-sd",
-            ])
-            .arg(&self.dir.0)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .or_else(|_| {
-                Command::new("/usr/sbin/nats-server")
-                    .args([
-                        "-a",
-                        "127.0.0.1",
-                        "-p",
-                        &self.port.to_string(),
-                        "-js",
-                        "-sd",
-                    ])
-                    .arg(&self.dir.0)
-                    .stdout(Stdio::null())
-                    .stderr(Stdio::null())
-                    .spawn()
-            })
+        let spawn = |program: &str| {
+            Command::new(program)
+                .args([
+                    "-a",
+                    "127.0.0.1",
+                    "-p",
+                    &self.port.to_string(),
+                    "-js",
+                    "-sd",
+                ])
+                .arg(&self.dir.0)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+        };
+        let child = spawn("nats-server")
+            .or_else(|_| spawn("/usr/sbin/nats-server"))
             .expect("start nats-server");
         *self.child.lock().unwrap() = Some(child);
         let started = Instant::now();
@@ -92,6 +81,12 @@ impl NatsServer {
     pub async fn restart(&self) {
         self.kill();
         self.spawn().await;
+    }
+}
+
+impl ferry_conformance::Server for NatsServer {
+    async fn restart(&self) {
+        NatsServer::restart(self).await;
     }
 }
 
