@@ -51,20 +51,7 @@ async fn run_relays_every_pipeline_until_sigterm() {
         ),
     )
     .unwrap();
-    let mut child = KillOnDrop(
-        Command::new(FERRY)
-            .args([
-                "--log-level",
-                "warn",
-                "run",
-                "--config",
-                path.to_str().unwrap(),
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start ferry"),
-    );
+    let mut child = Reaped(spawn_ferry(&["run", "--config", path.to_str().unwrap()]));
 
     let sql = "INSERT INTO ferry_outbox (topic, message_key, payload) VALUES \
                ('user.signed_up', 'user-1', '{\"user_id\":1}'), ('audit', NULL, '{\"a\":1}'), \
@@ -103,16 +90,6 @@ async fn run_relays_every_pipeline_until_sigterm() {
     sigterm(&child.0);
     let status = child.0.wait().unwrap();
     assert!(status.success(), "{status}");
-}
-
-/// Kills the process if the test fails before it exits.
-struct KillOnDrop(Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 /// A pipeline that may not migrate an unmigrated database stops `ferry

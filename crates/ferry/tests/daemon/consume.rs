@@ -31,27 +31,63 @@ async fn publish(server: &NatsServer, messages: &[Message]) {
     }
 }
 
+/// `ferry consume` from `from` to `to`, its dead letters in the SQLite
+/// database `dead` (created if need be).
+fn consume(level: &str, from: &str, to: &str, topic: &str, group: &str, dead: &str) -> Command {
+    let mut command = ferry_command(level, &["consume", "--from", from, "--to", to]);
+    command
+        .args(["--topic", topic, "--group", group, "--database"])
+        .arg(format!("{dead}?mode=rwc"));
+    command
+}
+
 fn spawn_consume(server: &NatsServer, to: &str, database: &str, extra: &[&str]) -> Reaped {
+    let from = nats_url(server);
     Reaped(
-        Command::new(FERRY)
-            .args(["--log-level", "warn", "consume", "--from"])
-            .arg(nats_url(server))
-            .args([
-                "--to",
-                to,
-                "--topic",
-                TOPIC,
-                "--group",
-                "billing",
-                "--database",
-            ])
-            .arg(format!("{database}?mode=rwc"))
+        consume("warn", &from, to, TOPIC, "billing", database)
             .args(extra)
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
             .spawn()
             .expect("start ferry consume"),
     )
+}
+
+/// A private NATS server, a receiver answering after `delay`, and `ferry
+/// consume` between them (its dead letters in a fresh SQLite database),
+/// given the time to create its durable consumer: it gets the messages
+/// published after that.
+async fn consuming(
+    delay: Duration,
+    extra: &[&str],
+) -> (NatsServer, SqliteTestDb, Receiver, Reaped) {
+    let server = NatsServer::start().await;
+    let db = SqliteTestDb::create();
+    let r = Receiver::start().await;
+    r.set_delay(delay);
+    let child = spawn_consume(&server, &r.url(), &db.url, extra);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    (server, db, r, child)
+}
+
+/// Waits until `part` of the `n` messages are applied, restarts the broker
+/// (`restart`), and waits until all of them are.
+async fn applied_across_a_restart(
+    r: &Receiver,
+    n: usize,
+    part: usize,
+    restart: impl std::future::Future<Output = ()>,
+) {
+    wait_until("a part applied", Duration::from_secs(30), || {
+        r.applied().len() >= part
+    })
+    .await;
+    restart.await;
+    assert!(r.applied().len() < n, "restarted mid-stream");
+    wait_until(
+        "every message applied after the restart",
+        Duration::from_secs(90),
+        || r.applied().len() == n,
+    )
+    .await;
 }
 
 fn orders(n: usize, keys: usize) -> Vec<Message> {
@@ -68,16 +104,11 @@ fn orders(n: usize, keys: usize) -> Vec<Message> {
 /// message is applied exactly once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_mid_post_redelivers_and_the_receiver_applies_once() {
-    let server = NatsServer::start().await;
-    let db = SqliteTestDb::create();
-    let r = Receiver::start().await;
-    r.set_delay(Duration::from_millis(300));
     // Create the group before publishing, as a consumer deployed first would.
-    let mut child = spawn_consume(&server, &r.url(), &db.url, &["--prefetch", "8"]);
+    let (server, db, r, mut child) =
+        consuming(Duration::from_millis(300), &["--prefetch", "8"]).await;
     let n = 40;
     let sent = orders(n, 5);
-    // The durable consumer starts with messages published after it exists.
-    tokio::time::sleep(Duration::from_millis(1500)).await;
     publish(&server, &sent).await;
     wait_until("some POSTs in flight", Duration::from_secs(30), || {
         r.requests().len() >= 5
@@ -116,11 +147,7 @@ async fn sigkill_mid_post_redelivers_and_the_receiver_applies_once() {
 /// reason; the others flow past it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_poison_message_is_dead_lettered_and_the_rest_flows() {
-    let server = NatsServer::start().await;
-    let db = SqliteTestDb::create();
-    let r = Receiver::start().await;
-    let mut child = spawn_consume(&server, &r.url(), &db.url, &[]);
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let (server, db, r, mut child) = consuming(Duration::ZERO, &[]).await;
     let mut sent = orders(10, 2);
     sent.insert(3, Message::event(TOPIC, "poison").with_key("k0"));
     publish(&server, &sent).await;
@@ -224,71 +251,31 @@ async fn a_poison_message_is_dead_lettered_and_the_rest_flows() {
 /// resubscribes by itself and every message is applied.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broker_restart_mid_stream_loses_nothing() {
-    let server = NatsServer::start().await;
-    let db = SqliteTestDb::create();
-    let r = Receiver::start().await;
-    r.set_delay(Duration::from_millis(10));
-    let mut child = spawn_consume(&server, &r.url(), &db.url, &[]);
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let (server, _db, r, mut child) = consuming(Duration::from_millis(10), &[]).await;
     let n = 300;
     let sent = orders(n, 7);
     publish(&server, &sent).await;
-    wait_until("a part applied", Duration::from_secs(30), || {
-        r.applied().len() >= 30
-    })
-    .await;
-    server.restart().await;
-    assert!(r.applied().len() < n, "restarted mid-stream");
-    wait_until(
-        "every message applied after the restart",
-        Duration::from_secs(90),
-        || r.applied().len() == n,
-    )
-    .await;
+    applied_across_a_restart(&r, n, 30, server.restart()).await;
     sigterm(&child.0);
     assert!(child.0.wait().unwrap().success());
 }
 
 #[test]
 fn bad_urls_are_clear_errors() {
-    let out = ferry(&[
-        "consume",
-        "--from",
-        "bogus://x",
-        "--to",
-        "http://127.0.0.1:1/",
-        "--topic",
-        "t",
-    ]);
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("--from") && err.contains("bogus"), "{err}");
-
-    let out = ferry(&[
-        "consume",
-        "--from",
-        "nats://127.0.0.1:4222?strem=X",
-        "--to",
-        "http://127.0.0.1:1/",
-        "--topic",
-        "t",
-    ]);
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("unknown parameter `strem`"), "{err}");
-
-    let out = ferry(&[
-        "consume",
-        "--from",
-        "nats://127.0.0.1:4222",
-        "--to",
-        "ftp://x",
-        "--topic",
-        "t",
-    ]);
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("--to"), "{err}");
+    for (from, to, says) in [
+        ("bogus://x", "http://127.0.0.1:1/", &["--from", "bogus"][..]),
+        (
+            "nats://127.0.0.1:4222?strem=X",
+            "http://127.0.0.1:1/",
+            &["unknown parameter `strem`"],
+        ),
+        ("nats://127.0.0.1:4222", "ftp://x", &["--to"]),
+    ] {
+        let out = ferry(&["consume", "--from", from, "--to", to, "--topic", "t"]);
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(says.iter().all(|said| err.contains(said)), "{err}");
+    }
 }
 
 /// GETs `http://addr/path` with a raw HTTP/1.0 request (no client crate
@@ -323,7 +310,7 @@ async fn the_circuit_opens_while_the_endpoint_is_down_and_closes_after() {
     let db = SqliteTestDb::create();
     let r = Receiver::start().await;
     r.set_mode(ferry_testkit::Mode::Down);
-    let port = ferry_testkit::nats_server::free_port();
+    let port = free_port();
     let dir = TempDir::new();
     let path = dir.0.join("ferry.toml");
     std::fs::write(
@@ -371,20 +358,7 @@ warn_waiting = 10
         "{}",
         String::from_utf8_lossy(&check.stderr)
     );
-    let mut child = Reaped(
-        Command::new(FERRY)
-            .args([
-                "--log-level",
-                "warn",
-                "run",
-                "--config",
-                path.to_str().unwrap(),
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap(),
-    );
+    let mut child = Reaped(spawn_ferry(&["run", "--config", path.to_str().unwrap()]));
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let n = 50;
     publish(&server, &orders(n, 5)).await;
@@ -441,16 +415,6 @@ warn_waiting = 10
     assert!(child.0.wait().unwrap().success());
 }
 
-/// A child process killed when the test ends, passed or not.
-struct Reaped(Child);
-
-impl Drop for Reaped {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// `ferry relay --to URL` and `ferry consume --from URL` through each broker
 /// other than NATS: an SQLite outbox written by plain SQL, a relay into the
 /// broker, a consumer out of it to an HTTP receiver; every message arrives
@@ -463,20 +427,7 @@ async fn relay_and_consume_through(broker_url: &str) {
     let group = format!("g{}", &uuid::Uuid::now_v7().simple().to_string()[20..]);
     let topic = format!("relayed.{group}");
     let consumer = Reaped(
-        Command::new(FERRY)
-            .args([
-                "--log-level",
-                "warn",
-                "consume",
-                "--from",
-                broker_url,
-                "--to",
-                &r.url(),
-            ])
-            .args(["--topic", &topic, "--group", &group, "--database"])
-            .arg(format!("{}?mode=rwc", dead.url))
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
+        consume("warn", broker_url, &r.url(), &topic, &group, &dead.url)
             .spawn()
             .unwrap(),
     );
@@ -538,17 +489,18 @@ async fn relay_and_consume_through_sqs() {
 /// A private persistent Redis (`appendonly yes`, `appendfsync always`), for
 /// killing and restarting under a running consumer.
 struct PrivateRedis {
+    /// Killed on drop, before its directory is removed.
+    child: Option<Reaped>,
     port: u16,
     dir: TempDir,
-    child: Option<Child>,
 }
 
 impl PrivateRedis {
     async fn start() -> Self {
         let mut redis = Self {
-            port: ferry_testkit::nats_server::free_port(),
-            dir: TempDir::new(),
             child: None,
+            port: free_port(),
+            dir: TempDir::new(),
         };
         redis.spawn().await;
         redis
@@ -571,36 +523,25 @@ impl PrivateRedis {
             .stderr(Stdio::null())
             .spawn()
             .expect("start redis-server");
-        self.child = Some(child);
-        let started = Instant::now();
-        while tokio::net::TcpStream::connect(("127.0.0.1", self.port))
-            .await
-            .is_err()
-        {
-            assert!(
-                started.elapsed() < Duration::from_secs(20),
-                "redis did not come up"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        self.child = Some(Reaped(child));
+        let port = self.port;
+        wait_for(
+            "redis to come up",
+            Duration::from_secs(20),
+            Duration::from_millis(20),
+            || async move {
+                tokio::net::TcpStream::connect(("127.0.0.1", port))
+                    .await
+                    .is_ok()
+            },
+        )
+        .await;
     }
 
     /// SIGKILL, then the same port and data directory again.
     async fn restart(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        drop(self.child.take());
         self.spawn().await;
-    }
-}
-
-impl Drop for PrivateRedis {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
     }
 }
 
@@ -620,20 +561,7 @@ async fn a_redis_restart_mid_stream_loses_nothing() {
     let r = Receiver::start().await;
     r.set_delay(Duration::from_millis(5));
     let consumer = Reaped(
-        Command::new(FERRY)
-            .args([
-                "--log-level",
-                "error",
-                "consume",
-                "--from",
-                &url,
-                "--to",
-                &r.url(),
-            ])
-            .args(["--topic", TOPIC, "--group", "billing", "--database"])
-            .arg(format!("{}?mode=rwc", dead.url))
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
+        consume("error", &url, &r.url(), TOPIC, "billing", &dead.url)
             .spawn()
             .unwrap(),
     );
@@ -642,18 +570,7 @@ async fn a_redis_restart_mid_stream_loses_nothing() {
     let sent = orders(n, 7);
     enqueue(&db, &sent).await;
     let relay = Reaped(spawn_relay(&outbox.url, &url, &["--batch-size", "20"]));
-    wait_until("a part applied", Duration::from_secs(30), || {
-        r.applied().len() >= 40
-    })
-    .await;
-    redis.restart().await;
-    assert!(r.applied().len() < n, "restarted mid-stream");
-    wait_until(
-        "every message applied after the restart",
-        Duration::from_secs(90),
-        || r.applied().len() == n,
-    )
-    .await;
+    applied_across_a_restart(&r, n, 40, redis.restart()).await;
     let stats = db.outbox_stats().await.unwrap();
     assert_eq!((stats.pending, stats.dead), (0, 0));
     drop((relay, consumer));
@@ -664,37 +581,14 @@ async fn a_redis_restart_mid_stream_loses_nothing() {
 /// stops cleanly on SIGTERM.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unreachable_database_is_retried_not_fatal() {
-    let port = ferry_testkit::nats_server::free_port();
-    let url = format!("postgres://postgres@127.0.0.1:{port}/x");
-    let mut child = Command::new(FERRY)
-        .args([
-            "consume",
-            "--from",
-            "nats://127.0.0.1:4222?stream=FERRY&subject_prefix=ferry.",
-        ])
-        .args([
-            "--to",
-            "http://127.0.0.1:1/",
-            "--topic",
-            "t",
-            "--database",
-            &url,
-        ])
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    assert!(
-        child.try_wait().unwrap().is_none(),
-        "still running, retrying"
-    );
-    sigterm(&child);
-    let out = child.wait_with_output().unwrap();
-    assert!(out.status.success(), "{out:?}");
-    let log = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(
-        log.matches("database unreachable").count(),
-        1,
-        "logged once, not per attempt:\n{log}"
-    );
+    assert_an_unreachable_database_is_retried(&[
+        "consume",
+        "--from",
+        "nats://127.0.0.1:4222?stream=FERRY&subject_prefix=ferry.",
+        "--to",
+        "http://127.0.0.1:1/",
+        "--topic",
+        "t",
+    ])
+    .await;
 }

@@ -4,10 +4,8 @@ use super::*;
 /// times: every message arrives, the idempotent receiver applies each once,
 /// per-key order holds, nothing is left pending or dead.
 async fn kill_and_restart(url: &str) {
-    let db = migrated(url).await;
     let n = 5000;
-    enqueue(&db, &keyed(n, 13)).await;
-    let r = Receiver::start().await;
+    let (db, r) = backlog(url, n, 13).await;
     r.set_delay(Duration::from_millis(25));
     let mut rng = rand::thread_rng();
     let mut kills = 0;
@@ -45,33 +43,19 @@ async fn kill_and_restart(url: &str) {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigkill_mid_batch_loses_nothing_postgres() {
-    let t = PgTestDb::create().await;
-    kill_and_restart(&t.url).await;
-}
+per_database!(kill_and_restart {
+    sigkill_mid_batch_loses_nothing_postgres: PgTestDb::create().await,
+    sigkill_mid_batch_loses_nothing_sqlite: SqliteTestDb::create(),
+});
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigkill_mid_batch_loses_nothing_sqlite() {
-    let t = SqliteTestDb::create();
-    kill_and_restart(&t.url).await;
-}
+// Two relay processes on one PostgreSQL outbox, and on MariaDB.
+per_database!(two_relays_share_one_outbox {
+    two_relays_share_one_postgres_outbox: PgTestDb::create().await,
+    two_relays_share_one_mariadb_outbox: ferry_testkit::MysqlTestDb::create().await,
+});
 
-/// Two relay processes on one PostgreSQL outbox, while a producer keeps
-/// writing: no message delivered twice, per-key order kept.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn two_relays_share_one_postgres_outbox() {
-    let t = PgTestDb::create().await;
-    two_relays_share_one_outbox(&t.url).await;
-}
-
-/// The same on MariaDB.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn two_relays_share_one_mariadb_outbox() {
-    let t = ferry_testkit::MysqlTestDb::create().await;
-    two_relays_share_one_outbox(&t.url).await;
-}
-
+/// Two relay processes on one outbox, while a producer keeps writing: no
+/// message delivered twice, per-key order kept.
 async fn two_relays_share_one_outbox(url: &str) {
     let db = migrated(url).await;
     let r = Receiver::start().await;
@@ -102,9 +86,7 @@ async fn two_relays_share_one_outbox(url: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_exits_within_the_grace_and_loses_nothing() {
     let t = PgTestDb::create().await;
-    let db = migrated(&t.url).await;
-    enqueue(&db, &keyed(500, 5)).await;
-    let r = Receiver::start().await;
+    let (db, r) = backlog(&t.url, 500, 5).await;
     r.set_delay(Duration::from_millis(20));
     let mut child = spawn_relay(&t.url, &r.url(), &["--batch-size", "100"]);
     wait_until("some deliveries", Duration::from_secs(30), || {
@@ -136,30 +118,7 @@ async fn sigterm_exits_within_the_grace_and_loses_nothing() {
 /// on SIGTERM.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unreachable_database_is_retried_not_fatal() {
-    // A port nothing listens on: connection refused, a retryable error.
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    drop(listener);
-    let url = format!("postgres://postgres@127.0.0.1:{port}/x");
-    let mut child = Command::new(FERRY)
-        .args(["relay", "--database", &url, "--to", "null://"])
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    assert!(
-        child.try_wait().unwrap().is_none(),
-        "still running, retrying"
-    );
-    sigterm(&child);
-    let out = child.wait_with_output().unwrap();
-    assert!(out.status.success());
-    let log = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(
-        log.matches("database unreachable").count(),
-        1,
-        "logged once, not per attempt:\n{log}"
-    );
+    assert_an_unreachable_database_is_retried(&["relay", "--to", "null://"]).await;
 }
 
 /// A second SIGTERM does not wait for the grace: the process exits at once
@@ -167,9 +126,7 @@ async fn unreachable_database_is_retried_not_fatal() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_sigterm_exits_at_once() {
     let t = PgTestDb::create().await;
-    let db = migrated(&t.url).await;
-    enqueue(&db, &keyed(50, 5)).await;
-    let r = Receiver::start().await;
+    let (db, r) = backlog(&t.url, 50, 5).await;
     // Every answer takes 30 s: the first batch stays in flight.
     r.set_delay(Duration::from_secs(30));
     let mut child = spawn_relay(&t.url, &r.url(), &[]);
@@ -203,9 +160,7 @@ async fn a_second_sigterm_exits_at_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_down_sink_is_logged_once_per_state_change() {
     let t = SqliteTestDb::create();
-    let db = migrated(&t.url).await;
-    enqueue(&db, &keyed(200, 20)).await;
-    let r = Receiver::start().await;
+    let (_db, r) = backlog(&t.url, 200, 20).await;
     r.set_mode(ferry_testkit::Mode::Down);
     let child = Command::new(FERRY)
         .args([

@@ -10,20 +10,9 @@ use super::*;
 
 /// Starts `ferry forward` named `name` from `db` to `to`.
 fn spawn_forward(db: &str, to: &str, name: &str, extra: &[&str]) -> Child {
-    Command::new(FERRY)
-        .args([
-            "--log-level",
-            "warn",
-            "forward",
-            "--database",
-            db,
-            "--to",
-            to,
-            "--name",
-            name,
-        ])
+    ferry_command("warn", &["forward", "--database", db, "--to", to])
+        .args(["--name", name])
         .args(extra)
-        .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
         .expect("start ferry forward")
@@ -108,23 +97,11 @@ async fn kill_and_restart(url: &str) {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn forward_sigkilled_mid_stream_loses_nothing_postgres() {
-    let t = PgTestDb::create().await;
-    kill_and_restart(&t.url).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn forward_sigkilled_mid_stream_loses_nothing_mariadb() {
-    let t = ferry_testkit::MysqlTestDb::create().await;
-    kill_and_restart(&t.url).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn forward_sigkilled_mid_stream_loses_nothing_sqlite() {
-    let t = SqliteTestDb::create();
-    kill_and_restart(&t.url).await;
-}
+per_database!(kill_and_restart {
+    forward_sigkilled_mid_stream_loses_nothing_postgres: PgTestDb::create().await,
+    forward_sigkilled_mid_stream_loses_nothing_mariadb: ferry_testkit::MysqlTestDb::create().await,
+    forward_sigkilled_mid_stream_loses_nothing_sqlite: SqliteTestDb::create(),
+});
 
 /// An event the receiver refuses (HTTP 400, permanent): with `--on-failure
 /// stop` the process exits non-zero naming it, its offset before it, and
@@ -178,11 +155,7 @@ async fn run_forwards_from_a_config_file() {
     let t = SqliteTestDb::create();
     let dir = TempDir::new();
     let r = Receiver::start().await;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let file = dir.0.join("ferry.toml");
     std::fs::write(
         &file,
@@ -204,21 +177,18 @@ async fn run_forwards_from_a_config_file() {
     );
     assert!(String::from_utf8_lossy(&out.stdout).contains("1 forwarder(s)"));
 
-    let mut child = Command::new(FERRY)
-        .args(["--log-level", "warn", "run", "--config", file])
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
+    let mut child = spawn_ferry(&["run", "--config", file]);
     // `migrate = true`: the daemon creates the tables; wait for them.
     let db = Database::connect(&t.url).await.unwrap();
-    let start = Instant::now();
-    while db.check_schema().await.is_err() || db.schema_version().await.unwrap() < Some(4) {
-        assert!(
-            start.elapsed() < Duration::from_secs(30),
-            "the daemon migrates"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_for(
+        "the daemon to migrate",
+        Duration::from_secs(30),
+        Duration::from_millis(50),
+        || async {
+            db.check_schema().await.is_ok() && db.schema_version().await.unwrap() >= Some(4)
+        },
+    )
+    .await;
     db.append_events(&numbered(0, 30)).await.unwrap();
     wait_until("30 applied", Duration::from_secs(30), || {
         r.applied().len() == 30

@@ -4,11 +4,13 @@
 #![allow(missing_docs)]
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use ferry_core::Message;
 use ferry_store::Database;
+use ferry_testkit::nats_server::free_port;
 use ferry_testkit::{PgTestDb, Receiver, SqliteTestDb, TempDir};
 use rand::Rng;
 
@@ -20,16 +22,53 @@ mod serve;
 
 pub const FERRY: &str = env!("CARGO_BIN_EXE_ferry");
 
+/// `ferry --log-level <level> <args>`, its output discarded and its log on
+/// the test's stderr (callers may change either before spawning).
+pub fn ferry_command(level: &str, args: &[&str]) -> Command {
+    let mut command = Command::new(FERRY);
+    command
+        .args(["--log-level", level])
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit());
+    command
+}
+
+/// Starts `ferry --log-level warn <args>`.
+pub fn spawn_ferry(args: &[&str]) -> Child {
+    ferry_command("warn", args).spawn().expect("start ferry")
+}
+
 /// Starts `ferry relay` from `url` to the receiver.
 pub fn spawn_relay(db: &str, to: &str, extra: &[&str]) -> Child {
-    Command::new(FERRY)
-        .args(["--log-level", "warn", "relay", "--database", db, "--to", to])
+    ferry_command("warn", &["relay", "--database", db, "--to", to])
         .args(extra)
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
         .spawn()
         .expect("start ferry")
 }
+
+/// A child process killed when the test ends, passed or not.
+pub struct Reaped(pub Child);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// One `#[tokio::test]` per database: `$test` runs `$run(url)` on the
+/// fresh database `$db` makes.
+macro_rules! per_database {
+    ($run:ident { $($test:ident: $db:expr),+ $(,)? }) => {$(
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $test() {
+            let t = $db;
+            $run(&t.url).await;
+        }
+    )+};
+}
+pub(crate) use per_database;
 
 /// Runs `ferry` with `args` to completion.
 pub fn ferry(args: &[&str]) -> Output {
@@ -53,6 +92,14 @@ pub async fn enqueue(db: &Database, ms: &[Message]) {
     db.enqueue(ms).await.unwrap();
 }
 
+/// A migrated outbox at `url` holding `n` messages on `keys` keys (see
+/// [`keyed`]), and a receiver for them.
+pub async fn backlog(url: &str, n: usize, keys: usize) -> (Database, Receiver) {
+    let db = migrated(url).await;
+    enqueue(&db, &keyed(n, keys)).await;
+    (db, Receiver::start().await)
+}
+
 pub fn keyed(n: usize, keys: usize) -> Vec<Message> {
     (0..n)
         .map(|i| {
@@ -67,6 +114,47 @@ pub async fn wait_until(what: &str, limit: Duration, mut f: impl FnMut() -> bool
         assert!(start.elapsed() < limit, "timed out waiting for {what}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// Like [`wait_until`] for an asynchronous condition, looking every `every`.
+pub async fn wait_for<F: Future<Output = bool>>(
+    what: &str,
+    limit: Duration,
+    every: Duration,
+    mut f: impl FnMut() -> F,
+) {
+    let start = Instant::now();
+    while !f().await {
+        assert!(start.elapsed() < limit, "timed out waiting for {what}");
+        tokio::time::sleep(every).await;
+    }
+}
+
+/// `ferry <args> --database <url>` with nothing listening at the
+/// PostgreSQL `url` (connection refused, a retryable error): it keeps
+/// retrying with backoff, logs that once, and stops cleanly on SIGTERM.
+pub async fn assert_an_unreachable_database_is_retried(args: &[&str]) {
+    let url = format!("postgres://postgres@127.0.0.1:{}/x", free_port());
+    let mut child = Command::new(FERRY)
+        .args(args)
+        .args(["--database", &url])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "still running, retrying"
+    );
+    sigterm(&child);
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        log.matches("database unreachable").count(),
+        1,
+        "logged once, not per attempt:\n{log}"
+    );
 }
 
 /// Per key, applied payload numbers strictly increase.

@@ -10,36 +10,24 @@ use ferry_store::event_store::NewEvent;
 
 use super::*;
 
-struct Daemon(Child);
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+struct Daemon(Reaped);
 
 impl Daemon {
     fn start(args: &[&str], env: &[(&str, &str)]) -> Self {
-        let mut command = Command::new(FERRY);
-        command
-            .args(["--log-level", "warn"])
-            .args(args)
-            .env_remove("FERRY_API_TOKEN")
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit());
+        let mut command = ferry_command("warn", args);
+        command.env_remove("FERRY_API_TOKEN");
         for (k, v) in env {
             command.env(k, v);
         }
-        Self(command.spawn().expect("start ferry"))
+        Self(Reaped(command.spawn().expect("start ferry")))
     }
 
     /// Stops it with SIGTERM; it must exit 0.
     async fn stop(mut self) {
-        sigterm(&self.0);
+        sigterm(&self.0 .0);
         let start = Instant::now();
         loop {
-            if let Some(status) = self.0.try_wait().unwrap() {
+            if let Some(status) = self.0 .0.try_wait().unwrap() {
                 assert!(status.success(), "{status}");
                 return;
             }
@@ -58,7 +46,7 @@ async fn healthy(port: u16, daemon: &mut Daemon) {
             assert_eq!(r.status().as_u16(), 200);
             return;
         }
-        if let Some(status) = daemon.0.try_wait().unwrap() {
+        if let Some(status) = daemon.0 .0.try_wait().unwrap() {
             panic!("ferry exited with {status}");
         }
         assert!(start.elapsed() < Duration::from_secs(30), "no /health");
@@ -72,6 +60,19 @@ async fn status(url: &str, token: Option<&str>) -> u16 {
         request = request.bearer_auth(token);
     }
     request.send().await.unwrap().status().as_u16()
+}
+
+/// A page of events as JSON, asked for with `token`.
+async fn page(url: &str, token: &str) -> serde_json::Value {
+    reqwest::Client::new()
+        .get(url)
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
 }
 
 async fn appended(url: &str, n: usize) -> Database {
@@ -92,7 +93,7 @@ async fn appended(url: &str, n: usize) -> Database {
 async fn serve_pages_events_to_holders_of_the_token() {
     let t = PgTestDb::create().await;
     let db = appended(&t.url, 25).await;
-    let port = ferry_testkit::nats_server::free_port();
+    let port = free_port();
     let listen = format!("127.0.0.1:{port}");
     let token = "daemon-t0ken";
     let mut daemon = Daemon::start(
@@ -118,15 +119,7 @@ async fn serve_pages_events_to_holders_of_the_token() {
         status(&format!("{base}/v1/events?limit=11"), Some(token)).await,
         400
     );
-    let page: serde_json::Value = reqwest::Client::new()
-        .get(format!("{base}/v1/events?offset=0&limit=10"))
-        .bearer_auth(token)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let page = page(&format!("{base}/v1/events?offset=0&limit=10"), token).await;
     assert_eq!(page["events"].as_array().unwrap().len(), 10);
     assert_eq!(page["events"][0]["payload"]["order"], 0);
 
@@ -157,39 +150,37 @@ async fn serve_pages_events_to_holders_of_the_token() {
     daemon.stop().await;
 }
 
+/// `ferry serve` refuses an open address without a token, and a token
+/// that cannot be sent in a header.
 #[test]
 fn serve_refuses_an_open_address_without_a_token() {
     let t = SqliteTestDb::create();
-    let out = Command::new(FERRY)
-        .args(["serve", "--database", &t.url, "--listen", "0.0.0.0:0"])
-        .env_remove("FERRY_API_TOKEN")
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        err.contains("without a bearer token") && err.contains("0.0.0.0:0"),
-        "{err}"
-    );
-    // And a token that cannot be sent in a header.
-    let out = Command::new(FERRY)
-        .args(["serve", "--database", &t.url, "--listen", "127.0.0.1:0"])
-        .env("FERRY_API_TOKEN", "two words")
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        err.contains("FERRY_API_TOKEN") && err.contains("visible ASCII"),
-        "{err}"
-    );
+    for (listen, token, says) in [
+        ("0.0.0.0:0", None, ["without a bearer token", "0.0.0.0:0"]),
+        (
+            "127.0.0.1:0",
+            Some("two words"),
+            ["FERRY_API_TOKEN", "visible ASCII"],
+        ),
+    ] {
+        let mut command = Command::new(FERRY);
+        command.args(["serve", "--database", &t.url, "--listen", listen]);
+        match token {
+            Some(token) => command.env("FERRY_API_TOKEN", token),
+            None => command.env_remove("FERRY_API_TOKEN"),
+        };
+        let out = command.output().unwrap();
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(says.iter().all(|said| err.contains(said)), "{err}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn run_serves_the_events_api_beside_metrics() {
     let t = SqliteTestDb::create();
     appended(&t.url, 3).await;
-    let port = ferry_testkit::nats_server::free_port();
+    let port = free_port();
     let dir = TempDir::new();
     let path = dir.0.join("ferry.toml");
     let file = |listen: &str, token: &str| {
@@ -230,15 +221,7 @@ async fn run_serves_the_events_api_beside_metrics() {
         status(&format!("{base}/v1/events?limit=3"), Some("file-token")).await,
         400
     );
-    let page: serde_json::Value = reqwest::Client::new()
-        .get(format!("{base}/v1/events"))
-        .bearer_auth("file-token")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let page = page(&format!("{base}/v1/events"), "file-token").await;
     assert_eq!(page["events"].as_array().unwrap().len(), 2);
     daemon.stop().await;
 }
