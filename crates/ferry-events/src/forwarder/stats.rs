@@ -20,35 +20,31 @@ pub struct ForwarderStats {
     pub head: AtomicI64,
 }
 
+/// A getter per counter: its value now (relaxed: a reading, not a
+/// synchronisation point).
+macro_rules! counters {
+    ($($(#[$doc:meta])* $name:ident: $ty:ty;)*) => {$(
+        $(#[$doc])*
+        pub fn $name(&self) -> $ty {
+            self.$name.load(Ordering::Relaxed)
+        }
+    )*};
+}
+
 impl ForwarderStats {
-    /// Events delivered so far.
-    pub fn delivered(&self) -> u64 {
-        self.delivered.load(Ordering::Relaxed)
-    }
-
-    /// Failed attempts so far.
-    pub fn failed(&self) -> u64 {
-        self.failed.load(Ordering::Relaxed)
-    }
-
-    /// Events skipped so far.
-    pub fn skipped(&self) -> u64 {
-        self.skipped.load(Ordering::Relaxed)
-    }
-
-    /// Times it went idle so far.
-    pub fn idle(&self) -> u64 {
-        self.idle.load(Ordering::Relaxed)
-    }
-
-    /// The current offset.
-    pub fn offset(&self) -> i64 {
-        self.offset.load(Ordering::Relaxed)
-    }
-
-    /// The head of the store as last seen.
-    pub fn head(&self) -> i64 {
-        self.head.load(Ordering::Relaxed)
+    counters! {
+        /// Events delivered so far.
+        delivered: u64;
+        /// Failed attempts so far.
+        failed: u64;
+        /// Events skipped so far.
+        skipped: u64;
+        /// Times it went idle so far.
+        idle: u64;
+        /// The current offset.
+        offset: i64;
+        /// The head of the store as last seen.
+        head: i64;
     }
 
     /// How far behind the forwarder is: head minus offset (sequence

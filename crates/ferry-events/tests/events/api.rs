@@ -27,6 +27,14 @@ async fn get_with(request: reqwest::RequestBuilder) -> (u16, Value) {
     (status, body)
 }
 
+/// Default settings with pages of at most `max_limit` events.
+fn at_most(max_limit: u32) -> ApiConfig {
+    ApiConfig {
+        max_limit,
+        ..ApiConfig::default()
+    }
+}
+
 fn seqs(page: &Value) -> Vec<i64> {
     page["events"]
         .as_array()
@@ -207,14 +215,7 @@ async fn payloads_follow_one_rule() {
 async fn bad_parameters_are_400s_that_name_them() {
     let env = Env::sqlite().await;
     env.append(&events(3)).await;
-    let s = Served::start(
-        &env.db,
-        ApiConfig {
-            max_limit: 50,
-            ..ApiConfig::default()
-        },
-    )
-    .await;
+    let s = Served::start(&env.db, at_most(50)).await;
     for (query, parameter) in [
         ("offset=-1", "offset"),
         ("offset=abc", "offset"),
@@ -252,14 +253,7 @@ async fn bad_parameters_are_400s_that_name_them() {
         "{body}"
     );
     // Without `limit`, the smaller of 100 and the maximum.
-    let s2 = Served::start(
-        &env.db,
-        ApiConfig {
-            max_limit: 2,
-            ..ApiConfig::default()
-        },
-    )
-    .await;
+    let s2 = Served::start(&env.db, at_most(2)).await;
     let (_, page) = get(&s2.url("/v1/events")).await;
     assert_eq!(seqs(&page).len(), 2);
     s.stop().await;
@@ -270,14 +264,7 @@ async fn bad_parameters_are_400s_that_name_them() {
 async fn max_limit_is_bounded_by_the_store() {
     let env = Env::sqlite().await;
     for max_limit in [0, ferry_store::event_store::MAX_PAGE + 1] {
-        let e = api::router(
-            env.db.clone(),
-            ApiConfig {
-                max_limit,
-                ..ApiConfig::default()
-            },
-        )
-        .unwrap_err();
+        let e = api::router(env.db.clone(), at_most(max_limit)).unwrap_err();
         assert!(matches!(e, ApiConfigError::MaxLimit(_)), "{e}");
     }
 }

@@ -14,7 +14,7 @@ use std::time::Duration;
 use ferry_core::RetryPolicy;
 use ferry_events::forwarder::{ForwarderConfig, HandlerError};
 use ferry_events::unit_of_work::{
-    BuildError, DomainEvent, Event, EventBus, Source, UnitOfWorkError,
+    BuildError, DomainEvent, Event, EventBus, EventBusBuilder, Source, UnitOfWorkError,
 };
 use ferry_executor::{DatabaseFailureLog, Executor, ExecutorConfig, TaskOutcome};
 use ferry_store::Database;
@@ -580,6 +580,11 @@ async fn a_commit_wakes_the_bus_forwarder() {
     running.stop().await.unwrap();
 }
 
+/// Why `builder` does not build a bus on `pool`.
+fn refused(builder: EventBusBuilder<sqlx::Sqlite>, pool: &sqlx::SqlitePool) -> BuildError {
+    builder.build(pool.clone()).err().unwrap()
+}
+
 #[tokio::test]
 async fn a_bus_refuses_two_types_of_one_name_and_executor_handlers_without_executor() {
     #[derive(Serialize, Deserialize)]
@@ -588,21 +593,17 @@ async fn a_bus_refuses_two_types_of_one_name_and_executor_handlers_without_execu
         const TYPE: &'static str = "order.cancelled";
     }
     let env = support::sqlite().await;
-    let e = EventBus::builder()
-        .store::<OrderCancelled>()
-        .store::<Impostor>()
-        .build(env.pool.clone())
-        .err()
-        .unwrap();
+    let builder = EventBus::builder().store::<OrderCancelled>();
+    let e = refused(builder.store::<Impostor>(), &env.pool);
     assert!(
         matches!(e, BuildError::SameTypeName(ref n) if n == "order.cancelled"),
         "{e}"
     );
-    let e = EventBus::builder()
-        .on_executor("x", |_: Arc<Event<OrderCancelled>>| async { Ok(()) })
-        .build(env.pool.clone())
-        .err()
-        .unwrap();
+    let builder = EventBus::builder();
+    let e = refused(
+        builder.on_executor("x", |_: Arc<Event<OrderCancelled>>| async { Ok(()) }),
+        &env.pool,
+    );
     assert!(
         matches!(e, BuildError::NoExecutor(ref n) if n == "x"),
         "{e}"

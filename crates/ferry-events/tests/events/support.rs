@@ -33,46 +33,31 @@ async fn connect(url: &str) -> Database {
     db
 }
 
+/// An environment on the fresh database at `url`, migrated; `guard`
+/// (the test database) lives as long as it.
+async fn env<DB: Sql>(url: String, guard: Box<dyn std::any::Any + Send>) -> Env<DB> {
+    let db = connect(&url).await;
+    Env {
+        pool: DB::pool(&db).clone(),
+        url,
+        db,
+        _guard: guard,
+    }
+}
+
 pub async fn pg() -> Env<sqlx::Postgres> {
     let t = PgTestDb::create().await;
-    let db = connect(&t.url).await;
-    let Database::Postgres(pool) = &db else {
-        unreachable!()
-    };
-    Env {
-        pool: pool.clone(),
-        url: t.url.clone(),
-        db,
-        _guard: Box::new(t),
-    }
+    env(t.url.clone(), Box::new(t)).await
 }
 
 pub async fn sqlite() -> Env<sqlx::Sqlite> {
     let t = SqliteTestDb::create();
-    let db = connect(&t.url).await;
-    let Database::Sqlite(pool) = &db else {
-        unreachable!()
-    };
-    Env {
-        pool: pool.clone(),
-        url: t.url.clone(),
-        db,
-        _guard: Box::new(t),
-    }
+    env(t.url.clone(), Box::new(t)).await
 }
 
 pub async fn mysql() -> Env<sqlx::MySql> {
     let t = MysqlTestDb::create().await;
-    let db = connect(&t.url).await;
-    let Database::Mysql(pool) = &db else {
-        unreachable!()
-    };
-    Env {
-        pool: pool.clone(),
-        url: t.url.clone(),
-        db,
-        _guard: Box::new(t),
-    }
+    env(t.url.clone(), Box::new(t)).await
 }
 
 /// Runs the generic test case `$case` on each database named, as one test
@@ -105,6 +90,8 @@ pub mod env {
 
 /// The SQL the tests run, per database: a table `name (id)` of strings.
 pub trait Sql: EventDatabase {
+    /// The typed pool of `db`, which is of this kind.
+    fn pool(db: &Database) -> &sqlx::Pool<Self>;
     /// Runs `sql` (no parameters) on the pool.
     fn exec<'a>(pool: &'a sqlx::Pool<Self>, sql: &'a str) -> BoxFuture<'a, ()>;
     /// Inserts `id` into `table` on `conn`.
@@ -118,8 +105,14 @@ pub trait Sql: EventDatabase {
 }
 
 macro_rules! sql_for {
-    ($db:ty, $placeholder:literal) => {
+    ($db:ty, $variant:ident, $placeholder:literal) => {
         impl Sql for $db {
+            fn pool(db: &Database) -> &sqlx::Pool<Self> {
+                let Database::$variant(pool) = db else {
+                    unreachable!()
+                };
+                pool
+            }
             fn exec<'a>(pool: &'a sqlx::Pool<Self>, sql: &'a str) -> BoxFuture<'a, ()> {
                 Box::pin(async move {
                     sqlx::query(sql).execute(pool).await.unwrap();
@@ -153,9 +146,9 @@ macro_rules! sql_for {
     };
 }
 
-sql_for!(sqlx::Postgres, "$1");
-sql_for!(sqlx::Sqlite, "?");
-sql_for!(sqlx::MySql, "?");
+sql_for!(sqlx::Postgres, Postgres, "$1");
+sql_for!(sqlx::Sqlite, Sqlite, "?");
+sql_for!(sqlx::MySql, Mysql, "?");
 
 /// Creates table `name (id VARCHAR(64))`.
 pub async fn table<DB: Sql>(pool: &sqlx::Pool<DB>, name: &str) {
