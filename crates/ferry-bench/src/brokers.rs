@@ -91,24 +91,25 @@ pub trait Target: Send + Sync {
 }
 
 fn target(name: &str, args: &BrokersArgs) -> anyhow::Result<Box<dyn Target>> {
-    Ok(match name {
-        "nats" => Box::new(nats::Nats::new(&args.nats_url)?),
-        "amqp" => Box::new(others::Adapter::new(
+    // Every broker but NATS: its adapter's URL and how to reach it raw.
+    let (name, url, raw) = match name {
+        "nats" => return Ok(Box::new(nats::Nats::new(&args.nats_url)?)),
+        "amqp" => (
             "amqp",
             format!("{}?exchange=ferry-bench", args.amqp_url),
             others::Raw::Amqp(args.amqp_url.clone()),
-        )?),
-        "redis" => Box::new(others::Adapter::new(
+        ),
+        "redis" => (
             "redis",
             format!("{}?stream_prefix=ferrybench.", args.redis_url),
             others::Raw::Redis(args.redis_url.clone()),
-        )?),
-        "kafka" => Box::new(others::Adapter::new(
+        ),
+        "kafka" => (
             "kafka",
             format!("kafka://{}?topic_prefix=ferrybench.", args.kafka),
             others::Raw::Kafka(args.kafka.clone()),
-        )?),
-        "sqs" => Box::new(others::Adapter::new(
+        ),
+        "sqs" => (
             "sqs",
             format!(
                 "{}?region=us-east-1&queue_prefix=ferrybench-",
@@ -116,9 +117,10 @@ fn target(name: &str, args: &BrokersArgs) -> anyhow::Result<Box<dyn Target>> {
                     .replacen("http://", "sqs+http://bench:bench@", 1)
             ),
             others::Raw::Sqs(args.sqs_endpoint.clone()),
-        )?),
+        ),
         other => bail!("unknown broker `{other}` (expected nats, amqp, redis, kafka or sqs)"),
-    })
+    };
+    Ok(Box::new(others::Adapter::new(name, url, raw)?))
 }
 
 struct Rates {

@@ -89,11 +89,7 @@ impl CeilingSummary {
 
 /// Runs the ceiling measurements; prints each run and the medians.
 pub async fn run(args: &CeilingArgs, tsv: &Tsv) -> anyhow::Result<CeilingSummary> {
-    ensure!(
-        args.messages > 0 && args.runs > 0,
-        "--messages and --runs must be positive"
-    );
-    let server = Server::parse(&args.database)?;
+    let server = crate::drain::server_for(&args.database, args.messages, args.runs)?;
     let db_label = server.label();
     let n = args.messages;
     let single = args.single_row_messages.unwrap_or(n / 20);

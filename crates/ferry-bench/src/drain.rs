@@ -124,13 +124,19 @@ struct RelayPass {
     failed: u64,
 }
 
-/// Runs the drain benchmark; prints each run and the medians.
-pub async fn run(args: &DrainArgs, tsv: &Tsv) -> anyhow::Result<DrainSummary> {
+/// The server of `--database`, once `--messages` and `--runs` are checked
+/// (the drain's and the ceiling's arguments).
+pub fn server_for(database: &str, messages: usize, runs: usize) -> anyhow::Result<Server> {
     ensure!(
-        args.messages > 0 && args.runs > 0,
+        messages > 0 && runs > 0,
         "--messages and --runs must be positive"
     );
-    let server = Server::parse(&args.database)?;
+    Server::parse(database)
+}
+
+/// Runs the drain benchmark; prints each run and the medians.
+pub async fn run(args: &DrainArgs, tsv: &Tsv) -> anyhow::Result<DrainSummary> {
+    let server = server_for(&args.database, args.messages, args.runs)?;
     let db_label = server.label();
     let described = server.describe().await?;
     let (batch_size, concurrency) = (args.relay.batch_size, args.relay.concurrency);
