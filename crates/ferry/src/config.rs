@@ -159,14 +159,41 @@ url = "nats://127.0.0.1:4222"
         assert_eq!(q.retention(), Retention::Delete);
     }
 
+    /// The first TOML block of docs/config.md after the heading `after`
+    /// (`""`: the first of the file).
+    fn documented(after: &str) -> &'static str {
+        let doc = include_str!("../../../docs/config.md");
+        let (_, section) = doc.split_once(after).unwrap();
+        let (_, block) = section.split_once("```toml\n").unwrap();
+        block.split("```").next().unwrap()
+    }
+
     fn err(text: &str) -> String {
         FerryConfig::parse(text).unwrap_err()
+    }
+
+    /// Makes each change `(from, to, says)` to `base` (the first `from`
+    /// becomes `to`); the file must be refused with an error that says
+    /// each of `says`. The errors, in order.
+    fn refusals(base: &str, changes: &[(&str, &str, &[&str])]) -> Vec<String> {
+        changes
+            .iter()
+            .map(|(from, to, says)| {
+                let changed = base.replacen(from, to, 1);
+                assert_ne!(changed, base, "{from}");
+                let e = err(&changed);
+                for said in *says {
+                    assert!(e.contains(said), "{to}: {e} lacks {said}");
+                }
+                e
+            })
+            .collect()
     }
 
     /// Each change to GOOD, and what the error must say (its line first).
     #[test]
     fn bad_values_name_key_and_line() {
-        for (from, to, says) in [
+        let changes = [
             (
                 "batch_size = 100",
                 "bach_size = 100",
@@ -227,13 +254,8 @@ url = "nats://127.0.0.1:4222"
                     "`lease` must be at least 1s",
                 ],
             ),
-        ] {
-            let changed = GOOD.replacen(from, to, 1);
-            assert_ne!(changed, GOOD, "{from}");
-            let e = err(&changed);
-            for said in says {
-                assert!(e.contains(said), "{to}: {e} lacks {said}");
-            }
+        ];
+        for (e, (_, _, says)) in refusals(GOOD, &changes).iter().zip(changes) {
             if says[0].ends_with(':') {
                 assert!(e.starts_with(says[0]), "{e}");
             }
@@ -354,25 +376,9 @@ url = "nats://127.0.0.1:4222"
 
     #[test]
     fn the_documented_files_parse() {
-        let doc = include_str!("../../../docs/config.md");
-        let block = doc
-            .split("```toml\n")
-            .nth(1)
-            .unwrap()
-            .split("```")
-            .next()
-            .unwrap();
-        let c = FerryConfig::parse(block).unwrap();
+        let c = FerryConfig::parse(documented("")).unwrap();
         assert_eq!(c.pipelines[0].name.get_ref(), "coupons");
-        let consumers = doc.split("## Consumers").nth(1).unwrap();
-        let block = consumers
-            .split("```toml\n")
-            .nth(1)
-            .unwrap()
-            .split("```")
-            .next()
-            .unwrap();
-        let c = FerryConfig::parse(block).unwrap_or_else(|e| panic!("{e}"));
+        let c = FerryConfig::parse(documented("## Consumers")).unwrap_or_else(|e| panic!("{e}"));
         let consumer = &c.consumers[0];
         assert_eq!(consumer.name.get_ref(), "billing");
         assert!(consumer.router.circuit_breaker.is_some() && consumer.router.dedup.is_some());
@@ -457,15 +463,7 @@ url = "nats://127.0.0.1:4222"
         );
         assert!(FerryConfig::parse(&metrics_only).is_ok());
         // The documented table (its variable swapped for one that is set).
-        let doc = include_str!("../../../docs/config.md");
-        let block = doc.split("## The events API").nth(1).unwrap();
-        let block = block
-            .split("```toml\n")
-            .nth(1)
-            .unwrap()
-            .split("```")
-            .next()
-            .unwrap();
+        let block = documented("## The events API");
         let c = FerryConfig::parse(&block.replace("FERRY_API_TOKEN", "PATH"))
             .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(c.events_api.unwrap().max_limit, 1000);
@@ -562,7 +560,7 @@ url = "nats://127.0.0.1:4222"
 
     /// The `[[forwarder]]` tables (forward.rs), read as part of a file.
     mod forwarders {
-        use super::FerryConfig;
+        use super::{documented, err, refusals, FerryConfig};
 
         const ONE: &str = r#"
     [[forwarder]]
@@ -590,11 +588,8 @@ url = "nats://127.0.0.1:4222"
 
         #[test]
         fn the_documented_forwarder_parses() {
-            let doc = include_str!("../../../docs/config.md");
-            let section = doc.split("## Forwarders").nth(1).unwrap();
-            let block = section.split("```toml\n").nth(1).unwrap();
-            let block = block.split("```").next().unwrap();
-            let c = FerryConfig::parse(block).unwrap_or_else(|e| panic!("{e}"));
+            let c =
+                FerryConfig::parse(documented("## Forwarders")).unwrap_or_else(|e| panic!("{e}"));
             let f = c.forwarders[0].forwarder();
             assert_eq!(
                 (f.name.as_str(), f.retry.max_attempts),
@@ -606,52 +601,47 @@ url = "nats://127.0.0.1:4222"
 
         #[test]
         fn forwarder_errors_name_the_key_and_line() {
-            let err = |text: &str| FerryConfig::parse(text).unwrap_err();
-            for (from, to, says) in [
-                (
-                    "batch_size = 50",
-                    "bach_size = 50",
-                    &["line 6", "bach_size"][..],
-                ),
-                (
-                    "on_failure = \"skip\"",
-                    "on_failure = \"retry\"",
-                    &["line 5", "retry"],
-                ),
-                (
-                    "max_attempts = 4",
-                    "max_attempts = 0",
-                    &["line 7", "max_attempts must be at least 1"],
-                ),
-                (
-                    "batch_size = 50",
-                    "batch_size = 10001",
-                    &["line 3:", "forwarder `billing`", "key `batch_size"],
-                ),
-                (
-                    "batch_size = 50",
-                    "poll_interval = \"0s\"",
-                    &["line 3:", "key `poll_interval"],
-                ),
-                (
-                    "sqlite://events.db",
-                    "redis://x",
-                    &["line 3:", "key `database`"],
-                ),
-                (
-                    "type = \"http\"",
-                    "type = \"pigeon\"",
-                    &["line 10", "pigeon"],
-                ),
-                ("name = \"billing\"\n", "", &["missing field `name`"]),
-            ] {
-                let changed = ONE.replacen(from, to, 1);
-                assert_ne!(changed, ONE, "{from}");
-                let e = err(&changed);
-                for said in says {
-                    assert!(e.contains(said), "{to}: {e} lacks {said}");
-                }
-            }
+            refusals(
+                ONE,
+                &[
+                    (
+                        "batch_size = 50",
+                        "bach_size = 50",
+                        &["line 6", "bach_size"][..],
+                    ),
+                    (
+                        "on_failure = \"skip\"",
+                        "on_failure = \"retry\"",
+                        &["line 5", "retry"],
+                    ),
+                    (
+                        "max_attempts = 4",
+                        "max_attempts = 0",
+                        &["line 7", "max_attempts must be at least 1"],
+                    ),
+                    (
+                        "batch_size = 50",
+                        "batch_size = 10001",
+                        &["line 3:", "forwarder `billing`", "key `batch_size"],
+                    ),
+                    (
+                        "batch_size = 50",
+                        "poll_interval = \"0s\"",
+                        &["line 3:", "key `poll_interval"],
+                    ),
+                    (
+                        "sqlite://events.db",
+                        "redis://x",
+                        &["line 3:", "key `database`"],
+                    ),
+                    (
+                        "type = \"http\"",
+                        "type = \"pigeon\"",
+                        &["line 10", "pigeon"],
+                    ),
+                    ("name = \"billing\"\n", "", &["missing field `name`"]),
+                ],
+            );
             let e = err(&format!("{ONE}{ONE}"));
             assert!(e.contains("defined twice") && e.contains("line 14"), "{e}");
         }

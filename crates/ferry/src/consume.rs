@@ -12,7 +12,7 @@ use ferry_core::{Kind, Sink, Subscriber};
 use ferry_relay::CancellationToken;
 use serde::{Deserialize, Deserializer};
 
-use crate::startup::{connect_retrying, error_chain, line_of, prepare_schema, valid_sink};
+use crate::startup::{error_chain, open_retrying, started, valid_sink, validated, Names};
 
 /// A `[[consumer]]` table: from a broker to a sink.
 ///
@@ -66,45 +66,31 @@ pub struct ConsumerConfig {
 }
 
 fn valid_source<'de, D: Deserializer<'de>>(d: D) -> Result<SourceConfig, D::Error> {
-    let source = SourceConfig::deserialize(d)?;
-    source
-        .validate()
-        .map_err(|e| serde::de::Error::custom(error_chain(&e)))?;
-    Ok(source)
+    validated(d, |source: &SourceConfig| {
+        source.validate().map_err(|e| error_chain(&e))
+    })
 }
 
 fn valid_router<'de, D: Deserializer<'de>>(d: D) -> Result<RouterConfig, D::Error> {
-    let router = RouterConfig::deserialize(d)?;
-    router
-        .validate()
-        .map_err(|e| serde::de::Error::custom(error_chain(&e)))?;
-    Ok(router)
+    validated(d, |router: &RouterConfig| {
+        router.validate().map_err(|e| error_chain(&e))
+    })
 }
 
 /// Checks the `[[consumer]]` tables of a file whose text is `text`: unique
 /// names, at least one topic, a database URL Ferry knows. The error starts
 /// with the line of the consumer's name and names the key.
 pub fn check(text: &str, consumers: &[ConsumerConfig]) -> Result<(), String> {
-    let mut seen = std::collections::HashMap::new();
+    let mut names = Names::new("consumer", text);
     for c in consumers {
-        let line = line_of(text, c.name.span().start);
+        let line = names.line(&c.name)?;
         let name = c.name.get_ref();
-        if let Some(first) = seen.insert(name.clone(), line) {
-            return Err(format!(
-                "line {line}: key `consumer.name`: consumer `{name}` is defined twice (first at line {first})"
-            ));
-        }
         if c.topics.is_empty() {
             return Err(format!(
                 "line {line}: consumer `{name}`: key `topics` must list at least one topic"
             ));
         }
-        if let Err(e) = ferry_store::DatabaseKind::of(&c.database) {
-            return Err(format!(
-                "line {line}: consumer `{name}`: key `database`: {}",
-                error_chain(&e)
-            ));
-        }
+        names.database(line, name, &c.database)?;
     }
     Ok(())
 }
@@ -149,14 +135,16 @@ impl Consumer {
         shutdown: &CancellationToken,
     ) -> anyhow::Result<Option<(Router, Stats)>> {
         let name = &self.name;
+        let what = format!("consumer `{name}`");
         let backoff = ferry_relay::SinkBackoff {
             initial: self.router.resubscribe.initial_backoff,
             max: self.router.resubscribe.max_backoff,
         };
-        let Some(db) = connect_retrying(
+        let Some(db) = open_retrying(
             &self.database,
             &ferry_store::ConnectOptions::default(),
-            &format!("consumer `{name}`"),
+            self.migrate,
+            &what,
             name,
             &backoff,
             shutdown,
@@ -165,27 +153,16 @@ impl Consumer {
         else {
             return Ok(None);
         };
-        prepare_schema(
-            &db,
-            self.migrate,
-            &format!("consumer `{name}`"),
-            &self.database,
-        )
-        .await?;
-        let subscriber: Arc<dyn Subscriber> = self.from.build().await.map_err(|e| {
-            anyhow::anyhow!(
-                "consumer `{name}`: cannot start the {} subscriber: {}",
-                self.from.kind(),
-                error_chain(&e)
-            )
-        })?;
-        let sink: Arc<dyn Sink> = self.to.build().await.map_err(|e| {
-            anyhow::anyhow!(
-                "consumer `{name}`: cannot start the {} sink: {}",
-                self.to.kind(),
-                error_chain(&e)
-            )
-        })?;
+        let subscriber: Arc<dyn Subscriber> = started(
+            self.from.build().await,
+            &what,
+            &format!("{} subscriber", self.from.kind()),
+        )?;
+        let sink: Arc<dyn Sink> = started(
+            self.to.build().await,
+            &what,
+            &format!("{} sink", self.to.kind()),
+        )?;
         let mut builder = Router::builder()
             .subscriber(subscriber)
             .dead_letters(Arc::new(StoreDeadLetters::new(db)))

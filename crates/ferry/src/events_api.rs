@@ -11,7 +11,7 @@ use ferry_store::Database;
 use serde::Deserialize;
 
 use crate::metrics::HttpConfig;
-use crate::startup::{connect_retrying, error_chain, prepare_schema};
+use crate::startup::{error_chain, open_retrying};
 
 /// `[events_api]`: the HTTP offset API over one event store, served on the
 /// `[http]` port (docs/events-api.md).
@@ -121,18 +121,14 @@ async fn connect(
     migrate: bool,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<Option<Database>> {
-    let Some(db) = connect_retrying(
+    open_retrying(
         url,
         &ferry_store::ConnectOptions::default(),
+        migrate,
         "events api",
         "events-api",
         &ferry_relay::SinkBackoff::default(),
         shutdown,
     )
-    .await?
-    else {
-        return Ok(None);
-    };
-    prepare_schema(&db, migrate, "events api", url).await?;
-    Ok(Some(db))
+    .await
 }

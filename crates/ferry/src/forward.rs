@@ -2,7 +2,6 @@
 //! forwarder's saved offset to a sink (a webhook, a broker). `ferry
 //! forward` and the `[[forwarder]]` tables of `ferry run`.
 
-use std::collections::HashMap;
 use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,9 +13,7 @@ use ferry_events::forwarder::{Forwarder, ForwarderConfig, ForwarderStats, OnFail
 use ferry_relay::{CancellationToken, SinkBackoff};
 use serde::Deserialize;
 
-use crate::startup::{
-    connect_retrying, error_chain, line_of, prepare_schema, valid_retry, valid_sink,
-};
+use crate::startup::{open_retrying, started, valid_retry, valid_sink, Names};
 
 /// A `[[forwarder]]` table: from one event store to one sink.
 ///
@@ -108,21 +105,11 @@ impl ForwarderFileConfig {
 /// names, a database URL Ferry knows, sensible numbers. The error starts
 /// with the line of the forwarder's name and names the key.
 pub fn check(text: &str, forwarders: &[ForwarderFileConfig]) -> Result<(), String> {
-    let mut seen = HashMap::new();
+    let mut names = Names::new("forwarder", text);
     for f in forwarders {
-        let line = line_of(text, f.name.span().start);
+        let line = names.line(&f.name)?;
         let name = f.name.get_ref();
-        if let Some(first) = seen.insert(name.clone(), line) {
-            return Err(format!(
-                "line {line}: key `forwarder.name`: forwarder `{name}` is defined twice (first at line {first})"
-            ));
-        }
-        if let Err(e) = ferry_store::DatabaseKind::of(&f.database) {
-            return Err(format!(
-                "line {line}: forwarder `{name}`: key `database`: {}",
-                error_chain(&e)
-            ));
-        }
+        names.database(line, name, &f.database)?;
         if let Err(e) = f.forwarder().validate() {
             // "batch_size must be …", "backoff: initial must be …"
             let (key, problem) = match e.0.split_once(": ") {
@@ -173,9 +160,10 @@ impl Forward {
             max_connections: 4,
             lease: None,
         };
-        let Some(db) = connect_retrying(
+        let Some(db) = open_retrying(
             &self.database,
             &options,
+            self.migrate,
             &what,
             &name,
             &self.config.backoff,
@@ -185,11 +173,7 @@ impl Forward {
         else {
             return Ok(());
         };
-        prepare_schema(&db, self.migrate, &what, &self.database).await?;
-        let sink: Arc<dyn Sink> =
-            self.sink.build().await.map_err(|e| {
-                anyhow::anyhow!("{what}: cannot start the sink: {}", error_chain(&e))
-            })?;
+        let sink: Arc<dyn Sink> = started(self.sink.build().await, &what, "sink")?;
         let forwarder = Forwarder::to_sink(&db, sink, self.config);
         on_stats(forwarder.stats());
         let result = forwarder.run(shutdown).await;

@@ -20,7 +20,7 @@ use ferry_adapters::SinkConfig;
 use ferry_core::RetryPolicy;
 use ferry_relay::{CancellationToken, OrderPolicy, RelayConfig};
 use ferry_store::outbox::MessageRef;
-use ferry_store::{redact, Database};
+use ferry_store::{redact, Database, DeadLetter};
 use serde::Deserialize;
 
 use crate::config::FerryConfig;
@@ -483,8 +483,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
             max_attempts,
             retention,
         } => {
-            let sink = SinkConfig::from_url(&to)
-                .map_err(|e| anyhow::anyhow!("--to: {}", error_chain(&e)))?;
+            let sink = flag("--to", SinkConfig::from_url(&to))?;
             let retry = RetryPolicy {
                 max_attempts,
                 ..RetryPolicy::default()
@@ -518,10 +517,8 @@ async fn run(command: Command) -> anyhow::Result<()> {
             warn_waiting,
             dedup_window,
         } => {
-            let from = ferry_adapters::SourceConfig::from_url(&from)
-                .map_err(|e| anyhow::anyhow!("--from: {}", error_chain(&e)))?;
-            let to = SinkConfig::from_url(&to)
-                .map_err(|e| anyhow::anyhow!("--to: {}", error_chain(&e)))?;
+            let from = flag("--from", ferry_adapters::SourceConfig::from_url(&from))?;
+            let to = flag("--to", SinkConfig::from_url(&to))?;
             let mut router = ferry_consumer::RouterConfig {
                 prefetch,
                 timeout,
@@ -574,8 +571,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
             batch_size,
             poll_interval,
         } => {
-            let sink = SinkConfig::from_url(&to)
-                .map_err(|e| anyhow::anyhow!("--to: {}", error_chain(&e)))?;
+            let sink = flag("--to", SinkConfig::from_url(&to))?;
             let config = ferry_events::forwarder::ForwarderConfig {
                 name,
                 batch_size,
@@ -640,10 +636,49 @@ async fn run(command: Command) -> anyhow::Result<()> {
     }
 }
 
+/// The value of the command-line flag `name`, or an error that names it.
+fn flag<T, E: std::error::Error + 'static>(name: &str, parsed: Result<T, E>) -> anyhow::Result<T> {
+    parsed.map_err(|e| anyhow::anyhow!("{name}: {}", error_chain(&e)))
+}
+
 async fn open(url: &str) -> anyhow::Result<Database> {
     Database::connect(url)
         .await
         .with_context(|| format!("cannot open {}", redact(url)))
+}
+
+/// How `list` commands print their rows.
+struct Table {
+    /// Printed instead of the header when there are no rows.
+    empty: &'static str,
+    /// The header above the rows.
+    header: String,
+}
+
+impl Table {
+    /// With `json`, one JSON object a line (`json_line`); else the header
+    /// and a `line` a row, or `empty`.
+    fn print<R>(
+        &self,
+        rows: &[R],
+        json: bool,
+        json_line: impl Fn(&R) -> serde_json::Result<String>,
+        line: impl Fn(&R) -> String,
+    ) -> anyhow::Result<()> {
+        if json {
+            for r in rows {
+                println!("{}", json_line(r)?);
+            }
+        } else if rows.is_empty() {
+            println!("{}", self.empty);
+        } else {
+            println!("{}", self.header);
+            for r in rows {
+                println!("{}", line(r));
+            }
+        }
+        Ok(())
+    }
 }
 
 async fn dead(action: DeadAction) -> anyhow::Result<()> {
@@ -654,29 +689,23 @@ async fn dead(action: DeadAction) -> anyhow::Result<()> {
             json,
         } => {
             let rows = open(&database).await?.dead_messages(limit).await?;
-            if json {
-                for r in &rows {
-                    println!("{}", serde_json::to_string(r)?);
-                }
-            } else if rows.is_empty() {
-                println!("no dead messages");
-            } else {
-                println!(
+            let table = Table {
+                empty: "no dead messages",
+                header: format!(
                     "{:>8}  {:36}  {:20}  {:>8}  last error",
                     "seq", "message id", "topic", "attempts"
-                );
-                for r in &rows {
-                    println!(
-                        "{:>8}  {:36}  {:20}  {:>8}  {}",
-                        r.seq,
-                        r.message_id,
-                        r.topic,
-                        r.attempts,
-                        r.last_error.as_deref().unwrap_or("")
-                    );
-                }
-            }
-            Ok(())
+                ),
+            };
+            table.print(&rows, json, serde_json::to_string, |r| {
+                format!(
+                    "{:>8}  {:36}  {:20}  {:>8}  {}",
+                    r.seq,
+                    r.message_id,
+                    r.topic,
+                    r.attempts,
+                    r.last_error.as_deref().unwrap_or("")
+                )
+            })
         }
         DeadAction::Replay { id, all, database } => {
             let which = if all {
@@ -709,10 +738,17 @@ async fn dead_letters(action: DeadLetterAction) -> anyhow::Result<()> {
                 .await?
                 .dead_letters(consumer.as_deref(), limit)
                 .await?;
-            if json {
-                for r in &rows {
-                    let m = &r.message;
-                    let line = serde_json::json!({
+            let table = Table {
+                empty: "no dead letters",
+                header: format!(
+                    "{:36}  {:16}  {:20}  {:>8}  error",
+                    "id", "consumer", "topic", "attempts"
+                ),
+            };
+            let json_line = |r: &DeadLetter| {
+                let m = &r.message;
+                Ok::<_, serde_json::Error>(
+                    serde_json::json!({
                         "id": r.id,
                         "consumer": r.consumer,
                         "message_id": m.id,
@@ -725,37 +761,25 @@ async fn dead_letters(action: DeadLetterAction) -> anyhow::Result<()> {
                         "error": r.error,
                         "attempts": r.attempts,
                         "dead_at": r.dead_at,
-                    });
-                    println!("{line}");
-                }
-            } else if rows.is_empty() {
-                println!("no dead letters");
-            } else {
-                println!(
-                    "{:36}  {:16}  {:20}  {:>8}  error",
-                    "id", "consumer", "topic", "attempts"
-                );
-                for r in &rows {
-                    println!(
-                        "{:36}  {:16}  {:20}  {:>8}  {}",
-                        r.id, r.consumer, r.message.topic, r.attempts, r.error
-                    );
-                }
-            }
-            Ok(())
+                    })
+                    .to_string(),
+                )
+            };
+            table.print(&rows, json, json_line, |r| {
+                format!(
+                    "{:36}  {:16}  {:20}  {:>8}  {}",
+                    r.id, r.consumer, r.message.topic, r.attempts, r.error
+                )
+            })
         }
         DeadLetterAction::Replay { id, database, to } => {
             let db = open(&database).await?;
-            let sink = SinkConfig::from_url(&to)
-                .map_err(|e| anyhow::anyhow!("--to: {}", error_chain(&e)))?;
+            let sink = flag("--to", SinkConfig::from_url(&to))?;
             let letter = db
                 .dead_letter(id)
                 .await?
                 .ok_or_else(|| anyhow::anyhow!("no dead letter {id}"))?;
-            let sink = sink
-                .build()
-                .await
-                .map_err(|e| anyhow::anyhow!("--to: {}", error_chain(&e)))?;
+            let sink = flag("--to", sink.build().await)?;
             // A fresh broker dedup id: the first publish is still inside the
             // broker's duplicate window (JetStream, SQS FIFO) more often than not.
             let message = letter.message.clone().replayed();

@@ -40,9 +40,12 @@ use ferry_consumer::Stats;
 use ferry_events::forwarder::ForwarderStats;
 use ferry_relay::CancellationToken;
 use prometheus_client::collector::Collector;
-use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::encoding::{
+    DescriptorEncoder, EncodeGaugeValue, EncodeLabelSet, EncodeMetric,
+};
 use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 use serde::Deserialize;
 
@@ -90,28 +93,52 @@ impl HttpConfig {
 /// The consumers whose counters `/metrics` shows, by name.
 #[derive(Clone, Debug, Default)]
 pub struct Metrics {
-    consumers: Arc<Mutex<Vec<(String, Stats)>>>,
-    forwarders: Arc<Mutex<Vec<Named<Arc<ForwarderStats>>>>>,
+    consumers: Shown<Stats>,
+    forwarders: Shown<Arc<ForwarderStats>>,
 }
 
 /// Something shown under a name.
 type Named<T> = (String, T);
 
+/// What `/metrics` shows of one kind, by name.
+#[derive(Debug)]
+struct Shown<T>(Arc<Mutex<Vec<Named<T>>>>);
+
+impl<T> Clone for Shown<T> {
+    fn clone(&self) -> Self {
+        Self(self.0.clone())
+    }
+}
+
+impl<T> Default for Shown<T> {
+    fn default() -> Self {
+        Self(Arc::default())
+    }
+}
+
+impl<T: Clone> Shown<T> {
+    fn add(&self, name: &str, item: T) {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push((name.to_owned(), item));
+    }
+
+    /// What is shown now.
+    fn snapshot(&self) -> Vec<Named<T>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
 impl Metrics {
     /// Shows `stats` under the consumer `name`.
     pub fn add_consumer(&self, name: &str, stats: Stats) {
-        self.consumers
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push((name.to_owned(), stats));
+        self.consumers.add(name, stats);
     }
 
     /// Shows `stats` under the forwarder `name`.
     pub fn add_forwarder(&self, name: &str, stats: Arc<ForwarderStats>) {
-        self.forwarders
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push((name.to_owned(), stats));
+        self.forwarders.add(name, stats);
     }
 
     fn render(&self) -> String {
@@ -132,12 +159,7 @@ type Labels = [(&'static str, String); 3];
 
 impl Collector for ConsumerCollector {
     fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
-        let consumers = self
-            .0
-            .consumers
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
+        let consumers = self.0.consumers.snapshot();
         let rows: Vec<(Labels, ferry_consumer::SubscriptionStats)> = consumers
             .iter()
             .flat_map(|(name, stats)| {
@@ -176,13 +198,7 @@ impl Collector for ConsumerCollector {
                 |s| s.retried,
             ),
         ];
-        for (name, help, pick) in counters {
-            let counter = ConstCounter::new(0u64);
-            let mut family = encoder.encode_descriptor(name, help, None, counter.metric_type())?;
-            for (labels, s) in &rows {
-                ConstCounter::new(pick(s)).encode(family.encode_family(labels)?)?;
-            }
-        }
+        encode_counters(&mut encoder, &rows, &counters)?;
         type Gauge = fn(&ferry_consumer::SubscriptionStats) -> Option<f64>;
         let gauges: [(&str, &str, Gauge); 5] = [
             (
@@ -211,31 +227,63 @@ impl Collector for ConsumerCollector {
                 |s| s.lag.and_then(|l| l.oldest_age).map(|d| d.as_secs_f64()),
             ),
         ];
-        for (name, help, pick) in gauges {
-            let gauge = ConstGauge::new(0.0f64);
-            let mut family = encoder.encode_descriptor(name, help, None, gauge.metric_type())?;
-            for (labels, s) in &rows {
-                if let Some(value) = pick(s) {
-                    ConstGauge::new(value).encode(family.encode_family(labels)?)?;
-                }
+        encode_gauges(&mut encoder, &rows, &gauges)
+    }
+}
+
+/// A metric family: its name, its help, and how to pick a sample's value
+/// from a row's stats.
+type Family<'a, S, V> = (&'a str, &'a str, fn(&S) -> V);
+
+/// One counter family per `(name, help, pick)`, with a sample per row of
+/// labels and stats.
+fn encode_counters<L: EncodeLabelSet, S>(
+    encoder: &mut DescriptorEncoder<'_>,
+    rows: &[(L, S)],
+    families: &[Family<'_, S, u64>],
+) -> Result<(), std::fmt::Error> {
+    for (name, help, pick) in families {
+        let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+        for (labels, s) in rows {
+            ConstCounter::new(pick(s)).encode(family.encode_family(labels)?)?;
+        }
+    }
+    Ok(())
+}
+
+/// One gauge family per `(name, help, pick)`, with a sample per row for
+/// which `pick` has a value.
+fn encode_gauges<L: EncodeLabelSet, S, N: EncodeGaugeValue>(
+    encoder: &mut DescriptorEncoder<'_>,
+    rows: &[(L, S)],
+    families: &[Family<'_, S, Option<N>>],
+) -> Result<(), std::fmt::Error> {
+    for (name, help, pick) in families {
+        let mut family = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+        for (labels, s) in rows {
+            if let Some(value) = pick(s) {
+                ConstGauge::new(value).encode(family.encode_family(labels)?)?;
             }
         }
-        Ok(())
     }
+    Ok(())
 }
 
 #[derive(Debug)]
 struct ForwarderCollector(Metrics);
 
+type ForwarderLabels = [(&'static str, String); 1];
+
 impl Collector for ForwarderCollector {
     fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
-        let forwarders = self
+        let rows: Vec<(ForwarderLabels, Arc<ForwarderStats>)> = self
             .0
             .forwarders
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
-        type Pick = fn(&ForwarderStats) -> u64;
+            .snapshot()
+            .into_iter()
+            .map(|(forwarder, stats)| ([("forwarder", forwarder)], stats))
+            .collect();
+        type Pick = fn(&Arc<ForwarderStats>) -> u64;
         let counters: [(&str, &str, Pick); 4] = [
             (
                 "ferry_forwarder_delivered",
@@ -261,34 +309,19 @@ impl Collector for ForwarderCollector {
                 },
             ),
         ];
-        for (name, help, pick) in counters {
-            let counter = ConstCounter::new(0u64);
-            let mut family = encoder.encode_descriptor(name, help, None, counter.metric_type())?;
-            for (forwarder, s) in &forwarders {
-                ConstCounter::new(pick(s))
-                    .encode(family.encode_family(&[("forwarder", forwarder.as_str())])?)?;
-            }
-        }
-        type Gauge = fn(&ForwarderStats) -> i64;
+        encode_counters(&mut encoder, &rows, &counters)?;
+        type Gauge = fn(&Arc<ForwarderStats>) -> Option<i64>;
         let gauges: [(&str, &str, Gauge); 2] = [
             ("ferry_forwarder_offset", "The forwarder's offset.", |s| {
-                s.offset()
+                Some(s.offset())
             }),
             (
                 "ferry_forwarder_lag",
                 "The store's head minus the forwarder's offset.",
-                |s| s.lag(),
+                |s| Some(s.lag()),
             ),
         ];
-        for (name, help, pick) in gauges {
-            let gauge = ConstGauge::new(0i64);
-            let mut family = encoder.encode_descriptor(name, help, None, gauge.metric_type())?;
-            for (forwarder, s) in &forwarders {
-                ConstGauge::new(pick(s))
-                    .encode(family.encode_family(&[("forwarder", forwarder.as_str())])?)?;
-            }
-        }
-        Ok(())
+        encode_gauges(&mut encoder, &rows, &gauges)
     }
 }
 

@@ -10,12 +10,9 @@ use std::time::Duration;
 use ferry_adapters::SinkConfig;
 use ferry_core::{RetryPolicy, Sink};
 use ferry_relay::{CancellationToken, OrderPolicy, RelayConfig, Retention, SinkBackoff};
-use ferry_store::Database;
 use serde::Deserialize;
 
-use crate::startup::{
-    connect_retrying, error_chain, line_of, prepare_schema, valid_retry, valid_sink,
-};
+use crate::startup::{line_of, open_retrying, started, valid_retry, valid_sink, Names};
 
 /// A relay from one outbox to one sink.
 #[derive(Debug, Deserialize)]
@@ -157,15 +154,9 @@ impl PipelineConfig {
 /// one outbox splitting its topics. The error starts with the line of the
 /// pipeline's name and names the key.
 pub fn check(text: &str, pipelines: &[PipelineConfig]) -> Result<(), String> {
-    let mut seen = std::collections::HashMap::new();
+    let mut names = Names::new("pipeline", text);
     for p in pipelines {
-        let line = line_of(text, p.name.span().start);
-        if let Some(first) = seen.insert(p.name.get_ref().clone(), line) {
-            return Err(format!(
-                "line {line}: key `pipeline.name`: pipeline `{}` is defined twice (first at line {first})",
-                p.name.get_ref()
-            ));
-        }
+        let line = names.line(&p.name)?;
         let name = p.name.get_ref();
         if p.topics.as_ref().is_some_and(|t| t.is_empty()) {
             return Err(format!(
@@ -175,12 +166,7 @@ pub fn check(text: &str, pipelines: &[PipelineConfig]) -> Result<(), String> {
         if let Err(problem) = p.check_durations() {
             return Err(format!("line {line}: pipeline `{name}`: {problem}"));
         }
-        if let Err(e) = ferry_store::DatabaseKind::of(&p.database) {
-            return Err(format!(
-                "line {line}: pipeline `{name}`: key `database`: {}",
-                error_chain(&e)
-            ));
-        }
+        names.database(line, name, &p.database)?;
     }
     // Pipelines on one outbox compete for its messages: each would get
     // an arbitrary share. They must split the topics between them.
@@ -342,41 +328,26 @@ impl Pipeline {
     /// Runs until `shutdown`; an error means it could not start.
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let name = self.relay.name.clone();
-        let Some(db) = connect(&self, &shutdown).await? else {
+        let what = format!("pipeline `{name}`");
+        // Retrying with the pipeline's `sink_backoff` while the database is
+        // unreachable.
+        let Some(db) = open_retrying(
+            &self.database,
+            &self.relay.connect_options(),
+            self.migrate,
+            &what,
+            &name,
+            &self.relay.sink_backoff,
+            &shutdown,
+        )
+        .await?
+        else {
             return Ok(());
         };
-        prepare_schema(
-            &db,
-            self.migrate,
-            &format!("pipeline `{name}`"),
-            &self.database,
-        )
-        .await?;
-        let sink: Arc<dyn Sink> = self.sink.build().await.map_err(|e| {
-            anyhow::anyhow!(
-                "pipeline `{name}`: cannot start the sink: {}",
-                error_chain(&e)
-            )
-        })?;
+        let sink: Arc<dyn Sink> = started(self.sink.build().await, &what, "sink")?;
         ferry_relay::spawn_until(&db, sink, self.relay, &shutdown)
             .finished()
             .await?;
         Ok(())
     }
-}
-
-/// Connects, retrying with the pipeline's `sink_backoff` while the database
-/// is unreachable (logged once), failing at once on errors no retry fixes.
-/// `None` when shut down before connecting.
-async fn connect(p: &Pipeline, shutdown: &CancellationToken) -> anyhow::Result<Option<Database>> {
-    let options = p.relay.connect_options();
-    connect_retrying(
-        &p.database,
-        &options,
-        &format!("pipeline `{}`", p.relay.name),
-        &p.relay.name,
-        &p.relay.sink_backoff,
-        shutdown,
-    )
-    .await
 }
