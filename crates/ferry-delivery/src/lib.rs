@@ -47,6 +47,6 @@ mod probe;
 mod waves;
 
 pub use health::{Health, SinkBackoff};
-pub use outcome::{tally, AfterGiveUp, Item, OrderPolicy, Outcome};
+pub use outcome::{tally, AfterGiveUp, Claimed, Item, OrderPolicy, Outcome};
 pub use probe::{probe_limit, MAX_PROBE};
 pub use waves::{decide, deliver, BatchResult, Decision};

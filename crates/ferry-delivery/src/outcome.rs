@@ -15,6 +15,32 @@ pub trait Item {
     fn seq(&self) -> i64;
 }
 
+/// A message as its caller stored it, ready for the engine: the relay's
+/// claimed outbox rows are these.
+#[derive(Clone, Debug)]
+pub struct Claimed {
+    /// Position in the caller's sequence (the outbox's `seq`).
+    pub seq: i64,
+    /// Attempts made before this one.
+    pub attempts: u32,
+    /// The message, or why the row cannot be turned into one (a plain-SQL
+    /// producer wrote headers that are not a JSON object, say): such a
+    /// message is given up on with that reason.
+    pub message: Result<Message, String>,
+}
+
+impl Item for Claimed {
+    fn message(&self) -> Result<&Message, &str> {
+        self.message.as_ref().map_err(String::as_str)
+    }
+    fn attempts(&self) -> u32 {
+        self.attempts
+    }
+    fn seq(&self) -> i64 {
+        self.seq
+    }
+}
+
 /// What a failing message does to the later messages of its key.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
 #[serde(rename_all = "lowercase")]

@@ -257,26 +257,7 @@ mod tests {
     use ferry_core::{BoxFuture, Delivery};
 
     use super::*;
-    use crate::tally;
-
-    /// A message as a caller holds it.
-    struct Claimed {
-        seq: i64,
-        attempts: u32,
-        message: Result<Message, String>,
-    }
-
-    impl Item for Claimed {
-        fn message(&self) -> Result<&Message, &str> {
-            self.message.as_ref().map_err(String::as_str)
-        }
-        fn attempts(&self) -> u32 {
-            self.attempts
-        }
-        fn seq(&self) -> i64 {
-            self.seq
-        }
-    }
+    use crate::{tally, Claimed};
 
     /// A sink that answers from a script keyed by payload and records each
     /// wave it was given.
@@ -355,6 +336,13 @@ mod tests {
         move |p| if p == payload { Err(error()) } else { Ok(()) }
     }
 
+    /// [`run`] on [`BATCH`], ordered.
+    async fn run_ordered(
+        answer: impl Fn(&str) -> Delivery + Send + Sync + 'static,
+    ) -> (BatchResult, Vec<Vec<String>>) {
+        run(answer, BATCH, OrderPolicy::Ordered).await
+    }
+
     async fn run(
         answer: impl Fn(&str) -> Delivery + Send + Sync + 'static,
         items: &[(&str, Option<&str>)],
@@ -395,12 +383,7 @@ mod tests {
 
     #[tokio::test]
     async fn ordered_failure_holds_back_its_key_only() {
-        let (r, waves) = run(
-            refusing("a2", || SinkError::transient("503")),
-            BATCH,
-            OrderPolicy::Ordered,
-        )
-        .await;
+        let (r, waves) = run_ordered(refusing("a2", || SinkError::transient("503"))).await;
         assert_eq!(waves, vec![vec!["a1", "b1", "n"], vec!["a2"]]);
         assert!(matches!(
             r.outcomes[2],
@@ -428,12 +411,7 @@ mod tests {
 
     #[tokio::test]
     async fn permanent_errors_dead_letter_at_once_and_free_the_key() {
-        let (r, _) = run(
-            refusing("a1", || SinkError::permanent("http 400")),
-            BATCH,
-            OrderPolicy::Ordered,
-        )
-        .await;
+        let (r, _) = run_ordered(refusing("a1", || SinkError::permanent("http 400"))).await;
         assert_eq!(
             r.outcomes[0],
             Outcome::Failed {
@@ -488,12 +466,7 @@ mod tests {
 
     #[tokio::test]
     async fn unavailable_sink_releases_everything_without_counting() {
-        let (r, waves) = run(
-            |_| Err(SinkError::unavailable("connection refused")),
-            BATCH,
-            OrderPolicy::Ordered,
-        )
-        .await;
+        let (r, waves) = run_ordered(|_| Err(SinkError::unavailable("connection refused"))).await;
         assert_eq!(waves.len(), 1, "stops after the first wave");
         assert!(r.outcomes.iter().all(|o| *o == Outcome::Released));
         assert_eq!(r.unavailable.as_deref(), Some("connection refused"));
@@ -501,30 +474,18 @@ mod tests {
 
     #[tokio::test]
     async fn a_sink_refusing_everything_has_answered() {
-        let (r, _) = run(
-            |_| Err(SinkError::permanent("http 400")),
-            BATCH,
-            OrderPolicy::Ordered,
-        )
-        .await;
+        let (r, _) = run_ordered(|_| Err(SinkError::permanent("http 400"))).await;
         assert!(r.sink_answered && r.unavailable.is_none());
         assert_eq!(counts(&r), (0, 0, 5));
-        let (r, _) = run(
-            |_| Err(SinkError::unavailable("connection refused")),
-            BATCH,
-            OrderPolicy::Ordered,
-        )
-        .await;
+        let (r, _) = run_ordered(|_| Err(SinkError::unavailable("connection refused"))).await;
         assert!(!r.sink_answered, "\"unavailable\" is no answer");
     }
 
     #[tokio::test]
     async fn one_message_refused_as_unavailable_among_accepted_ones_is_a_transient_failure() {
-        let (r, _) = run(
-            refusing("b1", || SinkError::unavailable("http 504 gateway timeout")),
-            BATCH,
-            OrderPolicy::Ordered,
-        )
+        let (r, _) = run_ordered(refusing("b1", || {
+            SinkError::unavailable("http 504 gateway timeout")
+        }))
         .await;
         assert!(
             r.unavailable.is_none(),

@@ -99,6 +99,15 @@ impl EventHandler for Recorder {
     }
 }
 
+/// A sink to the receiver `r`, from its URL as `ferry forward --to` takes it.
+async fn webhook(r: &Receiver) -> std::sync::Arc<dyn ferry_core::Sink> {
+    SinkConfig::from_url(&r.url())
+        .unwrap()
+        .build()
+        .await
+        .unwrap()
+}
+
 async fn append<DB: Sql>(env: &Env<DB>, events: &[NewEvent]) -> Vec<i64> {
     env.db.append_events(events).await.unwrap()
 }
@@ -478,11 +487,7 @@ async fn a_sink_gets_each_event_as_a_message<DB: Sql>(env: Env<DB>) {
     }
     let seqs = append(&env, &sent).await;
     let r = Receiver::start().await;
-    let sink = SinkConfig::from_url(&r.url())
-        .unwrap()
-        .build()
-        .await
-        .unwrap();
+    let sink = webhook(&r).await;
     let running =
         Forwarder::to_sink(&env.db, sink, config("hook")).spawn(&CancellationToken::new());
     let stats = running.stats.clone();
@@ -520,11 +525,7 @@ async fn a_sink_that_is_down_costs_no_attempts<DB: Sql>(env: Env<DB>) {
     let r = Receiver::start().await;
     r.set_mode(Mode::Down);
     let seqs = append(&env, &events(5, 0)).await;
-    let sink = SinkConfig::from_url(&r.url())
-        .unwrap()
-        .build()
-        .await
-        .unwrap();
+    let sink = webhook(&r).await;
     let config = ForwarderConfig {
         on_failure: OnFailure::Skip,
         retry: RetryPolicy {
@@ -615,11 +616,7 @@ async fn a_refused_event_holds_back_its_source_only<DB: Sql>(env: Env<DB>) {
     sent[0] = NewEvent::new("t", "\"refuse\"").with_source("s", "0");
     let seqs = append(&env, &sent).await;
     let r = Receiver::start().await;
-    let sink = SinkConfig::from_url(&r.url())
-        .unwrap()
-        .build()
-        .await
-        .unwrap();
+    let sink = webhook(&r).await;
     let config = ForwarderConfig {
         batch_size: 100,
         retry: RetryPolicy {
@@ -670,11 +667,7 @@ async fn a_permanent_refusal_counts_beside_an_unavailable_one() {
         ],
     )
     .await;
-    let sink = SinkConfig::from_url(&r.url())
-        .unwrap()
-        .build()
-        .await
-        .unwrap();
+    let sink = webhook(&r).await;
     let run = Forwarder::to_sink(&env.db, sink, config("hook")).run(CancellationToken::new());
     let e = tokio::time::timeout(LONG, run)
         .await

@@ -69,34 +69,13 @@ pub struct ClaimFilter {
     pub one_per_key: bool,
 }
 
-/// A claimed message.
-#[derive(Clone, Debug)]
-pub struct Claimed {
-    /// Position in the outbox.
-    pub seq: i64,
-    /// Attempts made before this one.
-    pub attempts: u32,
-    /// The message, or why the row cannot be turned into one (a plain-SQL
-    /// producer wrote headers that are not a JSON object, say): such a
-    /// message is dead-lettered with that reason.
-    pub message: Result<Message, String>,
-}
+/// A claimed message: the delivery engine's [`Claimed`](ferry_delivery::Claimed)
+/// (its position in the outbox, the attempts made before, and the message
+/// or why the row cannot be turned into one).
+pub use ferry_delivery::Claimed;
 
 /// What became of one claimed message: the delivery engine's outcome.
 pub use ferry_delivery::Outcome;
-
-/// The delivery engine delivers claimed messages as they are.
-impl ferry_delivery::Item for Claimed {
-    fn message(&self) -> Result<&Message, &str> {
-        self.message.as_ref().map_err(String::as_str)
-    }
-    fn attempts(&self) -> u32 {
-        self.attempts
-    }
-    fn seq(&self) -> i64 {
-        self.seq
-    }
-}
 
 /// What happens to delivered messages.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
