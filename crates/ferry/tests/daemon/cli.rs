@@ -87,9 +87,7 @@ async fn run_relays_every_pipeline_until_sigterm() {
         .collect();
     bodies.sort();
     assert_eq!(bodies, ["{\"user_id\":1}", "{\"user_id\":2}"]);
-    sigterm(&child.0);
-    let status = child.0.wait().unwrap();
-    assert!(status.success(), "{status}");
+    stop(&mut child.0);
 }
 
 /// A pipeline that may not migrate an unmigrated database stops `ferry
@@ -245,7 +243,6 @@ INSERT INTO ferry_outbox (topic, message_key, payload) VALUES ('user.signed_up',
         );
         assert!(text(&ferry(&["dead", "list", "--database", &url])).contains("no dead messages"));
         assert!(text(&ferry(&["status", "--database", &url])).contains("dead 0"));
-        sigterm(&relay);
-        assert!(relay.wait().unwrap().success());
+        stop(&mut relay);
     }
 }

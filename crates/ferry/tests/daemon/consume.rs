@@ -114,8 +114,7 @@ async fn sigkill_mid_post_redelivers_and_the_receiver_applies_once() {
         r.requests().len() >= 5
     })
     .await;
-    child.0.kill().unwrap(); // SIGKILL, answers still pending
-    child.0.wait().unwrap();
+    sigkill(&mut child.0); // answers still pending
     let before = r.applied().len();
     assert!(before < n, "killed while work remained ({before}/{n})");
 
@@ -125,16 +124,10 @@ async fn sigkill_mid_post_redelivers_and_the_receiver_applies_once() {
         r.applied().len() == n
     })
     .await;
-    sigterm(&child.0);
-    assert!(
-        child.0.wait().unwrap().success(),
-        "clean exit after SIGTERM"
-    );
+    stop(&mut child.0);
 
-    let applied: std::collections::HashSet<String> =
-        r.applied().iter().map(|m| m.id.clone()).collect();
-    let sent_ids: std::collections::HashSet<String> =
-        sent.iter().map(|m| m.id.to_string()).collect();
+    let applied: HashSet<String> = r.applied().iter().map(|m| m.id.clone()).collect();
+    let sent_ids: HashSet<String> = sent.iter().map(|m| m.id.to_string()).collect();
     assert_eq!(applied, sent_ids, "every message applied, exactly once");
     assert!(
         r.requests().len() > n,
@@ -243,8 +236,7 @@ async fn a_poison_message_is_dead_lettered_and_the_rest_flows() {
     assert!(store.dead_letters(None, 10).await.unwrap().is_empty());
     let out = ferry(&["dead-letters", "discard", &first, "--database", &db.url]);
     assert!(!out.status.success(), "discarding it twice fails");
-    sigterm(&child.0);
-    assert!(child.0.wait().unwrap().success());
+    stop(&mut child.0);
 }
 
 /// The broker is killed and restarted while the consumer works: it
@@ -256,8 +248,7 @@ async fn a_broker_restart_mid_stream_loses_nothing() {
     let sent = orders(n, 7);
     publish(&server, &sent).await;
     applied_across_a_restart(&r, n, 30, server.restart()).await;
-    sigterm(&child.0);
-    assert!(child.0.wait().unwrap().success());
+    stop(&mut child.0);
 }
 
 #[test]
@@ -411,8 +402,7 @@ warn_waiting = 10
         .await
         .unwrap_or_default()
         .ends_with("ok\n"));
-    sigterm(&child.0);
-    assert!(child.0.wait().unwrap().success());
+    stop(&mut child.0);
 }
 
 /// `ferry relay --to URL` and `ferry consume --from URL` through each broker

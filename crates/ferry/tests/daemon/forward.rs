@@ -2,8 +2,6 @@
 //! and restarted from its offset, stopping or skipping at an event the
 //! receiver refuses, and run from a configuration file with metrics.
 
-use std::collections::HashSet;
-
 use ferry_store::event_store::NewEvent;
 
 use super::*;
@@ -62,8 +60,7 @@ async fn kill_and_restart(url: &str) {
         if r.applied().len() < appended {
             mid_stream += 1;
         }
-        child.kill().unwrap(); // SIGKILL
-        child.wait().unwrap();
+        sigkill(&mut child);
     }
     assert!(
         mid_stream >= 3,
@@ -71,29 +68,16 @@ async fn kill_and_restart(url: &str) {
     );
     let before_final = r.applied().len();
     assert!(before_final > 0, "some events went out before the kills");
-    r.set_delay(Duration::ZERO);
-    let mut child = spawn_forward(url, &r.url(), "hook", &["--batch-size", "50"]);
-    wait_until("every event applied", Duration::from_secs(120), || {
-        r.applied().len() == appended
+    assert_the_rest_applied_once(&r, appended, "event", || {
+        spawn_forward(url, &r.url(), "hook", &["--batch-size", "50"])
     })
     .await;
-    sigterm(&child);
-    let status = child.wait().unwrap();
-    assert!(status.success(), "clean exit after SIGTERM: {status:?}");
-    let applied = r.applied();
-    let unique: HashSet<_> = applied.iter().map(|m| m.id.clone()).collect();
-    assert_eq!(unique.len(), appended, "each event id applied exactly once");
     assert_in_order_per_source(&r);
     let head = db.event_head().await.unwrap();
     assert_eq!(
         db.load_offset("hook").await.unwrap(),
         head,
         "the offset saved at the head"
-    );
-    eprintln!(
-        "{} requests for {appended} events ({} delivered again after kills)",
-        r.requests().len(),
-        r.requests().len() - appended
     );
 }
 
@@ -137,8 +121,7 @@ async fn forward_stops_or_skips_at_a_refused_event() {
         r.applied().len() == 2
     })
     .await;
-    sigterm(&child);
-    assert!(child.wait().unwrap().success());
+    stop(&mut child);
     let failures = db.event_failures(Some("hook")).await.unwrap();
     assert_eq!(
         failures.iter().map(|f| f.seq).collect::<Vec<_>>(),
@@ -215,7 +198,6 @@ async fn run_forwards_from_a_config_file() {
         text.contains("ferry_forwarder_lag{forwarder=\"billing\"} 0"),
         "{text}"
     );
-    sigterm(&child);
-    assert!(child.wait().unwrap().success());
+    stop(&mut child);
     assert_eq!(db.load_offset("billing").await.unwrap(), 30);
 }

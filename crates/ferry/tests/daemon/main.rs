@@ -3,7 +3,7 @@
 //! commands. Real PostgreSQL and SQLite, a real HTTP receiver.
 #![allow(missing_docs)]
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -82,6 +82,19 @@ pub fn sigterm(child: &Child) {
         .unwrap();
 }
 
+/// SIGKILL, and reaps the process.
+pub fn sigkill(child: &mut Child) {
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
+
+/// SIGTERM, and the process exits 0.
+pub fn stop(child: &mut Child) {
+    sigterm(child);
+    let status = child.wait().unwrap();
+    assert!(status.success(), "clean exit after SIGTERM: {status:?}");
+}
+
 pub async fn migrated(url: &str) -> Database {
     let db = Database::connect(url).await.unwrap();
     db.migrate().await.unwrap();
@@ -154,6 +167,33 @@ pub async fn assert_an_unreachable_database_is_retried(args: &[&str]) {
         log.matches("database unreachable").count(),
         1,
         "logged once, not per attempt:\n{log}"
+    );
+}
+
+/// After the kills: with the receiver at full speed again, the process
+/// `last` starts delivers the rest of the `n` messages or events (`noun`)
+/// and stops cleanly on SIGTERM; each was applied exactly once.
+pub async fn assert_the_rest_applied_once(
+    r: &Receiver,
+    n: usize,
+    noun: &str,
+    last: impl FnOnce() -> Child,
+) {
+    r.set_delay(Duration::ZERO);
+    let mut child = last();
+    wait_until(
+        &format!("every {noun} applied"),
+        Duration::from_secs(120),
+        || r.applied().len() == n,
+    )
+    .await;
+    stop(&mut child);
+    let unique: HashSet<_> = r.applied().iter().map(|m| m.id.clone()).collect();
+    assert_eq!(unique.len(), n, "each {noun} applied exactly once");
+    eprintln!(
+        "{} requests for {n} {noun}s ({} delivered again after kills)",
+        r.requests().len(),
+        r.requests().len() - n
     );
 }
 
