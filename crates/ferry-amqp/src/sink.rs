@@ -1,9 +1,8 @@
 //! The RabbitMQ sink: publishes with publisher confirms.
 
-use std::fmt;
 use std::sync::Arc;
 
-use ferry_core::{BoxFuture, Delivery, Message, Sink, SinkError};
+use ferry_core::{Delivery, Message, SinkError};
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::{Channel, Confirmation, Connection, PublisherConfirm};
 use tokio::sync::Mutex;
@@ -195,21 +194,10 @@ fn timed_out(config: &AmqpConfig) -> SinkError {
     ))
 }
 
-impl Sink for AmqpSink {
-    fn name(&self) -> &str {
-        "amqp"
-    }
+ferry_core::impl_sink!(AmqpSink, "amqp", deliver_batch);
 
-    fn deliver<'a>(&'a self, batch: &'a [Message]) -> BoxFuture<'a, Vec<Delivery>> {
-        Box::pin(self.deliver_batch(batch))
-    }
-}
-
-impl fmt::Debug for AmqpSink {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("AmqpSink")
-            .field("server", &self.connector.server())
-            .field("exchange", &self.connector.config.exchange)
-            .finish_non_exhaustive()
-    }
-}
+ferry_core::impl_debug!(
+    AmqpSink,
+    |sink| server: sink.connector.server(),
+    exchange: sink.connector.config.exchange
+);

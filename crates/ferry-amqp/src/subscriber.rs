@@ -1,6 +1,5 @@
 //! The RabbitMQ subscriber: one durable queue per group, manual acks.
 
-use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -215,14 +214,11 @@ impl Subscriber for AmqpSubscriber {
     }
 }
 
-impl fmt::Debug for AmqpSubscriber {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("AmqpSubscriber")
-            .field("server", &self.connector.server())
-            .field("exchange", &self.connector.config.exchange)
-            .finish_non_exhaustive()
-    }
-}
+ferry_core::impl_debug!(
+    AmqpSubscriber,
+    |subscriber| server: subscriber.connector.server(),
+    exchange: subscriber.connector.config.exchange
+);
 
 /// A subscription's channel, open while its stream or any of its messages
 /// is alive: closing it gives the unsettled messages back to the queue.

@@ -8,6 +8,7 @@
 //! Nothing here talks to a database or a network; stores, the relay and the
 //! sinks build on these types.
 
+pub mod adapter;
 pub mod cloudevents;
 pub mod error;
 pub mod message;

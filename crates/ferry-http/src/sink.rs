@@ -1,7 +1,6 @@
 //! The webhook sink: each message is POSTed as a CloudEvents 1.0 event in
 //! binary content mode.
 
-use std::fmt;
 use std::time::Duration;
 
 use ferry_core::cloudevents::{binary_headers, is_attribute};
@@ -180,14 +179,11 @@ impl Sink for HttpSink {
     }
 }
 
-impl fmt::Debug for HttpSink {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("HttpSink")
-            .field("url", &ferry_core::redact_url(self.url.as_str()))
-            .field("concurrency", &self.concurrency)
-            .finish_non_exhaustive()
-    }
-}
+ferry_core::impl_debug!(
+    HttpSink,
+    |sink| url: ferry_core::redact_url(sink.url.as_str()),
+    concurrency: sink.concurrency
+);
 
 /// Classifies a request that got no response.
 fn transport_error(error: reqwest::Error) -> SinkError {

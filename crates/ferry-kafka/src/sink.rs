@@ -1,9 +1,7 @@
 //! The Kafka sink: an idempotent producer.
 
-use std::fmt;
-
 use ferry_core::cloudevents::binary_headers;
-use ferry_core::{BoxFuture, Delivery, Message, Sink, SinkError};
+use ferry_core::{Delivery, Message, SinkError};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -122,24 +120,13 @@ impl KafkaSink {
     }
 }
 
-impl Sink for KafkaSink {
-    fn name(&self) -> &str {
-        "kafka"
-    }
+ferry_core::impl_sink!(KafkaSink, "kafka", deliver_batch);
 
-    fn deliver<'a>(&'a self, batch: &'a [Message]) -> BoxFuture<'a, Vec<Delivery>> {
-        Box::pin(self.deliver_batch(batch))
-    }
-}
-
-impl fmt::Debug for KafkaSink {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("KafkaSink")
-            .field("brokers", &self.config.brokers)
-            .field("topic_prefix", &self.config.topic_prefix)
-            .finish_non_exhaustive()
-    }
-}
+ferry_core::impl_debug!(
+    KafkaSink,
+    |sink| brokers: sink.config.brokers,
+    topic_prefix: sink.config.topic_prefix
+);
 
 /// Classifies a failed publish or topic creation.
 fn error(e: KafkaError, what: &str) -> SinkError {

@@ -1,7 +1,6 @@
 //! The Kafka subscriber: one consumer-group member per subscription.
 
 use std::collections::BTreeMap;
-use std::fmt;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
@@ -198,14 +197,11 @@ impl Subscriber for KafkaSubscriber {
     }
 }
 
-impl fmt::Debug for KafkaSubscriber {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("KafkaSubscriber")
-            .field("brokers", &self.config.brokers)
-            .field("topic_prefix", &self.config.topic_prefix)
-            .finish_non_exhaustive()
-    }
-}
+ferry_core::impl_debug!(
+    KafkaSubscriber,
+    |subscriber| brokers: subscriber.config.brokers,
+    topic_prefix: subscriber.config.topic_prefix
+);
 
 /// What a consumer, its rebalance callbacks and its ackers share.
 struct Shared {

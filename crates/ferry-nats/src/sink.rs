@@ -1,6 +1,5 @@
 //! The NATS JetStream sink.
 
-use std::fmt;
 use std::sync::Arc;
 
 use async_nats::connection::State;
@@ -11,7 +10,7 @@ use async_nats::jetstream::context::{
 use async_nats::jetstream::{self, ErrorCode};
 use async_nats::{Event, HeaderMap, HeaderName, HeaderValue};
 use ferry_core::cloudevents::binary_headers;
-use ferry_core::{BoxFuture, Delivery, Message, Sink, SinkError, SinkErrorKind};
+use ferry_core::{Delivery, Message, SinkError, SinkErrorKind};
 use tokio::sync::{watch, OnceCell};
 
 use crate::config::is_subject;
@@ -241,25 +240,14 @@ impl NatsSink {
     }
 }
 
-impl Sink for NatsSink {
-    fn name(&self) -> &str {
-        "nats"
-    }
+ferry_core::impl_sink!(NatsSink, "nats", deliver_batch);
 
-    fn deliver<'a>(&'a self, batch: &'a [Message]) -> BoxFuture<'a, Vec<Delivery>> {
-        Box::pin(self.deliver_batch(batch))
-    }
-}
-
-impl fmt::Debug for NatsSink {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("NatsSink")
-            .field("server", &self.config.url.host_str())
-            .field("subject_prefix", &self.config.subject_prefix)
-            .field("stream", &self.config.stream)
-            .finish_non_exhaustive()
-    }
-}
+ferry_core::impl_debug!(
+    NatsSink,
+    |sink| server: sink.config.url.host_str(),
+    subject_prefix: sink.config.subject_prefix,
+    stream: sink.config.stream
+);
 
 fn every(batch: &[Message], error: impl Fn() -> SinkError) -> Vec<Delivery> {
     batch.iter().map(|_| Err(error())).collect()

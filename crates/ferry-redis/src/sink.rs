@@ -1,9 +1,8 @@
 //! The Redis Streams sink: XADD, a pipeline per batch.
 
-use std::fmt;
 use std::sync::Arc;
 
-use ferry_core::{BoxFuture, Delivery, Message, Sink, SinkError};
+use ferry_core::{Delivery, Message, SinkError};
 use redis::aio::ConnectionManager;
 use redis::{RedisError, Value};
 
@@ -99,21 +98,10 @@ fn xadd_error(e: RedisError) -> SinkError {
     }
 }
 
-impl Sink for RedisSink {
-    fn name(&self) -> &str {
-        "redis"
-    }
+ferry_core::impl_sink!(RedisSink, "redis", deliver_batch);
 
-    fn deliver<'a>(&'a self, batch: &'a [Message]) -> BoxFuture<'a, Vec<Delivery>> {
-        Box::pin(self.deliver_batch(batch))
-    }
-}
-
-impl fmt::Debug for RedisSink {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("RedisSink")
-            .field("server", &self.config.redacted_url())
-            .field("stream_prefix", &self.config.stream_prefix)
-            .finish_non_exhaustive()
-    }
-}
+ferry_core::impl_debug!(
+    RedisSink,
+    |sink| server: sink.config.redacted_url(),
+    stream_prefix: sink.config.stream_prefix
+);

@@ -2,7 +2,6 @@
 //! reclaiming what crashed consumers left pending.
 
 use std::collections::{HashMap, VecDeque};
-use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -262,15 +261,12 @@ impl Subscriber for RedisSubscriber {
     }
 }
 
-impl fmt::Debug for RedisSubscriber {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("RedisSubscriber")
-            .field("server", &self.config.redacted_url())
-            .field("stream_prefix", &self.config.stream_prefix)
-            .field("instance", &self.instance)
-            .finish_non_exhaustive()
-    }
-}
+ferry_core::impl_debug!(
+    RedisSubscriber,
+    |subscriber| server: subscriber.config.redacted_url(),
+    stream_prefix: subscriber.config.stream_prefix,
+    instance: subscriber.instance
+);
 
 /// What a subscription's stream and its messages' ackers share.
 struct Shared {

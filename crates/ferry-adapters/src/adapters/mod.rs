@@ -61,10 +61,7 @@ macro_rules! broker {
             async fn sink(
                 &self,
             ) -> Result<std::sync::Arc<dyn ferry_core::Sink>, crate::SinkConfigError> {
-                let sink = $krate::$sink::connect(self.clone()).await;
-                Ok(std::sync::Arc::new(crate::SinkConfigError::adapter(
-                    $feature, sink,
-                )?))
+                Ok(start($feature, $krate::$sink::connect(self.clone())).await?)
             }
         }
 
@@ -73,13 +70,31 @@ macro_rules! broker {
             async fn subscriber(
                 &self,
             ) -> Result<std::sync::Arc<dyn ferry_core::Subscriber>, crate::SinkConfigError> {
-                let subscriber = $krate::$subscriber::connect(self.clone()).await;
-                Ok(std::sync::Arc::new(crate::SinkConfigError::adapter(
-                    $feature, subscriber,
-                )?))
+                Ok(start($feature, $krate::$subscriber::connect(self.clone())).await?)
             }
         }
     };
+}
+
+/// Starts a broker adapter's sink or subscriber from its `connect`, the
+/// error kept as the source of
+/// [`SinkConfigError::Adapter`](crate::SinkConfigError::Adapter) under the
+/// name `feature`.
+#[cfg(any(
+    feature = "amqp",
+    feature = "redis",
+    feature = "kafka",
+    feature = "sqs"
+))]
+async fn start<T, E>(
+    feature: &'static str,
+    connect: impl std::future::Future<Output = Result<T, E>>,
+) -> Result<std::sync::Arc<T>, crate::SinkConfigError>
+where
+    E: std::error::Error + Send + Sync + 'static,
+{
+    let started = crate::SinkConfigError::adapter(feature, connect.await)?;
+    Ok(std::sync::Arc::new(started))
 }
 
 broker!("amqp", ferry_amqp::{AmqpConfig, AmqpSink, AmqpSubscriber});
