@@ -45,3 +45,16 @@ pub async fn deliver_all(sink: &dyn Sink, batch: &[Message]) {
 pub fn message(received: &Received) -> Message {
     received.message.clone().expect("a well-formed message")
 }
+
+/// Delivers one event to `sink`, whose server cannot be reached, and fails
+/// the test unless it fails as unavailable.
+pub async fn assert_unavailable(sink: &dyn Sink) {
+    let results = sink.deliver(&[Message::event("a.b", "{}")]).await;
+    let err = results.into_iter().next().unwrap().unwrap_err();
+    assert_eq!(
+        err.kind,
+        ferry_core::SinkErrorKind::Unavailable,
+        "{}",
+        err.describe()
+    );
+}

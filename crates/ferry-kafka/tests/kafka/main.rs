@@ -9,7 +9,7 @@ mod conformance;
 use std::time::Duration;
 
 use bytes::Bytes;
-use ferry_core::{Message, MessageStream, Received, Sink, Subscriber, Subscription};
+use ferry_core::{Message, MessageStream, Received, Subscriber, Subscription};
 use ferry_kafka::{KafkaConfig, KafkaSink, KafkaSubscriber};
 use ferry_testkit::broker::{deliver_all, message, next_within};
 use rdkafka::message::{Header, OwnedHeaders};
@@ -210,12 +210,5 @@ async fn an_unreachable_cluster_is_unavailable() {
     let mut config = KafkaConfig::new(["127.0.0.1:1"]);
     config.delivery_timeout = Duration::from_millis(500);
     let sink = KafkaSink::connect(config).await.unwrap();
-    let results = sink.deliver(&[Message::event("a.b", "{}")]).await;
-    let err = results.into_iter().next().unwrap().unwrap_err();
-    assert_eq!(
-        err.kind,
-        ferry_core::SinkErrorKind::Unavailable,
-        "{}",
-        err.describe()
-    );
+    ferry_testkit::broker::assert_unavailable(&sink).await;
 }

@@ -30,6 +30,17 @@ async fn jetstream() -> jetstream::Context {
     jetstream::new(async_nats::connect(NATS).await.unwrap())
 }
 
+/// Creates the test's stream, on its subjects, with the given limits.
+async fn create_stream(js: &jetstream::Context, names: &Names, limits: jetstream::stream::Config) {
+    js.create_stream(jetstream::stream::Config {
+        name: names.stream.clone(),
+        subjects: vec![format!("{}>", names.prefix)],
+        ..limits
+    })
+    .await
+    .unwrap();
+}
+
 fn config(names: &Names) -> NatsSinkConfig {
     let mut config = NatsSinkConfig::new(NATS.parse().unwrap());
     config.subject_prefix = names.prefix.clone();
@@ -154,14 +165,11 @@ async fn redelivery_is_dropped_by_message_id() {
 async fn rejected_messages_are_permanent_and_spare_the_rest() {
     let names = names();
     let js = jetstream().await;
-    js.create_stream(jetstream::stream::Config {
-        name: names.stream.clone(),
-        subjects: vec![format!("{}>", names.prefix)],
+    let limits = jetstream::stream::Config {
         max_message_size: 1024,
         ..Default::default()
-    })
-    .await
-    .unwrap();
+    };
+    create_stream(&js, &names, limits).await;
     // The stream exists: the sink leaves it as it is.
     let sink = NatsSink::connect(config(&names)).await.unwrap();
     let batch = [
@@ -211,15 +219,12 @@ async fn rejected_messages_are_permanent_and_spare_the_rest() {
 async fn stream_full_is_transient() {
     let names = names();
     let js = jetstream().await;
-    js.create_stream(jetstream::stream::Config {
-        name: names.stream.clone(),
-        subjects: vec![format!("{}>", names.prefix)],
+    let limits = jetstream::stream::Config {
         max_messages: 1,
         discard: jetstream::stream::DiscardPolicy::New,
         ..Default::default()
-    })
-    .await
-    .unwrap();
+    };
+    create_stream(&js, &names, limits).await;
     let sink = NatsSink::connect(config(&names)).await.unwrap();
     let first = sink.deliver(&[Message::event("t", "1")]).await;
     assert!(first[0].is_ok(), "{first:?}");

@@ -13,16 +13,11 @@ use ferry_sqs::{SqsConfig, SqsSink, SqsSubscriber};
 
 async fn moto(fifo: bool) -> Harness<SqsConfig> {
     let config = SqsConfig {
-        endpoint: Some(crate::endpoint().parse().unwrap()),
-        access_key_id: Some("test".to_owned()),
-        secret_access_key: Some("test".to_owned()),
         queue_prefix: "ferry-".to_owned(),
-        fifo,
         // Long enough for a prefetched batch to be handled one by one
         // while two dozen cases share one moto process.
         visibility_timeout: Duration::from_secs(30),
-        wait_time: Duration::from_secs(1),
-        ..SqsConfig::default()
+        ..crate::config(fifo)
     };
     let redelivery_within = config.visibility_timeout;
     Harness::connect(config, SqsSink::connect, SqsSubscriber::connect)

@@ -6,7 +6,7 @@ mod conformance;
 use std::time::Duration;
 
 use bytes::Bytes;
-use ferry_core::{Message, MessageStream, Received, Sink, Subscriber, Subscription};
+use ferry_core::{Message, MessageStream, Received, Subscriber, Subscription};
 use ferry_sqs::{SqsConfig, SqsSink, SqsSubscriber};
 use ferry_testkit::broker::{deliver_all, message, next_within};
 
@@ -22,7 +22,8 @@ pub(crate) fn endpoint() -> String {
     std::env::var("FERRY_SQS_ENDPOINT").unwrap_or_else(|_| "http://127.0.0.1:19325".to_owned())
 }
 
-fn config(fifo: bool) -> SqsConfig {
+/// Settings for moto, with the tests' queue prefix.
+pub(crate) fn config(fifo: bool) -> SqsConfig {
     SqsConfig {
         endpoint: Some(endpoint().parse().unwrap()),
         access_key_id: Some("test".to_owned()),
@@ -247,12 +248,5 @@ async fn an_unreachable_endpoint_is_unavailable() {
         ..config(false)
     };
     let sink = SqsSink::connect(config).await.unwrap();
-    let results = sink.deliver(&[Message::event("a.b", "{}")]).await;
-    let err = results.into_iter().next().unwrap().unwrap_err();
-    assert_eq!(
-        err.kind,
-        ferry_core::SinkErrorKind::Unavailable,
-        "{}",
-        err.describe()
-    );
+    ferry_testkit::broker::assert_unavailable(&sink).await;
 }
