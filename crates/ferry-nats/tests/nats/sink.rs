@@ -30,8 +30,23 @@ async fn jetstream() -> jetstream::Context {
     jetstream::new(async_nats::connect(NATS).await.unwrap())
 }
 
-/// Creates the test's stream, on its subjects, with the given limits.
-async fn create_stream(js: &jetstream::Context, names: &Names, limits: jetstream::stream::Config) {
+/// The test's names, a JetStream context, and a sink (which creates the
+/// test's stream).
+async fn fresh_sink() -> (Names, jetstream::Context, NatsSink) {
+    let names = names();
+    let js = jetstream().await;
+    let sink = NatsSink::connect(config(&names)).await.unwrap();
+    (names, js, sink)
+}
+
+/// A sink on a stream of the test's own, created beforehand on its
+/// subjects with the given limits: the sink leaves an existing stream as it
+/// is.
+async fn sink_on_stream(
+    limits: jetstream::stream::Config,
+) -> (Names, jetstream::Context, NatsSink) {
+    let names = names();
+    let js = jetstream().await;
     js.create_stream(jetstream::stream::Config {
         name: names.stream.clone(),
         subjects: vec![format!("{}>", names.prefix)],
@@ -39,6 +54,8 @@ async fn create_stream(js: &jetstream::Context, names: &Names, limits: jetstream
     })
     .await
     .unwrap();
+    let sink = NatsSink::connect(config(&names)).await.unwrap();
+    (names, js, sink)
 }
 
 fn config(names: &Names) -> NatsSinkConfig {
@@ -68,11 +85,15 @@ async fn stored(js: &jetstream::Context, stream: &str) -> u64 {
     stream.info().await.unwrap().state.messages
 }
 
+/// Checks that the test's stream stores `messages`, then deletes it.
+async fn assert_stored_then_delete(js: &jetstream::Context, names: &Names, messages: u64) {
+    assert_eq!(stored(js, &names.stream).await, messages);
+    js.delete_stream(&names.stream).await.unwrap();
+}
+
 #[tokio::test]
 async fn publishes_batch_with_cloudevents_headers() {
-    let names = names();
-    let js = jetstream().await;
-    let sink = NatsSink::connect(config(&names)).await.unwrap();
+    let (names, js, sink) = fresh_sink().await;
     let batch = vec![
         Message::event("order.placed", r#"{"order":1}"#)
             .with_key("order-1")
@@ -147,31 +168,23 @@ async fn publishes_batch_with_cloudevents_headers() {
 
 #[tokio::test]
 async fn redelivery_is_dropped_by_message_id() {
-    let names = names();
-    let js = jetstream().await;
-    let sink = NatsSink::connect(config(&names)).await.unwrap();
+    let (names, js, sink) = fresh_sink().await;
     let message = Message::event("order.placed", r#"{"order":1}"#);
     let other = Message::event("order.placed", r#"{"order":2}"#);
 
     let first = sink.deliver(&[message.clone(), other]).await;
     let again = sink.deliver(std::slice::from_ref(&message)).await;
     assert!(first.iter().chain(&again).all(Result::is_ok));
-    assert_eq!(stored(&js, &names.stream).await, 2);
-
-    js.delete_stream(&names.stream).await.unwrap();
+    assert_stored_then_delete(&js, &names, 2).await;
 }
 
 #[tokio::test]
 async fn rejected_messages_are_permanent_and_spare_the_rest() {
-    let names = names();
-    let js = jetstream().await;
-    let limits = jetstream::stream::Config {
+    let (names, js, sink) = sink_on_stream(jetstream::stream::Config {
         max_message_size: 1024,
         ..Default::default()
-    };
-    create_stream(&js, &names, limits).await;
-    // The stream exists: the sink leaves it as it is.
-    let sink = NatsSink::connect(config(&names)).await.unwrap();
+    })
+    .await;
     let batch = [
         // JetStream refuses it: larger than the stream's max_message_size.
         Message::event("big", vec![b'x'; 2048]),
@@ -208,24 +221,19 @@ async fn rejected_messages_are_permanent_and_spare_the_rest() {
 
     // The connection survived them all.
     assert!(sink.deliver(&[Message::event("ok", "{}")]).await[0].is_ok());
-    assert_eq!(stored(&js, &names.stream).await, 2);
-
-    js.delete_stream(&names.stream).await.unwrap();
+    assert_stored_then_delete(&js, &names, 2).await;
 }
 
 /// A stream that is full and discards new messages refuses with error
 /// 10077: space may free up, so the message is retried.
 #[tokio::test]
 async fn stream_full_is_transient() {
-    let names = names();
-    let js = jetstream().await;
-    let limits = jetstream::stream::Config {
+    let (names, js, sink) = sink_on_stream(jetstream::stream::Config {
         max_messages: 1,
         discard: jetstream::stream::DiscardPolicy::New,
         ..Default::default()
-    };
-    create_stream(&js, &names, limits).await;
-    let sink = NatsSink::connect(config(&names)).await.unwrap();
+    })
+    .await;
     let first = sink.deliver(&[Message::event("t", "1")]).await;
     assert!(first[0].is_ok(), "{first:?}");
     let second = sink.deliver(&[Message::event("t", "2")]).await;
@@ -233,9 +241,7 @@ async fn stream_full_is_transient() {
     assert_eq!(error.kind, SinkErrorKind::Transient, "{error:?}");
     assert_eq!(error.message, "jetstream cannot store the message now");
     assert!(error.describe().contains("10077"), "{}", error.describe());
-    assert_eq!(stored(&js, &names.stream).await, 1);
-
-    js.delete_stream(&names.stream).await.unwrap();
+    assert_stored_then_delete(&js, &names, 1).await;
 }
 
 #[tokio::test]
@@ -279,9 +285,7 @@ async fn server_down_is_unavailable_not_a_hang() {
 
 #[tokio::test]
 async fn stream_jetstream_refuses_fails_connect() {
-    let names = names();
-    let js = jetstream().await;
-    let sink = NatsSink::connect(config(&names)).await.unwrap();
+    let (names, js, sink) = fresh_sink().await;
     drop(sink);
     // A second stream over the same subjects overlaps the first.
     let mut clashing = config(&names);
