@@ -29,7 +29,7 @@ pub(crate) trait Adapter: Sized {
 }
 
 /// An adapter that can also be consumed from.
-pub(crate) trait SourceAdapter: Adapter {
+pub(crate) trait SubscriberAdapter: Adapter {
     /// Connects the adapter's subscriber.
     fn subscriber(
         &self,

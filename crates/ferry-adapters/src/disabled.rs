@@ -1,6 +1,6 @@
 //! Stand-ins for the settings of adapters whose cargo feature is off.
 //!
-//! [`SinkConfig`](crate::SinkConfig) and [`SourceConfig`](crate::SourceConfig)
+//! [`SinkConfig`](crate::SinkConfig) and [`SubscriberConfig`](crate::SubscriberConfig)
 //! keep a variant for every adapter, so that a configuration naming one
 //! left out of the build gets a clear error instead of "unknown variant".
 //! Its settings are then one of these types: they have no values, so the
@@ -26,7 +26,7 @@ use std::time::Duration;
 use ferry_core::{Sink, Subscriber};
 use url::Url;
 
-use crate::adapter::{Adapter, SourceAdapter};
+use crate::adapter::{Adapter, SubscriberAdapter};
 use crate::SinkConfigError;
 
 /// Defines the stand-in `$name` for the adapter of feature `$feature`,
@@ -75,7 +75,7 @@ macro_rules! source_stand_ins {
             stand_in!($name, $feature);
 
             #[cfg(not(feature = $feature))]
-            impl SourceAdapter for $name {
+            impl SubscriberAdapter for $name {
                 async fn subscriber(&self) -> Result<Arc<dyn Subscriber>, SinkConfigError> {
                     match *self {}
                 }
@@ -97,7 +97,7 @@ source_stand_ins! {
 /// scripts/test.sh does.
 #[cfg(all(test, not(feature = "kafka")))]
 mod tests {
-    use crate::{SinkConfig, SinkConfigError, SourceConfig};
+    use crate::{SinkConfig, SinkConfigError, SubscriberConfig};
 
     #[test]
     fn a_left_out_adapter_is_refused_by_name() {
@@ -108,12 +108,12 @@ mod tests {
             "{error:?}"
         );
         assert_eq!(error.to_string(), said);
-        let error = SourceConfig::from_url("kafka://127.0.0.1:9092").unwrap_err();
+        let error = SubscriberConfig::from_url("kafka://127.0.0.1:9092").unwrap_err();
         assert_eq!(error.to_string(), said);
         let table = "type = \"kafka\"\nbrokers = \"127.0.0.1:9092\"";
         let error = toml::from_str::<SinkConfig>(table).unwrap_err();
         assert!(error.to_string().contains(said), "{error}");
-        let error = toml::from_str::<SourceConfig>(table).unwrap_err();
+        let error = toml::from_str::<SubscriberConfig>(table).unwrap_err();
         assert!(error.to_string().contains(said), "{error}");
         // The others still work.
         assert_eq!(SinkConfig::from_url("null://").unwrap().kind(), "null");

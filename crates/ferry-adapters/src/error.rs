@@ -18,7 +18,7 @@ pub enum SinkConfigError {
     #[error(
         "unknown broker url scheme `{0}` (expected nats, amqp, redis, kafka, sqs or sqs+http)"
     )]
-    UnknownSourceScheme(String),
+    UnknownSubscriberScheme(String),
     /// The URL or the `type` names an adapter whose cargo feature was off
     /// when this program was built.
     #[error("ferry was built without the `{0}` feature")]

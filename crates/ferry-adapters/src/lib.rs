@@ -5,7 +5,7 @@
 //!   delivers: from a table ([`SinkConfig`] is `serde`-deserializable) or
 //!   from a URL ([`SinkConfig::from_url`]); [`SinkConfig::build`] starts
 //!   the sink.
-//! * [`SourceConfig`] does the same for the brokers a consumer takes
+//! * [`SubscriberConfig`] does the same for the brokers a consumer takes
 //!   messages from.
 //! * [`NullSink`] accepts everything and counts it, for benchmarks.
 //!
@@ -36,12 +36,12 @@ pub mod disabled;
 mod error;
 mod null;
 mod sink;
-mod source;
+mod subscriber;
 
 pub use error::SinkConfigError;
 pub use null::{NullSink, NullSinkConfig};
 pub use sink::SinkConfig;
-pub use source::SourceConfig;
+pub use subscriber::SubscriberConfig;
 
 #[cfg(feature = "amqp")]
 pub use ferry_amqp::{self as amqp, AmqpConfig, AmqpSink, AmqpSubscriber};

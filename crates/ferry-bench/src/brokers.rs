@@ -563,7 +563,7 @@ mod nats {
 /// `acks=all` with idempotence; SQS send replies).
 mod others {
     use super::*;
-    use ferry_adapters::{SinkConfig, SourceConfig};
+    use ferry_adapters::{SinkConfig, SubscriberConfig};
 
     pub enum Raw {
         Amqp(String),
@@ -575,7 +575,7 @@ mod others {
     pub struct Adapter {
         name: &'static str,
         sink: SinkConfig,
-        source: SourceConfig,
+        source: SubscriberConfig,
         raw: Raw,
     }
 
@@ -583,7 +583,7 @@ mod others {
         pub fn new(name: &'static str, url: String, raw: Raw) -> anyhow::Result<Self> {
             let sink = SinkConfig::from_url(&url)
                 .map_err(|e| anyhow::anyhow!("{name}: {}", ferry_core::error_chain(&e)))?;
-            let source = SourceConfig::from_url(&url)
+            let source = SubscriberConfig::from_url(&url)
                 .map_err(|e| anyhow::anyhow!("{name}: {}", ferry_core::error_chain(&e)))?;
             Ok(Self {
                 name,

@@ -499,7 +499,7 @@ url = "nats://127.0.0.1:4222"
     /// does docs/config.md.
     #[test]
     fn sink_and_source_docs_name_every_type() {
-        use ferry_adapters::{SinkConfig, SourceConfig};
+        use ferry_adapters::{SinkConfig, SubscriberConfig};
         let fields = [
             (
                 include_str!("pipeline.rs"),
@@ -518,8 +518,8 @@ url = "nats://127.0.0.1:4222"
             ),
             (
                 include_str!("consume.rs"),
-                "pub from: SourceConfig,",
-                SourceConfig::KINDS,
+                "pub from: SubscriberConfig,",
+                SubscriberConfig::KINDS,
             ),
         ];
         for (source, field, kinds) in fields {
@@ -552,7 +552,7 @@ url = "nats://127.0.0.1:4222"
             );
         }
         let brokers = include_str!("../../../docs/brokers.md");
-        for kind in SourceConfig::KINDS {
+        for kind in SubscriberConfig::KINDS {
             let quoted = format!("\"{kind}\"");
             assert!(brokers.contains(&quoted), "brokers.md lacks {quoted}");
         }

@@ -6,7 +6,7 @@
 
 use std::sync::Arc;
 
-use ferry_adapters::{SinkConfig, SourceConfig};
+use ferry_adapters::{SinkConfig, SubscriberConfig};
 use ferry_consumer::{Forward, Router, RouterConfig, Stats, StoreDeadLetters};
 use ferry_core::{Kind, Sink, Subscriber};
 use ferry_relay::CancellationToken;
@@ -51,8 +51,8 @@ pub struct ConsumerConfig {
     pub migrate: bool,
     /// The broker: `type = "nats"`, `"amqp"`, `"redis"`, `"kafka"` or
     /// `"sqs"`, and that broker's settings (docs/brokers.md).
-    #[serde(deserialize_with = "valid_source")]
-    pub from: SourceConfig,
+    #[serde(deserialize_with = "valid_subscriber")]
+    pub from: SubscriberConfig,
     /// Where each message goes: `type = "http"` (a CloudEvent in binary mode
     /// with `Idempotency-Key`, so the endpoint can drop duplicates), another
     /// broker (`"nats"`, `"amqp"`, `"redis"`, `"kafka"`, `"sqs"`), or
@@ -65,9 +65,9 @@ pub struct ConsumerConfig {
     pub router: RouterConfig,
 }
 
-fn valid_source<'de, D: Deserializer<'de>>(d: D) -> Result<SourceConfig, D::Error> {
-    validated(d, |source: &SourceConfig| {
-        source.validate().map_err(|e| error_chain(&e))
+fn valid_subscriber<'de, D: Deserializer<'de>>(d: D) -> Result<SubscriberConfig, D::Error> {
+    validated(d, |from: &SubscriberConfig| {
+        from.validate().map_err(|e| error_chain(&e))
     })
 }
 
@@ -103,7 +103,7 @@ pub struct Consumer {
     pub group: String,
     pub database: String,
     pub migrate: bool,
-    pub from: SourceConfig,
+    pub from: SubscriberConfig,
     pub to: SinkConfig,
     pub router: RouterConfig,
 }

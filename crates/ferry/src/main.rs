@@ -517,7 +517,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
             warn_waiting,
             dedup_window,
         } => {
-            let from = flag("--from", ferry_adapters::SourceConfig::from_url(&from))?;
+            let from = flag("--from", ferry_adapters::SubscriberConfig::from_url(&from))?;
             let to = flag("--to", SinkConfig::from_url(&to))?;
             let mut router = ferry_consumer::RouterConfig {
                 prefetch,

@@ -36,7 +36,7 @@ settings! {
 }
 
 /// Implements [`Adapter`](crate::adapter::Adapter) and
-/// [`SourceAdapter`](crate::adapter::SourceAdapter), when `$feature` is
+/// [`SubscriberAdapter`](crate::adapter::SubscriberAdapter), when `$feature` is
 /// on, for the settings `$config` of the broker crate `$krate`: its
 /// `from_url`, `validate` and `longest_call`, and its `$sink::connect` and
 /// `$subscriber::connect`, each error kept as the source of
@@ -66,7 +66,7 @@ macro_rules! broker {
         }
 
         #[cfg(feature = $feature)]
-        impl crate::adapter::SourceAdapter for $krate::$config {
+        impl crate::adapter::SubscriberAdapter for $krate::$config {
             async fn subscriber(
                 &self,
             ) -> Result<std::sync::Arc<dyn ferry_core::Subscriber>, crate::SinkConfigError> {

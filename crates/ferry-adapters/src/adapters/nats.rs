@@ -8,7 +8,7 @@ use ferry_core::{Sink, Subscriber};
 use ferry_nats::{ConnectError, NatsSink, NatsSinkConfig, NatsSubscriber};
 use url::Url;
 
-use crate::adapter::{Adapter, SourceAdapter};
+use crate::adapter::{Adapter, SubscriberAdapter};
 use crate::SinkConfigError;
 
 impl Adapter for NatsSinkConfig {
@@ -29,7 +29,7 @@ impl Adapter for NatsSinkConfig {
     }
 }
 
-impl SourceAdapter for NatsSinkConfig {
+impl SubscriberAdapter for NatsSinkConfig {
     async fn subscriber(&self) -> Result<Arc<dyn Subscriber>, SinkConfigError> {
         Ok(Arc::new(NatsSubscriber::connect(self.clone()).await?))
     }

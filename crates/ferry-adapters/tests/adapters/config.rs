@@ -220,7 +220,7 @@ async fn build_starts_the_sink() {
 /// and an adapter's refusal keeps the adapter's reason.
 #[test]
 fn broker_urls_choose_their_adapter() {
-    use ferry_adapters::SourceConfig;
+    use ferry_adapters::SubscriberConfig;
     let cases = [
         (
             "amqp://guest:guest@127.0.0.1:5672/%2f?exchange=ferry",
@@ -237,7 +237,7 @@ fn broker_urls_choose_their_adapter() {
     for (url, kind) in cases {
         let sink = SinkConfig::from_url(url).unwrap_or_else(|e| panic!("{url}: {e}"));
         assert_eq!(sink.kind(), kind, "{url}");
-        let source = SourceConfig::from_url(url).unwrap_or_else(|e| panic!("{url}: {e}"));
+        let source = SubscriberConfig::from_url(url).unwrap_or_else(|e| panic!("{url}: {e}"));
         assert_eq!(source.kind(), kind, "{url}");
     }
     for url in [
@@ -251,9 +251,9 @@ fn broker_urls_choose_their_adapter() {
             chain.contains(": "),
             "{url}: the adapter's reason is kept: {chain}"
         );
-        assert!(SourceConfig::from_url(url).is_err(), "{url}");
+        assert!(SubscriberConfig::from_url(url).is_err(), "{url}");
     }
-    let err = SourceConfig::from_url("http://127.0.0.1/").unwrap_err();
+    let err = SubscriberConfig::from_url("http://127.0.0.1/").unwrap_err();
     assert!(
         err.to_string().contains("unknown broker url scheme `http`"),
         "{err}"

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use ferry_core::Subscriber;
 use url::Url;
 
-use crate::adapter::{Adapter, SourceAdapter};
+use crate::adapter::{Adapter, SubscriberAdapter};
 use crate::adapters::{AmqpConfig, KafkaConfig, NatsSinkConfig, RedisConfig, SqsConfig};
 use crate::SinkConfigError;
 
@@ -23,12 +23,12 @@ use crate::SinkConfigError;
 /// from = { type = "nats", url = "nats://127.0.0.1:4222", subject_prefix = "ferry.", stream = "FERRY" }
 /// ```
 ///
-/// On the command line it is a URL, see [`SourceConfig::from_url`]. As for
+/// On the command line it is a URL, see [`SubscriberConfig::from_url`]. As for
 /// [`SinkConfig`](crate::SinkConfig), a broker whose cargo feature is off
 /// is an error: "ferry was built without the `kafka` feature".
 #[derive(Clone, Debug, PartialEq, serde::Deserialize)]
 #[serde(tag = "type", rename_all = "lowercase")]
-pub enum SourceConfig {
+pub enum SubscriberConfig {
     /// A NATS JetStream durable consumer per group (`NatsSubscriber`,
     /// feature `nats`).
     Nats(NatsSinkConfig),
@@ -45,7 +45,7 @@ pub enum SourceConfig {
     Sqs(SqsConfig),
 }
 
-impl SourceConfig {
+impl SubscriberConfig {
     /// The `type` of every variant, as the configuration file spells it.
     pub const KINDS: &'static [&'static str] = &["nats", "amqp", "redis", "kafka", "sqs"];
 
@@ -57,37 +57,37 @@ impl SourceConfig {
     pub fn from_url(url: &str) -> Result<Self, SinkConfigError> {
         let url = Url::parse(url).map_err(SinkConfigError::Url)?;
         let config = match url.scheme() {
-            "nats" => SourceConfig::Nats(Adapter::read_url(&url)?),
-            "amqp" | "amqps" => SourceConfig::Amqp(Adapter::read_url(&url)?),
-            "redis" | "rediss" => SourceConfig::Redis(Adapter::read_url(&url)?),
-            "kafka" => SourceConfig::Kafka(Adapter::read_url(&url)?),
-            "sqs" | "sqs+http" => SourceConfig::Sqs(Adapter::read_url(&url)?),
-            other => return Err(SinkConfigError::UnknownSourceScheme(other.to_owned())),
+            "nats" => SubscriberConfig::Nats(Adapter::read_url(&url)?),
+            "amqp" | "amqps" => SubscriberConfig::Amqp(Adapter::read_url(&url)?),
+            "redis" | "rediss" => SubscriberConfig::Redis(Adapter::read_url(&url)?),
+            "kafka" => SubscriberConfig::Kafka(Adapter::read_url(&url)?),
+            "sqs" | "sqs+http" => SubscriberConfig::Sqs(Adapter::read_url(&url)?),
+            other => return Err(SinkConfigError::UnknownSubscriberScheme(other.to_owned())),
         };
         config.validate()?;
         Ok(config)
     }
 
-    /// Checks the settings; [`SourceConfig::build`] calls it.
+    /// Checks the settings; [`SubscriberConfig::build`] calls it.
     pub fn validate(&self) -> Result<(), SinkConfigError> {
         match self {
-            SourceConfig::Nats(config) => config.check(),
-            SourceConfig::Amqp(config) => config.check(),
-            SourceConfig::Redis(config) => config.check(),
-            SourceConfig::Kafka(config) => config.check(),
-            SourceConfig::Sqs(config) => config.check(),
+            SubscriberConfig::Nats(config) => config.check(),
+            SubscriberConfig::Amqp(config) => config.check(),
+            SubscriberConfig::Redis(config) => config.check(),
+            SubscriberConfig::Kafka(config) => config.check(),
+            SubscriberConfig::Sqs(config) => config.check(),
         }
     }
 
     /// The broker's name, as in the `type` key: one of
-    /// [`SourceConfig::KINDS`].
+    /// [`SubscriberConfig::KINDS`].
     pub fn kind(&self) -> &'static str {
         match self {
-            SourceConfig::Nats(_) => "nats",
-            SourceConfig::Amqp(_) => "amqp",
-            SourceConfig::Redis(_) => "redis",
-            SourceConfig::Kafka(_) => "kafka",
-            SourceConfig::Sqs(_) => "sqs",
+            SubscriberConfig::Nats(_) => "nats",
+            SubscriberConfig::Amqp(_) => "amqp",
+            SubscriberConfig::Redis(_) => "redis",
+            SubscriberConfig::Kafka(_) => "kafka",
+            SubscriberConfig::Sqs(_) => "sqs",
         }
     }
 
@@ -96,11 +96,11 @@ impl SourceConfig {
     /// unavailable until it is up.
     pub async fn build(&self) -> Result<Arc<dyn Subscriber>, SinkConfigError> {
         match self {
-            SourceConfig::Nats(config) => config.subscriber().await,
-            SourceConfig::Amqp(config) => config.subscriber().await,
-            SourceConfig::Redis(config) => config.subscriber().await,
-            SourceConfig::Kafka(config) => config.subscriber().await,
-            SourceConfig::Sqs(config) => config.subscriber().await,
+            SubscriberConfig::Nats(config) => config.subscriber().await,
+            SubscriberConfig::Amqp(config) => config.subscriber().await,
+            SubscriberConfig::Redis(config) => config.subscriber().await,
+            SubscriberConfig::Kafka(config) => config.subscriber().await,
+            SubscriberConfig::Sqs(config) => config.subscriber().await,
         }
     }
 }
@@ -112,16 +112,16 @@ mod tests {
     /// `KINDS` is what serde accepts, as for `SinkConfig::KINDS`.
     #[test]
     fn kinds_are_the_variants() {
-        crate::assert_kinds_are_the_variants::<SourceConfig>(SourceConfig::KINDS, "http");
+        crate::assert_kinds_are_the_variants::<SubscriberConfig>(SubscriberConfig::KINDS, "http");
     }
 
     /// The enum's doc comment, the user's reference, names every kind.
     #[test]
     fn the_doc_comment_lists_every_kind() {
         crate::assert_doc_lists_every_kind(
-            include_str!("source.rs"),
-            "pub enum SourceConfig",
-            SourceConfig::KINDS,
+            include_str!("subscriber.rs"),
+            "pub enum SubscriberConfig",
+            SubscriberConfig::KINDS,
         );
     }
 }
