@@ -11,3 +11,6 @@ cargo test --workspace --locked "$@"
 # that an adapter left out is refused by name.
 cargo test --locked -p ferry-adapters --no-default-features --features http --lib
 cargo test --locked -p ferry-adapters --no-default-features --features nats --lib
+# The daemon with only the webhook and NATS adapters (docs/config.md says
+# it builds without librdkafka and the other brokers' clients).
+cargo check --locked -p ferry --no-default-features --features http,nats

@@ -15,9 +15,10 @@ const SECRET_KEYS: &[&str] = &[
 ];
 
 /// `url` fit for a log line or an error message: the password of its user
-/// information and the value of every query parameter whose name looks
-/// secret (see `SECRET_KEYS`: password, token, key, auth, signature, …)
-/// become `***`; everything else is kept so the URL still says where it
+/// information (or the user name when it comes without a password: a
+/// token, as in `https://TOKEN@host`) and the value of every query
+/// parameter whose name looks secret (see `SECRET_KEYS`: password, token,
+/// key, auth, signature, code, …) become `***`; everything else is kept so the URL still says where it
 /// points. A URL that does not parse loses all of its user information and
 /// its whole query, since nothing tells which part is which.
 ///
@@ -35,6 +36,8 @@ pub fn redact_url(url: &str) -> String {
     };
     if u.password().is_some() {
         let _ = u.set_password(Some("***"));
+    } else if !u.username().is_empty() {
+        let _ = u.set_username("***");
     }
     if u.query().is_some_and(|q| !q.is_empty()) {
         let pairs: Vec<(String, String)> = u

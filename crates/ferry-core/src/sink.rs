@@ -16,9 +16,10 @@ pub type Delivery = Result<(), SinkError>;
 ///
 /// # Delivery contract
 ///
-/// The caller is any pipeline that hands messages over: the relay (outbox
-/// rows), a forwarder (stored events), a consumer's forward handler. All
-/// of them go through the same delivery engine (`ferry-delivery`).
+/// The caller is anything that hands messages over: the relay (outbox
+/// rows) and a forwarder (stored events), both through the one delivery
+/// engine (`ferry-delivery`), or a consumer's forward handler and
+/// dead-letter publisher, one message at a time.
 ///
 /// * **At least once.** A caller records a message as delivered only after
 ///   [`Sink::deliver`] returned `Ok` for it. A crash between the sink's
@@ -38,8 +39,8 @@ pub type Delivery = Result<(), SinkError>;
 ///   [`SinkErrorKind::Permanent`] error instead.
 /// * Implementations are shared between tasks (`Send + Sync`); `deliver`
 ///   may be called concurrently by several workers.
-/// * **Shutdown.** The pipeline that stops calls [`Sink::shutdown`] once,
-///   after its last `deliver` returned.
+/// * **Shutdown.** The relay and the forwarder call [`Sink::shutdown`] once
+///   when they stop, after their last `deliver` returned.
 pub trait Sink: Send + Sync + 'static {
     /// Short name for logs and metrics, e.g. `http` or `nats`.
     fn name(&self) -> &str;

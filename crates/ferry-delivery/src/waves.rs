@@ -62,7 +62,9 @@ pub fn decide(
 }
 
 /// Delivers `items` to `sink` in waves (see the [crate docs](crate)),
-/// within `budget` if one is given. `pipeline` names the caller in logs.
+/// within `budget` if one is given. It logs nothing per message: the
+/// caller logs outcomes in its own words (the relay's dead letters, the
+/// forwarder's skipped events).
 pub async fn deliver<I: Item>(
     sink: &dyn Sink,
     items: &[I],
@@ -70,7 +72,6 @@ pub async fn deliver<I: Item>(
     after_give_up: AfterGiveUp,
     retry: &RetryPolicy,
     budget: Option<Duration>,
-    pipeline: &str,
 ) -> BatchResult {
     let deadline = budget.and_then(|b| Instant::now().checked_add(b));
     let mut result = BatchResult {
@@ -87,7 +88,6 @@ pub async fn deliver<I: Item>(
         let message = match item.message() {
             Ok(m) => m,
             Err(reason) => {
-                tracing::warn!(pipeline, seq = item.seq(), reason = %reason, "malformed message given up");
                 result.outcomes[i] = Outcome::Failed {
                     error: format!("malformed message: {reason}"),
                     retry_at: None,
@@ -136,18 +136,20 @@ pub async fn deliver<I: Item>(
         }
         for start in (0..wave.len()).step_by(chunk) {
             let end = start.saturating_add(chunk).min(wave.len());
+            // Stay inside the budget (a relay's claim lease): past it, the
+            // rest waits for the next batch, and no call is started.
+            let left = match deadline.map(|d| d.checked_duration_since(Instant::now())) {
+                Some(None) => {
+                    result.over_budget = true;
+                    break 'waves;
+                }
+                Some(Some(left)) => Some(left),
+                None => None,
+            };
             let call = sink.deliver(&wave[start..end]);
-            let answered = match deadline {
+            let answered = match left {
                 None => Some(call.await),
-                // Stay inside the budget (a relay's claim lease): past it, the
-                // rest waits for the next batch.
-                Some(deadline) => match deadline.checked_duration_since(Instant::now()) {
-                    None => {
-                        result.over_budget = true;
-                        break 'waves;
-                    }
-                    Some(left) => tokio::time::timeout(left, call).await.ok(),
-                },
+                Some(left) => tokio::time::timeout(left, call).await.ok(),
             };
             let results = match answered {
                 Some(results) => {
@@ -183,7 +185,7 @@ pub async fn deliver<I: Item>(
                     }
                     Some(Err(e)) => {
                         result.kinds[i] = Some(e.kind);
-                        failure(e, &items[i], retry, pipeline)
+                        failure(e, &items[i], retry)
                     }
                     None => failure(
                         &SinkError::transient(format!(
@@ -192,7 +194,6 @@ pub async fn deliver<I: Item>(
                         )),
                         &items[i],
                         retry,
-                        pipeline,
                     ),
                 };
                 let retrying = matches!(
@@ -221,32 +222,22 @@ pub async fn deliver<I: Item>(
     result
 }
 
-fn failure<I: Item>(e: &SinkError, item: &I, retry: &RetryPolicy, pipeline: &str) -> Outcome {
-    let attempts = item.attempts() + 1;
+fn failure<I: Item>(e: &SinkError, item: &I, retry: &RetryPolicy) -> Outcome {
     let error = e.describe();
-    match decide(e.kind, attempts, e.retry_after, retry) {
-        Decision::GiveUp => {
-            let id = item.message().map(|m| m.id.to_string()).unwrap_or_default();
-            let permanent = !e.kind.is_retryable();
-            tracing::warn!(pipeline, seq = item.seq(), message_id = %id, attempts, error = %error,
-                reason = if permanent { "permanent error" } else { "attempts exhausted" }, "message given up");
-            Outcome::Failed {
-                error,
-                retry_at: None,
-            }
-        }
-        Decision::Retry { after } => {
-            tracing::debug!(pipeline, seq = item.seq(), attempts, error = %error, wait = ?after, "delivery failed; will retry");
-            Outcome::Failed {
-                error,
-                retry_at: Some(
-                    chrono::Duration::from_std(after)
-                        .ok()
-                        .and_then(|d| Utc::now().checked_add_signed(d))
-                        .unwrap_or(chrono::DateTime::<Utc>::MAX_UTC),
-                ),
-            }
-        }
+    match decide(e.kind, item.attempts() + 1, e.retry_after, retry) {
+        Decision::GiveUp => Outcome::Failed {
+            error,
+            retry_at: None,
+        },
+        Decision::Retry { after } => Outcome::Failed {
+            error,
+            retry_at: Some(
+                chrono::Duration::from_std(after)
+                    .ok()
+                    .and_then(|d| Utc::now().checked_add_signed(d))
+                    .unwrap_or(chrono::DateTime::<Utc>::MAX_UTC),
+            ),
+        },
     }
 }
 
@@ -318,7 +309,6 @@ mod tests {
             AfterGiveUp::Continue,
             &policy(),
             Some(budget),
-            "t",
         )
         .await
     }
@@ -359,7 +349,6 @@ mod tests {
             AfterGiveUp::Continue,
             &policy(),
             Some(Duration::from_secs(60)),
-            "t",
         )
         .await;
         (r, sink.waves.into_inner().unwrap())
@@ -436,7 +425,6 @@ mod tests {
             AfterGiveUp::Stop,
             &policy(),
             None,
-            "t",
         )
         .await;
         let waves = sink.waves.into_inner().unwrap();
@@ -635,7 +623,6 @@ mod tests {
             AfterGiveUp::Continue,
             &policy(),
             None,
-            "t",
         )
         .await;
         assert!(!r.over_budget);

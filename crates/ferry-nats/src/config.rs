@@ -273,13 +273,9 @@ fn is_stream_name(name: &str) -> bool {
             .any(|c| c.is_whitespace() || c.is_control() || ".*>/\\".contains(c))
 }
 
-/// `url` for debug output and logs, by [`ferry_core::redact_url`]. A user
-/// name without a password is a NATS token, so it counts as the password.
+/// `url` for debug output and logs, by [`ferry_core::redact_url`] (a user
+/// name without a password, a NATS token, is masked too).
 fn redacted(url: &Url) -> String {
-    let mut url = url.clone();
-    if !url.username().is_empty() && url.password().is_none() {
-        let _ = url.set_username("***");
-    }
     ferry_core::redact_url(url.as_str())
 }
 

@@ -6,7 +6,7 @@ use ferry_core::{error_chain, Sink};
 use ferry_store::outbox::{ClaimFilter, ClaimedBatch, Outbox, Outcome, Retention};
 use tokio_util::sync::CancellationToken;
 
-use ferry_delivery::{deliver, probe_limit, tally, AfterGiveUp, Health};
+use ferry_delivery::{deliver, probe_limit, tally, AfterGiveUp, BatchResult, Claimed, Health};
 
 use crate::RelayConfig;
 
@@ -200,9 +200,9 @@ async fn work<O: Outbox>(s: Arc<Shared<O>>, worker: usize, shutdown: Cancellatio
                 AfterGiveUp::Continue,
                 &s.config.retry,
                 Some(s.config.batch_budget()),
-                relay,
             )
             .await;
+            log_outcomes(relay, batch.messages(), &result);
             (batch, result)
         };
         let grace = async {
@@ -254,6 +254,32 @@ async fn work<O: Outbox>(s: Arc<Shared<O>>, worker: usize, shutdown: Cancellatio
                     "recording a batch's outcomes failed: {}",
                     error_chain(&e)
                 ));
+            }
+        }
+    }
+}
+
+/// Logs what the engine decided for each message: a dead letter at warn
+/// level, a retry at debug level.
+fn log_outcomes(relay: &str, claimed: &[Claimed], result: &BatchResult) {
+    let outcomes = claimed.iter().zip(&result.outcomes).zip(&result.kinds);
+    for ((c, outcome), kind) in outcomes {
+        let Outcome::Failed { error, retry_at } = outcome else {
+            continue;
+        };
+        let attempts = c.attempts + 1;
+        match (&c.message, retry_at) {
+            (Err(reason), _) => {
+                tracing::warn!(relay, seq = c.seq, reason = %reason, "malformed message dead-lettered");
+            }
+            (Ok(m), None) => {
+                let permanent = kind.is_some_and(|k| !k.is_retryable());
+                tracing::warn!(relay, seq = c.seq, message_id = %m.id, attempts, error = %error,
+                    reason = if permanent { "permanent error" } else { "attempts exhausted" }, "message dead-lettered");
+            }
+            (Ok(_), Some(at)) => {
+                let wait = (*at - chrono::Utc::now()).to_std().unwrap_or_default();
+                tracing::debug!(relay, seq = c.seq, attempts, error = %error, ?wait, "delivery failed; will retry");
             }
         }
     }

@@ -82,19 +82,6 @@ pub enum StoreError {
 }
 
 impl StoreError {
-    /// This error in the core vocabulary: [`Unavailable`](ferry_core::ErrorKind::Unavailable)
-    /// when the database cannot be reached or is busy (retry with backoff,
-    /// as [`is_retryable`](Self::is_retryable) says), else
-    /// [`Permanent`](ferry_core::ErrorKind::Permanent). Judges errors of
-    /// [`crate::Database::connect`], like `is_retryable`.
-    pub fn kind(&self) -> ferry_core::ErrorKind {
-        if self.is_retryable() {
-            ferry_core::ErrorKind::Unavailable
-        } else {
-            ferry_core::ErrorKind::Permanent
-        }
-    }
-
     /// Whether connecting again later may succeed (the database is
     /// unreachable, starting up, full or busy). Meant for errors from
     /// [`crate::Database::connect`]; it does not judge errors of queries.

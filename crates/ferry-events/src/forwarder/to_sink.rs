@@ -68,7 +68,6 @@ impl Forwarder {
         sink: &dyn Sink,
         at: &mut Position,
     ) -> Result<(), ForwarderError> {
-        let name = self.config.name.as_str();
         let batch = self.config.batch_size as usize;
         let capacity = batch.saturating_mul(WINDOW_PAGES);
         let mut window: VecDeque<Pending> = VecDeque::new();
@@ -181,7 +180,6 @@ impl Forwarder {
                         after_give_up,
                         &self.config.retry,
                         None,
-                        name,
                     ),
                 )
                 .await

@@ -10,11 +10,11 @@ use std::time::Duration;
 
 use ferry_adapters::SinkConfig;
 use ferry_core::{HandlerFuture, RetryPolicy};
+use ferry_delivery::SinkBackoff;
 use ferry_events::forwarder::{
     EventHandler, Forwarder, ForwarderConfig, ForwarderError, HandlerError, OnFailure,
     TransactionalHandler, SEQ_HEADER,
 };
-use ferry_relay::SinkBackoff;
 use ferry_store::event_store::{NewEvent, StoredEvent};
 use ferry_testkit::{Mode, Receiver};
 use support::{events, table, wait_until, Env, Sql};

@@ -1,8 +1,6 @@
 //! What the forwarder and domain-event tests share: a fresh, migrated
 //! database of each kind, and a little SQL that differs between them.
-#![allow(dead_code)]
 
-use std::future::Future;
 use std::time::{Duration, Instant};
 
 use ferry_core::BoxFuture;
@@ -178,19 +176,6 @@ pub fn events(n: usize, sources: usize) -> Vec<NewEvent> {
 pub async fn wait_until(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
     let start = Instant::now();
     while !f() {
-        assert!(start.elapsed() < limit, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
-
-/// Like [`wait_until`] with an async condition.
-pub async fn wait_for<F, Fut>(what: &str, limit: Duration, mut f: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let start = Instant::now();
-    while !f().await {
         assert!(start.elapsed() < limit, "timed out waiting for {what}");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
