@@ -110,6 +110,17 @@ impl<C, S> Harness<C, S> {
         self
     }
 
+    /// Checks that the adapter claims exactly `expected` (before
+    /// [`Harness::not_persistent`]): a capability an adapter stopped
+    /// claiming by mistake would otherwise only make its cases skip.
+    pub fn claims(self, expected: Capabilities) -> Self {
+        assert_eq!(
+            self.capabilities, expected,
+            "the adapter's claims differ from the ones its conformance harness pins"
+        );
+        self
+    }
+
     /// Clears [`Capabilities::persistent`]: the server as the harness runs
     /// it keeps nothing across a restart (memory storage), or the harness
     /// cannot restart it. The restart case then does not run.

@@ -5,6 +5,7 @@
 
 use crate::support::{self, RedisServer};
 use ferry_conformance::{Harness, Server};
+use ferry_core::Capabilities;
 use ferry_redis::{RedisConfig, RedisSink, RedisSubscriber};
 
 impl Server for RedisServer {
@@ -22,6 +23,14 @@ async fn harness() -> Harness<RedisConfig, RedisServer> {
     let redelivery_within = config.claim_idle * 2;
     Harness::connect(config, RedisSink::connect, RedisSubscriber::connect)
         .await
+        .claims(Capabilities {
+            ordered_per_key: false,
+            persistent: true,
+            consumer_groups: true,
+            redelivers_unacked: true,
+            dedups_by_id: false,
+            delayed_nack: true,
+        })
         .redelivered_within(redelivery_within)
         .on(server)
 }

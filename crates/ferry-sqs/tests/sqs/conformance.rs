@@ -9,6 +9,7 @@
 use std::time::Duration;
 
 use ferry_conformance::Harness;
+use ferry_core::Capabilities;
 use ferry_sqs::{SqsConfig, SqsSink, SqsSubscriber};
 
 async fn moto(fifo: bool) -> Harness<SqsConfig> {
@@ -22,6 +23,14 @@ async fn moto(fifo: bool) -> Harness<SqsConfig> {
     let redelivery_within = config.visibility_timeout;
     Harness::connect(config, SqsSink::connect, SqsSubscriber::connect)
         .await
+        .claims(Capabilities {
+            ordered_per_key: fifo,
+            persistent: true,
+            consumer_groups: false,
+            redelivers_unacked: true,
+            dedups_by_id: fifo,
+            delayed_nack: true,
+        })
         .redelivered_within(redelivery_within)
         .not_persistent()
 }
