@@ -6,7 +6,6 @@ use std::time::Duration;
 use crate::support::{self, RabbitNode};
 use ferry_amqp::{AmqpConfig, AmqpSink, AmqpSubscriber};
 use ferry_conformance::{Harness, Server};
-use ferry_core::Capabilities;
 
 impl Server for RabbitNode {
     async fn restart(&self) {
@@ -20,14 +19,12 @@ async fn harness() -> Harness<AmqpConfig, RabbitNode> {
     let config = support::config(&node.url());
     Harness::connect(config, AmqpSink::connect, AmqpSubscriber::connect)
         .await
-        .claims(Capabilities {
-            ordered_per_key: false,
-            persistent: true,
-            consumer_groups: true,
-            redelivers_unacked: true,
-            dedups_by_id: false,
-            delayed_nack: true,
-        })
+        .claims(&[
+            "persistent",
+            "consumer_groups",
+            "redelivers_unacked",
+            "delayed_nack",
+        ])
         // The broker requeues as soon as the dead consumer's channel closes.
         .redelivered_within(Duration::from_secs(5))
         .on(node)

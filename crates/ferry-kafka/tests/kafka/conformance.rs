@@ -8,7 +8,6 @@
 use std::time::Duration;
 
 use ferry_conformance::Harness;
-use ferry_core::Capabilities;
 use ferry_kafka::{KafkaConfig, KafkaSink, KafkaSubscriber};
 
 async fn tansu() -> Harness<KafkaConfig> {
@@ -25,14 +24,12 @@ async fn tansu() -> Harness<KafkaConfig> {
         .insert("batch.num.messages".to_owned(), "1".to_owned());
     Harness::connect(config, KafkaSink::connect, KafkaSubscriber::connect)
         .await
-        .claims(Capabilities {
-            ordered_per_key: true,
-            persistent: true,
-            consumer_groups: true,
-            redelivers_unacked: true,
-            dedups_by_id: false,
-            delayed_nack: false,
-        })
+        .claims(&[
+            "ordered_per_key",
+            "persistent",
+            "consumer_groups",
+            "redelivers_unacked",
+        ])
         // A consumer that stops leaves its group at once; the survivor's
         // join and rebalance take the time.
         .redelivered_within(Duration::from_secs(30))

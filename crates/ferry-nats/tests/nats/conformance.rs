@@ -4,7 +4,6 @@
 use std::time::Duration;
 
 use ferry_conformance::Harness;
-use ferry_core::Capabilities;
 use ferry_nats::{NatsSink, NatsSinkConfig, NatsSubscriber};
 use ferry_testkit::nats_server::NatsServer;
 
@@ -17,14 +16,14 @@ async fn nats() -> Harness<NatsSinkConfig, NatsServer> {
     let redelivery_within = config.ack_wait;
     Harness::connect(config, NatsSink::connect, NatsSubscriber::connect)
         .await
-        .claims(Capabilities {
-            ordered_per_key: true,
-            persistent: true,
-            consumer_groups: true,
-            redelivers_unacked: true,
-            dedups_by_id: true,
-            delayed_nack: true,
-        })
+        .claims(&[
+            "ordered_per_key",
+            "persistent",
+            "consumer_groups",
+            "redelivers_unacked",
+            "dedups_by_id",
+            "delayed_nack",
+        ])
         .redelivered_within(redelivery_within)
         .on(server)
 }

@@ -5,7 +5,6 @@
 
 use crate::support::{self, RedisServer};
 use ferry_conformance::{Harness, Server};
-use ferry_core::Capabilities;
 use ferry_redis::{RedisConfig, RedisSink, RedisSubscriber};
 
 impl Server for RedisServer {
@@ -23,14 +22,12 @@ async fn harness() -> Harness<RedisConfig, RedisServer> {
     let redelivery_within = config.claim_idle * 2;
     Harness::connect(config, RedisSink::connect, RedisSubscriber::connect)
         .await
-        .claims(Capabilities {
-            ordered_per_key: false,
-            persistent: true,
-            consumer_groups: true,
-            redelivers_unacked: true,
-            dedups_by_id: false,
-            delayed_nack: true,
-        })
+        .claims(&[
+            "persistent",
+            "consumer_groups",
+            "redelivers_unacked",
+            "delayed_nack",
+        ])
         .redelivered_within(redelivery_within)
         .on(server)
 }

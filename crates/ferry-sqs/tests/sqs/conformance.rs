@@ -9,8 +9,17 @@
 use std::time::Duration;
 
 use ferry_conformance::Harness;
-use ferry_core::Capabilities;
 use ferry_sqs::{SqsConfig, SqsSink, SqsSubscriber};
+
+/// What the adapter claims for standard queues, and for FIFO queues.
+const CLAIMS: [&str; 3] = ["persistent", "redelivers_unacked", "delayed_nack"];
+const FIFO_CLAIMS: [&str; 5] = [
+    "persistent",
+    "redelivers_unacked",
+    "delayed_nack",
+    "ordered_per_key",
+    "dedups_by_id",
+];
 
 async fn moto(fifo: bool) -> Harness<SqsConfig> {
     let config = SqsConfig {
@@ -23,14 +32,7 @@ async fn moto(fifo: bool) -> Harness<SqsConfig> {
     let redelivery_within = config.visibility_timeout;
     Harness::connect(config, SqsSink::connect, SqsSubscriber::connect)
         .await
-        .claims(Capabilities {
-            ordered_per_key: fifo,
-            persistent: true,
-            consumer_groups: false,
-            redelivers_unacked: true,
-            dedups_by_id: fifo,
-            delayed_nack: true,
-        })
+        .claims(if fifo { &FIFO_CLAIMS } else { &CLAIMS })
         .redelivered_within(redelivery_within)
         .not_persistent()
 }
