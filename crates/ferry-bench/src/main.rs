@@ -12,6 +12,9 @@
 //! * `peer`: the adapter for the bench-peers harness.
 //! * `events`: the event store's append rate beside a raw insert, the
 //!   forwarder's rate to a no-op handler and the HTTP API's pages/s.
+//! * `forward-flaky`: the `ferry forward` CLI (one or more binaries, e.g.
+//!   before and after a change) to a webhook that refuses a share of its
+//!   requests with 503.
 //! * `clean`: drops scratch databases left behind by interrupted runs.
 //!
 //! How to run them: `bench/README.md`.
@@ -21,6 +24,7 @@ mod ceiling;
 mod destination;
 mod drain;
 mod events;
+mod forward_flaky;
 mod handoff;
 mod latency;
 mod natsraw;
@@ -79,6 +83,9 @@ enum Command {
     /// The event store: append rate beside a raw insert of the same rows,
     /// forwarder rate to a no-op handler, HTTP API pages/s.
     Events(events::EventsArgs),
+    /// `ferry forward` (the CLI, given binaries alternated) to a webhook
+    /// answering a share of its requests 503: events/s until all are applied.
+    ForwardFlaky(forward_flaky::ForwardFlakyArgs),
     /// Drop scratch databases (`ferry_bench_*`) left by interrupted runs.
     Clean {
         /// The PostgreSQL server, or `sqlite://` / `sqlite:///dir`.
@@ -117,6 +124,7 @@ async fn main() -> ExitCode {
         Command::Peer { step } => peer::run(step).await,
         Command::Brokers(args) => brokers::run(&args, &tsv).await,
         Command::Events(args) => events::run(args, &tsv).await,
+        Command::ForwardFlaky(args) => forward_flaky::run(&args, &tsv).await,
         Command::NatsRaw(args) => natsraw::run(&args, &tsv).await.map(drop),
         Command::Clean { database } => {
             async {

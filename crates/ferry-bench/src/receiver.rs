@@ -1,5 +1,5 @@
 //! A webhook receiver for the `http` sink: answers `200` at once and counts
-//! requests.
+//! requests (or serves another handler: `forward-flaky`'s).
 //!
 //! It runs on a thread of its own with a current-thread tokio runtime, so
 //! it never takes the relay's runtime workers; it still shares the
@@ -33,14 +33,20 @@ async fn accept(State(requests): State<Arc<AtomicU64>>, _body: axum::body::Bytes
 impl Receiver {
     /// Starts listening on a free port of 127.0.0.1.
     pub fn start() -> anyhow::Result<Self> {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").context("bind receiver")?;
-        listener.set_nonblocking(true)?;
-        let addr = listener.local_addr()?;
         let requests = Arc::new(AtomicU64::new(0));
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let app = axum::Router::new()
             .route("/hook", post(accept))
             .with_state(requests.clone());
+        Self::serve(app, requests)
+    }
+
+    /// Like [`start`](Self::start), with another `app` (serving `/hook`)
+    /// that counts its requests into `requests`.
+    pub fn serve(app: axum::Router, requests: Arc<AtomicU64>) -> anyhow::Result<Self> {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").context("bind receiver")?;
+        listener.set_nonblocking(true)?;
+        let addr = listener.local_addr()?;
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let thread = std::thread::Builder::new()
             .name("webhook-receiver".to_owned())
             .spawn(move || {
