@@ -221,14 +221,7 @@ impl OutboxDialect for sqlx::Sqlite {
         "DELETE FROM ferry_outbox WHERE status = 'delivered' AND delivered_at < ?";
 }
 
-/// Through the delivered index, so as not to wait on rows batches hold.
-impl OutboxDialect for sqlx::MySql {
-    const PURGE: &'static str =
-        "DELETE o FROM ferry_outbox o FORCE INDEX (ferry_outbox_status_delivered)
-         WHERE o.status = 'delivered' AND o.delivered_at < ?";
-}
-
-/// [`Outbox::purge_delivered`] on any database.
+/// [`Outbox::purge_delivered`] on PostgreSQL and SQLite (MariaDB has its own).
 pub(crate) async fn purge_delivered<DB: OutboxDialect>(
     pool: &Pool<DB>,
     older_than: Duration,

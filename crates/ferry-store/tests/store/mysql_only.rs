@@ -125,3 +125,32 @@ async fn the_waker_wakes_a_waiting_relay() {
         "woken, not timed out"
     );
 }
+
+/// Purging delivered messages while a batch is being settled neither waits
+/// for the batch nor deadlocks with it (a ranged DELETE did: the settling
+/// batch lost its outcomes and was sent again).
+#[tokio::test]
+async fn purge_beside_a_settling_batch_does_not_deadlock() {
+    let env = mysql_env(Retention::Keep(Duration::from_secs(3600))).await;
+    env.enqueue(&[Message::event("t", "old")]).await;
+    env.round(&filter(OrderPolicy::Unordered), |_| Outcome::Delivered)
+        .await;
+    env.enqueue(&[Message::event("t", "held")]).await;
+    let held = my(&env)
+        .claim(&filter(OrderPolicy::Unordered))
+        .await
+        .unwrap();
+    assert_eq!(held.messages().len(), 1);
+    let settle = async {
+        // Let the purge reach the rows first.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        held.settle(&[Outcome::Delivered]).await
+    };
+    let (purged, settled) = tokio::join!(my(&env).purge_delivered(Duration::ZERO), settle);
+    settled.expect("the batch is settled");
+    assert_eq!(purged.expect("the purge succeeds"), 1, "the old message");
+    let delivered = env
+        .scalar("SELECT COUNT(*) FROM ferry_outbox WHERE status = 'delivered'")
+        .await;
+    assert_eq!(delivered, 1, "the held message, delivered after the purge");
+}
