@@ -14,3 +14,5 @@ cargo test --locked -p ferry-adapters --no-default-features --features nats --li
 # The daemon with only the webhook and NATS adapters (docs/config.md says
 # it builds without librdkafka and the other brokers' clients).
 cargo check --locked -p ferry --no-default-features --features http,nats
+# Lints: warnings are errors.
+cargo clippy --locked --workspace --all-targets -- -D warnings

@@ -351,9 +351,9 @@ async fn create_raw_table(db: &Database) -> anyhow::Result<()> {
     };
     for s in statements {
         match db {
-            Database::Postgres(p) => drop(p.execute(*s).await?),
-            Database::Mysql(p) => drop(p.execute(*s).await?),
-            Database::Sqlite(p) => drop(p.execute(*s).await?),
+            Database::Postgres(p) => p.execute(*s).await.map(|_| ())?,
+            Database::Mysql(p) => p.execute(*s).await.map(|_| ())?,
+            Database::Sqlite(p) => p.execute(*s).await.map(|_| ())?,
         }
     }
     Ok(())

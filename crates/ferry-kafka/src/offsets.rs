@@ -83,7 +83,7 @@ impl Partitions {
     /// committed one does not cover every acknowledgement so far: several
     /// acknowledgements that came in while a commit was in flight go out
     /// in one commit. `Err(())` as for [`Partitions::acked`].
-    pub(crate) fn to_commit(&mut self, position: Position) -> Result<Option<i64>, ()> {
+    pub(crate) fn commit_target(&mut self, position: Position) -> Result<Option<i64>, ()> {
         let state = self.current(position)?;
         let target = state.pending.first().copied().unwrap_or(state.high);
         Ok((target > state.committed).then_some(target))

@@ -428,7 +428,7 @@ impl Acker for KafkaAcker {
                 return Err(reassigned());
             }
             let _commit = shared.commit.lock().await;
-            let target = shared.partitions().to_commit(self.position);
+            let target = shared.partitions().commit_target(self.position);
             match target {
                 Err(()) => Err(reassigned()),
                 Ok(None) => Ok(()),

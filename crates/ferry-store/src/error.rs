@@ -129,6 +129,14 @@ fn sqlite_retryable(code: &str) -> bool {
     code.parse::<i32>().is_ok_and(|c| matches!(c % 256, 5 | 6))
 }
 
+/// A store error in a handler is worth retrying (a lost connection, a
+/// deadlock), so handlers can use `?` on store calls.
+impl From<StoreError> for ferry_core::HandlerError {
+    fn from(e: StoreError) -> Self {
+        ferry_core::HandlerError::transient("store error").with_source(e)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::{mysql_retryable, postgres_retryable, sqlite_retryable};
@@ -154,13 +162,5 @@ mod tests {
         for number in [1045, 1049, 1064] {
             assert!(!mysql_retryable(number), "{number}");
         }
-    }
-}
-
-/// A store error in a handler is worth retrying (a lost connection, a
-/// deadlock), so handlers can use `?` on store calls.
-impl From<StoreError> for ferry_core::HandlerError {
-    fn from(e: StoreError) -> Self {
-        ferry_core::HandlerError::transient("store error").with_source(e)
     }
 }
