@@ -24,6 +24,26 @@ if ! up 127.0.0.1 5432; then
 fi
 wait_for PostgreSQL 127.0.0.1 5432 || status=1
 
+# CDC reads PostgreSQL's log through logical replication: wal_level must be
+# `logical` (a restart), with room for the tests' slots.
+pg_logical() {
+  [ "$(psql -h 127.0.0.1 -U postgres -Atc 'SHOW wal_level' 2>/dev/null)" = logical ]
+}
+if ! pg_logical; then
+  echo "services: restarting PostgreSQL with wal_level=logical"
+  conf="/etc/postgresql/$(ls /etc/postgresql | head -n1)/main/conf.d"
+  mkdir -p "$conf"
+  cat >"$conf/95-ferry-cdc.conf" <<'CONF'
+# Written by Ferry's scripts/services.sh: logical replication for CDC.
+wal_level = logical
+max_replication_slots = 64
+max_wal_senders = 64
+CONF
+  pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | head -n1)" main restart || true
+  wait_for PostgreSQL 127.0.0.1 5432 || status=1
+  pg_logical || { echo "services: PostgreSQL still runs without wal_level=logical" >&2; status=1; }
+fi
+
 if ! up 127.0.0.1 4222; then
   echo "services: starting NATS with JetStream"
   mkdir -p /var/lib/nats-server
@@ -51,6 +71,35 @@ if ! up 127.0.0.1 3306; then
   start-stop-daemon --start --oknodo --background --exec /usr/sbin/mariadbd || true
 fi
 wait_for MariaDB 127.0.0.1 3306 || status=1
+
+# CDC reads MariaDB's row-based binary log: switched on in my.cnf, and the
+# server restarted if it runs without it.
+binlog_on() {
+  [ "$(mysql -uroot -h127.0.0.1 -Nse "SELECT CONCAT(@@log_bin, @@binlog_format, @@binlog_row_image, @@binlog_row_metadata)" 2>/dev/null)" = ONROWFULLFULL ]
+}
+if ! binlog_on; then
+  echo "services: restarting MariaDB with a row-based binary log"
+  if ! grep -q "ferry-cdc" /etc/mysql/my.cnf 2>/dev/null; then
+    cat >>/etc/mysql/my.cnf <<'CONF'
+
+# Written by Ferry's scripts/services.sh (ferry-cdc): the binary log CDC reads.
+[mysqld]
+log-bin = mariadb-bin
+server-id = 1
+binlog-format = ROW
+binlog-row-image = FULL
+binlog-row-metadata = FULL
+binlog-expire-logs-seconds = 86400
+max-binlog-size = 256M
+CONF
+  fi
+  mysqladmin -uroot -h127.0.0.1 shutdown 2>/dev/null || true
+  # Wait for the old process to end (start-stop-daemon does nothing while it runs).
+  for _ in $(seq 1 120); do pgrep -x mariadbd >/dev/null || break; sleep 0.5; done
+  start-stop-daemon --start --oknodo --background --exec /usr/sbin/mariadbd || true
+  wait_for MariaDB 127.0.0.1 3306 || status=1
+  binlog_on || { echo "services: MariaDB still runs without a row-based binary log" >&2; status=1; }
+fi
 
 "$(dirname "$0")/kafka.sh" || status=1
 "$(dirname "$0")/sqs.sh" || status=1
