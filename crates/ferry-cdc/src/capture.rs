@@ -1,0 +1,73 @@
+//! The contract every capture mode implements.
+
+use std::future::Future;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::change::Change;
+
+/// Why a capture could not read or acknowledge: its [kind](ferry_core::ErrorKind)
+/// says whether trying again helps (a lost connection is
+/// [unavailable](ferry_core::ErrorKind::Unavailable), retried with capped
+/// backoff; a server that is not configured for the mode is
+/// [permanent](ferry_core::ErrorKind::Permanent): the capture stops and
+/// says what to change).
+pub type CaptureError = ferry_core::Failure;
+
+/// Where the source may resume: once the change that carries it, and every
+/// change read before it, has been delivered, the capture may forget them
+/// (confirm the LSN to the slot, store the binlog position, delete the
+/// delivered rows of the change table). What it holds is the capture's own
+/// business.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Checkpoint(pub serde_json::Value);
+
+/// A change as read, with the checkpoint it completes, if any.
+#[derive(Clone, Debug)]
+pub struct Captured {
+    /// The change.
+    pub change: Change,
+    /// Set on a change the source may resume after (the last change of a
+    /// transaction, the last row of a snapshot chunk). Changes in between
+    /// carry none: after a crash, the source reads them again from the
+    /// previous checkpoint, with the same ids.
+    pub checkpoint: Option<Checkpoint>,
+}
+
+/// A source of committed row changes.
+///
+/// # Contract
+///
+/// * [`read`](Capture::read) returns only committed changes, in commit
+///   order (within a transaction, in the order they were made), never a
+///   change of a transaction that rolled back.
+/// * After a restart, the capture resumes after the last checkpoint it
+///   was [acknowledged](Capture::acknowledge): changes after it are read
+///   again, with the same [ids](Change::id). With the receiver
+///   deduplicating by id, every committed change is applied once.
+/// * Memory stays bounded: `read` returns at most `max` changes, whatever
+///   the size of the transaction they belong to.
+pub trait Capture: Send {
+    /// Debezium's `source.connector` for this mode's database
+    /// (`postgresql`, `mysql`, `sqlite`).
+    fn connector(&self) -> &'static str;
+
+    /// The source database's name (`source.db`).
+    fn database(&self) -> &str;
+
+    /// Reads up to `max` changes, waiting up to `wait` when there are none
+    /// yet (returning none then).
+    fn read(
+        &mut self,
+        max: usize,
+        wait: Duration,
+    ) -> impl Future<Output = Result<Vec<Captured>, CaptureError>> + Send;
+
+    /// Every change read up to the one that carried `checkpoint` has been
+    /// delivered (or dead-lettered): the source may forget them.
+    fn acknowledge(
+        &mut self,
+        checkpoint: &Checkpoint,
+    ) -> impl Future<Output = Result<(), CaptureError>> + Send;
+}

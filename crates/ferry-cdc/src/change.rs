@@ -1,0 +1,302 @@
+//! The one change event every capture mode produces.
+
+use std::fmt;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+/// A row as column name → value. Values are JSON: numbers, booleans,
+/// strings, nested JSON for `json` columns; see `docs/cdc.md` for how each
+/// database's types map.
+pub type Row = serde_json::Map<String, serde_json::Value>;
+
+/// What happened to the row.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Op {
+    /// Inserted (`c`).
+    #[serde(rename = "c")]
+    Create,
+    /// Updated (`u`).
+    #[serde(rename = "u")]
+    Update,
+    /// Deleted (`d`).
+    #[serde(rename = "d")]
+    Delete,
+    /// Read by a snapshot or a backfill (`r`): the row as it was then.
+    #[serde(rename = "r")]
+    Read,
+    /// The table was truncated (`t`): no row, no key.
+    #[serde(rename = "t")]
+    Truncate,
+}
+
+impl Op {
+    /// The one-letter code (`c`, `u`, `d`, `r`, `t`), as Debezium writes it.
+    pub fn code(self) -> &'static str {
+        match self {
+            Op::Create => "c",
+            Op::Update => "u",
+            Op::Delete => "d",
+            Op::Read => "r",
+            Op::Truncate => "t",
+        }
+    }
+}
+
+impl fmt::Display for Op {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.code())
+    }
+}
+
+/// A table: its schema (PostgreSQL's schema, MariaDB's database, `main`
+/// on SQLite) and its name.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct TableId {
+    /// Schema (PostgreSQL), database (MariaDB) or `main` (SQLite).
+    pub schema: String,
+    /// The table's name.
+    pub name: String,
+}
+
+impl TableId {
+    /// `schema.name`.
+    pub fn new(schema: impl Into<String>, name: impl Into<String>) -> Self {
+        Self {
+            schema: schema.into(),
+            name: name.into(),
+        }
+    }
+}
+
+impl fmt::Display for TableId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}.{}", self.schema, self.name)
+    }
+}
+
+/// Where a change sits in its source's stream: what its id is derived
+/// from, so that the same change read again has the same id.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Position {
+    /// PostgreSQL's log: the transaction's commit LSN and the change's own
+    /// LSN.
+    Lsn {
+        /// The commit record's LSN (end of the transaction).
+        commit_lsn: u64,
+        /// The change's LSN.
+        lsn: u64,
+    },
+    /// MariaDB's binary log: the rows event's file and offset, the
+    /// transaction's GTID, and the row's index within the event.
+    Binlog {
+        /// Binary log file name.
+        file: String,
+        /// Offset of the rows event in that file.
+        pos: u64,
+        /// The transaction's GTID (`domain-server-sequence`).
+        gtid: Option<String>,
+        /// The row's index within the rows event.
+        row: u32,
+    },
+    /// A trigger's change table: the change's row id.
+    ChangeId {
+        /// `ferry_cdc_changes.id`.
+        id: i64,
+    },
+    /// Pulled by `updated_at`: the row's timestamp column as read, and its
+    /// primary key.
+    Cursor {
+        /// The `updated_at` value, as text.
+        updated_at: String,
+        /// The primary key, as JSON text.
+        key: String,
+    },
+    /// A snapshot or backfill read.
+    Snapshot {
+        /// Which snapshot (its start, e.g. the slot's LSN or the change id
+        /// it joins the stream at; a backfill's id).
+        snapshot: String,
+        /// The primary key, as JSON text.
+        key: String,
+    },
+}
+
+impl fmt::Display for Position {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Position::Lsn { commit_lsn, lsn } => {
+                write!(f, "lsn:{}/{}", lsn_text(*commit_lsn), lsn_text(*lsn))
+            }
+            Position::Binlog {
+                file,
+                pos,
+                gtid,
+                row,
+            } => {
+                write!(f, "binlog:{file}:{pos}:{row}")?;
+                if let Some(g) = gtid {
+                    write!(f, ":{g}")?;
+                }
+                Ok(())
+            }
+            Position::ChangeId { id } => write!(f, "change:{id}"),
+            Position::Cursor { updated_at, key } => write!(f, "cursor:{updated_at}:{key}"),
+            Position::Snapshot { snapshot, key } => write!(f, "snapshot:{snapshot}:{key}"),
+        }
+    }
+}
+
+/// An LSN as PostgreSQL writes it (`16/B374D848`).
+pub fn lsn_text(lsn: u64) -> String {
+    format!("{:X}/{:X}", lsn >> 32, lsn & 0xFFFF_FFFF)
+}
+
+/// Where the change comes from.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Source {
+    /// The database's name.
+    pub db: String,
+    /// The table.
+    pub table: TableId,
+    /// Its place in the stream.
+    pub position: Position,
+    /// The transaction's id, where the database gives one.
+    pub tx_id: Option<String>,
+    /// When the transaction committed (or the snapshot read), where known.
+    pub commit_time: Option<DateTime<Utc>>,
+}
+
+/// The change's place in its transaction.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TxOrder {
+    /// The transaction's id.
+    pub id: String,
+    /// 1-based order of this change within the transaction.
+    pub order: u64,
+    /// How many changes the transaction holds, on its last change only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub total: Option<u64>,
+}
+
+/// One committed row change (or snapshot read).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Change {
+    /// What happened.
+    pub op: Op,
+    /// The primary key's columns and values (empty for a truncate).
+    pub key: Row,
+    /// The row before the change: for updates and deletes, where the
+    /// database provides it (see `docs/cdc.md`, replica identity).
+    pub before: Option<Row>,
+    /// The row after the change: for inserts, updates and reads.
+    pub after: Option<Row>,
+    /// Where it comes from.
+    pub source: Source,
+    /// Its place in its transaction, where the mode knows transactions.
+    pub tx: Option<TxOrder>,
+    /// Columns of `after` that the database did not send because they did
+    /// not change and are stored out of line (PostgreSQL's unchanged
+    /// TOASTed values without `REPLICA IDENTITY FULL`): absent from
+    /// `after`, never sent with a wrong value.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unchanged: Vec<String>,
+}
+
+/// The namespace of change ids (UUID v5 over the capture's name and the
+/// change's position).
+const ID_NAMESPACE: Uuid = Uuid::from_u128(0x6a1f_3c2e_8d4b_4e0f_9b7a_5c1d_2e3f_4a5b);
+
+impl Change {
+    /// The change's id: the same every time the change is read again (after
+    /// a crash, a reconnect), different for every other change of the
+    /// capture `capture`. A receiver deduplicates by it.
+    pub fn id(&self, capture: &str) -> Uuid {
+        // A position names one change, except a log record that holds
+        // several tables' (a TRUNCATE of two tables): the table tells them
+        // apart.
+        let basis = format!(
+            "{capture}\n{}\n{}\n{}",
+            self.source.position, self.op, self.source.table
+        );
+        Uuid::new_v5(&ID_NAMESPACE, basis.as_bytes())
+    }
+
+    /// The primary key as compact JSON text (`{"id":7}`).
+    pub fn key_text(&self) -> String {
+        serde_json::Value::Object(self.key.clone()).to_string()
+    }
+
+    /// The ordering key: the table and the primary key, so that every sink
+    /// that orders per key keeps each row's changes in order. A truncate
+    /// has the table alone.
+    pub fn ordering_key(&self) -> String {
+        if self.op == Op::Truncate {
+            self.source.table.to_string()
+        } else {
+            format!("{}:{}", self.source.table, self.key_text())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn change(position: Position, order: u64) -> Change {
+        let mut key = Row::new();
+        key.insert("id".into(), 7.into());
+        Change {
+            op: Op::Update,
+            key,
+            before: None,
+            after: Some(Row::new()),
+            source: Source {
+                db: "shop".into(),
+                table: TableId::new("public", "orders"),
+                position,
+                tx_id: Some("42".into()),
+                commit_time: None,
+            },
+            tx: Some(TxOrder {
+                id: "42".into(),
+                order,
+                total: None,
+            }),
+            unchanged: vec![],
+        }
+    }
+
+    #[test]
+    fn ids_are_stable_and_distinct() {
+        let at = |lsn| Position::Lsn {
+            commit_lsn: 100,
+            lsn,
+        };
+        let a = change(at(10), 1);
+        assert_eq!(a.id("orders"), a.clone().id("orders"));
+        assert_ne!(a.id("orders"), change(at(11), 2).id("orders"));
+        assert_ne!(a.id("orders"), a.id("other-capture"));
+    }
+
+    #[test]
+    fn ordering_key_is_table_and_primary_key() {
+        let c = change(Position::ChangeId { id: 1 }, 1);
+        assert_eq!(c.ordering_key(), r#"public.orders:{"id":7}"#);
+    }
+
+    #[test]
+    fn lsn_text_is_postgres_notation() {
+        assert_eq!(lsn_text(0x16_B374_D848), "16/B374D848");
+        assert_eq!(
+            Position::Lsn {
+                commit_lsn: 0x16_B374_D848,
+                lsn: 1
+            }
+            .to_string(),
+            "lsn:16/B374D848/0/1"
+        );
+    }
+}
