@@ -30,6 +30,15 @@
 //!   and is retried on its own instead of holding everything. A message
 //!   refused as unavailable while others of its call were accepted is a
 //!   transient failure of that message.
+//! * **A window over a stream.** A pipeline reading an ordered stream
+//!   whose position may only advance over what is settled (the
+//!   forwarder's stored events, a CDC pipeline's changes) keeps the items
+//!   read past it in a [`Window`]. Each [round](Window::round) hands the
+//!   engine, per key, the first unsettled item and those after it up to
+//!   the first that waits for a retry (one per key while probing), so a
+//!   retry holds back its own key only and the other keys keep flowing;
+//!   [`Window::apply`] records the engine's result, and the position moves
+//!   to the end of the [settled prefix](Window::pop_settled).
 //! * **Time budget.** A batch may be given a budget: a sink call not
 //!   finished by then counts as a failed attempt (the messages may have
 //!   arrived), and what was not tried is released.
@@ -45,8 +54,10 @@ mod health;
 mod outcome;
 mod probe;
 mod waves;
+mod window;
 
 pub use health::{Health, SinkBackoff};
 pub use outcome::{tally, AfterGiveUp, Claimed, Item, OrderPolicy, Outcome};
 pub use probe::{probe_limit, MAX_PROBE};
 pub use waves::{decide, deliver, BatchResult, Decision};
+pub use window::{Attempt, Entry, Failure, Round, Window};

@@ -1,21 +1,18 @@
 //! A forwarder to a sink: stored events through the delivery engine
 //! ([`ferry_delivery`]), the same waves, retries and probing as the relay.
 //!
-//! The forwarder keeps a *window* of events read after its offset. Each
-//! round hands the engine the events that may go now: per source, the
-//! first one not yet settled, and those after it, unless it waits for a
-//! retry. So an event the sink refuses holds back its own source only;
+//! The forwarder keeps a *window* ([`Window`], the engine's) of events
+//! read after its offset. Each round hands the engine the events that may
+//! go now: per source, the first one not yet settled, and those after it,
+//! unless it waits for a retry. So an event the sink refuses holds back its own source only;
 //! the other sources go on at full speed, reading further pages, while it
 //! waits for its backoff. The offset is the end of the settled prefix: it
 //! never passes an event that is neither delivered nor given up on. The
 //! window holds at most [`WINDOW_PAGES`] pages of events; when it is full
 //! of events behind retries, the forwarder waits for the earliest retry.
 
-use std::collections::{HashSet, VecDeque};
-
-use chrono::Utc;
-use ferry_core::{ErrorKind, HandlerError, Message, Sink};
-use ferry_delivery::{deliver, probe_limit, AfterGiveUp, Item, OrderPolicy, Outcome};
+use ferry_core::{ErrorKind, HandlerError, Sink};
+use ferry_delivery::{deliver, probe_limit, AfterGiveUp, Attempt, OrderPolicy, Window};
 use ferry_store::event_store::StoredEvent;
 use tokio::time::Instant;
 
@@ -26,28 +23,6 @@ use super::{
 /// Most pages of events held past the offset while some wait for a retry:
 /// what a crash can make the forwarder deliver again.
 pub const WINDOW_PAGES: usize = 8;
-
-/// An event read and not yet settled, or settled past an unsettled one.
-struct Pending {
-    event: StoredEvent,
-    message: Message,
-    attempts: u32,
-    /// Not before this (a retry's backoff).
-    due: Option<Instant>,
-    done: bool,
-}
-
-impl Item for &Pending {
-    fn message(&self) -> Result<&Message, &str> {
-        Ok(&self.message)
-    }
-    fn attempts(&self) -> u32 {
-        self.attempts
-    }
-    fn seq(&self) -> i64 {
-        self.event.seq
-    }
-}
 
 /// Why the sink did not take an event, for the failure record and
 /// [`ForwarderError::Stopped`]: its kind, and the sink's error as the cause.
@@ -69,8 +44,7 @@ impl Forwarder {
         at: &mut Position,
     ) -> Result<(), ForwarderError> {
         let batch = self.config.batch_size as usize;
-        let capacity = batch.saturating_mul(WINDOW_PAGES);
-        let mut window: VecDeque<Pending> = VecDeque::new();
+        let mut window: Window<StoredEvent> = Window::new(batch.saturating_mul(WINDOW_PAGES));
         // Read up to here; the next page starts after it.
         let mut read_to = at.offset;
         // The last page read was not full: wait for a wake-up or the poll
@@ -93,20 +67,17 @@ impl Forwarder {
                 run.sleep(pause).await;
                 continue;
             }
-            if !at_head && undecodable.is_none() && window.len() < capacity {
+            if !at_head && undecodable.is_none() && !window.is_full() {
                 match self.read_page(run, read_to).await {
                     None => continue,
                     Some(Err(e)) => undecodable = Some(e),
                     Some(Ok(page)) => {
                         at_head = page.events.len() < batch;
                         read_to = read_to.max(page.next_offset);
-                        window.extend(page.events.into_iter().map(|event| Pending {
-                            message: event_message(&event),
-                            event,
-                            attempts: 0,
-                            due: None,
-                            done: false,
-                        }));
+                        for event in page.events {
+                            let message = event_message(&event);
+                            window.push(event.seq, event, message);
+                        }
                     }
                 }
             }
@@ -117,50 +88,26 @@ impl Forwarder {
             let now = Instant::now();
             let failures = run.sink.failures();
             let limit = probe_limit(failures, self.config.batch_size) as usize;
-            let mut held: HashSet<&str> = HashSet::new();
-            let mut next_due: Option<Instant> = None;
-            let mut round: Vec<&Pending> = Vec::new();
-            for p in window.iter().filter(|p| !p.done) {
-                if round.len() >= limit {
-                    break;
-                }
-                let key = p.message.key.as_deref();
-                if key.is_some_and(|k| held.contains(k)) {
-                    continue;
-                }
-                if let Some(due) = p.due.filter(|due| *due > now) {
-                    next_due = Some(next_due.map_or(due, |d| d.min(due)));
-                    if let Some(k) = key {
-                        held.insert(k);
-                    }
-                    continue;
-                }
-                if failures > 0 {
-                    if let Some(k) = key {
-                        held.insert(k);
-                    }
-                }
-                round.push(p);
-            }
+            let round = window.round(now, limit, failures > 0);
 
             if round.is_empty() {
                 if let Some(e) = undecodable.take() {
-                    if window.iter().all(|p| p.done) {
+                    if window.all_settled() {
                         self.advance(run, &mut window, at, read_to).await;
                         return Err(e);
                     }
                     undecodable = Some(e);
                 }
-                if !at_head && undecodable.is_none() && window.len() < capacity {
+                if !at_head && undecodable.is_none() && !window.is_full() {
                     // Everything read waits behind retries: read on, other
                     // sources may follow.
                     continue;
                 }
-                let longest = match next_due {
+                let longest = match round.next_due() {
                     Some(due) => due.saturating_duration_since(now),
                     None => self.config.poll_interval,
                 };
-                if !window.is_empty() && window.len() >= capacity {
+                if !window.is_empty() && window.is_full() {
                     // Full of events behind retries: wait for the first.
                     run.sleep(longest).await;
                 } else {
@@ -175,7 +122,7 @@ impl Forwarder {
                     &self.config,
                     deliver(
                         sink,
-                        &round,
+                        &window.entries(&round),
                         OrderPolicy::Ordered,
                         after_give_up,
                         &self.config.retry,
@@ -194,49 +141,32 @@ impl Forwarder {
                 None if result.sink_answered => run.sink.succeeded(),
                 None => {}
             }
-            // Indexes into the window of this round's events.
-            let seqs: Vec<i64> = round.iter().map(|p| p.event.seq).collect();
-            drop(round);
-            let first = window.iter().position(|p| !p.done).unwrap_or(0);
-            let mut positions = Vec::with_capacity(seqs.len());
-            let mut next = 0;
-            for (i, p) in window.iter().enumerate().skip(first) {
-                if seqs.get(next) == Some(&p.event.seq) {
-                    positions.push(i);
-                    next += 1;
-                }
-            }
-            let kinds = result.kinds;
-            for ((i, outcome), kind) in positions.into_iter().zip(result.outcomes).zip(kinds) {
-                let p = &mut window[i];
-                match outcome {
-                    Outcome::Released => {}
-                    Outcome::Delivered => {
-                        p.done = true;
+            for attempt in window.apply(&round, result) {
+                let (failure, retrying) = match attempt {
+                    Attempt::Delivered { .. } => {
                         ForwarderStats::add(&self.stats.delivered, 1);
+                        continue;
                     }
-                    Outcome::Failed { error, retry_at } => {
-                        p.attempts += 1;
-                        ForwarderStats::add(&self.stats.failed, 1);
-                        let error = sink_refusal(kind.unwrap_or(ErrorKind::Transient), error);
-                        if let Some(retry_at) = retry_at {
-                            self.log_attempt(&p.event, p.attempts, &error);
-                            let wait = (retry_at - Utc::now()).to_std().unwrap_or_default();
-                            p.due = Some(Instant::now() + wait);
-                            continue;
-                        }
-                        let (event, attempts) = (p.event.clone(), p.attempts);
-                        match self.give_up(run, &event, attempts, error).await {
-                            Settled::Skipped => window[i].done = true,
-                            Settled::Stop { attempts, error } => {
-                                self.advance(run, &mut window, at, read_to).await;
-                                return Err(self.stopped(&event, attempts, at.offset, error));
-                            }
-                            Settled::Interrupted | Settled::Delivered => {
-                                self.advance(run, &mut window, at, read_to).await;
-                                return Ok(());
-                            }
-                        }
+                    Attempt::Retrying(f) => (f, true),
+                    Attempt::GivenUp(f) => (f, false),
+                };
+                ForwarderStats::add(&self.stats.failed, 1);
+                let error = sink_refusal(failure.kind, failure.error);
+                let event = &window.get(failure.index).item;
+                if retrying {
+                    self.log_attempt(event, failure.attempts, &error);
+                    continue;
+                }
+                match self.give_up(run, event, failure.attempts, error).await {
+                    Settled::Skipped => window.settle(failure.index),
+                    Settled::Stop { attempts, error } => {
+                        let event = event.clone();
+                        self.advance(run, &mut window, at, read_to).await;
+                        return Err(self.stopped(&event, attempts, at.offset, error));
+                    }
+                    Settled::Interrupted | Settled::Delivered => {
+                        self.advance(run, &mut window, at, read_to).await;
+                        return Ok(());
                     }
                 }
             }
@@ -249,13 +179,12 @@ impl Forwarder {
     async fn advance(
         &self,
         run: &Run,
-        window: &mut VecDeque<Pending>,
+        window: &mut Window<StoredEvent>,
         at: &mut Position,
         read_to: i64,
     ) {
-        while window.front().is_some_and(|p| p.done) {
-            let p = window.pop_front().expect("checked");
-            at.offset = at.offset.max(p.event.seq);
+        for settled in window.pop_settled() {
+            at.offset = at.offset.max(settled.seq);
         }
         if window.is_empty() {
             at.offset = at.offset.max(read_to);
