@@ -99,7 +99,11 @@ impl Encoder {
     }
 
     fn debezium_body(&self, c: &Change) -> Value {
-        let ts_ms = c.source.commit_time.map(|t| t.timestamp_millis()).unwrap_or(0);
+        let ts_ms = c
+            .source
+            .commit_time
+            .map(|t| t.timestamp_millis())
+            .unwrap_or(0);
         let mut source = json!({
             "version": concat!("ferry-", env!("CARGO_PKG_VERSION")),
             "connector": self.connector,

@@ -36,10 +36,12 @@ impl Filter {
 
     /// Whether `column` of `table` is left out.
     pub fn drops_column(&self, table: &TableId, column: &str) -> bool {
-        self.exclude_columns.iter().any(|p| match p.rsplit_once('.') {
-            Some((t, c)) => glob(c, column) && table_matches(t, table),
-            None => false,
-        })
+        self.exclude_columns
+            .iter()
+            .any(|p| match p.rsplit_once('.') {
+                Some((t, c)) => glob(c, column) && table_matches(t, table),
+                None => false,
+            })
     }
 
     /// `change` without its excluded columns (from the key too).
@@ -49,7 +51,10 @@ impl Filter {
         }
         let table = change.source.table.clone();
         let keep = |c: &String| !self.drops_column(&table, c);
-        for row in [&mut change.before, &mut change.after].into_iter().flatten() {
+        for row in [&mut change.before, &mut change.after]
+            .into_iter()
+            .flatten()
+        {
             row.retain(|c, _| keep(c));
         }
         change.key.retain(|c, _| keep(c));

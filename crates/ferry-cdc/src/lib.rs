@@ -27,8 +27,11 @@ pub mod capture;
 pub mod change;
 pub mod encode;
 pub mod filter;
+pub mod json;
+pub mod triggers;
 
 pub use capture::{Capture, CaptureError, Captured, Checkpoint};
 pub use change::{Change, Op, Position, Row, Source, TableId, TxOrder};
 pub use encode::{Encoder, Format};
 pub use filter::Filter;
+pub use triggers::{TriggerCapture, TriggerConfig};
