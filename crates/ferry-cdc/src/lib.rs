@@ -28,10 +28,12 @@ pub mod change;
 pub mod encode;
 pub mod filter;
 pub mod json;
+pub mod runner;
 pub mod triggers;
 
 pub use capture::{Capture, CaptureError, Captured, Checkpoint};
 pub use change::{Change, Op, Position, Row, Source, TableId, TxOrder};
 pub use encode::{Encoder, Format};
 pub use filter::Filter;
+pub use runner::{ship, OnFailure, ShipConfig, ShipError, ShipStats};
 pub use triggers::{TriggerCapture, TriggerConfig};
