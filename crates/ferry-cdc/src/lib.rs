@@ -28,6 +28,7 @@ pub mod change;
 pub mod encode;
 pub mod filter;
 pub mod json;
+pub mod postgres;
 pub mod runner;
 pub mod triggers;
 

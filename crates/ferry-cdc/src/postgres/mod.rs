@@ -1,0 +1,506 @@
+//! PostgreSQL log mode: the committed changes of a database read from a
+//! logical replication slot with the `pgoutput` plugin, the one built
+//! into PostgreSQL (10 and later; tested on 15).
+//!
+//! # What it reads and how
+//!
+//! The capture reads a slot of its own (`ferry_<name>`) through a
+//! publication (`ferry_<name>`, `FOR TABLE` the included tables, else `FOR
+//! ALL TABLES`), both created on first start unless `create = false`.
+//! Before it reads it checks what would otherwise fail later or silently:
+//! `wal_level = logical`, the `REPLICATION` attribute, and that every
+//! published table has a primary key or `REPLICA IDENTITY FULL` (else
+//! PostgreSQL refuses its UPDATEs and DELETEs while it is published).
+//!
+//! It asks for pgoutput protocol version 1 without streaming: the server
+//! decodes a transaction only after it committed, spilling a large one to
+//! disk itself (`logical_decoding_work_mem`), and sends it whole, Begin to
+//! Commit. So only committed transactions arrive, in commit order, and
+//! Ferry never holds a transaction: [`read`](Capture::read) hands over at
+//! most `max` changes and goes on with the same transaction at the next
+//! call. Streaming (protocol 2) would send transactions in progress,
+//! interleaved, to be buffered until their commit or abort: exactly what
+//! this avoids. Values come as text (`binary` off) and are mapped by type
+//! OID: integers and floats as JSON numbers (`NaN` and infinities as text),
+//! `bool` as a boolean, `json`/`jsonb` parsed, `numeric` and everything
+//! else as the text PostgreSQL prints.
+//!
+//! Logical decoding messages (`pg_logical_emit_message`) are not asked for
+//! (`messages` off): the server does not send them and nothing of them
+//! reaches a sink.
+//!
+//! # Positions and acknowledgement
+//!
+//! A change's position is `Lsn { commit_lsn, lsn }`: the commit record's
+//! LSN as the transaction's Begin gives it (known from the first change
+//! on, so every change of a transaction has the same) and the change's
+//! own record's LSN (plus its index among the rows of a multi-row record,
+//! such as a `COPY` page, so that each row keeps an id of its own). The
+//! last change of each transaction carries the checkpoint `{"lsn": end}`,
+//! the end of its commit record. [`acknowledge`](Capture::acknowledge)
+//! confirms that LSN to the slot, never more: after a restart the server
+//! sends again every transaction committed after it, with the same
+//! positions, hence the same change ids. When everything handed over is
+//! acknowledged and the stream carries nothing to capture (keepalives,
+//! other databases' or other tables' transactions), the capture confirms
+//! the server's position, so that an idle capture does not make the slot
+//! retain WAL without bound.
+//!
+//! # Why `pg_walstream`, pinned at `=0.10.0`, with libpq
+//!
+//! The replication protocol (`START_REPLICATION`, `CopyBoth`, keepalives,
+//! standby status updates) is not something `sqlx` speaks. `pg_walstream`
+//! does, and lets Ferry keep the parts that decide correctness: it reads
+//! raw frames ([`next_raw_event`](pg_walstream::LogicalReplicationStream::next_raw_event),
+//! which never acknowledges anything by itself) and parses them with its
+//! pgoutput parser, while the relation cache, the transaction bookkeeping
+//! and every confirmed LSN are Ferry's. The crate is young and changes
+//! behaviour between minor versions (0.10 moved `IDENTIFY_SYSTEM` into
+//! `new` and changed what `send_feedback` does before `start`), hence the
+//! exact pin: an upgrade is a deliberate change, re-tested with
+//! `cargo test -p ferry-cdc --test postgres`. Its default TLS backend
+//! (rustls with aws-lc-rs) needs `cmake` to build; the `libpq` backend
+//! links the system's libpq (`libpq-dev` to build, `libpq5` at run time)
+//! and takes TLS settings (`sslmode`, `sslrootcert`) from the URL as every
+//! libpq client does.
+//!
+//! # Limits
+//!
+//! * The slot is read by one capture at a time; a second one waits and
+//!   then reports the slot in use.
+//! * The runner must call `read` at least every `wal_sender_timeout`
+//!   (60 s by default): the server drops a replication connection that
+//!   stays silent longer, and the capture then reconnects, reading again
+//!   from the last acknowledged transaction.
+//! * The publication is not altered once it exists: tables added to
+//!   `tables.include` later, or created later, need `ALTER PUBLICATION`
+//!   (a `FOR ALL TABLES` publication takes new tables by itself).
+//! * With `REPLICA IDENTITY FULL` the key is the primary key as the
+//!   catalog has it when the table's description arrives.
+
+mod config;
+mod decode;
+mod setup;
+mod value;
+
+use std::collections::VecDeque;
+use std::time::Duration;
+
+use pg_walstream::{
+    LogicalReplicationMessage, LogicalReplicationParser, LogicalReplicationStream,
+    ReplicationError, ReplicationStreamConfig, RetryConfig, StreamingMode,
+};
+use sqlx::postgres::PgPool;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::capture::{Capture, CaptureError, Captured, Checkpoint};
+use crate::change::{lsn_text, TableId};
+use decode::Decoder;
+
+pub use config::PgLogConfig;
+pub use setup::{drop, status, SlotStatus};
+
+/// How long a read goes on collecting changes once it has some, waiting
+/// for more to arrive: batches fill up without delaying a lone change.
+const LINGER: Duration = Duration::from_millis(5);
+
+/// How long opening the slot waits for the previous reader to let go of
+/// it (its connection closing, or the server noticing it is gone).
+const SLOT_BUSY_WAIT: Duration = Duration::from_secs(15);
+
+/// How long connecting to the server may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A capture of a PostgreSQL database's log; see the [module docs](self).
+pub struct PgCapture {
+    config: PgLogConfig,
+    database: String,
+    replication_url: String,
+    /// For catalog look-ups (primary keys of `REPLICA IDENTITY FULL`
+    /// tables).
+    pool: PgPool,
+    /// The replication connection; `None` after a failure, opened again by
+    /// the next read.
+    stream: Option<LogicalReplicationStream>,
+    parser: LogicalReplicationParser,
+    decoder: Decoder,
+    /// Decoded and not yet handed over: at most `max` plus one message's
+    /// changes.
+    ready: VecDeque<Captured>,
+    /// The end LSN of the last checkpoint handed over.
+    handed: u64,
+    /// The highest end LSN acknowledged.
+    acked: u64,
+    /// The highest LSN confirmed to the server.
+    confirmed: u64,
+    /// Never cancelled: reads are bounded by a timeout instead.
+    never: CancellationToken,
+}
+
+impl PgCapture {
+    /// Checks the server, creates the publication and the slot when
+    /// missing (with `create`), and opens the replication connection.
+    ///
+    /// Fails [permanently](ferry_core::ErrorKind::Permanent), with the fix
+    /// in the message, when the server cannot be captured as configured; as
+    /// [unavailable](ferry_core::ErrorKind::Unavailable) when it cannot be
+    /// reached.
+    pub async fn connect(config: PgLogConfig) -> Result<Self, CaptureError> {
+        config.validate()?;
+        let pool = setup::pool(&config).await?;
+        let database = setup::prepare(&config, &pool).await?;
+        let replication_url = replication_url(&config)?;
+        let decoder = Decoder::new(database.clone(), config.tables.clone());
+        let mut capture = Self {
+            config,
+            database,
+            replication_url,
+            pool,
+            stream: None,
+            parser: LogicalReplicationParser::with_protocol_version(1),
+            decoder,
+            ready: VecDeque::new(),
+            handed: 0,
+            acked: 0,
+            confirmed: 0,
+            never: CancellationToken::new(),
+        };
+        capture.open().await?;
+        Ok(capture)
+    }
+
+    /// The configuration it runs with.
+    pub fn config(&self) -> &PgLogConfig {
+        &self.config
+    }
+
+    /// Opens the replication connection at the last acknowledged
+    /// position (the slot's own when nothing was acknowledged yet),
+    /// starting the transaction bookkeeping afresh.
+    async fn open(&mut self) -> Result<(), CaptureError> {
+        self.close();
+        let deadline = Instant::now() + SLOT_BUSY_WAIT;
+        loop {
+            let mut stream =
+                LogicalReplicationStream::new(&self.replication_url, self.stream_config())
+                    .await
+                    .map_err(|e| replication_failure("opening the replication connection", e))?;
+            let start = (self.acked > 0).then_some(self.acked);
+            match stream.start(start).await {
+                Ok(()) => {
+                    stream.shared_lsn_feedback.update_flushed_lsn(self.acked);
+                    stream.shared_lsn_feedback.update_applied_lsn(self.acked);
+                    self.stream = Some(stream);
+                    return Ok(());
+                }
+                // The slot's previous reader has not let go yet.
+                Err(e) if e.to_string().contains("55006") && Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                Err(e) => {
+                    return Err(replication_failure(
+                        &format!("starting replication from slot {}", self.config.slot_name()),
+                        e,
+                    ))
+                }
+            }
+        }
+    }
+
+    /// Drops the replication connection and what was read on it but not
+    /// handed over: the next connection sends it again.
+    fn close(&mut self) {
+        self.stream = None;
+        self.parser = LogicalReplicationParser::with_protocol_version(1);
+        self.decoder.reset();
+        self.ready.clear();
+    }
+
+    fn stream_config(&self) -> ReplicationStreamConfig {
+        ReplicationStreamConfig::builder(self.config.slot_name(), self.config.publication_name())
+            .with_protocol_version(1)
+            .with_streaming_mode(StreamingMode::Off)
+            .with_existing_slot_required(true)
+            .with_connection_timeout(CONNECT_TIMEOUT)
+            .with_feedback_interval(Duration::from_secs(10))
+            // One attempt: the runner retries with its own backoff.
+            .with_retry_config(RetryConfig {
+                max_attempts: 1,
+                initial_delay: Duration::from_millis(100),
+                max_delay: Duration::from_secs(1),
+                multiplier: 2.0,
+                max_duration: CONNECT_TIMEOUT,
+                jitter: false,
+            })
+    }
+
+    /// Reads messages into `ready` until it holds `max` changes, or
+    /// `deadline` passes, or (once it holds some) nothing more arrives for
+    /// a moment.
+    async fn fill(&mut self, max: usize, deadline: Instant) -> Result<(), CaptureError> {
+        while self.ready.len() < max {
+            let limit = if self.ready.is_empty() {
+                deadline
+            } else {
+                deadline.min(Instant::now() + LINGER)
+            };
+            let Some(stream) = self.stream.as_mut() else {
+                return Err(CaptureError::unavailable(
+                    "postgres capture: replication connection closed",
+                ));
+            };
+            let raw = match tokio::time::timeout_at(limit, stream.next_raw_event(&self.never)).await
+            {
+                Err(_elapsed) => return Ok(()),
+                Ok(Err(e)) => return Err(replication_failure("reading the slot", e)),
+                Ok(Ok(raw)) => raw,
+            };
+            if raw.data.is_empty() {
+                continue;
+            }
+            let message = self
+                .parser
+                .parse_wal_message_bytes(raw.data)
+                .map_err(|e| replication_failure("decoding pgoutput", e))?;
+            self.apply(message.message, raw.wal_start.value()).await?;
+        }
+        Ok(())
+    }
+
+    /// One pgoutput message; `lsn` is the position the server sent it at
+    /// (a change's own record).
+    async fn apply(
+        &mut self,
+        message: LogicalReplicationMessage,
+        lsn: u64,
+    ) -> Result<(), CaptureError> {
+        use LogicalReplicationMessage as M;
+        let out = &mut self.ready;
+        match message {
+            M::Begin {
+                final_lsn,
+                timestamp,
+                xid,
+            } => self.decoder.begin(
+                xid,
+                final_lsn,
+                pg_walstream::postgres_timestamp_to_chrono(timestamp),
+            ),
+            M::Commit {
+                commit_lsn,
+                end_lsn,
+                ..
+            } => self.decoder.commit(commit_lsn, end_lsn, out).map(|_| ()),
+            M::Relation {
+                relation_id,
+                namespace,
+                relation_name,
+                replica_identity,
+                columns,
+            } => {
+                let table = TableId::new(namespace.as_ref(), relation_name.as_ref());
+                // With REPLICA IDENTITY FULL pgoutput flags every column as
+                // the key: the primary key comes from the catalog.
+                let primary_key =
+                    if replica_identity == decode::IDENTITY_FULL && self.decoder.captures(&table) {
+                        Some(setup::primary_key(&self.pool, relation_id).await?)
+                    } else {
+                        None
+                    };
+                self.decoder
+                    .relation(relation_id, table, &columns, primary_key.as_deref());
+                Ok(())
+            }
+            M::Insert { relation_id, tuple } => self.decoder.insert(lsn, relation_id, &tuple, out),
+            M::Update {
+                relation_id,
+                old_tuple,
+                new_tuple,
+                key_type,
+            } => {
+                let old = key_type.zip(old_tuple.as_ref());
+                self.decoder.update(lsn, relation_id, old, &new_tuple, out)
+            }
+            M::Delete {
+                relation_id,
+                old_tuple,
+                key_type,
+            } => self
+                .decoder
+                .delete(lsn, relation_id, key_type, &old_tuple, out),
+            M::Truncate { relation_ids, .. } => self.decoder.truncate(lsn, &relation_ids, out),
+            // Types are mapped by OID; origins and logical decoding
+            // messages (not asked for) carry no row change.
+            M::Type { .. } | M::Origin { .. } | M::Message { .. } => Ok(()),
+            other => Err(CaptureError::transient(format!(
+                "postgres capture: pgoutput sent {} outside protocol 1 without streaming",
+                message_name(&other)
+            ))),
+        }
+    }
+
+    /// With everything handed over acknowledged and no transaction being
+    /// read, confirms the position the server reached: what lies before it
+    /// holds nothing to capture.
+    async fn confirm_idle(&mut self) -> Result<(), CaptureError> {
+        let Some(stream) = self.stream.as_mut() else {
+            return Ok(());
+        };
+        if self.decoder.in_transaction() || !self.ready.is_empty() || self.acked < self.handed {
+            return Ok(());
+        }
+        // The last message read: a Commit (its end) or a keepalive (the
+        // server's sent position, every commit before it already read).
+        let position = stream.current_lsn();
+        if position <= self.confirmed {
+            return Ok(());
+        }
+        stream.shared_lsn_feedback.update_flushed_lsn(position);
+        stream.shared_lsn_feedback.update_applied_lsn(position);
+        stream
+            .send_feedback()
+            .await
+            .map_err(|e| replication_failure("confirming the slot's position", e))?;
+        tracing::debug!(
+            slot = %self.config.slot_name(),
+            lsn = %lsn_text(position),
+            "idle slot confirmed"
+        );
+        self.confirmed = position;
+        Ok(())
+    }
+}
+
+impl Capture for PgCapture {
+    fn connector(&self) -> &'static str {
+        "postgresql"
+    }
+
+    fn database(&self) -> &str {
+        &self.database
+    }
+
+    async fn read(&mut self, max: usize, wait: Duration) -> Result<Vec<Captured>, CaptureError> {
+        if max == 0 {
+            return Ok(Vec::new());
+        }
+        let deadline = Instant::now() + wait;
+        if self.stream.is_none() {
+            self.open().await?;
+        }
+        let filled = match self.fill(max, deadline).await {
+            Ok(()) if self.ready.is_empty() => self.confirm_idle().await,
+            other => other,
+        };
+        if let Err(e) = filled {
+            self.close();
+            return Err(e);
+        }
+        let n = max.min(self.ready.len());
+        let batch: Vec<Captured> = self.ready.drain(..n).collect();
+        if let Some(lsn) = batch
+            .iter()
+            .rev()
+            .find_map(|c| c.checkpoint.as_ref().and_then(checkpoint_lsn))
+        {
+            self.handed = self.handed.max(lsn);
+        }
+        Ok(batch)
+    }
+
+    async fn acknowledge(&mut self, checkpoint: &Checkpoint) -> Result<(), CaptureError> {
+        let lsn = checkpoint_lsn(checkpoint).ok_or_else(|| {
+            CaptureError::permanent(format!(
+                "postgres capture: {} is not a checkpoint of this capture",
+                checkpoint.0
+            ))
+        })?;
+        if lsn > self.handed {
+            return Err(CaptureError::permanent(format!(
+                "postgres capture: checkpoint {} was not read yet (last read {})",
+                lsn_text(lsn),
+                lsn_text(self.handed)
+            )));
+        }
+        if lsn <= self.acked {
+            return Ok(());
+        }
+        self.acked = lsn;
+        let Some(stream) = self.stream.as_mut() else {
+            // Sent as the start position of the next connection.
+            return Ok(());
+        };
+        stream.shared_lsn_feedback.update_flushed_lsn(lsn);
+        stream.shared_lsn_feedback.update_applied_lsn(lsn);
+        match stream.send_feedback().await {
+            Ok(()) => {
+                self.confirmed = self.confirmed.max(lsn);
+                Ok(())
+            }
+            Err(e) => {
+                // Kept: the next connection starts after it.
+                tracing::warn!(error = %e, "postgres capture: acknowledgement not sent, reconnecting");
+                self.close();
+                Ok(())
+            }
+        }
+    }
+}
+
+/// The end LSN a checkpoint of this mode holds.
+fn checkpoint_lsn(checkpoint: &Checkpoint) -> Option<u64> {
+    checkpoint.0.get("lsn")?.as_u64()
+}
+
+/// The config's URL as a replication connection's
+/// (`replication=database`), named after the slot in
+/// `pg_stat_replication` unless it names itself.
+fn replication_url(config: &PgLogConfig) -> Result<String, CaptureError> {
+    let mut url = url::Url::parse(&config.url).map_err(|e| {
+        CaptureError::permanent("postgres capture: url is not a URL").with_source(e)
+    })?;
+    let named = url.query_pairs().any(|(k, _)| k == "application_name");
+    {
+        let mut query = url.query_pairs_mut();
+        query.append_pair("replication", "database");
+        if !named {
+            query.append_pair("application_name", &config.slot_name());
+        }
+    }
+    Ok(url.into())
+}
+
+/// A replication failure by what trying again does: a server out of reach
+/// or a dropped connection is unavailable; a refusal of the slot, the
+/// credentials or the configuration permanent; a message that would not
+/// decode transient (the next connection reads it again).
+fn replication_failure(context: &str, e: ReplicationError) -> CaptureError {
+    let kind = match &e {
+        e if e.is_permanent() => ferry_core::ErrorKind::Permanent,
+        ReplicationError::TransientConnection(_)
+        | ReplicationError::ReplicationConnection(_)
+        | ReplicationError::Timeout(_)
+        | ReplicationError::Io(_)
+        | ReplicationError::Backend(_)
+        | ReplicationError::Cancelled(_) => ferry_core::ErrorKind::Unavailable,
+        _ => ferry_core::ErrorKind::Transient,
+    };
+    CaptureError::new(kind, format!("postgres capture: {context}")).with_source(e)
+}
+
+fn message_name(message: &LogicalReplicationMessage) -> &'static str {
+    use LogicalReplicationMessage as M;
+    match message {
+        M::StreamStart { .. } => "a stream start",
+        M::StreamStop => "a stream stop",
+        M::StreamCommit { .. } => "a stream commit",
+        M::StreamAbort { .. } => "a stream abort",
+        M::BeginPrepare { .. } => "a begin prepare",
+        M::Prepare { .. } => "a prepare",
+        M::CommitPrepared { .. } => "a commit prepared",
+        M::RollbackPrepared { .. } => "a rollback prepared",
+        M::StreamPrepare { .. } => "a stream prepare",
+        _ => "a message",
+    }
+}
