@@ -28,6 +28,8 @@ pub mod change;
 pub mod encode;
 pub mod filter;
 pub mod json;
+pub mod mariadb;
+pub mod offsets;
 pub mod postgres;
 pub mod runner;
 pub mod triggers;

@@ -1,0 +1,610 @@
+//! Reading the binary log as a replica: events become committed changes,
+//! transaction by transaction.
+//!
+//! A transaction (MariaDB's event group) begins with a GTID event and
+//! ends with an XID event (InnoDB), a `COMMIT` query (non-transactional
+//! engines), or, for a standalone group (DDL), after its one statement.
+//! Only committed transactions reach the binary log, so every group read
+//! is a committed one, except an `XA PREPARE`d group, which is refused
+//! when it touches a captured table (see [`BinlogReader`]).
+//!
+//! The last change read of a transaction is held back until the event
+//! after it shows whether the transaction ends there: the change that
+//! ends it carries the transaction's total and the checkpoint (the file
+//! and the position after the XID).
+
+use std::collections::{HashMap, VecDeque};
+use std::panic::AssertUnwindSafe;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use futures::{FutureExt, StreamExt};
+use mysql_async::binlog::events::{
+    Event, EventData, QueryEvent, RotateEvent, RowsEventData, TableMapEvent,
+};
+use mysql_async::binlog::row::BinlogRow;
+use mysql_async::binlog::value::BinlogValue;
+use mysql_async::binlog::EventType;
+use mysql_async::consts::{ColumnFlags, ColumnType};
+use mysql_async::prelude::Queryable;
+use mysql_async::{BinlogStream, BinlogStreamRequest, Column, Opts};
+use tokio::time::Instant;
+
+use crate::capture::{CaptureError, Captured};
+use crate::change::{Change, Op, Position, Row, Source, TableId, TxOrder};
+use crate::filter::Filter;
+use crate::mariadb::gtid::Gtid;
+use crate::mariadb::saved::Saved;
+use crate::mariadb::server::{self, BinlogPosition, Schema, TableInfo};
+use crate::mariadb::values::{Kind, Side};
+
+/// MariaDB's GTID event.
+const GTID_EVENT: u8 = 162;
+/// MariaDB 10.5+ asks a replica to say it understands GTID events
+/// (otherwise the server rewrites them into `BEGIN` queries).
+const MARIA_SLAVE_CAPABILITY_GTID: u8 = 4;
+/// How often the server sends a heartbeat when it has nothing to send.
+const HEARTBEAT: Duration = Duration::from_secs(5);
+/// Silence for this long (no event, no heartbeat) means the connection is
+/// gone.
+const SILENCE: Duration = Duration::from_secs(30);
+
+/// A table as the last TABLE_MAP event described it.
+struct Mapped {
+    table: TableId,
+    captured: bool,
+    map: TableMapEvent<'static>,
+}
+
+/// The event group being read.
+struct OpenTx {
+    gtid: Option<Gtid>,
+    /// `Source.tx_id` and `TxOrder.id`: the GTID, or the group's first
+    /// position when there is none.
+    id: String,
+    time: Option<DateTime<Utc>>,
+    /// Changes of captured tables read so far.
+    order: u64,
+}
+
+/// The binlog stream of one capture; see the [module docs](self).
+///
+/// An `XA PREPARE`d transaction is written to the binlog before it
+/// commits and may still roll back: a capture meeting one that changed a
+/// captured table stops with a permanent error rather than deliver
+/// changes that may never commit.
+pub struct BinlogReader {
+    opts: Opts,
+    server_id: u32,
+    filter: Filter,
+    stream: Option<BinlogStream>,
+    /// Where a new connection starts: the end of the last transaction
+    /// whose changes were all handed out (or that had none).
+    resume: BinlogPosition,
+    file: String,
+    tables: HashMap<u64, Mapped>,
+    tx: Option<OpenTx>,
+    /// The open group is one statement (DDL): it ends after its query.
+    standalone: bool,
+    held: Option<Change>,
+    ready: VecDeque<Captured>,
+    heard: Instant,
+}
+
+impl BinlogReader {
+    /// A reader that will start at `at` (connecting on the first read).
+    pub fn new(opts: Opts, server_id: u32, filter: Filter, at: BinlogPosition) -> Self {
+        Self {
+            opts,
+            server_id,
+            filter,
+            stream: None,
+            file: at.file.clone(),
+            resume: at,
+            tables: HashMap::new(),
+            tx: None,
+            standalone: false,
+            held: None,
+            ready: VecDeque::new(),
+            heard: Instant::now(),
+        }
+    }
+
+    /// Up to `max` changes, waiting up to `wait` for the first.
+    pub async fn read(
+        &mut self,
+        max: usize,
+        wait: Duration,
+        schema: &mut Schema,
+    ) -> Result<Vec<Captured>, CaptureError> {
+        let max = max.max(1);
+        let deadline = Instant::now() + wait;
+        if let Err(e) = self.fill(max, deadline, schema).await {
+            self.reset();
+            return Err(e);
+        }
+        let mut out = Vec::with_capacity(self.ready.len().min(max));
+        while out.len() < max {
+            let Some(c) = self.ready.pop_front() else {
+                break;
+            };
+            if let Some(cp) = &c.checkpoint {
+                if let Ok(saved) = Saved::parse(cp) {
+                    self.resume = saved.position();
+                }
+            }
+            out.push(c);
+        }
+        Ok(out)
+    }
+
+    /// Reads events until `max` changes are ready, or, once some are,
+    /// until no more events are at hand, or, while none are, until
+    /// `deadline`.
+    async fn fill(
+        &mut self,
+        max: usize,
+        deadline: Instant,
+        schema: &mut Schema,
+    ) -> Result<(), CaptureError> {
+        while self.ready.len() < max {
+            if self.stream.is_none() {
+                self.connect().await?;
+            }
+            let Some(stream) = self.stream.as_mut() else {
+                return Ok(());
+            };
+            // A panic in the event decoder (a malformed event) becomes an
+            // error: server input never brings the capture down.
+            let next = AssertUnwindSafe(stream.next()).catch_unwind();
+            let next = if self.ready.is_empty() {
+                let now = Instant::now();
+                if now >= deadline {
+                    return self.check_silence();
+                }
+                match tokio::time::timeout(deadline - now, next).await {
+                    Ok(next) => next,
+                    Err(_) => return self.check_silence(),
+                }
+            } else {
+                match next.now_or_never() {
+                    Some(next) => next,
+                    None => return Ok(()),
+                }
+            };
+            let event = match next {
+                Ok(Some(Ok(event))) => event,
+                Ok(Some(Err(e))) => return Err(self.stream_failure(e)),
+                Ok(None) => {
+                    return Err(CaptureError::unavailable(
+                        "the server ended the binlog stream",
+                    ))
+                }
+                Err(_) => {
+                    return Err(CaptureError::permanent(format!(
+                        "undecodable binlog event after {}:{}",
+                        self.file,
+                        self.resume.pos
+                    )))
+                }
+            };
+            self.heard = Instant::now();
+            self.handle(event, schema).await?;
+        }
+        Ok(())
+    }
+
+    /// An unavailable error when the server has said nothing, not even a
+    /// heartbeat, for too long.
+    fn check_silence(&self) -> Result<(), CaptureError> {
+        if self.heard.elapsed() > SILENCE {
+            return Err(CaptureError::unavailable(format!(
+                "no binlog event nor heartbeat for {}s",
+                SILENCE.as_secs()
+            )));
+        }
+        Ok(())
+    }
+
+    async fn connect(&mut self) -> Result<(), CaptureError> {
+        let mut conn = server::connect(&self.opts).await?;
+        let set = format!(
+            "SET @mariadb_slave_capability = {MARIA_SLAVE_CAPABILITY_GTID}, \
+             @master_heartbeat_period = {}",
+            HEARTBEAT.as_nanos()
+        );
+        conn.query_drop(set)
+            .await
+            .map_err(|e| server::failure(e, "cannot set up the replica connection"))?;
+        let request = BinlogStreamRequest::new(self.server_id)
+            .with_filename(self.resume.file.as_bytes())
+            .with_pos(self.resume.pos);
+        let stream = conn
+            .get_binlog_stream(request)
+            .await
+            .map_err(|e| self.stream_failure(e))?;
+        tracing::debug!(at = %self.resume, server_id = self.server_id, "binlog stream opened");
+        self.stream = Some(stream);
+        self.file = self.resume.file.clone();
+        self.heard = Instant::now();
+        Ok(())
+    }
+
+    /// Forgets everything read since `resume`: the next read reconnects
+    /// there and reads it again (with the same change ids).
+    fn reset(&mut self) {
+        self.stream = None;
+        self.tables.clear();
+        self.tx = None;
+        self.standalone = false;
+        self.held = None;
+        self.ready.clear();
+        self.file = self.resume.file.clone();
+    }
+
+    fn stream_failure(&self, e: mysql_async::Error) -> CaptureError {
+        if let mysql_async::Error::Server(s) = &e {
+            // ER_MASTER_FATAL_ERROR_READING_BINLOG: the file or position
+            // asked for is not there.
+            if s.code == 1236 {
+                let missing = s.message.contains("find first log file")
+                    || s.message.contains("purged")
+                    || s.message.contains("not found");
+                return if missing {
+                    server::purged(&self.resume).with_source(e)
+                } else {
+                    CaptureError::permanent(format!(
+                        "the server cannot send the binlog from {}",
+                        self.resume
+                    ))
+                    .with_source(e)
+                };
+            }
+        }
+        server::failure(e, "binlog stream failed")
+    }
+
+    async fn handle(&mut self, event: Event, schema: &mut Schema) -> Result<(), CaptureError> {
+        let header = event.header();
+        let end = u64::from(header.log_pos());
+        let start = end.saturating_sub(u64::from(header.event_size()));
+        let kind = header.event_type_raw();
+        let undecodable = |e: std::io::Error| {
+            CaptureError::permanent(format!(
+                "undecodable binlog event (type {kind}) at {}:{start}",
+                self.file
+            ))
+            .with_source(e)
+        };
+        match kind {
+            k if k == EventType::ROTATE_EVENT as u8 => {
+                let rotate: RotateEvent<'_> = event.read_event().map_err(undecodable)?;
+                self.file = rotate.name().into_owned();
+            }
+            GTID_EVENT => {
+                let gtid = Gtid::parse(event.data(), header.server_id()).map_err(|e| {
+                    CaptureError::permanent(format!(
+                        "undecodable gtid event at {}:{start}",
+                        self.file
+                    ))
+                    .with_source(e)
+                })?;
+                // A group that never ended (it cannot, but never trust
+                // that): it ends where the next begins.
+                self.finish(start);
+                self.tx = Some(OpenTx {
+                    gtid: Some(gtid),
+                    id: gtid.to_string(),
+                    time: DateTime::from_timestamp(i64::from(header.timestamp()), 0),
+                    order: 0,
+                });
+                if gtid.standalone() {
+                    self.standalone = true;
+                }
+            }
+            k if k == EventType::TABLE_MAP_EVENT as u8 => {
+                let map: TableMapEvent<'_> = event.read_event().map_err(undecodable)?;
+                let table = TableId::new(map.database_name(), map.table_name());
+                let captured = server::captures(&self.filter, &table);
+                self.tables.insert(
+                    map.table_id(),
+                    Mapped {
+                        table,
+                        captured,
+                        map: map.into_owned(),
+                    },
+                );
+            }
+            k if k == EventType::XID_EVENT as u8 => self.finish(end),
+            k if k == EventType::QUERY_EVENT as u8 => {
+                let query: QueryEvent<'_> = event.read_event().map_err(undecodable)?;
+                let text = query.query();
+                let word = text
+                    .split_whitespace()
+                    .next()
+                    .unwrap_or_default()
+                    .to_ascii_uppercase();
+                match word.as_str() {
+                    "BEGIN" => {}
+                    "COMMIT" | "ROLLBACK" => self.finish(end),
+                    _ => {
+                        if !matches!(word.as_str(), "SAVEPOINT" | "XA") {
+                            // DDL (or anything else): the columns and keys
+                            // known may be stale.
+                            schema.invalidate();
+                        }
+                        if std::mem::take(&mut self.standalone) {
+                            self.finish(end);
+                        }
+                    }
+                }
+            }
+            k if k == EventType::XA_PREPARE_LOG_EVENT as u8 => {
+                if self.held.is_some() || self.tx.as_ref().is_some_and(|t| t.order > 0) {
+                    let gtid = self.tx.as_ref().map(|t| t.id.clone()).unwrap_or_default();
+                    return Err(CaptureError::permanent(format!(
+                        "XA transaction {gtid} at {}:{start} changed captured tables: XA \
+                         PREPARE is not supported by the binlog capture (its changes may \
+                         still roll back)",
+                        self.file
+                    )));
+                }
+                self.finish(end);
+            }
+            k if is_rows_event(k) => {
+                let data = event.read_data().map_err(undecodable)?;
+                if let Some(EventData::RowsEvent(rows)) = data {
+                    self.rows(&rows, start, header.timestamp(), schema).await?;
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    async fn rows(
+        &mut self,
+        rows: &RowsEventData<'_>,
+        start: u64,
+        timestamp: u32,
+        schema: &mut Schema,
+    ) -> Result<(), CaptureError> {
+        let Some(mapped) = self.tables.get(&rows.table_id()) else {
+            return Err(CaptureError::permanent(format!(
+                "rows event at {}:{start} names table id {} that no TABLE_MAP event described",
+                self.file,
+                rows.table_id()
+            )));
+        };
+        if !mapped.captured {
+            return Ok(());
+        }
+        let table = mapped.table.clone();
+        let Some(info) = schema.info(&table).await? else {
+            tracing::warn!(%table, "changes of a table that no longer exists are skipped");
+            return Ok(());
+        };
+        let Some(mapped) = self.tables.get(&rows.table_id()) else {
+            return Ok(());
+        };
+        let op = match rows {
+            RowsEventData::WriteRowsEventV1(_) | RowsEventData::WriteRowsEvent(_) => Op::Create,
+            RowsEventData::UpdateRowsEventV1(_)
+            | RowsEventData::UpdateRowsEvent(_)
+            | RowsEventData::PartialUpdateRowsEvent(_) => Op::Update,
+            RowsEventData::DeleteRowsEventV1(_) | RowsEventData::DeleteRowsEvent(_) => Op::Delete,
+        };
+        let undecodable = |what: String| {
+            CaptureError::permanent(format!(
+                "undecodable rows of {table} at {}:{start}: {what}",
+                self.file
+            ))
+        };
+        // Decoded in one go, outside of `self`: one event's rows (the
+        // server splits large statements into events of
+        // binlog_row_event_max_size).
+        let mut images = Vec::new();
+        let decoded = std::panic::catch_unwind(AssertUnwindSafe(|| {
+            let mut out = Vec::new();
+            for row in rows.rows(&mapped.map) {
+                let (before, after) = row.map_err(|e| e.to_string())?;
+                out.push((before, after));
+            }
+            Ok::<_, String>(out)
+        }));
+        match decoded {
+            Ok(Ok(rows)) => {
+                for (before, after) in rows {
+                    let before = before.map(|r| row_json(&r, &info)).transpose();
+                    let after = after.map(|r| row_json(&r, &info)).transpose();
+                    images.push((before.map_err(&undecodable)?, after.map_err(&undecodable)?));
+                }
+            }
+            Ok(Err(e)) => return Err(undecodable(e)),
+            Err(_) => return Err(undecodable("the decoder failed".to_owned())),
+        }
+        let tx = self.tx.get_or_insert_with(|| OpenTx {
+            gtid: None,
+            id: format!("{}:{start}", self.file),
+            time: DateTime::from_timestamp(i64::from(timestamp), 0),
+            order: 0,
+        });
+        for (i, (before, after)) in images.into_iter().enumerate() {
+            let image = match op {
+                Op::Delete => before.as_ref(),
+                _ => after.as_ref(),
+            };
+            let key = key_of(image, &info);
+            tx.order += 1;
+            let mut change = Change {
+                op,
+                key,
+                before,
+                after,
+                source: Source {
+                    db: table.schema.clone(),
+                    table: table.clone(),
+                    position: Position::Binlog {
+                        file: self.file.clone(),
+                        pos: start,
+                        gtid: tx.gtid.map(|g| g.to_string()),
+                        row: u32::try_from(i).unwrap_or(u32::MAX),
+                    },
+                    tx_id: Some(tx.id.clone()),
+                    commit_time: tx.time,
+                },
+                tx: Some(TxOrder {
+                    id: tx.id.clone(),
+                    order: tx.order,
+                    total: None,
+                }),
+                unchanged: vec![],
+            };
+            self.filter.strip(&mut change);
+            if let Some(before) = self.held.replace(change) {
+                self.ready.push_back(Captured {
+                    change: before,
+                    checkpoint: None,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// The open group ends at `end`: its last change takes the total and
+    /// the checkpoint.
+    fn finish(&mut self, end: u64) {
+        self.standalone = false;
+        let tx = self.tx.take();
+        let at = BinlogPosition {
+            file: self.file.clone(),
+            pos: end,
+        };
+        match self.held.take() {
+            Some(mut last) => {
+                if let Some(order) = &mut last.tx {
+                    order.total = Some(order.order);
+                }
+                let saved = Saved {
+                    file: at.file,
+                    pos: at.pos,
+                    gtid: tx.as_ref().and_then(|t| t.gtid).map(|g| g.to_string()),
+                    time: tx.as_ref().and_then(|t| t.time),
+                    snapshot: None,
+                };
+                self.ready.push_back(Captured {
+                    change: last,
+                    checkpoint: Some(saved.checkpoint()),
+                });
+            }
+            None => {
+                if self.ready.is_empty() && tx.is_some() {
+                    self.resume = at;
+                }
+            }
+        }
+    }
+}
+
+fn is_rows_event(kind: u8) -> bool {
+    use EventType::*;
+    [
+        WRITE_ROWS_EVENT_V1,
+        UPDATE_ROWS_EVENT_V1,
+        DELETE_ROWS_EVENT_V1,
+        WRITE_ROWS_EVENT,
+        UPDATE_ROWS_EVENT,
+        DELETE_ROWS_EVENT,
+    ]
+    .iter()
+    .any(|t| *t as u8 == kind)
+}
+
+/// A row image as JSON: column names from the event (FULL row
+/// metadata), kinds from `information_schema` by name, or from the event's
+/// column type for a column the table no longer has.
+fn row_json(row: &BinlogRow, info: &TableInfo) -> Result<Row, String> {
+    let mut out = Row::new();
+    for (i, column) in row.columns_ref().iter().enumerate() {
+        let named = column.name_str();
+        // Without column names (binlog_row_metadata=MINIMAL) the decoder
+        // names columns `@N`: their place in the table.
+        let name = match named.strip_prefix('@').and_then(|n| n.parse::<usize>().ok()) {
+            Some(n) => match info.columns.get(n) {
+                Some((name, _)) => name.clone(),
+                None => named.into_owned(),
+            },
+            None => named.into_owned(),
+        };
+        let kind = match info.kind(&name) {
+            Some(kind) => kind.clone(),
+            None => binlog_kind(column),
+        };
+        let value = match row.as_ref(i) {
+            None => serde_json::Value::Null,
+            Some(BinlogValue::Value(v)) => kind.to_json(v, Side::Binlog),
+            Some(BinlogValue::Jsonb(j)) => serde_json::Value::try_from(j.clone())
+                .map_err(|e| format!("column {name}: {e}"))?,
+            Some(BinlogValue::JsonDiff(_)) => {
+                return Err(format!("column {name}: partial JSON updates are not supported"))
+            }
+        };
+        out.insert(name, value);
+    }
+    Ok(out)
+}
+
+/// The primary key's values out of `image`.
+fn key_of(image: Option<&Row>, info: &TableInfo) -> Row {
+    info.key
+        .iter()
+        .map(|k| {
+            let v = image.and_then(|r| r.get(k)).cloned();
+            (k.clone(), v.unwrap_or(serde_json::Value::Null))
+        })
+        .collect()
+}
+
+/// latin1's collations, whose bytes the binary log holds as stored.
+const LATIN1: [u16; 8] = [5, 8, 15, 31, 47, 48, 49, 94];
+/// The `binary` pseudo character set.
+const BINARY: u16 = 63;
+
+/// A column's kind from the binlog's own description: for a column that
+/// `information_schema` no longer knows.
+fn binlog_kind(column: &Column) -> Kind {
+    use ColumnType::*;
+    let unsigned = column.flags().contains(ColumnFlags::UNSIGNED_FLAG);
+    let charset = column.character_set();
+    match column.column_type() {
+        MYSQL_TYPE_TINY => Kind::Int { unsigned, bytes: 1 },
+        MYSQL_TYPE_SHORT => Kind::Int { unsigned, bytes: 2 },
+        MYSQL_TYPE_INT24 => Kind::Int { unsigned, bytes: 3 },
+        MYSQL_TYPE_LONG => Kind::Int { unsigned, bytes: 4 },
+        MYSQL_TYPE_LONGLONG => Kind::Int { unsigned, bytes: 8 },
+        MYSQL_TYPE_FLOAT => Kind::Float,
+        MYSQL_TYPE_DOUBLE => Kind::Double,
+        MYSQL_TYPE_DECIMAL | MYSQL_TYPE_NEWDECIMAL => Kind::Decimal,
+        MYSQL_TYPE_VARCHAR | MYSQL_TYPE_VAR_STRING | MYSQL_TYPE_STRING | MYSQL_TYPE_BLOB
+        | MYSQL_TYPE_TINY_BLOB | MYSQL_TYPE_MEDIUM_BLOB | MYSQL_TYPE_LONG_BLOB => {
+            if charset == BINARY {
+                Kind::Binary { width: None }
+            } else {
+                Kind::Text {
+                    latin1: LATIN1.contains(&charset),
+                }
+            }
+        }
+        MYSQL_TYPE_JSON => Kind::Json,
+        MYSQL_TYPE_GEOMETRY => Kind::Binary { width: None },
+        MYSQL_TYPE_DATE | MYSQL_TYPE_NEWDATE => Kind::Date,
+        MYSQL_TYPE_DATETIME | MYSQL_TYPE_DATETIME2 => Kind::DateTime,
+        MYSQL_TYPE_TIMESTAMP | MYSQL_TYPE_TIMESTAMP2 => Kind::Timestamp,
+        MYSQL_TYPE_TIME | MYSQL_TYPE_TIME2 => Kind::Time,
+        MYSQL_TYPE_YEAR => Kind::Year,
+        MYSQL_TYPE_BIT => Kind::Bit,
+        MYSQL_TYPE_ENUM => Kind::Enum(vec![]),
+        MYSQL_TYPE_SET => Kind::Set(vec![]),
+        _ => Kind::Other,
+    }
+}
