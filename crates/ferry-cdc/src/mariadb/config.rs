@@ -104,7 +104,8 @@ impl BinlogConfig {
     /// from the name (FNV-1a, in 2..=u32::MAX, so never 0 nor the usual
     /// primary's 1).
     pub fn server_id(&self) -> u32 {
-        self.server_id.unwrap_or_else(|| derived_server_id(&self.name))
+        self.server_id
+            .unwrap_or_else(|| derived_server_id(&self.name))
     }
 }
 

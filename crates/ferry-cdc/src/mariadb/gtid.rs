@@ -54,11 +54,9 @@ impl Gtid {
     /// Parses the body of a GTID event (header and checksum removed)
     /// written by `server_id`.
     pub fn parse(body: &[u8], server_id: u32) -> Result<Self, ShortGtidEvent> {
-        let (Some(seq), Some(domain), Some(&flags)) = (
-            body.get(0..8),
-            body.get(8..12),
-            body.get(12),
-        ) else {
+        let (Some(seq), Some(domain), Some(&flags)) =
+            (body.get(0..8), body.get(8..12), body.get(12))
+        else {
             return Err(ShortGtidEvent(body.len()));
         };
         let mut s = [0u8; 8];

@@ -40,6 +40,7 @@
 
 pub mod config;
 pub mod gtid;
+pub mod rows;
 pub mod saved;
 pub mod server;
 pub mod snapshot;
@@ -273,8 +274,12 @@ impl Capture for MariaDbCapture {
                     // Every table read: stream from the snapshot's position.
                     let at = snapshot.position.clone();
                     tracing::info!(capture = %self.name, %at, "binlog capture snapshot done");
-                    let reader =
-                        BinlogReader::new(self.opts.clone(), self.server_id, self.filter.clone(), at);
+                    let reader = BinlogReader::new(
+                        self.opts.clone(),
+                        self.server_id,
+                        self.filter.clone(),
+                        at,
+                    );
                     if let Phase::Snapshot(done) =
                         std::mem::replace(&mut self.phase, Phase::Stream(Box::new(reader)))
                     {
@@ -426,7 +431,11 @@ mod tests {
     #[test]
     fn status_measures_lag_in_bytes_and_seconds() {
         let now = Utc::now();
-        let files = vec![("b.1".to_owned(), 1000), ("b.2".to_owned(), 500), ("b.3".to_owned(), 300)];
+        let files = vec![
+            ("b.1".to_owned(), 1000),
+            ("b.2".to_owned(), 500),
+            ("b.3".to_owned(), 300),
+        ];
         let s = BinlogStatus::of(
             Some(saved("b.3", 100, Some(now - chrono::Duration::seconds(5)))),
             at("b.3", 300),

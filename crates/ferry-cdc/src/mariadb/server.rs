@@ -124,10 +124,7 @@ pub async fn settings(conn: &mut Conn) -> Result<BTreeMap<String, String>, Captu
 /// Whether a server with these global variables can be captured: a
 /// permanent error naming the setting to change when not.
 pub fn judge_settings(vars: &BTreeMap<String, String>) -> Result<(), CaptureError> {
-    let is = |name: &str, want: &str| {
-        vars.get(name)
-            .is_some_and(|v| v.eq_ignore_ascii_case(want))
-    };
+    let is = |name: &str, want: &str| vars.get(name).is_some_and(|v| v.eq_ignore_ascii_case(want));
     let shown = |name: &str| vars.get(name).map_or("unset", String::as_str).to_owned();
     if !is("log_bin", "ON") {
         return Err(CaptureError::permanent(
@@ -172,9 +169,8 @@ pub async fn binlog_end(conn: &mut Conn) -> Result<BinlogPosition, CaptureError>
              start mariadbd with --log-bin",
         )
     })?;
-    position_of(&row, 0, 1).ok_or_else(|| {
-        CaptureError::transient("SHOW MASTER STATUS returned no file and position")
-    })
+    position_of(&row, 0, 1)
+        .ok_or_else(|| CaptureError::transient("SHOW MASTER STATUS returned no file and position"))
 }
 
 fn position_of(row: &Row, file: usize, pos: usize) -> Option<BinlogPosition> {
@@ -307,7 +303,10 @@ pub async fn table_info(
 }
 
 /// The base tables `filter` captures, sorted by schema and name.
-pub async fn captured_tables(conn: &mut Conn, filter: &Filter) -> Result<Vec<TableId>, CaptureError> {
+pub async fn captured_tables(
+    conn: &mut Conn,
+    filter: &Filter,
+) -> Result<Vec<TableId>, CaptureError> {
     let rows: Vec<(String, String)> = conn
         .query(
             "SELECT TABLE_SCHEMA, TABLE_NAME FROM information_schema.TABLES
@@ -433,7 +432,10 @@ mod tests {
         assert!(judge_settings(&vars(&good())).is_ok());
         assert!(refusal(("log_bin", "OFF")).contains("start mariadbd with --log-bin"));
         let m = refusal(("binlog_format", "MIXED"));
-        assert!(m.contains("binlog_format is MIXED") && m.contains("binlog_format=ROW"), "{m}");
+        assert!(
+            m.contains("binlog_format is MIXED") && m.contains("binlog_format=ROW"),
+            "{m}"
+        );
         let m = refusal(("binlog_row_image", "MINIMAL"));
         assert!(m.contains("binlog_row_image=FULL"), "{m}");
         let m = refusal(("binlog_row_metadata", "MINIMAL"));
@@ -455,6 +457,8 @@ mod tests {
             pos: 330,
         };
         assert_eq!(p.to_string(), "mariadb-bin.000004:330");
-        assert!(purged(&p).message.contains("mariadb-bin.000004:330 is gone (purged)"));
+        assert!(purged(&p)
+            .message
+            .contains("mariadb-bin.000004:330 is gone (purged)"));
     }
 }

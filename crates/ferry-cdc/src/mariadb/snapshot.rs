@@ -308,7 +308,11 @@ fn chunk_query(info: &TableInfo, after: Option<&[Value]>, limit: usize) -> (Stri
         for i in 0..key.len() {
             let mut ands: Vec<String> = key[..i].iter().map(|k| format!("{k} = ?")).collect();
             ands.push(format!("{} > ?", key[i]));
-            params.extend(after[..=i.min(after.len().saturating_sub(1))].iter().cloned());
+            params.extend(
+                after[..=i.min(after.len().saturating_sub(1))]
+                    .iter()
+                    .cloned(),
+            );
             ors.push(format!("({})", ands.join(" AND ")));
         }
         sql.push_str(&format!(" WHERE {}", ors.join(" OR ")));
@@ -336,9 +340,13 @@ mod tests {
     #[test]
     fn chunks_page_by_the_key() {
         let (sql, params) = chunk_query(&info(&["a"]), None, 10);
-        assert_eq!(sql, "SELECT `a`, `b`, `v` FROM `shop`.`items` ORDER BY `a` LIMIT 10");
+        assert_eq!(
+            sql,
+            "SELECT `a`, `b`, `v` FROM `shop`.`items` ORDER BY `a` LIMIT 10"
+        );
         assert!(params.is_empty());
-        let (sql, params) = chunk_query(&info(&["a", "b"]), Some(&[Value::Int(1), Value::Int(2)]), 5);
+        let (sql, params) =
+            chunk_query(&info(&["a", "b"]), Some(&[Value::Int(1), Value::Int(2)]), 5);
         assert_eq!(
             sql,
             "SELECT `a`, `b`, `v` FROM `shop`.`items` WHERE (`a` > ?) OR (`a` = ? AND `b` > ?) \

@@ -19,24 +19,19 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use futures::{FutureExt, StreamExt};
-use mysql_async::binlog::events::{
-    Event, EventData, QueryEvent, RotateEvent, RowsEventData, TableMapEvent,
-};
-use mysql_async::binlog::row::BinlogRow;
-use mysql_async::binlog::value::BinlogValue;
-use mysql_async::binlog::EventType;
-use mysql_async::consts::{ColumnFlags, ColumnType};
+use mysql_async::binlog::events::{Event, EventData, QueryEvent, RowsEventData, TableMapEvent};
+use mysql_async::binlog::{BinlogChecksumAlg, EventType};
 use mysql_async::prelude::Queryable;
-use mysql_async::{BinlogStream, BinlogStreamRequest, Column, Opts};
+use mysql_async::{BinlogStream, BinlogStreamRequest, Opts};
 use tokio::time::Instant;
 
 use crate::capture::{CaptureError, Captured};
 use crate::change::{Change, Op, Position, Row, Source, TableId, TxOrder};
 use crate::filter::Filter;
 use crate::mariadb::gtid::Gtid;
+use crate::mariadb::rows;
 use crate::mariadb::saved::Saved;
 use crate::mariadb::server::{self, BinlogPosition, Schema, TableInfo};
-use crate::mariadb::values::{Kind, Side};
 
 /// MariaDB's GTID event.
 const GTID_EVENT: u8 = 162;
@@ -89,6 +84,8 @@ pub struct BinlogReader {
     held: Option<Change>,
     ready: VecDeque<Captured>,
     heard: Instant,
+    /// The server ends events with a CRC32 checksum.
+    checksums: bool,
 }
 
 impl BinlogReader {
@@ -107,6 +104,7 @@ impl BinlogReader {
             held: None,
             ready: VecDeque::new(),
             heard: Instant::now(),
+            checksums: true,
         }
     }
 
@@ -183,8 +181,7 @@ impl BinlogReader {
                 Err(_) => {
                     return Err(CaptureError::permanent(format!(
                         "undecodable binlog event after {}:{}",
-                        self.file,
-                        self.resume.pos
+                        self.file, self.resume.pos
                     )))
                 }
             };
@@ -216,6 +213,11 @@ impl BinlogReader {
         conn.query_drop(set)
             .await
             .map_err(|e| server::failure(e, "cannot set up the replica connection"))?;
+        let checksum: Option<String> = conn
+            .query_first("SELECT @@global.binlog_checksum")
+            .await
+            .map_err(|e| server::failure(e, "cannot set up the replica connection"))?;
+        self.checksums = checksum.is_some_and(|c| !c.eq_ignore_ascii_case("NONE"));
         let request = BinlogStreamRequest::new(self.server_id)
             .with_filename(self.resume.file.as_bytes())
             .with_pos(self.resume.pos);
@@ -278,8 +280,20 @@ impl BinlogReader {
         };
         match kind {
             k if k == EventType::ROTATE_EVENT as u8 => {
-                let rotate: RotateEvent<'_> = event.read_event().map_err(undecodable)?;
-                self.file = rotate.name().into_owned();
+                // The first event, a rotate to the file asked for, comes
+                // before the format description that says whether events
+                // end with a checksum; the decoder then leaves the
+                // checksum in the name.
+                let before_format = matches!(
+                    event.footer().get_checksum_alg(),
+                    Ok(Some(BinlogChecksumAlg::BINLOG_CHECKSUM_ALG_OFF))
+                );
+                let name = event.data().get(8..).unwrap_or_default();
+                let name = match name.len().checked_sub(4) {
+                    Some(len) if before_format && self.checksums => &name[..len],
+                    _ => name,
+                };
+                self.file = String::from_utf8_lossy(name).into_owned();
             }
             GTID_EVENT => {
                 let gtid = Gtid::parse(event.data(), header.server_id()).map_err(|e| {
@@ -400,29 +414,16 @@ impl BinlogReader {
                 self.file
             ))
         };
-        // Decoded in one go, outside of `self`: one event's rows (the
-        // server splits large statements into events of
-        // binlog_row_event_max_size).
-        let mut images = Vec::new();
-        let decoded = std::panic::catch_unwind(AssertUnwindSafe(|| {
-            let mut out = Vec::new();
-            for row in rows.rows(&mapped.map) {
-                let (before, after) = row.map_err(|e| e.to_string())?;
-                out.push((before, after));
-            }
-            Ok::<_, String>(out)
-        }));
-        match decoded {
-            Ok(Ok(rows)) => {
-                for (before, after) in rows {
-                    let before = before.map(|r| row_json(&r, &info)).transpose();
-                    let after = after.map(|r| row_json(&r, &info)).transpose();
-                    images.push((before.map_err(&undecodable)?, after.map_err(&undecodable)?));
-                }
-            }
+        // Decoded in one go: one event's rows (the server splits large
+        // statements into events of binlog_row_event_max_size). A panic in
+        // the decoder (a malformed event) is an error, never a crash.
+        let images = match std::panic::catch_unwind(AssertUnwindSafe(|| {
+            rows::decode(rows, &mapped.map, &info)
+        })) {
+            Ok(Ok(images)) => images,
             Ok(Err(e)) => return Err(undecodable(e)),
             Err(_) => return Err(undecodable("the decoder failed".to_owned())),
-        }
+        };
         let tx = self.tx.get_or_insert_with(|| OpenTx {
             gtid: None,
             id: format!("{}:{start}", self.file),
@@ -520,40 +521,6 @@ fn is_rows_event(kind: u8) -> bool {
     .any(|t| *t as u8 == kind)
 }
 
-/// A row image as JSON: column names from the event (FULL row
-/// metadata), kinds from `information_schema` by name, or from the event's
-/// column type for a column the table no longer has.
-fn row_json(row: &BinlogRow, info: &TableInfo) -> Result<Row, String> {
-    let mut out = Row::new();
-    for (i, column) in row.columns_ref().iter().enumerate() {
-        let named = column.name_str();
-        // Without column names (binlog_row_metadata=MINIMAL) the decoder
-        // names columns `@N`: their place in the table.
-        let name = match named.strip_prefix('@').and_then(|n| n.parse::<usize>().ok()) {
-            Some(n) => match info.columns.get(n) {
-                Some((name, _)) => name.clone(),
-                None => named.into_owned(),
-            },
-            None => named.into_owned(),
-        };
-        let kind = match info.kind(&name) {
-            Some(kind) => kind.clone(),
-            None => binlog_kind(column),
-        };
-        let value = match row.as_ref(i) {
-            None => serde_json::Value::Null,
-            Some(BinlogValue::Value(v)) => kind.to_json(v, Side::Binlog),
-            Some(BinlogValue::Jsonb(j)) => serde_json::Value::try_from(j.clone())
-                .map_err(|e| format!("column {name}: {e}"))?,
-            Some(BinlogValue::JsonDiff(_)) => {
-                return Err(format!("column {name}: partial JSON updates are not supported"))
-            }
-        };
-        out.insert(name, value);
-    }
-    Ok(out)
-}
-
 /// The primary key's values out of `image`.
 fn key_of(image: Option<&Row>, info: &TableInfo) -> Row {
     info.key
@@ -563,48 +530,4 @@ fn key_of(image: Option<&Row>, info: &TableInfo) -> Row {
             (k.clone(), v.unwrap_or(serde_json::Value::Null))
         })
         .collect()
-}
-
-/// latin1's collations, whose bytes the binary log holds as stored.
-const LATIN1: [u16; 8] = [5, 8, 15, 31, 47, 48, 49, 94];
-/// The `binary` pseudo character set.
-const BINARY: u16 = 63;
-
-/// A column's kind from the binlog's own description: for a column that
-/// `information_schema` no longer knows.
-fn binlog_kind(column: &Column) -> Kind {
-    use ColumnType::*;
-    let unsigned = column.flags().contains(ColumnFlags::UNSIGNED_FLAG);
-    let charset = column.character_set();
-    match column.column_type() {
-        MYSQL_TYPE_TINY => Kind::Int { unsigned, bytes: 1 },
-        MYSQL_TYPE_SHORT => Kind::Int { unsigned, bytes: 2 },
-        MYSQL_TYPE_INT24 => Kind::Int { unsigned, bytes: 3 },
-        MYSQL_TYPE_LONG => Kind::Int { unsigned, bytes: 4 },
-        MYSQL_TYPE_LONGLONG => Kind::Int { unsigned, bytes: 8 },
-        MYSQL_TYPE_FLOAT => Kind::Float,
-        MYSQL_TYPE_DOUBLE => Kind::Double,
-        MYSQL_TYPE_DECIMAL | MYSQL_TYPE_NEWDECIMAL => Kind::Decimal,
-        MYSQL_TYPE_VARCHAR | MYSQL_TYPE_VAR_STRING | MYSQL_TYPE_STRING | MYSQL_TYPE_BLOB
-        | MYSQL_TYPE_TINY_BLOB | MYSQL_TYPE_MEDIUM_BLOB | MYSQL_TYPE_LONG_BLOB => {
-            if charset == BINARY {
-                Kind::Binary { width: None }
-            } else {
-                Kind::Text {
-                    latin1: LATIN1.contains(&charset),
-                }
-            }
-        }
-        MYSQL_TYPE_JSON => Kind::Json,
-        MYSQL_TYPE_GEOMETRY => Kind::Binary { width: None },
-        MYSQL_TYPE_DATE | MYSQL_TYPE_NEWDATE => Kind::Date,
-        MYSQL_TYPE_DATETIME | MYSQL_TYPE_DATETIME2 => Kind::DateTime,
-        MYSQL_TYPE_TIMESTAMP | MYSQL_TYPE_TIMESTAMP2 => Kind::Timestamp,
-        MYSQL_TYPE_TIME | MYSQL_TYPE_TIME2 => Kind::Time,
-        MYSQL_TYPE_YEAR => Kind::Year,
-        MYSQL_TYPE_BIT => Kind::Bit,
-        MYSQL_TYPE_ENUM => Kind::Enum(vec![]),
-        MYSQL_TYPE_SET => Kind::Set(vec![]),
-        _ => Kind::Other,
-    }
 }

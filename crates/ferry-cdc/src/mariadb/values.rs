@@ -331,10 +331,7 @@ fn fraction(us: u32) -> String {
 }
 
 fn date_time(y: u16, m: u8, d: u8, h: u8, i: u8, s: u8, us: u32) -> String {
-    format!(
-        "{y:04}-{m:02}-{d:02}T{h:02}:{i:02}:{s:02}{}",
-        fraction(us)
-    )
+    format!("{y:04}-{m:02}-{d:02}T{h:02}:{i:02}:{s:02}{}", fraction(us))
 }
 
 /// A `TIMESTAMP`: epoch seconds (`"1714571100"`, `"1714571100.250000"`)
@@ -440,7 +437,10 @@ mod tests {
             Kind::of("binary", "binary(4)", None, false),
             Kind::Binary { width: Some(4) }
         );
-        assert_eq!(Kind::of("longtext", "longtext", Some("utf8mb4"), true), Kind::Json);
+        assert_eq!(
+            Kind::of("longtext", "longtext", Some("utf8mb4"), true),
+            Kind::Json
+        );
         assert_eq!(
             Kind::of("enum", "enum('a','it''s','b\\\\c')", Some("utf8mb4"), false),
             Kind::Enum(vec!["a".into(), "it's".into(), "b\\c".into()])
@@ -459,12 +459,18 @@ mod tests {
             bytes: 8,
         };
         assert_eq!(k.to_json(&Value::Int(-1), Side::Binlog), json!(u64::MAX));
-        assert_eq!(k.to_json(&Value::UInt(u64::MAX), Side::Query), json!(u64::MAX));
+        assert_eq!(
+            k.to_json(&Value::UInt(u64::MAX), Side::Query),
+            json!(u64::MAX)
+        );
         let k = Kind::Int {
             unsigned: false,
             bytes: 8,
         };
-        assert_eq!(k.to_json(&Value::Int(i64::MIN), Side::Query), json!(i64::MIN));
+        assert_eq!(
+            k.to_json(&Value::Int(i64::MIN), Side::Query),
+            json!(i64::MIN)
+        );
     }
 
     #[test]
@@ -472,7 +478,10 @@ mod tests {
         assert_eq!(decimal("0000000012.50"), "12.50");
         assert_eq!(decimal("-0.00"), "0.00");
         assert_eq!(decimal("-0.50"), "-0.50");
-        assert_eq!(decimal("12345678901234567890.123456789"), "12345678901234567890.123456789");
+        assert_eq!(
+            decimal("12345678901234567890.123456789"),
+            "12345678901234567890.123456789"
+        );
         assert_eq!(decimal("0"), "0");
         assert_eq!(
             Kind::Decimal.to_json(&bytes("0000000012.50"), Side::Binlog),
@@ -504,8 +513,14 @@ mod tests {
             json!("2024-05-01")
         );
         assert_eq!(Kind::Year.to_json(&bytes("1900"), Side::Binlog), json!(0));
-        assert_eq!(Kind::Year.to_json(&bytes("2024"), Side::Binlog), json!(2024));
-        assert_eq!(Kind::Year.to_json(&Value::Int(2024), Side::Query), json!(2024));
+        assert_eq!(
+            Kind::Year.to_json(&bytes("2024"), Side::Binlog),
+            json!(2024)
+        );
+        assert_eq!(
+            Kind::Year.to_json(&Value::Int(2024), Side::Query),
+            json!(2024)
+        );
     }
 
     #[test]
@@ -517,14 +532,20 @@ mod tests {
         assert_eq!(e.to_json(&Value::Int(9), Side::Binlog), json!(""));
         assert_eq!(e.to_json(&bytes("b"), Side::Query), json!("b"));
         let s = Kind::Set(names);
-        assert_eq!(s.to_json(&Value::Bytes(vec![5]), Side::Binlog), json!("a,c"));
+        assert_eq!(
+            s.to_json(&Value::Bytes(vec![5]), Side::Binlog),
+            json!("a,c")
+        );
         assert_eq!(s.to_json(&bytes("a,c"), Side::Query), json!("a,c"));
         assert_eq!(
             Kind::Bit.to_json(&Value::Bytes(vec![1, 2]), Side::Binlog),
             json!(258)
         );
         let b = Kind::Binary { width: Some(4) };
-        assert_eq!(b.to_json(&Value::Bytes(vec![1]), Side::Binlog), json!("AQAAAA=="));
+        assert_eq!(
+            b.to_json(&Value::Bytes(vec![1]), Side::Binlog),
+            json!("AQAAAA==")
+        );
         assert_eq!(
             Kind::Text { latin1: true }.to_json(&Value::Bytes(vec![0xe9]), Side::Binlog),
             json!("é")
@@ -533,7 +554,10 @@ mod tests {
             Kind::Json.to_json(&bytes(r#"{"a":[1,2]}"#), Side::Binlog),
             json!({"a": [1, 2]})
         );
-        assert_eq!(Kind::Float.to_json(&Value::Float(1.1), Side::Binlog), json!(1.1));
+        assert_eq!(
+            Kind::Float.to_json(&Value::Float(1.1), Side::Binlog),
+            json!(1.1)
+        );
         assert_eq!(Kind::Double.to_json(&Value::NULL, Side::Binlog), Json::Null);
     }
 }

@@ -11,7 +11,6 @@ use ferry_cdc::mariadb::{BinlogConfig, MariaDbCapture, Saved, SnapshotMode};
 use ferry_cdc::offsets::Offsets;
 use ferry_cdc::{Capture, CaptureError, Captured, Checkpoint, Filter, Op, Position};
 use ferry_core::ErrorKind;
-use ferry_store::Database;
 use ferry_testkit::{MysqlTestDb, PgTestDb, SqliteTestDb};
 use serde_json::{json, Value};
 use sqlx::{Connection, MySqlConnection};
@@ -57,8 +56,7 @@ async fn start(config: BinlogConfig) -> MariaDbCapture {
 async fn refused(config: BinlogConfig) -> CaptureError {
     MariaDbCapture::start(config)
         .await
-        .err()
-        .expect("capture refused")
+        .expect_err("capture refused")
 }
 
 /// Reads until `n` changes came (reading `max` at a time), failing after
@@ -155,7 +153,11 @@ async fn workload(db: &MysqlTestDb) -> Vec<(String, Op, Value)> {
         "BEGIN; DELETE FROM a WHERE id = 2; UPDATE c SET id = 20 WHERE id = 10; COMMIT",
     )
     .await;
-    exec(&mut s1, "INSERT INTO a VALUES (4, 'a4'), (5, 'a5'), (6, 'a6')").await;
+    exec(
+        &mut s1,
+        "INSERT INTO a VALUES (4, 'a4'), (5, 'a5'), (6, 'a6')",
+    )
+    .await;
     exec(&mut s2, "DELETE FROM b WHERE id = 1").await;
     vec![
         ("a".into(), Op::Create, k(1)),
@@ -228,5 +230,407 @@ async fn committed_changes_in_commit_order() {
         assert!(ids.insert(c.change.id("cap")), "ids are distinct");
     }
     assert_eq!(sizes, TX_SIZES);
+    capture.close().await;
+}
+
+/// The offsets store's contract, on any database: nothing, saved,
+/// replaced, deleted; opening twice is fine.
+async fn offsets_round_trip(url: &str) {
+    let offsets = Offsets::connect(url).await.expect("offsets open");
+    Offsets::open(offsets.database().clone())
+        .await
+        .expect("offsets open again");
+    assert_eq!(offsets.load("orders").await.unwrap(), None);
+    let first = Checkpoint(json!({"file": "mariadb-bin.000001", "pos": 4}));
+    let second = Checkpoint(json!({"file": "mariadb-bin.000002", "pos": 1234, "gtid": "0-1-9"}));
+    offsets.save("orders", &first).await.unwrap();
+    offsets.save("other", &first).await.unwrap();
+    assert_eq!(offsets.load("orders").await.unwrap(), Some(first.clone()));
+    offsets.save("orders", &second).await.unwrap();
+    assert_eq!(offsets.load("orders").await.unwrap(), Some(second));
+    assert!(offsets.delete("orders").await.unwrap());
+    assert!(!offsets.delete("orders").await.unwrap());
+    assert_eq!(offsets.load("orders").await.unwrap(), None);
+    assert_eq!(offsets.load("other").await.unwrap(), Some(first));
+    offsets.database().close().await;
+}
+
+#[tokio::test]
+async fn offsets_on_sqlite() {
+    let db = SqliteTestDb::create();
+    offsets_round_trip(&db.url).await;
+}
+
+#[tokio::test]
+async fn offsets_on_postgres() {
+    let db = PgTestDb::create().await;
+    offsets_round_trip(&db.url).await;
+}
+
+#[tokio::test]
+async fn offsets_on_mariadb() {
+    let db = MysqlTestDb::create().await;
+    offsets_round_trip(&db.url).await;
+}
+
+/// The id of every change, in order.
+fn ids(got: &[Captured], capture: &str) -> Vec<uuid::Uuid> {
+    got.iter().map(|c| c.change.id(capture)).collect()
+}
+
+#[tokio::test]
+async fn a_restart_resumes_after_the_acknowledged_transaction() {
+    let db = MysqlTestDb::create().await;
+    let mut conn = connect(&db).await;
+    exec(&mut conn, SCHEMA).await;
+    let cfg = config(&db, SnapshotMode::Never);
+    let mut capture = start(cfg.clone()).await;
+    exec(
+        &mut conn,
+        "BEGIN; INSERT INTO a VALUES (1, 'x'); INSERT INTO a VALUES (2, 'x'); COMMIT",
+    )
+    .await;
+    exec(&mut conn, "INSERT INTO a VALUES (3, 'x')").await;
+    exec(
+        &mut conn,
+        "BEGIN; UPDATE a SET v = 'y' WHERE id = 1; DELETE FROM a WHERE id = 3; COMMIT",
+    )
+    .await;
+    let first = read_n(&mut capture, 5, 100).await;
+    // Acknowledge the first transaction only, then crash.
+    let checkpoint = first[1]
+        .checkpoint
+        .clone()
+        .expect("end of the first transaction");
+    capture.acknowledge(&checkpoint).await.unwrap();
+    drop(capture);
+
+    let mut again = start(cfg.clone()).await;
+    let second = read_n(&mut again, 3, 100).await;
+    assert_quiet(&mut again).await;
+    assert_eq!(summary(&second), summary(&first[2..]));
+    assert_eq!(
+        ids(&second, "c"),
+        ids(&first[2..], "c"),
+        "same ids when read again"
+    );
+    // Nothing acknowledged since: the same changes once more.
+    drop(again);
+    let mut third = start(cfg.clone()).await;
+    let repeated = read_n(&mut third, 3, 100).await;
+    assert_eq!(ids(&repeated, "c"), ids(&first[2..], "c"));
+    // All acknowledged: nothing left.
+    third
+        .acknowledge(repeated[2].checkpoint.as_ref().unwrap())
+        .await
+        .unwrap();
+    drop(third);
+    let mut fourth = start(cfg.clone()).await;
+    assert_quiet(&mut fourth).await;
+    exec(&mut conn, "INSERT INTO a VALUES (9, 'x')").await;
+    let last = read_n(&mut fourth, 1, 100).await;
+    assert_eq!(summary(&last), vec![("a".to_owned(), Op::Create, k(9))]);
+
+    // status: saved against the end; drop forgets.
+    fourth
+        .acknowledge(last[0].checkpoint.as_ref().unwrap())
+        .await
+        .unwrap();
+    let status = MariaDbCapture::status(&cfg).await.unwrap();
+    let saved = Saved::parse(last[0].checkpoint.as_ref().unwrap()).unwrap();
+    assert_eq!(status.saved, Some(saved.position()));
+    assert!(status.lag_bytes.is_some());
+    assert!(status.lag_seconds.is_some());
+    assert!(MariaDbCapture::drop(&cfg).await.unwrap());
+    assert!(!MariaDbCapture::drop(&cfg).await.unwrap());
+    assert_eq!(MariaDbCapture::status(&cfg).await.unwrap().saved, None);
+    fourth.close().await;
+}
+
+/// `n` rows `(id, v)` in `t`, ids 1..=n, in one statement.
+async fn fill(conn: &mut MySqlConnection, table: &str, n: u64) {
+    exec(
+        conn,
+        &format!("INSERT INTO {table} (id, v) SELECT seq, CONCAT('v', seq) FROM seq_1_to_{n}"),
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn snapshot_then_the_changes_made_during_it() {
+    let db = MysqlTestDb::create().await;
+    let mut conn = connect(&db).await;
+    exec(&mut conn, SCHEMA).await;
+    fill(&mut conn, "a", 5000).await;
+    exec(&mut conn, "INSERT INTO c VALUES (1, 'c1'), (2, 'c2')").await;
+    let mut cfg = config(&db, SnapshotMode::Initial);
+    cfg.snapshot_chunk = 700;
+    let mut capture = start(cfg).await;
+    assert!(capture.snapshotting());
+    // While the snapshot is read: changes to rows read and not read yet.
+    let mut got = read_n(&mut capture, 700, 1000).await;
+    exec(
+        &mut conn,
+        "BEGIN; UPDATE a SET v = 'new' WHERE id IN (1, 4000);
+         DELETE FROM a WHERE id = 4500; INSERT INTO a VALUES (6000, 'late'); COMMIT",
+    )
+    .await;
+    exec(&mut conn, "DELETE FROM c WHERE id = 2").await;
+    got.extend(read_n(&mut capture, 5002 + 5 - 700, 1000).await);
+    assert_quiet(&mut capture).await;
+    assert!(!capture.snapshotting());
+
+    let (reads, changes): (Vec<_>, Vec<_>) = got.iter().partition(|c| c.change.op == Op::Read);
+    // Every row of the snapshot's moment, once, as it was then.
+    let mut seen = BTreeMap::new();
+    for c in &reads {
+        let id = c.change.key["id"].as_i64().unwrap();
+        let table = c.change.source.table.name.clone();
+        let v = c.change.after.as_ref().unwrap()["v"].clone();
+        assert!(
+            seen.insert((table, id), v).is_none(),
+            "read twice: {}",
+            describe(c)
+        );
+        assert!(matches!(
+            c.change.source.position,
+            Position::Snapshot { .. }
+        ));
+    }
+    assert_eq!(seen.len(), 5002);
+    assert_eq!(seen[&("a".to_owned(), 1)], "v1");
+    assert_eq!(seen[&("a".to_owned(), 4500)], "v4500");
+    assert!(!seen.contains_key(&("a".to_owned(), 6000)));
+    // Reads first, then the changes, in commit order.
+    assert!(got[..5002].iter().all(|c| c.change.op == Op::Read));
+    assert_eq!(
+        summary(&changes.into_iter().cloned().collect::<Vec<_>>()),
+        vec![
+            ("a".to_owned(), Op::Update, k(1)),
+            ("a".to_owned(), Op::Update, k(4000)),
+            ("a".to_owned(), Op::Delete, k(4500)),
+            ("a".to_owned(), Op::Create, k(6000)),
+            ("c".to_owned(), Op::Delete, k(2)),
+        ]
+    );
+    // A checkpoint ends every chunk.
+    let chunks = reads.iter().filter(|c| c.checkpoint.is_some()).count();
+    assert!(chunks >= 5002 / 700, "{chunks} checkpoints");
+    capture.close().await;
+}
+
+#[tokio::test]
+async fn a_snapshot_resumes_after_its_last_acknowledged_chunk() {
+    let db = MysqlTestDb::create().await;
+    let mut conn = connect(&db).await;
+    exec(&mut conn, SCHEMA).await;
+    fill(&mut conn, "a", 5000).await;
+    let mut cfg = config(&db, SnapshotMode::Initial);
+    cfg.snapshot_chunk = 1000;
+    let mut capture = start(cfg.clone()).await;
+    let first = read_n(&mut capture, 2000, 1000).await;
+    assert_eq!(first.len(), 2000);
+    let checkpoint = first[1999]
+        .checkpoint
+        .clone()
+        .expect("end of the second chunk");
+    capture.acknowledge(&checkpoint).await.unwrap();
+    let _unacknowledged = read_n(&mut capture, 1000, 1000).await;
+    drop(capture);
+    exec(&mut conn, "UPDATE a SET v = 'after crash' WHERE id = 10").await;
+
+    let mut resumed = start(cfg).await;
+    assert!(resumed.snapshotting());
+    let rest = read_n(&mut resumed, 3000 + 1, 1000).await;
+    assert_quiet(&mut resumed).await;
+    let read_ids: Vec<i64> = rest[..3000]
+        .iter()
+        .map(|c| c.change.key["id"].as_i64().unwrap())
+        .collect();
+    assert_eq!(read_ids, (2001..=5000).collect::<Vec<_>>());
+    // The same snapshot: the same ids for rows read again.
+    assert_eq!(ids(&rest[..1000], "c"), ids(&_unacknowledged, "c"));
+    assert_eq!(
+        summary(&rest[3000..]),
+        vec![("a".to_owned(), Op::Update, k(10))]
+    );
+    resumed.close().await;
+}
+
+/// The process's resident memory, in bytes.
+fn rss_bytes() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map_or(0, |kb| kb * 1024)
+}
+
+#[tokio::test]
+async fn a_large_transaction_is_read_in_bounded_memory() {
+    const ROWS: u64 = 100_000;
+    let db = MysqlTestDb::create().await;
+    let mut conn = connect(&db).await;
+    exec(
+        &mut conn,
+        "CREATE TABLE big (id INT PRIMARY KEY, v VARCHAR(200))",
+    )
+    .await;
+    let mut capture = start(config(&db, SnapshotMode::Never)).await;
+    exec(
+        &mut conn,
+        &format!("INSERT INTO big (id, v) SELECT seq, REPEAT('x', 200) FROM seq_1_to_{ROWS}"),
+    )
+    .await;
+    let before = rss_bytes();
+    let mut peak = before;
+    let mut count = 0u64;
+    let mut last = None;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while count < ROWS {
+        assert!(
+            Instant::now() < deadline,
+            "only {count} rows after two minutes"
+        );
+        let got = capture.read(1000, Duration::from_secs(1)).await.unwrap();
+        assert!(got.len() <= 1000);
+        for c in got {
+            count += 1;
+            let tx = c.change.tx.as_ref().unwrap();
+            assert_eq!(tx.order, count);
+            assert_eq!(c.change.key["id"], count);
+            last = Some(c);
+        }
+        peak = peak.max(rss_bytes());
+    }
+    let last = last.unwrap();
+    assert_eq!(last.change.tx.unwrap().total, Some(ROWS));
+    assert!(last.checkpoint.is_some());
+    let growth = peak.saturating_sub(before);
+    assert!(
+        growth < 100 << 20,
+        "resident memory grew {} MB",
+        growth >> 20
+    );
+    capture.close().await;
+}
+
+#[tokio::test]
+async fn a_table_without_a_primary_key_is_refused() {
+    let db = MysqlTestDb::create().await;
+    let mut conn = connect(&db).await;
+    exec(&mut conn, "CREATE TABLE keyless (v INT)").await;
+    let e = refused(config(&db, SnapshotMode::Never)).await;
+    assert_eq!(e.kind, ErrorKind::Permanent);
+    assert!(
+        e.message.contains("keyless") && e.message.contains("add a primary key"),
+        "{e}"
+    );
+
+    // One created after the start is refused when its changes come.
+    exec(
+        &mut conn,
+        "DROP TABLE keyless; CREATE TABLE a (id INT PRIMARY KEY)",
+    )
+    .await;
+    let mut capture = start(config(&db, SnapshotMode::Never)).await;
+    exec(
+        &mut conn,
+        "CREATE TABLE later (v INT); INSERT INTO later VALUES (1)",
+    )
+    .await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let e = loop {
+        assert!(Instant::now() < deadline, "not refused");
+        match capture.read(10, Duration::from_millis(500)).await {
+            Ok(got) => assert!(got.is_empty()),
+            Err(e) => break e,
+        }
+    };
+    assert_eq!(e.kind, ErrorKind::Permanent);
+    assert!(
+        e.message.contains("later") && e.message.contains("add a primary key"),
+        "{e}"
+    );
+}
+
+#[tokio::test]
+async fn an_unreachable_server_is_unavailable() {
+    let port = ferry_testkit::nats_server::free_port();
+    let db = SqliteTestDb::create();
+    let mut cfg = BinlogConfig::new(format!("mysql://root@127.0.0.1:{port}/shop"), "nowhere");
+    cfg.offsets = Some(db.url.clone());
+    let e = refused(cfg).await;
+    assert_eq!(e.kind, ErrorKind::Unavailable, "{e}");
+}
+
+#[tokio::test]
+async fn a_purged_position_is_refused() {
+    let db = MysqlTestDb::create().await;
+    let cfg = config(&db, SnapshotMode::Never);
+    let offsets = Offsets::connect(&db.url).await.unwrap();
+    let gone = Checkpoint(json!({"file": "mariadb-bin.999999", "pos": 4}));
+    offsets.save(&cfg.name, &gone).await.unwrap();
+    offsets.database().close().await;
+    let e = refused(cfg).await;
+    assert_eq!(e.kind, ErrorKind::Permanent);
+    assert!(
+        e.message.contains("mariadb-bin.999999:4 is gone (purged)")
+            && e.message.contains("ferry cdc drop"),
+        "{e}"
+    );
+}
+
+/// Every type read by the snapshot and by the binlog maps to the same
+/// JSON.
+#[tokio::test]
+async fn values_map_alike_from_snapshot_and_binlog() {
+    let db = MysqlTestDb::create().await;
+    let mut conn = connect(&db).await;
+    exec(
+        &mut conn,
+        "CREATE TABLE t (
+            id BIGINT UNSIGNED PRIMARY KEY,
+            ti TINYINT, tu TINYINT UNSIGNED, mi MEDIUMINT UNSIGNED, bi BIGINT,
+            fl FLOAT, db DOUBLE, de DECIMAL(30,10), dz DECIMAL(20,2),
+            vc VARCHAR(20), ch CHAR(5), tx TEXT, l1 VARCHAR(10) CHARACTER SET latin1,
+            js JSON, bn BINARY(4), vb VARBINARY(10), bl BLOB,
+            d DATE, dt DATETIME(6), ts TIMESTAMP(3) NULL, tm TIME(2), y YEAR,
+            bt BIT(10), e ENUM('a','it''s','c'), s SET('x','y','z'), n INT NULL
+        )",
+    )
+    .await;
+    let row = "(18446744073709551615, -128, 255, 16777215, -9223372036854775808,
+        1.1, 2.5e-300, 12345678901234567890.0123456789, 0.50,
+        'héllo ☃', 'ab', 'long text', 'café',
+        '{\"a\": [1, 2.5, \"x\"], \"b\": null}', x'01', x'00ff', x'deadbeef',
+        '2024-05-01', '2024-05-01 13:45:00.250000', '2024-05-01 13:45:00.123', '-26:03:04.50', 2024,
+        b'1000000001', 'it''s', 'x,z', NULL)";
+    exec(&mut conn, "SET time_zone = '+00:00'").await;
+    exec(&mut conn, &format!("INSERT INTO t VALUES {row}")).await;
+    let mut capture = start(config(&db, SnapshotMode::Initial)).await;
+    let snap = read_n(&mut capture, 1, 10).await;
+    exec(&mut conn, "DELETE FROM t").await;
+    exec(&mut conn, &format!("INSERT INTO t VALUES {row}")).await;
+    let streamed = read_n(&mut capture, 2, 10).await;
+    let read = Value::Object(snap[0].change.after.clone().unwrap());
+    let written = Value::Object(streamed[1].change.after.clone().unwrap());
+    let deleted = Value::Object(streamed[0].change.before.clone().unwrap());
+    let want = json!({
+        "id": 18446744073709551615u64, "ti": -128, "tu": 255, "mi": 16777215,
+        "bi": i64::MIN, "fl": 1.1, "db": 2.5e-300,
+        "de": "12345678901234567890.0123456789", "dz": "0.50",
+        "vc": "héllo ☃", "ch": "ab", "tx": "long text", "l1": "café",
+        "js": {"a": [1, 2.5, "x"], "b": null},
+        "bn": "AQAAAA==", "vb": "AP8=", "bl": "3q2+7w==",
+        "d": "2024-05-01", "dt": "2024-05-01T13:45:00.250000",
+        "ts": "2024-05-01T13:45:00.123000Z", "tm": "-26:03:04.500000", "y": 2024,
+        "bt": 513, "e": "it's", "s": "x,z", "n": null,
+    });
+    assert_eq!(read, want, "snapshot");
+    assert_eq!(written, want, "binlog insert");
+    assert_eq!(deleted, want, "binlog delete");
+    assert_eq!(streamed[1].change.key, snap[0].change.key);
     capture.close().await;
 }
