@@ -68,10 +68,12 @@
 //!
 //! * The slot is read by one capture at a time; a second one waits and
 //!   then reports the slot in use.
-//! * The runner must call `read` at least every `wal_sender_timeout`
-//!   (60 s by default): the server drops a replication connection that
-//!   stays silent longer, and the capture then reconnects, reading again
-//!   from the last acknowledged transaction.
+//! * The server drops a replication connection that stays silent longer
+//!   than `wal_sender_timeout` (60 s by default); the next read then fails
+//!   as unavailable and the one after reconnects, reading again from the
+//!   last acknowledged transaction. A runner that stops reading for longer
+//!   (its window full, its sink down) keeps the connection with
+//!   `read(0, …)`: it reads nothing and sends the server a status update.
 //! * The publication is not altered once it exists: tables added to
 //!   `tables.include` later, or created later, need `ALTER PUBLICATION`
 //!   (a `FOR ALL TABLES` publication takes new tables by itself).
@@ -113,6 +115,9 @@ const SLOT_BUSY_WAIT: Duration = Duration::from_secs(15);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A capture of a PostgreSQL database's log; see the [module docs](self).
+///
+/// `read(0, _)` reads nothing and only tells the server the connection is
+/// alive: call it when not reading for longer than `wal_sender_timeout`.
 pub struct PgCapture {
     config: PgLogConfig,
     database: String,
@@ -340,6 +345,22 @@ impl PgCapture {
         }
     }
 
+    /// Tells the server the connection is alive (a status update, which
+    /// `wal_sender_timeout` counts) without reading anything.
+    async fn keep_alive(&mut self) -> Result<(), CaptureError> {
+        let Some(stream) = self.stream.as_mut() else {
+            return Ok(());
+        };
+        if let Err(e) = stream.send_feedback().await {
+            self.close();
+            return Err(replication_failure(
+                "keeping the replication connection alive",
+                e,
+            ));
+        }
+        Ok(())
+    }
+
     /// With everything handed over acknowledged and no transaction being
     /// read, confirms the position the server reached: what lies before it
     /// holds nothing to capture.
@@ -383,6 +404,7 @@ impl Capture for PgCapture {
 
     async fn read(&mut self, max: usize, wait: Duration) -> Result<Vec<Captured>, CaptureError> {
         if max == 0 {
+            self.keep_alive().await?;
             return Ok(Vec::new());
         }
         let deadline = Instant::now() + wait;

@@ -633,3 +633,44 @@ async fn rows_of_one_copy_record_keep_ids_of_their_own() {
         "rows of one record, told apart by their index in it"
     );
 }
+
+#[tokio::test]
+async fn reading_nothing_keeps_a_quiet_connection_alive() {
+    let db = PgTestDb::create().await;
+    let mut slots = Slots::new(&db.url);
+    let name = unique("q");
+    let mut conn = PgConnection::connect(&db.url).await.unwrap();
+    exec(&mut conn, "CREATE TABLE a (id int PRIMARY KEY)").await;
+    let mut cfg = config(&db, &name, &mut slots);
+    cfg.url = format!("{}?options=-c%20wal_sender_timeout%3D1s", db.url);
+    let mut capture = PgCapture::connect(cfg).await.unwrap();
+
+    // Three timeouts' worth of not reading, with read(0) now and then.
+    for _ in 0..10 {
+        assert!(capture.read(0, Duration::ZERO).await.unwrap().is_empty());
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    exec(&mut conn, "INSERT INTO a VALUES (1)").await;
+    let got = capture.read(10, Duration::from_secs(5)).await;
+    assert_eq!(got.map(|g| g.len()).map_err(|e| e.describe()), Ok(1));
+
+    // Without it the server drops the connection.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let failure = loop {
+        match capture.read(10, Duration::from_millis(200)).await {
+            Err(e) => break e,
+            Ok(batch) => assert!(batch.is_empty()),
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the server kept a silent connection"
+        );
+    };
+    assert_eq!(
+        failure.kind,
+        ErrorKind::Unavailable,
+        "{}",
+        failure.describe()
+    );
+}
