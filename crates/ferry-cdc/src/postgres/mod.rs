@@ -200,7 +200,15 @@ impl PgCapture {
                     return Ok(());
                 }
                 // The slot's previous reader has not let go yet.
-                Err(e) if e.to_string().contains("55006") && Instant::now() < deadline => {
+                Err(e) if e.to_string().contains("55006") => {
+                    if Instant::now() >= deadline {
+                        return Err(CaptureError::unavailable(format!(
+                            "postgres capture: replication slot {} is in use by another \
+                             connection (another capture of the same slot?)",
+                            self.config.slot_name()
+                        ))
+                        .with_source(e));
+                    }
                     tokio::time::sleep(Duration::from_millis(200)).await;
                 }
                 Err(e) => {

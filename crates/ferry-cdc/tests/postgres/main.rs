@@ -674,3 +674,18 @@ async fn reading_nothing_keeps_a_quiet_connection_alive() {
         failure.describe()
     );
 }
+
+#[tokio::test]
+async fn a_slot_read_by_another_capture_is_reported_in_use() {
+    let db = PgTestDb::create().await;
+    let mut slots = Slots::new(&db.url);
+    let mut conn = PgConnection::connect(&db.url).await.unwrap();
+    exec(&mut conn, "CREATE TABLE a (id int PRIMARY KEY)").await;
+    let cfg = config(&db, &unique("b"), &mut slots);
+    let first = PgCapture::connect(cfg.clone()).await.unwrap();
+    let e = PgCapture::connect(cfg.clone()).await.err().unwrap();
+    assert_eq!(e.kind, ErrorKind::Unavailable);
+    assert!(e.message.contains("in use"), "{}", e.message);
+    assert!(e.message.contains(&cfg.slot_name()), "{}", e.message);
+    drop(first);
+}
