@@ -689,3 +689,17 @@ async fn a_slot_read_by_another_capture_is_reported_in_use() {
     assert!(e.message.contains(&cfg.slot_name()), "{}", e.message);
     drop(first);
 }
+
+#[tokio::test]
+async fn a_role_without_replication_is_refused_naming_the_attribute() {
+    let db = PgTestDb::create().await;
+    let role = support::Role::create(&db.url).await;
+    let mut url = url::Url::parse(&db.url).unwrap();
+    url.set_username(&role.name).unwrap();
+    let mut cfg = PgLogConfig::new(url.to_string(), unique("n"));
+    cfg.slot = Some(unique("ferry_n"));
+    let e = PgCapture::connect(cfg).await.err().unwrap();
+    assert_eq!(e.kind, ErrorKind::Permanent, "{}", e.describe());
+    assert!(e.message.contains("REPLICATION"), "{}", e.message);
+    assert!(e.message.contains(&role.name), "{}", e.message);
+}

@@ -189,3 +189,47 @@ pub async fn test_decoding_changes(
         })
         .collect()
 }
+
+/// A login role without the REPLICATION attribute, dropped when it is
+/// (roles are cluster-wide).
+pub struct Role {
+    url: String,
+    pub name: String,
+}
+
+impl Role {
+    pub async fn create(url: &str) -> Self {
+        let name = unique("ferry_norepl_");
+        let mut conn = PgConnection::connect(url).await.unwrap();
+        exec(
+            &mut conn,
+            &format!("CREATE ROLE {name} LOGIN NOREPLICATION NOSUPERUSER"),
+        )
+        .await;
+        Self {
+            url: url.to_owned(),
+            name,
+        }
+    }
+}
+
+impl Drop for Role {
+    fn drop(&mut self) {
+        let url = self.url.clone();
+        let name = self.name.clone();
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .ok()?;
+            rt.block_on(async {
+                let mut conn = PgConnection::connect(&url).await.ok()?;
+                sqlx::raw_sql(&format!("DROP ROLE IF EXISTS {name}"))
+                    .execute(&mut conn)
+                    .await
+                    .ok()
+            })
+        })
+        .join();
+    }
+}
