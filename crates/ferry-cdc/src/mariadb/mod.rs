@@ -131,6 +131,8 @@ impl MariaDbCapture {
             Err(e) => return Err(store_failure(e, "cannot load the capture's position")),
         };
 
+        // Also the check of BINLOG MONITOR, whatever the start needs.
+        let end = server::binlog_end(&mut conn).await?;
         let mut schema = Schema::new(opts.clone(), Some(conn));
         for table in server::captured_tables(schema.conn().await?, &filter).await? {
             schema.info(&table).await?;
@@ -163,15 +165,12 @@ impl MariaDbCapture {
                     Snapshot::begin(opts.clone(), filter.clone(), config.snapshot_chunk, None)
                         .await?,
                 )),
-                SnapshotMode::Never => {
-                    let end = server::binlog_end(schema.conn().await?).await?;
-                    Phase::Stream(Box::new(BinlogReader::new(
-                        opts.clone(),
-                        server_id,
-                        filter.clone(),
-                        end,
-                    )))
-                }
+                SnapshotMode::Never => Phase::Stream(Box::new(BinlogReader::new(
+                    opts.clone(),
+                    server_id,
+                    filter.clone(),
+                    end,
+                ))),
             },
         };
         tracing::info!(

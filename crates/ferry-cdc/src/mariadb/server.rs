@@ -85,14 +85,22 @@ pub fn failure(e: mysql_async::Error, doing: &str) -> CaptureError {
         },
         mysql_async::Error::Other(_) => ErrorKind::Transient,
     };
-    let message = match &e {
-        mysql_async::Error::Server(s) if s.code == 1227 => format!(
-            "{doing}: the user lacks a privilege the binlog capture needs \
-             (GRANT REPLICATION SLAVE, BINLOG MONITOR ON *.* TO …)"
-        ),
-        _ => doing.to_owned(),
-    };
-    CaptureError::new(kind, message).with_source(e)
+    CaptureError::new(kind, doing).with_source(e)
+}
+
+/// `e`, when the server refused for want of `privilege`, as the
+/// permanent error that names it; else as [`failure`] has it.
+pub fn needing(privilege: &str, e: mysql_async::Error, doing: &str) -> CaptureError {
+    match &e {
+        mysql_async::Error::Server(s) if matches!(s.code, 1045 | 1227) => {
+            CaptureError::permanent(format!(
+                "{doing}: the user lacks the {privilege} privilege \
+                 (GRANT {privilege} ON *.* TO …)"
+            ))
+            .with_source(e)
+        }
+        _ => failure(e, doing),
+    }
 }
 
 /// The server settings the capture depends on.
@@ -159,10 +167,13 @@ pub fn judge_settings(vars: &BTreeMap<String, String>) -> Result<(), CaptureErro
 pub async fn binlog_end(conn: &mut Conn) -> Result<BinlogPosition, CaptureError> {
     // SHOW BINLOG STATUS is MariaDB 10.5's name; SHOW MASTER STATUS the
     // older one, still understood.
-    let row: Option<Row> = conn
-        .query_first("SHOW MASTER STATUS")
-        .await
-        .map_err(|e| failure(e, "cannot read the binlog's end (SHOW MASTER STATUS)"))?;
+    let row: Option<Row> = conn.query_first("SHOW MASTER STATUS").await.map_err(|e| {
+        needing(
+            "BINLOG MONITOR",
+            e,
+            "cannot read the binlog's end (SHOW MASTER STATUS)",
+        )
+    })?;
     let row = row.ok_or_else(|| {
         CaptureError::permanent(
             "the server reports no binary log (SHOW MASTER STATUS is empty): \
@@ -182,10 +193,13 @@ fn position_of(row: &Row, file: usize, pos: usize) -> Option<BinlogPosition> {
 
 /// The binlog files the server still has, oldest first, with their sizes.
 pub async fn binlog_files(conn: &mut Conn) -> Result<Vec<(String, u64)>, CaptureError> {
-    let rows: Vec<Row> = conn
-        .query("SHOW BINARY LOGS")
-        .await
-        .map_err(|e| failure(e, "cannot list the binlog files (SHOW BINARY LOGS)"))?;
+    let rows: Vec<Row> = conn.query("SHOW BINARY LOGS").await.map_err(|e| {
+        needing(
+            "BINLOG MONITOR",
+            e,
+            "cannot list the binlog files (SHOW BINARY LOGS)",
+        )
+    })?;
     Ok(rows
         .iter()
         .filter_map(|r| {

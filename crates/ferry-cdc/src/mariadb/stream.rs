@@ -263,7 +263,7 @@ impl BinlogReader {
                 };
             }
         }
-        server::failure(e, "binlog stream failed")
+        server::needing("REPLICATION SLAVE", e, "cannot read the binlog")
     }
 
     async fn handle(&mut self, event: Event, schema: &mut Schema) -> Result<(), CaptureError> {

@@ -634,3 +634,182 @@ async fn values_map_alike_from_snapshot_and_binlog() {
     assert_eq!(streamed[1].change.key, snap[0].change.key);
     capture.close().await;
 }
+
+/// A server user of a test's own, dropped afterwards.
+struct TestUser {
+    name: String,
+}
+
+impl TestUser {
+    /// A user with `grants` (`GRANT … TO` the user), connecting with
+    /// password `pw`.
+    async fn create(admin: &mut MySqlConnection, grants: &[&str]) -> Self {
+        let name = format!(
+            "ferry_u_{}",
+            &uuid::Uuid::now_v7().simple().to_string()[20..]
+        );
+        exec(
+            admin,
+            &format!("CREATE USER '{name}'@'%' IDENTIFIED BY 'pw'"),
+        )
+        .await;
+        let user = Self { name };
+        for grant in grants {
+            user.grant(admin, grant).await;
+        }
+        user
+    }
+
+    async fn grant(&self, admin: &mut MySqlConnection, what: &str) {
+        exec(admin, &format!("GRANT {what} TO '{}'@'%'", self.name)).await;
+    }
+
+    /// `db`'s URL with this user.
+    fn url(&self, db: &MysqlTestDb) -> String {
+        let mut url = url::Url::parse(&db.url).unwrap();
+        url.set_username(&self.name).unwrap();
+        url.set_password(Some("pw")).unwrap();
+        url.into()
+    }
+}
+
+impl Drop for TestUser {
+    fn drop(&mut self) {
+        let name = self.name.clone();
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .ok()?;
+            rt.block_on(async {
+                let url = ferry_testkit::mysql_admin_url();
+                let mut conn = MySqlConnection::connect(&url).await.ok()?;
+                let sessions: Vec<i64> = sqlx::query_scalar(
+                    "SELECT id FROM information_schema.processlist WHERE user = ?",
+                )
+                .bind(&name)
+                .fetch_all(&mut conn)
+                .await
+                .ok()?;
+                for id in sessions {
+                    let _ = sqlx::raw_sql(&format!("KILL {id}"))
+                        .execute(&mut conn)
+                        .await;
+                }
+                sqlx::raw_sql(&format!("DROP USER IF EXISTS '{name}'@'%'"))
+                    .execute(&mut conn)
+                    .await
+                    .ok()
+            })
+        })
+        .join();
+    }
+}
+
+#[tokio::test]
+async fn missing_privileges_are_refused_naming_them() {
+    let db = MysqlTestDb::create().await;
+    let mut admin = connect(&db).await;
+    exec(&mut admin, "CREATE TABLE a (id INT PRIMARY KEY)").await;
+    let user = TestUser::create(&mut admin, &[&format!("ALL ON {}.*", db_name(&db))]).await;
+    let mut cfg = config(&db, SnapshotMode::Never);
+    cfg.url = user.url(&db);
+    let e = refused(cfg.clone()).await;
+    assert_eq!(e.kind, ErrorKind::Permanent);
+    assert!(e.message.contains("BINLOG MONITOR"), "{e}");
+
+    user.grant(&mut admin, "BINLOG MONITOR ON *.*").await;
+    let mut capture = start(cfg.clone()).await;
+    let e = capture
+        .read(10, Duration::from_millis(500))
+        .await
+        .expect_err("no REPLICATION SLAVE");
+    assert_eq!(e.kind, ErrorKind::Permanent);
+    assert!(e.message.contains("REPLICATION SLAVE"), "{}", e.describe());
+    drop(capture);
+
+    user.grant(&mut admin, "REPLICATION SLAVE ON *.*").await;
+    let mut capture = start(cfg).await;
+    exec(&mut admin, "INSERT INTO a VALUES (1)").await;
+    let got = read_n(&mut capture, 1, 10).await;
+    assert_eq!(summary(&got), vec![("a".to_owned(), Op::Create, k(1))]);
+    capture.close().await;
+}
+
+#[tokio::test]
+async fn a_lost_connection_is_unavailable_then_resumed() {
+    let db = MysqlTestDb::create().await;
+    let mut admin = connect(&db).await;
+    exec(&mut admin, "CREATE TABLE a (id INT PRIMARY KEY)").await;
+    let user = TestUser::create(
+        &mut admin,
+        &[
+            &format!("ALL ON {}.*", db_name(&db)),
+            "BINLOG MONITOR, REPLICATION SLAVE ON *.*",
+        ],
+    )
+    .await;
+    let mut cfg = config(&db, SnapshotMode::Never);
+    cfg.url = user.url(&db);
+    let mut capture = start(cfg).await;
+    exec(&mut admin, "INSERT INTO a VALUES (1)").await;
+    let first = read_n(&mut capture, 1, 10).await;
+
+    // The server drops the replica connection; changes go on meanwhile.
+    let dumps: Vec<i64> = sqlx::query_scalar(
+        "SELECT id FROM information_schema.processlist WHERE user = ? AND command LIKE 'Binlog Dump%'",
+    )
+    .bind(&user.name)
+    .fetch_all(&mut admin)
+    .await
+    .unwrap();
+    assert_eq!(dumps.len(), 1, "one replica connection");
+    exec(&mut admin, &format!("KILL {}", dumps[0])).await;
+    exec(&mut admin, "INSERT INTO a VALUES (2)").await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let e = loop {
+        assert!(
+            Instant::now() < deadline,
+            "the lost connection went unnoticed"
+        );
+        match capture.read(10, Duration::from_millis(500)).await {
+            Ok(got) => assert!(
+                got.is_empty(),
+                "{:?}",
+                got.iter().map(describe).collect::<Vec<_>>()
+            ),
+            Err(e) => break e,
+        }
+    };
+    assert_eq!(e.kind, ErrorKind::Unavailable, "{e}");
+    // The next read reconnects after what was handed out.
+    let second = read_n(&mut capture, 1, 10).await;
+    assert_eq!(summary(&second), vec![("a".to_owned(), Op::Create, k(2))]);
+    assert_ne!(ids(&first, "c"), ids(&second, "c"));
+    assert_quiet(&mut capture).await;
+    capture.close().await;
+}
+
+#[tokio::test]
+async fn a_prepared_xa_transaction_on_a_captured_table_stops_the_capture() {
+    let db = MysqlTestDb::create().await;
+    let mut conn = connect(&db).await;
+    exec(&mut conn, "CREATE TABLE a (id INT PRIMARY KEY)").await;
+    let mut capture = start(config(&db, SnapshotMode::Never)).await;
+    exec(
+        &mut conn,
+        "XA START 'ferry'; INSERT INTO a VALUES (1); XA END 'ferry'; XA PREPARE 'ferry';
+         XA COMMIT 'ferry'",
+    )
+    .await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let e = loop {
+        assert!(Instant::now() < deadline, "not refused");
+        match capture.read(10, Duration::from_millis(500)).await {
+            Ok(got) => assert!(got.is_empty()),
+            Err(e) => break e,
+        }
+    };
+    assert_eq!(e.kind, ErrorKind::Permanent);
+    assert!(e.message.contains("XA PREPARE is not supported"), "{e}");
+}
