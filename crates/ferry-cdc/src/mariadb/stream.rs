@@ -155,19 +155,18 @@ impl BinlogReader {
             // A panic in the event decoder (a malformed event) becomes an
             // error: server input never brings the capture down.
             let next = AssertUnwindSafe(stream.next()).catch_unwind();
-            let next = if self.ready.is_empty() {
-                let now = Instant::now();
-                if now >= deadline {
-                    return self.check_silence();
-                }
+            let now = Instant::now();
+            let next = if self.ready.is_empty() && now < deadline {
                 match tokio::time::timeout(deadline - now, next).await {
                     Ok(next) => next,
                     Err(_) => return self.check_silence(),
                 }
             } else {
+                // Changes to hand out (or no time to wait): only what is
+                // at hand already.
                 match next.now_or_never() {
                     Some(next) => next,
-                    None => return Ok(()),
+                    None => return self.check_silence(),
                 }
             };
             let event = match next {
@@ -294,6 +293,9 @@ impl BinlogReader {
                     _ => name,
                 };
                 self.file = String::from_utf8_lossy(name).into_owned();
+                // Table ids are given anew in every file (and a long-lived
+                // capture would otherwise keep every one it ever saw).
+                self.tables.clear();
             }
             GTID_EVENT => {
                 let gtid = Gtid::parse(event.data(), header.server_id()).map_err(|e| {
@@ -341,6 +343,16 @@ impl BinlogReader {
                 match word.as_str() {
                     "BEGIN" => {}
                     "COMMIT" | "ROLLBACK" => self.finish(end),
+                    "TRUNCATE" => {
+                        schema.invalidate();
+                        let table = truncated_table(&text, &query.schema());
+                        if let Some(table) = table.filter(|t| server::captures(&self.filter, t)) {
+                            self.truncate(table, start, header.timestamp())?;
+                        }
+                        if std::mem::take(&mut self.standalone) {
+                            self.finish(end);
+                        }
+                    }
                     _ => {
                         if !matches!(word.as_str(), "SAVEPOINT" | "XA") {
                             // DDL (or anything else): the columns and keys
@@ -355,13 +367,7 @@ impl BinlogReader {
             }
             k if k == EventType::XA_PREPARE_LOG_EVENT as u8 => {
                 if self.held.is_some() || self.tx.as_ref().is_some_and(|t| t.order > 0) {
-                    let gtid = self.tx.as_ref().map(|t| t.id.clone()).unwrap_or_default();
-                    return Err(CaptureError::permanent(format!(
-                        "XA transaction {gtid} at {}:{start} changed captured tables: XA \
-                         PREPARE is not supported by the binlog capture (its changes may \
-                         still roll back)",
-                        self.file
-                    )));
+                    return Err(self.xa_refusal(start));
                 }
                 self.finish(end);
             }
@@ -424,29 +430,27 @@ impl BinlogReader {
             Ok(Err(e)) => return Err(undecodable(e)),
             Err(_) => return Err(undecodable("the decoder failed".to_owned())),
         };
-        let tx = self.tx.get_or_insert_with(|| OpenTx {
-            gtid: None,
-            id: format!("{}:{start}", self.file),
-            time: DateTime::from_timestamp(i64::from(timestamp), 0),
-            order: 0,
-        });
+        self.open_tx(start, timestamp)?;
+        let file = self.file.clone();
         for (i, (before, after)) in images.into_iter().enumerate() {
+            let Some(tx) = self.tx.as_mut() else {
+                break;
+            };
+            tx.order += 1;
             let image = match op {
                 Op::Delete => before.as_ref(),
                 _ => after.as_ref(),
             };
-            let key = key_of(image, &info);
-            tx.order += 1;
             let mut change = Change {
                 op,
-                key,
+                key: key_of(image, &info),
                 before,
                 after,
                 source: Source {
                     db: table.schema.clone(),
                     table: table.clone(),
                     position: Position::Binlog {
-                        file: self.file.clone(),
+                        file: file.clone(),
                         pos: start,
                         gtid: tx.gtid.map(|g| g.to_string()),
                         row: u32::try_from(i).unwrap_or(u32::MAX),
@@ -462,14 +466,84 @@ impl BinlogReader {
                 unchanged: vec![],
             };
             self.filter.strip(&mut change);
-            if let Some(before) = self.held.replace(change) {
-                self.ready.push_back(Captured {
-                    change: before,
-                    checkpoint: None,
-                });
-            }
+            self.push(change);
         }
         Ok(())
+    }
+
+    /// The group the changes at `start` belong to: the open one, or, for
+    /// changes outside of any (never seen from MariaDB, but not trusted
+    /// never to happen), one named after their position. An `XA
+    /// PREPARE`d group is refused before any of its changes is handed out.
+    fn open_tx(&mut self, start: u64, timestamp: u32) -> Result<&mut OpenTx, CaptureError> {
+        if self
+            .tx
+            .as_ref()
+            .and_then(|t| t.gtid)
+            .is_some_and(|g| g.prepared_xa())
+        {
+            return Err(self.xa_refusal(start));
+        }
+        let file = &self.file;
+        Ok(self.tx.get_or_insert_with(|| OpenTx {
+            gtid: None,
+            id: format!("{file}:{start}"),
+            time: DateTime::from_timestamp(i64::from(timestamp), 0),
+            order: 0,
+        }))
+    }
+
+    fn xa_refusal(&self, start: u64) -> CaptureError {
+        let gtid = self.tx.as_ref().map(|t| t.id.clone()).unwrap_or_default();
+        CaptureError::permanent(format!(
+            "XA transaction {gtid} at {}:{start} changed captured tables: XA PREPARE is not \
+             supported by the binlog capture (its changes may still roll back)",
+            self.file
+        ))
+    }
+
+    /// `table` was truncated by the statement at `start`: a change with no
+    /// row and no key.
+    fn truncate(&mut self, table: TableId, start: u64, timestamp: u32) -> Result<(), CaptureError> {
+        let file = self.file.clone();
+        let tx = self.open_tx(start, timestamp)?;
+        tx.order += 1;
+        let change = Change {
+            op: Op::Truncate,
+            key: Row::new(),
+            before: None,
+            after: None,
+            source: Source {
+                db: table.schema.clone(),
+                table,
+                position: Position::Binlog {
+                    file,
+                    pos: start,
+                    gtid: tx.gtid.map(|g| g.to_string()),
+                    row: 0,
+                },
+                tx_id: Some(tx.id.clone()),
+                commit_time: tx.time,
+            },
+            tx: Some(TxOrder {
+                id: tx.id.clone(),
+                order: tx.order,
+                total: None,
+            }),
+            unchanged: vec![],
+        };
+        self.push(change);
+        Ok(())
+    }
+
+    /// Holds `change` back, handing out the one held before it.
+    fn push(&mut self, change: Change) {
+        if let Some(before) = self.held.replace(change) {
+            self.ready.push_back(Captured {
+                change: before,
+                checkpoint: None,
+            });
+        }
     }
 
     /// The open group ends at `end`: its last change takes the total and
@@ -530,4 +604,77 @@ fn key_of(image: Option<&Row>, info: &TableInfo) -> Row {
             (k.clone(), v.unwrap_or(serde_json::Value::Null))
         })
         .collect()
+}
+
+/// The table a `TRUNCATE [TABLE] [schema.]name` statement names, its
+/// schema `default_schema` when it names none.
+fn truncated_table(sql: &str, default_schema: &str) -> Option<TableId> {
+    let rest = word(sql, "TRUNCATE")?;
+    let rest = word(rest, "TABLE").unwrap_or(rest);
+    let (first, rest) = identifier(rest)?;
+    match rest.strip_prefix('.') {
+        Some(rest) => Some(TableId::new(first, identifier(rest)?.0)),
+        None => Some(TableId::new(default_schema, first)),
+    }
+}
+
+/// `text` after the keyword `keyword` (and the blanks around it).
+fn word<'a>(text: &'a str, keyword: &str) -> Option<&'a str> {
+    let text = text.trim_start();
+    let head = text.get(..keyword.len())?;
+    let rest = &text[keyword.len()..];
+    (head.eq_ignore_ascii_case(keyword) && rest.starts_with(char::is_whitespace))
+        .then(|| rest.trim_start())
+}
+
+/// An identifier at the start of `text`, quoted (`` `a``b` ``) or bare, and
+/// what follows it.
+fn identifier(text: &str) -> Option<(String, &str)> {
+    if let Some(quoted) = text.strip_prefix('`') {
+        let mut name = String::new();
+        let mut chars = quoted.char_indices().peekable();
+        while let Some((i, c)) = chars.next() {
+            if c == '`' {
+                if chars.peek().is_some_and(|(_, c)| *c == '`') {
+                    chars.next();
+                    name.push('`');
+                } else {
+                    return Some((name, &quoted[i + 1..]));
+                }
+            } else {
+                name.push(c);
+            }
+        }
+        return None;
+    }
+    let end = text
+        .find(|c: char| c.is_whitespace() || matches!(c, '.' | ';' | '`' | '/'))
+        .unwrap_or(text.len());
+    (end > 0).then(|| (text[..end].to_owned(), &text[end..]))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn truncated_tables_are_read_from_the_statement() {
+        let t = |s: &str| truncated_table(s, "shop");
+        assert_eq!(
+            t("TRUNCATE TABLE orders"),
+            Some(TableId::new("shop", "orders"))
+        );
+        assert_eq!(t("truncate orders"), Some(TableId::new("shop", "orders")));
+        assert_eq!(
+            t("TRUNCATE TABLE `other`.`odd``name`"),
+            Some(TableId::new("other", "odd`name"))
+        );
+        assert_eq!(
+            t("TRUNCATE other.items WAIT 5"),
+            Some(TableId::new("other", "items"))
+        );
+        assert_eq!(t("TRUNCATE"), None);
+        assert_eq!(t("TRUNCATED x"), None);
+        assert_eq!(t("TRUNCATE TABLE `unclosed"), None);
+    }
 }

@@ -124,7 +124,8 @@ const SCHEMA: &str = "
 
 /// Transactions over three tables from two sessions: one rolled back,
 /// two interleaved (the later begun commits first), multi-row statements,
-/// a key changed. Returns what must be captured, in commit order.
+/// a key changed, a truncate. Returns what must be captured, in commit
+/// order.
 async fn workload(db: &MysqlTestDb) -> Vec<(String, Op, Value)> {
     let mut s1 = connect(db).await;
     let mut s2 = connect(db).await;
@@ -159,6 +160,7 @@ async fn workload(db: &MysqlTestDb) -> Vec<(String, Op, Value)> {
     )
     .await;
     exec(&mut s2, "DELETE FROM b WHERE id = 1").await;
+    exec(&mut s1, "TRUNCATE TABLE c").await;
     vec![
         ("a".into(), Op::Create, k(1)),
         ("b".into(), Op::Create, k(1)),
@@ -174,11 +176,12 @@ async fn workload(db: &MysqlTestDb) -> Vec<(String, Op, Value)> {
         ("a".into(), Op::Create, k(5)),
         ("a".into(), Op::Create, k(6)),
         ("b".into(), Op::Delete, k(1)),
+        ("c".into(), Op::Truncate, json!({})),
     ]
 }
 
 /// The transactions' sizes, in the order expected above.
-const TX_SIZES: [u64; 7] = [2, 2, 2, 2, 2, 3, 1];
+const TX_SIZES: [u64; 8] = [2, 2, 2, 2, 2, 3, 1, 1];
 
 #[tokio::test]
 async fn committed_changes_in_commit_order() {
