@@ -106,9 +106,10 @@ impl MariaDbCapture {
     /// start at the binlog's end).
     ///
     /// Permanent errors: a server setting the capture needs is off, a
-    /// privilege is missing, a captured table has no primary key, the
-    /// saved position's file was purged. Unavailable: the server or the
-    /// offsets' database cannot be reached.
+    /// privilege is missing (`BINLOG MONITOR`, `REPLICATION SLAVE`), a
+    /// captured table has no primary key, the saved position's file was
+    /// purged. Unavailable: the server or the offsets' database cannot be
+    /// reached.
     pub async fn start(config: BinlogConfig) -> Result<Self, CaptureError> {
         config.validate()?;
         let opts = server::options(&config.url)?;
@@ -138,7 +139,7 @@ impl MariaDbCapture {
             schema.info(&table).await?;
         }
 
-        let phase = match saved {
+        let mut phase = match saved {
             Some(saved) => {
                 let at = saved.position();
                 server::check_not_purged(schema.conn().await?, &at).await?;
@@ -173,6 +174,22 @@ impl MariaDbCapture {
                 ))),
             },
         };
+        // The replica connection now: a missing REPLICATION SLAVE
+        // privilege refuses the start (while a snapshot is read, a probe
+        // at the position it will stream from).
+        match &mut phase {
+            Phase::Stream(reader) => reader.open().await?,
+            Phase::Snapshot(snapshot) => {
+                let mut probe = BinlogReader::new(
+                    opts.clone(),
+                    server_id,
+                    filter.clone(),
+                    snapshot.position.clone(),
+                );
+                probe.open().await?;
+                probe.close().await;
+            }
+        }
         tracing::info!(
             capture = %config.name,
             server_id,

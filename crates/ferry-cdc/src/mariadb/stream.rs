@@ -108,6 +108,22 @@ impl BinlogReader {
         }
     }
 
+    /// Connects now rather than at the first read, so that a missing
+    /// `REPLICATION SLAVE` privilege shows at once.
+    pub async fn open(&mut self) -> Result<(), CaptureError> {
+        if self.stream.is_none() {
+            self.connect().await?;
+        }
+        Ok(())
+    }
+
+    /// Closes the replica connection.
+    pub async fn close(mut self) {
+        if let Some(stream) = self.stream.take() {
+            let _ = stream.close().await;
+        }
+    }
+
     /// Up to `max` changes, waiting up to `wait` for the first.
     pub async fn read(
         &mut self,
