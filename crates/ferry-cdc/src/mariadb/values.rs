@@ -17,6 +17,7 @@
 //! | `BIT` | number |
 //! | `ENUM` | the value's name |
 //! | `SET` | the names, comma-separated (`"a,c"`) |
+//! | `UUID`, `INET6`, `INET4` | their text (`"2001:db8::1"`) |
 //! | `NULL` | `null` |
 
 use base64::Engine as _;
@@ -67,8 +68,13 @@ pub enum Kind {
     Year,
     /// `BIT(n)`.
     Bit,
-    /// Anything else (`UUID`, `INET6`, …): text when it is UTF-8, else
-    /// base64.
+    /// `UUID`: the binary log holds its 16 bytes.
+    Uuid,
+    /// `INET6`: the binary log holds its 16 bytes.
+    Inet6,
+    /// `INET4`: the binary log holds its 4 bytes.
+    Inet4,
+    /// Anything else: text when it is UTF-8, else base64.
     Other,
 }
 
@@ -119,6 +125,9 @@ impl Kind {
             "time" => Kind::Time,
             "year" => Kind::Year,
             "bit" => Kind::Bit,
+            "uuid" => Kind::Uuid,
+            "inet6" => Kind::Inet6,
+            "inet4" => Kind::Inet4,
             _ => Kind::Other,
         }
     }
@@ -225,6 +234,12 @@ impl Kind {
                 }
                 other => number(other),
             },
+            Kind::Uuid | Kind::Inet6 | Kind::Inet4 => match (value, side) {
+                (Value::Bytes(b), Side::Binlog) => {
+                    address(self, b).unwrap_or_else(|| Kind::Other.to_json(value, side))
+                }
+                (other, _) => Kind::Other.to_json(other, side),
+            },
             Kind::Other => match value {
                 Value::Bytes(b) => match std::str::from_utf8(b) {
                     Ok(s) => Json::String(s.to_owned()),
@@ -234,6 +249,28 @@ impl Kind {
             },
         }
     }
+}
+
+/// A `UUID`, `INET6` or `INET4` from its bytes, as MariaDB shows it.
+fn address(kind: &Kind, b: &[u8]) -> Option<Json> {
+    let text = match kind {
+        Kind::Uuid => {
+            let b: [u8; 16] = b.try_into().ok()?;
+            let hex: String = b.iter().map(|x| format!("{x:02x}")).collect();
+            format!(
+                "{}-{}-{}-{}-{}",
+                &hex[..8],
+                &hex[8..12],
+                &hex[12..16],
+                &hex[16..20],
+                &hex[20..]
+            )
+        }
+        Kind::Inet6 => std::net::Ipv6Addr::from(<[u8; 16]>::try_from(b).ok()?).to_string(),
+        Kind::Inet4 => std::net::Ipv4Addr::from(<[u8; 4]>::try_from(b).ok()?).to_string(),
+        _ => return None,
+    };
+    Some(Json::String(text))
 }
 
 /// The text between the first `(` and the next `)`: `binary(16)` → `16`.
@@ -559,5 +596,25 @@ mod tests {
             json!(1.1)
         );
         assert_eq!(Kind::Double.to_json(&Value::NULL, Side::Binlog), Json::Null);
+        let uuid: Vec<u8> = (0..16).map(|i| i * 0x11).collect();
+        assert_eq!(
+            Kind::Uuid.to_json(&Value::Bytes(uuid), Side::Binlog),
+            json!("00112233-4455-6677-8899-aabbccddeeff")
+        );
+        let mut v6 = vec![0u8; 16];
+        v6[..4].copy_from_slice(&[0x20, 0x01, 0x0d, 0xb8]);
+        v6[15] = 1;
+        assert_eq!(
+            Kind::Inet6.to_json(&Value::Bytes(v6), Side::Binlog),
+            json!("2001:db8::1")
+        );
+        assert_eq!(
+            Kind::Inet4.to_json(&Value::Bytes(vec![10, 1, 2, 3]), Side::Binlog),
+            json!("10.1.2.3")
+        );
+        assert_eq!(
+            Kind::Inet4.to_json(&bytes("10.1.2.3"), Side::Query),
+            json!("10.1.2.3")
+        );
     }
 }

@@ -601,7 +601,8 @@ async fn values_map_alike_from_snapshot_and_binlog() {
             vc VARCHAR(20), ch CHAR(5), tx TEXT, l1 VARCHAR(10) CHARACTER SET latin1,
             js JSON, bn BINARY(4), vb VARBINARY(10), bl BLOB,
             d DATE, dt DATETIME(6), ts TIMESTAMP(3) NULL, tm TIME(2), y YEAR,
-            bt BIT(10), e ENUM('a','it''s','c'), s SET('x','y','z'), n INT NULL
+            bt BIT(10), e ENUM('a','it''s','c'), s SET('x','y','z'), n INT NULL,
+            u UUID, i6 INET6, i4 INET4
         )",
     )
     .await;
@@ -610,7 +611,8 @@ async fn values_map_alike_from_snapshot_and_binlog() {
         'héllo ☃', 'ab', 'long text', 'café',
         '{\"a\": [1, 2.5, \"x\"], \"b\": null}', x'01', x'00ff', x'deadbeef',
         '2024-05-01', '2024-05-01 13:45:00.250000', '2024-05-01 13:45:00.123', '-26:03:04.50', 2024,
-        b'1000000001', 'it''s', 'x,z', NULL)";
+        b'1000000001', 'it''s', 'x,z', NULL,
+        '6ccd780c-baba-1026-9564-5b8c656024db', '2001:db8::1', '10.1.2.3')";
     exec(&mut conn, "SET time_zone = '+00:00'").await;
     exec(&mut conn, &format!("INSERT INTO t VALUES {row}")).await;
     let mut capture = start(config(&db, SnapshotMode::Initial)).await;
@@ -631,6 +633,7 @@ async fn values_map_alike_from_snapshot_and_binlog() {
         "d": "2024-05-01", "dt": "2024-05-01T13:45:00.250000",
         "ts": "2024-05-01T13:45:00.123000Z", "tm": "-26:03:04.500000", "y": 2024,
         "bt": 513, "e": "it's", "s": "x,z", "n": null,
+        "u": "6ccd780c-baba-1026-9564-5b8c656024db", "i6": "2001:db8::1", "i4": "10.1.2.3",
     });
     assert_eq!(read, want, "snapshot");
     assert_eq!(written, want, "binlog insert");
