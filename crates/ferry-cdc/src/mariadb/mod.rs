@@ -15,8 +15,12 @@
 //!
 //! A replica connection (`COM_BINLOG_DUMP` through `mysql_async`) gives
 //! the events; [`stream`] turns event groups into transactions (GTID
-//! event to XID), [`values`] maps each column to JSON, [`gtid`] parses
-//! MariaDB's GTID event, which `mysql_async` does not. The last change of
+//! event to XID), [`rows`] decodes row images, [`values`] maps each column
+//! to JSON, [`gtid`] parses MariaDB's GTID event, which `mysql_async` does
+//! not. An update that changes the primary key is one `u` change keyed by
+//! the new key; `TRUNCATE` of a captured table is a `t` change; other DDL
+//! only makes the capture read the tables' columns and keys again. The
+//! last change of
 //! each transaction carries the checkpoint: the file and the position
 //! after its XID event, and its GTID ([`saved`]). [`acknowledge`] saves it
 //! in the capture's [`Offsets`].
@@ -35,6 +39,18 @@
 //! With nothing saved, the capture snapshots the captured tables
 //! ([`snapshot`], `snapshot = "initial"`) or starts at the binlog's current
 //! end (`snapshot = "never"`).
+//!
+//! # Limits
+//!
+//! * A transaction that is `XA PREPARE`d (written to the binlog before it
+//!   commits, and may still roll back) stops the capture with a permanent
+//!   error when it changes a captured table.
+//! * Compressed binlog events (`log_bin_compress=ON`) are refused.
+//! * Columns and keys come from `information_schema` as they are now:
+//!   events read long after an `ALTER TABLE` (a restart far behind) are
+//!   mapped with the current types and key (column names come from each
+//!   event).
+//! * The source connection has no TLS.
 //!
 //! [`acknowledge`]: crate::Capture::acknowledge
 

@@ -2,11 +2,11 @@
 //!
 //! `mysql_common` decodes each value; Ferry walks the images itself so
 //! that it can check each column's metadata before handing it over (the
-//! decoder indexes it without checking), take signedness from
-//! `information_schema` rather than from the event (where a `YEAR` or
-//! `DECIMAL` column could shift it), and decode what the decoder gets
-//! wrong: a negative `TIME(1)`/`TIME(2)` with a fraction (it subtracts
-//! from an unsigned byte).
+//! decoder indexes it without checking), take a known column's
+//! signedness from `information_schema` (the event's flags only for a
+//! column it does not know), and decode what the decoder gets wrong: a
+//! negative `TIME(1)`/`TIME(2)` with a fraction (it subtracts from an
+//! unsigned byte).
 //!
 //! An image is a null bitmap over the columns present (FULL: all), then
 //! each present, non-null column's value in the table map's order; an
