@@ -27,7 +27,7 @@ const SEQUENCE_TABLE: &str = "CREATE TABLE IF NOT EXISTS ferry_cdc_sequence (
     last BIGINT NOT NULL
 ) ENGINE = InnoDB";
 
-pub(super) async fn tables(pool: &MySqlPool) -> Result<Vec<TableInfo>, sqlx::Error> {
+pub(crate) async fn tables(pool: &MySqlPool) -> Result<Vec<TableInfo>, sqlx::Error> {
     let rows = sqlx::query(
         "SELECT CAST(c.TABLE_NAME AS CHAR) AS t, CAST(c.COLUMN_NAME AS CHAR) AS c,
                 CAST(c.DATA_TYPE AS CHAR) AS ty,
@@ -78,7 +78,7 @@ pub(super) async fn tables(pool: &MySqlPool) -> Result<Vec<TableInfo>, sqlx::Err
 
 /// `JSON_OBJECT(…)` of `row`'s (`NEW` or `OLD`) columns: binary columns as
 /// hex, `BIT` as a number.
-fn row_json(row: &str, columns: &[(String, String)]) -> String {
+pub(crate) fn row_json(row: &str, columns: &[(String, String)]) -> String {
     let args: Vec<String> = columns
         .iter()
         .map(|(c, ty)| {

@@ -42,9 +42,9 @@
 //! `TRUNCATE` fires no trigger, and SQLite has none; PostgreSQL's is sent
 //! as a `t` change.
 
-mod mariadb;
-mod postgres;
-mod sqlite;
+pub(crate) mod mariadb;
+pub(crate) mod postgres;
+pub(crate) mod sqlite;
 
 use std::collections::HashMap;
 use std::time::Duration;

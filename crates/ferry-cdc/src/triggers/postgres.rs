@@ -28,7 +28,7 @@ WHERE c.relkind IN ('r', 'p') AND NOT c.relispartition
   AND n.nspname NOT LIKE 'pg_toast%' AND n.nspname NOT LIKE 'pg_temp%'
 ORDER BY 1, 2";
 
-pub(super) async fn tables(pool: &PgPool) -> Result<Vec<TableInfo>, sqlx::Error> {
+pub(crate) async fn tables(pool: &PgPool) -> Result<Vec<TableInfo>, sqlx::Error> {
     let rows = sqlx::query(TABLES).fetch_all(pool).await?;
     let mut out = Vec::with_capacity(rows.len());
     for r in rows {

@@ -27,7 +27,7 @@ const CHANGE_INDEX: &str =
 /// objects of this many columns, merged.
 const COLUMNS_PER_OBJECT: usize = 60;
 
-pub(super) async fn tables(pool: &SqlitePool) -> Result<Vec<TableInfo>, sqlx::Error> {
+pub(crate) async fn tables(pool: &SqlitePool) -> Result<Vec<TableInfo>, sqlx::Error> {
     let names: Vec<String> = sqlx::query_scalar(
         "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' ORDER BY name",
     )
@@ -60,7 +60,7 @@ pub(super) async fn tables(pool: &SqlitePool) -> Result<Vec<TableInfo>, sqlx::Er
 }
 
 /// `json_object(…)` of `row`'s (`NEW` or `OLD`) columns; a BLOB as hex.
-fn row_json(row: &str, columns: &[(String, String)]) -> String {
+pub(crate) fn row_json(row: &str, columns: &[(String, String)]) -> String {
     let objects: Vec<String> = columns
         .chunks(COLUMNS_PER_OBJECT)
         .map(|chunk| {
