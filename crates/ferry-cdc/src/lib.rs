@@ -31,6 +31,7 @@ pub mod json;
 pub mod mariadb;
 pub mod offsets;
 pub mod postgres;
+pub mod pull;
 pub mod runner;
 pub mod triggers;
 
@@ -38,5 +39,6 @@ pub use capture::{Capture, CaptureError, Captured, Checkpoint};
 pub use change::{Change, Op, Position, Row, Source, TableId, TxOrder};
 pub use encode::{Encoder, Format};
 pub use filter::Filter;
+pub use pull::{PullCapture, PullConfig};
 pub use runner::{ship, OnFailure, ShipConfig, ShipError, ShipStats};
 pub use triggers::{TriggerCapture, TriggerConfig};
