@@ -5,12 +5,30 @@ use serde::{Deserialize, Serialize};
 use crate::capture::CaptureError;
 use crate::filter::Filter;
 
+/// What a first start does when Ferry creates the replication slot.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SnapshotMode {
+    /// Read every captured table's rows first (as `r` changes), inside the
+    /// snapshot the slot's creation exported, then stream from the slot's
+    /// consistent point: every change committed before it is in the
+    /// snapshot, every one after it in the stream; none is missed, none is
+    /// read twice.
+    #[default]
+    Initial,
+    /// No snapshot: stream the changes committed after the slot's
+    /// creation.
+    Never,
+}
+
 /// A capture of PostgreSQL's log through logical replication (`pgoutput`).
 ///
 /// ```toml
 /// url = "postgres://ferry@db:5432/shop"
 /// name = "shop"
 /// tables = { include = ["public.orders", "public.customers"] }
+/// snapshot = "initial"
+/// snapshot_chunk = 1000
 /// ```
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -43,10 +61,29 @@ pub struct PgLogConfig {
     /// `ferry_*` tables never leave.
     #[serde(default)]
     pub tables: Filter,
+    /// What a first start does, when Ferry creates the slot: `initial` (the
+    /// default) reads the captured tables' rows as `r` changes in the
+    /// snapshot the slot exports, then streams from the slot's consistent
+    /// point; `never` only streams. A slot Ferry did not create (`create =
+    /// false`, or one made by hand) gets no snapshot. A snapshot begun is
+    /// finished after a restart, whatever this says. Its progress is kept
+    /// in the captured database (table `ferry_cdc_offsets`, created at
+    /// start: the user needs `CREATE` on its schema).
+    #[serde(default)]
+    pub snapshot: SnapshotMode,
+    /// Rows read per snapshot chunk (and at most per `read`). Each chunk of
+    /// a table with a primary key (or replica identity index) ends with a
+    /// checkpoint, so a crash reads again only what was not acknowledged.
+    #[serde(default = "default_chunk")]
+    pub snapshot_chunk: usize,
 }
 
 fn create_default() -> bool {
     true
+}
+
+fn default_chunk() -> usize {
+    1000
 }
 
 impl PgLogConfig {
@@ -59,6 +96,8 @@ impl PgLogConfig {
             publication: None,
             create: true,
             tables: Filter::default(),
+            snapshot: SnapshotMode::Initial,
+            snapshot_chunk: default_chunk(),
         }
     }
 
@@ -77,7 +116,8 @@ impl PgLogConfig {
     }
 
     /// Checks what can be checked without the server: a PostgreSQL URL,
-    /// a name, slot and publication names PostgreSQL accepts.
+    /// a name, slot and publication names PostgreSQL accepts, a snapshot
+    /// chunk of at least one row.
     pub fn validate(&self) -> Result<(), CaptureError> {
         let url = url::Url::parse(&self.url).map_err(|e| {
             CaptureError::permanent("postgres capture: url is not a URL").with_source(e)
@@ -99,6 +139,11 @@ impl PgLogConfig {
         }
         if self.name.is_empty() {
             return Err(CaptureError::permanent("postgres capture: name is empty"));
+        }
+        if self.snapshot_chunk == 0 {
+            return Err(CaptureError::permanent(
+                "postgres capture: snapshot_chunk must be at least 1",
+            ));
         }
         check_identifier("slot", &self.slot_name())?;
         check_identifier("publication", &self.publication_name())
@@ -156,6 +201,17 @@ mod tests {
         .unwrap();
         assert!(!c.create);
         assert_eq!(c.tables.include, ["public.t"]);
+        assert_eq!(c.snapshot, SnapshotMode::Initial);
+        assert_eq!(c.snapshot_chunk, 1000);
+        let c = toml_like(
+            r#"{"url": "postgres://h/db", "name": "a", "snapshot": "never",
+                "snapshot_chunk": 50}"#,
+        )
+        .unwrap();
+        assert_eq!((c.snapshot, c.snapshot_chunk), (SnapshotMode::Never, 50));
+        assert!(
+            toml_like(r#"{"url": "postgres://h/db", "name": "a", "snapshot": "once"}"#).is_err()
+        );
         assert!(toml_like(r#"{"url": "postgres://h/db", "name": "a", "slots": "x"}"#).is_err());
     }
 
@@ -171,6 +227,9 @@ mod tests {
         let c = PgLogConfig::new("mysql://h/db", "a");
         assert!(c.validate().is_err());
         let c = PgLogConfig::new("postgres://h", "a");
+        assert!(c.validate().is_err());
+        let mut c = PgLogConfig::new("postgres://h/db", "a");
+        c.snapshot_chunk = 0;
         assert!(c.validate().is_err());
     }
 }

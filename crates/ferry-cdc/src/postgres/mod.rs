@@ -46,6 +46,34 @@
 //! the server's position, so that an idle capture does not make the slot
 //! retain WAL without bound.
 //!
+//! # Initial snapshot
+//!
+//! With `snapshot = "initial"` (the default), a first start creates the
+//! slot over the replication protocol (`CREATE_REPLICATION_SLOT … LOGICAL
+//! pgoutput EXPORT_SNAPSHOT`) and reads every captured table inside the
+//! snapshot it exports, before streaming from the slot's consistent point
+//! ([`snapshot`]): each row arrives once as an `r` change, then every
+//! change committed after that point, none missing, none twice. Rows are
+//! read a chunk at a time (`snapshot_chunk`); each chunk of a keyed table
+//! ends with a checkpoint whose acknowledgement saves the progress in
+//! `ferry_cdc_offsets`, in the captured database ([`progress`]). A
+//! capture restarted mid-snapshot goes on after the last acknowledged
+//! chunk, from a fresh snapshot (the exported one died with its
+//! connection): rows read then may show changes the stream delivers again
+//! (at least once, never a gap; the final state converges). A slot that
+//! already exists when no snapshot is saved for it (one created before,
+//! by hand or by `snapshot = "never"`) is only streamed.
+//!
+//! We do not use `pg_walstream`'s managed snapshot
+//! ([`LogicalReplicationStream::snapshot`]): it copies whole tables with
+//! `COPY`, cannot resume, and drops the slot when abandoned, where Ferry
+//! needs keyset chunks, checkpoints and a slot that survives a crash. Its
+//! lower-level parts fit: the slot created with `SNAPSHOT 'export'`
+//! ([`ensure_replication_slot`](LogicalReplicationStream::ensure_replication_slot),
+//! [`exported_snapshot_name`](LogicalReplicationStream::exported_snapshot_name)),
+//! and its plain libpq connection as the reader, so that rows are printed
+//! by the same client library and session settings as the stream's.
+//!
 //! # Why `pg_walstream`, pinned at `=0.10.0`, with libpq
 //!
 //! The replication protocol (`START_REPLICATION`, `CopyBoth`, keepalives,
@@ -79,18 +107,28 @@
 //!   (a `FOR ALL TABLES` publication takes new tables by itself).
 //! * With `REPLICA IDENTITY FULL` the key is the primary key as the
 //!   catalog has it when the table's description arrives.
+//! * The snapshot's transaction pins the database's `xmin` while it is
+//!   read (`VACUUM` reclaims nothing newer), as every consistent read
+//!   does. A table without a primary key (published with `REPLICA
+//!   IDENTITY FULL`) is read in one pass, without checkpoints in between:
+//!   a crash reads it whole again, with other ids.
+//! * `pg_walstream` logs every statement its connections run at info level
+//!   (target `pg_walstream`), the snapshot's `FETCH`es included.
 
 mod config;
 mod decode;
+pub mod progress;
 mod setup;
+pub mod snapshot;
 mod value;
 
 use std::collections::VecDeque;
 use std::time::Duration;
 
+use ferry_store::{Database, StoreError};
 use pg_walstream::{
     LogicalReplicationMessage, LogicalReplicationParser, LogicalReplicationStream,
-    ReplicationError, ReplicationStreamConfig, RetryConfig, StreamingMode,
+    ReplicationError, ReplicationSlotOptions, ReplicationStreamConfig, RetryConfig, StreamingMode,
 };
 use sqlx::postgres::PgPool;
 use tokio::time::Instant;
@@ -98,9 +136,12 @@ use tokio_util::sync::CancellationToken;
 
 use crate::capture::{Capture, CaptureError, Captured, Checkpoint};
 use crate::change::{lsn_text, TableId};
+use crate::offsets::Offsets;
 use decode::Decoder;
+use progress::{ChunkCheckpoint, Progress, Saved};
+use snapshot::Snapshot;
 
-pub use config::PgLogConfig;
+pub use config::{PgLogConfig, SnapshotMode};
 pub use setup::{drop, status, SlotStatus};
 
 /// How long a read goes on collecting changes once it has some, waiting
@@ -141,6 +182,19 @@ pub struct PgCapture {
     confirmed: u64,
     /// Never cancelled: reads are bounded by a timeout instead.
     never: CancellationToken,
+    /// Where the snapshot's progress is saved (the captured database).
+    offsets: Offsets,
+    /// The initial snapshot, while it is read.
+    snapshot: Option<Box<Snapshot>>,
+    /// The connection that created the slot, kept open and idle while its
+    /// exported snapshot is read (the export lives as long as it does);
+    /// then it streams.
+    parked: Option<LogicalReplicationStream>,
+    /// The consistent point of a snapshot whose delivery is not saved yet.
+    unsaved_snapshot: Option<String>,
+    /// Snapshot chunks with a checkpoint handed over, and acknowledged.
+    chunks_handed: u64,
+    chunks_acked: u64,
 }
 
 impl PgCapture {
@@ -151,11 +205,21 @@ impl PgCapture {
     /// in the message, when the server cannot be captured as configured; as
     /// [unavailable](ferry_core::ErrorKind::Unavailable) when it cannot be
     /// reached.
+    ///
+    /// With `snapshot = "initial"` and no slot yet, the slot is created
+    /// with its snapshot exported and the reader opens on it; with a
+    /// snapshot saved as unfinished, the reader opens on a fresh one;
+    /// [`read`](Capture::read) then hands over the snapshot's rows before
+    /// the stream's changes. Another capture reading the same slot's
+    /// snapshot makes it fail as unavailable (in use).
     pub async fn connect(config: PgLogConfig) -> Result<Self, CaptureError> {
         config.validate()?;
         let pool = setup::pool(&config).await?;
-        let database = setup::prepare(&config, &pool).await?;
+        let (database, slot) = setup::prepare(&config, &pool).await?;
         let replication_url = replication_url(&config)?;
+        let offsets = Offsets::open(Database::Postgres(pool.clone()))
+            .await
+            .map_err(|e| store_failure(e, "postgres capture: opening the saved progress"))?;
         let decoder = Decoder::new(database.clone(), config.tables.clone());
         let mut capture = Self {
             config,
@@ -170,8 +234,14 @@ impl PgCapture {
             acked: 0,
             confirmed: 0,
             never: CancellationToken::new(),
+            offsets,
+            snapshot: None,
+            parked: None,
+            unsaved_snapshot: None,
+            chunks_handed: 0,
+            chunks_acked: 0,
         };
-        capture.open().await?;
+        capture.start(slot).await?;
         Ok(capture)
     }
 
@@ -180,18 +250,210 @@ impl PgCapture {
         &self.config
     }
 
+    /// Whether the initial snapshot is being read.
+    pub fn snapshotting(&self) -> bool {
+        self.snapshot.is_some()
+    }
+
+    /// While the initial snapshot is read: the table being read, the rows
+    /// of it this capture handed over (counting from where a restart went
+    /// on), and the catalog's estimate of its rows (`pg_class.reltuples`,
+    /// unknown before the table was first analyzed).
+    pub fn snapshot_progress(&self) -> Option<(TableId, u64, Option<u64>)> {
+        self.snapshot.as_ref().and_then(|s| s.progress())
+    }
+
+    /// Snapshots or streams, as the slot and the saved progress say.
+    async fn start(&mut self, slot: setup::Slot) -> Result<(), CaptureError> {
+        let saved = self.load().await?;
+        let name = self.config.slot_name();
+        match (slot, saved) {
+            (setup::Slot::Created, saved) => {
+                // A new slot, no snapshot: what was saved was another's.
+                if saved.is_some() {
+                    self.offsets.delete(&self.config.name).await.map_err(|e| {
+                        store_failure(e, "postgres capture: deleting the saved progress")
+                    })?;
+                }
+                self.open().await
+            }
+            (setup::Slot::Missing, _) => {
+                // Saved first: a crash before the first progress still
+                // finds the slot's snapshot to read.
+                self.save(&Saved::Creating { slot: name.clone() }).await?;
+                let (stream, export) = self.create_slot().await?;
+                self.parked = Some(stream);
+                let lsn = setup::slot_lsn(&self.pool, &name).await?;
+                self.begin_snapshot(from_start(lsn), export).await
+            }
+            (setup::Slot::Existing, Some(Saved::Creating { .. })) => {
+                // Nothing was confirmed to the slot: its position is still
+                // its consistent point.
+                let lsn = setup::slot_lsn(&self.pool, &name).await?;
+                self.begin_snapshot(from_start(lsn), None).await
+            }
+            (setup::Slot::Existing, Some(Saved::Reading { progress, .. })) => {
+                self.begin_snapshot(progress, None).await
+            }
+            (setup::Slot::Existing, _) => self.open().await,
+        }
+    }
+
+    /// Saves `progress` and opens the snapshot's reader there.
+    async fn begin_snapshot(
+        &mut self,
+        progress: Progress,
+        export: Option<String>,
+    ) -> Result<(), CaptureError> {
+        self.save(&Saved::Reading {
+            slot: self.config.slot_name(),
+            progress: progress.clone(),
+        })
+        .await?;
+        let setup = snapshot::Setup {
+            url: self.config.url.clone(),
+            database: self.database.clone(),
+            slot: self.config.slot_name(),
+            publication: self.config.publication_name(),
+            filter: self.config.tables.clone(),
+            chunk: self.config.snapshot_chunk,
+            pool: self.pool.clone(),
+        };
+        let lsn = progress.lsn.clone();
+        let snapshot = Snapshot::begin(setup, progress, export).await?;
+        self.snapshot = Some(Box::new(snapshot));
+        self.unsaved_snapshot = Some(lsn);
+        Ok(())
+    }
+
+    /// Creates the slot over the replication protocol, exporting its
+    /// snapshot; returns the connection (to be kept idle while the export
+    /// is needed) and the export's name (none when another capture created
+    /// the slot meanwhile).
+    async fn create_slot(
+        &mut self,
+    ) -> Result<(LogicalReplicationStream, Option<String>), CaptureError> {
+        let config = self
+            .stream_config()
+            .with_slot_options(ReplicationSlotOptions {
+                snapshot: Some("export".to_owned()),
+                ..ReplicationSlotOptions::default()
+            });
+        let mut stream = LogicalReplicationStream::new(&self.replication_url, config)
+            .await
+            .map_err(|e| replication_failure("opening the replication connection", e))?;
+        stream.ensure_replication_slot().await.map_err(|e| {
+            replication_failure(
+                &format!("creating replication slot {}", self.config.slot_name()),
+                e,
+            )
+        })?;
+        let export = stream.exported_snapshot_name().map(str::to_owned);
+        Ok((stream, export))
+    }
+
+    /// Ends the snapshot's transaction; when everything it handed over is
+    /// acknowledged, saves it as delivered.
+    async fn finish_snapshot(&mut self) {
+        if let Some(snapshot) = self.snapshot.take() {
+            snapshot.close().await;
+        }
+        tracing::info!(
+            slot = %self.config.slot_name(),
+            "postgres capture snapshot read; streaming from its consistent point"
+        );
+        if self.chunks_acked >= self.chunks_handed {
+            if let Err(e) = self.save_done().await {
+                // Saved with the next acknowledgement instead.
+                tracing::warn!(error = %e.describe(), "postgres capture: snapshot end not saved yet");
+            }
+        }
+    }
+
+    /// The saved snapshot state of this capture's slot.
+    async fn load(&mut self) -> Result<Option<Saved>, CaptureError> {
+        let checkpoint = self
+            .offsets
+            .load(&self.config.name)
+            .await
+            .map_err(|e| store_failure(e, "postgres capture: loading the saved progress"))?;
+        let slot = self.config.slot_name();
+        Ok(checkpoint
+            .as_ref()
+            .and_then(Saved::from_checkpoint)
+            .filter(|s| s.slot() == slot))
+    }
+
+    async fn save(&mut self, saved: &Saved) -> Result<(), CaptureError> {
+        self.offsets
+            .save(&self.config.name, &saved.to_checkpoint())
+            .await
+            .map_err(|e| store_failure(e, "postgres capture: saving the snapshot's progress"))
+    }
+
+    /// Saves the snapshot as delivered, once.
+    async fn save_done(&mut self) -> Result<(), CaptureError> {
+        let Some(lsn) = self.unsaved_snapshot.clone() else {
+            return Ok(());
+        };
+        self.save(&Saved::Done {
+            slot: self.config.slot_name(),
+            lsn,
+        })
+        .await?;
+        self.unsaved_snapshot = None;
+        tracing::info!(slot = %self.config.slot_name(), "postgres capture snapshot delivered");
+        Ok(())
+    }
+
+    /// A snapshot chunk's checkpoint: saves the progress after it.
+    async fn acknowledge_chunk(&mut self, chunk: ChunkCheckpoint) -> Result<(), CaptureError> {
+        if chunk.chunk > self.chunks_handed {
+            return Err(CaptureError::permanent(format!(
+                "postgres capture: snapshot chunk {} was not read yet (last read {})",
+                chunk.chunk, self.chunks_handed
+            )));
+        }
+        if chunk.chunk <= self.chunks_acked || self.unsaved_snapshot.is_none() {
+            return Ok(());
+        }
+        let last = self.snapshot.is_none() && chunk.chunk == self.chunks_handed;
+        if chunk.done || last {
+            self.save_done().await?;
+        } else {
+            self.save(&Saved::Reading {
+                slot: self.config.slot_name(),
+                progress: chunk.progress,
+            })
+            .await?;
+        }
+        self.chunks_acked = chunk.chunk;
+        Ok(())
+    }
+
     /// Opens the replication connection at the last acknowledged
     /// position (the slot's own when nothing was acknowledged yet),
     /// starting the transaction bookkeeping afresh.
     async fn open(&mut self) -> Result<(), CaptureError> {
         self.close();
+        let start = (self.acked > 0).then_some(self.acked);
+        if let Some(mut parked) = self.parked.take() {
+            match parked.start(start).await {
+                Ok(()) => {
+                    self.stream = Some(parked);
+                    return Ok(());
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "postgres capture: the slot's first connection cannot stream, opening another");
+                }
+            }
+        }
         let deadline = Instant::now() + SLOT_BUSY_WAIT;
         loop {
             let mut stream =
                 LogicalReplicationStream::new(&self.replication_url, self.stream_config())
                     .await
                     .map_err(|e| replication_failure("opening the replication connection", e))?;
-            let start = (self.acked > 0).then_some(self.acked);
             match stream.start(start).await {
                 Ok(()) => {
                     stream.shared_lsn_feedback.update_flushed_lsn(self.acked);
@@ -415,6 +677,20 @@ impl Capture for PgCapture {
             self.keep_alive().await?;
             return Ok(Vec::new());
         }
+        if let Some(snapshot) = self.snapshot.as_mut() {
+            let chunk = snapshot.read(max).await?;
+            if !chunk.is_empty() {
+                if let Some(last) = chunk
+                    .iter()
+                    .rev()
+                    .find_map(|c| c.checkpoint.as_ref().and_then(ChunkCheckpoint::parse))
+                {
+                    self.chunks_handed = last.chunk;
+                }
+                return Ok(chunk);
+            }
+            self.finish_snapshot().await;
+        }
         let deadline = Instant::now() + wait;
         if self.stream.is_none() {
             self.open().await?;
@@ -440,6 +716,9 @@ impl Capture for PgCapture {
     }
 
     async fn acknowledge(&mut self, checkpoint: &Checkpoint) -> Result<(), CaptureError> {
+        if let Some(chunk) = ChunkCheckpoint::parse(checkpoint) {
+            return self.acknowledge_chunk(chunk).await;
+        }
         let lsn = checkpoint_lsn(checkpoint).ok_or_else(|| {
             CaptureError::permanent(format!(
                 "postgres capture: {} is not a checkpoint of this capture",
@@ -456,6 +735,9 @@ impl Capture for PgCapture {
         if lsn <= self.acked {
             return Ok(());
         }
+        // Every snapshot row came before this change: the snapshot is
+        // delivered (saved before the slot moves on).
+        self.save_done().await?;
         self.acked = lsn;
         let Some(stream) = self.stream.as_mut() else {
             // Sent as the start position of the next connection.
@@ -476,6 +758,26 @@ impl Capture for PgCapture {
             }
         }
     }
+}
+
+/// A snapshot's progress from its first table, at consistent point `lsn`.
+fn from_start(lsn: u64) -> Progress {
+    Progress {
+        lsn: lsn_text(lsn),
+        table: None,
+        after: None,
+    }
+}
+
+/// A store error as a capture failure: unreachable is unavailable, a bad
+/// URL permanent, anything else transient.
+fn store_failure(e: StoreError, doing: &str) -> CaptureError {
+    let kind = match &e {
+        StoreError::InvalidUrl { .. } => ferry_core::ErrorKind::Permanent,
+        e if e.is_retryable() => ferry_core::ErrorKind::Unavailable,
+        _ => ferry_core::ErrorKind::Transient,
+    };
+    CaptureError::new(kind, doing).with_source(e)
 }
 
 /// The end LSN a checkpoint of this mode holds.

@@ -6,9 +6,13 @@ use std::time::Duration;
 use sqlx::postgres::{PgPool, PgPoolOptions};
 use sqlx::{Connection, Row as _};
 
-use super::config::PgLogConfig;
+use ferry_store::Database;
+
+use super::config::{PgLogConfig, SnapshotMode};
+use super::store_failure;
 use crate::capture::CaptureError;
 use crate::change::TableId;
+use crate::offsets::Offsets;
 
 /// How long connecting to the server may take before it counts as
 /// unavailable.
@@ -35,10 +39,23 @@ pub async fn pool(config: &PgLogConfig) -> Result<PgPool, CaptureError> {
     Ok(pool)
 }
 
+/// The capture's slot as [`prepare`] left it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Slot {
+    /// It existed already.
+    Existing,
+    /// Created now (with `snapshot = "never"`).
+    Created,
+    /// Missing, to be created by the caller over the replication protocol
+    /// so that it exports its snapshot (`snapshot = "initial"`).
+    Missing,
+}
+
 /// Checks that the server can be captured as configured, and creates the
-/// publication and the slot when they are missing and `create` is set.
-/// Returns the database's name.
-pub async fn prepare(config: &PgLogConfig, pool: &PgPool) -> Result<String, CaptureError> {
+/// publication when it is missing and `create` is set, the slot too unless
+/// the initial snapshot needs it created otherwise. Returns the database's
+/// name and the slot's state.
+pub async fn prepare(config: &PgLogConfig, pool: &PgPool) -> Result<(String, Slot), CaptureError> {
     let q = |e| sql_failure("postgres capture: checking the server", e);
     let (wal_level, database, user, can_replicate): (String, String, String, bool) =
         sqlx::query_as(
@@ -62,8 +79,8 @@ pub async fn prepare(config: &PgLogConfig, pool: &PgPool) -> Result<String, Capt
         )));
     }
     ensure_publication(config, pool).await?;
-    ensure_slot(config, pool, &database).await?;
-    Ok(database)
+    let slot = ensure_slot(config, pool, &database).await?;
+    Ok((database, slot))
 }
 
 /// The publication: checked, or created (with its tables checked) when
@@ -186,13 +203,14 @@ async fn check_identities<'e>(
     )))
 }
 
-/// The slot: checked (logical, `pgoutput`, this database), or created when
-/// missing and `create` is set.
+/// The slot: checked (logical, `pgoutput`, this database), or, when missing
+/// and `create` is set, created (`snapshot = "never"`) or left to the
+/// caller (`snapshot = "initial"`).
 async fn ensure_slot(
     config: &PgLogConfig,
     pool: &PgPool,
     database: &str,
-) -> Result<(), CaptureError> {
+) -> Result<Slot, CaptureError> {
     let name = config.slot_name();
     for _ in 0..2 {
         let q = |e| sql_failure("postgres capture: reading the replication slot", e);
@@ -205,7 +223,7 @@ async fn ensure_slot(
         .map_err(q)?;
         match slot {
             Some((Some(plugin), Some(db))) if plugin == "pgoutput" && db == database => {
-                return Ok(())
+                return Ok(Slot::Existing)
             }
             Some((plugin, db)) => {
                 return Err(CaptureError::permanent(format!(
@@ -222,6 +240,7 @@ async fn ensure_slot(
                      or set create = true"
                 )))
             }
+            None if config.snapshot == SnapshotMode::Initial => return Ok(Slot::Missing),
             None => {}
         }
         let created = sqlx::query("SELECT pg_create_logical_replication_slot($1, 'pgoutput')")
@@ -229,7 +248,7 @@ async fn ensure_slot(
             .execute(pool)
             .await;
         match created {
-            Ok(_) => return Ok(()),
+            Ok(_) => return Ok(Slot::Created),
             // Created meanwhile: check it on the next turn.
             Err(e) if sql_state(&e).as_deref() == Some("42710") => continue,
             Err(e) => {
@@ -243,6 +262,25 @@ async fn ensure_slot(
     Err(CaptureError::transient(format!(
         "postgres capture: replication slot {name} keeps appearing and vanishing"
     )))
+}
+
+/// The slot's `confirmed_flush_lsn`: for a slot nothing was confirmed to
+/// yet, its consistent point.
+pub async fn slot_lsn(pool: &PgPool, slot: &str) -> Result<u64, CaptureError> {
+    let lsn: Option<i64> = sqlx::query_scalar(
+        "SELECT pg_wal_lsn_diff(confirmed_flush_lsn, '0/0')::bigint FROM pg_replication_slots \
+         WHERE slot_name = $1",
+    )
+    .bind(slot)
+    .fetch_optional(pool)
+    .await
+    .map_err(|e| sql_failure("postgres capture: reading the replication slot", e))?
+    .flatten();
+    lsn.and_then(|l| u64::try_from(l).ok()).ok_or_else(|| {
+        CaptureError::transient(format!(
+            "postgres capture: replication slot {slot} vanished or has no position"
+        ))
+    })
 }
 
 /// The primary key's columns of relation `oid`, in key order (empty when
@@ -261,8 +299,9 @@ pub async fn primary_key(pool: &PgPool, oid: u32) -> Result<Vec<String>, Capture
 }
 
 /// Removes the capture's replication slot and publication (`ferry cdc
-/// drop`): the server stops retaining WAL for it. What is absent already
-/// is skipped; a slot in use (a capture still reading) is refused.
+/// drop`): the server stops retaining WAL for it. The snapshot's saved
+/// progress goes too, so that a new slot snapshots afresh. What is absent
+/// already is skipped; a slot in use (a capture still reading) is refused.
 pub async fn drop(config: &PgLogConfig) -> Result<(), CaptureError> {
     config.validate()?;
     let pool = pool(config).await?;
@@ -301,6 +340,21 @@ pub async fn drop(config: &PgLogConfig) -> Result<(), CaptureError> {
             e,
         )
     })?;
+    // Only where a capture created the table: dropping creates nothing.
+    let kept: bool = sqlx::query_scalar("SELECT to_regclass($1) IS NOT NULL")
+        .bind(crate::offsets::TABLE)
+        .fetch_one(&pool)
+        .await
+        .map_err(|e| sql_failure("postgres capture: looking for saved progress", e))?;
+    if kept {
+        let offsets = Offsets::open(Database::Postgres(pool.clone()))
+            .await
+            .map_err(|e| store_failure(e, "postgres capture: opening the saved progress"))?;
+        offsets
+            .delete(&config.name)
+            .await
+            .map_err(|e| store_failure(e, "postgres capture: deleting the saved progress"))?;
+    }
     pool.close().await;
     Ok(())
 }
@@ -370,7 +424,7 @@ pub async fn status(config: &PgLogConfig) -> Result<Option<SlotStatus>, CaptureE
 }
 
 /// `"name"`, quoted for SQL.
-fn quote_ident(name: &str) -> String {
+pub fn quote_ident(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
 }
 

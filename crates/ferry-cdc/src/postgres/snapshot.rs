@@ -1,0 +1,738 @@
+//! The initial snapshot: every captured table's rows, read in key order
+//! from one `REPEATABLE READ` transaction, one chunk at a time.
+//!
+//! On a first start the transaction imports the snapshot the slot's
+//! creation exported (`SET TRANSACTION SNAPSHOT`): it sees exactly the
+//! transactions committed before the slot's consistent point, and the
+//! stream, started at that point afterwards, exactly those after it. The
+//! connection that created the slot stays open and idle meanwhile (the
+//! export lives as long as it does), so a reader that lost its connection
+//! imports the same snapshot again.
+//!
+//! Rows are read with the same client library as the stream (libpq, through
+//! `pg_walstream`'s plain connection) and in text, so that each value is the
+//! text the type's output function prints under the same session settings,
+//! mapped by its type OID exactly as a streamed value is
+//! ([`value::from_text`]).
+//!
+//! # Chunks and resuming
+//!
+//! A table with a primary key (the replica identity index under `REPLICA
+//! IDENTITY USING INDEX`) is read through a cursor in key order; every chunk
+//! ends with a checkpoint holding the table and the chunk's last key. A
+//! capture restarted mid-snapshot no longer has the exported snapshot: it
+//! opens a fresh `REPEATABLE READ` transaction and goes on after the saved
+//! key. Rows read after such a restart may already show changes that the
+//! stream, started at the first snapshot's consistent point, then delivers
+//! as well: at least once, never a gap, and the final state converges.
+//!
+//! A table without such a key (published with `REPLICA IDENTITY FULL`) has
+//! no order to resume in: it is read in one pass, its chunks carry no
+//! checkpoint until its last, and a restart reads it whole again. Its rows'
+//! positions are their `ctid`: stable while the snapshot is, not across a
+//! restart.
+//!
+//! At most one snapshot of a slot is read at a time: the reader holds a
+//! session advisory lock named after the slot.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use pg_walstream::connection::{PgReplicationConnection, PgResult};
+use pg_walstream::sql_builder::quote_literal;
+use serde_json::Value;
+use sqlx::postgres::PgPool;
+use tokio::time::Instant;
+
+use super::progress::{ChunkCheckpoint, Progress};
+use super::replication_failure;
+use super::setup::{quote_ident, sql_failure};
+use super::value;
+use crate::capture::{CaptureError, Captured};
+use crate::change::{Change, Op, Position, Row, Source, TableId};
+use crate::filter::Filter;
+
+/// How often progress is logged while a table is read.
+const LOG_EVERY: Duration = Duration::from_secs(5);
+
+/// How long opening the reader waits for another reader of the same
+/// slot's snapshot (a capture that just stopped) to let go.
+const LOCK_WAIT: Duration = Duration::from_secs(15);
+
+/// The cursor each table is read through.
+const CURSOR: &str = "ferry_snapshot";
+
+/// What a snapshot reads and how.
+pub struct Setup {
+    /// The captured database's URL (libpq reads it as the stream does).
+    pub url: String,
+    /// The database's name (`source.db`).
+    pub database: String,
+    /// The slot: names the advisory lock and the messages.
+    pub slot: String,
+    /// The publication whose tables are read.
+    pub publication: String,
+    /// Tables and columns captured.
+    pub filter: Filter,
+    /// Rows per chunk.
+    pub chunk: usize,
+    /// For the current catalog (the columns to read).
+    pub pool: PgPool,
+}
+
+/// A snapshot being read.
+pub struct Snapshot {
+    setup: Setup,
+    /// The consistent point as text: every row's position label.
+    label: String,
+    /// The exported snapshot, while it may still be imported.
+    export: Option<String>,
+    /// The connection holding the snapshot's transaction.
+    reader: Option<PgReplicationConnection>,
+    /// The captured tables, in name order (listed when the reader first
+    /// opens).
+    tables: Option<Vec<TableId>>,
+    /// Where a new table list goes on from (the saved progress).
+    resume: Option<(Option<TableId>, Option<Vec<String>>)>,
+    next: usize,
+    /// The last key handed out from `tables[next]`.
+    after: Option<Vec<String>>,
+    /// The table being read, its cursor open.
+    plan: Option<Plan>,
+    /// When the snapshot was begun: the `commit_time` of its rows.
+    started: DateTime<Utc>,
+    /// Chunks with a checkpoint handed out.
+    chunks: u64,
+    /// Rows of `tables[next]` handed out by this capture, and the
+    /// catalog's estimate of its rows.
+    rows: u64,
+    total: Option<u64>,
+    logged: Instant,
+}
+
+/// A table as the snapshot reads it.
+#[derive(Debug)]
+struct Plan {
+    table: TableId,
+    /// Selected columns: the published ones and the key's.
+    columns: Vec<PlanColumn>,
+    /// The key's columns (indexes into `columns`) in index order; empty
+    /// without a key.
+    key: Vec<usize>,
+    /// The publication's row filter, if any.
+    row_filter: Option<String>,
+    /// The catalog's estimate of its rows.
+    total: Option<u64>,
+}
+
+#[derive(Debug)]
+struct PlanColumn {
+    name: String,
+    type_oid: u32,
+    /// `atttypid::regtype` as text: the cast of a key literal.
+    type_name: String,
+    published: bool,
+}
+
+impl Snapshot {
+    /// Opens the reader: on `export` when given (a first start), else on a
+    /// fresh snapshot, going on from `progress`.
+    pub async fn begin(
+        setup: Setup,
+        progress: Progress,
+        export: Option<String>,
+    ) -> Result<Self, CaptureError> {
+        let exact = export.is_some();
+        let mut snapshot = Self {
+            setup,
+            label: progress.lsn.clone(),
+            export,
+            reader: None,
+            tables: None,
+            resume: Some((progress.table, progress.after)),
+            next: 0,
+            after: None,
+            plan: None,
+            started: Utc::now(),
+            chunks: 0,
+            rows: 0,
+            total: None,
+            logged: Instant::now(),
+        };
+        snapshot.open_reader().await?;
+        let tables = snapshot.tables.as_deref().unwrap_or_default();
+        tracing::info!(
+            slot = %snapshot.setup.slot,
+            at = %snapshot.label,
+            tables = tables.len(),
+            from = %tables.get(snapshot.next).map(ToString::to_string).unwrap_or_default(),
+            exported = exact,
+            "postgres capture snapshot started"
+        );
+        Ok(snapshot)
+    }
+
+    /// The table being read, its rows handed out by this capture, and the
+    /// catalog's estimate of its rows (`pg_class.reltuples`, absent before
+    /// the table's first `ANALYZE`).
+    pub fn progress(&self) -> Option<(TableId, u64, Option<u64>)> {
+        let table = self.tables.as_ref()?.get(self.next)?;
+        Some((table.clone(), self.rows, self.total))
+    }
+
+    /// The next chunk, at most `max` (and `snapshot_chunk`) rows; empty
+    /// once every table is read. A failure drops the reader: the next call
+    /// opens another and goes on after the last chunk handed out.
+    pub async fn read(&mut self, max: usize) -> Result<Vec<Captured>, CaptureError> {
+        let limit = max.min(self.setup.chunk).max(1);
+        loop {
+            if self.reader.is_none() {
+                self.open_reader().await?;
+            }
+            if self.tables.as_ref().is_none_or(|t| self.next >= t.len()) {
+                return Ok(Vec::new());
+            }
+            match self.read_chunk(limit).await {
+                Ok(Some(chunk)) => return Ok(chunk),
+                Ok(None) => continue,
+                Err(e) => {
+                    self.reader = None;
+                    self.plan = None;
+                    return Err(e);
+                }
+            }
+        }
+    }
+
+    /// Ends the transaction and closes the reader.
+    pub async fn close(mut self) {
+        if let Some(mut reader) = self.reader.take() {
+            let _ = reader.exec_async("COMMIT").await;
+        }
+    }
+
+    /// Connects, takes the slot's snapshot lock, opens the transaction (on
+    /// the export while it lasts), lists the tables the first time.
+    async fn open_reader(&mut self) -> Result<(), CaptureError> {
+        self.plan = None;
+        let mut reader = PgReplicationConnection::connect_async(&self.setup.url)
+            .await
+            .map_err(|e| replication_failure("opening the snapshot's connection", e))?;
+        lock(&mut reader, &self.setup.slot).await?;
+        exec(
+            &mut reader,
+            "BEGIN TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY",
+            "opening the snapshot's transaction",
+        )
+        .await?;
+        if let Some(name) = self.export.clone() {
+            let imported = reader
+                .exec_async(&format!("SET TRANSACTION SNAPSHOT {}", literal(&name)?))
+                .await;
+            if let Err(e) = imported {
+                let failure = replication_failure("importing the slot's snapshot", e);
+                if failure.kind == ferry_core::ErrorKind::Unavailable {
+                    return Err(failure);
+                }
+                // The slot's connection is gone and its export with it: go on
+                // at least once from a snapshot of now.
+                tracing::warn!(
+                    slot = %self.setup.slot,
+                    error = %failure.describe(),
+                    "postgres capture: the slot's exported snapshot is gone; the rest is read \
+                     from a fresh snapshot (rows may show changes the stream delivers again)"
+                );
+                self.export = None;
+                exec(
+                    &mut reader,
+                    "ROLLBACK",
+                    "opening the snapshot's transaction",
+                )
+                .await?;
+                exec(
+                    &mut reader,
+                    "BEGIN TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY",
+                    "opening the snapshot's transaction",
+                )
+                .await?;
+            }
+        }
+        if self.tables.is_none() {
+            let tables = list_tables(&mut reader, &self.setup).await?;
+            self.position(tables);
+        }
+        self.reader = Some(reader);
+        Ok(())
+    }
+
+    /// Sets the first table list, at the saved progress: the table it
+    /// stopped at, or the first after it (one dropped since is skipped).
+    fn position(&mut self, tables: Vec<TableId>) {
+        if let Some((Some(table), after)) = self.resume.take() {
+            self.next = tables
+                .iter()
+                .position(|t| *t >= table)
+                .unwrap_or(tables.len());
+            if tables.get(self.next) == Some(&table) {
+                self.after = after;
+            }
+        }
+        self.tables = Some(tables);
+    }
+
+    /// Reads one chunk of the current table; `None` when it has no more
+    /// rows (the next table is then current).
+    async fn read_chunk(&mut self, limit: usize) -> Result<Option<Vec<Captured>>, CaptureError> {
+        let Some(table) = self.tables.as_ref().and_then(|t| t.get(self.next)).cloned() else {
+            return Ok(None);
+        };
+        let Some(reader) = self.reader.as_mut() else {
+            return Ok(None);
+        };
+        if self.plan.is_none() {
+            let version = reader.server_version();
+            let Some(plan) = plan(&self.setup.pool, version, &table, &self.setup).await? else {
+                // Dropped or unpublished since the listing: nothing to read.
+                self.next_table();
+                return Ok(None);
+            };
+            if self
+                .after
+                .as_ref()
+                .is_some_and(|a| a.len() != plan.key.len())
+            {
+                // The key changed shape since the progress was saved.
+                tracing::warn!(%table, "postgres capture: snapshot key changed; table read again");
+                self.after = None;
+            }
+            if plan.key.is_empty() {
+                // Read in one pass: what this capture handed out of it
+                // before is read again.
+                self.after = None;
+                self.rows = 0;
+            }
+            let sql = plan.declare(self.after.as_deref())?;
+            let Some(reader) = self.reader.as_mut() else {
+                return Ok(None);
+            };
+            exec(reader, &sql, &format!("reading {table} for the snapshot")).await?;
+            self.total = plan.total;
+            self.plan = Some(plan);
+        }
+        let Some(reader) = self.reader.as_mut() else {
+            return Ok(None);
+        };
+        let fetch = format!("FETCH FORWARD {limit} FROM {CURSOR}");
+        let result = exec(reader, &fetch, &format!("reading {table} for the snapshot")).await?;
+        let Some(plan) = self.plan.as_ref() else {
+            return Ok(None);
+        };
+        let keyed = !plan.key.is_empty();
+        let n = result.ntuples().max(0) as usize;
+        let mut out = Vec::with_capacity(n);
+        let mut last_key = None;
+        for row in 0..result.ntuples() {
+            let (change, key) = self.change(plan, &result, row)?;
+            last_key = key;
+            out.push(Captured {
+                change,
+                checkpoint: None,
+            });
+        }
+        drop(result);
+        self.rows += n as u64;
+        let finished = n < limit;
+        if finished {
+            if let Some(reader) = self.reader.as_mut() {
+                exec(
+                    reader,
+                    &format!("CLOSE {CURSOR}"),
+                    "closing the snapshot's cursor",
+                )
+                .await?;
+            }
+            tracing::info!(%table, rows = self.rows, "postgres capture snapshot: table read");
+            self.next_table();
+        } else if keyed {
+            self.after = last_key;
+        }
+        self.log_progress();
+        if out.is_empty() {
+            return Ok(None);
+        }
+        if keyed || finished {
+            self.chunks += 1;
+            let next = self.tables.as_ref().and_then(|t| t.get(self.next)).cloned();
+            let checkpoint = ChunkCheckpoint {
+                done: next.is_none(),
+                progress: Progress {
+                    lsn: self.label.clone(),
+                    table: next,
+                    after: self.after.clone(),
+                },
+                chunk: self.chunks,
+            };
+            if let Some(last) = out.last_mut() {
+                last.checkpoint = Some(checkpoint.to_checkpoint());
+            }
+        }
+        Ok(Some(out))
+    }
+
+    /// Row `row` of a fetch as a read change, and its key as text (in
+    /// index order) when the table has one.
+    fn change(
+        &self,
+        plan: &Plan,
+        result: &PgResult,
+        row: i32,
+    ) -> Result<(Change, Option<Vec<String>>), CaptureError> {
+        let keyed = !plan.key.is_empty();
+        // Without a key the first column is the row's ctid.
+        let offset = i32::from(!keyed);
+        let mut after = Row::new();
+        let mut values = Vec::with_capacity(plan.columns.len());
+        for (i, column) in plan.columns.iter().enumerate() {
+            let text = text(result, row, i as i32 + offset, &plan.table, &column.name)?;
+            let value = text
+                .map(|t| value::from_text(column.type_oid, t))
+                .unwrap_or(Value::Null);
+            if column.published {
+                after.insert(column.name.clone(), value.clone());
+            }
+            values.push((text, value));
+        }
+        let (key, position_key, key_text) = if keyed {
+            let key: Row = plan
+                .key
+                .iter()
+                .map(|&i| (plan.columns[i].name.clone(), values[i].1.clone()))
+                .collect();
+            let text: Vec<String> = plan
+                .key
+                .iter()
+                .map(|&i| values[i].0.unwrap_or_default().to_owned())
+                .collect();
+            let position = Value::Object(key.clone()).to_string();
+            (key, position, Some(text))
+        } else {
+            let ctid = text(result, row, 0, &plan.table, "ctid")?.unwrap_or_default();
+            let position = serde_json::json!({ "ctid": ctid }).to_string();
+            (after.clone(), position, None)
+        };
+        let mut change = Change {
+            op: Op::Read,
+            key,
+            before: None,
+            after: Some(after),
+            source: Source {
+                db: self.setup.database.clone(),
+                table: plan.table.clone(),
+                position: Position::Snapshot {
+                    snapshot: self.label.clone(),
+                    key: position_key,
+                },
+                tx_id: None,
+                commit_time: Some(self.started),
+            },
+            tx: None,
+            unchanged: vec![],
+        };
+        self.setup.filter.strip(&mut change);
+        Ok((change, key_text))
+    }
+
+    fn next_table(&mut self) {
+        self.next += 1;
+        self.after = None;
+        self.plan = None;
+        self.rows = 0;
+        self.total = None;
+    }
+
+    fn log_progress(&mut self) {
+        if self.logged.elapsed() < LOG_EVERY {
+            return;
+        }
+        self.logged = Instant::now();
+        if let Some((table, rows, total)) = self.progress() {
+            tracing::info!(
+                slot = %self.setup.slot,
+                %table,
+                rows,
+                total = total.map(|t| t.to_string()).unwrap_or_else(|| "unknown".into()),
+                "postgres capture snapshot progress"
+            );
+        }
+    }
+}
+
+impl Plan {
+    /// The cursor over the table's rows after `after` (from the first
+    /// without), in key order; without a key, in whatever order the scan
+    /// gives, each row with its ctid.
+    fn declare(&self, after: Option<&[String]>) -> Result<String, CaptureError> {
+        let mut select: Vec<String> = Vec::new();
+        if self.key.is_empty() {
+            select.push("ctid::text".to_owned());
+        }
+        select.extend(self.columns.iter().map(|c| quote_ident(&c.name)));
+        let mut sql = format!(
+            "DECLARE {CURSOR} NO SCROLL CURSOR FOR SELECT {} FROM {}.{}",
+            select.join(", "),
+            quote_ident(&self.table.schema),
+            quote_ident(&self.table.name)
+        );
+        let mut conditions = Vec::new();
+        if let Some(filter) = &self.row_filter {
+            conditions.push(format!("({filter})"));
+        }
+        let key: Vec<String> = self
+            .key
+            .iter()
+            .map(|&i| quote_ident(&self.columns[i].name))
+            .collect();
+        if let Some(after) = after.filter(|_| !key.is_empty()) {
+            let values = self
+                .key
+                .iter()
+                .zip(after)
+                .map(|(&i, v)| Ok(format!("{}::{}", literal(v)?, self.columns[i].type_name)))
+                .collect::<Result<Vec<_>, CaptureError>>()?;
+            conditions.push(format!("({}) > ({})", key.join(", "), values.join(", ")));
+        }
+        if !conditions.is_empty() {
+            sql.push_str(&format!(" WHERE {}", conditions.join(" AND ")));
+        }
+        if !key.is_empty() {
+            sql.push_str(&format!(" ORDER BY {}", key.join(", ")));
+        }
+        Ok(sql)
+    }
+}
+
+/// Takes the session advisory lock of the slot's snapshot, waiting a
+/// while for a reader that just stopped.
+async fn lock(reader: &mut PgReplicationConnection, slot: &str) -> Result<(), CaptureError> {
+    let sql = format!(
+        "SELECT pg_try_advisory_lock(hashtext('ferry_cdc_snapshot'), hashtext({}))",
+        literal(slot)?
+    );
+    let deadline = Instant::now() + LOCK_WAIT;
+    loop {
+        let result = exec(reader, &sql, "locking the slot's snapshot").await?;
+        if result.get_value(0, 0).as_deref() == Some("t") {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            return Err(CaptureError::unavailable(format!(
+                "postgres capture: replication slot {}'s snapshot is in use by another \
+                 connection (another capture of the same slot?)",
+                slot
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// The publication's tables that the filter captures, in name order.
+async fn list_tables(
+    reader: &mut PgReplicationConnection,
+    setup: &Setup,
+) -> Result<Vec<TableId>, CaptureError> {
+    let sql = format!(
+        "SELECT schemaname::text, tablename::text FROM pg_publication_tables \
+         WHERE pubname = {} ORDER BY 1, 2",
+        literal(&setup.publication)?
+    );
+    let result = exec(reader, &sql, "listing the published tables").await?;
+    let mut tables = Vec::new();
+    for row in 0..result.ntuples() {
+        let (Some(schema), Some(name)) = (result.get_value(row, 0), result.get_value(row, 1))
+        else {
+            continue;
+        };
+        let table = TableId::new(schema, name);
+        if setup.filter.captures(&table) {
+            tables.push(table);
+        }
+    }
+    tables.sort();
+    Ok(tables)
+}
+
+/// The table's columns as the stream sends them (not dropped, not
+/// generated; those of the publication's column list), and its key as the
+/// stream's: the primary key (the replica identity index under `REPLICA
+/// IDENTITY USING INDEX`). `None` when the table is gone or no longer
+/// published.
+///
+/// Read from the current catalog (on `pool`), not the snapshot's: the
+/// cursor is planned against the current one, so a column dropped since
+/// the snapshot's point must not be named.
+async fn plan(
+    pool: &PgPool,
+    server_version: i32,
+    table: &TableId,
+    setup: &Setup,
+) -> Result<Option<Plan>, CaptureError> {
+    // Column lists and row filters exist from PostgreSQL 15 on.
+    let (published, row_filter) = if server_version >= 150000 {
+        (
+            "COALESCE(a.attname = ANY (p.attnames), false)",
+            "p.rowfilter",
+        )
+    } else {
+        ("p.tablename IS NOT NULL", "NULL::text")
+    };
+    let sql = format!(
+        "SELECT a.attname::text, a.atttypid::int8, a.atttypid::regtype::text, \
+         array_position(k.cols, a.attnum)::int8, {published}, {row_filter}, \
+         c.reltuples::int8 \
+         FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+         JOIN pg_attribute a ON a.attrelid = c.oid \
+         LEFT JOIN LATERAL (SELECT i.indkey::int2[] AS cols FROM pg_index i \
+           WHERE i.indrelid = c.oid AND CASE WHEN c.relreplident = 'i' \
+           THEN i.indisreplident ELSE i.indisprimary END LIMIT 1) k ON true \
+         LEFT JOIN pg_publication_tables p ON p.pubname = $1 \
+           AND p.schemaname = n.nspname AND p.tablename = c.relname \
+         WHERE n.nspname = $2 AND c.relname = $3 \
+         AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = '' \
+         ORDER BY a.attnum"
+    );
+    type Column = (String, i64, String, Option<i64>, bool, Option<String>, i64);
+    let rows: Vec<Column> = sqlx::query_as(&sql)
+        .bind(&setup.publication)
+        .bind(&table.schema)
+        .bind(&table.name)
+        .fetch_all(pool)
+        .await
+        .map_err(|e| {
+            sql_failure(
+                &format!("postgres capture: reading the columns of {table}"),
+                e,
+            )
+        })?;
+    let mut columns = Vec::new();
+    let mut key: Vec<(i64, usize)> = Vec::new();
+    let mut row_filter = None;
+    let mut total = None;
+    for (name, type_oid, type_name, position, published, filter, reltuples) in rows {
+        row_filter = filter.filter(|f| !f.is_empty());
+        // Negative before the table's first ANALYZE: unknown.
+        total = u64::try_from(reltuples).ok();
+        // A column that never leaves is not read, unless the key needs it.
+        let leaves = published && !setup.filter.drops_column(table, &name);
+        if !leaves && position.is_none() {
+            continue;
+        }
+        if let Some(p) = position {
+            key.push((p, columns.len()));
+        }
+        columns.push(PlanColumn {
+            name,
+            type_oid: u32::try_from(type_oid).unwrap_or_default(),
+            type_name,
+            published,
+        });
+    }
+    if !columns.iter().any(|c| c.published) {
+        return Ok(None);
+    }
+    key.sort();
+    Ok(Some(Plan {
+        table: table.clone(),
+        columns,
+        key: key.into_iter().map(|(_, i)| i).collect(),
+        row_filter,
+        total,
+    }))
+}
+
+/// Runs `sql` on the reader.
+async fn exec(
+    reader: &mut PgReplicationConnection,
+    sql: &str,
+    doing: &str,
+) -> Result<PgResult, CaptureError> {
+    reader
+        .exec_async(sql)
+        .await
+        .map_err(|e| replication_failure(doing, e))
+}
+
+/// A column's text, `None` for NULL.
+fn text<'r>(
+    result: &'r PgResult,
+    row: i32,
+    column: i32,
+    table: &TableId,
+    name: &str,
+) -> Result<Option<&'r str>, CaptureError> {
+    match result.get_bytes(row, column) {
+        None => Ok(None),
+        Some(bytes) => std::str::from_utf8(bytes).map(Some).map_err(|_| {
+            CaptureError::transient(format!(
+                "postgres capture: {table}.{name} is not UTF-8 in the snapshot"
+            ))
+        }),
+    }
+}
+
+/// `value` as an SQL string literal.
+fn literal(value: &str) -> Result<String, CaptureError> {
+    quote_literal(value).map_err(|e| {
+        CaptureError::permanent("postgres capture: a value cannot be written as SQL").with_source(e)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plan(key: &[usize]) -> Plan {
+        let column = |name: &str, type_name: &str| PlanColumn {
+            name: name.into(),
+            type_oid: 23,
+            type_name: type_name.into(),
+            published: true,
+        };
+        Plan {
+            table: TableId::new("public", "Items"),
+            columns: vec![
+                column("a", "integer"),
+                column("b", "text"),
+                column("v", "text"),
+            ],
+            key: key.to_vec(),
+            row_filter: None,
+            total: None,
+        }
+    }
+
+    #[test]
+    fn keyed_tables_are_read_in_key_order_after_the_last_key() {
+        assert_eq!(
+            plan(&[1, 0]).declare(None).unwrap(),
+            "DECLARE ferry_snapshot NO SCROLL CURSOR FOR SELECT \"a\", \"b\", \"v\" \
+             FROM \"public\".\"Items\" ORDER BY \"b\", \"a\""
+        );
+        let mut p = plan(&[1, 0]);
+        p.row_filter = Some("(a > 5)".into());
+        assert_eq!(
+            p.declare(Some(&["it's".into(), "7".into()])).unwrap(),
+            "DECLARE ferry_snapshot NO SCROLL CURSOR FOR SELECT \"a\", \"b\", \"v\" \
+             FROM \"public\".\"Items\" WHERE ((a > 5)) AND (\"b\", \"a\") > \
+             ('it''s'::text, '7'::integer) ORDER BY \"b\", \"a\""
+        );
+    }
+
+    #[test]
+    fn keyless_tables_are_read_whole_with_their_ctid() {
+        assert_eq!(
+            plan(&[]).declare(Some(&["1".into()])).unwrap(),
+            "DECLARE ferry_snapshot NO SCROLL CURSOR FOR SELECT ctid::text, \"a\", \"b\", \"v\" \
+             FROM \"public\".\"Items\""
+        );
+    }
+}
