@@ -23,6 +23,7 @@
 //! the unacknowledged changes again with the same ids, so a receiver that
 //! deduplicates by message id applies each committed change once.
 
+pub mod apply;
 pub mod capture;
 pub mod change;
 pub mod encode;
@@ -35,6 +36,9 @@ pub mod pull;
 pub mod runner;
 pub mod triggers;
 
+pub use apply::{
+    apply, checkpoint_order, ApplyConfig, ApplyError, CheckpointOrder, ColumnMapping, RefusedChange,
+};
 pub use capture::{Capture, CaptureError, Captured, Checkpoint};
 pub use change::{Change, Op, Position, Row, Source, TableId, TxOrder};
 pub use encode::{Encoder, Format};
