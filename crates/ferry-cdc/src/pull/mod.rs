@@ -334,11 +334,12 @@ impl PullCapture {
             || self.next_pass.get(id).is_none_or(|at| *at <= now)
     }
 
-    /// One page of table `i`, at most `room` rows: the changes it holds
-    /// that were not sent before, the last carrying the checkpoint.
+    /// One page of table `i`: the changes it holds that were not sent
+    /// before, at most `room` (the page then stops at the last row taken),
+    /// the last carrying the checkpoint.
     async fn page(&mut self, i: usize, room: usize) -> Result<Vec<Captured>, CaptureError> {
         let plan = self.plans[i].clone();
-        let limit = self.config.chunk_size.min(room).max(1);
+        let limit = self.config.chunk_size;
         let rows = {
             let state = self.state.tables.get(&plan.id);
             let start;
@@ -355,10 +356,15 @@ impl PullCapture {
             plan.fetch(&self.db, from, limit).await?
         };
         // The page is read: from here on, only permanent errors.
-        let full = rows.len() == limit;
+        let mut ended = rows.len() < limit;
         let mut out = Vec::new();
         let mut state = self.state.tables.remove(&plan.id).unwrap_or_default();
         for r in rows {
+            if out.len() == room {
+                // The rest of the page is read again by the next one.
+                ended = false;
+                break;
+            }
             let (row, key, key_text) = self.parse(&plan, &r.row)?;
             state.observe(&r.updated_at);
             state.scan = Some(ScanAt {
@@ -403,7 +409,7 @@ impl PullCapture {
                 checkpoint: None,
             });
         }
-        if !full {
+        if ended {
             // The pass reached the table's end.
             state.scan = None;
             state.snapshot = false;

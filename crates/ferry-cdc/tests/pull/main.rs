@@ -638,3 +638,34 @@ every_database!(
         assert_eq!(e.kind, ErrorKind::Unavailable, "{e:?}");
     }
 );
+
+every_database!(a_read_takes_no_more_than_asked, |kind: Kind| async move {
+    let env = env(kind).await;
+    env.schema().await;
+    for id in 1..=5 {
+        env.exec(&format!(
+            "INSERT INTO users (id, name, updated_at) VALUES ({id}, 'u', {})",
+            t(id)
+        ))
+        .await;
+    }
+    let mut config = env.config();
+    config.chunk_size = 10;
+    let mut capture = env.start(config).await;
+    let mut got = Vec::new();
+    for _ in 0..100 {
+        let part = capture.read(2, Duration::from_millis(50)).await.unwrap();
+        assert!(part.len() <= 2);
+        if let Some(last) = part.last() {
+            // Every read ends on a checkpoint.
+            assert!(last.checkpoint.is_some());
+        }
+        got.extend(part);
+        if got.len() >= 5 {
+            break;
+        }
+    }
+    let keys: Vec<u32> = ops(&got).into_iter().map(|c| c.3).collect();
+    assert_eq!(keys, vec![1, 2, 3, 4, 5]);
+    nothing_more(&mut capture).await;
+});
