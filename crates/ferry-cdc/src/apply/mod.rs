@@ -76,8 +76,9 @@
 //! * Exactly once rests on ordered checkpoints: trigger mode, PostgreSQL
 //!   log mode and MariaDB binlog mode ([`checkpoint_order`]). Where two
 //!   checkpoints do not compare, the replayed transaction is applied
-//!   again rather than skipped: two chunks of one MariaDB snapshot (which
-//!   is at least once at its source anyway), and pull mode, whose
+//!   again rather than skipped: two chunks of one initial snapshot
+//!   (PostgreSQL's or MariaDB's: after a restart the source reads the rest
+//!   from a fresh snapshot, at least once anyway), and pull mode, whose
 //!   checkpoints are state rather than a position. Their changes are row
 //!   states, so the rows end the same; a row is written more than once.
 //! * Schema changes are not applied: a column added at the source needs

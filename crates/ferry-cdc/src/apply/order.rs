@@ -8,17 +8,25 @@ use crate::capture::Checkpoint;
 /// Where a [`Checkpoint`] sits in its capture's stream, for comparing two
 /// checkpoints of one capture.
 ///
-/// Only checkpoints of the same kind compare. Two chunks of one MariaDB
-/// snapshot do not compare either: they hold the same binlog position, and
-/// their order is the table and key the snapshot pages by, which the
-/// checkpoint does not order. A snapshot chunk is before every streamed
-/// transaction from its position on.
+/// Only checkpoints of the same kind compare. Two chunks of one initial
+/// snapshot (PostgreSQL's, MariaDB's) do not compare either: they hold the
+/// same position, and their order is the table and key the snapshot pages
+/// by, which a chunk read again after a restart (from a fresh snapshot)
+/// does not keep. A snapshot chunk is before every streamed transaction
+/// from its position on.
 #[derive(Clone, Debug)]
 pub enum CheckpointOrder {
     /// Trigger mode: the id of the change table's row (`{"id": n}`).
     ChangeId(i64),
-    /// PostgreSQL log mode: the end LSN of the commit record (`{"lsn": n}`).
-    Lsn(u64),
+    /// PostgreSQL log mode: the end LSN of the commit record (`{"lsn": n}`),
+    /// or a chunk of the initial snapshot read at the slot's consistent
+    /// point (`{"snapshot": {"lsn": "0/16B3748", …}, "chunk": n, …}`).
+    Lsn {
+        /// The LSN.
+        lsn: u64,
+        /// A snapshot chunk.
+        snapshot: bool,
+    },
     /// MariaDB binlog mode: the file's numeric suffix and the offset in
     /// it (`{"file": "mariadb-bin.000004", "pos": 1234, …}`).
     Binlog {
@@ -53,7 +61,16 @@ impl PartialOrd for CheckpointOrder {
         use CheckpointOrder::*;
         match (self, other) {
             (ChangeId(a), ChangeId(b)) => Some(a.cmp(b)),
-            (Lsn(a), Lsn(b)) => Some(a.cmp(b)),
+            (
+                Lsn {
+                    lsn: a,
+                    snapshot: s1,
+                },
+                Lsn {
+                    lsn: b,
+                    snapshot: s2,
+                },
+            ) => then_snapshot(a.cmp(b), *s1, *s2),
             (
                 Binlog {
                     base: b1,
@@ -71,33 +88,50 @@ impl PartialOrd for CheckpointOrder {
                 if b1 != b2 {
                     return None;
                 }
-                match (f1, p1).cmp(&(f2, p2)) {
-                    Ordering::Equal => match (s1, s2) {
-                        (false, false) => Some(Ordering::Equal),
-                        (true, true) => None,
-                        (true, false) => Some(Ordering::Less),
-                        (false, true) => Some(Ordering::Greater),
-                    },
-                    o => Some(o),
-                }
+                then_snapshot((f1, p1).cmp(&(f2, p2)), *s1, *s2)
             }
             _ => None,
         }
     }
 }
 
-/// The order of `checkpoint` if it is one of the three shapes Ferry's
-/// captures write: trigger mode's `{"id": n}`, PostgreSQL log mode's
-/// `{"lsn": n, …}` and MariaDB's `{"file": …, "pos": …, …}` (the file
-/// named with a numeric suffix, as the server names its binary logs).
-/// `None` for anything else.
+/// At the same position, a snapshot chunk comes before the stream, and two
+/// chunks do not compare.
+fn then_snapshot(position: Ordering, a: bool, b: bool) -> Option<Ordering> {
+    match (position, a, b) {
+        (Ordering::Equal, true, true) => None,
+        (Ordering::Equal, true, false) => Some(Ordering::Less),
+        (Ordering::Equal, false, true) => Some(Ordering::Greater),
+        (o, _, _) => Some(o),
+    }
+}
+
+/// The order of `checkpoint` if it is one of the shapes Ferry's captures
+/// write: trigger mode's `{"id": n}`, PostgreSQL log mode's `{"lsn": n, …}`
+/// (its snapshot chunks' `{"snapshot": {"lsn": "0/16B3748", …}, …}`) and
+/// MariaDB's `{"file": …, "pos": …, …}` (the file named with a numeric
+/// suffix, as the server names its binary logs; with `snapshot` for a
+/// snapshot chunk). `None` for anything else (pull mode's state).
 pub fn checkpoint_order(checkpoint: &Checkpoint) -> Option<CheckpointOrder> {
     let v = &checkpoint.0;
     if let Some(id) = v.get("id").and_then(serde_json::Value::as_i64) {
         return Some(CheckpointOrder::ChangeId(id));
     }
     if let Some(lsn) = v.get("lsn").and_then(serde_json::Value::as_u64) {
-        return Some(CheckpointOrder::Lsn(lsn));
+        return Some(CheckpointOrder::Lsn {
+            lsn,
+            snapshot: false,
+        });
+    }
+    if let Some(lsn) = v
+        .get("snapshot")
+        .and_then(|s| s.get("lsn"))
+        .and_then(serde_json::Value::as_str)
+    {
+        return Some(CheckpointOrder::Lsn {
+            lsn: parse_lsn(lsn)?,
+            snapshot: true,
+        });
     }
     let name = v.get("file")?.as_str()?;
     let pos = v.get("pos")?.as_u64()?;
@@ -111,6 +145,14 @@ pub fn checkpoint_order(checkpoint: &Checkpoint) -> Option<CheckpointOrder> {
         pos,
         snapshot: v.get("snapshot").is_some_and(|s| !s.is_null()),
     })
+}
+
+/// An LSN as PostgreSQL writes it (`16/B374D848`).
+fn parse_lsn(text: &str) -> Option<u64> {
+    let (hi, lo) = text.split_once('/')?;
+    let hi = u32::from_str_radix(hi, 16).ok()?;
+    let lo = u32::from_str_radix(lo, 16).ok()?;
+    Some((u64::from(hi) << 32) | u64::from(lo))
 }
 
 #[cfg(test)]
@@ -168,7 +210,26 @@ mod tests {
     }
 
     #[test]
+    fn postgres_snapshot_chunks_precede_the_stream_from_their_consistent_point() {
+        let chunk = |n: u64| {
+            order(
+                json!({"snapshot": {"lsn": "16/B374D848", "table": {"schema": "public", "name": "t"},
+                "after": ["7"]}, "done": false, "chunk": n}),
+            )
+        };
+        let streamed = |lsn: u64| order(json!({ "lsn": lsn }));
+        assert_eq!(chunk(1).partial_cmp(&chunk(2)), None);
+        assert!(chunk(9) < streamed(0x16_B374_D849));
+        assert!(chunk(9) < streamed(0x16_B374_D848));
+        assert!(streamed(0x16_B374_D847) < chunk(1));
+        assert_eq!(parse_lsn("0/0"), Some(0));
+        assert_eq!(parse_lsn("16/B374D848"), Some(0x16_B374_D848));
+        assert_eq!(parse_lsn("16"), None);
+    }
+
+    #[test]
     fn other_shapes_have_no_order() {
+        assert!(checkpoint_order(&Checkpoint(json!({"mode": "pull", "tables": {}}))).is_none());
         assert!(checkpoint_order(&Checkpoint(json!({"offset": 3}))).is_none());
         assert!(checkpoint_order(&Checkpoint(json!("x"))).is_none());
         assert!(checkpoint_order(&Checkpoint(json!({"id": "7"}))).is_none());
