@@ -164,6 +164,10 @@ impl PullConfig {
         if self.chunk_size == 0 {
             return Err(CaptureError::permanent("chunk_size must be at least 1"));
         }
+        if self.poll_interval.is_zero() {
+            // Zero would query the tables without pause while nothing moves.
+            return Err(CaptureError::permanent("poll_interval must be more than 0"));
+        }
         let empty = std::iter::once(("", &self.updated_at))
             .chain(
                 self.updated_at_per_table
@@ -227,6 +231,9 @@ mod tests {
         let mut zero = PullConfig::new("x");
         zero.chunk_size = 0;
         assert!(zero.validate().is_err());
+        let mut busy = PullConfig::new("x");
+        busy.poll_interval = Duration::ZERO;
+        assert!(busy.validate().is_err());
     }
 
     #[test]
