@@ -174,8 +174,9 @@ impl Env {
                             .collect()
                     })
                     .collect();
-                // By id as a number (the text casts would sort as text).
-                rows.sort_by_key(|r| r[0].parse::<i64>().unwrap_or_default());
+                // By id as a number (the text casts would sort as text),
+                // then as text.
+                rows.sort_by_key(|r| (r[0].parse::<i64>().unwrap_or_default(), r.clone()));
                 rows
             }};
         }
@@ -886,4 +887,90 @@ async fn a_checkpoint_of_another_capture_kind_is_refused() {
         .await;
     let e = run_to_error(&s, &t, config()).await;
     assert!(matches!(e, ApplyError::OtherCapture { .. }), "{e:?}");
+}
+
+/// Values of several types, a composite key, an update that moves a row
+/// to another key, a truncate: from PostgreSQL to PostgreSQL (the schema
+/// kept by default, `TRUNCATE`) and to MariaDB (the schema dropped, times
+/// in UTC, `DELETE`).
+async fn items(target: Kind) -> (Env, Env) {
+    let (s, t) = tokio::join!(env(Kind::Pg), env(target));
+    s.exec("CREATE SCHEMA shop").await;
+    s.exec(
+        "CREATE TABLE shop.items (sku VARCHAR(20), n INT, price NUMERIC(10,2), meta JSONB, \
+         at TIMESTAMPTZ, flag BOOLEAN, PRIMARY KEY (sku, n))",
+    )
+    .await;
+    if target == Kind::Pg {
+        t.exec("CREATE SCHEMA shop").await;
+        t.exec(
+            "CREATE TABLE shop.items (sku VARCHAR(20), n INT, price NUMERIC(10,2), meta JSONB, \
+             at TIMESTAMPTZ, flag BOOLEAN, PRIMARY KEY (sku, n))",
+        )
+        .await;
+    } else {
+        t.exec(
+            "CREATE TABLE items (sku VARCHAR(20), n INT, price DECIMAL(10,2), meta JSON, \
+             at DATETIME(6), flag BOOLEAN, PRIMARY KEY (sku, n))",
+        )
+        .await;
+    }
+    install(&s).await;
+    s.exec(
+        "INSERT INTO shop.items VALUES \
+         ('a', 1, 1.50, '{\"x\": [1, 2]}', '2024-05-01 15:45:00+02', true), \
+         ('b', 2, 2.25, NULL, NULL, false)",
+    )
+    .await;
+    s.exec("UPDATE shop.items SET n = 101, price = 1.75 WHERE sku = 'a' AND n = 1")
+        .await;
+    s.exec("TRUNCATE shop.items").await;
+    s.tx(
+        &[
+            "INSERT INTO shop.items VALUES ('c', 3, 9.99, '[\"q\"]', '2024-12-31 23:59:59.5+00', true)"
+                .into(),
+            "INSERT INTO shop.items VALUES ('d', 4, 0, '{}', NULL, NULL)".into(),
+        ],
+        true,
+    )
+    .await;
+    s.exec("UPDATE shop.items SET n = 104, flag = false WHERE sku = 'd'")
+        .await;
+    let last = Arc::new(Mutex::new(None));
+    let running = start(&s, &t, config(), Crash::Never, 100, &last).await;
+    caught_up(&s, &running).await;
+    finish(running).await;
+    (s, t)
+}
+
+#[tokio::test]
+async fn types_keys_and_truncate_postgres_to_postgres() {
+    let (s, t) = items(Kind::Pg).await;
+    let columns = ["sku", "n", "price", "meta", "at", "flag"];
+    let want = s.rows("shop.items", &columns).await;
+    assert_eq!(want.len(), 2);
+    assert_eq!(t.rows("shop.items", &columns).await, want);
+}
+
+#[tokio::test]
+async fn types_keys_and_truncate_postgres_to_mariadb() {
+    let (_s, t) = items(Kind::Mysql).await;
+    let rows = t
+        .rows("items", &["sku", "n", "price", "meta", "at", "flag"])
+        .await;
+    let row = |v: [&str; 6]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    assert_eq!(
+        rows,
+        vec![
+            row([
+                "c",
+                "3",
+                "9.99",
+                r#"["q"]"#,
+                "2024-12-31 23:59:59.500000",
+                "1"
+            ]),
+            row(["d", "104", "0", "{}", "NULL", "0"]),
+        ]
+    );
 }
