@@ -52,7 +52,7 @@
 //! slot over the replication protocol (`CREATE_REPLICATION_SLOT … LOGICAL
 //! pgoutput EXPORT_SNAPSHOT`) and reads every captured table inside the
 //! snapshot it exports, before streaming from the slot's consistent point
-//! ([`snapshot`]): each row arrives once as an `r` change, then every
+//! (module `snapshot`): each row arrives once as an `r` change, then every
 //! change committed after that point, none missing, none twice. Rows are
 //! read a chunk at a time (`snapshot_chunk`); each chunk of a keyed table
 //! ends with a checkpoint whose acknowledgement saves the progress in
@@ -112,6 +112,12 @@
 //!   does. A table without a primary key (published with `REPLICA
 //!   IDENTITY FULL`) is read in one pass, without checkpoints in between:
 //!   a crash reads it whole again, with other ids.
+//! * The snapshot reads each table with the columns the catalog has when
+//!   the table's turn comes. A `TRUNCATE` or a table-rewriting `ALTER
+//!   TABLE` committed after the slot's point and before the table is read
+//!   makes it read as empty (PostgreSQL's rewrites are not MVCC-safe): a
+//!   truncate then arrives as its `t` change, a rewritten table's rows are
+//!   missing from the snapshot.
 //! * `pg_walstream` logs every statement its connections run at info level
 //!   (target `pg_walstream`), the snapshot's `FETCH`es included.
 
@@ -119,7 +125,7 @@ mod config;
 mod decode;
 pub mod progress;
 mod setup;
-pub mod snapshot;
+mod snapshot;
 mod value;
 
 use std::collections::VecDeque;

@@ -186,11 +186,13 @@ impl Snapshot {
     pub async fn read(&mut self, max: usize) -> Result<Vec<Captured>, CaptureError> {
         let limit = max.min(self.setup.chunk).max(1);
         loop {
+            let read_all = |s: &Self| s.tables.as_ref().is_some_and(|t| s.next >= t.len());
+            if read_all(self) {
+                return Ok(Vec::new());
+            }
             if self.reader.is_none() {
                 self.open_reader().await?;
-            }
-            if self.tables.as_ref().is_none_or(|t| self.next >= t.len()) {
-                return Ok(Vec::new());
+                continue;
             }
             match self.read_chunk(limit).await {
                 Ok(Some(chunk)) => return Ok(chunk),
