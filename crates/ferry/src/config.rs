@@ -12,6 +12,7 @@ use std::path::Path;
 
 use serde::Deserialize;
 
+use crate::cdc::{self, CdcFileConfig};
 use crate::consume::{self, ConsumerConfig};
 use crate::events_api::EventsApiConfig;
 use crate::forward::{self, ForwarderFileConfig};
@@ -41,6 +42,10 @@ pub struct FerryConfig {
     /// sink its events go to, in order.
     #[serde(rename = "forwarder", default)]
     pub forwarders: Vec<ForwarderFileConfig>,
+    /// One `[[cdc]]` table per change data capture: a database whose
+    /// committed row changes go to a sink.
+    #[serde(rename = "cdc", default)]
+    pub cdcs: Vec<CdcFileConfig>,
 }
 
 /// A configuration file that cannot be used.
@@ -87,9 +92,11 @@ impl FerryConfig {
             && config.consumers.is_empty()
             && config.events_api.is_none()
             && config.forwarders.is_empty()
+            && config.cdcs.is_empty()
         {
             return Err(
-                "no [[pipeline]], [[consumer]] or [[forwarder]] defined: nothing to run".to_owned(),
+                "no [[pipeline]], [[consumer]], [[forwarder]] or [[cdc]] defined: nothing to run"
+                    .to_owned(),
             );
         }
         consume::check(text, &config.consumers)?;
@@ -101,6 +108,7 @@ impl FerryConfig {
             events_api.check(config.http.as_ref())?;
         }
         forward::check(text, &config.forwarders)?;
+        cdc::check(text, &config.cdcs)?;
         Ok(config)
     }
 }

@@ -1,5 +1,6 @@
 //! `ferry`: the daemon and its command line.
 
+mod cdc;
 mod config;
 mod consume;
 mod events_api;
@@ -204,6 +205,16 @@ enum Command {
         #[arg(long)]
         migrate: bool,
     },
+    /// Capture a database's committed row changes (insert, update, delete,
+    /// in commit order) and send them to a sink, until SIGINT/SIGTERM.
+    /// `ferry cdc status` and `ferry cdc drop` inspect and remove a capture.
+    #[command(args_conflicts_with_subcommands = true)]
+    Cdc {
+        #[command(subcommand)]
+        action: Option<CdcAction>,
+        #[command(flatten)]
+        args: CdcArgs,
+    },
     /// Apply Ferry's migrations to a database.
     Migrate {
         /// `postgres://…`, `mysql://…` (MariaDB) or `sqlite://path.db`.
@@ -227,6 +238,88 @@ enum Command {
     DeadLetters {
         #[command(subcommand)]
         action: DeadLetterAction,
+    },
+}
+
+#[derive(clap::Args)]
+struct CdcArgs {
+    /// The database whose changes are captured: `sqlite://path.db`,
+    /// `postgres://…` or `mysql://…` (MariaDB).
+    #[arg(long, env = "FERRY_DATABASE")]
+    from: Option<String>,
+    /// Sink: `http(s)://…` webhook, a broker URL, or `null://`.
+    #[arg(long)]
+    to: Option<String>,
+    /// How changes are captured.
+    #[arg(long, value_enum)]
+    mode: Option<cdc::Mode>,
+    /// The capture's name (letters, digits, `_`): names its triggers and is
+    /// part of every change id; keep it stable.
+    #[arg(long, default_value = "ferry")]
+    name: String,
+    /// Tables to capture (`table`, `schema.table`, `*` wildcards; repeatable
+    /// or comma-separated); default every table.
+    #[arg(long = "tables", value_delimiter = ',')]
+    tables: Vec<String>,
+    /// Tables never captured (repeatable or comma-separated).
+    #[arg(long = "exclude", value_delimiter = ',')]
+    exclude: Vec<String>,
+    /// Columns that never leave, `table.column` (repeatable or comma-separated).
+    #[arg(long = "exclude-columns", value_delimiter = ',')]
+    exclude_columns: Vec<String>,
+    /// Topic prefix (`{prefix}.{schema}.{table}`); default the name.
+    #[arg(long)]
+    topic_prefix: Option<String>,
+    /// The body's form.
+    #[arg(long, value_enum, default_value = "ferry")]
+    format: CdcFormat,
+    /// Do not send the tables' current rows first.
+    #[arg(long)]
+    no_snapshot: bool,
+    /// Where dead letters are kept (migrated at start); default the captured database.
+    #[arg(long)]
+    state: Option<String>,
+    /// Attempts at a change before it is dead-lettered.
+    #[arg(long, default_value_t = RetryPolicy::default().max_attempts)]
+    max_attempts: u32,
+    /// Serve `/metrics` and `/health` here, e.g. `127.0.0.1:9464`.
+    #[arg(long)]
+    listen: Option<std::net::SocketAddr>,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum CdcFormat {
+    /// Ferry's compact body.
+    Ferry,
+    /// Debezium's change event value.
+    Debezium,
+}
+
+#[derive(Subcommand)]
+enum CdcAction {
+    /// What a capture has not shipped yet.
+    Status {
+        /// The captured database.
+        #[arg(long, env = "FERRY_DATABASE")]
+        from: String,
+        /// The capture's name.
+        #[arg(long, default_value = "ferry")]
+        name: String,
+        /// How it captures.
+        #[arg(long, value_enum)]
+        mode: Option<cdc::Mode>,
+    },
+    /// Remove what a capture installed (its triggers and waiting changes).
+    Drop {
+        /// The captured database.
+        #[arg(long, env = "FERRY_DATABASE")]
+        from: String,
+        /// The capture's name.
+        #[arg(long, default_value = "ferry")]
+        name: String,
+        /// How it captures.
+        #[arg(long, value_enum)]
+        mode: Option<cdc::Mode>,
     },
 }
 
@@ -381,6 +474,57 @@ async fn signal(term: &mut Option<tokio::signal::unix::Signal>) {
     }
 }
 
+/// `ferry cdc --from … --to …`.
+async fn run_cdc(args: CdcArgs) -> anyhow::Result<()> {
+    let (Some(from), Some(to)) = (args.from, args.to) else {
+        anyhow::bail!("ferry cdc needs --from (the database) and --to (the sink)");
+    };
+    let sink = flag("--to", SinkConfig::from_url(&to))?;
+    ferry_store::DatabaseKind::of(&from).map_err(|e| anyhow::anyhow!("--from: {e}"))?;
+    let valid_name = !args.name.is_empty()
+        && args.name.len() <= 32
+        && args
+            .name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_');
+    if !valid_name {
+        anyhow::bail!("--name: use 1 to 32 letters, digits or '_' (it names triggers)");
+    }
+    let name = args.name;
+    let cdc = cdc::Cdc {
+        from,
+        mode: args.mode,
+        filter: ferry_cdc::Filter {
+            include: args.tables,
+            exclude: args.exclude,
+            exclude_columns: args.exclude_columns,
+        },
+        state: args.state,
+        snapshot: !args.no_snapshot,
+        poll_interval: Duration::from_millis(100),
+        sink,
+        ship: ferry_cdc::ShipConfig {
+            topic_prefix: args.topic_prefix.unwrap_or_else(|| name.clone()),
+            format: match args.format {
+                CdcFormat::Ferry => ferry_cdc::Format::Ferry,
+                CdcFormat::Debezium => ferry_cdc::Format::Debezium,
+            },
+            retry: RetryPolicy {
+                max_attempts: args.max_attempts.max(1),
+                ..RetryPolicy::default()
+            },
+            ..ferry_cdc::ShipConfig::new(name.clone())
+        },
+    };
+    let shutdown = shutdown_on_signal();
+    let metrics = metrics::Metrics::default();
+    if let Some(listen) = args.listen {
+        drop(metrics::serve(listen, metrics.clone(), shutdown.clone()).await?);
+    }
+    cdc.run(shutdown, |stats| metrics.add_cdc(&name, stats))
+        .await
+}
+
 async fn run(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Run { config } => {
@@ -390,6 +534,13 @@ async fn run(command: Command) -> anyhow::Result<()> {
             let mut tasks = tokio::task::JoinSet::new();
             for p in &config.pipelines {
                 tasks.spawn(Pipeline::from(p).run(shutdown.clone()));
+            }
+            for c in &config.cdcs {
+                let (metrics, name) = (metrics.clone(), c.name.get_ref().clone());
+                tasks.spawn(
+                    cdc::Cdc::from(c)
+                        .run(shutdown.clone(), move |stats| metrics.add_cdc(&name, stats)),
+                );
             }
             for f in &config.forwarders {
                 let (metrics, name) = (metrics.clone(), f.name.get_ref().clone());
@@ -465,10 +616,11 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::Check { config } => {
             let config = FerryConfig::load(&config)?;
             println!(
-                "ok: {} pipeline(s), {} consumer(s), {} forwarder(s)",
+                "ok: {} pipeline(s), {} consumer(s), {} forwarder(s), {} cdc",
                 config.pipelines.len(),
                 config.consumers.len(),
-                config.forwarders.len()
+                config.forwarders.len(),
+                config.cdcs.len()
             );
             Ok(())
         }
@@ -613,6 +765,13 @@ async fn run(command: Command) -> anyhow::Result<()> {
             };
             events_api::serve(&database, migrate, listen, config).await
         }
+        Command::Cdc { action, args } => match action {
+            Some(CdcAction::Status { from, name, mode }) => cdc::status(&from, &name, mode).await,
+            Some(CdcAction::Drop { from, name, mode }) => {
+                cdc::drop_capture(&from, &name, mode).await
+            }
+            None => run_cdc(args).await,
+        },
         Command::Migrate { database } => {
             let db = open(&database).await?;
             let applied = db.migrate().await?;

@@ -18,6 +18,19 @@
 //! Lag gauges are absent until the broker has been read, or when the broker
 //! cannot tell.
 //!
+//! Per change data capture (label `capture`; the per-table counter also
+//! `table`):
+//!
+//! | metric | type | meaning |
+//! |---|---|---|
+//! | `ferry_cdc_read_total` | counter | changes read from the database |
+//! | `ferry_cdc_delivered_total` | counter | changes the sink accepted |
+//! | `ferry_cdc_failed_total` | counter | failed attempts (each retry counts) |
+//! | `ferry_cdc_dead_lettered_total` | counter | changes dead-lettered |
+//! | `ferry_cdc_acknowledged_total` | counter | times the position was acknowledged to the database |
+//! | `ferry_cdc_table_delivered_total` | counter | changes accepted, per table (events/s per table is its rate) |
+//! | `ferry_cdc_lag_seconds` | gauge | now minus the commit time of the last change delivered |
+//!
 //! Per forwarder (label `forwarder`):
 //!
 //! | metric | type | meaning |
@@ -36,6 +49,7 @@ use axum::extract::State;
 use axum::http::header::CONTENT_TYPE;
 use axum::response::IntoResponse;
 use axum::routing::get;
+use ferry_cdc::ShipStats;
 use ferry_consumer::Stats;
 use ferry_events::forwarder::ForwarderStats;
 use ferry_relay::CancellationToken;
@@ -95,6 +109,7 @@ impl HttpConfig {
 pub struct Metrics {
     consumers: Shown<Stats>,
     forwarders: Shown<Arc<ForwarderStats>>,
+    cdcs: Shown<Arc<ShipStats>>,
 }
 
 /// Something shown under a name.
@@ -141,10 +156,16 @@ impl Metrics {
         self.forwarders.add(name, stats);
     }
 
+    /// Shows `stats` under the capture `name`.
+    pub fn add_cdc(&self, name: &str, stats: Arc<ShipStats>) {
+        self.cdcs.add(name, stats);
+    }
+
     fn render(&self) -> String {
         let mut registry = Registry::default();
         registry.register_collector(Box::new(ConsumerCollector(self.clone())));
         registry.register_collector(Box::new(ForwarderCollector(self.clone())));
+        registry.register_collector(Box::new(CdcCollector(self.clone())));
         let mut out = String::new();
         // Writing to a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &registry);
@@ -322,6 +343,64 @@ impl Collector for ForwarderCollector {
             ),
         ];
         encode_gauges(&mut encoder, &rows, &gauges)
+    }
+}
+
+#[derive(Debug)]
+struct CdcCollector(Metrics);
+
+impl Collector for CdcCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let captures = self.0.cdcs.snapshot();
+        let rows: Vec<(ForwarderLabels, Arc<ShipStats>)> = captures
+            .iter()
+            .map(|(name, stats)| ([("capture", name.clone())], stats.clone()))
+            .collect();
+        type Pick = fn(&Arc<ShipStats>) -> u64;
+        let counters: [(&str, &str, Pick); 5] = [
+            ("ferry_cdc_read", "Changes read from the database.", |s| {
+                s.read.load(Relaxed)
+            }),
+            ("ferry_cdc_delivered", "Changes the sink accepted.", |s| {
+                s.delivered.load(Relaxed)
+            }),
+            (
+                "ferry_cdc_failed",
+                "Failed attempts; each retry counts.",
+                |s| s.failed.load(Relaxed),
+            ),
+            ("ferry_cdc_dead_lettered", "Changes dead-lettered.", |s| {
+                s.dead.load(Relaxed)
+            }),
+            (
+                "ferry_cdc_acknowledged",
+                "Times the position was acknowledged to the database.",
+                |s| s.acknowledged.load(Relaxed),
+            ),
+        ];
+        encode_counters(&mut encoder, &rows, &counters)?;
+        type Gauge = fn(&Arc<ShipStats>) -> Option<f64>;
+        let gauges: [(&str, &str, Gauge); 1] = [(
+            "ferry_cdc_lag_seconds",
+            "Seconds between the last delivered change's commit and now.",
+            |s| s.lag_seconds(),
+        )];
+        encode_gauges(&mut encoder, &rows, &gauges)?;
+        let per_table: Vec<([(&'static str, String); 2], u64)> = captures
+            .iter()
+            .flat_map(|(name, stats)| {
+                stats.tables().into_iter().map(move |(table, n)| {
+                    ([("capture", name.clone()), ("table", table.to_string())], n)
+                })
+            })
+            .collect();
+        let table_counters: [Family<'_, u64, u64>; 1] = [(
+            "ferry_cdc_table_delivered",
+            "Changes the sink accepted, per table.",
+            |n| *n,
+        )];
+        encode_counters(&mut encoder, &per_table, &table_counters)
     }
 }
 

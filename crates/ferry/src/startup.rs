@@ -65,7 +65,7 @@ pub async fn open_retrying(
 /// unreachable (logged when it goes down and when it is back), failing at
 /// once on errors no retry fixes. `None` when shut down before connecting.
 /// `what` names the pipeline or consumer in errors, `name` in logs.
-async fn connect_retrying(
+pub async fn connect_retrying(
     url: &str,
     options: &ConnectOptions,
     what: &str,

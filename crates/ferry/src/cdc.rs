@@ -1,0 +1,489 @@
+//! Runs one change data capture: a database's committed row changes to a
+//! sink. `ferry cdc` and the `[[cdc]]` tables of `ferry run`.
+
+use std::num::NonZeroUsize;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use ferry_adapters::SinkConfig;
+use ferry_cdc::mariadb::{BinlogConfig, MariaDbCapture};
+use ferry_cdc::postgres::{PgCapture, PgLogConfig};
+use ferry_cdc::{
+    ship, Capture, Filter, Format, OnFailure, ShipConfig, ShipStats, TriggerCapture, TriggerConfig,
+};
+use ferry_core::{RetryPolicy, Sink};
+use ferry_relay::{CancellationToken, SinkBackoff};
+use ferry_store::{ConnectOptions, Database, DatabaseKind};
+use serde::Deserialize;
+
+use crate::startup::{connect_retrying, started, valid_retry, valid_sink, Names};
+
+/// How changes are captured.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// The database's own log: PostgreSQL's logical replication
+    /// (`pgoutput`), MariaDB's row-based binary log. The default on both.
+    Log,
+    /// Triggers write each change into a change table in the writing
+    /// transaction (SQLite's only mode, and its default; also PostgreSQL
+    /// and MariaDB without log access).
+    Triggers,
+}
+
+impl Mode {
+    /// The mode used when none is named: the log on PostgreSQL and
+    /// MariaDB, triggers on SQLite (the embedded default).
+    pub fn default_for(kind: DatabaseKind) -> Self {
+        match kind {
+            DatabaseKind::Sqlite => Mode::Triggers,
+            DatabaseKind::Postgres | DatabaseKind::Mysql => Mode::Log,
+        }
+    }
+
+    /// `self` on a database of `kind`, or why it cannot be.
+    fn on(self, kind: DatabaseKind) -> Result<Self, String> {
+        match (self, kind) {
+            (Mode::Log, DatabaseKind::Sqlite) => Err(
+                "SQLite has no log Ferry can read: use mode = \"triggers\" (the default there)"
+                    .to_owned(),
+            ),
+            _ => Ok(self),
+        }
+    }
+}
+
+/// The capture modes' settings for one database and capture.
+fn pg_config(url: &str, name: &str, filter: &Filter, snapshot: bool) -> PgLogConfig {
+    PgLogConfig {
+        tables: filter.clone(),
+        snapshot: if snapshot {
+            ferry_cdc::postgres::SnapshotMode::Initial
+        } else {
+            ferry_cdc::postgres::SnapshotMode::Never
+        },
+        ..PgLogConfig::new(url, name)
+    }
+}
+
+fn binlog_config(
+    url: &str,
+    name: &str,
+    filter: &Filter,
+    snapshot: bool,
+    offsets: Option<&str>,
+) -> BinlogConfig {
+    BinlogConfig {
+        tables: filter.clone(),
+        offsets: offsets.map(str::to_owned),
+        snapshot: if snapshot {
+            ferry_cdc::mariadb::SnapshotMode::Initial
+        } else {
+            ferry_cdc::mariadb::SnapshotMode::Never
+        },
+        ..BinlogConfig::new(url, name)
+    }
+}
+
+/// A `[[cdc]]` table: one database's changes to one sink.
+///
+/// ```toml
+/// [[cdc]]
+/// name = "shop"
+/// from = "sqlite://shop.db"
+/// tables = ["orders", "customers"]
+/// exclude_columns = ["customers.email"]
+/// [cdc.sink]
+/// type = "http"
+/// url = "http://127.0.0.1:8080/changes"
+/// ```
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CdcFileConfig {
+    /// The capture's name, unique in the file (letters, digits, `_`): it
+    /// names the triggers, is part of every change id (keep it stable), and
+    /// labels logs, metrics and dead letters (`cdc:<name>`).
+    pub name: toml::Spanned<String>,
+    /// The database whose changes are captured: `sqlite://path.db`,
+    /// `postgres://…` or `mysql://…` (MariaDB).
+    pub from: String,
+    /// How changes are captured: `"log"` (PostgreSQL's logical
+    /// replication, MariaDB's binary log; the default there) or
+    /// `"triggers"` (the default, and only mode, on SQLite).
+    #[serde(default)]
+    pub mode: Option<Mode>,
+    /// Tables captured: `table` or `schema.table`, `*` as a wildcard
+    /// (default: every table but Ferry's own).
+    #[serde(default)]
+    pub tables: Vec<String>,
+    /// Tables never captured, even when `tables` names them.
+    #[serde(default)]
+    pub exclude: Vec<String>,
+    /// Columns that never leave the database: `table.column` or
+    /// `schema.table.column`.
+    #[serde(default)]
+    pub exclude_columns: Vec<String>,
+    /// Topic prefix: a change of `public.orders` goes to
+    /// `{topic_prefix}.public.orders` (default: the name).
+    #[serde(default)]
+    pub topic_prefix: Option<String>,
+    /// The body: `"ferry"` (default, compact) or `"debezium"` (Debezium's
+    /// change event value, for existing Debezium consumers).
+    #[serde(default)]
+    pub format: Format,
+    /// A change whose attempts are spent: `"dead-letter"` (default; it is
+    /// parked and the stream goes on) or `"stop"` (the capture, and the
+    /// daemon, stop with an error naming it).
+    #[serde(default)]
+    pub on_failure: OnFailure,
+    /// Where dead letters are kept: a database URL (migrated at start).
+    /// Default: the captured database itself.
+    #[serde(default)]
+    pub state: Option<String>,
+    /// Send each table's current rows as `r` changes when its capture
+    /// begins (default `true`).
+    #[serde(default = "yes")]
+    pub snapshot: bool,
+    /// Changes read at a time (default 1000).
+    #[serde(default = "default_batch")]
+    pub batch_size: NonZeroUsize,
+    /// Changes in flight past the acknowledged position at most (default
+    /// 8000): the memory bound, and what a crash sends again.
+    #[serde(default = "default_window")]
+    pub window: NonZeroUsize,
+    /// Trigger mode: how often an empty change table is read again
+    /// (default `"100ms"`).
+    #[serde(default = "default_poll", with = "humantime_serde")]
+    pub poll_interval: Duration,
+    /// Retries of a change the sink refused; see `[cdc.retry]`.
+    #[serde(default, deserialize_with = "valid_retry")]
+    pub retry: RetryPolicy,
+    /// Pause while the sink or the database is unreachable: `initial`
+    /// doubling up to `max`.
+    #[serde(default)]
+    pub sink_backoff: SinkBackoff,
+    /// Where changes go: `type = "http"`, `"nats"`, `"amqp"`, `"redis"`,
+    /// `"kafka"`, `"sqs"` or `"null"`, and that sink's settings. Each change
+    /// is a message whose id derives from its position (the receiver's
+    /// dedup key) and whose key is the table and primary key.
+    #[serde(deserialize_with = "valid_sink")]
+    pub sink: SinkConfig,
+}
+
+fn yes() -> bool {
+    true
+}
+fn default_batch() -> NonZeroUsize {
+    NonZeroUsize::new(1000).unwrap_or(NonZeroUsize::MIN)
+}
+fn default_window() -> NonZeroUsize {
+    NonZeroUsize::new(8000).unwrap_or(NonZeroUsize::MIN)
+}
+fn default_poll() -> Duration {
+    Duration::from_millis(100)
+}
+
+/// Checks the `[[cdc]]` tables of a file whose text is `text`: unique
+/// names that can name triggers, database URLs Ferry knows, a mode the
+/// database has. The error starts with the line of the capture's name.
+pub fn check(text: &str, cdcs: &[CdcFileConfig]) -> Result<(), String> {
+    let mut names = Names::new("cdc", text);
+    for c in cdcs {
+        let line = names.line(&c.name)?;
+        let name = c.name.get_ref();
+        names.database(line, name, &c.from)?;
+        if let Some(state) = &c.state {
+            names.database(line, name, state)?;
+        }
+        let valid_name = !name.is_empty()
+            && name.len() <= 32
+            && name
+                .chars()
+                .all(|ch| ch.is_ascii_alphanumeric() || ch == '_');
+        if !valid_name {
+            return Err(format!(
+                "line {line}: cdc `{name}`: key `name`: use 1 to 32 letters, digits or '_' (it names triggers)"
+            ));
+        }
+        if let (Some(mode), Ok(kind)) = (c.mode, DatabaseKind::of(&c.from)) {
+            mode.on(kind)
+                .map_err(|e| format!("line {line}: cdc `{name}`: key `mode`: {e}"))?;
+        }
+        if c.window < c.batch_size {
+            return Err(format!(
+                "line {line}: cdc `{name}`: key `window`: must be at least batch_size ({})",
+                c.batch_size
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Everything a capture needs, from the file or from `ferry cdc`.
+#[derive(Clone, Debug)]
+pub struct Cdc {
+    pub from: String,
+    pub mode: Option<Mode>,
+    pub filter: Filter,
+    pub state: Option<String>,
+    pub snapshot: bool,
+    pub poll_interval: Duration,
+    pub sink: SinkConfig,
+    pub ship: ShipConfig,
+}
+
+impl From<&CdcFileConfig> for Cdc {
+    fn from(c: &CdcFileConfig) -> Self {
+        let name = c.name.get_ref().clone();
+        Cdc {
+            from: c.from.clone(),
+            mode: c.mode,
+            filter: Filter {
+                include: c.tables.clone(),
+                exclude: c.exclude.clone(),
+                exclude_columns: c.exclude_columns.clone(),
+            },
+            state: c.state.clone(),
+            snapshot: c.snapshot,
+            poll_interval: c.poll_interval,
+            sink: c.sink.clone(),
+            ship: ShipConfig {
+                topic_prefix: c.topic_prefix.clone().unwrap_or_else(|| name.clone()),
+                format: c.format,
+                batch_size: c.batch_size.get(),
+                window: c.window.get(),
+                retry: c.retry.clone(),
+                backoff: c.sink_backoff.clone(),
+                on_failure: c.on_failure,
+                ..ShipConfig::new(name)
+            },
+        }
+    }
+}
+
+impl Cdc {
+    fn name(&self) -> &str {
+        &self.ship.name
+    }
+
+    /// Connects to the captured database (and the state database),
+    /// retrying while unreachable; starts the capture and the sink, and
+    /// ships until `shutdown`. An error means it could not start, the
+    /// capture refused to go on, or it stopped at a change.
+    pub async fn run(
+        self,
+        shutdown: CancellationToken,
+        on_stats: impl FnOnce(Arc<ShipStats>),
+    ) -> anyhow::Result<()> {
+        let name = self.name().to_owned();
+        let what = format!("cdc `{name}`");
+        let options = ConnectOptions {
+            max_connections: 4,
+            lease: None,
+        };
+        let backoff = &self.ship.backoff;
+        let Some(source) =
+            connect_retrying(&self.from, &options, &what, &name, backoff, &shutdown).await?
+        else {
+            return Ok(());
+        };
+        let state = match &self.state {
+            None => source.clone(),
+            Some(url) => {
+                match connect_retrying(url, &options, &what, &name, backoff, &shutdown).await? {
+                    Some(db) => db,
+                    None => return Ok(()),
+                }
+            }
+        };
+        state
+            .migrate()
+            .await
+            .with_context(|| format!("{what}: migrating the state database failed"))?;
+        let mode = self
+            .mode
+            .unwrap_or(Mode::default_for(source.kind()))
+            .on(source.kind())
+            .map_err(|e| anyhow::anyhow!("{what}: {e}"))?;
+        let sink: Arc<dyn Sink> = started(self.sink.build().await, &what, "sink")?;
+        let stats = Arc::new(ShipStats::default());
+        on_stats(stats.clone());
+        let refused = |e: ferry_cdc::CaptureError| anyhow::anyhow!("{what}: {}", e.describe());
+        let dead = Some(state.clone());
+        let result = match (mode, source.kind()) {
+            (Mode::Triggers, _) => {
+                let capture = TriggerCapture::start(
+                    source.clone(),
+                    TriggerConfig {
+                        name: name.clone(),
+                        filter: self.filter.clone(),
+                        snapshot: self.snapshot,
+                        poll_interval: self.poll_interval,
+                    },
+                )
+                .await
+                .map_err(refused)?;
+                let tables: Vec<String> =
+                    capture.tables().iter().map(ToString::to_string).collect();
+                tracing::info!(capture = %name, mode = "triggers", ?tables, "capturing");
+                ship(capture, sink, self.ship, dead, stats, shutdown).await
+            }
+            (Mode::Log, DatabaseKind::Postgres) => {
+                let config = pg_config(&self.from, &name, &self.filter, self.snapshot);
+                let capture = retry_start(&what, &name, backoff, &shutdown, || {
+                    PgCapture::connect(config.clone())
+                })
+                .await?;
+                let Some(capture) = capture else {
+                    return Ok(());
+                };
+                tracing::info!(capture = %name, mode = "log", slot = %config.slot_name(), "capturing");
+                ship(capture, sink, self.ship, dead, stats, shutdown).await
+            }
+            (Mode::Log, _) => {
+                let config = binlog_config(
+                    &self.from,
+                    &name,
+                    &self.filter,
+                    self.snapshot,
+                    self.state.as_deref(),
+                );
+                let capture = retry_start(&what, &name, backoff, &shutdown, || {
+                    MariaDbCapture::start(config.clone())
+                })
+                .await?;
+                let Some(capture) = capture else {
+                    return Ok(());
+                };
+                tracing::info!(capture = %name, mode = "log", "capturing");
+                ship(capture, sink, self.ship, dead, stats, shutdown).await
+            }
+        };
+        source.close().await;
+        state.close().await;
+        result.map_err(anyhow::Error::from)
+    }
+}
+
+/// Starts a capture, retrying with capped backoff while the database is
+/// unavailable (logged once per change of state); a refusal (a server not
+/// set up for the mode, a table without a key) is an error at once.
+/// `None` when shut down first.
+async fn retry_start<
+    C: Capture,
+    F: std::future::Future<Output = Result<C, ferry_cdc::CaptureError>>,
+>(
+    what: &str,
+    name: &str,
+    backoff: &SinkBackoff,
+    shutdown: &CancellationToken,
+    mut start: impl FnMut() -> F,
+) -> anyhow::Result<Option<C>> {
+    let health = ferry_relay::Health::new("database", name, backoff);
+    loop {
+        match start().await {
+            Ok(c) => {
+                health.succeeded();
+                return Ok(Some(c));
+            }
+            Err(e) if e.is_retryable() => health.failed(&e.describe()),
+            Err(e) => anyhow::bail!("{what}: {}", e.describe()),
+        }
+        let pause = health.pause_left().unwrap_or(Duration::from_millis(100));
+        tokio::select! {
+            _ = tokio::time::sleep(pause) => {}
+            _ = shutdown.cancelled() => return Ok(None),
+        }
+    }
+}
+
+/// `ferry cdc status`: what the capture has not yet shipped.
+pub async fn status(from: &str, name: &str, mode: Option<Mode>) -> anyhow::Result<()> {
+    let db = Database::connect(from)
+        .await
+        .with_context(|| format!("cannot open {}", ferry_store::redact(from)))?;
+    let describe = |e: ferry_cdc::CaptureError| anyhow::anyhow!(e.describe());
+    let mode = mode
+        .unwrap_or(Mode::default_for(db.kind()))
+        .on(db.kind())
+        .map_err(|e| anyhow::anyhow!(e))?;
+    match (mode, db.kind()) {
+        (Mode::Triggers, _) => {
+            let (backlog, age) = TriggerCapture::backlog(&db, name).await.map_err(describe)?;
+            println!("capture {name} (triggers)");
+            println!("changes waiting: {backlog}");
+            match age {
+                Some(a) => println!("oldest waiting: {a:.1}s"),
+                None => println!("oldest waiting: -"),
+            }
+        }
+        (Mode::Log, DatabaseKind::Postgres) => {
+            let config = pg_config(from, name, &Filter::default(), false);
+            println!("capture {name} (log, slot {})", config.slot_name());
+            match ferry_cdc::postgres::status(&config)
+                .await
+                .map_err(describe)?
+            {
+                None => println!("slot: absent"),
+                Some(s) => {
+                    let lsn =
+                        |v: Option<u64>| v.map_or("-".to_owned(), ferry_cdc::change::lsn_text);
+                    let bytes = |v: Option<u64>| v.map_or("-".to_owned(), |b| b.to_string());
+                    println!("slot active: {}", s.active);
+                    println!("confirmed position: {}", lsn(s.confirmed_flush_lsn));
+                    println!("lag bytes: {}", bytes(s.lag_bytes));
+                    println!("retained WAL bytes: {}", bytes(s.retained_wal_bytes));
+                    println!("WAL status: {}", s.wal_status.as_deref().unwrap_or("-"));
+                }
+            }
+        }
+        (Mode::Log, _) => {
+            let config = binlog_config(from, name, &Filter::default(), false, None);
+            let s = MariaDbCapture::status(&config).await.map_err(describe)?;
+            println!("capture {name} (log, binlog)");
+            match &s.saved {
+                Some(p) => println!("saved position: {p:?}"),
+                None => println!("saved position: -"),
+            }
+            println!("binlog end: {:?}", s.end);
+            println!(
+                "lag bytes: {}",
+                s.lag_bytes.map_or("-".to_owned(), |b| b.to_string())
+            );
+            if let Some(t) = &s.snapshot_table {
+                println!("snapshot in progress: {t}");
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `ferry cdc drop`: removes what the capture installed.
+pub async fn drop_capture(from: &str, name: &str, mode: Option<Mode>) -> anyhow::Result<()> {
+    let db = Database::connect(from)
+        .await
+        .with_context(|| format!("cannot open {}", ferry_store::redact(from)))?;
+    let describe = |e: ferry_cdc::CaptureError| anyhow::anyhow!(e.describe());
+    let mode = mode
+        .unwrap_or(Mode::default_for(db.kind()))
+        .on(db.kind())
+        .map_err(|e| anyhow::anyhow!(e))?;
+    match (mode, db.kind()) {
+        (Mode::Triggers, _) => TriggerCapture::drop_capture(&db, name)
+            .await
+            .map_err(describe)?,
+        (Mode::Log, DatabaseKind::Postgres) => {
+            ferry_cdc::postgres::drop(&pg_config(from, name, &Filter::default(), false))
+                .await
+                .map_err(describe)?
+        }
+        (Mode::Log, _) => {
+            MariaDbCapture::drop(&binlog_config(from, name, &Filter::default(), false, None))
+                .await
+                .map_err(describe)?;
+        }
+    }
+    println!("dropped capture {name}");
+    Ok(())
+}

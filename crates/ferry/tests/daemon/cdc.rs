@@ -1,0 +1,233 @@
+//! `ferry cdc` as a process: SIGKILLed mid-stream and mid-snapshot on each
+//! database, from a configuration file, its status and drop commands, and
+//! its refusals.
+
+use std::collections::BTreeMap;
+
+use ferry_testkit::MysqlTestDb;
+use serde_json::Value;
+
+use super::*;
+
+fn spawn_cdc(from: &str, to: &str, name: &str) -> Child {
+    ferry_command("warn", &["cdc", "--from", from, "--to", to, "--name", name])
+        .spawn()
+        .expect("start ferry cdc")
+}
+
+/// A capture name of its own: PostgreSQL's slots are named after it, and
+/// slots are the whole server's.
+fn unique_name() -> String {
+    format!("bank_{}", &uuid::Uuid::now_v7().simple().to_string()[20..])
+}
+
+async fn exec(db: &Database, sql: &str) {
+    match db {
+        Database::Sqlite(p) => drop(sqlx::query(sql).execute(p).await.unwrap()),
+        Database::Postgres(p) => drop(sqlx::query(sql).execute(p).await.unwrap()),
+        Database::Mysql(p) => drop(sqlx::query(sql).execute(p).await.unwrap()),
+    }
+}
+
+/// Per account, the balances the receiver applied, in order.
+fn balances(r: &Receiver) -> BTreeMap<i64, Vec<i64>> {
+    let mut out: BTreeMap<i64, Vec<i64>> = BTreeMap::new();
+    for x in r.applied() {
+        let b: Value = serde_json::from_slice(&x.body).unwrap();
+        let id = b["key"]["id"].as_i64().unwrap();
+        out.entry(id)
+            .or_default()
+            .push(b["after"]["balance"].as_i64().unwrap());
+    }
+    out
+}
+
+/// 200 accounts exist before the capture starts (its snapshot); updates
+/// run while `ferry cdc` (the database's default mode) is SIGKILLed five
+/// times at random moments and restarted. Every change arrives, each
+/// applied once (the receiver dedups by `ce-id`), each account's balances
+/// in order.
+async fn kill_and_restart(url: &str) {
+    let db = Database::connect(url).await.unwrap();
+    exec(
+        &db,
+        "CREATE TABLE accounts (id INT PRIMARY KEY, balance INT NOT NULL)",
+    )
+    .await;
+    for i in 0..200 {
+        exec(&db, &format!("INSERT INTO accounts VALUES ({i}, 0)")).await;
+    }
+    let r = Receiver::start().await;
+    r.set_delay(Duration::from_millis(20));
+    let name = unique_name();
+    let mut rng = rand::thread_rng();
+    let mut balance = 0;
+    let mut mid_stream = 0;
+    for _ in 0..5 {
+        let mut child = Reaped(spawn_cdc(url, &r.url(), &name));
+        for _ in 0..6 {
+            balance += 1;
+            exec(
+                &db,
+                &format!("UPDATE accounts SET balance = {balance} WHERE id < 100"),
+            )
+            .await;
+            tokio::time::sleep(Duration::from_millis(rng.gen_range(10..60))).await;
+        }
+        tokio::time::sleep(Duration::from_millis(rng.gen_range(0..150))).await;
+        let got = balances(&r);
+        let behind = (0..100).any(|id| got.get(&id).and_then(|s| s.last()) != Some(&balance));
+        if behind {
+            mid_stream += 1;
+        }
+        sigkill(&mut child.0);
+    }
+    assert!(
+        mid_stream >= 3,
+        "only {mid_stream} of 5 kills came mid-stream"
+    );
+    let mut last = Reaped(spawn_cdc(url, &r.url(), &name));
+    // Each account's first change is its snapshot read, as it was when the
+    // capture began (updates before that are part of the state read);
+    // every committed update after it must follow, once, in order.
+    let complete = |got: &BTreeMap<i64, Vec<i64>>| {
+        got.len() == 200
+            && got
+                .iter()
+                .all(|(id, seen)| seen.last() == Some(&if *id < 100 { balance } else { 0 }))
+    };
+    wait_until(
+        "every account at its last balance",
+        Duration::from_secs(60),
+        || complete(&balances(&r)),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop(&mut last.0);
+    let got = balances(&r);
+    for (id, seen) in &got {
+        let first = seen[0];
+        let expected: Vec<i64> = if *id < 100 {
+            (first..=balance).collect()
+        } else {
+            vec![0]
+        };
+        assert_eq!(seen, &expected, "account {id}: every change once, in order");
+    }
+    assert!(
+        got[&0][0] < balance,
+        "the capture saw some updates as changes"
+    );
+    let dropped = ferry(&["cdc", "drop", "--from", url, "--name", &name]);
+    assert!(dropped.status.success(), "{dropped:?}");
+}
+
+per_database!(kill_and_restart {
+    cdc_sigkilled_mid_stream_loses_nothing_sqlite: SqliteTestDb::create(),
+    cdc_sigkilled_mid_stream_loses_nothing_postgres: PgTestDb::create().await,
+    cdc_sigkilled_mid_stream_loses_nothing_mariadb: MysqlTestDb::create().await,
+});
+
+/// `ferry run` with a `[[cdc]]` table; `ferry cdc status` and `ferry cdc
+/// drop` on what it installed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cdc_from_a_config_file_then_status_and_drop() {
+    let t = SqliteTestDb::create();
+    let db = Database::connect(&t.url).await.unwrap();
+    exec(
+        &db,
+        "CREATE TABLE accounts (id INT PRIMARY KEY, balance INT NOT NULL)",
+    )
+    .await;
+    exec(&db, "INSERT INTO accounts VALUES (1, 10)").await;
+    let r = Receiver::start().await;
+    let dir = TempDir::new();
+    let file = dir.0.join("ferry.toml");
+    std::fs::write(
+        &file,
+        format!(
+            r#"
+[[cdc]]
+name = "bank"
+from = "{}"
+tables = ["accounts"]
+format = "debezium"
+[cdc.sink]
+type = "http"
+url = "{}"
+"#,
+            t.url,
+            r.url()
+        ),
+    )
+    .unwrap();
+    let checked = ferry(&["check", "--config", file.to_str().unwrap()]);
+    assert!(checked.status.success(), "{checked:?}");
+    let mut child = Reaped(spawn_ferry(&["run", "--config", file.to_str().unwrap()]));
+    wait_until("the snapshot row", Duration::from_secs(20), || {
+        r.applied().len() == 1
+    })
+    .await;
+    exec(&db, "UPDATE accounts SET balance = 11 WHERE id = 1").await;
+    wait_until("the update", Duration::from_secs(20), || {
+        r.applied().len() == 2
+    })
+    .await;
+    let update: Value = serde_json::from_slice(&r.applied()[1].body).unwrap();
+    assert_eq!(update["op"], "u");
+    assert_eq!(update["before"]["balance"], 10);
+    assert_eq!(update["after"]["balance"], 11);
+    assert_eq!(update["source"]["table"], "accounts");
+    stop(&mut child.0);
+    exec(&db, "UPDATE accounts SET balance = 12 WHERE id = 1").await;
+    let status = ferry(&["cdc", "status", "--from", &t.url, "--name", "bank"]);
+    assert!(status.status.success(), "{status:?}");
+    let text = String::from_utf8_lossy(&status.stdout);
+    assert!(text.contains("changes waiting: 1"), "{text}");
+    let dropped = ferry(&["cdc", "drop", "--from", &t.url, "--name", "bank"]);
+    assert!(dropped.status.success(), "{dropped:?}");
+    exec(&db, "UPDATE accounts SET balance = 13 WHERE id = 1").await;
+    let status = ferry(&["cdc", "status", "--from", &t.url, "--name", "bank"]);
+    let text = String::from_utf8_lossy(&status.stdout);
+    assert!(text.contains("changes waiting: 0"), "{text}");
+}
+
+/// A table without a primary key: `ferry cdc` exits non-zero naming it and
+/// the fix. A bad key in the file: `ferry check` names key and line.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cdc_refusals_name_the_fix() {
+    let t = SqliteTestDb::create();
+    let db = Database::connect(&t.url).await.unwrap();
+    exec(&db, "CREATE TABLE logs (line TEXT)").await;
+    let out = ferry(&["cdc", "--from", &t.url, "--to", "null://", "--name", "x"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("logs") && err.contains("primary key"), "{err}");
+
+    let dir = TempDir::new();
+    let file = dir.0.join("ferry.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "[[cdc]]\nname = \"bad-name\"\nfrom = \"{}\"\n[cdc.sink]\ntype = \"null\"\n",
+            t.url
+        ),
+    )
+    .unwrap();
+    let out = ferry(&["check", "--config", file.to_str().unwrap()]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("line 2") && err.contains("`name`"), "{err}");
+    std::fs::write(
+        &file,
+        format!(
+            "[[cdc]]\nname = \"ok\"\nfrom = \"{}\"\ntabels = [\"x\"]\n[cdc.sink]\ntype = \"null\"\n",
+            t.url
+        ),
+    )
+    .unwrap();
+    let out = ferry(&["check", "--config", file.to_str().unwrap()]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("tabels") && err.contains("line 4"), "{err}");
+}
