@@ -10,7 +10,8 @@ use ferry_adapters::SinkConfig;
 use ferry_cdc::mariadb::{BinlogConfig, MariaDbCapture};
 use ferry_cdc::postgres::{PgCapture, PgLogConfig};
 use ferry_cdc::{
-    ship, Capture, Filter, Format, OnFailure, ShipConfig, ShipStats, TriggerCapture, TriggerConfig,
+    apply, ship, ApplyConfig, Capture, ColumnMapping, Filter, Format, OnFailure, PullCapture,
+    PullConfig, ShipConfig, ShipStats, TriggerCapture, TriggerConfig,
 };
 use ferry_core::{RetryPolicy, Sink};
 use ferry_relay::{CancellationToken, SinkBackoff};
@@ -27,9 +28,12 @@ pub enum Mode {
     /// (`pgoutput`), MariaDB's row-based binary log. The default on both.
     Log,
     /// Triggers write each change into a change table in the writing
-    /// transaction (SQLite's only mode, and its default; also PostgreSQL
-    /// and MariaDB without log access).
+    /// transaction (SQLite's default; also PostgreSQL and MariaDB without
+    /// log access).
     Triggers,
+    /// Polling by an `updated_at` column: no log, no triggers, any of the
+    /// three databases; hard deletes are not seen.
+    Pull,
 }
 
 impl Mode {
@@ -167,8 +171,19 @@ pub struct CdcFileConfig {
     /// `"kafka"`, `"sqs"` or `"null"`, and that sink's settings. Each change
     /// is a message whose id derives from its position (the receiver's
     /// dedup key) and whose key is the table and primary key.
-    #[serde(deserialize_with = "valid_sink")]
-    pub sink: SinkConfig,
+    #[serde(default, deserialize_with = "valid_sink_opt")]
+    pub sink: Option<SinkConfig>,
+    /// Instead of a sink: another database the changes are applied to
+    /// (`[cdc.target]`), exactly once.
+    #[serde(default)]
+    pub target: Option<TargetFileConfig>,
+    /// Pull mode's settings (`[cdc.pull]`).
+    #[serde(default)]
+    pub pull: PullSettings,
+}
+
+fn valid_sink_opt<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<SinkConfig>, D::Error> {
+    valid_sink(d).map(Some)
 }
 
 fn yes() -> bool {
@@ -210,6 +225,20 @@ pub fn check(text: &str, cdcs: &[CdcFileConfig]) -> Result<(), String> {
             mode.on(kind)
                 .map_err(|e| format!("line {line}: cdc `{name}`: key `mode`: {e}"))?;
         }
+        match (&c.sink, &c.target) {
+            (Some(_), Some(_)) => {
+                return Err(format!(
+                    "line {line}: cdc `{name}`: keys `sink` and `target`: name one, not both"
+                ))
+            }
+            (None, None) => {
+                return Err(format!(
+                    "line {line}: cdc `{name}`: missing `[cdc.sink]` (a sink) or `[cdc.target]` (a database)"
+                ))
+            }
+            (None, Some(t)) => names.database(line, name, &t.url)?,
+            (Some(_), None) => {}
+        }
         if c.window < c.batch_size {
             return Err(format!(
                 "line {line}: cdc `{name}`: key `window`: must be at least batch_size ({})",
@@ -229,8 +258,62 @@ pub struct Cdc {
     pub state: Option<String>,
     pub snapshot: bool,
     pub poll_interval: Duration,
-    pub sink: SinkConfig,
+    pub pull: PullSettings,
+    pub to: To,
     pub ship: ShipConfig,
+}
+
+/// Where changes go.
+#[derive(Clone, Debug)]
+pub enum To {
+    /// A message sink (webhook, broker, null).
+    Sink(SinkConfig),
+    /// Another database, where each change is applied as an upsert or a
+    /// delete, exactly once.
+    Database {
+        /// Its URL.
+        url: String,
+        /// Table and column mapping.
+        config: ApplyConfig,
+    },
+}
+
+/// Pull mode's settings.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PullSettings {
+    /// The column each table's writes set to the time (default
+    /// `updated_at`).
+    #[serde(default)]
+    pub updated_at: Option<String>,
+    /// How far behind the newest time read each poll looks again, for
+    /// transactions that commit late (default `"5s"`).
+    #[serde(default, with = "humantime_serde")]
+    pub overlap: Option<Duration>,
+    /// Time between two polls of a table that has nothing new (default `"1s"`).
+    #[serde(default, with = "humantime_serde")]
+    pub poll_interval: Option<Duration>,
+}
+
+/// `[cdc.target]`: another database the changes are applied to.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TargetFileConfig {
+    /// The target database: `postgres://…`, `mysql://…` or `sqlite://…`.
+    /// Its tables must exist; Ferry adds `ferry_cdc_applied`.
+    pub url: String,
+    /// Target table per source table, e.g. `{ "public.orders" =
+    /// "orders_copy" }` (default: the same name).
+    #[serde(default)]
+    pub tables: std::collections::BTreeMap<String, String>,
+    /// Per source table, columns renamed (`rename = { a = "b" }`) or left
+    /// out (`drop = ["c"]`).
+    #[serde(default)]
+    pub columns: std::collections::BTreeMap<String, ColumnMapping>,
+    /// Changes written per target transaction at most (a source
+    /// transaction is never split; default 500).
+    #[serde(default)]
+    pub batch_size: Option<usize>,
 }
 
 impl From<&CdcFileConfig> for Cdc {
@@ -247,7 +330,21 @@ impl From<&CdcFileConfig> for Cdc {
             state: c.state.clone(),
             snapshot: c.snapshot,
             poll_interval: c.poll_interval,
-            sink: c.sink.clone(),
+            pull: c.pull.clone(),
+            to: match (&c.sink, &c.target) {
+                (Some(sink), _) => To::Sink(sink.clone()),
+                (None, Some(t)) => To::Database {
+                    url: t.url.clone(),
+                    config: ApplyConfig {
+                        tables: t.tables.clone(),
+                        columns: t.columns.clone(),
+                        batch_size: t.batch_size.unwrap_or(ApplyConfig::new("x").batch_size),
+                        backoff: c.sink_backoff.clone(),
+                        ..ApplyConfig::new(name.clone())
+                    },
+                },
+                (None, None) => To::Sink(SinkConfig::Null(ferry_adapters::NullSinkConfig {})),
+            },
             ship: ShipConfig {
                 topic_prefix: c.topic_prefix.clone().unwrap_or_else(|| name.clone()),
                 format: c.format,
@@ -306,11 +403,17 @@ impl Cdc {
             .unwrap_or(Mode::default_for(source.kind()))
             .on(source.kind())
             .map_err(|e| anyhow::anyhow!("{what}: {e}"))?;
-        let sink: Arc<dyn Sink> = started(self.sink.build().await, &what, "sink")?;
         let stats = Arc::new(ShipStats::default());
         on_stats(stats.clone());
         let refused = |e: ferry_cdc::CaptureError| anyhow::anyhow!("{what}: {}", e.describe());
-        let dead = Some(state.clone());
+        let out = Out {
+            to: self.to.clone(),
+            ship: self.ship.clone(),
+            state: state.clone(),
+            stats,
+            shutdown: shutdown.clone(),
+            what: what.clone(),
+        };
         let result = match (mode, source.kind()) {
             (Mode::Triggers, _) => {
                 let capture = TriggerCapture::start(
@@ -327,7 +430,35 @@ impl Cdc {
                 let tables: Vec<String> =
                     capture.tables().iter().map(ToString::to_string).collect();
                 tracing::info!(capture = %name, mode = "triggers", ?tables, "capturing");
-                ship(capture, sink, self.ship, dead, stats, shutdown).await
+                out.deliver(capture).await
+            }
+            (Mode::Pull, _) => {
+                let mut config = PullConfig {
+                    tables: self.filter.clone(),
+                    snapshot: self.snapshot,
+                    offsets: self.state.clone(),
+                    ..PullConfig::new(name.clone())
+                };
+                if let Some(column) = &self.pull.updated_at {
+                    config.updated_at = column.clone();
+                }
+                if let Some(overlap) = self.pull.overlap {
+                    config.overlap = overlap;
+                }
+                if let Some(every) = self.pull.poll_interval {
+                    config.poll_interval = every;
+                }
+                let capture = retry_start(&what, &name, backoff, &shutdown, || {
+                    PullCapture::start(source.clone(), config.clone())
+                })
+                .await?;
+                let Some(capture) = capture else {
+                    return Ok(());
+                };
+                let tables: Vec<String> =
+                    capture.tables().iter().map(ToString::to_string).collect();
+                tracing::info!(capture = %name, mode = "pull", ?tables, "capturing");
+                out.deliver(capture).await
             }
             (Mode::Log, DatabaseKind::Postgres) => {
                 let config = pg_config(&self.from, &name, &self.filter, self.snapshot);
@@ -339,7 +470,7 @@ impl Cdc {
                     return Ok(());
                 };
                 tracing::info!(capture = %name, mode = "log", slot = %config.slot_name(), "capturing");
-                ship(capture, sink, self.ship, dead, stats, shutdown).await
+                out.deliver(capture).await
             }
             (Mode::Log, _) => {
                 let config = binlog_config(
@@ -357,12 +488,67 @@ impl Cdc {
                     return Ok(());
                 };
                 tracing::info!(capture = %name, mode = "log", "capturing");
-                ship(capture, sink, self.ship, dead, stats, shutdown).await
+                out.deliver(capture).await
             }
         };
         source.close().await;
         state.close().await;
-        result.map_err(anyhow::Error::from)
+        result
+    }
+}
+
+/// Where a capture's changes go, and what it needs to send them there.
+struct Out {
+    to: To,
+    ship: ShipConfig,
+    state: Database,
+    stats: Arc<ShipStats>,
+    shutdown: CancellationToken,
+    what: String,
+}
+
+impl Out {
+    /// Ships `capture`'s changes to the sink, or applies them to the
+    /// target database, until shutdown or an error.
+    async fn deliver<C: Capture>(self, capture: C) -> anyhow::Result<()> {
+        let what = self.what;
+        match self.to {
+            To::Sink(sink) => {
+                let sink: Arc<dyn Sink> = started(sink.build().await, &what, "sink")?;
+                ship(
+                    capture,
+                    sink,
+                    self.ship,
+                    Some(self.state),
+                    self.stats,
+                    self.shutdown,
+                )
+                .await
+                .map_err(anyhow::Error::from)
+            }
+            To::Database { url, config } => {
+                let options = ConnectOptions {
+                    max_connections: 2,
+                    lease: None,
+                };
+                let Some(target) = connect_retrying(
+                    &url,
+                    &options,
+                    &what,
+                    &self.ship.name,
+                    &self.ship.backoff,
+                    &self.shutdown,
+                )
+                .await?
+                else {
+                    return Ok(());
+                };
+                let result =
+                    apply(capture, target.clone(), config, self.stats, self.shutdown).await;
+                target.close().await;
+                result.map_err(anyhow::Error::from)
+            }
+        }
     }
 }
 
@@ -416,6 +602,14 @@ pub async fn status(from: &str, name: &str, mode: Option<Mode>) -> anyhow::Resul
             match age {
                 Some(a) => println!("oldest waiting: {a:.1}s"),
                 None => println!("oldest waiting: -"),
+            }
+        }
+        (Mode::Pull, _) => {
+            let offsets = ferry_cdc::offsets::Offsets::open(db.clone()).await?;
+            println!("capture {name} (pull)");
+            match offsets.load(name).await? {
+                Some(_) => println!("saved cursor: yes (resumes from it)"),
+                None => println!("saved cursor: none (starts with a first pass)"),
             }
         }
         (Mode::Log, DatabaseKind::Postgres) => {
@@ -473,6 +667,11 @@ pub async fn drop_capture(from: &str, name: &str, mode: Option<Mode>) -> anyhow:
         (Mode::Triggers, _) => TriggerCapture::drop_capture(&db, name)
             .await
             .map_err(describe)?,
+        (Mode::Pull, _) => {
+            PullCapture::drop_capture(&db, &PullConfig::new(name))
+                .await
+                .map_err(describe)?;
+        }
         (Mode::Log, DatabaseKind::Postgres) => {
             ferry_cdc::postgres::drop(&pg_config(from, name, &Filter::default(), false))
                 .await

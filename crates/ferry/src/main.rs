@@ -247,7 +247,9 @@ struct CdcArgs {
     /// `postgres://…` or `mysql://…` (MariaDB).
     #[arg(long, env = "FERRY_DATABASE")]
     from: Option<String>,
-    /// Sink: `http(s)://…` webhook, a broker URL, or `null://`.
+    /// Sink: `http(s)://…` webhook, a broker URL, or `null://`; or a
+    /// database (`postgres://…`, `mysql://…`, `sqlite://…`) whose tables
+    /// of the same names receive each change, exactly once.
     #[arg(long)]
     to: Option<String>,
     /// How changes are captured.
@@ -479,7 +481,6 @@ async fn run_cdc(args: CdcArgs) -> anyhow::Result<()> {
     let (Some(from), Some(to)) = (args.from, args.to) else {
         anyhow::bail!("ferry cdc needs --from (the database) and --to (the sink)");
     };
-    let sink = flag("--to", SinkConfig::from_url(&to))?;
     ferry_store::DatabaseKind::of(&from).map_err(|e| anyhow::anyhow!("--from: {e}"))?;
     let valid_name = !args.name.is_empty()
         && args.name.len() <= 32
@@ -491,6 +492,14 @@ async fn run_cdc(args: CdcArgs) -> anyhow::Result<()> {
         anyhow::bail!("--name: use 1 to 32 letters, digits or '_' (it names triggers)");
     }
     let name = args.name;
+    let to = if ferry_store::DatabaseKind::of(&to).is_ok() {
+        cdc::To::Database {
+            url: to,
+            config: ferry_cdc::ApplyConfig::new(name.clone()),
+        }
+    } else {
+        cdc::To::Sink(flag("--to", SinkConfig::from_url(&to))?)
+    };
     let cdc = cdc::Cdc {
         from,
         mode: args.mode,
@@ -502,7 +511,8 @@ async fn run_cdc(args: CdcArgs) -> anyhow::Result<()> {
         state: args.state,
         snapshot: !args.no_snapshot,
         poll_interval: Duration::from_millis(100),
-        sink,
+        pull: cdc::PullSettings::default(),
+        to,
         ship: ferry_cdc::ShipConfig {
             topic_prefix: args.topic_prefix.unwrap_or_else(|| name.clone()),
             format: match args.format {

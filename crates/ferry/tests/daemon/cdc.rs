@@ -231,3 +231,103 @@ async fn cdc_refusals_name_the_fix() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("tabels") && err.contains("line 4"), "{err}");
 }
+
+async fn count(db: &Database, sql: &str) -> i64 {
+    match db {
+        Database::Sqlite(p) => sqlx::query_scalar(sql).fetch_one(p).await.unwrap(),
+        Database::Postgres(p) => sqlx::query_scalar(sql).fetch_one(p).await.unwrap(),
+        Database::Mysql(p) => sqlx::query_scalar(sql).fetch_one(p).await.unwrap(),
+    }
+}
+
+/// `ferry cdc --to postgres://…`: SQLite's changes applied to PostgreSQL's
+/// table of the same name (pull mode from a config file does the same
+/// with `[cdc.target]`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cdc_into_another_database() {
+    let source_t = SqliteTestDb::create();
+    let target_t = PgTestDb::create().await;
+    let source = Database::connect(&source_t.url).await.unwrap();
+    let target = Database::connect(&target_t.url).await.unwrap();
+    let ddl = "CREATE TABLE accounts (id INT PRIMARY KEY, balance INT NOT NULL)";
+    exec(&source, ddl).await;
+    exec(&target, ddl).await;
+    exec(&source, "INSERT INTO accounts VALUES (1, 10), (2, 20)").await;
+    let mut child = Reaped(
+        ferry_command(
+            "warn",
+            &[
+                "cdc",
+                "--from",
+                &source_t.url,
+                "--to",
+                &target_t.url,
+                "--name",
+                "copy",
+            ],
+        )
+        .spawn()
+        .unwrap(),
+    );
+    exec(&source, "UPDATE accounts SET balance = 11 WHERE id = 1").await;
+    exec(&source, "DELETE FROM accounts WHERE id = 2").await;
+    exec(&source, "INSERT INTO accounts VALUES (3, 30)").await;
+    let sum = "SELECT CAST(COALESCE(SUM(id * 1000 + balance), 0) AS BIGINT) FROM accounts";
+    let want = count(&source, sum).await;
+    wait_for(
+        "the target equals the source",
+        Duration::from_secs(30),
+        Duration::from_millis(100),
+        || async { count(&target, sum).await == want },
+    )
+    .await;
+    stop(&mut child.0);
+    assert_eq!(count(&target, "SELECT COUNT(*) FROM accounts").await, 2);
+}
+
+/// Pull mode from a configuration file: rows stamped by `updated_at` go to
+/// the sink; a row written later follows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cdc_pull_mode_from_a_config_file() {
+    let t = SqliteTestDb::create();
+    let db = Database::connect(&t.url).await.unwrap();
+    exec(
+        &db,
+        "CREATE TABLE notes (id INT PRIMARY KEY, body TEXT, updated_at TEXT NOT NULL)",
+    )
+    .await;
+    exec(
+        &db,
+        "INSERT INTO notes VALUES (1, 'a', '2026-01-01T00:00:00.000Z')",
+    )
+    .await;
+    let r = Receiver::start().await;
+    let dir = TempDir::new();
+    let file = dir.0.join("ferry.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "[[cdc]]\nname = \"notes\"\nfrom = \"{}\"\nmode = \"pull\"\n[cdc.pull]\npoll_interval = \"100ms\"\n[cdc.sink]\ntype = \"http\"\nurl = \"{}\"\n",
+            t.url,
+            r.url()
+        ),
+    )
+    .unwrap();
+    let mut child = Reaped(spawn_ferry(&["run", "--config", file.to_str().unwrap()]));
+    wait_until("the first row", Duration::from_secs(20), || {
+        r.applied().len() == 1
+    })
+    .await;
+    exec(
+        &db,
+        "INSERT INTO notes VALUES (2, 'b', '2026-01-01T00:00:01.000Z')",
+    )
+    .await;
+    wait_until("the second row", Duration::from_secs(20), || {
+        r.applied().len() == 2
+    })
+    .await;
+    let second: Value = serde_json::from_slice(&r.applied()[1].body).unwrap();
+    assert_eq!(second["after"]["body"], "b");
+    stop(&mut child.0);
+}
