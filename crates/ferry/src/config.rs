@@ -567,6 +567,49 @@ url = "nats://127.0.0.1:4222"
     }
 
     /// The `[[forwarder]]` tables (forward.rs), read as part of a file.
+    mod cdcs {
+        use super::{documented, err, FerryConfig};
+
+        #[test]
+        fn the_documented_captures_parse() {
+            let c = FerryConfig::parse(documented("<a id=\"cdc\"></a>"))
+                .unwrap_or_else(|e| panic!("{e}"));
+            assert_eq!(c.cdcs.len(), 1);
+            let cdc = crate::cdc::Cdc::from(&c.cdcs[0]);
+            assert_eq!(cdc.filter.exclude_columns, ["customers.email"]);
+            assert_eq!(cdc.ship.retry.max_attempts, 10);
+            let target = documented("`[cdc.target]` instead of");
+            let with_target =
+                format!("[[cdc]]\nname = \"copy\"\nfrom = \"sqlite://a.db\"\n{target}");
+            let c = FerryConfig::parse(&with_target).unwrap_or_else(|e| panic!("{e}"));
+            assert!(matches!(
+                crate::cdc::Cdc::from(&c.cdcs[0]).to,
+                crate::cdc::To::Database { .. }
+            ));
+        }
+
+        #[test]
+        fn refusals_name_key_and_line() {
+            let base =
+                "[[cdc]]\nname = \"shop\"\nfrom = \"sqlite://a.db\"\n[cdc.sink]\ntype = \"null\"\n";
+            let e = err(&base.replace("\"shop\"", "\"bad-name\""));
+            assert!(e.contains("line 2") && e.contains("`name`"), "{e}");
+            let e = err(&base.replace("from = ", "mode = \"log\"\nfrom = "));
+            assert!(e.contains("`mode`") && e.contains("SQLite"), "{e}");
+            let e = err(&base.replace("[cdc.sink]\ntype = \"null\"\n", ""));
+            assert!(
+                e.contains("[cdc.sink]") && e.contains("[cdc.target]"),
+                "{e}"
+            );
+            let e = err(&format!("{base}[cdc.target]\nurl = \"sqlite://b.db\"\n"));
+            assert!(e.contains("not both"), "{e}");
+            let e = err(&base.replace("from = ", "formt = \"x\"\nfrom = "));
+            assert!(e.contains("formt") && e.contains("line 3"), "{e}");
+            let e = err(&format!("{base}[[cdc]]\nname = \"shop\"\nfrom = \"sqlite://c.db\"\n[cdc.sink]\ntype = \"null\"\n"));
+            assert!(e.contains("shop"), "{e}");
+        }
+    }
+
     mod forwarders {
         use super::{documented, err, refusals, FerryConfig};
 
