@@ -6,7 +6,7 @@ use std::collections::HashMap;
 
 use sqlx::{Executor, MySqlPool, Row};
 
-use super::{is_trigger_of, literal, quote, trigger_name, ChangeRow, TableInfo};
+use super::{change_rows, is_trigger_of, literal, quote, trigger_name, TableInfo};
 use crate::change::TableId;
 
 const CHANGE_TABLE: &str = "CREATE TABLE IF NOT EXISTS ferry_cdc_changes (
@@ -240,7 +240,7 @@ pub(super) async fn fetch(
     capture: &str,
     after: i64,
     limit: i64,
-) -> Result<Vec<ChangeRow>, sqlx::Error> {
+) -> Result<Vec<super::ChangeRow>, sqlx::Error> {
     let rows = sqlx::query(
         "SELECT id, CAST(schema_name AS CHAR) AS schema_name, CAST(table_name AS CHAR) AS table_name,
                 CAST(op AS CHAR) AS op, CAST(tx_id AS CHAR) AS tx_id,
@@ -253,20 +253,7 @@ pub(super) async fn fetch(
     .bind(limit)
     .fetch_all(pool)
     .await?;
-    rows.into_iter()
-        .map(|r| {
-            Ok(ChangeRow {
-                id: r.try_get("id")?,
-                schema: r.try_get("schema_name")?,
-                table: r.try_get("table_name")?,
-                op: r.try_get("op")?,
-                tx_id: r.try_get("tx_id")?,
-                old_row: r.try_get("old_row")?,
-                new_row: r.try_get("new_row")?,
-                changed_at: r.try_get("changed_at")?,
-            })
-        })
-        .collect()
+    change_rows!(rows)
 }
 
 pub(super) async fn prune(pool: &MySqlPool, capture: &str, upto: i64) -> Result<(), sqlx::Error> {

@@ -121,6 +121,29 @@ struct ChangeRow {
     changed_at: Option<String>,
 }
 
+/// The change table's rows (`id, schema_name, table_name, op, tx_id,
+/// old_row, new_row, changed_at`, all but `id` as text) as [`ChangeRow`]s.
+macro_rules! change_rows {
+    ($rows:expr) => {
+        $rows
+            .into_iter()
+            .map(|r| {
+                Ok(super::ChangeRow {
+                    id: r.try_get("id")?,
+                    schema: r.try_get("schema_name")?,
+                    table: r.try_get("table_name")?,
+                    op: r.try_get("op")?,
+                    tx_id: r.try_get("tx_id")?,
+                    old_row: r.try_get("old_row")?,
+                    new_row: r.try_get("new_row")?,
+                    changed_at: r.try_get("changed_at")?,
+                })
+            })
+            .collect()
+    };
+}
+pub(crate) use change_rows;
+
 /// Changes recorded by triggers, read from the change table.
 pub struct TriggerCapture {
     db: Database,

@@ -7,7 +7,7 @@ use std::collections::{HashMap, HashSet};
 
 use sqlx::{PgPool, Row};
 
-use super::{is_trigger_of, literal, quote, trigger_name, ChangeRow, TableInfo};
+use super::{change_rows, is_trigger_of, literal, quote, trigger_name, TableInfo};
 use crate::change::TableId;
 
 /// The advisory lock that orders the change table's ids ("ferrycdc").
@@ -220,7 +220,7 @@ pub(super) async fn fetch(
     capture: &str,
     after: i64,
     limit: i64,
-) -> Result<Vec<ChangeRow>, sqlx::Error> {
+) -> Result<Vec<super::ChangeRow>, sqlx::Error> {
     let rows = sqlx::query(
         "SELECT id, schema_name, table_name, op, tx_id, old_row::text AS old_row,
                 new_row::text AS new_row,
@@ -232,20 +232,7 @@ pub(super) async fn fetch(
     .bind(limit)
     .fetch_all(pool)
     .await?;
-    rows.into_iter()
-        .map(|r| {
-            Ok(ChangeRow {
-                id: r.try_get("id")?,
-                schema: r.try_get("schema_name")?,
-                table: r.try_get("table_name")?,
-                op: r.try_get("op")?,
-                tx_id: r.try_get("tx_id")?,
-                old_row: r.try_get("old_row")?,
-                new_row: r.try_get("new_row")?,
-                changed_at: r.try_get("changed_at")?,
-            })
-        })
-        .collect()
+    change_rows!(rows)
 }
 
 pub(super) async fn prune(pool: &PgPool, capture: &str, upto: i64) -> Result<(), sqlx::Error> {

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 
 use sqlx::{Row, SqlitePool};
 
-use super::{is_trigger_of, literal, quote, trigger_name, ChangeRow, TableInfo};
+use super::{change_rows, is_trigger_of, literal, quote, trigger_name, TableInfo};
 use crate::change::TableId;
 
 const CHANGE_TABLE: &str = "CREATE TABLE IF NOT EXISTS ferry_cdc_changes (
@@ -188,7 +188,7 @@ pub(super) async fn fetch(
     capture: &str,
     after: i64,
     limit: i64,
-) -> Result<Vec<ChangeRow>, sqlx::Error> {
+) -> Result<Vec<super::ChangeRow>, sqlx::Error> {
     let rows = sqlx::query(
         "SELECT id, schema_name, table_name, op, tx_id, old_row, new_row, changed_at
          FROM ferry_cdc_changes WHERE capture = ? AND id > ? ORDER BY id LIMIT ?",
@@ -198,20 +198,7 @@ pub(super) async fn fetch(
     .bind(limit)
     .fetch_all(pool)
     .await?;
-    rows.into_iter()
-        .map(|r| {
-            Ok(ChangeRow {
-                id: r.try_get("id")?,
-                schema: r.try_get("schema_name")?,
-                table: r.try_get("table_name")?,
-                op: r.try_get("op")?,
-                tx_id: r.try_get("tx_id")?,
-                old_row: r.try_get("old_row")?,
-                new_row: r.try_get("new_row")?,
-                changed_at: r.try_get("changed_at")?,
-            })
-        })
-        .collect()
+    change_rows!(rows)
 }
 
 pub(super) async fn prune(pool: &SqlitePool, capture: &str, upto: i64) -> Result<(), sqlx::Error> {
