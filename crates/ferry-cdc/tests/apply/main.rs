@@ -19,84 +19,15 @@ use ferry_cdc::{
 };
 use ferry_delivery::SinkBackoff;
 use ferry_store::Database;
-use ferry_testkit::{MysqlTestDb, PgTestDb, SqliteTestDb};
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-#[derive(Clone, Copy, Debug, PartialEq)]
-enum Kind {
-    Sqlite,
-    Pg,
-    Mysql,
-}
-
-enum Fresh {
-    Sqlite(#[allow(dead_code)] SqliteTestDb),
-    Pg(#[allow(dead_code)] PgTestDb),
-    Mysql(#[allow(dead_code)] MysqlTestDb),
-}
-
-struct Env {
-    kind: Kind,
-    url: String,
-    db: Database,
-    _fresh: Fresh,
-}
-
-async fn env(kind: Kind) -> Env {
-    let (url, fresh) = match kind {
-        Kind::Sqlite => {
-            let t = SqliteTestDb::create();
-            (t.url.clone(), Fresh::Sqlite(t))
-        }
-        Kind::Pg => {
-            let t = PgTestDb::create().await;
-            (t.url.clone(), Fresh::Pg(t))
-        }
-        Kind::Mysql => {
-            let t = MysqlTestDb::create().await;
-            (t.url.clone(), Fresh::Mysql(t))
-        }
-    };
-    Env {
-        kind,
-        db: Database::connect(&url).await.unwrap(),
-        url,
-        _fresh: fresh,
-    }
-}
+#[path = "../common/mod.rs"]
+mod common;
+use common::{env, Env, Kind};
 
 impl Env {
-    /// Runs `statements` in one transaction, committed or rolled back.
-    async fn tx(&self, statements: &[String], commit: bool) {
-        macro_rules! run {
-            ($pool:expr) => {{
-                let mut tx = $pool.begin().await.unwrap();
-                for s in statements {
-                    sqlx::query(s)
-                        .execute(&mut *tx)
-                        .await
-                        .unwrap_or_else(|e| panic!("{s}: {e}"));
-                }
-                if commit {
-                    tx.commit().await.unwrap();
-                } else {
-                    tx.rollback().await.unwrap();
-                }
-            }};
-        }
-        match &self.db {
-            Database::Sqlite(p) => run!(p),
-            Database::Postgres(p) => run!(p),
-            Database::Mysql(p) => run!(p),
-        }
-    }
-
-    async fn exec(&self, statement: &str) {
-        self.tx(&[statement.to_owned()], true).await;
-    }
-
     /// The two tables of the workload.
     async fn schema(&self) {
         self.exec(
@@ -742,7 +673,7 @@ async fn tables_and_columns_are_mapped() {
     t.exec("CREATE SCHEMA shop").await;
     t.exec("CREATE TABLE shop.orders_copy (order_id INT PRIMARY KEY, account_id INT, remark TEXT)")
         .await;
-    s.tx(
+    s.tx::<String>(
         &[
             "INSERT INTO accounts VALUES (1, 'ann', 10.50)".into(),
             "INSERT INTO orders VALUES (7, 1, 'first', 300)".into(),
@@ -751,7 +682,7 @@ async fn tables_and_columns_are_mapped() {
         true,
     )
     .await;
-    s.tx(
+    s.tx::<String>(
         &[
             "UPDATE orders SET note = 'changed', amount = 1 WHERE id = 7".into(),
             "DELETE FROM orders WHERE id = 8".into(),
@@ -925,7 +856,7 @@ async fn items(target: Kind) -> (Env, Env) {
     s.exec("UPDATE shop.items SET n = 101, price = 1.75 WHERE sku = 'a' AND n = 1")
         .await;
     s.exec("TRUNCATE shop.items").await;
-    s.tx(
+    s.tx::<String>(
         &[
             "INSERT INTO shop.items VALUES ('c', 3, 9.99, '[\"q\"]', '2024-12-31 23:59:59.5+00', true)"
                 .into(),

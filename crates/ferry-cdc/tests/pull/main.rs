@@ -10,49 +10,11 @@ use ferry_cdc::pull::{DeletedWhen, SoftDelete};
 use ferry_cdc::{Capture, Captured, Checkpoint, Filter, Op, Position, PullCapture, PullConfig};
 use ferry_core::ErrorKind;
 use ferry_store::Database;
-use ferry_testkit::{MysqlTestDb, PgTestDb, SqliteTestDb};
 use tokio::sync::oneshot;
 
-enum Fresh {
-    Sqlite(#[allow(dead_code)] SqliteTestDb),
-    Pg(#[allow(dead_code)] PgTestDb),
-    Mysql(#[allow(dead_code)] MysqlTestDb),
-}
-
-struct Env {
-    kind: Kind,
-    db: Database,
-    _fresh: Fresh,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq)]
-enum Kind {
-    Sqlite,
-    Pg,
-    Mysql,
-}
-
-async fn env(kind: Kind) -> Env {
-    let (url, fresh) = match kind {
-        Kind::Sqlite => {
-            let t = SqliteTestDb::create();
-            (t.url.clone(), Fresh::Sqlite(t))
-        }
-        Kind::Pg => {
-            let t = PgTestDb::create().await;
-            (t.url.clone(), Fresh::Pg(t))
-        }
-        Kind::Mysql => {
-            let t = MysqlTestDb::create().await;
-            (t.url.clone(), Fresh::Mysql(t))
-        }
-    };
-    Env {
-        kind,
-        db: Database::connect(&url).await.unwrap(),
-        _fresh: fresh,
-    }
-}
+#[path = "../common/mod.rs"]
+mod common;
+use common::{env, Env, Kind};
 
 /// `2024-05-01 10:00:00` plus `s` seconds, as SQL text.
 fn t(s: u32) -> String {
@@ -73,23 +35,6 @@ impl Open {
 }
 
 impl Env {
-    async fn exec(&self, statement: &str) {
-        macro_rules! run {
-            ($pool:expr) => {
-                sqlx::query(statement)
-                    .execute($pool)
-                    .await
-                    .map(|_| ())
-                    .unwrap_or_else(|e| panic!("{statement}: {e}"))
-            };
-        }
-        match &self.db {
-            Database::Sqlite(p) => run!(p),
-            Database::Postgres(p) => run!(p),
-            Database::Mysql(p) => run!(p),
-        }
-    }
-
     /// Runs `statements` in a transaction that commits when told.
     async fn open(&self, statements: &[&str]) -> Open {
         let statements: Vec<String> = statements.iter().map(|s| s.to_string()).collect();

@@ -8,78 +8,13 @@ use std::time::Duration;
 
 use ferry_cdc::{Capture, Captured, Change, Filter, Op, TriggerCapture, TriggerConfig};
 use ferry_store::Database;
-use ferry_testkit::{MysqlTestDb, PgTestDb, SqliteTestDb};
 use serde_json::json;
 
-enum Fresh {
-    Sqlite(#[allow(dead_code)] SqliteTestDb),
-    Pg(#[allow(dead_code)] PgTestDb),
-    Mysql(#[allow(dead_code)] MysqlTestDb),
-}
-
-struct Env {
-    db: Database,
-    _fresh: Fresh,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq)]
-enum Kind {
-    Sqlite,
-    Pg,
-    Mysql,
-}
-
-async fn env(kind: Kind) -> Env {
-    let (url, fresh) = match kind {
-        Kind::Sqlite => {
-            let t = SqliteTestDb::create();
-            (t.url.clone(), Fresh::Sqlite(t))
-        }
-        Kind::Pg => {
-            let t = PgTestDb::create().await;
-            (t.url.clone(), Fresh::Pg(t))
-        }
-        Kind::Mysql => {
-            let t = MysqlTestDb::create().await;
-            (t.url.clone(), Fresh::Mysql(t))
-        }
-    };
-    Env {
-        db: Database::connect(&url).await.unwrap(),
-        _fresh: fresh,
-    }
-}
+#[path = "../common/mod.rs"]
+mod common;
+use common::{env, Env, Kind};
 
 impl Env {
-    /// Runs `statements` in one transaction, committed or rolled back.
-    async fn tx(&self, statements: &[&str], commit: bool) {
-        macro_rules! run {
-            ($pool:expr) => {{
-                let mut tx = $pool.begin().await.unwrap();
-                for s in statements {
-                    sqlx::query(s)
-                        .execute(&mut *tx)
-                        .await
-                        .unwrap_or_else(|e| panic!("{s}: {e}"));
-                }
-                if commit {
-                    tx.commit().await.unwrap();
-                } else {
-                    tx.rollback().await.unwrap();
-                }
-            }};
-        }
-        match &self.db {
-            Database::Sqlite(p) => run!(p),
-            Database::Postgres(p) => run!(p),
-            Database::Mysql(p) => run!(p),
-        }
-    }
-
-    async fn exec(&self, statement: &str) {
-        self.tx(&[statement], true).await;
-    }
-
     async fn schema(&self) {
         self.exec(
             "CREATE TABLE users (id INT PRIMARY KEY, name VARCHAR(50), score NUMERIC(30,10))",
