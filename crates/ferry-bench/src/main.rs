@@ -15,11 +15,15 @@
 //! * `forward-flaky`: the `ferry forward` CLI (one or more binaries, e.g.
 //!   before and after a change) to a webhook that refuses a share of its
 //!   requests with 503.
+//! * `cdc`: ferry-cdc's captures (PostgreSQL and MariaDB log modes,
+//!   trigger mode): drain rate, commit-to-sink latency, memory, initial
+//!   snapshot, each beside the database's own tool or another mode.
 //! * `clean`: drops scratch databases left behind by interrupted runs.
 //!
 //! How to run them: `bench/README.md`.
 
 mod brokers;
+mod cdc;
 mod ceiling;
 mod destination;
 mod drain;
@@ -86,6 +90,9 @@ enum Command {
     /// `ferry forward` (the CLI, given binaries alternated) to a webhook
     /// answering a share of its requests 503: events/s until all are applied.
     ForwardFlaky(forward_flaky::ForwardFlakyArgs),
+    /// Change data capture (ferry-cdc): throughput, latency, memory and
+    /// snapshot, each beside a baseline of the same run.
+    Cdc(cdc::CdcArgs),
     /// Drop scratch databases (`ferry_bench_*`) left by interrupted runs.
     Clean {
         /// The PostgreSQL server, or `sqlite://` / `sqlite:///dir`.
@@ -126,6 +133,7 @@ async fn main() -> ExitCode {
         Command::Events(args) => events::run(args, &tsv).await,
         Command::ForwardFlaky(args) => forward_flaky::run(&args, &tsv).await,
         Command::NatsRaw(args) => natsraw::run(&args, &tsv).await.map(drop),
+        Command::Cdc(args) => cdc::run(args, &tsv).await,
         Command::Clean { database } => {
             async {
                 let gone = scratch::Server::parse(&database)?.clean().await?;
