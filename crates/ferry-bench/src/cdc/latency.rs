@@ -32,6 +32,10 @@ pub struct LatencyArgs {
     /// Trigger mode's poll interval in milliseconds (its default: 100).
     #[arg(long, default_value_t = 100)]
     pub trigger_poll_ms: u64,
+    /// Diagnosis: cap the wait the shipper passes to the log capture's
+    /// `read` (ms; the shipper asks for 200 ms when nothing is in flight).
+    #[arg(long)]
+    pub cap_read_wait_ms: Option<u64>,
     /// Skip the trigger-mode baseline.
     #[arg(long)]
     pub no_baseline: bool,
@@ -121,7 +125,16 @@ async fn log_mode(args: &LatencyArgs, server: &Server) -> anyhow::Result<Measure
         let capture = PgCapture::connect(config)
             .await
             .map_err(|e| anyhow::anyhow!("{}", e.describe()))?;
-        measure(args, &url, capture).await
+        match args.cap_read_wait_ms {
+            Some(ms) => {
+                let capped = CappedWait {
+                    inner: capture,
+                    max: Duration::from_millis(ms),
+                };
+                measure(args, &url, capped).await
+            }
+            None => measure(args, &url, capture).await,
+        }
     }
     .await;
     drop_slots(&args_admin(server), &[slot]).await;
@@ -220,4 +233,36 @@ async fn measure<C: ferry_cdc::Capture + 'static>(
     }
     sorted.sort_by(f64::total_cmp);
     Ok(Measured { sorted, early })
+}
+
+/// A capture whose reads wait at most `max` (a diagnosis of where the
+/// latency comes from: the shipper's 200 ms read wait, or the server).
+struct CappedWait<C> {
+    inner: C,
+    max: Duration,
+}
+
+impl<C: ferry_cdc::Capture> ferry_cdc::Capture for CappedWait<C> {
+    fn connector(&self) -> &'static str {
+        self.inner.connector()
+    }
+
+    fn database(&self) -> &str {
+        self.inner.database()
+    }
+
+    async fn read(
+        &mut self,
+        max: usize,
+        wait: Duration,
+    ) -> Result<Vec<ferry_cdc::Captured>, ferry_cdc::CaptureError> {
+        self.inner.read(max, wait.min(self.max)).await
+    }
+
+    async fn acknowledge(
+        &mut self,
+        checkpoint: &ferry_cdc::Checkpoint,
+    ) -> Result<(), ferry_cdc::CaptureError> {
+        self.inner.acknowledge(checkpoint).await
+    }
 }
