@@ -42,11 +42,16 @@ fn balances(r: &Receiver) -> BTreeMap<i64, Vec<i64>> {
     out
 }
 
-/// 200 accounts exist before the capture starts (its snapshot); updates
-/// run while `ferry cdc` (the database's default mode) is SIGKILLed five
-/// times at random moments and restarted. Every change arrives, each
-/// applied once (the receiver dedups by `ce-id`), each account's balances
-/// in order.
+/// 200 accounts exist before the capture starts; once their snapshot is
+/// delivered and acknowledged, updates run while `ferry cdc` (the
+/// database's default mode) is SIGKILLed five times at random moments and
+/// restarted. Every change arrives, each applied once (the receiver
+/// dedups by `ce-id`), each account's balances in order.
+///
+/// A kill *during* a log-mode snapshot is not part of this test: the
+/// resumed snapshot reads rows as they are then, so a row may arrive in a
+/// newer state before the stream's older changes of it (docs/cdc.md; the
+/// capture's own tests check that nothing is lost there).
 async fn kill_and_restart(url: &str) {
     let db = Database::connect(url).await.unwrap();
     exec(
@@ -63,8 +68,18 @@ async fn kill_and_restart(url: &str) {
     let mut rng = rand::thread_rng();
     let mut balance = 0;
     let mut mid_stream = 0;
+    let mut first = Some(Reaped(spawn_cdc(url, &r.url(), &name)));
+    wait_until("the snapshot", Duration::from_secs(30), || {
+        r.applied().len() >= 200
+    })
+    .await;
+    // Acknowledged (every 200 ms, and at once when nothing is in flight).
+    tokio::time::sleep(Duration::from_millis(600)).await;
     for _ in 0..5 {
-        let mut child = Reaped(spawn_cdc(url, &r.url(), &name));
+        let mut child = match first.take() {
+            Some(c) => c,
+            None => Reaped(spawn_cdc(url, &r.url(), &name)),
+        };
         for _ in 0..6 {
             balance += 1;
             exec(
