@@ -51,11 +51,21 @@ pub async fn run(args: &LatencyArgs, tsv: &Tsv) -> anyhow::Result<()> {
     let server = Server::parse(&args.pg)?;
     let describe = server.describe().await?;
     let log = log_mode(args, &server).await?;
-    report("postgres log mode", &log, args, &describe, "cdc_latency_log", tsv)?;
+    report(
+        "postgres log mode",
+        &log,
+        args,
+        &describe,
+        "cdc_latency_log",
+        tsv,
+    )?;
     if !args.no_baseline {
         let trig = trigger_mode(args, &server).await?;
         report(
-            &format!("baseline: postgres trigger mode (poll {} ms)", args.trigger_poll_ms),
+            &format!(
+                "baseline: postgres trigger mode (poll {} ms)",
+                args.trigger_poll_ms
+            ),
             &trig,
             args,
             &describe,
@@ -110,7 +120,10 @@ fn report(
 
 async fn log_mode(args: &LatencyArgs, server: &Server) -> anyhow::Result<Measured> {
     let scratch = server.create().await?;
-    let mut config = PgLogConfig::new(scratch.url.clone(), format!("l{:08x}", rand::random::<u32>()));
+    let mut config = PgLogConfig::new(
+        scratch.url.clone(),
+        format!("l{:08x}", rand::random::<u32>()),
+    );
     config.snapshot = SnapshotMode::Never;
     config.tables = Filter {
         include: vec![format!("public.{TABLE}")],

@@ -10,7 +10,9 @@ use ferry_cdc::postgres::{PgCapture, PgLogConfig, SnapshotMode};
 use ferry_cdc::Filter;
 use sqlx::{Connection, Executor, PgConnection};
 
-use super::{create_table_sql, drop_slots, insert_sql, null_sink, rss_mb, Shipping, DEFAULT_PG, TABLE};
+use super::{
+    create_table_sql, drop_slots, insert_sql, null_sink, rss_mb, Shipping, DEFAULT_PG, TABLE,
+};
 use crate::report::{median, thousands, Figure, Tsv};
 use crate::scratch::Server;
 
@@ -85,7 +87,10 @@ pub async fn run(args: &MemoryArgs, tsv: &Tsv) -> anyhow::Result<()> {
     let server = Server::parse(&args.pg)?;
     let describe = server.describe().await?;
     let scratch = server.create().await?;
-    let mut config = PgLogConfig::new(scratch.url.clone(), format!("m{:08x}", rand::random::<u32>()));
+    let mut config = PgLogConfig::new(
+        scratch.url.clone(),
+        format!("m{:08x}", rand::random::<u32>()),
+    );
     config.snapshot = SnapshotMode::Never;
     config.tables = Filter {
         include: vec![format!("public.{TABLE}")],
@@ -128,7 +133,9 @@ async fn inner(
             .await?;
         seq += args.steady_txn;
     }
-    shipping.until_delivered(seq, Duration::from_secs(60)).await?;
+    shipping
+        .until_delivered(seq, Duration::from_secs(60))
+        .await?;
 
     // One transaction of `big_rows` rows, made by the server.
     sampler.enter(BIG);
@@ -143,7 +150,9 @@ async fn inner(
     .await?;
     let committed = start.elapsed();
     let total = seq + args.big_rows;
-    let done = shipping.until_delivered(total, Duration::from_secs(900)).await?;
+    let done = shipping
+        .until_delivered(total, Duration::from_secs(900))
+        .await?;
     let drained = done - start;
     shipping.stop().await?;
     let _ = conn.close().await;

@@ -167,10 +167,7 @@ pub fn insert_sql(from: u64, to: u64) -> String {
         if seq > from {
             sql.push(',');
         }
-        sql.push_str(&format!(
-            "({seq},'order',{},'note {seq:0>64}')",
-            seq % 1000
-        ));
+        sql.push_str(&format!("({seq},'order',{},'note {seq:0>64}')", seq % 1000));
     }
     sql
 }

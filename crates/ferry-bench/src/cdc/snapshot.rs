@@ -28,7 +28,10 @@ pub async fn run(args: &SnapshotArgs, tsv: &Tsv) -> anyhow::Result<()> {
     let server = Server::parse(&args.pg)?;
     let describe = server.describe().await?;
     let scratch = server.create().await?;
-    let mut config = PgLogConfig::new(scratch.url.clone(), format!("s{:08x}", rand::random::<u32>()));
+    let mut config = PgLogConfig::new(
+        scratch.url.clone(),
+        format!("s{:08x}", rand::random::<u32>()),
+    );
     config.snapshot = SnapshotMode::Initial;
     config.tables = Filter {
         include: vec![format!("public.{TABLE}")],
@@ -59,7 +62,8 @@ async fn inner(
     .bind(n as i64)
     .execute(&mut conn)
     .await?;
-    conn.execute(format!("VACUUM ANALYZE {TABLE}").as_str()).await?;
+    conn.execute(format!("VACUUM ANALYZE {TABLE}").as_str())
+        .await?;
     // Warm the cache for both.
     let _: i64 = sqlx::query_scalar(&format!("SELECT count(*) FROM {TABLE}"))
         .fetch_one(&mut conn)
@@ -87,7 +91,9 @@ async fn inner(
         .map_err(|e| anyhow::anyhow!("{}", e.describe()))?;
     let connected = start.elapsed();
     let shipping = Shipping::spawn(capture, null_sink(), "bench");
-    let done = shipping.until_delivered(n, Duration::from_secs(900)).await?;
+    let done = shipping
+        .until_delivered(n, Duration::from_secs(900))
+        .await?;
     let ferry = done - start;
     shipping.stop().await?;
 

@@ -13,8 +13,8 @@ use ferry_store::Database;
 use sqlx::{Connection, Executor, MySqlConnection, PgConnection, Row};
 
 use super::{
-    create_table_sql, drop_slots, insert_sql, ranges, null_sink, per_sec, Shipping, DEFAULT_MARIADB,
-    DEFAULT_PG, TABLE,
+    create_table_sql, drop_slots, insert_sql, null_sink, per_sec, ranges, Shipping,
+    DEFAULT_MARIADB, DEFAULT_PG, TABLE,
 };
 use crate::report::{ratio, thousands, Figure, Tsv};
 use crate::scratch::Server;
@@ -219,7 +219,9 @@ pub async fn run_mariadb(args: &MariaDbArgs, tsv: &Tsv) -> anyhow::Result<()> {
         .fetch_one(&mut admin)
         .await?;
     let db = format!("ferry_bench_{:016x}", rand::random::<u64>());
-    admin.execute(format!("CREATE DATABASE {db}").as_str()).await?;
+    admin
+        .execute(format!("CREATE DATABASE {db}").as_str())
+        .await?;
     let url = super::with_database(&args.mariadb, &db)?;
     let result = async {
         let mut conn = MySqlConnection::connect(&url).await?;
@@ -296,7 +298,10 @@ pub async fn run_mariadb(args: &MariaDbArgs, tsv: &Tsv) -> anyhow::Result<()> {
         anyhow::Ok(())
     }
     .await;
-    if let Err(e) = admin.execute(format!("DROP DATABASE IF EXISTS {db}").as_str()).await {
+    if let Err(e) = admin
+        .execute(format!("DROP DATABASE IF EXISTS {db}").as_str())
+        .await
+    {
         eprintln!("warning: could not drop {db}: {e}");
     }
     result
@@ -376,7 +381,7 @@ async fn select_changes(db: &Database) -> anyhow::Result<u64> {
     let mut count = 0u64;
     let mut bytes = 0usize;
     loop {
-        let rows: Vec<(i64, String, String, String, Option<String>, Option<String>, Option<String>, Option<String>)> =
+        let rows: Vec<ChangeRow> =
             match db {
                 Database::Sqlite(p) => {
                     sqlx::query_as(
@@ -417,12 +422,25 @@ trait ExecuteOn {
     async fn execute_on(self, db: &Database) -> anyhow::Result<()>;
 }
 
+/// A change table row as the baseline reads it: id, schema, table, op,
+/// transaction, old row, new row, time.
+type ChangeRow = (
+    i64,
+    String,
+    String,
+    String,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+);
+
 impl ExecuteOn for sqlx::RawSql<'_> {
     async fn execute_on(self, db: &Database) -> anyhow::Result<()> {
         match db {
-            Database::Sqlite(p) => drop(self.execute(p).await?),
-            Database::Postgres(p) => drop(self.execute(p).await?),
-            Database::Mysql(p) => drop(self.execute(p).await?),
+            Database::Sqlite(p) => self.execute(p).await.map(|_| ())?,
+            Database::Postgres(p) => self.execute(p).await.map(|_| ())?,
+            Database::Mysql(p) => self.execute(p).await.map(|_| ())?,
         }
         Ok(())
     }
