@@ -23,6 +23,33 @@ pub type CaptureError = ferry_core::Failure;
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Checkpoint(pub serde_json::Value);
 
+/// What a log capture's first start does (PostgreSQL: when Ferry creates
+/// the slot; MariaDB: when nothing is saved for the capture).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SnapshotMode {
+    /// Read every captured table's rows first, as `r` changes, at a point
+    /// the stream then starts from (the slot's consistent point, the binlog
+    /// position the snapshot matches): none missed, none read twice. A
+    /// crash during the snapshot resumes it from a newer state (see
+    /// `docs/cdc.md`).
+    #[default]
+    Initial,
+    /// No snapshot: stream the changes committed from now on.
+    Never,
+}
+
+impl SnapshotMode {
+    /// `Initial` when `snapshot`, else `Never`.
+    pub fn from_flag(snapshot: bool) -> Self {
+        if snapshot {
+            SnapshotMode::Initial
+        } else {
+            SnapshotMode::Never
+        }
+    }
+}
+
 /// A change as read, with the checkpoint it completes, if any.
 #[derive(Clone, Debug)]
 pub struct Captured {

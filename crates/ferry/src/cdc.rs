@@ -62,11 +62,7 @@ impl Mode {
 fn pg_config(url: &str, name: &str, filter: &Filter, snapshot: bool) -> PgLogConfig {
     PgLogConfig {
         tables: filter.clone(),
-        snapshot: if snapshot {
-            ferry_cdc::postgres::SnapshotMode::Initial
-        } else {
-            ferry_cdc::postgres::SnapshotMode::Never
-        },
+        snapshot: ferry_cdc::capture::SnapshotMode::from_flag(snapshot),
         ..PgLogConfig::new(url, name)
     }
 }
@@ -81,11 +77,7 @@ fn binlog_config(
     BinlogConfig {
         tables: filter.clone(),
         offsets: offsets.map(str::to_owned),
-        snapshot: if snapshot {
-            ferry_cdc::mariadb::SnapshotMode::Initial
-        } else {
-            ferry_cdc::mariadb::SnapshotMode::Never
-        },
+        snapshot: ferry_cdc::capture::SnapshotMode::from_flag(snapshot),
         ..BinlogConfig::new(url, name)
     }
 }

@@ -5,18 +5,7 @@ use serde::{Deserialize, Serialize};
 use crate::capture::CaptureError;
 use crate::filter::Filter;
 
-/// What to do on a first start, when nothing is saved for the capture.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum SnapshotMode {
-    /// Read every captured table's rows first (as `r` changes), then
-    /// stream from the binlog position the snapshot matches: no change is
-    /// missed, none is read twice.
-    #[default]
-    Initial,
-    /// No snapshot: stream from the current end of the binlog.
-    Never,
-}
+pub use crate::capture::SnapshotMode;
 
 /// A MariaDB binlog capture.
 ///

@@ -5,21 +5,7 @@ use serde::{Deserialize, Serialize};
 use crate::capture::CaptureError;
 use crate::filter::Filter;
 
-/// What a first start does when Ferry creates the replication slot.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum SnapshotMode {
-    /// Read every captured table's rows first (as `r` changes), inside the
-    /// snapshot the slot's creation exported, then stream from the slot's
-    /// consistent point: every change committed before it is in the
-    /// snapshot, every one after it in the stream; none is missed, none is
-    /// read twice.
-    #[default]
-    Initial,
-    /// No snapshot: stream the changes committed after the slot's
-    /// creation.
-    Never,
-}
+pub use crate::capture::SnapshotMode;
 
 /// A capture of PostgreSQL's log through logical replication (`pgoutput`).
 ///
