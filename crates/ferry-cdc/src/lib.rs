@@ -24,6 +24,7 @@
 //! deduplicates by message id applies each committed change once.
 
 pub mod apply;
+pub mod backfill;
 pub mod capture;
 pub mod change;
 pub mod encode;

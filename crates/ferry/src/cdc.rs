@@ -11,7 +11,7 @@ use ferry_cdc::mariadb::{BinlogConfig, MariaDbCapture};
 use ferry_cdc::postgres::{PgCapture, PgLogConfig};
 use ferry_cdc::{
     apply, ship, ApplyConfig, Capture, ColumnMapping, Filter, Format, OnFailure, PullCapture,
-    PullConfig, ShipConfig, ShipStats, TriggerCapture, TriggerConfig,
+    PullConfig, ShipConfig, ShipStats, TableId, TriggerCapture, TriggerConfig,
 };
 use ferry_core::{RetryPolicy, Sink};
 use ferry_relay::{CancellationToken, SinkBackoff};
@@ -621,6 +621,22 @@ pub async fn status(from: &str, name: &str, mode: Option<Mode>) -> anyhow::Resul
                     println!("lag bytes: {}", bytes(s.lag_bytes));
                     println!("retained WAL bytes: {}", bytes(s.retained_wal_bytes));
                     println!("WAL status: {}", s.wal_status.as_deref().unwrap_or("-"));
+                    let jobs = ferry_cdc::postgres::backfill_jobs(&config)
+                        .await
+                        .map_err(describe)?;
+                    for job in &jobs.jobs {
+                        println!(
+                            "backfill {}: at {} (table {} of {}), {} rows delivered",
+                            job.id,
+                            job.tables
+                                .get(job.table)
+                                .map(ToString::to_string)
+                                .unwrap_or_default(),
+                            job.table + 1,
+                            job.tables.len(),
+                            job.rows
+                        );
+                    }
                 }
             }
         }
@@ -641,6 +657,107 @@ pub async fn status(from: &str, name: &str, mode: Option<Mode>) -> anyhow::Resul
                 println!("snapshot in progress: {t}");
             }
         }
+    }
+    Ok(())
+}
+
+/// `ferry cdc backfill`: reads `tables` again while the capture streams.
+pub async fn backfill(
+    from: &str,
+    name: &str,
+    mode: Option<Mode>,
+    tables: &[String],
+    wait: bool,
+) -> anyhow::Result<()> {
+    let db = Database::connect(from)
+        .await
+        .with_context(|| format!("cannot open {}", ferry_store::redact(from)))?;
+    let describe = |e: ferry_cdc::CaptureError| anyhow::anyhow!(e.describe());
+    let mode = mode
+        .unwrap_or(Mode::default_for(db.kind()))
+        .on(db.kind())
+        .map_err(|e| anyhow::anyhow!(e))?;
+    let default_schema = match db.kind() {
+        DatabaseKind::Postgres => "public".to_owned(),
+        DatabaseKind::Sqlite => "main".to_owned(),
+        // The database the URL names: `mysql://host/shop?…` is `shop`.
+        DatabaseKind::Mysql => from
+            .split('?')
+            .next()
+            .and_then(|u| u.rsplit_once('/'))
+            .map(|(_, db)| db.to_owned())
+            .unwrap_or_default(),
+    };
+    let tables: Vec<TableId> = tables
+        .iter()
+        .map(|t| match t.split_once('.') {
+            Some((schema, table)) => TableId::new(schema, table),
+            None => TableId::new(default_schema.clone(), t.clone()),
+        })
+        .collect();
+    match (mode, db.kind()) {
+        (Mode::Triggers, _) => {
+            for table in &tables {
+                let rows = TriggerCapture::backfill(&db, name, table)
+                    .await
+                    .map_err(describe)?;
+                println!("backfill of {table}: {rows} rows queued as reads for capture {name}");
+            }
+        }
+        (Mode::Log, DatabaseKind::Postgres) => {
+            let config = pg_config(from, name, &Filter::default(), false);
+            let request = ferry_cdc::postgres::request_backfill(&config, &tables)
+                .await
+                .map_err(describe)?;
+            println!(
+                "backfill {} requested for capture {name}: {}",
+                request.id,
+                tables
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+            if wait {
+                let mut last = None;
+                loop {
+                    let jobs = ferry_cdc::postgres::backfill_jobs(&config)
+                        .await
+                        .map_err(describe)?;
+                    if jobs.done.contains(&request.id) {
+                        println!("backfill {} delivered", request.id);
+                        break;
+                    }
+                    let now = jobs
+                        .jobs
+                        .iter()
+                        .find(|j| j.id == request.id)
+                        .map(|j| (j.table, j.rows));
+                    if now != last {
+                        if let Some((table, rows)) = now {
+                            println!(
+                                "backfill {}: {rows} rows delivered, at {}",
+                                request.id,
+                                tables
+                                    .get(table)
+                                    .map(ToString::to_string)
+                                    .unwrap_or_default()
+                            );
+                        }
+                        last = now;
+                    }
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+            }
+        }
+        (Mode::Log, _) => anyhow::bail!(
+            "backfill is not available in MariaDB log mode yet: use `ferry cdc drop` and start \
+             the capture again for a fresh snapshot, or trigger mode"
+        ),
+        (Mode::Pull, _) => anyhow::bail!(
+            "backfill has no meaning in pull mode: every pass reads the rows as they are; \
+             `ferry cdc drop --mode pull` makes the next start read everything again"
+        ),
     }
     Ok(())
 }

@@ -311,6 +311,28 @@ enum CdcAction {
         #[arg(long, value_enum)]
         mode: Option<cdc::Mode>,
     },
+    /// Read tables again, as `r` changes, while the capture streams on:
+    /// log mode writes a request into the log that the running capture
+    /// reads between watermarks; trigger mode copies the rows into the
+    /// change table under the triggers' lock.
+    Backfill {
+        /// The captured database.
+        #[arg(long, env = "FERRY_DATABASE")]
+        from: String,
+        /// The capture's name.
+        #[arg(long, default_value = "ferry")]
+        name: String,
+        /// How it captures.
+        #[arg(long, value_enum)]
+        mode: Option<cdc::Mode>,
+        /// A table to backfill (`schema.table`, or `table` in the default
+        /// schema: `public`, the database's own, `main`); repeatable.
+        #[arg(long = "table", required = true)]
+        tables: Vec<String>,
+        /// Log mode: wait until the capture has delivered the backfill.
+        #[arg(long)]
+        wait: bool,
+    },
     /// Remove what a capture installed (its triggers and waiting changes).
     Drop {
         /// The captured database.
@@ -780,6 +802,13 @@ async fn run(command: Command) -> anyhow::Result<()> {
             Some(CdcAction::Drop { from, name, mode }) => {
                 cdc::drop_capture(&from, &name, mode).await
             }
+            Some(CdcAction::Backfill {
+                from,
+                name,
+                mode,
+                tables,
+                wait,
+            }) => cdc::backfill(&from, &name, mode, &tables, wait).await,
             None => run_cdc(args).await,
         },
         Command::Migrate { database } => {

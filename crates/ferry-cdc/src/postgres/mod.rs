@@ -121,6 +121,7 @@
 //! * `pg_walstream` logs every statement its connections run at info level
 //!   (target `pg_walstream`), the snapshot's `FETCH`es included.
 
+mod backfill;
 mod config;
 mod decode;
 pub mod progress;
@@ -140,13 +141,16 @@ use sqlx::postgres::PgPool;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::backfill::{Job, PREFIX};
 use crate::capture::{Capture, CaptureError, Captured, Checkpoint};
 use crate::change::{lsn_text, TableId};
 use crate::offsets::Offsets;
+use backfill::Backfiller;
 use decode::Decoder;
 use progress::{ChunkCheckpoint, Progress, Saved};
 use snapshot::Snapshot;
 
+pub use backfill::{jobs as backfill_jobs, request as request_backfill};
 pub use config::{PgLogConfig, SnapshotMode};
 pub use setup::{drop, status, SlotStatus};
 
@@ -204,6 +208,11 @@ pub struct PgCapture {
     /// Snapshot chunks with a checkpoint handed over, and acknowledged.
     chunks_handed: u64,
     chunks_acked: u64,
+    /// Backfill jobs and the chunk in flight.
+    backfill: Backfiller,
+    /// Whether the server sends logical decoding messages (PostgreSQL 14
+    /// on): backfills need them for their requests and watermarks.
+    messages: bool,
 }
 
 impl PgCapture {
@@ -230,6 +239,16 @@ impl PgCapture {
             .await
             .map_err(|e| store_failure(e, "postgres capture: opening the saved progress"))?;
         let decoder = Decoder::new(database.clone(), config.tables.clone());
+        let version: i32 = sqlx::query_scalar("SELECT current_setting('server_version_num')::int4")
+            .fetch_one(&pool)
+            .await
+            .map_err(|e| setup::sql_failure("postgres capture: reading the server's version", e))?;
+        let backfill = Backfiller::load(
+            &config.name,
+            snapshot_setup(&config, &database, &pool),
+            offsets.clone(),
+        )
+        .await?;
         let mut capture = Self {
             config,
             database,
@@ -249,6 +268,8 @@ impl PgCapture {
             unsaved_snapshot: None,
             chunks_handed: 0,
             chunks_acked: 0,
+            backfill,
+            messages: version >= 140000,
         };
         capture.start(slot).await?;
         Ok(capture)
@@ -262,6 +283,12 @@ impl PgCapture {
     /// Whether the initial snapshot is being read.
     pub fn snapshotting(&self) -> bool {
         self.snapshot.is_some()
+    }
+
+    /// Whether a backfill is under way (also the rest of an initial
+    /// snapshot a crash interrupted).
+    pub fn backfilling(&self) -> bool {
+        self.backfill.active()
     }
 
     /// While the initial snapshot is read: the table being read, the rows
@@ -299,13 +326,61 @@ impl PgCapture {
                 // Nothing was confirmed to the slot: its position is still
                 // its consistent point.
                 let lsn = setup::slot_lsn(&self.pool, &name).await?;
-                self.begin_snapshot(from_start(lsn), None).await
+                self.resume_snapshot(from_start(lsn)).await
             }
             (setup::Slot::Existing, Some(Saved::Reading { progress, .. })) => {
-                self.begin_snapshot(progress, None).await
+                self.resume_snapshot(progress).await
             }
             (setup::Slot::Existing, _) => self.open().await,
         }
+    }
+
+    /// Goes on with a snapshot a crash interrupted (its export is gone):
+    /// the rest is read as a backfill beside the stream, which starts at
+    /// the snapshot's consistent point, so that no row's older state is
+    /// sent after a newer change of it. Without logical decoding messages
+    /// (before PostgreSQL 14), from a fresh snapshot read first instead.
+    async fn resume_snapshot(&mut self, progress: Progress) -> Result<(), CaptureError> {
+        if !self.messages {
+            return self.begin_snapshot(progress, None).await;
+        }
+        // The snapshot's lock, then the slot: while another capture reads
+        // the snapshot or the slot, this one changes nothing.
+        let mut guard =
+            pg_walstream::connection::PgReplicationConnection::connect_async(&self.config.url)
+                .await
+                .map_err(|e| replication_failure("opening a connection", e))?;
+        snapshot::lock(&mut guard, &self.config.slot_name()).await?;
+        self.open().await?;
+        std::mem::drop(guard);
+        let tables = self.backfill.tables_from(progress.table.as_ref()).await?;
+        let after = if tables.first() == progress.table.as_ref() {
+            progress.after.clone()
+        } else {
+            None
+        };
+        let job = Job {
+            id: format!("snapshot:{}", progress.lsn),
+            label: progress.lsn.clone(),
+            tables,
+            table: 0,
+            after,
+            rows: 0,
+            requested: chrono::Utc::now(),
+        };
+        self.backfill.add(job).await?;
+        self.save(&Saved::Done {
+            slot: self.config.slot_name(),
+            lsn: progress.lsn.clone(),
+        })
+        .await?;
+        tracing::info!(
+            slot = %self.config.slot_name(),
+            at = %progress.lsn,
+            "postgres capture: the initial snapshot was interrupted; its rest is read as a \
+             backfill beside the stream"
+        );
+        Ok(())
     }
 
     /// Saves `progress` and opens the snapshot's reader there.
@@ -319,15 +394,7 @@ impl PgCapture {
             progress: progress.clone(),
         })
         .await?;
-        let setup = snapshot::Setup {
-            url: self.config.url.clone(),
-            database: self.database.clone(),
-            slot: self.config.slot_name(),
-            publication: self.config.publication_name(),
-            filter: self.config.tables.clone(),
-            chunk: self.config.snapshot_chunk,
-            pool: self.pool.clone(),
-        };
+        let setup = snapshot_setup(&self.config, &self.database, &self.pool);
         let lsn = progress.lsn.clone();
         let snapshot = Snapshot::begin(setup, progress, export).await?;
         self.snapshot = Some(Box::new(snapshot));
@@ -499,12 +566,14 @@ impl PgCapture {
         self.parser = LogicalReplicationParser::with_protocol_version(1);
         self.decoder.reset();
         self.ready.clear();
+        self.backfill.reset();
     }
 
     fn stream_config(&self) -> ReplicationStreamConfig {
         ReplicationStreamConfig::builder(self.config.slot_name(), self.config.publication_name())
             .with_protocol_version(1)
             .with_streaming_mode(StreamingMode::Off)
+            .with_messages(self.messages)
             .with_existing_slot_required(true)
             .with_connection_timeout(CONNECT_TIMEOUT)
             .with_feedback_interval(Duration::from_secs(10))
@@ -560,6 +629,7 @@ impl PgCapture {
         lsn: u64,
     ) -> Result<(), CaptureError> {
         use LogicalReplicationMessage as M;
+        let before = self.ready.len();
         let out = &mut self.ready;
         match message {
             M::Begin {
@@ -575,7 +645,11 @@ impl PgCapture {
                 commit_lsn,
                 end_lsn,
                 ..
-            } => self.decoder.commit(commit_lsn, end_lsn, out).map(|_| ()),
+            } => {
+                self.decoder.commit(commit_lsn, end_lsn, out)?;
+                self.backfill.observe(self.ready.range(before..));
+                return self.backfill.commit(end_lsn, &mut self.ready).await;
+            }
             M::Relation {
                 relation_id,
                 namespace,
@@ -597,6 +671,9 @@ impl PgCapture {
                 Ok(())
             }
             M::Insert { relation_id, tuple } => self.decoder.insert(lsn, relation_id, &tuple, out),
+            M::Message {
+                prefix, content, ..
+            } if prefix == PREFIX => self.backfill.message(&content).await,
             M::Update {
                 relation_id,
                 old_tuple,
@@ -614,14 +691,16 @@ impl PgCapture {
                 .decoder
                 .delete(lsn, relation_id, key_type, &old_tuple, out),
             M::Truncate { relation_ids, .. } => self.decoder.truncate(lsn, &relation_ids, out),
-            // Types are mapped by OID; origins and logical decoding
-            // messages (not asked for) carry no row change.
+            // Types are mapped by OID; origins and others' logical
+            // decoding messages carry no row change.
             M::Type { .. } | M::Origin { .. } | M::Message { .. } => Ok(()),
             other => Err(CaptureError::transient(format!(
                 "postgres capture: pgoutput sent {} outside protocol 1 without streaming",
                 message_name(&other)
             ))),
-        }
+        }?;
+        self.backfill.observe(self.ready.range(before..));
+        Ok(())
     }
 
     /// Tells the server the connection is alive (a status update, which
@@ -704,6 +783,12 @@ impl Capture for PgCapture {
         if self.stream.is_none() {
             self.open().await?;
         }
+        if self.messages && self.backfill.wants_chunk() {
+            if let Err(e) = self.backfill.open_window(&self.pool).await {
+                self.close();
+                return Err(e);
+            }
+        }
         // Waited for in short slices, each ending with the idle check: a
         // read that waits on the connection for long sees a change only at
         // its deadline (pg_walstream's libpq backend; measured as p99 ≈ the
@@ -751,6 +836,8 @@ impl Capture for PgCapture {
                 lsn_text(self.handed)
             )));
         }
+        // A backfill chunk at or before it is delivered.
+        self.backfill.acknowledge(lsn).await?;
         if lsn <= self.acked {
             return Ok(());
         }
@@ -776,6 +863,19 @@ impl Capture for PgCapture {
                 Ok(())
             }
         }
+    }
+}
+
+/// What a snapshot or a backfill of the capture reads, and how.
+fn snapshot_setup(config: &PgLogConfig, database: &str, pool: &PgPool) -> snapshot::Setup {
+    snapshot::Setup {
+        url: config.url.clone(),
+        database: database.to_owned(),
+        slot: config.slot_name(),
+        publication: config.publication_name(),
+        filter: config.tables.clone(),
+        chunk: config.snapshot_chunk,
+        pool: pool.clone(),
     }
 }
 

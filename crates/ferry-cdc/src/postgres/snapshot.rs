@@ -112,8 +112,8 @@ pub struct Snapshot {
 
 /// A table as the snapshot reads it.
 #[derive(Debug)]
-struct Plan {
-    table: TableId,
+pub(super) struct Plan {
+    pub(super) table: TableId,
     /// Selected columns: the published ones and the key's.
     columns: Vec<PlanColumn>,
     /// The key's columns (indexes into `columns`) in index order; empty
@@ -381,67 +381,14 @@ impl Snapshot {
         Ok(Some(out))
     }
 
-    /// Row `row` of a fetch as a read change, and its key as text (in
-    /// index order) when the table has one.
+    /// Row `row` of a fetch as a read change, and its key as text.
     fn change(
         &self,
         plan: &Plan,
         result: &PgResult,
         row: i32,
     ) -> Result<(Change, Option<Vec<String>>), CaptureError> {
-        let keyed = !plan.key.is_empty();
-        // Without a key the first column is the row's ctid.
-        let offset = i32::from(!keyed);
-        let mut after = Row::new();
-        let mut values = Vec::with_capacity(plan.columns.len());
-        for (i, column) in plan.columns.iter().enumerate() {
-            let text = text(result, row, i as i32 + offset, &plan.table, &column.name)?;
-            let value = text
-                .map(|t| value::from_text(column.type_oid, t))
-                .unwrap_or(Value::Null);
-            if column.published {
-                after.insert(column.name.clone(), value.clone());
-            }
-            values.push((text, value));
-        }
-        let (key, position_key, key_text) = if keyed {
-            let key: Row = plan
-                .key
-                .iter()
-                .map(|&i| (plan.columns[i].name.clone(), values[i].1.clone()))
-                .collect();
-            let text: Vec<String> = plan
-                .key
-                .iter()
-                .map(|&i| values[i].0.unwrap_or_default().to_owned())
-                .collect();
-            let position = Value::Object(key.clone()).to_string();
-            (key, position, Some(text))
-        } else {
-            let ctid = text(result, row, 0, &plan.table, "ctid")?.unwrap_or_default();
-            let position = serde_json::json!({ "ctid": ctid }).to_string();
-            (after.clone(), position, None)
-        };
-        let mut change = Change {
-            op: Op::Read,
-            key,
-            before: None,
-            after: Some(after),
-            source: Source {
-                db: self.setup.database.clone(),
-                table: plan.table.clone(),
-                position: Position::Snapshot {
-                    snapshot: self.label.clone(),
-                    key: position_key,
-                },
-                tx_id: None,
-                commit_time: Some(self.started),
-            },
-            tx: None,
-            unchanged: vec![],
-        };
-        self.setup.filter.strip(&mut change);
-        Ok((change, key_text))
+        row_change(plan, result, row, &self.setup, &self.label, self.started)
     }
 
     fn next_table(&mut self) {
@@ -469,18 +416,106 @@ impl Snapshot {
     }
 }
 
+/// Row `row` of a result of `plan`'s query as a read change labelled
+/// `label` (its position's, hence its id's), and its key as text (in index
+/// order) when the table has one.
+pub(super) fn row_change(
+    plan: &Plan,
+    result: &PgResult,
+    row: i32,
+    setup: &Setup,
+    label: &str,
+    time: DateTime<Utc>,
+) -> Result<(Change, Option<Vec<String>>), CaptureError> {
+    let keyed = !plan.key.is_empty();
+    // Without a key the first column is the row's ctid.
+    let offset = i32::from(!keyed);
+    let mut after = Row::new();
+    let mut values = Vec::with_capacity(plan.columns.len());
+    for (i, column) in plan.columns.iter().enumerate() {
+        let text = text(result, row, i as i32 + offset, &plan.table, &column.name)?;
+        let value = text
+            .map(|t| value::from_text(column.type_oid, t))
+            .unwrap_or(Value::Null);
+        if column.published {
+            after.insert(column.name.clone(), value.clone());
+        }
+        values.push((text, value));
+    }
+    let (key, position_key, key_text) = if keyed {
+        let key: Row = plan
+            .key
+            .iter()
+            .map(|&i| (plan.columns[i].name.clone(), values[i].1.clone()))
+            .collect();
+        let text: Vec<String> = plan
+            .key
+            .iter()
+            .map(|&i| values[i].0.unwrap_or_default().to_owned())
+            .collect();
+        let position = Value::Object(key.clone()).to_string();
+        (key, position, Some(text))
+    } else {
+        let ctid = text(result, row, 0, &plan.table, "ctid")?.unwrap_or_default();
+        let position = serde_json::json!({ "ctid": ctid }).to_string();
+        (after.clone(), position, None)
+    };
+    let mut change = Change {
+        op: Op::Read,
+        key,
+        before: None,
+        after: Some(after),
+        source: Source {
+            db: setup.database.clone(),
+            table: plan.table.clone(),
+            position: Position::Snapshot {
+                snapshot: label.to_owned(),
+                key: position_key,
+            },
+            tx_id: None,
+            commit_time: Some(time),
+        },
+        tx: None,
+        unchanged: vec![],
+    };
+    setup.filter.strip(&mut change);
+    Ok((change, key_text))
+}
+
 impl Plan {
+    /// Whether the table has a key to read it in chunks by.
+    pub(super) fn keyed(&self) -> bool {
+        !self.key.is_empty()
+    }
+
     /// The cursor over the table's rows after `after` (from the first
     /// without), in key order; without a key, in whatever order the scan
     /// gives, each row with its ctid.
     fn declare(&self, after: Option<&[String]>) -> Result<String, CaptureError> {
+        Ok(format!(
+            "DECLARE {CURSOR} NO SCROLL CURSOR FOR {}",
+            self.query(after)?
+        ))
+    }
+
+    /// The first `limit` rows after `after`, in key order.
+    pub(super) fn chunk(
+        &self,
+        after: Option<&[String]>,
+        limit: usize,
+    ) -> Result<String, CaptureError> {
+        Ok(format!("{} LIMIT {limit}", self.query(after)?))
+    }
+
+    /// The query of the rows after `after`.
+    fn query(&self, after: Option<&[String]>) -> Result<String, CaptureError> {
         let mut select: Vec<String> = Vec::new();
         if self.key.is_empty() {
             select.push("ctid::text".to_owned());
         }
         select.extend(self.columns.iter().map(|c| quote_ident(&c.name)));
         let mut sql = format!(
-            "DECLARE {CURSOR} NO SCROLL CURSOR FOR SELECT {} FROM {}.{}",
+            "SELECT {} FROM {}.{}",
             select.join(", "),
             quote_ident(&self.table.schema),
             quote_ident(&self.table.name)
@@ -515,7 +550,10 @@ impl Plan {
 
 /// Takes the session advisory lock of the slot's snapshot, waiting a
 /// while for a reader that just stopped.
-async fn lock(reader: &mut PgReplicationConnection, slot: &str) -> Result<(), CaptureError> {
+pub(super) async fn lock(
+    reader: &mut PgReplicationConnection,
+    slot: &str,
+) -> Result<(), CaptureError> {
     let sql = format!(
         "SELECT pg_try_advisory_lock(hashtext('ferry_cdc_snapshot'), hashtext({}))",
         literal(slot)?
@@ -538,7 +576,7 @@ async fn lock(reader: &mut PgReplicationConnection, slot: &str) -> Result<(), Ca
 }
 
 /// The publication's tables that the filter captures, in name order.
-async fn list_tables(
+pub(super) async fn list_tables(
     reader: &mut PgReplicationConnection,
     setup: &Setup,
 ) -> Result<Vec<TableId>, CaptureError> {
@@ -572,7 +610,7 @@ async fn list_tables(
 /// Read from the current catalog (on `pool`), not the snapshot's: the
 /// cursor is planned against the current one, so a column dropped since
 /// the snapshot's point must not be named.
-async fn plan(
+pub(super) async fn plan(
     pool: &PgPool,
     server_version: i32,
     table: &TableId,
@@ -652,7 +690,7 @@ async fn plan(
 }
 
 /// Runs `sql` on the reader.
-async fn exec(
+pub(super) async fn exec(
     reader: &mut PgReplicationConnection,
     sql: &str,
     doing: &str,
@@ -682,7 +720,7 @@ fn text<'r>(
 }
 
 /// `value` as an SQL string literal.
-fn literal(value: &str) -> Result<String, CaptureError> {
+pub(super) fn literal(value: &str) -> Result<String, CaptureError> {
     quote_literal(value).map_err(|e| {
         CaptureError::permanent("postgres capture: a value cannot be written as SQL").with_source(e)
     })

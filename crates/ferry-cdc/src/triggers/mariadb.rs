@@ -203,7 +203,11 @@ pub(super) async fn install(
 
 /// `table`'s rows as `r` changes, numbered from the counter, whose lock
 /// keeps writers out until they are recorded.
-async fn copy_rows(pool: &MySqlPool, capture: &str, table: &TableInfo) -> Result<(), sqlx::Error> {
+pub(super) async fn copy_rows(
+    pool: &MySqlPool,
+    capture: &str,
+    table: &TableInfo,
+) -> Result<u64, sqlx::Error> {
     let mut tx = pool.begin().await?;
     let base: i64 =
         sqlx::query_scalar("SELECT last FROM ferry_cdc_sequence WHERE one = 1 FOR UPDATE")
@@ -232,7 +236,17 @@ async fn copy_rows(pool: &MySqlPool, capture: &str, table: &TableInfo) -> Result
         .bind(base + i64::try_from(copied).unwrap_or(i64::MAX))
         .execute(&mut *tx)
         .await?;
-    tx.commit().await
+    tx.commit().await?;
+    Ok(copied)
+}
+
+/// The tables capture `capture` has triggers on.
+pub(super) async fn installed(pool: &MySqlPool, capture: &str) -> Result<Vec<String>, sqlx::Error> {
+    Ok(existing(pool, capture)
+        .await?
+        .into_values()
+        .map(|(table, _)| table)
+        .collect())
 }
 
 pub(super) async fn fetch(

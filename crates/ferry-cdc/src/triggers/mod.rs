@@ -366,6 +366,52 @@ impl TriggerCapture {
         .map_err(store_error)
     }
 
+    /// Backfills `table` for capture `name`: copies its current rows into
+    /// the change table as `r` changes, in one transaction under the lock
+    /// the triggers take, so that they sit in commit order among the
+    /// changes (a row changed before the copy has its change first, one
+    /// changed after has it after). The running capture ships them.
+    /// Returns the rows copied.
+    ///
+    /// Refused (permanent) when the capture has no triggers on the table:
+    /// a backfill never sends a table the capture leaves out.
+    pub async fn backfill(db: &Database, name: &str, table: &TableId) -> Result<u64, CaptureError> {
+        check_name(name)?;
+        let (found, installed) = match db {
+            Database::Sqlite(p) => {
+                let installed = sqlite::installed(p, name).await.map_err(unavailable)?;
+                let found = sqlite::tables(p).await.map_err(unavailable)?;
+                (
+                    found,
+                    installed.contains(&table.name) && table.schema == "main",
+                )
+            }
+            Database::Postgres(p) => {
+                let installed = postgres::installed(p, name).await.map_err(unavailable)?;
+                let found = postgres::tables(p).await.map_err(unavailable)?;
+                (found, installed.contains(table))
+            }
+            Database::Mysql(p) => {
+                let installed = mariadb::installed(p, name).await.map_err(unavailable)?;
+                let found = mariadb::tables(p).await.map_err(unavailable)?;
+                (found, installed.contains(&table.name))
+            }
+        };
+        let info = found.into_iter().find(|t| t.id == *table);
+        let Some(info) = info.filter(|_| installed) else {
+            return Err(CaptureError::permanent(format!(
+                "capture {name} has no triggers on {table}: a backfill reads only tables the \
+                 capture captures (start it with the table included first)"
+            )));
+        };
+        match db {
+            Database::Sqlite(p) => sqlite::backfill(p, name, &info).await,
+            Database::Postgres(p) => postgres::backfill(p, name, &info).await,
+            Database::Mysql(p) => mariadb::copy_rows(p, name, &info).await,
+        }
+        .map_err(store_error)
+    }
+
     /// Changes recorded and not yet acknowledged, and the age of the
     /// oldest (the capture's lag).
     pub async fn backlog(db: &Database, name: &str) -> Result<(i64, Option<f64>), CaptureError> {

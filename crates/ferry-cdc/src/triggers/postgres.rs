@@ -185,21 +185,7 @@ pub(super) async fn install(
         .execute(&mut *tx)
         .await?;
         if snapshot {
-            let order: Vec<String> = table
-                .key
-                .iter()
-                .map(|k| format!("t.{}", quote('"', k)))
-                .collect();
-            sqlx::query(&format!(
-                "INSERT INTO {changes} (capture, schema_name, table_name, op, new_row)
-                 SELECT $1, $2, $3, 'r', to_jsonb(t) FROM {target} t ORDER BY {}",
-                order.join(", ")
-            ))
-            .bind(capture)
-            .bind(&table.id.schema)
-            .bind(&table.id.name)
-            .execute(&mut *tx)
-            .await?;
+            copy_rows(&mut tx, capture, &changes, table).await?;
         }
     }
     for (table, name) in stale {
@@ -213,6 +199,65 @@ pub(super) async fn install(
         .await?;
     }
     tx.commit().await
+}
+
+/// `table`'s rows as `r` changes, in key order, in `tx` (which holds the
+/// triggers' lock).
+async fn copy_rows(
+    tx: &mut sqlx::PgConnection,
+    capture: &str,
+    changes: &str,
+    table: &TableInfo,
+) -> Result<u64, sqlx::Error> {
+    let target = format!(
+        "{}.{}",
+        quote('"', &table.id.schema),
+        quote('"', &table.id.name)
+    );
+    let order: Vec<String> = table
+        .key
+        .iter()
+        .map(|k| format!("t.{}", quote('"', k)))
+        .collect();
+    Ok(sqlx::query(&format!(
+        "INSERT INTO {changes} (capture, schema_name, table_name, op, new_row)
+         SELECT $1, $2, $3, 'r', to_jsonb(t) FROM {target} t ORDER BY {}",
+        order.join(", ")
+    ))
+    .bind(capture)
+    .bind(&table.id.schema)
+    .bind(&table.id.name)
+    .execute(&mut *tx)
+    .await?
+    .rows_affected())
+}
+
+/// Copies `table`'s rows as `r` changes in one transaction, under the
+/// triggers' lock: they take their place in commit order.
+pub(super) async fn backfill(
+    pool: &PgPool,
+    capture: &str,
+    table: &TableInfo,
+) -> Result<u64, sqlx::Error> {
+    let schema = home(pool).await?;
+    let changes = format!("{}.ferry_cdc_changes", quote('"', &schema));
+    let mut tx = pool.begin().await?;
+    sqlx::query("SELECT pg_advisory_xact_lock($1)")
+        .bind(LOCK)
+        .execute(&mut *tx)
+        .await?;
+    let copied = copy_rows(&mut tx, capture, &changes, table).await?;
+    tx.commit().await?;
+    Ok(copied)
+}
+
+/// The tables capture `capture` has triggers on.
+pub(super) async fn installed(pool: &PgPool, capture: &str) -> Result<Vec<TableId>, sqlx::Error> {
+    Ok(existing(pool, capture)
+        .await?
+        .into_iter()
+        .map(|(t, _)| t)
+        .collect())
 }
 
 pub(super) async fn fetch(

@@ -151,21 +151,9 @@ pub(super) async fn install(
             sqlx::query(sql).execute(&mut *tx).await?;
         }
         if new_table && snapshot {
-            let copy = format!(
-                "INSERT INTO ferry_cdc_changes (capture, schema_name, table_name, op, new_row) \
-                 SELECT {}, 'main', {}, 'r', {} FROM {} AS ferry_row ORDER BY {}",
-                literal(capture),
-                literal(&table.id.name),
-                row_json("ferry_row", &table.columns),
-                quote('"', &table.id.name),
-                table
-                    .key
-                    .iter()
-                    .map(|k| quote('"', k))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            );
-            sqlx::query(&copy).execute(&mut *tx).await?;
+            sqlx::query(&copy_sql(capture, table))
+                .execute(&mut *tx)
+                .await?;
         }
     }
     for name in existing.keys().filter(|n| !keep.contains(n)) {
@@ -175,6 +163,55 @@ pub(super) async fn install(
     }
     tx.commit().await?;
     schema_version(pool).await
+}
+
+/// The statement copying `table`'s rows as `r` changes, in key order.
+fn copy_sql(capture: &str, table: &TableInfo) -> String {
+    format!(
+        "INSERT INTO ferry_cdc_changes (capture, schema_name, table_name, op, new_row) \
+         SELECT {}, 'main', {}, 'r', {} FROM {} AS ferry_row ORDER BY {}",
+        literal(capture),
+        literal(&table.id.name),
+        row_json("ferry_row", &table.columns),
+        quote('"', &table.id.name),
+        table
+            .key
+            .iter()
+            .map(|k| quote('"', k))
+            .collect::<Vec<_>>()
+            .join(", ")
+    )
+}
+
+/// Copies `table`'s rows as `r` changes in one statement (SQLite has one
+/// writer: they take their place in commit order).
+pub(super) async fn backfill(
+    pool: &SqlitePool,
+    capture: &str,
+    table: &TableInfo,
+) -> Result<u64, sqlx::Error> {
+    Ok(sqlx::query(&copy_sql(capture, table))
+        .execute(pool)
+        .await?
+        .rows_affected())
+}
+
+/// The tables capture `capture` has triggers on.
+pub(super) async fn installed(
+    pool: &SqlitePool,
+    capture: &str,
+) -> Result<Vec<String>, sqlx::Error> {
+    let rows: Vec<(String, String)> =
+        sqlx::query_as("SELECT name, tbl_name FROM sqlite_master WHERE type = 'trigger'")
+            .fetch_all(pool)
+            .await?;
+    let mut tables: Vec<String> = rows
+        .into_iter()
+        .filter(|(n, _)| is_trigger_of(n, capture))
+        .map(|(_, t)| t)
+        .collect();
+    tables.dedup();
+    Ok(tables)
 }
 
 pub(super) async fn schema_version(pool: &SqlitePool) -> Result<i64, sqlx::Error> {

@@ -2,6 +2,7 @@
 //! a slot of its own, and drops the slot (cluster-wide) when it ends, even
 //! on failure.
 
+mod backfill;
 mod ship;
 mod snapshot;
 mod support;

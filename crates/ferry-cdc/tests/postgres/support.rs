@@ -242,3 +242,40 @@ impl Drop for Role {
         .join();
     }
 }
+
+/// Reads `max` at a time, acknowledging each batch's last checkpoint as a
+/// runner does once it delivered the batch, until `done` says so (two
+/// minutes at most).
+pub async fn read_acking(
+    capture: &mut PgCapture,
+    max: usize,
+    done: impl Fn(&PgCapture, &[Captured]) -> bool,
+) -> Vec<Captured> {
+    let mut got: Vec<Captured> = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !done(capture, &got) {
+        assert!(
+            Instant::now() < deadline,
+            "{} changes only: {:?}",
+            got.len(),
+            got.iter()
+                .rev()
+                .take(5)
+                .map(|c| (&c.change.op, &c.change.key))
+                .collect::<Vec<_>>()
+        );
+        let batch = capture
+            .read(max, Duration::from_millis(200))
+            .await
+            .unwrap_or_else(|e| panic!("read: {}", e.describe()));
+        assert!(batch.len() <= max);
+        if let Some(checkpoint) = batch.iter().rev().find_map(|c| c.checkpoint.clone()) {
+            capture
+                .acknowledge(&checkpoint)
+                .await
+                .unwrap_or_else(|e| panic!("acknowledge: {}", e.describe()));
+        }
+        got.extend(batch);
+    }
+    got
+}
