@@ -30,9 +30,10 @@ pub struct Checkpoint(pub serde_json::Value);
 pub enum SnapshotMode {
     /// Read every captured table's rows first, as `r` changes, at a point
     /// the stream then starts from (the slot's consistent point, the binlog
-    /// position the snapshot matches): none missed, none read twice. A
-    /// crash during the snapshot resumes it from a newer state (see
-    /// `docs/cdc.md`).
+    /// position the snapshot matches): none missed, none read twice.
+    /// After a crash during the snapshot, PostgreSQL (14 on) reads the
+    /// rest as a backfill beside the stream; MariaDB reads it from a newer
+    /// state (see `docs/cdc.md`).
     #[default]
     Initial,
     /// No snapshot: stream the changes committed from now on.

@@ -25,9 +25,9 @@
 //! `bool` as a boolean, `json`/`jsonb` parsed, `numeric` and everything
 //! else as the text PostgreSQL prints.
 //!
-//! Logical decoding messages (`pg_logical_emit_message`) are not asked for
-//! (`messages` off): the server does not send them and nothing of them
-//! reaches a sink.
+//! Logical decoding messages (`pg_logical_emit_message`) never reach a
+//! sink: Ferry's own (prefix `ferry_cdc`: backfill requests and
+//! watermarks) drive backfills, others are skipped.
 //!
 //! # Positions and acknowledgement
 //!
@@ -57,10 +57,23 @@
 //! read a chunk at a time (`snapshot_chunk`); each chunk of a keyed table
 //! ends with a checkpoint whose acknowledgement saves the progress in
 //! `ferry_cdc_offsets`, in the captured database ([`progress`]). A
-//! capture restarted mid-snapshot goes on after the last acknowledged
-//! chunk, from a fresh snapshot (the exported one died with its
-//! connection): rows read then may show changes the stream delivers again
-//! (at least once, never a gap; the final state converges). A slot that
+//! capture restarted mid-snapshot (the exported snapshot died with its
+//! connection) streams from the slot's consistent point and reads the
+//! rest, after the last acknowledged chunk, as a backfill between
+//! watermarks (module `backfill`), so each row's events keep their order;
+//! before PostgreSQL 14 (no logical decoding messages) it reads the rest
+//! first from a fresh snapshot (at least once, never a gap, the final
+//! state converges).
+//!
+//! # Backfill
+//!
+//! `ferry cdc backfill` writes a request into the log
+//! (`pg_logical_emit_message`, prefix `ferry_cdc`); the capture reads the
+//! tables in chunks between a low and a high watermark written the same
+//! way, dropping every row of the chunk that a change between the two
+//! supersedes, and sends the rest at the high watermark
+//! ([`crate::backfill`]). Logical decoding messages are asked for
+//! (`messages`) from PostgreSQL 14 on. A slot that
 //! already exists when no snapshot is saved for it (one created before,
 //! by hand or by `snapshot = "never"`) is only streamed.
 //!

@@ -20,11 +20,12 @@
 //! A table with a primary key (the replica identity index under `REPLICA
 //! IDENTITY USING INDEX`) is read through a cursor in key order; every chunk
 //! ends with a checkpoint holding the table and the chunk's last key. A
-//! capture restarted mid-snapshot no longer has the exported snapshot: it
-//! opens a fresh `REPEATABLE READ` transaction and goes on after the saved
-//! key. Rows read after such a restart may already show changes that the
-//! stream, started at the first snapshot's consistent point, then delivers
-//! as well: at least once, never a gap, and the final state converges.
+//! capture restarted mid-snapshot no longer has the exported snapshot: from
+//! PostgreSQL 14 on it reads the rest as a backfill (module `backfill`);
+//! before, it opens a fresh `REPEATABLE READ` transaction here and goes on
+//! after the saved key. Rows read then may already show changes that the
+//! stream, started at the first snapshot's consistent point, delivers as
+//! well: at least once, never a gap, and the final state converges.
 //!
 //! A table without such a key (published with `REPLICA IDENTITY FULL`) has
 //! no order to resume in: it is read in one pass, its chunks carry no
