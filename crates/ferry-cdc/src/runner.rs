@@ -126,6 +126,9 @@ pub struct ShipStats {
     pub last_commit_ms: AtomicI64,
     /// Changes delivered per table.
     pub per_table: Mutex<HashMap<TableId, u64>>,
+    /// WAL the capture's replication slot makes the server keep, in bytes,
+    /// when a monitor reads it (PostgreSQL log mode).
+    pub retained_wal_bytes: Mutex<Option<u64>>,
 }
 
 impl ShipStats {

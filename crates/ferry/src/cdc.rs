@@ -172,6 +172,25 @@ pub struct CdcFileConfig {
     /// Pull mode's settings (`[cdc.pull]`).
     #[serde(default)]
     pub pull: PullSettings,
+    /// PostgreSQL log mode: log a warning when the slot makes the server
+    /// keep more WAL than this many MiB (and once more when it is back
+    /// under); the figure is `ferry_cdc_retained_wal_bytes` on `/metrics`.
+    /// Default 1024.
+    #[serde(default = "default_retained_wal_warning_mb")]
+    pub retained_wal_warning_mb: u64,
+    /// PostgreSQL log mode: write a heartbeat (a logical decoding message)
+    /// into the captured database's log this often, e.g. `"1m"`, so that
+    /// its slot moves on even when nothing else is written there. Default:
+    /// none.
+    #[serde(default, with = "humantime_serde")]
+    pub heartbeat: Option<Duration>,
+}
+
+/// The default of `retained_wal_warning_mb`.
+pub const DEFAULT_RETAINED_WAL_WARNING_MB: u64 = 1024;
+
+fn default_retained_wal_warning_mb() -> u64 {
+    DEFAULT_RETAINED_WAL_WARNING_MB
 }
 
 fn valid_sink_opt<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<SinkConfig>, D::Error> {
@@ -251,9 +270,22 @@ pub struct Cdc {
     pub snapshot: bool,
     pub poll_interval: Duration,
     pub pull: PullSettings,
+    pub slot: SlotSettings,
     pub to: To,
     pub ship: ShipConfig,
 }
+
+/// How a PostgreSQL capture's slot is watched.
+#[derive(Clone, Debug)]
+pub struct SlotSettings {
+    /// Warn above this much retained WAL, in MiB.
+    pub retained_wal_warning_mb: u64,
+    /// Write a heartbeat this often.
+    pub heartbeat: Option<Duration>,
+}
+
+/// How often the slot is looked at.
+const SLOT_CHECK_EVERY: Duration = Duration::from_secs(10);
 
 /// Where changes go.
 #[derive(Clone, Debug)]
@@ -323,6 +355,10 @@ impl From<&CdcFileConfig> for Cdc {
             snapshot: c.snapshot,
             poll_interval: c.poll_interval,
             pull: c.pull.clone(),
+            slot: SlotSettings {
+                retained_wal_warning_mb: c.retained_wal_warning_mb,
+                heartbeat: c.heartbeat,
+            },
             to: match (&c.sink, &c.target) {
                 (Some(sink), _) => To::Sink(sink.clone()),
                 (None, Some(t)) => To::Database {
@@ -397,6 +433,7 @@ impl Cdc {
             .map_err(|e| anyhow::anyhow!("{what}: {e}"))?;
         let stats = Arc::new(ShipStats::default());
         on_stats(stats.clone());
+        let watched = stats.clone();
         let refused = |e: ferry_cdc::CaptureError| anyhow::anyhow!("{what}: {}", e.describe());
         let out = Out {
             to: self.to.clone(),
@@ -462,7 +499,15 @@ impl Cdc {
                     return Ok(());
                 };
                 tracing::info!(capture = %name, mode = "log", slot = %config.slot_name(), "capturing");
-                out.deliver(capture).await
+                let watch = tokio::spawn(watch_slot(
+                    config.clone(),
+                    self.slot.clone(),
+                    watched,
+                    shutdown.clone(),
+                ));
+                let result = out.deliver(capture).await;
+                watch.abort();
+                result
             }
             (Mode::Log, _) => {
                 let config = binlog_config(
@@ -540,6 +585,51 @@ impl Out {
                 target.close().await;
                 result.map_err(anyhow::Error::from)
             }
+        }
+    }
+}
+
+/// Reads the slot every few seconds until `shutdown`: its retained WAL into
+/// `stats` (a warning logged when it passes the threshold), a heartbeat
+/// written when one is due. A failed look is logged at debug level: the
+/// capture itself reports an unreachable database.
+async fn watch_slot(
+    config: PgLogConfig,
+    settings: SlotSettings,
+    stats: Arc<ShipStats>,
+    shutdown: CancellationToken,
+) {
+    let warn = settings.retained_wal_warning_mb.saturating_mul(1024 * 1024);
+    let mut monitor = None;
+    loop {
+        if monitor.is_none() {
+            match ferry_cdc::postgres::SlotMonitor::connect(&config, warn, settings.heartbeat).await
+            {
+                Ok(m) => monitor = Some(m),
+                Err(e) => {
+                    tracing::debug!(error = %e.describe(), "cdc slot monitor: cannot connect")
+                }
+            }
+        }
+        if let Some(m) = monitor.as_mut() {
+            match m.check().await {
+                Ok(status) => {
+                    if let Ok(mut r) = stats.retained_wal_bytes.lock() {
+                        *r = status.and_then(|s| s.retained_wal_bytes);
+                    }
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e.describe(), "cdc slot monitor: cannot read the slot");
+                    monitor = None;
+                }
+            }
+        }
+        let every = settings
+            .heartbeat
+            .map_or(SLOT_CHECK_EVERY, |h| h.min(SLOT_CHECK_EVERY));
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = shutdown.cancelled() => return,
         }
     }
 }

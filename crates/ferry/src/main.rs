@@ -287,6 +287,15 @@ struct CdcArgs {
     /// Serve `/metrics` and `/health` here, e.g. `127.0.0.1:9464`.
     #[arg(long)]
     listen: Option<std::net::SocketAddr>,
+    /// PostgreSQL log mode: warn when the slot retains more WAL than this
+    /// many MiB.
+    #[arg(long, default_value_t = cdc::DEFAULT_RETAINED_WAL_WARNING_MB)]
+    retained_wal_warning_mb: u64,
+    /// PostgreSQL log mode: write a heartbeat into the captured database's
+    /// log this often (e.g. `1m`), so its slot moves on even when nothing
+    /// else is written there.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    heartbeat: Option<Duration>,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -534,6 +543,10 @@ async fn run_cdc(args: CdcArgs) -> anyhow::Result<()> {
         snapshot: !args.no_snapshot,
         poll_interval: Duration::from_millis(100),
         pull: cdc::PullSettings::default(),
+        slot: cdc::SlotSettings {
+            retained_wal_warning_mb: args.retained_wal_warning_mb,
+            heartbeat: args.heartbeat,
+        },
         to,
         ship: ferry_cdc::ShipConfig {
             topic_prefix: args.topic_prefix.unwrap_or_else(|| name.clone()),

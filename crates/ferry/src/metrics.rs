@@ -30,6 +30,7 @@
 //! | `ferry_cdc_acknowledged_total` | counter | times the position was acknowledged to the database |
 //! | `ferry_cdc_table_delivered_total` | counter | changes accepted, per table (events/s per table is its rate) |
 //! | `ferry_cdc_lag_seconds` | gauge | now minus the commit time of the last change delivered |
+//! | `ferry_cdc_retained_wal_bytes` | gauge | WAL the PostgreSQL slot makes the server keep (read every 10 s) |
 //!
 //! Per forwarder (label `forwarder`):
 //!
@@ -381,11 +382,24 @@ impl Collector for CdcCollector {
         ];
         encode_counters(&mut encoder, &rows, &counters)?;
         type Gauge = fn(&Arc<ShipStats>) -> Option<f64>;
-        let gauges: [(&str, &str, Gauge); 1] = [(
-            "ferry_cdc_lag_seconds",
-            "Seconds between the last delivered change's commit and now.",
-            |s| s.lag_seconds(),
-        )];
+        let gauges: [(&str, &str, Gauge); 2] = [
+            (
+                "ferry_cdc_lag_seconds",
+                "Seconds between the last delivered change's commit and now.",
+                |s| s.lag_seconds(),
+            ),
+            (
+                "ferry_cdc_retained_wal_bytes",
+                "WAL the capture's replication slot makes the server keep (PostgreSQL log mode).",
+                |s| {
+                    s.retained_wal_bytes
+                        .lock()
+                        .ok()
+                        .and_then(|r| *r)
+                        .map(|b| b as f64)
+                },
+            ),
+        ];
         encode_gauges(&mut encoder, &rows, &gauges)?;
         let per_table: Vec<([(&'static str, String); 2], u64)> = captures
             .iter()

@@ -137,6 +137,7 @@
 mod backfill;
 mod config;
 mod decode;
+pub mod monitor;
 pub mod progress;
 mod setup;
 mod snapshot;
@@ -165,6 +166,7 @@ use snapshot::Snapshot;
 
 pub use backfill::{jobs as backfill_jobs, request as request_backfill};
 pub use config::{PgLogConfig, SnapshotMode};
+pub use monitor::SlotMonitor;
 pub use setup::{drop, status, SlotStatus};
 
 /// How long a read goes on collecting changes once it has some, waiting

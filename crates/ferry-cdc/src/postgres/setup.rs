@@ -385,6 +385,13 @@ pub struct SlotStatus {
 pub async fn status(config: &PgLogConfig) -> Result<Option<SlotStatus>, CaptureError> {
     config.validate()?;
     let pool = pool(config).await?;
+    let status = slot_status(&pool, &config.slot_name()).await;
+    pool.close().await;
+    status
+}
+
+/// Slot `slot` as the server reports it, read on `pool`.
+pub async fn slot_status(pool: &PgPool, slot: &str) -> Result<Option<SlotStatus>, CaptureError> {
     let row = sqlx::query(
         "SELECT slot_name::text AS slot, active, \
          pg_wal_lsn_diff(confirmed_flush_lsn, '0/0')::bigint AS confirmed, \
@@ -393,11 +400,10 @@ pub async fn status(config: &PgLogConfig) -> Result<Option<SlotStatus>, CaptureE
          wal_status::text AS wal_status \
          FROM pg_replication_slots WHERE slot_name = $1",
     )
-    .bind(config.slot_name())
-    .fetch_optional(&pool)
+    .bind(slot)
+    .fetch_optional(pool)
     .await
     .map_err(|e| sql_failure("postgres capture: reading the replication slot", e))?;
-    pool.close().await;
     let Some(row) = row else {
         return Ok(None);
     };

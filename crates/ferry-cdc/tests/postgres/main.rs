@@ -3,6 +3,7 @@
 //! on failure.
 
 mod backfill;
+mod monitor;
 mod ship;
 mod snapshot;
 mod support;

@@ -438,3 +438,70 @@ per_database!(backfill_beside_a_running_capture {
     cdc_backfill_beside_a_running_capture_sqlite: SqliteTestDb::create(),
     cdc_backfill_beside_a_running_capture_postgres: PgTestDb::create().await,
 });
+
+/// PostgreSQL log mode watches its slot: `/metrics` shows the WAL it
+/// retains, and passing the threshold (0 MiB here) is logged once, not at
+/// every look.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cdc_reports_retained_wal_and_warns_once_over_the_threshold() {
+    use super::consume::{http_get, metric};
+    let t = PgTestDb::create().await;
+    let db = Database::connect(&t.url).await.unwrap();
+    exec(&db, "CREATE TABLE accounts (id INT PRIMARY KEY)").await;
+    let r = Receiver::start().await;
+    let name = unique_name();
+    let addr = format!("127.0.0.1:{}", free_port());
+    let mut child = ferry_command(
+        "warn",
+        &[
+            "cdc",
+            "--from",
+            &t.url,
+            "--to",
+            &r.url(),
+            "--name",
+            &name,
+            "--no-snapshot",
+            "--listen",
+            &addr,
+            "--retained-wal-warning-mb",
+            "0",
+            "--heartbeat",
+            "1s",
+        ],
+    )
+    .stderr(Stdio::piped())
+    .spawn()
+    .expect("start ferry cdc");
+    let series = format!("ferry_cdc_retained_wal_bytes{{capture=\"{name}\"}}");
+    let mut seen = None;
+    let started = Instant::now();
+    while seen.is_none() && started.elapsed() < Duration::from_secs(30) {
+        let page = http_get(&addr, "/metrics").await.unwrap_or_default();
+        seen = page
+            .lines()
+            .find(|l| l.starts_with(&series))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse::<f64>().ok());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(seen.is_some_and(|b| b > 0.0), "{series}: {seen:?}");
+    assert!(metric(
+        &http_get(&addr, "/metrics").await.unwrap(),
+        "ferry_cdc_retained_wal_bytes"
+    )
+    .is_some());
+    // Two more looks at the slot (every second, with the heartbeat).
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    sigterm(&child);
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        log.matches("retains more WAL than the threshold").count(),
+        1,
+        "once per state change:\n{log}"
+    );
+    let dropped = ferry(&["cdc", "drop", "--from", &t.url, "--name", &name]);
+    assert!(dropped.status.success(), "{dropped:?}");
+}

@@ -271,7 +271,7 @@ fn bad_urls_are_clear_errors() {
 
 /// GETs `http://addr/path` with a raw HTTP/1.0 request (no client crate
 /// needed for one line of text).
-async fn http_get(addr: &str, path: &str) -> Option<String> {
+pub(crate) async fn http_get(addr: &str, path: &str) -> Option<String> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut stream = tokio::net::TcpStream::connect(addr).await.ok()?;
     stream
@@ -283,7 +283,7 @@ async fn http_get(addr: &str, path: &str) -> Option<String> {
     Some(out)
 }
 
-fn metric(page: &str, name: &str) -> Option<f64> {
+pub(crate) fn metric(page: &str, name: &str) -> Option<f64> {
     page.lines()
         .find(|l| l.starts_with(name) && l[name.len()..].starts_with('{'))
         .and_then(|l| l.rsplit(' ').next())
