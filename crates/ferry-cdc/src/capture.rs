@@ -1,11 +1,12 @@
 //! The contract every capture mode implements.
 
 use std::future::Future;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::change::Change;
+use crate::change::{Change, Op, TableId};
 
 /// Why a capture could not read or acknowledge: its [kind](ferry_core::ErrorKind)
 /// says whether trying again helps (a lost connection is
@@ -63,6 +64,58 @@ pub struct Captured {
     pub checkpoint: Option<Checkpoint>,
 }
 
+/// How far a capture's snapshot (or backfill) got: updated by the capture
+/// as it hands rows over, read by whoever shows progress (metrics, a
+/// progress bar).
+#[derive(Debug, Default)]
+pub struct SnapshotProgress(Mutex<SnapshotState>);
+
+/// A [`SnapshotProgress`] at one moment.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SnapshotState {
+    /// Whether a snapshot or a backfill is being read.
+    pub running: bool,
+    /// The table being read.
+    pub table: Option<TableId>,
+    /// Its rows handed over by this process.
+    pub table_rows: u64,
+    /// The catalog's estimate of its rows, where known.
+    pub table_total: Option<u64>,
+    /// Rows handed over by snapshots and backfills since the process
+    /// started.
+    pub rows: u64,
+}
+
+impl SnapshotProgress {
+    /// The state now.
+    pub fn get(&self) -> SnapshotState {
+        self.0.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+
+    /// Counts the reads (`r` changes) of `batch`; `running` says whether a
+    /// snapshot or backfill goes on, `total` is the current table's
+    /// estimated rows.
+    pub fn note(&self, batch: &[Captured], running: bool, total: Option<u64>) {
+        let Ok(mut s) = self.0.lock() else {
+            return;
+        };
+        for c in batch.iter().filter(|c| c.change.op == Op::Read) {
+            if s.table.as_ref() != Some(&c.change.source.table) {
+                s.table = Some(c.change.source.table.clone());
+                s.table_rows = 0;
+            }
+            s.table_rows += 1;
+            s.rows += 1;
+        }
+        s.running = running;
+        s.table_total = total;
+        if !running {
+            s.table = None;
+            s.table_rows = 0;
+        }
+    }
+}
+
 /// A source of committed row changes.
 ///
 /// # Contract
@@ -91,6 +144,11 @@ pub trait Capture: Send {
         max: usize,
         wait: Duration,
     ) -> impl Future<Output = Result<Vec<Captured>, CaptureError>> + Send;
+
+    /// Where the capture reports its snapshot's progress, if it snapshots.
+    fn progress(&self) -> Option<Arc<SnapshotProgress>> {
+        None
+    }
 
     /// Every change read up to the one that carried `checkpoint` has been
     /// delivered (or dead-lettered): the source may forget them.

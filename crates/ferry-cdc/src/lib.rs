@@ -40,7 +40,9 @@ pub mod triggers;
 pub use apply::{
     apply, checkpoint_order, ApplyConfig, ApplyError, CheckpointOrder, ColumnMapping, RefusedChange,
 };
-pub use capture::{Capture, CaptureError, Captured, Checkpoint};
+pub use capture::{
+    Capture, CaptureError, Captured, Checkpoint, SnapshotMode, SnapshotProgress, SnapshotState,
+};
 pub use change::{Change, Op, Position, Row, Source, TableId, TxOrder};
 pub use encode::{Encoder, Format};
 pub use filter::Filter;

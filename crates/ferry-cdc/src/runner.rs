@@ -129,6 +129,8 @@ pub struct ShipStats {
     /// WAL the capture's replication slot makes the server keep, in bytes,
     /// when a monitor reads it (PostgreSQL log mode).
     pub retained_wal_bytes: Mutex<Option<u64>>,
+    /// The capture's snapshot progress, when it reports one.
+    pub snapshot: Mutex<Option<Arc<crate::capture::SnapshotProgress>>>,
 }
 
 impl ShipStats {

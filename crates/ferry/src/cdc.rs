@@ -548,7 +548,25 @@ impl Out {
     /// Ships `capture`'s changes to the sink, or applies them to the
     /// target database, until shutdown or an error.
     async fn deliver<C: Capture>(self, capture: C) -> anyhow::Result<()> {
-        let what = self.what;
+        let what = self.what.clone();
+        let progress = capture.progress();
+        if let (Some(p), Ok(mut slot)) = (&progress, self.stats.snapshot.lock()) {
+            *slot = Some(p.clone());
+        }
+        let bar = progress.and_then(|p| {
+            use std::io::IsTerminal;
+            std::io::stderr()
+                .is_terminal()
+                .then(|| tokio::spawn(draw_progress(p, self.shutdown.clone())))
+        });
+        let result = self.deliver_to(capture, what).await;
+        if let Some(bar) = bar {
+            bar.abort();
+        }
+        result
+    }
+
+    async fn deliver_to<C: Capture>(self, capture: C, what: String) -> anyhow::Result<()> {
         match self.to {
             To::Sink(sink) => {
                 let sink: Arc<dyn Sink> = started(sink.build().await, &what, "sink")?;
@@ -584,6 +602,66 @@ impl Out {
                     apply(capture, target.clone(), config, self.stats, self.shutdown).await;
                 target.close().await;
                 result.map_err(anyhow::Error::from)
+            }
+        }
+    }
+}
+
+/// On a terminal: a progress bar on stderr while a snapshot or backfill is
+/// read (rows of the current table against the catalog's estimate, rate,
+/// time left), gone once it is done.
+async fn draw_progress(progress: Arc<ferry_cdc::SnapshotProgress>, shutdown: CancellationToken) {
+    use indicatif::{ProgressBar, ProgressStyle};
+    let rate = |state: &indicatif::ProgressState, w: &mut dyn std::fmt::Write| {
+        let _ = write!(w, "{:.0} rows/s", state.per_sec());
+    };
+    let known = ProgressStyle::with_template(
+        "snapshot {msg} [{bar:30}] {pos}/{len} rows, {rate}, {eta} left",
+    )
+    .unwrap_or_else(|_| ProgressStyle::default_bar())
+    .with_key("rate", rate)
+    .progress_chars("=> ");
+    let unknown = ProgressStyle::with_template("snapshot {msg}: {pos} rows, {rate}")
+        .unwrap_or_else(|_| ProgressStyle::default_spinner())
+        .with_key("rate", rate);
+    let mut bar: Option<(ProgressBar, Option<ferry_cdc::TableId>)> = None;
+    loop {
+        let now = progress.get();
+        match (&mut bar, now.running) {
+            (None, true) => {
+                let b = ProgressBar::new(0);
+                bar = Some((b, None));
+                continue;
+            }
+            (Some((b, table)), true) => {
+                if *table != now.table {
+                    // A new table: a bar of its own.
+                    b.reset();
+                    *table = now.table.clone();
+                    b.set_message(table.as_ref().map(ToString::to_string).unwrap_or_default());
+                }
+                match now.table_total.filter(|t| *t >= now.table_rows && *t > 0) {
+                    Some(total) => {
+                        b.set_style(known.clone());
+                        b.set_length(total);
+                    }
+                    None => b.set_style(unknown.clone()),
+                }
+                b.set_position(now.table_rows);
+            }
+            (Some((b, _)), false) => {
+                b.finish_and_clear();
+                bar = None;
+            }
+            (None, false) => {}
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+            _ = shutdown.cancelled() => {
+                if let Some((b, _)) = bar {
+                    b.finish_and_clear();
+                }
+                return;
             }
         }
     }

@@ -446,9 +446,33 @@ enum DeadAction {
     },
 }
 
+/// Libraries that log routine work at info level (`pg_walstream`: every
+/// statement, each snapshot `FETCH` among them): kept at warn unless the
+/// filter names them.
+const QUIETED: &[&str] = &["pg_walstream"];
+
+/// The filter `spec` with [`QUIETED`] libraries at warn when its default
+/// level would let their info lines through.
+fn quieted(spec: &str) -> String {
+    let verbose = spec
+        .split(',')
+        .map(str::trim)
+        .any(|d| matches!(d.to_ascii_lowercase().as_str(), "info" | "debug" | "trace"));
+    let mut out = spec.to_owned();
+    for lib in QUIETED {
+        if verbose && !spec.contains(lib) {
+            out.push_str(&format!(",{lib}=warn"));
+        }
+    }
+    out
+}
+
 fn init_logging(cli: &Cli) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&cli.log_level));
+    let spec = std::env::var("RUST_LOG")
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| cli.log_level.clone());
+    let filter = tracing_subscriber::EnvFilter::new(quieted(&spec));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
@@ -1022,4 +1046,22 @@ async fn dead_letters(action: DeadLetterAction) -> anyhow::Result<()> {
 
 fn parse_ref(s: &str) -> anyhow::Result<MessageRef> {
     Ok(s.parse::<MessageRef>()?)
+}
+
+#[cfg(test)]
+mod logging_tests {
+    #[test]
+    fn chatty_libraries_are_quieted_unless_named() {
+        assert_eq!(super::quieted("info"), "info,pg_walstream=warn");
+        assert_eq!(
+            super::quieted("debug,ferry=trace"),
+            "debug,ferry=trace,pg_walstream=warn"
+        );
+        assert_eq!(super::quieted("warn"), "warn");
+        assert_eq!(super::quieted("off"), "off");
+        assert_eq!(
+            super::quieted("info,pg_walstream=debug"),
+            "info,pg_walstream=debug"
+        );
+    }
 }

@@ -30,6 +30,8 @@
 //! | `ferry_cdc_acknowledged_total` | counter | times the position was acknowledged to the database |
 //! | `ferry_cdc_table_delivered_total` | counter | changes accepted, per table (events/s per table is its rate) |
 //! | `ferry_cdc_lag_seconds` | gauge | now minus the commit time of the last change delivered |
+//! | `ferry_cdc_snapshot_rows_total` | counter | rows read by snapshots and backfills (log modes) |
+//! | `ferry_cdc_snapshot_running` | gauge | 1 while a snapshot or backfill is read (log modes) |
 //! | `ferry_cdc_retained_wal_bytes` | gauge | WAL the PostgreSQL slot makes the server keep (read every 10 s) |
 //!
 //! Per forwarder (label `forwarder`):
@@ -359,7 +361,18 @@ impl Collector for CdcCollector {
             .map(|(name, stats)| ([("capture", name.clone())], stats.clone()))
             .collect();
         type Pick = fn(&Arc<ShipStats>) -> u64;
-        let counters: [(&str, &str, Pick); 5] = [
+        let counters: [(&str, &str, Pick); 6] = [
+            (
+                "ferry_cdc_snapshot_rows",
+                "Rows read by snapshots and backfills (r changes).",
+                |s| {
+                    s.snapshot
+                        .lock()
+                        .ok()
+                        .and_then(|p| p.as_ref().map(|p| p.get().rows))
+                        .unwrap_or(0)
+                },
+            ),
             ("ferry_cdc_read", "Changes read from the database.", |s| {
                 s.read.load(Relaxed)
             }),
@@ -382,7 +395,17 @@ impl Collector for CdcCollector {
         ];
         encode_counters(&mut encoder, &rows, &counters)?;
         type Gauge = fn(&Arc<ShipStats>) -> Option<f64>;
-        let gauges: [(&str, &str, Gauge); 2] = [
+        let gauges: [(&str, &str, Gauge); 3] = [
+            (
+                "ferry_cdc_snapshot_running",
+                "1 while a snapshot or backfill is read, else 0.",
+                |s| {
+                    s.snapshot
+                        .lock()
+                        .ok()
+                        .and_then(|p| p.as_ref().map(|p| f64::from(u8::from(p.get().running))))
+                },
+            ),
             (
                 "ferry_cdc_lag_seconds",
                 "Seconds between the last delivered change's commit and now.",

@@ -92,6 +92,8 @@ pub struct MariaDbCapture {
     opts: Opts,
     server_id: u32,
     filter: Filter,
+    /// Rows read by the snapshot, for whoever shows it.
+    progress: std::sync::Arc<crate::capture::SnapshotProgress>,
 }
 
 enum Phase {
@@ -221,6 +223,7 @@ impl MariaDbCapture {
             opts,
             server_id,
             filter,
+            progress: std::sync::Arc::default(),
         })
     }
 
@@ -295,14 +298,20 @@ impl Capture for MariaDbCapture {
         &self.database
     }
 
+    fn progress(&self) -> Option<std::sync::Arc<crate::capture::SnapshotProgress>> {
+        Some(self.progress.clone())
+    }
+
     async fn read(&mut self, max: usize, wait: Duration) -> Result<Vec<Captured>, CaptureError> {
         loop {
             match &mut self.phase {
                 Phase::Snapshot(snapshot) => {
                     let out = snapshot.read(max, &mut self.schema).await?;
                     if !out.is_empty() {
+                        self.progress.note(&out, true, None);
                         return Ok(out);
                     }
+                    self.progress.note(&[], false, None);
                     // Every table read: stream from the snapshot's position.
                     let at = snapshot.position.clone();
                     tracing::info!(capture = %self.name, %at, "binlog capture snapshot done");

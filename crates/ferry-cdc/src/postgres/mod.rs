@@ -156,7 +156,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::backfill::{Job, PREFIX};
-use crate::capture::{Capture, CaptureError, Captured, Checkpoint};
+use crate::capture::{Capture, CaptureError, Captured, Checkpoint, SnapshotProgress};
 use crate::change::{lsn_text, TableId};
 use crate::offsets::Offsets;
 use backfill::Backfiller;
@@ -228,6 +228,8 @@ pub struct PgCapture {
     /// Whether the server sends logical decoding messages (PostgreSQL 14
     /// on): backfills need them for their requests and watermarks.
     messages: bool,
+    /// Rows read by the snapshot and backfills, for whoever shows it.
+    progress: std::sync::Arc<SnapshotProgress>,
 }
 
 impl PgCapture {
@@ -285,6 +287,7 @@ impl PgCapture {
             chunks_acked: 0,
             backfill,
             messages: version >= 140000,
+            progress: std::sync::Arc::default(),
         };
         capture.start(slot).await?;
         Ok(capture)
@@ -775,6 +778,10 @@ impl Capture for PgCapture {
         &self.database
     }
 
+    fn progress(&self) -> Option<std::sync::Arc<SnapshotProgress>> {
+        Some(self.progress.clone())
+    }
+
     async fn read(&mut self, max: usize, wait: Duration) -> Result<Vec<Captured>, CaptureError> {
         if max == 0 {
             self.keep_alive().await?;
@@ -790,6 +797,8 @@ impl Capture for PgCapture {
                 {
                     self.chunks_handed = last.chunk;
                 }
+                let total = self.snapshot_progress().and_then(|(_, _, total)| total);
+                self.progress.note(&chunk, true, total);
                 return Ok(chunk);
             }
             self.finish_snapshot().await;
@@ -831,6 +840,7 @@ impl Capture for PgCapture {
         {
             self.handed = self.handed.max(lsn);
         }
+        self.progress.note(&batch, self.backfill.active(), None);
         Ok(batch)
     }
 

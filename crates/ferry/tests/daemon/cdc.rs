@@ -365,6 +365,7 @@ async fn backfill_beside_a_running_capture(url: &str) {
     }
     let r = Receiver::start().await;
     let name = unique_name();
+    let addr = format!("127.0.0.1:{}", free_port());
     let mut child = Reaped(
         ferry_command(
             "warn",
@@ -379,6 +380,8 @@ async fn backfill_beside_a_running_capture(url: &str) {
                 "--tables",
                 "accounts",
                 "--no-snapshot",
+                "--listen",
+                &addr,
             ],
         )
         .spawn()
@@ -405,6 +408,37 @@ async fn backfill_beside_a_running_capture(url: &str) {
         reads(&r) == 50
     })
     .await;
+    if url.starts_with("postgres") {
+        // Log mode reports the rows its backfills read, and, once the
+        // backfill is acknowledged, that none runs.
+        let value = |page: &str, series: &str| {
+            page.lines()
+                .find(|l| l.starts_with(&format!("{series}{{capture=\"{name}\"}}")))
+                .and_then(|l| l.rsplit(' ').next())
+                .and_then(|v| v.parse::<f64>().ok())
+        };
+        let started = Instant::now();
+        let page = loop {
+            let page = super::consume::http_get(&addr, "/metrics")
+                .await
+                .unwrap_or_default();
+            let done = value(&page, "ferry_cdc_snapshot_running") == Some(0.0);
+            if done || started.elapsed() > Duration::from_secs(10) {
+                break page;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        assert_eq!(
+            value(&page, "ferry_cdc_snapshot_running"),
+            Some(0.0),
+            "{page}"
+        );
+        assert_eq!(
+            value(&page, "ferry_cdc_snapshot_rows_total"),
+            Some(50.0),
+            "{page}"
+        );
+    }
     let refused = ferry(&[
         "cdc", "backfill", "--from", url, "--name", &name, "--table", "nope",
     ]);
@@ -451,7 +485,7 @@ async fn cdc_reports_retained_wal_and_warns_once_over_the_threshold() {
     let r = Receiver::start().await;
     let name = unique_name();
     let addr = format!("127.0.0.1:{}", free_port());
-    let mut child = ferry_command(
+    let child = ferry_command(
         "warn",
         &[
             "cdc",
