@@ -656,3 +656,88 @@ async fn cdc_sigkilled_mid_snapshot_keeps_each_rows_order_postgres() {
     let dropped = ferry(&["cdc", "drop", "--from", url, "--name", &name]);
     assert!(dropped.status.success(), "{dropped:?}");
 }
+
+/// One transaction of 10,000 row changes, `ferry cdc` (PostgreSQL log
+/// mode) SIGKILLed twice while it is being delivered: nothing of it is
+/// acknowledged before its end, so each restart sends it again from its
+/// first change, with the same ids; the receiver, deduplicating by
+/// `ce-id`, applies each row's change once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cdc_sigkilled_mid_large_transaction_postgres() {
+    const ROWS: usize = 10_000;
+    let t = PgTestDb::create().await;
+    let url = t.url.as_str();
+    let db = Database::connect(url).await.unwrap();
+    exec(
+        &db,
+        "CREATE TABLE accounts (id INT PRIMARY KEY, balance INT NOT NULL)",
+    )
+    .await;
+    exec(
+        &db,
+        &format!("INSERT INTO accounts SELECT g, 0 FROM generate_series(1, {ROWS}) g"),
+    )
+    .await;
+    let r = Receiver::start().await;
+    let name = unique_name();
+    let spawn = || {
+        Reaped(
+            ferry_command(
+                "warn",
+                &[
+                    "cdc",
+                    "--from",
+                    url,
+                    "--to",
+                    &r.url(),
+                    "--name",
+                    &name,
+                    "--no-snapshot",
+                ],
+            )
+            .spawn()
+            .expect("start ferry cdc"),
+        )
+    };
+    let mut child = spawn();
+    wait_until("the capture to run", Duration::from_secs(30), || {
+        exec_blocking(url, "UPDATE accounts SET balance = -1 WHERE id = 1");
+        !r.applied().is_empty()
+    })
+    .await;
+    let warm = r.applied().len();
+    exec(&db, "UPDATE accounts SET balance = balance + 1").await;
+    let mut kills = 0;
+    for goal in [2_000, 6_000] {
+        wait_until("part of the transaction", Duration::from_secs(60), || {
+            r.applied().len() >= warm + goal
+        })
+        .await;
+        if r.applied().len() < warm + ROWS {
+            kills += 1;
+        }
+        sigkill(&mut child.0);
+        child = spawn();
+    }
+    assert_eq!(kills, 2, "both kills came mid-transaction");
+    wait_until("the whole transaction", Duration::from_secs(120), || {
+        r.applied().len() >= warm + ROWS
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop(&mut child.0);
+    let got = balances(&r);
+    for id in 1..=ROWS as i64 {
+        let seen = &got[&id];
+        let last = *seen.last().unwrap();
+        let expected = if id == 1 { 0 } else { 1 };
+        assert_eq!(last, expected, "account {id}: {seen:?}");
+        assert_eq!(
+            seen.iter().filter(|b| **b == expected).count(),
+            1,
+            "account {id}: the transaction's change applied once: {seen:?}"
+        );
+    }
+    let dropped = ferry(&["cdc", "drop", "--from", url, "--name", &name]);
+    assert!(dropped.status.success(), "{dropped:?}");
+}
