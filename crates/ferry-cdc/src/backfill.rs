@@ -26,13 +26,15 @@
 //! change table under the same lock the triggers take, so it takes its
 //! place in commit order by itself.
 
+use std::collections::HashMap;
+
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use uuid::Uuid;
 
 use crate::capture::Checkpoint;
-use crate::change::TableId;
+use crate::change::{Change, Op, Row, TableId};
 use crate::offsets::Offsets;
 
 /// The prefix of Ferry's logical decoding messages (requests and
@@ -236,9 +238,257 @@ impl Backfills {
     }
 }
 
+/// A capture's jobs as read (`live`: where the next chunk starts) and as
+/// acknowledged (`saved`: what is kept), and the chunk handed over and not
+/// acknowledged yet, whose rows end at position `P`. One chunk is in
+/// flight at a time, so the saved progress never runs ahead of what was
+/// delivered.
+#[derive(Debug)]
+pub(crate) struct Ledger<P> {
+    /// As read.
+    pub live: Backfills,
+    /// As acknowledged.
+    pub saved: Backfills,
+    handed: Option<(P, Cursor)>,
+}
+
+impl<P: PartialOrd> Ledger<P> {
+    /// From the jobs saved.
+    pub fn new(saved: Backfills) -> Self {
+        Self {
+            live: saved.clone(),
+            saved,
+            handed: None,
+        }
+    }
+
+    /// Whether a chunk's rows are handed over and not acknowledged.
+    pub fn in_flight(&self) -> bool {
+        self.handed.is_some()
+    }
+
+    /// The job and table the next chunk reads, when one waits.
+    pub fn next(&self) -> Option<(Job, TableId)> {
+        self.live.current().map(|(j, t)| (j.clone(), t.clone()))
+    }
+
+    /// Queues `job`; `false` when known (nothing to save then).
+    pub fn add(&mut self, job: Job) -> bool {
+        if !self.saved.add(job.clone()) {
+            return false;
+        }
+        self.live.add(job);
+        true
+    }
+
+    /// A chunk's rows were handed over, the last at `at`.
+    pub fn hand(&mut self, at: P, cursor: Cursor) {
+        self.live.advance(&cursor);
+        self.handed = Some((at, cursor));
+    }
+
+    /// Moves on with nothing to deliver (nothing in flight): save after.
+    pub fn skip(&mut self, cursor: &Cursor) {
+        self.live.advance(cursor);
+        self.saved.advance(cursor);
+    }
+
+    /// Everything up to `at` was delivered; `true` when that covers the
+    /// chunk in flight (its progress is then to be saved).
+    pub fn acknowledge(&mut self, at: &P) -> bool {
+        match self.handed.take() {
+            Some((end, cursor)) if end <= *at => {
+                self.saved.advance(&cursor);
+                true
+            }
+            other => {
+                self.handed = other;
+                false
+            }
+        }
+    }
+
+    /// The stream is read again from the last acknowledged position: the
+    /// chunk in flight is forgotten, the jobs go on from what was saved.
+    pub fn reset(&mut self) {
+        self.handed = None;
+        self.live = self.saved.clone();
+    }
+}
+
+/// A chunk between its watermarks: the rows selected after the low one,
+/// less those a change streamed between the two supersedes.
+#[derive(Debug)]
+pub(crate) struct Window {
+    /// The chunk's mark (both watermarks carry it).
+    pub mark: Uuid,
+    /// The low watermark was read.
+    pub low: bool,
+    /// The high watermark was read.
+    pub high: bool,
+    table: TableId,
+    /// The chunk's rows in key order; `None` once a streamed change
+    /// superseded one.
+    rows: Vec<Option<Change>>,
+    /// Key text → index in `rows`.
+    index: HashMap<String, usize>,
+    /// Where the job stands once the chunk is delivered.
+    cursor: Cursor,
+}
+
+impl Window {
+    /// The chunk `rows` of `table` (in key order), marked `mark`.
+    pub fn new(mark: Uuid, table: TableId, rows: Vec<Change>, cursor: Cursor) -> Self {
+        let index = rows
+            .iter()
+            .enumerate()
+            .map(|(i, c)| (c.key_text(), i))
+            .collect();
+        Self {
+            mark,
+            low: false,
+            high: false,
+            table,
+            rows: rows.into_iter().map(Some).collect(),
+            index,
+            cursor,
+        }
+    }
+
+    /// A watermark of this window read.
+    pub fn watermark(&mut self, mark: Uuid, high: bool) {
+        if mark == self.mark {
+            if high {
+                self.high = true;
+            } else {
+                self.low = true;
+            }
+        }
+    }
+
+    /// A change streamed: between the watermarks, drops the chunk's row it
+    /// supersedes (by its key, and by its old key when an update moved
+    /// the row; every row for a truncate).
+    pub fn observe(&mut self, change: &Change) {
+        if !self.low || self.high || change.source.table != self.table {
+            return;
+        }
+        if change.op == Op::Truncate {
+            self.rows.iter_mut().for_each(|r| *r = None);
+            return;
+        }
+        let mut keys = vec![change.key_text()];
+        if let Some(before) = &change.before {
+            let old: Option<Row> = change
+                .key
+                .keys()
+                .map(|k| before.get(k).map(|v| (k.clone(), v.clone())))
+                .collect();
+            if let Some(old) = old {
+                keys.push(serde_json::Value::Object(old).to_string());
+            }
+        }
+        for key in keys {
+            if let Some(&i) = self.index.get(&key) {
+                self.rows[i] = None;
+            }
+        }
+    }
+
+    /// The rows left, and the job's cursor after the chunk.
+    pub fn into_rows(self) -> (Vec<Change>, Cursor) {
+        (self.rows.into_iter().flatten().collect(), self.cursor)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::change::{Position, Source};
+
+    fn change(op: Op, table: &str, id: i64, before: Option<i64>) -> Change {
+        let key: Row = [("id".to_owned(), json!(id))].into_iter().collect();
+        Change {
+            op,
+            key: key.clone(),
+            before: before.map(|b| [("id".to_owned(), json!(b))].into_iter().collect()),
+            after: Some(key),
+            source: Source {
+                db: "d".into(),
+                table: TableId::new("public", table),
+                position: Position::ChangeId { id },
+                tx_id: None,
+                commit_time: None,
+            },
+            tx: None,
+            unchanged: vec![],
+        }
+    }
+
+    fn window(ids: &[i64]) -> Window {
+        let rows = ids
+            .iter()
+            .map(|&i| change(Op::Read, "items", i, None))
+            .collect();
+        let cursor = Cursor {
+            job: "j".into(),
+            table: 0,
+            after: None,
+            rows: 0,
+        };
+        let mark = Uuid::now_v7();
+        let mut w = Window::new(mark, TableId::new("public", "items"), rows, cursor);
+        w.watermark(Uuid::now_v7(), false);
+        assert!(!w.low, "another window's mark");
+        w.watermark(mark, false);
+        w
+    }
+
+    fn left(w: Window) -> Vec<i64> {
+        w.into_rows()
+            .0
+            .iter()
+            .map(|c| c.key["id"].as_i64().unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn a_streamed_change_drops_the_row_it_supersedes() {
+        let mut w = window(&[1, 2, 3, 4]);
+        w.observe(&change(Op::Update, "items", 2, None));
+        w.observe(&change(Op::Delete, "items", 3, None));
+        w.observe(&change(Op::Update, "other", 1, None));
+        w.observe(&change(Op::Create, "items", 9, None));
+        // A key moved from 4 to 8: the old row is gone too.
+        w.observe(&change(Op::Update, "items", 8, Some(4)));
+        assert_eq!(left(w), [1]);
+        let mut w = window(&[1, 2]);
+        let mut t = change(Op::Truncate, "items", 0, None);
+        t.key.clear();
+        w.observe(&t);
+        assert!(left(w).is_empty());
+    }
+
+    #[test]
+    fn only_changes_between_the_watermarks_count() {
+        let mark = Uuid::now_v7();
+        let cursor = Cursor {
+            job: "j".into(),
+            table: 0,
+            after: None,
+            rows: 0,
+        };
+        let rows = vec![
+            change(Op::Read, "items", 1, None),
+            change(Op::Read, "items", 2, None),
+        ];
+        let mut w = Window::new(mark, TableId::new("public", "items"), rows, cursor);
+        w.observe(&change(Op::Update, "items", 1, None));
+        w.watermark(mark, false);
+        w.watermark(mark, true);
+        w.observe(&change(Op::Update, "items", 2, None));
+        assert_eq!(left(w), [1, 2], "before the low or after the high: kept");
+    }
 
     #[test]
     fn messages_round_trip() {

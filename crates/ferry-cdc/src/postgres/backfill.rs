@@ -7,7 +7,7 @@
 //! delivered. A chunk's rows are held in memory (`snapshot_chunk` of
 //! them) from its select until the stream reaches its high watermark.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 
 use chrono::{DateTime, Utc};
 use pg_walstream::connection::PgReplicationConnection;
@@ -17,69 +17,20 @@ use uuid::Uuid;
 use super::setup::{self, sql_failure};
 use super::snapshot::{self, Plan, Setup};
 use super::{replication_failure, store_failure, PgLogConfig};
-use crate::backfill::{Backfills, Cursor, Job, Message, Request, PREFIX};
+use crate::backfill::{Backfills, Cursor, Job, Ledger, Message, Request, Window, PREFIX};
 use crate::capture::{CaptureError, Captured, Checkpoint};
-use crate::change::{Change, Op, Row, TableId};
+use crate::change::{Change, TableId};
 use crate::offsets::Offsets;
-
-/// A chunk between its watermarks.
-struct Window {
-    mark: Uuid,
-    low: bool,
-    high: bool,
-    table: TableId,
-    /// The chunk's rows in key order; `None` once a streamed change
-    /// superseded one.
-    rows: Vec<Option<Change>>,
-    /// Key text → index in `rows`.
-    index: HashMap<String, usize>,
-    /// Where the job stands once the chunk is delivered.
-    cursor: Cursor,
-}
-
-impl Window {
-    /// Drops the chunk's row that `change` supersedes (by its key, and by
-    /// its old key when an update moved the row).
-    fn observe(&mut self, change: &Change) {
-        if change.source.table != self.table {
-            return;
-        }
-        if change.op == Op::Truncate {
-            self.rows.iter_mut().for_each(|r| *r = None);
-            return;
-        }
-        let mut keys = vec![change.key_text()];
-        if let Some(before) = &change.before {
-            let old: Option<Row> = change
-                .key
-                .keys()
-                .map(|k| before.get(k).map(|v| (k.clone(), v.clone())))
-                .collect();
-            if let Some(old) = old {
-                keys.push(serde_json::Value::Object(old).to_string());
-            }
-        }
-        for key in keys {
-            if let Some(&i) = self.index.get(&key) {
-                self.rows[i] = None;
-            }
-        }
-    }
-}
 
 /// A capture's backfill jobs and the chunk in flight.
 pub(super) struct Backfiller {
     name: String,
     setup: Setup,
     offsets: Offsets,
-    /// As read: the next chunk starts here.
-    live: Backfills,
-    /// As acknowledged: what is saved.
-    saved: Backfills,
+    /// The jobs; the chunk in flight ends at an LSN.
+    ledger: Ledger<u64>,
     reader: Option<PgReplicationConnection>,
     window: Option<Window>,
-    /// The end LSN of the chunk handed over and not acknowledged yet.
-    handed: Option<(u64, Cursor)>,
     chunks: u64,
 }
 
@@ -93,11 +44,9 @@ impl Backfiller {
             name: name.to_owned(),
             setup,
             offsets,
-            live: saved.clone(),
-            saved,
+            ledger: Ledger::new(saved),
             reader: None,
             window: None,
-            handed: None,
             chunks: 0,
         })
     }
@@ -105,28 +54,26 @@ impl Backfiller {
     /// Whether a chunk should be read now: a job waits and no chunk is in
     /// flight.
     pub fn wants_chunk(&self) -> bool {
-        self.window.is_none() && self.handed.is_none() && self.live.current().is_some()
+        self.window.is_none() && !self.ledger.in_flight() && self.ledger.next().is_some()
     }
 
     /// Whether a job is unfinished (a chunk in flight, or to read).
     pub fn active(&self) -> bool {
-        self.window.is_some() || self.handed.is_some() || !self.live.jobs.is_empty()
+        self.window.is_some() || self.ledger.in_flight() || !self.ledger.live.jobs.is_empty()
     }
 
     /// Forgets the chunk in flight (the stream is read again from the last
     /// acknowledged position): the job goes on from what was acknowledged.
     pub fn reset(&mut self) {
         self.window = None;
-        self.handed = None;
-        self.live = self.saved.clone();
+        self.ledger.reset();
     }
 
     /// Queues `job` and saves it; `false` when it was known.
     pub async fn add(&mut self, job: Job) -> Result<bool, CaptureError> {
-        if !self.saved.add(job.clone()) {
+        if !self.ledger.add(job) {
             return Ok(false);
         }
-        self.live.add(job);
         self.save().await?;
         Ok(true)
     }
@@ -136,12 +83,8 @@ impl Backfiller {
         match Message::parse(content) {
             Some(Message::Request(request)) => self.request(request).await,
             Some(Message::Watermark { mark, high }) => {
-                if let Some(w) = self.window.as_mut().filter(|w| w.mark == mark) {
-                    if high {
-                        w.high = true;
-                    } else {
-                        w.low = true;
-                    }
+                if let Some(w) = self.window.as_mut() {
+                    w.watermark(mark, high);
                 }
                 Ok(())
             }
@@ -182,7 +125,7 @@ impl Backfiller {
     /// Changes the stream just decoded: while a chunk's watermarks are
     /// open, each drops the chunk's row it supersedes.
     pub fn observe<'a>(&mut self, changes: impl Iterator<Item = &'a Captured>) {
-        if let Some(w) = self.window.as_mut().filter(|w| w.low && !w.high) {
+        if let Some(w) = self.window.as_mut() {
             for c in changes {
                 w.observe(&c.change);
             }
@@ -203,8 +146,7 @@ impl Backfiller {
         let Some(window) = self.window.take() else {
             return Ok(());
         };
-        let rows: Vec<Change> = window.rows.into_iter().flatten().collect();
-        let mut cursor = window.cursor;
+        let (rows, mut cursor): (Vec<Change>, Cursor) = window.into_rows();
         cursor.rows = rows.len() as u64;
         if rows.is_empty() {
             return self.skip(cursor).await;
@@ -216,37 +158,25 @@ impl Backfiller {
                 .then(|| Checkpoint(json!({ "lsn": end_lsn, "backfill": self.chunks })));
             out.push_back(Captured { change, checkpoint });
         }
-        self.live.advance(&cursor);
-        self.handed = Some((end_lsn, cursor));
+        self.ledger.hand(end_lsn, cursor);
         Ok(())
     }
 
     /// Everything up to `lsn` was delivered: when that covers the chunk
     /// in flight, saves the progress after it.
     pub async fn acknowledge(&mut self, lsn: u64) -> Result<(), CaptureError> {
-        let Some((end, cursor)) = self.handed.take() else {
-            return Ok(());
-        };
-        if lsn < end {
-            self.handed = Some((end, cursor));
-            return Ok(());
+        if self.ledger.acknowledge(&lsn) {
+            self.save().await?;
         }
-        self.saved.advance(&cursor);
-        self.save().await
+        Ok(())
     }
 
     /// Reads the next chunk of the current job between two watermarks.
     pub async fn open_window(&mut self, pool: &sqlx::PgPool) -> Result<(), CaptureError> {
-        let Some((job, table)) = self.live.current() else {
+        let Some((job, table)) = self.ledger.next() else {
             return Ok(());
         };
-        let (job_id, label, index, after) = (
-            job.id.clone(),
-            job.label.clone(),
-            job.table,
-            job.after.clone(),
-        );
-        let table = table.clone();
+        let (job_id, label, index, after) = (job.id, job.label, job.table, job.after);
         if self.reader.is_none() {
             let reader = PgReplicationConnection::connect_async(&self.setup.url)
                 .await
@@ -285,13 +215,11 @@ impl Backfiller {
             None => return Ok(()),
         };
         let mut rows = Vec::with_capacity(result.ntuples().max(0) as usize);
-        let mut index_of = HashMap::new();
         let mut last = None;
         for row in 0..result.ntuples() {
             let (change, key) =
                 snapshot::row_change(&plan, &result, row, &self.setup, &label, started)?;
-            index_of.insert(change.key_text(), rows.len());
-            rows.push(Some(change));
+            rows.push(change);
             last = key;
         }
         drop(result);
@@ -310,27 +238,19 @@ impl Backfiller {
         };
         emit(pool, &Message::watermark(mark, true)).await?;
         tracing::debug!(capture = %self.name, %table, rows = rows.len(), "cdc backfill chunk read");
-        self.window = Some(Window {
-            mark,
-            low: false,
-            high: false,
-            table,
-            rows,
-            index: index_of,
-            cursor,
-        });
+        self.window = Some(Window::new(mark, table, rows, cursor));
         Ok(())
     }
 
     /// Moves on without delivering anything (nothing is in flight).
     async fn skip(&mut self, cursor: Cursor) -> Result<(), CaptureError> {
-        self.live.advance(&cursor);
-        self.saved.advance(&cursor);
+        self.ledger.skip(&cursor);
         self.save().await
     }
 
     async fn save(&mut self) -> Result<(), CaptureError> {
-        self.saved
+        self.ledger
+            .saved
             .save(&self.offsets, &self.name)
             .await
             .map_err(|e| store_failure(e, "postgres capture: saving the backfill jobs"))
@@ -431,80 +351,4 @@ pub async fn jobs(config: &PgLogConfig) -> Result<Backfills, CaptureError> {
     Backfills::load(&offsets, &config.name)
         .await
         .map_err(|e| store_failure(e, "postgres capture: loading the backfill jobs"))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::change::{Position, Source};
-
-    fn change(op: Op, table: &str, id: i64, before: Option<i64>) -> Change {
-        let key: Row = [("id".to_owned(), json!(id))].into_iter().collect();
-        Change {
-            op,
-            key: key.clone(),
-            before: before.map(|b| [("id".to_owned(), json!(b))].into_iter().collect()),
-            after: Some(key),
-            source: Source {
-                db: "d".into(),
-                table: TableId::new("public", table),
-                position: Position::ChangeId { id },
-                tx_id: None,
-                commit_time: None,
-            },
-            tx: None,
-            unchanged: vec![],
-        }
-    }
-
-    fn window(ids: &[i64]) -> Window {
-        let rows: Vec<Option<Change>> = ids
-            .iter()
-            .map(|&i| Some(change(Op::Read, "items", i, None)))
-            .collect();
-        let index = rows
-            .iter()
-            .enumerate()
-            .map(|(i, c)| (c.as_ref().unwrap().key_text(), i))
-            .collect();
-        Window {
-            mark: Uuid::now_v7(),
-            low: true,
-            high: false,
-            table: TableId::new("public", "items"),
-            rows,
-            index,
-            cursor: Cursor {
-                job: "j".into(),
-                table: 0,
-                after: None,
-                rows: 0,
-            },
-        }
-    }
-
-    fn left(w: &Window) -> Vec<i64> {
-        w.rows
-            .iter()
-            .flatten()
-            .map(|c| c.key["id"].as_i64().unwrap())
-            .collect()
-    }
-
-    #[test]
-    fn a_streamed_change_drops_the_row_it_supersedes() {
-        let mut w = window(&[1, 2, 3, 4]);
-        w.observe(&change(Op::Update, "items", 2, None));
-        w.observe(&change(Op::Delete, "items", 3, None));
-        w.observe(&change(Op::Update, "other", 1, None));
-        w.observe(&change(Op::Create, "items", 9, None));
-        assert_eq!(left(&w), [1, 4]);
-        // A key moved from 4 to 8: the old row is gone too.
-        w.observe(&change(Op::Update, "items", 8, Some(4)));
-        assert_eq!(left(&w), [1]);
-        let mut t = change(Op::Truncate, "items", 0, None);
-        t.key.clear();
-        w.observe(&t);
-        assert!(left(&w).is_empty());
-    }
 }
