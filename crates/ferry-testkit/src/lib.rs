@@ -5,6 +5,7 @@
 
 pub mod broker;
 pub mod nats_server;
+pub mod private_pg;
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
