@@ -281,6 +281,109 @@ mod tests {
         assert_ne!(a.id("orders"), a.id("other-capture"));
     }
 
+    /// Ids are what receivers deduplicate by, across versions: these were
+    /// computed by the `format!`-based `Change::id` of 2026-12-06 and must
+    /// never change.
+    #[test]
+    fn ids_are_pinned_across_versions() {
+        let snapshot = |key: &str| Position::Snapshot {
+            snapshot: "0/1A2B3C4D".into(),
+            key: key.into(),
+        };
+        let cases = [
+            (
+                "orders",
+                Op::Update,
+                Position::Lsn {
+                    commit_lsn: 0x16_B374_D848,
+                    lsn: 0x16_B374_D000,
+                },
+                "public",
+                "orders",
+                "aaa89a98-511e-5435-953c-a6e4e9a5ed8b",
+            ),
+            (
+                "shop",
+                Op::Create,
+                Position::Binlog {
+                    file: "mysql-bin.000003".into(),
+                    pos: 4711,
+                    gtid: Some("0-1-42".into()),
+                    row: 3,
+                },
+                "shop",
+                "orders",
+                "4f13f246-e2eb-5fd5-80e2-fd816fe1c864",
+            ),
+            (
+                "shop",
+                Op::Delete,
+                Position::Binlog {
+                    file: "mysql-bin.000003".into(),
+                    pos: 4711,
+                    gtid: None,
+                    row: 0,
+                },
+                "shop",
+                "orders",
+                "ed681ca8-86f1-56bd-bde4-87b45d03264c",
+            ),
+            (
+                "lite",
+                Op::Truncate,
+                Position::ChangeId { id: -5 },
+                "main",
+                "t",
+                "615eff08-ade1-5215-bd3d-cb12ca3ec516",
+            ),
+            (
+                "pull_1",
+                Op::Update,
+                Position::Cursor {
+                    updated_at: "2026-12-06 10:00:00+00".into(),
+                    key: r#"{"id":7}"#.into(),
+                },
+                "public",
+                "users",
+                "3990b4a8-73ba-5251-98e0-49a2e6e08ade",
+            ),
+            (
+                "bench",
+                Op::Read,
+                snapshot(r#"{"seq":123456}"#),
+                "public",
+                "bench_rows",
+                "39b26d33-736f-5f48-b6d6-e4feff36cb0e",
+            ),
+            (
+                "bench",
+                Op::Read,
+                snapshot(r#"{"a":"it's \"x\"\n","b":-1.5}"#),
+                "Schéma",
+                "Table \"odd\"",
+                "9b502708-a74b-5acb-b10b-9fd2261e0db4",
+            ),
+            (
+                "",
+                Op::Read,
+                snapshot(r#"{"ctid":"(0,1)"}"#),
+                "public",
+                "keyless",
+                "62ccf279-5d1d-517b-bdf6-98ab39f66903",
+            ),
+        ];
+        for (capture, op, position, schema, table, id) in cases {
+            let mut c = change(position, 1);
+            c.op = op;
+            c.source.table = TableId::new(schema, table);
+            assert_eq!(
+                c.id(capture).to_string(),
+                id,
+                "{capture} {op} {schema}.{table}"
+            );
+        }
+    }
+
     #[test]
     fn ordering_key_is_table_and_primary_key() {
         let c = change(Position::ChangeId { id: 1 }, 1);
