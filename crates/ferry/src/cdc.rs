@@ -792,19 +792,7 @@ pub async fn status(from: &str, name: &str, mode: Option<Mode>) -> anyhow::Resul
                     let jobs = ferry_cdc::postgres::backfill_jobs(&config)
                         .await
                         .map_err(describe)?;
-                    for job in &jobs.jobs {
-                        println!(
-                            "backfill {}: at {} (table {} of {}), {} rows delivered",
-                            job.id,
-                            job.tables
-                                .get(job.table)
-                                .map(ToString::to_string)
-                                .unwrap_or_default(),
-                            job.table + 1,
-                            job.tables.len(),
-                            job.rows
-                        );
-                    }
+                    print_backfills(&jobs);
                 }
             }
         }
@@ -824,6 +812,10 @@ pub async fn status(from: &str, name: &str, mode: Option<Mode>) -> anyhow::Resul
             if let Some(t) = &s.snapshot_table {
                 println!("snapshot in progress: {t}");
             }
+            let jobs = MariaDbCapture::backfill_jobs(&config)
+                .await
+                .map_err(describe)?;
+            print_backfills(&jobs);
         }
     }
     Ok(())
@@ -872,11 +864,14 @@ pub async fn backfill(
                 println!("backfill of {table}: {rows} rows queued as reads for capture {name}");
             }
         }
-        (Mode::Log, DatabaseKind::Postgres) => {
-            let config = pg_config(from, name, &Filter::default(), false);
-            let request = ferry_cdc::postgres::request_backfill(&config, &tables)
-                .await
-                .map_err(describe)?;
+        (Mode::Log, kind) => {
+            let pg = pg_config(from, name, &Filter::default(), false);
+            let binlog = binlog_config(from, name, &Filter::default(), false, None);
+            let request = match kind {
+                DatabaseKind::Postgres => ferry_cdc::postgres::request_backfill(&pg, &tables).await,
+                _ => MariaDbCapture::request_backfill(&binlog, &tables).await,
+            }
+            .map_err(describe)?;
             println!(
                 "backfill {} requested for capture {name}: {}",
                 request.id,
@@ -889,9 +884,11 @@ pub async fn backfill(
             if wait {
                 let mut last = None;
                 loop {
-                    let jobs = ferry_cdc::postgres::backfill_jobs(&config)
-                        .await
-                        .map_err(describe)?;
+                    let jobs = match kind {
+                        DatabaseKind::Postgres => ferry_cdc::postgres::backfill_jobs(&pg).await,
+                        _ => MariaDbCapture::backfill_jobs(&binlog).await,
+                    }
+                    .map_err(describe)?;
                     if jobs.done.contains(&request.id) {
                         println!("backfill {} delivered", request.id);
                         break;
@@ -918,16 +915,29 @@ pub async fn backfill(
                 }
             }
         }
-        (Mode::Log, _) => anyhow::bail!(
-            "backfill is not available in MariaDB log mode yet: use `ferry cdc drop` and start \
-             the capture again for a fresh snapshot, or trigger mode"
-        ),
         (Mode::Pull, _) => anyhow::bail!(
             "backfill has no meaning in pull mode: every pass reads the rows as they are; \
              `ferry cdc drop --mode pull` makes the next start read everything again"
         ),
     }
     Ok(())
+}
+
+/// The unfinished backfills, one line each.
+fn print_backfills(jobs: &ferry_cdc::backfill::Backfills) {
+    for job in &jobs.jobs {
+        println!(
+            "backfill {}: at {} (table {} of {}), {} rows delivered",
+            job.id,
+            job.tables
+                .get(job.table)
+                .map(ToString::to_string)
+                .unwrap_or_default(),
+            job.table + 1,
+            job.tables.len(),
+            job.rows
+        );
+    }
 }
 
 /// `ferry cdc drop`: removes what the capture installed.

@@ -446,24 +446,25 @@ enum DeadAction {
     },
 }
 
-/// Libraries that log routine work at info level (`pg_walstream`: every
-/// statement, each snapshot `FETCH` among them): kept at warn unless the
-/// filter names them.
-const QUIETED: &[&str] = &["pg_walstream"];
-
-/// The filter `spec` with [`QUIETED`] libraries at warn when its default
-/// level would let their info lines through.
+/// `pg_walstream` logs every statement at info level (each snapshot
+/// `FETCH` among them), and every failed connection attempt at error
+/// level from its retry loop: once per attempt, where Ferry's own line
+/// says once that the database is down and once that it is back. Unless
+/// the filter names it, its info lines are kept out and its retry loop's
+/// lines off.
 fn quieted(spec: &str) -> String {
+    if spec.contains("pg_walstream") {
+        return spec.to_owned();
+    }
     let verbose = spec
         .split(',')
         .map(str::trim)
         .any(|d| matches!(d.to_ascii_lowercase().as_str(), "info" | "debug" | "trace"));
     let mut out = spec.to_owned();
-    for lib in QUIETED {
-        if verbose && !spec.contains(lib) {
-            out.push_str(&format!(",{lib}=warn"));
-        }
+    if verbose {
+        out.push_str(",pg_walstream=warn");
     }
+    out.push_str(",pg_walstream::retry=off");
     out
 }
 
@@ -1052,13 +1053,16 @@ fn parse_ref(s: &str) -> anyhow::Result<MessageRef> {
 mod logging_tests {
     #[test]
     fn chatty_libraries_are_quieted_unless_named() {
-        assert_eq!(super::quieted("info"), "info,pg_walstream=warn");
+        assert_eq!(
+            super::quieted("info"),
+            "info,pg_walstream=warn,pg_walstream::retry=off"
+        );
         assert_eq!(
             super::quieted("debug,ferry=trace"),
-            "debug,ferry=trace,pg_walstream=warn"
+            "debug,ferry=trace,pg_walstream=warn,pg_walstream::retry=off"
         );
-        assert_eq!(super::quieted("warn"), "warn");
-        assert_eq!(super::quieted("off"), "off");
+        assert_eq!(super::quieted("warn"), "warn,pg_walstream::retry=off");
+        assert_eq!(super::quieted("off"), "off,pg_walstream::retry=off");
         assert_eq!(
             super::quieted("info,pg_walstream=debug"),
             "info,pg_walstream=debug"

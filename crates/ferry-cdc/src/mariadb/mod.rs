@@ -54,6 +54,7 @@
 //!
 //! [`acknowledge`]: crate::Capture::acknowledge
 
+pub mod backfill;
 pub mod config;
 pub mod gtid;
 pub mod rows;
@@ -81,6 +82,7 @@ pub use server::BinlogPosition;
 use self::server::Schema;
 use self::snapshot::Snapshot;
 use self::stream::BinlogReader;
+use crate::backfill::Job;
 
 /// A MariaDB binlog capture; see the [module docs](self).
 pub struct MariaDbCapture {
@@ -94,6 +96,8 @@ pub struct MariaDbCapture {
     filter: Filter,
     /// Rows read by the snapshot, for whoever shows it.
     progress: std::sync::Arc<crate::capture::SnapshotProgress>,
+    /// Backfill jobs.
+    backfill: backfill::Backfiller,
 }
 
 enum Phase {
@@ -157,20 +161,61 @@ impl MariaDbCapture {
             schema.info(&table).await?;
         }
 
+        let mut backfill = backfill::Backfiller::load(
+            &config.name,
+            opts.clone(),
+            filter.clone(),
+            config.snapshot_chunk,
+            offsets.clone(),
+        )
+        .await?;
         let mut phase = match saved {
             Some(saved) => {
                 let at = saved.position();
                 server::check_not_purged(schema.conn().await?, &at).await?;
-                match saved.snapshot {
-                    Some(progress) => Phase::Snapshot(Box::new(
-                        Snapshot::begin(
+                match saved.snapshot.clone() {
+                    // A snapshot a crash interrupted: its consistent
+                    // snapshot is gone, so the rest is read as a backfill
+                    // beside the stream, which starts at the snapshot's
+                    // position: no row's older state after a newer change.
+                    Some(progress) => {
+                        let tables = backfill.tables_from(&progress.table).await?;
+                        let after = progress
+                            .after
+                            .filter(|_| tables.first() == Some(&progress.table))
+                            .map(|keys| {
+                                keys.iter()
+                                    .map(|k| serde_json::to_string(k).unwrap_or_default())
+                                    .collect()
+                            });
+                        backfill
+                            .add(Job {
+                                id: format!("snapshot:{at}"),
+                                label: at.to_string(),
+                                tables,
+                                table: 0,
+                                after,
+                                rows: 0,
+                                requested: Utc::now(),
+                            })
+                            .await?;
+                        let streamed = Saved {
+                            snapshot: None,
+                            ..saved
+                        };
+                        offsets
+                            .save(&config.name, &streamed.checkpoint())
+                            .await
+                            .map_err(|e| store_failure(e, "cannot save the capture's position"))?;
+                        tracing::info!(capture = %config.name, %at,
+                            "binlog capture: the snapshot was interrupted; its rest is read as a backfill beside the stream");
+                        Phase::Stream(Box::new(BinlogReader::new(
                             opts.clone(),
+                            server_id,
                             filter.clone(),
-                            config.snapshot_chunk,
-                            Some((at, progress)),
-                        )
-                        .await?,
-                    )),
+                            at,
+                        )))
+                    }
                     None => Phase::Stream(Box::new(BinlogReader::new(
                         opts.clone(),
                         server_id,
@@ -224,6 +269,7 @@ impl MariaDbCapture {
             server_id,
             filter,
             progress: std::sync::Arc::default(),
+            backfill,
         })
     }
 
@@ -270,6 +316,88 @@ impl MariaDbCapture {
         let _ = conn.disconnect().await;
         offsets.database().close().await;
         Ok(BinlogStatus::of(saved, end, &files, Utc::now()))
+    }
+
+    /// Whether a backfill is under way (also the rest of a snapshot a
+    /// crash interrupted).
+    pub fn backfilling(&self) -> bool {
+        match &self.phase {
+            Phase::Stream(reader) => self.backfill.active(reader.signals.window.is_some()),
+            Phase::Snapshot(_) => self.backfill.active(false),
+        }
+    }
+
+    /// Asks capture `config.name` to backfill `tables`: checks that it has
+    /// a saved position (it ran) and that each table exists with a
+    /// primary key, then writes the request into the binary log as a
+    /// signal row, where the capture reads it in order, now or when it
+    /// next starts.
+    pub async fn request_backfill(
+        config: &BinlogConfig,
+        tables: &[TableId],
+    ) -> Result<crate::backfill::Request, CaptureError> {
+        config.validate()?;
+        let opts = server::options(&config.url)?;
+        let database = opts.db_name().unwrap_or_default().to_owned();
+        let offsets = open_offsets(config, &database).await?;
+        let saved = offsets
+            .load(&config.name)
+            .await
+            .map_err(|e| store_failure(e, "cannot load the capture's position"))?;
+        offsets.database().close().await;
+        if saved.is_none() {
+            return Err(CaptureError::permanent(format!(
+                "no capture named {} here (no saved position); start it first \
+                 (`ferry cdc --from … --name {}`)",
+                config.name, config.name
+            )));
+        }
+        let mut conn = server::connect(&opts).await?;
+        for table in tables {
+            let keyed: Option<i64> = mysql_async::prelude::Queryable::exec_first(
+                &mut conn,
+                "SELECT COUNT(c.CONSTRAINT_NAME) FROM information_schema.TABLES t \
+                     LEFT JOIN information_schema.TABLE_CONSTRAINTS c \
+                       ON c.TABLE_SCHEMA = t.TABLE_SCHEMA AND c.TABLE_NAME = t.TABLE_NAME \
+                       AND c.CONSTRAINT_TYPE = 'PRIMARY KEY' \
+                     WHERE t.TABLE_SCHEMA = ? AND t.TABLE_NAME = ? GROUP BY t.TABLE_NAME",
+                (table.schema.as_str(), table.name.as_str()),
+            )
+            .await
+            .map_err(|e| server::failure(e, "cannot look up a table to backfill"))?;
+            match keyed {
+                None => {
+                    return Err(CaptureError::permanent(format!(
+                        "no table {table} to backfill"
+                    )))
+                }
+                Some(0) => {
+                    return Err(CaptureError::permanent(format!(
+                        "{table} has no primary key: a backfill reads it in key order; add one"
+                    )))
+                }
+                Some(_) => {}
+            }
+        }
+        let request = crate::backfill::Request::new(&config.name, tables.to_vec());
+        backfill::ensure_table(&mut conn).await?;
+        backfill::signal(&mut conn, &request.to_message()).await?;
+        let _ = conn.disconnect().await;
+        Ok(request)
+    }
+
+    /// Capture `config.name`'s backfill jobs as acknowledged.
+    pub async fn backfill_jobs(
+        config: &BinlogConfig,
+    ) -> Result<crate::backfill::Backfills, CaptureError> {
+        let opts = server::options(&config.url)?;
+        let database = opts.db_name().unwrap_or_default().to_owned();
+        let offsets = open_offsets(config, &database).await?;
+        let jobs = crate::backfill::Backfills::load(&offsets, &config.name)
+            .await
+            .map_err(|e| store_failure(e, "cannot load the backfill jobs"));
+        offsets.database().close().await;
+        jobs
     }
 
     /// Forgets `config`'s saved position (`ferry cdc drop`): the next start
@@ -327,17 +455,31 @@ impl Capture for MariaDbCapture {
                         done.close().await;
                     }
                 }
-                Phase::Stream(reader) => return reader.read(max, wait, &mut self.schema).await,
+                Phase::Stream(reader) => {
+                    if self.backfill.wants_chunk(reader.signals.window.is_some()) {
+                        if let Some(window) = self.backfill.open_window(&mut self.schema).await? {
+                            reader.signals.window = Some(window);
+                        }
+                    }
+                    let out = reader.read(max, wait, &mut self.schema).await;
+                    self.backfill.take(&mut reader.signals).await?;
+                    let out = out?;
+                    let running = self.backfill.active(reader.signals.window.is_some());
+                    self.progress.note(&out, running, None);
+                    return Ok(out);
+                }
             }
         }
     }
 
     async fn acknowledge(&mut self, checkpoint: &Checkpoint) -> Result<(), CaptureError> {
-        Saved::parse(checkpoint)?;
+        let saved = Saved::parse(checkpoint)?;
         self.offsets
             .save(&self.name, checkpoint)
             .await
-            .map_err(|e| store_failure(e, "cannot save the capture's position"))
+            .map_err(|e| store_failure(e, "cannot save the capture's position"))?;
+        // A backfill chunk at or before it is delivered.
+        self.backfill.acknowledge(&saved.position()).await
     }
 }
 

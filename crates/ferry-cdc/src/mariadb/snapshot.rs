@@ -140,37 +140,8 @@ impl Snapshot {
             let mut out = Vec::with_capacity(rows.len());
             let mut last_key = None;
             for row in rows {
-                let values = row.unwrap();
-                let mut after = Row::new();
-                for ((name, kind), value) in info.columns.iter().zip(&values) {
-                    after.insert(name.clone(), kind.to_json(value, Side::Query));
-                }
-                let key: Row = info
-                    .key
-                    .iter()
-                    .map(|k| (k.clone(), after.get(k).cloned().unwrap_or_default()))
-                    .collect();
-                last_key = Some(key_values(&info, &values));
-                let key_text = serde_json::Value::Object(key.clone()).to_string();
-                let mut change = Change {
-                    op: Op::Read,
-                    key,
-                    before: None,
-                    after: Some(after),
-                    source: Source {
-                        db: table.schema.clone(),
-                        table: table.clone(),
-                        position: Position::Snapshot {
-                            snapshot: label.clone(),
-                            key: key_text,
-                        },
-                        tx_id: None,
-                        commit_time: Some(self.started),
-                    },
-                    tx: None,
-                    unchanged: vec![],
-                };
-                self.filter.strip(&mut change);
+                let (change, key) = row_change(&info, row, &label, self.started, &self.filter);
+                last_key = Some(key);
                 out.push(Captured {
                     change,
                     checkpoint: None,
@@ -239,6 +210,48 @@ impl Snapshot {
     }
 }
 
+/// A row read by a query of `info`'s columns as a read change labelled
+/// `label` (its position's, hence its id's), and its key's raw values.
+pub(super) fn row_change(
+    info: &TableInfo,
+    row: DbRow,
+    label: &str,
+    time: DateTime<Utc>,
+    filter: &Filter,
+) -> (Change, Vec<Value>) {
+    let values = row.unwrap();
+    let mut after = Row::new();
+    for ((name, kind), value) in info.columns.iter().zip(&values) {
+        after.insert(name.clone(), kind.to_json(value, Side::Query));
+    }
+    let key: Row = info
+        .key
+        .iter()
+        .map(|k| (k.clone(), after.get(k).cloned().unwrap_or_default()))
+        .collect();
+    let key_text = serde_json::Value::Object(key.clone()).to_string();
+    let mut change = Change {
+        op: Op::Read,
+        key,
+        before: None,
+        after: Some(after),
+        source: Source {
+            db: info.id.schema.clone(),
+            table: info.id.clone(),
+            position: Position::Snapshot {
+                snapshot: label.to_owned(),
+                key: key_text,
+            },
+            tx_id: None,
+            commit_time: Some(time),
+        },
+        tx: None,
+        unchanged: vec![],
+    };
+    filter.strip(&mut change);
+    (change, key_values(info, &values))
+}
+
 /// Starts the snapshot's transaction on `conn`; returns the binlog
 /// position it matches.
 async fn open_transaction(conn: &mut Conn) -> Result<BinlogPosition, CaptureError> {
@@ -293,7 +306,11 @@ fn key_values(info: &TableInfo, values: &[Value]) -> Vec<Value> {
 /// The query of the chunk after `after` (from the start without), at
 /// most `limit` rows in key order, with its parameters: for a key
 /// `(a, b)`, `a > ? OR (a = ? AND b > ?)`, which uses the key's index.
-fn chunk_query(info: &TableInfo, after: Option<&[Value]>, limit: usize) -> (String, Vec<Value>) {
+pub(super) fn chunk_query(
+    info: &TableInfo,
+    after: Option<&[Value]>,
+    limit: usize,
+) -> (String, Vec<Value>) {
     let columns: Vec<String> = info.columns.iter().map(|(n, _)| quote(n)).collect();
     let key: Vec<String> = info.key.iter().map(|k| quote(k)).collect();
     let mut sql = format!(

@@ -48,6 +48,8 @@ const SILENCE: Duration = Duration::from_secs(30);
 struct Mapped {
     table: TableId,
     captured: bool,
+    /// Ferry's signal table (backfill requests and watermarks).
+    signal: bool,
     map: TableMapEvent<'static>,
 }
 
@@ -86,6 +88,8 @@ pub struct BinlogReader {
     heard: Instant,
     /// The server ends events with a CRC32 checksum.
     checksums: bool,
+    /// Backfill signals read, and the chunk whose watermarks are watched.
+    pub signals: super::backfill::Signals,
 }
 
 impl BinlogReader {
@@ -105,6 +109,7 @@ impl BinlogReader {
             ready: VecDeque::new(),
             heard: Instant::now(),
             checksums: true,
+            signals: super::backfill::Signals::default(),
         }
     }
 
@@ -257,6 +262,8 @@ impl BinlogReader {
         self.held = None;
         self.ready.clear();
         self.file = self.resume.file.clone();
+        self.signals.window = None;
+        self.signals.lost = true;
     }
 
     fn stream_failure(&self, e: mysql_async::Error) -> CaptureError {
@@ -338,11 +345,13 @@ impl BinlogReader {
                 let map: TableMapEvent<'_> = event.read_event().map_err(undecodable)?;
                 let table = TableId::new(map.database_name(), map.table_name());
                 let captured = server::captures(&self.filter, &table);
+                let signal = table.name == super::backfill::SIGNALS;
                 self.tables.insert(
                     map.table_id(),
                     Mapped {
                         table,
                         captured,
+                        signal,
                         map: map.into_owned(),
                     },
                 );
@@ -412,6 +421,9 @@ impl BinlogReader {
                 rows.table_id()
             )));
         };
+        if mapped.signal {
+            return self.signal_rows(rows, schema).await;
+        }
         if !mapped.captured {
             return Ok(());
         }
@@ -482,7 +494,51 @@ impl BinlogReader {
                 unchanged: vec![],
             };
             self.filter.strip(&mut change);
+            if let Some(w) = self.signals.window.as_mut() {
+                w.observe(&change);
+            }
             self.push(change);
+        }
+        Ok(())
+    }
+
+    /// Rows written to the signal table: their `content`, in stream order.
+    async fn signal_rows(
+        &mut self,
+        rows: &RowsEventData<'_>,
+        schema: &mut Schema,
+    ) -> Result<(), CaptureError> {
+        if !matches!(
+            rows,
+            RowsEventData::WriteRowsEventV1(_) | RowsEventData::WriteRowsEvent(_)
+        ) {
+            return Ok(());
+        }
+        let Some(mapped) = self.tables.get(&rows.table_id()) else {
+            return Ok(());
+        };
+        let table = mapped.table.clone();
+        let Some(info) = schema.info(&table).await? else {
+            return Ok(());
+        };
+        let Some(mapped) = self.tables.get(&rows.table_id()) else {
+            return Ok(());
+        };
+        let images = match std::panic::catch_unwind(AssertUnwindSafe(|| {
+            rows::decode(rows, &mapped.map, &info)
+        })) {
+            Ok(Ok(images)) => images,
+            // Not a signal of Ferry's making: passed by.
+            _ => return Ok(()),
+        };
+        for (_, after) in images {
+            if let Some(content) = after
+                .as_ref()
+                .and_then(|a| a.get("content"))
+                .and_then(|c| c.as_str())
+            {
+                self.signals.signal(content);
+            }
         }
         Ok(())
     }
@@ -548,6 +604,9 @@ impl BinlogReader {
             }),
             unchanged: vec![],
         };
+        if let Some(w) = self.signals.window.as_mut() {
+            w.observe(&change);
+        }
         self.push(change);
         Ok(())
     }
@@ -577,7 +636,7 @@ impl BinlogReader {
                     order.total = Some(order.order);
                 }
                 let saved = Saved {
-                    file: at.file,
+                    file: at.file.clone(),
                     pos: at.pos,
                     gtid: tx.as_ref().and_then(|t| t.gtid).map(|g| g.to_string()),
                     time: tx.as_ref().and_then(|t| t.time),
@@ -590,8 +649,29 @@ impl BinlogReader {
             }
             None => {
                 if self.ready.is_empty() && tx.is_some() {
-                    self.resume = at;
+                    self.resume = at.clone();
                 }
+            }
+        }
+        // The chunk whose high watermark this group held: its rows left,
+        // before anything committed after it.
+        if self.signals.window.as_ref().is_some_and(|w| w.high) {
+            if let Some(window) = self.signals.window.take() {
+                let (rows, mut cursor) = window.into_rows();
+                cursor.rows = rows.len() as u64;
+                let n = rows.len();
+                let saved = Saved {
+                    file: at.file.clone(),
+                    pos: at.pos,
+                    gtid: tx.as_ref().and_then(|t| t.gtid).map(|g| g.to_string()),
+                    time: tx.as_ref().and_then(|t| t.time),
+                    snapshot: None,
+                };
+                for (i, change) in rows.into_iter().enumerate() {
+                    let checkpoint = (i + 1 == n).then(|| saved.checkpoint());
+                    self.ready.push_back(Captured { change, checkpoint });
+                }
+                self.signals.flushed = Some((at, cursor));
             }
         }
     }

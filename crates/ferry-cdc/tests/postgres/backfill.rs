@@ -2,23 +2,20 @@
 //! watermarks while writers change it, no row's older state sent after a
 //! newer change of it, resumed after a crash with the same ids.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use ferry_cdc::postgres::{request_backfill, PgCapture, SnapshotMode};
-use ferry_cdc::{Capture, Captured, Op, TableId};
+use ferry_cdc::{Capture, Op, TableId};
 use ferry_core::ErrorKind;
 use ferry_testkit::PgTestDb;
 use serde_json::{json, Value};
 use sqlx::{Connection, PgConnection};
 
+use crate::order::{assert_rows_in_order, received_once, state_of};
 use crate::support::{config, exec, read_acking, read_quiet, unique, Slots};
-
-fn id(c: &Captured) -> i64 {
-    c.change.key["id"].as_i64().expect("an integer id")
-}
 
 /// Changes `items` until told to stop: increments `n` of rows (so a row's
 /// states are ordered by `n`), deletes some, inserts new ones. Returns the
@@ -51,56 +48,6 @@ fn writer(
         }
         k
     })
-}
-
-/// Checks each row's events: states never go back (`n` never decreases)
-/// and a read never brings back a deleted row. Returns the reads per row.
-fn assert_rows_in_order(changes: &[Captured]) -> HashMap<i64, usize> {
-    let mut last_n: HashMap<i64, i64> = HashMap::new();
-    let mut deleted: HashMap<i64, bool> = HashMap::new();
-    let mut reads: HashMap<i64, usize> = HashMap::new();
-    for c in changes {
-        let row = id(c);
-        match c.change.op {
-            Op::Delete => {
-                deleted.insert(row, true);
-            }
-            op => {
-                if op == Op::Read {
-                    *reads.entry(row).or_default() += 1;
-                    assert!(
-                        !deleted.get(&row).copied().unwrap_or(false),
-                        "row {row} read back after its delete"
-                    );
-                } else {
-                    deleted.insert(row, false);
-                }
-                let n = c.change.after.as_ref().unwrap()["n"].as_i64().unwrap();
-                let before = last_n.insert(row, n).unwrap_or(i64::MIN);
-                assert!(
-                    n >= before,
-                    "row {row}: {op:?} with n = {n} after a state with n = {before}"
-                );
-            }
-        }
-    }
-    reads
-}
-
-/// Applies the events in order: the state a receiver ends with.
-fn state_of(changes: &[Captured]) -> BTreeMap<i64, Value> {
-    let mut state = BTreeMap::new();
-    for c in changes {
-        match c.change.op {
-            Op::Delete => {
-                state.remove(&id(c));
-            }
-            _ => {
-                state.insert(id(c), Value::Object(c.change.after.clone().unwrap()));
-            }
-        }
-    }
-    state
 }
 
 async fn table_state(conn: &mut PgConnection) -> BTreeMap<i64, Value> {
@@ -179,13 +126,7 @@ async fn a_backfill_beside_writers_keeps_every_rows_order_and_survives_a_crash()
     );
 
     // What a receiver deduplicating by id applies, in order.
-    let mut seen = std::collections::HashSet::new();
-    let received: Vec<Captured> = first
-        .into_iter()
-        .chain(unacked)
-        .chain(second)
-        .filter(|c| seen.insert(c.change.id(&name)))
-        .collect();
+    let received = received_once(&name, [first, unacked, second]);
     let reads = assert_rows_in_order(&received);
     // A row a change superseded inside its chunk's window is not read (the
     // change carries its state); the state check below shows none is

@@ -4,6 +4,8 @@
 
 mod backfill;
 mod monitor;
+#[path = "../common/order.rs"]
+mod order;
 mod ship;
 mod snapshot;
 mod support;

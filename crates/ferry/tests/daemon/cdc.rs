@@ -349,8 +349,8 @@ async fn cdc_pull_mode_from_a_config_file() {
 }
 
 /// `ferry cdc backfill` beside a running `ferry cdc`: log mode on
-/// PostgreSQL (requested through the log, `--wait` returns once it is
-/// delivered), trigger mode on SQLite; each account read once more; a
+/// PostgreSQL and MariaDB (requested through the log, `--wait` returns
+/// once it is delivered), trigger mode on SQLite; each account read once more; a
 /// table the capture leaves out is refused.
 async fn backfill_beside_a_running_capture(url: &str) {
     let db = Database::connect(url).await.unwrap();
@@ -389,7 +389,10 @@ async fn backfill_beside_a_running_capture(url: &str) {
     );
     // Running: a change arrives.
     wait_until("the capture to run", Duration::from_secs(30), || {
-        exec_blocking(url, "UPDATE accounts SET balance = 100 WHERE id = 0");
+        exec_blocking(
+            url,
+            "UPDATE accounts SET balance = balance + 1 WHERE id = 0",
+        );
         !r.applied().is_empty()
     })
     .await;
@@ -408,7 +411,7 @@ async fn backfill_beside_a_running_capture(url: &str) {
         reads(&r) == 50
     })
     .await;
-    if url.starts_with("postgres") {
+    if !url.starts_with("sqlite") {
         // Log mode reports the rows its backfills read, and, once the
         // backfill is acknowledged, that none runs.
         let value = |page: &str, series: &str| {
@@ -471,6 +474,7 @@ fn exec_blocking(url: &str, sql: &str) {
 per_database!(backfill_beside_a_running_capture {
     cdc_backfill_beside_a_running_capture_sqlite: SqliteTestDb::create(),
     cdc_backfill_beside_a_running_capture_postgres: PgTestDb::create().await,
+    cdc_backfill_beside_a_running_capture_mariadb: MysqlTestDb::create().await,
 });
 
 /// PostgreSQL log mode watches its slot: `/metrics` shows the WAL it
