@@ -33,7 +33,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use uuid::Uuid;
 
-use crate::capture::Checkpoint;
+use crate::capture::{CaptureError, Checkpoint};
 use crate::change::{Change, Op, Row, TableId};
 use crate::offsets::Offsets;
 
@@ -306,6 +306,22 @@ impl<P: PartialOrd> Ledger<P> {
                 false
             }
         }
+    }
+
+    /// Saves the acknowledged jobs as `capture`'s.
+    pub async fn save(&self, offsets: &Offsets, capture: &str) -> Result<(), CaptureError> {
+        self.saved.save(offsets, capture).await.map_err(|e| {
+            let kind = if e.is_retryable() {
+                ferry_core::ErrorKind::Unavailable
+            } else {
+                ferry_core::ErrorKind::Transient
+            };
+            CaptureError::new(
+                kind,
+                format!("cdc capture {capture}: cannot save the backfill jobs"),
+            )
+            .with_source(e)
+        })
     }
 
     /// The stream is read again from the last acknowledged position: the

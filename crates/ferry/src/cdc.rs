@@ -744,16 +744,23 @@ async fn retry_start<
     }
 }
 
-/// `ferry cdc status`: what the capture has not yet shipped.
-pub async fn status(from: &str, name: &str, mode: Option<Mode>) -> anyhow::Result<()> {
+/// The captured database of `ferry cdc status|backfill|drop`, and the
+/// mode its capture runs in (the database's default unless given).
+async fn open_source(from: &str, mode: Option<Mode>) -> anyhow::Result<(Database, Mode)> {
     let db = Database::connect(from)
         .await
         .with_context(|| format!("cannot open {}", ferry_store::redact(from)))?;
-    let describe = |e: ferry_cdc::CaptureError| anyhow::anyhow!(e.describe());
     let mode = mode
         .unwrap_or(Mode::default_for(db.kind()))
         .on(db.kind())
         .map_err(|e| anyhow::anyhow!(e))?;
+    Ok((db, mode))
+}
+
+/// `ferry cdc status`: what the capture has not yet shipped.
+pub async fn status(from: &str, name: &str, mode: Option<Mode>) -> anyhow::Result<()> {
+    let (db, mode) = open_source(from, mode).await?;
+    let describe = |e: ferry_cdc::CaptureError| anyhow::anyhow!(e.describe());
     match (mode, db.kind()) {
         (Mode::Triggers, _) => {
             let (backlog, age) = TriggerCapture::backlog(&db, name).await.map_err(describe)?;
@@ -829,14 +836,8 @@ pub async fn backfill(
     tables: &[String],
     wait: bool,
 ) -> anyhow::Result<()> {
-    let db = Database::connect(from)
-        .await
-        .with_context(|| format!("cannot open {}", ferry_store::redact(from)))?;
+    let (db, mode) = open_source(from, mode).await?;
     let describe = |e: ferry_cdc::CaptureError| anyhow::anyhow!(e.describe());
-    let mode = mode
-        .unwrap_or(Mode::default_for(db.kind()))
-        .on(db.kind())
-        .map_err(|e| anyhow::anyhow!(e))?;
     let default_schema = match db.kind() {
         DatabaseKind::Postgres => "public".to_owned(),
         DatabaseKind::Sqlite => "main".to_owned(),
@@ -942,14 +943,8 @@ fn print_backfills(jobs: &ferry_cdc::backfill::Backfills) {
 
 /// `ferry cdc drop`: removes what the capture installed.
 pub async fn drop_capture(from: &str, name: &str, mode: Option<Mode>) -> anyhow::Result<()> {
-    let db = Database::connect(from)
-        .await
-        .with_context(|| format!("cannot open {}", ferry_store::redact(from)))?;
+    let (db, mode) = open_source(from, mode).await?;
     let describe = |e: ferry_cdc::CaptureError| anyhow::anyhow!(e.describe());
-    let mode = mode
-        .unwrap_or(Mode::default_for(db.kind()))
-        .on(db.kind())
-        .map_err(|e| anyhow::anyhow!(e))?;
     match (mode, db.kind()) {
         (Mode::Triggers, _) => TriggerCapture::drop_capture(&db, name)
             .await

@@ -306,34 +306,31 @@ enum CdcFormat {
     Debezium,
 }
 
+/// Which capture `ferry cdc status|backfill|drop` is about.
+#[derive(clap::Args)]
+struct CaptureRef {
+    /// The captured database.
+    #[arg(long, env = "FERRY_DATABASE")]
+    from: String,
+    /// The capture's name.
+    #[arg(long, default_value = "ferry")]
+    name: String,
+    /// How it captures.
+    #[arg(long, value_enum)]
+    mode: Option<cdc::Mode>,
+}
+
 #[derive(Subcommand)]
 enum CdcAction {
     /// What a capture has not shipped yet.
-    Status {
-        /// The captured database.
-        #[arg(long, env = "FERRY_DATABASE")]
-        from: String,
-        /// The capture's name.
-        #[arg(long, default_value = "ferry")]
-        name: String,
-        /// How it captures.
-        #[arg(long, value_enum)]
-        mode: Option<cdc::Mode>,
-    },
+    Status(CaptureRef),
     /// Read tables again, as `r` changes, while the capture streams on:
     /// log mode writes a request into the log that the running capture
     /// reads between watermarks; trigger mode copies the rows into the
     /// change table under the triggers' lock.
     Backfill {
-        /// The captured database.
-        #[arg(long, env = "FERRY_DATABASE")]
-        from: String,
-        /// The capture's name.
-        #[arg(long, default_value = "ferry")]
-        name: String,
-        /// How it captures.
-        #[arg(long, value_enum)]
-        mode: Option<cdc::Mode>,
+        #[command(flatten)]
+        capture: CaptureRef,
         /// A table to backfill (`schema.table`, or `table` in the default
         /// schema: `public`, the database's own, `main`); repeatable.
         #[arg(long = "table", required = true)]
@@ -343,17 +340,7 @@ enum CdcAction {
         wait: bool,
     },
     /// Remove what a capture installed (its triggers and waiting changes).
-    Drop {
-        /// The captured database.
-        #[arg(long, env = "FERRY_DATABASE")]
-        from: String,
-        /// The capture's name.
-        #[arg(long, default_value = "ferry")]
-        name: String,
-        /// How it captures.
-        #[arg(long, value_enum)]
-        mode: Option<cdc::Mode>,
-    },
+    Drop(CaptureRef),
 }
 
 #[derive(Subcommand)]
@@ -836,17 +823,13 @@ async fn run(command: Command) -> anyhow::Result<()> {
             events_api::serve(&database, migrate, listen, config).await
         }
         Command::Cdc { action, args } => match action {
-            Some(CdcAction::Status { from, name, mode }) => cdc::status(&from, &name, mode).await,
-            Some(CdcAction::Drop { from, name, mode }) => {
-                cdc::drop_capture(&from, &name, mode).await
-            }
+            Some(CdcAction::Status(c)) => cdc::status(&c.from, &c.name, c.mode).await,
+            Some(CdcAction::Drop(c)) => cdc::drop_capture(&c.from, &c.name, c.mode).await,
             Some(CdcAction::Backfill {
-                from,
-                name,
-                mode,
+                capture: c,
                 tables,
                 wait,
-            }) => cdc::backfill(&from, &name, mode, &tables, wait).await,
+            }) => cdc::backfill(&c.from, &c.name, c.mode, &tables, wait).await,
             None => run_cdc(args).await,
         },
         Command::Migrate { database } => {

@@ -295,10 +295,6 @@ impl Backfiller {
     }
 
     async fn save(&mut self) -> Result<(), CaptureError> {
-        self.ledger
-            .saved
-            .save(&self.offsets, &self.name)
-            .await
-            .map_err(|e| super::store_failure(e, "cannot save the backfill jobs"))
+        self.ledger.save(&self.offsets, &self.name).await
     }
 }

@@ -249,11 +249,7 @@ impl Backfiller {
     }
 
     async fn save(&mut self) -> Result<(), CaptureError> {
-        self.ledger
-            .saved
-            .save(&self.offsets, &self.name)
-            .await
-            .map_err(|e| store_failure(e, "postgres capture: saving the backfill jobs"))
+        self.ledger.save(&self.offsets, &self.name).await
     }
 
     /// The tables the capture reads, in name order, from `from` on.
