@@ -794,6 +794,10 @@ pub async fn status(from: &str, name: &str, mode: Option<Mode>) -> anyhow::Resul
                     println!("slot active: {}", s.active);
                     println!("confirmed position: {}", lsn(s.confirmed_flush_lsn));
                     println!("lag bytes: {}", bytes(s.lag_bytes));
+                    println!(
+                        "lag seconds: {}",
+                        s.lag_seconds.map_or("-".to_owned(), |l| format!("{l:.3}"))
+                    );
                     println!("retained WAL bytes: {}", bytes(s.retained_wal_bytes));
                     println!("WAL status: {}", s.wal_status.as_deref().unwrap_or("-"));
                     let jobs = ferry_cdc::postgres::backfill_jobs(&config)
@@ -815,6 +819,10 @@ pub async fn status(from: &str, name: &str, mode: Option<Mode>) -> anyhow::Resul
             println!(
                 "lag bytes: {}",
                 s.lag_bytes.map_or("-".to_owned(), |b| b.to_string())
+            );
+            println!(
+                "lag seconds: {}",
+                s.lag_seconds.map_or("-".to_owned(), |l| format!("{l:.1}"))
             );
             if let Some(t) = &s.snapshot_table {
                 println!("snapshot in progress: {t}");

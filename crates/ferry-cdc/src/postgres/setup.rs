@@ -360,7 +360,7 @@ pub async fn drop(config: &PgLogConfig) -> Result<(), CaptureError> {
 }
 
 /// A replication slot as the server reports it.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
 pub struct SlotStatus {
     /// The slot's name.
     pub slot: String,
@@ -378,6 +378,10 @@ pub struct SlotStatus {
     /// `reserved`, `extended`, `unreserved` or `lost` (the server dropped
     /// WAL the slot needed: the capture cannot resume).
     pub wal_status: Option<String>,
+    /// While a capture reads the slot: how long the server last waited
+    /// between flushing WAL and the capture confirming it
+    /// (`pg_stat_replication.flush_lag`), in seconds; none when idle.
+    pub lag_seconds: Option<f64>,
 }
 
 /// The capture's slot as the server reports it (`ferry cdc status`), or
@@ -397,8 +401,10 @@ pub async fn slot_status(pool: &PgPool, slot: &str) -> Result<Option<SlotStatus>
          pg_wal_lsn_diff(confirmed_flush_lsn, '0/0')::bigint AS confirmed, \
          pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::bigint AS retained, \
          pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn)::bigint AS lag, \
-         wal_status::text AS wal_status \
-         FROM pg_replication_slots WHERE slot_name = $1",
+         wal_status::text AS wal_status, \
+         (SELECT EXTRACT(EPOCH FROM r.flush_lag)::float8 FROM pg_stat_replication r \
+          WHERE r.pid = s.active_pid) AS lag_seconds \
+         FROM pg_replication_slots s WHERE slot_name = $1",
     )
     .bind(slot)
     .fetch_optional(pool)
@@ -425,6 +431,9 @@ pub async fn slot_status(pool: &PgPool, slot: &str) -> Result<Option<SlotStatus>
         lag_bytes: bytes("lag")?,
         wal_status: row
             .try_get("wal_status")
+            .map_err(|e| sql_failure("postgres capture: reading the replication slot", e))?,
+        lag_seconds: row
+            .try_get("lag_seconds")
             .map_err(|e| sql_failure("postgres capture: reading the replication slot", e))?,
     }))
 }

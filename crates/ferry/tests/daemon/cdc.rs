@@ -441,6 +441,14 @@ async fn backfill_beside_a_running_capture(url: &str) {
             Some(50.0),
             "{page}"
         );
+        // Status: position and lag, in bytes and seconds; no backfill left.
+        let status = ferry(&["cdc", "status", "--from", url, "--name", &name]);
+        assert!(status.status.success(), "{status:?}");
+        let text = String::from_utf8_lossy(&status.stdout);
+        for line in ["lag bytes: ", "lag seconds: "] {
+            assert!(text.contains(line), "{text}");
+        }
+        assert!(!text.contains("backfill "), "{text}");
     }
     let refused = ferry(&[
         "cdc", "backfill", "--from", url, "--name", &name, "--table", "nope",
