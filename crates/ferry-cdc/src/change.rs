@@ -124,11 +124,20 @@ pub enum Position {
     },
 }
 
-impl fmt::Display for Position {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
+impl Position {
+    /// The position as text (its [`Display`](fmt::Display) form), appended
+    /// to `out`: what the position header carries and the change id is
+    /// derived from.
+    pub fn write_text(&self, out: &mut String) {
+        use fmt::Write;
+        // Writing to a `String` cannot fail.
+        let _ = match self {
             Position::Lsn { commit_lsn, lsn } => {
-                write!(f, "lsn:{}/{}", lsn_text(*commit_lsn), lsn_text(*lsn))
+                out.push_str("lsn:");
+                write_lsn(out, *commit_lsn);
+                out.push('/');
+                write_lsn(out, *lsn);
+                Ok(())
             }
             Position::Binlog {
                 file,
@@ -136,22 +145,48 @@ impl fmt::Display for Position {
                 gtid,
                 row,
             } => {
-                write!(f, "binlog:{file}:{pos}:{row}")?;
+                let written = write!(out, "binlog:{file}:{pos}:{row}");
                 if let Some(g) = gtid {
-                    write!(f, ":{g}")?;
+                    out.push(':');
+                    out.push_str(g);
+                }
+                written
+            }
+            Position::ChangeId { id } => write!(out, "change:{id}"),
+            Position::Cursor { updated_at, key } => {
+                for part in ["cursor:", updated_at, ":", key] {
+                    out.push_str(part);
                 }
                 Ok(())
             }
-            Position::ChangeId { id } => write!(f, "change:{id}"),
-            Position::Cursor { updated_at, key } => write!(f, "cursor:{updated_at}:{key}"),
-            Position::Snapshot { snapshot, key } => write!(f, "snapshot:{snapshot}:{key}"),
-        }
+            Position::Snapshot { snapshot, key } => {
+                for part in ["snapshot:", snapshot, ":", key] {
+                    out.push_str(part);
+                }
+                Ok(())
+            }
+        };
+    }
+}
+
+impl fmt::Display for Position {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut text = String::new();
+        self.write_text(&mut text);
+        f.write_str(&text)
     }
 }
 
 /// An LSN as PostgreSQL writes it (`16/B374D848`).
 pub fn lsn_text(lsn: u64) -> String {
-    format!("{:X}/{:X}", lsn >> 32, lsn & 0xFFFF_FFFF)
+    let mut text = String::with_capacity(17);
+    write_lsn(&mut text, lsn);
+    text
+}
+
+fn write_lsn(out: &mut String, lsn: u64) {
+    use fmt::Write;
+    let _ = write!(out, "{:X}/{:X}", lsn >> 32, lsn & 0xFFFF_FFFF);
 }
 
 /// Where the change comes from.
@@ -214,19 +249,40 @@ impl Change {
     /// a crash, a reconnect), different for every other change of the
     /// capture `capture`. A receiver deduplicates by it.
     pub fn id(&self, capture: &str) -> Uuid {
+        let mut position = String::with_capacity(64);
+        self.source.position.write_text(&mut position);
+        self.id_at(capture, &position, &mut Vec::new())
+    }
+
+    /// [`Change::id`] when the position's text is at hand already (the
+    /// position header holds it), with a buffer to reuse.
+    pub(crate) fn id_at(&self, capture: &str, position: &str, buf: &mut Vec<u8>) -> Uuid {
         // A position names one change, except a log record that holds
         // several tables' (a TRUNCATE of two tables): the table tells them
-        // apart.
-        let basis = format!(
-            "{capture}\n{}\n{}\n{}",
-            self.source.position, self.op, self.source.table
-        );
-        Uuid::new_v5(&ID_NAMESPACE, basis.as_bytes())
+        // apart. The name: capture, position, op and table, one a line.
+        let table = &self.source.table;
+        buf.clear();
+        for part in [
+            capture,
+            "\n",
+            position,
+            "\n",
+            self.op.code(),
+            "\n",
+            &table.schema,
+            ".",
+            &table.name,
+        ] {
+            buf.extend_from_slice(part.as_bytes());
+        }
+        Uuid::new_v5(&ID_NAMESPACE, buf)
     }
 
     /// The primary key as compact JSON text (`{"id":7}`).
     pub fn key_text(&self) -> String {
-        serde_json::Value::Object(self.key.clone()).to_string()
+        let mut text = Vec::with_capacity(32);
+        crate::json::write(&mut text, &self.key);
+        crate::json::into_string(text)
     }
 
     /// The ordering key: the table and the primary key, so that every sink
@@ -236,7 +292,13 @@ impl Change {
         if self.op == Op::Truncate {
             self.source.table.to_string()
         } else {
-            format!("{}:{}", self.source.table, self.key_text())
+            let table = &self.source.table;
+            let mut key = Vec::with_capacity(table.schema.len() + table.name.len() + 32);
+            for part in [&table.schema, ".", &table.name, ":"] {
+                key.extend_from_slice(part.as_bytes());
+            }
+            crate::json::write(&mut key, &self.key);
+            crate::json::into_string(key)
         }
     }
 }
@@ -382,6 +444,81 @@ mod tests {
                 "{capture} {op} {schema}.{table}"
             );
         }
+    }
+
+    /// The texts of positions and keys, as the `format!`-based code of
+    /// 2026-12-06 wrote them (ids and headers are made of them).
+    #[test]
+    fn position_and_key_texts_are_unchanged() {
+        let old = |p: &Position| match p {
+            Position::Lsn { commit_lsn, lsn } => {
+                format!("lsn:{}/{}", old_lsn(*commit_lsn), old_lsn(*lsn))
+            }
+            Position::Binlog {
+                file,
+                pos,
+                gtid,
+                row,
+            } => match gtid {
+                Some(g) => format!("binlog:{file}:{pos}:{row}:{g}"),
+                None => format!("binlog:{file}:{pos}:{row}"),
+            },
+            Position::ChangeId { id } => format!("change:{id}"),
+            Position::Cursor { updated_at, key } => format!("cursor:{updated_at}:{key}"),
+            Position::Snapshot { snapshot, key } => format!("snapshot:{snapshot}:{key}"),
+        };
+        fn old_lsn(lsn: u64) -> String {
+            format!("{:X}/{:X}", lsn >> 32, lsn & 0xFFFF_FFFF)
+        }
+        let positions = [
+            Position::Lsn {
+                commit_lsn: 0,
+                lsn: u64::MAX,
+            },
+            Position::Lsn {
+                commit_lsn: 0x16_B374_D848,
+                lsn: 0xA,
+            },
+            Position::Binlog {
+                file: "b.000001".into(),
+                pos: 4,
+                gtid: Some("0-1-2".into()),
+                row: 7,
+            },
+            Position::Binlog {
+                file: "b.000001".into(),
+                pos: 4,
+                gtid: None,
+                row: 0,
+            },
+            Position::ChangeId { id: i64::MIN },
+            Position::Cursor {
+                updated_at: "2026-12-06 10:00:00.5+00".into(),
+                key: r#"{"id":"ä:b"}"#.into(),
+            },
+            Position::Snapshot {
+                snapshot: "0/16B3748".into(),
+                key: r#"{"ctid":"(0,1)"}"#.into(),
+            },
+        ];
+        for p in &positions {
+            assert_eq!(p.to_string(), old(p));
+            let mut text = "x".to_owned();
+            p.write_text(&mut text);
+            assert_eq!(text, format!("x{}", old(p)));
+        }
+        assert_eq!(lsn_text(u64::MAX), old_lsn(u64::MAX));
+
+        let mut c = change(Position::ChangeId { id: 1 }, 1);
+        c.key = serde_json::from_str(
+            r#"{"b":"tab\t quote\" slash\\ ctl\u0001 é 😀","a":-1.5e300,"c":null,"d":[1,{"z":true}]}"#,
+        )
+        .unwrap();
+        let old_key = serde_json::Value::Object(c.key.clone()).to_string();
+        assert_eq!(c.key_text(), old_key);
+        assert_eq!(c.ordering_key(), format!("{}:{}", c.source.table, old_key));
+        c.op = Op::Truncate;
+        assert_eq!(c.ordering_key(), "public.orders");
     }
 
     #[test]

@@ -49,16 +49,20 @@ impl Filter {
         if self.exclude_columns.is_empty() {
             return;
         }
-        let table = change.source.table.clone();
-        let keep = |c: &String| !self.drops_column(&table, c);
-        for row in [&mut change.before, &mut change.after]
-            .into_iter()
-            .flatten()
-        {
+        let Change {
+            key,
+            before,
+            after,
+            source,
+            unchanged,
+            ..
+        } = change;
+        let keep = |c: &String| !self.drops_column(&source.table, c);
+        for row in [before, after].into_iter().flatten() {
             row.retain(|c, _| keep(c));
         }
-        change.key.retain(|c, _| keep(c));
-        change.unchanged.retain(keep);
+        key.retain(|c, _| keep(c));
+        unchanged.retain(keep);
     }
 }
 

@@ -1,6 +1,7 @@
 //! Rows as the databases write them in JSON, read without losing
 //! precision.
 
+use serde::Serialize;
 use serde_json::value::RawValue;
 use serde_json::Value;
 
@@ -18,6 +19,21 @@ pub fn parse_row(text: &str) -> Result<Row, serde_json::Error> {
         row.insert(k, exact(v.get())?);
     }
     Ok(row)
+}
+
+/// `value` as compact JSON appended to `out`: the same bytes as
+/// `serde_json::to_value(value)?.to_string()`, without the copy. Only for
+/// values that always serialize (rows, strings, numbers, times): a map
+/// with non-string keys would be cut short.
+pub(crate) fn write<T: Serialize + ?Sized>(out: &mut Vec<u8>, value: &T) {
+    // Writing to a Vec cannot fail, nor can serializing these values.
+    let written = serde_json::to_writer(out, value);
+    debug_assert!(written.is_ok(), "{written:?}");
+}
+
+/// Text assembled from UTF-8 pieces and JSON.
+pub(crate) fn into_string(bytes: Vec<u8>) -> String {
+    String::from_utf8(bytes).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
 }
 
 /// One JSON value, numbers kept exact at the top level (nested JSON —

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use ferry_core::{Message, RetryPolicy, Sink};
+use ferry_core::{RetryPolicy, Sink};
 use ferry_delivery::{
     deliver, probe_limit, AfterGiveUp, Attempt, Health, OrderPolicy, SinkBackoff, Window,
 };
@@ -58,7 +58,11 @@ pub struct ShipConfig {
     /// What a change given up on does.
     pub on_failure: OnFailure,
     /// At most this often the position is acknowledged to the source
-    /// (always when everything read is settled).
+    /// while it has more to read; at once when everything read is settled
+    /// and the source had no more (its last read returned less than was
+    /// asked). An acknowledgement is a write on the source (a slot
+    /// confirmation, a saved snapshot chunk): once per read of a bulk read
+    /// it cost a third of a snapshot's time.
     pub acknowledge_every: Duration,
 }
 
@@ -160,6 +164,67 @@ struct InFlight {
     commit_time: Option<DateTime<Utc>>,
 }
 
+/// The deliveries of a round, counted into [`ShipStats`] once for the
+/// round rather than once per change (a lock and three atomics each).
+#[derive(Default)]
+struct Delivered {
+    count: u64,
+    last_commit_ms: Option<i64>,
+    /// Per table, in the order first seen: a round holds few tables.
+    tables: Vec<(TableId, u64)>,
+}
+
+impl Delivered {
+    fn add(&mut self, change: &InFlight, stats: &ShipStats) {
+        self.count += 1;
+        if let Some(t) = change.commit_time {
+            let ms = t.timestamp_millis();
+            self.last_commit_ms = Some(self.last_commit_ms.map_or(ms, |m| m.max(ms)));
+        }
+        if let Some((_, n)) = self.tables.iter_mut().find(|(t, _)| *t == change.table) {
+            *n += 1;
+            return;
+        }
+        match self.tables.len() {
+            0..16 => self.tables.push((change.table.clone(), 1)),
+            _ => {
+                // Many tables in one round: counted at once, as they come.
+                if let Ok(mut m) = stats.per_table.lock() {
+                    *m.entry(change.table.clone()).or_default() += 1;
+                }
+            }
+        }
+    }
+
+    /// Adds what was counted to `stats`, and starts again from nothing.
+    fn count(&mut self, stats: &ShipStats) {
+        let Delivered {
+            count,
+            last_commit_ms,
+            tables,
+        } = std::mem::take(self);
+        if count == 0 {
+            return;
+        }
+        if let Some(ms) = last_commit_ms {
+            stats.last_commit_ms.fetch_max(ms, Ordering::Relaxed);
+        }
+        if let Ok(mut m) = stats.per_table.lock() {
+            for (table, n) in tables {
+                match m.get_mut(&table) {
+                    Some(total) => *total += n,
+                    None => {
+                        m.insert(table, n);
+                    }
+                }
+            }
+        }
+        // Last, so that a reader that sees every change delivered sees
+        // their tables and times too.
+        stats.delivered.fetch_add(count, Ordering::Relaxed);
+    }
+}
+
 /// Ships `capture`'s changes to `sink` until `shutdown` (then returns
 /// `Ok`) or a refusal (an error).
 ///
@@ -203,6 +268,9 @@ pub async fn ship<C: Capture>(
     // The last checkpoint settled, and whether the source has it yet.
     let mut settled: Option<Checkpoint> = None;
     let mut acknowledged_at = Instant::now();
+    // Whether the last read filled the room it was given: the source has
+    // more, and acknowledging can wait for `acknowledge_every`.
+    let mut source_had_more = false;
     let mut next_due: Option<Instant> = None;
     tracing::info!(capture = %name, sink = sink.name(), "capture started");
     loop {
@@ -227,6 +295,16 @@ pub async fn ship<C: Capture>(
                     .unwrap_or_default()
                     .min(Duration::from_millis(200))
             };
+            // A settled position waiting for its acknowledgement is not
+            // held back by a wait for more changes.
+            let wait = match settled {
+                Some(_) => wait.min(
+                    config
+                        .acknowledge_every
+                        .saturating_sub(acknowledged_at.elapsed()),
+                ),
+                None => wait,
+            };
             let read = tokio::select! {
                 r = capture.read(room, wait) => Some(r),
                 _ = shutdown.cancelled() => None,
@@ -235,12 +313,13 @@ pub async fn ship<C: Capture>(
                 None => continue,
                 Some(Ok(changes)) => {
                     source_health.succeeded();
+                    source_had_more = changes.len() >= room;
                     stats
                         .read
                         .fetch_add(changes.len() as u64, Ordering::Relaxed);
-                    for c in changes {
+                    let messages = encoder.messages(changes.iter().map(|c| &c.change));
+                    for (c, message) in changes.into_iter().zip(messages) {
                         seq += 1;
-                        let message: Message = encoder.message(&c.change);
                         window.push(
                             seq,
                             InFlight {
@@ -254,6 +333,7 @@ pub async fn ship<C: Capture>(
                 }
                 Some(Err(e)) if e.is_retryable() => {
                     source_health.failed(&e.describe());
+                    source_had_more = false;
                     continue;
                 }
                 Some(Err(source)) => {
@@ -289,19 +369,12 @@ pub async fn ship<C: Capture>(
                 None if result.sink_answered => sink_health.succeeded(),
                 None => {}
             }
+            let mut delivered = Delivered::default();
             for attempt in window.apply(&round, result) {
                 match attempt {
                     Attempt::Delivered { index } => {
                         let e = window.get(index);
-                        stats.delivered.fetch_add(1, Ordering::Relaxed);
-                        if let Some(t) = e.item.commit_time {
-                            stats
-                                .last_commit_ms
-                                .fetch_max(t.timestamp_millis(), Ordering::Relaxed);
-                        }
-                        if let Ok(mut m) = stats.per_table.lock() {
-                            *m.entry(e.item.table.clone()).or_default() += 1;
-                        }
+                        delivered.add(&e.item, &stats);
                     }
                     Attempt::Retrying(f) => {
                         stats.failed.fetch_add(1, Ordering::Relaxed);
@@ -315,6 +388,7 @@ pub async fn ship<C: Capture>(
                         let table = e.item.table.to_string();
                         match (&dead_letters, stop_on_give_up) {
                             (Some(db), false) => {
+                                delivered.count(&stats);
                                 let dead = DeadLetter::new(
                                     format!("cdc:{name}"),
                                     e.message.clone(),
@@ -338,6 +412,7 @@ pub async fn ship<C: Capture>(
                                 }
                             }
                             _ => {
+                                delivered.count(&stats);
                                 acknowledge(&mut capture, &mut settled, &source_health, &stats)
                                     .await;
                                 return Err(ShipError::Stopped {
@@ -352,6 +427,7 @@ pub async fn ship<C: Capture>(
                     }
                 }
             }
+            delivered.count(&stats);
         } else if !window.is_empty() && (window.is_full() || next_due.is_some()) {
             // Everything in flight waits for a retry.
             let until = next_due.map_or(Duration::from_millis(50), |d| {
@@ -365,7 +441,8 @@ pub async fn ship<C: Capture>(
             }
         }
         if settled.is_some()
-            && (window.is_empty() || acknowledged_at.elapsed() >= config.acknowledge_every)
+            && ((window.is_empty() && !source_had_more)
+                || acknowledged_at.elapsed() >= config.acknowledge_every)
         {
             acknowledge(&mut capture, &mut settled, &source_health, &stats).await;
             acknowledged_at = Instant::now();
