@@ -152,6 +152,18 @@ pub fn rss_mb() -> f64 {
         .map_or(f64::NAN, |kb| kb / 1024.0)
 }
 
+/// CPU time the process has used so far, all threads, user and system
+/// (`/proc/self/stat`, in clock ticks of 10 ms); `None` off Linux.
+pub fn cpu_time() -> Option<Duration> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // After the command name (in parentheses, may hold spaces): state is
+    // field 3, utime 14 and stime 15.
+    let rest = stat.rsplit_once(')')?.1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    Some(Duration::from_millis(ticks * 10))
+}
+
 /// `CREATE TABLE bench_rows`: a key and ~90 bytes of other columns.
 pub fn create_table_sql() -> String {
     format!(

@@ -9,7 +9,9 @@ use ferry_cdc::postgres::{PgCapture, PgLogConfig, SnapshotMode};
 use ferry_cdc::Filter;
 use sqlx::{Connection, Executor, PgConnection};
 
-use super::{create_table_sql, drop_slots, null_sink, per_sec, Shipping, DEFAULT_PG, TABLE};
+use super::{
+    cpu_time, create_table_sql, drop_slots, null_sink, per_sec, Shipping, DEFAULT_PG, TABLE,
+};
 use crate::report::{ratio, thousands, Figure, Tsv};
 use crate::scratch::Server;
 
@@ -86,6 +88,7 @@ async fn inner(
     // From the capture's start: creating the slot and exporting its
     // snapshot are part of the snapshot's cost.
     let start = Instant::now();
+    let cpu_start = cpu_time();
     let capture = PgCapture::connect(config)
         .await
         .map_err(|e| anyhow::anyhow!("{}", e.describe()))?;
@@ -95,11 +98,17 @@ async fn inner(
         .until_delivered(n, Duration::from_secs(900))
         .await?;
     let ferry = done - start;
+    let cpu = cpu_start.zip(cpu_time()).map(|(a, b)| b.saturating_sub(a));
     shipping.stop().await?;
 
     let (f, b) = (per_sec(n, ferry), per_sec(n, copy));
+    // The bench process's own CPU per row (every thread: reading, building,
+    // encoding, delivering), apart from the server's.
+    let cpu_per_row = cpu.map_or("unknown".to_owned(), |c| {
+        format!("{:.2} µs", c.as_secs_f64() * 1e6 / n.max(1) as f64)
+    });
     println!(
-        "postgres log mode initial snapshot → null: {} rows/s ({n} rows in {:.2} s, of which {:.2} s connecting and creating the slot)  |  baseline psql COPY (SELECT * FROM t) TO STDOUT > /dev/null: {} rows/s ({:.2} s)  |  ratio {}",
+        "postgres log mode initial snapshot → null: {} rows/s ({n} rows in {:.2} s, of which {:.2} s connecting and creating the slot; process CPU {cpu_per_row}/row)  |  baseline psql COPY (SELECT * FROM t) TO STDOUT > /dev/null: {} rows/s ({:.2} s)  |  ratio {}",
         thousands(f),
         ferry.as_secs_f64(),
         connected.as_secs_f64(),
@@ -119,7 +128,7 @@ async fn inner(
         baseline: "psql_copy_to_stdout".to_owned(),
         baseline_value: Some(b),
         settings: format!("rows={n}"),
-        ..Figure::default()
+        notes: format!("process_cpu_per_row={cpu_per_row}"),
     })?;
     Ok(())
 }

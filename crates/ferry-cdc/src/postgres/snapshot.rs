@@ -35,7 +35,19 @@
 //!
 //! At most one snapshot of a slot is read at a time: the reader holds a
 //! session advisory lock named after the slot.
+//!
+//! # Reading ahead
+//!
+//! While the capture hands one chunk over, the next is on its way: a task
+//! of its own holds the connection and `FETCH`es the cursor a chunk at a
+//! time, so that the server's work and the client's overlap (the snapshot
+//! of 2026-12-06 waited for each `FETCH` in turn). It keeps at most two
+//! fetched chunks ahead of the one handed over. The chunks handed over, and their checkpoints, are the
+//! same as read one at a time: rows are handed over `limit` at a time
+//! whatever the fetches' size, and a read that fails drops what was read
+//! ahead (the next reads it again after the last chunk handed over).
 
+use std::collections::VecDeque;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -43,6 +55,8 @@ use pg_walstream::connection::{PgReplicationConnection, PgResult};
 use pg_walstream::sql_builder::quote_literal;
 use serde_json::Value;
 use sqlx::postgres::PgPool;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use super::progress::{ChunkCheckpoint, Progress};
@@ -52,6 +66,7 @@ use super::value;
 use crate::capture::{CaptureError, Captured};
 use crate::change::{Change, Op, Position, Row, Source, TableId};
 use crate::filter::Filter;
+use crate::json;
 
 /// How often progress is logged while a table is read.
 const LOG_EVERY: Duration = Duration::from_secs(5);
@@ -88,8 +103,11 @@ pub struct Snapshot {
     label: String,
     /// The exported snapshot, while it may still be imported.
     export: Option<String>,
-    /// The connection holding the snapshot's transaction.
+    /// The connection holding the snapshot's transaction, while no
+    /// [`Prefetch`] holds it.
     reader: Option<PgReplicationConnection>,
+    /// The current table's rows being read ahead (holding the connection).
+    prefetch: Option<Prefetch>,
     /// The captured tables, in name order (listed when the reader first
     /// opens).
     tables: Option<Vec<TableId>>,
@@ -149,6 +167,7 @@ impl Snapshot {
             label: progress.lsn.clone(),
             export,
             reader: None,
+            prefetch: None,
             tables: None,
             resume: Some((progress.table, progress.after)),
             next: 0,
@@ -191,7 +210,7 @@ impl Snapshot {
             if read_all(self) {
                 return Ok(Vec::new());
             }
-            if self.reader.is_none() {
+            if self.reader.is_none() && self.prefetch.is_none() {
                 self.open_reader().await?;
                 continue;
             }
@@ -200,6 +219,7 @@ impl Snapshot {
                 Ok(None) => continue,
                 Err(e) => {
                     self.reader = None;
+                    self.prefetch = None;
                     self.plan = None;
                     return Err(e);
                 }
@@ -209,6 +229,9 @@ impl Snapshot {
 
     /// Ends the transaction and closes the reader.
     pub async fn close(mut self) {
+        if let Some(prefetch) = self.prefetch.take() {
+            self.reader = prefetch.stop().await;
+        }
         if let Some(mut reader) = self.reader.take() {
             let _ = reader.exec_async("COMMIT").await;
         }
@@ -218,6 +241,7 @@ impl Snapshot {
     /// the export while it lasts), lists the tables the first time.
     async fn open_reader(&mut self) -> Result<(), CaptureError> {
         self.plan = None;
+        self.prefetch = None;
         let mut reader = PgReplicationConnection::connect_async(&self.setup.url)
             .await
             .map_err(|e| replication_failure("opening the snapshot's connection", e))?;
@@ -289,70 +313,26 @@ impl Snapshot {
         let Some(table) = self.tables.as_ref().and_then(|t| t.get(self.next)).cloned() else {
             return Ok(None);
         };
-        let Some(reader) = self.reader.as_mut() else {
+        if self.plan.is_none() && !self.start_table(&table).await? {
             return Ok(None);
-        };
-        if self.plan.is_none() {
-            let version = reader.server_version();
-            let Some(plan) = plan(&self.setup.pool, version, &table, &self.setup).await? else {
-                // Dropped or unpublished since the listing: nothing to read.
-                self.next_table();
-                return Ok(None);
-            };
-            if self
-                .after
-                .as_ref()
-                .is_some_and(|a| a.len() != plan.key.len())
-            {
-                // The key changed shape since the progress was saved.
-                tracing::warn!(%table, "postgres capture: snapshot key changed; table read again");
-                self.after = None;
-            }
-            if plan.key.is_empty() {
-                // Read in one pass: what this capture handed out of it
-                // before is read again.
-                self.after = None;
-                self.rows = 0;
-            }
-            let sql = plan.declare(self.after.as_deref())?;
-            let Some(reader) = self.reader.as_mut() else {
-                return Ok(None);
-            };
-            exec(reader, &sql, &format!("reading {table} for the snapshot")).await?;
-            self.total = plan.total;
-            self.plan = Some(plan);
         }
-        let Some(reader) = self.reader.as_mut() else {
+        let (Some(plan), Some(prefetch)) = (self.plan.as_ref(), self.prefetch.as_mut()) else {
             return Ok(None);
         };
-        let fetch = format!("FETCH FORWARD {limit} FROM {CURSOR}");
-        let result = exec(reader, &fetch, &format!("reading {table} for the snapshot")).await?;
-        let Some(plan) = self.plan.as_ref() else {
-            return Ok(None);
-        };
-        let keyed = !plan.key.is_empty();
-        let n = result.ntuples().max(0) as usize;
-        let mut out = Vec::with_capacity(n);
-        let mut last_key = None;
-        for row in 0..result.ntuples() {
-            let (change, key) = self.change(plan, &result, row)?;
-            last_key = key;
-            out.push(Captured {
-                change,
-                checkpoint: None,
-            });
-        }
-        drop(result);
+        let keyed = plan.keyed();
+        let (out, last_key) = prefetch
+            .take(limit, plan, &self.setup, &self.label, self.started)
+            .await?;
+        let n = out.len();
+        let mut out: Vec<Captured> = out;
         self.rows += n as u64;
         let finished = n < limit;
         if finished {
-            if let Some(reader) = self.reader.as_mut() {
-                exec(
-                    reader,
-                    &format!("CLOSE {CURSOR}"),
-                    "closing the snapshot's cursor",
-                )
-                .await?;
+            // The cursor is read to its end and closed: the connection is
+            // free again.
+            let prefetch = self.prefetch.take();
+            if let Some(prefetch) = prefetch {
+                self.reader = Some(prefetch.finish().await?);
             }
             tracing::info!(%table, rows = self.rows, "postgres capture snapshot: table read");
             self.next_table();
@@ -382,14 +362,43 @@ impl Snapshot {
         Ok(Some(out))
     }
 
-    /// Row `row` of a fetch as a read change, and its key as text.
-    fn change(
-        &self,
-        plan: &Plan,
-        result: &PgResult,
-        row: i32,
-    ) -> Result<(Change, Option<Vec<String>>), CaptureError> {
-        row_change(plan, result, row, &self.setup, &self.label, self.started)
+    /// Plans `table`, opens its cursor after the last key handed over and
+    /// starts reading it ahead; `false` when it is gone (the next table is
+    /// then current).
+    async fn start_table(&mut self, table: &TableId) -> Result<bool, CaptureError> {
+        let Some(reader) = self.reader.as_mut() else {
+            return Ok(false);
+        };
+        let version = reader.server_version();
+        let Some(plan) = plan(&self.setup.pool, version, table, &self.setup).await? else {
+            // Dropped or unpublished since the listing: nothing to read.
+            self.next_table();
+            return Ok(false);
+        };
+        if self
+            .after
+            .as_ref()
+            .is_some_and(|a| a.len() != plan.key.len())
+        {
+            // The key changed shape since the progress was saved.
+            tracing::warn!(%table, "postgres capture: snapshot key changed; table read again");
+            self.after = None;
+        }
+        if plan.key.is_empty() {
+            // Read in one pass: what this capture handed out of it
+            // before is read again.
+            self.after = None;
+            self.rows = 0;
+        }
+        let sql = plan.declare(self.after.as_deref())?;
+        exec(reader, &sql, &format!("reading {table} for the snapshot")).await?;
+        self.total = plan.total;
+        let Some(reader) = self.reader.take() else {
+            return Ok(false);
+        };
+        self.prefetch = Some(Prefetch::start(reader, table, self.setup.chunk.max(1)));
+        self.plan = Some(plan);
+        Ok(true)
     }
 
     fn next_table(&mut self) {
@@ -417,6 +426,166 @@ impl Snapshot {
     }
 }
 
+/// One `FETCH` read ahead.
+struct Fetched {
+    result: PgResult,
+    /// The cursor's last rows (fewer than asked); it is closed.
+    end: bool,
+}
+
+/// A table's rows fetched ahead by a task that holds the connection.
+///
+/// The rows become changes here, as they are handed over, rather than in
+/// that task: a change is dropped where it was made (freeing another
+/// thread's allocations cost more than making them here).
+struct Prefetch {
+    fetched: mpsc::Receiver<Result<Fetched, CaptureError>>,
+    /// Gives the connection back once the cursor is read and closed (or
+    /// the receiver is gone); `None` after a failure.
+    task: JoinHandle<Option<PgReplicationConnection>>,
+    /// Fetches received and not all handed over, and the next row of the
+    /// first.
+    results: VecDeque<PgResult>,
+    next_row: i32,
+    /// Rows received and not handed over yet.
+    buffered: usize,
+    /// The cursor's end was received.
+    ended: bool,
+}
+
+impl Prefetch {
+    /// Starts fetching the open cursor, `fetch` rows at a time.
+    fn start(reader: PgReplicationConnection, table: &TableId, fetch: usize) -> Self {
+        // One fetch waiting here, one being read: two chunks ahead.
+        let (tx, fetched) = mpsc::channel(1);
+        let doing = format!("reading {table} for the snapshot");
+        let task = tokio::spawn(fetch_ahead(reader, fetch, doing, tx));
+        Self {
+            fetched,
+            task,
+            results: VecDeque::new(),
+            next_row: 0,
+            buffered: 0,
+            ended: false,
+        }
+    }
+
+    /// The next `limit` rows as read changes (see [`read_change`]), fewer
+    /// only at the cursor's end, and the last one's key as text.
+    async fn take(
+        &mut self,
+        limit: usize,
+        plan: &Plan,
+        setup: &Setup,
+        label: &str,
+        time: DateTime<Utc>,
+    ) -> Result<(Vec<Captured>, Option<Vec<String>>), CaptureError> {
+        while self.buffered < limit && !self.ended {
+            match self.fetched.recv().await {
+                Some(Ok(f)) => {
+                    self.ended = f.end;
+                    let rows = f.result.ntuples().max(0) as usize;
+                    if rows > 0 {
+                        self.buffered += rows;
+                        self.results.push_back(f.result);
+                    }
+                }
+                Some(Err(e)) => return Err(e),
+                None => {
+                    return Err(CaptureError::unavailable(
+                        "postgres capture: the snapshot's reader stopped",
+                    ))
+                }
+            }
+        }
+        let n = limit.min(self.buffered);
+        let mut out = Vec::with_capacity(n);
+        let mut last_key = None;
+        while out.len() < n {
+            let Some(result) = self.results.front() else {
+                break;
+            };
+            let rows = result.ntuples();
+            while self.next_row < rows && out.len() < n {
+                let change = read_change(
+                    plan,
+                    result,
+                    self.next_row,
+                    &setup.database,
+                    &setup.filter,
+                    label,
+                    time,
+                )?;
+                out.push(Captured {
+                    change,
+                    checkpoint: None,
+                });
+                self.next_row += 1;
+            }
+            if out.len() == n && plan.keyed() {
+                last_key = Some(key_text(plan, result, self.next_row - 1)?);
+            }
+            if self.next_row >= rows {
+                self.results.pop_front();
+                self.next_row = 0;
+            }
+        }
+        self.buffered -= out.len();
+        Ok((out, last_key))
+    }
+
+    /// The connection, once the cursor was read to its end.
+    async fn finish(self) -> Result<PgReplicationConnection, CaptureError> {
+        match self.task.await {
+            Ok(Some(reader)) => Ok(reader),
+            _ => Err(CaptureError::unavailable(
+                "postgres capture: the snapshot's reader stopped",
+            )),
+        }
+    }
+
+    /// Stops fetching; the connection, unless it failed.
+    async fn stop(self) -> Option<PgReplicationConnection> {
+        drop(self.fetched);
+        self.task.await.ok().flatten()
+    }
+}
+
+/// Fetches the open cursor `fetch` rows at a time into `tx` until its
+/// end, which it closes; returns the connection (`None` after a failure,
+/// which it sent).
+async fn fetch_ahead(
+    mut reader: PgReplicationConnection,
+    fetch: usize,
+    doing: String,
+    tx: mpsc::Sender<Result<Fetched, CaptureError>>,
+) -> Option<PgReplicationConnection> {
+    let sql = format!("FETCH FORWARD {fetch} FROM {CURSOR}");
+    loop {
+        let fetched = async {
+            let result = exec(&mut reader, &sql, &doing).await?;
+            let end = (result.ntuples().max(0) as usize) < fetch;
+            if end {
+                exec(
+                    &mut reader,
+                    &format!("CLOSE {CURSOR}"),
+                    "closing the snapshot's cursor",
+                )
+                .await?;
+            }
+            Ok(Fetched { result, end })
+        }
+        .await;
+        let stop = !matches!(fetched, Ok(Fetched { end: false, .. }));
+        let failed = fetched.is_err();
+        if tx.send(fetched).await.is_err() || stop {
+            // At the end, after a failure, or nobody reads any more (the
+            // capture stopped or failed).
+            return (!failed).then_some(reader);
+        }
+    }
+}
+
 /// Row `row` of a result of `plan`'s query as a read change labelled
 /// `label` (its position's, hence its id's), and its key as text (in index
 /// order) when the table has one.
@@ -428,50 +597,80 @@ pub(super) fn row_change(
     label: &str,
     time: DateTime<Utc>,
 ) -> Result<(Change, Option<Vec<String>>), CaptureError> {
-    let keyed = !plan.key.is_empty();
+    let change = read_change(
+        plan,
+        result,
+        row,
+        &setup.database,
+        &setup.filter,
+        label,
+        time,
+    )?;
+    let key = if plan.keyed() {
+        Some(key_text(plan, result, row)?)
+    } else {
+        None
+    };
+    Ok((change, key))
+}
+
+/// Row `row` of a result of `plan`'s query as a read change labelled
+/// `label`.
+fn read_change(
+    plan: &Plan,
+    result: &PgResult,
+    row: i32,
+    database: &str,
+    filter: &Filter,
+    label: &str,
+    time: DateTime<Utc>,
+) -> Result<Change, CaptureError> {
+    let keyed = plan.keyed();
     // Without a key the first column is the row's ctid.
     let offset = i32::from(!keyed);
     let mut after = Row::new();
-    let mut values = Vec::with_capacity(plan.columns.len());
+    let mut key = Row::new();
     for (i, column) in plan.columns.iter().enumerate() {
         let text = text(result, row, i as i32 + offset, &plan.table, &column.name)?;
         let value = text
             .map(|t| value::from_text(column.type_oid, t))
             .unwrap_or(Value::Null);
-        if column.published {
-            after.insert(column.name.clone(), value.clone());
+        let in_key = keyed && plan.key.contains(&i);
+        match (column.published, in_key) {
+            (true, true) => {
+                key.insert(column.name.clone(), value.clone());
+                after.insert(column.name.clone(), value);
+            }
+            (true, false) => {
+                after.insert(column.name.clone(), value);
+            }
+            (false, true) => {
+                key.insert(column.name.clone(), value);
+            }
+            (false, false) => {}
         }
-        values.push((text, value));
     }
-    let (key, position_key, key_text) = if keyed {
-        let key: Row = plan
-            .key
-            .iter()
-            .map(|&i| (plan.columns[i].name.clone(), values[i].1.clone()))
-            .collect();
-        let text: Vec<String> = plan
-            .key
-            .iter()
-            .map(|&i| values[i].0.unwrap_or_default().to_owned())
-            .collect();
-        let position = Value::Object(key.clone()).to_string();
-        (key, position, Some(text))
+    let mut position = Vec::with_capacity(32);
+    if keyed {
+        json::write(&mut position, &key);
     } else {
         let ctid = text(result, row, 0, &plan.table, "ctid")?.unwrap_or_default();
-        let position = serde_json::json!({ "ctid": ctid }).to_string();
-        (after.clone(), position, None)
-    };
+        position.extend_from_slice(b"{\"ctid\":");
+        json::write(&mut position, ctid);
+        position.push(b'}');
+        key = after.clone();
+    }
     let mut change = Change {
         op: Op::Read,
         key,
         before: None,
         after: Some(after),
         source: Source {
-            db: setup.database.clone(),
+            db: database.to_owned(),
             table: plan.table.clone(),
             position: Position::Snapshot {
                 snapshot: label.to_owned(),
-                key: position_key,
+                key: json::into_string(position),
             },
             tx_id: None,
             commit_time: Some(time),
@@ -479,8 +678,23 @@ pub(super) fn row_change(
         tx: None,
         unchanged: vec![],
     };
-    setup.filter.strip(&mut change);
-    Ok((change, key_text))
+    filter.strip(&mut change);
+    Ok(change)
+}
+
+/// The key of row `row` as text, in index order: where a chunk read
+/// after it starts.
+fn key_text(plan: &Plan, result: &PgResult, row: i32) -> Result<Vec<String>, CaptureError> {
+    plan.key
+        .iter()
+        .map(|&i| {
+            let name = &plan.columns[i].name;
+            // A keyed plan selects no ctid: columns are at their index.
+            Ok(text(result, row, i as i32, &plan.table, name)?
+                .unwrap_or_default()
+                .to_owned())
+        })
+        .collect()
 }
 
 impl Plan {
@@ -766,6 +980,285 @@ mod tests {
              FROM \"public\".\"Items\" WHERE ((a > 5)) AND (\"b\", \"a\") > \
              ('it''s'::text, '7'::integer) ORDER BY \"b\", \"a\""
         );
+    }
+
+    /// `row_change` as it was until 2026-12-06 (kept verbatim): what the
+    /// changes and keys read now must equal.
+    fn reference_row_change(
+        plan: &Plan,
+        result: &PgResult,
+        row: i32,
+        setup: &Setup,
+        label: &str,
+        time: DateTime<Utc>,
+    ) -> Result<(Change, Option<Vec<String>>), CaptureError> {
+        let keyed = !plan.key.is_empty();
+        let offset = i32::from(!keyed);
+        let mut after = Row::new();
+        let mut values = Vec::with_capacity(plan.columns.len());
+        for (i, column) in plan.columns.iter().enumerate() {
+            let text = text(result, row, i as i32 + offset, &plan.table, &column.name)?;
+            let value = text
+                .map(|t| value::from_text(column.type_oid, t))
+                .unwrap_or(Value::Null);
+            if column.published {
+                after.insert(column.name.clone(), value.clone());
+            }
+            values.push((text, value));
+        }
+        let (key, position_key, key_text) = if keyed {
+            let key: Row = plan
+                .key
+                .iter()
+                .map(|&i| (plan.columns[i].name.clone(), values[i].1.clone()))
+                .collect();
+            let text: Vec<String> = plan
+                .key
+                .iter()
+                .map(|&i| values[i].0.unwrap_or_default().to_owned())
+                .collect();
+            let position = Value::Object(key.clone()).to_string();
+            (key, position, Some(text))
+        } else {
+            let ctid = text(result, row, 0, &plan.table, "ctid")?.unwrap_or_default();
+            let position = serde_json::json!({ "ctid": ctid }).to_string();
+            (after.clone(), position, None)
+        };
+        let mut change = Change {
+            op: Op::Read,
+            key,
+            before: None,
+            after: Some(after),
+            source: Source {
+                db: setup.database.clone(),
+                table: plan.table.clone(),
+                position: Position::Snapshot {
+                    snapshot: label.to_owned(),
+                    key: position_key,
+                },
+                tx_id: None,
+                commit_time: Some(time),
+            },
+            tx: None,
+            unchanged: vec![],
+        };
+        setup.filter.strip(&mut change);
+        Ok((change, key_text))
+    }
+
+    /// Rows of many types, NULLs and odd text, in keyed (composite key,
+    /// a key column not published, excluded columns) and keyless tables:
+    /// read as before, change for change, key for key, id for id.
+    #[tokio::test]
+    async fn rows_read_as_before() {
+        let db = ferry_testkit::PgTestDb::create().await;
+        let pool = PgPool::connect(&db.url).await.unwrap();
+        let statements = [
+            "CREATE TABLE \"Odd \"\"t\" (k2 text, k1 int, i8 int8, f float8, b bool, j jsonb,
+               n numeric(30,10), t text, ts timestamptz, secret text, PRIMARY KEY (k1, k2))",
+            "INSERT INTO \"Odd \"\"t\" SELECT 'k\"' || g || E'\\t\\n\\\\é', g % 3, g::int8 * 1000000007,
+               CASE WHEN g % 4 = 0 THEN 'NaN'::float8 ELSE g / 3.0 END, g % 2 = 0,
+               CASE WHEN g % 5 = 0 THEN NULL ELSE jsonb_build_object('a', g, 'b', array[1.5, g]) END,
+               g * 1.0000000001, CASE WHEN g % 3 = 0 THEN NULL ELSE 'v' || g END,
+               '2026-12-06 10:00:00+00'::timestamptz + g * interval '1 second', 's'
+               FROM generate_series(1, 60) g",
+            "CREATE TABLE keyless (a int, b text)",
+            "ALTER TABLE keyless REPLICA IDENTITY FULL",
+            "INSERT INTO keyless SELECT g, 'x' || g FROM generate_series(1, 20) g",
+            "CREATE PUBLICATION rows_read_as_before FOR TABLE \"Odd \"\"t\" (k1, i8, f, b, j, n, t, ts, secret), keyless",
+        ];
+        for sql in statements {
+            sqlx::query(sql).execute(&pool).await.unwrap();
+        }
+        let mut reader = PgReplicationConnection::connect_async(&db.url)
+            .await
+            .unwrap();
+        let version = reader.server_version();
+        let filters = [
+            Filter::default(),
+            Filter {
+                exclude_columns: vec!["*.secret".into(), "*.k2".into(), "keyless.b".into()],
+                ..Filter::default()
+            },
+        ];
+        let time = Utc::now();
+        for filter in filters {
+            let setup = Setup {
+                url: db.url.clone(),
+                database: "shop".into(),
+                slot: "s".into(),
+                publication: "rows_read_as_before".into(),
+                filter,
+                chunk: 1000,
+                pool: pool.clone(),
+            };
+            for table in [
+                TableId::new("public", "Odd \"t"),
+                TableId::new("public", "keyless"),
+            ] {
+                let plan = super::plan(&pool, version, &table, &setup)
+                    .await
+                    .unwrap()
+                    .unwrap();
+                let result = exec(&mut reader, &plan.query(None).unwrap(), "test")
+                    .await
+                    .unwrap();
+                assert!(result.ntuples() >= 20);
+                for row in 0..result.ntuples() {
+                    let got = row_change(&plan, &result, row, &setup, "0/1A2B", time).unwrap();
+                    let want =
+                        reference_row_change(&plan, &result, row, &setup, "0/1A2B", time).unwrap();
+                    assert_eq!(got, want);
+                    assert_eq!(got.0.id("cap"), want.0.id("cap"));
+                    if plan.keyed() && setup.filter.exclude_columns.is_empty() {
+                        // k2: in the key, not published.
+                        let after = got.0.after.as_ref().unwrap();
+                        assert!(got.0.key.contains_key("k2") && !after.contains_key("k2"));
+                        assert!(after.contains_key("secret"));
+                    }
+                    if let Some(key) = &want.1 {
+                        assert_eq!(&key_text(&plan, &result, row).unwrap(), key);
+                    }
+                }
+            }
+        }
+    }
+
+    /// What one read of the snapshot gave: each row's key (the `a` column)
+    /// and its checkpoint.
+    type Read = Vec<(i64, Option<crate::capture::Checkpoint>)>;
+
+    /// The reads a reader that `FETCH`es `min(max, chunk)` rows per read,
+    /// one fetch at a time (the reader until 2026-12-06), gives for tables
+    /// of `rows` rows each (keyed unless named in `keyless`), keys `1..`,
+    /// asked `maxes` in turn.
+    fn one_fetch_at_a_time(
+        tables: &[(TableId, i64)],
+        keyless: &[&TableId],
+        chunk: usize,
+        maxes: &[usize],
+    ) -> Vec<Read> {
+        let mut reads = Vec::new();
+        let (mut next, mut done_rows, mut chunks) = (0, 0_i64, 0_u64);
+        let mut asks = maxes.iter().cycle();
+        while next < tables.len() {
+            let limit = (*asks.next().unwrap()).min(chunk).max(1);
+            // One call: chunks of `limit` until one is not empty.
+            while let Some((table, rows)) = tables.get(next) {
+                let keyed = !keyless.contains(&table);
+                let n = (limit as i64).min(rows - done_rows);
+                let keys: Vec<i64> = (done_rows + 1..=done_rows + n).collect();
+                done_rows += n;
+                let finished = (n as usize) < limit;
+                let mut after = None;
+                if finished {
+                    next += 1;
+                    done_rows = 0;
+                } else if keyed {
+                    after = Some(vec![done_rows.to_string()]);
+                }
+                if keys.is_empty() {
+                    continue;
+                }
+                let mut read: Read = keys.into_iter().map(|k| (k, None)).collect();
+                if keyed || finished {
+                    chunks += 1;
+                    let table = tables.get(next).map(|t| t.0.clone());
+                    let checkpoint = ChunkCheckpoint {
+                        done: table.is_none(),
+                        progress: Progress {
+                            lsn: "0/1".into(),
+                            table,
+                            after,
+                        },
+                        chunk: chunks,
+                    };
+                    read.last_mut().unwrap().1 = Some(checkpoint.to_checkpoint());
+                }
+                reads.push(read);
+                break;
+            }
+        }
+        reads
+    }
+
+    /// Reading ahead hands over the same chunks with the same checkpoints
+    /// as reading one fetch at a time, whatever each read asks for: tables
+    /// ending on a chunk's edge, empty, keyless.
+    #[tokio::test]
+    async fn chunks_and_checkpoints_are_those_of_one_fetch_at_a_time() {
+        let db = ferry_testkit::PgTestDb::create().await;
+        let pool = PgPool::connect(&db.url).await.unwrap();
+        let sizes = [
+            ("t1", 2345),
+            ("t2", 2000),
+            ("t3", 0),
+            ("t4", 1200),
+            ("t5", 999),
+        ];
+        for (name, rows) in sizes {
+            let statements = [
+                format!("CREATE TABLE {name} (a int8 PRIMARY KEY, b text)"),
+                format!("INSERT INTO {name} SELECT g, 'x' || g FROM generate_series(1, {rows}) g"),
+            ];
+            for sql in statements {
+                sqlx::query(&sql).execute(&pool).await.unwrap();
+            }
+        }
+        // A keyless table is read in whatever order the scan gives: one
+        // written in order, never updated, is read in that order.
+        for sql in [
+            "ALTER TABLE t4 DROP CONSTRAINT t4_pkey",
+            "ALTER TABLE t4 REPLICA IDENTITY FULL",
+            "CREATE PUBLICATION chunks_test FOR ALL TABLES",
+        ] {
+            sqlx::query(sql).execute(&pool).await.unwrap();
+        }
+        let tables: Vec<(TableId, i64)> = sizes
+            .iter()
+            .map(|(n, rows)| (TableId::new("public", *n), *rows))
+            .collect();
+        let keyless = TableId::new("public", "t4");
+        for (chunk, maxes) in [
+            (1000, vec![1000]),
+            (1000, vec![700, 1000, 5000, 300, 1000, 1]),
+            (500, vec![1000, 499, 500]),
+            (7, vec![3, 7, 8]),
+        ] {
+            let setup = Setup {
+                url: db.url.clone(),
+                database: "shop".into(),
+                slot: format!("chunks_{chunk}"),
+                publication: "chunks_test".into(),
+                filter: Filter::default(),
+                chunk,
+                pool: pool.clone(),
+            };
+            let progress = Progress {
+                lsn: "0/1".into(),
+                table: None,
+                after: None,
+            };
+            let mut snapshot = Snapshot::begin(setup, progress, None).await.unwrap();
+            let mut got = Vec::new();
+            for max in maxes.iter().cycle() {
+                let read = snapshot.read(*max).await.unwrap();
+                if read.is_empty() {
+                    break;
+                }
+                got.push(
+                    read.into_iter()
+                        .map(|c| (c.change.after.unwrap()["a"].as_i64().unwrap(), c.checkpoint))
+                        .collect::<Read>(),
+                );
+            }
+            snapshot.close().await;
+            let want = one_fetch_at_a_time(&tables, &[&keyless], chunk, &maxes);
+            assert_eq!(got.len(), want.len(), "chunk {chunk}, asked {maxes:?}");
+            for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+                assert_eq!(g, w, "read {i}, chunk {chunk}, asked {maxes:?}");
+            }
+        }
     }
 
     #[test]
