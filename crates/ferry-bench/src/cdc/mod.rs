@@ -2,11 +2,13 @@
 //! same run: the database's own log reader (`pg_recvlogical`,
 //! `mariadb-binlog`), a plain `SELECT` of the trigger change table, trigger
 //! mode's latency, the process's resident memory before the capture, and
-//! `COPY` for the initial snapshot. What each figure is: `bench/README.md`.
+//! `COPY` for the initial snapshot (and, without a database, the snapshot
+//! row's cost per stage). What each figure is: `bench/README.md`.
 
 mod latency;
 mod memory;
 mod snapshot;
+mod stages;
 mod throughput;
 
 use std::sync::Arc;
@@ -57,6 +59,10 @@ enum CdcCommand {
     /// The initial snapshot of a table (PostgreSQL log mode) beside `psql
     /// COPY … TO STDOUT` of the same table.
     SnapshotPg(snapshot::SnapshotArgs),
+    /// Where a snapshot row's client time goes, without a database: build,
+    /// encode, the engine's clone, drops, each timed; then `ship` from
+    /// memory to null.
+    SnapshotStages(stages::StagesArgs),
 }
 
 /// Runs one `cdc` sub-command.
@@ -68,6 +74,7 @@ pub async fn run(args: CdcArgs, tsv: &Tsv) -> anyhow::Result<()> {
         CdcCommand::LatencyPg(a) => latency::run(&a, tsv).await,
         CdcCommand::Memory(a) => memory::run(&a, tsv).await,
         CdcCommand::SnapshotPg(a) => snapshot::run(&a, tsv).await,
+        CdcCommand::SnapshotStages(a) => stages::run(&a, tsv).await,
     }
 }
 

@@ -1,5 +1,7 @@
 //! The initial snapshot of one table through PostgreSQL log mode, beside
-//! `psql`'s `COPY … TO STDOUT` of the same table.
+//! `psql`'s `COPY … TO STDOUT` of the same table (the baseline), and
+//! `psql` reading the capture's query through a cursor 1,000 rows a
+//! `FETCH` (what the rows cost to read, before changes are made of them).
 
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -72,18 +74,16 @@ async fn inner(
         .await?;
     let _ = conn.close().await;
 
-    let start = Instant::now();
-    let status = tokio::process::Command::new("psql")
-        .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", url, "-c"])
-        .arg(format!("COPY (SELECT * FROM {TABLE}) TO STDOUT"))
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .kill_on_drop(true)
-        .status()
-        .await
-        .context("cannot run psql")?;
-    let copy = start.elapsed();
-    anyhow::ensure!(status.success(), "psql failed: {status}");
+    let copy = psql(url, &[], &format!("COPY (SELECT * FROM {TABLE}) TO STDOUT")).await?;
+    // The capture's own query through a cursor, 1,000 rows a FETCH (psql's
+    // FETCH_COUNT), unaligned: what reading the rows costs the server
+    // and libpq, before any change is made of them.
+    let cursor = psql(
+        url,
+        &["-A", "-t", "-v", "FETCH_COUNT=1000"],
+        &format!("SELECT seq, kind, amount, note FROM {TABLE} ORDER BY seq"),
+    )
+    .await?;
 
     // From the capture's start: creating the slot and exporting its
     // snapshot are part of the snapshot's cost.
@@ -102,19 +102,22 @@ async fn inner(
     shipping.stop().await?;
 
     let (f, b) = (per_sec(n, ferry), per_sec(n, copy));
+    let fetched = per_sec(n, cursor);
     // The bench process's own CPU per row (every thread: reading, building,
     // encoding, delivering), apart from the server's.
     let cpu_per_row = cpu.map_or("unknown".to_owned(), |c| {
         format!("{:.2} µs", c.as_secs_f64() * 1e6 / n.max(1) as f64)
     });
     println!(
-        "postgres log mode initial snapshot → null: {} rows/s ({n} rows in {:.2} s, of which {:.2} s connecting and creating the slot; process CPU {cpu_per_row}/row)  |  baseline psql COPY (SELECT * FROM t) TO STDOUT > /dev/null: {} rows/s ({:.2} s)  |  ratio {}",
+        "postgres log mode initial snapshot → null: {} rows/s ({n} rows in {:.2} s, of which {:.2} s connecting and creating the slot; process CPU {cpu_per_row}/row)  |  baseline psql COPY (SELECT * FROM t) TO STDOUT > /dev/null: {} rows/s ({:.2} s)  |  ratio {}  |  psql FETCH_COUNT=1000 of the capture's query: {} rows/s (ratio to COPY {})",
         thousands(f),
         ferry.as_secs_f64(),
         connected.as_secs_f64(),
         thousands(b),
         copy.as_secs_f64(),
-        ratio(f, b)
+        ratio(f, b),
+        thousands(fetched),
+        ratio(fetched, b)
     );
     tsv.append(&Figure {
         command: "cdc",
@@ -128,7 +131,25 @@ async fn inner(
         baseline: "psql_copy_to_stdout".to_owned(),
         baseline_value: Some(b),
         settings: format!("rows={n}"),
-        notes: format!("process_cpu_per_row={cpu_per_row}"),
+        notes: format!("process_cpu_per_row={cpu_per_row} psql_cursor_fetch_1000={fetched:.0}"),
     })?;
     Ok(())
+}
+
+/// Runs `psql -c sql` against `url`, output discarded; how long it took.
+async fn psql(url: &str, options: &[&str], sql: &str) -> anyhow::Result<Duration> {
+    let start = Instant::now();
+    let status = tokio::process::Command::new("psql")
+        .args(["-X", "-q", "-v", "ON_ERROR_STOP=1"])
+        .args(options)
+        .args(["-d", url, "-c", sql])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .kill_on_drop(true)
+        .status()
+        .await
+        .context("cannot run psql")?;
+    let took = start.elapsed();
+    anyhow::ensure!(status.success(), "psql failed: {status}");
+    Ok(took)
 }
