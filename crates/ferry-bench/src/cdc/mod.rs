@@ -41,8 +41,8 @@ pub struct CdcArgs {
 #[derive(clap::Subcommand, Debug)]
 enum CdcCommand {
     /// PostgreSQL log mode (PgCapture + ship to null) draining N inserts,
-    /// beside pg_recvlogical (pgoutput) draining a second slot made at the
-    /// same point.
+    /// beside pg_recvlogical draining slots made at the same point with
+    /// test_decoding and with pgoutput.
     ThroughputPg(throughput::PgArgs),
     /// MariaDB binlog mode draining N inserts, beside `mariadb-binlog
     /// --verbose` decoding the same binlog range from the server.

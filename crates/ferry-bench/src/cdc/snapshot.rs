@@ -26,6 +26,10 @@ pub struct SnapshotArgs {
     /// Rows in the table.
     #[arg(long, default_value_t = 1_000_000)]
     pub rows: u64,
+    /// The capture's `snapshot_chunk`: rows per `FETCH` (handed over
+    /// `ship`'s batch at a time).
+    #[arg(long, default_value_t = 1000)]
+    pub chunk: usize,
 }
 
 pub async fn run(args: &SnapshotArgs, tsv: &Tsv) -> anyhow::Result<()> {
@@ -37,6 +41,7 @@ pub async fn run(args: &SnapshotArgs, tsv: &Tsv) -> anyhow::Result<()> {
         format!("s{:08x}", rand::random::<u32>()),
     );
     config.snapshot = SnapshotMode::Initial;
+    config.snapshot_chunk = args.chunk;
     config.tables = Filter {
         include: vec![format!("public.{TABLE}")],
         ..Filter::default()
@@ -130,7 +135,7 @@ async fn inner(
         unit: "rows/s",
         baseline: "psql_copy_to_stdout".to_owned(),
         baseline_value: Some(b),
-        settings: format!("rows={n}"),
+        settings: format!("rows={n} snapshot_chunk={}", args.chunk),
         notes: format!("process_cpu_per_row={cpu_per_row} psql_cursor_fetch_1000={fetched:.0}"),
     })?;
     Ok(())

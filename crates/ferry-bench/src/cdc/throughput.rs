@@ -115,7 +115,7 @@ pub async fn run_pg(args: &PgArgs, tsv: &Tsv) -> anyhow::Result<()> {
         ..Filter::default()
     };
     let slot2 = format!("ferry_bench_recv_{name}");
-    let slots = vec![config.slot_name(), slot2.clone()];
+    let slots = vec![config.slot_name(), slot2.clone(), format!("{slot2}_td")];
     let result = pg_inner(args, &scratch.url, config, &slot2, &describe, tsv).await;
     drop_slots(&args.pg, &slots).await;
     scratch.remove().await;
@@ -139,10 +139,16 @@ async fn pg_inner(
     let capture = PgCapture::connect(config)
         .await
         .map_err(|e| anyhow::anyhow!("{}", e.describe()))?;
-    sqlx::query("SELECT pg_create_logical_replication_slot($1, 'pgoutput')")
-        .bind(slot2)
-        .execute(&mut conn)
-        .await?;
+    // The ceiling: test_decoding (the database's own text
+    // decoder); pgoutput beside it, the capture's own plugin.
+    let slot_td = format!("{slot2}_td");
+    for (slot, plugin) in [(slot2, "pgoutput"), (slot_td.as_str(), "test_decoding")] {
+        sqlx::query("SELECT pg_create_logical_replication_slot($1, $2)")
+            .bind(slot)
+            .bind(plugin)
+            .execute(&mut conn)
+            .await?;
+    }
     let start = Instant::now();
     for (from, to) in ranges(n, args.load.txn) {
         conn.execute(insert_sql(from, to).as_str()).await?;
@@ -163,31 +169,22 @@ async fn pg_inner(
     let ferry = done - start;
     shipping.stop().await?;
 
-    let start = Instant::now();
-    let status = tokio::process::Command::new("pg_recvlogical")
-        .args(["-d", url, "-S", slot2, "--start", "-o", "proto_version=1"])
-        .arg("-o")
-        .arg(format!("publication_names={publication}"))
-        .args(["-E", &end, "-f", "/dev/null", "--no-loop"])
-        .stdin(Stdio::null())
-        .kill_on_drop(true)
-        .status();
-    let status = tokio::time::timeout(DRAIN_TIMEOUT, status)
-        .await
-        .context("pg_recvlogical did not reach the end LSN")?
-        .context("cannot run pg_recvlogical")?;
-    let base = start.elapsed();
-    if !status.success() {
-        bail!("pg_recvlogical failed: {status}");
-    }
-    let confirmed: Option<String> = sqlx::query_scalar(
-        "SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = $1",
-    )
-    .bind(slot2)
-    .fetch_one(&mut conn)
-    .await?;
-    println!("pg_recvlogical stopped at end LSN {end} (its slot confirmed {confirmed:?})");
+    let pgoutput = [
+        "-o".to_owned(),
+        "proto_version=1".to_owned(),
+        "-o".to_owned(),
+        format!("publication_names={publication}"),
+    ];
+    let base = recv(url, slot2, &pgoutput, &end, &mut conn).await?;
+    let base_td = recv(url, &slot_td, &[], &end, &mut conn).await?;
     let _ = conn.close().await;
+    print_pair(
+        "postgres log mode → null",
+        n,
+        ferry,
+        "pg_recvlogical (test_decoding, to /dev/null)",
+        base_td,
+    );
     print_pair(
         "postgres log mode → null",
         n,
@@ -195,17 +192,59 @@ async fn pg_inner(
         "pg_recvlogical (pgoutput, same publication, to /dev/null)",
         base,
     );
-    tsv.append(&figure(
-        "postgres",
-        describe,
-        "cdc_log_drain",
-        n,
-        ferry,
-        "pg_recvlogical_pgoutput",
-        base,
-        &args.load,
-    ))?;
+    for (name, time) in [
+        ("pg_recvlogical_test_decoding", base_td),
+        ("pg_recvlogical_pgoutput", base),
+    ] {
+        tsv.append(&figure(
+            "postgres",
+            describe,
+            "cdc_log_drain",
+            n,
+            ferry,
+            name,
+            time,
+            &args.load,
+        ))?;
+    }
     Ok(())
+}
+
+/// How long `pg_recvlogical` with `options` takes to drain `slot` to
+/// /dev/null up to `end` (connecting included).
+async fn recv(
+    url: &str,
+    slot: &str,
+    options: &[String],
+    end: &str,
+    conn: &mut PgConnection,
+) -> anyhow::Result<Duration> {
+    let start = Instant::now();
+    let status = tokio::process::Command::new("pg_recvlogical")
+        .args(["-d", url, "-S", slot, "--start"])
+        .args(options)
+        .args(["-E", end, "-f", "/dev/null", "--no-loop"])
+        .stdin(Stdio::null())
+        .kill_on_drop(true)
+        .status();
+    let status = tokio::time::timeout(DRAIN_TIMEOUT, status)
+        .await
+        .context("pg_recvlogical did not reach the end LSN")?
+        .context("cannot run pg_recvlogical")?;
+    let took = start.elapsed();
+    if !status.success() {
+        bail!("pg_recvlogical failed: {status}");
+    }
+    let confirmed: Option<String> = sqlx::query_scalar(
+        "SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = $1",
+    )
+    .bind(slot)
+    .fetch_one(conn)
+    .await?;
+    println!(
+        "pg_recvlogical on {slot} stopped at end LSN {end} (its slot confirmed {confirmed:?})"
+    );
+    Ok(took)
 }
 
 /// MariaDB binlog mode beside `mariadb-binlog --read-from-remote-server

@@ -1,0 +1,1 @@
+//! The sender: export jobs, their windows and run history.

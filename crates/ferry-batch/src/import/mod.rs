@@ -1,0 +1,1 @@
+//! The receiver: import jobs, verification, the once-only ledger.
