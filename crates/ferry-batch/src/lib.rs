@@ -15,6 +15,7 @@ pub mod format;
 pub mod import;
 pub mod location;
 pub mod manifest;
+pub mod schedule;
 
 pub use location::{Entry, Location};
 pub use manifest::{Column, FileEntry, FileFormat, Manifest, ValueKind, Window};

@@ -1,1 +1,3 @@
 //! The sender: export jobs, their windows and run history.
+
+pub mod write;

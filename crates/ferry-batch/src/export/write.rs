@@ -1,0 +1,1 @@
+//! Running an export query and writing its rows to local part files.
