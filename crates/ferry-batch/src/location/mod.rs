@@ -25,10 +25,14 @@
 //!   a batch's manifest last, so a batch is never half in two places for
 //!   longer than that).
 
+mod folder;
+
 use std::path::Path;
 
 use ferry_core::Failure;
 use futures::future::BoxFuture;
+
+pub use folder::FolderLocation;
 
 /// A file found by [`Location::list`].
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -90,6 +94,22 @@ pub fn parent(name: &str) -> &str {
     name.rsplit_once('/').map_or("", |(dir, _)| dir)
 }
 
+/// The last part of `name` (the whole name at the root).
+pub fn base_name(name: &str) -> &str {
+    name.rsplit_once('/').map_or(name, |(_, base)| base)
+}
+
+/// The start of every temporary name a put of `base` writes:
+/// `.<base>.part-`.
+pub(crate) fn part_prefix(base: &str) -> String {
+    format!(".{base}.part-")
+}
+
+/// A fresh temporary name for a put of `base`: `.<base>.part-<random>`.
+pub(crate) fn part_name(base: &str) -> String {
+    format!("{}{}", part_prefix(base), uuid::Uuid::now_v7().simple())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -104,5 +124,9 @@ mod tests {
         }
         assert_eq!(parent("archive/a.csv"), "archive");
         assert_eq!(parent("a.csv"), "");
+        assert_eq!(base_name("archive/a.csv"), "a.csv");
+        assert_eq!(base_name("a.csv"), "a.csv");
+        assert!(part_name("a.csv").starts_with(".a.csv.part-"));
+        assert_ne!(part_name("a.csv"), part_name("a.csv"));
     }
 }
