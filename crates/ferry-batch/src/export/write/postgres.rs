@@ -1,0 +1,321 @@
+//! PostgreSQL: `COPY (…) TO STDOUT WITH (FORMAT csv)`, each column
+//! wrapped so the server prints its canonical text, parsed and written
+//! again by the same [`RowWriter`](crate::format::RowWriter) as every
+//! other source (so the bytes are the same as theirs), on a thread of its
+//! own while the next rows arrive.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use ferry_core::Failure;
+use futures::StreamExt;
+use sqlx::postgres::{PgConnection, PgPool, PgTypeInfo, PgTypeKind};
+use sqlx::{Column as _, Connection, Executor, Statement, TypeInfo};
+
+use super::sql::{db_failure, param, pg_literal, translate, Dialect};
+use super::{row_failure, Parts, PartsSpec, Query, Written};
+use crate::{Column, ValueKind};
+
+/// COPY output gathered before it is handed to the writing thread.
+const BATCH: usize = 256 * 1024;
+
+/// Session settings the canonical texts rest on (local to the transaction).
+const SETTINGS: &str = "SET LOCAL extra_float_digits = 1; \
+     SET LOCAL DateStyle = 'ISO, YMD'; \
+     SET LOCAL bytea_output = 'hex'; \
+     SET LOCAL standard_conforming_strings = on";
+
+pub(super) async fn write_parts(
+    pool: &PgPool,
+    query: &Query,
+    spec: &PartsSpec,
+    dir: &Path,
+    progress: &(dyn Fn(u64, u64) + Send + Sync),
+) -> Result<Written, Failure> {
+    let mut conn = pool
+        .acquire()
+        .await
+        .map_err(|e| db_failure("cannot connect to PostgreSQL", e))?;
+    let result = run(&mut conn, query, spec, dir, progress).await;
+    if result.is_err() {
+        // It may be in the middle of a COPY: do not hand it to anyone else.
+        conn.close_on_drop();
+    }
+    result
+}
+
+/// The query with its parameters as literals (COPY takes no bind
+/// parameters), without a trailing `;`.
+fn inlined(query: &Query) -> Result<String, Failure> {
+    let sql = query.sql.trim_end().trim_end_matches(';');
+    translate(sql, Dialect::Postgres, |name, out| {
+        pg_literal(param(&query.params, name)?, out)
+    })
+}
+
+/// A column's kind from its type (a domain's from its base type).
+fn kind(ty: &PgTypeInfo) -> ValueKind {
+    let base = match ty.kind() {
+        PgTypeKind::Domain(base) => base,
+        _ => ty,
+    };
+    match base.name().to_ascii_uppercase().as_str() {
+        "INT2" | "INT4" | "INT8" => ValueKind::Integer,
+        "NUMERIC" => ValueKind::Decimal,
+        "FLOAT4" | "FLOAT8" => ValueKind::Float,
+        "BOOL" => ValueKind::Boolean,
+        "TIMESTAMPTZ" => ValueKind::Timestamp,
+        "TIMESTAMP" => ValueKind::DateTime,
+        "DATE" => ValueKind::Date,
+        "TIME" => ValueKind::Time,
+        "JSON" | "JSONB" => ValueKind::Json,
+        "BYTEA" => ValueKind::Bytes,
+        _ => ValueKind::Text,
+    }
+}
+
+/// The expression that prints column `i` (`q.c<i>`) in its canonical text.
+fn canonical(i: usize, kind: ValueKind) -> String {
+    let c = format!("q.c{i}");
+    match kind {
+        ValueKind::Boolean => format!("{c}::text"),
+        ValueKind::Timestamp => {
+            format!("to_char({c} AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')")
+        }
+        ValueKind::DateTime => format!("to_char({c}, 'YYYY-MM-DD\"T\"HH24:MI:SS.US')"),
+        ValueKind::Time => format!("to_char(DATE '2000-01-01' + {c}, 'HH24:MI:SS.US')"),
+        _ => c,
+    }
+}
+
+async fn run(
+    conn: &mut PgConnection,
+    query: &Query,
+    spec: &PartsSpec,
+    dir: &Path,
+    progress: &(dyn Fn(u64, u64) + Send + Sync),
+) -> Result<Written, Failure> {
+    let inner = inlined(query)?;
+    let mut tx = conn
+        .begin()
+        .await
+        .map_err(|e| db_failure("cannot start a transaction", e))?;
+    sqlx::raw_sql(SETTINGS)
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| db_failure("cannot set the session up", e))?;
+    let columns: Vec<Column> = {
+        let statement = (&mut *tx)
+            .prepare(inner.as_str())
+            .await
+            .map_err(|e| db_failure("export query", e))?;
+        statement
+            .columns()
+            .iter()
+            .map(|c| {
+                let ty = c.type_info();
+                let builtin = ty.oid().is_some_and(|o| o.0 < 16384);
+                Column {
+                    name: c.name().to_owned(),
+                    db_type: if builtin {
+                        ty.name().to_ascii_lowercase()
+                    } else {
+                        ty.name().to_owned()
+                    },
+                    kind: kind(ty),
+                }
+            })
+            .collect()
+    };
+    if columns.is_empty() {
+        return Err(Failure::permanent("export query returns no columns"));
+    }
+    let names: Vec<String> = (0..columns.len()).map(|i| format!("c{i}")).collect();
+    let select: Vec<String> = columns
+        .iter()
+        .enumerate()
+        .map(|(i, c)| canonical(i, c.kind))
+        .collect();
+    let copy = format!(
+        "COPY (SELECT {} FROM (\n{inner}\n) AS q({})) TO STDOUT WITH (FORMAT csv)",
+        select.join(", "),
+        names.join(", ")
+    );
+
+    let (sender, mut receiver) = tokio::sync::mpsc::channel::<Vec<u8>>(4);
+    let counters = Arc::new([AtomicU64::new(0), AtomicU64::new(0)]);
+    let writer = {
+        let counters = counters.clone();
+        let mut parts = Parts::new(dir, spec, columns);
+        let dir = dir.to_owned();
+        tokio::task::spawn_blocking(move || {
+            let mut parser = CopyParser::default();
+            while let Some(chunk) = receiver.blocking_recv() {
+                parser.feed(&chunk, &mut parts, &dir)?;
+                let (rows, bytes) = parts.progress();
+                counters[0].store(rows, Ordering::Relaxed);
+                counters[1].store(bytes, Ordering::Relaxed);
+            }
+            if !parser.pending.is_empty() {
+                return Err(Failure::permanent(
+                    "PostgreSQL's COPY output ended inside a record",
+                ));
+            }
+            parts.finish()
+        })
+    };
+
+    let streamed: Result<(), Failure> = async {
+        let mut stream = tx
+            .copy_out_raw(&copy)
+            .await
+            .map_err(|e| db_failure("export query", e))?;
+        let mut batch = Vec::with_capacity(BATCH + 64 * 1024);
+        while let Some(chunk) = stream.next().await {
+            batch.extend_from_slice(&chunk.map_err(|e| db_failure("export query", e))?);
+            if batch.len() >= BATCH {
+                let full = std::mem::replace(&mut batch, Vec::with_capacity(BATCH + 64 * 1024));
+                if sender.send(full).await.is_err() {
+                    // The writer stopped; its result says why.
+                    return Ok(());
+                }
+                progress(
+                    counters[0].load(Ordering::Relaxed),
+                    counters[1].load(Ordering::Relaxed),
+                );
+            }
+        }
+        if !batch.is_empty() {
+            let _ = sender.send(batch).await;
+        }
+        Ok(())
+    }
+    .await;
+    drop(sender);
+    let written = writer
+        .await
+        .map_err(|e| Failure::transient("the part writer stopped").with_source(e))?;
+    streamed?;
+    let written = written?;
+    tx.rollback()
+        .await
+        .map_err(|e| db_failure("cannot end the transaction", e))?;
+    progress(
+        written.parts.iter().map(|p| p.rows).sum(),
+        written.parts.iter().map(|p| p.bytes).sum(),
+    );
+    Ok(written)
+}
+
+/// Splits PostgreSQL's CSV output (LF after each record, NULL an empty
+/// unquoted field) into records, whatever the chunk boundaries.
+#[derive(Default)]
+struct CopyParser {
+    /// The start of a record whose end has not arrived yet.
+    pending: Vec<u8>,
+    /// A quoted field's text with its doubled quotes undone.
+    field: Vec<u8>,
+}
+
+impl CopyParser {
+    fn feed(&mut self, chunk: &[u8], parts: &mut Parts, dir: &Path) -> Result<(), Failure> {
+        if self.pending.is_empty() {
+            let used = records(chunk, &mut self.field, parts, dir)?;
+            self.pending.extend_from_slice(&chunk[used..]);
+        } else {
+            let mut data = std::mem::take(&mut self.pending);
+            data.extend_from_slice(chunk);
+            let used = records(&data, &mut self.field, parts, dir)?;
+            data.drain(..used);
+            self.pending = data;
+        }
+        Ok(())
+    }
+}
+
+/// Writes every complete record of `data`; returns how many bytes they
+/// took.
+fn records(
+    data: &[u8],
+    field: &mut Vec<u8>,
+    parts: &mut Parts,
+    dir: &Path,
+) -> Result<usize, Failure> {
+    let mut start = 0;
+    while let Some(end) = record_end(data, start) {
+        record(&data[start..end], field, parts, dir)?;
+        start = end + 1;
+    }
+    Ok(start)
+}
+
+/// The position of the LF that ends the record starting at `from`.
+fn record_end(data: &[u8], from: usize) -> Option<usize> {
+    let mut quoted = false;
+    let mut i = from;
+    loop {
+        let p = i + memchr::memchr2(b'"', b'\n', data.get(i..)?)?;
+        if data[p] == b'"' {
+            quoted = !quoted;
+        } else if !quoted {
+            return Some(p);
+        }
+        i = p + 1;
+    }
+}
+
+fn unexpected(what: &str) -> Failure {
+    Failure::permanent(format!("unexpected COPY output from PostgreSQL: {what}"))
+}
+
+fn utf8(b: &[u8]) -> Result<&str, Failure> {
+    std::str::from_utf8(b).map_err(|_| unexpected("a value is not UTF-8"))
+}
+
+/// One record (without its LF) to a row.
+fn record(body: &[u8], field: &mut Vec<u8>, parts: &mut Parts, dir: &Path) -> Result<(), Failure> {
+    let w = parts.row()?;
+    let mut i = 0;
+    loop {
+        if body.get(i) == Some(&b'"') {
+            i += 1;
+            let mut q =
+                i + memchr::memchr(b'"', &body[i..]).ok_or_else(|| unexpected("an open quote"))?;
+            if body.get(q + 1) == Some(&b'"') {
+                field.clear();
+                loop {
+                    field.extend_from_slice(&body[i..=q]);
+                    i = q + 2;
+                    q = i + memchr::memchr(b'"', &body[i..])
+                        .ok_or_else(|| unexpected("an open quote"))?;
+                    if body.get(q + 1) != Some(&b'"') {
+                        break;
+                    }
+                }
+                field.extend_from_slice(&body[i..q]);
+                w.cell(Some(utf8(field)?));
+            } else {
+                w.cell(Some(utf8(&body[i..q])?));
+            }
+            i = q + 1;
+            match body.get(i) {
+                None => break,
+                Some(b',') => i += 1,
+                Some(_) => return Err(unexpected("text after a closing quote")),
+            }
+        } else {
+            let end = memchr::memchr(b',', &body[i..]).map_or(body.len(), |e| i + e);
+            w.cell(if end == i {
+                None
+            } else {
+                Some(utf8(&body[i..end])?)
+            });
+            if end == body.len() {
+                break;
+            }
+            i = end + 1;
+        }
+    }
+    w.end_row().map_err(|e| row_failure(e, dir))
+}
