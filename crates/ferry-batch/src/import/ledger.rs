@@ -1,0 +1,108 @@
+//! The ledger of imported batches: `ferry_batch_imports` in the target
+//! database, one row per (job, batch key), written in the transaction
+//! that loads the batch. Its SQL is written once over
+//! [`ferry_store::dialect::Dialect`]; only the time column's type differs.
+
+use ferry_store::dialect::{Bind, Dialect, Exec, Read};
+use ferry_store::DatabaseKind;
+use sqlx::Pool;
+
+use super::batch::Batch;
+
+/// The ledger table.
+pub const TABLE: &str = "ferry_batch_imports";
+
+/// `$n` as the dialect writes parameter `n`.
+pub(crate) fn param<DB: Dialect>(n: usize) -> String {
+    if DB::NUMBERED_PARAMS {
+        format!("${n}")
+    } else {
+        "?".to_owned()
+    }
+}
+
+/// Creates the ledger when it does not exist.
+pub(crate) async fn create<DB: Dialect>(pool: &Pool<DB>) -> Result<(), sqlx::Error> {
+    let time = match DB::KIND {
+        DatabaseKind::Postgres => "TIMESTAMPTZ",
+        DatabaseKind::Sqlite => "TEXT",
+        DatabaseKind::Mysql => "DATETIME(6)",
+    };
+    let sql = format!(
+        "CREATE TABLE IF NOT EXISTS {TABLE} (
+            job VARCHAR(255) NOT NULL,
+            batch_key CHAR(64) NOT NULL,
+            batch VARCHAR(1024) NOT NULL,
+            window_start VARCHAR(255) NOT NULL,
+            window_end VARCHAR(255) NOT NULL,
+            row_count BIGINT NOT NULL,
+            manifest_sha256 CHAR(64) NOT NULL,
+            imported_at {time} NOT NULL,
+            PRIMARY KEY (job, batch_key)
+        )"
+    );
+    let mut conn = pool.acquire().await?;
+    sqlx::query(&sql).execute((*conn).executor()).await?;
+    Ok(())
+}
+
+/// Whether `job` has imported the batch keyed `key`.
+pub(crate) async fn contains<DB: Dialect>(
+    conn: &mut DB::Connection,
+    job: &str,
+    key: &str,
+) -> Result<bool, sqlx::Error> {
+    let sql = format!(
+        "SELECT COUNT(*) AS n FROM {TABLE} WHERE job = {} AND batch_key = {}",
+        param::<DB>(1),
+        param::<DB>(2)
+    );
+    let mut args = DB::Arguments::default();
+    bind::<DB, _>(&mut args, job)?;
+    bind::<DB, _>(&mut args, key)?;
+    let row = sqlx::query_with(&sql, args)
+        .fetch_one(conn.executor())
+        .await?;
+    let n: i64 = row.read("n")?;
+    Ok(n > 0)
+}
+
+/// Records `batch` as imported by `job` with `rows` rows.
+pub(crate) async fn record<DB: Dialect>(
+    conn: &mut DB::Connection,
+    job: &str,
+    batch: &Batch,
+    rows: u64,
+) -> Result<(), sqlx::Error> {
+    let sql = format!(
+        "INSERT INTO {TABLE} (job, batch_key, batch, window_start, window_end, row_count, manifest_sha256, imported_at)
+         VALUES ({}, {}, {}, {}, {}, {}, {}, {})",
+        param::<DB>(1),
+        param::<DB>(2),
+        param::<DB>(3),
+        param::<DB>(4),
+        param::<DB>(5),
+        param::<DB>(6),
+        param::<DB>(7),
+        DB::NOW
+    );
+    let mut args = DB::Arguments::default();
+    bind::<DB, _>(&mut args, job)?;
+    bind::<DB, _>(&mut args, batch.key.as_str())?;
+    bind::<DB, _>(&mut args, batch.name.as_str())?;
+    bind::<DB, _>(&mut args, batch.manifest.window.start.as_str())?;
+    bind::<DB, _>(&mut args, batch.manifest.window.end.as_str())?;
+    bind::<DB, _>(&mut args, i64::try_from(rows).unwrap_or(i64::MAX))?;
+    bind::<DB, _>(&mut args, batch.manifest_sha256.as_str())?;
+    sqlx::query_with(&sql, args)
+        .execute(conn.executor())
+        .await?;
+    Ok(())
+}
+
+fn bind<'q, DB: Dialect, T>(args: &mut DB::Arguments<'q>, value: T) -> Result<(), sqlx::Error>
+where
+    DB::Arguments<'q>: Bind<'q, T>,
+{
+    args.bind_value(value).map_err(sqlx::Error::Encode)
+}
