@@ -70,7 +70,7 @@ pub(super) async fn write_mysql(
             .begin()
             .await
             .map_err(|e| db_failure("cannot start a transaction", e))?;
-        let columns: Vec<Column> = {
+        let mut columns: Vec<Column> = {
             let statement = (&mut *tx)
                 .prepare(sql.as_str())
                 .await
@@ -104,6 +104,21 @@ pub(super) async fn write_mysql(
                 .await
                 .map_err(|e| db_failure("export query", e))?
             {
+                if n == 0 {
+                    // A row's types can differ from the prepared
+                    // statement's (a parameter's, say): the row's hold.
+                    columns = row
+                        .columns()
+                        .iter()
+                        .zip(&columns)
+                        .map(|(c, prepared)| Column {
+                            name: prepared.name.clone(),
+                            db_type: c.type_info().name().to_owned(),
+                            kind: mysql_kind(c.type_info().name()),
+                        })
+                        .collect();
+                    parts = Parts::new(dir, spec, columns.clone());
+                }
                 let w = parts.row()?;
                 for (i, c) in columns.iter().enumerate() {
                     mysql_cell(&row, i, c, &mut text, w)?;
