@@ -1205,3 +1205,49 @@ async fn an_endpoint_down_leaves_the_batch() {
     assert_eq!(endpoint.requests().len(), 3);
     assert!(dropbox.exists("b.manifest.json"));
 }
+
+/// Two importers of one job take the same batch at once (here from two
+/// folders, into a table without a key that would catch a double load):
+/// one loads it, the other finds the ledger row and loads nothing.
+async fn racing_importers_load_once(kind: Db) {
+    let db = Scratch::new(kind).await;
+    db.exec("CREATE TABLE items_nokey AS SELECT * FROM items WHERE 1 = 0")
+        .await;
+    let (one, two) = (Dropbox::new(), Dropbox::new());
+    one.drop_csv("b", "r1");
+    two.drop_csv("b", "r2");
+    let target = serde_json::json!({ "database": { "url": db.url, "table": "items_nokey" } });
+    let first = importer(&one, job("items", target.clone()));
+    let second = importer(&two, job("items", target));
+    let (a, b) = tokio::join!(first.run_once(), second.run_once());
+    let (a, b) = (a.unwrap(), b.unwrap());
+    assert_eq!(a.imported.len() + b.imported.len(), 1, "{a:?} {b:?}");
+    assert_eq!(a.skipped.len() + b.skipped.len(), 1, "{a:?} {b:?}");
+    let text = match kind {
+        Db::Mysql => "CHAR",
+        _ => "TEXT",
+    };
+    let rows = db
+        .cells(
+            &format!("SELECT CAST(COUNT(*) AS {text}) FROM items_nokey"),
+            1,
+        )
+        .await;
+    assert_eq!(rows, vec![vec![Some("3".to_owned())]]);
+    assert_eq!(db.ledger().await.len(), 1);
+}
+
+#[tokio::test]
+async fn racing_importers_load_once_postgres() {
+    racing_importers_load_once(Db::Postgres).await;
+}
+
+#[tokio::test]
+async fn racing_importers_load_once_mariadb() {
+    racing_importers_load_once(Db::Mysql).await;
+}
+
+#[tokio::test]
+async fn racing_importers_load_once_sqlite() {
+    racing_importers_load_once(Db::Sqlite).await;
+}

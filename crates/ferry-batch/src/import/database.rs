@@ -327,11 +327,16 @@ async fn load_postgres(
     let plan = plan(target, batch, &table_columns, true, quote_double)?;
     let columns = plan.columns.join(", ");
     let mut tx = pool.begin().await.map_err(db_problem)?;
-    if ledger::contains::<sqlx::Postgres>(&mut tx, job, &batch.key)
-        .await
-        .map_err(ledger_problem)?
+    // The ledger row first: an importer racing on the same batch waits
+    // for this transaction on the row's key, then finds it and loads
+    // nothing; when this transaction rolls back, the row goes with it.
+    if let Err(e) =
+        ledger::record::<sqlx::Postgres>(&mut tx, job, batch, batch.manifest.rows()).await
     {
-        return Ok(Loaded::AlreadyImported);
+        if is_unique_violation(&e) {
+            return Ok(Loaded::AlreadyImported);
+        }
+        return Err(ledger_problem(e));
     }
     let into = match target.conflict {
         Conflict::Insert => target.table.clone(),
@@ -401,13 +406,6 @@ async fn load_postgres(
         .execute(&mut *tx)
         .await
         .map_err(db_problem)?;
-    }
-    if let Err(e) = ledger::record::<sqlx::Postgres>(&mut tx, job, batch, total).await {
-        if is_unique_violation(&e) {
-            // Another importer loaded the same batch meanwhile.
-            return Ok(Loaded::AlreadyImported);
-        }
-        return Err(ledger_problem(e));
     }
     tx.commit().await.map_err(db_problem)?;
     Ok(Loaded::Imported(total))
@@ -542,11 +540,15 @@ async fn load_mysql(
     let columns = plan.columns.join(", ");
     let width = plan.columns.len();
     let mut tx = conn.begin().await.map_err(db_problem)?;
-    if ledger::contains::<sqlx::MySql>(&mut tx, job, &batch.key)
-        .await
-        .map_err(ledger_problem)?
+    // The ledger row first: an importer racing on the same batch waits
+    // for this transaction on the row's key, then finds it and loads
+    // nothing; when this transaction rolls back, the row goes with it.
+    if let Err(e) = ledger::record::<sqlx::MySql>(&mut tx, job, batch, batch.manifest.rows()).await
     {
-        return Ok(Loaded::AlreadyImported);
+        if is_unique_violation(&e) {
+            return Ok(Loaded::AlreadyImported);
+        }
+        return Err(ledger_problem(e));
     }
     if let Some((column, _)) = &plan.window {
         let bound = |b: &str| {
@@ -621,12 +623,6 @@ async fn load_mysql(
         }
         total += n;
     }
-    if let Err(e) = ledger::record::<sqlx::MySql>(&mut tx, job, batch, total).await {
-        if is_unique_violation(&e) {
-            return Ok(Loaded::AlreadyImported);
-        }
-        return Err(ledger_problem(e));
-    }
     tx.commit().await.map_err(db_problem)?;
     Ok(Loaded::Imported(total))
 }
@@ -655,11 +651,15 @@ async fn load_sqlite(
     let plan = plan(target, batch, &table_columns, false, quote_double)?;
     let columns = plan.columns.join(", ");
     let mut tx = pool.begin().await.map_err(db_problem)?;
-    if ledger::contains::<sqlx::Sqlite>(&mut tx, job, &batch.key)
-        .await
-        .map_err(ledger_problem)?
+    // The ledger row first: an importer racing on the same batch waits
+    // for this transaction on the row's key, then finds it and loads
+    // nothing; when this transaction rolls back, the row goes with it.
+    if let Err(e) = ledger::record::<sqlx::Sqlite>(&mut tx, job, batch, batch.manifest.rows()).await
     {
-        return Ok(Loaded::AlreadyImported);
+        if is_unique_violation(&e) {
+            return Ok(Loaded::AlreadyImported);
+        }
+        return Err(ledger_problem(e));
     }
     if let Some((column, _)) = &plan.window {
         // Times compare as their canonical text does.
@@ -754,12 +754,6 @@ async fn load_sqlite(
             return Err(row_count_mismatch(&label, n, entry.rows));
         }
         total += n;
-    }
-    if let Err(e) = ledger::record::<sqlx::Sqlite>(&mut tx, job, batch, total).await {
-        if is_unique_violation(&e) {
-            return Ok(Loaded::AlreadyImported);
-        }
-        return Err(ledger_problem(e));
     }
     tx.commit().await.map_err(db_problem)?;
     Ok(Loaded::Imported(total))

@@ -34,9 +34,11 @@
 //! manifest's window and its data files' SHA-256 list, not over the
 //! manifest's bytes, because a sender that re-runs a window writes the
 //! same files under a manifest with a new `run_id` and `created_at`. The
-//! load and the ledger row commit together, so a batch is loaded exactly
-//! once whatever stops the importer; two importers racing on one batch
-//! end with one load (the second's ledger insert conflicts and rolls back).
+//! ledger row is inserted first in the transaction that loads the batch
+//! and commits with it, so a batch is loaded exactly once whatever stops
+//! the importer; an importer racing on the same batch (another process,
+//! or the same batch in another folder) waits on that row and then loads
+//! nothing.
 //! HTTP targets have no ledger: they rely on the endpoint deduplicating by
 //! `Idempotency-Key`, which is the same for the same chunk of the same
 //! batch.
