@@ -1251,3 +1251,22 @@ async fn racing_importers_load_once_mariadb() {
 async fn racing_importers_load_once_sqlite() {
     racing_importers_load_once(Db::Sqlite).await;
 }
+
+/// `Importer::new` opens the job's own source location from its URL.
+#[tokio::test]
+async fn new_opens_the_configured_source() {
+    let db = Scratch::new(Db::Sqlite).await;
+    let dropbox = Dropbox::new();
+    dropbox.drop_csv("b", "r1");
+    let mut job = job("items", db_target(&db.url, serde_json::json!({})));
+    job.source =
+        ferry_batch::location::LocationConfig::new(format!("file://{}", dropbox.root.0.display()));
+    let importer = Importer::new(job).await.unwrap();
+    assert_eq!(importer.run_once().await.unwrap().imported.len(), 1);
+    assert_eq!(db.items().await, expected());
+
+    let mut bad = self::job("items", db_target(&db.url, serde_json::json!({})));
+    bad.source = ferry_batch::location::LocationConfig::new("ftp://example.com/x");
+    let err = Importer::new(bad).await.unwrap_err();
+    assert_eq!(err.kind, ErrorKind::Permanent);
+}

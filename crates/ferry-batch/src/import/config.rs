@@ -6,7 +6,7 @@ use std::time::Duration;
 use ferry_core::Failure;
 use serde::Deserialize;
 
-use super::pending::LocationConfig;
+use crate::location::LocationConfig;
 
 /// One import job: where batches arrive, where their rows go, and what
 /// happens to a batch afterwards.

@@ -42,8 +42,22 @@ pub(crate) async fn create<DB: Dialect>(pool: &Pool<DB>) -> Result<(), sqlx::Err
         )"
     );
     let mut conn = pool.acquire().await?;
-    sqlx::query(&sql).execute((*conn).executor()).await?;
-    Ok(())
+    let mut tries = 0;
+    loop {
+        match sqlx::query(&sql).execute((*conn).executor()).await {
+            Ok(_) => return Ok(()),
+            // PostgreSQL: two sessions creating the table at once; the
+            // loser fails on the catalog's unique index, and its next
+            // try sees the table.
+            Err(sqlx::Error::Database(d))
+                if tries < 3
+                    && (d.is_unique_violation() || d.code().as_deref() == Some("42P07")) =>
+            {
+                tries += 1;
+            }
+            Err(e) => return Err(e),
+        }
+    }
 }
 
 /// Whether `job` has imported the batch keyed `key`.

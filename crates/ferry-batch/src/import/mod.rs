@@ -48,7 +48,6 @@ mod config;
 mod database;
 mod http;
 mod ledger;
-mod pending;
 mod stream;
 
 use std::sync::{Arc, Mutex};
@@ -128,11 +127,12 @@ impl std::fmt::Debug for Importer {
 }
 
 impl Importer {
-    /// An importer for `job`, opening its source location. Connects to
-    /// nothing yet: the target database is connected on the first pass.
-    pub fn new(job: ImportJob) -> Result<Self, Failure> {
+    /// An importer for `job`, opening its source location
+    /// ([`crate::location::open`]). Connects to nothing yet: the location
+    /// and the target database are reached on the first pass.
+    pub async fn new(job: ImportJob) -> Result<Self, Failure> {
         job.validate()?;
-        let location = pending::open(&job.source)?;
+        let location = crate::location::open(&job.source).await?;
         Self::with_location(job, location)
     }
 
