@@ -321,8 +321,13 @@ pub(crate) async fn expire(
     keep: std::time::Duration,
 ) -> Result<usize, Failure> {
     let archive = job.path(&job.archive);
-    let cutoff =
-        chrono::Utc::now() - chrono::Duration::from_std(keep).unwrap_or(chrono::Duration::MAX);
+    // A retention longer than the calendar reaches keeps everything.
+    let Some(cutoff) = chrono::Duration::from_std(keep)
+        .ok()
+        .and_then(|keep| chrono::Utc::now().checked_sub_signed(keep))
+    else {
+        return Ok(0);
+    };
     let mut deleted = 0;
     for entry in location.list(&archive).await? {
         let base = crate::location::base_name(&entry.name);
