@@ -91,7 +91,10 @@ pub enum Conflict {
     /// next poll).
     #[default]
     Insert,
-    /// Insert, or update the row with the same `key`.
+    /// Insert, or update the row with the same `key`. PostgreSQL and
+    /// SQLite need a primary key or unique index over exactly the `key`
+    /// columns; MariaDB's `ON DUPLICATE KEY UPDATE` updates on a conflict
+    /// with any of the table's unique keys.
     Upsert,
     /// Delete the rows whose `window_column` is in the manifest's window
     /// `[start, end)`, then insert the batch's rows, in one transaction.
