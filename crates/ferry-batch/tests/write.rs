@@ -475,3 +475,39 @@ async fn bad_queries_are_permanent_failures() {
     .await;
     assert_eq!(written.parts[0].rows, 1);
 }
+
+/// A manual timing, not an assertion: `FERRY_A1_BENCH_URL=postgres://…/db
+/// cargo test --release -p ferry-batch --test write -- --ignored
+/// --nocapture` exports the table `bench` of that database to CSV and
+/// JSON Lines and prints the time each took.
+#[tokio::test]
+#[ignore]
+async fn time_a_large_postgres_export() {
+    let Ok(url) = std::env::var("FERRY_A1_BENCH_URL") else {
+        return;
+    };
+    let db = Database::connect(&url).await.unwrap();
+    for (format, gzip) in [
+        (FileFormat::Csv, false),
+        (FileFormat::Jsonl, false),
+        (FileFormat::Csv, true),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let started = std::time::Instant::now();
+        let written = write_parts(
+            &db,
+            &query("SELECT * FROM bench"),
+            &spec(format, gzip, 0),
+            dir.path(),
+            &|_, _| {},
+        )
+        .await
+        .unwrap();
+        let rows: u64 = written.parts.iter().map(|p| p.rows).sum();
+        let bytes: u64 = written.parts.iter().map(|p| p.bytes).sum();
+        println!(
+            "{format:?} gzip={gzip}: {rows} rows, {bytes} bytes in {:?}",
+            started.elapsed()
+        );
+    }
+}

@@ -75,17 +75,61 @@ fn kind(ty: &PgTypeInfo) -> ValueKind {
     }
 }
 
-/// The expression that prints column `i` (`q.c<i>`) in its canonical text.
+/// The expression that prints column `i` (`q.c<i>`) in a text that
+/// [`canonical_text`] makes canonical cheaply (`to_char` would cost the
+/// server more than the whole export).
 fn canonical(i: usize, kind: ValueKind) -> String {
-    let c = format!("q.c{i}");
     match kind {
-        ValueKind::Boolean => format!("{c}::text"),
-        ValueKind::Timestamp => {
-            format!("to_char({c} AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')")
+        ValueKind::Timestamp => format!("(q.c{i} AT TIME ZONE 'UTC')"),
+        _ => format!("q.c{i}"),
+    }
+}
+
+/// PostgreSQL's text of a value (DateStyle ISO) in its canonical text:
+/// `t`/`f` as `true`/`false`, timestamps with `T`, six fractional digits
+/// (and `Z` for a timestamptz, printed in UTC), times with six
+/// fractional digits. Texts of no such shape (`infinity`, BC dates) stay
+/// as PostgreSQL prints them.
+fn canonical_text<'a>(kind: ValueKind, raw: &'a str, out: &'a mut String) -> &'a str {
+    match kind {
+        ValueKind::Boolean => match raw {
+            "t" => "true",
+            "f" => "false",
+            _ => raw,
+        },
+        ValueKind::Timestamp | ValueKind::DateTime => {
+            let Some((date, time)) = raw.split_once(' ') else {
+                return raw;
+            };
+            if time.contains(' ') || time.as_bytes().get(2) != Some(&b':') {
+                return raw;
+            }
+            out.clear();
+            out.push_str(date);
+            out.push('T');
+            six_digits(time, out);
+            if kind == ValueKind::Timestamp {
+                out.push('Z');
+            }
+            out
         }
-        ValueKind::DateTime => format!("to_char({c}, 'YYYY-MM-DD\"T\"HH24:MI:SS.US')"),
-        ValueKind::Time => format!("to_char(DATE '2000-01-01' + {c}, 'HH24:MI:SS.US')"),
-        _ => c,
+        ValueKind::Time => {
+            out.clear();
+            six_digits(raw, out);
+            out
+        }
+        _ => raw,
+    }
+}
+
+/// `HH:MM:SS[.f]` with the fraction padded to six digits.
+fn six_digits(time: &str, out: &mut String) {
+    let (hms, fraction) = time.split_once('.').unwrap_or((time, ""));
+    out.push_str(hms);
+    out.push('.');
+    out.push_str(fraction);
+    for _ in fraction.len()..6 {
+        out.push('0');
     }
 }
 
@@ -150,7 +194,14 @@ async fn run(
         let mut parts = Parts::new(dir, spec, columns);
         let dir = dir.to_owned();
         tokio::task::spawn_blocking(move || {
-            let mut parser = CopyParser::default();
+            let mut parser = CopyParser {
+                pending: Vec::new(),
+                scratch: Scratch {
+                    field: Vec::new(),
+                    text: String::new(),
+                    kinds: parts.columns.iter().map(|c| c.kind).collect(),
+                },
+            };
             while let Some(chunk) = receiver.blocking_recv() {
                 parser.feed(&chunk, &mut parts, &dir)?;
                 let (rows, bytes) = parts.progress();
@@ -210,23 +261,31 @@ async fn run(
 
 /// Splits PostgreSQL's CSV output (LF after each record, NULL an empty
 /// unquoted field) into records, whatever the chunk boundaries.
-#[derive(Default)]
 struct CopyParser {
     /// The start of a record whose end has not arrived yet.
     pending: Vec<u8>,
+    scratch: Scratch,
+}
+
+/// What parsing a record needs besides the record.
+struct Scratch {
     /// A quoted field's text with its doubled quotes undone.
     field: Vec<u8>,
+    /// A value rewritten in its canonical text.
+    text: String,
+    /// Each column's kind.
+    kinds: Vec<ValueKind>,
 }
 
 impl CopyParser {
     fn feed(&mut self, chunk: &[u8], parts: &mut Parts, dir: &Path) -> Result<(), Failure> {
         if self.pending.is_empty() {
-            let used = records(chunk, &mut self.field, parts, dir)?;
+            let used = records(chunk, &mut self.scratch, parts, dir)?;
             self.pending.extend_from_slice(&chunk[used..]);
         } else {
             let mut data = std::mem::take(&mut self.pending);
             data.extend_from_slice(chunk);
-            let used = records(&data, &mut self.field, parts, dir)?;
+            let used = records(&data, &mut self.scratch, parts, dir)?;
             data.drain(..used);
             self.pending = data;
         }
@@ -238,13 +297,13 @@ impl CopyParser {
 /// took.
 fn records(
     data: &[u8],
-    field: &mut Vec<u8>,
+    scratch: &mut Scratch,
     parts: &mut Parts,
     dir: &Path,
 ) -> Result<usize, Failure> {
     let mut start = 0;
     while let Some(end) = record_end(data, start) {
-        record(&data[start..end], field, parts, dir)?;
+        record(&data[start..end], scratch, parts, dir)?;
         start = end + 1;
     }
     Ok(start)
@@ -274,9 +333,22 @@ fn utf8(b: &[u8]) -> Result<&str, Failure> {
 }
 
 /// One record (without its LF) to a row.
-fn record(body: &[u8], field: &mut Vec<u8>, parts: &mut Parts, dir: &Path) -> Result<(), Failure> {
+fn record(
+    body: &[u8],
+    scratch: &mut Scratch,
+    parts: &mut Parts,
+    dir: &Path,
+) -> Result<(), Failure> {
     let w = parts.row()?;
+    let Scratch { field, text, kinds } = scratch;
     let mut i = 0;
+    let mut col = 0;
+    let mut cell = |w: &mut crate::format::RowWriter<crate::format::PartFile>,
+                    value: Option<&str>| {
+        let kind = kinds.get(col).copied().unwrap_or(ValueKind::Text);
+        col += 1;
+        w.cell(value.map(|v| canonical_text(kind, v, text)));
+    };
     loop {
         if body.get(i) == Some(&b'"') {
             i += 1;
@@ -294,9 +366,9 @@ fn record(body: &[u8], field: &mut Vec<u8>, parts: &mut Parts, dir: &Path) -> Re
                     }
                 }
                 field.extend_from_slice(&body[i..q]);
-                w.cell(Some(utf8(field)?));
+                cell(w, Some(utf8(field)?));
             } else {
-                w.cell(Some(utf8(&body[i..q])?));
+                cell(w, Some(utf8(&body[i..q])?));
             }
             i = q + 1;
             match body.get(i) {
@@ -306,11 +378,14 @@ fn record(body: &[u8], field: &mut Vec<u8>, parts: &mut Parts, dir: &Path) -> Re
             }
         } else {
             let end = memchr::memchr(b',', &body[i..]).map_or(body.len(), |e| i + e);
-            w.cell(if end == i {
-                None
-            } else {
-                Some(utf8(&body[i..end])?)
-            });
+            cell(
+                w,
+                if end == i {
+                    None
+                } else {
+                    Some(utf8(&body[i..end])?)
+                },
+            );
             if end == body.len() {
                 break;
             }
@@ -318,4 +393,54 @@ fn record(body: &[u8], field: &mut Vec<u8>, parts: &mut Parts, dir: &Path) -> Re
         }
     }
     w.end_row().map_err(|e| row_failure(e, dir))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rewrites_postgresql_texts_to_canonical_ones() {
+        let mut out = String::new();
+        let cases = [
+            (
+                ValueKind::Timestamp,
+                "2026-12-07 02:00:00",
+                "2026-12-07T02:00:00.000000Z",
+            ),
+            (
+                ValueKind::Timestamp,
+                "2026-12-07 02:00:00.5",
+                "2026-12-07T02:00:00.500000Z",
+            ),
+            (
+                ValueKind::DateTime,
+                "12026-01-01 00:00:00.000001",
+                "12026-01-01T00:00:00.000001",
+            ),
+            (
+                ValueKind::DateTime,
+                "0044-03-15 12:00:00 BC",
+                "0044-03-15 12:00:00 BC",
+            ),
+            (ValueKind::Timestamp, "infinity", "infinity"),
+            (ValueKind::Time, "23:59:59.99", "23:59:59.990000"),
+            (ValueKind::Boolean, "t", "true"),
+            (ValueKind::Boolean, "f", "false"),
+            (ValueKind::Text, "t", "t"),
+        ];
+        for (kind, raw, expected) in cases {
+            assert_eq!(canonical_text(kind, raw, &mut out), expected);
+        }
+    }
+
+    #[test]
+    fn finds_record_ends_outside_quotes() {
+        let data = b"1,\"a\nb\"\"\n\"\n2,x\n3,\"open\n";
+        let first = record_end(data, 0).unwrap();
+        assert_eq!(&data[..first], b"1,\"a\nb\"\"\n\"");
+        let second = record_end(data, first + 1).unwrap();
+        assert_eq!(&data[first + 1..second], b"2,x");
+        assert_eq!(record_end(data, second + 1), None);
+    }
 }
