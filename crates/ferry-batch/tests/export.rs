@@ -824,3 +824,64 @@ async fn run_catches_up_then_stops_on_shutdown() {
     assert_eq!(starts, sorted, "in order, once each");
     assert!(out.0.join("orders-20261205.csv").exists());
 }
+
+#[tokio::test]
+async fn a_job_from_toml_opens_its_folder_or_http_destination() {
+    let db = SqliteTestDb::create();
+    sqlite_orders(&db.url).await;
+    let state = Database::connect(&db.url).await.unwrap();
+    let out = TempDir::new();
+    let job: ExportJob = toml::from_str(&format!(
+        r#"
+        name = "orders"
+        database = "{db}"
+        query = "{query}"
+        schedule = "0 0 * * *"
+        timezone = "UTC"
+        file_name = "{{job}}-{{window_start:%Y%m%d}}.{{ext}}"
+        batch_name = "{{job}}-{{window_start:%Y%m%d}}"
+        max_rows_per_file = 0
+        [destination]
+        url = "file://{out}"
+        "#,
+        db = db.url,
+        query = SQLITE_QUERY,
+        out = out.0.display()
+    ))
+    .unwrap();
+    let exporter = Exporter::new(job, state.clone()).await.unwrap();
+    let record = exporter
+        .run_window(&day("2026-12-06T00:00:00Z"), Trigger::Manual)
+        .await
+        .unwrap();
+    assert_eq!(record.status, RunStatus::Succeeded, "{:?}", record.error);
+    assert_eq!(
+        files_in(&out.0),
+        ["orders-20261206.csv", "orders-20261206.manifest.json"]
+    );
+    let manifest =
+        Manifest::parse(&std::fs::read(out.0.join("orders-20261206.manifest.json")).unwrap())
+            .unwrap();
+    assert_eq!(check_files(&out.0, &manifest).len(), 3);
+
+    // An http:// destination sends the rows as bulk chunks, one per part.
+    let endpoint = Endpoint::default();
+    let url = serve(endpoint.clone()).await;
+    let mut job: ExportJob = toml::from_str(&format!(
+        "name = \"orders\"\ndatabase = \"{}\"\nquery = \"SELECT id FROM orders ORDER BY id\"\nevery = \"1d\"\nformat = \"jsonl\"\nmax_rows_per_file = 3\n[destination]\nurl = \"{url}\"",
+        db.url
+    ))
+    .unwrap();
+    job.retry = fast_retry(5);
+    let exporter = Exporter::new(job, state.clone()).await.unwrap();
+    let record = exporter
+        .run_window(&day("2026-12-06T00:00:00Z"), Trigger::Manual)
+        .await
+        .unwrap();
+    assert_eq!(record.status, RunStatus::Succeeded, "{:?}", record.error);
+    assert_eq!(
+        record.files.iter().map(|f| f.rows).collect::<Vec<_>>(),
+        [3, 2]
+    );
+    assert_eq!(endpoint.requests.lock().unwrap().len(), 4);
+}

@@ -48,6 +48,16 @@ fn default_timeout() -> Duration {
 }
 
 impl BulkConfig {
+    /// An endpoint with the default settings.
+    pub fn new(url: impl Into<String>) -> Self {
+        Self {
+            url: url.into(),
+            rows_per_request: None,
+            timeout: default_timeout(),
+            headers: BTreeMap::new(),
+        }
+    }
+
     /// Checks the URL and that the job writes uncompressed JSON Lines.
     pub fn validate(&self, job: &ExportJob) -> Result<(), Failure> {
         let url = url::Url::parse(&self.url).map_err(|e| {

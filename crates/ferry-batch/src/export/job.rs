@@ -24,7 +24,7 @@ use serde::{Deserialize, Serialize};
 
 use super::bulk::BulkConfig;
 use super::name::{Template, DEFAULT_BATCH_NAME, DEFAULT_FILE_NAME};
-use super::pending::LocationConfig;
+use crate::location::LocationConfig;
 use crate::schedule::{CatchUp, Schedule};
 use crate::FileFormat;
 
@@ -86,12 +86,14 @@ pub struct ExportJob {
     /// `{part}`).
     #[serde(default = "default_max_rows")]
     pub max_rows_per_file: u64,
-    /// Where the files go: a folder, SFTP or S3. Exactly one of
-    /// `destination` and `bulk`.
+    /// Where the files go: a folder, SFTP or S3 ([`LocationConfig`]); or
+    /// an `http://` / `https://` URL, which sends the rows as
+    /// [bulk](super::bulk) chunks with the default bulk settings. At most
+    /// one of `destination` and `bulk`.
     #[serde(default)]
     pub destination: Option<LocationConfig>,
     /// An HTTP endpoint the rows are POSTed to as JSON Lines chunks,
-    /// instead of files at a destination.
+    /// instead of files at a destination, with its settings.
     #[serde(default)]
     pub bulk: Option<BulkConfig>,
     /// Attempts and backoff for a run's transfers (and for a query that
@@ -177,9 +179,11 @@ impl ExportJob {
             e.message = format!("export job `{}`: {}", self.name, e.message);
             e
         };
-        match (&self.destination, &self.bulk) {
+        match (&self.destination, &self.bulk_config()) {
             (Some(_), None) => {}
-            (None, Some(bulk)) => bulk.validate(self).map_err(named)?,
+            (_, Some(bulk)) if self.destination.is_none() || self.bulk.is_none() => {
+                bulk.validate(self).map_err(named)?
+            }
             _ => {
                 return Err(named(Failure::permanent(
                     "set exactly one of `destination` (a folder, SFTP or S3) and `bulk` (an HTTP endpoint)",
@@ -255,6 +259,17 @@ impl ExportJob {
             }
         }
         Ok((schedule, file_name, batch_name))
+    }
+
+    /// The bulk endpoint the rows go to: `bulk`, or a `destination`
+    /// whose URL is `http://` or `https://` (with the default settings).
+    pub fn bulk_config(&self) -> Option<BulkConfig> {
+        if let Some(bulk) = &self.bulk {
+            return Some(bulk.clone());
+        }
+        let url = self.destination.as_ref()?.url.trim();
+        let scheme = url.split_once("://")?.0.to_ascii_lowercase();
+        matches!(scheme.as_str(), "http" | "https").then(|| BulkConfig::new(url))
     }
 
     /// `{ext}`: `csv` or `jsonl`, with `.gz` when gzip.

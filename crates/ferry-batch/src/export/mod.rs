@@ -2,16 +2,15 @@
 //!
 //! * [`job`]: an `[[export]]` job's configuration ([`ExportJob`]);
 //! * [`name`]: file and batch name templates;
-//! * [`runs`]: the run history, `ferry_batch_runs`;
+//! * [`runs`](mod@runs): the run history, `ferry_batch_runs`;
 //! * [`run`]: the [`Exporter`], which runs windows, hands over the files
 //!   and writes the manifest last;
 //! * [`bulk`]: the HTTP bulk alternative to files;
-//! * [`write`]: running the query into local part files.
+//! * [`write`](mod@write): running the query into local part files.
 
 pub mod bulk;
 pub mod job;
 pub mod name;
-mod pending;
 pub mod run;
 pub mod runs;
 pub mod write;

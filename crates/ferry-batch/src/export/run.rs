@@ -3,7 +3,7 @@
 //!
 //! A run of a window:
 //!
-//! 1. is recorded `running` in the [run history](super::runs);
+//! 1. is recorded `running` in the [run history](mod@super::runs);
 //! 2. runs the query into part files in a fresh folder under the job's
 //!    `work_dir` (removed afterwards);
 //! 3. names the parts by the job's `file_name` template and puts each at
@@ -22,8 +22,18 @@
 //! names and bytes; only the manifest's `run_id` and `created_at` differ
 //! (unless a template names `{run_id}`).
 //!
+//! Catching up ([`Exporter::catch_up`]): scheduled windows follow the
+//! job's [`CatchUp`] policy; windows run oldest first, and the first that
+//! fails ends the catch-up (the rest stay due, so the receiver never gets
+//! a later window before an earlier one unless an earlier one keeps
+//! failing past the next tick). Watermark windows are never skipped: a
+//! failed one is redone with its recorded bounds before a new one starts,
+//! and a missed tick only makes the next window larger.
+//!
 //! One exporter per job at a time: two processes running the same job
-//! would each take the other's `running` rows for interrupted runs.
+//! would each take the other's `running` rows for interrupted runs. A
+//! manual re-run beside a running daemon calls
+//! [`run_window`](Exporter::run_window), never `catch_up`.
 
 use std::collections::{BTreeSet, HashSet};
 use std::path::{Path, PathBuf};
@@ -194,9 +204,14 @@ impl Exporter {
     /// and opens its destination or bulk endpoint.
     pub async fn new(job: ExportJob, state: Database) -> Result<Self, Failure> {
         job.validate()?;
-        let target = match (&job.destination, &job.bulk) {
-            (Some(destination), _) => Target::Files(super::pending::open(destination)?),
-            (None, Some(bulk)) => Target::Bulk(BulkSender::new(bulk)?),
+        let target = match (job.bulk_config(), &job.destination) {
+            (Some(bulk), _) => Target::Bulk(BulkSender::new(&bulk)?),
+            (None, Some(destination)) => {
+                Target::Files(crate::location::open(destination).await.map_err(|mut e| {
+                    e.message = format!("export job `{}`: destination: {}", job.name, e.message);
+                    e
+                })?)
+            }
             (None, None) => {
                 return Err(Failure::permanent(format!(
                     "export job `{}`: no destination",
