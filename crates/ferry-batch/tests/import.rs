@@ -1270,3 +1270,49 @@ async fn new_opens_the_configured_source() {
     let err = Importer::new(bad).await.unwrap_err();
     assert_eq!(err.kind, ErrorKind::Permanent);
 }
+
+/// A value the table's column cannot hold (text in a BIGINT column):
+/// refused with the database's reason, nothing loaded, the next batch
+/// still loads.
+async fn refuses_a_value_the_table_cannot_hold(kind: Db) {
+    let db = Scratch::new(kind).await;
+    let dropbox = Dropbox::new();
+    dropbox.drop_batch(
+        "a",
+        "r1",
+        FileFormat::Csv,
+        false,
+        &[(
+            "a-1.csv",
+            CSV.replace("\r\n2,", "\r\nnot-a-number,").into_bytes(),
+            3,
+        )],
+    );
+    dropbox.drop_csv("b", "r1");
+    let importer = importer(
+        &dropbox,
+        job("items", db_target(&db.url, serde_json::json!({}))),
+    );
+    let report = importer.run_once().await.unwrap();
+    assert_eq!(report.refused.len(), 1, "{report:?}");
+    assert_eq!(report.refused[0].batch, "a");
+    assert!(
+        report.refused[0].reason.contains("not-a-number")
+            && report.refused[0].reason.contains("a-1.csv"),
+        "{}",
+        report.refused[0].reason
+    );
+    assert_eq!(report.imported.len(), 1);
+    assert_eq!(db.items().await, expected());
+    assert_eq!(db.ledger().await.len(), 1);
+}
+
+#[tokio::test]
+async fn refuses_a_value_the_table_cannot_hold_postgres() {
+    refuses_a_value_the_table_cannot_hold(Db::Postgres).await;
+}
+
+#[tokio::test]
+async fn refuses_a_value_the_table_cannot_hold_mariadb() {
+    refuses_a_value_the_table_cannot_hold(Db::Mysql).await;
+}

@@ -287,6 +287,16 @@ fn window_time(bound: &str) -> Option<DateTime<Utc>> {
         .map(|t| t.with_timezone(&Utc))
 }
 
+/// A value refused by the database, said of batch file `label`.
+fn in_file(problem: Problem, label: &str) -> Problem {
+    match problem {
+        Problem::Refused(reason) if reason.starts_with("the target database") => {
+            Problem::Refused(format!("file {label}: {reason}"))
+        }
+        other => other,
+    }
+}
+
 fn row_count_mismatch(label: &str, found: u64, said: u64) -> Problem {
     Problem::Refused(format!(
         "file {label} has {found} rows, the manifest says {said}"
@@ -373,12 +383,16 @@ async fn load_postgres(
                 let sql = format!("COPY {into} ({columns}) FROM STDIN WITH (FORMAT csv, HEADER)");
                 stream::check_header(path.clone(), batch.manifest.clone(), label.clone()).await?;
                 let rx = stream::bytes(path.clone(), batch.manifest.gzip, label.clone());
-                copy_in(&mut tx, &sql, rx, |b| b).await?
+                copy_in(&mut tx, &sql, rx, |b| b)
+                    .await
+                    .map_err(|p| in_file(p, &label))?
             }
             FileFormat::Jsonl => {
                 let sql = format!("COPY {into} ({columns}) FROM STDIN WITH (FORMAT csv)");
                 let rx = stream::rows(path.clone(), batch.manifest.clone(), 1000, label.clone());
-                copy_in(&mut tx, &sql, rx, |rows| csv_of(&rows)).await?
+                copy_in(&mut tx, &sql, rx, |rows| csv_of(&rows))
+                    .await
+                    .map_err(|p| in_file(p, &label))?
             }
         };
         if n != entry.rows {
@@ -616,7 +630,10 @@ async fn load_mysql(
                     };
                 }
             }
-            query.execute(&mut *tx).await.map_err(db_problem)?;
+            query
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| in_file(db_problem(e), &label))?;
         }
         if n != entry.rows {
             return Err(row_count_mismatch(&label, n, entry.rows));
@@ -747,7 +764,10 @@ async fn load_sqlite(
                         (Some(t), _) => query.bind(t),
                     };
                 }
-                query.execute(&mut *tx).await.map_err(db_problem)?;
+                query
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(|e| in_file(db_problem(e), &label))?;
             }
         }
         if n != entry.rows {
