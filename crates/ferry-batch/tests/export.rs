@@ -885,3 +885,64 @@ async fn a_job_from_toml_opens_its_folder_or_http_destination() {
     );
     assert_eq!(endpoint.requests.lock().unwrap().len(), 4);
 }
+
+#[tokio::test]
+async fn postgres_timestamp_watermark() {
+    let pg = PgTestDb::create().await;
+    let mut conn = sqlx::PgConnection::connect(&pg.url).await.unwrap();
+    sqlx::query("CREATE TABLE changes (id bigint PRIMARY KEY, updated_at timestamptz NOT NULL)")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    let insert = "INSERT INTO changes SELECT g, TIMESTAMPTZ '2026-12-06 00:00:00+00' + g * INTERVAL '1 minute' + INTERVAL '0.25 second' FROM generate_series($1::bigint, $2::bigint) g";
+    sqlx::query(insert)
+        .bind(1i64)
+        .bind(4i64)
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    let state = Database::connect(&pg.url).await.unwrap();
+    let out = TempDir::new();
+    let work = TempDir::new();
+    let mut job = job(
+        "changes",
+        &pg.url,
+        "SELECT id, updated_at FROM changes WHERE updated_at > :last",
+        &work.0,
+    );
+    job.watermark = Some(
+        toml::from_str("column = \"updated_at\"\ninitial = \"2026-12-06T00:01:00.25Z\"").unwrap(),
+    );
+    let exporter = Exporter::with_location(job, state.clone(), Recording::new(&out.0))
+        .await
+        .unwrap();
+    let first = exporter.catch_up(Utc::now()).await.unwrap();
+    assert_eq!(first.len(), 1);
+    assert_eq!(first[0].window.start, "2026-12-06T00:01:00.250Z");
+    assert_eq!(first[0].window.end, "2026-12-06T00:04:00.250Z");
+    assert_eq!(first[0].rows, 3, "ids 2..=4: past the initial value");
+    sqlx::query(insert)
+        .bind(5i64)
+        .bind(6i64)
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    let second = exporter.catch_up(Utc::now()).await.unwrap();
+    assert_eq!(second.len(), 1);
+    assert_eq!(second[0].window.start, first[0].window.end);
+    assert_eq!(second[0].rows, 2);
+    let manifest =
+        Manifest::parse(&std::fs::read(out.0.join(second[0].manifest.as_ref().unwrap())).unwrap())
+            .unwrap();
+    let rows = check_files(&out.0, &manifest);
+    assert_eq!(
+        rows,
+        [
+            "5,2026-12-06T00:05:00.250000Z",
+            "6,2026-12-06T00:06:00.250000Z"
+        ]
+    );
+    assert!(exporter.catch_up(Utc::now()).await.unwrap().is_empty());
+    drop(exporter);
+    state.close().await;
+}

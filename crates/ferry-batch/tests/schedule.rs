@@ -211,3 +211,31 @@ fn cron_windows_in_utc_by_default() {
         }
     );
 }
+
+#[test]
+fn catching_up_across_a_dst_change_gives_each_local_day_once() {
+    // Down from before the March change until after the October one's
+    // week: every daily window once, contiguous, none empty.
+    let s = Schedule::cron("0 1 * * *", Some("Europe/Berlin")).unwrap();
+    for (last_done, now, days) in [
+        ("2026-03-26T00:00:00Z", "2026-04-01T12:00:00Z", 6),
+        ("2026-10-22T23:00:00Z", "2026-10-29T12:00:00Z", 6),
+    ] {
+        let due = s
+            .due_windows(Some(t(last_done)), t(now), t(last_done), CatchUp::All)
+            .unwrap();
+        assert_eq!(due.len(), days, "{due:?}");
+        for pair in due.windows(2) {
+            assert_eq!(pair[0].end, pair[1].start);
+        }
+        let local_days: std::collections::BTreeSet<String> = due
+            .iter()
+            .map(|w| w.end.with_timezone(&Berlin).format("%F %H:%M").to_string())
+            .collect();
+        assert_eq!(local_days.len(), days);
+        assert!(
+            local_days.iter().all(|d| d.ends_with(" 01:00")),
+            "{local_days:?}"
+        );
+    }
+}

@@ -646,16 +646,9 @@ impl Exporter {
         failed.retain(|w| !done.contains(w));
         let last_done_end = done.iter().map(|w| w.end).max();
         let latest = self.schedule.latest_complete(now)?;
-        let first_start = self
-            .job
-            .start_at
-            .or_else(|| {
-                states
-                    .iter()
-                    .filter_map(|s| parse_time(&s.window.start))
-                    .min()
-            })
-            .unwrap_or(latest.start);
+        // With nothing exported yet: `start_at`, else the latest window
+        // (failed windows are added below whatever this says).
+        let first_start = self.job.start_at.unwrap_or(latest.start);
         let policy = self.job.catch_up;
         let mut due: BTreeSet<TimeWindow> = self
             .schedule
