@@ -374,6 +374,9 @@ async fn an_interrupted_run_is_found_and_redone_with_history_in_mariadb() {
     assert_eq!(left[0].status, RunStatus::Running);
     assert!(!out.0.join("orders-20261206T000000Z.manifest.json").exists());
 
+    // Its work folder is still there (a killed process cleans nothing).
+    assert_eq!(files_in(&work.0).len(), 1);
+
     // The next start finds it and runs the window again.
     let location = Recording::new(&out.0);
     let exporter = Exporter::with_location(job, state.clone(), location.clone())
@@ -394,6 +397,7 @@ async fn an_interrupted_run_is_found_and_redone_with_history_in_mariadb() {
         history[1].error
     );
     assert!(history[1].finished_at.is_some());
+    assert!(files_in(&work.0).is_empty(), "stale work folder removed");
     // Done now: nothing more is due.
     assert!(exporter
         .catch_up(t("2026-12-07T00:00:20Z"))

@@ -369,6 +369,26 @@ impl Exporter {
         self.job.work_dir.clone().unwrap_or_else(std::env::temp_dir)
     }
 
+    /// Removes the work folders runs of this job left when killed.
+    async fn remove_stale_work_dirs(&self) {
+        let prefix = format!("ferry-export-{}-", self.job.name);
+        let Ok(mut entries) = tokio::fs::read_dir(self.work_dir()).await else {
+            return;
+        };
+        while let Ok(Some(entry)) = entries.next_entry().await {
+            let name = entry.file_name();
+            let stale = name.to_str().is_some_and(|n| {
+                // `<prefix><uuid>`: not another job's whose name extends
+                // this one's.
+                n.strip_prefix(&prefix)
+                    .is_some_and(|id| uuid::Uuid::parse_str(id).is_ok())
+            });
+            if stale {
+                let _ = tokio::fs::remove_dir_all(entry.path()).await;
+            }
+        }
+    }
+
     async fn attempts(
         &self,
         window: &RunWindow,
@@ -386,9 +406,10 @@ impl Exporter {
             match result {
                 Ok(()) => return Ok(()),
                 Err(e) if e.is_retryable() && retry.allows_another(record.attempts) => {
-                    let wait = retry
-                        .delay(record.attempts)
-                        .max(e.retry_after.unwrap_or_default());
+                    // A destination's Retry-After is heeded up to the
+                    // job's longest backoff.
+                    let asked = e.retry_after.unwrap_or_default().min(retry.max_backoff);
+                    let wait = retry.delay(record.attempts).max(asked);
                     tracing::debug!(
                         job = %self.job.name, window = %record.window.start,
                         attempt = record.attempts, error = %e.describe(),
@@ -572,6 +593,7 @@ impl Exporter {
                     "interrupted: the exporter stopped during this run",
                 )
                 .await?;
+            self.remove_stale_work_dirs().await;
             if n > 0 {
                 tracing::warn!(job = %self.job.name, runs = n, "found runs interrupted by a stop; their windows run again");
             }
