@@ -790,9 +790,12 @@ async fn run_catches_up_then_stops_on_shutdown() {
     job.max_rows_per_file = 0;
     job.file_name = "{job}-{window_start:%Y%m%d}.{ext}".into();
     let location = Recording::new(&out.0);
+    let observed = Arc::new(Mutex::new(Vec::new()));
+    let seen = observed.clone();
     let exporter = Exporter::with_location(job, state.clone(), location.clone())
         .await
-        .unwrap();
+        .unwrap()
+        .with_observer(move |r| seen.lock().unwrap().push(r.clone()));
     let shutdown = tokio_util::sync::CancellationToken::new();
     let task = tokio::spawn(exporter.run(shutdown.clone()));
     // Wait until the catch-up has recorded the window before today's.
@@ -827,6 +830,9 @@ async fn run_catches_up_then_stops_on_shutdown() {
     sorted.dedup();
     assert_eq!(starts, sorted, "in order, once each");
     assert!(out.0.join("orders-20261205.csv").exists());
+    let mut observed = observed.lock().unwrap().clone();
+    observed.reverse();
+    assert_eq!(observed, history, "every finished run observed");
 }
 
 #[tokio::test]

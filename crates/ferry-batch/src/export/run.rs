@@ -187,7 +187,11 @@ pub struct Exporter {
     history: RunHistory,
     target: Target,
     recovered: AtomicBool,
+    observer: Option<Observer>,
 }
+
+/// Called with every finished run (see [`Exporter::with_observer`]).
+type Observer = Arc<dyn Fn(&RunRecord) + Send + Sync>;
 
 impl std::fmt::Debug for Exporter {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -264,7 +268,16 @@ impl Exporter {
             history,
             target,
             recovered: AtomicBool::new(false),
+            observer: None,
         })
+    }
+
+    /// Calls `observe` with the record of every run once it is recorded
+    /// as finished (succeeded or failed): for metrics. It runs on the
+    /// exporter's task, so it should be quick.
+    pub fn with_observer(mut self, observe: impl Fn(&RunRecord) + Send + Sync + 'static) -> Self {
+        self.observer = Some(Arc::new(observe));
+        self
     }
 
     /// The job.
@@ -362,6 +375,9 @@ impl Exporter {
         }
         record.finished_at = Some(now_micros());
         self.history.finish(&record).await?;
+        if let Some(observe) = &self.observer {
+            observe(&record);
+        }
         Ok(record)
     }
 
