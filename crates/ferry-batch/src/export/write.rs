@@ -7,8 +7,9 @@
 //! The files' bytes depend only on the values, so the same values give
 //! the same files from any of the three databases.
 //!
-//! PostgreSQL's rows come through `COPY (…) TO STDOUT`, each column
-//! wrapped so the server prints its canonical text; MariaDB's and
+//! PostgreSQL's rows come through `COPY (…) TO STDOUT WITH (FORMAT csv)`
+//! (timestamptz columns converted to UTC by the server, every value
+//! brought to its canonical text as the output is parsed); MariaDB's and
 //! SQLite's are read row by row and converted.
 
 mod postgres;
@@ -95,6 +96,8 @@ pub struct Written {
 /// query runs in one transaction (PostgreSQL, MariaDB: rolled back at the
 /// end, so it sees one snapshot and changes nothing it did not commit
 /// itself).
+///
+/// The returned future is `Send`.
 ///
 /// Errors: an unknown placeholder, a query the database refuses (its
 /// message kept) or a value that cannot be written is
@@ -229,4 +232,13 @@ fn row_failure(e: std::io::Error, dir: &Path) -> Failure {
     } else {
         file_failure(dir, e)
     }
+}
+
+/// `write_parts`'s future is `Send` (a daemon can spawn it): this fails
+/// to compile otherwise.
+#[cfg(test)]
+#[allow(dead_code)]
+fn write_parts_is_send(db: &ferry_store::Database, q: &Query, s: &PartsSpec) {
+    fn send<T: Send>(_: T) {}
+    send(write_parts(db, q, s, Path::new("."), &|_, _| {}));
 }

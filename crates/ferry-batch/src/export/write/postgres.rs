@@ -1,8 +1,9 @@
-//! PostgreSQL: `COPY (…) TO STDOUT WITH (FORMAT csv)`, each column
-//! wrapped so the server prints its canonical text, parsed and written
-//! again by the same [`RowWriter`](crate::format::RowWriter) as every
-//! other source (so the bytes are the same as theirs), on a thread of its
-//! own while the next rows arrive.
+//! PostgreSQL: `COPY (…) TO STDOUT WITH (FORMAT csv)` of the query
+//! (timestamptz columns converted to UTC), parsed, each value brought to
+//! its canonical text and written again by the same
+//! [`RowWriter`](crate::format::RowWriter) as every other source (so the
+//! bytes are the same as theirs), on a thread of its own while the next
+//! rows arrive.
 
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -21,10 +22,10 @@ use crate::{Column, ValueKind};
 const BATCH: usize = 256 * 1024;
 
 /// Session settings the canonical texts rest on (local to the transaction).
-const SETTINGS: &str = "SET LOCAL extra_float_digits = 1; \
-     SET LOCAL DateStyle = 'ISO, YMD'; \
-     SET LOCAL bytea_output = 'hex'; \
-     SET LOCAL standard_conforming_strings = on";
+const SETTINGS: &str = "SELECT set_config('extra_float_digits', '1', true), \
+     set_config('DateStyle', 'ISO, YMD', true), \
+     set_config('bytea_output', 'hex', true), \
+     set_config('standard_conforming_strings', 'on', true)";
 
 pub(super) async fn write_parts(
     pool: &PgPool,
@@ -145,7 +146,7 @@ async fn run(
         .begin()
         .await
         .map_err(|e| db_failure("cannot start a transaction", e))?;
-    sqlx::raw_sql(SETTINGS)
+    sqlx::query(SETTINGS)
         .execute(&mut *tx)
         .await
         .map_err(|e| db_failure("cannot set the session up", e))?;
