@@ -1316,3 +1316,148 @@ async fn refuses_a_value_the_table_cannot_hold_postgres() {
 async fn refuses_a_value_the_table_cannot_hold_mariadb() {
     refuses_a_value_the_table_cannot_hold(Db::Mysql).await;
 }
+
+/// A folder location that counts its listings (one per pass).
+struct CountingFolder {
+    inner: FolderLocation,
+    lists: Arc<AtomicUsize>,
+}
+
+impl ferry_batch::Location for CountingFolder {
+    fn describe(&self) -> String {
+        self.inner.describe()
+    }
+    fn put_file<'a>(
+        &'a self,
+        local: &'a std::path::Path,
+        name: &'a str,
+    ) -> futures::future::BoxFuture<'a, Result<(), ferry_core::Failure>> {
+        self.inner.put_file(local, name)
+    }
+    fn list<'a>(
+        &'a self,
+        folder: &'a str,
+    ) -> futures::future::BoxFuture<'a, Result<Vec<ferry_batch::Entry>, ferry_core::Failure>> {
+        self.lists.fetch_add(1, Ordering::SeqCst);
+        self.inner.list(folder)
+    }
+    fn get_file<'a>(
+        &'a self,
+        name: &'a str,
+        local: &'a std::path::Path,
+    ) -> futures::future::BoxFuture<'a, Result<u64, ferry_core::Failure>> {
+        self.inner.get_file(name, local)
+    }
+    fn rename<'a>(
+        &'a self,
+        from: &'a str,
+        to: &'a str,
+    ) -> futures::future::BoxFuture<'a, Result<(), ferry_core::Failure>> {
+        self.inner.rename(from, to)
+    }
+    fn delete<'a>(
+        &'a self,
+        name: &'a str,
+    ) -> futures::future::BoxFuture<'a, Result<(), ferry_core::Failure>> {
+        self.inner.delete(name)
+    }
+}
+
+#[derive(Clone, Default)]
+struct LogBuffer(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for LogBuffer {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl LogBuffer {
+    fn count(&self, text: &str) -> usize {
+        String::from_utf8_lossy(&self.0.lock().unwrap())
+            .matches(text)
+            .count()
+    }
+}
+
+/// `run` logs a failure when it starts, not at every poll, and its end
+/// once.
+#[tokio::test]
+async fn run_logs_a_failure_once_per_change() {
+    let logs = LogBuffer::default();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer({
+            let logs = logs.clone();
+            move || logs.clone()
+        })
+        .with_ansi(false)
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    // The database's folder does not exist yet: every pass fails.
+    let dir = TempDir::new();
+    let path = dir.0.join("later").join("target.db");
+    let url = format!("sqlite://{}", path.display());
+    let dropbox = Dropbox::new();
+    dropbox.drop_csv("b", "r1");
+    let lists = Arc::new(AtomicUsize::new(0));
+    let location = CountingFolder {
+        inner: FolderLocation::new(&dropbox.root.0),
+        lists: lists.clone(),
+    };
+    let mut job = job("items", db_target(&url, serde_json::json!({})));
+    job.poll_interval = std::time::Duration::from_millis(10);
+    let importer = Importer::with_location(job, Arc::new(location)).unwrap();
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let running = tokio::spawn(importer.run(shutdown.clone()));
+
+    // Let the runtime run the importer while waiting.
+    for _ in 0..1000 {
+        if lists.load(Ordering::SeqCst) >= 6 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert!(lists.load(Ordering::SeqCst) >= 6);
+    assert_eq!(logs.count("import job failed"), 1);
+    assert_eq!(logs.count("works again"), 0);
+
+    // The database appears, table and all at once (made aside, then its
+    // folder renamed into place): the batch loads, the recovery is logged.
+    let aside = dir.0.join("aside");
+    std::fs::create_dir_all(&aside).unwrap();
+    let mut c = sqlx::SqliteConnection::connect(&format!(
+        "sqlite://{}?mode=rwc",
+        aside.join("target.db").display()
+    ))
+    .await
+    .unwrap();
+    sqlx::raw_sql("CREATE TABLE items (id INTEGER PRIMARY KEY, name TEXT, note TEXT, amount TEXT, at TEXT, ok INTEGER, raw BLOB)")
+        .execute(&mut c)
+        .await
+        .unwrap();
+    c.close().await.unwrap();
+    std::fs::rename(&aside, path.parent().unwrap()).unwrap();
+    for _ in 0..1000 {
+        if dropbox.exists("archive/b.manifest.json") {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    let passes = lists.load(Ordering::SeqCst);
+    for _ in 0..1000 {
+        if lists.load(Ordering::SeqCst) >= passes + 3 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert_eq!(logs.count("works again"), 1);
+    assert_eq!(logs.count("import job failed"), 1);
+    assert_eq!(logs.count("imported batch"), 1);
+    shutdown.cancel();
+    running.await.unwrap();
+}
