@@ -465,14 +465,11 @@ impl Exporter {
                 max_rows_per_file: self.job.max_rows_per_file,
             };
             let query = self.query(window);
-            let w = write_on_a_blocking_thread(
-                self.source.clone(),
-                query,
-                spec,
-                dir.to_path_buf(),
-                self.job.name.clone(),
-            )
-            .await?;
+            let job = self.job.name.clone();
+            let progress = move |rows: u64, bytes: u64| {
+                tracing::trace!(job = %job, rows, bytes, "export progress");
+            };
+            let w = write::write_parts(&self.source, &query, &spec, dir, &progress).await?;
             record.rows = w.parts.iter().map(|p| p.rows).sum();
             record.bytes = w.parts.iter().map(|p| p.bytes).sum();
             *written = Some(w);
@@ -810,28 +807,6 @@ impl Exporter {
         }
         tracing::info!(job = %job, "export job stopped");
     }
-}
-
-/// Runs [`write::write_parts`] to its end on a blocking thread, driving
-/// it with the runtime's handle: its future is not `Send`, and the
-/// exporter's must be (a daemon spawns [`Exporter::run`]). Dropping the
-/// returned future does not stop the writing, which ends with the query.
-async fn write_on_a_blocking_thread(
-    db: Database,
-    query: Query,
-    spec: PartsSpec,
-    dir: PathBuf,
-    job: String,
-) -> Result<Written, Failure> {
-    let handle = tokio::runtime::Handle::current();
-    tokio::task::spawn_blocking(move || {
-        let progress = move |rows: u64, bytes: u64| {
-            tracing::trace!(job = %job, rows, bytes, "export progress");
-        };
-        handle.block_on(write::write_parts(&db, &query, &spec, &dir, &progress))
-    })
-    .await
-    .map_err(|e| Failure::transient("export: the query's writer stopped").with_source(e))?
 }
 
 /// Whether `sql` names the parameter `:name` (not `::name`, not followed
