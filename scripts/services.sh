@@ -101,7 +101,17 @@ CONF
   binlog_on || { echo "services: MariaDB still runs without a row-based binary log" >&2; status=1; }
 fi
 
+# SFTP tests run a private OpenSSH server of their own (ferry-testkit's
+# PrivateSshd, on a loopback port): the server must be installed, not running.
+if [ ! -x /usr/sbin/sshd ]; then
+  echo "services: installing openssh-server (for the SFTP tests)"
+  { DEBIAN_FRONTEND=noninteractive apt-get install -y openssh-server >/dev/null ||
+    { apt-get update >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y openssh-server >/dev/null; }; } ||
+    { echo "services: could not install openssh-server" >&2; status=1; }
+fi
+
 "$(dirname "$0")/kafka.sh" || status=1
+# moto serves S3 (the batch tests' buckets) on the same port as SQS.
 "$(dirname "$0")/sqs.sh" || status=1
 
 exit $status

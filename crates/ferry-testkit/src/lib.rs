@@ -6,6 +6,8 @@
 pub mod broker;
 pub mod nats_server;
 pub mod private_pg;
+pub mod s3;
+pub mod sftp;
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;

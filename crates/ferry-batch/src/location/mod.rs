@@ -25,14 +25,21 @@
 //!   a batch's manifest last, so a batch is never half in two places for
 //!   longer than that).
 
+mod config;
 mod folder;
+mod s3;
+mod sftp;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use ferry_core::Failure;
 use futures::future::BoxFuture;
 
+pub use config::LocationConfig;
 pub use folder::FolderLocation;
+pub use s3::{S3Location, S3Settings, PART_SIZE};
+pub use sftp::{SftpAuth, SftpLocation, SftpSettings};
 
 /// A file found by [`Location::list`].
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -71,6 +78,231 @@ pub trait Location: Send + Sync + 'static {
 
     /// Deletes `name`; deleting what is not there succeeds.
     fn delete<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<(), Failure>>;
+}
+
+/// The URL forms [`open`] accepts, for error messages.
+const ACCEPTED: &str =
+    "file:///abs/path or a plain path, sftp://user@host:port/path, s3://bucket/prefix";
+
+/// Makes the location `config` names: checks the URL and the settings its
+/// scheme needs, loads key files; connects to nothing (the first call
+/// does).
+///
+/// An unknown scheme, a missing or contradictory setting, a setting that
+/// does not apply to the scheme, or an unreadable key file is a
+/// `Permanent` failure naming the setting and the accepted forms.
+pub async fn open(config: &LocationConfig) -> Result<Arc<dyn Location>, Failure> {
+    let url = config.url.trim();
+    if url.is_empty() {
+        return Err(Failure::permanent(format!(
+            "batch location: `url` is empty (accepted: {ACCEPTED})"
+        )));
+    }
+    let Some((scheme, _)) = url.split_once("://") else {
+        only_for(config, "a folder", &[])?;
+        return Ok(Arc::new(FolderLocation::new(url)));
+    };
+    let parsed = url::Url::parse(url).map_err(|e| {
+        Failure::permanent(format!(
+            "batch location: `url` {url:?} is not a valid URL (accepted: {ACCEPTED})"
+        ))
+        .with_source(e)
+    })?;
+    match scheme.to_ascii_lowercase().as_str() {
+        "file" => {
+            only_for(config, "a folder", &[])?;
+            let path = parsed.to_file_path().map_err(|()| {
+                Failure::permanent(format!(
+                    "batch location: `url` {url:?} is not a local absolute path (write file:///abs/path)"
+                ))
+            })?;
+            Ok(Arc::new(FolderLocation::new(path)))
+        }
+        "sftp" => {
+            only_for(
+                config,
+                "sftp",
+                &[
+                    "private_key",
+                    "password",
+                    "known_hosts",
+                    "accept_new_host_keys",
+                ],
+            )?;
+            Ok(Arc::new(SftpLocation::new(sftp_settings(
+                config, &parsed,
+            )?)?))
+        }
+        "s3" => {
+            only_for(
+                config,
+                "s3",
+                &[
+                    "region",
+                    "endpoint",
+                    "access_key_id",
+                    "secret_access_key",
+                    "allow_http",
+                ],
+            )?;
+            Ok(Arc::new(S3Location::new(s3_settings(config, &parsed)?)?))
+        }
+        other => Err(Failure::permanent(format!(
+            "batch location: `url` has the unknown scheme {other:?} (accepted: {ACCEPTED})"
+        ))),
+    }
+}
+
+/// Refuses settings given that do not apply to the URL's scheme: a
+/// `region` on an SFTP URL is a mistake worth saying.
+fn only_for(config: &LocationConfig, scheme: &str, allowed: &[&str]) -> Result<(), Failure> {
+    let given = [
+        ("private_key", config.private_key.is_some()),
+        ("password", config.password.is_some()),
+        ("known_hosts", config.known_hosts.is_some()),
+        ("accept_new_host_keys", config.accept_new_host_keys),
+        ("region", config.region.is_some()),
+        ("endpoint", config.endpoint.is_some()),
+        ("access_key_id", config.access_key_id.is_some()),
+        ("secret_access_key", config.secret_access_key.is_some()),
+        ("allow_http", config.allow_http),
+    ];
+    match given
+        .iter()
+        .find(|(name, set)| *set && !allowed.contains(name))
+    {
+        Some((name, _)) => Err(Failure::permanent(format!(
+            "batch location: `{name}` does not apply to {scheme} urls (remove it, or fix `url`; accepted: {ACCEPTED})"
+        ))),
+        None => Ok(()),
+    }
+}
+
+fn sftp_settings(config: &LocationConfig, url: &url::Url) -> Result<SftpSettings, Failure> {
+    let host = url
+        .host_str()
+        .filter(|h| !h.is_empty())
+        .ok_or_else(|| {
+            Failure::permanent(format!(
+                "batch location: `url` names no host (write sftp://user@host:port/path; accepted: {ACCEPTED})"
+            ))
+        })?
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_owned();
+    let user = percent_decode(url.username());
+    if user.is_empty() {
+        return Err(Failure::permanent(
+            "batch location: the sftp `url` names no user (write sftp://user@host:port/path)",
+        ));
+    }
+    if url.password().is_some() {
+        return Err(Failure::permanent(
+            "batch location: the sftp `url` holds a password: put it in the `password` setting instead, \
+             so that it never shows in logs",
+        ));
+    }
+    let path = percent_decode(url.path());
+    let root = match path.strip_prefix("/~") {
+        Some(rest) if rest.is_empty() || rest.starts_with('/') => {
+            rest.trim_start_matches('/').to_owned()
+        }
+        _ => path,
+    };
+    let auth = match (&config.private_key, &config.password) {
+        (Some(path), None) => SftpAuth::PrivateKey {
+            path: path.clone(),
+            passphrase: None,
+        },
+        (None, Some(password)) => SftpAuth::Password(password.clone()),
+        (None, None) => {
+            return Err(Failure::permanent(
+                "batch location: sftp needs `private_key` (a private key file) or `password`; neither is set",
+            ))
+        }
+        (Some(_), Some(_)) => {
+            return Err(Failure::permanent(
+                "batch location: sftp takes `private_key` or `password`, not both",
+            ))
+        }
+    };
+    let known_hosts = match &config.known_hosts {
+        Some(path) => path.clone(),
+        None => std::env::var_os("HOME")
+            .map(|home| PathBuf::from(home).join(".ssh").join("known_hosts"))
+            .ok_or_else(|| {
+                Failure::permanent(
+                    "batch location: sftp needs `known_hosts` (no HOME to find ~/.ssh/known_hosts)",
+                )
+            })?,
+    };
+    Ok(SftpSettings {
+        host,
+        port: url.port().unwrap_or(22),
+        user,
+        auth,
+        known_hosts,
+        accept_new_host_keys: config.accept_new_host_keys,
+        root,
+    })
+}
+
+fn s3_settings(config: &LocationConfig, url: &url::Url) -> Result<S3Settings, Failure> {
+    let bucket = url.host_str().filter(|b| !b.is_empty()).ok_or_else(|| {
+        Failure::permanent(format!(
+            "batch location: the s3 `url` names no bucket (write s3://bucket/prefix; accepted: {ACCEPTED})"
+        ))
+    })?;
+    match (&config.access_key_id, &config.secret_access_key) {
+        (Some(_), None) => {
+            return Err(Failure::permanent(
+                "batch location: `access_key_id` is set but `secret_access_key` is not: give both, or neither \
+                 (then AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY or the instance's role are used)",
+            ))
+        }
+        (None, Some(_)) => {
+            return Err(Failure::permanent(
+                "batch location: `secret_access_key` is set but `access_key_id` is not: give both, or neither",
+            ))
+        }
+        _ => {}
+    }
+    if let Some(endpoint) = &config.endpoint {
+        if endpoint.starts_with("http://") && !config.allow_http {
+            return Err(Failure::permanent(format!(
+                "batch location: `endpoint` {endpoint} is plain http: set `allow_http` to true to allow it"
+            )));
+        }
+    }
+    Ok(S3Settings {
+        bucket: bucket.to_owned(),
+        prefix: percent_decode(url.path()).trim_matches('/').to_owned(),
+        region: config.region.clone(),
+        endpoint: config.endpoint.clone(),
+        access_key_id: config.access_key_id.clone(),
+        secret_access_key: config.secret_access_key.clone(),
+        allow_http: config.allow_http,
+    })
+}
+
+/// Decodes `%XX` escapes of a URL part (invalid escapes stay as written).
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| (b as char).to_digit(16);
+        if bytes[i] == b'%' && i + 2 < bytes.len() {
+            if let (Some(h), Some(l)) = (hex(bytes[i + 1]), hex(bytes[i + 2])) {
+                out.push((h * 16 + l) as u8);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// Refuses a name that is empty, absolute, or climbs out of the root.
