@@ -956,3 +956,113 @@ async fn postgres_timestamp_watermark() {
     drop(exporter);
     state.close().await;
 }
+
+#[tokio::test]
+async fn catch_up_latest_and_none_skip_what_an_outage_missed() {
+    let db = SqliteTestDb::create();
+    sqlite_orders(&db.url).await;
+    let state = Database::connect(&db.url).await.unwrap();
+    let out = TempDir::new();
+    let work = TempDir::new();
+    let mut job = job("orders", &db.url, SQLITE_QUERY, &work.0);
+    job.start_at = Some(t("2026-12-01T00:00:00Z"));
+    job.catch_up = ferry_batch::schedule::CatchUp::Latest;
+    let exporter = Exporter::with_location(job.clone(), state.clone(), Recording::new(&out.0))
+        .await
+        .unwrap();
+    // Six windows missed: only the latest runs.
+    let ran = exporter.catch_up(t("2026-12-07T05:00:00Z")).await.unwrap();
+    let starts: Vec<_> = ran.iter().map(|r| r.window.start.as_str()).collect();
+    assert_eq!(starts, ["2026-12-06T00:00:00Z"]);
+
+    // `none`: a start long after the tick runs nothing, one on time runs
+    // the window.
+    job.name = "orders_none".into();
+    job.catch_up = ferry_batch::schedule::CatchUp::None;
+    let exporter = Exporter::with_location(job, state.clone(), Recording::new(&out.0))
+        .await
+        .unwrap();
+    assert!(exporter
+        .catch_up(t("2026-12-07T05:00:00Z"))
+        .await
+        .unwrap()
+        .is_empty());
+    let ran = exporter.catch_up(t("2026-12-08T00:00:02Z")).await.unwrap();
+    let starts: Vec<_> = ran.iter().map(|r| r.window.start.as_str()).collect();
+    assert_eq!(starts, ["2026-12-07T00:00:00Z"]);
+    assert_eq!(ran[0].trigger, Trigger::Schedule);
+}
+
+#[tokio::test]
+async fn a_failed_watermark_window_is_redone_with_its_recorded_bounds_first() {
+    let db = SqliteTestDb::create();
+    let mut conn = sqlx::SqliteConnection::connect(&format!("{}?mode=rwc", db.url))
+        .await
+        .unwrap();
+    sqlx::query("CREATE TABLE items (id INTEGER PRIMARY KEY, name TEXT)")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    let add = |from: i64, to: i64| {
+        let url = db.url.clone();
+        async move {
+            let mut conn = sqlx::SqliteConnection::connect(&url).await.unwrap();
+            for id in from..=to {
+                sqlx::query("INSERT INTO items VALUES (?, 'x')")
+                    .bind(id)
+                    .execute(&mut conn)
+                    .await
+                    .unwrap();
+            }
+        }
+    };
+    add(1, 5).await;
+    let state = Database::connect(&db.url).await.unwrap();
+    let out = TempDir::new();
+    let work = TempDir::new();
+    let mut job = job(
+        "items",
+        &db.url,
+        "SELECT id, name FROM items WHERE id > :last",
+        &work.0,
+    );
+    job.watermark = Some(toml::from_str("column = \"id\"\ninitial = 0").unwrap());
+    let location = Recording::new(&out.0);
+    let exporter = Exporter::with_location(job, state.clone(), location.clone())
+        .await
+        .unwrap();
+    location.fail_next.store(1000, Ordering::SeqCst);
+    let failed = exporter.catch_up(Utc::now()).await.unwrap();
+    assert_eq!(failed.len(), 1);
+    assert_eq!(failed[0].status, RunStatus::Failed);
+    assert_eq!(
+        (
+            failed[0].window.start.as_str(),
+            failed[0].window.end.as_str()
+        ),
+        ("0", "5")
+    );
+
+    add(6, 7).await;
+    location.fail_next.store(0, Ordering::SeqCst);
+    let caught = exporter.catch_up(Utc::now()).await.unwrap();
+    let windows: Vec<_> = caught
+        .iter()
+        .map(|r| {
+            (
+                r.window.start.as_str(),
+                r.window.end.as_str(),
+                r.rows,
+                r.status,
+            )
+        })
+        .collect();
+    assert_eq!(
+        windows,
+        [
+            ("0", "5", 5, RunStatus::Succeeded),
+            ("5", "7", 2, RunStatus::Succeeded)
+        ]
+    );
+    assert_eq!(caught[0].trigger, Trigger::CatchUp);
+}
