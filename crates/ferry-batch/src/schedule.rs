@@ -254,9 +254,9 @@ impl Schedule {
     /// the first candidate starts at the first tick at or after that
     /// time. [`CatchUp::All`] returns them all, [`CatchUp::Latest`] the
     /// newest, [`CatchUp::None`] the newest when its tick is less than
-    /// [`ON_TIME`] (or its length, if shorter) before `now`. Windows before `last_done_end` that
-    /// failed are not this function's business: the exporter adds them
-    /// from its run history.
+    /// [`ON_TIME`] (or its length, if shorter) before `now`. Windows
+    /// before `last_done_end` that failed are not this function's
+    /// business: the exporter adds them from its run history.
     pub fn due_windows(
         &self,
         last_done_end: Option<DateTime<Utc>>,
