@@ -445,3 +445,64 @@ mod tests {
         assert_eq!(record_end(data, second + 1), None);
     }
 }
+
+#[cfg(test)]
+mod chunk_tests {
+    use super::*;
+    use crate::{Column, FileFormat};
+
+    /// The part file written from `chunks` of COPY output.
+    fn written(dir: &Path, chunks: &[&[u8]]) -> Vec<u8> {
+        let columns: Vec<Column> = [ValueKind::Integer, ValueKind::Text, ValueKind::Boolean]
+            .iter()
+            .enumerate()
+            .map(|(i, k)| Column {
+                name: format!("c{i}"),
+                db_type: "x".into(),
+                kind: *k,
+            })
+            .collect();
+        let spec = PartsSpec {
+            format: FileFormat::Csv,
+            gzip: false,
+            max_rows_per_file: 0,
+        };
+        let mut parts = Parts::new(dir, &spec, columns);
+        let mut parser = CopyParser {
+            pending: Vec::new(),
+            scratch: Scratch {
+                field: Vec::new(),
+                text: String::new(),
+                kinds: vec![ValueKind::Integer, ValueKind::Text, ValueKind::Boolean],
+            },
+        };
+        for chunk in chunks {
+            parser.feed(chunk, &mut parts, dir).unwrap();
+        }
+        assert!(parser.pending.is_empty());
+        let written = parts.finish().unwrap();
+        std::fs::read(&written.parts[0].path).unwrap()
+    }
+
+    #[test]
+    fn records_split_anywhere_between_chunks_give_the_same_file() {
+        let dir = std::env::temp_dir().join(format!("ferry-copy-{}", uuid::Uuid::now_v7()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let data: &[u8] = b"1,\"a,\"\"b\"\"\nc\",t\n,\"\",f\n3,,\n-4,\"\\.\",t\n";
+        let whole = written(&dir, &[data]);
+        assert_eq!(
+            whole,
+            b"c0,c1,c2\r\n1,\"a,\"\"b\"\"\nc\",true\r\n,\"\",false\r\n3,,\r\n-4,\\.,true\r\n"
+        );
+        for cut in 1..data.len() {
+            assert_eq!(
+                written(&dir, &[&data[..cut], &data[cut..]]),
+                whole,
+                "cut at {cut}"
+            );
+        }
+        let bytes: Vec<&[u8]> = data.chunks(1).collect();
+        assert_eq!(written(&dir, &bytes), whole);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

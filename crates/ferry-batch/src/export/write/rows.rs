@@ -198,8 +198,10 @@ fn mysql_cell(
     Ok(())
 }
 
-/// A column's kind from its declared type's affinity (BOOLEAN: Boolean;
-/// DATE, TIME and DATETIME, stored as the text they were given: Text).
+/// A column's kind from its type as sqlx reads the declared type (INTEGER,
+/// REAL, TEXT, BLOB affinities; BOOLEAN: Boolean; DATE, TIME and
+/// DATETIME, stored as the text they were given: Text), or from a
+/// value's storage class when sqlx knows no declared type.
 fn sqlite_kind(name: &str) -> ValueKind {
     match name {
         "INTEGER" => ValueKind::Integer,
@@ -223,7 +225,7 @@ pub(super) async fn write_sqlite(
         .acquire()
         .await
         .map_err(|e| db_failure("cannot open SQLite", e))?;
-    let columns: Vec<Column> = {
+    let mut columns: Vec<Column> = {
         let statement = (&mut *conn)
             .prepare(sql.as_str())
             .await
@@ -258,6 +260,20 @@ pub(super) async fn write_sqlite(
             .await
             .map_err(|e| db_failure("export query", e))?
         {
+            if n == 0 && columns.iter().any(|c| c.db_type == "NULL") {
+                // No declared type sqlx knows (NUMERIC, DECIMAL, an
+                // expression): the first row's storage class decides.
+                for (i, c) in columns.iter_mut().enumerate() {
+                    if c.db_type == "NULL" {
+                        let raw = row.try_get_raw(i).map_err(|e| decode_failure(c, e))?;
+                        if !raw.is_null() {
+                            c.db_type = raw.type_info().name().to_owned();
+                            c.kind = sqlite_kind(&c.db_type);
+                        }
+                    }
+                }
+                parts = Parts::new(dir, spec, columns.clone());
+            }
             let w = parts.row()?;
             for (i, c) in columns.iter().enumerate() {
                 sqlite_cell(&row, i, c, &mut text, w)?;
