@@ -1461,3 +1461,65 @@ async fn run_logs_a_failure_once_per_change() {
     shutdown.cancel();
     running.await.unwrap();
 }
+
+/// The job as an operator writes it in Ferry's TOML config.
+#[test]
+fn config_reads_from_toml() {
+    let job: ImportJob = toml::from_str(
+        r#"
+        name = "orders"
+        folder = "incoming"
+        archive_retention = "30d"
+        poll_interval = "1m"
+
+        [source]
+        url = "sftp://ferry@files.example.com:22/outgoing"
+        private_key = "/etc/ferry/id_ed25519"
+
+        [target.database]
+        url = "postgres://ferry@db/warehouse"
+        table = "sales.orders"
+        conflict = "replace_window"
+        window_column = "created_at"
+        columns = { order_id = "id" }
+        "#,
+    )
+    .unwrap();
+    job.validate().unwrap();
+    assert_eq!(job.poll_interval, std::time::Duration::from_secs(60));
+    match &job.target {
+        ferry_batch::import::ImportTarget::Database(t) => {
+            assert_eq!(t.conflict, ferry_batch::import::Conflict::ReplaceWindow);
+            assert_eq!(t.columns["order_id"], "id");
+            assert_eq!(t.table, "sales.orders");
+        }
+        other => panic!("{other:?}"),
+    }
+    let http: ImportJob = toml::from_str(
+        r#"
+        name = "to-crm"
+        source = { url = "/srv/batches" }
+        target = { http = { url = "https://crm.example.com/bulk", chunk_rows = 500, headers = { Authorization = "Bearer x" } } }
+        "#,
+    )
+    .unwrap();
+    http.validate().unwrap();
+    assert!(!format!("{http:?}").contains("Bearer x"));
+    assert!(!format!(
+        "{:?}",
+        self::job(
+            "j",
+            db_target("postgres://u:secret@h/d", serde_json::json!({}))
+        )
+    )
+    .contains("u:secret@"));
+    let err = toml::from_str::<ImportJob>(
+        r#"
+        name = "x"
+        source = { url = "/srv" }
+        target = { database = { url = "sqlite://x.db", table = "t", conflcit = "upsert" } }
+        "#,
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("conflcit"), "{err}");
+}

@@ -56,8 +56,8 @@ pub enum ImportTarget {
     Http(HttpTarget),
 }
 
-/// A table to load batches into.
-#[derive(Clone, Debug, Deserialize)]
+/// A table to load batches into. Its `Debug` hides the URL's password.
+#[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DatabaseTarget {
     /// The database's URL (`postgres://…`, `mysql://…` or `mariadb://…`,
@@ -101,8 +101,9 @@ pub enum Conflict {
     ReplaceWindow,
 }
 
-/// An HTTP endpoint to POST batches to.
-#[derive(Clone, Debug, Deserialize)]
+/// An HTTP endpoint to POST batches to. Its `Debug` shows header names,
+/// not their values.
+#[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HttpTarget {
     /// The URL each chunk is POSTed to.
@@ -121,6 +122,31 @@ pub struct HttpTarget {
     /// the next poll. Default 5.
     #[serde(default = "default_attempts")]
     pub attempts: u32,
+}
+
+impl std::fmt::Debug for DatabaseTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DatabaseTarget")
+            .field("url", &ferry_core::redact_url(&self.url))
+            .field("table", &self.table)
+            .field("columns", &self.columns)
+            .field("conflict", &self.conflict)
+            .field("key", &self.key)
+            .field("window_column", &self.window_column)
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for HttpTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HttpTarget")
+            .field("url", &ferry_core::redact_url(&self.url))
+            .field("chunk_rows", &self.chunk_rows)
+            .field("headers", &self.headers.keys().collect::<Vec<_>>())
+            .field("timeout", &self.timeout)
+            .field("attempts", &self.attempts)
+            .finish()
+    }
 }
 
 fn default_archive() -> String {
