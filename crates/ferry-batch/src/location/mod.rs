@@ -7,8 +7,8 @@
 //!   (`orders-20261206-1.csv`, `archive/orders-20261206-1.csv`); never
 //!   absolute, never with `..` ([`check_name`]).
 //! * **`put_file` is atomic**: `name` appears complete or not at all. A
-//!   folder and SFTP write a temporary name beside it (`.<name>.part-…`,
-//!   which [`Location::list`] never returns) and rename it when complete;
+//!   folder and SFTP write a temporary name beside it
+//!   (`.<basename>.part-<random>`) and rename it when complete;
 //!   S3 makes an object visible only when its PUT or multipart upload
 //!   completes. A `put_file` that fails leaves no `name` behind (at most a
 //!   temporary file, removed when the next attempt at the same name
@@ -19,7 +19,8 @@
 //!   a refused connection or a timeout is `Unavailable`, a missing file or
 //!   a permission refused is `Permanent`.
 //! * **`list`** returns the files directly under a folder of the location
-//!   (not recursively), with their sizes, in name order.
+//!   (not recursively), with their sizes, in name order; it skips names
+//!   starting with `.` (temporary files among them) on every location.
 //! * **`rename`** moves a file within the location, replacing the target
 //!   (S3: copy, then delete the source; not atomic, but the receiver moves
 //!   a batch's manifest last, so a batch is never half in two places for
@@ -360,5 +361,52 @@ mod tests {
         assert_eq!(base_name("a.csv"), "a.csv");
         assert!(part_name("a.csv").starts_with(".a.csv.part-"));
         assert_ne!(part_name("a.csv"), part_name("a.csv"));
+    }
+
+    fn sftp(url: &str) -> SftpSettings {
+        let config = LocationConfig {
+            password: Some("p".into()),
+            known_hosts: Some("/k".into()),
+            ..LocationConfig::new(url)
+        };
+        sftp_settings(&config, &url::Url::parse(url).expect("url")).expect("settings")
+    }
+
+    #[test]
+    fn sftp_urls_give_host_port_user_and_root() {
+        let s = sftp("sftp://ferry@files.example.com/srv/in%20box");
+        assert_eq!(
+            (s.host.as_str(), s.port, s.user.as_str(), s.root.as_str()),
+            ("files.example.com", 22, "ferry", "/srv/in box")
+        );
+        let s = sftp("sftp://ferry@[::1]:2222/~/incoming");
+        assert_eq!(
+            (s.host.as_str(), s.port, s.root.as_str()),
+            ("::1", 2222, "incoming")
+        );
+        assert_eq!(sftp("sftp://u%40corp@h/~").root, "");
+        assert_eq!(sftp("sftp://u%40corp@h/~").user, "u@corp");
+        assert_eq!(sftp("sftp://u@h").root, "");
+        assert!(!s.accept_new_host_keys);
+    }
+
+    #[test]
+    fn s3_urls_give_bucket_and_prefix() {
+        let url = "s3://my-bucket/exports/daily/";
+        let s = s3_settings(
+            &LocationConfig::new(url),
+            &url::Url::parse(url).expect("url"),
+        )
+        .expect("settings");
+        assert_eq!(
+            (s.bucket.as_str(), s.prefix.as_str()),
+            ("my-bucket", "exports/daily")
+        );
+    }
+
+    #[test]
+    fn percent_escapes_decode() {
+        assert_eq!(percent_decode("a%20b%2Fc%zz%4"), "a b/c%zz%4");
+        assert_eq!(percent_decode("%C3%A9t%C3%A9"), "été");
     }
 }
