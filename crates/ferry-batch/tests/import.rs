@@ -1523,3 +1523,27 @@ fn config_reads_from_toml() {
     .unwrap_err();
     assert!(err.to_string().contains("conflcit"), "{err}");
 }
+
+/// PostgreSQL cannot upsert one key twice in a statement: a batch holding
+/// a key twice is refused, not retried for ever.
+#[tokio::test]
+async fn an_upsert_batch_with_a_key_twice_is_refused_postgres() {
+    let db = Scratch::new(Db::Postgres).await;
+    let dropbox = Dropbox::new();
+    dropbox.drop_batch(
+        "b",
+        "r1",
+        FileFormat::Csv,
+        false,
+        &[("b-1.csv", CSV.replace("\r\n2,", "\r\n1,").into_bytes(), 3)],
+    );
+    let target = db_target(
+        &db.url,
+        serde_json::json!({ "conflict": "upsert", "key": ["id"] }),
+    );
+    let importer = importer(&dropbox, job("items", target));
+    let report = importer.run_once().await.unwrap();
+    assert_eq!(report.refused.len(), 1, "{report:?}");
+    assert!(db.items().await.is_empty());
+    assert!(dropbox.exists("error/b.reason.txt"));
+}

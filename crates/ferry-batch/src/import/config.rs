@@ -94,7 +94,9 @@ pub enum Conflict {
     /// Insert, or update the row with the same `key`. PostgreSQL and
     /// SQLite need a primary key or unique index over exactly the `key`
     /// columns; MariaDB's `ON DUPLICATE KEY UPDATE` updates on a conflict
-    /// with any of the table's unique keys.
+    /// with any of the table's unique keys. A batch that holds one key
+    /// twice is refused on PostgreSQL; MariaDB and SQLite keep its later
+    /// row.
     Upsert,
     /// Delete the rows whose `window_column` is in the manifest's window
     /// `[start, end)`, then insert the batch's rows, in one transaction.

@@ -147,8 +147,9 @@ fn db_problem(e: sqlx::Error) -> Problem {
             // Datatype mismatch.
             code == "20"
         } else {
-            // Data exceptions; a column the table lacks.
-            code.starts_with("22") || code == "42703"
+            // Data exceptions; a key twice in one upsert; a column the
+            // table lacks.
+            code.starts_with("22") || code == "21000" || code == "42703"
         };
         if malformed {
             return Problem::Refused(format!(
