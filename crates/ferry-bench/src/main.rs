@@ -18,10 +18,13 @@
 //! * `cdc`: ferry-cdc's captures (PostgreSQL and MariaDB log modes,
 //!   trigger mode): drain rate, commit-to-sink latency, memory, initial
 //!   snapshot, each beside the database's own tool or another mode.
+//! * `batch`: ferry-batch's export and import beside `psql`'s COPY of the
+//!   same rows.
 //! * `clean`: drops scratch databases left behind by interrupted runs.
 //!
 //! How to run them: `bench/README.md`.
 
+mod batch;
 mod brokers;
 mod cdc;
 mod ceiling;
@@ -93,6 +96,9 @@ enum Command {
     /// Change data capture (ferry-cdc): throughput, latency, memory and
     /// snapshot, each beside a baseline of the same run.
     Cdc(cdc::CdcArgs),
+    /// Batch hand-off (ferry-batch): export and import, each beside
+    /// `psql`'s COPY of the same rows.
+    Batch(batch::BatchArgs),
     /// Drop scratch databases (`ferry_bench_*`) left by interrupted runs.
     Clean {
         /// The PostgreSQL server, or `sqlite://` / `sqlite:///dir`.
@@ -134,6 +140,7 @@ async fn main() -> ExitCode {
         Command::ForwardFlaky(args) => forward_flaky::run(&args, &tsv).await,
         Command::NatsRaw(args) => natsraw::run(&args, &tsv).await.map(drop),
         Command::Cdc(args) => cdc::run(args, &tsv).await,
+        Command::Batch(args) => batch::run(args, &tsv).await,
         Command::Clean { database } => {
             async {
                 let gone = scratch::Server::parse(&database)?.clean().await?;

@@ -12,6 +12,7 @@ use std::path::Path;
 
 use serde::Deserialize;
 
+use crate::batch::{self, BatchConfig};
 use crate::cdc::{self, CdcFileConfig};
 use crate::consume::{self, ConsumerConfig};
 use crate::events_api::EventsApiConfig;
@@ -46,6 +47,20 @@ pub struct FerryConfig {
     /// committed row changes go to a sink.
     #[serde(rename = "cdc", default)]
     pub cdcs: Vec<CdcFileConfig>,
+    /// `[batch]`: settings shared by the batch jobs (where export run
+    /// history is kept).
+    #[serde(default)]
+    pub batch: Option<BatchConfig>,
+    /// One `[[export]]` table per export job: a query run for each window
+    /// of a schedule, its rows written to files handed to a folder, SFTP,
+    /// S3 or an HTTP bulk endpoint ([`ferry_batch::export::ExportJob`]).
+    #[serde(rename = "export", default)]
+    pub exports: Vec<toml::Spanned<ferry_batch::export::ExportJob>>,
+    /// One `[[import]]` table per import job: batches taken from a folder,
+    /// SFTP or S3 and loaded once into a table or posted to an HTTP
+    /// endpoint ([`ferry_batch::import::ImportJob`]).
+    #[serde(rename = "import", default)]
+    pub imports: Vec<toml::Spanned<ferry_batch::import::ImportJob>>,
 }
 
 /// A configuration file that cannot be used.
@@ -93,9 +108,11 @@ impl FerryConfig {
             && config.events_api.is_none()
             && config.forwarders.is_empty()
             && config.cdcs.is_empty()
+            && config.exports.is_empty()
+            && config.imports.is_empty()
         {
             return Err(
-                "no [[pipeline]], [[consumer]], [[forwarder]] or [[cdc]] defined: nothing to run"
+                "no [[pipeline]], [[consumer]], [[forwarder]], [[cdc]], [[export]] or [[import]] defined: nothing to run"
                     .to_owned(),
             );
         }
@@ -109,6 +126,12 @@ impl FerryConfig {
         }
         forward::check(text, &config.forwarders)?;
         cdc::check(text, &config.cdcs)?;
+        batch::check(
+            text,
+            config.batch.as_ref(),
+            &config.exports,
+            &config.imports,
+        )?;
         Ok(config)
     }
 }

@@ -1,5 +1,6 @@
 //! `ferry`: the daemon and its command line.
 
+mod batch;
 mod cdc;
 mod config;
 mod consume;
@@ -215,6 +216,23 @@ enum Command {
         #[command(flatten)]
         args: CdcArgs,
     },
+    /// Batch export jobs (`[[export]]` of a configuration file): `ferry
+    /// export run JOB` runs a window by hand.
+    Export {
+        #[command(subcommand)]
+        action: ExportAction,
+    },
+    /// Batch import jobs (`[[import]]` of a configuration file): `ferry
+    /// import run JOB` processes what is waiting now.
+    Import {
+        #[command(subcommand)]
+        action: ImportAction,
+    },
+    /// The batch jobs of a configuration file: `ferry batch status`.
+    Batch {
+        #[command(subcommand)]
+        action: BatchAction,
+    },
     /// Apply Ferry's migrations to a database.
     Migrate {
         /// `postgres://…`, `mysql://…` (MariaDB) or `sqlite://path.db`.
@@ -296,6 +314,53 @@ struct CdcArgs {
     /// else is written there.
     #[arg(long, value_parser = humantime::parse_duration)]
     heartbeat: Option<Duration>,
+}
+
+#[derive(Subcommand)]
+enum ExportAction {
+    /// Run an export job once: the window holding `--window`, or else
+    /// every window due now (missed and failed ones, per its `catch_up`).
+    /// A re-run of a window writes the same file names and contents.
+    Run {
+        /// The job's name.
+        job: String,
+        /// The configuration file.
+        #[arg(long, short)]
+        config: PathBuf,
+        /// A time (RFC 3339) or date (`YYYY-MM-DD`) inside the window to
+        /// run; for a watermark job, the start of a recorded window.
+        #[arg(long)]
+        window: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum ImportAction {
+    /// Process every complete batch waiting now (import, skip what was
+    /// imported before, refuse what does not check out), then exit.
+    Run {
+        /// The job's name.
+        job: String,
+        /// The configuration file.
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum BatchAction {
+    /// The latest runs of the export jobs, newest first.
+    Status {
+        /// The configuration file.
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Only this job.
+        #[arg(long)]
+        job: Option<String>,
+        /// Runs shown per job.
+        #[arg(long, default_value_t = 10)]
+        limit: u32,
+    },
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -599,6 +664,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
                         .run(shutdown.clone(), move |stats| metrics.add_cdc(&name, stats)),
                 );
             }
+            batch::spawn_all(&config, &mut tasks, &metrics, &shutdown);
             for f in &config.forwarders {
                 let (metrics, name) = (metrics.clone(), f.name.get_ref().clone());
                 tasks.spawn(
@@ -673,11 +739,13 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::Check { config } => {
             let config = FerryConfig::load(&config)?;
             println!(
-                "ok: {} pipeline(s), {} consumer(s), {} forwarder(s), {} cdc",
+                "ok: {} pipeline(s), {} consumer(s), {} forwarder(s), {} cdc, {} export(s), {} import(s)",
                 config.pipelines.len(),
                 config.consumers.len(),
                 config.forwarders.len(),
-                config.cdcs.len()
+                config.cdcs.len(),
+                config.exports.len(),
+                config.imports.len()
             );
             Ok(())
         }
@@ -822,6 +890,20 @@ async fn run(command: Command) -> anyhow::Result<()> {
             };
             events_api::serve(&database, migrate, listen, config).await
         }
+        Command::Export {
+            action:
+                ExportAction::Run {
+                    job,
+                    config,
+                    window,
+                },
+        } => batch::export_run(&FerryConfig::load(&config)?, &job, window.as_deref()).await,
+        Command::Import {
+            action: ImportAction::Run { job, config },
+        } => batch::import_run(&FerryConfig::load(&config)?, &job).await,
+        Command::Batch {
+            action: BatchAction::Status { config, job, limit },
+        } => batch::status(&FerryConfig::load(&config)?, job.as_deref(), limit).await,
         Command::Cdc { action, args } => match action {
             Some(CdcAction::Status(c)) => cdc::status(&c.from, &c.name, c.mode).await,
             Some(CdcAction::Drop(c)) => cdc::drop_capture(&c.from, &c.name, c.mode).await,

@@ -34,6 +34,17 @@
 //! | `ferry_cdc_snapshot_running` | gauge | 1 while a snapshot or backfill is read (log modes) |
 //! | `ferry_cdc_retained_wal_bytes` | gauge | WAL the PostgreSQL slot makes the server keep (read every 10 s) |
 //!
+//! Per export job (label `job`; the runs counter also `status`,
+//! `succeeded` or `failed`):
+//!
+//! | metric | type | meaning |
+//! |---|---|---|
+//! | `ferry_batch_export_runs_total` | counter | runs finished, by status (a failed run counts once, after its retries) |
+//! | `ferry_batch_export_rows_total` | counter | rows exported by successful runs |
+//! | `ferry_batch_export_bytes_total` | counter | bytes handed over by successful runs |
+//! | `ferry_batch_export_last_run_seconds` | gauge | how long the last run took |
+//! | `ferry_batch_export_seconds_since_success` | gauge | since the last successful run finished (absent before the first) |
+//!
 //! Per forwarder (label `forwarder`):
 //!
 //! | metric | type | meaning |
@@ -65,6 +76,8 @@ use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 use serde::Deserialize;
+
+use crate::batch::ExportStats;
 
 /// `[http]`: where the daemon serves `/metrics` and `/health` (and the
 /// events API, with `[events_api]`).
@@ -113,6 +126,7 @@ pub struct Metrics {
     consumers: Shown<Stats>,
     forwarders: Shown<Arc<ForwarderStats>>,
     cdcs: Shown<Arc<ShipStats>>,
+    exports: Shown<Arc<ExportStats>>,
 }
 
 /// Something shown under a name.
@@ -164,11 +178,17 @@ impl Metrics {
         self.cdcs.add(name, stats);
     }
 
+    /// Shows `stats` under the export job `name`.
+    pub fn add_export(&self, name: &str, stats: Arc<ExportStats>) {
+        self.exports.add(name, stats);
+    }
+
     fn render(&self) -> String {
         let mut registry = Registry::default();
         registry.register_collector(Box::new(ConsumerCollector(self.clone())));
         registry.register_collector(Box::new(ForwarderCollector(self.clone())));
         registry.register_collector(Box::new(CdcCollector(self.clone())));
+        registry.register_collector(Box::new(ExportCollector(self.clone())));
         let mut out = String::new();
         // Writing to a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &registry);
@@ -438,6 +458,69 @@ impl Collector for CdcCollector {
             |n| *n,
         )];
         encode_counters(&mut encoder, &per_table, &table_counters)
+    }
+}
+
+#[derive(Debug)]
+struct ExportCollector(Metrics);
+
+impl Collector for ExportCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let jobs = self.0.exports.snapshot();
+        let by_status: Vec<([(&'static str, String); 2], u64)> = jobs
+            .iter()
+            .flat_map(|(name, s)| {
+                [
+                    (
+                        [("job", name.clone()), ("status", "succeeded".to_owned())],
+                        s.succeeded.load(Relaxed),
+                    ),
+                    (
+                        [("job", name.clone()), ("status", "failed".to_owned())],
+                        s.failed.load(Relaxed),
+                    ),
+                ]
+            })
+            .collect();
+        let runs: [Family<'_, u64, u64>; 1] = [(
+            "ferry_batch_export_runs",
+            "Export runs finished, by status (a failed run counts once, after its retries).",
+            |n| *n,
+        )];
+        encode_counters(&mut encoder, &by_status, &runs)?;
+        let rows: Vec<(ForwarderLabels, Arc<ExportStats>)> = jobs
+            .iter()
+            .map(|(name, stats)| ([("job", name.clone())], stats.clone()))
+            .collect();
+        type Pick = fn(&Arc<ExportStats>) -> u64;
+        let counters: [(&str, &str, Pick); 2] = [
+            (
+                "ferry_batch_export_rows",
+                "Rows exported by successful runs.",
+                |s| s.rows.load(Relaxed),
+            ),
+            (
+                "ferry_batch_export_bytes",
+                "Bytes handed over by successful runs.",
+                |s| s.bytes.load(Relaxed),
+            ),
+        ];
+        encode_counters(&mut encoder, &rows, &counters)?;
+        type Gauge = fn(&Arc<ExportStats>) -> Option<f64>;
+        let gauges: [(&str, &str, Gauge); 2] = [
+            (
+                "ferry_batch_export_last_run_seconds",
+                "How long the last run took (retries included).",
+                |s| s.last_duration(),
+            ),
+            (
+                "ferry_batch_export_seconds_since_success",
+                "Seconds since the last successful run finished (absent before the first).",
+                |s| s.since_success(),
+            ),
+        ];
+        encode_gauges(&mut encoder, &rows, &gauges)
     }
 }
 

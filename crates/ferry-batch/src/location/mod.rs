@@ -93,6 +93,19 @@ const ACCEPTED: &str =
 /// does not apply to the scheme, or an unreadable key file is a
 /// `Permanent` failure naming the setting and the accepted forms.
 pub async fn open(config: &LocationConfig) -> Result<Arc<dyn Location>, Failure> {
+    make(config)
+}
+
+impl LocationConfig {
+    /// What [`open`] would refuse, without making the location: for a
+    /// configuration file's check.
+    pub fn check(&self) -> Result<(), Failure> {
+        make(self).map(drop)
+    }
+}
+
+/// [`open`]'s work: nothing in it waits.
+fn make(config: &LocationConfig) -> Result<Arc<dyn Location>, Failure> {
     let url = config.url.trim();
     if url.is_empty() {
         return Err(Failure::permanent(format!(
