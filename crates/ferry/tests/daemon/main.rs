@@ -15,6 +15,7 @@ use ferry_testkit::{PgTestDb, Receiver, SqliteTestDb, TempDir};
 use rand::Rng;
 
 mod batch;
+mod batch_faults;
 mod cdc;
 mod cdc_cluster;
 mod cli;
