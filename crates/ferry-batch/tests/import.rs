@@ -1547,3 +1547,107 @@ async fn an_upsert_batch_with_a_key_twice_is_refused_postgres() {
     assert!(db.items().await.is_empty());
     assert!(dropbox.exists("error/b.reason.txt"));
 }
+
+// ------------------------------------------- over SFTP and S3 (real servers)
+
+/// Puts the local batch files `names` (from `local`'s incoming folder) to
+/// `incoming/` of `location`, in the order given.
+async fn upload(local: &Dropbox, location: &dyn ferry_batch::Location, names: &[&str]) {
+    for name in names {
+        location
+            .put_file(&local.path(name), &format!("incoming/{name}"))
+            .await
+            .unwrap();
+    }
+}
+
+async fn names(location: &dyn ferry_batch::Location, folder: &str) -> Vec<String> {
+    location
+        .list(folder)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.name)
+        .collect()
+}
+
+/// The receiver over a remote source: a corrupted batch refused to
+/// `error/`, a good one loaded and archived, then re-sent and skipped.
+async fn imports_over(source: ferry_batch::location::LocationConfig) {
+    let db = Scratch::new(Db::Sqlite).await;
+    let location = ferry_batch::location::open(&source).await.unwrap();
+    let local = Dropbox::new();
+    local.drop_csv("a", "r1");
+    let mut bytes = std::fs::read(local.path("a-1.csv")).unwrap();
+    bytes[40] ^= 1;
+    std::fs::write(local.path("a-1.csv"), &bytes).unwrap();
+    local.drop_csv("b", "r1");
+    upload(
+        &local,
+        location.as_ref(),
+        &["a-1.csv", "a.manifest.json", "b-1.csv", "b.manifest.json"],
+    )
+    .await;
+    let mut job = job("items", db_target(&db.url, serde_json::json!({})));
+    job.source = source;
+    let importer = Importer::new(job).await.unwrap();
+    let report = importer.run_once().await.unwrap();
+    assert_eq!(report.refused.len(), 1, "{report:?}");
+    assert!(report.refused[0].reason.contains("a-1.csv"));
+    assert_eq!(report.imported.len(), 1, "{report:?}");
+    assert_eq!(db.items().await, expected());
+    assert!(names(location.as_ref(), "incoming").await.is_empty());
+    assert_eq!(
+        names(location.as_ref(), "incoming/archive").await,
+        ["incoming/archive/b.manifest.json"]
+    );
+    assert_eq!(
+        names(location.as_ref(), "incoming/archive/b").await,
+        ["incoming/archive/b/b-1.csv"]
+    );
+    assert_eq!(
+        names(location.as_ref(), "incoming/error").await,
+        [
+            "incoming/error/a-1.csv",
+            "incoming/error/a.manifest.json",
+            "incoming/error/a.reason.txt"
+        ]
+    );
+
+    local.drop_csv("b", "r2");
+    upload(&local, location.as_ref(), &["b-1.csv", "b.manifest.json"]).await;
+    let report = importer.run_once().await.unwrap();
+    assert_eq!(report.skipped, ["b"]);
+    assert_eq!(db.items().await.len(), 3);
+}
+
+#[tokio::test]
+async fn imports_over_sftp() {
+    let sshd = ferry_testkit::sftp::PrivateSshd::start();
+    let source = ferry_batch::location::LocationConfig {
+        private_key: Some(sshd.client_key()),
+        known_hosts: Some(sshd.known_hosts()),
+        ..ferry_batch::location::LocationConfig::new(format!(
+            "sftp://{}@{}:{}{}",
+            sshd.user(),
+            sshd.host(),
+            sshd.port(),
+            sshd.root().display()
+        ))
+    };
+    imports_over(source).await;
+}
+
+#[tokio::test]
+async fn imports_over_s3() {
+    let bucket = ferry_testkit::s3::S3TestBucket::create().await;
+    let source = ferry_batch::location::LocationConfig {
+        endpoint: Some(bucket.endpoint.clone()),
+        allow_http: true,
+        region: Some("us-east-1".to_owned()),
+        access_key_id: Some("ferry-test".to_owned()),
+        secret_access_key: Some("ferry-test-secret".to_owned()),
+        ..ferry_batch::location::LocationConfig::new(format!("s3://{}/batches", bucket.bucket))
+    };
+    imports_over(source).await;
+}
