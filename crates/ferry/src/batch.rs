@@ -39,7 +39,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use ferry_batch::export::{ExportJob, Exporter, RunRecord, RunStatus, Trigger};
-use ferry_batch::import::{ImportJob, Importer};
+use ferry_batch::import::{ImportJob, ImportReport, Importer};
 use ferry_core::{ErrorKind, Failure};
 use ferry_relay::{CancellationToken, Health, SinkBackoff};
 use ferry_store::{redact, ConnectOptions, Database};
@@ -176,6 +176,51 @@ impl ExportStats {
     }
 }
 
+/// An import job's counters for `/metrics`, updated after each pass.
+#[derive(Debug, Default)]
+pub struct ImportStats {
+    /// Batches loaded.
+    pub imported: AtomicU64,
+    /// Batches found already imported (re-sent), archived without loading.
+    pub skipped: AtomicU64,
+    /// Batches refused (moved to the error folder).
+    pub refused: AtomicU64,
+    /// Rows loaded.
+    pub rows: AtomicU64,
+    /// When the last pass that did not fail ended, Unix milliseconds (-1
+    /// before the first).
+    pub last_pass_ms: AtomicI64,
+}
+
+impl ImportStats {
+    fn new() -> Arc<Self> {
+        let stats = Self::default();
+        stats.last_pass_ms.store(-1, Ordering::Relaxed);
+        Arc::new(stats)
+    }
+
+    fn observe(&self, report: &ImportReport) {
+        self.imported
+            .fetch_add(report.imported.len() as u64, Ordering::Relaxed);
+        self.skipped
+            .fetch_add(report.skipped.len() as u64, Ordering::Relaxed);
+        self.refused
+            .fetch_add(report.refused.len() as u64, Ordering::Relaxed);
+        self.rows.fetch_add(
+            report.imported.iter().map(|b| b.rows).sum(),
+            Ordering::Relaxed,
+        );
+        self.last_pass_ms
+            .store(chrono::Utc::now().timestamp_millis(), Ordering::Relaxed);
+    }
+
+    /// Seconds since the last pass that did not fail, if there was one.
+    pub fn since_pass(&self) -> Option<f64> {
+        let at = self.last_pass_ms.load(Ordering::Relaxed);
+        (at >= 0).then(|| (chrono::Utc::now().timestamp_millis() - at).max(0) as f64 / 1000.0)
+    }
+}
+
 /// The database an export job's run history lives in.
 fn state_url<'a>(config: &'a FerryConfig, job: &'a ExportJob) -> &'a str {
     config
@@ -231,13 +276,20 @@ pub async fn run_export(
 }
 
 /// Runs `job`'s importer until `shutdown`.
-pub async fn run_import(job: ImportJob, shutdown: CancellationToken) -> anyhow::Result<()> {
+pub async fn run_import(
+    job: ImportJob,
+    stats: Arc<ImportStats>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
     let name = job.name.clone();
     let Some(importer) = start(&name, "import", &shutdown, || Importer::new(job.clone())).await?
     else {
         return Ok(());
     };
-    importer.run(shutdown).await;
+    importer
+        .with_observer(move |r| stats.observe(r))
+        .run(shutdown)
+        .await;
     Ok(())
 }
 
@@ -347,8 +399,9 @@ pub async fn import_run(config: &FerryConfig, name: &str) -> anyhow::Result<()> 
     Ok(())
 }
 
-/// `ferry batch status`: the latest export runs of every export job (or
-/// of `job`), newest first.
+/// `ferry batch status`: the latest export runs of every export job, and
+/// the latest batches every import job's ledger holds (or `job`'s),
+/// newest first.
 pub async fn status(config: &FerryConfig, job: Option<&str>, limit: u32) -> anyhow::Result<()> {
     let mut shown = 0;
     for export in config.exports.iter().map(|j| j.get_ref()) {
@@ -374,10 +427,33 @@ pub async fn status(config: &FerryConfig, job: Option<&str>, limit: u32) -> anyh
             continue;
         }
         shown += 1;
-        println!(
-            "import {}: `ferry import run {}` processes what is waiting",
-            import.name, import.name
-        );
+        let importer = Importer::new(import.clone())
+            .await
+            .map_err(|e| anyhow::anyhow!("import `{}`: {}", import.name, e.describe()))?;
+        match importer
+            .imported(limit)
+            .await
+            .map_err(|e| anyhow::anyhow!("import `{}`: {}", import.name, e.describe()))?
+        {
+            Some(batches) => {
+                println!("import {} ({} batch(es) shown)", import.name, batches.len());
+                for b in &batches {
+                    println!(
+                        "  [{}, {}) {}: {} rows, imported {}",
+                        b.window.start,
+                        b.window.end,
+                        b.batch,
+                        b.rows,
+                        b.imported_at
+                            .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+                    );
+                }
+            }
+            None => println!(
+                "import {}: an HTTP target keeps no ledger (see the endpoint's own records)",
+                import.name
+            ),
+        }
     }
     if shown == 0 {
         anyhow::bail!(
@@ -467,6 +543,8 @@ pub fn spawn_all(
         tasks.spawn(run_export(job.clone(), state, stats, shutdown.clone()));
     }
     for job in config.imports.iter().map(|j| j.get_ref()) {
-        tasks.spawn(run_import(job.clone(), shutdown.clone()));
+        let stats = ImportStats::new();
+        metrics.add_import(&job.name, stats.clone());
+        tasks.spawn(run_import(job.clone(), stats, shutdown.clone()));
     }
 }

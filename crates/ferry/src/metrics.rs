@@ -45,6 +45,15 @@
 //! | `ferry_batch_export_last_run_seconds` | gauge | how long the last run took |
 //! | `ferry_batch_export_seconds_since_success` | gauge | since the last successful run finished (absent before the first) |
 //!
+//! Per import job (label `job`; the batches counter also `outcome`,
+//! `imported`, `skipped` or `refused`):
+//!
+//! | metric | type | meaning |
+//! |---|---|---|
+//! | `ferry_batch_import_batches_total` | counter | batches taken, by outcome |
+//! | `ferry_batch_import_rows_total` | counter | rows loaded |
+//! | `ferry_batch_import_seconds_since_pass` | gauge | since the last pass that did not fail (absent before the first) |
+//!
 //! Per forwarder (label `forwarder`):
 //!
 //! | metric | type | meaning |
@@ -77,7 +86,7 @@ use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 use serde::Deserialize;
 
-use crate::batch::ExportStats;
+use crate::batch::{ExportStats, ImportStats};
 
 /// `[http]`: where the daemon serves `/metrics` and `/health` (and the
 /// events API, with `[events_api]`).
@@ -127,6 +136,7 @@ pub struct Metrics {
     forwarders: Shown<Arc<ForwarderStats>>,
     cdcs: Shown<Arc<ShipStats>>,
     exports: Shown<Arc<ExportStats>>,
+    imports: Shown<Arc<ImportStats>>,
 }
 
 /// Something shown under a name.
@@ -183,12 +193,18 @@ impl Metrics {
         self.exports.add(name, stats);
     }
 
+    /// Shows `stats` under the import job `name`.
+    pub fn add_import(&self, name: &str, stats: Arc<ImportStats>) {
+        self.imports.add(name, stats);
+    }
+
     fn render(&self) -> String {
         let mut registry = Registry::default();
         registry.register_collector(Box::new(ConsumerCollector(self.clone())));
         registry.register_collector(Box::new(ForwarderCollector(self.clone())));
         registry.register_collector(Box::new(CdcCollector(self.clone())));
         registry.register_collector(Box::new(ExportCollector(self.clone())));
+        registry.register_collector(Box::new(ImportCollector(self.clone())));
         let mut out = String::new();
         // Writing to a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &registry);
@@ -520,6 +536,50 @@ impl Collector for ExportCollector {
                 |s| s.since_success(),
             ),
         ];
+        encode_gauges(&mut encoder, &rows, &gauges)
+    }
+}
+
+#[derive(Debug)]
+struct ImportCollector(Metrics);
+
+impl Collector for ImportCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let jobs = self.0.imports.snapshot();
+        let by_outcome: Vec<([(&'static str, String); 2], u64)> = jobs
+            .iter()
+            .flat_map(|(name, s)| {
+                [
+                    ("imported", s.imported.load(Relaxed)),
+                    ("skipped", s.skipped.load(Relaxed)),
+                    ("refused", s.refused.load(Relaxed)),
+                ]
+                .map(|(outcome, n)| ([("job", name.clone()), ("outcome", outcome.to_owned())], n))
+            })
+            .collect();
+        let batches: [Family<'_, u64, u64>; 1] = [(
+            "ferry_batch_import_batches",
+            "Batches taken, by outcome: imported, skipped (imported before), refused (moved to the error folder).",
+            |n| *n,
+        )];
+        encode_counters(&mut encoder, &by_outcome, &batches)?;
+        let rows: Vec<(ForwarderLabels, Arc<ImportStats>)> = jobs
+            .iter()
+            .map(|(name, stats)| ([("job", name.clone())], stats.clone()))
+            .collect();
+        type Pick = fn(&Arc<ImportStats>) -> u64;
+        let counters: [(&str, &str, Pick); 1] =
+            [("ferry_batch_import_rows", "Rows loaded.", |s| {
+                s.rows.load(Relaxed)
+            })];
+        encode_counters(&mut encoder, &rows, &counters)?;
+        type Gauge = fn(&Arc<ImportStats>) -> Option<f64>;
+        let gauges: [(&str, &str, Gauge); 1] = [(
+            "ferry_batch_import_seconds_since_pass",
+            "Seconds since the last pass that did not fail (absent before the first).",
+            |s| s.since_pass(),
+        )];
         encode_gauges(&mut encoder, &rows, &gauges)
     }
 }

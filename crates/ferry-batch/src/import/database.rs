@@ -100,6 +100,23 @@ impl DatabaseLoader {
             .await
     }
 
+    /// The latest `limit` batches `job` imported, newest first.
+    pub(crate) async fn imported(
+        &self,
+        job: &str,
+        limit: u32,
+    ) -> Result<Vec<ledger::Imported>, Failure> {
+        let db = self.database().await?;
+        let listed = match db {
+            Database::Postgres(p) => ledger::recent::<sqlx::Postgres>(p, job, limit).await,
+            Database::Mysql(p) => ledger::recent::<sqlx::MySql>(p, job, limit).await,
+            Database::Sqlite(p) => ledger::recent::<sqlx::Sqlite>(p, job, limit).await,
+        };
+        listed.map_err(|e| {
+            Failure::unavailable(format!("cannot read the ledger {}", ledger::TABLE)).with_source(e)
+        })
+    }
+
     /// Whether the ledger holds the batch keyed `key` of `job`.
     pub(crate) async fn contains(&self, job: &str, key: &str) -> Result<bool, Problem> {
         let db = self.database().await?;

@@ -114,6 +114,55 @@ pub(crate) async fn record<DB: Dialect>(
     Ok(())
 }
 
+/// A batch the ledger holds: what `ferry batch status` shows.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Imported {
+    /// The batch's name (its manifest's, without the suffix).
+    pub batch: String,
+    /// The manifest's window.
+    pub window: crate::Window,
+    /// Rows loaded.
+    pub rows: u64,
+    /// When the load committed.
+    pub imported_at: chrono::DateTime<chrono::Utc>,
+}
+
+/// The latest `limit` batches `job` imported, newest first.
+pub(crate) async fn recent<DB: Dialect>(
+    pool: &Pool<DB>,
+    job: &str,
+    limit: u32,
+) -> Result<Vec<Imported>, sqlx::Error> {
+    let sql = format!(
+        "SELECT {batch} AS batch, {ws} AS window_start, {we} AS window_end, row_count, imported_at
+         FROM {TABLE} WHERE job = {} ORDER BY imported_at DESC, batch DESC LIMIT {limit}",
+        param::<DB>(1),
+        batch = DB::text("batch"),
+        ws = DB::text("window_start"),
+        we = DB::text("window_end"),
+    );
+    let mut args = DB::Arguments::default();
+    bind::<DB, _>(&mut args, job)?;
+    let mut conn = pool.acquire().await?;
+    let rows = sqlx::query_with(&sql, args)
+        .fetch_all((*conn).executor())
+        .await?;
+    rows.iter()
+        .map(|row| {
+            let rows: i64 = row.read("row_count")?;
+            Ok(Imported {
+                batch: row.read("batch")?,
+                window: crate::Window {
+                    start: row.read("window_start")?,
+                    end: row.read("window_end")?,
+                },
+                rows: u64::try_from(rows).unwrap_or_default(),
+                imported_at: DB::read_time(row, "imported_at")?,
+            })
+        })
+        .collect()
+}
+
 fn bind<'q, DB: Dialect, T>(args: &mut DB::Arguments<'q>, value: T) -> Result<(), sqlx::Error>
 where
     DB::Arguments<'q>: Bind<'q, T>,

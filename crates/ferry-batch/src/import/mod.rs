@@ -59,7 +59,7 @@ use tokio_util::sync::CancellationToken;
 pub use batch::batch_key;
 pub use config::{Conflict, DatabaseTarget, HttpTarget, ImportJob, ImportTarget};
 pub use http::idempotency_key;
-pub use ledger::TABLE as LEDGER_TABLE;
+pub use ledger::{Imported, TABLE as LEDGER_TABLE};
 
 use batch::Problem;
 use database::{DatabaseLoader, Loaded};
@@ -115,7 +115,11 @@ pub struct Importer {
     location: Arc<dyn Location>,
     target: Target,
     last_retention: Mutex<Option<Instant>>,
+    observer: Option<Observer>,
 }
+
+/// Called with each pass's report (metrics).
+type Observer = Arc<dyn Fn(&ImportReport) + Send + Sync>;
 
 impl std::fmt::Debug for Importer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -149,7 +153,27 @@ impl Importer {
             location,
             target,
             last_retention: Mutex::new(None),
+            observer: None,
         })
+    }
+
+    /// Calls `observe` with the report of every pass [`run`](Self::run)
+    /// makes (one that ended in a failure reports what it did before it).
+    pub fn with_observer(
+        mut self,
+        observe: impl Fn(&ImportReport) + Send + Sync + 'static,
+    ) -> Self {
+        self.observer = Some(Arc::new(observe));
+        self
+    }
+
+    /// The latest `limit` batches the ledger holds for this job, newest
+    /// first; `None` for an HTTP target, which has no ledger.
+    pub async fn imported(&self, limit: u32) -> Result<Option<Vec<Imported>>, Failure> {
+        match &self.target {
+            Target::Database(db) => db.imported(&self.job.name, limit).await.map(Some),
+            Target::Http(_) => Ok(None),
+        }
     }
 
     /// The job this importer runs.
@@ -222,7 +246,10 @@ impl Importer {
     }
 
     async fn pass(&self) -> Result<(), Failure> {
-        self.run_once().await?;
+        let report = self.run_once().await?;
+        if let Some(observe) = &self.observer {
+            observe(&report);
+        }
         let due = {
             let last = self
                 .last_retention

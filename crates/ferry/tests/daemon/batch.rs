@@ -205,6 +205,12 @@ async fn sqlite_export_then_import_once_by_hand() {
     let out = ok(&["batch", "status", "-c", &cfg]);
     assert_eq!(out.matches("succeeded").count(), 2, "{out}");
     assert!(out.contains("manual"), "{out}");
+    // The receiver's ledger: the batch once, with its window and rows.
+    assert!(out.contains("import orders (1 batch(es) shown)"), "{out}");
+    assert!(
+        out.contains("[2026-12-06T10:00:00") && out.contains(": 6 rows"),
+        "{out}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -257,6 +263,10 @@ async fn a_daemon_down_across_ticks_exports_the_missed_windows_in_order_once() {
     assert!(n >= 2.0, "{succeeded}");
     assert!(
         metrics.contains("ferry_batch_export_seconds_since_success{job=\"orders\"}"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("ferry_batch_import_batches_total{job=\"orders\",outcome=\"imported\"}"),
         "{metrics}"
     );
     stop(&mut daemon.0);
