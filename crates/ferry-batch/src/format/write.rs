@@ -129,8 +129,7 @@ impl<W: Write> RowWriter<W> {
         self.rows
     }
 
-    /// Bytes written so far (before any compression by the inner writer),
-    /// counting those still buffered.
+    /// Bytes buffered here, not yet handed to the inner writer.
     pub fn buffered(&self) -> usize {
         self.buf.len()
     }
