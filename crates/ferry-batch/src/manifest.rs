@@ -60,9 +60,11 @@ pub struct Window {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum FileFormat {
-    /// CSV per RFC 4180: a header row, `,` between fields, CRLF between
-    /// records, fields quoted when they hold `,`, `"`, CR or LF. NULL is an
-    /// empty unquoted field; an empty string is `""`.
+    /// CSV per RFC 4180: a header row, `,` between fields, CRLF after
+    /// every record, fields quoted when they hold `,`, `"`, CR or LF (and
+    /// `\.` alone in a file of one column, which PostgreSQL's `COPY`
+    /// would take for the end of data). NULL is an empty unquoted field;
+    /// an empty string is `""`.
     Csv,
     /// JSON Lines: one JSON object per row, `\n` after each.
     Jsonl,

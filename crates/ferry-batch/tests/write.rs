@@ -413,6 +413,57 @@ async fn placeholders_take_their_parameters() {
     }
 }
 
+/// SQLite has no time type: a window's bounds compare with the column as
+/// text, so they are bound in SQLite's own layout (`datetime()`'s), and a
+/// day's window takes exactly that day's rows, the edges included on the
+/// start side only.
+#[tokio::test]
+async fn sqlite_windows_take_the_rows_of_their_window() {
+    let lite = SqliteTestDb::create();
+    let db = Database::connect(&format!("{}?mode=rwc", lite.url))
+        .await
+        .unwrap();
+    let Database::Sqlite(pool) = &db else {
+        unreachable!()
+    };
+    sqlx::query("CREATE TABLE t (id INTEGER, at TEXT)")
+        .execute(pool)
+        .await
+        .unwrap();
+    for (id, at) in [
+        (1, "datetime('2026-12-05 23:59:59')"),
+        (2, "datetime('2026-12-06 00:00:00')"),
+        (3, "datetime('2026-12-06 12:30:00')"),
+        (4, "'2026-12-06 23:59:59.999'"),
+        (5, "CURRENT_TIMESTAMP"),
+        (6, "datetime('2026-12-07 00:00:00')"),
+    ] {
+        sqlx::query(&format!("INSERT INTO t VALUES ({id}, {at})"))
+            .execute(pool)
+            .await
+            .unwrap();
+    }
+    let start = Utc.with_ymd_and_hms(2026, 12, 6, 0, 0, 0).unwrap();
+    let q = Query {
+        sql: "SELECT id FROM t WHERE at >= :window_start AND at < :window_end ORDER BY id".into(),
+        params: vec![
+            ("window_start".into(), Param::Time(start)),
+            (
+                "window_end".into(),
+                Param::Time(start + chrono::Duration::days(1)),
+            ),
+        ],
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let s = spec(FileFormat::Csv, false, 0);
+    let written = export(&db, &q, s, dir.path()).await;
+    let ids: Vec<_> = read_back(&written, s)
+        .into_iter()
+        .map(|r| r[0].clone().unwrap())
+        .collect();
+    assert_eq!(ids, ["2", "3", "4"]);
+}
+
 #[tokio::test]
 async fn bad_queries_are_permanent_failures() {
     let pg = PgTestDb::create().await;

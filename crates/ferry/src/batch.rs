@@ -340,6 +340,17 @@ pub async fn export_run(
     let exporter = exporter(job, state_url(config, job))
         .await
         .map_err(|e| anyhow::anyhow!("export `{name}`: {}", e.describe()))?;
+    let bar = std::io::IsTerminal::is_terminal(&std::io::stderr()).then(|| progress_bar(name));
+    let exporter = match &bar {
+        Some(bar) => {
+            let bar = bar.clone();
+            exporter.with_progress(move |rows, bytes| {
+                bar.set_position(rows);
+                bar.set_message(format!("{:.1} MB", bytes as f64 / 1e6));
+            })
+        }
+        None => exporter,
+    };
     let records = match window {
         Some(at) => {
             let window = exporter
@@ -356,6 +367,9 @@ pub async fn export_run(
             .await
             .map_err(|e| anyhow::anyhow!("export `{name}`: {}", e.describe()))?,
     };
+    if let Some(bar) = bar {
+        bar.finish_and_clear();
+    }
     if records.is_empty() {
         println!("export `{name}`: nothing due");
     }
@@ -371,6 +385,26 @@ pub async fn export_run(
         );
     }
     Ok(())
+}
+
+/// A terminal's progress line for an export run: rows, bytes, rate,
+/// time so far (no estimate of the time left: the query's row count is not
+/// known before it ends).
+fn progress_bar(job: &str) -> indicatif::ProgressBar {
+    let style = indicatif::ProgressStyle::with_template(
+        "{spinner} export {prefix}: {pos} rows, {msg}, {rate}, {elapsed}",
+    )
+    .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner())
+    .with_key(
+        "rate",
+        |state: &indicatif::ProgressState, w: &mut dyn std::fmt::Write| {
+            let _ = write!(w, "{:.0} rows/s", state.per_sec());
+        },
+    );
+    let bar = indicatif::ProgressBar::new_spinner().with_style(style);
+    bar.set_prefix(job.to_owned());
+    bar.enable_steady_tick(Duration::from_millis(200));
+    bar
 }
 
 /// `ferry import run JOB`: processes every complete batch waiting now and

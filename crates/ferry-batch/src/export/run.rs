@@ -188,7 +188,14 @@ pub struct Exporter {
     target: Target,
     recovered: AtomicBool,
     observer: Option<Observer>,
+    progress: Option<ProgressHook>,
 }
+
+/// Called as a run's query writes rows (see [`Exporter::with_progress`]).
+type ProgressHook = Arc<dyn Fn(u64, u64) + Send + Sync>;
+
+/// How often a run in progress is logged.
+const PROGRESS_LOG_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Called with every finished run (see [`Exporter::with_observer`]).
 type Observer = Arc<dyn Fn(&RunRecord) + Send + Sync>;
@@ -269,7 +276,16 @@ impl Exporter {
             target,
             recovered: AtomicBool::new(false),
             observer: None,
+            progress: None,
         })
+    }
+
+    /// Calls `progress(rows, bytes)` now and then while a run's query
+    /// writes its files (rows and bytes written so far in this run), for
+    /// a progress bar. Runs are logged every 10 seconds whether or not.
+    pub fn with_progress(mut self, progress: impl Fn(u64, u64) + Send + Sync + 'static) -> Self {
+        self.progress = Some(Arc::new(progress));
+        self
     }
 
     /// Calls `observe` with the record of every run once it is recorded
@@ -466,8 +482,27 @@ impl Exporter {
             };
             let query = self.query(window);
             let job = self.job.name.clone();
+            let hook = self.progress.clone();
+            let started = std::time::Instant::now();
+            let logged = std::sync::Mutex::new(started);
             let progress = move |rows: u64, bytes: u64| {
-                tracing::trace!(job = %job, rows, bytes, "export progress");
+                if let Some(hook) = &hook {
+                    hook(rows, bytes);
+                }
+                let due = logged.lock().is_ok_and(|mut last| {
+                    let due = last.elapsed() >= PROGRESS_LOG_EVERY;
+                    if due {
+                        *last = std::time::Instant::now();
+                    }
+                    due
+                });
+                if due {
+                    let secs = started.elapsed().as_secs_f64().max(1e-3);
+                    tracing::info!(
+                        job = %job, rows, bytes, rows_per_second = (rows as f64 / secs).round(),
+                        "export progress"
+                    );
+                }
             };
             let w = write::write_parts(&self.source, &query, &spec, dir, &progress).await?;
             record.rows = w.parts.iter().map(|p| p.rows).sum();

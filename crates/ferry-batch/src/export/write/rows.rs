@@ -246,7 +246,7 @@ pub(super) async fn write_sqlite(
             Param::Null => q.bind(None::<i64>),
             Param::Int(v) => q.bind(*v),
             Param::Text(v) => q.bind(v.as_str()),
-            Param::Time(v) => q.bind(*v),
+            Param::Time(v) => q.bind(sqlite_time(v)),
         };
     }
     let mut parts = Parts::new(dir, spec, columns.clone());
@@ -331,4 +331,15 @@ fn sqlite_cell(
     }
     w.cell(Some(out));
     Ok(())
+}
+
+/// A time as SQLite's own functions write it (`datetime()`,
+/// `CURRENT_TIMESTAMP`): `YYYY-MM-DD HH:MM:SS`, in UTC, with a fraction only
+/// when there is one. SQLite has no time type, so a window's bounds compare
+/// with a column as text: in this layout they order correctly against
+/// values written by those functions (and against any text of the same
+/// layout, fractions included), where RFC 3339's `T` would sort after
+/// every value of the same day.
+fn sqlite_time(t: &chrono::DateTime<chrono::Utc>) -> String {
+    t.format("%Y-%m-%d %H:%M:%S%.f").to_string()
 }
