@@ -420,6 +420,29 @@ url = "nats://127.0.0.1:4222"
     }
 
     #[test]
+    fn the_batch_example_and_the_readme_batch_config_are_valid() {
+        let example = FerryConfig::parse(include_str!("../../../examples/batch.toml"))
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!((example.exports.len(), example.imports.len()), (1, 1));
+        let export = example.exports[0].get_ref();
+        assert!(
+            export.gzip
+                && export
+                    .destination
+                    .as_ref()
+                    .is_some_and(|d| d.url.starts_with("sftp://"))
+        );
+        let readme = include_str!("../../../README.md");
+        let start = readme
+            .find("```toml\n[[export]]")
+            .expect("README's batch example")
+            + 8;
+        let end = start + readme[start..].find("```").unwrap();
+        let parsed = FerryConfig::parse(&readme[start..end]).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!((parsed.exports.len(), parsed.imports.len()), (1, 1));
+    }
+
+    #[test]
     fn consumer_errors_name_the_key_and_line() {
         let base = |extra: &str| {
             format!(

@@ -93,19 +93,32 @@ const ACCEPTED: &str =
 /// does not apply to the scheme, or an unreadable key file is a
 /// `Permanent` failure naming the setting and the accepted forms.
 pub async fn open(config: &LocationConfig) -> Result<Arc<dyn Location>, Failure> {
-    make(config)
+    Ok(match settings(config)? {
+        Settings::Folder(path) => Arc::new(FolderLocation::new(path)),
+        Settings::Sftp(s) => Arc::new(SftpLocation::new(s)?),
+        Settings::S3(s) => Arc::new(S3Location::new(s)?),
+    })
 }
 
 impl LocationConfig {
-    /// What [`open`] would refuse, without making the location: for a
-    /// configuration file's check.
+    /// What [`open`] would refuse but for the files it reads (an SFTP key
+    /// and `known_hosts` are read when the location is opened): the URL,
+    /// the settings its scheme needs and those it does not take. For a
+    /// configuration file's check, on any machine.
     pub fn check(&self) -> Result<(), Failure> {
-        make(self).map(drop)
+        settings(self).map(drop)
     }
 }
 
-/// [`open`]'s work: nothing in it waits.
-fn make(config: &LocationConfig) -> Result<Arc<dyn Location>, Failure> {
+/// A location's settings, checked.
+enum Settings {
+    Folder(std::path::PathBuf),
+    Sftp(SftpSettings),
+    S3(S3Settings),
+}
+
+/// The settings `config` names, checked; nothing read or connected.
+fn settings(config: &LocationConfig) -> Result<Settings, Failure> {
     let url = config.url.trim();
     if url.is_empty() {
         return Err(Failure::permanent(format!(
@@ -114,7 +127,7 @@ fn make(config: &LocationConfig) -> Result<Arc<dyn Location>, Failure> {
     }
     let Some((scheme, _)) = url.split_once("://") else {
         only_for(config, "a folder", &[])?;
-        return Ok(Arc::new(FolderLocation::new(url)));
+        return Ok(Settings::Folder(url.into()));
     };
     let parsed = url::Url::parse(url).map_err(|e| {
         Failure::permanent(format!(
@@ -130,7 +143,7 @@ fn make(config: &LocationConfig) -> Result<Arc<dyn Location>, Failure> {
                     "batch location: `url` {url:?} is not a local absolute path (write file:///abs/path)"
                 ))
             })?;
-            Ok(Arc::new(FolderLocation::new(path)))
+            Ok(Settings::Folder(path))
         }
         "sftp" => {
             only_for(
@@ -143,9 +156,7 @@ fn make(config: &LocationConfig) -> Result<Arc<dyn Location>, Failure> {
                     "accept_new_host_keys",
                 ],
             )?;
-            Ok(Arc::new(SftpLocation::new(sftp_settings(
-                config, &parsed,
-            )?)?))
+            Ok(Settings::Sftp(sftp_settings(config, &parsed)?))
         }
         "s3" => {
             only_for(
@@ -159,7 +170,7 @@ fn make(config: &LocationConfig) -> Result<Arc<dyn Location>, Failure> {
                     "allow_http",
                 ],
             )?;
-            Ok(Arc::new(S3Location::new(s3_settings(config, &parsed)?)?))
+            Ok(Settings::S3(s3_settings(config, &parsed)?))
         }
         other => Err(Failure::permanent(format!(
             "batch location: `url` has the unknown scheme {other:?} (accepted: {ACCEPTED})"
