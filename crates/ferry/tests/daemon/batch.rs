@@ -295,15 +295,24 @@ async fn a_daemon_down_across_ticks_exports_the_missed_windows_in_order_once() {
         );
     }
     assert!(!status.contains("failed"), "{status}");
-    // Every window's rows imported exactly once: the table has each row
-    // once per window exported.
+    // What the daemon's importer had not taken yet, taken now; then every
+    // window's batch is loaded exactly once (the query takes every row in
+    // each window, so the table holds each row once per window).
+    ok(&["import", "run", "orders", "-c", &cfg]);
     let n = rows(&dst.url).await.len();
-    assert_eq!(n % ROWS.len(), 0);
-    assert!(
-        n / ROWS.len() <= windows.len(),
-        "more loads ({}) than windows ({})",
-        n / ROWS.len(),
+    assert_eq!(
+        n,
+        ROWS.len() * windows.len(),
+        "{} windows exported, {n} rows loaded",
         windows.len()
+    );
+    let status = ok(&["batch", "status", "-c", &cfg, "--limit", "100"]);
+    assert!(
+        status.contains(&format!(
+            "import orders ({} batch(es) shown)",
+            windows.len()
+        )),
+        "{status}"
     );
 }
 
@@ -328,6 +337,12 @@ fn bad_batch_settings_name_the_key_and_line() {
             "timezone",
         ),
         ("url = \"/", "url = \"ftp://host/", "ftp"),
+        // SFTP without a key or a password.
+        (
+            "url = \"/",
+            "url = \"sftp://ferry@127.0.0.1:2222/",
+            "private_key",
+        ),
         (
             "poll_interval = \"200ms\"",
             "poll_interval = \"soon\"",
@@ -344,4 +359,40 @@ fn bad_batch_settings_name_the_key_and_line() {
         assert!(err.contains(expect), "{to}: {err}");
         assert!(!err.contains("panicked"), "{err}");
     }
+}
+
+/// A query the database refuses: the run is recorded failed with the
+/// database's own message, `ferry export run` says so and exits non-zero.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_query_fails_the_run_with_the_databases_message() {
+    let (src, dst, dir) = (
+        SqliteTestDb::create(),
+        SqliteTestDb::create(),
+        TempDir::new(),
+    );
+    source(&src.url).await;
+    let text = config(&dir.0, &src.url, &dst.url, "every = \"1h\"")
+        .replace("FROM orders ORDER BY id", "FROM no_such_table");
+    let cfg = write(&dir.0, &text);
+    let out = ferry(&[
+        "export",
+        "run",
+        "orders",
+        "-c",
+        &cfg,
+        "--window",
+        "2026-12-06T10:00:00Z",
+    ]);
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(!out.status.success(), "{stdout}");
+    assert!(stderr.contains("no_such_table"), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    let status = ok(&["batch", "status", "-c", &cfg]);
+    assert!(
+        status.contains("failed") && status.contains("no_such_table"),
+        "{status}"
+    );
 }
