@@ -758,11 +758,11 @@ async fn exporter_and_importer_sigkilled_repeatedly_every_window_once() {
         PgTestDb::create().await,
         TempDir::new(),
     );
-    // Ten 2 s windows back, aligned on the schedule's ticks.
+    // Fifteen 2 s windows back, aligned on the schedule's ticks.
     let now = Utc::now().timestamp();
-    let start = DateTime::from_timestamp(now - now % 2 - 20, 0).unwrap();
-    // 10,000 rows per 2 s window, for the next two minutes.
-    insert_events(&src.url, start, 600_000, 200).await;
+    let start = DateTime::from_timestamp(now - now % 2 - 30, 0).unwrap();
+    // 20,000 rows per 2 s window, for the next two minutes.
+    insert_events(&src.url, start, 1_200_000, 100).await;
     create_events_target(&dst.url).await;
     let outbox = dir.0.join("outbox");
     let location = format!("url = \"{}\"\n", outbox.display());
@@ -784,46 +784,80 @@ async fn exporter_and_importer_sigkilled_repeatedly_every_window_once() {
     );
     let import_cfg = write_config(&dir.0, "import.toml", &events_import(&location, &dst.url));
 
-    let (mut export_kills, mut import_kills) = (0, 0);
-    for round in 0..4 {
+    // Each round: both daemons started; the importer killed a random
+    // moment after a load began (its COPY seen in pg_stat_activity), then
+    // the exporter a random moment after a run began (its `running` row
+    // seen in the run history).
+    let (mut export_kills, mut import_kills, mut mid_load) = (0, 0, 0);
+    // At least four rounds, more (up to twelve) until a kill has caught
+    // the importer with its COPY under way.
+    let mut round = 0;
+    while round < 4 || (mid_load == 0 && round < 12) {
+        let stale = running_runs(&src.url).await;
         let mut exporter = Reaped(spawn_ferry(&["run", "--config", &export_cfg]));
         let mut importer = Reaped(spawn_ferry(&["run", "--config", &import_cfg]));
-        let e_at = Duration::from_millis(rng.gen_range(200..2500));
-        let i_at = Duration::from_millis(rng.gen_range(200..2500));
-        eprintln!("round {round}: exporter killed at {e_at:?}, importer at {i_at:?}");
-        let begun = Instant::now();
-        let (first, second) = if e_at <= i_at {
-            ((e_at, &mut exporter), (i_at, &mut importer))
-        } else {
-            ((i_at, &mut importer), (e_at, &mut exporter))
-        };
-        tokio::time::sleep(first.0).await;
-        assert!(first.1 .0.try_wait().unwrap().is_none(), "exited early");
-        sigkill(&mut first.1 .0);
-        tokio::time::sleep(second.0.saturating_sub(begun.elapsed())).await;
-        assert!(second.1 .0.try_wait().unwrap().is_none(), "exited early");
-        sigkill(&mut second.1 .0);
-        export_kills += 1;
+        let i_after = Duration::from_millis(rng.gen_range(0..10));
+        let e_after = Duration::from_millis(rng.gen_range(0..80));
+        eprintln!(
+            "round {round}: importer killed {i_after:?} after a load starts, \
+             exporter {e_after:?} after a run starts"
+        );
+        wait_for(
+            "a load to start",
+            Duration::from_secs(60),
+            Duration::from_millis(2),
+            || loading(&dst.url),
+        )
+        .await;
+        tokio::time::sleep(i_after).await;
+        let was_loading = loading(&dst.url).await;
+        assert!(importer.0.try_wait().unwrap().is_none(), "importer exited");
+        sigkill(&mut importer.0);
         import_kills += 1;
+        mid_load += usize::from(was_loading);
+        let src_url = src.url.clone();
+        wait_for(
+            "a run to start",
+            Duration::from_secs(60),
+            Duration::from_millis(2),
+            || {
+                let (src_url, stale) = (src_url.clone(), stale.clone());
+                async move { running_runs(&src_url).await.difference(&stale).count() > 0 }
+            },
+        )
+        .await;
+        tokio::time::sleep(e_after).await;
+        assert!(exporter.0.try_wait().unwrap().is_none(), "exporter exited");
+        sigkill(&mut exporter.0);
+        export_kills += 1;
+        round += 1;
     }
+    eprintln!("{mid_load} of {import_kills} importer kills with its COPY still running");
+    assert!(mid_load >= 1, "no importer kill caught a load under way");
     assert!(export_kills >= 3 && import_kills >= 3);
 
     // Now left alone until caught up: every window from start_at to the
-    // last complete one (but the one that just closed) exported.
+    // last complete one (but the one that just closed) exported; stopped
+    // between two ticks, no run under way (a run cut short by SIGTERM is
+    // left `running`: see the ignored test below).
     let mut exporter = Reaped(spawn_ferry(&["run", "--config", &export_cfg]));
     let mut importer = Reaped(spawn_ferry(&["run", "--config", &import_cfg]));
     let src_url = src.url.clone();
     wait_for(
         "the exporter to catch up",
         Duration::from_secs(120),
-        Duration::from_millis(200),
+        Duration::from_millis(50),
         || {
             let src_url = src_url.clone();
             async move {
-                let now = Utc::now().timestamp();
-                let due = DateTime::from_timestamp(now - now % 2 - 2, 0).unwrap();
+                let now = Utc::now();
+                let secs = now.timestamp();
+                let due = DateTime::from_timestamp(secs - secs % 2 - 2, 0).unwrap();
+                let into_tick = (secs % 2) * 1000 + i64::from(now.timestamp_subsec_millis());
                 let done = succeeded_windows(&src_url).await;
-                done.last().is_some_and(|(_, end)| *end >= due)
+                (300..1500).contains(&into_tick)
+                    && done.last().is_some_and(|(_, end)| *end >= due)
+                    && running_runs(&src_url).await.is_empty()
             }
         },
     )
@@ -923,6 +957,32 @@ async fn exporter_and_importer_sigkilled_repeatedly_every_window_once() {
             .count(),
         windows
     );
+}
+
+/// Run ids of the `running` rows in the run history at `url`.
+async fn running_runs(url: &str) -> BTreeSet<String> {
+    let mut c = pg(url).await;
+    let ids = sqlx::query_scalar("SELECT run_id FROM ferry_batch_runs WHERE status = 'running'")
+        .fetch_all(&mut c)
+        .await
+        .unwrap_or_default();
+    c.close().await.unwrap();
+    ids.into_iter().collect()
+}
+
+/// Whether another session of the database at `url` is running a COPY
+/// (the importer loading a batch).
+async fn loading(url: &str) -> bool {
+    let mut c = pg(url).await;
+    let n: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() \
+         AND pid <> pg_backend_pid() AND state = 'active' AND query ILIKE 'COPY%'",
+    )
+    .fetch_one(&mut c)
+    .await
+    .unwrap();
+    c.close().await.unwrap();
+    n > 0
 }
 
 /// The windows of `events` with a succeeded run, oldest first (with
@@ -1059,4 +1119,48 @@ async fn a_corrupted_or_mismatched_batch_goes_to_error_and_a_good_one_still_load
         event_ids(&src.url, from, to).await
     );
     assert_eq!(ledger(&dst.url).await.len(), 2);
+}
+
+// ------------------------------------------ a run cut short by SIGTERM
+
+/// `ferry run` stopped by SIGTERM while an export run is under way exits
+/// cleanly, but leaves the run `running` in the history (the run's future
+/// is dropped by `Exporter::run`'s `select!` on shutdown): `ferry batch
+/// status` then shows a run of a daemon that is gone, until the next
+/// start marks it interrupted. No window is lost (it is redone).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "bug: Exporter::run drops the run in progress on shutdown, leaving its history row `running`"]
+async fn a_sigterm_mid_run_leaves_no_run_marked_running() {
+    let (src, dir) = (PgTestDb::create().await, TempDir::new());
+    insert_events(&src.url, time("2026-12-06T10:00:00Z"), 400_000, 9_000).await;
+    let location = format!("url = \"{}\"\n", dir.0.join("outbox").display());
+    let cfg = write_config(
+        &dir.0,
+        "ferry.toml",
+        &events_export(
+            &src.url,
+            &location,
+            "every = \"1h\"\nstart_at = \"2026-12-06T10:00:00Z\"",
+            &dir.0.join("work"),
+            "",
+        ),
+    );
+    let mut daemon = Reaped(spawn_ferry(&["run", "--config", &cfg]));
+    let src_url = src.url.clone();
+    wait_for(
+        "a run to start",
+        Duration::from_secs(60),
+        Duration::from_millis(2),
+        || {
+            let src_url = src_url.clone();
+            async move { !running_runs(&src_url).await.is_empty() }
+        },
+    )
+    .await;
+    stop(&mut daemon.0);
+    assert_eq!(
+        running_runs(&src.url).await,
+        BTreeSet::new(),
+        "runs left `running` by a daemon stopped with SIGTERM"
+    );
 }
