@@ -21,7 +21,7 @@ use ferry_testkit::{MysqlTestDb, PgTestDb, TempDir};
 use rand::{Rng, SeedableRng};
 use sqlx::{Connection, Executor, MySqlConnection, PgConnection, Row};
 
-use super::{ferry, ferry_command, sigkill, spawn_ferry, stop, wait_for, Reaped};
+use super::{ferry, ferry_command, sigkill, spawn_ferry, stop, wait_for, wait_until, Reaped};
 
 // ------------------------------------------------------------- helpers
 
@@ -1176,4 +1176,92 @@ async fn a_sigterm_mid_run_leaves_no_run_marked_running() {
         BTreeSet::new(),
         "runs left `running` by a daemon stopped with SIGTERM"
     );
+}
+
+// --------------------------- the importer's SFTP source unreachable
+
+/// A source that cannot be reached is a failure outside the batch: `ferry
+/// import run` fails and leaves the batch where it is (nothing in
+/// error/); a daemon started while the server is down keeps polling and
+/// loads the batch once when it is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_sftp_source_leaves_the_batch_in_place_until_it_is_back() {
+    let (src, dst, dir) = (
+        PgTestDb::create().await,
+        PgTestDb::create().await,
+        TempDir::new(),
+    );
+    let mut sshd = PrivateSshd::start();
+    insert_events(&src.url, time("2026-12-06T10:00:00Z"), 1_000, 3_600_000).await;
+    create_events_target(&dst.url).await;
+    let location = sftp_location(&sshd, "outbox");
+    let export_cfg = write_config(
+        &dir.0,
+        "export.toml",
+        &events_export(
+            &src.url,
+            &location,
+            "every = \"1h\"",
+            &dir.0.join("work"),
+            "",
+        ),
+    );
+    let import_cfg = write_config(&dir.0, "import.toml", &events_import(&location, &dst.url));
+    ok(&[
+        "export",
+        "run",
+        "events",
+        "-c",
+        &export_cfg,
+        "--window",
+        "2026-12-06T10:00:00Z",
+    ]);
+    let outbox = sshd.root().join("outbox");
+    let waiting = names_in(&outbox);
+    assert_eq!(
+        waiting,
+        [
+            "events-20261206T100000Z-001.csv",
+            "events-20261206T100000Z.manifest.json"
+        ]
+    );
+
+    sshd.stop();
+    let out = ferry(&["import", "run", "events", "-c", &import_cfg]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "imported with the server down: {err}"
+    );
+    assert!(err.contains("127.0.0.1"), "{err}");
+    assert_eq!(names_in(&outbox), waiting, "the batch moved");
+    assert!(all_event_ids(&dst.url).await.is_empty());
+
+    let mut daemon = Reaped(spawn_ferry(&["run", "--config", &import_cfg]));
+    // The daemon up (and polling in vain) before the server is back.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(daemon.0.try_wait().unwrap().is_none(), "the daemon exited");
+    sshd.resume();
+    let dst_url = dst.url.clone();
+    wait_for(
+        "the batch to be loaded",
+        Duration::from_secs(60),
+        Duration::from_millis(100),
+        || {
+            let dst_url = dst_url.clone();
+            async move { ledger(&dst_url).await.len() == 1 }
+        },
+    )
+    .await;
+    let outbox_wait = outbox.clone();
+    wait_until("the batch to be archived", Duration::from_secs(30), || {
+        manifests(&outbox_wait).is_empty()
+    })
+    .await;
+    stop(&mut daemon.0);
+    let (from, to) = (time("2026-12-06T10:00:00Z"), time("2026-12-06T11:00:00Z"));
+    let ids = event_ids(&src.url, from, to).await;
+    assert_eq!(ids.len(), 1_000);
+    assert_eq!(all_event_ids(&dst.url).await, ids);
+    assert!(names_in(&outbox.join("error")).is_empty());
 }
