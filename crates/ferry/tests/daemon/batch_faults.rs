@@ -1265,3 +1265,122 @@ async fn an_unreachable_sftp_source_leaves_the_batch_in_place_until_it_is_back()
     assert_eq!(all_event_ids(&dst.url).await, ids);
     assert!(names_in(&outbox.join("error")).is_empty());
 }
+
+// ------------------------------------------- two importers racing
+
+/// Exports six hourly windows of 20,000 events to a folder and runs two
+/// `ferry import run` at once on them; what each printed and how it ended.
+async fn race_two_importers() -> (Vec<std::process::Output>, PgTestDb, PgTestDb, TempDir) {
+    let (src, dst, dir) = (
+        PgTestDb::create().await,
+        PgTestDb::create().await,
+        TempDir::new(),
+    );
+    insert_events(&src.url, time("2026-12-06T10:00:00Z"), 120_000, 180_000).await;
+    create_events_target(&dst.url).await;
+    let outbox = dir.0.join("outbox");
+    let location = format!("url = \"{}\"\n", outbox.display());
+    let cfg = write_config(
+        &dir.0,
+        "ferry.toml",
+        &(events_export(
+            &src.url,
+            &location,
+            "every = \"1h\"",
+            &dir.0.join("work"),
+            "",
+        ) + &events_import(&location, &dst.url)),
+    );
+    for h in 10..16 {
+        ok(&[
+            "export",
+            "run",
+            "events",
+            "-c",
+            &cfg,
+            "--window",
+            &format!("2026-12-06T{h}:30:00Z"),
+        ]);
+    }
+    assert_eq!(manifests(&outbox).len(), 6);
+    let racers: Vec<_> = (0..2)
+        .map(|_| {
+            std::process::Command::new(super::FERRY)
+                .args(["import", "run", "events", "-c", &cfg])
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let outs: Vec<_> = racers
+        .into_iter()
+        .map(|c| c.wait_with_output().unwrap())
+        .collect();
+    for o in &outs {
+        eprintln!(
+            "{:?}\n{}{}",
+            o.status,
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+    }
+    (outs, src, dst, dir)
+}
+
+/// Two `ferry import run` at once on the same batches: each batch loaded
+/// once, nothing refused. (The one that loses a race may fail its pass:
+/// see the ignored test below.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_importers_racing_load_each_batch_once() {
+    let (outs, _src, dst, dir) = race_two_importers().await;
+    let outbox = dir.0.join("outbox");
+    let printed: String = outs
+        .iter()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .collect();
+    assert!(!printed.contains("refused"), "{printed}");
+    assert!(
+        names_in(&outbox.join("error")).is_empty(),
+        "refused: {:?}",
+        names_in(&outbox.join("error"))
+    );
+    for o in outs.iter().filter(|o| !o.status.success()) {
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(
+            err.contains("to move"),
+            "an importer failed otherwise: {err}"
+        );
+    }
+    // What a failed pass left behind, the next pass takes.
+    let cfg = dir.0.join("ferry.toml").display().to_string();
+    ok(&["import", "run", "events", "-c", &cfg]);
+    assert_eq!(ledger(&dst.url).await.len(), 6);
+    assert_eq!(
+        all_event_ids(&dst.url).await,
+        (1..=120_000).collect::<Vec<_>>()
+    );
+    assert!(names_in(&outbox.join("error")).is_empty());
+    assert!(manifests(&outbox).is_empty());
+}
+
+/// The importer that finds a batch already imported by another one
+/// (ledger row there) archives it from the listing it took at the start
+/// of its pass; the other importer has moved the files meanwhile, so the
+/// rename fails ("no file … to move") and the whole pass ends in an
+/// error (`ferry import run` exits 1, the rest of its batches untouched).
+/// Racy: it shows on some runs only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "bug: import::batch::archive fails the pass when another importer archived the batch first"]
+async fn the_importer_that_loses_a_race_does_not_fail() {
+    for _ in 0..5 {
+        let (outs, _src, _dst, _dir) = race_two_importers().await;
+        for o in &outs {
+            assert!(
+                o.status.success(),
+                "an importer failed: {}",
+                String::from_utf8_lossy(&o.stderr)
+            );
+        }
+    }
+}
