@@ -759,6 +759,25 @@ async fn sftp_down_at_start_and_mid_upload_the_run_retries_and_no_partial_batch_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exporter_and_importer_sigkilled_repeatedly_every_window_once() {
+    let dir = TempDir::new();
+    let outbox = dir.0.join("outbox");
+    let location = format!("url = \"{}\"\n", outbox.display());
+    sigkilled_repeatedly(&location, &outbox, &dir.0).await;
+}
+
+/// The same over SFTP, where a kill mid-upload may leave a `.…part-…`
+/// file behind, which the importer must never take.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exporter_and_importer_sigkilled_repeatedly_over_sftp_every_window_once() {
+    let dir = TempDir::new();
+    let sshd = PrivateSshd::start();
+    let location = sftp_location(&sshd, "outbox");
+    sigkilled_repeatedly(&location, &sshd.root().join("outbox"), &dir.0).await;
+}
+
+/// Exporter and importer daemons on `location` (`outbox` locally) killed
+/// in turn, then left to catch up; every window once, every row once.
+async fn sigkilled_repeatedly(location: &str, outbox: &Path, work: &Path) {
     let seed: u64 = std::env::var("FERRY_TEST_SEED")
         .ok()
         .and_then(|s| s.parse().ok())
@@ -766,36 +785,30 @@ async fn exporter_and_importer_sigkilled_repeatedly_every_window_once() {
     eprintln!("kill schedule seed: {seed} (FERRY_TEST_SEED={seed} repeats it)");
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
 
-    let (src, dst, dir) = (
-        PgTestDb::create().await,
-        PgTestDb::create().await,
-        TempDir::new(),
-    );
+    let (src, dst) = (PgTestDb::create().await, PgTestDb::create().await);
     // Fifteen 2 s windows back, aligned on the schedule's ticks.
     let now = Utc::now().timestamp();
     let start = DateTime::from_timestamp(now - now % 2 - 30, 0).unwrap();
     // 20,000 rows per 2 s window, for the next two minutes.
     insert_events(&src.url, start, 1_200_000, 100).await;
     create_events_target(&dst.url).await;
-    let outbox = dir.0.join("outbox");
-    let location = format!("url = \"{}\"\n", outbox.display());
     let schedule = format!(
         "every = \"2s\"\nstart_at = \"{}\"\ncatch_up = \"all\"",
         start.format("%Y-%m-%dT%H:%M:%SZ")
     );
     let export_cfg = write_config(
-        &dir.0,
+        work,
         "export.toml",
         &events_export(
             &src.url,
-            &location,
+            location,
             &schedule,
-            &dir.0.join("work"),
+            &work.join("work"),
             "batch_name = \"{job}-{window_start:%Y%m%dT%H%M%S}\"\n\
              file_name = \"{job}-{window_start:%Y%m%dT%H%M%S}-{part}.{ext}\"",
         ),
     );
-    let import_cfg = write_config(&dir.0, "import.toml", &events_import(&location, &dst.url));
+    let import_cfg = write_config(work, "import.toml", &events_import(location, &dst.url));
 
     // Each round: both daemons started; the importer killed a random
     // moment after a load began (its COPY seen in pg_stat_activity), then
@@ -916,7 +929,7 @@ async fn exporter_and_importer_sigkilled_repeatedly_every_window_once() {
     // Each exported batch imported once.
     let dst_url = dst.url.clone();
     let windows = done.len();
-    let outbox_wait = outbox.clone();
+    let outbox_wait = outbox.to_path_buf();
     wait_for(
         "the importer to load every batch",
         Duration::from_secs(120),
