@@ -189,6 +189,9 @@ pub struct Exporter {
     recovered: AtomicBool,
     observer: Option<Observer>,
     progress: Option<ProgressHook>,
+    /// The run being made, while it is: what a shutdown records as
+    /// stopped.
+    in_progress: std::sync::Mutex<Option<(RunRecord, PathBuf)>>,
 }
 
 /// Called as a run's query writes rows (see [`Exporter::with_progress`]).
@@ -277,6 +280,7 @@ impl Exporter {
             recovered: AtomicBool::new(false),
             observer: None,
             progress: None,
+            in_progress: std::sync::Mutex::new(None),
         })
     }
 
@@ -380,7 +384,13 @@ impl Exporter {
         let dir = self
             .work_dir()
             .join(format!("ferry-export-{}-{run_id}", self.job.name));
+        if let Ok(mut now) = self.in_progress.lock() {
+            *now = Some((record.clone(), dir.clone()));
+        }
         let outcome = self.attempts(window, &dir, &mut record).await;
+        if let Ok(mut now) = self.in_progress.lock() {
+            *now = None;
+        }
         let _ = tokio::fs::remove_dir_all(&dir).await;
         match outcome {
             Ok(()) => record.status = RunStatus::Succeeded,
@@ -395,6 +405,31 @@ impl Exporter {
             observe(&record);
         }
         Ok(record)
+    }
+
+    /// Records the run a shutdown interrupted as failed (it is run again
+    /// at the next start or tick) and removes its work folder; within a
+    /// few seconds, else it is left `running` for the next start to find.
+    async fn record_stopped(&self) {
+        let stopped = self.in_progress.lock().ok().and_then(|mut now| now.take());
+        let Some((mut record, dir)) = stopped else {
+            return;
+        };
+        record.status = RunStatus::Failed;
+        record.error = Some("stopped: the exporter was shut down during this run".to_owned());
+        record.finished_at = Some(now_micros());
+        let recorded = tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            self.history.finish(&record),
+        )
+        .await;
+        if !matches!(recorded, Ok(Ok(()))) {
+            tracing::warn!(job = %self.job.name, run = %record.run_id,
+                "could not record the run stopped by the shutdown; the next start redoes it");
+        }
+        let _ = tokio::fs::remove_dir_all(&dir).await;
+        tracing::info!(job = %self.job.name, window_start = %record.window.start,
+            window_end = %record.window.end, "export run stopped by the shutdown; it runs again at the next start");
     }
 
     fn work_dir(&self) -> PathBuf {
@@ -787,7 +822,10 @@ impl Exporter {
         let mut failing = false;
         loop {
             let result = tokio::select! {
-                _ = shutdown.cancelled() => break,
+                _ = shutdown.cancelled() => {
+                    self.record_stopped().await;
+                    break;
+                }
                 r = self.catch_up(Utc::now()) => r,
             };
             let outcome = match result {

@@ -268,14 +268,31 @@ pub(crate) async fn archive(
         if !listed.iter().any(|e| e.name == from) {
             continue;
         }
-        location
-            .rename(&from, &format!("{archive}/{batch}/{file}"))
-            .await?;
+        move_unless_gone(location, &from, &format!("{archive}/{batch}/{file}")).await?;
     }
     let manifest = Manifest::file_name(batch);
-    location
-        .rename(&job.path(&manifest), &format!("{archive}/{manifest}"))
-        .await
+    move_unless_gone(
+        location,
+        &job.path(&manifest),
+        &format!("{archive}/{manifest}"),
+    )
+    .await
+}
+
+/// Moves `from` to `to`; a `from` that is no longer there when the move
+/// fails was moved by someone else (another importer archiving the same
+/// batch, which it loaded or skipped): done, not a failure.
+async fn move_unless_gone(location: &dyn Location, from: &str, to: &str) -> Result<(), Failure> {
+    match location.rename(from, to).await {
+        Ok(()) => Ok(()),
+        Err(e) => {
+            let folder = crate::location::parent(from);
+            match location.list(folder).await {
+                Ok(entries) if !entries.iter().any(|entry| entry.name == from) => Ok(()),
+                _ => Err(e),
+            }
+        }
+    }
 }
 
 /// Moves a refused batch to the error folder: `<batch>.reason.txt` first,

@@ -676,6 +676,45 @@ async fn sqlite_columns(pool: &SqlitePool, table: &str) -> Result<Vec<(String, S
         .map_err(db_problem)
 }
 
+/// Binds one cell of a SQLite row, as the column's kind is stored there.
+fn bind_sqlite<'q>(
+    query: sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments<'q>>,
+    cell: Option<String>,
+    kind: ValueKind,
+    column: &str,
+) -> Result<sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments<'q>>, Problem> {
+    Ok(match (cell, kind) {
+        (None, _) => query.bind(None::<String>),
+        (Some(t), ValueKind::Integer) => match t.parse::<i64>() {
+            Ok(i) => query.bind(i),
+            // Beyond 64 bits: kept as its digits.
+            Err(_) => query.bind(t),
+        },
+        (Some(t), ValueKind::Float) => match t.parse::<f64>() {
+            Ok(f) if f.is_finite() => query.bind(f),
+            _ => query.bind(t),
+        },
+        (Some(t), ValueKind::Boolean) => match t.as_str() {
+            "true" => query.bind(1i64),
+            "false" => query.bind(0i64),
+            _ => {
+                return Err(Problem::Refused(format!(
+                    "column {column:?}: {t:?} is not true or false"
+                )))
+            }
+        },
+        (Some(t), ValueKind::Bytes) => match hex_bytes(&t) {
+            Some(b) => query.bind(b),
+            None => {
+                return Err(Problem::Refused(format!(
+                    "column {column:?}: {t:?} is not \\x and hex digits"
+                )))
+            }
+        },
+        (Some(t), _) => query.bind(t),
+    })
+}
+
 async fn load_sqlite(
     pool: &SqlitePool,
     target: &DatabaseTarget,
@@ -730,57 +769,46 @@ async fn load_sqlite(
     } else {
         String::new()
     };
-    let sql = format!(
-        "INSERT INTO {} ({columns}) VALUES ({}){upsert}",
-        target.table,
-        vec!["?"; plan.columns.len()].join(", ")
-    );
+    // Many rows per statement (SQLite takes up to 32,766 parameters): one
+    // statement per row made sqlx's per-statement cost most of the load.
+    let width = plan.columns.len().max(1);
+    let per_statement = (30_000 / width).clamp(1, 500);
+    let tuple = format!("({})", vec!["?"; width].join(", "));
+    let statement = |rows: usize| {
+        format!(
+            "INSERT INTO {} ({columns}) VALUES {}{upsert}",
+            target.table,
+            vec![tuple.as_str(); rows].join(", ")
+        )
+    };
+    let full = statement(per_statement);
     let mut total = 0;
     for (entry, path) in &batch.files {
         let label = entry.name.clone();
         let mut rx = stream::rows(path.clone(), batch.manifest.clone(), 1000, label.clone());
         let mut n = 0u64;
         while let Some(chunk) = rx.recv().await {
-            for row in chunk? {
-                n += 1;
-                let mut query = sqlx::query(&sql);
-                for ((cell, kind), column) in row
-                    .into_iter()
-                    .zip(&plan.kinds)
-                    .zip(&batch.manifest.columns)
-                {
-                    query = match (cell, kind) {
-                        (None, _) => query.bind(None::<String>),
-                        (Some(t), ValueKind::Integer) => match t.parse::<i64>() {
-                            Ok(i) => query.bind(i),
-                            // Beyond 64 bits: kept as its digits.
-                            Err(_) => query.bind(t),
-                        },
-                        (Some(t), ValueKind::Float) => match t.parse::<f64>() {
-                            Ok(f) if f.is_finite() => query.bind(f),
-                            _ => query.bind(t),
-                        },
-                        (Some(t), ValueKind::Boolean) => match t.as_str() {
-                            "true" => query.bind(1i64),
-                            "false" => query.bind(0i64),
-                            _ => {
-                                return Err(Problem::Refused(format!(
-                                    "column {:?}: {t:?} is not true or false",
-                                    column.name
-                                )))
-                            }
-                        },
-                        (Some(t), ValueKind::Bytes) => match hex_bytes(&t) {
-                            Some(b) => query.bind(b),
-                            None => {
-                                return Err(Problem::Refused(format!(
-                                    "column {:?}: {t:?} is not \\x and hex digits",
-                                    column.name
-                                )))
-                            }
-                        },
-                        (Some(t), _) => query.bind(t),
-                    };
+            let chunk = chunk?;
+            n += chunk.len() as u64;
+            let mut rows = chunk.into_iter().peekable();
+            while rows.peek().is_some() {
+                let group: Vec<_> = rows.by_ref().take(per_statement).collect();
+                let partial;
+                let sql = if group.len() == per_statement {
+                    &full
+                } else {
+                    partial = statement(group.len());
+                    &partial
+                };
+                let mut query = sqlx::query(sql);
+                for row in group {
+                    for ((cell, kind), column) in row
+                        .into_iter()
+                        .zip(&plan.kinds)
+                        .zip(&batch.manifest.columns)
+                    {
+                        query = bind_sqlite(query, cell, *kind, &column.name)?;
+                    }
                 }
                 query
                     .execute(&mut *tx)

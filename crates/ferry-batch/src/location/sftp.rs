@@ -23,6 +23,18 @@ const REQUEST_TIMEOUT_SECS: u64 = 30;
 /// Reads and writes in flight at once on one transfer; with the chunk
 /// size this bounds a transfer's memory (about 2 MiB).
 const IN_FLIGHT: usize = 32;
+
+/// Ciphers in the order offered: AES-GCM first, which the CPU's AES
+/// instructions make several times faster than ChaCha20-Poly1305 in pure
+/// Rust (russh's first choice); the rest as russh orders them.
+const CIPHERS: &[russh::cipher::Name] = &[
+    russh::cipher::AES_128_GCM,
+    russh::cipher::AES_256_GCM,
+    russh::cipher::CHACHA20_POLY1305,
+    russh::cipher::AES_256_CTR,
+    russh::cipher::AES_192_CTR,
+    russh::cipher::AES_128_CTR,
+];
 /// The chunk every server must accept (the SFTP draft's minimum).
 const SAFE_CHUNK: u64 = 32 * 1024;
 /// The largest chunk used when the server announces larger limits.
@@ -230,6 +242,14 @@ impl SftpLocation {
         let config = russh::client::Config {
             keepalive_interval: Some(Duration::from_secs(15)),
             keepalive_max: 3,
+            // A bigger window keeps 32 writes in flight without waiting
+            // for the server's window adjustments.
+            window_size: 16 * 1024 * 1024,
+            nodelay: true,
+            preferred: russh::Preferred {
+                cipher: std::borrow::Cow::Borrowed(CIPHERS),
+                ..russh::Preferred::DEFAULT
+            },
             ..Default::default()
         };
         let connected =

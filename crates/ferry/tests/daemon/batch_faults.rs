@@ -865,7 +865,7 @@ async fn sigkilled_repeatedly(location: &str, outbox: &Path, work: &Path) {
     // Now left alone until caught up: every window from start_at to the
     // last complete one (but the one that just closed) exported; stopped
     // between two ticks, no run under way (a run cut short by SIGTERM is
-    // left `running`: see the ignored test below).
+    // recorded stopped and redone: its own test below).
     let mut exporter = Reaped(spawn_ferry(&["run", "--config", &export_cfg]));
     let mut importer = Reaped(spawn_ferry(&["run", "--config", &import_cfg]));
     let src_url = src.url.clone();
@@ -1150,12 +1150,12 @@ async fn a_corrupted_or_mismatched_batch_goes_to_error_and_a_good_one_still_load
 // ------------------------------------------ a run cut short by SIGTERM
 
 /// `ferry run` stopped by SIGTERM while an export run is under way exits
-/// cleanly, but leaves the run `running` in the history (the run's future
-/// is dropped by `Exporter::run`'s `select!` on shutdown): `ferry batch
-/// status` then shows a run of a daemon that is gone, until the next
-/// start marks it interrupted. No window is lost (it is redone).
+/// cleanly and records the run as stopped (failed), not `running`: `ferry
+/// batch status` shows no run of a daemon that is gone, and the window is
+/// redone at the next start. (It was left `running` before: the run's
+/// future was dropped by `Exporter::run`'s `select!` on shutdown.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "bug: Exporter::run drops the run in progress on shutdown, leaving its history row `running`"]
+
 async fn a_sigterm_mid_run_leaves_no_run_marked_running() {
     let (src, dir) = (PgTestDb::create().await, TempDir::new());
     insert_events(&src.url, time("2026-12-06T10:00:00Z"), 400_000, 9_000).await;
@@ -1342,8 +1342,8 @@ async fn race_two_importers() -> (Vec<std::process::Output>, PgTestDb, PgTestDb,
 }
 
 /// Two `ferry import run` at once on the same batches: each batch loaded
-/// once, nothing refused. (The one that loses a race may fail its pass:
-/// see the ignored test below.)
+/// once, nothing refused. (The one that loses a race must not fail its
+/// pass either: the test below.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_importers_racing_load_each_batch_once() {
     let (outs, _src, dst, dir) = race_two_importers().await;
@@ -1379,12 +1379,12 @@ async fn two_importers_racing_load_each_batch_once() {
 
 /// The importer that finds a batch already imported by another one
 /// (ledger row there) archives it from the listing it took at the start
-/// of its pass; the other importer has moved the files meanwhile, so the
-/// rename fails ("no file … to move") and the whole pass ends in an
-/// error (`ferry import run` exits 1, the rest of its batches untouched).
-/// Racy: it shows on some runs only.
+/// of its pass; the other importer may have moved the files meanwhile.
+/// A file gone when it is moved was moved by the other: the pass goes on
+/// (it ended in an error before: "no file … to move", `ferry import run`
+/// exiting 1). Racy: the race is tried 5 times.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "bug: import::batch::archive fails the pass when another importer archived the batch first"]
+
 async fn the_importer_that_loses_a_race_does_not_fail() {
     for _ in 0..5 {
         let (outs, _src, _dst, _dir) = race_two_importers().await;
