@@ -638,3 +638,36 @@ async fn a_rerun_writes_the_same_bytes() {
     }
     assert_eq!(hashes[0], hashes[1]);
 }
+
+/// The planner's estimate (PostgreSQL, for a progress bar's time left):
+/// near the real count on an analyzed table, bound parameters included;
+/// none on SQLite.
+#[tokio::test]
+async fn postgres_estimates_the_rows_of_a_query() {
+    let pg = PgTestDb::create().await;
+    let db = Database::connect(&pg.url).await.unwrap();
+    let Database::Postgres(pool) = &db else {
+        unreachable!()
+    };
+    sqlx::query("CREATE TABLE t AS SELECT g AS id FROM generate_series(1, 10000) g")
+        .execute(pool)
+        .await
+        .unwrap();
+    sqlx::query("ANALYZE t").execute(pool).await.unwrap();
+    let q = Query {
+        sql: "SELECT id FROM t WHERE id > :last ORDER BY id".into(),
+        params: vec![("last".into(), Param::Int(5000))],
+    };
+    let estimate = ferry_batch::export::write::estimate_rows(&db, &q)
+        .await
+        .expect("an estimate");
+    assert!((2500..=10000).contains(&estimate), "{estimate}");
+    let lite = SqliteTestDb::create();
+    let db = Database::connect(&format!("{}?mode=rwc", lite.url))
+        .await
+        .unwrap();
+    assert_eq!(
+        ferry_batch::export::write::estimate_rows(&db, &query("SELECT 1")).await,
+        None
+    );
+}

@@ -357,6 +357,12 @@ pub async fn export_run(
                 .window_for(at)
                 .await
                 .map_err(|e| anyhow::anyhow!("export `{name}`: {}", e.describe()))?;
+            if let Some(bar) = &bar {
+                if let Some(rows) = exporter.estimate_rows(&window).await.filter(|r| *r > 0) {
+                    bar.set_length(rows);
+                    bar.set_style(estimated_style());
+                }
+            }
             vec![exporter
                 .run_window(&window, Trigger::Manual)
                 .await
@@ -388,8 +394,8 @@ pub async fn export_run(
 }
 
 /// A terminal's progress line for an export run: rows, bytes, rate,
-/// time so far (no estimate of the time left: the query's row count is not
-/// known before it ends).
+/// time so far; with the database's estimate of the rows (PostgreSQL, one
+/// window), a bar and the time left ([`estimated_style`]).
 fn progress_bar(job: &str) -> indicatif::ProgressBar {
     let style = indicatif::ProgressStyle::with_template(
         "{spinner} export {prefix}: {pos} rows, {msg}, {rate}, {elapsed}",
@@ -405,6 +411,22 @@ fn progress_bar(job: &str) -> indicatif::ProgressBar {
     bar.set_prefix(job.to_owned());
     bar.enable_steady_tick(Duration::from_millis(200));
     bar
+}
+
+/// The progress bar against the planner's estimate of the rows: the
+/// time left is as good as the estimate.
+fn estimated_style() -> indicatif::ProgressStyle {
+    indicatif::ProgressStyle::with_template(
+        "export {prefix} [{bar:25}] {pos}/~{len} rows, {msg}, {rate}, {elapsed}, ~{eta} left",
+    )
+    .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+    .with_key(
+        "rate",
+        |state: &indicatif::ProgressState, w: &mut dyn std::fmt::Write| {
+            let _ = write!(w, "{:.0} rows/s", state.per_sec());
+        },
+    )
+    .progress_chars("=> ")
 }
 
 /// `ferry import run JOB`: processes every complete batch waiting now and

@@ -407,6 +407,12 @@ impl Exporter {
         Ok(record)
     }
 
+    /// The database's estimate of the rows `window` exports (PostgreSQL's
+    /// planner; `None` elsewhere): for a progress bar's time left.
+    pub async fn estimate_rows(&self, window: &RunWindow) -> Option<u64> {
+        write::estimate_rows(&self.source, &self.query(window)).await
+    }
+
     /// Records the run a shutdown interrupted as failed (it is run again
     /// at the next start or tick) and removes its work folder; within a
     /// few seconds, else it is left `running` for the next start to find.

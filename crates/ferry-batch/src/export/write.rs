@@ -123,6 +123,17 @@ pub async fn write_parts(
     }
 }
 
+/// What the database expects the query to return, for a progress bar's
+/// time left: PostgreSQL's planner estimate; `None` elsewhere (MariaDB's
+/// and SQLite's plans give no row count for a whole query) or when the
+/// planner cannot tell. An estimate, not a count: it may be far off.
+pub async fn estimate_rows(db: &ferry_store::Database, query: &Query) -> Option<u64> {
+    match db {
+        ferry_store::Database::Postgres(pool) => postgres::estimate_rows(pool, query).await,
+        _ => None,
+    }
+}
+
 /// The file name of part `part`.
 fn part_path(dir: &Path, part: u32) -> PathBuf {
     dir.join(format!("part-{part:05}"))

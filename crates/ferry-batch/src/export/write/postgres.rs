@@ -46,6 +46,15 @@ pub(super) async fn write_parts(
     result
 }
 
+/// The planner's estimate of the query's rows (`EXPLAIN`'s top `Plan
+/// Rows`); `None` when it cannot tell.
+pub(super) async fn estimate_rows(pool: &sqlx::PgPool, query: &Query) -> Option<u64> {
+    let sql = format!("EXPLAIN (FORMAT JSON) {}", inlined(query).ok()?);
+    let plan: serde_json::Value = sqlx::query_scalar(&sql).fetch_one(pool).await.ok()?;
+    let rows = plan.get(0)?.get("Plan")?.get("Plan Rows")?.as_f64()?;
+    (rows.is_finite() && rows >= 0.0).then(|| rows.round() as u64)
+}
+
 /// The query with its parameters as literals (COPY takes no bind
 /// parameters), without a trailing `;`.
 fn inlined(query: &Query) -> Result<String, Failure> {
