@@ -1,69 +1,11 @@
 //! The daemon's HTTP port: `/metrics` in the Prometheus text format and
 //! `/health`.
 //!
-//! Per consumer subscription (labels `consumer`, `topic`, `group`):
-//!
-//! | metric | type | meaning |
-//! |---|---|---|
-//! | `ferry_consumer_handled_total` | counter | messages handled and acknowledged |
-//! | `ferry_consumer_failed_total` | counter | deliveries that failed and went back to the broker |
-//! | `ferry_consumer_dead_lettered_total` | counter | messages dead-lettered |
-//! | `ferry_consumer_retried_total` | counter | attempts repeated in process |
-//! | `ferry_consumer_in_flight` | gauge | messages taken and not settled yet |
-//! | `ferry_consumer_subscribed` | gauge | 1 while subscribed to the broker |
-//! | `ferry_consumer_lag_waiting` | gauge | messages waiting for the group, as the broker reports it |
-//! | `ferry_consumer_lag_unacked` | gauge | messages handed out and not acknowledged, as the broker reports it |
-//! | `ferry_consumer_lag_oldest_age_seconds` | gauge | age of the oldest unhandled message |
-//!
-//! Lag gauges are absent until the broker has been read, or when the broker
-//! cannot tell.
-//!
-//! Per change data capture (label `capture`; the per-table counter also
-//! `table`):
-//!
-//! | metric | type | meaning |
-//! |---|---|---|
-//! | `ferry_cdc_read_total` | counter | changes read from the database |
-//! | `ferry_cdc_delivered_total` | counter | changes the sink accepted |
-//! | `ferry_cdc_failed_total` | counter | failed attempts (each retry counts) |
-//! | `ferry_cdc_dead_lettered_total` | counter | changes dead-lettered |
-//! | `ferry_cdc_acknowledged_total` | counter | times the position was acknowledged to the database |
-//! | `ferry_cdc_table_delivered_total` | counter | changes accepted, per table (events/s per table is its rate) |
-//! | `ferry_cdc_lag_seconds` | gauge | now minus the commit time of the last change delivered |
-//! | `ferry_cdc_snapshot_rows_total` | counter | rows read by snapshots and backfills (log modes) |
-//! | `ferry_cdc_snapshot_running` | gauge | 1 while a snapshot or backfill is read (log modes) |
-//! | `ferry_cdc_retained_wal_bytes` | gauge | WAL the PostgreSQL slot makes the server keep (read every 10 s) |
-//!
-//! Per export job (label `job`; the runs counter also `status`,
-//! `succeeded` or `failed`):
-//!
-//! | metric | type | meaning |
-//! |---|---|---|
-//! | `ferry_batch_export_runs_total` | counter | runs finished, by status (a failed run counts once, after its retries) |
-//! | `ferry_batch_export_rows_total` | counter | rows exported by successful runs |
-//! | `ferry_batch_export_bytes_total` | counter | bytes handed over by successful runs |
-//! | `ferry_batch_export_last_run_seconds` | gauge | how long the last run took |
-//! | `ferry_batch_export_seconds_since_success` | gauge | since the last successful run finished (absent before the first) |
-//!
-//! Per import job (label `job`; the batches counter also `outcome`,
-//! `imported`, `skipped` or `refused`):
-//!
-//! | metric | type | meaning |
-//! |---|---|---|
-//! | `ferry_batch_import_batches_total` | counter | batches taken, by outcome |
-//! | `ferry_batch_import_rows_total` | counter | rows loaded |
-//! | `ferry_batch_import_seconds_since_pass` | gauge | since the last pass that did not fail (absent before the first) |
-//!
-//! Per forwarder (label `forwarder`):
-//!
-//! | metric | type | meaning |
-//! |---|---|---|
-//! | `ferry_forwarder_delivered_total` | counter | events the sink accepted |
-//! | `ferry_forwarder_failed_total` | counter | failed attempts (each retry counts) |
-//! | `ferry_forwarder_skipped_total` | counter | events given up on and recorded in `ferry_event_failures` |
-//! | `ferry_forwarder_sink_unavailable_total` | counter | calls the sink refused as a whole (no attempt counted) |
-//! | `ferry_forwarder_offset` | gauge | the saved-or-about-to-be-saved offset |
-//! | `ferry_forwarder_lag` | gauge | head of the store minus the offset |
+//! One collector per kind: consumers, forwarders, change data captures,
+//! batch export and import jobs. docs/metrics.md lists every metric with its
+//! type, unit, labels and meaning; the tests below render `/metrics` and
+//! check its names against the naming scheme, that page and the Grafana
+//! dashboard in docs/grafana.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -272,12 +214,12 @@ impl Collector for ConsumerCollector {
                 |s| Some(if s.subscribed { 1.0 } else { 0.0 }),
             ),
             (
-                "ferry_consumer_lag_waiting",
+                "ferry_consumer_lag_waiting_messages",
                 "Messages waiting for the group, as the broker reports it.",
                 |s| s.lag.and_then(|l| l.waiting).map(|n| n as f64),
             ),
             (
-                "ferry_consumer_lag_unacked",
+                "ferry_consumer_lag_unacked_messages",
                 "Messages handed out and not acknowledged, as the broker reports it.",
                 |s| s.lag.and_then(|l| l.in_flight).map(|n| n as f64),
             ),
@@ -376,7 +318,7 @@ impl Collector for ForwarderCollector {
                 Some(s.offset())
             }),
             (
-                "ferry_forwarder_lag",
+                "ferry_forwarder_lag_events",
                 "The store's head minus the forwarder's offset.",
                 |s| Some(s.lag()),
             ),
@@ -489,11 +431,11 @@ impl Collector for ExportCollector {
             .flat_map(|(name, s)| {
                 [
                     (
-                        [("job", name.clone()), ("status", "succeeded".to_owned())],
+                        [("job", name.clone()), ("outcome", "succeeded".to_owned())],
                         s.succeeded.load(Relaxed),
                     ),
                     (
-                        [("job", name.clone()), ("status", "failed".to_owned())],
+                        [("job", name.clone()), ("outcome", "failed".to_owned())],
                         s.failed.load(Relaxed),
                     ),
                 ]
@@ -501,7 +443,7 @@ impl Collector for ExportCollector {
             .collect();
         let runs: [Family<'_, u64, u64>; 1] = [(
             "ferry_batch_export_runs",
-            "Export runs finished, by status (a failed run counts once, after its retries).",
+            "Export runs finished, by outcome (a failed run counts once, after its retries).",
             |n| *n,
         )];
         encode_counters(&mut encoder, &by_status, &runs)?;
@@ -526,12 +468,12 @@ impl Collector for ExportCollector {
         type Gauge = fn(&Arc<ExportStats>) -> Option<f64>;
         let gauges: [(&str, &str, Gauge); 2] = [
             (
-                "ferry_batch_export_last_run_seconds",
+                "ferry_batch_export_last_run_duration_seconds",
                 "How long the last run took (retries included).",
                 |s| s.last_duration(),
             ),
             (
-                "ferry_batch_export_seconds_since_success",
+                "ferry_batch_export_last_success_age_seconds",
                 "Seconds since the last successful run finished (absent before the first).",
                 |s| s.since_success(),
             ),
@@ -576,7 +518,7 @@ impl Collector for ImportCollector {
         encode_counters(&mut encoder, &rows, &counters)?;
         type Gauge = fn(&Arc<ImportStats>) -> Option<f64>;
         let gauges: [(&str, &str, Gauge); 1] = [(
-            "ferry_batch_import_seconds_since_pass",
+            "ferry_batch_import_last_pass_age_seconds",
             "Seconds since the last pass that did not fail (absent before the first).",
             |s| s.since_pass(),
         )];
@@ -626,4 +568,204 @@ pub async fn serve_with(
             tracing::error!(error = %e, "the http server stopped");
         }
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    //! The metric names `/metrics` renders, checked against the naming
+    //! scheme, docs/metrics.md and the Grafana dashboard in docs/grafana.
+
+    use std::collections::{BTreeMap, BTreeSet};
+
+    use super::*;
+
+    const DOCS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/metrics.md");
+    const DASHBOARD: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/grafana/ferry.json");
+
+    /// The label names the scheme allows, across all kinds.
+    const LABELS: [&str; 8] = [
+        "consumer",
+        "topic",
+        "group",
+        "forwarder",
+        "capture",
+        "table",
+        "job",
+        "outcome",
+    ];
+
+    /// `/metrics` with one stats object of each kind registered.
+    fn rendered() -> String {
+        let metrics = Metrics::default();
+        metrics.add_consumer("mail", Stats::default());
+        metrics.add_forwarder("billing", Arc::default());
+        let cdc = Arc::new(ShipStats::default());
+        let table = ferry_cdc::TableId {
+            schema: "public".to_owned(),
+            name: "orders".to_owned(),
+        };
+        if let Ok(mut per_table) = cdc.per_table.lock() {
+            per_table.insert(table, 1);
+        }
+        if let Ok(mut retained) = cdc.retained_wal_bytes.lock() {
+            *retained = Some(1024);
+        }
+        metrics.add_cdc("shop", cdc);
+        metrics.add_export("orders", Arc::default());
+        metrics.add_import("orders", Arc::default());
+        metrics.render()
+    }
+
+    /// Every metric the text exposes, by the name a query uses (a counter's
+    /// samples end in `_total`), with its type.
+    fn exposed(text: &str) -> BTreeMap<String, String> {
+        text.lines()
+            .filter_map(|l| l.strip_prefix("# TYPE "))
+            .map(|l| {
+                let (name, kind) = l.split_once(' ').expect("a # TYPE line has a type");
+                let name = match kind {
+                    "counter" => format!("{name}_total"),
+                    _ => name.to_owned(),
+                };
+                (name, kind.to_owned())
+            })
+            .collect()
+    }
+
+    /// Every `ferry_…` name in `text`.
+    fn ferry_names(text: &str) -> BTreeSet<String> {
+        let mut names = BTreeSet::new();
+        let mut rest = text;
+        while let Some(at) = rest.find("ferry_") {
+            let before = rest[..at].chars().next_back();
+            let tail = &rest[at..];
+            let end = tail
+                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == ':'))
+                .unwrap_or(tail.len());
+            if !before.is_some_and(|c| c.is_ascii_alphanumeric() || c == '_') {
+                names.insert(tail[..end].to_owned());
+            }
+            rest = &tail[end..];
+        }
+        names
+    }
+
+    /// Every `expr` string in a Grafana dashboard.
+    fn exprs(value: &serde_json::Value, out: &mut Vec<String>) {
+        match value {
+            serde_json::Value::Object(map) => {
+                for (key, v) in map {
+                    match (key.as_str(), v) {
+                        ("expr", serde_json::Value::String(e)) => out.push(e.clone()),
+                        _ => exprs(v, out),
+                    }
+                }
+            }
+            serde_json::Value::Array(items) => items.iter().for_each(|v| exprs(v, out)),
+            _ => {}
+        }
+    }
+
+    #[test]
+    fn every_name_follows_the_scheme() {
+        let text = rendered();
+        let exposed = exposed(&text);
+        assert!(exposed.len() >= 30, "{text}");
+        for (name, kind) in &exposed {
+            assert!(name.starts_with("ferry_"), "{name}: no ferry_ prefix");
+            match kind.as_str() {
+                "counter" => assert!(name.ends_with("_total"), "{name}"),
+                "gauge" => assert!(!name.ends_with("_total"), "gauge {name} ends in _total"),
+                other => panic!("{name}: type {other} is neither counter nor gauge"),
+            }
+            for bad in [
+                "_milliseconds",
+                "_ms",
+                "_minutes",
+                "_kb",
+                "_mb",
+                "_megabytes",
+            ] {
+                assert!(!name.contains(bad), "{name}: not in base units");
+            }
+            if name.contains("_seconds") || name.contains("_bytes") {
+                assert!(
+                    name.ends_with("_seconds")
+                        || name.ends_with("_bytes")
+                        || name.ends_with("_seconds_total")
+                        || name.ends_with("_bytes_total"),
+                    "{name}: the unit comes last"
+                );
+            }
+        }
+        let mut samples = 0;
+        for line in text.lines().filter(|l| !l.starts_with('#')) {
+            let Some((_, labels)) = line.split_once('{') else {
+                continue;
+            };
+            samples += 1;
+            let labels = labels.split_once('}').map_or(labels, |(l, _)| l);
+            for pair in labels.split(',') {
+                let label = pair.split_once('=').map_or(pair, |(l, _)| l);
+                assert!(LABELS.contains(&label), "{line}: label {label}");
+            }
+        }
+        assert!(samples > 0, "{text}");
+    }
+
+    #[test]
+    fn the_dashboard_queries_only_exposed_metrics_and_all_of_them() {
+        let exposed = exposed(&rendered());
+        let json = std::fs::read_to_string(DASHBOARD).expect("docs/grafana/ferry.json");
+        let dashboard: serde_json::Value = serde_json::from_str(&json).expect("valid JSON");
+        let mut queries = Vec::new();
+        exprs(&dashboard, &mut queries);
+        assert!(!queries.is_empty(), "the dashboard has no queries");
+        let mut queried = BTreeSet::new();
+        for query in &queries {
+            let names = ferry_names(query);
+            assert!(!names.is_empty(), "query `{query}` names no ferry_ metric");
+            for name in names {
+                assert!(
+                    exposed.contains_key(&name),
+                    "the dashboard queries `{name}` (in `{query}`), which Ferry does not expose"
+                );
+                queried.insert(name);
+            }
+        }
+        let unqueried: Vec<_> = exposed.keys().filter(|n| !queried.contains(*n)).collect();
+        assert!(unqueried.is_empty(), "no panel shows {unqueried:?}");
+    }
+
+    #[test]
+    fn docs_list_every_exposed_metric_with_its_type_and_nothing_else() {
+        let exposed = exposed(&rendered());
+        let docs = std::fs::read_to_string(DOCS).expect("docs/metrics.md");
+        // Table rows `| `name` | type | …` before the "Renamed" section,
+        // the executor library's own metrics left aside.
+        let current = docs.split("\n## Renamed").next().unwrap_or(&docs);
+        let documented: BTreeMap<String, String> = current
+            .lines()
+            .filter_map(|l| {
+                let mut cells = l.split('|').map(str::trim).skip(1);
+                let name = cells.next()?.strip_prefix('`')?.strip_suffix('`')?;
+                let kind = cells.next()?;
+                Some((name.to_owned(), kind.to_owned()))
+            })
+            .filter(|(name, _)| name.starts_with("ferry_") && !name.starts_with("ferry_executor_"))
+            .collect();
+        for (name, kind) in &exposed {
+            assert_eq!(
+                documented.get(name),
+                Some(kind),
+                "docs/metrics.md has no table row `| `{name}` | {kind} | …`"
+            );
+        }
+        for name in documented.keys() {
+            assert!(
+                exposed.contains_key(name),
+                "docs/metrics.md lists `{name}`, which Ferry does not expose"
+            );
+        }
+    }
 }

@@ -256,13 +256,13 @@ async fn a_daemon_down_across_ticks_exports_the_missed_windows_in_order_once() {
     let succeeded = metrics
         .lines()
         .find(|l| {
-            l.starts_with("ferry_batch_export_runs_total{") && l.contains("status=\"succeeded\"")
+            l.starts_with("ferry_batch_export_runs_total{") && l.contains("outcome=\"succeeded\"")
         })
         .unwrap_or_else(|| panic!("no export runs on /metrics:\n{metrics}"));
     let n: f64 = succeeded.rsplit(' ').next().unwrap().parse().unwrap();
     assert!(n >= 2.0, "{succeeded}");
     assert!(
-        metrics.contains("ferry_batch_export_seconds_since_success{job=\"orders\"}"),
+        metrics.contains("ferry_batch_export_last_success_age_seconds{job=\"orders\"}"),
         "{metrics}"
     );
     assert!(

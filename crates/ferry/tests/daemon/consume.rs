@@ -369,7 +369,7 @@ warn_waiting = 10
     let started = Instant::now();
     while waiting.is_none_or(|w| w < 10.0) && started.elapsed() < Duration::from_secs(10) {
         let page = http_get(&addr, "/metrics").await.unwrap_or_default();
-        waiting = metric(&page, "ferry_consumer_lag_waiting");
+        waiting = metric(&page, "ferry_consumer_lag_waiting_messages");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     assert!(

@@ -195,7 +195,7 @@ async fn run_forwards_from_a_config_file() {
         "{text}"
     );
     assert!(
-        text.contains("ferry_forwarder_lag{forwarder=\"billing\"} 0"),
+        text.contains("ferry_forwarder_lag_events{forwarder=\"billing\"} 0"),
         "{text}"
     );
     stop(&mut child);
