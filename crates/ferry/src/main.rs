@@ -6,6 +6,7 @@ mod config;
 mod consume;
 mod events_api;
 mod forward;
+mod log_writer;
 mod metrics;
 mod pipeline;
 mod startup;
@@ -529,7 +530,8 @@ fn init_logging(cli: &Cli) {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr);
+        .with_writer(log_writer::LogWriter)
+        .log_internal_errors(false);
     match cli.log_format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
@@ -543,7 +545,7 @@ async fn main() -> ExitCode {
     match run(cli.command).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {}", error_chain(e.as_ref()));
+            log_writer::eprint_line(&format!("error: {}", error_chain(e.as_ref())));
             ExitCode::FAILURE
         }
     }

@@ -19,6 +19,7 @@ mod batch_faults;
 mod cdc;
 mod cdc_cluster;
 mod cli;
+mod closed_stderr;
 mod consume;
 mod faults;
 mod forward;
