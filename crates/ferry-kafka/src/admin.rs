@@ -4,14 +4,14 @@ use std::collections::HashSet;
 use std::sync::Mutex;
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 
+use crate::quiet::Quiet;
 use crate::{KafkaConfig, KafkaConfigError};
 
 /// Creates missing topics with the admin API, once per topic and process.
 pub(crate) struct Topics {
-    admin: Option<AdminClient<DefaultClientContext>>,
+    admin: Option<AdminClient<Quiet>>,
     config: KafkaConfig,
     known: Mutex<HashSet<String>>,
 }
@@ -22,7 +22,7 @@ impl Topics {
             Some(
                 config
                     .client_config()
-                    .create()
+                    .create_with_context(Quiet)
                     .map_err(KafkaConfigError::Client)?,
             )
         } else {

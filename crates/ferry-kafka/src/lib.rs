@@ -14,6 +14,7 @@
 mod admin;
 mod config;
 mod offsets;
+mod quiet;
 mod sink;
 mod subscriber;
 mod topic;

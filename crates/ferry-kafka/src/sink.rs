@@ -7,6 +7,7 @@ use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 
 use crate::admin::Topics;
+use crate::quiet::Quiet;
 use crate::topic::kafka_topic;
 use crate::{KafkaConfig, KafkaConfigError};
 
@@ -37,7 +38,7 @@ use crate::{KafkaConfig, KafkaConfigError};
 /// | too large, invalid or corrupt record, a topic name Kafka cannot take, not authorized | [`Permanent`](ferry_core::SinkErrorKind::Permanent) |
 /// | anything else (local queue full, leader election, not enough replicas, …) | [`Transient`](ferry_core::SinkErrorKind::Transient) |
 pub struct KafkaSink {
-    producer: FutureProducer,
+    producer: FutureProducer<Quiet>,
     topics: Topics,
     config: KafkaConfig,
 }
@@ -57,7 +58,7 @@ impl KafkaSink {
                 "message.timeout.ms",
                 config.delivery_timeout.as_millis().to_string(),
             )
-            .create()
+            .create_with_context(Quiet)
             .map_err(KafkaConfigError::Client)?;
         Ok(Self {
             producer,

@@ -10,6 +10,7 @@ use ferry_core::{
     Acker, BoxFuture, Capabilities, Lag, LagFuture, Malformed, Message, MessageStream, Received,
     SubscribeError, SubscribeFuture, Subscriber, Subscription,
 };
+use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::consumer::{
     BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
 };
@@ -20,6 +21,7 @@ use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 
 use crate::admin::Topics;
 use crate::offsets::{Partitions, Position};
+use crate::quiet::{self, Quiet};
 use crate::topic::kafka_topic;
 use crate::{KafkaConfig, KafkaConfigError};
 
@@ -226,7 +228,15 @@ struct GroupContext {
     assigned: watch::Sender<bool>,
 }
 
-impl ClientContext for GroupContext {}
+impl ClientContext for GroupContext {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
+        quiet::log(level, fac, log_message);
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        quiet::error(error, reason);
+    }
+}
 
 impl ConsumerContext for GroupContext {
     fn pre_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
@@ -495,11 +505,11 @@ async fn pin_start(consumer: Arc<GroupConsumer>, member: Member) -> Result<(), S
 /// The group's backlog, from a consumer that reads offsets without joining.
 fn lag(config: &KafkaConfig, topic: &str, group: &str) -> Result<Lag, SubscribeError> {
     let timeout = config.delivery_timeout;
-    let consumer: BaseConsumer = config
+    let consumer: BaseConsumer<Quiet> = config
         .client_config()
         .set("group.id", group)
         .set("enable.auto.commit", "false")
-        .create()
+        .create_with_context(Quiet)
         .map_err(|e| {
             SubscribeError::permanent("could not create the kafka client").with_source(e)
         })?;

@@ -24,6 +24,16 @@ pub use config::{ConfigError, NatsSinkConfig, DEFAULT_SOURCE};
 pub use sink::NatsSink;
 pub use subscriber::NatsSubscriber;
 
+/// Logs a connection event of the NATS client at debug level.
+///
+/// async-nats reports every reconnect attempt that fails while the server
+/// is down; the same outage reaches Ferry as failed deliveries or
+/// subscriptions, which the relay and the consumer log once when the
+/// server goes down and once when it is back.
+fn log_event(event: &async_nats::Event) {
+    tracing::debug!(%event, "nats client event");
+}
+
 /// [`NatsSink::connect`] or [`NatsSubscriber::connect`] failed: the settings
 /// are wrong, the client could not be set up, or JetStream refused to
 /// create the configured stream. A server that cannot be reached is not

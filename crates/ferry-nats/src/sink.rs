@@ -65,6 +65,7 @@ impl NatsSink {
             .name("ferry")
             .retry_on_initial_connect()
             .event_callback(move |event| {
+                crate::log_event(&event);
                 let connected = match event {
                     Event::Connected => Some(true),
                     Event::Disconnected | Event::Closed => Some(false),

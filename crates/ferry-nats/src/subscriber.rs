@@ -51,6 +51,10 @@ impl NatsSubscriber {
         let client = options
             .name("ferry-subscriber")
             .retry_on_initial_connect()
+            .event_callback(|event| {
+                crate::log_event(&event);
+                async {}
+            })
             .connect(server.as_str())
             .await
             .map_err(|e| ConnectError::Connect(Box::new(e)))?;

@@ -499,25 +499,43 @@ enum DeadAction {
     },
 }
 
-/// `pg_walstream` logs every statement at info level (each snapshot
-/// `FETCH` among them), and every failed connection attempt at error
-/// level from its retry loop: once per attempt, where Ferry's own line
-/// says once that the database is down and once that it is back. Unless
-/// the filter names it, its info lines are kept out and its retry loop's
-/// lines off.
+/// Client libraries that log once per attempt while a dependency is down,
+/// where Ferry's own line says once that it is down and once that it is
+/// back. Unless the filter names the library, its lines are kept out:
+///
+/// * `pg_walstream` logs every statement at info level (each snapshot
+///   `FETCH` among them), and every failed connection attempt at error
+///   level from its retry loop: its info lines are kept out and its retry
+///   loop's lines off.
+/// * `async_nats` logs every connection event (each failed reconnect) at
+///   info level and some failed attempts at error level: off. Ferry's NATS
+///   adapters log the same events at debug level.
+/// * rdkafka forwards each of librdkafka's log lines (target `librdkafka`)
+///   and client errors (`rdkafka::client`), e.g. `BrokerTransportFailure`
+///   and `AllBrokersDown` many times a second: off, and its other lines
+///   kept out below warn. Ferry's Kafka adapters log them at debug level.
 fn quieted(spec: &str) -> String {
-    if spec.contains("pg_walstream") {
-        return spec.to_owned();
-    }
     let verbose = spec
         .split(',')
         .map(str::trim)
         .any(|d| matches!(d.to_ascii_lowercase().as_str(), "info" | "debug" | "trace"));
     let mut out = spec.to_owned();
-    if verbose {
-        out.push_str(",pg_walstream=warn");
+    if !spec.contains("pg_walstream") {
+        if verbose {
+            out.push_str(",pg_walstream=warn");
+        }
+        out.push_str(",pg_walstream::retry=off");
     }
-    out.push_str(",pg_walstream::retry=off");
+    if !spec.contains("async_nats") {
+        out.push_str(",async_nats=off");
+    }
+    // Also matches `librdkafka`.
+    if !spec.contains("rdkafka") {
+        if verbose {
+            out.push_str(",rdkafka=warn");
+        }
+        out.push_str(",rdkafka::client=off,librdkafka=off");
+    }
     out
 }
 
@@ -1120,19 +1138,107 @@ fn parse_ref(s: &str) -> anyhow::Result<MessageRef> {
 mod logging_tests {
     #[test]
     fn chatty_libraries_are_quieted_unless_named() {
+        const NATS: &str = ",async_nats=off";
+        const KAFKA_OFF: &str = ",rdkafka::client=off,librdkafka=off";
         assert_eq!(
             super::quieted("info"),
-            "info,pg_walstream=warn,pg_walstream::retry=off"
+            format!("info,pg_walstream=warn,pg_walstream::retry=off{NATS},rdkafka=warn{KAFKA_OFF}")
         );
         assert_eq!(
             super::quieted("debug,ferry=trace"),
-            "debug,ferry=trace,pg_walstream=warn,pg_walstream::retry=off"
+            format!(
+                "debug,ferry=trace,pg_walstream=warn,pg_walstream::retry=off{NATS},rdkafka=warn{KAFKA_OFF}"
+            )
         );
-        assert_eq!(super::quieted("warn"), "warn,pg_walstream::retry=off");
-        assert_eq!(super::quieted("off"), "off,pg_walstream::retry=off");
+        assert_eq!(
+            super::quieted("warn"),
+            format!("warn,pg_walstream::retry=off{NATS}{KAFKA_OFF}")
+        );
+        assert_eq!(
+            super::quieted("off"),
+            format!("off,pg_walstream::retry=off{NATS}{KAFKA_OFF}")
+        );
         assert_eq!(
             super::quieted("info,pg_walstream=debug"),
-            "info,pg_walstream=debug"
+            format!("info,pg_walstream=debug{NATS},rdkafka=warn{KAFKA_OFF}")
         );
+    }
+
+    #[test]
+    fn a_named_client_library_keeps_its_lines() {
+        assert_eq!(
+            super::quieted("info,async_nats=info"),
+            "info,async_nats=info,pg_walstream=warn,pg_walstream::retry=off,\
+             rdkafka=warn,rdkafka::client=off,librdkafka=off"
+        );
+        assert_eq!(
+            super::quieted("warn,rdkafka=debug"),
+            "warn,rdkafka=debug,pg_walstream::retry=off,async_nats=off"
+        );
+        assert_eq!(
+            super::quieted("info,librdkafka=info"),
+            "info,librdkafka=info,pg_walstream=warn,pg_walstream::retry=off,async_nats=off"
+        );
+        assert_eq!(
+            super::quieted("async_nats=debug,rdkafka=trace,pg_walstream=info"),
+            "async_nats=debug,rdkafka=trace,pg_walstream=info"
+        );
+    }
+
+    /// Whether `probe` finds its line enabled under the filter `quieted`
+    /// makes of `spec`.
+    fn shown(spec: &str, probe: fn() -> bool) -> bool {
+        use tracing_subscriber::layer::SubscriberExt;
+        let filter = tracing_subscriber::EnvFilter::new(super::quieted(spec));
+        let subscriber = tracing_subscriber::registry().with(filter);
+        tracing::subscriber::with_default(subscriber, probe)
+    }
+
+    /// The filter `quieted` makes lets a library's lines through exactly
+    /// when the user's filter names the library.
+    #[test]
+    fn named_libraries_log_and_others_do_not() {
+        use tracing::{enabled, Level};
+        assert!(!shown(
+            "info",
+            || enabled!(target: "async_nats", Level::INFO)
+        ));
+        assert!(!shown(
+            "info",
+            || enabled!(target: "async_nats", Level::ERROR)
+        ));
+        assert!(shown("info,async_nats=info", || enabled!(
+            target: "async_nats",
+            Level::INFO
+        )));
+        assert!(!shown(
+            "info",
+            || enabled!(target: "librdkafka", Level::ERROR)
+        ));
+        assert!(!shown("info", || enabled!(
+            target: "rdkafka::client",
+            Level::ERROR
+        )));
+        assert!(shown("info", || enabled!(
+            target: "rdkafka::producer::base_producer",
+            Level::WARN
+        )));
+        assert!(!shown("info", || enabled!(
+            target: "rdkafka::consumer",
+            Level::INFO
+        )));
+        assert!(shown("warn,librdkafka=warn", || enabled!(
+            target: "librdkafka",
+            Level::ERROR
+        )));
+        assert!(shown("rdkafka=debug", || enabled!(
+            target: "rdkafka::client",
+            Level::ERROR
+        )));
+        // Ferry's own lines are untouched.
+        assert!(shown(
+            "info",
+            || enabled!(target: "ferry_delivery::health", Level::WARN)
+        ));
     }
 }

@@ -23,6 +23,7 @@ mod closed_stderr;
 mod consume;
 mod faults;
 mod forward;
+mod quiet_clients;
 mod serve;
 
 pub const FERRY: &str = env!("CARGO_BIN_EXE_ferry");
