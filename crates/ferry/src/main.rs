@@ -675,7 +675,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
             let metrics = metrics::Metrics::default();
             let mut tasks = tokio::task::JoinSet::new();
             for p in &config.pipelines {
-                tasks.spawn(Pipeline::from(p).run(shutdown.clone()));
+                tasks.spawn(Pipeline::from(p).run_shown(shutdown.clone(), metrics.clone()));
             }
             for c in &config.cdcs {
                 let (metrics, name) = (metrics.clone(), c.name.get_ref().clone());

@@ -2,10 +2,10 @@
 //! `/health`.
 //!
 //! One collector per kind: consumers, forwarders, change data captures,
-//! batch export and import jobs. docs/metrics.md lists every metric with its
-//! type, unit, labels and meaning; the tests below render `/metrics` and
-//! check its names against the naming scheme, that page and the Grafana
-//! dashboard in docs/grafana.
+//! batch export and import jobs, relays (`[[pipeline]]`). docs/metrics.md
+//! lists every metric with its type, unit, labels and meaning; the tests
+//! below render `/metrics` and check its names against the naming scheme,
+//! that page and the Grafana dashboard in docs/grafana.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -29,6 +29,7 @@ use prometheus_client::registry::Registry;
 use serde::Deserialize;
 
 use crate::batch::{ExportStats, ImportStats};
+use crate::pipeline::Backlog;
 
 /// `[http]`: where the daemon serves `/metrics` and `/health` (and the
 /// events API, with `[events_api]`).
@@ -79,7 +80,11 @@ pub struct Metrics {
     cdcs: Shown<Arc<ShipStats>>,
     exports: Shown<Arc<ExportStats>>,
     imports: Shown<Arc<ImportStats>>,
+    relays: Shown<Relayed>,
 }
+
+/// A relay's counters and its outbox's backlog.
+type Relayed = (Arc<ferry_relay::RelayStats>, Arc<Backlog>);
 
 /// Something shown under a name.
 type Named<T> = (String, T);
@@ -140,6 +145,16 @@ impl Metrics {
         self.imports.add(name, stats);
     }
 
+    /// Shows `stats` and `backlog` under the pipeline `name`.
+    pub fn add_relay(
+        &self,
+        name: &str,
+        stats: Arc<ferry_relay::RelayStats>,
+        backlog: Arc<Backlog>,
+    ) {
+        self.relays.add(name, (stats, backlog));
+    }
+
     fn render(&self) -> String {
         let mut registry = Registry::default();
         registry.register_collector(Box::new(ConsumerCollector(self.clone())));
@@ -147,6 +162,7 @@ impl Metrics {
         registry.register_collector(Box::new(CdcCollector(self.clone())));
         registry.register_collector(Box::new(ExportCollector(self.clone())));
         registry.register_collector(Box::new(ImportCollector(self.clone())));
+        registry.register_collector(Box::new(RelayCollector(self.clone())));
         let mut out = String::new();
         // Writing to a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &registry);
@@ -526,6 +542,51 @@ impl Collector for ImportCollector {
     }
 }
 
+#[derive(Debug)]
+struct RelayCollector(Metrics);
+
+impl Collector for RelayCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let rows: Vec<(ForwarderLabels, Relayed)> = self
+            .0
+            .relays
+            .snapshot()
+            .into_iter()
+            .map(|(pipeline, shown)| ([("pipeline", pipeline)], shown))
+            .collect();
+        type Pick = fn(&Relayed) -> u64;
+        let counters: [(&str, &str, Pick); 4] = [
+            (
+                "ferry_relay_delivered",
+                "Messages the sink accepted.",
+                |(s, _)| s.delivered(),
+            ),
+            (
+                "ferry_relay_failed",
+                "Failed attempts that will be retried.",
+                |(s, _)| s.failed.load(Relaxed),
+            ),
+            (
+                "ferry_relay_dead_lettered",
+                "Messages dead-lettered.",
+                |(s, _)| s.dead.load(Relaxed),
+            ),
+            ("ferry_relay_batches", "Batches settled.", |(s, _)| {
+                s.batches.load(Relaxed)
+            }),
+        ];
+        encode_counters(&mut encoder, &rows, &counters)?;
+        type Gauge = fn(&Relayed) -> Option<i64>;
+        let gauges: [(&str, &str, Gauge); 1] = [(
+            "ferry_relay_backlog_messages",
+            "Messages of the outbox waiting to be delivered, retries included (absent before the first read).",
+            |(_, backlog)| backlog.get(),
+        )];
+        encode_gauges(&mut encoder, &rows, &gauges)
+    }
+}
+
 async fn render_metrics(State(metrics): State<Metrics>) -> impl IntoResponse {
     (
         [(CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
@@ -583,7 +644,7 @@ mod tests {
     const DASHBOARD: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/grafana/ferry.json");
 
     /// The label names the scheme allows, across all kinds.
-    const LABELS: [&str; 8] = [
+    const LABELS: [&str; 9] = [
         "consumer",
         "topic",
         "group",
@@ -592,6 +653,7 @@ mod tests {
         "table",
         "job",
         "outcome",
+        "pipeline",
     ];
 
     /// `/metrics` with one stats object of each kind registered.
@@ -613,6 +675,14 @@ mod tests {
         metrics.add_cdc("shop", cdc);
         metrics.add_export("orders", Arc::default());
         metrics.add_import("orders", Arc::default());
+        let backlog = Arc::new(Backlog::default());
+        metrics.add_relay("outbox", Arc::default(), backlog.clone());
+        let before = metrics.render();
+        assert!(
+            !before.contains("ferry_relay_backlog_messages{"),
+            "the backlog is absent before the first read: {before}"
+        );
+        backlog.set(Some(3));
         metrics.render()
     }
 

@@ -4,12 +4,13 @@
 
 use std::num::NonZeroU32;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use ferry_adapters::SinkConfig;
 use ferry_core::{RetryPolicy, Sink};
 use ferry_relay::{CancellationToken, OrderPolicy, RelayConfig, Retention, SinkBackoff};
+use ferry_store::Database;
 use serde::Deserialize;
 
 use crate::startup::{line_of, open_retrying, started, valid_retry, valid_sink, Names};
@@ -327,6 +328,24 @@ impl Pipeline {
 
     /// Runs until `shutdown`; an error means it could not start.
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        self.run_with(shutdown, None).await
+    }
+
+    /// [`Pipeline::run`], and once the relay has started `metrics` shows its
+    /// counters and its outbox's backlog (read every [`BACKLOG_EVERY`]).
+    pub async fn run_shown(
+        self,
+        shutdown: CancellationToken,
+        metrics: crate::metrics::Metrics,
+    ) -> anyhow::Result<()> {
+        self.run_with(shutdown, Some(metrics)).await
+    }
+
+    async fn run_with(
+        self,
+        shutdown: CancellationToken,
+        metrics: Option<crate::metrics::Metrics>,
+    ) -> anyhow::Result<()> {
         let name = self.relay.name.clone();
         let what = format!("pipeline `{name}`");
         // Retrying with the pipeline's `sink_backoff` while the database is
@@ -345,9 +364,57 @@ impl Pipeline {
             return Ok(());
         };
         let sink: Arc<dyn Sink> = started(self.sink.build().await, &what, "sink")?;
-        ferry_relay::spawn_until(&db, sink, self.relay, &shutdown)
-            .finished()
-            .await?;
+        let running = ferry_relay::spawn_until(&db, sink, self.relay, &shutdown);
+        let sampler = metrics.map(|metrics| {
+            let backlog = Arc::new(Backlog::default());
+            metrics.add_relay(&name, running.stats.clone(), backlog.clone());
+            tokio::spawn(sample_backlog(db.clone(), backlog, shutdown.clone()))
+        });
+        let finished = running.finished().await;
+        if let Some(sampler) = sampler {
+            sampler.abort();
+        }
+        finished?;
         Ok(())
+    }
+}
+
+/// How often a pipeline shown on `/metrics` reads its outbox's backlog.
+pub const BACKLOG_EVERY: Duration = Duration::from_secs(10);
+
+/// The messages of a pipeline's outbox waiting to be delivered (retries
+/// included), as last read; `None` before the first read and while the
+/// outbox cannot be read.
+#[derive(Debug, Default)]
+pub struct Backlog(Mutex<Option<i64>>);
+
+impl Backlog {
+    /// The backlog as last read.
+    pub fn get(&self) -> Option<i64> {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Records a read.
+    pub(crate) fn set(&self, value: Option<i64>) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = value;
+    }
+}
+
+/// Reads the backlog of `db`'s outbox into `backlog` at once and then every
+/// [`BACKLOG_EVERY`], until `shutdown`: one count by status per read (the
+/// query of `ferry status`).
+async fn sample_backlog(db: Database, backlog: Arc<Backlog>, shutdown: CancellationToken) {
+    loop {
+        match db.outbox_stats().await {
+            Ok(stats) => backlog.set(Some(stats.pending)),
+            Err(e) => {
+                tracing::debug!(error = %e, "cannot read the outbox's backlog");
+                backlog.set(None);
+            }
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(BACKLOG_EVERY) => {}
+        }
     }
 }

@@ -24,6 +24,7 @@ mod consume;
 mod faults;
 mod forward;
 mod quiet_clients;
+mod relay_metrics;
 mod serve;
 
 pub const FERRY: &str = env!("CARGO_BIN_EXE_ferry");
