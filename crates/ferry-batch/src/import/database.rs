@@ -19,6 +19,7 @@
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use ferry_core::Failure;
+use ferry_store::dialect::Dialect;
 use ferry_store::{ConnectOptions, Database};
 use sqlx::{Connection, MySqlPool, PgPool, Row as _, SqlitePool};
 use tokio::sync::OnceCell;
@@ -355,16 +356,8 @@ async fn load_postgres(
     let plan = plan(target, batch, &table_columns, true, quote_double)?;
     let columns = plan.columns.join(", ");
     let mut tx = pool.begin().await.map_err(db_problem)?;
-    // The ledger row first: an importer racing on the same batch waits
-    // for this transaction on the row's key, then finds it and loads
-    // nothing; when this transaction rolls back, the row goes with it.
-    if let Err(e) =
-        ledger::record::<sqlx::Postgres>(&mut tx, job, batch, batch.manifest.rows()).await
-    {
-        if is_unique_violation(&e) {
-            return Ok(Loaded::AlreadyImported);
-        }
-        return Err(ledger_problem(e));
+    if claim::<sqlx::Postgres>(&mut tx, job, batch).await? {
+        return Ok(Loaded::AlreadyImported);
     }
     let into = match target.conflict {
         Conflict::Insert => target.table.clone(),
@@ -572,15 +565,8 @@ async fn load_mysql(
     let columns = plan.columns.join(", ");
     let width = plan.columns.len();
     let mut tx = conn.begin().await.map_err(db_problem)?;
-    // The ledger row first: an importer racing on the same batch waits
-    // for this transaction on the row's key, then finds it and loads
-    // nothing; when this transaction rolls back, the row goes with it.
-    if let Err(e) = ledger::record::<sqlx::MySql>(&mut tx, job, batch, batch.manifest.rows()).await
-    {
-        if is_unique_violation(&e) {
-            return Ok(Loaded::AlreadyImported);
-        }
-        return Err(ledger_problem(e));
+    if claim::<sqlx::MySql>(&mut tx, job, batch).await? {
+        return Ok(Loaded::AlreadyImported);
     }
     if let Some((column, _)) = &plan.window {
         let bound = |b: &str| {
@@ -676,6 +662,23 @@ async fn sqlite_columns(pool: &SqlitePool, table: &str) -> Result<Vec<(String, S
         .map_err(db_problem)
 }
 
+/// Inserts the batch's ledger row first in the load's transaction, on
+/// every database: an importer racing on the same batch waits for this
+/// transaction on the row's key, then finds it and loads nothing; when
+/// the transaction rolls back, the row goes with it. `true` when the
+/// ledger already holds the batch.
+async fn claim<DB: Dialect>(
+    tx: &mut DB::Connection,
+    job: &str,
+    batch: &Batch,
+) -> Result<bool, Problem> {
+    match ledger::record::<DB>(tx, job, batch, batch.manifest.rows()).await {
+        Ok(()) => Ok(false),
+        Err(e) if is_unique_violation(&e) => Ok(true),
+        Err(e) => Err(ledger_problem(e)),
+    }
+}
+
 /// Binds one cell of a SQLite row, as the column's kind is stored there.
 fn bind_sqlite<'q>(
     query: sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments<'q>>,
@@ -725,15 +728,8 @@ async fn load_sqlite(
     let plan = plan(target, batch, &table_columns, false, quote_double)?;
     let columns = plan.columns.join(", ");
     let mut tx = pool.begin().await.map_err(db_problem)?;
-    // The ledger row first: an importer racing on the same batch waits
-    // for this transaction on the row's key, then finds it and loads
-    // nothing; when this transaction rolls back, the row goes with it.
-    if let Err(e) = ledger::record::<sqlx::Sqlite>(&mut tx, job, batch, batch.manifest.rows()).await
-    {
-        if is_unique_violation(&e) {
-            return Ok(Loaded::AlreadyImported);
-        }
-        return Err(ledger_problem(e));
+    if claim::<sqlx::Sqlite>(&mut tx, job, batch).await? {
+        return Ok(Loaded::AlreadyImported);
     }
     if let Some((column, _)) = &plan.window {
         // Times compare as their canonical text does.
