@@ -245,13 +245,19 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("ferry-offsets-{}", uuid::Uuid::now_v7()));
         std::fs::create_dir_all(&dir).unwrap();
         let store = FileOffsetStore::new(dir.join("reader.offset"));
+        let mut dropped = 0;
         for n in (0..200).step_by(2) {
             // Polled once: the blocking write has started, then the future
-            // is dropped (a caller's timeout, a cancelled task).
-            assert!(store.save(n).now_or_never().is_none());
+            // is dropped (a caller's timeout, a cancelled task). On a busy
+            // machine the write may now and then be over within that one
+            // poll; most of the 100 are dropped mid-write.
+            if store.save(n).now_or_never().is_none() {
+                dropped += 1;
+            }
             store.save(n + 1).await.unwrap();
             assert_eq!(store.load().await.unwrap(), n + 1);
         }
+        assert!(dropped >= 10, "only {dropped} of 100 saves were dropped mid-write");
         // The dropped write's turn is given back when it is over.
         let _turn = store.lock.lock().await;
         assert!(!store.temporary().exists());
