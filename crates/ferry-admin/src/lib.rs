@@ -1,0 +1,28 @@
+//! Ferry's operations surface: what an operator sees and does.
+//!
+//! * The **admin API** under `/v1/admin/…` (JSON, described by the OpenAPI
+//!   document it serves): an [`Overview`] of everything the daemon runs,
+//!   the outbox browser, one dead-letter view over every kind (outbox,
+//!   consumer, forwarder, executor task) grouped by cause with replay and
+//!   discard of one, a selection or everything matching a filter, pause and
+//!   resume of a relay, and the audit log.
+//! * The **web console** under `/ui`, embedded in the binary (no CDN, no
+//!   build step), over the same operations.
+//!
+//! Both answer only to a caller with a token ([`access`]): an admin token
+//! may change things, a read-only one may only look. Every change is
+//! written to the audit log of the store it changed, with the token's name.
+//!
+//! The process that serves them (the `ferry` daemon, or a test) describes
+//! itself through [`Daemon`]: its databases, what it runs, and how a
+//! consumer dead letter or a forwarder's failed event is sent again.
+
+pub mod access;
+mod daemon;
+mod error;
+pub mod overview;
+
+pub use access::{AdminConfig, ApiToken, Caller, Role};
+pub use daemon::{Daemon, NamedStore, ReplayError};
+pub use error::AdminError;
+pub use overview::{Component, ComponentKind, ComponentState, History, Overview};
