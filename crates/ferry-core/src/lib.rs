@@ -3,7 +3,8 @@
 //! contract every destination (webhook, broker, null) implements, and the
 //! [`Subscriber`] contract of a broker's consumer side, the one
 //! [`ErrorKind`] vocabulary that sinks, subscribers and handlers ([`HandlerError`])
-//! share, and [`redact_url`], the one way a URL is shown in logs.
+//! share, [`redact_url`], the one way a URL is shown in logs, and [`trace`],
+//! the W3C trace context a message carries from its producer to its handler.
 //!
 //! Nothing here talks to a database or a network; stores, the relay and the
 //! sinks build on these types.
@@ -16,6 +17,7 @@ mod redact;
 pub mod retry;
 pub mod sink;
 pub mod subscriber;
+pub mod trace;
 
 pub use cloudevents::Malformed;
 pub use error::{ErrorKind, Failure, HandlerError, HandlerFuture};

@@ -122,23 +122,30 @@ pub struct Message {
 }
 
 impl Message {
-    /// A new event on `topic` with a JSON payload.
+    /// A new event on `topic` with a JSON payload. Built inside a span with
+    /// an OpenTelemetry context, it carries that context in its
+    /// `traceparent` header ([`crate::trace`]).
     pub fn event(topic: impl Into<String>, payload: impl Into<Bytes>) -> Self {
         Self::new(Kind::Event, topic, payload)
     }
 
-    /// A new command on `topic` with a JSON payload.
+    /// A new command on `topic` with a JSON payload, with the current
+    /// span's trace context as for [`Message::event`].
     pub fn command(topic: impl Into<String>, payload: impl Into<Bytes>) -> Self {
         Self::new(Kind::Command, topic, payload)
     }
 
+    /// The headers start with the current span's trace context
+    /// ([`crate::trace`]), when it has one.
     fn new(kind: Kind, topic: impl Into<String>, payload: impl Into<Bytes>) -> Self {
+        let mut headers = BTreeMap::new();
+        crate::trace::inject(&tracing::Span::current(), &mut headers);
         Self {
             id: MessageId::new(),
             kind,
             topic: topic.into(),
             key: None,
-            headers: BTreeMap::new(),
+            headers,
             content_type: JSON.to_owned(),
             payload: payload.into(),
             created_at: Utc::now(),

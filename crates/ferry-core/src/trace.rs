@@ -1,0 +1,265 @@
+//! W3C trace context on a [`Message`]: the `traceparent` and `tracestate`
+//! headers that let one message's spans — the producer's, the relay's,
+//! the consumer's handler — share a trace.
+//!
+//! * Building a message ([`Message::event`], [`Message::command`]) copies
+//!   the context of the current [`tracing`] span into its headers, when
+//!   that span has an OpenTelemetry context (a `tracing-opentelemetry`
+//!   layer is installed and the span is recorded). Without such a layer
+//!   nothing is added, and building a message costs no more than before.
+//! * The headers travel like any other header: the outbox's `headers`
+//!   column, then every sink under the W3C names (an HTTP `traceparent`
+//!   header, a NATS, AMQP or Kafka header, a Redis `h:traceparent` field,
+//!   an SQS `traceparent` attribute).
+//! * The relay, the consumer's router and inbox, and the event forwarder
+//!   give their spans the message's context as parent ([`follow`]).
+//!
+//! The context is the message's *creation context* (OpenTelemetry's
+//! messaging conventions): set once by the producer and not rewritten on
+//! the way, so every hop's span is a child of the producer's span.
+
+use std::collections::BTreeMap;
+use std::str::FromStr;
+
+use opentelemetry::trace::{SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState};
+use tracing_opentelemetry::OpenTelemetrySpanExt;
+
+use crate::Message;
+
+/// The W3C Trace Context header naming the producer's trace and span.
+pub const TRACEPARENT: &str = "traceparent";
+/// The W3C Trace Context header with vendor-specific trace state.
+pub const TRACESTATE: &str = "tracestate";
+
+/// The `traceparent` value of `context`: `00-<trace id>-<span id>-<flags>`.
+pub fn traceparent(context: &SpanContext) -> String {
+    format!(
+        "00-{}-{}-{:02x}",
+        context.trace_id(),
+        context.span_id(),
+        context.trace_flags().to_u8()
+    )
+}
+
+/// Writes the OpenTelemetry context of `span` into `headers` as
+/// [`TRACEPARENT`] (and [`TRACESTATE`] when there is trace state),
+/// replacing earlier values. Returns false, and leaves `headers` alone,
+/// when the span has no valid context (disabled, or no
+/// `tracing-opentelemetry` layer).
+pub fn inject(span: &tracing::Span, headers: &mut BTreeMap<String, String>) -> bool {
+    if span.is_disabled() {
+        return false;
+    }
+    let context = span.context();
+    let otel_span = context.span();
+    let span_context = otel_span.span_context();
+    if !span_context.is_valid() {
+        return false;
+    }
+    headers.insert(TRACEPARENT.to_owned(), traceparent(span_context));
+    let state = span_context.trace_state().header();
+    if state.is_empty() {
+        headers.remove(TRACESTATE);
+    } else {
+        headers.insert(TRACESTATE.to_owned(), state);
+    }
+    true
+}
+
+/// The header `name` of `headers`, matched exactly first, then without
+/// regard to case (brokers and HTTP may change a header's case).
+fn header<'a>(headers: &'a BTreeMap<String, String>, name: &str) -> Option<&'a str> {
+    headers
+        .get(name)
+        .or_else(|| {
+            headers
+                .iter()
+                .find(|(k, _)| k.eq_ignore_ascii_case(name))
+                .map(|(_, v)| v)
+        })
+        .map(String::as_str)
+}
+
+/// Parses a `traceparent` value (W3C Trace Context, level 1). `None` for
+/// an invalid one: a wrong length, non-hex digits, the version `ff`, an
+/// all-zero trace or span id, or extra fields in version `00`.
+pub fn parse_traceparent(value: &str, tracestate: Option<&str>) -> Option<SpanContext> {
+    let value = value.trim();
+    let mut parts = value.split('-');
+    let version = parts.next()?;
+    let trace_id = parts.next()?;
+    let span_id = parts.next()?;
+    let flags = parts.next()?;
+    let is_hex = |s: &str, len: usize| {
+        s.len() == len && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+    };
+    if !is_hex(version, 2) || version == "ff" || (version == "00" && parts.next().is_some()) {
+        return None;
+    }
+    if !is_hex(trace_id, 32) || !is_hex(span_id, 16) || !is_hex(flags, 2) {
+        return None;
+    }
+    let trace_id = TraceId::from_hex(trace_id).ok()?;
+    let span_id = SpanId::from_hex(span_id).ok()?;
+    let flags = u8::from_str_radix(flags, 16).ok()?;
+    if trace_id == TraceId::INVALID || span_id == SpanId::INVALID {
+        return None;
+    }
+    // An unreadable tracestate is dropped, the parent is kept (the spec's
+    // rule: tracestate never invalidates traceparent).
+    let state = tracestate
+        .and_then(|s| TraceState::from_str(s).ok())
+        .unwrap_or_default();
+    Some(SpanContext::new(
+        trace_id,
+        span_id,
+        // Only the sampled bit is defined; others are not passed on.
+        TraceFlags::new(flags) & TraceFlags::SAMPLED,
+        true,
+        state,
+    ))
+}
+
+/// The producer's span context carried by `headers`, if a valid
+/// [`TRACEPARENT`] is there.
+pub fn extract(headers: &BTreeMap<String, String>) -> Option<SpanContext> {
+    parse_traceparent(header(headers, TRACEPARENT)?, header(headers, TRACESTATE))
+}
+
+/// Makes the producer's context in `message`'s headers the parent of
+/// `span`, which must not have been entered yet. Returns whether it did:
+/// false when the span is disabled, or the message carries no valid
+/// `traceparent`, or no `tracing-opentelemetry` layer records the span.
+pub fn follow(span: &tracing::Span, message: &Message) -> bool {
+    if span.is_disabled() {
+        return false;
+    }
+    let Some(parent) = extract(&message.headers) else {
+        return false;
+    };
+    span.set_parent(opentelemetry::Context::new().with_remote_span_context(parent))
+        .is_ok()
+}
+
+impl Message {
+    /// Sets the trace context headers from the current span, replacing any
+    /// earlier ones (e.g. for a message built outside the span that enqueues
+    /// it). Leaves them as they are when the current span has no
+    /// OpenTelemetry context. See [the module docs](crate::trace).
+    pub fn with_current_trace(mut self) -> Self {
+        inject(&tracing::Span::current(), &mut self.headers);
+        self
+    }
+
+    /// Removes the trace context headers: the message starts no trace of
+    /// its own and its hops' spans are roots.
+    pub fn without_trace(mut self) -> Self {
+        self.headers.retain(|k, _| {
+            !k.eq_ignore_ascii_case(TRACEPARENT) && !k.eq_ignore_ascii_case(TRACESTATE)
+        });
+        self
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use opentelemetry::trace::TracerProvider as _;
+    use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider};
+    use tracing_subscriber::layer::SubscriberExt;
+
+    const PARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+
+    fn recording() -> (SdkTracerProvider, InMemorySpanExporter, tracing::Dispatch) {
+        let exporter = InMemorySpanExporter::default();
+        let provider = SdkTracerProvider::builder()
+            .with_simple_exporter(exporter.clone())
+            .build();
+        let layer = tracing_opentelemetry::layer().with_tracer(provider.tracer("test"));
+        let dispatch = tracing::Dispatch::new(tracing_subscriber::registry().with(layer));
+        (provider, exporter, dispatch)
+    }
+
+    #[test]
+    fn parses_and_formats_traceparent() {
+        let cx = parse_traceparent(PARENT, Some("vendor=x")).unwrap();
+        assert_eq!(
+            cx.trace_id().to_string(),
+            "4bf92f3577b34da6a3ce929d0e0e4736"
+        );
+        assert_eq!(cx.span_id().to_string(), "00f067aa0ba902b7");
+        assert!(cx.is_sampled() && cx.is_remote());
+        assert_eq!(cx.trace_state().header(), "vendor=x");
+        assert_eq!(traceparent(&cx), PARENT);
+    }
+
+    #[test]
+    fn rejects_malformed_traceparent() {
+        for bad in [
+            "",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7",
+            "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
+            "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e473-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902bz-01",
+        ] {
+            assert!(parse_traceparent(bad, None).is_none(), "{bad}");
+        }
+        // A later version may add fields.
+        assert!(parse_traceparent(
+            &PARENT.replacen("00", "01", 1).replace("-01", "-01-x"),
+            None
+        )
+        .is_some());
+    }
+
+    #[test]
+    fn extract_ignores_header_case_and_a_bad_tracestate() {
+        let headers = BTreeMap::from([
+            ("Traceparent".to_owned(), PARENT.to_owned()),
+            ("TRACESTATE".to_owned(), "not a tracestate ===".to_owned()),
+        ]);
+        let cx = extract(&headers).unwrap();
+        assert_eq!(traceparent(&cx), PARENT);
+        assert_eq!(cx.trace_state().header(), "");
+        assert!(extract(&BTreeMap::new()).is_none());
+    }
+
+    #[test]
+    fn no_layer_no_headers() {
+        let m = Message::event("a", "{}");
+        assert!(!m.headers.contains_key(TRACEPARENT));
+        let span = tracing::info_span!("x");
+        assert!(!follow(&span, &m.with_header(TRACEPARENT, PARENT)));
+    }
+
+    #[test]
+    fn a_message_built_in_a_span_carries_its_context_and_a_follower_is_its_child() {
+        let (provider, exporter, dispatch) = recording();
+        tracing::dispatcher::with_default(&dispatch, || {
+            let producer = tracing::info_span!("produce");
+            let message = producer.in_scope(|| Message::event("a", "{}"));
+            let outside = Message::event("a", "{}");
+            assert!(!outside.headers.contains_key(TRACEPARENT));
+            let consumer = tracing::info_span!("consume");
+            assert!(follow(&consumer, &message));
+            drop(consumer);
+            drop(producer);
+            let rebuilt =
+                tracing::info_span!("other").in_scope(|| message.clone().with_current_trace());
+            assert_ne!(rebuilt.headers[TRACEPARENT], message.headers[TRACEPARENT]);
+            assert!(!rebuilt.without_trace().headers.contains_key(TRACEPARENT));
+            let parent = extract(&message.headers).unwrap();
+            provider.force_flush().unwrap();
+            let spans = exporter.get_finished_spans().unwrap();
+            let produce = spans.iter().find(|s| s.name == "produce").unwrap();
+            let consume = spans.iter().find(|s| s.name == "consume").unwrap();
+            assert_eq!(produce.span_context.span_id(), parent.span_id());
+            assert_eq!(consume.span_context.trace_id(), parent.trace_id());
+            assert_eq!(consume.parent_span_id, parent.span_id());
+        });
+    }
+}
