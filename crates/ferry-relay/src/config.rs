@@ -5,6 +5,8 @@ use ferry_delivery::{OrderPolicy, SinkBackoff};
 use ferry_store::outbox::Retention;
 use ferry_store::ConnectOptions;
 
+use crate::PauseSwitch;
+
 /// How a relay runs.
 #[derive(Clone, Debug)]
 pub struct RelayConfig {
@@ -38,6 +40,10 @@ pub struct RelayConfig {
     pub lease: Duration,
     /// How long batches in flight may finish after shutdown is requested.
     pub shutdown_grace: Duration,
+    /// The switch an operator pauses and resumes the relay with (see
+    /// [`PauseSwitch`]); keep a clone to use it. Default: a switch of its
+    /// own, resumed.
+    pub pause: PauseSwitch,
 }
 
 impl RelayConfig {
@@ -74,6 +80,7 @@ impl Default for RelayConfig {
             retention: Retention::Delete,
             lease: Duration::from_secs(60),
             shutdown_grace: Duration::from_secs(10),
+            pause: PauseSwitch::default(),
         }
     }
 }

@@ -27,16 +27,21 @@
 //! * **Time budget.** A batch gets half of [`RelayConfig::lease`]; a sink
 //!   call not finished by then counts as a failed attempt (its messages may
 //!   have arrived), and the rest waits for the next claim.
+//! * **Pause.** A [`PauseSwitch`] stops a relay's claims by hand: batches
+//!   in flight settle, the rest waits in the outbox, nothing counts as an
+//!   attempt; resuming goes on where it stopped.
 //! * **Shutdown.** When the token is cancelled the relay stops claiming,
 //!   lets the batches in flight finish for up to
 //!   [`RelayConfig::shutdown_grace`], then abandons them unrecorded (they are
 //!   delivered again later) and returns.
 
 mod config;
+mod pause;
 mod relay;
 mod running;
 
 pub use config::RelayConfig;
+pub use pause::PauseSwitch;
 pub use ferry_delivery::{Health, OrderPolicy, SinkBackoff};
 pub use ferry_store::outbox::Retention;
 pub use relay::{Relay, RelayError, RelayStats};

@@ -8,7 +8,7 @@ use tokio_util::sync::CancellationToken;
 
 use ferry_delivery::{deliver, probe_limit, tally, AfterGiveUp, BatchResult, Claimed, Health};
 
-use crate::RelayConfig;
+use crate::{PauseSwitch, RelayConfig};
 
 /// Counters of what a relay has done since it started.
 #[derive(Debug, Default)]
@@ -58,6 +58,7 @@ pub struct Relay<O: Outbox> {
     sink: Arc<dyn Sink>,
     config: RelayConfig,
     stats: Arc<RelayStats>,
+    pause: PauseSwitch,
 }
 
 struct Shared<O: Outbox> {
@@ -65,6 +66,7 @@ struct Shared<O: Outbox> {
     sink: Arc<dyn Sink>,
     config: RelayConfig,
     stats: Arc<RelayStats>,
+    pause: PauseSwitch,
     sink_health: Health,
     store_health: Health,
 }
@@ -75,9 +77,15 @@ impl<O: Outbox> Relay<O> {
         Self {
             outbox,
             sink,
+            pause: config.pause.clone(),
             config,
             stats: Arc::default(),
         }
+    }
+
+    /// Its pause switch ([`RelayConfig::pause`]).
+    pub fn pause_switch(&self) -> PauseSwitch {
+        self.pause.clone()
     }
 
     /// Its counters, readable while it runs.
@@ -102,6 +110,7 @@ impl<O: Outbox> Relay<O> {
             sink: self.sink,
             config: self.config,
             stats: self.stats,
+            pause: self.pause,
         });
         tracing::info!(relay = %shared.config.name, sink = shared.sink.name(), workers,
             batch_size = shared.config.batch_size, order = ?shared.config.order, "relay started");
@@ -151,6 +160,16 @@ async fn work<O: Outbox>(s: Arc<Shared<O>>, worker: usize, shutdown: Cancellatio
     let mut idle_streak: u32 = 0;
     let mut over_budget_logged = false;
     while !shutdown.is_cancelled() {
+        if s.pause.is_paused() {
+            if worker == 0 {
+                tracing::info!(relay, "paused by an operator");
+            }
+            s.pause.resumed(&shutdown).await;
+            if worker == 0 && !shutdown.is_cancelled() {
+                tracing::info!(relay, "resumed by an operator");
+            }
+            continue;
+        }
         if let Some(pause) = s
             .sink_health
             .pause_left()

@@ -291,6 +291,7 @@ impl From<&PipelineConfig> for Pipeline {
                 retention: p.retention(),
                 lease: p.lease,
                 shutdown_grace: p.shutdown_grace,
+                pause: Default::default(),
             },
         }
     }
