@@ -141,6 +141,63 @@ pub fn follow(span: &tracing::Span, message: &Message) -> bool {
         .is_ok()
 }
 
+/// Like [`follow`], for a span made inside another Ferry span: when the
+/// current span is already in `message`'s trace (e.g. the router's span
+/// around a handler), `span` keeps it as parent; otherwise `span` follows
+/// the message. Returns whether `span` is in the message's trace.
+pub fn continue_trace(span: &tracing::Span, message: &Message) -> bool {
+    if span.is_disabled() {
+        return false;
+    }
+    let Some(parent) = extract(&message.headers) else {
+        return false;
+    };
+    let current = tracing::Span::current();
+    if !current.is_disabled()
+        && current.context().span().span_context().trace_id() == parent.trace_id()
+    {
+        return true;
+    }
+    span.set_parent(opentelemetry::Context::new().with_remote_span_context(parent))
+        .is_ok()
+}
+
+/// The span of one attempt to deliver `message` by the pipeline
+/// `pipeline` (e.g. `relay`, `forwarder`) named `name`, a child of the
+/// producer's span ([`follow`]). Named `ferry.deliver` (its OpenTelemetry
+/// name is `deliver <topic>`), of kind producer; [`record_delivery`]
+/// records how it ended. Disabled when no subscriber records it: then
+/// nothing more is done.
+pub fn delivery_span(
+    pipeline: &'static str,
+    name: &str,
+    message: &Message,
+    attempt: u32,
+) -> tracing::Span {
+    let span = tracing::info_span!("ferry.deliver",
+        otel.name = %format_args!("deliver {}", message.topic),
+        otel.kind = "producer",
+        otel.status_code = tracing::field::Empty,
+        ferry.pipeline = pipeline,
+        ferry.name = name,
+        messaging.message.id = %message.id,
+        messaging.destination.name = %message.topic,
+        ferry.attempt = attempt,
+        ferry.outcome = tracing::field::Empty);
+    follow(&span, message);
+    span
+}
+
+/// Records on a [`delivery_span`] what became of its message, e.g.
+/// `delivered`, `retry`, `given_up`, `released`; `failed` marks the span
+/// as an error.
+pub fn record_delivery(span: &tracing::Span, outcome: &'static str, failed: bool) {
+    span.record("ferry.outcome", outcome);
+    if failed {
+        span.record("otel.status_code", "ERROR");
+    }
+}
+
 impl Message {
     /// Sets the trace context headers from the current span, replacing any
     /// earlier ones (e.g. for a message built outside the span that enqueues
@@ -252,6 +309,16 @@ mod tests {
                 tracing::info_span!("other").in_scope(|| message.clone().with_current_trace());
             assert_ne!(rebuilt.headers[TRACEPARENT], message.headers[TRACEPARENT]);
             assert!(!rebuilt.without_trace().headers.contains_key(TRACEPARENT));
+            // Inside a span of the message's trace, a span keeps it as
+            // parent; inside another trace's span, it follows the message.
+            let handler = tracing::info_span!("handle");
+            assert!(follow(&handler, &message));
+            let inner = handler.in_scope(|| tracing::info_span!("inner"));
+            assert!(handler.in_scope(|| continue_trace(&inner, &message)));
+            let elsewhere = tracing::info_span!("elsewhere");
+            let stray = elsewhere.in_scope(|| tracing::info_span!("stray"));
+            assert!(elsewhere.in_scope(|| continue_trace(&stray, &message)));
+            drop((inner, stray, handler, elsewhere));
             let parent = extract(&message.headers).unwrap();
             provider.force_flush().unwrap();
             let spans = exporter.get_finished_spans().unwrap();
@@ -260,6 +327,15 @@ mod tests {
             assert_eq!(produce.span_context.span_id(), parent.span_id());
             assert_eq!(consume.span_context.trace_id(), parent.trace_id());
             assert_eq!(consume.parent_span_id, parent.span_id());
+            let named = |n: &str| spans.iter().find(|s| s.name == n).unwrap();
+            let id = |n: &str| named(n).span_context.span_id();
+            assert_eq!(named("inner").parent_span_id, id("handle"));
+            assert_eq!(named("stray").parent_span_id, parent.span_id());
+            assert_eq!(named("stray").span_context.trace_id(), parent.trace_id());
+            assert_ne!(
+                named("elsewhere").span_context.trace_id(),
+                parent.trace_id()
+            );
         });
     }
 }

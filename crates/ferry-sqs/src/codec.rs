@@ -16,6 +16,12 @@
 //!   payload (SQS refuses empty bodies) is sent as the body `-` with
 //!   `ferry-encoding: empty`.
 //!
+//! * the W3C trace context headers `traceparent` and `tracestate` are
+//!   String attributes of those names, `traceparent` first, as long as the
+//!   message stays within 10 attributes (both fit for a text payload
+//!   without an ordering key); one that does not fit goes in
+//!   `ferry-headers` with the rest.
+//!
 //! That makes at most 10 attributes, whatever the message. Receiving,
 //! String and Number attributes of other names (from other producers)
 //! become headers as well.
@@ -26,12 +32,15 @@ use aws_sdk_sqs::types::MessageAttributeValue;
 use base64::Engine as _;
 use bytes::Bytes;
 use ferry_core::cloudevents::{binary_headers, from_binary_headers, is_attribute};
+use ferry_core::trace::{TRACEPARENT, TRACESTATE};
 use ferry_core::{Malformed, Message};
 
 /// The attribute holding the headers that are not attributes, as JSON.
 pub(crate) const HEADERS: &str = "ferry-headers";
 /// The attribute saying how the body encodes the payload.
 pub(crate) const ENCODING: &str = "ferry-encoding";
+/// The most message attributes SQS takes.
+const MAX_ATTRIBUTES: usize = 10;
 
 /// A message ready to send: its body and attributes.
 pub(crate) struct Encoded {
@@ -70,11 +79,6 @@ pub(crate) fn encode(message: &Message, source: &str) -> Encoded {
             rest.insert(name, value);
         }
     }
-    if !rest.is_empty() {
-        // serde_json escapes every control character.
-        let json = serde_json::to_string(&rest).unwrap_or_default();
-        attributes.insert(HEADERS.to_owned(), string(&json));
-    }
     let body = match std::str::from_utf8(&message.payload) {
         Ok("") => {
             attributes.insert(ENCODING.to_owned(), string("empty"));
@@ -86,6 +90,26 @@ pub(crate) fn encode(message: &Message, source: &str) -> Encoded {
             base64::engine::general_purpose::STANDARD.encode(&message.payload)
         }
     };
+    // The trace context under its W3C names, for tools that read them,
+    // while the attributes stay within SQS's 10.
+    for name in [TRACEPARENT, TRACESTATE] {
+        let Some(value) = rest.get(name) else {
+            continue;
+        };
+        let headers_left = usize::from(rest.len() > 1);
+        if !value.is_empty()
+            && is_sqs_text(value)
+            && attributes.len() + 1 + headers_left <= MAX_ATTRIBUTES
+        {
+            attributes.insert(name.to_owned(), string(value));
+            rest.remove(name);
+        }
+    }
+    if !rest.is_empty() {
+        // serde_json escapes every control character.
+        let json = serde_json::to_string(&rest).unwrap_or_default();
+        attributes.insert(HEADERS.to_owned(), string(&json));
+    }
     let size = body.len()
         + attributes
             .iter()
@@ -205,6 +229,40 @@ mod tests {
         );
         assert_eq!(encoded.attributes[ENCODING].string_value(), Some("base64"));
         assert_same_but_the_time(&back, &m);
+    }
+
+    #[test]
+    fn the_trace_context_travels_as_attributes_of_its_w3c_names() {
+        let parent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let m = Message::event("a.b", "{}")
+            .with_header(TRACEPARENT, parent)
+            .with_header(TRACESTATE, "v=1")
+            .with_header("x-other", "1");
+        let (encoded, back) = round_trip(&m);
+        assert_eq!(encoded.attributes[TRACEPARENT].string_value(), Some(parent));
+        assert_eq!(encoded.attributes[TRACESTATE].string_value(), Some("v=1"));
+        assert_eq!(
+            encoded.attributes[HEADERS].string_value(),
+            Some("{\"x-other\":\"1\"}")
+        );
+        assert_same_but_the_time(&back, &m);
+        // With a key, room for `traceparent` only.
+        let keyed = m.clone().with_key("k");
+        let (encoded, back) = round_trip(&keyed);
+        assert_eq!(encoded.attributes[TRACEPARENT].string_value(), Some(parent));
+        assert!(!encoded.attributes.contains_key(TRACESTATE));
+        assert_same_but_the_time(&back, &keyed);
+        // No room: key, base64 body, own headers: 10 attributes without
+        // the trace context, which then travels among the headers.
+        let full = Message::event("a.b", vec![0u8])
+            .with_key("k")
+            .with_header(TRACEPARENT, parent)
+            .with_header(TRACESTATE, "v=1")
+            .with_header("x-other", "1");
+        let (encoded, back) = round_trip(&full);
+        assert!(encoded.attributes.len() <= 10);
+        assert!(!encoded.attributes.contains_key(TRACEPARENT));
+        assert_same_but_the_time(&back, &full);
     }
 
     #[test]

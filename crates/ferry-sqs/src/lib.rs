@@ -15,8 +15,10 @@
 //! SQS allows at most 10 message attributes and text bodies. The CloudEvents
 //! attributes (`ce-id`, `ce-type`, `ce-source`, `ce-time`,
 //! `ce-partitionkey`, `ce-ferrykind`, `ce-specversion`, `content-type`) are
-//! String message attributes of those names; the message's other headers
-//! travel as one JSON object in the attribute `ferry-headers`. A payload
+//! String message attributes of those names, and so are the W3C trace
+//! context headers `traceparent` and `tracestate` while they fit; the
+//! message's other headers travel as one JSON object in the attribute
+//! `ferry-headers`. A payload
 //! that is not text SQS accepts (bytes that are not UTF-8, control
 //! characters) is sent in base64 with the attribute
 //! `ferry-encoding: base64`, an empty one as `-` with
