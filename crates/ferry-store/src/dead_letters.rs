@@ -9,8 +9,9 @@ use chrono::{DateTime, Utc};
 use ferry_core::{Kind, Message, MessageId};
 use uuid::Uuid;
 
+use crate::admin::cause_of;
 use crate::dialect::{with_pool, Dialect, PerDialect, Read, Stmt};
-use crate::log_table::{self, LogTable, Record};
+use crate::log_table::{self, Keyed, LogTable, Record};
 use crate::outbox::{bind_message, parse_headers};
 use crate::{Database, StoreError};
 
@@ -69,6 +70,7 @@ impl Record for DeadLetter {
                 "error",
                 "attempts",
                 "dead_at",
+                "cause",
             ],
             plain: &["payload", "created_at", "attempts", "dead_at"],
             filter: "consumer",
@@ -86,6 +88,7 @@ impl Record for DeadLetter {
             .bind(self.error.as_str())
             .bind(i64::from(self.attempts))
             .bind(DB::time(self.dead_at))
+            .bind(cause_of(&self.error))
     }
 
     fn read<DB: Dialect>(r: &DB::Row) -> Result<Self, StoreError> {
@@ -117,6 +120,12 @@ impl Record for DeadLetter {
     }
 }
 
+impl Keyed for DeadLetter {
+    fn id(&self) -> Uuid {
+        self.id
+    }
+}
+
 impl Database {
     /// Stores a dead letter, in a transaction of its own. Recording the same
     /// dead letter (same [`DeadLetter::id`]) again changes nothing.
@@ -132,6 +141,11 @@ impl Database {
         limit: u32,
     ) -> Result<Vec<DeadLetter>, StoreError> {
         with_pool!(self, |pool| log_table::list(pool, consumer, limit).await)
+    }
+
+    /// The dead letters `ids` that exist, in the order of `ids`.
+    pub async fn dead_letters_by_id(&self, ids: &[Uuid]) -> Result<Vec<DeadLetter>, StoreError> {
+        with_pool!(self, |pool| log_table::get_many(pool, ids).await)
     }
 
     /// One dead letter by id, or `None`.

@@ -108,6 +108,16 @@ pub trait Dialect:
     /// The time in `column`.
     fn read_time(row: &Self::Row, column: &str) -> Result<DateTime<Utc>, sqlx::Error>;
 
+    /// The time in `column`, which may be NULL.
+    fn read_opt_time(row: &Self::Row, column: &str) -> Result<Option<DateTime<Utc>>, sqlx::Error>;
+
+    /// A text column compared and ordered byte by byte (PostgreSQL's
+    /// default collation may not be; SQLite's and Ferry's MariaDB tables'
+    /// are), so that an order the database makes is the order Rust makes.
+    fn binary(expr: &str) -> String {
+        expr.to_owned()
+    }
+
     /// A text or UUID column as an expression sqlx decodes as a string
     /// (MariaDB flags binary-collated and `UUID` columns as binary).
     fn text(expr: &str) -> String {
@@ -192,6 +202,14 @@ impl Dialect for sqlx::Postgres {
         row.try_get(column)
     }
 
+    fn read_opt_time(row: &Self::Row, column: &str) -> Result<Option<DateTime<Utc>>, sqlx::Error> {
+        row.try_get(column)
+    }
+
+    fn binary(expr: &str) -> String {
+        format!("{expr} COLLATE \"C\"")
+    }
+
     fn cast_text(expr: &str) -> String {
         format!("{expr}::text")
     }
@@ -259,6 +277,11 @@ impl Dialect for sqlx::Sqlite {
         text_columns::time(column, row.try_get(column)?)
     }
 
+    fn read_opt_time(row: &Self::Row, column: &str) -> Result<Option<DateTime<Utc>>, sqlx::Error> {
+        let text: Option<&str> = row.try_get(column)?;
+        text.map(|s| text_columns::time(column, s)).transpose()
+    }
+
     fn cast_text(expr: &str) -> String {
         expr.to_owned()
     }
@@ -311,6 +334,10 @@ impl Dialect for sqlx::MySql {
     }
 
     fn read_time(row: &Self::Row, column: &str) -> Result<DateTime<Utc>, sqlx::Error> {
+        row.try_get(column)
+    }
+
+    fn read_opt_time(row: &Self::Row, column: &str) -> Result<Option<DateTime<Utc>>, sqlx::Error> {
         row.try_get(column)
     }
 

@@ -79,6 +79,18 @@ pub enum StoreError {
     /// again.
     #[error("offset {0} is negative")]
     NegativeOffset(i64),
+    /// A value given to an admin query (a dead item id, a page cursor, an
+    /// outbox status, a dead-letter kind) cannot be parsed; the same
+    /// request will fail again.
+    #[error("invalid {parameter} `{value}`: expected {expected}")]
+    InvalidArgument {
+        /// What the value was meant to be, e.g. `dead item id`.
+        parameter: &'static str,
+        /// The value given.
+        value: String,
+        /// What would have been accepted.
+        expected: &'static str,
+    },
 }
 
 impl StoreError {

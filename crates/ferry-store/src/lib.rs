@@ -13,9 +13,13 @@
 //! * [`event_store`]: the append-only event log, reader offsets and the
 //!   events readers gave up on.
 //! * [`task_failures`]: the executor's failure log.
+//! * [`admin`]: what the operations console reads and changes: the
+//!   outbox browser, one dead-letter view over every kind of failure with
+//!   grouping by cause, the audit log and pause flags.
 //! * [`dialect`]: what differs between the databases' SQL; everything
 //!   the same on all of them is written once over it.
 
+pub mod admin;
 mod database;
 pub mod dead_letters;
 pub mod dialect;

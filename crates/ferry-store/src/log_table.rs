@@ -28,6 +28,8 @@ pub(crate) struct LogTable {
 }
 
 pub(crate) struct Statements {
+    /// The columns, as selected for [`Record::read`].
+    select: String,
     insert: String,
     list: String,
     get: String,
@@ -84,6 +86,7 @@ impl LogTable {
                 format!("SELECT {select} FROM {table} WHERE id = $1 FOR UPDATE")
             };
             Statements {
+                select: select.clone(),
                 insert: sql::<DB>(&format!(
                     "INSERT INTO {table} ({}) VALUES ({params}) {conflict}",
                     self.columns.join(", ")
@@ -140,6 +143,43 @@ pub(crate) async fn get<DB: Dialect, R: Record>(
         .fetch_optional(&mut conn)
         .await?;
     row.as_ref().map(R::read::<DB>).transpose()
+}
+
+/// The records `ids` that exist, in the order of `ids`.
+pub(crate) async fn get_many<DB: Dialect, R: Record + Keyed>(
+    pool: &Pool<DB>,
+    ids: &[Uuid],
+) -> Result<Vec<R>, StoreError> {
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let statements = R::table().statements::<DB>();
+    let params = (1..=ids.len())
+        .map(|n| format!("${n}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let text = sql::<DB>(&format!(
+        "SELECT {} FROM {} WHERE id IN ({params})",
+        statements.select,
+        R::table().table
+    ));
+    let mut stmt = Stmt::<DB>::new(&text);
+    for id in ids {
+        stmt = stmt.bind(DB::id(*id));
+    }
+    let rows = stmt.fetch_all(&mut *pool.acquire().await?).await?;
+    let mut records = rows
+        .iter()
+        .map(R::read::<DB>)
+        .collect::<Result<Vec<R>, _>>()?;
+    records.sort_by_key(|r| ids.iter().position(|id| *id == r.id()));
+    Ok(records)
+}
+
+/// A record that knows its id.
+pub(crate) trait Keyed {
+    /// Its `id` column.
+    fn id(&self) -> Uuid;
 }
 
 /// Deletes one record and returns it.

@@ -37,7 +37,8 @@ macro_rules! migrations {
             2 "0002" inbox,
             3 "0003" dead_letters,
             4 "0004" event_store,
-            5 "0005" task_failures)
+            5 "0005" task_failures,
+            6 "0006" admin)
     };
     (@ $dir:literal, $($version:literal $prefix:literal $name:ident),*) => {
         &[$(Migration {

@@ -8,6 +8,7 @@
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
+use crate::admin::cause_of;
 use crate::dialect::{with_pool, Dialect, PerDialect, Read, Stmt};
 use crate::log_table::{self, LogTable, Record};
 use crate::{Database, StoreError};
@@ -53,11 +54,12 @@ impl Record for TaskFailure {
                 "attempts",
                 "first_failed_at",
                 "last_failed_at",
+                "cause",
             ],
             plain: &["attempts", "first_failed_at", "last_failed_at"],
             filter: "task",
             order: "first_failed_at, id",
-            replace: &["error", "attempts", "last_failed_at"],
+            replace: &["error", "attempts", "last_failed_at", "cause"],
             statements: PerDialect::new(),
         };
         &TABLE
@@ -71,6 +73,7 @@ impl Record for TaskFailure {
             .bind(i64::from(self.attempts))
             .bind(DB::time(self.first_failed_at))
             .bind(DB::time(self.last_failed_at))
+            .bind(cause_of(&self.error))
     }
 
     fn read<DB: Dialect>(r: &DB::Row) -> Result<Self, StoreError> {

@@ -471,7 +471,7 @@ fn statements<DB: Dialect>() -> &'static Statements {
                 ))
             })
             .collect();
-        let replace = ["event_id", "attempts", "last_error"]
+        let replace = ["event_id", "attempts", "last_error", "cause"]
             .map(|c| format!("{c} = {}", DB::excluded(c)))
             .join(", ");
         Statements {
@@ -479,8 +479,8 @@ fn statements<DB: Dialect>() -> &'static Statements {
             head: HEAD.to_owned(),
             load_offset: sql::<DB>("SELECT position FROM ferry_event_offsets WHERE reader = $1"),
             record_failure: sql::<DB>(&format!(
-                "INSERT INTO ferry_event_failures (reader, seq, event_id, attempts, last_error)
-                 VALUES ($1, $2, $3, $4, $5) {}",
+                "INSERT INTO ferry_event_failures (reader, seq, event_id, attempts, last_error, cause)
+                 VALUES ($1, $2, $3, $4, $5, $6) {}",
                 DB::on_conflict(
                     "reader, seq",
                     &format!("{replace}, failed_at = {}", DB::NOW)
@@ -580,6 +580,7 @@ async fn record_failure<DB: Dialect>(
         .bind(DB::id(event.id))
         .bind(attempts)
         .bind(error)
+        .bind(crate::admin::cause_of(error))
         .execute(&mut *pool.acquire().await?)
         .await?;
     Ok(())

@@ -332,20 +332,28 @@ where
 {
     static SQL: PerDialect<String> = PerDialect::new();
     let update = SQL.get::<DB>(|| {
-        sql::<DB>(
+        // A message that dies keeps when (dead_at) and why (cause): the
+        // dead-letter view's columns, in partial indexes on dead rows only.
+        sql::<DB>(&format!(
             "UPDATE ferry_outbox SET attempts = attempts + 1,
                 status = CASE WHEN $1 IS NULL THEN 'dead' ELSE 'pending' END,
                 next_attempt_at = COALESCE($2, next_attempt_at),
-                last_error = $3
-             WHERE seq = $4",
-        )
+                last_error = $3,
+                dead_at = CASE WHEN $4 IS NULL THEN {} ELSE dead_at END,
+                cause = COALESCE($5, cause)
+             WHERE seq = $6",
+            DB::NOW
+        ))
     });
     for (claimed, outcome) in messages.iter().zip(outcomes) {
         if let Outcome::Failed { error, retry_at } = outcome {
+            let cause = retry_at.is_none().then(|| crate::admin::cause_of(error));
             Stmt::<DB>::new(update)
                 .bind(retry_at.map(DB::time))
                 .bind(retry_at.map(DB::time))
                 .bind(error.as_str())
+                .bind(retry_at.map(DB::time))
+                .bind(cause)
                 .bind(claimed.seq)
                 .execute(conn)
                 .await?;

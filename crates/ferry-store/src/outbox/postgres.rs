@@ -293,6 +293,7 @@ impl ClaimedBatch for PgBatch {
         debug_assert_eq!(outcomes.len(), self.messages.len());
         let mut delivered = Vec::new();
         let (mut failed, mut errors, mut retry_at) = (Vec::new(), Vec::new(), Vec::new());
+        let mut causes: Vec<Option<String>> = Vec::new();
         for (claimed, outcome) in self.messages.iter().zip(outcomes) {
             match outcome {
                 Outcome::Delivered => delivered.push(claimed.seq),
@@ -303,6 +304,7 @@ impl ClaimedBatch for PgBatch {
                     failed.push(claimed.seq);
                     errors.push(error.clone());
                     retry_at.push(*at);
+                    causes.push(at.is_none().then(|| crate::admin::cause_of(error)));
                 }
                 Outcome::Released => {}
             }
@@ -323,13 +325,17 @@ impl ClaimedBatch for PgBatch {
                     attempts = o.attempts + 1,
                     status = CASE WHEN f.retry_at IS NULL THEN 'dead' ELSE 'pending' END,
                     next_attempt_at = COALESCE(f.retry_at, o.next_attempt_at),
-                    last_error = f.error
-                 FROM unnest($1::bigint[], $2::text[], $3::timestamptz[]) AS f(seq, error, retry_at)
+                    last_error = f.error,
+                    dead_at = CASE WHEN f.retry_at IS NULL THEN clock_timestamp() ELSE o.dead_at END,
+                    cause = COALESCE(f.cause, o.cause)
+                 FROM unnest($1::bigint[], $2::text[], $3::timestamptz[], $4::text[])
+                    AS f(seq, error, retry_at, cause)
                  WHERE o.seq = f.seq",
             )
             .bind(&failed)
             .bind(&errors)
             .bind(&retry_at)
+            .bind(&causes)
             .execute(&mut *tx)
             .await?;
         }

@@ -52,7 +52,7 @@ each_db!(
         assert_eq!(
             env.scalar("SELECT COUNT(*) FROM ferry_schema_migrations")
                 .await,
-            5
+            6
         );
     }
 );
@@ -70,7 +70,7 @@ each_db!(
                 migrated,
                 Err(StoreError::SchemaTooNew {
                     found: 99,
-                    known: 5
+                    known: 6
                 })
             ),
             "{migrated:?}"
@@ -81,7 +81,7 @@ each_db!(
                 checked,
                 Err(StoreError::SchemaTooNew {
                     found: 99,
-                    known: 5
+                    known: 6
                 })
             ),
             "{checked:?}"
@@ -96,13 +96,13 @@ each_db!(
         env.db.check_schema().await.unwrap();
         // As if the database had been migrated by a build that knew
         // migrations 1 to 3 only.
-        env.exec("DELETE FROM ferry_schema_migrations WHERE version IN (4, 5)")
+        env.exec("DELETE FROM ferry_schema_migrations WHERE version IN (4, 5, 6)")
             .await;
         let checked = env.db.check_schema().await;
         assert!(
             matches!(
                 checked,
-                Err(StoreError::SchemaTooOld { found: 3, known: 5 })
+                Err(StoreError::SchemaTooOld { found: 3, known: 6 })
             ),
             "{checked:?}"
         );
@@ -110,10 +110,10 @@ each_db!(
         assert!(!e.is_retryable());
         assert_eq!(
             e.to_string(),
-            "database schema is at version 3, older than this ferry build needs (5): run ferry migrate"
+            "database schema is at version 3, older than this ferry build needs (6): run ferry migrate"
         );
         // Only the newest version counts: with it back, the check passes.
-        env.exec("INSERT INTO ferry_schema_migrations (version, name, applied_at) VALUES (5, 'task_failures', 'x')")
+        env.exec("INSERT INTO ferry_schema_migrations (version, name, applied_at) VALUES (6, 'admin', 'x')")
             .await;
         env.db.check_schema().await.unwrap();
     }
@@ -145,7 +145,7 @@ each_fresh_db!(
             applied.sort_unstable();
             assert_eq!(
                 applied,
-                [1, 2, 3, 4, 5],
+                [1, 2, 3, 4, 5, 6],
                 "each migration reported by the run that applied it"
             );
             a.close().await;
