@@ -110,6 +110,15 @@ if [ ! -x /usr/sbin/sshd ]; then
     { echo "services: could not install openssh-server" >&2; status=1; }
 fi
 
+# The console's browser tests drive Debian's Chromium headless through
+# chromedriver (WebDriver).
+if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then
+  echo "services: installing chromium and chromium-driver (for the console's browser tests)"
+  { DEBIAN_FRONTEND=noninteractive apt-get install -y chromium chromium-driver >/dev/null ||
+    { apt-get update >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y chromium chromium-driver >/dev/null; }; } ||
+    { echo "services: could not install chromium and chromium-driver" >&2; status=1; }
+fi
+
 "$(dirname "$0")/kafka.sh" || status=1
 # moto serves S3 (the batch tests' buckets) on the same port as SQS.
 "$(dirname "$0")/sqs.sh" || status=1
