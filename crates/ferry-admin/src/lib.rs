@@ -18,11 +18,21 @@
 //! consumer dead letter or a forwarder's failed event is sent again.
 
 pub mod access;
+pub mod api;
 mod daemon;
 mod error;
 pub mod overview;
+mod service;
 
 pub use access::{AdminConfig, ApiToken, Caller, Role};
 pub use daemon::{Daemon, NamedStore, ReplayError};
-pub use error::AdminError;
-pub use overview::{Component, ComponentKind, ComponentState, History, Overview};
+pub use error::{AdminError, ErrorBody};
+pub use overview::{Component, ComponentKind, ComponentState, History, Overview, Sample};
+pub use service::{
+    Admin, BulkAction, ComponentView, FilterView, JobId, JobView, OverviewView, Replayed,
+};
+
+/// Everything the admin layer serves: the API under `/v1/admin`.
+pub fn router(admin: Admin) -> axum::Router {
+    api::routes(admin)
+}
