@@ -26,6 +26,7 @@ use std::time::Duration;
 use ferry_core::{HandlerFuture, Message};
 pub use ferry_store::inbox::{InboxDatabase, Recorded};
 use ferry_store::StoreError;
+use tracing::Instrument;
 
 use crate::{Context, Handler, HandlerError};
 
@@ -135,31 +136,42 @@ fn store_error(what: &'static str, e: StoreError) -> HandlerError {
 
 impl<DB: InboxDatabase, H: InboxHandler<DB>> Handler for Inbox<DB, H> {
     fn handle<'a>(&'a self, message: &'a Message, cx: &'a Context) -> HandlerFuture<'a> {
-        Box::pin(async move {
-            let mut tx = self.pool.begin().await.map_err(|e| {
-                store_error("could not begin the inbox transaction", StoreError::from(e))
-            })?;
-            let consumer = self.consumer.as_deref().unwrap_or(cx.group());
-            let recorded = DB::record(&mut tx, consumer, message.id)
-                .await
-                .map_err(|e| store_error("could not record the message in the inbox", e))?;
-            if recorded == Recorded::Duplicate {
-                tracing::debug!(message_id = %message.id, consumer, "already applied; skipped");
-                // Nothing was written: a failed rollback changes nothing.
-                let _ = tx.rollback().await;
-                return Ok(());
+        let consumer = self.consumer.as_deref().unwrap_or(cx.group());
+        // Inside the router's span of this message, a child of it;
+        // elsewhere, a child of the producer's span.
+        let span = tracing::info_span!(target: "ferry::consumer", "ferry.inbox",
+            messaging.message.id = %message.id, ferry.consumer = consumer,
+            ferry.duplicate = tracing::field::Empty);
+        ferry_core::trace::continue_trace(&span, message);
+        let traced = span.clone();
+        Box::pin(
+            async move {
+                let mut tx = self.pool.begin().await.map_err(|e| {
+                    store_error("could not begin the inbox transaction", StoreError::from(e))
+                })?;
+                let recorded = DB::record(&mut tx, consumer, message.id)
+                    .await
+                    .map_err(|e| store_error("could not record the message in the inbox", e))?;
+                traced.record("ferry.duplicate", recorded == Recorded::Duplicate);
+                if recorded == Recorded::Duplicate {
+                    tracing::debug!(message_id = %message.id, consumer, "already applied; skipped");
+                    // Nothing was written: a failed rollback changes nothing.
+                    let _ = tx.rollback().await;
+                    return Ok(());
+                }
+                // On an error `tx` is dropped here, rolling back the inbox row
+                // with the handler's writes.
+                self.handler.handle(&mut tx, message, cx).await?;
+                tx.commit().await.map_err(|e| {
+                    store_error(
+                        "could not commit the inbox transaction",
+                        StoreError::from(e),
+                    )
+                })?;
+                Ok(())
             }
-            // On an error `tx` is dropped here, rolling back the inbox row
-            // with the handler's writes.
-            self.handler.handle(&mut tx, message, cx).await?;
-            tx.commit().await.map_err(|e| {
-                store_error(
-                    "could not commit the inbox transaction",
-                    StoreError::from(e),
-                )
-            })?;
-            Ok(())
-        })
+            .instrument(span),
+        )
     }
 }
 

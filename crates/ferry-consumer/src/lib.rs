@@ -14,6 +14,12 @@
 //! * [`inbox`]: apply each message once, in the handler's own database
 //!   transaction, on SQLite, PostgreSQL or MariaDB.
 //! * [`memory`]: an in-process broker for tests and in-process wiring.
+//!
+//! Each handling runs in a `ferry.consume` span whose parent is the
+//! producer's span, read from the message's `traceparent` header
+//! ([`ferry_core::trace`]); the inbox adds a `ferry.inbox` span. With a
+//! `tracing-opentelemetry` layer in your subscriber, a handler's spans
+//! join the trace that started where the message was built.
 
 mod config;
 mod handler;
@@ -22,6 +28,7 @@ pub mod memory;
 pub mod middleware;
 mod router;
 mod stats;
+mod trace;
 
 pub use config::{ConfigError, LagConfig, RouterConfig};
 pub use handler::{

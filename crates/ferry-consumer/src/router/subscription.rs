@@ -16,6 +16,7 @@ use futures::{FutureExt, StreamExt};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use super::{RouterError, Settings, SubscriptionReport};
 use crate::config::LagConfig;
@@ -353,9 +354,14 @@ impl Shared {
         };
         let id = message.id;
         let cx = Context::new(self.group.clone(), message, received.delivery_count);
+        let span =
+            crate::trace::handling_span(message, &self.topic, &self.group, received.delivery_count);
         // A panic is a failure of this message (a bug: it is dead-lettered),
         // not of its key's lane.
-        let handled = AssertUnwindSafe(self.handler.handle(message, &cx)).catch_unwind();
+        // The handler is called inside the span too: its synchronous part
+        // (e.g. the inbox making its own span) sees it as current.
+        let handling = span.in_scope(|| self.handler.handle(message, &cx));
+        let handled = AssertUnwindSafe(handling.instrument(span.clone())).catch_unwind();
         let outcome = tokio::select! {
             biased;
             outcome = handled => Some(outcome.unwrap_or_else(|_| {
@@ -372,6 +378,7 @@ impl Shared {
         );
         let outcome = match outcome {
             None => {
+                crate::trace::record_outcome(&span, "cancelled");
                 tracing::debug!(message_id = %id, "handler cancelled by shutdown");
                 lock(&self.nacked).push(id);
                 self.nack(received, None).await;
@@ -382,6 +389,13 @@ impl Shared {
             }
             Some(outcome) => outcome,
         };
+        let traced = match &outcome {
+            Ok(()) if cx.report.dead_lettered.load(Ordering::Relaxed) => "dead_lettered",
+            Ok(()) => "handled",
+            Err(_) => "failed",
+        };
+        crate::trace::record_outcome(&span, traced);
+        drop(span);
         self.settle(received, &cx, outcome).await;
     }
 

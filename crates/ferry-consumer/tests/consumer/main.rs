@@ -6,3 +6,7 @@ mod inbox;
 mod router;
 mod sigkill;
 mod support;
+// The daemon's OTLP export, tested here against a real receiver.
+#[path = "../../../ferry/src/telemetry.rs"]
+mod telemetry;
+mod trace;

@@ -118,6 +118,7 @@ mod pages;
 mod sink;
 mod stats;
 mod to_sink;
+mod trace;
 mod transactional;
 
 use std::panic::AssertUnwindSafe;

@@ -117,12 +117,14 @@ impl Forwarder {
                 continue;
             }
 
+            let entries = window.entries(&round);
+            let spans = super::trace::delivery_spans(&self.config.name, &entries);
             let Some(result) = run
                 .within_grace(
                     &self.config,
                     deliver(
                         sink,
-                        &window.entries(&round),
+                        &entries,
                         OrderPolicy::Ordered,
                         after_give_up,
                         &self.config.retry,
@@ -133,6 +135,8 @@ impl Forwarder {
             else {
                 return Ok(());
             };
+            drop(entries);
+            super::trace::record_outcomes(spans, &result);
             match &result.unavailable {
                 Some(error) => {
                     ForwarderStats::add(&self.stats.sink_unavailable, 1);
