@@ -39,6 +39,7 @@ mod config;
 mod pause;
 mod relay;
 mod running;
+mod trace;
 
 pub use config::RelayConfig;
 pub use pause::PauseSwitch;

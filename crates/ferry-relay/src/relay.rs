@@ -212,6 +212,7 @@ async fn work<O: Outbox>(s: Arc<Shared<O>>, worker: usize, shutdown: Cancellatio
         }
         idle_streak = 0;
         let process = async {
+            let spans = crate::trace::delivery_spans(relay, batch.messages());
             let result = deliver(
                 &*s.sink,
                 batch.messages(),
@@ -221,6 +222,7 @@ async fn work<O: Outbox>(s: Arc<Shared<O>>, worker: usize, shutdown: Cancellatio
                 Some(s.config.batch_budget()),
             )
             .await;
+            crate::trace::record_outcomes(spans, &result);
             log_outcomes(relay, batch.messages(), &result);
             (batch, result)
         };
