@@ -228,19 +228,19 @@ fn row_columns<DB: Dialect>() -> String {
     )
 }
 
-/// The condition matching `id` in `message_id`, and the values to bind.
-/// SQLite keeps ids as text as written, in either case; both are looked up
-/// so that the unique index still serves.
+/// The condition matching `id` in `message_id`, and the values to bind:
+/// SQLite's ids, text as a producer wrote them, in either case (both are
+/// looked up so that the unique index still serves); elsewhere the id.
 fn id_condition<DB: Dialect>(n: &mut usize, id: Uuid) -> (String, Vec<String>) {
-    let lower = id.to_string();
     if DB::KIND == DatabaseKind::Sqlite {
+        let lower = id.to_string();
         let sql = format!("message_id IN (${}, ${})", *n, *n + 1);
         *n += 2;
         (sql, vec![lower.to_uppercase(), lower])
     } else {
         let sql = format!("message_id = ${}", *n);
         *n += 1;
-        (sql, vec![lower])
+        (sql, Vec::new())
     }
 }
 
@@ -305,6 +305,10 @@ async fn browse<DB: Dialect>(
     for id in ids {
         stmt = stmt.bind(id);
     }
+    if let (Some(id), DatabaseKind::Postgres | DatabaseKind::Mysql) = (filter.message_id, DB::KIND)
+    {
+        stmt = stmt.bind(DB::id(id));
+    }
     if let Some(from) = filter.created_from {
         stmt = stmt.bind(DB::precise_time(from));
     }
@@ -350,6 +354,9 @@ async fn message<DB: Dialect>(
     }
     for id in ids {
         stmt = stmt.bind(id);
+    }
+    if let (MessageRef::Id(id), DatabaseKind::Postgres | DatabaseKind::Mysql) = (which, DB::KIND) {
+        stmt = stmt.bind(DB::id(*id));
     }
     let Some(row) = stmt.fetch_optional(&mut *pool.acquire().await?).await? else {
         return Ok(None);

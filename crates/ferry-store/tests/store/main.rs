@@ -15,6 +15,7 @@ use ferry_store::outbox::{
 use ferry_store::{ConnectOptions, Database, DatabaseKind, StoreError};
 use ferry_testkit::{MysqlTestDb, PgTestDb, SqliteTestDb};
 
+mod admin;
 mod conformance;
 mod consumer;
 mod events;

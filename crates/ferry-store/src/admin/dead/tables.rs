@@ -8,7 +8,7 @@ use uuid::Uuid;
 use super::{DeadFilter, DeadId, DeadItem, DeadKey, DeadKind};
 use crate::admin::cause_of;
 use crate::dialect::{select_text, sql, Dialect, Read, Stmt};
-use crate::StoreError;
+use crate::{DatabaseKind, StoreError};
 
 /// The time an outbox message died: `dead_at`, or for rows made dead by
 /// plain SQL the time of their last attempt. The partial indexes of
@@ -110,7 +110,13 @@ impl<'a, DB: Dialect> Query<'a, DB> {
     }
 
     fn param(&mut self, value: Value<'a>) -> String {
-        let p = format!("${}", self.n);
+        let mut p = format!("${}", self.n);
+        if matches!(value, Value::Time(_)) && DB::KIND == DatabaseKind::Mysql {
+            // A time bound as a value compares with microseconds lost on
+            // MariaDB (`=` fails for a time just read back); as text cast
+            // to DATETIME(6) it keeps them.
+            p = format!("CAST({p} AS DATETIME(6))");
+        }
         self.n += 1;
         self.binds.push(value);
         p
@@ -134,6 +140,9 @@ impl<'a, DB: Dialect> Query<'a, DB> {
                 Value::Str(s) => stmt.bind(s),
                 Value::Int(i) => stmt.bind(i),
                 Value::Id(id) => stmt.bind(DB::id(id)),
+                Value::Time(t) if DB::KIND == DatabaseKind::Mysql => {
+                    stmt.bind(t.format("%Y-%m-%d %H:%M:%S%.6f").to_string())
+                }
                 Value::Time(t) => stmt.bind(DB::time(t)),
             };
         }
