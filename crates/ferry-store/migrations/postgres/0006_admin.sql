@@ -19,7 +19,11 @@ CREATE INDEX ferry_outbox_dead_at ON ferry_outbox ((COALESCE(dead_at, next_attem
     WHERE status = 'dead';
 CREATE INDEX ferry_outbox_dead_topic ON ferry_outbox (topic, (COALESCE(dead_at, next_attempt_at)), seq)
     WHERE status = 'dead';
-CREATE INDEX ferry_outbox_dead_cause ON ferry_outbox (topic, cause) WHERE status = 'dead';
+-- Grouping by cause: answered from the index alone (count, latest).
+CREATE INDEX ferry_outbox_dead_cause ON ferry_outbox (topic, cause, dead_at, next_attempt_at)
+    WHERE status = 'dead';
+-- Dead rows without a stored cause (plain SQL): fingerprinted when read.
+CREATE INDEX ferry_outbox_dead_no_cause ON ferry_outbox (seq) WHERE status = 'dead' AND cause IS NULL;
 
 -- Newest first by (time, id), all or of one consumer, and grouped by cause.
 DROP INDEX ferry_dead_letters_dead_at;
@@ -27,15 +31,18 @@ CREATE INDEX ferry_dead_letters_dead_at ON ferry_dead_letters (dead_at, id);
 DROP INDEX ferry_dead_letters_consumer;
 CREATE INDEX ferry_dead_letters_consumer ON ferry_dead_letters (consumer, dead_at, id);
 CREATE INDEX ferry_dead_letters_cause ON ferry_dead_letters (consumer, cause, dead_at);
+CREATE INDEX ferry_dead_letters_no_cause ON ferry_dead_letters (dead_at) WHERE cause IS NULL;
 
 DROP INDEX ferry_event_failures_failed_at;
 CREATE INDEX ferry_event_failures_failed_at ON ferry_event_failures (failed_at, reader, seq);
 CREATE INDEX ferry_event_failures_reader ON ferry_event_failures (reader, failed_at, seq);
 CREATE INDEX ferry_event_failures_cause ON ferry_event_failures (reader, cause, failed_at);
+CREATE INDEX ferry_event_failures_no_cause ON ferry_event_failures (failed_at) WHERE cause IS NULL;
 
 CREATE INDEX ferry_task_failures_last_failed_at ON ferry_task_failures (last_failed_at, id);
 CREATE INDEX ferry_task_failures_task_last ON ferry_task_failures (task, last_failed_at, id);
 CREATE INDEX ferry_task_failures_cause ON ferry_task_failures (task, cause, last_failed_at);
+CREATE INDEX ferry_task_failures_no_cause ON ferry_task_failures (last_failed_at) WHERE cause IS NULL;
 
 -- Every change made through the admin API or console: who (the token's
 -- name), what, on what, how many.
