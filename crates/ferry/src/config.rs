@@ -120,6 +120,7 @@ impl FerryConfig {
         pipeline::check(text, &config.pipelines)?;
         if let Some(http) = &config.http {
             http.token()?;
+            crate::admin::tokens(&http.tokens)?;
         }
         if let Some(events_api) = &config.events_api {
             events_api.check(config.http.as_ref())?;

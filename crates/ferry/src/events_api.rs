@@ -96,11 +96,15 @@ pub async fn router(
 
 /// `ferry serve`: the events API and `/health` on `listen` until
 /// `shutdown`.
+///
+/// With `admin_tokens`, the admin API (`/v1/admin`) and the console
+/// (`/ui`) over the same database are served beside it.
 pub async fn serve(
     database: &str,
     migrate: bool,
     listen: SocketAddr,
     config: ApiConfig,
+    admin_tokens: Vec<ferry_admin::ApiToken>,
 ) -> anyhow::Result<()> {
     config.validate().context("--max-limit")?;
     // Refused before anything else: a daemon that would come up open to the
@@ -112,7 +116,24 @@ pub async fn serve(
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("cannot listen on {listen}"))?;
-    api::serve(listener, db, config).await?;
+    if admin_tokens.is_empty() {
+        api::serve(listener, db, config).await?;
+        return Ok(());
+    }
+    let shutdown = config.shutdown.clone();
+    let admin = ferry_admin::Admin::new(
+        std::sync::Arc::new(crate::admin::StoreView::new(db.clone())),
+        ferry_admin::AdminConfig::with_tokens(admin_tokens),
+    );
+    drop(admin.spawn_sampler(shutdown.clone()));
+    let app = api::router(db, config)?
+        .route("/health", axum::routing::get(|| async { "ok\n" }))
+        .merge(ferry_admin::router(admin));
+    tracing::info!(%listen, "serving the events api, the admin api on /v1/admin and the console on /ui");
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown.cancelled_owned())
+        .await
+        .context("the http server failed")?;
     Ok(())
 }
 

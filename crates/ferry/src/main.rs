@@ -1,5 +1,6 @@
 //! `ferry`: the daemon and its command line.
 
+mod admin;
 mod batch;
 mod cdc;
 mod config;
@@ -184,7 +185,8 @@ enum Command {
         poll_interval: Duration,
     },
     /// Serve the event store's HTTP offset API (`GET /v1/events`,
-    /// `/v1/events/head`) and `/health` until SIGINT/SIGTERM.
+    /// `/v1/events/head`) and `/health` until SIGINT/SIGTERM; with
+    /// `--admin-token`, the admin API and the console over the same database.
     Serve {
         /// The event store: `postgres://…`, `mysql://…` (MariaDB) or `sqlite://path.db`.
         #[arg(long, env = "FERRY_DATABASE")]
@@ -206,6 +208,15 @@ enum Command {
         /// Apply Ferry's migrations first.
         #[arg(long)]
         migrate: bool,
+        /// Serve the admin API (`/v1/admin`) and the console (`/ui`) too,
+        /// to callers with this token (may see and change; named `admin`
+        /// in the audit log). Prefer the environment variable.
+        #[arg(long, env = "FERRY_ADMIN_TOKEN", hide_env_values = true)]
+        admin_token: Option<String>,
+        /// A token that may only look at the admin API and console (named
+        /// `read-only` in the audit log).
+        #[arg(long, env = "FERRY_READ_ONLY_TOKEN", hide_env_values = true)]
+        read_only_token: Option<String>,
     },
     /// Capture a database's committed row changes (insert, update, delete,
     /// in commit order) and send them to a sink, until SIGINT/SIGTERM.
@@ -674,8 +685,11 @@ async fn run(command: Command) -> anyhow::Result<()> {
             let shutdown = shutdown_on_signal();
             let metrics = metrics::Metrics::default();
             let mut tasks = tokio::task::JoinSet::new();
+            let mut pauses = std::collections::HashMap::new();
             for p in &config.pipelines {
-                tasks.spawn(Pipeline::from(p).run_shown(shutdown.clone(), metrics.clone()));
+                let pipeline = Pipeline::from(p);
+                pauses.insert(p.name.get_ref().clone(), pipeline.relay.pause.clone());
+                tasks.spawn(pipeline.run_shown(shutdown.clone(), metrics.clone()));
             }
             for c in &config.cdcs {
                 let (metrics, name) = (metrics.clone(), c.name.get_ref().clone());
@@ -718,6 +732,14 @@ async fn run(command: Command) -> anyhow::Result<()> {
                         Some(events) => events_api::router(events, http, &shutdown).await,
                         None => Ok(Some(axum::Router::new())),
                     };
+                    let api = api.and_then(|api| {
+                        let admin =
+                            admin::router(&config, http, metrics.clone(), pauses, &shutdown)?;
+                        Ok(api.map(|api| match admin {
+                            Some(admin) => api.merge(admin),
+                            None => api,
+                        }))
+                    });
                     // `None`: shut down before the events database was reached.
                     // The server is one of the daemon's tasks: with nothing but
                     // the events API to run, the daemon runs until shut down.
@@ -896,7 +918,10 @@ async fn run(command: Command) -> anyhow::Result<()> {
             max_limit,
             max_wait,
             migrate,
+            admin_token,
+            read_only_token,
         } => {
+            let admin_tokens = admin::serve_tokens(admin_token, read_only_token)?;
             let token = token
                 .map(ferry_events::api::BearerToken::new)
                 .transpose()
@@ -908,7 +933,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 shutdown: shutdown_on_signal(),
                 ..Default::default()
             };
-            events_api::serve(&database, migrate, listen, config).await
+            events_api::serve(&database, migrate, listen, config, admin_tokens).await
         }
         Command::Export {
             action:

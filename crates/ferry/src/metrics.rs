@@ -32,7 +32,8 @@ use crate::batch::{ExportStats, ImportStats};
 use crate::pipeline::Backlog;
 
 /// `[http]`: where the daemon serves `/metrics` and `/health` (and the
-/// events API, with `[events_api]`).
+/// events API, with `[events_api]`; the admin API and console, with
+/// `[[http.tokens]]`).
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HttpConfig {
@@ -48,6 +49,12 @@ pub struct HttpConfig {
     /// `"FERRY_API_TOKEN"` (read at load); instead of `token`.
     #[serde(default)]
     pub token_env: Option<String>,
+    /// `[[http.tokens]]`: named tokens for the admin API (`/v1/admin`) and
+    /// the console (`/ui`), each `"admin"` or `"read-only"`. Both are
+    /// served only when at least one is set; `token` above never opens
+    /// them. See docs/console.md.
+    #[serde(default)]
+    pub tokens: Vec<crate::admin::TokenConfig>,
 }
 
 impl HttpConfig {
@@ -87,7 +94,7 @@ pub struct Metrics {
 type Relayed = (Arc<ferry_relay::RelayStats>, Arc<Backlog>);
 
 /// Something shown under a name.
-type Named<T> = (String, T);
+pub(crate) type Named<T> = (String, T);
 
 /// What `/metrics` shows of one kind, by name.
 #[derive(Debug)]
@@ -153,6 +160,37 @@ impl Metrics {
         backlog: Arc<Backlog>,
     ) {
         self.relays.add(name, (stats, backlog));
+    }
+
+    /// The relays shown, with their counters and backlog.
+    pub(crate) fn relays(&self) -> Vec<(String, Arc<ferry_relay::RelayStats>, Arc<Backlog>)> {
+        let relays = self.relays.snapshot();
+        relays.into_iter().map(|(n, (s, b))| (n, s, b)).collect()
+    }
+
+    /// The consumers shown.
+    pub(crate) fn consumers(&self) -> Vec<Named<Stats>> {
+        self.consumers.snapshot()
+    }
+
+    /// The forwarders shown.
+    pub(crate) fn forwarders(&self) -> Vec<Named<Arc<ForwarderStats>>> {
+        self.forwarders.snapshot()
+    }
+
+    /// The captures shown.
+    pub(crate) fn cdcs(&self) -> Vec<Named<Arc<ShipStats>>> {
+        self.cdcs.snapshot()
+    }
+
+    /// The export jobs shown.
+    pub(crate) fn exports(&self) -> Vec<Named<Arc<ExportStats>>> {
+        self.exports.snapshot()
+    }
+
+    /// The import jobs shown.
+    pub(crate) fn imports(&self) -> Vec<Named<Arc<ImportStats>>> {
+        self.imports.snapshot()
     }
 
     fn render(&self) -> String {

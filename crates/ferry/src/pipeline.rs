@@ -13,7 +13,9 @@ use ferry_relay::{CancellationToken, OrderPolicy, RelayConfig, Retention, SinkBa
 use ferry_store::Database;
 use serde::Deserialize;
 
-use crate::startup::{line_of, open_retrying, started, valid_retry, valid_sink, Names};
+use crate::startup::{
+    error_chain, line_of, open_retrying, started, valid_retry, valid_sink, Names,
+};
 
 /// A relay from one outbox to one sink.
 #[derive(Debug, Deserialize)]
@@ -365,6 +367,12 @@ impl Pipeline {
             return Ok(());
         };
         let sink: Arc<dyn Sink> = started(self.sink.build().await, &what, "sink")?;
+        let pauses = tokio::spawn(follow_pauses(
+            db.clone(),
+            name.clone(),
+            self.relay.pause.clone(),
+            shutdown.clone(),
+        ));
         let running = ferry_relay::spawn_until(&db, sink, self.relay, &shutdown);
         let sampler = metrics.map(|metrics| {
             let backlog = Arc::new(Backlog::default());
@@ -375,8 +383,41 @@ impl Pipeline {
         if let Some(sampler) = sampler {
             sampler.abort();
         }
+        pauses.abort();
         finished?;
         Ok(())
+    }
+}
+
+/// How often a relay looks whether an operator paused or resumed it.
+pub const PAUSES_EVERY: Duration = Duration::from_secs(1);
+
+/// Keeps `switch` in step with the pause flag of relay `name` in its
+/// store (`ferry_pauses`, set by the admin API or console of any instance),
+/// looked at every [`PAUSES_EVERY`]. A failed look changes nothing (the
+/// relay's own reads say when the database is down).
+async fn follow_pauses(
+    db: ferry_store::Database,
+    name: String,
+    switch: ferry_relay::PauseSwitch,
+    shutdown: CancellationToken,
+) {
+    while !shutdown.is_cancelled() {
+        match db.paused().await {
+            Ok(paused) => {
+                if paused.iter().any(|p| p.name == name) {
+                    switch.pause();
+                } else {
+                    switch.resume();
+                }
+            }
+            Err(e) => tracing::debug!(relay = %name, error = %error_chain(&e),
+                "cannot read the pause flags"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(PAUSES_EVERY) => {}
+            _ = shutdown.cancelled() => {}
+        }
     }
 }
 
