@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
-use ferry_store::admin::{DeadCursor, DeadFilter, DeadKind};
+use ferry_store::admin::{DeadCursor, DeadFilter, DeadKind, MAX_ADMIN_PAGE, MAX_CHUNK};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -367,7 +367,11 @@ impl Admin {
         while left > 0 {
             let page = store
                 .db
-                .dead_items(filter, after.as_ref(), chunk_of(self.config.chunk, left))
+                .dead_items(
+                    filter,
+                    after.as_ref(),
+                    chunk_of(self.config.chunk, left).min(MAX_ADMIN_PAGE),
+                )
                 .await
                 .map_err(|e| chain(&e))?;
             if page.items.is_empty() {
@@ -437,8 +441,12 @@ fn by_kind(filter: &DeadFilter) -> Vec<(DeadKind, DeadFilter)> {
         .collect()
 }
 
+/// The next chunk: `chunk` (within what the store accepts), or what is
+/// left when that is less.
 fn chunk_of(chunk: u32, left: u64) -> u32 {
-    u32::try_from(left).unwrap_or(u32::MAX).min(chunk.max(1))
+    u32::try_from(left)
+        .unwrap_or(u32::MAX)
+        .min(chunk.clamp(1, MAX_CHUNK))
 }
 
 /// The filter as the audit log shows it.
