@@ -335,7 +335,6 @@ async fn bulk_waits_for_a_429s_retry_after_seconds() {
 /// `Retry-After` may also be an HTTP date (RFC 9110 §10.2.3); docs/batch.md
 /// says a `Retry-After` is heeded, without restricting it to seconds.
 #[tokio::test]
-#[ignore = "defect: bulk.rs reads Retry-After only as seconds; an HTTP date is ignored"]
 async fn bulk_waits_for_a_429s_retry_after_http_date() {
     // Three seconds ahead at one-second resolution: at least two seconds
     // after the 429.
