@@ -1,6 +1,7 @@
 // Ferry console: progressive enhancement only; every page works without it.
 // Elements with data-refresh="URL" get their content re-fetched every
-// data-every milliseconds (the overview's table); a "select all" checkbox
+// data-every milliseconds (the overview's table, a running job, which stops
+// once it shows data-finished=true); a "select all" checkbox
 // toggles the selection checkboxes of its form.
 (function () {
   "use strict";
@@ -16,7 +17,11 @@
         })
         .then(function (html) { el.innerHTML = html; el.removeAttribute("data-stale"); })
         .catch(function () { el.setAttribute("data-stale", "true"); })
-        .then(function () { setTimeout(tick, every); });
+        .then(function () {
+          // A finished job's page stops refreshing.
+          if (el.hasAttribute("data-until-done") && el.querySelector("[data-finished=true]")) { return; }
+          setTimeout(tick, every);
+        });
     }
     setTimeout(tick, every);
   }

@@ -1,6 +1,7 @@
 //! The frame every console page shares: head, navigation, the caller and
 //! the logout button.
 
+use chrono::{DateTime, Utc};
 use maud::{html, Markup, PreEscaped, DOCTYPE};
 
 use super::session::{Session, CSRF_FIELD};
@@ -11,13 +12,15 @@ pub(crate) enum Section {
     Overview,
     Outbox,
     Dead,
+    Jobs,
     Audit,
 }
 
-const SECTIONS: [(Section, &str, &str); 4] = [
+const SECTIONS: [(Section, &str, &str); 5] = [
     (Section::Overview, "/ui", "Overview"),
     (Section::Outbox, "/ui/outbox", "Outbox"),
     (Section::Dead, "/ui/dead", "Dead letters"),
+    (Section::Jobs, "/ui/jobs", "Bulk jobs"),
     (Section::Audit, "/ui/audit", "Audit log"),
 ];
 
@@ -97,7 +100,7 @@ pub(crate) fn count(n: i64) -> String {
     let digits = n.unsigned_abs().to_string();
     let mut out = String::new();
     for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i) % 3 == 0 {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
             out.push('\u{202f}');
         }
         out.push(c);
@@ -107,6 +110,51 @@ pub(crate) fn count(n: i64) -> String {
     } else {
         out
     }
+}
+
+/// A moment, as "3 min ago" with the exact time on hover.
+pub(crate) fn ago(t: DateTime<Utc>) -> Markup {
+    let secs = (Utc::now() - t).num_seconds();
+    let text = match secs {
+        s if s < 0 => exact(t),
+        s if s < 60 => format!("{s} s ago"),
+        s if s < 3600 => format!("{} min ago", s / 60),
+        s if s < 86_400 => format!("{} h ago", s / 3600),
+        _ => t.format("%Y-%m-%d %H:%M").to_string(),
+    };
+    html! { time datetime=(t.to_rfc3339()) title=(exact(t)) { (text) } }
+}
+
+/// A moment in full, UTC.
+pub(crate) fn exact(t: DateTime<Utc>) -> String {
+    t.format("%Y-%m-%d %H:%M:%S UTC").to_string()
+}
+
+/// A `<select name="store">` over the stores, when there is more than one
+/// (with one, a hidden field).
+pub(crate) fn store_picker(stores: &[String], current: &str) -> Markup {
+    html! {
+        @if stores.len() > 1 {
+            label { "Store"
+                select name="store" {
+                    @for s in stores {
+                        option value=(s) selected[s == current] { (s) }
+                    }
+                }
+            }
+        } @else {
+            input type="hidden" name="store" value=(current);
+        }
+    }
+}
+
+/// Text cut to `max` characters, with the whole of it on hover.
+pub(crate) fn clipped(text: &str, max: usize) -> Markup {
+    if text.chars().count() <= max {
+        return html! { (text) };
+    }
+    let cut: String = text.chars().take(max).collect();
+    html! { span title=(text) { (cut) "…" } }
 }
 
 /// `—` for a missing value.

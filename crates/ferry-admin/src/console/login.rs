@@ -8,8 +8,10 @@ use axum::response::{IntoResponse, Redirect, Response};
 use maud::{html, Markup};
 
 use super::layout;
-use super::session::{self, FormFields, Session};
+use super::query::{Fields, PageError};
+use super::session::{self, Session};
 use super::Ui;
+use crate::AdminError;
 
 /// `GET /ui/login`.
 pub(crate) async fn form() -> Markup {
@@ -37,10 +39,10 @@ fn login_page(error: Option<&str>) -> Markup {
 /// `POST /ui/login`: a known token opens a session.
 pub(crate) async fn submit(State(ui): State<Ui>, headers: HeaderMap, body: Bytes) -> Response {
     if !session::same_origin(&headers) {
-        return session::forbidden("this form was sent from another site");
+        return PageError(AdminError::Forbidden(session::CROSS_SITE.to_owned())).into_response();
     }
-    let form = FormFields::parse(&body);
-    let token = form.get("token").unwrap_or("").trim();
+    let form = Fields::parse(&body);
+    let token = form.get("token").unwrap_or("");
     if token.is_empty() || ui.admin.caller(token.as_bytes()).is_none() {
         return (
             StatusCode::UNAUTHORIZED,
@@ -63,9 +65,9 @@ pub(crate) async fn logout(
     session: Session,
     body: Bytes,
 ) -> Response {
-    let form = FormFields::parse(&body);
+    let form = Fields::parse(&body);
     if let Err(refused) = session::check_change(&ui, &headers, &session, &form, false) {
-        return refused;
+        return PageError(refused).into_response();
     }
     (
         [(SET_COOKIE, session::close_cookie())],

@@ -3,15 +3,19 @@
 //! its table in place every few seconds when JavaScript runs (the script
 //! fetches `/ui/overview/fragment`); without it, the Refresh link does.
 
-use axum::extract::State;
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::HeaderMap;
+use axum::response::{IntoResponse, Redirect, Response};
 use maud::{html, Markup};
 
 use super::layout::{self, count, dash, Section};
-use super::session::Session;
+use super::query::{segment, Fields, PageError};
+use super::session::{self, Session};
 use super::sparkline::sparkline;
 use super::Ui;
 use crate::overview::{ComponentKind, ComponentState};
-use crate::service::{ComponentView, OverviewView};
+use crate::{ComponentView, OverviewView};
 
 /// `GET /ui`.
 pub(crate) async fn page(State(ui): State<Ui>, session: Session) -> Markup {
@@ -65,9 +69,10 @@ fn table(kind: ComponentKind, rows: &[&ComponentView], session: &Session) -> Mar
     html! {
         table.components {
             thead { tr {
-                th { "Name" } th { "State" } th.num { "Rate" } th.num { "Backlog" } th {}
-                th.num { "Lag" } th {} th.num { "Failed" } th { "Details" }
-                @if relay && session.caller.may_change() { th {} }
+                th.c-name { "Name" } th.c-state { "State" } th.num.c-rate { "Rate" }
+                th.num.c-n { "Backlog" } th.c-spark {}
+                th.num.c-n { "Lag" } th.c-spark {} th.num.c-n { "Failed" } th { "Details" }
+                th.c-act {}
             } }
             tbody {
                 @for c in rows {
@@ -86,11 +91,13 @@ fn table(kind: ComponentKind, rows: &[&ComponentView], session: &Session) -> Mar
                         td.num { (count(comp.failed_total as i64)) }
                         td.detail {
                             @for (k, v) in &comp.detail {
-                                span.fact { span.key { (k) } " " (fact(v)) }
+                                span.fact { span.key { (k.replace('_', " ")) } " " (fact(k, v)) }
                             }
                         }
-                        @if relay && session.caller.may_change() {
-                            td { (pause_button(&comp.name, c.paused, session)) }
+                        td {
+                            @if relay && session.caller.may_change() {
+                                (pause_button(&comp.name, c.paused, session))
+                            }
                         }
                     }
                 }
@@ -105,7 +112,7 @@ fn pause_button(pipeline: &str, paused: Option<bool>, session: &Session) -> Mark
         _ => ("pause", "Pause"),
     };
     html! {
-        form.inline method="post" action={"/ui/pipelines/" (pipeline) "/" (action)} {
+        form.inline method="post" action={"/ui/pipelines/" (segment(pipeline)) "/" (action)} {
             (layout::csrf_field(session))
             button.small type="submit" { (label) }
         }
@@ -123,16 +130,82 @@ fn state(state: ComponentState, paused: Option<bool>) -> Markup {
     html! { span class={"state " (class)} { (text) } }
 }
 
-fn fact(v: &serde_json::Value) -> Markup {
+/// A detail's value: sizes of `…_bytes` keys in KiB/MiB/GiB, numbers
+/// grouped, maps (e.g. lag per consumer group) as `name: value` pairs.
+fn fact(key: &str, v: &serde_json::Value) -> Markup {
     match v {
         serde_json::Value::String(s) => html! { (s) },
         serde_json::Value::Number(n) => match n.as_i64() {
+            Some(i) if key.ends_with("bytes") => html! { (bytes(i)) },
             Some(i) => html! { (count(i)) },
             None => html! { (n) },
         },
         serde_json::Value::Object(map) => html! {
-            @for (k, v) in map { span.sub { (k) ": " (fact(v)) } " " }
+            @for (k, v) in map { span.sub { (k) ": " (fact(k, v)) } " " }
         },
         other => html! { (other) },
+    }
+}
+
+/// A size in bytes, in the largest binary unit that keeps it at least 1.
+fn bytes(n: i64) -> String {
+    const UNITS: [&str; 4] = ["KiB", "MiB", "GiB", "TiB"];
+    if n.abs() < 1024 {
+        return format!("{n} B");
+    }
+    let mut value = n as f64;
+    let mut unit = "B";
+    for u in UNITS {
+        if value.abs() < 1024.0 {
+            break;
+        }
+        value /= 1024.0;
+        unit = u;
+    }
+    format!("{value:.1} {unit}")
+}
+
+/// `POST /ui/pipelines/{name}/pause`.
+pub(crate) async fn pause(
+    State(ui): State<Ui>,
+    headers: HeaderMap,
+    session: Session,
+    Path(name): Path<String>,
+    body: Bytes,
+) -> Result<Response, PageError> {
+    let form = Fields::parse(&body);
+    session::check_change(&ui, &headers, &session, &form, true)?;
+    ui.admin.pause(&session.caller, &name).await?;
+    Ok(Redirect::to("/ui").into_response())
+}
+
+/// `POST /ui/pipelines/{name}/resume`.
+pub(crate) async fn resume(
+    State(ui): State<Ui>,
+    headers: HeaderMap,
+    session: Session,
+    Path(name): Path<String>,
+    body: Bytes,
+) -> Result<Response, PageError> {
+    let form = Fields::parse(&body);
+    session::check_change(&ui, &headers, &session, &form, true)?;
+    ui.admin.resume(&session.caller, &name).await?;
+    Ok(Redirect::to("/ui").into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_read_in_binary_units() {
+        assert_eq!(bytes(512), "512 B");
+        assert_eq!(bytes(7_340_032), "7.0 MiB");
+        assert_eq!(bytes(3 * 1024 * 1024 * 1024 / 2), "1.5 GiB");
+        let lag = serde_json::json!({"billing-eu": 40000});
+        assert_eq!(
+            fact("lag_by_group", &lag).into_string(),
+            "<span class=\"sub\">billing-eu: 40\u{202f}000</span> "
+        );
     }
 }

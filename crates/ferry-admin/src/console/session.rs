@@ -13,14 +13,15 @@
 use axum::extract::FromRequestParts;
 use axum::http::header::{COOKIE, HOST, ORIGIN, REFERER};
 use axum::http::request::Parts;
-use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::http::{HeaderMap, HeaderValue};
 use axum::response::{IntoResponse, Redirect, Response};
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 use subtle::ConstantTimeEq;
 
+use super::query::Fields;
 use super::Ui;
-use crate::Caller;
+use crate::{AdminError, Caller};
 
 /// The session cookie's name.
 pub(crate) const COOKIE_NAME: &str = "ferry_session";
@@ -150,45 +151,8 @@ fn authority(url: &str) -> Option<&str> {
     Some(&rest[..end]).filter(|a| !a.is_empty())
 }
 
-/// The answer to a refused change.
-pub(crate) fn forbidden(why: &str) -> Response {
-    (
-        StatusCode::FORBIDDEN,
-        super::layout::refusal("Forbidden", why),
-    )
-        .into_response()
-}
-
-/// A POSTed form, keeping repeated fields (a selection's checkboxes).
-pub(crate) struct FormFields(Vec<(String, String)>);
-
-impl FormFields {
-    /// Parses an `application/x-www-form-urlencoded` body.
-    pub(crate) fn parse(body: &[u8]) -> Self {
-        Self(
-            url::form_urlencoded::parse(body)
-                .map(|(k, v)| (k.into_owned(), v.into_owned()))
-                .collect(),
-        )
-    }
-
-    /// The first value of `name`.
-    pub(crate) fn get(&self, name: &str) -> Option<&str> {
-        self.0
-            .iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.as_str())
-    }
-
-    /// Every value of `name`, in order.
-    pub(crate) fn all(&self, name: &str) -> Vec<&str> {
-        self.0
-            .iter()
-            .filter(|(k, _)| k == name)
-            .map(|(_, v)| v.as_str())
-            .collect()
-    }
-}
+/// Why a form from another site is refused.
+pub(crate) const CROSS_SITE: &str = "this form was sent from another site";
 
 /// Checks a change: same origin, the session's CSRF token, and (when
 /// `needs_admin`) a caller that may change things.
@@ -196,20 +160,20 @@ pub(crate) fn check_change(
     ui: &Ui,
     headers: &HeaderMap,
     session: &Session,
-    form: &FormFields,
+    form: &Fields,
     needs_admin: bool,
-) -> Result<(), Response> {
+) -> Result<(), AdminError> {
     if !same_origin(headers) {
-        return Err(forbidden("this form was sent from another site"));
+        return Err(AdminError::Forbidden(CROSS_SITE.to_owned()));
     }
     if !session.csrf_ok(ui, form.get(CSRF_FIELD)) {
-        return Err(forbidden(
-            "the form's CSRF token is missing or stale: reload the page and try again",
+        return Err(AdminError::Forbidden(
+            "the form's CSRF token is missing or stale: reload the page and try again".to_owned(),
         ));
     }
     if needs_admin && !session.caller.may_change() {
-        return Err(forbidden(&format!(
-            "token `{}` is read-only: it may look but not change",
+        return Err(AdminError::Forbidden(format!(
+            "the token `{}` is read-only: it may look but not change",
             session.caller.name
         )));
     }
