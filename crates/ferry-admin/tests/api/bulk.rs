@@ -6,7 +6,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use crate::support::{env_with, wait_for, Env, CONSUMER, FORWARDER};
+use ferry_store::DatabaseKind;
+
+use crate::support::{env_on, env_with, wait_for, Env, CONSUMER, FORWARDER};
 
 /// Waits for the job to finish and returns it.
 async fn finished(env: &Env, job: &Value, limit: Duration) -> Value {
@@ -132,7 +134,21 @@ async fn a_bulk_replay_of_10000_outbox_dead_letters_goes_one_chunk_at_a_time() {
 
 #[tokio::test]
 async fn a_stale_count_is_409_with_the_current_one_and_a_mixed_replay_skips_tasks() {
-    let env = env_with(|c| c.chunk = 2).await;
+    stale_count_and_mixed_replay(DatabaseKind::Postgres).await;
+}
+
+#[tokio::test]
+async fn a_mixed_bulk_replay_on_mariadb() {
+    stale_count_and_mixed_replay(DatabaseKind::Mysql).await;
+}
+
+#[tokio::test]
+async fn a_mixed_bulk_replay_on_sqlite() {
+    stale_count_and_mixed_replay(DatabaseKind::Sqlite).await;
+}
+
+async fn stale_count_and_mixed_replay(kind: DatabaseKind) {
+    let env = env_on(kind, |c| c.chunk = 2).await;
     env.dead_outbox("orders", 3).await;
     let mut letters = Vec::new();
     for _ in 0..3 {

@@ -4,11 +4,27 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use crate::support::{env, wait_for, CONSUMER, FORWARDER, PIPELINE};
+use ferry_store::DatabaseKind;
+
+use crate::support::{env, env_on, wait_for, CONSUMER, FORWARDER, PIPELINE};
 
 #[tokio::test]
 async fn replay_one_of_each_kind_reaches_the_receiver_and_is_audited() {
-    let env = env().await;
+    replay_one_of_each_kind(DatabaseKind::Postgres).await;
+}
+
+#[tokio::test]
+async fn replay_one_of_each_kind_on_mariadb() {
+    replay_one_of_each_kind(DatabaseKind::Mysql).await;
+}
+
+#[tokio::test]
+async fn replay_one_of_each_kind_on_sqlite() {
+    replay_one_of_each_kind(DatabaseKind::Sqlite).await;
+}
+
+async fn replay_one_of_each_kind(kind: DatabaseKind) {
+    let env = env_on(kind, |_| {}).await;
     let dead = env.dead_outbox("orders", 2).await;
     let letter = env.dead_letter(CONSUMER, "handler failed: timeout").await;
     let stranger = env.dead_letter("not-ours", "handler failed: timeout").await;
@@ -17,9 +33,9 @@ async fn replay_one_of_each_kind_reaches_the_receiver_and_is_audited() {
     let relay = env.start_relay().await;
 
     // Outbox: pending again, the relay delivers it.
-    let seq = env.get("/v1/admin/outbox?status=dead&limit=1").await["rows"][0]["seq"]
-        .as_i64()
-        .unwrap();
+    let row = env.get("/v1/admin/outbox?status=dead&limit=1").await["rows"][0].clone();
+    let seq = row["seq"].as_i64().unwrap();
+    let replayed = row["message_id"].as_str().unwrap().to_owned();
     let a = env
         .post(&format!("/v1/admin/dead/outbox:{seq}/replay"), None)
         .await;
@@ -28,10 +44,6 @@ async fn replay_one_of_each_kind_reaches_the_receiver_and_is_audited() {
         a.body,
         json!({"id": format!("outbox:{seq}"), "to": "outbox"})
     );
-    let replayed = env.get(&format!("/v1/admin/outbox/{seq}")).await["message_id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
     assert!(dead.iter().any(|m| m.id.0.to_string() == replayed));
     wait_for(
         "the relay to deliver the replayed message",

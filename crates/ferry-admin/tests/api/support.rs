@@ -19,8 +19,9 @@ use ferry_events::api::BearerToken;
 use ferry_relay::{RelayConfig, Running, SinkBackoff};
 use ferry_store::event_store::{NewEvent, StoredEvent};
 use ferry_store::task_failures::TaskFailure;
+use ferry_store::DatabaseKind;
 use ferry_store::{ConnectOptions, Database, DeadLetter};
-use ferry_testkit::{PgTestDb, SqliteTestDb};
+use ferry_testkit::{MysqlTestDb, PgTestDb, SqliteTestDb};
 use futures::future::BoxFuture;
 use serde_json::Value;
 
@@ -219,7 +220,7 @@ pub struct Env {
     pub receiver_addr: SocketAddr,
     pub base: String,
     pub http: reqwest::Client,
-    _pg: PgTestDb,
+    _orders: Fresh,
     _sqlite: SqliteTestDb,
 }
 
@@ -247,9 +248,35 @@ pub async fn env() -> Env {
 }
 
 pub async fn env_with(configure: impl FnOnce(&mut AdminConfig)) -> Env {
-    let pg = PgTestDb::create().await;
+    env_on(DatabaseKind::Postgres, configure).await
+}
+
+/// A fresh database of `kind` for the default store (dropped with it).
+#[allow(dead_code)]
+enum Fresh {
+    Pg(PgTestDb),
+    Mysql(MysqlTestDb),
+    Sqlite(SqliteTestDb),
+}
+
+/// An environment whose default store ("orders") is on `kind`.
+pub async fn env_on(kind: DatabaseKind, configure: impl FnOnce(&mut AdminConfig)) -> Env {
+    let (url, fresh) = match kind {
+        DatabaseKind::Postgres => {
+            let t = PgTestDb::create().await;
+            (t.url.clone(), Fresh::Pg(t))
+        }
+        DatabaseKind::Mysql => {
+            let t = MysqlTestDb::create().await;
+            (t.url.clone(), Fresh::Mysql(t))
+        }
+        DatabaseKind::Sqlite => {
+            let t = SqliteTestDb::create();
+            (t.url.clone(), Fresh::Sqlite(t))
+        }
+    };
     let db = Database::connect_with(
-        &pg.url,
+        &url,
         &ConnectOptions {
             max_connections: 10,
             ..relay_config().connect_options()
@@ -300,7 +327,7 @@ pub async fn env_with(configure: impl FnOnce(&mut AdminConfig)) -> Env {
         receiver_addr,
         base: format!("http://{addr}"),
         http: reqwest::Client::new(),
-        _pg: pg,
+        _orders: fresh,
         _sqlite: sqlite,
     }
 }
