@@ -31,10 +31,13 @@ async fn an_operator_works_through_the_console_postgres() {
     walkthrough(DatabaseKind::Postgres, false).await;
 }
 
-async fn login(b: &Browser, token: &str) {
+async fn login(b: &Browser, token: &str, screenshots: bool) {
     b.goto("/ui").await;
     b.find("#token").await;
     assert_eq!(b.path().await, "/ui/login", "no session: the login page");
+    if screenshots {
+        b.screenshot("login").await;
+    }
     b.fill("#token", token).await;
     b.click(".login button[type=submit]").await;
     b.find("h1").await;
@@ -78,7 +81,7 @@ async fn walkthrough(kind: DatabaseKind, screenshots: bool) {
     env.backlog(40).await;
 
     let b = Browser::start(&env.base).await;
-    login(&b, ADMIN_TOKEN).await;
+    login(&b, ADMIN_TOKEN, screenshots).await;
     b.wait_text("tr[data-component=orders] td.backlog", "40", |t| t == "40")
         .await;
     for section in [
@@ -140,6 +143,9 @@ async fn walkthrough(kind: DatabaseKind, screenshots: bool) {
     show_group(&b, "customer_id").await;
     b.find("table.items").await;
     assert_eq!(b.all("table.items tbody tr").await.len(), 4);
+    if screenshots {
+        b.screenshot("dead-letter-items").await;
+    }
     b.click("table.items tbody tr td.id a").await;
     b.find("#replay").await;
     let error = b.text("pre.error-text").await;
@@ -252,7 +258,7 @@ async fn walkthrough(kind: DatabaseKind, screenshots: bool) {
 
     // A read-only token: no buttons, and a forged POST with its own valid
     // CSRF token is refused.
-    login(&b, VIEWER_TOKEN).await;
+    login(&b, VIEWER_TOKEN, false).await;
     assert!(!b.has("form[action$='/pause']").await);
     b.goto(&letter_path).await;
     b.find("pre.error-text").await;
