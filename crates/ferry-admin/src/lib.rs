@@ -19,6 +19,7 @@
 
 pub mod access;
 pub mod api;
+mod console;
 mod daemon;
 mod error;
 pub mod overview;
@@ -32,7 +33,8 @@ pub use service::{
     Admin, BulkAction, ComponentView, FilterView, JobId, JobView, OverviewView, Replayed,
 };
 
-/// Everything the admin layer serves: the API under `/v1/admin`.
+/// Everything the admin layer serves: the API under `/v1/admin` and the
+/// console under `/ui`.
 pub fn router(admin: Admin) -> axum::Router {
-    api::routes(admin)
+    api::routes(admin.clone()).merge(console::routes(admin))
 }
