@@ -93,7 +93,9 @@ async fn walkthrough(kind: DatabaseKind, screenshots: bool) {
     ] {
         b.wait_page_text(section).await;
     }
-    b.wait_page_text("billing-eu").await;
+    for fact in ["order.placed", "7.0 MiB", "18\u{202f}234", "7.5 h"] {
+        b.wait_page_text(fact).await;
+    }
     assert!(
         b.has("tr[data-component=orders] svg.spark").await,
         "a backlog sparkline"

@@ -38,12 +38,24 @@ pub(crate) async fn fragment(State(ui): State<Ui>, session: Session) -> Markup {
 }
 
 const KINDS: [(ComponentKind, &str, &str); 6] = [
-    (ComponentKind::Relay, "Relays", "pending messages"),
-    (ComponentKind::Consumer, "Consumers", "lag per group"),
-    (ComponentKind::Forwarder, "Forwarders", "events behind"),
-    (ComponentKind::Capture, "CDC captures", "retained WAL"),
-    (ComponentKind::Export, "Exports", "last window"),
-    (ComponentKind::Import, "Imports", "last window"),
+    (ComponentKind::Relay, "Relays", "backlog: pending messages"),
+    (
+        ComponentKind::Consumer,
+        "Consumers",
+        "per topic · backlog: waiting, lag: in flight",
+    ),
+    (
+        ComponentKind::Forwarder,
+        "Forwarders",
+        "backlog and lag: events behind the head",
+    ),
+    (
+        ComponentKind::Capture,
+        "CDC captures",
+        "lag in seconds · retained WAL",
+    ),
+    (ComponentKind::Export, "Exports", "rate: rows · last run"),
+    (ComponentKind::Import, "Imports", "rate: rows · batches"),
 ];
 
 fn fragment_of(view: &OverviewView, session: &Session) -> Markup {
@@ -91,7 +103,7 @@ fn table(kind: ComponentKind, rows: &[&ComponentView], session: &Session) -> Mar
                         td.num { (count(comp.failed_total as i64)) }
                         td.detail {
                             @for (k, v) in &comp.detail {
-                                span.fact { span.key { (k.replace('_', " ")) } " " (fact(k, v)) }
+                                span.fact { span.key { (label(k)) } " " (fact(k, v)) }
                             }
                         }
                         td {
@@ -130,20 +142,47 @@ fn state(state: ComponentState, paused: Option<bool>) -> Markup {
     html! { span class={"state " (class)} { (text) } }
 }
 
-/// A detail's value: sizes of `…_bytes` keys in KiB/MiB/GiB, numbers
-/// grouped, maps (e.g. lag per consumer group) as `name: value` pairs.
+/// A detail's key as words: `dead_lettered_total` → `dead lettered`,
+/// `oldest_age_seconds` → `oldest age` (the value carries the unit).
+fn label(key: &str) -> String {
+    let key = key.strip_suffix("_total").unwrap_or(key);
+    let key = key.strip_suffix("_seconds").unwrap_or(key);
+    let key = key.strip_suffix("_bytes").unwrap_or(key);
+    key.replace('_', " ")
+}
+
+/// A detail's value: sizes (`…bytes…` keys) in KiB/MiB/GiB, durations
+/// (`…_seconds`) in s/min/h, counts grouped, maps as `name: value` pairs.
 fn fact(key: &str, v: &serde_json::Value) -> Markup {
     match v {
         serde_json::Value::String(s) => html! { (s) },
-        serde_json::Value::Number(n) => match n.as_i64() {
-            Some(i) if key.ends_with("bytes") => html! { (bytes(i)) },
-            Some(i) => html! { (count(i)) },
-            None => html! { (n) },
-        },
+        serde_json::Value::Number(n) => {
+            let f = n.as_f64().unwrap_or(0.0);
+            if key.ends_with("_seconds") {
+                html! { (duration(f)) }
+            } else if key.contains("bytes") {
+                html! { (bytes(f as i64)) }
+            } else if let Some(i) = n.as_i64() {
+                html! { (count(i)) }
+            } else {
+                html! { (format!("{f:.2}")) }
+            }
+        }
         serde_json::Value::Object(map) => html! {
             @for (k, v) in map { span.sub { (k) ": " (fact(k, v)) } " " }
         },
         other => html! { (other) },
+    }
+}
+
+/// Seconds as `850 ms`, `12.5 s`, `4.2 min`, `3.1 h` or `2.0 d`.
+fn duration(secs: f64) -> String {
+    match secs.abs() {
+        s if s < 1.0 => format!("{:.0} ms", secs * 1000.0),
+        s if s < 60.0 => format!("{secs:.1} s"),
+        s if s < 3600.0 => format!("{:.1} min", secs / 60.0),
+        s if s < 86_400.0 => format!("{:.1} h", secs / 3600.0),
+        _ => format!("{:.1} d", secs / 86_400.0),
     }
 }
 
@@ -202,6 +241,28 @@ mod tests {
         assert_eq!(bytes(512), "512 B");
         assert_eq!(bytes(7_340_032), "7.0 MiB");
         assert_eq!(bytes(3 * 1024 * 1024 * 1024 / 2), "1.5 GiB");
+        assert_eq!(
+            fact("bytes_total", &serde_json::json!(2048)).into_string(),
+            "2.0 KiB"
+        );
+        assert_eq!(label("retained_wal_bytes"), "retained wal");
+        assert_eq!(label("dead_lettered_total"), "dead lettered");
+    }
+
+    #[test]
+    fn durations_and_fractions_read_in_their_units() {
+        assert_eq!(duration(0.25), "250 ms");
+        assert_eq!(duration(12.54), "12.5 s");
+        assert_eq!(duration(252.0), "4.2 min");
+        assert_eq!(duration(11_160.0), "3.1 h");
+        assert_eq!(
+            fact("oldest_age_seconds", &serde_json::json!(3.27189)).into_string(),
+            "3.3 s"
+        );
+        assert_eq!(
+            fact("ratio", &serde_json::json!(0.123456)).into_string(),
+            "0.12"
+        );
         let lag = serde_json::json!({"billing-eu": 40000});
         assert_eq!(
             fact("lag_by_group", &lag).into_string(),

@@ -105,9 +105,10 @@ async fn receive(
 /// The process the admin layer serves, as a test sets it up: one store,
 /// the relay `orders` (its counters, its outbox's backlog read every
 /// 100 ms, its pause switch following the store's pause flags), and
-/// what a daemon would report for the kinds this test does not run (a
-/// consumer with lag per group, a forwarder's offset, a capture's retained
-/// WAL, an export's last window), as fixed facts.
+/// what the `ferry` daemon reports for the kinds this test does not run (a
+/// consumer per topic with its group and lag, a forwarder's offset, a
+/// capture's retained WAL, export and import runs), as fixed facts with
+/// the daemon's detail keys.
 pub struct TestDaemon {
     store: NamedStore,
     relay: Mutex<Option<Arc<RelayStats>>>,
@@ -120,7 +121,6 @@ impl TestDaemon {
         let stats = self.relay.lock().unwrap().clone();
         let load = |f: fn(&RelayStats) -> u64| stats.as_deref().map(f).unwrap_or(0);
         let mut detail = BTreeMap::new();
-        detail.insert("sink".to_owned(), json!("http"));
         detail.insert(
             "dead_lettered".to_owned(),
             json!(load(|s| s.dead.load(Ordering::Relaxed))),
@@ -170,30 +170,37 @@ impl Daemon for TestDaemon {
                 self.relay_component(),
                 fixed(
                     ComponentKind::Consumer,
-                    "billing",
+                    "billing/order.placed",
                     Some(3),
-                    Some(42),
+                    Some(1),
                     json!({
-                        "broker": "nats", "lag_by_group": {"billing-eu": 40, "billing-us": 2}
+                        "topic": "order.placed", "group": "billing", "in_flight": 1,
+                        "dead_lettered_total": 1, "oldest_age_seconds": 2.417
+                    }),
+                ),
+                fixed(
+                    ComponentKind::Consumer,
+                    "billing/order.refunded",
+                    Some(0),
+                    Some(0),
+                    json!({
+                        "topic": "order.refunded", "group": "billing", "in_flight": 0,
+                        "dead_lettered_total": 0
                     }),
                 ),
                 fixed(
                     ComponentKind::Forwarder,
                     "audit-events",
-                    Some(0),
-                    Some(0),
-                    json!({
-                        "offset": 18234, "head": 18234
-                    }),
+                    Some(12),
+                    Some(12),
+                    json!({"offset": 18234, "skipped_total": 0}),
                 ),
                 fixed(
                     ComponentKind::Capture,
                     "orders-cdc",
-                    None,
+                    Some(0),
                     Some(1),
-                    json!({
-                        "slot": "ferry_orders", "retained_wal_bytes": 7340032
-                    }),
+                    json!({"retained_wal_bytes": 7340032, "lag_seconds": 0.8, "dead_lettered_total": 0}),
                 ),
                 fixed(
                     ComponentKind::Export,
@@ -201,7 +208,18 @@ impl Daemon for TestDaemon {
                     None,
                     None,
                     json!({
-                        "last_window": "2026-12-06T00:00Z..2026-12-07T00:00Z", "rows": 120433
+                        "runs_succeeded_total": 31, "bytes_total": 48234496,
+                        "last_success_age_seconds": 27000.0, "last_run_duration_seconds": 41.3
+                    }),
+                ),
+                fixed(
+                    ComponentKind::Import,
+                    "orders-into-warehouse",
+                    None,
+                    None,
+                    json!({
+                        "batches_imported_total": 31, "batches_skipped_total": 1,
+                        "batches_refused_total": 0, "last_pass_age_seconds": 95.0
                     }),
                 ),
             ],
