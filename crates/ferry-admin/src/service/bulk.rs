@@ -28,8 +28,13 @@ use crate::{AdminError, Caller, NamedStore};
 /// Jobs remembered (finished ones beyond this are forgotten, oldest first).
 const JOBS_KEPT: usize = 100;
 
-/// How often a bulk replay looks whether the relay delivered a chunk.
+/// How often a bulk replay looks whether the relay delivered a chunk, at
+/// most: the pending count is a scan of the outbox, so the job waits at
+/// least [`DRAIN_POLL_FACTOR`] times as long as the last count took (a
+/// large outbox is counted less often, keeping the load on the database
+/// to a small share of one connection).
 const DRAIN_POLL: Duration = Duration::from_millis(50);
+const DRAIN_POLL_FACTOR: u32 = 5;
 
 /// What a bulk job does to every matching dead item.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -136,18 +141,27 @@ type Job = Arc<Mutex<JobView>>;
 pub(super) struct Jobs(Arc<Mutex<VecDeque<Job>>>);
 
 impl Jobs {
-    fn add(&self, view: JobView) -> Result<Job, AdminError> {
-        let mut jobs = self.0.lock().unwrap_or_else(|e| e.into_inner());
+    /// Refuses a second job on a store while one runs there.
+    fn check_idle(jobs: &VecDeque<Job>, store: &str) -> Result<(), AdminError> {
         let running_here = jobs.iter().find_map(|j| {
             let j = j.lock().unwrap_or_else(|e| e.into_inner());
-            (j.finished_at.is_none() && j.store == view.store).then_some(j.id)
+            (j.finished_at.is_none() && j.store == store).then_some(j.id)
         });
-        if let Some(other) = running_here {
-            return Err(AdminError::Conflict(format!(
-                "bulk job {other} is still running on store `{}`; wait for it to finish",
-                view.store
-            )));
+        match running_here {
+            Some(other) => Err(AdminError::Conflict(format!(
+                "bulk job {other} is still running on store `{store}`; wait for it to finish"
+            ))),
+            None => Ok(()),
         }
+    }
+
+    fn idle(&self, store: &str) -> Result<(), AdminError> {
+        Self::check_idle(&self.0.lock().unwrap_or_else(|e| e.into_inner()), store)
+    }
+
+    fn add(&self, view: JobView) -> Result<Job, AdminError> {
+        let mut jobs = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        Self::check_idle(&jobs, &view.store)?;
         let job = Arc::new(Mutex::new(view));
         jobs.push_back(job.clone());
         while jobs.len() > JOBS_KEPT {
@@ -197,6 +211,7 @@ impl Admin {
         confirm_count: u64,
     ) -> Result<JobId, AdminError> {
         may_change(caller)?;
+        self.jobs.idle(&store.name)?;
         let current = store.db.count_dead(&filter).await?;
         if current != confirm_count {
             return Err(AdminError::StaleCount {
@@ -337,7 +352,9 @@ impl Admin {
             });
             let deadline = Instant::now() + self.config.chunk_drain_timeout;
             loop {
+                let asked = Instant::now();
                 let pending = db.outbox_stats().await.map_err(|e| chain(&e))?.pending;
+                let took = asked.elapsed();
                 if pending <= before {
                     break;
                 }
@@ -348,7 +365,7 @@ impl Admin {
                         pending - before
                     ));
                 }
-                tokio::time::sleep(DRAIN_POLL).await;
+                tokio::time::sleep(DRAIN_POLL.max(took * DRAIN_POLL_FACTOR)).await;
             }
         }
         Ok(())

@@ -255,3 +255,51 @@ async fn a_bulk_discard_deletes_every_kind_matching_the_filter() {
         ]
     );
 }
+
+#[tokio::test]
+async fn a_bulk_replay_stops_when_the_relay_does_not_deliver_a_chunk_in_time() {
+    let env = env_with(|c| {
+        c.chunk = 2;
+        c.chunk_drain_timeout = Duration::from_millis(1500);
+    })
+    .await;
+    env.dead_outbox("orders", 5).await;
+    // No relay runs now: the first chunk stays pending.
+    let a = env
+        .post("/v1/admin/dead/replay", Some(json!({"confirm_count": 5})))
+        .await;
+    assert_eq!(a.status, 202, "{}", a.body);
+    let job = finished(&env, &a.body["job"], Duration::from_secs(10)).await;
+    assert_eq!(
+        (job["done"].as_u64(), job["chunks"].as_u64()),
+        (Some(2), Some(1)),
+        "{job}"
+    );
+    let error = job["last_error"].as_str().unwrap();
+    assert!(error.contains("did not deliver the last chunk"), "{error}");
+    assert!(error.contains("3 not replayed"), "{error}");
+    let stats = env.db.outbox_stats().await.unwrap();
+    assert_eq!(
+        (stats.pending, stats.dead),
+        (2, 3),
+        "only one chunk was released"
+    );
+    // The end is audited with the count done.
+    let audit = env.audit().await;
+    assert_eq!(audit[0]["action"], "dead.bulk_replay_done");
+    assert_eq!(audit[0]["count"], 2);
+    // A new job may start once this one ended; the relay delivers.
+    let relay = env.start_relay().await;
+    wait_for("the first chunk", Duration::from_secs(10), || async {
+        env.receiver.applied().len() == 2
+    })
+    .await;
+    let a = env
+        .post("/v1/admin/dead/replay", Some(json!({"confirm_count": 3})))
+        .await;
+    assert_eq!(a.status, 202, "{}", a.body);
+    let job = finished(&env, &a.body["job"], Duration::from_secs(10)).await;
+    assert_eq!(job["done"], 3, "{job}");
+    assert!(job["last_error"].is_null(), "{job}");
+    relay.stop().await.unwrap();
+}
