@@ -14,6 +14,7 @@ use ferry_testkit::nats_server::free_port;
 use ferry_testkit::{PgTestDb, Receiver, SqliteTestDb, TempDir};
 use rand::Rng;
 
+mod admin;
 mod batch;
 mod batch_faults;
 mod cdc;
