@@ -88,3 +88,113 @@ fn collect_refs(v: &Value, out: &mut Vec<String>) {
         _ => {}
     }
 }
+
+#[tokio::test]
+async fn answers_have_the_properties_the_document_requires() {
+    let env = env().await;
+    env.dead_outbox("orders", 2).await;
+    env.dead_letter(crate::support::CONSUMER, "handler failed: timeout")
+        .await;
+    env.task_failure("send-invoice", "smtp timeout").await;
+    let doc = env.get("/v1/admin/openapi.json").await;
+    let a = env
+        .post(
+            "/v1/admin/dead/discard",
+            Some(serde_json::json!({"filter": {"kinds": ["task"]}, "confirm_count": 1})),
+        )
+        .await;
+    assert_eq!(a.status, 202, "{}", a.body);
+    check(
+        &doc,
+        &doc["paths"]["/v1/admin/dead/discard"]["post"],
+        "202",
+        &a.body,
+    );
+    let job = a.body["job"]["id"].as_str().unwrap().to_owned();
+    crate::support::wait_for(
+        "the job to finish",
+        std::time::Duration::from_secs(10),
+        || async { !env.get(&format!("/v1/admin/jobs/{job}")).await["finished_at"].is_null() },
+    )
+    .await;
+    let seq = env.get("/v1/admin/outbox?limit=1").await["rows"][0]["seq"].clone();
+    let dead = env.get("/v1/admin/dead?limit=1").await["items"][0]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    for (template, path) in [
+        ("/v1/admin/overview", "/v1/admin/overview".to_owned()),
+        ("/v1/admin/outbox", "/v1/admin/outbox".to_owned()),
+        (
+            "/v1/admin/outbox/{message}",
+            format!("/v1/admin/outbox/{seq}"),
+        ),
+        ("/v1/admin/dead", "/v1/admin/dead".to_owned()),
+        ("/v1/admin/dead/causes", "/v1/admin/dead/causes".to_owned()),
+        ("/v1/admin/dead/count", "/v1/admin/dead/count".to_owned()),
+        ("/v1/admin/dead/{id}", format!("/v1/admin/dead/{dead}")),
+        ("/v1/admin/jobs", "/v1/admin/jobs".to_owned()),
+        ("/v1/admin/jobs/{id}", format!("/v1/admin/jobs/{job}")),
+        ("/v1/admin/audit", "/v1/admin/audit".to_owned()),
+    ] {
+        let body = env.get(&path).await;
+        check(&doc, &doc["paths"][template]["get"], "200", &body);
+    }
+    let a = env
+        .call(
+            "get",
+            "/v1/admin/outbox?limit=0",
+            Some(crate::support::ADMIN_TOKEN),
+            None,
+        )
+        .await;
+    check(
+        &doc,
+        &doc["paths"]["/v1/admin/outbox"]["get"],
+        "400",
+        &a.body,
+    );
+}
+
+/// Checks `body` against the schema `op` documents for `status`: every
+/// required property present, recursively (first element of arrays).
+fn check(doc: &Value, op: &Value, status: &str, body: &Value) {
+    let schema = &op["responses"][status]["content"]["application/json"]["schema"];
+    assert!(schema.is_object(), "no schema for {status}: {op}");
+    conforms(doc, schema, body, "$");
+}
+
+fn conforms(doc: &Value, schema: &Value, value: &Value, at: &str) {
+    if let Some(r) = schema["$ref"].as_str() {
+        let name = r.rsplit('/').next().unwrap();
+        return conforms(doc, &doc["components"]["schemas"][name], value, at);
+    }
+    if let Some(all) = schema["allOf"].as_array() {
+        return all.iter().for_each(|s| conforms(doc, s, value, at));
+    }
+    if value.is_null() {
+        return;
+    }
+    if let Some(required) = schema["required"].as_array() {
+        let object = value
+            .as_object()
+            .unwrap_or_else(|| panic!("{at}: not an object: {value}"));
+        for key in required {
+            let key = key.as_str().unwrap();
+            assert!(object.contains_key(key), "{at}: `{key}` missing in {value}");
+        }
+    }
+    if let Some(props) = schema["properties"].as_object() {
+        for (key, s) in props {
+            if let Some(v) = value.get(key) {
+                conforms(doc, s, v, &format!("{at}.{key}"));
+            }
+        }
+    }
+    if let (Some(items), Some(first)) = (
+        schema.get("items"),
+        value.as_array().and_then(|a| a.first()),
+    ) {
+        conforms(doc, items, first, &format!("{at}[0]"));
+    }
+}
