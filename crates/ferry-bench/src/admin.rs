@@ -198,6 +198,8 @@ async fn measure_all(
     let filled = started.elapsed();
     let started = Instant::now();
     analyze(db).await?;
+    let analyzed = started.elapsed();
+    println!("outbox by status: {}", statuses(db).await?);
     println!(
         "fill: {:.1} s, then {} in {:.1} s",
         filled.as_secs_f64(),
@@ -206,7 +208,7 @@ async fn measure_all(
         } else {
             "ANALYZE"
         },
-        started.elapsed().as_secs_f64()
+        analyzed.as_secs_f64()
     );
 
     let token = BearerToken::new(TOKEN).context("the bench's token")?;
@@ -591,6 +593,23 @@ async fn max_seq(db: &Database) -> anyhow::Result<i64> {
     max.context("the outbox is empty")
 }
 
+/// What the fill made, e.g. `dead 100,000, delivered 899,425, …`.
+async fn statuses(db: &Database) -> anyhow::Result<String> {
+    let sql =
+        "SELECT CASE WHEN status = 'pending' AND attempts > 0 THEN 'retrying' ELSE status END, \
+               COUNT(*) FROM ferry_outbox GROUP BY 1 ORDER BY 1";
+    let counts: Vec<(String, i64)> = match db {
+        Database::Postgres(pool) => sqlx::query_as(sql).fetch_all(pool).await?,
+        Database::Sqlite(pool) => sqlx::query_as(sql).fetch_all(pool).await?,
+        Database::Mysql(_) => bail!("the admin benchmark does not run on MariaDB"),
+    };
+    Ok(counts
+        .iter()
+        .map(|(status, n)| format!("{status} {}", thousands(*n as f64)))
+        .collect::<Vec<_>>()
+        .join(", "))
+}
+
 async fn execute(db: &Database, sql: &str) -> anyhow::Result<u64> {
     let done = match db {
         Database::Postgres(pool) => sqlx::query(sql).execute(pool).await?.rows_affected(),
@@ -708,7 +727,9 @@ async fn fill(db: &Database, args: &AdminArgs) -> anyhow::Result<()> {
     // outbox over the last day, seq in time order.
     let (with, from) = sql.series(n, &causes_cte()?);
     let age = format!("(({n} - g) * 86400.0 / {n})");
-    let retrying = format!("g > {n} - 20000 AND g % 40 = 0");
+    // Retrying: 1 in 40 of the newest 20,000 (g % 40 = 5, never a
+    // multiple of 10, which the default --dead spread makes dead).
+    let retrying = format!("g > {n} - 20000 AND g % 40 = 5");
     let outbox = format!(
         "{with}
          INSERT INTO ferry_outbox (topic, message_key, payload, status, attempts, created_at,
