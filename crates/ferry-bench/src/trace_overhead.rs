@@ -7,8 +7,9 @@
 //! * **on**: the daemon's own export (`crates/ferry/src/telemetry.rs`:
 //!   OTLP http/protobuf, batch span processor) to an OTLP receiver on
 //!   127.0.0.1 in this process (its own thread), which decodes every
-//!   request; messages are built inside producer spans, so each carries a
-//!   `traceparent` and the relay makes a `ferry.deliver` span per message,
+//!   request; each message carries a producer's `traceparent` (as a
+//!   traced producer writes it; the producers' spans are theirs, not
+//!   made here), and the relay makes a `ferry.deliver` span per message,
 //!   a child of its producer's span.
 //!
 //! Each pass runs on a runtime of its own (2 workers) whose threads have
@@ -16,7 +17,7 @@
 //! the same number of messages; passes alternate off, on, off, on … so
 //! that drift on a shared machine hits both. Drain rate = N / (time from
 //! the relay's start until it has delivered all N). The "on" pass also
-//! reports the spans the receiver got: fewer than N + producer spans means
+//! reports the spans the receiver got: fewer than N means
 //! the batch processor dropped some (its queue was full).
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -32,6 +33,7 @@ use opentelemetry_proto::tonic::collector::trace::v1::{
     ExportTraceServiceRequest, ExportTraceServiceResponse,
 };
 use prost::Message as _;
+use rand::Rng as _;
 use tracing_subscriber::layer::SubscriberExt as _;
 
 use crate::destination::{Destination, SinkKind};
@@ -59,8 +61,8 @@ pub struct TraceOverheadArgs {
     /// Messages per pass.
     #[arg(long, default_value_t = 50_000)]
     pub messages: usize,
-    /// Messages built inside one producer span (one request producing that
-    /// many) in the "on" passes.
+    /// Messages of one producer trace (one request producing that many) in
+    /// the "on" passes.
     #[arg(long, default_value_t = 1)]
     pub per_span: usize,
     /// The relay's settings.
@@ -110,7 +112,7 @@ pub async fn run(args: &TraceOverheadArgs, tsv: &Tsv) -> anyhow::Result<()> {
         args.runs
     );
     println!(
-        "   database: {described}; on = OTLP http/protobuf batch export to {} (in-process receiver, own thread), {} message(s) per producer span",
+        "   database: {described}; on = OTLP http/protobuf batch export to {} (in-process receiver, own thread), {} message(s) per producer trace",
         collector.url, args.per_span
     );
     let (mut offs, mut ons) = (Vec::new(), Vec::new());
@@ -262,40 +264,35 @@ async fn pass(args: &TraceOverheadArgs, server: &Server, traced: bool) -> anyhow
         .await
 }
 
-/// Fills the outbox with `--messages` messages; with tracing on, built
-/// inside producer spans of `--per-span` messages each.
+/// Fills the outbox with `--messages` messages; with tracing on, each
+/// carries a producer's `traceparent` (a fresh trace per `--per-span`
+/// messages), as a traced producer writes it. Producers' own spans are not
+/// made here: exporting them is the producers' cost, not the relay's.
 async fn fill(
     db: &ferry_store::Database,
     args: &TraceOverheadArgs,
     traced: bool,
 ) -> anyhow::Result<()> {
     let mut rng = rand::thread_rng();
+    let mut parent = String::new();
     let mut seq = 0u64;
-    let chunk = 1000usize.max(args.per_span);
     while (seq as usize) < args.messages {
-        let take = chunk.min(args.messages - seq as usize);
+        let take = 1000.min(args.messages - seq as usize);
         let mut messages: Vec<Message> = Vec::with_capacity(take);
-        while messages.len() < take {
-            let group = args.per_span.min(take - messages.len());
-            let produce = traced.then(|| tracing::info_span!("produce order"));
-            let _entered = produce.as_ref().map(|s| s.enter());
-            for _ in 0..group {
-                messages.push(workload::message(
-                    seq,
-                    args.keys,
-                    PayloadShape::Order,
-                    &mut rng,
-                ));
-                seq += 1;
+        for _ in 0..take {
+            let mut m = workload::message(seq, args.keys, PayloadShape::Order, &mut rng);
+            if traced {
+                if seq as usize % args.per_span == 0 {
+                    parent = format!(
+                        "00-{:032x}-{:016x}-01",
+                        rng.gen::<u128>() | 1,
+                        rng.gen::<u64>() | 1
+                    );
+                }
+                m = m.with_header(ferry_core::trace::TRACEPARENT, parent.clone());
             }
-        }
-        if traced {
-            ensure!(
-                messages
-                    .iter()
-                    .all(|m| m.headers.contains_key(ferry_core::trace::TRACEPARENT)),
-                "a message built in a producer span has no traceparent"
-            );
+            messages.push(m);
+            seq += 1;
         }
         db.enqueue(&messages)
             .await

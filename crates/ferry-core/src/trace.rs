@@ -162,39 +162,89 @@ pub fn continue_trace(span: &tracing::Span, message: &Message) -> bool {
         .is_ok()
 }
 
-/// The span of one attempt to deliver `message` by the pipeline
-/// `pipeline` (e.g. `relay`, `forwarder`) named `name`, a child of the
-/// producer's span ([`follow`]). Named `ferry.deliver` (its OpenTelemetry
-/// name is `deliver <topic>`), of kind producer; [`record_delivery`]
-/// records how it ended. Disabled when no subscriber records it: then
-/// nothing more is done.
-pub fn delivery_span(
+/// The spans of a pipeline's deliveries (a relay's, a forwarder's): one
+/// per message and attempt, made with the OpenTelemetry API on the global
+/// tracer provider (`opentelemetry::global::set_tracer_provider`), not as
+/// `tracing` spans: a relay makes tens of thousands a second and runs no
+/// user code inside them, so they skip the `tracing` registry and its
+/// OpenTelemetry layer, which cost several times more per span. Made only
+/// once [`enable_delivery_spans`] was called (the daemon's `[telemetry]`
+/// does); otherwise nothing is made, not even a header read.
+pub struct Deliveries {
+    tracer: opentelemetry::global::BoxedTracer,
     pipeline: &'static str,
-    name: &str,
-    message: &Message,
-    attempt: u32,
-) -> tracing::Span {
-    let span = tracing::info_span!("ferry.deliver",
-        otel.name = %format_args!("deliver {}", message.topic),
-        otel.kind = "producer",
-        otel.status_code = tracing::field::Empty,
-        ferry.pipeline = pipeline,
-        ferry.name = name,
-        messaging.message.id = %message.id,
-        messaging.destination.name = %message.topic,
-        ferry.attempt = attempt,
-        ferry.outcome = tracing::field::Empty);
-    follow(&span, message);
-    span
+    name: opentelemetry::Value,
 }
 
-/// Records on a [`delivery_span`] what became of its message, e.g.
-/// `delivered`, `retry`, `given_up`, `released`; `failed` marks the span
-/// as an error.
-pub fn record_delivery(span: &tracing::Span, outcome: &'static str, failed: bool) {
-    span.record("ferry.outcome", outcome);
-    if failed {
-        span.record("otel.status_code", "ERROR");
+static DELIVERY_SPANS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Turns the relays' and forwarders' delivery spans ([`Deliveries`]) on or
+/// off for the process. Call it after setting the global tracer provider.
+pub fn enable_delivery_spans(enabled: bool) {
+    DELIVERY_SPANS.store(enabled, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// One attempt to deliver a message: an OpenTelemetry span named
+/// `deliver <topic>`, of kind producer, a child of the producer's span
+/// from the message's `traceparent` (a root without one). It ends when
+/// dropped; [`DeliverySpan::outcome`] records how.
+pub struct DeliverySpan(opentelemetry::global::BoxedSpan);
+
+impl Deliveries {
+    /// The spans of the pipeline `pipeline` (e.g. `relay`, `forwarder`)
+    /// named `name`, or `None` while delivery spans are not enabled
+    /// ([`enable_delivery_spans`]).
+    pub fn start(pipeline: &'static str, name: &str) -> Option<Self> {
+        if !DELIVERY_SPANS.load(std::sync::atomic::Ordering::Relaxed) {
+            return None;
+        }
+        Some(Self {
+            tracer: opentelemetry::global::tracer("ferry"),
+            pipeline,
+            name: name.to_owned().into(),
+        })
+    }
+
+    /// The span of attempt `attempt` (1 for the first) to deliver
+    /// `message`; it starts now.
+    pub fn span(&self, message: &Message, attempt: u32) -> DeliverySpan {
+        use opentelemetry::trace::{SpanKind, Tracer as _};
+        use opentelemetry::KeyValue;
+        let parent = match extract(&message.headers) {
+            Some(parent) => opentelemetry::Context::new().with_remote_span_context(parent),
+            None => opentelemetry::Context::new(),
+        };
+        let builder = self
+            .tracer
+            .span_builder(format!("deliver {}", message.topic))
+            .with_kind(SpanKind::Producer)
+            .with_attributes([
+                KeyValue::new("ferry.pipeline", self.pipeline),
+                KeyValue::new("ferry.name", self.name.clone()),
+                KeyValue::new("messaging.message.id", message.id.to_string()),
+                KeyValue::new("messaging.destination.name", message.topic.clone()),
+                KeyValue::new("ferry.attempt", i64::from(attempt)),
+            ]);
+        DeliverySpan(self.tracer.build_with_context(builder, &parent))
+    }
+}
+
+impl DeliverySpan {
+    /// Records what became of the message, e.g. `delivered`, `retry`,
+    /// `given_up`, `released`; `failed` marks the span as an error.
+    pub fn outcome(&mut self, outcome: &'static str, failed: bool) {
+        use opentelemetry::trace::{Span as _, Status};
+        self.0
+            .set_attribute(opentelemetry::KeyValue::new("ferry.outcome", outcome));
+        if failed {
+            self.0.set_status(Status::error(outcome));
+        }
+    }
+
+    /// The span's context (its trace and span id).
+    pub fn span_context(&self) -> &SpanContext {
+        use opentelemetry::trace::Span as _;
+        self.0.span_context()
     }
 }
 
@@ -283,6 +333,49 @@ mod tests {
         assert_eq!(traceparent(&cx), PARENT);
         assert_eq!(cx.trace_state().header(), "");
         assert!(extract(&BTreeMap::new()).is_none());
+    }
+
+    #[test]
+    fn delivery_spans_are_children_of_the_producer_and_none_without_a_provider() {
+        assert!(Deliveries::start("relay", "orders").is_none());
+        let exporter = InMemorySpanExporter::default();
+        let provider = SdkTracerProvider::builder()
+            .with_simple_exporter(exporter.clone())
+            .build();
+        opentelemetry::global::set_tracer_provider(provider.clone());
+        assert!(Deliveries::start("relay", "orders").is_none());
+        enable_delivery_spans(true);
+        let deliveries = Deliveries::start("relay", "orders").unwrap();
+        let traced = Message::event("a.b", "{}").with_header(TRACEPARENT, PARENT);
+        let mut span = deliveries.span(&traced, 2);
+        span.outcome("retry", true);
+        drop(span);
+        drop(deliveries.span(&Message::event("a.b", "{}"), 1));
+        provider.force_flush().unwrap();
+        let spans = exporter.get_finished_spans().unwrap();
+        let parent = parse_traceparent(PARENT, None).unwrap();
+        let child = spans
+            .iter()
+            .find(|s| s.span_context.trace_id() == parent.trace_id())
+            .unwrap();
+        assert_eq!(child.name, "deliver a.b");
+        assert_eq!(child.parent_span_id, parent.span_id());
+        let attribute = |k: &str| {
+            child
+                .attributes
+                .iter()
+                .find(|kv| kv.key.as_str() == k)
+                .map(|kv| kv.value.to_string())
+        };
+        assert_eq!(attribute("ferry.outcome").as_deref(), Some("retry"));
+        assert_eq!(attribute("ferry.attempt").as_deref(), Some("2"));
+        assert_eq!(attribute("ferry.name").as_deref(), Some("orders"));
+        let root = spans
+            .iter()
+            .find(|s| s.name == "deliver a.b" && s.span_context.trace_id() != parent.trace_id());
+        assert_eq!(root.unwrap().parent_span_id, SpanId::INVALID);
+        assert_eq!(spans.len(), 2, "{spans:#?}");
+        enable_delivery_spans(false);
     }
 
     #[test]

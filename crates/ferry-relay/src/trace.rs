@@ -1,47 +1,46 @@
-//! The relay's span per message of a batch ([`ferry_core::trace::delivery_span`]),
-//! a child of the producer's span through the message's `traceparent`.
+//! The relay's span per message of a batch
+//! ([`ferry_core::trace::Deliveries`]), a child of the producer's span
+//! through the message's `traceparent`.
 //!
 //! A span covers the batch's sink calls (the engine delivers a batch at
-//! once) and records what became of its message. Without a subscriber
-//! that records these spans nothing is built, not even a header read.
+//! once) and records what became of its message. Without a global tracer
+//! provider nothing is built, not even a header read.
 
-use ferry_core::trace::{delivery_span, record_delivery};
+use ferry_core::trace::{Deliveries, DeliverySpan};
 use ferry_delivery::{BatchResult, Claimed};
 use ferry_store::outbox::Outcome;
-use tracing::Span;
 
-/// One span per message of `claimed` (a disabled one for a message that
-/// could not be read), or none when such spans are not recorded.
-pub(crate) fn delivery_spans(relay: &str, claimed: &[Claimed]) -> Vec<Span> {
-    let mut spans = Vec::with_capacity(claimed.len());
-    for c in claimed {
-        let Ok(m) = &c.message else {
-            spans.push(Span::none());
-            continue;
-        };
-        let span = delivery_span("relay", relay, m, c.attempts + 1);
-        if span.is_disabled() {
-            return Vec::new();
-        }
-        spans.push(span);
-    }
-    spans
+/// One span per message of `claimed` that could be read, or none when
+/// spans are not recorded.
+pub(crate) fn delivery_spans(relay: &str, claimed: &[Claimed]) -> Vec<Option<DeliverySpan>> {
+    let Some(deliveries) = Deliveries::start("relay", relay) else {
+        return Vec::new();
+    };
+    claimed
+        .iter()
+        .map(|c| {
+            let m = c.message.as_ref().ok()?;
+            Some(deliveries.span(m, c.attempts + 1))
+        })
+        .collect()
 }
 
 /// Records each message's outcome on its span; the spans end here.
-pub(crate) fn record_outcomes(spans: Vec<Span>, result: &BatchResult) {
-    for (span, outcome) in spans.iter().zip(&result.outcomes) {
-        record(span, outcome);
+pub(crate) fn record_outcomes(spans: Vec<Option<DeliverySpan>>, result: &BatchResult) {
+    for (span, outcome) in spans.into_iter().zip(&result.outcomes) {
+        if let Some(mut span) = span {
+            record(&mut span, outcome);
+        }
     }
 }
 
-fn record(span: &Span, outcome: &Outcome) {
+fn record(span: &mut DeliverySpan, outcome: &Outcome) {
     match outcome {
-        Outcome::Delivered => record_delivery(span, "delivered", false),
+        Outcome::Delivered => span.outcome("delivered", false),
         Outcome::Failed {
             retry_at: Some(_), ..
-        } => record_delivery(span, "retry", true),
-        Outcome::Failed { retry_at: None, .. } => record_delivery(span, "given_up", true),
-        Outcome::Released => record_delivery(span, "released", false),
+        } => span.outcome("retry", true),
+        Outcome::Failed { retry_at: None, .. } => span.outcome("given_up", true),
+        Outcome::Released => span.outcome("released", false),
     }
 }

@@ -139,6 +139,10 @@ impl Telemetry {
                     .build(),
             )
             .build();
+        // The relay's and the forwarder's delivery spans are made on the
+        // global provider (see `ferry_core::trace::Deliveries`).
+        opentelemetry::global::set_tracer_provider(provider.clone());
+        ferry_core::trace::enable_delivery_spans(true);
         Ok(Self { provider })
     }
 
@@ -148,13 +152,20 @@ impl Telemetry {
     where
         S: tracing::Subscriber + for<'span> tracing_subscriber::registry::LookupSpan<'span>,
     {
-        tracing_opentelemetry::layer().with_tracer(self.provider.tracer("ferry"))
+        // No source location or busy/idle times: per span they cost more
+        // than the rest of a relay's span, and a message's journey does
+        // not need them.
+        tracing_opentelemetry::layer()
+            .with_location(false)
+            .with_tracked_inactivity(false)
+            .with_tracer(self.provider.tracer("ferry"))
     }
 
     /// Sends the spans still queued and stops the exporter (within its
     /// timeout). Call once, after the pipelines have stopped; a failure is
     /// only logged, the spans it concerns are lost.
     pub fn shutdown(self) {
+        ferry_core::trace::enable_delivery_spans(false);
         if let Err(e) = self.provider.shutdown() {
             tracing::warn!(error = %e, "flushing the last spans to the collector failed");
         }
