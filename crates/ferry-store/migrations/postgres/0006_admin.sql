@@ -19,9 +19,13 @@ CREATE INDEX ferry_outbox_dead_at ON ferry_outbox ((COALESCE(dead_at, next_attem
     WHERE status = 'dead';
 CREATE INDEX ferry_outbox_dead_topic ON ferry_outbox (topic, (COALESCE(dead_at, next_attempt_at)), seq)
     WHERE status = 'dead';
--- Grouping by cause: answered from the index alone (count, latest).
+-- Grouping by stored cause: answered from the index alone (count, latest),
+-- the newest error of each group by a LIMIT 1 over it.
 CREATE INDEX ferry_outbox_dead_cause ON ferry_outbox (topic, cause, dead_at, next_attempt_at)
-    WHERE status = 'dead';
+    WHERE status = 'dead' AND cause IS NOT NULL;
+-- The outbox browser's key filter (every status), newest first.
+CREATE INDEX ferry_outbox_key_seq ON ferry_outbox (message_key, seq)
+    WHERE message_key IS NOT NULL;
 -- Dead rows without a stored cause (plain SQL): fingerprinted when read.
 CREATE INDEX ferry_outbox_dead_no_cause ON ferry_outbox (seq) WHERE status = 'dead' AND cause IS NULL;
 

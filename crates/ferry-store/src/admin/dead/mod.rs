@@ -400,10 +400,17 @@ async fn dead_causes<DB: Dialect>(
     pool: &Pool<DB>,
     filter: &DeadFilter,
 ) -> Result<Vec<CauseGroup>, StoreError> {
-    let mut conn = pool.acquire().await?;
+    // Each kind on a connection of its own, at the same time.
+    let per_kind =
+        futures::future::try_join_all(filter.selected_kinds().into_iter().map(|kind| async move {
+            let mut conn = pool.acquire().await?;
+            let groups = tables::groups::<DB>(&mut conn, kind, filter).await?;
+            Ok::<_, StoreError>((kind, groups))
+        }))
+        .await?;
     let mut merged: HashMap<(DeadKind, String, String), CauseGroup> = HashMap::new();
-    for kind in filter.selected_kinds() {
-        for g in tables::groups::<DB>(&mut conn, kind, filter).await? {
+    for (kind, groups) in per_kind {
+        for g in groups {
             if filter.cause.as_ref().is_some_and(|c| *c != g.cause) {
                 continue;
             }

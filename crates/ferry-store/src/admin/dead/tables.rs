@@ -520,31 +520,84 @@ pub(crate) async fn groups<DB: Dialect>(
     filter: &DeadFilter,
 ) -> Result<Vec<RawGroup>, StoreError> {
     let t = table(kind);
+    let mut groups = Vec::new();
+    // Rows with a stored cause: one GROUP BY answered from the (name,
+    // cause, time) index alone, then the newest error of each group by an
+    // indexed LIMIT 1 (reading every row's error would visit them all).
     let mut q = Query::<DB>::new();
     q.filter(t, filter);
+    q.and("cause IS NOT NULL".to_owned());
     let text = sql::<DB>(&format!(
-        "SELECT {} AS name, {} AS cause, {} AS raw, COUNT(*) AS n, MAX({}) AS latest,
-                {} AS example
-         FROM {} {} GROUP BY 1, 2, 3",
+        "SELECT {} AS name, {} AS cause, COUNT(*) AS n, MAX({}) AS latest
+         FROM {} {} GROUP BY 1, 2",
         DB::text(t.name),
         DB::text("cause"),
-        DB::text(&format!("CASE WHEN cause IS NULL THEN {} END", t.error)),
         t.at,
-        DB::text(&format!("MIN({})", t.error)),
         t.table,
         q.where_clause(),
     ));
-    let rows = q.stmt(&text).fetch_all(conn).await?;
-    let mut groups = Vec::with_capacity(rows.len());
+    let rows = q.stmt(&text).fetch_all(&mut *conn).await?;
+    // The outbox's index orders a cause's rows by dead_at, which the relay
+    // sets with the cause.
+    let newest = if kind == DeadKind::Outbox {
+        "dead_at"
+    } else {
+        t.at
+    };
+    let example = sql::<DB>(&format!(
+        "SELECT {} AS example FROM {} WHERE {}{} = $1 AND cause = $2 AND {newest} IS NOT NULL
+         ORDER BY {newest} DESC LIMIT 1",
+        DB::text(t.error),
+        t.table,
+        t.base.map(|b| format!("{b} AND ")).unwrap_or_default(),
+        t.name,
+    ));
     for r in &rows {
-        let cause: Option<String> = r.read("cause")?;
+        let name: String = r.read("name")?;
+        let cause: String = r.read("cause")?;
+        let n: i64 = r.read("n")?;
+        let latest = DB::read_time(r, "latest")?;
+        let found = Stmt::<DB>::new(&example)
+            .bind(name.clone())
+            .bind(cause.clone())
+            .fetch_optional(&mut *conn)
+            .await?;
+        let example = match found {
+            Some(row) => row.read("example")?,
+            None => cause.clone(),
+        };
+        groups.push(RawGroup {
+            name,
+            cause,
+            count: n.max(0) as u64,
+            example,
+            latest,
+        });
+    }
+    // Rows without one (plain SQL, or written before causes were stored):
+    // grouped by their error, fingerprinted here; few, over the
+    // `cause IS NULL` indexes.
+    let mut q = Query::<DB>::new();
+    q.filter(t, filter);
+    q.and("cause IS NULL".to_owned());
+    let text = sql::<DB>(&format!(
+        "SELECT {} AS name, {} AS raw, COUNT(*) AS n, MAX({}) AS latest
+         FROM {} {} GROUP BY 1, 2",
+        DB::text(t.name),
+        DB::text(t.error),
+        t.at,
+        t.table,
+        q.where_clause(),
+    ));
+    for r in &q.stmt(&text).fetch_all(&mut *conn).await? {
         let raw: Option<String> = r.read("raw")?;
+        let raw = raw.unwrap_or_default();
         let n: i64 = r.read("n")?;
         groups.push(RawGroup {
             name: r.read("name")?,
-            cause: cause.unwrap_or_else(|| cause_of(raw.as_deref().unwrap_or_default())),
+            cause: cause_of(&raw),
             count: n.max(0) as u64,
-            example: r.read("example")?,
+            example: raw,
             latest: DB::read_time(r, "latest")?,
         });
     }
