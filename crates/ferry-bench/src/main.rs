@@ -20,10 +20,13 @@
 //!   snapshot, each beside the database's own tool or another mode.
 //! * `batch`: ferry-batch's export and import beside `psql`'s COPY of the
 //!   same rows.
+//! * `admin`: the admin API's and console's latency per endpoint on a
+//!   filled store, beside the naive OFFSET page and COUNT(*).
 //! * `clean`: drops scratch databases left behind by interrupted runs.
 //!
 //! How to run them: `bench/README.md`.
 
+mod admin;
 mod batch;
 mod brokers;
 mod cdc;
@@ -99,6 +102,10 @@ enum Command {
     /// Batch hand-off (ferry-batch): export and import, each beside
     /// `psql`'s COPY of the same rows.
     Batch(batch::BatchArgs),
+    /// The admin API's and console's latency (p50/p99/max per endpoint)
+    /// on a filled store (1M outbox messages, 100k dead letters), beside
+    /// the naive OFFSET page plus COUNT(*) of the same run.
+    Admin(admin::AdminArgs),
     /// Drop scratch databases (`ferry_bench_*`) left by interrupted runs.
     Clean {
         /// The PostgreSQL server, or `sqlite://` / `sqlite:///dir`.
@@ -137,6 +144,7 @@ async fn main() -> ExitCode {
         Command::Peer { step } => peer::run(step).await,
         Command::Brokers(args) => brokers::run(&args, &tsv).await,
         Command::Events(args) => events::run(args, &tsv).await,
+        Command::Admin(args) => admin::run(args, &tsv).await,
         Command::ForwardFlaky(args) => forward_flaky::run(&args, &tsv).await,
         Command::NatsRaw(args) => natsraw::run(&args, &tsv).await.map(drop),
         Command::Cdc(args) => cdc::run(args, &tsv).await,
