@@ -61,6 +61,10 @@ pub struct FerryConfig {
     /// endpoint ([`ferry_batch::import::ImportJob`]).
     #[serde(rename = "import", default)]
     pub imports: Vec<toml::Spanned<ferry_batch::import::ImportJob>>,
+    /// `[telemetry]`: export the daemon's spans over OTLP (docs/tracing.md);
+    /// off when omitted.
+    #[serde(default)]
+    pub telemetry: Option<crate::telemetry::TelemetryConfig>,
 }
 
 /// A configuration file that cannot be used.
@@ -118,6 +122,14 @@ impl FerryConfig {
         }
         consume::check(text, &config.consumers)?;
         pipeline::check(text, &config.pipelines)?;
+        if let Some(telemetry) = &config.telemetry {
+            telemetry.validate().map_err(|e| match e {
+                crate::telemetry::TelemetryError::Invalid { key, reason } => {
+                    format!("key `telemetry.{key}`: {reason}")
+                }
+                other => other.to_string(),
+            })?;
+        }
         if let Some(http) = &config.http {
             http.token()?;
             crate::admin::tokens(&http.tokens)?;

@@ -11,6 +11,7 @@ mod log_writer;
 mod metrics;
 mod pipeline;
 mod startup;
+mod telemetry;
 
 use std::num::{NonZeroU32, NonZeroUsize};
 use std::path::PathBuf;
@@ -550,28 +551,67 @@ fn quieted(spec: &str) -> String {
     out
 }
 
-fn init_logging(cli: &Cli) {
+fn init_logging(cli: &Cli, telemetry: Option<&telemetry::Telemetry>) {
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
+    use tracing_subscriber::Layer as _;
     let spec = std::env::var("RUST_LOG")
         .ok()
         .filter(|s| !s.is_empty())
         .unwrap_or_else(|| cli.log_level.clone());
     let filter = tracing_subscriber::EnvFilter::new(quieted(&spec));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let fmt = tracing_subscriber::fmt::layer()
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(log_writer::LogWriter)
         .log_internal_errors(false);
-    match cli.log_format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
-    }
+    let fmt = match cli.log_format {
+        LogFormat::Text => fmt.boxed(),
+        LogFormat::Json => fmt.json().boxed(),
+    };
+    // The exported spans have their own filter: `--log-level warn` keeps
+    // the log short without losing the trace.
+    let spans = telemetry.map(|t| {
+        t.layer()
+            .with_filter(tracing_subscriber::EnvFilter::new(quieted("info")))
+    });
+    tracing_subscriber::registry()
+        .with(fmt.with_filter(filter))
+        .with(spans)
+        .init();
+}
+
+/// `[telemetry]` of `ferry run`'s file, started: the exporter is built
+/// before logging, so that its layer is part of the subscriber from the
+/// first span. A file that cannot be read is left to `run`, which says why.
+async fn start_telemetry(command: &Command) -> anyhow::Result<Option<telemetry::Telemetry>> {
+    let Command::Run { config } = command else {
+        return Ok(None);
+    };
+    let Some(config) = FerryConfig::load(config).ok().and_then(|c| c.telemetry) else {
+        return Ok(None);
+    };
+    // The exporter's HTTP client blocks: built and dropped off the runtime.
+    let started = tokio::task::spawn_blocking(move || telemetry::Telemetry::start(&config)).await?;
+    Ok(Some(started.context("[telemetry]")?))
 }
 
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(&cli);
-    match run(cli.command).await {
+    let telemetry = match start_telemetry(&cli.command).await {
+        Ok(t) => t,
+        Err(e) => {
+            log_writer::eprint_line(&format!("error: {}", error_chain(e.as_ref())));
+            return ExitCode::FAILURE;
+        }
+    };
+    init_logging(&cli, telemetry.as_ref());
+    let result = run(cli.command).await;
+    if let Some(telemetry) = telemetry {
+        // The spans still queued, sent within the exporter's timeout.
+        let _ = tokio::task::spawn_blocking(move || telemetry.shutdown()).await;
+    }
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             log_writer::eprint_line(&format!("error: {}", error_chain(e.as_ref())));

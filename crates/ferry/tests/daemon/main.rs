@@ -27,6 +27,7 @@ mod forward;
 mod quiet_clients;
 mod relay_metrics;
 mod serve;
+mod telemetry;
 
 pub const FERRY: &str = env!("CARGO_BIN_EXE_ferry");
 
