@@ -422,7 +422,18 @@ url = "nats://127.0.0.1:4222"
     fn the_documented_files_parse() {
         let c = FerryConfig::parse(documented("")).unwrap();
         assert_eq!(c.pipelines[0].name.get_ref(), "coupons");
-        let c = FerryConfig::parse(documented("## Consumers")).unwrap_or_else(|e| panic!("{e}"));
+        // Its token is read from a variable the test does not set.
+        let consumers = documented("## Consumers").replacen(
+            "token_env = \"FERRY_OPS_ALICE\"",
+            "token = \"s3cret\"",
+            1,
+        );
+        let c = FerryConfig::parse(&consumers).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            c.telemetry.as_ref().map(|t| t.service_name.as_str()),
+            Some("ferry")
+        );
+        assert_eq!(c.http.as_ref().map(|h| h.tokens.len()), Some(1));
         let consumer = &c.consumers[0];
         assert_eq!(consumer.name.get_ref(), "billing");
         assert!(consumer.router.circuit_breaker.is_some() && consumer.router.dedup.is_some());
