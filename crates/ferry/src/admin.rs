@@ -441,10 +441,10 @@ impl ferry_admin::Daemon for DaemonView {
         }
         for (name, s) in self.metrics.exports() {
             let (succeeded, failed) = (s.succeeded.load(Relaxed), s.failed.load(Relaxed));
-            let state = if failed > 0 && s.since_success().is_none() {
-                ComponentState::Failed
-            } else {
-                ComponentState::Running
+            let last = s.last_window();
+            let state = match &last {
+                Some((_, ferry_batch::export::RunStatus::Failed)) => ComponentState::Failed,
+                _ => ComponentState::Running,
             };
             components.push(self.component(
                 ComponentKind::Export,
@@ -454,6 +454,18 @@ impl ferry_admin::Daemon for DaemonView {
                 (None, None),
                 detail([
                     ("runs_succeeded_total", Some(succeeded.into())),
+                    ("last_window", last.as_ref().map(|(w, _)| w.clone().into())),
+                    (
+                        "last_run",
+                        last.as_ref().map(|(_, status)| {
+                            match status {
+                                ferry_batch::export::RunStatus::Succeeded => "succeeded",
+                                ferry_batch::export::RunStatus::Failed => "failed",
+                                ferry_batch::export::RunStatus::Running => "running",
+                            }
+                            .into()
+                        }),
+                    ),
                     ("bytes_total", Some(s.bytes.load(Relaxed).into())),
                     (
                         "last_success_age_seconds",

@@ -130,6 +130,9 @@ pub struct ExportStats {
     /// When the last successful run finished, Unix milliseconds (-1
     /// before the first).
     pub last_success_ms: AtomicI64,
+    /// The window of the last run, `start .. end`, and how it ended (for
+    /// the console).
+    pub last_window: std::sync::Mutex<Option<(String, RunStatus)>>,
 }
 
 impl ExportStats {
@@ -148,6 +151,8 @@ impl ExportStats {
             (finished - r.started_at).num_milliseconds(),
             Ordering::Relaxed,
         );
+        *self.last_window.lock().unwrap_or_else(|e| e.into_inner()) =
+            Some((format!("{} .. {}", r.window.start, r.window.end), r.status));
         match r.status {
             RunStatus::Succeeded => {
                 self.succeeded.fetch_add(1, Ordering::Relaxed);
@@ -167,6 +172,14 @@ impl ExportStats {
     pub fn since_success(&self) -> Option<f64> {
         let at = self.last_success_ms.load(Ordering::Relaxed);
         (at >= 0).then(|| (chrono::Utc::now().timestamp_millis() - at).max(0) as f64 / 1000.0)
+    }
+
+    /// The last run's window and whether it succeeded, if there was one.
+    pub fn last_window(&self) -> Option<(String, RunStatus)> {
+        self.last_window
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// The last run's duration in seconds, if there was one.
