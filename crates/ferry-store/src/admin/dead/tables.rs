@@ -522,56 +522,44 @@ pub(crate) async fn groups<DB: Dialect>(
     let t = table(kind);
     let mut groups = Vec::new();
     // Rows with a stored cause: one GROUP BY answered from the (name,
-    // cause, time) index alone, then the newest error of each group by an
-    // indexed LIMIT 1 (reading every row's error would visit them all).
-    let mut q = Query::<DB>::new();
-    q.filter(t, filter);
-    q.and("cause IS NOT NULL".to_owned());
-    let text = sql::<DB>(&format!(
-        "SELECT {} AS name, {} AS cause, COUNT(*) AS n, MAX({}) AS latest
-         FROM {} {} GROUP BY 1, 2",
-        DB::text(t.name),
-        DB::text("cause"),
-        t.at,
-        t.table,
-        q.where_clause(),
-    ));
-    let rows = q.stmt(&text).fetch_all(&mut *conn).await?;
-    // The outbox's index orders a cause's rows by dead_at, which the relay
-    // sets with the cause.
+    // cause, time) index alone, and the newest error of each group by an
+    // indexed LIMIT 1 in the same statement (reading every row's error
+    // would visit them all). The outbox's index orders a cause's rows by
+    // dead_at, which the relay sets with the cause.
     let newest = if kind == DeadKind::Outbox {
         "dead_at"
     } else {
         t.at
     };
-    let example = sql::<DB>(&format!(
-        "SELECT {} AS example FROM {} WHERE {}{} = $1 AND cause = $2 AND {newest} IS NOT NULL
-         ORDER BY {newest} DESC LIMIT 1",
+    let mut q = Query::<DB>::new();
+    q.filter(t, filter);
+    q.and("cause IS NOT NULL".to_owned());
+    let text = sql::<DB>(&format!(
+        "SELECT {} AS name, {} AS cause, g.n AS n, g.latest AS latest,
+                (SELECT {} FROM {table} e
+                 WHERE {}e.{name} = g.name AND e.cause = g.cause AND e.{newest} IS NOT NULL
+                 ORDER BY e.{newest} DESC LIMIT 1) AS example
+         FROM (SELECT {name} AS name, cause, COUNT(*) AS n, MAX({}) AS latest
+               FROM {table} {} GROUP BY {name}, cause) g",
+        DB::text("g.name"),
+        DB::text("g.cause"),
         DB::text(t.error),
-        t.table,
-        t.base.map(|b| format!("{b} AND ")).unwrap_or_default(),
-        t.name,
+        t.base.map(|b| format!("e.{b} AND ")).unwrap_or_default(),
+        t.at,
+        q.where_clause(),
+        table = t.table,
+        name = t.name,
     ));
-    for r in &rows {
-        let name: String = r.read("name")?;
+    for r in &q.stmt(&text).fetch_all(&mut *conn).await? {
         let cause: String = r.read("cause")?;
+        let example: Option<String> = r.read("example")?;
         let n: i64 = r.read("n")?;
-        let latest = DB::read_time(r, "latest")?;
-        let found = Stmt::<DB>::new(&example)
-            .bind(name.clone())
-            .bind(cause.clone())
-            .fetch_optional(&mut *conn)
-            .await?;
-        let example = match found {
-            Some(row) => row.read("example")?,
-            None => cause.clone(),
-        };
         groups.push(RawGroup {
-            name,
+            name: r.read("name")?,
+            example: example.unwrap_or_else(|| cause.clone()),
             cause,
             count: n.max(0) as u64,
-            example,
-            latest,
+            latest: DB::read_time(r, "latest")?,
         });
     }
     // Rows without one (plain SQL, or written before causes were stored):
