@@ -22,6 +22,7 @@
 //!   same rows.
 //! * `admin`: the admin API's and console's latency per endpoint on a
 //!   filled store, beside the naive OFFSET page and COUNT(*).
+//! * `trace-overhead`: a relay's drain rate with tracing off and on.
 //! * `clean`: drops scratch databases left behind by interrupted runs.
 //!
 //! How to run them: `bench/README.md`.
@@ -46,6 +47,7 @@ mod relay;
 mod report;
 mod scratch;
 mod suite;
+mod trace_overhead;
 mod workload;
 
 use std::io::IsTerminal;
@@ -106,6 +108,9 @@ enum Command {
     /// on a filled store (1M outbox messages, 100k dead letters), beside
     /// the naive OFFSET page plus COUNT(*) of the same run.
     Admin(admin::AdminArgs),
+    /// A relay's drain rate with tracing off and on (OTLP export to a
+    /// local receiver), side by side.
+    TraceOverhead(trace_overhead::TraceOverheadArgs),
     /// Drop scratch databases (`ferry_bench_*`) left by interrupted runs.
     Clean {
         /// The PostgreSQL server, or `sqlite://` / `sqlite:///dir`.
@@ -145,6 +150,7 @@ async fn main() -> ExitCode {
         Command::Brokers(args) => brokers::run(&args, &tsv).await,
         Command::Events(args) => events::run(args, &tsv).await,
         Command::Admin(args) => admin::run(args, &tsv).await,
+        Command::TraceOverhead(args) => trace_overhead::run(&args, &tsv).await,
         Command::ForwardFlaky(args) => forward_flaky::run(&args, &tsv).await,
         Command::NatsRaw(args) => natsraw::run(&args, &tsv).await.map(drop),
         Command::Cdc(args) => cdc::run(args, &tsv).await,
