@@ -210,6 +210,8 @@ mod tests {
         );
         // 100 more every 5 s.
         assert_eq!(history.rate(ComponentKind::Relay, "orders"), Some(20.0));
-        assert!(history.samples(ComponentKind::Consumer, "orders").is_empty());
+        assert!(history
+            .samples(ComponentKind::Consumer, "orders")
+            .is_empty());
     }
 }

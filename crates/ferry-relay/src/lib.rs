@@ -42,9 +42,9 @@ mod running;
 mod trace;
 
 pub use config::RelayConfig;
-pub use pause::PauseSwitch;
 pub use ferry_delivery::{Health, OrderPolicy, SinkBackoff};
 pub use ferry_store::outbox::Retention;
+pub use pause::PauseSwitch;
 pub use relay::{Relay, RelayError, RelayStats};
 pub use running::{spawn, spawn_until, Running};
 pub use tokio_util::sync::CancellationToken;

@@ -257,7 +257,10 @@ mod tests {
             store.save(n + 1).await.unwrap();
             assert_eq!(store.load().await.unwrap(), n + 1);
         }
-        assert!(dropped >= 10, "only {dropped} of 100 saves were dropped mid-write");
+        assert!(
+            dropped >= 10,
+            "only {dropped} of 100 saves were dropped mid-write"
+        );
         // The dropped write's turn is given back when it is over.
         let _turn = store.lock.lock().await;
         assert!(!store.temporary().exists());

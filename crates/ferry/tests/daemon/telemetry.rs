@@ -38,11 +38,19 @@ async fn export(State(spans): State<Spans>, body: Bytes) -> (StatusCode, Vec<u8>
             .unwrap_or_default();
         for scope in resource_spans.scope_spans {
             for span in scope.spans {
-                spans.push((service.clone(), span.name, span.trace_id, span.parent_span_id));
+                spans.push((
+                    service.clone(),
+                    span.name,
+                    span.trace_id,
+                    span.parent_span_id,
+                ));
             }
         }
     }
-    (StatusCode::OK, ExportTraceServiceResponse::default().encode_to_vec())
+    (
+        StatusCode::OK,
+        ExportTraceServiceResponse::default().encode_to_vec(),
+    )
 }
 
 fn unhex(s: &str) -> Vec<u8> {
