@@ -216,6 +216,9 @@ impl EventBody {
             content_type: self.content_type,
             payload,
             recorded_at: self.recorded_at,
+            // The API does not show an event's trace context.
+            traceparent: None,
+            tracestate: None,
         })
     }
 }
@@ -234,6 +237,8 @@ mod tests {
             content_type: content_type.to_owned(),
             payload: payload.to_vec(),
             recorded_at: Utc::now(),
+            traceparent: None,
+            tracestate: None,
         }
     }
 

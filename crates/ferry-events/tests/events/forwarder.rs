@@ -783,3 +783,54 @@ async fn an_invalid_configuration_is_refused() {
     assert!(matches!(e, ForwarderError::Config(_)), "{e}");
     assert!(e.to_string().contains("batch_size"), "{e}");
 }
+
+/// An event appended with a trace context reaches the sink's receiver
+/// with its `traceparent` and `tracestate` (so the receiver, and the
+/// forwarder's delivery span, continue the producer's trace); one
+/// appended without reaches it with neither.
+async fn a_sink_gets_the_trace_context_an_event_was_appended_with<DB: Sql>(env: Env<DB>) {
+    let parent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let sent = [
+        NewEvent::new("traced", "{}")
+            .with_trace_context(parent, Some("rojo=00f067aa0ba902b7".to_owned()))
+            .unwrap(),
+        NewEvent::new("untraced", "{}").without_trace(),
+    ];
+    let seqs = append(&env, &sent).await;
+    let r = Receiver::start().await;
+    let sink = webhook(&r).await;
+    let running =
+        Forwarder::to_sink(&env.db, sink, config("traced")).spawn(&CancellationToken::new());
+    let stats = running.stats.clone();
+    wait_until("2 applied", LONG, || r.applied().len() == 2).await;
+    wait_until("the offset at the end", LONG, || stats.offset() == seqs[1]).await;
+    running.stop().await.unwrap();
+    let applied = r.applied();
+    let traced = applied
+        .iter()
+        .find(|m| m.id == sent[0].id.to_string())
+        .unwrap();
+    assert_eq!(
+        traced.headers.get("traceparent").map(String::as_str),
+        Some(parent)
+    );
+    assert_eq!(
+        traced.headers.get("tracestate").map(String::as_str),
+        Some("rojo=00f067aa0ba902b7")
+    );
+    let untraced = applied
+        .iter()
+        .find(|m| m.id == sent[1].id.to_string())
+        .unwrap();
+    assert!(
+        !untraced.headers.contains_key("traceparent"),
+        "{:?}",
+        untraced.headers
+    );
+    assert!(
+        !untraced.headers.contains_key("tracestate"),
+        "{:?}",
+        untraced.headers
+    );
+}
+on!(a_sink_gets_the_trace_context_an_event_was_appended_with: postgres, sqlite, mariadb);

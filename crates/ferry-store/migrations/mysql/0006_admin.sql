@@ -47,3 +47,9 @@ CREATE TABLE IF NOT EXISTS ferry_pauses (
     paused_by TEXT         NOT NULL,
     paused_at TIMESTAMP(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6)
 ) ENGINE = InnoDB DEFAULT CHARSET = utf8mb4 COLLATE = utf8mb4_nopad_bin;
+
+-- The W3C trace context of the span that appended an event, so a
+-- forwarder's deliveries continue the producer's trace: the `traceparent`
+-- value, then, when there is trace state, one space and the `tracestate`
+-- value (a traceparent never contains a space). NULL: no trace.
+ALTER TABLE ferry_events ADD COLUMN IF NOT EXISTS trace_context TEXT;

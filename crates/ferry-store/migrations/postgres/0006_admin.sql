@@ -66,3 +66,9 @@ CREATE TABLE ferry_pauses (
     paused_by TEXT        NOT NULL,
     paused_at TIMESTAMPTZ NOT NULL DEFAULT now()
 );
+
+-- The W3C trace context of the span that appended an event, so a
+-- forwarder's deliveries continue the producer's trace: the `traceparent`
+-- value, then, when there is trace state, one space and the `tracestate`
+-- value (a traceparent never contains a space). NULL: no trace.
+ALTER TABLE ferry_events ADD COLUMN trace_context TEXT;

@@ -20,8 +20,10 @@
 //! of concurrent transactions are serialised: append as late in the
 //! transaction as possible. See `docs/event-store.md`.
 
+use std::collections::BTreeMap;
+
 use chrono::{DateTime, Utc};
-use ferry_core::BoxFuture;
+use ferry_core::{trace, BoxFuture};
 use sqlx::Pool;
 use uuid::Uuid;
 
@@ -53,11 +55,18 @@ pub struct NewEvent {
     pub content_type: String,
     /// The event's body.
     pub payload: Vec<u8>,
+    /// The W3C `traceparent` of the span that made the event, so that the
+    /// forwarder's deliveries continue its trace; see [`NewEvent::new`].
+    pub traceparent: Option<String>,
+    /// The W3C `tracestate` going with [`NewEvent::traceparent`].
+    pub tracestate: Option<String>,
 }
 
 impl NewEvent {
     /// An event of type `event_type` with a JSON (or other) payload, a new
-    /// UUIDv7 id, no source, content type `application/json`.
+    /// UUIDv7 id, no source, content type `application/json`, and the
+    /// trace context of the current [`tracing`] span when it has an
+    /// OpenTelemetry one (see [`ferry_core::trace`]; none otherwise).
     pub fn new(event_type: impl Into<String>, payload: impl Into<Vec<u8>>) -> Self {
         Self {
             id: Uuid::now_v7(),
@@ -66,7 +75,63 @@ impl NewEvent {
             source_id: String::new(),
             content_type: "application/json".to_owned(),
             payload: payload.into(),
+            traceparent: None,
+            tracestate: None,
         }
+        .with_current_trace()
+    }
+
+    /// Sets the trace context from the current span, replacing an earlier
+    /// one (e.g. for an event built outside the span that appends it).
+    /// Leaves it as it is when the current span has no OpenTelemetry
+    /// context.
+    pub fn with_current_trace(mut self) -> Self {
+        let mut headers = BTreeMap::new();
+        if trace::inject(&tracing::Span::current(), &mut headers) {
+            self.traceparent = headers.remove(trace::TRACEPARENT);
+            self.tracestate = headers.remove(trace::TRACESTATE);
+        }
+        self
+    }
+
+    /// Sets the trace context: a W3C `traceparent` value and, optionally,
+    /// a `tracestate`. Fails with [`StoreError::InvalidArgument`] when
+    /// `traceparent` is not a valid one (a `tracestate` is kept as given;
+    /// an unreadable one is dropped by the readers).
+    pub fn with_trace_context(
+        mut self,
+        traceparent: impl Into<String>,
+        tracestate: Option<String>,
+    ) -> Result<Self, StoreError> {
+        let traceparent = traceparent.into();
+        if trace::parse_traceparent(&traceparent, None).is_none() {
+            return Err(StoreError::InvalidArgument {
+                parameter: "traceparent",
+                value: traceparent,
+                expected: "a W3C traceparent, 00-<32 hex>-<16 hex>-<2 hex>",
+            });
+        }
+        self.traceparent = Some(traceparent.trim().to_owned());
+        self.tracestate = tracestate.filter(|s| !s.trim().is_empty());
+        Ok(self)
+    }
+
+    /// Removes the trace context: the forwarder's deliveries of the event
+    /// start traces of their own.
+    pub fn without_trace(mut self) -> Self {
+        self.traceparent = None;
+        self.tracestate = None;
+        self
+    }
+
+    /// The `trace_context` column: the traceparent, then one space and
+    /// the tracestate when there is one; `None` without a traceparent.
+    fn trace_context(&self) -> Option<String> {
+        let parent = self.traceparent.as_deref()?;
+        Some(match self.tracestate.as_deref() {
+            Some(state) => format!("{parent} {state}"),
+            None => parent.to_owned(),
+        })
     }
 
     /// The aggregate the event is about.
@@ -113,6 +178,28 @@ pub struct StoredEvent {
     pub payload: Vec<u8>,
     /// When it was appended (the database's clock).
     pub recorded_at: DateTime<Utc>,
+    /// The W3C `traceparent` of the span that appended it, if any.
+    pub traceparent: Option<String>,
+    /// The W3C `tracestate` going with the traceparent, if any.
+    pub tracestate: Option<String>,
+}
+
+/// Splits a stored `trace_context` (see [`NewEvent::trace_context`]) into
+/// traceparent and tracestate.
+fn split_trace_context(stored: Option<String>) -> (Option<String>, Option<String>) {
+    let Some(stored) = stored.filter(|s| !s.trim().is_empty()) else {
+        return (None, None);
+    };
+    match stored.trim().split_once(' ') {
+        Some((parent, state)) => {
+            let state = state.trim();
+            (
+                Some(parent.to_owned()),
+                (!state.is_empty()).then(|| state.to_owned()),
+            )
+        }
+        None => (Some(stored.trim().to_owned()), None),
+    }
 }
 
 /// A page request: events after `offset`, in sequence order.
@@ -377,7 +464,7 @@ async fn append_alone<DB: EventDatabase>(
     Ok(seqs)
 }
 
-/// Rows per multi-row `INSERT` of [`append_rows`] (six parameters each,
+/// Rows per multi-row `INSERT` of [`append_rows`] (seven parameters each,
 /// well below SQLite's 32,766 and MariaDB's 65,535).
 const INSERT_CHUNK: usize = 1000;
 
@@ -395,10 +482,11 @@ async fn append_rows<DB: Dialect>(
     for chunk in events.chunks(INSERT_CHUNK) {
         let sql = format!(
             "INSERT INTO ferry_events
-                (event_id, event_type, source_type, source_id, content_type, payload)
+                (event_id, event_type, source_type, source_id, content_type, payload,
+                 trace_context)
              VALUES {}
              RETURNING seq",
-            values::<DB>(chunk.len(), 6)
+            values::<DB>(chunk.len(), 7)
         );
         let mut insert = Stmt::<DB>::new(&sql);
         for e in chunk {
@@ -408,7 +496,8 @@ async fn append_rows<DB: Dialect>(
                 .bind(e.source_type.as_str())
                 .bind(e.source_id.as_str())
                 .bind(e.content_type.as_str())
-                .bind(e.payload.as_slice());
+                .bind(e.payload.as_slice())
+                .bind(e.trace_context());
         }
         let rows = insert.fetch_all(conn).await?;
         let mut chunk_seqs = rows
@@ -451,7 +540,7 @@ fn statements<DB: Dialect>() -> &'static Statements {
                     }
                 }
                 sql::<DB>(&format!(
-                    "SELECT h.head, e.seq, {}, {}, {}, {}, {}, {}, e.recorded_at
+                    "SELECT h.head, e.seq, {}, {}, {}, {}, {}, {}, e.recorded_at, {}
                      FROM (SELECT {} AS head FROM ferry_events) h
                      LEFT JOIN (
                          SELECT * FROM ferry_events
@@ -466,6 +555,7 @@ fn statements<DB: Dialect>() -> &'static Statements {
                     select_text::<DB>("e.source_id", "source_id"),
                     select_text::<DB>("e.content_type", "content_type"),
                     DB::payload("e"),
+                    select_text::<DB>("e.trace_context", "trace_context"),
                     DB::cast_bigint("COALESCE(MAX(seq), 0)"),
                     n + 1,
                 ))
@@ -540,6 +630,7 @@ fn event_from_row<DB: Dialect>(row: &DB::Row) -> Result<Option<StoredEvent>, sql
     let Some(seq) = seq else {
         return Ok(None);
     };
+    let (traceparent, tracestate) = split_trace_context(row.read("trace_context")?);
     Ok(Some(StoredEvent {
         seq,
         id: DB::read_uuid(row, "event_id")?,
@@ -549,6 +640,8 @@ fn event_from_row<DB: Dialect>(row: &DB::Row) -> Result<Option<StoredEvent>, sql
         content_type: row.read("content_type")?,
         payload: DB::read_payload(row)?,
         recorded_at: DB::read_time(row, "recorded_at")?,
+        traceparent,
+        tracestate,
     }))
 }
 

@@ -36,6 +36,7 @@ pub async fn append(conn: &mut PgConnection, events: &[NewEvent]) -> Result<Vec<
     let mut content_types: Vec<&str> = Vec::with_capacity(n);
     let mut texts: Vec<Option<&str>> = Vec::with_capacity(n);
     let mut blobs: Vec<Option<&[u8]>> = Vec::with_capacity(n);
+    let mut traces: Vec<Option<String>> = Vec::with_capacity(n);
     for e in events {
         let (text, bytes) = split_payload(&e.payload);
         ids.push(e.id);
@@ -45,15 +46,18 @@ pub async fn append(conn: &mut PgConnection, events: &[NewEvent]) -> Result<Vec<
         content_types.push(&e.content_type);
         texts.push(text);
         blobs.push(bytes);
+        traces.push(e.trace_context());
     }
     // Rows are inserted, and numbered by the trigger, in the order of the
     // arrays; RETURNING gives no order guarantee, hence the sort.
     let mut seqs: Vec<i64> = sqlx::query_scalar(
         "INSERT INTO ferry_events
-            (event_id, event_type, source_type, source_id, content_type, payload, payload_bytes)
-         SELECT i, t, st, si, ct, p, pb
-         FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::bytea[])
-              WITH ORDINALITY AS u(i, t, st, si, ct, p, pb, n)
+            (event_id, event_type, source_type, source_id, content_type, payload, payload_bytes,
+             trace_context)
+         SELECT i, t, st, si, ct, p, pb, tc
+         FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::bytea[],
+                     $8::text[])
+              WITH ORDINALITY AS u(i, t, st, si, ct, p, pb, tc, n)
          ORDER BY n
          RETURNING seq",
     )
@@ -64,6 +68,7 @@ pub async fn append(conn: &mut PgConnection, events: &[NewEvent]) -> Result<Vec<
     .bind(content_types)
     .bind(texts)
     .bind(blobs)
+    .bind(traces)
     .fetch_all(conn)
     .await?;
     seqs.sort_unstable();

@@ -1145,3 +1145,58 @@ async fn mysql_appends_leave_the_sessions_last_insert_id_alone() {
     tx.commit().await.unwrap();
     assert_eq!(id, 500);
 }
+
+each_db!(
+    an_events_trace_context_reads_back_as_appended,
+    Retention::Delete,
+    |env: Env| async move {
+        let env = env;
+        let parent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let sent = vec![
+            NewEvent::new("traced", "{}")
+                .with_trace_context(
+                    parent,
+                    Some("congo=t61rcWkgMzE,rojo=00f067aa0ba902b7".into()),
+                )
+                .unwrap(),
+            NewEvent::new("traced.no.state", "{}")
+                .with_trace_context(parent, None)
+                .unwrap(),
+            NewEvent::new("untraced", "{}").without_trace(),
+        ];
+        // Both the store's own transaction and the module function write it.
+        env.db.append_events(&sent[..1]).await.unwrap();
+        append_in_tx(&env.db, &sent[1..], true).await;
+        let got = read_all(&env.db).await;
+        assert_eq!(got.len(), 3);
+        for (e, s) in got.iter().zip(&sent) {
+            assert_eq!(e.event_type, s.event_type);
+            assert_eq!(e.traceparent, s.traceparent, "{}", e.event_type);
+            assert_eq!(e.tracestate, s.tracestate, "{}", e.event_type);
+        }
+        assert_eq!(got[0].traceparent.as_deref(), Some(parent));
+        assert_eq!(
+            got[0].tracestate.as_deref(),
+            Some("congo=t61rcWkgMzE,rojo=00f067aa0ba902b7")
+        );
+        assert_eq!(got[1].tracestate, None);
+        assert_eq!(
+            (got[2].traceparent.as_ref(), got[2].tracestate.as_ref()),
+            (None, None)
+        );
+    }
+);
+
+#[test]
+fn an_invalid_traceparent_is_refused_naming_the_parameter() {
+    for bad in [
+        "",
+        "00-xyz",
+        "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+    ] {
+        let err = NewEvent::new("t", "{}")
+            .with_trace_context(bad, None)
+            .unwrap_err();
+        assert!(err.to_string().contains("traceparent"), "{err}");
+    }
+}
