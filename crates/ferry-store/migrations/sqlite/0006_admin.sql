@@ -25,9 +25,13 @@ CREATE INDEX ferry_outbox_dead_topic ON ferry_outbox (topic, COALESCE(dead_at, n
 -- the newest error of each group by a LIMIT 1 over it.
 CREATE INDEX ferry_outbox_dead_cause ON ferry_outbox (topic, cause, dead_at, next_attempt_at)
     WHERE status = 'dead' AND cause IS NOT NULL;
--- The outbox browser's key filter (every status), newest first.
-CREATE INDEX ferry_outbox_key_seq ON ferry_outbox (message_key, seq)
-    WHERE message_key IS NOT NULL;
+-- The outbox browser's key filter on dead messages (pending ones have
+-- ferry_outbox_pending_key). No key index over every status: the relay's
+-- settling updates would write it for each message (measured on
+-- PostgreSQL, 1M rows: a 200k-row status update took 1.4 s without such an
+-- index and 2.7-3.2 s with it).
+CREATE INDEX ferry_outbox_dead_key ON ferry_outbox (message_key, seq)
+    WHERE status = 'dead' AND message_key IS NOT NULL;
 -- Dead rows without a stored cause (plain SQL): fingerprinted when read.
 CREATE INDEX ferry_outbox_dead_no_cause ON ferry_outbox (seq) WHERE status = 'dead' AND cause IS NULL;
 

@@ -11,8 +11,8 @@
 //!   cheap, one far in the past reads the newer rows first);
 //! * `status = pending`: `ferry_outbox_pending` (seq, partial), and with
 //!   `key`, `ferry_outbox_pending_key`;
-//! * `status = dead`: `ferry_outbox_dead` (seq, partial), and with
-//!   `topic`, `ferry_outbox_dead_topic`;
+//! * `status = dead`: `ferry_outbox_dead` (seq, partial), with `topic`
+//!   `ferry_outbox_dead_topic`, with `key` `ferry_outbox_dead_key`;
 //! * `status = retrying`: the few retrying rows, through
 //!   `ferry_outbox_retrying_due`;
 //! * `message_id`: the unique index;
@@ -20,7 +20,9 @@
 //!   the whole outbox would cost the relay on every insert and status
 //!   change); the primary key is read backwards and the rows checked, which
 //!   is fast for a topic or key that is frequent among recent rows and
-//!   slow for a rare one. On MariaDB `key` uses `ferry_outbox_key_seq`.
+//!   slow for a rare one (measured at 1M rows: a key among 10,000, p99
+//!   85 ms on PostgreSQL). Give a status with the key to stay on an index.
+//!   On MariaDB `key` uses `ferry_outbox_key_seq`.
 
 use std::collections::BTreeMap;
 use std::fmt;
