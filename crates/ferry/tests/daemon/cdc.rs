@@ -575,7 +575,7 @@ fn events(r: &Receiver) -> BTreeMap<i64, Vec<(String, i64)>> {
 /// update left — and every account ends at its balance.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cdc_sigkilled_mid_snapshot_keeps_each_rows_order_postgres() {
-    const ACCOUNTS: i64 = 6000;
+    const ACCOUNTS: i64 = 20_000;
     let t = PgTestDb::create().await;
     let url = t.url.as_str();
     let db = Database::connect(url).await.unwrap();
