@@ -282,7 +282,7 @@ async fn fill(
         for _ in 0..take {
             let mut m = workload::message(seq, args.keys, PayloadShape::Order, &mut rng);
             if traced {
-                if seq as usize % args.per_span == 0 {
+                if (seq as usize).is_multiple_of(args.per_span) {
                     parent = format!(
                         "00-{:032x}-{:016x}-01",
                         rng.gen::<u128>() | 1,

@@ -114,6 +114,9 @@ pub fn tokens(entries: &[TokenConfig]) -> Result<Vec<ApiToken>, String> {
 /// is shown as "sink down".
 const SINK_DOWN_FOR: Duration = Duration::from_secs(15);
 
+/// A sink-unavailable count as last seen, and when it last grew.
+type SinkSeen = (u64, Option<Instant>);
+
 /// A store of the daemon: its name, URL and, once reached, its pool.
 struct StoreSlot {
     name: String,
@@ -136,7 +139,7 @@ pub struct DaemonView {
     sinks: tokio::sync::Mutex<BTreeMap<(ComponentKind, String), Arc<dyn Sink>>>,
     /// Per relay or forwarder: the sink-unavailable count last seen, and
     /// when it last grew.
-    sink_down: Mutex<BTreeMap<(ComponentKind, String), (u64, Option<Instant>)>>,
+    sink_down: Mutex<BTreeMap<(ComponentKind, String), SinkSeen>>,
 }
 
 impl DaemonView {
@@ -570,6 +573,81 @@ pub fn router(
     Ok(Some(ferry_admin::router(admin)))
 }
 
+/// `ferry serve`'s view: one event store, nothing running beside the
+/// events API, so nothing to replay a consumer's or forwarder's dead
+/// letter to (outbox dead letters are replayed in the store itself).
+pub struct StoreView(NamedStore);
+
+impl StoreView {
+    /// The view of `db`, shown as store `events`.
+    pub fn new(db: ferry_store::Database) -> Self {
+        Self(NamedStore {
+            name: "events".to_owned(),
+            db,
+        })
+    }
+}
+
+impl ferry_admin::Daemon for StoreView {
+    fn overview(&self) -> Overview {
+        Overview::default()
+    }
+
+    fn stores(&self) -> Vec<NamedStore> {
+        vec![self.0.clone()]
+    }
+
+    fn republish<'a>(&'a self, letter: &'a DeadLetter) -> BoxFuture<'a, Result<(), ReplayError>> {
+        Box::pin(async move { Err(ReplayError::UnknownOwner(letter.consumer.clone())) })
+    }
+
+    fn redeliver_event<'a>(
+        &'a self,
+        reader: &'a str,
+        _event: &'a StoredEvent,
+    ) -> BoxFuture<'a, Result<(), ReplayError>> {
+        Box::pin(async move { Err(ReplayError::UnknownOwner(reader.to_owned())) })
+    }
+}
+
+/// `ferry serve`'s admin tokens: `--admin-token` and `--read-only-token`,
+/// named `admin` and `read-only` in the audit log.
+pub fn serve_tokens(
+    admin: Option<String>,
+    read_only: Option<String>,
+) -> anyhow::Result<Vec<ApiToken>> {
+    let mut tokens = Vec::new();
+    for (flag, role, name, secret) in [
+        (
+            "--admin-token (or FERRY_ADMIN_TOKEN)",
+            Role::Admin,
+            "admin",
+            admin,
+        ),
+        (
+            "--read-only-token (or FERRY_READ_ONLY_TOKEN)",
+            Role::ReadOnly,
+            "read-only",
+            read_only,
+        ),
+    ] {
+        if let Some(secret) = secret {
+            let token = BearerToken::new(secret).map_err(|e| anyhow::anyhow!("{flag}: {e}"))?;
+            tokens.push(ApiToken {
+                name: name.to_owned(),
+                role,
+                token,
+            });
+        }
+    }
+    if let [a, b] = &tokens[..] {
+        if a.token.expose() == b.token.expose() {
+            anyhow::bail!("--admin-token and --read-only-token must differ");
+        }
+    }
+    Ok(tokens)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -660,79 +738,4 @@ mod tests {
         let e = FerryConfig::parse(&bad).unwrap_err();
         assert!(e.contains("root") && e.contains("line"), "{e}");
     }
-}
-
-/// `ferry serve`'s view: one event store, nothing running beside the
-/// events API, so nothing to replay a consumer's or forwarder's dead
-/// letter to (outbox dead letters are replayed in the store itself).
-pub struct StoreView(NamedStore);
-
-impl StoreView {
-    /// The view of `db`, shown as store `events`.
-    pub fn new(db: ferry_store::Database) -> Self {
-        Self(NamedStore {
-            name: "events".to_owned(),
-            db,
-        })
-    }
-}
-
-impl ferry_admin::Daemon for StoreView {
-    fn overview(&self) -> Overview {
-        Overview::default()
-    }
-
-    fn stores(&self) -> Vec<NamedStore> {
-        vec![self.0.clone()]
-    }
-
-    fn republish<'a>(&'a self, letter: &'a DeadLetter) -> BoxFuture<'a, Result<(), ReplayError>> {
-        Box::pin(async move { Err(ReplayError::UnknownOwner(letter.consumer.clone())) })
-    }
-
-    fn redeliver_event<'a>(
-        &'a self,
-        reader: &'a str,
-        _event: &'a StoredEvent,
-    ) -> BoxFuture<'a, Result<(), ReplayError>> {
-        Box::pin(async move { Err(ReplayError::UnknownOwner(reader.to_owned())) })
-    }
-}
-
-/// `ferry serve`'s admin tokens: `--admin-token` and `--read-only-token`,
-/// named `admin` and `read-only` in the audit log.
-pub fn serve_tokens(
-    admin: Option<String>,
-    read_only: Option<String>,
-) -> anyhow::Result<Vec<ApiToken>> {
-    let mut tokens = Vec::new();
-    for (flag, role, name, secret) in [
-        (
-            "--admin-token (or FERRY_ADMIN_TOKEN)",
-            Role::Admin,
-            "admin",
-            admin,
-        ),
-        (
-            "--read-only-token (or FERRY_READ_ONLY_TOKEN)",
-            Role::ReadOnly,
-            "read-only",
-            read_only,
-        ),
-    ] {
-        if let Some(secret) = secret {
-            let token = BearerToken::new(secret).map_err(|e| anyhow::anyhow!("{flag}: {e}"))?;
-            tokens.push(ApiToken {
-                name: name.to_owned(),
-                role,
-                token,
-            });
-        }
-    }
-    if let [a, b] = &tokens[..] {
-        if a.token.expose() == b.token.expose() {
-            anyhow::bail!("--admin-token and --read-only-token must differ");
-        }
-    }
-    Ok(tokens)
 }
