@@ -49,7 +49,7 @@ struct Picked {
 impl Ui {
     async fn store(&self, q: &Fields) -> Result<Picked, AdminError> {
         let store = self.admin.store(q.get("store"))?;
-        let names = self.admin.overview().await.stores;
+        let names = self.admin.store_names();
         Ok(Picked { store, names })
     }
 }

@@ -337,7 +337,7 @@ impl Admin {
     ) -> Result<(), String> {
         let db = &store.db;
         while left > 0 {
-            let before = db.outbox_stats().await.map_err(|e| chain(&e))?.pending;
+            let before = db.outbox_pending().await.map_err(|e| chain(&e))?;
             let n = db
                 .replay_outbox_dead_chunk(filter, chunk_of(self.config.chunk, left))
                 .await
@@ -353,7 +353,7 @@ impl Admin {
             let deadline = Instant::now() + self.config.chunk_drain_timeout;
             loop {
                 let asked = Instant::now();
-                let pending = db.outbox_stats().await.map_err(|e| chain(&e))?.pending;
+                let pending = db.outbox_pending().await.map_err(|e| chain(&e))?;
                 let took = asked.elapsed();
                 if pending <= before {
                     break;

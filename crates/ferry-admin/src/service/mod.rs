@@ -105,6 +105,12 @@ impl Admin {
         self.config.caller(token)
     }
 
+    /// The names of the stores (`?store=`), the default first; from memory,
+    /// no database read.
+    pub fn store_names(&self) -> Vec<String> {
+        self.daemon.stores().into_iter().map(|s| s.name).collect()
+    }
+
     /// The store called `name`, or the default store (the daemon's first)
     /// for `None`; 404 naming it when there is no such store.
     pub fn store(&self, name: Option<&str>) -> Result<NamedStore, AdminError> {

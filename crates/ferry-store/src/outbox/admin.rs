@@ -89,6 +89,13 @@ impl Database {
         not_found_if_zero(n, Some(which))
     }
 
+    /// Messages waiting to be delivered (retries included): the
+    /// [`OutboxStats::pending`] count alone, read over the pending rows'
+    /// index rather than the whole outbox.
+    pub async fn outbox_pending(&self) -> Result<i64, StoreError> {
+        with_pool!(self, |pool| outbox_pending(pool).await)
+    }
+
     /// Counts messages by status.
     pub async fn outbox_stats(&self) -> Result<OutboxStats, StoreError> {
         with_pool!(self, |pool| outbox_stats(pool).await)
@@ -211,6 +218,14 @@ async fn outbox_stats<DB: Dialect>(pool: &Pool<DB>) -> Result<OutboxStats, Store
         delivered: row.read("delivered")?,
         dead: row.read("dead")?,
     })
+}
+
+async fn outbox_pending<DB: Dialect>(pool: &Pool<DB>) -> Result<i64, StoreError> {
+    let row =
+        Stmt::<DB>::new("SELECT COUNT(*) AS pending FROM ferry_outbox WHERE status = 'pending'")
+            .fetch_one(&mut *pool.acquire().await?)
+            .await?;
+    Ok(row.read("pending")?)
 }
 
 fn not_found_if_zero(n: u64, which: Option<&MessageRef>) -> Result<u64, StoreError> {
