@@ -47,11 +47,13 @@ pub(crate) async fn create<DB: Dialect>(pool: &Pool<DB>) -> Result<(), sqlx::Err
         match sqlx::query(&sql).execute((*conn).executor()).await {
             Ok(_) => return Ok(()),
             // PostgreSQL: two sessions creating the table at once; the
-            // loser fails on the catalog's unique index, and its next
-            // try sees the table.
+            // loser fails on the catalog's unique index (23505), as a
+            // duplicate table (42P07) or as a duplicate row type (42710,
+            // "type ... already exists"), and its next try sees the table.
             Err(sqlx::Error::Database(d))
                 if tries < 3
-                    && (d.is_unique_violation() || d.code().as_deref() == Some("42P07")) =>
+                    && (d.is_unique_violation()
+                        || matches!(d.code().as_deref(), Some("42P07" | "42710"))) =>
             {
                 tries += 1;
             }
