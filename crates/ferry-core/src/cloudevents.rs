@@ -284,3 +284,118 @@ mod tests {
         assert!(chrono::DateTime::parse_from_rfc3339(get("ce-time").unwrap()).is_ok());
     }
 }
+
+/// Property tests (issue 13): decoding never panics, and every message
+/// round-trips through its binary-mode headers.
+#[cfg(test)]
+mod props {
+    use super::*;
+    use chrono::{TimeZone, Utc};
+    use proptest::prelude::*;
+
+    /// Any string: empty, ASCII, non-ASCII, control characters.
+    fn text() -> impl Strategy<Value = String> {
+        prop_oneof![Just(String::new()), "\\PC{0,12}", any::<String>()]
+    }
+
+    /// Header names: arbitrary text, or a name close to an attribute's
+    /// (a different case, a prefix) to probe the case-insensitive match.
+    fn header_name() -> impl Strategy<Value = String> {
+        prop_oneof![
+            text(),
+            (0..ATTRIBUTES.len(), any::<bool>()).prop_map(|(i, upper)| if upper {
+                ATTRIBUTES[i].to_uppercase()
+            } else {
+                ATTRIBUTES[i].to_owned()
+            }),
+            "(ce|CE|Ce)-[a-zA-Z]{0,12}",
+        ]
+    }
+
+    /// A message as a producer may build one; its headers may be named like
+    /// attributes (those are dropped by the encoder, see below).
+    fn message() -> impl Strategy<Value = Message> {
+        (
+            any::<u128>(),
+            any::<bool>(),
+            text().prop_filter("ce-type must not be empty", |t| !t.is_empty()),
+            proptest::option::of(text()),
+            proptest::collection::btree_map(header_name(), text(), 0..6),
+            text(),
+            proptest::collection::vec(any::<u8>(), 0..64),
+            // Years 1 to 9999: RFC 3339 has four-digit years.
+            -62_135_596_800_000_000i64..253_402_300_799_999_999i64,
+        )
+            .prop_map(
+                |(id, command, topic, key, headers, content_type, payload, micros)| Message {
+                    id: MessageId(uuid::Uuid::from_u128(id)),
+                    kind: if command { Kind::Command } else { Kind::Event },
+                    topic,
+                    key,
+                    headers,
+                    content_type,
+                    payload: Bytes::from(payload),
+                    created_at: Utc.timestamp_micros(micros).unwrap(),
+                },
+            )
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        #[test]
+        fn encode_then_decode_gives_the_message_back(m in message(), source in text()) {
+            let headers = binary_headers(&m, &source);
+            let back = from_binary_headers(headers, m.payload.clone())
+                .map_err(|e| TestCaseError::fail(e.to_string()))?;
+            let mut expected = m.clone();
+            // The message's own headers named like an attribute are dropped
+            // by the encoder (documented on `binary_headers`).
+            expected.headers.retain(|k, _| !is_attribute(k));
+            prop_assert_eq!(back, expected);
+        }
+
+        #[test]
+        fn decoding_arbitrary_headers_never_panics(
+            headers in proptest::collection::vec((header_name(), text()), 0..10),
+            payload in proptest::collection::vec(any::<u8>(), 0..16),
+        ) {
+            let payload = Bytes::from(payload);
+            match from_binary_headers(headers.clone(), payload.clone()) {
+                Ok(m) => {
+                    // What decoded was given a uuid id and a non-empty type.
+                    prop_assert!(!m.topic.is_empty());
+                    prop_assert_eq!(m.payload, payload);
+                }
+                Err(e) => {
+                    // The error keeps every header and the payload.
+                    prop_assert_eq!(e.payload, payload);
+                    let mut given: Vec<_> = headers.into_iter().collect();
+                    given.sort();
+                    given.dedup_by(|a, b| a.0 == b.0);
+                    prop_assert!(e.headers.len() <= given.len());
+                    prop_assert!(!e.reason.is_empty());
+                }
+            }
+        }
+
+        #[test]
+        fn attribute_values_that_do_not_parse_are_named(
+            value in text(),
+            attribute in prop_oneof![Just("ce-id"), Just("ce-time"), Just("ce-ferrykind")],
+        ) {
+            let mut headers = vec![
+                ("ce-id".to_owned(), MessageId::new().to_string()),
+                ("ce-type".to_owned(), "a.b".to_owned()),
+            ];
+            headers.retain(|(k, _)| k != attribute);
+            headers.push((attribute.to_owned(), value.clone()));
+            if let Err(e) = from_binary_headers(headers, Bytes::new()) {
+                prop_assert!(
+                    e.reason.contains(&format!("`{value}`")),
+                    "{} does not name `{}`", e.reason, value
+                );
+            }
+        }
+    }
+}

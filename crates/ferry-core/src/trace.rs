@@ -432,3 +432,68 @@ mod tests {
         });
     }
 }
+
+/// Property tests (issue 13): a `traceparent` or `tracestate` of any text
+/// never panics the parser, and a valid one formats back to itself.
+#[cfg(test)]
+mod props {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// Text shaped like a traceparent: dash-separated hex-ish fields.
+    fn traceparent_like() -> impl Strategy<Value = String> {
+        prop_oneof![
+            any::<String>(),
+            "[ \t]{0,2}[0-9a-fA-Fx]{0,3}(-[0-9a-fA-Fz]{0,33}){0,5}[ \t]{0,2}",
+            "\\PC{0,60}",
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        #[test]
+        fn any_text_parses_or_is_refused_without_panic(
+            value in traceparent_like(),
+            state in proptest::option::of("\\PC{0,40}|[a-z0-9=,@ -]{0,40}"),
+        ) {
+            if let Some(cx) = parse_traceparent(&value, state.as_deref()) {
+                prop_assert!(cx.is_valid() && cx.is_remote());
+                // What was accepted formats as a version-00 traceparent
+                // with the same ids.
+                let formatted = traceparent(&cx);
+                prop_assert_eq!(formatted.len(), 55);
+                let again = parse_traceparent(&formatted, None).unwrap();
+                prop_assert_eq!(again.trace_id(), cx.trace_id());
+                prop_assert_eq!(again.span_id(), cx.span_id());
+            }
+            let headers = BTreeMap::from([
+                ("TraceParent".to_owned(), value),
+                ("tracestate".to_owned(), state.unwrap_or_default()),
+            ]);
+            let _ = extract(&headers);
+        }
+
+        #[test]
+        fn a_valid_traceparent_round_trips(
+            trace in 1u128..,
+            span in 1u64..,
+            sampled in any::<bool>(),
+            state in proptest::collection::vec(("[a-z][a-z0-9_*/-]{0,10}", "[!-+--<>-~]{1,10}"), 0..4),
+        ) {
+            let value = format!("00-{trace:032x}-{span:016x}-{:02x}", u8::from(sampled));
+            // Distinct keys: a tracestate with a key twice is invalid.
+            let mut seen = std::collections::BTreeSet::new();
+            let state: Vec<String> = state
+                .into_iter()
+                .filter(|(k, _)| seen.insert(k.clone()))
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect();
+            let state = state.join(",");
+            let cx = parse_traceparent(&value, Some(&state)).unwrap();
+            prop_assert_eq!(traceparent(&cx), value);
+            prop_assert_eq!(cx.is_sampled(), sampled);
+            prop_assert_eq!(cx.trace_state().header(), state);
+        }
+    }
+}
