@@ -59,9 +59,13 @@ pub(crate) fn decode(
     if let Some(table) = properties.headers() {
         for (name, value) in table.inner() {
             let name = name.as_str();
+            // The broker's count is an integer; a message's own header of
+            // that name (a string) is kept as a header.
             if name.eq_ignore_ascii_case(DELIVERY_COUNT) {
-                earlier_deliveries = integer(value).and_then(|n| u64::try_from(n).ok());
-                continue;
+                if let Some(n) = integer(value) {
+                    earlier_deliveries = u64::try_from(n).ok();
+                    continue;
+                }
             }
             let text = match value {
                 AMQPValue::LongString(s) => match std::str::from_utf8(s.as_bytes()) {
@@ -188,5 +192,169 @@ mod tests {
             properties(&m, "/ferry").unwrap_err().kind,
             ferry_core::SinkErrorKind::Permanent
         );
+    }
+}
+
+/// Property tests (issue 13): every message AMQP can carry round-trips
+/// through its properties, one it cannot is a permanent error, and any
+/// header table decodes or is malformed without a panic.
+#[cfg(test)]
+mod props {
+    use super::*;
+    use chrono::{TimeZone, Utc};
+    use ferry_core::{Kind, MessageId, SinkErrorKind};
+    use lapin::types::{ByteArray, DecimalValue, FieldArray};
+    use proptest::prelude::*;
+
+    /// Any string: empty, ASCII, non-ASCII, control characters, and now and
+    /// then one over AMQP's 255-byte short string.
+    fn text() -> impl Strategy<Value = String> {
+        prop_oneof![
+            8 => prop_oneof![Just(String::new()), "\\PC{0,12}", any::<String>()],
+            1 => "[a-zé]{250,300}",
+        ]
+    }
+
+    fn message() -> impl Strategy<Value = Message> {
+        (
+            any::<u128>(),
+            any::<bool>(),
+            text().prop_filter("ce-type must not be empty", |t| !t.is_empty()),
+            proptest::option::of(text()),
+            proptest::collection::btree_map(
+                prop_oneof![4 => text(), 1 => Just(DELIVERY_COUNT.to_owned())],
+                text(),
+                0..5,
+            ),
+            text(),
+            proptest::collection::vec(any::<u8>(), 0..64),
+            0i64..253_402_300_799_999_999,
+        )
+            .prop_map(
+                |(id, command, topic, key, headers, content_type, payload, micros)| Message {
+                    id: MessageId(uuid::Uuid::from_u128(id)),
+                    kind: if command { Kind::Command } else { Kind::Event },
+                    topic,
+                    key,
+                    headers,
+                    content_type,
+                    payload: Bytes::from(payload),
+                    created_at: Utc.timestamp_micros(micros).unwrap(),
+                },
+            )
+    }
+
+    /// Any AMQP field value, nested tables and arrays included.
+    fn value() -> impl Strategy<Value = AMQPValue> {
+        let leaf = prop_oneof![
+            any::<bool>().prop_map(AMQPValue::Boolean),
+            any::<i8>().prop_map(AMQPValue::ShortShortInt),
+            any::<u8>().prop_map(AMQPValue::ShortShortUInt),
+            any::<i16>().prop_map(AMQPValue::ShortInt),
+            any::<u16>().prop_map(AMQPValue::ShortUInt),
+            any::<i32>().prop_map(AMQPValue::LongInt),
+            any::<u32>().prop_map(AMQPValue::LongUInt),
+            any::<i64>().prop_map(AMQPValue::LongLongInt),
+            any::<f32>().prop_map(AMQPValue::Float),
+            any::<f64>().prop_map(AMQPValue::Double),
+            (any::<u8>(), any::<u32>())
+                .prop_map(|(scale, value)| AMQPValue::DecimalValue(DecimalValue { scale, value })),
+            "\\PC{0,20}".prop_map(|s| AMQPValue::ShortString(s.as_str().into())),
+            proptest::collection::vec(any::<u8>(), 0..20)
+                .prop_map(|b| AMQPValue::LongString(LongString::from(b))),
+            any::<u64>().prop_map(AMQPValue::Timestamp),
+            proptest::collection::vec(any::<u8>(), 0..20)
+                .prop_map(|b| AMQPValue::ByteArray(ByteArray::from(b))),
+            Just(AMQPValue::Void),
+        ];
+        leaf.prop_recursive(2, 8, 4, |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..4)
+                    .prop_map(|v| AMQPValue::FieldArray(FieldArray::from(v))),
+                proptest::collection::vec(("\\PC{0,8}", inner), 0..4).prop_map(|v| {
+                    let mut t = FieldTable::default();
+                    for (k, v) in v {
+                        t.insert(k.as_str().into(), v);
+                    }
+                    AMQPValue::FieldTable(t)
+                }),
+            ]
+        })
+    }
+
+    /// Header names: arbitrary, or ones the decoder treats specially.
+    fn header_name() -> impl Strategy<Value = String> {
+        prop_oneof![
+            "\\PC{0,16}",
+            Just("ce-id".to_owned()),
+            Just("ce-type".to_owned()),
+            Just("ce-time".to_owned()),
+            Just("ce-ferrykind".to_owned()),
+            Just("Content-Type".to_owned()),
+            Just("x-delivery-count".to_owned()),
+            Just("X-Delivery-Count".to_owned()),
+        ]
+    }
+
+    /// Found by the property below: a message's own `x-delivery-count`
+    /// header (a string) was taken for the quorum queue's count and lost.
+    #[test]
+    fn regression_an_own_delivery_count_header_is_kept() {
+        let m = Message::event("A", "").with_header(DELIVERY_COUNT, "");
+        let props = properties(&m, "/ferry").unwrap();
+        let (back, count) = decode(&props, m.payload.clone());
+        assert_eq!(count, None);
+        ferry_conformance::cases::assert_same_message(&back.unwrap(), &m);
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        #[test]
+        fn encode_then_decode_gives_the_message_back(m in message(), source in text()) {
+            let too_long = |s: &str| s.len() > 255;
+            let cannot_carry = too_long(&m.content_type)
+                || m.headers.keys().any(|k| too_long(k) && !ferry_core::cloudevents::is_attribute(k));
+            match properties(&m, &source) {
+                Ok(props) => {
+                    prop_assert!(!cannot_carry);
+                    let (back, count) = decode(&props, m.payload.clone());
+                    let back = back.map_err(|e| TestCaseError::fail(e.to_string()))?;
+                    prop_assert_eq!(count, None);
+                    let mut expected = m.clone();
+                    expected.headers.retain(|k, _| !ferry_core::cloudevents::is_attribute(k));
+                    prop_assert_eq!(back, expected);
+                }
+                Err(e) => {
+                    prop_assert!(cannot_carry, "{}", e);
+                    prop_assert_eq!(e.kind, SinkErrorKind::Permanent);
+                }
+            }
+            prop_assert_eq!(routing_key(&m).is_ok(), !too_long(&m.topic));
+        }
+
+        #[test]
+        fn any_header_table_decodes_or_is_malformed(
+            headers in proptest::collection::vec((header_name(), value()), 0..8),
+            content_type in proptest::option::of("\\PC{0,12}"),
+            payload in proptest::collection::vec(any::<u8>(), 0..16),
+        ) {
+            let mut table = FieldTable::default();
+            for (k, v) in headers {
+                table.insert(k.as_str().into(), v);
+            }
+            let mut props = BasicProperties::default().with_headers(table);
+            if let Some(ct) = content_type {
+                props = props.with_content_type(ct.as_str().into());
+            }
+            let payload = Bytes::from(payload);
+            match decode(&props, payload.clone()).0 {
+                Ok(m) => prop_assert_eq!(m.payload, payload),
+                Err(e) => {
+                    prop_assert_eq!(e.payload, payload);
+                    prop_assert!(!e.reason.is_empty());
+                }
+            }
+        }
     }
 }

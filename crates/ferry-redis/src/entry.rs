@@ -198,3 +198,117 @@ mod tests {
         assert_eq!(id_millis("1700000000000-3"), Some(1_700_000_000_000));
     }
 }
+
+/// Property tests (issue 13): every message round-trips through its stream
+/// entry's fields, and any entry or reply decodes or is refused without a
+/// panic.
+#[cfg(test)]
+mod props {
+    use super::*;
+    use chrono::{TimeZone, Utc};
+    use ferry_core::{Kind, MessageId};
+    use proptest::prelude::*;
+
+    fn text() -> impl Strategy<Value = String> {
+        prop_oneof![Just(String::new()), "\\PC{0,12}", any::<String>()]
+    }
+
+    fn message() -> impl Strategy<Value = Message> {
+        (
+            any::<u128>(),
+            any::<bool>(),
+            text().prop_filter("ce-type must not be empty", |t| !t.is_empty()),
+            proptest::option::of(text()),
+            proptest::collection::btree_map(
+                prop_oneof![text(), Just(PAYLOAD.to_owned()), Just(HEADER.to_owned())],
+                text(),
+                0..5,
+            ),
+            text(),
+            proptest::collection::vec(any::<u8>(), 0..64),
+            0i64..253_402_300_799_999_999,
+        )
+            .prop_map(
+                |(id, command, topic, key, headers, content_type, payload, micros)| Message {
+                    id: MessageId(uuid::Uuid::from_u128(id)),
+                    kind: if command { Kind::Command } else { Kind::Event },
+                    topic,
+                    key,
+                    headers,
+                    content_type,
+                    payload: Bytes::from(payload),
+                    created_at: Utc.timestamp_micros(micros).unwrap(),
+                },
+            )
+    }
+
+    /// Field names and values: bytes, or text shaped like Ferry's fields.
+    fn field_bytes() -> impl Strategy<Value = Vec<u8>> {
+        prop_oneof![
+            proptest::collection::vec(any::<u8>(), 0..12),
+            "(h:)?(ce-id|ce-type|ce-time|ce-ferrykind|payload|\\PC{0,8})"
+                .prop_map(String::into_bytes),
+        ]
+    }
+
+    /// Any RESP value a server (or something posing as one) may send.
+    fn reply() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Nil),
+            Just(Value::Okay),
+            any::<i64>().prop_map(Value::Int),
+            field_bytes().prop_map(Value::BulkString),
+            "\\PC{0,8}".prop_map(Value::SimpleString),
+            any::<f64>().prop_map(Value::Double),
+            any::<bool>().prop_map(Value::Boolean),
+        ];
+        leaf.prop_recursive(3, 24, 6, |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..6).prop_map(Value::Array),
+                proptest::collection::vec(inner.clone(), 0..4).prop_map(Value::Set),
+                proptest::collection::vec((inner.clone(), inner), 0..4).prop_map(Value::Map),
+            ]
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        #[test]
+        fn encode_then_decode_gives_the_message_back(m in message(), source in text()) {
+            let entry = Entry {
+                id: "1-0".to_owned(),
+                fields: fields(&m, &source)
+                    .into_iter()
+                    .map(|(k, v)| (k.into_bytes(), v))
+                    .collect(),
+            };
+            let back = entry.message().map_err(|e| TestCaseError::fail(e.to_string()))?;
+            let mut expected = m.clone();
+            expected.headers.retain(|k, _| !ferry_core::cloudevents::is_attribute(k));
+            prop_assert_eq!(back, expected);
+        }
+
+        #[test]
+        fn any_fields_decode_or_are_malformed(
+            fields in proptest::collection::vec((field_bytes(), field_bytes()), 0..8),
+        ) {
+            let entry = Entry { id: "1-0".to_owned(), fields };
+            if let Err(e) = entry.message() {
+                prop_assert!(!e.reason.is_empty());
+            }
+        }
+
+        #[test]
+        fn any_reply_parses_or_is_refused(value in reply(), id in "\\PC{0,24}|[0-9]{1,22}-[0-9]{1,3}") {
+            if let Ok(entries) = entries(value) {
+                for entry in entries {
+                    let _ = entry.message();
+                }
+            }
+            if let Some(millis) = id_millis(&id) {
+                prop_assert!(id.starts_with(&millis.to_string()) || id.starts_with('0') || id.starts_with('+'));
+            }
+        }
+    }
+}

@@ -106,8 +106,13 @@ pub(crate) fn encode(message: &Message, source: &str) -> Encoded {
         }
     }
     if !rest.is_empty() {
-        // serde_json escapes every control character.
-        let json = serde_json::to_string(&rest).unwrap_or_default();
+        // serde_json escapes every control character, but leaves U+FFFE
+        // and U+FFFF, which SQS refuses, as they are: escape them too
+        // (they can only stand inside a JSON string).
+        let json = serde_json::to_string(&rest)
+            .unwrap_or_default()
+            .replace('\u{FFFE}', "\\ufffe")
+            .replace('\u{FFFF}', "\\uffff");
         attributes.insert(HEADERS.to_owned(), string(&json));
     }
     let size = body.len()
@@ -291,5 +296,147 @@ mod tests {
         assert_eq!(err.payload, Bytes::from_static(b"!!"));
         let err = decode(Some("plain"), None).unwrap_err();
         assert_eq!(err.reason, "missing ce-id header");
+    }
+}
+
+/// Property tests (issue 13): every message round-trips through its body
+/// and attributes, which SQS accepts (at most 10, non-empty XML text), and
+/// any body and attributes decode or are malformed without a panic.
+#[cfg(test)]
+mod props {
+    use super::*;
+    use aws_sdk_sqs::primitives::Blob;
+    use ferry_core::{Kind, MessageId};
+    use proptest::prelude::*;
+
+    /// Any string, and text with the characters SQS refuses.
+    fn text() -> impl Strategy<Value = String> {
+        prop_oneof![
+            Just(String::new()),
+            "\\PC{0,12}",
+            any::<String>(),
+            "[a\u{0}\u{1}\u{1f}\u{fffe}\u{ffff}\t\r\n é]{0,6}",
+        ]
+    }
+
+    fn message() -> impl Strategy<Value = Message> {
+        (
+            any::<u128>(),
+            any::<bool>(),
+            text().prop_filter("ce-type must not be empty", |t| !t.is_empty()),
+            proptest::option::of(text()),
+            proptest::collection::btree_map(
+                prop_oneof![
+                    4 => text(),
+                    1 => Just(TRACEPARENT.to_owned()),
+                    1 => Just(TRACESTATE.to_owned()),
+                    1 => Just(HEADERS.to_owned()),
+                    1 => Just(ENCODING.to_owned()),
+                ],
+                text(),
+                0..6,
+            ),
+            text(),
+            prop_oneof![
+                proptest::collection::vec(any::<u8>(), 0..64),
+                text().prop_map(String::into_bytes),
+                Just(b"-".to_vec()),
+            ],
+            0u64..253_402_300_799_999_999,
+        )
+            .prop_map(
+                |(id, command, topic, key, headers, content_type, payload, micros)| Message {
+                    id: MessageId(uuid::Uuid::from_u128(id)),
+                    kind: if command { Kind::Command } else { Kind::Event },
+                    topic,
+                    key,
+                    headers,
+                    content_type,
+                    payload: Bytes::from(payload),
+                    created_at: (std::time::UNIX_EPOCH + std::time::Duration::from_micros(micros))
+                        .into(),
+                },
+            )
+    }
+
+    /// An attribute as another producer may send it: String, Number or
+    /// Binary, under an arbitrary name or one Ferry reads specially.
+    fn attribute() -> impl Strategy<Value = (String, MessageAttributeValue)> {
+        let name = prop_oneof![
+            "\\PC{0,12}",
+            Just(HEADERS.to_owned()),
+            Just(ENCODING.to_owned()),
+            Just("ce-id".to_owned()),
+            Just("ce-type".to_owned()),
+            Just("ce-time".to_owned()),
+        ];
+        let value = prop_oneof![
+            text().prop_map(|s| string(&s)),
+            Just(string("base64")),
+            Just(string("empty")),
+            Just(string("{\"a\":\"b\"}")),
+            "[0-9.-]{1,8}".prop_map(|n| MessageAttributeValue::builder()
+                .data_type("Number")
+                .string_value(n)
+                .build()
+                .unwrap()),
+            proptest::collection::vec(any::<u8>(), 0..8).prop_map(|b| {
+                MessageAttributeValue::builder()
+                    .data_type("Binary")
+                    .binary_value(Blob::new(b))
+                    .build()
+                    .unwrap()
+            }),
+        ];
+        (name, value)
+    }
+
+    /// Found by the property below: a header value with U+FFFE went into
+    /// `ferry-headers` as it was, an attribute value SQS refuses.
+    #[test]
+    fn regression_noncharacters_in_headers_are_escaped() {
+        let m = Message::event("a", "x")
+            .with_header("", "\u{fffe}")
+            .with_header("b", "\u{ffff}")
+            .with_content_type("");
+        let encoded = encode(&m, "");
+        let headers = encoded.attributes[HEADERS].string_value().unwrap();
+        assert!(is_sqs_text(headers), "{headers:?}");
+        let back = decode(Some(&encoded.body), Some(&encoded.attributes)).unwrap();
+        assert_eq!(back.headers, m.headers);
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        #[test]
+        fn encode_then_decode_gives_the_message_back(m in message(), source in text()) {
+            let encoded = encode(&m, &source);
+            prop_assert!(encoded.attributes.len() <= MAX_ATTRIBUTES);
+            prop_assert!(is_sqs_text(&encoded.body) && !encoded.body.is_empty());
+            for (name, value) in &encoded.attributes {
+                let value = value.string_value().unwrap_or_default();
+                prop_assert!(
+                    !value.is_empty() && is_sqs_text(value),
+                    "attribute `{}` is {:?}, which sqs refuses", name, value
+                );
+            }
+            let back = decode(Some(&encoded.body), Some(&encoded.attributes))
+                .map_err(|e| TestCaseError::fail(e.to_string()))?;
+            let mut expected = m.clone();
+            expected.headers.retain(|k, _| !is_attribute(k));
+            prop_assert_eq!(back, expected);
+        }
+
+        #[test]
+        fn any_body_and_attributes_decode_or_are_malformed(
+            body in proptest::option::of(text()),
+            attributes in proptest::collection::vec(attribute(), 0..8),
+        ) {
+            let attributes: HashMap<_, _> = attributes.into_iter().collect();
+            if let Err(e) = decode(body.as_deref(), Some(&attributes)) {
+                prop_assert!(!e.reason.is_empty());
+            }
+        }
     }
 }
