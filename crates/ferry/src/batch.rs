@@ -46,6 +46,7 @@ use ferry_store::{redact, ConnectOptions, Database};
 use serde::Deserialize;
 
 use crate::config::FerryConfig;
+use crate::output::outln;
 use crate::startup::line_of;
 
 /// `[batch]`: settings shared by the file's batch jobs.
@@ -390,10 +391,10 @@ pub async fn export_run(
         bar.finish_and_clear();
     }
     if records.is_empty() {
-        println!("export `{name}`: nothing due");
+        outln!("export `{name}`: nothing due");
     }
     for r in &records {
-        println!("{}", describe_run(r));
+        outln!("{}", describe_run(r));
     }
     if let Some(failed) = records.iter().find(|r| r.status == RunStatus::Failed) {
         anyhow::bail!(
@@ -454,16 +455,16 @@ pub async fn import_run(config: &FerryConfig, name: &str) -> anyhow::Result<()> 
         .await
         .map_err(|e| anyhow::anyhow!("import `{name}`: {}", e.describe()))?;
     for b in &report.imported {
-        println!("imported {} ({} rows)", b.batch, b.rows);
+        outln!("imported {} ({} rows)", b.batch, b.rows);
     }
     for b in &report.skipped {
-        println!("skipped {b} (already imported; archived)");
+        outln!("skipped {b} (already imported; archived)");
     }
     for b in &report.refused {
-        println!("refused {}: {}", b.batch, b.reason);
+        outln!("refused {}: {}", b.batch, b.reason);
     }
     if report.imported.is_empty() && report.skipped.is_empty() && report.refused.is_empty() {
-        println!("import `{name}`: no complete batch waiting");
+        outln!("import `{name}`: no complete batch waiting");
     }
     Ok(())
 }
@@ -485,9 +486,9 @@ pub async fn status(config: &FerryConfig, job: Option<&str>, limit: u32) -> anyh
         let runs = ferry_batch::export::runs(&db, Some(&export.name), limit)
             .await
             .map_err(|e| anyhow::anyhow!("export `{}`: {}", export.name, e.describe()))?;
-        println!("export {} ({} run(s) shown)", export.name, runs.len());
+        outln!("export {} ({} run(s) shown)", export.name, runs.len());
         for r in &runs {
-            println!("  {}", describe_run(r));
+            outln!("  {}", describe_run(r));
         }
         db.close().await;
     }
@@ -505,9 +506,9 @@ pub async fn status(config: &FerryConfig, job: Option<&str>, limit: u32) -> anyh
             .map_err(|e| anyhow::anyhow!("import `{}`: {}", import.name, e.describe()))?
         {
             Some(batches) => {
-                println!("import {} ({} batch(es) shown)", import.name, batches.len());
+                outln!("import {} ({} batch(es) shown)", import.name, batches.len());
                 for b in &batches {
-                    println!(
+                    outln!(
                         "  [{}, {}) {}: {} rows, imported {}",
                         b.window.start,
                         b.window.end,
@@ -518,7 +519,7 @@ pub async fn status(config: &FerryConfig, job: Option<&str>, limit: u32) -> anyh
                     );
                 }
             }
-            None => println!(
+            None => outln!(
                 "import {}: an HTTP target keeps no ledger (see the endpoint's own records)",
                 import.name
             ),

@@ -18,6 +18,7 @@ use ferry_relay::{CancellationToken, SinkBackoff};
 use ferry_store::{ConnectOptions, Database, DatabaseKind};
 use serde::Deserialize;
 
+use crate::output::outln;
 use crate::startup::{connect_retrying, started, valid_retry, valid_sink, Names};
 
 /// How changes are captured.
@@ -764,42 +765,42 @@ pub async fn status(from: &str, name: &str, mode: Option<Mode>) -> anyhow::Resul
     match (mode, db.kind()) {
         (Mode::Triggers, _) => {
             let (backlog, age) = TriggerCapture::backlog(&db, name).await.map_err(describe)?;
-            println!("capture {name} (triggers)");
-            println!("changes waiting: {backlog}");
+            outln!("capture {name} (triggers)");
+            outln!("changes waiting: {backlog}");
             match age {
-                Some(a) => println!("oldest waiting: {a:.1}s"),
-                None => println!("oldest waiting: -"),
+                Some(a) => outln!("oldest waiting: {a:.1}s"),
+                None => outln!("oldest waiting: -"),
             }
         }
         (Mode::Pull, _) => {
             let offsets = ferry_cdc::offsets::Offsets::open(db.clone()).await?;
-            println!("capture {name} (pull)");
+            outln!("capture {name} (pull)");
             match offsets.load(name).await? {
-                Some(_) => println!("saved cursor: yes (resumes from it)"),
-                None => println!("saved cursor: none (starts with a first pass)"),
+                Some(_) => outln!("saved cursor: yes (resumes from it)"),
+                None => outln!("saved cursor: none (starts with a first pass)"),
             }
         }
         (Mode::Log, DatabaseKind::Postgres) => {
             let config = pg_config(from, name, &Filter::default(), false);
-            println!("capture {name} (log, slot {})", config.slot_name());
+            outln!("capture {name} (log, slot {})", config.slot_name());
             match ferry_cdc::postgres::status(&config)
                 .await
                 .map_err(describe)?
             {
-                None => println!("slot: absent"),
+                None => outln!("slot: absent"),
                 Some(s) => {
                     let lsn =
                         |v: Option<u64>| v.map_or("-".to_owned(), ferry_cdc::change::lsn_text);
                     let bytes = |v: Option<u64>| v.map_or("-".to_owned(), |b| b.to_string());
-                    println!("slot active: {}", s.active);
-                    println!("confirmed position: {}", lsn(s.confirmed_flush_lsn));
-                    println!("lag bytes: {}", bytes(s.lag_bytes));
-                    println!(
+                    outln!("slot active: {}", s.active);
+                    outln!("confirmed position: {}", lsn(s.confirmed_flush_lsn));
+                    outln!("lag bytes: {}", bytes(s.lag_bytes));
+                    outln!(
                         "lag seconds: {}",
                         s.lag_seconds.map_or("-".to_owned(), |l| format!("{l:.3}"))
                     );
-                    println!("retained WAL bytes: {}", bytes(s.retained_wal_bytes));
-                    println!("WAL status: {}", s.wal_status.as_deref().unwrap_or("-"));
+                    outln!("retained WAL bytes: {}", bytes(s.retained_wal_bytes));
+                    outln!("WAL status: {}", s.wal_status.as_deref().unwrap_or("-"));
                     let jobs = ferry_cdc::postgres::backfill_jobs(&config)
                         .await
                         .map_err(describe)?;
@@ -810,22 +811,22 @@ pub async fn status(from: &str, name: &str, mode: Option<Mode>) -> anyhow::Resul
         (Mode::Log, _) => {
             let config = binlog_config(from, name, &Filter::default(), false, None);
             let s = MariaDbCapture::status(&config).await.map_err(describe)?;
-            println!("capture {name} (log, binlog)");
+            outln!("capture {name} (log, binlog)");
             match &s.saved {
-                Some(p) => println!("saved position: {p:?}"),
-                None => println!("saved position: -"),
+                Some(p) => outln!("saved position: {p:?}"),
+                None => outln!("saved position: -"),
             }
-            println!("binlog end: {:?}", s.end);
-            println!(
+            outln!("binlog end: {:?}", s.end);
+            outln!(
                 "lag bytes: {}",
                 s.lag_bytes.map_or("-".to_owned(), |b| b.to_string())
             );
-            println!(
+            outln!(
                 "lag seconds: {}",
                 s.lag_seconds.map_or("-".to_owned(), |l| format!("{l:.1}"))
             );
             if let Some(t) = &s.snapshot_table {
-                println!("snapshot in progress: {t}");
+                outln!("snapshot in progress: {t}");
             }
             let jobs = MariaDbCapture::backfill_jobs(&config)
                 .await
@@ -870,7 +871,7 @@ pub async fn backfill(
                 let rows = TriggerCapture::backfill(&db, name, table)
                     .await
                     .map_err(describe)?;
-                println!("backfill of {table}: {rows} rows queued as reads for capture {name}");
+                outln!("backfill of {table}: {rows} rows queued as reads for capture {name}");
             }
         }
         (Mode::Log, kind) => {
@@ -881,7 +882,7 @@ pub async fn backfill(
                 _ => MariaDbCapture::request_backfill(&binlog, &tables).await,
             }
             .map_err(describe)?;
-            println!(
+            outln!(
                 "backfill {} requested for capture {name}: {}",
                 request.id,
                 tables
@@ -899,7 +900,7 @@ pub async fn backfill(
                     }
                     .map_err(describe)?;
                     if jobs.done.contains(&request.id) {
-                        println!("backfill {} delivered", request.id);
+                        outln!("backfill {} delivered", request.id);
                         break;
                     }
                     let now = jobs
@@ -909,7 +910,7 @@ pub async fn backfill(
                         .map(|j| (j.table, j.rows));
                     if now != last {
                         if let Some((table, rows)) = now {
-                            println!(
+                            outln!(
                                 "backfill {}: {rows} rows delivered, at {}",
                                 request.id,
                                 tables
@@ -935,7 +936,7 @@ pub async fn backfill(
 /// The unfinished backfills, one line each.
 fn print_backfills(jobs: &ferry_cdc::backfill::Backfills) {
     for job in &jobs.jobs {
-        println!(
+        outln!(
             "backfill {}: at {} (table {} of {}), {} rows delivered",
             job.id,
             job.tables
@@ -973,6 +974,6 @@ pub async fn drop_capture(from: &str, name: &str, mode: Option<Mode>) -> anyhow:
                 .map_err(describe)?;
         }
     }
-    println!("dropped capture {name}");
+    outln!("dropped capture {name}");
     Ok(())
 }

@@ -9,6 +9,7 @@ mod events_api;
 mod forward;
 mod log_writer;
 mod metrics;
+mod output;
 mod pipeline;
 mod startup;
 mod telemetry;
@@ -29,6 +30,7 @@ use ferry_store::{redact, Database, DeadLetter};
 use serde::Deserialize;
 
 use crate::config::FerryConfig;
+use crate::output::outln;
 use crate::pipeline::Pipeline;
 use crate::startup::error_chain;
 
@@ -598,6 +600,7 @@ async fn start_telemetry(command: &Command) -> anyhow::Result<Option<telemetry::
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
+    install_signal_handlers();
     let telemetry = match start_telemetry(&cli.command).await {
         Ok(t) => t,
         Err(e) => {
@@ -620,39 +623,64 @@ async fn main() -> ExitCode {
     }
 }
 
-/// Cancels the token on the first SIGINT/SIGTERM; exits at once on a second.
-fn shutdown_on_signal() -> CancellationToken {
-    let token = CancellationToken::new();
-    let t = token.clone();
+/// The run's shutdown token, cancelled by the first SIGINT/SIGTERM once a
+/// command has taken it ([`shutdown_on_signal`]).
+static SHUTDOWN: std::sync::OnceLock<CancellationToken> = std::sync::OnceLock::new();
+/// Whether a long-running command took the shutdown token: until one does,
+/// a signal ends the process at once, as it would without a handler.
+static SHUTDOWN_TAKEN: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Installs the SIGINT/SIGTERM handlers, first thing in `main`.
+///
+/// The handlers are registered before this returns, not later in a spawned
+/// task: a signal that arrived while a command was still connecting (a
+/// broker down, a busy runtime) used to find the default action in place
+/// and killed the process (exit 143) instead of shutting it down.
+fn install_signal_handlers() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let token = SHUTDOWN.get_or_init(CancellationToken::new).clone();
+    let (term, int) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    );
+    let (Ok(mut term), Ok(mut int)) = (term, int) else {
+        tracing::warn!("could not install the signal handlers; a signal ends the process at once");
+        return;
+    };
     tokio::spawn(async move {
-        let mut term =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
-        signal(&mut term).await;
+        let code = next_signal(&mut term, &mut int).await;
+        if !SHUTDOWN_TAKEN.load(std::sync::atomic::Ordering::SeqCst) {
+            // A short command (a listing, a migration): stop as the default
+            // action would have.
+            std::process::exit(code);
+        }
         tracing::info!(
             "shutdown requested; finishing batches in flight (signal again to exit at once)"
         );
-        t.cancel();
-        signal(&mut term).await;
+        token.cancel();
+        next_signal(&mut term, &mut int).await;
         tracing::warn!("second signal: exiting now; batches in flight will be delivered again");
         std::process::exit(130);
     });
-    token
 }
 
-/// The next SIGINT or SIGTERM.
-async fn signal(term: &mut Option<tokio::signal::unix::Signal>) {
-    let term_recv = async {
-        match term.as_mut() {
-            Some(s) => {
-                s.recv().await;
-            }
-            None => std::future::pending().await,
-        }
-    };
+/// Waits for the next SIGTERM or SIGINT; the exit code its default action
+/// would give.
+async fn next_signal(
+    term: &mut tokio::signal::unix::Signal,
+    int: &mut tokio::signal::unix::Signal,
+) -> i32 {
     tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term_recv => {}
+        _ = term.recv() => 143,
+        _ = int.recv() => 130,
     }
+}
+
+/// The token the first SIGINT/SIGTERM cancels; a long-running command
+/// takes it to shut down gracefully, and a second signal exits at once.
+fn shutdown_on_signal() -> CancellationToken {
+    SHUTDOWN_TAKEN.store(true, std::sync::atomic::Ordering::SeqCst);
+    SHUTDOWN.get_or_init(CancellationToken::new).clone()
 }
 
 /// `ferry cdc --from … --to …`.
@@ -820,7 +848,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
         }
         Command::Check { config } => {
             let config = FerryConfig::load(&config)?;
-            println!(
+            outln!(
                 "ok: {} pipeline(s), {} consumer(s), {} forwarder(s), {} cdc, {} export(s), {} import(s)",
                 config.pipelines.len(),
                 config.consumers.len(),
@@ -1003,17 +1031,20 @@ async fn run(command: Command) -> anyhow::Result<()> {
             let db = open(&database).await?;
             let applied = db.migrate().await?;
             if applied.is_empty() {
-                println!("up to date");
+                outln!("up to date");
             } else {
-                println!("applied migrations {applied:?}");
+                outln!("applied migrations {applied:?}");
             }
             Ok(())
         }
         Command::Status { database } => {
             let s = open(&database).await?.outbox_stats().await?;
-            println!(
+            outln!(
                 "pending {}  (retrying {})  delivered {}  dead {}",
-                s.pending, s.retrying, s.delivered, s.dead
+                s.pending,
+                s.retrying,
+                s.delivered,
+                s.dead
             );
             Ok(())
         }
@@ -1053,14 +1084,14 @@ impl Table {
     ) -> anyhow::Result<()> {
         if json {
             for r in rows {
-                println!("{}", json_line(r)?);
+                outln!("{}", json_line(r)?);
             }
         } else if rows.is_empty() {
-            println!("{}", self.empty);
+            outln!("{}", self.empty);
         } else {
-            println!("{}", self.header);
+            outln!("{}", self.header);
             for r in rows {
-                println!("{}", line(r));
+                outln!("{}", line(r));
             }
         }
         Ok(())
@@ -1100,13 +1131,13 @@ async fn dead(action: DeadAction) -> anyhow::Result<()> {
                 Some(parse_ref(id.as_deref().unwrap_or_default())?)
             };
             let n = open(&database).await?.replay_dead(which.as_ref()).await?;
-            println!("replayed {n} message(s)");
+            outln!("replayed {n} message(s)");
             Ok(())
         }
         DeadAction::Discard { id, database } => {
             let which = parse_ref(&id)?;
             open(&database).await?.discard_dead(&which).await?;
-            println!("discarded {which}");
+            outln!("discarded {which}");
             Ok(())
         }
     }
@@ -1178,7 +1209,7 @@ async fn dead_letters(action: DeadLetterAction) -> anyhow::Result<()> {
                 None => anyhow::bail!("{} returned no result", sink.name()),
             }
             db.delete_dead_letter(id).await?;
-            println!(
+            outln!(
                 "replayed {id} (message {}) to {}",
                 letter.message.id,
                 sink.name()
@@ -1189,7 +1220,7 @@ async fn dead_letters(action: DeadLetterAction) -> anyhow::Result<()> {
             if !open(&database).await?.delete_dead_letter(id).await? {
                 anyhow::bail!("no dead letter {id}");
             }
-            println!("discarded {id}");
+            outln!("discarded {id}");
             Ok(())
         }
     }
