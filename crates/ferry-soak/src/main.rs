@@ -1,0 +1,1132 @@
+//! `ferry-soak`: runs a realistic Ferry topology on real services under a
+//! randomized, seeded fault schedule, then proves from the databases and
+//! receivers themselves that nothing was lost or applied twice.
+//!
+//! Topology (each path: producer → outbox → relay → sink → consumer → effect):
+//!
+//! | path   | outbox     | relays          | sink                  | consumer       | effects    |
+//! |--------|------------|-----------------|-----------------------|----------------|------------|
+//! | http   | PostgreSQL | relay-pg-a + -b | webhook (the harness) | —              | PostgreSQL |
+//! | nats   | PostgreSQL | relay-pg-a + -b | NATS JetStream        | `ferry` consume | PostgreSQL |
+//! | kafka  | PostgreSQL | relay-pg-a + -b | Kafka (tansu)         | `ferry` consume | PostgreSQL |
+//! | amqp   | PostgreSQL | relay-pg-a + -b | RabbitMQ              | `ferry` consume | MariaDB    |
+//! | redis  | PostgreSQL | relay-pg-a + -b | Redis Streams         | `ferry` consume | MariaDB    |
+//! | sqlite | SQLite     | relay-sqlite    | NATS JetStream        | `ferry` consume | PostgreSQL |
+//!
+//! See docs/guarantees.md ("The chaos soak") for the faults and what the
+//! checker proves.
+
+mod check;
+mod faults;
+mod produce;
+mod proxy;
+mod receiver;
+mod services;
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use clap::Parser;
+use ferry_testkit::nats_server::{free_port, NatsServer};
+use ferry_testkit::private_pg::{PrivatePg, Stop};
+use sqlx::mysql::MySqlPoolOptions;
+use sqlx::postgres::PgPoolOptions;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions};
+use sqlx::{Connection, Executor, MySqlPool, PgPool, Row, SqlitePool};
+use tokio::sync::Mutex as AsyncMutex;
+use uuid::Uuid;
+
+use check::{Effect, Observed, PathData, Produced};
+use faults::{Fault, LinkFault, Scheduled};
+use produce::Outbox;
+use proxy::{Link, Mode};
+use receiver::{EffectDb, Receivers, Webhook};
+use services::Proc;
+
+/// The chaos soak: Ferry's relays and consumers on real services under a
+/// seeded fault schedule, then a check that every committed message was
+/// applied exactly once.
+#[derive(Parser, Debug)]
+#[command(name = "ferry-soak")]
+struct Args {
+    /// The fault schedule's and producers' seed (default: random, printed).
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Messages to produce (committed or not), spread over `--duration`.
+    #[arg(long, default_value_t = 30_000)]
+    messages: u64,
+    /// How long producers write and faults are injected, e.g. `90s`, `30m`.
+    #[arg(long, default_value = "90s", value_parser = humantime::parse_duration)]
+    duration: Duration,
+    /// The longest wait for the pipelines to drain after the faults stop.
+    #[arg(long, default_value = "300s", value_parser = humantime::parse_duration)]
+    drain_timeout: Duration,
+    /// The `ferry` binary (default: next to this executable).
+    #[arg(long)]
+    ferry: Option<PathBuf>,
+    /// The MariaDB server the effects database is created on.
+    #[arg(long, default_value = "mysql://root@127.0.0.1:3306")]
+    mariadb: String,
+    /// The RabbitMQ server (host:port) the AMQP path goes through.
+    #[arg(long, default_value = "127.0.0.1:5672")]
+    rabbitmq: String,
+    /// Ids named per violation.
+    #[arg(long, default_value_t = 10)]
+    first: usize,
+    /// Keep the run directory (configs, logs, SQLite files) afterwards.
+    #[arg(long)]
+    keep: bool,
+    /// Debug: delete one applied effect row before the check, to see the
+    /// checker fail.
+    #[arg(long)]
+    break_one_effect: bool,
+}
+
+/// One path through the topology.
+struct PathSpec {
+    name: &'static str,
+    sqlite_outbox: bool,
+    effects: EffectDb,
+    /// Whether the path promises per-key order of application.
+    ordered: bool,
+    consumer: bool,
+}
+
+const PATHS: [PathSpec; 6] = [
+    PathSpec {
+        name: "http",
+        sqlite_outbox: false,
+        effects: EffectDb::Postgres,
+        ordered: true,
+        consumer: false,
+    },
+    PathSpec {
+        name: "nats",
+        sqlite_outbox: false,
+        effects: EffectDb::Postgres,
+        ordered: false,
+        consumer: true,
+    },
+    PathSpec {
+        name: "kafka",
+        sqlite_outbox: false,
+        effects: EffectDb::Postgres,
+        ordered: true,
+        consumer: true,
+    },
+    PathSpec {
+        name: "amqp",
+        sqlite_outbox: false,
+        effects: EffectDb::Mariadb,
+        ordered: false,
+        consumer: true,
+    },
+    PathSpec {
+        name: "redis",
+        sqlite_outbox: false,
+        effects: EffectDb::Mariadb,
+        ordered: false,
+        consumer: true,
+    },
+    PathSpec {
+        name: "sqlite",
+        sqlite_outbox: true,
+        effects: EffectDb::Postgres,
+        ordered: false,
+        consumer: true,
+    },
+];
+
+fn topic(path: &str) -> String {
+    format!("soak.{path}")
+}
+
+/// How long a stalled webhook waits: past the relay's HTTP timeout (2 s).
+const STALL: Duration = Duration::from_secs(3);
+
+/// Everything the faults act on.
+struct World {
+    ferry: Vec<AsyncMutex<Proc>>,
+    names: Vec<String>,
+    pg: Arc<PrivatePg>,
+    nats: NatsServer,
+    redis: AsyncMutex<Proc>,
+    redis_port: u16,
+    links: Vec<Arc<Link>>,
+    receivers: Arc<Receivers>,
+}
+
+/// Connections to every database the checker reads.
+struct Dbs {
+    outbox_pg: PgPool,
+    outbox_sqlite: SqlitePool,
+    effects_pg: PgPool,
+    effects_mariadb: MySqlPool,
+    consumers: SqlitePool,
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    let args = Args::parse();
+    match soak(args).await {
+        Ok(true) => std::process::ExitCode::SUCCESS,
+        Ok(false) => std::process::ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("ferry-soak: error: {e:#}");
+            std::process::ExitCode::from(2)
+        }
+    }
+}
+
+async fn soak(args: Args) -> anyhow::Result<bool> {
+    let seed = args.seed.unwrap_or_else(rand::random);
+    println!(
+        "ferry-soak: seed {seed} (replay with --seed {seed}); {} messages over {}",
+        args.messages,
+        humantime::format_duration(args.duration)
+    );
+    let ferry = services::ferry_binary(args.ferry.clone())?;
+    let run = Uuid::now_v7().simple().to_string()[20..].to_owned();
+    let dir = std::env::temp_dir().join(format!("ferry-soak-{run}"));
+    std::fs::create_dir_all(&dir)?;
+    println!("ferry-soak: run directory {}", dir.display());
+    let mariadb_db = format!("ferry_soak_{run}");
+    let result = soak_in(&args, seed, &ferry, &run, &dir, &mariadb_db).await;
+    cleanup(&args, &run, &mariadb_db).await;
+    if !args.keep {
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    result
+}
+
+async fn soak_in(
+    args: &Args,
+    seed: u64,
+    ferry: &Path,
+    run: &str,
+    dir: &Path,
+    mariadb_db: &str,
+) -> anyhow::Result<bool> {
+    // --- services ---------------------------------------------------------
+    let pg = tokio::task::spawn_blocking(|| PrivatePg::start_with(&["max_connections = 300"]))
+        .await
+        .context("start the private PostgreSQL")?;
+    let pg = Arc::new(pg);
+    let nats = NatsServer::start().await;
+    let redis_port = free_port();
+    let redis = services::redis(dir, redis_port).await?;
+    let kafka_port = free_port();
+    let kafka_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let kafka_proxy_port = kafka_listener.local_addr()?.port();
+    let tansu = services::tansu(dir, kafka_port, kafka_proxy_port).await?;
+    let mariadb_addr = url::Url::parse(&args.mariadb)
+        .ok()
+        .and_then(|u| Some(format!("{}:{}", u.host_str()?, u.port().unwrap_or(3306))))
+        .context("--mariadb is mysql://user@host:port")?;
+    let links = vec![
+        Link::start("mariadb", resolve(&mariadb_addr)?).await?,
+        Link::start("rabbitmq", resolve(&args.rabbitmq)?).await?,
+        Link::serve(
+            "kafka",
+            kafka_listener,
+            resolve(&format!("127.0.0.1:{kafka_port}"))?,
+        )?,
+    ];
+    println!(
+        "ferry-soak: private PostgreSQL :{}, NATS :{}, Redis :{redis_port}, tansu :{kafka_port}; proxies mariadb :{}, rabbitmq :{}, kafka :{}",
+        pg.port,
+        nats.port,
+        links[0].port(),
+        links[1].port(),
+        links[2].port()
+    );
+
+    // --- databases --------------------------------------------------------
+    let outbox_url = pg.database_url("soak_outbox");
+    let effects_url = pg.database_url("soak_effects");
+    {
+        let mut admin = sqlx::PgConnection::connect(&pg.url()).await?;
+        admin.execute("CREATE DATABASE soak_outbox").await?;
+        admin.execute("CREATE DATABASE soak_effects").await?;
+    }
+    let sqlite_url = format!("sqlite://{}", dir.join("outbox.db").display());
+    let consumers_url = format!("sqlite://{}", dir.join("consumers.db").display());
+    {
+        let mut admin = sqlx::MySqlConnection::connect(&args.mariadb).await?;
+        admin
+            .execute(format!("CREATE DATABASE {mariadb_db}").as_str())
+            .await?;
+    }
+    let mariadb_url = format!("mysql://root@127.0.0.1:{}/{mariadb_db}", links[0].port());
+    for url in [
+        &outbox_url,
+        &effects_url,
+        &sqlite_url,
+        &consumers_url,
+        &mariadb_url,
+    ] {
+        let db = ferry_store::Database::connect(&format!(
+            "{url}{}",
+            if url.starts_with("sqlite") {
+                "?mode=rwc"
+            } else {
+                ""
+            }
+        ))
+        .await
+        .with_context(|| format!("connect {url}"))?;
+        db.migrate()
+            .await
+            .with_context(|| format!("migrate {url}"))?;
+        db.close().await;
+    }
+    let pg_pool = |url: String, n: u32| {
+        PgPoolOptions::new()
+            .max_connections(n)
+            .acquire_timeout(Duration::from_secs(3))
+            .connect_lazy(&url)
+    };
+    let sqlite_pool = |url: &str| -> anyhow::Result<SqlitePool> {
+        Ok(SqlitePoolOptions::new()
+            .max_connections(2)
+            .connect_lazy_with(
+                SqliteConnectOptions::from_str(url)?
+                    .journal_mode(SqliteJournalMode::Wal)
+                    .busy_timeout(Duration::from_secs(10)),
+            ))
+    };
+    let dbs = Dbs {
+        outbox_pg: pg_pool(outbox_url.clone(), 8)?,
+        outbox_sqlite: sqlite_pool(&sqlite_url)?,
+        effects_pg: pg_pool(effects_url.clone(), 24)?,
+        effects_mariadb: MySqlPoolOptions::new()
+            .max_connections(24)
+            .acquire_timeout(Duration::from_secs(3))
+            .connect_lazy(&mariadb_url)?,
+        consumers: sqlite_pool(&consumers_url)?,
+    };
+    dbs.outbox_pg.execute(produce::PG_SCHEMA).await?;
+    dbs.outbox_sqlite.execute(produce::SQLITE_SCHEMA).await?;
+    dbs.effects_pg
+        .execute(
+            "CREATE TABLE soak_effects (id BIGSERIAL PRIMARY KEY, path TEXT NOT NULL,
+             message_id UUID NOT NULL, msg_key TEXT NOT NULL, n BIGINT NOT NULL)",
+        )
+        .await?;
+    dbs.effects_mariadb
+        .execute(
+            "CREATE TABLE soak_effects (id BIGINT AUTO_INCREMENT PRIMARY KEY, path VARCHAR(32) NOT NULL,
+             message_id CHAR(36) NOT NULL, msg_key VARCHAR(64) NOT NULL, n BIGINT NOT NULL)",
+        )
+        .await?;
+
+    // --- receivers --------------------------------------------------------
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let receiver_port = listener.local_addr()?.port();
+    let routes = PATHS
+        .iter()
+        .map(|p| (p.name.to_owned(), p.effects))
+        .collect::<HashMap<_, _>>();
+    let receivers = Receivers::serve(
+        listener,
+        dbs.effects_pg.clone(),
+        dbs.effects_mariadb.clone(),
+        routes,
+    );
+
+    // --- ferry processes ----------------------------------------------------
+    let consumers_metrics = free_port();
+    let endpoints = Endpoints {
+        run: run.to_owned(),
+        receiver_port,
+        nats: nats.url(),
+        redis_port,
+        kafka_port: links[2].port(),
+        amqp_port: links[1].port(),
+        consumers_metrics,
+    };
+    let write = |name: &str, text: String| -> anyhow::Result<PathBuf> {
+        let path = dir.join(name);
+        std::fs::write(&path, text)?;
+        Ok(path)
+    };
+    let pg_relays = write("relays-pg.toml", endpoints.pg_relays(&outbox_url))?;
+    let sqlite_relay = write("relay-sqlite.toml", endpoints.sqlite_relay(&sqlite_url))?;
+    let consumers = write("consumers.toml", endpoints.consumers(&consumers_url))?;
+    let ferry_run = |name: &str, config: &Path| -> anyhow::Result<Proc> {
+        let args = vec![
+            "run".to_owned(),
+            "--config".to_owned(),
+            config.display().to_string(),
+        ];
+        Proc::start(name, ferry, &args, dir.join(format!("{name}.log")))
+    };
+    // Relays first (they create the NATS stream; the outbox is empty), then
+    // the consumers (resubscribing until the stream exists). Nothing is
+    // produced before every consumer is subscribed: a new NATS group starts
+    // with the messages published after it was created.
+    let mut procs = vec![
+        ferry_run("relay-pg-a", &pg_relays)?,
+        ferry_run("relay-pg-b", &pg_relays)?,
+        ferry_run("relay-sqlite", &sqlite_relay)?,
+    ];
+    procs.push(ferry_run("consumers", &consumers)?);
+    wait_subscribed(consumers_metrics, &mut procs, Duration::from_secs(120)).await?;
+    println!("ferry-soak: relays and consumers up; producing");
+
+    let names: Vec<String> = procs.iter().map(|p| p.name.clone()).collect();
+    let world = Arc::new(World {
+        ferry: procs.into_iter().map(AsyncMutex::new).collect(),
+        names,
+        pg,
+        nats,
+        redis: AsyncMutex::new(redis),
+        redis_port,
+        links,
+        receivers,
+    });
+
+    // --- producers and faults -------------------------------------------
+    let produced = Arc::new(Mutex::new(produce::Produced::default()));
+    let started = Instant::now();
+    let producers = spawn_producers(args, seed, &dbs, produced.clone());
+    let schedule = faults::schedule(
+        seed,
+        args.duration,
+        world.ferry.len(),
+        world.links.len(),
+        STALL,
+    );
+    println!("ferry-soak: {} faults scheduled", schedule.len());
+    let stop = Arc::new(AtomicBool::new(false));
+    let fault_task = tokio::spawn(run_faults(world.clone(), schedule, stop.clone(), started));
+    for p in producers {
+        p.await?;
+    }
+    let produced_in = started.elapsed();
+    stop.store(true, Ordering::SeqCst);
+    let (injected, fault_errors) = fault_task.await?;
+    restore(&world).await?;
+    println!(
+        "ferry-soak: producers done in {:.0?}; {} faults injected; draining",
+        produced_in,
+        injected.values().sum::<u32>()
+    );
+
+    // --- drain ------------------------------------------------------------
+    let mut problems = fault_errors;
+    let drained = drain(&world, &dbs, args.drain_timeout, consumers_metrics).await;
+    let drain_time = started.elapsed() - produced_in;
+    if let Err(e) = &drained {
+        problems.push(format!("{e:#}"));
+    }
+    let lag = consumer_lag(consumers_metrics).await.unwrap_or_default();
+    let mut crashed = Vec::new();
+    for p in &world.ferry {
+        let mut p = p.lock().await;
+        if let Some(status) = p.exited() {
+            crashed.push(format!("{} exited by itself ({status})", p.name));
+        }
+        let status = p.stop(Duration::from_secs(20)).await;
+        if !status.is_some_and(|s| s.success()) {
+            problems.push(format!(
+                "{} did not exit cleanly on SIGTERM ({status:?}); log tail:\n{}",
+                p.name,
+                p.log_tail(15)
+            ));
+        }
+    }
+    problems.extend(crashed);
+    drop(tansu);
+
+    if args.break_one_effect {
+        let gone = sqlx::query(
+            "DELETE FROM soak_effects WHERE id = (SELECT min(id) FROM soak_effects WHERE path = 'nats') RETURNING message_id",
+        )
+        .fetch_optional(&dbs.effects_pg)
+        .await?;
+        if let Some(row) = gone {
+            let id: Uuid = row.get(0);
+            println!("ferry-soak: --break-one-effect deleted the effect of {id} (path nats)");
+        }
+    }
+
+    // --- check ------------------------------------------------------------
+    let not_committed = produced.lock().unwrap().not_committed.clone();
+    let observed = observe(&dbs, &lag, not_committed).await?;
+    let report = check::check(&observed);
+    let p = produced.lock().unwrap();
+    println!();
+    println!(
+        "seed {seed}: {} transactions committed ({} messages), {} rolled back on purpose, {} failed under faults; produced in {:.0?}, drained in {:.0?}",
+        p.committed_tx,
+        p.committed_messages,
+        p.rolled_back_tx,
+        p.failed_tx,
+        produced_in,
+        drain_time
+    );
+    let c = &world.receivers.counts;
+    println!(
+        "receivers: {} first applications, {} redeliveries dropped by the inbox, {} answered 503 on a database error, {} webhook requests failed or stalled on purpose",
+        c.applied.load(Ordering::Relaxed),
+        c.duplicates.load(Ordering::Relaxed),
+        c.db_errors.load(Ordering::Relaxed),
+        c.faulted.load(Ordering::Relaxed)
+    );
+    print!("{}", report.table());
+    let mut faults = String::from("faults injected:");
+    for (kind, n) in &injected {
+        let _ = write!(faults, " {kind} ×{n};");
+    }
+    println!("{faults}");
+    let violations = report.violations(args.first);
+    for v in &violations {
+        println!("VIOLATION {v}");
+    }
+    for problem in &problems {
+        println!("PROBLEM {problem}");
+    }
+    let ok = !report.violated() && problems.is_empty();
+    println!(
+        "ferry-soak: {} (seed {seed})",
+        if ok { "PASSED" } else { "FAILED" }
+    );
+    Ok(ok)
+}
+
+fn resolve(addr: &str) -> anyhow::Result<std::net::SocketAddr> {
+    use std::net::ToSocketAddrs;
+    addr.to_socket_addrs()?
+        .next()
+        .with_context(|| format!("no address for {addr}"))
+}
+
+/// The addresses the config files name.
+struct Endpoints {
+    run: String,
+    receiver_port: u16,
+    nats: String,
+    redis_port: u16,
+    kafka_port: u16,
+    amqp_port: u16,
+    consumers_metrics: u16,
+}
+
+const PIPELINE_COMMON: &str = r#"lease = "30s"
+shutdown_grace = "5s"
+[pipeline.retry]
+max_attempts = 100000
+initial_backoff = "100ms"
+max_backoff = "1s"
+[pipeline.sink_backoff]
+initial = "100ms"
+max = "2s"
+"#;
+
+impl Endpoints {
+    fn nats_sink(&self) -> String {
+        format!(
+            "type = \"nats\"\nurl = \"{}\"\nstream = \"SOAK\"\nsubject_prefix = \"ferry.\"\nack_timeout = \"5s\"\n",
+            self.nats
+        )
+    }
+
+    fn pipeline(&self, name: &str, database: &str, sink: &str) -> String {
+        format!(
+            "[[pipeline]]\nname = \"{name}\"\ndatabase = \"{database}\"\ntopics = [\"{}\"]\n{PIPELINE_COMMON}[pipeline.sink]\n{sink}\n",
+            topic(name)
+        )
+    }
+
+    fn pg_relays(&self, database: &str) -> String {
+        let http = format!(
+            "type = \"http\"\nurl = \"http://127.0.0.1:{}/webhook\"\ntimeout = \"2s\"\n",
+            self.receiver_port
+        );
+        let kafka = format!(
+            "type = \"kafka\"\nbrokers = [\"127.0.0.1:{}\"]\ntopic_prefix = \"soak_\"\ndelivery_timeout = \"5s\"\n",
+            self.kafka_port
+        );
+        let amqp = format!(
+            "type = \"amqp\"\nurl = \"amqp://guest:guest@127.0.0.1:{}/%2f\"\nexchange = \"soak-{}\"\ntimeout = \"5s\"\n",
+            self.amqp_port, self.run
+        );
+        let redis = format!(
+            "type = \"redis\"\nurl = \"redis://127.0.0.1:{}/0\"\nstream_prefix = \"soak:\"\ntimeout = \"5s\"\n",
+            self.redis_port
+        );
+        [
+            self.pipeline("http", database, &http),
+            self.pipeline("nats", database, &self.nats_sink()),
+            self.pipeline("kafka", database, &kafka),
+            self.pipeline("amqp", database, &amqp),
+            self.pipeline("redis", database, &redis),
+        ]
+        .join("\n")
+    }
+
+    fn sqlite_relay(&self, database: &str) -> String {
+        self.pipeline("sqlite", database, &self.nats_sink())
+    }
+
+    fn consumers(&self, database: &str) -> String {
+        let mut s = format!(
+            "[http]\nlisten = \"127.0.0.1:{}\"\n\n",
+            self.consumers_metrics
+        );
+        for p in PATHS.iter().filter(|p| p.consumer) {
+            let from = match p.name {
+                "nats" | "sqlite" => format!(
+                    "{{ type = \"nats\", url = \"{}\", stream = \"SOAK\", subject_prefix = \"ferry.\", ack_wait = \"5s\" }}",
+                    self.nats
+                ),
+                "kafka" => format!(
+                    "{{ type = \"kafka\", brokers = [\"127.0.0.1:{}\"], topic_prefix = \"soak_\", properties = {{ \"session.timeout.ms\" = \"6000\", \"heartbeat.interval.ms\" = \"1000\" }} }}",
+                    self.kafka_port
+                ),
+                "amqp" => format!(
+                    "{{ type = \"amqp\", url = \"amqp://guest:guest@127.0.0.1:{}/%2f\", exchange = \"soak-{}\" }}",
+                    self.amqp_port, self.run
+                ),
+                _ => format!(
+                    "{{ type = \"redis\", url = \"redis://127.0.0.1:{}/0\", stream_prefix = \"soak:\", claim_idle = \"5s\" }}",
+                    self.redis_port
+                ),
+            };
+            let _ = write!(
+                s,
+                r#"[[consumer]]
+name = "{name}"
+group = "soak-{name}-{run}"
+topics = ["{topic}"]
+database = "{database}"
+from = {from}
+to = {{ type = "http", url = "http://127.0.0.1:{port}/effects/{name}", timeout = "5s" }}
+[consumer.router]
+prefetch = 64
+shutdown_timeout = "5s"
+[consumer.router.retry]
+max_deliveries = 1000000
+backoff = {{ max_attempts = 3, initial_backoff = "100ms", max_backoff = "1s" }}
+[consumer.router.lag]
+interval = "1s"
+[consumer.router.resubscribe]
+initial_backoff = "100ms"
+max_backoff = "2s"
+
+"#,
+                name = p.name,
+                run = self.run,
+                topic = topic(p.name),
+                port = self.receiver_port,
+            );
+        }
+        s
+    }
+}
+
+/// Reads the consumers' `/metrics` page.
+async fn metrics(port: u16) -> anyhow::Result<String> {
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(3))
+        .build()?;
+    Ok(client
+        .get(format!("http://127.0.0.1:{port}/metrics"))
+        .send()
+        .await?
+        .error_for_status()?
+        .text()
+        .await?)
+}
+
+/// `metric{consumer="name",…} value` lines summed per consumer.
+fn per_consumer(text: &str, metric: &str) -> HashMap<String, f64> {
+    let mut out = HashMap::new();
+    for line in text.lines() {
+        let Some(rest) = line.strip_prefix(metric) else {
+            continue;
+        };
+        let Some(labels) = rest.strip_prefix('{') else {
+            continue;
+        };
+        let Some((labels, value)) = labels.split_once("} ") else {
+            continue;
+        };
+        let Some(consumer) = labels
+            .split(',')
+            .find_map(|l| l.strip_prefix("consumer=\""))
+            .and_then(|v| v.strip_suffix('"'))
+        else {
+            continue;
+        };
+        let value: f64 = value.trim().parse().unwrap_or(f64::NAN);
+        *out.entry(consumer.to_owned()).or_default() += value;
+    }
+    out
+}
+
+async fn wait_subscribed(port: u16, procs: &mut [Proc], limit: Duration) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let wanted: Vec<&str> = PATHS
+        .iter()
+        .filter(|p| p.consumer)
+        .map(|p| p.name)
+        .collect();
+    loop {
+        if let Ok(text) = metrics(port).await {
+            let subscribed = per_consumer(&text, "ferry_consumer_subscribed");
+            if wanted
+                .iter()
+                .all(|c| subscribed.get(*c).is_some_and(|v| *v >= 1.0))
+            {
+                return Ok(());
+            }
+        }
+        for p in procs.iter_mut() {
+            if let Some(status) = p.exited() {
+                bail!(
+                    "{} exited at startup ({status}):\n{}",
+                    p.name,
+                    p.log_tail(20)
+                );
+            }
+        }
+        if started.elapsed() > limit {
+            bail!("the consumers did not all subscribe within {limit:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+fn spawn_producers(
+    args: &Args,
+    seed: u64,
+    dbs: &Dbs,
+    out: Arc<Mutex<produce::Produced>>,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    let total = args.messages;
+    let secs = args.duration.as_secs_f64().max(1.0);
+    let sqlite_share = total / 6;
+    let pg_tasks = 4u64;
+    let pg_each = (total - sqlite_share) / pg_tasks;
+    let pg_paths: Vec<(&'static str, String)> = PATHS
+        .iter()
+        .filter(|p| !p.sqlite_outbox)
+        .map(|p| (p.name, topic(p.name)))
+        .collect();
+    let mut jobs = Vec::new();
+    for i in 0..pg_tasks {
+        let messages = if i == 0 {
+            total - sqlite_share - pg_each * (pg_tasks - 1)
+        } else {
+            pg_each
+        };
+        jobs.push(produce::Job {
+            name: format!("pg{i}"),
+            outbox: Outbox::Postgres(dbs.outbox_pg.clone()),
+            paths: pg_paths.clone(),
+            keys: 8,
+            messages,
+            rate: messages as f64 / secs,
+            plain_sql: i % 2 == 1,
+            seed: seed.wrapping_add(i + 1),
+            rollback: 0.03,
+            poison: 0.002,
+        });
+    }
+    jobs.push(produce::Job {
+        name: "sq".into(),
+        outbox: Outbox::Sqlite(dbs.outbox_sqlite.clone()),
+        paths: vec![("sqlite", topic("sqlite"))],
+        keys: 8,
+        messages: sqlite_share,
+        rate: sqlite_share as f64 / secs,
+        plain_sql: false,
+        seed: seed.wrapping_add(100),
+        rollback: 0.03,
+        poison: 0.002,
+    });
+    jobs.into_iter()
+        .map(|job| tokio::spawn(produce::run(job, out.clone())))
+        .collect()
+}
+
+/// Carries out the schedule until it ends or `stop` is set; returns the
+/// faults injected by kind and any fault that could not be carried out.
+async fn run_faults(
+    world: Arc<World>,
+    schedule: Vec<Scheduled>,
+    stop: Arc<AtomicBool>,
+    started: Instant,
+) -> (BTreeMap<String, u32>, Vec<String>) {
+    let link_names: Vec<&str> = world.links.iter().map(|l| l.name).collect();
+    let mut injected = BTreeMap::new();
+    let mut errors = Vec::new();
+    for s in schedule {
+        // Wait for the fault's time, looking at `stop` now and then.
+        while started.elapsed() < s.at {
+            if stop.load(Ordering::SeqCst) {
+                return (injected, errors);
+            }
+            tokio::time::sleep((s.at - started.elapsed()).min(Duration::from_millis(200))).await;
+        }
+        if stop.load(Ordering::SeqCst) {
+            break;
+        }
+        let kind = s.fault.kind(&world.names, &link_names);
+        if let Err(e) = inject(&world, &s.fault).await {
+            errors.push(format!("fault {kind} failed: {e:#}"));
+        }
+        *injected.entry(kind).or_insert(0) += 1;
+    }
+    (injected, errors)
+}
+
+async fn inject(world: &World, fault: &Fault) -> anyhow::Result<()> {
+    match fault {
+        Fault::KillFerry { process, down } => {
+            let mut p = world.ferry[*process].lock().await;
+            p.kill().await;
+            tokio::time::sleep(*down).await;
+            p.restart()?;
+        }
+        Fault::RestartPostgres { down } => {
+            let pg = world.pg.clone();
+            tokio::task::spawn_blocking(move || pg.stop(Stop::Immediate)).await?;
+            tokio::time::sleep(*down).await;
+            let pg = world.pg.clone();
+            tokio::task::spawn_blocking(move || pg.start_again()).await?;
+        }
+        Fault::RestartNats { down } => {
+            world.nats.kill();
+            tokio::time::sleep(*down).await;
+            world.nats.restart().await;
+        }
+        Fault::RestartRedis { down } => {
+            let mut p = world.redis.lock().await;
+            p.kill().await;
+            tokio::time::sleep(*down).await;
+            p.restart()?;
+            services::wait_port("redis-server", world.redis_port, Duration::from_secs(30)).await?;
+        }
+        Fault::Link { link, fault, hold } => {
+            let link = &world.links[*link];
+            match fault {
+                LinkFault::Delay(d) => link.set(Mode::Delay(*d)),
+                LinkFault::Blackhole => link.set(Mode::Blackhole),
+                LinkFault::Reset => link.reset_all(),
+            }
+            tokio::time::sleep(*hold).await;
+            link.set(Mode::Pass);
+        }
+        Fault::Webhook { mode, hold } => {
+            world.receivers.set_webhook(*mode);
+            tokio::time::sleep(*hold).await;
+            world.receivers.set_webhook(Webhook::Up);
+        }
+    }
+    Ok(())
+}
+
+/// Undoes every fault: links pass, the webhook answers, every process runs.
+async fn restore(world: &World) -> anyhow::Result<()> {
+    for l in &world.links {
+        l.set(Mode::Pass);
+    }
+    world.receivers.set_webhook(Webhook::Up);
+    for p in &world.ferry {
+        p.lock().await.restart()?;
+    }
+    world.redis.lock().await.restart()?;
+    Ok(())
+}
+
+/// Per path: (effects applied, dead letters, pending outbox rows) against
+/// (committed non-poison, poison).
+async fn progress(dbs: &Dbs) -> anyhow::Result<Vec<(String, [i64; 5])>> {
+    let mut expected: HashMap<String, (i64, i64)> = HashMap::new();
+    for row in sqlx::query(
+        "SELECT path, count(*) FILTER (WHERE NOT poison), count(*) FILTER (WHERE poison) FROM soak_business GROUP BY path",
+    )
+    .fetch_all(&dbs.outbox_pg)
+    .await?
+    {
+        expected.insert(row.get(0), (row.get(1), row.get(2)));
+    }
+    for row in sqlx::query(
+        "SELECT path, sum(CASE WHEN poison THEN 0 ELSE 1 END), sum(CASE WHEN poison THEN 1 ELSE 0 END) FROM soak_business GROUP BY path",
+    )
+    .fetch_all(&dbs.outbox_sqlite)
+    .await?
+    {
+        expected.insert(row.get(0), (row.get(1), row.get(2)));
+    }
+    let mut applied: HashMap<String, i64> = HashMap::new();
+    for row in
+        sqlx::query("SELECT path, count(DISTINCT message_id) FROM soak_effects GROUP BY path")
+            .fetch_all(&dbs.effects_pg)
+            .await?
+    {
+        applied.insert(row.get(0), row.get(1));
+    }
+    for row in
+        sqlx::query("SELECT path, count(DISTINCT message_id) FROM soak_effects GROUP BY path")
+            .fetch_all(&dbs.effects_mariadb)
+            .await?
+    {
+        applied.insert(row.get(0), row.get(1));
+    }
+    let mut dead: HashMap<String, i64> = HashMap::new();
+    let mut pending: HashMap<String, i64> = HashMap::new();
+    for row in sqlx::query("SELECT topic, count(*) FROM ferry_dead_letters GROUP BY topic")
+        .fetch_all(&dbs.consumers)
+        .await?
+    {
+        *dead.entry(row.get(0)).or_default() += row.get::<i64, _>(1);
+    }
+    let outbox_counts = "SELECT topic, status, count(*) FROM ferry_outbox GROUP BY topic, status";
+    let mut rows = sqlx::query(outbox_counts).fetch_all(&dbs.outbox_pg).await?;
+    let sqlite_rows = sqlx::query(outbox_counts)
+        .fetch_all(&dbs.outbox_sqlite)
+        .await?;
+    let mut add = |topic: String, status: String, n: i64| match status.as_str() {
+        "dead" => *dead.entry(topic).or_default() += n,
+        "pending" => *pending.entry(topic).or_default() += n,
+        _ => {}
+    };
+    for row in rows.drain(..) {
+        add(row.get(0), row.get(1), row.get(2));
+    }
+    for row in sqlite_rows {
+        add(row.get(0), row.get(1), row.get(2));
+    }
+    Ok(PATHS
+        .iter()
+        .map(|p| {
+            let (ok, poison) = expected.get(p.name).copied().unwrap_or_default();
+            let t = topic(p.name);
+            (
+                p.name.to_owned(),
+                [
+                    applied.get(p.name).copied().unwrap_or_default(),
+                    ok,
+                    dead.get(&t).copied().unwrap_or_default(),
+                    poison,
+                    pending.get(&t).copied().unwrap_or_default(),
+                ],
+            )
+        })
+        .collect())
+}
+
+/// Waits until every path has applied what was committed, dead-lettered
+/// the poison, left nothing pending, and the brokers hold nothing for the
+/// consumers; an error naming what is left after `limit`.
+async fn drain(world: &World, dbs: &Dbs, limit: Duration, metrics_port: u16) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let mut last;
+    let mut shown = Instant::now();
+    loop {
+        // A process that died by itself is restarted (and reported).
+        for p in &world.ferry {
+            let mut p = p.lock().await;
+            if let Some(status) = p.exited() {
+                println!(
+                    "ferry-soak: {} exited by itself ({status}) while draining; restarting. log tail:\n{}",
+                    p.name,
+                    p.log_tail(10)
+                );
+                p.kill().await;
+                p.restart()?;
+            }
+        }
+        match progress(dbs).await {
+            Ok(rows) => {
+                let done_rows = rows.iter().all(|(_, [a, ok, d, poison, pending])| {
+                    a >= ok && d >= poison && *pending == 0
+                });
+                last = rows
+                    .iter()
+                    .map(|(n, [a, ok, d, poison, pending])| {
+                        format!("{n} {a}/{ok} applied {d}/{poison} dead {pending} pending")
+                    })
+                    .collect::<Vec<_>>()
+                    .join("; ");
+                if done_rows {
+                    let lag = consumer_lag(metrics_port).await.unwrap_or_default();
+                    if lag.values().all(|v| *v == 0) && !lag.is_empty() {
+                        return Ok(());
+                    }
+                    last = format!("{last}; broker lag {lag:?}");
+                }
+            }
+            Err(e) => last = format!("cannot read progress: {e:#}"),
+        }
+        if shown.elapsed() > Duration::from_secs(10) {
+            println!("ferry-soak: draining: {last}");
+            shown = Instant::now();
+        }
+        if started.elapsed() > limit {
+            bail!("the pipelines did not drain within {limit:?}: {last}");
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// Messages the brokers hold for each consumer: waiting plus unacknowledged.
+async fn consumer_lag(port: u16) -> anyhow::Result<HashMap<String, u64>> {
+    let text = metrics(port).await?;
+    let mut lag: HashMap<String, u64> = HashMap::new();
+    for metric in [
+        "ferry_consumer_lag_waiting_messages",
+        "ferry_consumer_lag_unacked_messages",
+    ] {
+        for (c, v) in per_consumer(&text, metric) {
+            *lag.entry(c).or_default() += if v.is_finite() {
+                v.max(0.0) as u64
+            } else {
+                u64::MAX
+            };
+        }
+    }
+    Ok(lag)
+}
+
+async fn observe(
+    dbs: &Dbs,
+    lag: &HashMap<String, u64>,
+    not_committed: Vec<Uuid>,
+) -> anyhow::Result<Observed> {
+    let mut paths = Vec::new();
+    for p in &PATHS {
+        let t = topic(p.name);
+        let committed: Vec<Produced> = if p.sqlite_outbox {
+            sqlx::query("SELECT message_id, msg_key, n, poison FROM soak_business WHERE path = ?")
+                .bind(p.name)
+                .fetch_all(&dbs.outbox_sqlite)
+                .await?
+                .iter()
+                .map(|r| {
+                    Ok(Produced {
+                        id: r.get::<String, _>(0).parse()?,
+                        key: r.get(1),
+                        n: r.get(2),
+                        poison: r.get(3),
+                    })
+                })
+                .collect::<anyhow::Result<_>>()?
+        } else {
+            sqlx::query("SELECT message_id, msg_key, n, poison FROM soak_business WHERE path = $1")
+                .bind(p.name)
+                .fetch_all(&dbs.outbox_pg)
+                .await?
+                .iter()
+                .map(|r| Produced {
+                    id: r.get(0),
+                    key: r.get(1),
+                    n: r.get(2),
+                    poison: r.get(3),
+                })
+                .collect()
+        };
+        let effects: Vec<Effect> = match p.effects {
+            EffectDb::Postgres => sqlx::query(
+                "SELECT message_id, msg_key, n FROM soak_effects WHERE path = $1 ORDER BY id",
+            )
+            .bind(p.name)
+            .fetch_all(&dbs.effects_pg)
+            .await?
+            .iter()
+            .map(|r| Effect {
+                id: r.get(0),
+                key: r.get(1),
+                n: r.get(2),
+            })
+            .collect(),
+            EffectDb::Mariadb => sqlx::query(
+                "SELECT message_id, msg_key, n FROM soak_effects WHERE path = ? ORDER BY id",
+            )
+            .bind(p.name)
+            .fetch_all(&dbs.effects_mariadb)
+            .await?
+            .iter()
+            .map(|r| {
+                Ok(Effect {
+                    id: r.get::<String, _>(0).parse()?,
+                    key: r.get(1),
+                    n: r.get(2),
+                })
+            })
+            .collect::<anyhow::Result<_>>()?,
+        };
+        // Outbox rows left (pending or dead), with their status.
+        let left: Vec<(Uuid, String)> = if p.sqlite_outbox {
+            sqlx::query("SELECT message_id, status FROM ferry_outbox WHERE topic = ?")
+                .bind(&t)
+                .fetch_all(&dbs.outbox_sqlite)
+                .await?
+                .iter()
+                .map(|r| Ok((r.get::<String, _>(0).parse()?, r.get(1))))
+                .collect::<anyhow::Result<_>>()?
+        } else {
+            sqlx::query("SELECT message_id, status FROM ferry_outbox WHERE topic = $1")
+                .bind(&t)
+                .fetch_all(&dbs.outbox_pg)
+                .await?
+                .iter()
+                .map(|r| (r.get(0), r.get(1)))
+                .collect()
+        };
+        let mut dead: Vec<Uuid> = left
+            .iter()
+            .filter(|(_, s)| s == "dead")
+            .map(|(id, _)| *id)
+            .collect();
+        for r in sqlx::query("SELECT message_id FROM ferry_dead_letters WHERE topic = ?")
+            .bind(&t)
+            .fetch_all(&dbs.consumers)
+            .await?
+        {
+            dead.push(r.get::<String, _>(0).parse()?);
+        }
+        paths.push(PathData {
+            name: p.name.to_owned(),
+            ordered: p.ordered,
+            committed,
+            effects,
+            dead,
+            pending: left.iter().filter(|(_, s)| s == "pending").count() as u64,
+            outbox_left: left.into_iter().map(|(id, _)| id).collect(),
+            lag: p
+                .consumer
+                .then(|| lag.get(p.name).copied().unwrap_or(u64::MAX)),
+        });
+    }
+    Ok(Observed {
+        paths,
+        not_committed,
+    })
+}
+
+/// Drops what the run made on the shared servers: the MariaDB database and
+/// the RabbitMQ queue (the exchange `soak-<run>` stays: rabbitmqctl cannot
+/// delete one; it holds no messages).
+async fn cleanup(args: &Args, run: &str, mariadb_db: &str) {
+    if let Ok(mut conn) = sqlx::MySqlConnection::connect(&args.mariadb).await {
+        let _ = conn
+            .execute(format!("DROP DATABASE IF EXISTS {mariadb_db}").as_str())
+            .await;
+    }
+    let queue = format!("soak-amqp-{run}:{}", topic("amqp"));
+    let _ = tokio::process::Command::new("rabbitmqctl")
+        .args(["-q", "delete_queue", &queue])
+        .output()
+        .await;
+}
