@@ -14,5 +14,13 @@ cargo test --locked -p ferry-adapters --no-default-features --features nats --li
 # The daemon with only the webhook and NATS adapters (docs/config.md says
 # it builds without librdkafka and the other brokers' clients).
 cargo check --locked -p ferry --no-default-features --features http,nats
+# The chaos soak, reduced (crates/ferry-soak, docs/guarantees.md): Ferry's
+# relays and consumers on private and shared servers under a seeded fault
+# schedule, then the exactly-once check. One fixed seed, one random seed
+# (printed in the log, replay it with --seed N); about 2 minutes each.
+cargo build --locked -p ferry -p ferry-soak
+soak="${CARGO_TARGET_DIR:-target}/debug/ferry-soak"
+"$soak" --seed 1 --messages 24000 --duration 75s --drain-timeout 150s
+"$soak" --messages 24000 --duration 75s --drain-timeout 150s
 # Lints: warnings are errors.
 cargo clippy --locked --workspace --all-targets -- -D warnings
