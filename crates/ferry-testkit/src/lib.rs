@@ -5,6 +5,7 @@
 
 pub mod broker;
 pub mod nats_server;
+pub mod otlp;
 pub mod private_pg;
 pub mod s3;
 pub mod sftp;

@@ -9,9 +9,6 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use axum::body::Bytes;
-use axum::extract::State;
-use axum::http::{header, StatusCode};
 use ferry_consumer::inbox::{inbox_fn, Inbox};
 use ferry_consumer::{Router, RouterConfig, StoreDeadLetters};
 use ferry_core::trace::{TRACEPARENT, TRACESTATE};
@@ -20,95 +17,12 @@ use ferry_http::{HttpSink, HttpSinkConfig};
 use ferry_nats::{NatsSink, NatsSinkConfig, NatsSubscriber};
 use ferry_relay::RelayConfig;
 use ferry_store::Database;
+use ferry_testkit::otlp::{Collector, ExportedSpan as Exported};
 use ferry_testkit::{Receiver, SqliteTestDb};
-use opentelemetry_proto::tonic::collector::trace::v1::{
-    ExportTraceServiceRequest, ExportTraceServiceResponse,
-};
-use opentelemetry_proto::tonic::common::v1::any_value::Value;
-use prost::Message as _;
 use tracing_subscriber::layer::SubscriberExt;
 
 use crate::support::{topic, Running};
 use crate::telemetry::{Protocol, Telemetry, TelemetryConfig};
-
-/// A span as the collector got it.
-#[derive(Clone, Debug)]
-struct Exported {
-    service: String,
-    name: String,
-    trace_id: Vec<u8>,
-    span_id: Vec<u8>,
-    parent_span_id: Vec<u8>,
-}
-
-/// An OTLP/HTTP receiver on 127.0.0.1: `POST /v1/traces` with
-/// `application/x-protobuf` bodies.
-#[derive(Clone, Default)]
-struct Collector {
-    spans: Arc<Mutex<Vec<Exported>>>,
-    requests: Arc<Mutex<usize>>,
-}
-
-impl Collector {
-    async fn start(&self) -> String {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
-        let app = axum::Router::new()
-            .route("/v1/traces", axum::routing::post(export))
-            .with_state(self.clone());
-        tokio::spawn(async move { axum::serve(listener, app).await });
-        url
-    }
-
-    fn spans(&self) -> Vec<Exported> {
-        self.spans.lock().unwrap().clone()
-    }
-}
-
-async fn export(
-    State(collector): State<Collector>,
-    headers: axum::http::HeaderMap,
-    body: Bytes,
-) -> (StatusCode, [(header::HeaderName, &'static str); 1], Vec<u8>) {
-    let protobuf = [(header::CONTENT_TYPE, "application/x-protobuf")];
-    if headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        != Some("application/x-protobuf")
-    {
-        return (StatusCode::UNSUPPORTED_MEDIA_TYPE, protobuf, Vec::new());
-    }
-    let Ok(request) = ExportTraceServiceRequest::decode(body) else {
-        return (StatusCode::BAD_REQUEST, protobuf, Vec::new());
-    };
-    *collector.requests.lock().unwrap() += 1;
-    let mut spans = collector.spans.lock().unwrap();
-    for resource_spans in request.resource_spans {
-        let service = resource_spans
-            .resource
-            .iter()
-            .flat_map(|r| &r.attributes)
-            .find(|kv| kv.key == "service.name")
-            .and_then(|kv| match kv.value.as_ref()?.value.as_ref()? {
-                Value::StringValue(s) => Some(s.clone()),
-                _ => None,
-            })
-            .unwrap_or_default();
-        for scope in resource_spans.scope_spans {
-            for span in scope.spans {
-                spans.push(Exported {
-                    service: service.clone(),
-                    name: span.name,
-                    trace_id: span.trace_id,
-                    span_id: span.span_id,
-                    parent_span_id: span.parent_span_id,
-                });
-            }
-        }
-    }
-    let response = ExportTraceServiceResponse::default().encode_to_vec();
-    (StatusCode::OK, protobuf, response)
-}
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
@@ -146,8 +60,7 @@ async fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
 // tests of this binary keep theirs.
 #[tokio::test]
 async fn one_message_is_one_trace_from_producer_to_handler() {
-    let collector = Collector::default();
-    let endpoint = collector.start().await;
+    let (collector, endpoint) = Collector::start().await;
     let telemetry = Telemetry::start(&TelemetryConfig {
         endpoint,
         service_name: "ferry-trace-test".to_owned(),
@@ -256,7 +169,7 @@ async fn one_message_is_one_trace_from_producer_to_handler() {
         .unwrap();
 
     let spans = collector.spans();
-    assert!(*collector.requests.lock().unwrap() > 0);
+    assert!(collector.requests() > 0);
     let trace: Vec<Exported> = spans
         .iter()
         .filter(|s| s.trace_id == producer_trace.to_bytes())
