@@ -548,7 +548,11 @@ impl ferry_admin::Daemon for DaemonView {
     }
 }
 
-/// The admin API's and console's routes for `ferry run`, or `None` when
+/// How long a bulk job may take to stop at shutdown ([`ferry_admin::Admin::finish_jobs`]).
+pub const BULK_JOB_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// The admin API's and console's routes for `ferry run` and the admin
+/// layer behind them (to stop its bulk jobs at shutdown), or `None` when
 /// `[http]` has no `[[http.tokens]]`. Stores are reached in the background,
 /// so an unreachable database does not hold the daemon's start up.
 pub fn router(
@@ -557,7 +561,7 @@ pub fn router(
     metrics: Metrics,
     pauses: HashMap<String, PauseSwitch>,
     shutdown: &CancellationToken,
-) -> anyhow::Result<Option<axum::Router>> {
+) -> anyhow::Result<Option<(axum::Router, ferry_admin::Admin)>> {
     let tokens = tokens(&http.tokens).map_err(anyhow::Error::msg)?;
     if tokens.is_empty() {
         return Ok(None);
@@ -570,7 +574,7 @@ pub fn router(
     );
     drop(admin.spawn_sampler(shutdown.clone()));
     tracing::info!(listen = %http.listen, "serving the admin api on /v1/admin and the console on /ui");
-    Ok(Some(ferry_admin::router(admin)))
+    Ok(Some((ferry_admin::router(admin.clone()), admin)))
 }
 
 /// `ferry serve`'s view: one event store, nothing running beside the

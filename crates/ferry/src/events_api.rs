@@ -128,12 +128,13 @@ pub async fn serve(
     drop(admin.spawn_sampler(shutdown.clone()));
     let app = api::router(db, config)?
         .route("/health", axum::routing::get(|| async { "ok\n" }))
-        .merge(ferry_admin::router(admin));
+        .merge(ferry_admin::router(admin.clone()));
     tracing::info!(%listen, "serving the events api, the admin api on /v1/admin and the console on /ui");
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown.cancelled_owned())
         .await
         .context("the http server failed")?;
+    admin.finish_jobs(crate::admin::BULK_JOB_GRACE).await;
     Ok(())
 }
 

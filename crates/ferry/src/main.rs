@@ -776,6 +776,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 );
             }
             let mut started = Ok(());
+            let mut admin_layer = None;
             for c in &config.consumers {
                 let consumer = consume::Consumer::from(c);
                 match consumer.start(&shutdown).await {
@@ -804,7 +805,10 @@ async fn run(command: Command) -> anyhow::Result<()> {
                         let admin =
                             admin::router(&config, http, metrics.clone(), pauses, &shutdown)?;
                         Ok(api.map(|api| match admin {
-                            Some(admin) => api.merge(admin),
+                            Some((routes, layer)) => {
+                                admin_layer = Some(layer);
+                                api.merge(routes)
+                            }
                             None => api,
                         }))
                     });
@@ -843,6 +847,9 @@ async fn run(command: Command) -> anyhow::Result<()> {
                         result = Err(e);
                     }
                 }
+            }
+            if let Some(admin) = admin_layer {
+                admin.finish_jobs(admin::BULK_JOB_GRACE).await;
             }
             result
         }

@@ -211,6 +211,11 @@ impl Admin {
         confirm_count: u64,
     ) -> Result<JobId, AdminError> {
         may_change(caller)?;
+        if self.stopping.is_cancelled() {
+            return Err(AdminError::Conflict(
+                "the process is shutting down; no bulk job starts now".to_owned(),
+            ));
+        }
         self.jobs.idle(&store.name)?;
         let current = store.db.count_dead(&filter).await?;
         if current != confirm_count {
@@ -259,6 +264,33 @@ impl Admin {
         Ok(id)
     }
 
+    /// Stops the bulk jobs running for the process's shutdown and waits, up
+    /// to `grace`, for each to end: a job stops before its next chunk (a
+    /// chunk already taken is finished; the items not reached stay dead
+    /// letters), records why in `last_error` and writes its end to the
+    /// audit log with the count done. No job starts afterwards.
+    pub async fn finish_jobs(&self, grace: Duration) {
+        self.stopping.cancel();
+        let deadline = Instant::now() + grace;
+        while self.jobs.list().iter().any(|j| j.finished_at.is_none()) {
+            if Instant::now() >= deadline {
+                tracing::warn!(grace = %humantime::format_duration(grace), "admin: a bulk job did not stop within the grace; its end is not audited");
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// The reason a job stops when the process shuts down, or `Ok`.
+    fn go_on(&self, left: u64) -> Result<(), String> {
+        if self.stopping.is_cancelled() {
+            return Err(format!(
+                "stopped by the shutdown of the process with {left} not done; start the job again for the rest"
+            ));
+        }
+        Ok(())
+    }
+
     /// One job, as far as it got.
     pub fn job(&self, id: JobId) -> Option<JobView> {
         let jobs = self.jobs.0.lock().unwrap_or_else(|e| e.into_inner());
@@ -283,7 +315,7 @@ impl Admin {
         let id = snapshot(&job).id;
         let outcome = match action {
             BulkAction::Replay => self.replay_all(&job, &store, &filter).await,
-            BulkAction::Discard => discard_all(&job, &store, &filter, self.config.chunk).await,
+            BulkAction::Discard => self.discard_all(&job, &store, &filter).await,
         };
         if let Err(stopped) = outcome {
             tracing::warn!(job = %id, store = %store.name, error = %stopped, "admin: bulk job stopped");
@@ -337,6 +369,7 @@ impl Admin {
     ) -> Result<(), String> {
         let db = &store.db;
         while left > 0 {
+            self.go_on(left)?;
             let before = db.outbox_pending().await.map_err(|e| chain(&e))?;
             let n = db
                 .replay_outbox_dead_chunk(filter, chunk_of(self.config.chunk, left))
@@ -365,7 +398,38 @@ impl Admin {
                         pending - before
                     ));
                 }
-                tokio::time::sleep(DRAIN_POLL.max(took * DRAIN_POLL_FACTOR)).await;
+                tokio::select! {
+                    _ = tokio::time::sleep(DRAIN_POLL.max(took * DRAIN_POLL_FACTOR)) => {}
+                    _ = self.stopping.cancelled() => self.go_on(left)?,
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn discard_all(
+        &self,
+        job: &Job,
+        store: &NamedStore,
+        filter: &DeadFilter,
+    ) -> Result<(), String> {
+        for (_, f) in by_kind(filter) {
+            let mut left = store.db.count_dead(&f).await.map_err(|e| chain(&e))?;
+            while left > 0 {
+                self.go_on(left)?;
+                let n = store
+                    .db
+                    .discard_dead_chunk(&f, chunk_of(self.config.chunk, left))
+                    .await
+                    .map_err(|e| chain(&e))?;
+                if n == 0 {
+                    break;
+                }
+                left = left.saturating_sub(n);
+                update(job, |j| {
+                    j.done += n;
+                    j.chunks += 1;
+                });
             }
         }
         Ok(())
@@ -382,6 +446,7 @@ impl Admin {
     ) -> Result<(), String> {
         let mut after: Option<DeadCursor> = None;
         while left > 0 {
+            self.go_on(left)?;
             let page = store
                 .db
                 .dead_items(
@@ -414,33 +479,6 @@ impl Admin {
         }
         Ok(())
     }
-}
-
-async fn discard_all(
-    job: &Job,
-    store: &NamedStore,
-    filter: &DeadFilter,
-    chunk: u32,
-) -> Result<(), String> {
-    for (_, f) in by_kind(filter) {
-        let mut left = store.db.count_dead(&f).await.map_err(|e| chain(&e))?;
-        while left > 0 {
-            let n = store
-                .db
-                .discard_dead_chunk(&f, chunk_of(chunk, left))
-                .await
-                .map_err(|e| chain(&e))?;
-            if n == 0 {
-                break;
-            }
-            left = left.saturating_sub(n);
-            update(job, |j| {
-                j.done += n;
-                j.chunks += 1;
-            });
-        }
-    }
-    Ok(())
 }
 
 /// `filter` narrowed to each kind it covers (all four when it names none).

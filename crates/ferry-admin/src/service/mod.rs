@@ -31,6 +31,9 @@ pub struct Admin {
     config: Arc<AdminConfig>,
     history: History,
     jobs: bulk::Jobs,
+    /// Cancelled by [`Admin::finish_jobs`]: bulk jobs stop at their next
+    /// chunk.
+    stopping: CancellationToken,
 }
 
 /// What [`Admin::overview`] answers: every component with its rate and
@@ -69,6 +72,7 @@ impl Admin {
             config: Arc::new(config),
             history: History::new(SAMPLES_KEPT),
             jobs: bulk::Jobs::default(),
+            stopping: CancellationToken::new(),
         }
     }
 

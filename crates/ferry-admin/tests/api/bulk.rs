@@ -303,3 +303,48 @@ async fn a_bulk_replay_stops_when_the_relay_does_not_deliver_a_chunk_in_time() {
     assert!(job["last_error"].is_null(), "{job}");
     relay.stop().await.unwrap();
 }
+
+/// The process shuts down while a bulk replay waits for the relay (none
+/// runs): `finish_jobs` stops it before its next chunk, the job ends with
+/// the reason, its end is in the audit log with the count done, the rest
+/// stay dead letters, and no job starts afterwards.
+#[tokio::test]
+async fn a_bulk_replay_stopped_by_shutdown_audits_its_end() {
+    let env = env_with(|c| {
+        c.chunk = 2;
+        c.chunk_drain_timeout = Duration::from_secs(60);
+    })
+    .await;
+    env.dead_outbox("orders", 5).await;
+    let a = env
+        .post("/v1/admin/dead/replay", Some(json!({"confirm_count": 5})))
+        .await;
+    assert_eq!(a.status, 202, "{}", a.body);
+    wait_for(
+        "the first chunk released",
+        Duration::from_secs(10),
+        || async { env.db.outbox_stats().await.unwrap().pending == 2 },
+    )
+    .await;
+    env.admin.finish_jobs(Duration::from_secs(10)).await;
+    let job = env
+        .get(&format!(
+            "/v1/admin/jobs/{}",
+            a.body["job"]["id"].as_str().unwrap()
+        ))
+        .await;
+    assert!(!job["finished_at"].is_null(), "{job}");
+    assert_eq!(job["done"].as_u64(), Some(2), "{job}");
+    let error = job["last_error"].as_str().unwrap();
+    assert!(error.contains("shutdown"), "{error}");
+    assert!(error.contains("3 not done"), "{error}");
+    let audit = env.audit().await;
+    assert_eq!(audit[0]["action"], "dead.bulk_replay_done");
+    assert_eq!(audit[0]["count"], 2);
+    let stats = env.db.outbox_stats().await.unwrap();
+    assert_eq!((stats.pending, stats.dead), (2, 3));
+    let again = env
+        .post("/v1/admin/dead/replay", Some(json!({"confirm_count": 3})))
+        .await;
+    assert_eq!(again.status, 409, "{}", again.body);
+}
