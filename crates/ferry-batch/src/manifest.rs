@@ -117,7 +117,8 @@ pub enum ValueKind {
     Date,
     /// A time of day, `HH:MM:SS.ffffff`.
     Time,
-    /// JSON (JSON Lines: the value itself; CSV: its text).
+    /// JSON (JSON Lines: the value itself, but a JSON string or `null` as
+    /// a string of its text; CSV: its text).
     Json,
     /// Bytes, as `\x` and lower-case hex (PostgreSQL's `bytea` text).
     Bytes,
@@ -256,5 +257,130 @@ mod tests {
         assert_eq!(Manifest::batch_of("b.manifest.json"), Some("b"));
         assert_eq!(Manifest::batch_of(".manifest.json"), None);
         assert_eq!(Manifest::batch_of("b.csv"), None);
+    }
+}
+
+/// Property tests (issue 13): every manifest reads back from its bytes, and
+/// any bytes are a manifest or an error, never a panic; a missing or
+/// unknown field is named.
+#[cfg(test)]
+mod props {
+    use super::*;
+    use chrono::TimeZone;
+    use proptest::prelude::*;
+
+    const KINDS: [ValueKind; 11] = [
+        ValueKind::Integer,
+        ValueKind::Decimal,
+        ValueKind::Float,
+        ValueKind::Boolean,
+        ValueKind::Text,
+        ValueKind::Timestamp,
+        ValueKind::DateTime,
+        ValueKind::Date,
+        ValueKind::Time,
+        ValueKind::Json,
+        ValueKind::Bytes,
+    ];
+
+    fn text() -> impl Strategy<Value = String> {
+        prop_oneof![Just(String::new()), "\\PC{0,12}", any::<String>()]
+    }
+
+    fn manifest() -> impl Strategy<Value = Manifest> {
+        let column = (text(), text(), 0..KINDS.len()).prop_map(|(name, db_type, k)| Column {
+            name,
+            db_type,
+            kind: KINDS[k],
+        });
+        let file = (text(), any::<u32>(), any::<u64>(), any::<u64>(), text()).prop_map(
+            |(name, part, rows, bytes, sha256)| FileEntry {
+                name,
+                part,
+                rows,
+                bytes,
+                sha256,
+            },
+        );
+        (
+            text(),
+            (text(), text()),
+            text(),
+            any::<bool>(),
+            any::<bool>(),
+            proptest::collection::vec(column, 0..4),
+            proptest::collection::vec(file, 0..3),
+            // Years 1 to 9999, any nanosecond.
+            -62_135_596_800i64..253_402_300_799,
+            0u32..1_000_000_000,
+        )
+            .prop_map(
+                |(job, (start, end), run_id, jsonl, gzip, columns, files, secs, nanos)| Manifest {
+                    format_version: FORMAT_VERSION,
+                    job,
+                    window: Window { start, end },
+                    run_id,
+                    format: if jsonl {
+                        FileFormat::Jsonl
+                    } else {
+                        FileFormat::Csv
+                    },
+                    gzip,
+                    columns,
+                    files,
+                    created_at: Utc.timestamp_opt(secs, nanos).unwrap(),
+                },
+            )
+    }
+
+    const FIELDS: [&str; 9] = [
+        "format_version",
+        "job",
+        "window",
+        "run_id",
+        "format",
+        "gzip",
+        "columns",
+        "files",
+        "created_at",
+    ];
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        #[test]
+        fn a_manifest_reads_back_from_its_bytes(m in manifest()) {
+            let back = Manifest::parse(&m.to_bytes())
+                .map_err(|e| TestCaseError::fail(e.to_string()))?;
+            prop_assert_eq!(back, m);
+        }
+
+        #[test]
+        fn any_bytes_parse_or_fail(bytes in prop_oneof![
+            proptest::collection::vec(any::<u8>(), 0..64),
+            "\\{( ?\"(format_version|job|files|x)\" ?: ?(1|2|\"a\"|\\[\\]|\\{\\}|null|-1|4294967296) ?,?){0,4}\\}"
+                .prop_map(String::into_bytes),
+        ]) {
+            match Manifest::parse(&bytes) {
+                Ok(m) => prop_assert_eq!(m.format_version, FORMAT_VERSION),
+                Err(ManifestError::Version(v)) => prop_assert_ne!(v, FORMAT_VERSION),
+                Err(ManifestError::Malformed(_)) => {}
+            }
+        }
+
+        #[test]
+        fn a_missing_or_unknown_field_is_named(m in manifest(), which in 0..FIELDS.len(), unknown in "[a-z_]{1,8}") {
+            let field = FIELDS[which];
+            let mut without = serde_json::to_value(&m).unwrap();
+            without.as_object_mut().unwrap().remove(field);
+            let err = Manifest::parse(&serde_json::to_vec(&without).unwrap()).unwrap_err().to_string();
+            prop_assert!(err.contains(field), "{} does not name {}", err, field);
+            if !FIELDS.contains(&unknown.as_str()) {
+                let mut with = serde_json::to_value(&m).unwrap();
+                with.as_object_mut().unwrap().insert(unknown.clone(), serde_json::Value::Null);
+                let err = Manifest::parse(&serde_json::to_vec(&with).unwrap()).unwrap_err().to_string();
+                prop_assert!(err.contains(&unknown), "{} does not name {}", err, unknown);
+            }
+        }
     }
 }

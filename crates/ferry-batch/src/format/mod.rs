@@ -24,8 +24,10 @@
 //!   written as that number, character for character (never through a
 //!   float); other texts of those kinds (`NaN`, `Infinity`) as strings.
 //!   Boolean `true`/`false` bare. A Json cell holding valid JSON is the
-//!   value itself with the whitespace outside its strings removed; one
-//!   that is not valid JSON is written as a string. Everything else is a
+//!   value itself with the whitespace outside its strings removed, but for
+//!   a JSON string or `null`, which are written as a string of their text
+//!   (as themselves they would read back as another cell's string, or as
+//!   NULL); one that is not valid JSON is written as a string. Everything else is a
 //!   JSON string, escaping `"`, `\`, and control characters (`\b \f \n \r
 //!   \t`, others `\u00xx`), non-ASCII as is.
 

@@ -188,7 +188,11 @@ fn json_value(buf: &mut Vec<u8>, kind: ValueKind, value: Option<&str>) {
             buf.extend_from_slice(s.as_bytes())
         }
         ValueKind::Boolean if s == "true" || s == "false" => buf.extend_from_slice(s.as_bytes()),
-        ValueKind::Json if is_json(s) => json_minified(buf, s),
+        // A JSON string or null is written as a string of its text: as
+        // itself it would read back as another cell's string, or as NULL.
+        ValueKind::Json if is_json(s) && !s.trim_start().starts_with(['"', 'n']) => {
+            json_minified(buf, s)
+        }
         _ => json_string(buf, s),
     }
 }
