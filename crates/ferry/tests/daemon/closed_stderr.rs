@@ -79,3 +79,38 @@ fn consume_from_a_down_broker_stops_on_sigterm_with_stderr_closed() {
         &db.url,
     ]);
 }
+
+#[test]
+fn run_with_a_pipeline_and_the_events_api_stops_on_sigterm_with_stderr_closed() {
+    let db = SqliteTestDb::create();
+    let dir = TempDir::new();
+    let file = dir.0.join("ferry.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "[http]\nlisten = \"127.0.0.1:{}\"\n\n[events_api]\ndatabase = \"{}\"\nmigrate = true\n\n\
+             [[pipeline]]\nname = \"orders\"\ndatabase = \"{}\"\nmigrate = true\n\
+             [pipeline.sink]\ntype = \"redis\"\nurl = \"{}\"\n",
+            free_port(),
+            db.url,
+            db.url,
+            down_redis()
+        ),
+    )
+    .unwrap();
+    assert_stops_with_stderr_closed(&["run", "--config", file.to_str().unwrap()]);
+}
+
+#[test]
+fn serve_stops_on_sigterm_with_stderr_closed() {
+    let db = SqliteTestDb::create();
+    let listen = format!("127.0.0.1:{}", free_port());
+    assert_stops_with_stderr_closed(&[
+        "serve",
+        "--database",
+        &db.url,
+        "--migrate",
+        "--listen",
+        &listen,
+    ]);
+}
