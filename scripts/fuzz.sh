@@ -9,15 +9,15 @@
 # Runs on the stable toolchain: cargo-fuzz passes -Z flags to rustc, which
 # RUSTC_BOOTSTRAP=1 allows. `-s none` builds without AddressSanitizer:
 # Ferry's crates forbid `unsafe`, and the parsers fail by panicking, which
-# libFuzzer catches without one. Needs `cargo install cargo-fuzz --locked`.
+# libFuzzer catches without one. Installs cargo-fuzz 0.13.2 when missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 seconds="${1:-10}"
 [ "$#" -gt 0 ] && shift
 
 if ! cargo fuzz --version >/dev/null 2>&1; then
-    echo "fuzz.sh: cargo-fuzz is missing: cargo install cargo-fuzz --locked" >&2
-    exit 1
+    echo "fuzz.sh: installing cargo-fuzz" >&2
+    cargo install cargo-fuzz --locked --version 0.13.2
 fi
 
 # A build directory of its own (the instrumented build shares nothing with

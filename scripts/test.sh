@@ -22,5 +22,8 @@ cargo build --locked -p ferry -p ferry-soak
 soak="${CARGO_TARGET_DIR:-target}/debug/ferry-soak"
 "$soak" --seed 1 --messages 24000 --duration 75s --drain-timeout 150s
 "$soak" --messages 24000 --duration 75s --drain-timeout 150s
+# Every parser fuzzed for 5 s from its seed corpus (fuzz/, docs/testing.md),
+# built in $CARGO_TARGET_DIR/fuzz.
+./scripts/fuzz.sh 5
 # Lints: warnings are errors.
 cargo clippy --locked --workspace --all-targets -- -D warnings
