@@ -3,3 +3,4 @@
 //! starting a NATS sink). The adapters' own tests are in their crates.
 
 mod config;
+mod url_props;
