@@ -12,7 +12,7 @@ use ferry_core::{
 };
 use redis::aio::{ConnectionManager, MultiplexedConnection};
 use redis::{AsyncConnectionConfig, Cmd, RedisError, Value};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
 use crate::entry::{entries, id_millis, string, Entry};
@@ -20,6 +20,9 @@ use crate::{ConnectError, RedisConfig};
 
 /// The longest one `XREADGROUP` blocks, so that reclaiming runs on time.
 const MAX_BLOCK: Duration = Duration::from_secs(1);
+
+/// The most entry ids one `XACK` carries.
+const MAX_ACK_BATCH: usize = 1024;
 
 /// Reads from Redis streams through consumer groups.
 ///
@@ -33,8 +36,11 @@ const MAX_BLOCK: Duration = Duration::from_secs(1);
 /// `XREADGROUP … COUNT <free prefetch slots> BLOCK …`: at most
 /// [`Subscription::prefetch`] of its messages are unsettled at once.
 ///
-/// * [`Received::ack`] is `XACK`. The entry stays in the stream (other
-///   groups may not have read it) until [`RedisConfig::maxlen`] trims it.
+/// * [`Received::ack`] is `XACK`, and returns once Redis has answered it.
+///   The acknowledgements that come in while one `XACK` is on its way go
+///   out together in the next (`XACK key group id id …`), so that many
+///   share a round trip. The entry stays in the stream (other groups may
+///   not have read it) until [`RedisConfig::maxlen`] trims it.
 /// * An entry left pending longer than [`RedisConfig::claim_idle`], by a
 ///   consumer that crashed or a message dropped unsettled, is taken over by
 ///   a live consumer of the group: each subscription runs `XAUTOCLAIM`
@@ -124,6 +130,14 @@ impl RedisSubscriber {
             .map_err(|e| command_error("could not connect to redis", e))?;
         let n = self.next_consumer.fetch_add(1, Ordering::Relaxed);
         let prefetch = subscription.prefetch.clamp(1, Semaphore::MAX_PERMITS);
+        let (acks, pending_acks) = mpsc::unbounded_channel();
+        tokio::spawn(acknowledge(
+            self.manager.clone(),
+            key.clone(),
+            subscription.group.clone(),
+            self.config.timeout,
+            pending_acks,
+        ));
         let shared = Arc::new(Shared {
             manager: self.manager.clone(),
             key,
@@ -132,6 +146,7 @@ impl RedisSubscriber {
             claim_idle: self.config.claim_idle,
             timeout: self.config.timeout,
             claim_now: AtomicBool::new(false),
+            acks,
         });
         let reader = Reader {
             reader,
@@ -279,6 +294,54 @@ struct Shared {
     /// Set by a nack whose entry is claimable now: reclaim before the next
     /// read instead of at the next period.
     claim_now: AtomicBool,
+    /// Where ackers send their entry ids, for [`acknowledge`].
+    acks: mpsc::UnboundedSender<PendingAck>,
+}
+
+/// An entry id to acknowledge, and where to say how that went.
+type PendingAck = (String, oneshot::Sender<Result<(), SubscribeError>>);
+
+/// Sends the acknowledgements of one subscription: every id that has come
+/// in goes out in one `XACK`, and each acker hears that command's outcome.
+/// One `XACK` is on its way at a time; the ids that arrive meanwhile make
+/// the next. Ends when the subscription's stream and every acker are gone.
+async fn acknowledge(
+    manager: ConnectionManager,
+    key: String,
+    group: String,
+    timeout: Duration,
+    mut pending: mpsc::UnboundedReceiver<PendingAck>,
+) {
+    let mut batch = Vec::with_capacity(64);
+    while pending.recv_many(&mut batch, MAX_ACK_BATCH).await > 0 {
+        let mut cmd = redis::cmd("XACK");
+        cmd.arg(&key).arg(&group);
+        for (id, _) in &batch {
+            cmd.arg(id);
+        }
+        // The count acknowledged may be lower than the ids sent: another
+        // consumer reclaimed and acknowledged some already. Not an error.
+        match query(&manager, &cmd, timeout).await {
+            Ok(_) => {
+                for (_, done) in batch.drain(..) {
+                    let _ = done.send(Ok(()));
+                }
+            }
+            Err(e) => {
+                let unreachable = crate::is_unreachable(&e);
+                let e = Arc::new(e);
+                for (_, done) in batch.drain(..) {
+                    let what = "could not acknowledge the entry";
+                    let error = if unreachable {
+                        SubscribeError::unavailable(what)
+                    } else {
+                        SubscribeError::permanent(what)
+                    };
+                    let _ = done.send(Err(error.with_source(e.clone())));
+                }
+            }
+        }
+    }
 }
 
 /// One subscription's reading state.
@@ -494,19 +557,18 @@ async fn set_idle(shared: &Shared, id: &str, idle: Duration) -> Result<(), Subsc
 impl Acker for RedisAcker {
     fn ack(self: Box<Self>) -> BoxFuture<'static, Result<(), SubscribeError>> {
         Box::pin(async move {
-            let shared = &self.shared;
-            query(
-                &shared.manager,
-                redis::cmd("XACK")
-                    .arg(&shared.key)
-                    .arg(&shared.group)
-                    .arg(&self.id),
-                shared.timeout,
-            )
-            .await
-            // 0 acknowledged: another consumer reclaimed and acknowledged it.
-            .map(drop)
-            .map_err(|e| command_error("could not acknowledge the entry", e))
+            let RedisAcker {
+                shared,
+                id,
+                _permit,
+            } = *self;
+            let (done, outcome) = oneshot::channel();
+            let gone = || SubscribeError::unavailable("the acknowledging task has stopped");
+            shared.acks.send((id, done)).map_err(|_| gone())?;
+            // The prefetch slot stays taken until Redis has answered.
+            let outcome = outcome.await.unwrap_or_else(|_| Err(gone()));
+            drop(_permit);
+            outcome
         })
     }
 
