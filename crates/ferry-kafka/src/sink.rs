@@ -70,18 +70,27 @@ impl KafkaSink {
     async fn deliver_batch(&self, batch: &[Message]) -> Vec<Delivery> {
         let mut results: Vec<Option<Delivery>> = (0..batch.len()).map(|_| None).collect();
         let mut pending = Vec::with_capacity(batch.len());
+        // A batch is mostly one topic: its name is mapped and ensured once
+        // per run of messages with the same topic, not once per message.
+        let mut current: Option<(&str, String)> = None;
         for (i, message) in batch.iter().enumerate() {
-            let Some(topic) = kafka_topic(&self.config.topic_prefix, &message.topic) else {
-                results[i] = Some(Err(SinkError::permanent(format!(
-                    "topic `{}` does not make a kafka topic name",
-                    message.topic
-                ))));
-                continue;
+            let topic = match &current {
+                Some((name, topic)) if *name == message.topic => topic,
+                _ => {
+                    let Some(topic) = kafka_topic(&self.config.topic_prefix, &message.topic) else {
+                        results[i] = Some(Err(SinkError::permanent(format!(
+                            "topic `{}` does not make a kafka topic name",
+                            message.topic
+                        ))));
+                        continue;
+                    };
+                    if let Err(e) = self.topics.ensure(&topic).await {
+                        results[i] = Some(Err(error(e, "could not create the kafka topic")));
+                        continue;
+                    }
+                    &current.insert((message.topic.as_str(), topic)).1
+                }
             };
-            if let Err(e) = self.topics.ensure(&topic).await {
-                results[i] = Some(Err(error(e, "could not create the kafka topic")));
-                continue;
-            }
             let mut headers = OwnedHeaders::new_with_capacity(8 + message.headers.len());
             for (name, value) in binary_headers(message, &self.config.source) {
                 headers = headers.insert(Header {
@@ -89,7 +98,7 @@ impl KafkaSink {
                     value: Some(&value),
                 });
             }
-            let mut record = FutureRecord::<str, [u8]>::to(&topic)
+            let mut record = FutureRecord::<str, [u8]>::to(topic)
                 .payload(&message.payload)
                 .headers(headers);
             if let Some(key) = &message.key {
