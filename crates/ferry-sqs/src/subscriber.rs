@@ -4,21 +4,25 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use aws_sdk_sqs::types::{MessageSystemAttributeName, QueueAttributeName};
+use aws_sdk_sqs::types::{
+    DeleteMessageBatchRequestEntry, MessageSystemAttributeName, QueueAttributeName,
+};
 use aws_sdk_sqs::Client;
 use ferry_core::{
     Acker, BoxFuture, Capabilities, Lag, LagFuture, MessageStream, Received, RetryPolicy,
     SubscribeError, SubscribeFuture, Subscriber, Subscription,
 };
-use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 
 use crate::codec::decode;
-use crate::error::{classify, Class, Failure};
+use crate::error::{classify, code_class, Class, Failure};
 use crate::queue::{client, queue_name, Queues};
 use crate::{SqsConfig, SqsConfigError};
 
 /// The most messages one ReceiveMessage returns.
 const MAX_RECEIVE: usize = 10;
+/// The most messages one DeleteMessageBatch deletes.
+const MAX_DELETE: usize = 10;
 /// The longest visibility SQS allows, for nack delays.
 const MAX_VISIBILITY: Duration = Duration::from_secs(12 * 3600);
 
@@ -38,7 +42,10 @@ const MAX_VISIBILITY: Duration = Duration::from_secs(12 * 3600);
 ///   hidden from other consumers for [`SqsConfig::visibility_timeout`]
 ///   from its receive: prefetched messages waiting in the stream count
 ///   against it too.
-/// * **Ack** deletes the message. **Nack** makes it visible again after the
+/// * **Ack** deletes the message, and returns once SQS has answered. The
+///   acknowledgements that come in together go out together, up to 10 in
+///   one `DeleteMessageBatch` (several such requests may be on their way at
+///   once), each acker hearing its own entry's outcome. **Nack** makes it visible again after the
 ///   delay (`ChangeMessageVisibility`, rounded up to whole seconds, at most
 ///   12 hours), or at once. A message neither acked nor nacked comes back
 ///   once its visibility timeout passes; after
@@ -90,6 +97,12 @@ impl SqsSubscriber {
         tracing::debug!(queue = %name, group = %subscription.group, "sqs subscription started");
         let prefetch = subscription.prefetch.max(1);
         let (tx, rx) = mpsc::channel(prefetch);
+        let (deletes, pending_deletes) = mpsc::unbounded_channel();
+        tokio::spawn(delete_batches(
+            self.client.clone(),
+            url.clone(),
+            pending_deletes,
+        ));
         let poller = Poller {
             client: self.client.clone(),
             queues: self.queues.clone(),
@@ -97,6 +110,7 @@ impl SqsSubscriber {
             name,
             url,
             permits: Arc::new(Semaphore::new(prefetch)),
+            deletes,
         };
         tokio::spawn(poller.run(tx));
         let mut rx = rx;
@@ -181,6 +195,7 @@ struct Poller {
     name: String,
     url: String,
     permits: Arc<Semaphore>,
+    deletes: mpsc::UnboundedSender<PendingDelete>,
 }
 
 impl Poller {
@@ -287,6 +302,7 @@ impl Poller {
                     client: self.client.clone(),
                     url: self.url.clone(),
                     receipt,
+                    deletes: self.deletes.clone(),
                     _permit: permit,
                 },
             ));
@@ -295,25 +311,125 @@ impl Poller {
     }
 }
 
+/// A receipt handle to delete, and where to say how that went.
+type PendingDelete = (String, oneshot::Sender<Result<(), SubscribeError>>);
+
+/// Deletes the acknowledged messages of one subscription: the receipts
+/// that have come in, up to 10, go out in one DeleteMessageBatch, each on a
+/// task of its own so that a slow answer does not hold back the next batch.
+/// Ends when the subscription's poller and every acker are gone.
+async fn delete_batches(
+    client: Client,
+    url: String,
+    mut pending: mpsc::UnboundedReceiver<PendingDelete>,
+) {
+    let mut batch = Vec::with_capacity(MAX_DELETE);
+    while pending.recv_many(&mut batch, MAX_DELETE).await > 0 {
+        let waiting = std::mem::replace(&mut batch, Vec::with_capacity(MAX_DELETE));
+        tokio::spawn(delete_batch(client.clone(), url.clone(), waiting));
+    }
+}
+
+/// One DeleteMessageBatch; every acker of `waiting` hears its own outcome.
+async fn delete_batch(client: Client, url: String, waiting: Vec<PendingDelete>) {
+    let mut request = client.delete_message_batch().queue_url(&url);
+    for (i, (receipt, _)) in waiting.iter().enumerate() {
+        match DeleteMessageBatchRequestEntry::builder()
+            .id(i.to_string())
+            .receipt_handle(receipt)
+            .build()
+        {
+            Ok(entry) => request = request.entries(entry),
+            // Both fields are set: cannot happen, but must not hang an ack.
+            Err(e) => {
+                let e = Arc::new(e);
+                for (_, done) in waiting {
+                    let error = SubscribeError::permanent("sqs delete request not built")
+                        .with_source(e.clone());
+                    let _ = done.send(Err(error));
+                }
+                return;
+            }
+        }
+    }
+    let output = match request.send().await {
+        Ok(output) => output,
+        Err(e) => {
+            let failure = classify(e, "sqs delete failed");
+            for (_, done) in waiting {
+                let _ = done.send(Err(failure.clone().into_subscribe_error()));
+            }
+            return;
+        }
+    };
+    let mut outcomes: Vec<Option<Result<(), SubscribeError>>> =
+        (0..waiting.len()).map(|_| None).collect();
+    for entry in output.successful {
+        if let Some(outcome) = entry
+            .id
+            .parse::<usize>()
+            .ok()
+            .and_then(|i| outcomes.get_mut(i))
+        {
+            *outcome = Some(Ok(()));
+        }
+    }
+    for entry in output.failed {
+        if let Some(outcome) = entry
+            .id
+            .parse::<usize>()
+            .ok()
+            .and_then(|i| outcomes.get_mut(i))
+        {
+            let class = if entry.sender_fault {
+                code_class(Some(&entry.code))
+            } else {
+                Class::Transient
+            };
+            let failure = Failure {
+                class,
+                message: format!("sqs delete failed: {}", entry.code),
+                source: None,
+            };
+            *outcome = Some(Err(failure.into_subscribe_error()));
+        }
+    }
+    for ((_, done), outcome) in waiting.into_iter().zip(outcomes) {
+        let outcome = outcome.unwrap_or_else(|| {
+            Err(
+                Failure::transient("sqs did not answer for the message's delete")
+                    .into_subscribe_error(),
+            )
+        });
+        let _ = done.send(outcome);
+    }
+}
+
 /// Deletes on ack, changes the visibility on nack.
 struct SqsAcker {
     client: Client,
     url: String,
     receipt: String,
+    deletes: mpsc::UnboundedSender<PendingDelete>,
     _permit: OwnedSemaphorePermit,
 }
 
 impl Acker for SqsAcker {
     fn ack(self: Box<Self>) -> BoxFuture<'static, Result<(), SubscribeError>> {
         Box::pin(async move {
-            self.client
-                .delete_message()
-                .queue_url(&self.url)
-                .receipt_handle(&self.receipt)
-                .send()
-                .await
-                .map(drop)
-                .map_err(|e| classify(e, "sqs delete failed").into_subscribe_error())
+            let SqsAcker {
+                receipt,
+                deletes,
+                _permit,
+                ..
+            } = *self;
+            let (done, outcome) = oneshot::channel();
+            let gone = || SubscribeError::unavailable("the deleting task has stopped");
+            deletes.send((receipt, done)).map_err(|_| gone())?;
+            // The prefetch slot stays taken until SQS has answered.
+            let outcome = outcome.await.unwrap_or_else(|_| Err(gone()));
+            drop(_permit);
+            outcome
         })
     }
 
