@@ -130,7 +130,7 @@ pub fn check(observed: &Observed) -> Report {
                 path.effects.iter().map(|e| e.id).collect::<Vec<_>>(),
             ),
             ("dead letters", path.dead.clone()),
-            ("outbox", path.outbox_left.clone()),
+            ("outbox or event store", path.outbox_left.clone()),
         ];
         for (place, ids) in places {
             for id in ids {
@@ -297,7 +297,10 @@ impl Report {
             add("dead-lettered but not poison", &p.unexpected_dead);
             add("poison but not dead-lettered", &p.missing_dead);
             if p.pending > 0 {
-                v.push(format!("{n}: {} outbox rows still pending", p.pending));
+                v.push(format!(
+                    "{n}: {} outbox rows still pending (event paths: events the reader's offset is behind the head)",
+                    p.pending
+                ));
             }
             if let Some(l) = p.lag.filter(|l| *l > 0) {
                 v.push(format!(

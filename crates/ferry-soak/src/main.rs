@@ -12,12 +12,17 @@
 //! | amqp   | PostgreSQL | relay-pg-a + -b | RabbitMQ              | `ferry` consume | MariaDB    |
 //! | redis  | PostgreSQL | relay-pg-a + -b | Redis Streams         | `ferry` consume | MariaDB    |
 //! | sqlite | SQLite     | relay-sqlite    | NATS JetStream        | `ferry` consume | PostgreSQL |
+//! | lib    | PostgreSQL | relay-pg-a + -b | NATS JetStream        | library Router + Inbox (`ferry-soak consumer`) | MariaDB |
+//! | fwd    | event store (PostgreSQL) | `[[forwarder]]` of `events` | webhook | — | PostgreSQL |
+//! | api    | event store (PostgreSQL) | `[events_api]` of `events` | HTTP offset API | `EventsClient` follower | PostgreSQL |
 //!
 //! See docs/guarantees.md ("The chaos soak") for the faults and what the
 //! checker proves.
 
 mod check;
 mod faults;
+mod follower;
+mod library_consumer;
 mod produce;
 mod proxy;
 mod receiver;
@@ -96,15 +101,21 @@ struct PathSpec {
     /// Whether the path promises per-key order of application.
     ordered: bool,
     consumer: bool,
+    /// The consumer is the library one (`ferry-soak consumer`), not `ferry run`.
+    library: bool,
+    /// The path starts at the event store, not an outbox.
+    events: bool,
 }
 
-const PATHS: [PathSpec; 6] = [
+const PATHS: [PathSpec; 9] = [
     PathSpec {
         name: "http",
         sqlite_outbox: false,
         effects: EffectDb::Postgres,
         ordered: true,
         consumer: false,
+        library: false,
+        events: false,
     },
     PathSpec {
         name: "nats",
@@ -112,6 +123,8 @@ const PATHS: [PathSpec; 6] = [
         effects: EffectDb::Postgres,
         ordered: false,
         consumer: true,
+        library: false,
+        events: false,
     },
     PathSpec {
         name: "kafka",
@@ -119,6 +132,8 @@ const PATHS: [PathSpec; 6] = [
         effects: EffectDb::Postgres,
         ordered: true,
         consumer: true,
+        library: false,
+        events: false,
     },
     PathSpec {
         name: "amqp",
@@ -126,6 +141,8 @@ const PATHS: [PathSpec; 6] = [
         effects: EffectDb::Mariadb,
         ordered: false,
         consumer: true,
+        library: false,
+        events: false,
     },
     PathSpec {
         name: "redis",
@@ -133,6 +150,8 @@ const PATHS: [PathSpec; 6] = [
         effects: EffectDb::Mariadb,
         ordered: false,
         consumer: true,
+        library: false,
+        events: false,
     },
     PathSpec {
         name: "sqlite",
@@ -140,8 +159,43 @@ const PATHS: [PathSpec; 6] = [
         effects: EffectDb::Postgres,
         ordered: false,
         consumer: true,
+        library: false,
+        events: false,
+    },
+    PathSpec {
+        name: "lib",
+        sqlite_outbox: false,
+        effects: EffectDb::Mariadb,
+        ordered: false,
+        consumer: true,
+        library: true,
+        events: false,
+    },
+    PathSpec {
+        name: "fwd",
+        sqlite_outbox: false,
+        effects: EffectDb::Postgres,
+        ordered: true,
+        consumer: false,
+        library: false,
+        events: true,
+    },
+    PathSpec {
+        name: "api",
+        sqlite_outbox: false,
+        effects: EffectDb::Postgres,
+        ordered: true,
+        consumer: false,
+        library: false,
+        events: true,
     },
 ];
+
+/// The forwarder's name (its offset's reader).
+const FORWARDER: &str = "fwd";
+
+/// The event store producer's event type.
+const EVENT_TYPE: &str = "soak.event";
 
 fn topic(path: &str) -> String {
     format!("soak.{path}")
@@ -173,6 +227,21 @@ struct Dbs {
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
+    if std::env::args().nth(1).as_deref() == Some("consumer") {
+        let args = library_consumer::ConsumerArgs::parse_from(
+            std::env::args()
+                .enumerate()
+                .filter(|(i, _)| *i != 1)
+                .map(|(_, a)| a),
+        );
+        return match library_consumer::run(args).await {
+            Ok(()) => std::process::ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("ferry-soak consumer: error: {e:#}");
+                std::process::ExitCode::from(2)
+            }
+        };
+    }
     let args = Args::parse();
     match soak(args).await {
         Ok(true) => std::process::ExitCode::SUCCESS,
@@ -312,6 +381,7 @@ async fn soak_in(
         consumers: sqlite_pool(&consumers_url)?,
     };
     dbs.outbox_pg.execute(produce::PG_SCHEMA).await?;
+    dbs.outbox_pg.execute(produce::EVENTS_SCHEMA).await?;
     dbs.outbox_sqlite.execute(produce::SQLITE_SCHEMA).await?;
     dbs.effects_pg
         .execute(
@@ -359,6 +429,11 @@ async fn soak_in(
     let pg_relays = write("relays-pg.toml", endpoints.pg_relays(&outbox_url))?;
     let sqlite_relay = write("relay-sqlite.toml", endpoints.sqlite_relay(&sqlite_url))?;
     let consumers = write("consumers.toml", endpoints.consumers(&consumers_url))?;
+    let events_api_port = free_port();
+    let events = write(
+        "events.toml",
+        endpoints.events(&outbox_url, events_api_port),
+    )?;
     let ferry_run = |name: &str, config: &Path| -> anyhow::Result<Proc> {
         let args = vec![
             "run".to_owned(),
@@ -377,7 +452,40 @@ async fn soak_in(
         ferry_run("relay-sqlite", &sqlite_relay)?,
     ];
     procs.push(ferry_run("consumers", &consumers)?);
-    wait_subscribed(consumers_metrics, &mut procs, Duration::from_secs(120)).await?;
+    procs.push(ferry_run("events", &events)?);
+    let library_metrics = free_port();
+    let lib = PATHS
+        .iter()
+        .find(|p| p.library)
+        .context("the library path")?;
+    let consumer_args: Vec<String> = [
+        "consumer",
+        "--nats",
+        &endpoints.nats,
+        "--topic",
+        &topic(lib.name),
+        "--group",
+        &format!("soak-{}-{run}", lib.name),
+        "--path",
+        lib.name,
+        "--effects",
+        &mariadb_url,
+        "--dead-letters",
+        &consumers_url,
+        "--listen",
+        &format!("127.0.0.1:{library_metrics}"),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    procs.push(Proc::start(
+        "consumer-lib",
+        &std::env::current_exe()?,
+        &consumer_args,
+        dir.join("consumer-lib.log"),
+    )?);
+    let metrics_ports = [consumers_metrics, library_metrics];
+    wait_subscribed(&metrics_ports, &mut procs, Duration::from_secs(120)).await?;
     println!("ferry-soak: relays and consumers up; producing");
 
     let names: Vec<String> = procs.iter().map(|p| p.name.clone()).collect();
@@ -396,6 +504,16 @@ async fn soak_in(
     let produced = Arc::new(Mutex::new(produce::Produced::default()));
     let started = Instant::now();
     let producers = spawn_producers(args, seed, &dbs, produced.clone());
+    let follower_counts = Arc::new(follower::FollowerCounts::default());
+    let follower_stop = Arc::new(AtomicBool::new(false));
+    let follower_task = tokio::spawn(follower::run(
+        format!("http://127.0.0.1:{events_api_port}").parse()?,
+        dbs.effects_pg.clone(),
+        ferry_store::Database::Postgres(dbs.effects_pg.clone()),
+        seed,
+        follower_counts.clone(),
+        follower_stop.clone(),
+    ));
     let schedule = faults::schedule(
         seed,
         args.duration,
@@ -421,12 +539,14 @@ async fn soak_in(
 
     // --- drain ------------------------------------------------------------
     let mut problems = fault_errors;
-    let drained = drain(&world, &dbs, args.drain_timeout, consumers_metrics).await;
+    let drained = drain(&world, &dbs, args.drain_timeout, &metrics_ports).await;
     let drain_time = started.elapsed() - produced_in;
     if let Err(e) = &drained {
         problems.push(format!("{e:#}"));
     }
-    let lag = consumer_lag(consumers_metrics).await.unwrap_or_default();
+    let lag = consumer_lag(&metrics_ports).await.unwrap_or_default();
+    follower_stop.store(true, Ordering::SeqCst);
+    let _ = follower_task.await;
     let mut crashed = Vec::new();
     for p in &world.ferry {
         let mut p = p.lock().await;
@@ -479,6 +599,14 @@ async fn soak_in(
         c.duplicates.load(Ordering::Relaxed),
         c.db_errors.load(Ordering::Relaxed),
         c.faulted.load(Ordering::Relaxed)
+    );
+    let f = &follower_counts;
+    println!(
+        "events api follower: {} first applications, {} redeliveries dropped by the inbox, {} restarts after a failed call, {} crashes between applying and committing a page",
+        f.applied.load(Ordering::Relaxed),
+        f.duplicates.load(Ordering::Relaxed),
+        f.restarts.load(Ordering::Relaxed),
+        f.crashes.load(Ordering::Relaxed)
     );
     print!("{}", report.table());
     let mut faults = String::from("faults injected:");
@@ -568,8 +696,41 @@ impl Endpoints {
             self.pipeline("kafka", database, &kafka),
             self.pipeline("amqp", database, &amqp),
             self.pipeline("redis", database, &redis),
+            self.pipeline("lib", database, &self.nats_sink()),
         ]
         .join("\n")
+    }
+
+    /// The `events` process: the event store's forwarder to the webhook and
+    /// its HTTP API, on `api_port`.
+    fn events(&self, database: &str, api_port: u16) -> String {
+        format!(
+            r#"[http]
+listen = "127.0.0.1:{api_port}"
+
+[events_api]
+database = "{database}"
+
+[[forwarder]]
+name = "{FORWARDER}"
+database = "{database}"
+batch_size = 100
+poll_interval = "200ms"
+shutdown_grace = "5s"
+[forwarder.retry]
+max_attempts = 100000
+initial_backoff = "100ms"
+max_backoff = "1s"
+[forwarder.sink_backoff]
+initial = "100ms"
+max = "2s"
+[forwarder.sink]
+type = "http"
+url = "http://127.0.0.1:{port}/webhook/{FORWARDER}"
+timeout = "2s"
+"#,
+            port = self.receiver_port
+        )
     }
 
     fn sqlite_relay(&self, database: &str) -> String {
@@ -581,7 +742,7 @@ impl Endpoints {
             "[http]\nlisten = \"127.0.0.1:{}\"\n\n",
             self.consumers_metrics
         );
-        for p in PATHS.iter().filter(|p| p.consumer) {
+        for p in PATHS.iter().filter(|p| p.consumer && !p.library) {
             let from = match p.name {
                 "nats" | "sqlite" => format!(
                     "{{ type = \"nats\", url = \"{}\", stream = \"SOAK\", subject_prefix = \"ferry.\", ack_wait = \"5s\" }}",
@@ -672,7 +833,7 @@ fn per_consumer(text: &str, metric: &str) -> HashMap<String, f64> {
     out
 }
 
-async fn wait_subscribed(port: u16, procs: &mut [Proc], limit: Duration) -> anyhow::Result<()> {
+async fn wait_subscribed(ports: &[u16], procs: &mut [Proc], limit: Duration) -> anyhow::Result<()> {
     let started = Instant::now();
     let wanted: Vec<&str> = PATHS
         .iter()
@@ -680,7 +841,11 @@ async fn wait_subscribed(port: u16, procs: &mut [Proc], limit: Duration) -> anyh
         .map(|p| p.name)
         .collect();
     loop {
-        if let Ok(text) = metrics(port).await {
+        let mut text = String::new();
+        for port in ports {
+            text.push_str(&metrics(*port).await.unwrap_or_default());
+        }
+        {
             let subscribed = per_consumer(&text, "ferry_consumer_subscribed");
             if wanted
                 .iter()
@@ -713,18 +878,20 @@ fn spawn_producers(
 ) -> Vec<tokio::task::JoinHandle<()>> {
     let total = args.messages;
     let secs = args.duration.as_secs_f64().max(1.0);
-    let sqlite_share = total / 6;
+    let sqlite_share = total / 9;
+    let events_share = total / 9;
     let pg_tasks = 4u64;
-    let pg_each = (total - sqlite_share) / pg_tasks;
+    let pg_total = total - sqlite_share - events_share;
+    let pg_each = pg_total / pg_tasks;
     let pg_paths: Vec<(&'static str, String)> = PATHS
         .iter()
-        .filter(|p| !p.sqlite_outbox)
+        .filter(|p| !p.sqlite_outbox && !p.events)
         .map(|p| (p.name, topic(p.name)))
         .collect();
     let mut jobs = Vec::new();
     for i in 0..pg_tasks {
         let messages = if i == 0 {
-            total - sqlite_share - pg_each * (pg_tasks - 1)
+            pg_total - pg_each * (pg_tasks - 1)
         } else {
             pg_each
         };
@@ -752,6 +919,19 @@ fn spawn_producers(
         seed: seed.wrapping_add(100),
         rollback: 0.03,
         poison: 0.002,
+    });
+    jobs.push(produce::Job {
+        name: "ev".into(),
+        outbox: Outbox::Events(dbs.outbox_pg.clone()),
+        paths: vec![("events", EVENT_TYPE.to_owned())],
+        keys: 8,
+        messages: events_share,
+        rate: events_share as f64 / secs,
+        plain_sql: false,
+        seed: seed.wrapping_add(200),
+        rollback: 0.03,
+        // The forwarder and the follower have no dead letters.
+        poison: 0.0,
     });
     jobs.into_iter()
         .map(|job| tokio::spawn(produce::run(job, out.clone())))
@@ -868,6 +1048,14 @@ async fn progress(dbs: &Dbs) -> anyhow::Result<Vec<(String, [i64; 5])>> {
     {
         expected.insert(row.get(0), (row.get(1), row.get(2)));
     }
+    let events_committed: i64 = sqlx::query("SELECT count(*) FROM soak_event_business")
+        .fetch_one(&dbs.outbox_pg)
+        .await?
+        .get(0);
+    let behind = events_behind(dbs).await?;
+    for (name, _) in &behind {
+        expected.insert(name.clone(), (events_committed, 0));
+    }
     let mut applied: HashMap<String, i64> = HashMap::new();
     for row in
         sqlx::query("SELECT path, count(DISTINCT message_id) FROM soak_effects GROUP BY path")
@@ -907,6 +1095,9 @@ async fn progress(dbs: &Dbs) -> anyhow::Result<Vec<(String, [i64; 5])>> {
     for row in sqlite_rows {
         add(row.get(0), row.get(1), row.get(2));
     }
+    for (name, n) in behind {
+        pending.insert(topic(&name), n);
+    }
     Ok(PATHS
         .iter()
         .map(|p| {
@@ -926,10 +1117,31 @@ async fn progress(dbs: &Dbs) -> anyhow::Result<Vec<(String, [i64; 5])>> {
         .collect())
 }
 
+/// Per event-store path, how far its reader's offset is behind the head:
+/// the forwarder's in the event store's database, the follower's in the
+/// effects database.
+async fn events_behind(dbs: &Dbs) -> anyhow::Result<Vec<(String, i64)>> {
+    let store = ferry_store::Database::Postgres(dbs.outbox_pg.clone());
+    let head = store.event_head().await?;
+    let fwd = store.load_offset(FORWARDER).await?;
+    let api = ferry_store::Database::Postgres(dbs.effects_pg.clone())
+        .load_offset(follower::READER)
+        .await?;
+    Ok(vec![
+        (FORWARDER.to_owned(), head - fwd),
+        (follower::READER.to_owned(), head - api),
+    ])
+}
+
 /// Waits until every path has applied what was committed, dead-lettered
 /// the poison, left nothing pending, and the brokers hold nothing for the
 /// consumers; an error naming what is left after `limit`.
-async fn drain(world: &World, dbs: &Dbs, limit: Duration, metrics_port: u16) -> anyhow::Result<()> {
+async fn drain(
+    world: &World,
+    dbs: &Dbs,
+    limit: Duration,
+    metrics_ports: &[u16],
+) -> anyhow::Result<()> {
     let started = Instant::now();
     let mut last;
     let mut shown = Instant::now();
@@ -960,8 +1172,12 @@ async fn drain(world: &World, dbs: &Dbs, limit: Duration, metrics_port: u16) -> 
                     .collect::<Vec<_>>()
                     .join("; ");
                 if done_rows {
-                    let lag = consumer_lag(metrics_port).await.unwrap_or_default();
-                    if lag.values().all(|v| *v == 0) && !lag.is_empty() {
+                    let lag = consumer_lag(metrics_ports).await.unwrap_or_default();
+                    let every = PATHS
+                        .iter()
+                        .filter(|p| p.consumer)
+                        .all(|p| lag.contains_key(p.name));
+                    if lag.values().all(|v| *v == 0) && every {
                         return Ok(());
                     }
                     last = format!("{last}; broker lag {lag:?}");
@@ -980,9 +1196,13 @@ async fn drain(world: &World, dbs: &Dbs, limit: Duration, metrics_port: u16) -> 
     }
 }
 
-/// Messages the brokers hold for each consumer: waiting plus unacknowledged.
-async fn consumer_lag(port: u16) -> anyhow::Result<HashMap<String, u64>> {
-    let text = metrics(port).await?;
+/// Messages the brokers hold for each consumer: waiting plus unacknowledged,
+/// from the `/metrics` pages on `ports`.
+async fn consumer_lag(ports: &[u16]) -> anyhow::Result<HashMap<String, u64>> {
+    let mut text = String::new();
+    for port in ports {
+        text.push_str(&metrics(*port).await?);
+    }
     let mut lag: HashMap<String, u64> = HashMap::new();
     for metric in [
         "ferry_consumer_lag_waiting_messages",
@@ -1007,6 +1227,10 @@ async fn observe(
     let mut paths = Vec::new();
     for p in &PATHS {
         let t = topic(p.name);
+        if p.events {
+            paths.push(observe_events(dbs, p).await?);
+            continue;
+        }
         let committed: Vec<Produced> = if p.sqlite_outbox {
             sqlx::query("SELECT message_id, msg_key, n, poison FROM soak_business WHERE path = ?")
                 .bind(p.name)
@@ -1112,6 +1336,56 @@ async fn observe(
     Ok(Observed {
         paths,
         not_committed,
+    })
+}
+
+/// What an event-store path did: committed = the event producer's business
+/// rows; "pending" = how far the reader's offset is behind the head; every
+/// event in the store is looked up among the rolled-back ids.
+async fn observe_events(dbs: &Dbs, p: &PathSpec) -> anyhow::Result<PathData> {
+    let committed = sqlx::query("SELECT event_id, msg_key, n FROM soak_event_business")
+        .fetch_all(&dbs.outbox_pg)
+        .await?
+        .iter()
+        .map(|r| Produced {
+            id: r.get(0),
+            key: r.get(1),
+            n: r.get(2),
+            poison: false,
+        })
+        .collect();
+    let effects =
+        sqlx::query("SELECT message_id, msg_key, n FROM soak_effects WHERE path = $1 ORDER BY id")
+            .bind(p.name)
+            .fetch_all(&dbs.effects_pg)
+            .await?
+            .iter()
+            .map(|r| Effect {
+                id: r.get(0),
+                key: r.get(1),
+                n: r.get(2),
+            })
+            .collect();
+    let stored = sqlx::query("SELECT event_id FROM ferry_events")
+        .fetch_all(&dbs.outbox_pg)
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let behind = events_behind(dbs)
+        .await?
+        .into_iter()
+        .find(|(n, _)| n == p.name)
+        .map_or(0, |(_, b)| b);
+    Ok(PathData {
+        name: p.name.to_owned(),
+        ordered: p.ordered,
+        committed,
+        effects,
+        dead: Vec::new(),
+        outbox_left: stored,
+        pending: behind.max(0) as u64,
+        lag: None,
     })
 }
 

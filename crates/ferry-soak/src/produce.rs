@@ -1,6 +1,8 @@
 //! The producers: transactions that write business rows (`soak_business`)
 //! and outbox messages together, on PostgreSQL and on SQLite; half through
 //! ferry-store's outbox API, half with the documented plain SQL `INSERT`.
+//! A third producer appends to the event store (`ferry_events`) instead,
+//! with a row of `soak_event_business` in the same transaction.
 //! Some transactions are rolled back on purpose; a few messages are poison
 //! (the consumer refuses them for good). Each key belongs to one producer
 //! task, which writes it in order, so per-key order is defined.
@@ -10,6 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use ferry_core::{Message, MessageId};
+use ferry_store::event_store::NewEvent;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use sqlx::{PgPool, SqlitePool};
@@ -19,6 +22,10 @@ use uuid::Uuid;
 pub const PG_SCHEMA: &str = "CREATE TABLE IF NOT EXISTS soak_business (
     message_id UUID PRIMARY KEY, path TEXT NOT NULL, msg_key TEXT NOT NULL,
     n BIGINT NOT NULL, poison BOOLEAN NOT NULL)";
+/// Business rows of the event-store producer, on PostgreSQL (the event
+/// store is in the same database as the outbox).
+pub const EVENTS_SCHEMA: &str = "CREATE TABLE IF NOT EXISTS soak_event_business (
+    event_id UUID PRIMARY KEY, msg_key TEXT NOT NULL, n BIGINT NOT NULL)";
 /// Business rows, on SQLite.
 pub const SQLITE_SCHEMA: &str = "CREATE TABLE IF NOT EXISTS soak_business (
     message_id TEXT PRIMARY KEY, path TEXT NOT NULL, msg_key TEXT NOT NULL,
@@ -31,6 +38,9 @@ pub enum Outbox {
     Postgres(PgPool),
     /// SQLite.
     Sqlite(SqlitePool),
+    /// PostgreSQL's event store: events appended with
+    /// `ferry_store::event_store::postgres::append`.
+    Events(PgPool),
 }
 
 /// What the producers did.
@@ -120,7 +130,7 @@ pub async fn run(job: Job, out: Arc<Mutex<Produced>>) {
             .collect();
         let roll_back = rng.gen_bool(job.rollback);
         let plain = match job.outbox {
-            Outbox::Postgres(_) => job.plain_sql,
+            Outbox::Postgres(_) | Outbox::Events(_) => job.plain_sql,
             Outbox::Sqlite(_) => tx_index % 2 == 1,
         };
         tx_index += 1;
@@ -128,6 +138,7 @@ pub async fn run(job: Job, out: Arc<Mutex<Produced>>) {
         let result = match &job.outbox {
             Outbox::Postgres(pool) => pg_tx(pool, &batch, plain, roll_back).await,
             Outbox::Sqlite(pool) => sqlite_tx(pool, &batch, plain, roll_back).await,
+            Outbox::Events(pool) => events_tx(pool, &batch, roll_back).await,
         };
         let failed = result.is_err();
         {
@@ -229,6 +240,35 @@ async fn sqlite_tx(
             ferry_store::outbox::sqlite::enqueue(&mut tx, &message(m)).await?;
         }
     }
+    if roll_back {
+        tx.rollback().await?;
+    } else {
+        tx.commit().await?;
+    }
+    Ok(())
+}
+
+async fn events_tx(pool: &PgPool, batch: &[Planned], roll_back: bool) -> anyhow::Result<()> {
+    let mut tx = pool.begin().await?;
+    for m in batch {
+        sqlx::query("INSERT INTO soak_event_business (event_id, msg_key, n) VALUES ($1, $2, $3)")
+            .bind(m.id)
+            .bind(&m.key)
+            .bind(m.n)
+            .execute(&mut *tx)
+            .await?;
+    }
+    // Appended last, as docs/event-store.md advises (the append holds the
+    // store-wide lock until the transaction ends).
+    let events: Vec<NewEvent> = batch
+        .iter()
+        .map(|m| {
+            NewEvent::new(m.topic.clone(), m.payload())
+                .with_id(m.id)
+                .with_source("soak", m.key.clone())
+        })
+        .collect();
+    ferry_store::event_store::postgres::append(&mut tx, &events).await?;
     if roll_back {
         tx.rollback().await?;
     } else {

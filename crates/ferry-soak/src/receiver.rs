@@ -8,6 +8,10 @@
 //! - `POST /webhook`: the relays' webhook sink, applying the same way into
 //!   PostgreSQL, and which the fault schedule can make stall (apply after the
 //!   sender's timeout, then answer) or answer 500 / 503.
+//! - `POST /webhook/{path}`: the same webhook (and faults) for another
+//!   path: the event store's forwarder posts to `/webhook/fwd`, the CDC
+//!   capture its change events to `/webhook/cdc` (the effect's id is the
+//!   change's own, see `cdc.rs`; the inbox keys on `ce-id`).
 //!
 //! The effect tables have no unique constraint: a message applied twice
 //! shows as two rows, which is what the checker counts.
@@ -87,6 +91,7 @@ impl Receivers {
         let app = axum::Router::new()
             .route("/effects/{path}", post(effect))
             .route("/webhook", post(webhook))
+            .route("/webhook/{path}", post(webhook_path))
             .with_state(state.clone());
         tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
@@ -106,7 +111,7 @@ impl Receivers {
         headers: &HeaderMap,
         body: &[u8],
     ) -> StatusCode {
-        let Some(m) = parse(headers, body) else {
+        let Some(m) = parse(path, headers, body) else {
             return StatusCode::BAD_REQUEST;
         };
         if m.poison {
@@ -135,16 +140,30 @@ impl Receivers {
 }
 
 struct Incoming {
+    /// The delivery's id (`ce-id`): the inbox's key.
+    inbox_id: Uuid,
+    /// The effect's id: the message's, or a change's own (CDC).
     id: Uuid,
     key: String,
     n: i64,
     poison: bool,
 }
 
-fn parse(headers: &HeaderMap, body: &[u8]) -> Option<Incoming> {
+fn parse(path: &str, headers: &HeaderMap, body: &[u8]) -> Option<Incoming> {
     let id = headers.get("ce-id")?.to_str().ok()?.parse().ok()?;
     let v: serde_json::Value = serde_json::from_slice(body).ok()?;
+    if path == crate::cdc::PATH {
+        let c = crate::cdc::parse_event(&v)?;
+        return Some(Incoming {
+            inbox_id: id,
+            id: c.id,
+            key: c.row.to_string(),
+            n: c.seq,
+            poison: false,
+        });
+    }
     Some(Incoming {
+        inbox_id: id,
         id,
         key: v.get("key")?.as_str()?.to_owned(),
         n: v.get("n")?.as_i64()?,
@@ -154,7 +173,7 @@ fn parse(headers: &HeaderMap, body: &[u8]) -> Option<Incoming> {
 
 async fn apply_pg(pool: &PgPool, path: &str, m: &Incoming) -> anyhow::Result<Recorded> {
     let mut tx = pool.begin().await?;
-    let r = inbox::postgres::record(&mut tx, path, MessageId(m.id)).await?;
+    let r = inbox::postgres::record(&mut tx, path, MessageId(m.inbox_id)).await?;
     if r == Recorded::First {
         sqlx::query(
             "INSERT INTO soak_effects (path, message_id, msg_key, n) VALUES ($1, $2, $3, $4)",
@@ -172,7 +191,7 @@ async fn apply_pg(pool: &PgPool, path: &str, m: &Incoming) -> anyhow::Result<Rec
 
 async fn apply_mariadb(pool: &MySqlPool, path: &str, m: &Incoming) -> anyhow::Result<Recorded> {
     let mut tx = pool.begin().await?;
-    let r = inbox::mysql::record(&mut tx, path, MessageId(m.id)).await?;
+    let r = inbox::mysql::record(&mut tx, path, MessageId(m.inbox_id)).await?;
     if r == Recorded::First {
         sqlx::query("INSERT INTO soak_effects (path, message_id, msg_key, n) VALUES (?, ?, ?, ?)")
             .bind(path)
@@ -199,6 +218,29 @@ async fn effect(
 }
 
 async fn webhook(State(s): State<Arc<Receivers>>, headers: HeaderMap, body: Bytes) -> StatusCode {
+    faulty_webhook(&s, "http", EffectDb::Postgres, &headers, &body).await
+}
+
+async fn webhook_path(
+    State(s): State<Arc<Receivers>>,
+    Path(path): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> StatusCode {
+    let Some(db) = s.routes.get(&path).copied() else {
+        return StatusCode::NOT_FOUND;
+    };
+    faulty_webhook(&s, &path, db, &headers, &body).await
+}
+
+/// The webhook's current fault, then the application.
+async fn faulty_webhook(
+    s: &Receivers,
+    path: &str,
+    db: EffectDb,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> StatusCode {
     let mode = *s.webhook.lock().unwrap();
     match mode {
         Webhook::Up => {}
@@ -211,5 +253,5 @@ async fn webhook(State(s): State<Arc<Receivers>>, headers: HeaderMap, body: Byte
             tokio::time::sleep(d).await;
         }
     }
-    s.apply("http", EffectDb::Postgres, &headers, &body).await
+    s.apply(path, db, headers, body).await
 }
