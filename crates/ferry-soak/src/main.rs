@@ -19,6 +19,7 @@
 //! See docs/guarantees.md ("The chaos soak") for the faults and what the
 //! checker proves.
 
+mod cdc;
 mod check;
 mod faults;
 mod follower;
