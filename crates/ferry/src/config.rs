@@ -768,3 +768,187 @@ url = "nats://127.0.0.1:4222"
         }
     }
 }
+
+/// Property tests (issue 13): any text, and any file made from the
+/// documented ones by changing, renaming, removing or repeating lines, is
+/// a configuration or an error, never a panic; an unknown key is named in
+/// the error with its line.
+#[cfg(test)]
+mod props {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// Every complete TOML block of docs/config.md and docs/batch.md.
+    fn documented() -> &'static [&'static str] {
+        static FILES: std::sync::OnceLock<Vec<&'static str>> = std::sync::OnceLock::new();
+        FILES.get_or_init(|| {
+            let docs = [
+                include_str!("../../../docs/config.md"),
+                include_str!("../../../docs/batch.md"),
+            ];
+            let files: Vec<&'static str> = docs
+                .iter()
+                .flat_map(|doc| doc.split("```toml\n").skip(1))
+                .filter_map(|block| block.split("```").next())
+                .filter(|block| FerryConfig::parse(block).is_ok())
+                .collect();
+            assert!(
+                files.len() >= 3,
+                "the docs' complete files: {}",
+                files.len()
+            );
+            files
+        })
+    }
+
+    /// Values a key may be given: of every TOML type, durations too short,
+    /// too long or malformed, URLs of every kind, and arbitrary strings.
+    fn value() -> impl Strategy<Value = String> {
+        prop_oneof![
+            Just("0".to_owned()),
+            Just("-1".to_owned()),
+            Just("1".to_owned()),
+            Just("18446744073709551616".to_owned()),
+            Just("1.5".to_owned()),
+            Just("true".to_owned()),
+            Just("[]".to_owned()),
+            Just("[\"a\", 1]".to_owned()),
+            Just("{}".to_owned()),
+            Just("{ x = 1 }".to_owned()),
+            Just("\"\"".to_owned()),
+            Just("\"0s\"".to_owned()),
+            Just("\"1ms\"".to_owned()),
+            Just("\"999999999999999999d\"".to_owned()),
+            Just("\"1 fortnight\"".to_owned()),
+            Just("1979-05-27T07:32:00Z".to_owned()),
+            "\"(postgres|mysql|sqlite|nats|kafka|amqp|redis|sqs|http|https|null|mongodb)://[a-z0-9:@./?=&%-]{0,20}\"",
+            "\"(\\*|[0-9,/-]){0,6}( (\\*|[0-9,/-]){0,4}){0,5}\"",
+            "\"[a-z0-9._ {}*/-]{0,12}\"",
+            any::<String>().prop_map(|s| toml::Value::String(s).to_string()),
+        ]
+    }
+
+    #[derive(Clone, Debug)]
+    enum Edit {
+        /// Give the key of the line a new value.
+        Value(String),
+        /// Add a key no section has beside the line's key.
+        Rename(String),
+        /// Remove the line.
+        Remove,
+        /// Repeat the line.
+        Repeat,
+        /// Replace the line with any text.
+        Text(String),
+    }
+
+    fn edit() -> impl Strategy<Value = Edit> {
+        prop_oneof![
+            6 => value().prop_map(Edit::Value),
+            2 => "zz_[a-z]{1,6}".prop_map(Edit::Rename),
+            2 => Just(Edit::Remove),
+            1 => Just(Edit::Repeat),
+            1 => prop_oneof!["\\PC{0,20}", "\\[+[a-z._]{0,12}\\]+"].prop_map(Edit::Text),
+        ]
+    }
+
+    /// `text` with `edit` made at line `at` (modulo the line count); for a
+    /// rename, the new key and its line (1-based).
+    fn apply(text: &str, at: usize, edit: &Edit) -> (String, Option<(String, usize)>) {
+        let mut lines: Vec<String> = text.lines().map(str::to_owned).collect();
+        if lines.is_empty() {
+            return (text.to_owned(), None);
+        }
+        let i = at % lines.len();
+        let key_value = lines[i]
+            .split_once(" = ")
+            .filter(|(k, _)| !k.trim_start().starts_with('#') && !k.contains('"'));
+        let mut renamed = None;
+        match edit {
+            Edit::Value(v) => {
+                if let Some((k, _)) = key_value {
+                    lines[i] = format!("{k} = {v}");
+                }
+            }
+            Edit::Rename(name) => {
+                // A key of the same table beside the line's (not within a
+                // multi-line array or inline table).
+                if let Some((k, v)) = key_value {
+                    if !k.contains(['{', '.'])
+                        && !v.contains(['[', '{', '\''])
+                        && !v.contains("\"\"\"")
+                    {
+                        let indent = &k[..k.len() - k.trim_start().len()];
+                        lines.insert(i + 1, format!("{indent}{name} = {v}"));
+                        renamed = Some((name.clone(), i + 2));
+                    }
+                }
+            }
+            Edit::Remove => {
+                lines.remove(i);
+            }
+            Edit::Repeat => {
+                let line = lines[i].clone();
+                lines.insert(i, line);
+            }
+            Edit::Text(t) => lines[i] = t.clone(),
+        }
+        (lines.join("\n") + "\n", renamed)
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(384))]
+
+        #[test]
+        fn any_text_is_a_config_or_an_error(text in prop_oneof![any::<String>(), "(\\[\\[?[a-z_.]{0,12}\\]\\]?\n|[a-z_]{1,8} = [0-9\"\\[\\]{}a-z]{0,6}\n){0,8}"]) {
+            if let Err(e) = FerryConfig::parse(&text) {
+                prop_assert!(!e.is_empty());
+            }
+        }
+
+        #[test]
+        fn an_edited_documented_file_is_a_config_or_an_error(
+            which in any::<proptest::sample::Index>(),
+            edits in proptest::collection::vec((any::<usize>(), edit()), 1..4),
+        ) {
+            let files = documented();
+            prop_assume!(!files.is_empty());
+            let mut text = files[which.index(files.len())].to_owned();
+            for (at, edit) in &edits {
+                text = apply(&text, *at, edit).0;
+            }
+            if let Err(e) = FerryConfig::parse(&text) {
+                prop_assert!(!e.is_empty());
+            }
+        }
+
+        #[test]
+        fn an_unknown_key_is_named_with_its_line(
+            which in any::<proptest::sample::Index>(),
+            at in any::<usize>(),
+            name in "zz_[a-z]{1,6}",
+        ) {
+            let files = documented();
+            prop_assume!(!files.is_empty());
+            let (text, renamed) = apply(files[which.index(files.len())], at, &Edit::Rename(name));
+            let Some((name, line)) = renamed else {
+                return Ok(());
+            };
+            let e = FerryConfig::parse(&text).expect_err("an unknown key is refused");
+            prop_assert!(e.contains(&name), "{}\n{}", e, text);
+            // The key's line; within a table read as a tagged enum (a
+            // `sink`, a `source`: `type = …` chooses the fields) serde
+            // keeps no position per key, and the line is the table's.
+            let table = text
+                .lines()
+                .take(line)
+                .enumerate()
+                .filter(|(_, l)| l.starts_with('['))
+                .map(|(i, _)| i + 1)
+                .last();
+            let at_key = e.contains(&format!("line {line},"));
+            let at_table = table.is_some_and(|t| e.contains(&format!("line {t},")));
+            prop_assert!(at_key || at_table, "{}\n{}", e, text);
+        }
+    }
+}
