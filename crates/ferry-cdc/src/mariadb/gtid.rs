@@ -112,3 +112,57 @@ mod tests {
         assert!(Gtid::parse(&[], 1).is_err());
     }
 }
+
+/// Property tests (issue 13): any bytes are a GTID or a short-event error,
+/// never a panic, and a body built from a GTID (with whatever a newer
+/// server appends) reads back as that GTID.
+#[cfg(test)]
+mod props {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// The body of a GTID event as MariaDB lays it out (see the module
+    /// docs), followed by `rest`.
+    fn encode(gtid: &Gtid, rest: &[u8]) -> Vec<u8> {
+        let mut body = Vec::with_capacity(13 + rest.len());
+        body.extend_from_slice(&gtid.seq.to_le_bytes());
+        body.extend_from_slice(&gtid.domain.to_le_bytes());
+        body.push(gtid.flags);
+        body.extend_from_slice(rest);
+        body
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        #[test]
+        fn any_bytes_are_a_gtid_or_an_error(body in proptest::collection::vec(any::<u8>(), 0..40), server in any::<u32>()) {
+            match Gtid::parse(&body, server) {
+                Ok(gtid) => {
+                    prop_assert!(body.len() >= 13);
+                    prop_assert_eq!(gtid.server, server);
+                }
+                Err(ShortGtidEvent(n)) => {
+                    prop_assert!(body.len() < 13);
+                    prop_assert_eq!(n, body.len());
+                }
+            }
+        }
+
+        #[test]
+        fn a_gtid_reads_back_from_its_body(
+            domain in any::<u32>(),
+            server in any::<u32>(),
+            seq in any::<u64>(),
+            flags in any::<u8>(),
+            rest in proptest::collection::vec(any::<u8>(), 0..32),
+        ) {
+            let gtid = Gtid { domain, server, seq, flags };
+            let back = Gtid::parse(&encode(&gtid, &rest), server).unwrap();
+            prop_assert_eq!(back, gtid);
+            prop_assert_eq!(back.to_string(), format!("{domain}-{server}-{seq}"));
+            prop_assert_eq!(back.standalone(), flags & FL_STANDALONE != 0);
+            prop_assert_eq!(back.prepared_xa(), flags & FL_PREPARED_XA != 0);
+        }
+    }
+}
