@@ -12,3 +12,4 @@ mod api;
 mod client;
 mod domain;
 mod forwarder;
+mod params_props;
