@@ -9,6 +9,7 @@
 #   scripts/soak.sh                                   # 30,000 messages over 90 s
 #   scripts/soak.sh --messages 1000000 --duration 30m
 #   scripts/soak.sh --seed 1234                       # replays seed 1234's schedule
+#   scripts/soak.sh --overlap                         # several faults active at once
 #   scripts/soak.sh --help
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -17,11 +17,12 @@ cargo check --locked -p ferry --no-default-features --features http,nats
 # The chaos soak, reduced (crates/ferry-soak, docs/guarantees.md): Ferry's
 # relays and consumers on private and shared servers under a seeded fault
 # schedule, then the exactly-once check. One fixed seed, one random seed
-# (printed in the log, replay it with --seed N); about 2 minutes each.
+# with overlapping faults (printed in the log, replay it with
+# --seed N --overlap); about 2 minutes each.
 cargo build --locked -p ferry -p ferry-soak
 soak="${CARGO_TARGET_DIR:-target}/debug/ferry-soak"
 "$soak" --seed 1 --messages 24000 --duration 75s --drain-timeout 150s
-"$soak" --messages 24000 --duration 75s --drain-timeout 150s
+"$soak" --overlap --messages 24000 --duration 75s --drain-timeout 150s
 # Every parser fuzzed for 5 s from its seed corpus (fuzz/, docs/testing.md),
 # built in $CARGO_TARGET_DIR/fuzz.
 ./scripts/fuzz.sh 5

@@ -109,29 +109,34 @@ pub async fn produce(
             .collect();
         let mut made = Vec::new();
         let result = transaction(&pool, &ops, roll_back, &mut made).await;
-        let mut o = out.lock().unwrap();
-        match (result, roll_back) {
-            (Ok(()), false) => {
-                o.committed_tx += 1;
-                o.committed_messages += made.len() as u64;
-                for (op, c) in &made {
-                    match op {
-                        b'c' => live.push(c.row),
-                        b'd' => live.retain(|r| *r != c.row),
-                        _ => {}
+        let failed = result.is_err();
+        {
+            let mut o = out.lock().unwrap();
+            match (result, roll_back) {
+                (Ok(()), false) => {
+                    o.committed_tx += 1;
+                    o.committed_messages += made.len() as u64;
+                    for (op, c) in &made {
+                        match op {
+                            b'c' => live.push(c.row),
+                            b'd' => live.retain(|r| *r != c.row),
+                            _ => {}
+                        }
                     }
                 }
+                (Ok(()), true) => {
+                    o.rolled_back_tx += 1;
+                    o.not_committed.extend(made.iter().map(|(_, c)| c.id));
+                }
+                (Err(_), _) => {
+                    o.failed_tx += 1;
+                    o.not_committed.extend(made.iter().map(|(_, c)| c.id));
+                }
             }
-            (Ok(()), true) => {
-                o.rolled_back_tx += 1;
-                o.not_committed.extend(made.iter().map(|(_, c)| c.id));
-            }
-            (Err(_), _) => {
-                o.failed_tx += 1;
-                o.not_committed.extend(made.iter().map(|(_, c)| c.id));
-                drop(o);
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
+        }
+        if failed {
+            // The database is down: try again shortly.
+            tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
 }
@@ -177,10 +182,11 @@ async fn transaction(
                 }
             }
             (_, Some(row)) => {
-                let Some(r) = sqlx::query("DELETE FROM soak_cdc_rows WHERE id = $1 RETURNING v, tag")
-                    .bind(row)
-                    .fetch_optional(&mut *tx)
-                    .await?
+                let Some(r) =
+                    sqlx::query("DELETE FROM soak_cdc_rows WHERE id = $1 RETURNING v, tag")
+                        .bind(row)
+                        .fetch_optional(&mut *tx)
+                        .await?
                 else {
                     continue;
                 };

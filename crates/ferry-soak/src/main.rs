@@ -15,6 +15,7 @@
 //! | lib    | PostgreSQL | relay-pg-a + -b | NATS JetStream        | library Router + Inbox (`ferry-soak consumer`) | MariaDB |
 //! | fwd    | event store (PostgreSQL) | `[[forwarder]]` of `events` | webhook | — | PostgreSQL |
 //! | api    | event store (PostgreSQL) | `[events_api]` of `events` | HTTP offset API | `EventsClient` follower | PostgreSQL |
+//! | cdc    | row changes (PostgreSQL) | `[[cdc]]` (log mode) of `cdc` | webhook | — | PostgreSQL |
 //!
 //! See docs/guarantees.md ("The chaos soak") for the faults and what the
 //! checker proves.
@@ -88,6 +89,11 @@ struct Args {
     /// Keep the run directory (configs, logs, SQLite files) afterwards.
     #[arg(long)]
     keep: bool,
+    /// Faults overlap: each starts at its time even while earlier ones
+    /// still hold (a process down while PostgreSQL restarts and a link is
+    /// blackholed…). Faults on one target still take turns.
+    #[arg(long)]
+    overlap: bool,
     /// Debug: delete one applied effect row before the check, to see the
     /// checker fail.
     #[arg(long)]
@@ -106,9 +112,11 @@ struct PathSpec {
     library: bool,
     /// The path starts at the event store, not an outbox.
     events: bool,
+    /// The path starts at row changes captured by CDC.
+    cdc: bool,
 }
 
-const PATHS: [PathSpec; 9] = [
+const PATHS: [PathSpec; 10] = [
     PathSpec {
         name: "http",
         sqlite_outbox: false,
@@ -117,6 +125,7 @@ const PATHS: [PathSpec; 9] = [
         consumer: false,
         library: false,
         events: false,
+        cdc: false,
     },
     PathSpec {
         name: "nats",
@@ -126,6 +135,7 @@ const PATHS: [PathSpec; 9] = [
         consumer: true,
         library: false,
         events: false,
+        cdc: false,
     },
     PathSpec {
         name: "kafka",
@@ -135,6 +145,7 @@ const PATHS: [PathSpec; 9] = [
         consumer: true,
         library: false,
         events: false,
+        cdc: false,
     },
     PathSpec {
         name: "amqp",
@@ -144,6 +155,7 @@ const PATHS: [PathSpec; 9] = [
         consumer: true,
         library: false,
         events: false,
+        cdc: false,
     },
     PathSpec {
         name: "redis",
@@ -153,6 +165,7 @@ const PATHS: [PathSpec; 9] = [
         consumer: true,
         library: false,
         events: false,
+        cdc: false,
     },
     PathSpec {
         name: "sqlite",
@@ -162,6 +175,7 @@ const PATHS: [PathSpec; 9] = [
         consumer: true,
         library: false,
         events: false,
+        cdc: false,
     },
     PathSpec {
         name: "lib",
@@ -171,6 +185,7 @@ const PATHS: [PathSpec; 9] = [
         consumer: true,
         library: true,
         events: false,
+        cdc: false,
     },
     PathSpec {
         name: "fwd",
@@ -180,6 +195,7 @@ const PATHS: [PathSpec; 9] = [
         consumer: false,
         library: false,
         events: true,
+        cdc: false,
     },
     PathSpec {
         name: "api",
@@ -189,8 +205,22 @@ const PATHS: [PathSpec; 9] = [
         consumer: false,
         library: false,
         events: true,
+        cdc: false,
+    },
+    PathSpec {
+        name: cdc::PATH,
+        sqlite_outbox: false,
+        effects: EffectDb::Postgres,
+        ordered: true,
+        consumer: false,
+        library: false,
+        events: false,
+        cdc: true,
     },
 ];
+
+/// The capture's name (its slot is `ferry_<name>`).
+const CAPTURE: &str = "soak";
 
 /// The forwarder's name (its offset's reader).
 const FORWARDER: &str = "fwd";
@@ -210,6 +240,13 @@ struct World {
     ferry: Vec<AsyncMutex<Proc>>,
     names: Vec<String>,
     pg: Arc<PrivatePg>,
+    /// Held while PostgreSQL restarts, so overlapping restarts take turns.
+    pg_turn: AsyncMutex<()>,
+    /// Held while NATS restarts.
+    nats_turn: AsyncMutex<()>,
+    /// One per link and one for the webhook (the last): held while it
+    /// misbehaves.
+    link_turns: Vec<AsyncMutex<()>>,
     nats: NatsServer,
     redis: AsyncMutex<Proc>,
     redis_port: u16,
@@ -224,6 +261,7 @@ struct Dbs {
     effects_pg: PgPool,
     effects_mariadb: MySqlPool,
     consumers: SqlitePool,
+    cdc: PgPool,
 }
 
 #[tokio::main]
@@ -320,10 +358,12 @@ async fn soak_in(
     // --- databases --------------------------------------------------------
     let outbox_url = pg.database_url("soak_outbox");
     let effects_url = pg.database_url("soak_effects");
+    let cdc_url = pg.database_url("soak_cdc");
     {
         let mut admin = sqlx::PgConnection::connect(&pg.url()).await?;
         admin.execute("CREATE DATABASE soak_outbox").await?;
         admin.execute("CREATE DATABASE soak_effects").await?;
+        admin.execute("CREATE DATABASE soak_cdc").await?;
     }
     let sqlite_url = format!("sqlite://{}", dir.join("outbox.db").display());
     let consumers_url = format!("sqlite://{}", dir.join("consumers.db").display());
@@ -335,6 +375,7 @@ async fn soak_in(
     }
     let mariadb_url = format!("mysql://root@127.0.0.1:{}/{mariadb_db}", links[0].port());
     for url in [
+        &cdc_url,
         &outbox_url,
         &effects_url,
         &sqlite_url,
@@ -380,7 +421,9 @@ async fn soak_in(
             .acquire_timeout(Duration::from_secs(3))
             .connect_lazy(&mariadb_url)?,
         consumers: sqlite_pool(&consumers_url)?,
+        cdc: pg_pool(cdc_url.clone(), 8)?,
     };
+    dbs.cdc.execute(cdc::SCHEMA).await?;
     dbs.outbox_pg.execute(produce::PG_SCHEMA).await?;
     dbs.outbox_pg.execute(produce::EVENTS_SCHEMA).await?;
     dbs.outbox_sqlite.execute(produce::SQLITE_SCHEMA).await?;
@@ -454,6 +497,8 @@ async fn soak_in(
     ];
     procs.push(ferry_run("consumers", &consumers)?);
     procs.push(ferry_run("events", &events)?);
+    let capture = write("cdc.toml", endpoints.cdc(&cdc_url))?;
+    procs.push(ferry_run("cdc", &capture)?);
     let library_metrics = free_port();
     let lib = PATHS
         .iter()
@@ -487,6 +532,9 @@ async fn soak_in(
     )?);
     let metrics_ports = [consumers_metrics, library_metrics];
     wait_subscribed(&metrics_ports, &mut procs, Duration::from_secs(120)).await?;
+    // Changes made before the capture's slot exists would not be captured
+    // (the capture runs without a snapshot).
+    wait_slot(&dbs.cdc, &mut procs, Duration::from_secs(120)).await?;
     println!("ferry-soak: relays and consumers up; producing");
 
     let names: Vec<String> = procs.iter().map(|p| p.name.clone()).collect();
@@ -494,6 +542,9 @@ async fn soak_in(
         ferry: procs.into_iter().map(AsyncMutex::new).collect(),
         names,
         pg,
+        pg_turn: AsyncMutex::new(()),
+        nats_turn: AsyncMutex::new(()),
+        link_turns: (0..=links.len()).map(|_| AsyncMutex::new(())).collect(),
         nats,
         redis: AsyncMutex::new(redis),
         redis_port,
@@ -504,7 +555,14 @@ async fn soak_in(
     // --- producers and faults -------------------------------------------
     let produced = Arc::new(Mutex::new(produce::Produced::default()));
     let started = Instant::now();
-    let producers = spawn_producers(args, seed, &dbs, produced.clone());
+    let mut producers = spawn_producers(args, seed, &dbs, produced.clone());
+    producers.push(tokio::spawn(cdc::produce(
+        dbs.cdc.clone(),
+        args.messages / 9,
+        args.duration,
+        seed.wrapping_add(300),
+        produced.clone(),
+    )));
     let follower_counts = Arc::new(follower::FollowerCounts::default());
     let follower_stop = Arc::new(AtomicBool::new(false));
     let follower_task = tokio::spawn(follower::run(
@@ -524,7 +582,13 @@ async fn soak_in(
     );
     println!("ferry-soak: {} faults scheduled", schedule.len());
     let stop = Arc::new(AtomicBool::new(false));
-    let fault_task = tokio::spawn(run_faults(world.clone(), schedule, stop.clone(), started));
+    let fault_task = tokio::spawn(run_faults(
+        world.clone(),
+        schedule,
+        stop.clone(),
+        started,
+        args.overlap,
+    ));
     for p in producers {
         p.await?;
     }
@@ -734,6 +798,34 @@ timeout = "2s"
         )
     }
 
+    /// The `cdc` process: `soak_cdc_rows` captured from the slot to the
+    /// webhook.
+    fn cdc(&self, database: &str) -> String {
+        format!(
+            r#"[[cdc]]
+name = "{CAPTURE}"
+from = "{database}"
+mode = "log"
+tables = ["public.soak_cdc_rows"]
+topic_prefix = "soak"
+snapshot = false
+[cdc.retry]
+max_attempts = 100000
+initial_backoff = "100ms"
+max_backoff = "1s"
+[cdc.sink_backoff]
+initial = "100ms"
+max = "2s"
+[cdc.sink]
+type = "http"
+url = "http://127.0.0.1:{port}/webhook/{path}"
+timeout = "2s"
+"#,
+            port = self.receiver_port,
+            path = cdc::PATH
+        )
+    }
+
     fn sqlite_relay(&self, database: &str) -> String {
         self.pipeline("sqlite", database, &self.nats_sink())
     }
@@ -881,12 +973,13 @@ fn spawn_producers(
     let secs = args.duration.as_secs_f64().max(1.0);
     let sqlite_share = total / 9;
     let events_share = total / 9;
+    let cdc_share = total / 9; // produced by cdc::produce
     let pg_tasks = 4u64;
-    let pg_total = total - sqlite_share - events_share;
+    let pg_total = total - sqlite_share - events_share - cdc_share;
     let pg_each = pg_total / pg_tasks;
     let pg_paths: Vec<(&'static str, String)> = PATHS
         .iter()
-        .filter(|p| !p.sqlite_outbox && !p.events)
+        .filter(|p| !p.sqlite_outbox && !p.events && !p.cdc)
         .map(|p| (p.name, topic(p.name)))
         .collect();
     let mut jobs = Vec::new();
@@ -939,22 +1032,26 @@ fn spawn_producers(
         .collect()
 }
 
-/// Carries out the schedule until it ends or `stop` is set; returns the
-/// faults injected by kind and any fault that could not be carried out.
+/// Carries out the schedule until it ends or `stop` is set, one fault at a
+/// time or (`overlap`) each at its time; returns the faults injected by
+/// kind and any fault that could not be carried out, once every fault
+/// started has ended.
 async fn run_faults(
     world: Arc<World>,
     schedule: Vec<Scheduled>,
     stop: Arc<AtomicBool>,
     started: Instant,
+    overlap: bool,
 ) -> (BTreeMap<String, u32>, Vec<String>) {
     let link_names: Vec<&str> = world.links.iter().map(|l| l.name).collect();
     let mut injected = BTreeMap::new();
     let mut errors = Vec::new();
-    for s in schedule {
+    let mut running = tokio::task::JoinSet::new();
+    'schedule: for s in schedule {
         // Wait for the fault's time, looking at `stop` now and then.
         while started.elapsed() < s.at {
             if stop.load(Ordering::SeqCst) {
-                return (injected, errors);
+                break 'schedule;
             }
             tokio::time::sleep((s.at - started.elapsed()).min(Duration::from_millis(200))).await;
         }
@@ -962,10 +1059,25 @@ async fn run_faults(
             break;
         }
         let kind = s.fault.kind(&world.names, &link_names);
-        if let Err(e) = inject(&world, &s.fault).await {
+        if overlap {
+            let world = world.clone();
+            let kind = kind.clone();
+            running.spawn(async move {
+                inject(&world, &s.fault)
+                    .await
+                    .map_err(|e| format!("fault {kind} failed: {e:#}"))
+            });
+        } else if let Err(e) = inject(&world, &s.fault).await {
             errors.push(format!("fault {kind} failed: {e:#}"));
         }
         *injected.entry(kind).or_insert(0) += 1;
+    }
+    while let Some(done) = running.join_next().await {
+        match done {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => errors.push(e),
+            Err(e) => errors.push(format!("a fault task failed: {e}")),
+        }
     }
     (injected, errors)
 }
@@ -979,6 +1091,7 @@ async fn inject(world: &World, fault: &Fault) -> anyhow::Result<()> {
             p.restart()?;
         }
         Fault::RestartPostgres { down } => {
+            let _turn = world.pg_turn.lock().await;
             let pg = world.pg.clone();
             tokio::task::spawn_blocking(move || pg.stop(Stop::Immediate)).await?;
             tokio::time::sleep(*down).await;
@@ -986,6 +1099,7 @@ async fn inject(world: &World, fault: &Fault) -> anyhow::Result<()> {
             tokio::task::spawn_blocking(move || pg.start_again()).await?;
         }
         Fault::RestartNats { down } => {
+            let _turn = world.nats_turn.lock().await;
             world.nats.kill();
             tokio::time::sleep(*down).await;
             world.nats.restart().await;
@@ -998,6 +1112,7 @@ async fn inject(world: &World, fault: &Fault) -> anyhow::Result<()> {
             services::wait_port("redis-server", world.redis_port, Duration::from_secs(30)).await?;
         }
         Fault::Link { link, fault, hold } => {
+            let _turn = world.link_turns[*link].lock().await;
             let link = &world.links[*link];
             match fault {
                 LinkFault::Delay(d) => link.set(Mode::Delay(*d)),
@@ -1008,6 +1123,7 @@ async fn inject(world: &World, fault: &Fault) -> anyhow::Result<()> {
             link.set(Mode::Pass);
         }
         Fault::Webhook { mode, hold } => {
+            let _turn = world.link_turns[world.links.len()].lock().await;
             world.receivers.set_webhook(*mode);
             tokio::time::sleep(*hold).await;
             world.receivers.set_webhook(Webhook::Up);
@@ -1057,6 +1173,11 @@ async fn progress(dbs: &Dbs) -> anyhow::Result<Vec<(String, [i64; 5])>> {
     for (name, _) in &behind {
         expected.insert(name.clone(), (events_committed, 0));
     }
+    let changes: i64 = sqlx::query("SELECT count(*) FROM soak_cdc_log")
+        .fetch_one(&dbs.cdc)
+        .await?
+        .get(0);
+    expected.insert(cdc::PATH.to_owned(), (changes, 0));
     let mut applied: HashMap<String, i64> = HashMap::new();
     for row in
         sqlx::query("SELECT path, count(DISTINCT message_id) FROM soak_effects GROUP BY path")
@@ -1232,6 +1353,10 @@ async fn observe(
             paths.push(observe_events(dbs, p).await?);
             continue;
         }
+        if p.cdc {
+            paths.push(observe_cdc(dbs, p).await?);
+            continue;
+        }
         let committed: Vec<Produced> = if p.sqlite_outbox {
             sqlx::query("SELECT message_id, msg_key, n, poison FROM soak_business WHERE path = ?")
                 .bind(p.name)
@@ -1388,6 +1513,77 @@ async fn observe_events(dbs: &Dbs, p: &PathSpec) -> anyhow::Result<PathData> {
         pending: behind.max(0) as u64,
         lag: None,
     })
+}
+
+/// What the CDC path did: committed = the producer's change log; dead =
+/// the capture's dead letters (in the captured database, its state).
+async fn observe_cdc(dbs: &Dbs, p: &PathSpec) -> anyhow::Result<PathData> {
+    let committed = sqlx::query("SELECT change_id, row_id, seq FROM soak_cdc_log")
+        .fetch_all(&dbs.cdc)
+        .await?
+        .iter()
+        .map(|r| Produced {
+            id: r.get(0),
+            key: r.get::<i64, _>(1).to_string(),
+            n: r.get(2),
+            poison: false,
+        })
+        .collect();
+    let effects =
+        sqlx::query("SELECT message_id, msg_key, n FROM soak_effects WHERE path = $1 ORDER BY id")
+            .bind(p.name)
+            .fetch_all(&dbs.effects_pg)
+            .await?
+            .iter()
+            .map(|r| Effect {
+                id: r.get(0),
+                key: r.get(1),
+                n: r.get(2),
+            })
+            .collect();
+    let dead = sqlx::query("SELECT message_id FROM ferry_dead_letters")
+        .fetch_all(&dbs.cdc)
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    Ok(PathData {
+        name: p.name.to_owned(),
+        ordered: p.ordered,
+        committed,
+        effects,
+        dead,
+        outbox_left: Vec::new(),
+        pending: 0,
+        lag: None,
+    })
+}
+
+/// Waits until the capture's replication slot exists.
+async fn wait_slot(pool: &PgPool, procs: &mut [Proc], limit: Duration) -> anyhow::Result<()> {
+    let started = Instant::now();
+    loop {
+        let found = sqlx::query("SELECT 1 FROM pg_replication_slots WHERE slot_name = $1")
+            .bind(format!("ferry_{CAPTURE}"))
+            .fetch_optional(pool)
+            .await;
+        if matches!(found, Ok(Some(_))) {
+            return Ok(());
+        }
+        for p in procs.iter_mut() {
+            if let Some(status) = p.exited() {
+                bail!(
+                    "{} exited at startup ({status}):\n{}",
+                    p.name,
+                    p.log_tail(20)
+                );
+            }
+        }
+        if started.elapsed() > limit {
+            bail!("the capture's replication slot did not appear within {limit:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
 }
 
 /// Drops what the run made on the shared servers: the MariaDB database and
