@@ -16,6 +16,7 @@ use ferry_store::{ConnectOptions, Database, DatabaseKind, StoreError};
 use ferry_testkit::{MysqlTestDb, PgTestDb, SqliteTestDb};
 
 mod admin;
+mod admin_props;
 mod conformance;
 mod consumer;
 mod events;
