@@ -46,7 +46,7 @@ pub async fn run(
     counts: Arc<FollowerCounts>,
     stop: Arc<AtomicBool>,
 ) {
-    let mut rng = StdRng::seed_from_u64(seed ^ 0xf011_0e4);
+    let mut rng = StdRng::seed_from_u64(seed ^ 0x0f01_10e4);
     while !stop.load(Ordering::SeqCst) {
         // Failures are expected under faults; only their count is reported.
         if follow(&url, &effects, &offsets, &mut rng, &counts, &stop)
