@@ -618,3 +618,210 @@ mod tests {
         );
     }
 }
+
+/// Property tests (issue 13): any value of any kind, from either side, is
+/// JSON, never a panic; the values MariaDB writes read back as themselves.
+#[cfg(test)]
+mod props {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn names() -> impl Strategy<Value = Vec<String>> {
+        proptest::collection::vec("[a-z']{0,4}", 0..70)
+    }
+
+    fn kind() -> impl Strategy<Value = Kind> {
+        prop_oneof![
+            (
+                any::<bool>(),
+                proptest::sample::select(vec![1u8, 2, 3, 4, 8])
+            )
+                .prop_map(|(unsigned, bytes)| Kind::Int { unsigned, bytes }),
+            Just(Kind::Float),
+            Just(Kind::Double),
+            Just(Kind::Decimal),
+            any::<bool>().prop_map(|latin1| Kind::Text { latin1 }),
+            Just(Kind::Json),
+            proptest::option::of(0usize..300).prop_map(|width| Kind::Binary { width }),
+            names().prop_map(Kind::Enum),
+            names().prop_map(Kind::Set),
+            Just(Kind::Date),
+            Just(Kind::DateTime),
+            Just(Kind::Timestamp),
+            Just(Kind::Time),
+            Just(Kind::Year),
+            Just(Kind::Bit),
+            Just(Kind::Uuid),
+            Just(Kind::Inet6),
+            Just(Kind::Inet4),
+            Just(Kind::Other),
+        ]
+    }
+
+    fn value() -> impl Strategy<Value = Value> {
+        prop_oneof![
+            Just(Value::NULL),
+            proptest::collection::vec(any::<u8>(), 0..40).prop_map(Value::Bytes),
+            "-?[0-9]{0,20}(\\.[0-9]{0,8})?".prop_map(|s| Value::Bytes(s.into_bytes())),
+            any::<i64>().prop_map(Value::Int),
+            any::<u64>().prop_map(Value::UInt),
+            any::<f32>().prop_map(Value::Float),
+            any::<f64>().prop_map(Value::Double),
+            any::<(u16, u8, u8, u8, u8, u8, u32)>()
+                .prop_map(|(y, m, d, h, i, s, us)| Value::Date(y, m, d, h, i, s, us)),
+            any::<(bool, u32, u8, u8, u8, u32)>()
+                .prop_map(|(n, d, h, m, s, us)| Value::Time(n, d, h, m, s, us)),
+        ]
+    }
+
+    fn side() -> impl Strategy<Value = Side> {
+        prop_oneof![Just(Side::Binlog), Just(Side::Query)]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 1024, failure_persistence: None, ..ProptestConfig::default() })]
+
+        #[test]
+        fn any_column_description_is_a_kind(
+            data_type in "[a-z]{0,10}|\\PC{0,10}",
+            column_type in "\\PC{0,30}",
+            charset in proptest::option::of("[a-z0-9]{0,8}"),
+            json in any::<bool>(),
+        ) {
+            let _ = Kind::of(&data_type, &column_type, charset.as_deref(), json);
+            let _ = quoted_list(&column_type);
+        }
+
+        #[test]
+        fn any_value_of_any_kind_is_json(kind in kind(), value in value(), side in side()) {
+            let json = kind.to_json(&value, side);
+            if matches!(value, Value::NULL) {
+                prop_assert!(json.is_null());
+            }
+        }
+
+        #[test]
+        fn integers_read_back(n in any::<i64>(), u in any::<u64>(), bytes in proptest::sample::select(vec![1u8, 2, 3, 4, 8])) {
+            prop_assert_eq!(Kind::Int { unsigned: false, bytes }.to_json(&Value::Int(n), Side::Binlog), Json::from(n));
+            prop_assert_eq!(Kind::Int { unsigned: true, bytes }.to_json(&Value::UInt(u), Side::Query), Json::from(u));
+            // A signed reading of an unsigned column: its bits.
+            let width = u32::from(bytes) * 8;
+            let masked = if width == 64 { u } else { u & ((1u64 << width) - 1) };
+            let signed = if width == 64 { masked as i64 } else { ((masked << (64 - width)) as i64) >> (64 - width) };
+            prop_assert_eq!(Kind::Int { unsigned: true, bytes }.to_json(&Value::Int(signed), Side::Binlog), Json::from(masked));
+        }
+
+        #[test]
+        fn floats_read_back(f in any::<f32>(), d in any::<f64>()) {
+            let float = Kind::Float.to_json(&Value::Float(f), Side::Binlog);
+            let double = Kind::Double.to_json(&Value::Double(d), Side::Binlog);
+            if f.is_finite() {
+                prop_assert_eq!(float.as_f64().map(|x| x as f32), Some(f));
+            } else {
+                prop_assert!(float.is_null());
+            }
+            if d.is_finite() {
+                prop_assert_eq!(double.as_f64(), Some(d));
+            } else {
+                prop_assert!(double.is_null());
+            }
+        }
+
+        #[test]
+        fn text_reads_back(s in any::<String>(), side in side()) {
+            let got = Kind::Text { latin1: false }.to_json(&Value::Bytes(s.clone().into_bytes()), side);
+            prop_assert_eq!(got, Json::String(s));
+        }
+
+        #[test]
+        fn latin1_reads_back(s in "[\\u{0}-\\u{ff}]{0,20}") {
+            let bytes: Vec<u8> = s.chars().map(|c| c as u8).collect();
+            let got = Kind::Text { latin1: true }.to_json(&Value::Bytes(bytes), Side::Binlog);
+            prop_assert_eq!(got, Json::String(s));
+        }
+
+        #[test]
+        fn bytes_read_back_as_base64(b in proptest::collection::vec(any::<u8>(), 0..64), width in proptest::option::of(0usize..80), side in side()) {
+            let got = Kind::Binary { width }.to_json(&Value::Bytes(b.clone()), side);
+            let decoded = base64::engine::general_purpose::STANDARD.decode(got.as_str().unwrap()).unwrap();
+            let mut want = b;
+            if let Some(w) = width {
+                if want.len() < w {
+                    want.resize(w, 0);
+                }
+            }
+            prop_assert_eq!(decoded, want);
+        }
+
+        #[test]
+        fn decimals_keep_every_digit(negative in any::<bool>(), int in "[1-9][0-9]{0,30}|0", frac in proptest::option::of("[0-9]{1,30}"), zeros in 0usize..5) {
+            let sign = if negative && !(int == "0" && frac.as_deref().is_none_or(|f| f.chars().all(|c| c == '0'))) { "-" } else { "" };
+            let canonical = match &frac {
+                Some(f) => format!("{sign}{int}.{f}"),
+                None => format!("{sign}{int}"),
+            };
+            let padded = format!("{}{}{}", if negative { "-" } else { "" }, "0".repeat(zeros), &canonical[sign.len()..]);
+            prop_assert_eq!(decimal(&padded), canonical.clone());
+            prop_assert_eq!(decimal(&canonical), canonical.clone());
+            let json = Kind::Decimal.to_json(&Value::Bytes(padded.into_bytes()), Side::Binlog);
+            prop_assert_eq!(json, Json::String(canonical));
+        }
+
+        #[test]
+        fn dates_and_times_read_back(micros in -62_135_596_800_000_000i64..253_402_300_799_999_999, side in side()) {
+            let t = chrono::DateTime::from_timestamp_micros(micros).unwrap().naive_utc();
+            use chrono::{Datelike, Timelike};
+            let us = t.and_utc().timestamp_subsec_micros();
+            let value = Value::Date(t.year() as u16, t.month() as u8, t.day() as u8, t.hour() as u8, t.minute() as u8, t.second() as u8, us);
+            let date = Kind::Date.to_json(&value, side);
+            prop_assert_eq!(chrono::NaiveDate::parse_from_str(date.as_str().unwrap(), "%Y-%m-%d").unwrap(), t.date());
+            let dt = Kind::DateTime.to_json(&value, side);
+            prop_assert_eq!(chrono::NaiveDateTime::parse_from_str(dt.as_str().unwrap(), "%Y-%m-%dT%H:%M:%S%.f").unwrap(), t);
+            // A TIMESTAMP from the binary log: epoch seconds and fraction.
+            if micros > 0 {
+                let epoch = if us == 0 { format!("{}", micros / 1_000_000) } else { format!("{}.{us:06}", micros / 1_000_000) };
+                let ts = Kind::Timestamp.to_json(&Value::Bytes(epoch.clone().into_bytes()), Side::Binlog);
+                let back = chrono::DateTime::parse_from_rfc3339(ts.as_str().unwrap()).unwrap();
+                prop_assert_eq!(back.timestamp_micros(), micros, "{}", epoch);
+            }
+        }
+
+        #[test]
+        fn times_read_back(negative in any::<bool>(), hours in 0u32..839, m in 0u8..60, s in 0u8..60, us in 0u32..1_000_000) {
+            let value = Value::Time(negative, hours / 24, (hours % 24) as u8, m, s, us);
+            let got = Kind::Time.to_json(&value, Side::Binlog);
+            let sign = if negative { "-" } else { "" };
+            let frac = if us == 0 { String::new() } else { format!(".{us:06}") };
+            prop_assert_eq!(got, Json::String(format!("{sign}{hours:02}:{m:02}:{s:02}{frac}")));
+        }
+
+        #[test]
+        fn addresses_read_back(b in any::<[u8; 16]>()) {
+            let uuid = Kind::Uuid.to_json(&Value::Bytes(b.to_vec()), Side::Binlog);
+            prop_assert_eq!(uuid::Uuid::parse_str(uuid.as_str().unwrap()).unwrap().into_bytes(), b);
+            let v6 = Kind::Inet6.to_json(&Value::Bytes(b.to_vec()), Side::Binlog);
+            prop_assert_eq!(v6.as_str().unwrap().parse::<std::net::Ipv6Addr>().unwrap().octets(), b);
+            let four: [u8; 4] = b[..4].try_into().unwrap();
+            let v4 = Kind::Inet4.to_json(&Value::Bytes(four.to_vec()), Side::Binlog);
+            prop_assert_eq!(v4.as_str().unwrap().parse::<std::net::Ipv4Addr>().unwrap().octets(), four);
+        }
+
+        #[test]
+        fn enums_and_sets_read_back(names in proptest::collection::btree_set("[a-z]{1,4}", 1..64), pick in any::<proptest::sample::Index>(), bits in any::<u64>()) {
+            let names: Vec<String> = names.into_iter().collect();
+            let i = pick.index(names.len());
+            prop_assert_eq!(Kind::Enum(names.clone()).to_json(&Value::UInt(i as u64 + 1), Side::Binlog), Json::String(names[i].clone()));
+            let bits = bits & (u64::MAX >> (64 - names.len()));
+            let chosen: Vec<&str> = names.iter().enumerate().filter(|(i, _)| bits & (1 << i) != 0).map(|(_, n)| n.as_str()).collect();
+            let set = Kind::Set(names.clone()).to_json(&Value::Bytes(bits.to_le_bytes().to_vec()), Side::Binlog);
+            prop_assert_eq!(set, Json::String(chosen.join(",")));
+        }
+
+        #[test]
+        fn bits_read_back(n in any::<u64>(), width in 1usize..=8) {
+            let n = if width == 8 { n } else { n & ((1u64 << (8 * width)) - 1) };
+            let bytes = n.to_be_bytes()[8 - width..].to_vec();
+            prop_assert_eq!(Kind::Bit.to_json(&Value::Bytes(bytes), Side::Binlog), Json::from(n));
+        }
+    }
+}

@@ -82,3 +82,135 @@ mod tests {
         assert_eq!(from_text(oid::JSON, "{"), json!("{"));
     }
 }
+
+/// Property tests (issue 13): any text of any type is a JSON value, never
+/// a panic; what PostgreSQL prints for the typed types reads back as the
+/// value printed, everything else as the text exactly.
+#[cfg(test)]
+mod props {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// The typed OIDs, some kept as text (numeric, bytea, timestamptz,
+    /// text, uuid), and any other.
+    fn type_oid() -> impl Strategy<Value = u32> {
+        prop_oneof![
+            4 => proptest::sample::select(vec![
+                oid::BOOL, oid::INT8, oid::INT2, oid::INT4, oid::OID, oid::JSON,
+                oid::FLOAT4, oid::FLOAT8, oid::JSONB, 1700, 17, 1184, 1114, 25, 2950,
+            ]),
+            1 => any::<u32>(),
+        ]
+    }
+
+    /// JSON documents without floats (a float's digits are not kept by a
+    /// JSON number; see `json::parse_row` for the exact reading).
+    fn document() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            any::<i64>().prop_map(Value::from),
+            any::<u64>().prop_map(Value::from),
+            any::<String>().prop_map(Value::String),
+        ];
+        leaf.prop_recursive(3, 24, 4, |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
+                proptest::collection::btree_map(any::<String>(), inner, 0..4)
+                    .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    /// A float as PostgreSQL 12+ prints it: the shortest exact digits,
+    /// in exponent form with a sign when large or small.
+    fn printed(f: f64) -> Vec<String> {
+        let e = format!("{f:e}");
+        let pg = match e.split_once('e') {
+            Some((m, x)) if !x.starts_with('-') => format!("{m}e+{x}"),
+            _ => e.clone(),
+        };
+        vec![f.to_string(), e, pg]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 512, failure_persistence: None, ..ProptestConfig::default() })]
+
+        #[test]
+        fn any_text_of_any_type_is_a_value(type_oid in type_oid(), text in any::<String>()) {
+            let value = from_text(type_oid, &text);
+            // Typed or kept: nothing is dropped (a JSON document may be a
+            // string itself).
+            if let (Value::String(s), false) = (&value, matches!(type_oid, oid::JSON | oid::JSONB)) {
+                prop_assert_eq!(s, &text);
+            }
+        }
+
+        #[test]
+        fn integers_read_back(n in any::<i64>(), type_oid in proptest::sample::select(vec![oid::INT2, oid::INT4, oid::INT8])) {
+            prop_assert_eq!(from_text(type_oid, &n.to_string()), Value::from(n));
+        }
+
+        #[test]
+        fn oids_read_back(n in any::<u32>()) {
+            prop_assert_eq!(from_text(oid::OID, &n.to_string()), Value::from(n));
+        }
+
+        #[test]
+        fn floats_read_back(f in any::<f64>(), type_oid in proptest::sample::select(vec![oid::FLOAT4, oid::FLOAT8])) {
+            for text in printed(f) {
+                let value = from_text(type_oid, &text);
+                if f.is_finite() {
+                    prop_assert_eq!(value.as_f64(), Some(f), "{}", text);
+                } else {
+                    prop_assert_eq!(value, Value::String(text));
+                }
+            }
+        }
+
+        #[test]
+        fn special_floats_stay_text(text in proptest::sample::select(vec!["NaN", "Infinity", "-Infinity"])) {
+            prop_assert_eq!(from_text(oid::FLOAT8, text), Value::String(text.to_owned()));
+        }
+
+        #[test]
+        fn booleans_read_back(b in any::<bool>()) {
+            prop_assert_eq!(from_text(oid::BOOL, if b { "t" } else { "f" }), Value::Bool(b));
+        }
+
+        #[test]
+        fn json_documents_read_back(doc in document(), type_oid in proptest::sample::select(vec![oid::JSON, oid::JSONB])) {
+            prop_assert_eq!(from_text(type_oid, &doc.to_string()), doc.clone());
+            prop_assert_eq!(from_text(type_oid, &serde_json::to_string_pretty(&doc).unwrap()), doc);
+        }
+
+        #[test]
+        fn numerics_keep_every_digit(int in "-?[0-9]{1,40}", frac in proptest::option::of("[0-9]{0,30}")) {
+            let text = match frac {
+                Some(f) => format!("{int}.{f}"),
+                None => int,
+            };
+            prop_assert_eq!(from_text(1700, &text), Value::String(text));
+        }
+
+        #[test]
+        fn bytea_hex_is_kept(bytes in proptest::collection::vec(any::<u8>(), 0..64)) {
+            let text: String = std::iter::once("\\x".to_owned())
+                .chain(bytes.iter().map(|b| format!("{b:02x}")))
+                .collect();
+            prop_assert_eq!(from_text(17, &text), Value::String(text));
+        }
+
+        #[test]
+        fn timestamps_are_kept(micros in -210_000_000_000_000_000i64..9_000_000_000_000_000) {
+            let t = chrono::DateTime::from_timestamp_micros(micros).unwrap();
+            for text in [
+                t.format("%Y-%m-%d %H:%M:%S%.f+00").to_string(),
+                t.naive_utc().format("%Y-%m-%d %H:%M:%S%.f").to_string(),
+            ] {
+                prop_assert_eq!(from_text(1184, &text), Value::String(text.clone()));
+                prop_assert_eq!(from_text(1114, &text), Value::String(text));
+            }
+        }
+    }
+}
