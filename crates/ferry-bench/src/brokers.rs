@@ -4,7 +4,11 @@
 //! For every broker and run, on topics of the run's own:
 //! * **raw publish**: the client crate publishes the messages directly, as
 //!   fast as it can with the broker's acknowledgement awaited (pipelined in
-//!   batches of `--batch-size`): the baseline;
+//!   batches of `--batch-size`): the publishing baseline;
+//! * **raw consume**: the same client crate consumes those messages with the
+//!   adapter's semantics (a durable group, each message acknowledged after
+//!   it was taken, at most `--prefetch` unacknowledged): the consuming
+//!   baseline;
 //! * **ferry publish**: the adapter's [`Sink`] delivers the same messages in
 //!   batches of `--batch-size` (or the sink's own limit), as the relay does;
 //! * **ferry consume**: the adapter's [`Subscriber`] hands them to one
@@ -71,15 +75,18 @@ pub trait Target: Send + Sync {
     /// Short name, as in `--broker`.
     fn name(&self) -> &'static str;
     /// Publishes `payloads` to `topic` with the client crate alone, in
-    /// batches of `batch` whose acknowledgements are awaited together;
-    /// returns how long the publishing took, connecting and declaring left
+    /// batches of `batch` whose acknowledgements are awaited together, then
+    /// consumes them with the same crate, at most `prefetch` unacknowledged;
+    /// returns how long each took (consuming: from the first message
+    /// received to the last acknowledged), connecting and declaring left
     /// out (as the adapter's sink is connected before its clock starts).
-    fn raw_publish<'a>(
+    fn raw<'a>(
         &'a self,
         topic: &'a str,
         payloads: &'a [Bytes],
         batch: usize,
-    ) -> ferry_core::BoxFuture<'a, anyhow::Result<Duration>>;
+        prefetch: usize,
+    ) -> ferry_core::BoxFuture<'a, anyhow::Result<RawTimes>>;
     /// The adapter's sink.
     fn sink(&self) -> ferry_core::BoxFuture<'_, anyhow::Result<Arc<dyn Sink>>>;
     /// The adapter's subscriber.
@@ -123,8 +130,41 @@ fn target(name: &str, args: &BrokersArgs) -> anyhow::Result<Box<dyn Target>> {
     Ok(Box::new(others::Adapter::new(name, url, raw)?))
 }
 
+/// How long the raw client took to publish and to consume.
+pub struct RawTimes {
+    publish: Duration,
+    consume: Duration,
+}
+
+/// The raw consume loop's clock: from the first message received.
+#[derive(Default)]
+struct ConsumeClock {
+    first: Option<Instant>,
+}
+
+impl ConsumeClock {
+    fn received(&mut self) {
+        self.first.get_or_insert_with(Instant::now);
+    }
+    fn elapsed(&self) -> Duration {
+        self.first.map_or(Duration::ZERO, |t| t.elapsed())
+    }
+}
+
+/// Waits up to 60 s for `next`, as the adapter's consume figure does.
+async fn within<T>(
+    what: &str,
+    received: usize,
+    next: impl std::future::Future<Output = T>,
+) -> anyhow::Result<T> {
+    tokio::time::timeout(Duration::from_secs(60), next)
+        .await
+        .with_context(|| format!("{what}: nothing for 60 s after {received} messages"))
+}
+
 struct Rates {
     raw: f64,
+    raw_consume: f64,
     publish: f64,
     consume: f64,
     /// Outbox to consumer with inbox, and the inbox transactions' ceiling.
@@ -155,13 +195,14 @@ pub async fn run(args: &BrokersArgs, tsv: &Tsv) -> anyhow::Result<()> {
                 .await
                 .with_context(|| format!("{} run {run}", target.name()))?;
             println!(
-                "   run {run}/{}: raw publish {} msg/s; ferry publish {} msg/s ({}); ferry consume {} msg/s ({}){}",
+                "   run {run}/{}: raw publish {} msg/s; ferry publish {} msg/s ({}); raw consume {} msg/s; ferry consume {} msg/s ({}){}",
                 args.runs,
                 thousands(rates.raw),
                 thousands(rates.publish),
                 ratio(rates.publish, rates.raw),
+                thousands(rates.raw_consume),
                 thousands(rates.consume),
-                ratio(rates.consume, rates.raw),
+                ratio(rates.consume, rates.raw_consume),
                 rates.end_to_end.map_or(String::new(), |(e, ceiling)| format!(
                     "; outbox->consumer with inbox {} msg/s ({} of raw publish, {} of the {} msg/s inbox-transaction ceiling)",
                     thousands(e),
@@ -173,6 +214,7 @@ pub async fn run(args: &BrokersArgs, tsv: &Tsv) -> anyhow::Result<()> {
             let mut figures = vec![
                 ("raw-publish", rates.raw),
                 ("publish", rates.publish),
+                ("raw-consume", rates.raw_consume),
                 ("consume", rates.consume),
             ];
             if let Some((e, ceiling)) = rates.end_to_end {
@@ -211,21 +253,23 @@ pub async fn run(args: &BrokersArgs, tsv: &Tsv) -> anyhow::Result<()> {
             target.name(),
             med(|r| r.raw),
             med(|r| r.publish),
+            med(|r| r.raw_consume),
             med(|r| r.consume),
             e2e,
         ));
     }
     println!();
-    println!("| broker | raw publish msg/s | ferry publish msg/s | ÷ raw | ferry consume msg/s | ÷ raw | outbox → consumer + inbox (PostgreSQL) msg/s | ÷ raw | ÷ inbox ceiling |");
-    println!("|---|---|---|---|---|---|---|---|---|");
-    for (name, raw, publish, consume, e2e) in summary {
+    println!("| broker | raw publish msg/s | ferry publish msg/s | ÷ raw | raw consume msg/s | ferry consume msg/s | ÷ raw | outbox → consumer + inbox (PostgreSQL) msg/s | ÷ raw publish | ÷ inbox ceiling |");
+    println!("|---|---|---|---|---|---|---|---|---|---|");
+    for (name, raw, publish, raw_consume, consume, e2e) in summary {
         println!(
-            "| {name} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {name} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
             thousands(raw),
             thousands(publish),
             ratio(publish, raw),
+            thousands(raw_consume),
             thousands(consume),
-            ratio(consume, raw),
+            ratio(consume, raw_consume),
             e2e.map_or("—".to_owned(), |(e, _)| thousands(e)),
             e2e.map_or("—".to_owned(), |(e, _)| ratio(e, raw)),
             e2e.map_or("—".to_owned(), |(e, ceiling)| format!(
@@ -391,10 +435,11 @@ async fn measure(target: &dyn Target, args: &BrokersArgs) -> anyhow::Result<Rate
         .collect();
 
     let took = target
-        .raw_publish(&raw_topic, &payloads, args.batch_size)
+        .raw(&raw_topic, &payloads, args.batch_size, args.prefetch)
         .await
-        .context("raw publish")?;
-    let raw = args.messages as f64 / took.as_secs_f64().max(1e-9);
+        .context("raw publish and consume")?;
+    let raw = args.messages as f64 / took.publish.as_secs_f64().max(1e-9);
+    let raw_consume = args.messages as f64 / took.consume.as_secs_f64().max(1e-9);
     target.clean(&raw_topic).await;
 
     // The group exists before anything is published, so it gets everything.
@@ -466,6 +511,7 @@ async fn measure(target: &dyn Target, args: &BrokersArgs) -> anyhow::Result<Rate
     };
     Ok(Rates {
         raw,
+        raw_consume,
         publish,
         consume,
         end_to_end,
@@ -494,12 +540,13 @@ mod nats {
         fn name(&self) -> &'static str {
             "nats"
         }
-        fn raw_publish<'a>(
+        fn raw<'a>(
             &'a self,
             topic: &'a str,
             payloads: &'a [Bytes],
             batch: usize,
-        ) -> ferry_core::BoxFuture<'a, anyhow::Result<Duration>> {
+            prefetch: usize,
+        ) -> ferry_core::BoxFuture<'a, anyhow::Result<RawTimes>> {
             Box::pin(async move {
                 let client = async_nats::connect(self.config.url.as_str()).await?;
                 let js = jetstream::new(client);
@@ -525,8 +572,47 @@ mod nats {
                         ack.await?;
                     }
                 }
-                let took = start.elapsed();
-                Ok(took)
+                let publish = start.elapsed();
+
+                // A durable pull consumer with explicit acks, as the
+                // adapter's: pulls of up to `prefetch`, at most `prefetch`
+                // unacknowledged; each message acked as it comes.
+                use jetstream::consumer::{pull, AckPolicy, DeliverPolicy};
+                let stream = js.get_stream("FERRY_BENCH_BROKERS").await?;
+                let durable = format!("raw_{}", topic.replace(['.', '-'], "_"));
+                let consumer: jetstream::consumer::PullConsumer = stream
+                    .create_consumer(pull::Config {
+                        durable_name: Some(durable.clone()),
+                        filter_subject: subject.clone(),
+                        deliver_policy: DeliverPolicy::All,
+                        ack_policy: AckPolicy::Explicit,
+                        max_ack_pending: prefetch as i64,
+                        ..Default::default()
+                    })
+                    .await?;
+                let mut messages = consumer
+                    .stream()
+                    .max_messages_per_batch(prefetch)
+                    .heartbeat(Duration::from_secs(5))
+                    .expires(Duration::from_secs(30))
+                    .messages()
+                    .await?;
+                let mut clock = ConsumeClock::default();
+                for received in 0..payloads.len() {
+                    let message = within("raw consume", received, messages.next())
+                        .await?
+                        .context("raw consume: the pull stream ended")?
+                        .map_err(|e| anyhow::anyhow!("raw consume: {e}"))?;
+                    clock.received();
+                    message
+                        .ack()
+                        .await
+                        .map_err(|e| anyhow::anyhow!("raw ack: {e}"))?;
+                }
+                let consume = clock.elapsed();
+                drop(messages);
+                let _ = stream.delete_consumer(&durable).await;
+                Ok(RawTimes { publish, consume })
             })
         }
         fn sink(&self) -> ferry_core::BoxFuture<'_, anyhow::Result<Arc<dyn Sink>>> {
@@ -598,16 +684,17 @@ mod others {
         fn name(&self) -> &'static str {
             self.name
         }
-        fn raw_publish<'a>(
+        fn raw<'a>(
             &'a self,
             topic: &'a str,
             payloads: &'a [Bytes],
             batch: usize,
-        ) -> ferry_core::BoxFuture<'a, anyhow::Result<Duration>> {
+            prefetch: usize,
+        ) -> ferry_core::BoxFuture<'a, anyhow::Result<RawTimes>> {
             Box::pin(async move {
                 match &self.raw {
-                    Raw::Amqp(url) => amqp(url, topic, payloads, batch).await,
-                    Raw::Redis(url) => redis_raw(url, topic, payloads, batch).await,
+                    Raw::Amqp(url) => amqp(url, topic, payloads, batch, prefetch).await,
+                    Raw::Redis(url) => redis_raw(url, topic, payloads, batch, prefetch).await,
                     Raw::Kafka(brokers) => kafka(brokers, topic, payloads, batch).await,
                     Raw::Sqs(endpoint) => sqs(endpoint, topic, payloads).await,
                 }
@@ -636,10 +723,11 @@ mod others {
         topic: &str,
         payloads: &[Bytes],
         batch: usize,
-    ) -> anyhow::Result<Duration> {
+        prefetch: usize,
+    ) -> anyhow::Result<RawTimes> {
         use lapin::options::{
-            BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions,
-            QueueDeclareOptions,
+            BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
+            ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
         };
         use lapin::types::{AMQPValue, FieldTable, LongString};
         use lapin::{BasicProperties, Connection, ConnectionProperties, ExchangeKind};
@@ -707,11 +795,40 @@ mod others {
                 c.await?;
             }
         }
-        let took = start.elapsed();
+        let publish = start.elapsed();
+
+        // basic.consume with manual acks and a prefetch (basic.qos), as the
+        // adapter's subscriber; each delivery acked as it comes.
+        let consumer_channel = connection.create_channel().await?;
+        consumer_channel
+            .basic_qos(
+                u16::try_from(prefetch).unwrap_or(u16::MAX),
+                BasicQosOptions::default(),
+            )
+            .await?;
+        let mut consumer = consumer_channel
+            .basic_consume(
+                queue.as_str().into(),
+                "ferry-bench-raw".into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        let mut clock = ConsumeClock::default();
+        for received in 0..payloads.len() {
+            let delivery = within("raw consume", received, consumer.next())
+                .await?
+                .context("raw consume: the consumer ended")??;
+            clock.received();
+            delivery.ack(BasicAckOptions::default()).await?;
+        }
+        let consume = clock.elapsed();
+        drop(consumer);
+        // Deleting the queue cancels the consumer.
         channel
             .queue_delete(queue.as_str().into(), Default::default())
             .await?;
-        Ok(took)
+        Ok(RawTimes { publish, consume })
     }
 
     async fn redis_raw(
@@ -719,7 +836,10 @@ mod others {
         topic: &str,
         payloads: &[Bytes],
         batch: usize,
-    ) -> anyhow::Result<Duration> {
+        prefetch: usize,
+    ) -> anyhow::Result<RawTimes> {
+        use redis::streams::{StreamReadOptions, StreamReadReply};
+        use redis::AsyncCommands;
         let client = redis::Client::open(url)?;
         let mut connection = client.get_multiplexed_async_connection().await?;
         let key = format!("ferrybench.raw.{topic}");
@@ -735,12 +855,43 @@ mod others {
             }
             let _: Vec<String> = pipe.query_async(&mut connection).await?;
         }
-        let took = start.elapsed();
+        let publish = start.elapsed();
+
+        // A consumer group from the stream's start; XREADGROUP COUNT
+        // <prefetch>, then one XACK with the ids of what it read.
+        let _: () = connection.xgroup_create(&key, "raw", "0").await?;
+        let options = StreamReadOptions::default()
+            .group("raw", "raw-1")
+            .count(prefetch)
+            .block(1000);
+        let mut clock = ConsumeClock::default();
+        let mut received = 0;
+        while received < payloads.len() {
+            let reply: Option<StreamReadReply> = within(
+                "raw consume",
+                received,
+                connection.xread_options(&[&key], &[">"], &options),
+            )
+            .await??;
+            let ids: Vec<String> = reply
+                .into_iter()
+                .flat_map(|r| r.keys)
+                .flat_map(|k| k.ids)
+                .map(|entry| entry.id)
+                .collect();
+            if ids.is_empty() {
+                continue;
+            }
+            clock.received();
+            received += ids.len();
+            let _: i64 = connection.xack(&key, "raw", &ids[..]).await?;
+        }
+        let consume = clock.elapsed();
         let _: i64 = redis::cmd("DEL")
             .arg(&key)
             .query_async(&mut connection)
             .await?;
-        Ok(took)
+        Ok(RawTimes { publish, consume })
     }
 
     async fn kafka(
@@ -748,8 +899,9 @@ mod others {
         topic: &str,
         payloads: &[Bytes],
         batch: usize,
-    ) -> anyhow::Result<Duration> {
+    ) -> anyhow::Result<RawTimes> {
         use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+        use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
         use rdkafka::producer::{FutureProducer, FutureRecord};
         use rdkafka::ClientConfig;
         let mut config = ClientConfig::new();
@@ -782,13 +934,42 @@ mod others {
                 }
             }
         }
-        let took = start.elapsed();
-        Ok(took)
+        let publish = start.elapsed();
+
+        // A consumer group member, offsets stored after each message and
+        // committed by librdkafka in the background (rdkafka's at-least-once
+        // pattern: enable.auto.offset.store=false, store after handling),
+        // the final position committed synchronously after the clock.
+        let consumer: StreamConsumer = ClientConfig::new()
+            .set("bootstrap.servers", brokers)
+            .set("group.id", format!("raw-{topic}"))
+            .set("enable.auto.commit", "true")
+            .set("auto.commit.interval.ms", "1000")
+            .set("enable.auto.offset.store", "false")
+            .set("auto.offset.reset", "earliest")
+            .create()?;
+        consumer.subscribe(&[&name])?;
+        let mut clock = ConsumeClock::default();
+        for received in 0..payloads.len() {
+            let message = within("raw consume", received, consumer.recv()).await??;
+            clock.received();
+            consumer.store_offset_from_message(&message)?;
+        }
+        let consume = clock.elapsed();
+        let consumer = std::sync::Arc::new(consumer);
+        tokio::task::spawn_blocking(move || {
+            consumer.commit_consumer_state(CommitMode::Sync)?;
+            drop(consumer);
+            anyhow::Ok(())
+        })
+        .await??;
+        let _ = admin.delete_topics(&[&name], &AdminOptions::new()).await;
+        Ok(RawTimes { publish, consume })
     }
 
-    async fn sqs(endpoint: &str, topic: &str, payloads: &[Bytes]) -> anyhow::Result<Duration> {
+    async fn sqs(endpoint: &str, topic: &str, payloads: &[Bytes]) -> anyhow::Result<RawTimes> {
         use aws_sdk_sqs::config::{BehaviorVersion, Credentials, Region};
-        use aws_sdk_sqs::types::SendMessageBatchRequestEntry;
+        use aws_sdk_sqs::types::{DeleteMessageBatchRequestEntry, SendMessageBatchRequestEntry};
         let config = aws_sdk_sqs::Config::builder()
             .behavior_version(BehaviorVersion::latest())
             .region(Region::new("us-east-1"))
@@ -828,8 +1009,48 @@ mod others {
             let out = request.send().await?;
             anyhow::ensure!(out.failed.is_empty(), "sqs refused {:?}", out.failed);
         }
-        let took = start.elapsed();
+        let publish = start.elapsed();
+
+        // ReceiveMessage of up to 10 (long polling), then one
+        // DeleteMessageBatch for what it returned.
+        let mut clock = ConsumeClock::default();
+        let mut received = 0;
+        while received < payloads.len() {
+            let out = within(
+                "raw consume",
+                received,
+                client
+                    .receive_message()
+                    .queue_url(&url)
+                    .max_number_of_messages(10)
+                    .wait_time_seconds(1)
+                    .send(),
+            )
+            .await??;
+            let messages = out.messages.unwrap_or_default();
+            if messages.is_empty() {
+                continue;
+            }
+            clock.received();
+            received += messages.len();
+            let mut request = client.delete_message_batch().queue_url(&url);
+            for (i, m) in messages.iter().enumerate() {
+                request = request.entries(
+                    DeleteMessageBatchRequestEntry::builder()
+                        .id(i.to_string())
+                        .receipt_handle(m.receipt_handle.clone().unwrap_or_default())
+                        .build()?,
+                );
+            }
+            let out = request.send().await?;
+            anyhow::ensure!(
+                out.failed.is_empty(),
+                "sqs refused deletes {:?}",
+                out.failed
+            );
+        }
+        let consume = clock.elapsed();
         let _ = client.delete_queue().queue_url(&url).send().await;
-        Ok(took)
+        Ok(RawTimes { publish, consume })
     }
 }
