@@ -4,6 +4,7 @@
 //! A consumer-group join takes tansu about 20 s, so each test joins as few
 //! groups as it can; the tests run in parallel.
 
+mod codec_props;
 mod conformance;
 
 use std::time::Duration;
