@@ -8,5 +8,6 @@ mod bulk;
 mod changes;
 mod openapi;
 mod params;
+mod params_props;
 mod support;
 mod views;
