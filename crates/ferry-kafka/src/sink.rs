@@ -92,11 +92,25 @@ impl KafkaSink {
                 }
             };
             let mut headers = OwnedHeaders::new_with_capacity(8 + message.headers.len());
+            let mut refused = None;
             for (name, value) in binary_headers(message, &self.config.source) {
+                // Kafka carries any bytes, but librdkafka reads a received
+                // header name as a C string: a NUL would cut it.
+                if name.contains('\0') {
+                    refused = Some(SinkError::permanent(format!(
+                        "header name `{}` holds a NUL, which kafka clients cut the name at",
+                        name.escape_debug()
+                    )));
+                    break;
+                }
                 headers = headers.insert(Header {
                     key: &name,
                     value: Some(&value),
                 });
+            }
+            if let Some(refused) = refused {
+                results[i] = Some(Err(refused));
+                continue;
             }
             let mut record = FutureRecord::<str, [u8]>::to(topic)
                 .payload(&message.payload)

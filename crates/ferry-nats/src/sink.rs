@@ -219,6 +219,12 @@ impl NatsSink {
                 SinkError::permanent(format!("header `{name}` has a value nats cannot carry"))
                     .with_source(e)
             })?;
+            // The client trims a received value: it would arrive changed.
+            if value.as_str().trim() != value.as_str() {
+                return Err(SinkError::permanent(format!(
+                    "header `{name}` has a value with leading or trailing whitespace, which nats clients trim"
+                )));
+            }
             header_bytes += name.len() + value.as_str().len() + 4;
             headers.insert(header_name, value);
         }
