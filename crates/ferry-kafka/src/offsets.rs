@@ -25,9 +25,9 @@ struct Partition {
     next: i64,
     /// The offset after the highest message ever handed out.
     high: i64,
-    /// The last position stored for commit: at first where reading
-    /// started, which is the group's committed position (or the reset
-    /// position of a group that has none).
+    /// The last position committed: at first where reading started, which
+    /// is the group's committed position (or the reset position of a group
+    /// that has none).
     committed: i64,
 }
 
@@ -69,7 +69,7 @@ impl Partitions {
     }
 
     /// Records the acknowledgement of `position`. `Ok(Some(offset))` is a
-    /// new position to store, `Ok(None)` means the stored one already
+    /// new position to commit, `Ok(None)` means the committed one already
     /// covers it, and `Err(())` that the partition is no longer this
     /// consumer's (or was assigned anew) since the message was handed out.
     pub(crate) fn acked(&mut self, position: Position) -> Result<Option<i64>, ()> {
@@ -79,9 +79,18 @@ impl Partitions {
         Ok((target > state.committed).then_some(target))
     }
 
-    /// Records that `offset` of the epoch of `position` was stored for the
-    /// next commit.
-    pub(crate) fn stored(&mut self, position: Position, offset: i64) {
+    /// The position to commit now for `position`'s partition, if the
+    /// committed one does not cover every acknowledgement so far: several
+    /// acknowledgements that came in while a commit was in flight go out
+    /// in one commit. `Err(())` as for [`Partitions::acked`].
+    pub(crate) fn commit_target(&mut self, position: Position) -> Result<Option<i64>, ()> {
+        let state = self.current(position)?;
+        let target = state.pending.first().copied().unwrap_or(state.high);
+        Ok((target > state.committed).then_some(target))
+    }
+
+    /// Records that `offset` of the epoch of `position` was committed.
+    pub(crate) fn committed(&mut self, position: Position, offset: i64) {
         if let Ok(state) = self.current(position) {
             state.committed = state.committed.max(offset);
         }
@@ -120,9 +129,9 @@ mod tests {
         assert_eq!(p.acked(m[2]), Ok(None));
         assert_eq!(p.acked(m[3]), Ok(None));
         assert_eq!(p.acked(m[0]), Ok(Some(11)));
-        p.stored(m[0], 11);
+        p.committed(m[0], 11);
         assert_eq!(p.acked(m[1]), Ok(Some(14)));
-        p.stored(m[1], 14);
+        p.committed(m[1], 14);
         assert_eq!(p.acked(m[4]), Ok(Some(15)));
     }
 
@@ -134,7 +143,7 @@ mod tests {
         // Already rewound to 1: nacking 2 needs no second seek.
         assert!(!p.rewind(m[2]));
         assert_eq!(p.acked(m[0]), Ok(Some(1)));
-        p.stored(m[0], 1);
+        p.committed(m[0], 1);
         let again = p.handed_out(0, 1);
         assert_eq!(again.epoch, m[1].epoch);
         let two = p.handed_out(0, 2);

@@ -42,21 +42,13 @@ use crate::{KafkaConfig, KafkaConfigError};
 ///   contract lets an adapter say so): at its first assignment the consumer
 ///   commits the partitions' low watermarks, so that the group and its
 ///   backlog exist on the broker from then on.
-/// * **Ack** stores the partition's position for the next commit, only
-///   after the handler acknowledged, and only up to the lowest offset of the
+/// * **Ack** commits offsets (`enable.auto.commit=false`), only after the
+///   handler acknowledged, and only up to the lowest offset of the
 ///   partition handed out and not yet acknowledged: acks may come in any
-///   order, the position never passes an unacknowledged message. The stored
-///   positions are committed in the background by librdkafka
-///   (`enable.auto.commit` with `enable.auto.offset.store=false`): every
-///   second (`auto.commit.interval.ms` in [`KafkaConfig::properties`]
-///   changes that), when partitions are revoked
-///   in a rebalance, and when the consumer closes (its stream dropped). An
-///   acknowledgement therefore costs no round trip; a process that dies
-///   loses the positions stored since the last commit, and their messages
-///   are delivered again (at least once). A consumer that stops leaves its
-///   unacknowledged messages to the next owner of the partition, which
-///   reads on from the committed offset; that is how unacknowledged
-///   messages are redelivered.
+///   order, the commit never passes an unacknowledged message. A consumer
+///   that stops leaves its unacknowledged messages to the next owner of the
+///   partition, which reads on from the committed offset; that is how
+///   unacknowledged messages are redelivered.
 /// * **Nack** seeks the partition back to the nacked offset, so the message
 ///   and the partition's later ones are delivered again in order (the later
 ///   ones are duplicates when they were handled already: at least once). A
@@ -113,27 +105,17 @@ impl KafkaSubscriber {
         let (assigned_tx, mut assigned) = watch::channel(false);
         let shared = Arc::new(Shared {
             partitions: Mutex::new(Partitions::default()),
+            commit: tokio::sync::Mutex::new(()),
         });
         let context = GroupContext {
             shared: shared.clone(),
             assigned: assigned_tx,
         };
-        let mut client_config = self.config.client_config();
-        if !self
+        let consumer: StreamConsumer<GroupContext> = self
             .config
-            .properties
-            .contains_key("auto.commit.interval.ms")
-        {
-            client_config.set(
-                "auto.commit.interval.ms",
-                COMMIT_INTERVAL.as_millis().to_string(),
-            );
-        }
-        let consumer: StreamConsumer<GroupContext> = client_config
+            .client_config()
             .set("group.id", &subscription.group)
-            // Positions are stored by the ackers only, and committed by
-            // librdkafka in the background, on revoke and on close.
-            .set("enable.auto.commit", "true")
+            .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
             .set("auto.offset.reset", "earliest")
             .create_with_context(context)
@@ -223,16 +205,12 @@ ferry_core::impl_debug!(
     topic_prefix: subscriber.config.topic_prefix
 );
 
-/// How often a consumer commits the positions its acknowledgements stored,
-/// unless `auto.commit.interval.ms` says otherwise.
-const COMMIT_INTERVAL: Duration = Duration::from_secs(1);
-
 /// What a consumer, its rebalance callbacks and its ackers share.
 struct Shared {
-    /// Locked while an acknowledgement chooses and stores its position, so
-    /// that positions are stored in the order they were chosen and never
-    /// move back.
     partitions: Mutex<Partitions>,
+    /// Held while committing, so that commits reach the broker in the
+    /// order their positions were chosen and never move a position back.
+    commit: tokio::sync::Mutex<()>,
 }
 
 impl Shared {
@@ -296,42 +274,20 @@ struct Member {
 }
 
 impl Member {
-    /// Records the acknowledgement of `position` and stores the partition's
-    /// new position, if it moved, for librdkafka's next commit.
-    fn acknowledge(&self, position: Position) -> Result<(), SubscribeError> {
-        let reassigned = || {
-            SubscribeError::unavailable(
-                "the kafka partition was reassigned; the message will be delivered again",
-            )
-        };
-        let mut partitions = self.shared.partitions();
-        let Some(offset) = partitions.acked(position).map_err(|()| reassigned())? else {
-            return Ok(());
-        };
+    /// Commits `offset` as the position of `position`'s partition.
+    async fn commit(&self, position: Position, offset: i64) -> Result<(), SubscribeError> {
         let Some(consumer) = self.consumer.upgrade() else {
             return Err(closed());
         };
         let mut tpl = TopicPartitionList::new();
-        let stored = tpl
-            .add_partition_offset(&self.topic, position.partition, Offset::Offset(offset))
-            .map_err(|e| SubscribeError::permanent("invalid offset").with_source(e))
-            // In memory only; refused when the partition is no longer
-            // assigned to this consumer.
-            .and_then(|()| {
-                consumer
-                    .store_offsets(&tpl)
-                    .map_err(|e| reassigned().with_source(e))
-            });
-        if stored.is_ok() {
-            partitions.stored(position, offset);
-        }
-        drop(partitions);
-        // Should the stream have been dropped meanwhile, this was the last
-        // handle: closing waits for the group, so not on the runtime.
-        if let Some(consumer) = Arc::into_inner(consumer) {
-            drop(tokio::task::spawn_blocking(move || drop(consumer)));
-        }
-        stored
+        tpl.add_partition_offset(&self.topic, position.partition, Offset::Offset(offset))
+            .map_err(|e| SubscribeError::permanent("invalid offset").with_source(e))?;
+        tokio::task::spawn_blocking(move || consumer.commit(&tpl, CommitMode::Sync))
+            .await
+            .map_err(|e| SubscribeError::unavailable("kafka offset commit failed").with_source(e))?
+            .map_err(|e| subscribe_error(e, "kafka offset commit failed"))?;
+        self.shared.partitions().committed(position, offset);
+        Ok(())
     }
 }
 
@@ -457,7 +413,7 @@ pub(crate) fn decode(message: &BorrowedMessage<'_>) -> Result<Message, Malformed
     }
 }
 
-/// Stores the position on ack, seeks back on nack; holds a prefetch permit until it is
+/// Commits on ack, seeks back on nack; holds a prefetch permit until it is
 /// settled or dropped.
 struct KafkaAcker {
     member: Member,
@@ -467,7 +423,28 @@ struct KafkaAcker {
 
 impl Acker for KafkaAcker {
     fn ack(self: Box<Self>) -> BoxFuture<'static, Result<(), SubscribeError>> {
-        Box::pin(async move { self.member.acknowledge(self.position) })
+        Box::pin(async move {
+            let shared = self.member.shared.clone();
+            let reassigned = || {
+                SubscribeError::unavailable(
+                    "the kafka partition was reassigned; the message will be delivered again",
+                )
+            };
+            // Recorded before waiting for the commit lock, so that the
+            // commit in flight's successor covers this acknowledgement and
+            // every other that arrived meanwhile: one commit for many.
+            let recorded = shared.partitions().acked(self.position);
+            if recorded.is_err() {
+                return Err(reassigned());
+            }
+            let _commit = shared.commit.lock().await;
+            let target = shared.partitions().commit_target(self.position);
+            match target {
+                Err(()) => Err(reassigned()),
+                Ok(None) => Ok(()),
+                Ok(Some(offset)) => self.member.commit(self.position, offset).await,
+            }
+        })
     }
 
     fn nack(
@@ -499,8 +476,7 @@ impl Acker for KafkaAcker {
 /// Pins a new group's start: commits the low watermark of each assigned
 /// partition that has no committed offset yet.
 async fn pin_start(consumer: Arc<GroupConsumer>, member: Member) -> Result<(), SubscribeError> {
-    // Before the stream is returned: no acknowledgement has stored a
-    // position yet that this could move back.
+    let _commit = member.shared.commit.lock().await;
     let timeout = member.timeout;
     let topic = member.topic.clone();
     tokio::task::spawn_blocking(move || -> Result<(), KafkaError> {
