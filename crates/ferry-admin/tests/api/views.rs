@@ -136,9 +136,11 @@ async fn one_dead_letter_view_over_every_kind_with_causes_counts_and_details() {
         ]
         .into()
     );
-    let times: Vec<&str> = items
+    // As times: RFC 3339 text drops trailing zeros of the fraction
+    // (`.139Z` is before `.139009Z` but sorts after it as text).
+    let times: Vec<chrono::DateTime<chrono::Utc>> = items
         .iter()
-        .map(|i| i["failed_at"].as_str().unwrap())
+        .map(|i| i["failed_at"].as_str().unwrap().parse().unwrap())
         .collect();
     assert!(
         times.windows(2).all(|w| w[0] >= w[1]),
