@@ -1387,19 +1387,7 @@ async fn observe(
                 .collect()
         };
         let effects: Vec<Effect> = match p.effects {
-            EffectDb::Postgres => sqlx::query(
-                "SELECT message_id, msg_key, n FROM soak_effects WHERE path = $1 ORDER BY id",
-            )
-            .bind(p.name)
-            .fetch_all(&dbs.effects_pg)
-            .await?
-            .iter()
-            .map(|r| Effect {
-                id: r.get(0),
-                key: r.get(1),
-                n: r.get(2),
-            })
-            .collect(),
+            EffectDb::Postgres => pg_effects(dbs, p.name).await?,
             EffectDb::Mariadb => sqlx::query(
                 "SELECT message_id, msg_key, n FROM soak_effects WHERE path = ? ORDER BY id",
             )
@@ -1480,18 +1468,7 @@ async fn observe_events(dbs: &Dbs, p: &PathSpec) -> anyhow::Result<PathData> {
             poison: false,
         })
         .collect();
-    let effects =
-        sqlx::query("SELECT message_id, msg_key, n FROM soak_effects WHERE path = $1 ORDER BY id")
-            .bind(p.name)
-            .fetch_all(&dbs.effects_pg)
-            .await?
-            .iter()
-            .map(|r| Effect {
-                id: r.get(0),
-                key: r.get(1),
-                n: r.get(2),
-            })
-            .collect();
+    let effects = pg_effects(dbs, p.name).await?;
     let stored = sqlx::query("SELECT event_id FROM ferry_events")
         .fetch_all(&dbs.outbox_pg)
         .await?
@@ -1515,6 +1492,24 @@ async fn observe_events(dbs: &Dbs, p: &PathSpec) -> anyhow::Result<PathData> {
     })
 }
 
+/// The effect rows of `path` in the PostgreSQL effects database, in the
+/// order they were applied.
+async fn pg_effects(dbs: &Dbs, path: &str) -> anyhow::Result<Vec<Effect>> {
+    Ok(
+        sqlx::query("SELECT message_id, msg_key, n FROM soak_effects WHERE path = $1 ORDER BY id")
+            .bind(path)
+            .fetch_all(&dbs.effects_pg)
+            .await?
+            .iter()
+            .map(|r| Effect {
+                id: r.get(0),
+                key: r.get(1),
+                n: r.get(2),
+            })
+            .collect(),
+    )
+}
+
 /// What the CDC path did: committed = the producer's change log; dead =
 /// the capture's dead letters (in the captured database, its state).
 async fn observe_cdc(dbs: &Dbs, p: &PathSpec) -> anyhow::Result<PathData> {
@@ -1529,18 +1524,7 @@ async fn observe_cdc(dbs: &Dbs, p: &PathSpec) -> anyhow::Result<PathData> {
             poison: false,
         })
         .collect();
-    let effects =
-        sqlx::query("SELECT message_id, msg_key, n FROM soak_effects WHERE path = $1 ORDER BY id")
-            .bind(p.name)
-            .fetch_all(&dbs.effects_pg)
-            .await?
-            .iter()
-            .map(|r| Effect {
-                id: r.get(0),
-                key: r.get(1),
-                n: r.get(2),
-            })
-            .collect();
+    let effects = pg_effects(dbs, p.name).await?;
     let dead = sqlx::query("SELECT message_id FROM ferry_dead_letters")
         .fetch_all(&dbs.cdc)
         .await?
