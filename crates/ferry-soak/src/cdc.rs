@@ -112,6 +112,7 @@ pub async fn produce(
         let failed = result.is_err();
         {
             let mut o = out.lock().unwrap();
+            o.ended_now(made.iter().map(|(_, c)| c.id));
             match (result, roll_back) {
                 (Ok(()), false) => {
                     o.committed_tx += 1;

@@ -266,6 +266,34 @@ impl Report {
         s
     }
 
+    /// The first `first` ids of each violation that names messages, with
+    /// what it is (`nats: applied more than once`…), in the order
+    /// [`Report::violations`] names them.
+    pub fn violating_ids(&self, first: usize) -> Vec<(String, Uuid)> {
+        let mut v = Vec::new();
+        for p in &self.paths {
+            let mut lists: Vec<(&str, &[Uuid])> = vec![
+                ("applied more than once", &p.duplicates),
+                ("committed but never applied", &p.missing),
+                ("applied but not committed (or poison)", &p.unexpected),
+            ];
+            if p.ordered {
+                lists.push(("applied after a later message of its key", &p.out_of_order));
+            }
+            lists.push(("dead-lettered but not poison", &p.unexpected_dead));
+            lists.push(("poison but not dead-lettered", &p.missing_dead));
+            for (what, ids) in lists {
+                for id in ids.iter().take(first) {
+                    v.push((format!("{}: {what}", p.name), *id));
+                }
+            }
+        }
+        for (id, place) in self.rolled_back_seen.iter().take(first) {
+            v.push((format!("uncommitted, found in {place}"), *id));
+        }
+        v
+    }
+
     /// Each violation, naming the first `first` ids of each.
     pub fn violations(&self, first: usize) -> Vec<String> {
         let mut v = Vec::new();
@@ -419,6 +447,27 @@ mod tests {
         assert_eq!(r.paths[0].unexpected_dead, vec![ids[3]]);
         assert_eq!(r.paths[0].missing_dead, vec![ids[4]]);
         assert_eq!(r.violations(1).len(), 2, "{:?}", r.violations(1));
+    }
+
+    #[test]
+    fn violating_ids_name_each_violation_up_to_first() {
+        let (mut o, ids) = clean();
+        o.paths[0].effects.clear();
+        o.paths[0].outbox_left.push(ids[5]);
+        let r = check(&o);
+        let named = r.violating_ids(2);
+        assert_eq!(
+            named,
+            vec![
+                ("p: committed but never applied".to_owned(), ids[0]),
+                ("p: committed but never applied".to_owned(), ids[1]),
+                (
+                    "uncommitted, found in p outbox or event store".to_owned(),
+                    ids[5]
+                ),
+            ]
+        );
+        assert!(check(&clean().0).violating_ids(10).is_empty());
     }
 
     #[test]

@@ -64,6 +64,33 @@ pub enum Fault {
 }
 
 impl Fault {
+    /// What it does and to what, for the fault log: (`kill`, process),
+    /// (`restart`, `postgres`), (`delay 120ms`, link), (`500`, `webhook`)…
+    pub fn parts(&self, processes: &[String], links: &[&str]) -> (String, String) {
+        match self {
+            Fault::KillFerry { process, .. } => ("kill".into(), processes[*process].clone()),
+            Fault::RestartPostgres { .. } => ("restart".into(), "postgres".into()),
+            Fault::RestartNats { .. } => ("restart".into(), "nats".into()),
+            Fault::RestartRedis { .. } => ("restart".into(), "redis".into()),
+            Fault::Link { link, fault, .. } => {
+                let what = match fault {
+                    LinkFault::Delay(d) => format!("delay {}ms", d.as_millis()),
+                    LinkFault::Blackhole => "blackhole".into(),
+                    LinkFault::Reset => "reset".into(),
+                };
+                (what, links[*link].to_owned())
+            }
+            Fault::Webhook { mode, .. } => {
+                let what = match mode {
+                    Webhook::Up => "up".into(),
+                    Webhook::Stall(d) => format!("stall {}ms", d.as_millis()),
+                    Webhook::Fail(s) => s.to_string(),
+                };
+                (what, "webhook".into())
+            }
+        }
+    }
+
     /// Its kind, for the summary: `kill <process>`, `restart postgres`,
     /// `<link> blackhole`, `webhook 500`…
     pub fn kind(&self, processes: &[String], links: &[&str]) -> String {

@@ -22,6 +22,7 @@
 
 mod cdc;
 mod check;
+mod fault_log;
 mod faults;
 mod follower;
 mod library_consumer;
@@ -50,6 +51,7 @@ use tokio::sync::Mutex as AsyncMutex;
 use uuid::Uuid;
 
 use check::{Effect, Observed, PathData, Produced};
+use fault_log::{FaultLog, FaultRecord};
 use faults::{Fault, LinkFault, Scheduled};
 use produce::Outbox;
 use proxy::{Link, Mode};
@@ -308,9 +310,39 @@ async fn soak(args: Args) -> anyhow::Result<bool> {
     let result = soak_in(&args, seed, &ferry, &run, &dir, &mariadb_db).await;
     cleanup(&args, &run, &mariadb_db).await;
     if !args.keep {
-        let _ = std::fs::remove_dir_all(&dir);
+        remove_all_but(&dir, FAULT_LOG);
+    }
+    let log = dir.join(FAULT_LOG);
+    if log.exists() {
+        println!("ferry-soak: fault log kept at {}", log.display());
     }
     result
+}
+
+/// The fault log's file name in the run directory.
+const FAULT_LOG: &str = "faults.log";
+
+/// How far before and after a violation's time faults are shown.
+const FAULT_WINDOW: Duration = Duration::from_secs(30);
+
+/// Removes everything in `dir` but the file `keep` (and `dir` itself when
+/// nothing is left).
+fn remove_all_but(dir: &Path, keep: &str) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        if e.file_name() == keep {
+            continue;
+        }
+        let path = e.path();
+        let _ = if path.is_dir() {
+            std::fs::remove_dir_all(&path)
+        } else {
+            std::fs::remove_file(&path)
+        };
+    }
+    let _ = std::fs::remove_dir(dir);
 }
 
 async fn soak_in(
@@ -555,6 +587,8 @@ async fn soak_in(
     // --- producers and faults -------------------------------------------
     let produced = Arc::new(Mutex::new(produce::Produced::default()));
     let started = Instant::now();
+    let fault_log =
+        Arc::new(FaultLog::create(&dir.join(FAULT_LOG), started).context("create the fault log")?);
     let mut producers = spawn_producers(args, seed, &dbs, produced.clone());
     producers.push(tokio::spawn(cdc::produce(
         dbs.cdc.clone(),
@@ -584,6 +618,7 @@ async fn soak_in(
     let stop = Arc::new(AtomicBool::new(false));
     let fault_task = tokio::spawn(run_faults(
         world.clone(),
+        fault_log.clone(),
         schedule,
         stop.clone(),
         started,
@@ -683,6 +718,7 @@ async fn soak_in(
     for v in &violations {
         println!("VIOLATION {v}");
     }
+    print_faults_near(&report, &p.ended, &fault_log, args.first);
     for problem in &problems {
         println!("PROBLEM {problem}");
     }
@@ -692,6 +728,34 @@ async fn soak_in(
         if ok { "PASSED" } else { "FAILED" }
     );
     Ok(ok)
+}
+
+/// For each id a violation names whose transaction's end time is known,
+/// the faults active within [`FAULT_WINDOW`] of it (from the fault log).
+fn print_faults_near(
+    report: &check::Report,
+    ended: &HashMap<Uuid, std::time::SystemTime>,
+    log: &FaultLog,
+    first: usize,
+) {
+    let records = log.records();
+    for (what, id) in report.violating_ids(first) {
+        let Some(at) = ended.get(&id).and_then(|t| log.since_start(*t)) else {
+            println!("faults near {id} ({what}): its transaction time is not known");
+            continue;
+        };
+        let near = fault_log::near(&records, at, FAULT_WINDOW);
+        println!(
+            "faults within {}s of {id} ({what}; its transaction ended at {} = +{:.3}s){}",
+            FAULT_WINDOW.as_secs(),
+            log.utc(at),
+            at.as_secs_f64(),
+            if near.is_empty() { ": none" } else { ":" }
+        );
+        for r in near {
+            println!("  {}", log.line(r));
+        }
+    }
 }
 
 fn resolve(addr: &str) -> anyhow::Result<std::net::SocketAddr> {
@@ -1038,6 +1102,7 @@ fn spawn_producers(
 /// started has ended.
 async fn run_faults(
     world: Arc<World>,
+    log: Arc<FaultLog>,
     schedule: Vec<Scheduled>,
     stop: Arc<AtomicBool>,
     started: Instant,
@@ -1059,16 +1124,12 @@ async fn run_faults(
             break;
         }
         let kind = s.fault.kind(&world.names, &link_names);
+        let parts = s.fault.parts(&world.names, &link_names);
         if overlap {
-            let world = world.clone();
-            let kind = kind.clone();
-            running.spawn(async move {
-                inject(&world, &s.fault)
-                    .await
-                    .map_err(|e| format!("fault {kind} failed: {e:#}"))
-            });
-        } else if let Err(e) = inject(&world, &s.fault).await {
-            errors.push(format!("fault {kind} failed: {e:#}"));
+            let (world, log, kind) = (world.clone(), log.clone(), kind.clone());
+            running.spawn(async move { carry_out(&world, &log, &s.fault, &kind, parts).await });
+        } else if let Err(e) = carry_out(&world, &log, &s.fault, &kind, parts).await {
+            errors.push(e);
         }
         *injected.entry(kind).or_insert(0) += 1;
     }
@@ -1082,16 +1143,47 @@ async fn run_faults(
     (injected, errors)
 }
 
-async fn inject(world: &World, fault: &Fault) -> anyhow::Result<()> {
+/// Injects `fault` and records it in `log` once it is undone; an error
+/// naming `kind` if it could not be carried out.
+async fn carry_out(
+    world: &World,
+    log: &FaultLog,
+    fault: &Fault,
+    kind: &str,
+    (what, target): (String, String),
+) -> Result<(), String> {
+    let asked = log.now();
+    let mut begun = None;
+    let result = inject(world, fault, log, &mut begun).await;
+    log.record(FaultRecord {
+        kind: what,
+        target,
+        start: begun.unwrap_or(asked),
+        end: log.now(),
+        error: result.as_ref().err().map(|e| format!("{e:#}")),
+    });
+    result.map_err(|e| format!("fault {kind} failed: {e:#}"))
+}
+
+/// Injects `fault`, noting in `begun` when it took effect (after waiting
+/// for its target's turn), and undoes it after its time.
+async fn inject(
+    world: &World,
+    fault: &Fault,
+    log: &FaultLog,
+    begun: &mut Option<Duration>,
+) -> anyhow::Result<()> {
     match fault {
         Fault::KillFerry { process, down } => {
             let mut p = world.ferry[*process].lock().await;
+            *begun = Some(log.now());
             p.kill().await;
             tokio::time::sleep(*down).await;
             p.restart()?;
         }
         Fault::RestartPostgres { down } => {
             let _turn = world.pg_turn.lock().await;
+            *begun = Some(log.now());
             let pg = world.pg.clone();
             tokio::task::spawn_blocking(move || pg.stop(Stop::Immediate)).await?;
             tokio::time::sleep(*down).await;
@@ -1100,12 +1192,14 @@ async fn inject(world: &World, fault: &Fault) -> anyhow::Result<()> {
         }
         Fault::RestartNats { down } => {
             let _turn = world.nats_turn.lock().await;
+            *begun = Some(log.now());
             world.nats.kill();
             tokio::time::sleep(*down).await;
             world.nats.restart().await;
         }
         Fault::RestartRedis { down } => {
             let mut p = world.redis.lock().await;
+            *begun = Some(log.now());
             p.kill().await;
             tokio::time::sleep(*down).await;
             p.restart()?;
@@ -1114,6 +1208,7 @@ async fn inject(world: &World, fault: &Fault) -> anyhow::Result<()> {
         Fault::Link { link, fault, hold } => {
             let _turn = world.link_turns[*link].lock().await;
             let link = &world.links[*link];
+            *begun = Some(log.now());
             match fault {
                 LinkFault::Delay(d) => link.set(Mode::Delay(*d)),
                 LinkFault::Blackhole => link.set(Mode::Blackhole),
@@ -1124,6 +1219,7 @@ async fn inject(world: &World, fault: &Fault) -> anyhow::Result<()> {
         }
         Fault::Webhook { mode, hold } => {
             let _turn = world.link_turns[world.links.len()].lock().await;
+            *begun = Some(log.now());
             world.receivers.set_webhook(*mode);
             tokio::time::sleep(*hold).await;
             world.receivers.set_webhook(Webhook::Up);

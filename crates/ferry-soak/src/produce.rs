@@ -9,7 +9,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use ferry_core::{Message, MessageId};
 use ferry_store::event_store::NewEvent;
@@ -57,6 +57,18 @@ pub struct Produced {
     pub failed_tx: u64,
     /// Ids of messages in rolled-back or failed transactions.
     pub not_committed: Vec<Uuid>,
+    /// When each message's transaction ended (its commit or rollback
+    /// returned, or it failed), committed or not: the checker shows the
+    /// faults around a violation's time.
+    pub ended: HashMap<Uuid, SystemTime>,
+}
+
+impl Produced {
+    /// Notes that the transaction of `ids` ended now.
+    pub fn ended_now(&mut self, ids: impl IntoIterator<Item = Uuid>) {
+        let now = SystemTime::now();
+        self.ended.extend(ids.into_iter().map(|id| (id, now)));
+    }
 }
 
 /// One producer task's job.
@@ -143,6 +155,7 @@ pub async fn run(job: Job, out: Arc<Mutex<Produced>>) {
         let failed = result.is_err();
         {
             let mut o = out.lock().unwrap();
+            o.ended_now(batch.iter().map(|m| m.id));
             match (failed, roll_back) {
                 (false, false) => {
                     o.committed_tx += 1;
