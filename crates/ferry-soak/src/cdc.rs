@@ -1,29 +1,55 @@
-//! The CDC path: a producer that inserts, updates and deletes rows of
-//! `soak_cdc_rows` on the private PostgreSQL (database `soak_cdc`, captured
-//! by a `[[cdc]]` in log mode: a logical replication slot), and logs each
-//! change it makes in `soak_cdc_log` in the same transaction (a table the
-//! capture leaves out). Some transactions roll back on purpose.
+//! The CDC paths: a producer that inserts, updates and deletes rows of
+//! `soak_cdc_rows` and logs each change it makes in `soak_cdc_log` in the
+//! same transaction (a table the capture leaves out). Some transactions
+//! roll back on purpose. Path `cdc`: on the private PostgreSQL (database
+//! `soak_cdc`, captured by a `[[cdc]]` in log mode: a logical replication
+//! slot). Path `binlog`: on the shared MariaDB (a database of the run's
+//! own, reached through the soak's proxy), captured from the binary log by
+//! a `ferry cdc` process.
 //!
 //! Every change carries its own id, so the checker can match what the
 //! webhook received with what committed: an insert or update writes a
 //! fresh `tag` (a UUIDv7) and its position in the row, `v` (1, 2, 3, …);
 //! a delete is identified by the deleted row's last tag with its lowest
-//! bit flipped, at position `v + 1` (the table has `REPLICA IDENTITY FULL`,
-//! so a delete's `before` is the whole old row). Row ids come from a
-//! sequence and are never reused.
+//! bit flipped, at position `v + 1` (the table has `REPLICA IDENTITY FULL`
+//! on PostgreSQL, and MariaDB's binlog has the full row image, so a
+//! delete's `before` is the whole old row). Row ids come from a sequence
+//! (an `AUTO_INCREMENT`) and are never reused.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use sqlx::{PgPool, Row};
+use sqlx::{MySqlPool, PgPool, Row};
 use uuid::Uuid;
 
 use crate::produce::Produced;
 
-/// The path's name (and the capture's).
+/// The PostgreSQL path's name (and the capture's).
 pub const PATH: &str = "cdc";
+
+/// The MariaDB binlog path's name.
+pub const BINLOG_PATH: &str = "binlog";
+
+/// The `ferry cdc` capture's name on MariaDB (its saved position's key in
+/// `ferry_cdc_offsets`, and what its replica `server_id` derives from).
+pub const BINLOG_CAPTURE: &str = "soak_binlog";
+
+/// The same tables on MariaDB, one statement each.
+pub const MARIADB_SCHEMA: [&str; 2] = [
+    "CREATE TABLE soak_cdc_rows (id BIGINT AUTO_INCREMENT PRIMARY KEY, v BIGINT NOT NULL, tag CHAR(36) NOT NULL)",
+    "CREATE TABLE soak_cdc_log (change_id CHAR(36) PRIMARY KEY, row_id BIGINT NOT NULL, seq BIGINT NOT NULL)",
+];
+
+/// The database whose rows a producer changes.
+#[derive(Clone)]
+pub enum Captured {
+    /// PostgreSQL (the logical slot's).
+    Postgres(PgPool),
+    /// MariaDB (the binlog's).
+    Mariadb(MySqlPool),
+}
 
 /// The captured table and the producer's log.
 pub const SCHEMA: &str = "CREATE TABLE soak_cdc_rows (id BIGSERIAL PRIMARY KEY, v BIGINT NOT NULL, tag UUID NOT NULL);
@@ -72,11 +98,11 @@ pub fn parse_event(v: &serde_json::Value) -> Option<Change> {
     })
 }
 
-/// Changes `messages` rows of `pool`'s `soak_cdc_rows` over the run, at a
+/// Changes `messages` rows of `db`'s `soak_cdc_rows` over the run, at a
 /// steady pace, counting into `out` (its `not_committed` gets the change
 /// ids of rolled-back and failed transactions).
 pub async fn produce(
-    pool: PgPool,
+    db: Captured,
     messages: u64,
     duration: Duration,
     seed: u64,
@@ -108,7 +134,10 @@ pub async fn produce(
             })
             .collect();
         let mut made = Vec::new();
-        let result = transaction(&pool, &ops, roll_back, &mut made).await;
+        let result = match &db {
+            Captured::Postgres(pool) => transaction(pool, &ops, roll_back, &mut made).await,
+            Captured::Mariadb(pool) => mariadb_transaction(pool, &ops, roll_back, &mut made).await,
+        };
         let failed = result.is_err();
         {
             let mut o = out.lock().unwrap();
@@ -213,6 +242,89 @@ async fn transaction(
         tx.commit().await?;
     }
     Ok(())
+}
+
+async fn mariadb_transaction(
+    pool: &MySqlPool,
+    ops: &[(u8, Option<i64>)],
+    roll_back: bool,
+    made: &mut Vec<(u8, Change)>,
+) -> anyhow::Result<()> {
+    let mut tx = pool.begin().await?;
+    for (op, row) in ops {
+        let tag = Uuid::now_v7();
+        let change = match (op, row) {
+            (b'c', _) => {
+                let id = sqlx::query("INSERT INTO soak_cdc_rows (v, tag) VALUES (1, ?)")
+                    .bind(tag.to_string())
+                    .execute(&mut *tx)
+                    .await?
+                    .last_insert_id();
+                Change {
+                    id: tag,
+                    row: i64::try_from(id)?,
+                    seq: 1,
+                }
+            }
+            (b'u' | b'd', Some(row)) => {
+                // MariaDB has no UPDATE … RETURNING: read the row locked.
+                let Some(r) =
+                    sqlx::query("SELECT v, tag FROM soak_cdc_rows WHERE id = ? FOR UPDATE")
+                        .bind(row)
+                        .fetch_optional(&mut *tx)
+                        .await?
+                else {
+                    continue; // deleted meanwhile (a change of this transaction)
+                };
+                let v: i64 = r.get(0);
+                if *op == b'u' {
+                    sqlx::query("UPDATE soak_cdc_rows SET v = v + 1, tag = ? WHERE id = ?")
+                        .bind(tag.to_string())
+                        .bind(row)
+                        .execute(&mut *tx)
+                        .await?;
+                    Change {
+                        id: tag,
+                        row: *row,
+                        seq: v + 1,
+                    }
+                } else {
+                    sqlx::query("DELETE FROM soak_cdc_rows WHERE id = ?")
+                        .bind(row)
+                        .execute(&mut *tx)
+                        .await?;
+                    Change {
+                        id: delete_id(r.get::<String, _>(1).parse()?),
+                        row: *row,
+                        seq: v + 1,
+                    }
+                }
+            }
+            _ => continue,
+        };
+        sqlx::query("INSERT INTO soak_cdc_log (change_id, row_id, seq) VALUES (?, ?, ?)")
+            .bind(change.id.to_string())
+            .bind(change.row)
+            .bind(change.seq)
+            .execute(&mut *tx)
+            .await?;
+        made.push((*op, change));
+    }
+    if roll_back {
+        tx.rollback().await?;
+    } else {
+        tx.commit().await?;
+    }
+    Ok(())
+}
+
+/// Inserts the row a MariaDB capture's initial snapshot reads (as an `r`
+/// change at position 1, logged like any other): once it is delivered the
+/// capture has saved a position, and a restart resumes from there instead
+/// of snapshotting again.
+pub async fn mariadb_seed_row(pool: &MySqlPool) -> anyhow::Result<()> {
+    let mut made = Vec::new();
+    mariadb_transaction(pool, &[(b'c', None)], false, &mut made).await
 }
 
 #[cfg(test)]

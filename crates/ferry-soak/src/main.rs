@@ -16,6 +16,7 @@
 //! | fwd    | event store (PostgreSQL) | `[[forwarder]]` of `events` | webhook | — | PostgreSQL |
 //! | api    | event store (PostgreSQL) | `[events_api]` of `events` | HTTP offset API | `EventsClient` follower | PostgreSQL |
 //! | cdc    | row changes (PostgreSQL) | `[[cdc]]` (log mode) of `cdc` | webhook | — | PostgreSQL |
+//! | binlog | row changes (MariaDB, through the proxy) | `ferry cdc` (binlog) `cdc-binlog` | webhook | — | PostgreSQL |
 //!
 //! See docs/guarantees.md ("The chaos soak") for the faults and what the
 //! checker proves.
@@ -114,11 +115,13 @@ struct PathSpec {
     library: bool,
     /// The path starts at the event store, not an outbox.
     events: bool,
-    /// The path starts at row changes captured by CDC.
+    /// The path starts at row changes captured by CDC from PostgreSQL.
     cdc: bool,
+    /// The path starts at row changes captured from MariaDB's binlog.
+    binlog: bool,
 }
 
-const PATHS: [PathSpec; 10] = [
+const PATHS: [PathSpec; 11] = [
     PathSpec {
         name: "http",
         sqlite_outbox: false,
@@ -128,6 +131,7 @@ const PATHS: [PathSpec; 10] = [
         library: false,
         events: false,
         cdc: false,
+        binlog: false,
     },
     PathSpec {
         name: "nats",
@@ -138,6 +142,7 @@ const PATHS: [PathSpec; 10] = [
         library: false,
         events: false,
         cdc: false,
+        binlog: false,
     },
     PathSpec {
         name: "kafka",
@@ -148,6 +153,7 @@ const PATHS: [PathSpec; 10] = [
         library: false,
         events: false,
         cdc: false,
+        binlog: false,
     },
     PathSpec {
         name: "amqp",
@@ -158,6 +164,7 @@ const PATHS: [PathSpec; 10] = [
         library: false,
         events: false,
         cdc: false,
+        binlog: false,
     },
     PathSpec {
         name: "redis",
@@ -168,6 +175,7 @@ const PATHS: [PathSpec; 10] = [
         library: false,
         events: false,
         cdc: false,
+        binlog: false,
     },
     PathSpec {
         name: "sqlite",
@@ -178,6 +186,7 @@ const PATHS: [PathSpec; 10] = [
         library: false,
         events: false,
         cdc: false,
+        binlog: false,
     },
     PathSpec {
         name: "lib",
@@ -188,6 +197,7 @@ const PATHS: [PathSpec; 10] = [
         library: true,
         events: false,
         cdc: false,
+        binlog: false,
     },
     PathSpec {
         name: "fwd",
@@ -198,6 +208,7 @@ const PATHS: [PathSpec; 10] = [
         library: false,
         events: true,
         cdc: false,
+        binlog: false,
     },
     PathSpec {
         name: "api",
@@ -208,6 +219,7 @@ const PATHS: [PathSpec; 10] = [
         library: false,
         events: true,
         cdc: false,
+        binlog: false,
     },
     PathSpec {
         name: cdc::PATH,
@@ -218,6 +230,18 @@ const PATHS: [PathSpec; 10] = [
         library: false,
         events: false,
         cdc: true,
+        binlog: false,
+    },
+    PathSpec {
+        name: cdc::BINLOG_PATH,
+        sqlite_outbox: false,
+        effects: EffectDb::Postgres,
+        ordered: true,
+        consumer: false,
+        library: false,
+        events: false,
+        cdc: false,
+        binlog: true,
     },
 ];
 
@@ -264,6 +288,8 @@ struct Dbs {
     effects_mariadb: MySqlPool,
     consumers: SqlitePool,
     cdc: PgPool,
+    /// The MariaDB database whose binlog is captured (through the proxy).
+    binlog: MySqlPool,
 }
 
 #[tokio::main]
@@ -406,6 +432,14 @@ async fn soak_in(
             .await?;
     }
     let mariadb_url = format!("mysql://root@127.0.0.1:{}/{mariadb_db}", links[0].port());
+    let binlog_db = binlog_database(mariadb_db);
+    {
+        let mut admin = sqlx::MySqlConnection::connect(&args.mariadb).await?;
+        admin
+            .execute(format!("CREATE DATABASE {binlog_db}").as_str())
+            .await?;
+    }
+    let binlog_url = format!("mysql://root@127.0.0.1:{}/{binlog_db}", links[0].port());
     for url in [
         &cdc_url,
         &outbox_url,
@@ -454,8 +488,16 @@ async fn soak_in(
             .connect_lazy(&mariadb_url)?,
         consumers: sqlite_pool(&consumers_url)?,
         cdc: pg_pool(cdc_url.clone(), 8)?,
+        binlog: MySqlPoolOptions::new()
+            .max_connections(4)
+            .acquire_timeout(Duration::from_secs(3))
+            .connect_lazy(&binlog_url)?,
     };
     dbs.cdc.execute(cdc::SCHEMA).await?;
+    for statement in cdc::MARIADB_SCHEMA {
+        dbs.binlog.execute(statement).await?;
+    }
+    cdc::mariadb_seed_row(&dbs.binlog).await?;
     dbs.outbox_pg.execute(produce::PG_SCHEMA).await?;
     dbs.outbox_pg.execute(produce::EVENTS_SCHEMA).await?;
     dbs.outbox_sqlite.execute(produce::SQLITE_SCHEMA).await?;
@@ -531,6 +573,35 @@ async fn soak_in(
     procs.push(ferry_run("events", &events)?);
     let capture = write("cdc.toml", endpoints.cdc(&cdc_url))?;
     procs.push(ferry_run("cdc", &capture)?);
+    let binlog_args: Vec<String> = [
+        "cdc",
+        "--from",
+        &binlog_url,
+        "--to",
+        &format!(
+            "http://127.0.0.1:{receiver_port}/webhook/{}",
+            cdc::BINLOG_PATH
+        ),
+        "--name",
+        cdc::BINLOG_CAPTURE,
+        "--mode",
+        "log",
+        "--tables",
+        "soak_cdc_rows",
+        "--topic-prefix",
+        "soak",
+        "--max-attempts",
+        "100000",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    procs.push(Proc::start(
+        "cdc-binlog",
+        ferry,
+        &binlog_args,
+        dir.join("cdc-binlog.log"),
+    )?);
     let library_metrics = free_port();
     let lib = PATHS
         .iter()
@@ -567,6 +638,9 @@ async fn soak_in(
     // Changes made before the capture's slot exists would not be captured
     // (the capture runs without a snapshot).
     wait_slot(&dbs.cdc, &mut procs, Duration::from_secs(120)).await?;
+    // Likewise the binlog capture: until it has saved a position (its
+    // snapshot of the seed row delivered), a restart would snapshot again.
+    wait_binlog_position(&dbs.binlog, &mut procs, Duration::from_secs(120)).await?;
     println!("ferry-soak: relays and consumers up; producing");
 
     let names: Vec<String> = procs.iter().map(|p| p.name.clone()).collect();
@@ -591,10 +665,17 @@ async fn soak_in(
         Arc::new(FaultLog::create(&dir.join(FAULT_LOG), started).context("create the fault log")?);
     let mut producers = spawn_producers(args, seed, &dbs, produced.clone());
     producers.push(tokio::spawn(cdc::produce(
-        dbs.cdc.clone(),
-        args.messages / 9,
+        cdc::Captured::Postgres(dbs.cdc.clone()),
+        args.messages / 10,
         args.duration,
         seed.wrapping_add(300),
+        produced.clone(),
+    )));
+    producers.push(tokio::spawn(cdc::produce(
+        cdc::Captured::Mariadb(dbs.binlog.clone()),
+        args.messages / 10,
+        args.duration,
+        seed.wrapping_add(400),
         produced.clone(),
     )));
     let follower_counts = Arc::new(follower::FollowerCounts::default());
@@ -1035,15 +1116,15 @@ fn spawn_producers(
 ) -> Vec<tokio::task::JoinHandle<()>> {
     let total = args.messages;
     let secs = args.duration.as_secs_f64().max(1.0);
-    let sqlite_share = total / 9;
-    let events_share = total / 9;
-    let cdc_share = total / 9; // produced by cdc::produce
+    let sqlite_share = total / 10;
+    let events_share = total / 10;
+    let cdc_share = 2 * (total / 10); // produced by cdc::produce, PostgreSQL and MariaDB
     let pg_tasks = 4u64;
     let pg_total = total - sqlite_share - events_share - cdc_share;
     let pg_each = pg_total / pg_tasks;
     let pg_paths: Vec<(&'static str, String)> = PATHS
         .iter()
-        .filter(|p| !p.sqlite_outbox && !p.events && !p.cdc)
+        .filter(|p| !p.sqlite_outbox && !p.events && !p.cdc && !p.binlog)
         .map(|p| (p.name, topic(p.name)))
         .collect();
     let mut jobs = Vec::new();
@@ -1274,6 +1355,11 @@ async fn progress(dbs: &Dbs) -> anyhow::Result<Vec<(String, [i64; 5])>> {
         .await?
         .get(0);
     expected.insert(cdc::PATH.to_owned(), (changes, 0));
+    let changes: i64 = sqlx::query("SELECT count(*) FROM soak_cdc_log")
+        .fetch_one(&dbs.binlog)
+        .await?
+        .get(0);
+    expected.insert(cdc::BINLOG_PATH.to_owned(), (changes, 0));
     let mut applied: HashMap<String, i64> = HashMap::new();
     for row in
         sqlx::query("SELECT path, count(DISTINCT message_id) FROM soak_effects GROUP BY path")
@@ -1451,6 +1537,10 @@ async fn observe(
         }
         if p.cdc {
             paths.push(observe_cdc(dbs, p).await?);
+            continue;
+        }
+        if p.binlog {
+            paths.push(observe_binlog(dbs, p).await?);
             continue;
         }
         let committed: Vec<Produced> = if p.sqlite_outbox {
@@ -1639,6 +1729,77 @@ async fn observe_cdc(dbs: &Dbs, p: &PathSpec) -> anyhow::Result<PathData> {
     })
 }
 
+/// What the binlog path did: committed = the MariaDB producer's change
+/// log; dead = `ferry cdc`'s dead letters (in the captured database).
+async fn observe_binlog(dbs: &Dbs, p: &PathSpec) -> anyhow::Result<PathData> {
+    let committed = sqlx::query("SELECT change_id, row_id, seq FROM soak_cdc_log")
+        .fetch_all(&dbs.binlog)
+        .await?
+        .iter()
+        .map(|r| {
+            Ok(Produced {
+                id: r.get::<String, _>(0).parse()?,
+                key: r.get::<i64, _>(1).to_string(),
+                n: r.get(2),
+                poison: false,
+            })
+        })
+        .collect::<anyhow::Result<_>>()?;
+    let effects = pg_effects(dbs, p.name).await?;
+    let dead = sqlx::query("SELECT message_id FROM ferry_dead_letters")
+        .fetch_all(&dbs.binlog)
+        .await?
+        .iter()
+        .map(|r| Ok(r.get::<String, _>(0).parse()?))
+        .collect::<anyhow::Result<_>>()?;
+    Ok(PathData {
+        name: p.name.to_owned(),
+        ordered: p.ordered,
+        committed,
+        effects,
+        dead,
+        outbox_left: Vec::new(),
+        pending: 0,
+        lag: None,
+    })
+}
+
+/// The MariaDB database of the binlog path, beside the effects' `db`.
+fn binlog_database(db: &str) -> String {
+    format!("{db}_binlog")
+}
+
+/// Waits until the binlog capture has saved a position.
+async fn wait_binlog_position(
+    pool: &MySqlPool,
+    procs: &mut [Proc],
+    limit: Duration,
+) -> anyhow::Result<()> {
+    let started = Instant::now();
+    loop {
+        let found = sqlx::query("SELECT 1 FROM ferry_cdc_offsets WHERE capture = ?")
+            .bind(cdc::BINLOG_CAPTURE)
+            .fetch_optional(pool)
+            .await;
+        if matches!(found, Ok(Some(_))) {
+            return Ok(());
+        }
+        for p in procs.iter_mut() {
+            if let Some(status) = p.exited() {
+                bail!(
+                    "{} exited at startup ({status}):\n{}",
+                    p.name,
+                    p.log_tail(20)
+                );
+            }
+        }
+        if started.elapsed() > limit {
+            bail!("the binlog capture saved no position within {limit:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
 /// Waits until the capture's replication slot exists.
 async fn wait_slot(pool: &PgPool, procs: &mut [Proc], limit: Duration) -> anyhow::Result<()> {
     let started = Instant::now();
@@ -1671,9 +1832,11 @@ async fn wait_slot(pool: &PgPool, procs: &mut [Proc], limit: Duration) -> anyhow
 /// delete one; it holds no messages).
 async fn cleanup(args: &Args, run: &str, mariadb_db: &str) {
     if let Ok(mut conn) = sqlx::MySqlConnection::connect(&args.mariadb).await {
-        let _ = conn
-            .execute(format!("DROP DATABASE IF EXISTS {mariadb_db}").as_str())
-            .await;
+        for db in [mariadb_db.to_owned(), binlog_database(mariadb_db)] {
+            let _ = conn
+                .execute(format!("DROP DATABASE IF EXISTS {db}").as_str())
+                .await;
+        }
     }
     let queue = format!("soak-amqp-{run}:{}", topic("amqp"));
     let _ = tokio::process::Command::new("rabbitmqctl")

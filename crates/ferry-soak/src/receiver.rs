@@ -10,8 +10,9 @@
 //!   sender's timeout, then answer) or answer 500 / 503.
 //! - `POST /webhook/{path}`: the same webhook (and faults) for another
 //!   path: the event store's forwarder posts to `/webhook/fwd`, the CDC
-//!   capture its change events to `/webhook/cdc` (the effect's id is the
-//!   change's own, see `cdc.rs`; the inbox keys on `ce-id`).
+//!   captures their change events to `/webhook/cdc` and `/webhook/binlog`
+//!   (the effect's id is the change's own, see `cdc.rs`; the inbox keys on
+//!   `ce-id`).
 //!
 //! The effect tables have no unique constraint: a message applied twice
 //! shows as two rows, which is what the checker counts.
@@ -152,7 +153,7 @@ struct Incoming {
 fn parse(path: &str, headers: &HeaderMap, body: &[u8]) -> Option<Incoming> {
     let id = headers.get("ce-id")?.to_str().ok()?.parse().ok()?;
     let v: serde_json::Value = serde_json::from_slice(body).ok()?;
-    if path == crate::cdc::PATH {
+    if path == crate::cdc::PATH || path == crate::cdc::BINLOG_PATH {
         let c = crate::cdc::parse_event(&v)?;
         return Some(Incoming {
             inbox_id: id,
