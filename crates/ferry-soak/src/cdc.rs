@@ -5,7 +5,8 @@
 //! `soak_cdc`, captured by a `[[cdc]]` in log mode: a logical replication
 //! slot). Path `binlog`: on the shared MariaDB (a database of the run's
 //! own, reached through the soak's proxy), captured from the binary log by
-//! a `ferry cdc` process.
+//! a `ferry cdc` process. Path `triggers`: on a SQLite file, captured by
+//! a `[[cdc]]` in trigger mode (in the same `cdc` process as the first).
 //!
 //! Every change carries its own id, so the checker can match what the
 //! webhook received with what committed: an insert or update writes a
@@ -21,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use sqlx::{MySqlPool, PgPool, Row};
+use sqlx::{MySqlPool, PgPool, Row, SqlitePool};
 use uuid::Uuid;
 
 use crate::produce::Produced;
@@ -36,6 +37,18 @@ pub const BINLOG_PATH: &str = "binlog";
 /// `ferry_cdc_offsets`, and what its replica `server_id` derives from).
 pub const BINLOG_CAPTURE: &str = "soak_binlog";
 
+/// The SQLite trigger-mode path's name.
+pub const TRIGGERS_PATH: &str = "triggers";
+
+/// The trigger-mode capture's name (its triggers' and change rows').
+pub const TRIGGERS_CAPTURE: &str = "soak_triggers";
+
+/// The same tables on SQLite, one statement each.
+pub const SQLITE_SCHEMA: [&str; 2] = [
+    "CREATE TABLE soak_cdc_rows (id INTEGER PRIMARY KEY AUTOINCREMENT, v INTEGER NOT NULL, tag TEXT NOT NULL)",
+    "CREATE TABLE soak_cdc_log (change_id TEXT PRIMARY KEY, row_id INTEGER NOT NULL, seq INTEGER NOT NULL)",
+];
+
 /// The same tables on MariaDB, one statement each.
 pub const MARIADB_SCHEMA: [&str; 2] = [
     "CREATE TABLE soak_cdc_rows (id BIGINT AUTO_INCREMENT PRIMARY KEY, v BIGINT NOT NULL, tag CHAR(36) NOT NULL)",
@@ -49,6 +62,8 @@ pub enum Captured {
     Postgres(PgPool),
     /// MariaDB (the binlog's).
     Mariadb(MySqlPool),
+    /// SQLite (the triggers').
+    Sqlite(SqlitePool),
 }
 
 /// The captured table and the producer's log.
@@ -137,6 +152,7 @@ pub async fn produce(
         let result = match &db {
             Captured::Postgres(pool) => transaction(pool, &ops, roll_back, &mut made).await,
             Captured::Mariadb(pool) => mariadb_transaction(pool, &ops, roll_back, &mut made).await,
+            Captured::Sqlite(pool) => sqlite_transaction(pool, &ops, roll_back, &mut made).await,
         };
         let failed = result.is_err();
         {
@@ -298,6 +314,79 @@ async fn mariadb_transaction(
                         row: *row,
                         seq: v + 1,
                     }
+                }
+            }
+            _ => continue,
+        };
+        sqlx::query("INSERT INTO soak_cdc_log (change_id, row_id, seq) VALUES (?, ?, ?)")
+            .bind(change.id.to_string())
+            .bind(change.row)
+            .bind(change.seq)
+            .execute(&mut *tx)
+            .await?;
+        made.push((*op, change));
+    }
+    if roll_back {
+        tx.rollback().await?;
+    } else {
+        tx.commit().await?;
+    }
+    Ok(())
+}
+
+async fn sqlite_transaction(
+    pool: &SqlitePool,
+    ops: &[(u8, Option<i64>)],
+    roll_back: bool,
+    made: &mut Vec<(u8, Change)>,
+) -> anyhow::Result<()> {
+    let mut tx = pool.begin().await?;
+    for (op, row) in ops {
+        let tag = Uuid::now_v7();
+        let change = match (op, row) {
+            (b'c', _) => {
+                let id: i64 =
+                    sqlx::query("INSERT INTO soak_cdc_rows (v, tag) VALUES (1, ?) RETURNING id")
+                        .bind(tag.to_string())
+                        .fetch_one(&mut *tx)
+                        .await?
+                        .get(0);
+                Change {
+                    id: tag,
+                    row: id,
+                    seq: 1,
+                }
+            }
+            (b'u', Some(row)) => {
+                let Some(r) = sqlx::query(
+                    "UPDATE soak_cdc_rows SET v = v + 1, tag = ? WHERE id = ? RETURNING v",
+                )
+                .bind(tag.to_string())
+                .bind(row)
+                .fetch_optional(&mut *tx)
+                .await?
+                else {
+                    continue;
+                };
+                Change {
+                    id: tag,
+                    row: *row,
+                    seq: r.get(0),
+                }
+            }
+            (_, Some(row)) => {
+                let Some(r) =
+                    sqlx::query("DELETE FROM soak_cdc_rows WHERE id = ? RETURNING v, tag")
+                        .bind(row)
+                        .fetch_optional(&mut *tx)
+                        .await?
+                else {
+                    continue;
+                };
+                Change {
+                    id: delete_id(r.get::<String, _>(1).parse()?),
+                    row: *row,
+                    seq: r.get::<i64, _>(0) + 1,
                 }
             }
             _ => continue,

@@ -17,6 +17,7 @@
 //! | api    | event store (PostgreSQL) | `[events_api]` of `events` | HTTP offset API | `EventsClient` follower | PostgreSQL |
 //! | cdc    | row changes (PostgreSQL) | `[[cdc]]` (log mode) of `cdc` | webhook | — | PostgreSQL |
 //! | binlog | row changes (MariaDB, through the proxy) | `ferry cdc` (binlog) `cdc-binlog` | webhook | — | PostgreSQL |
+//! | triggers | row changes (SQLite) | `[[cdc]]` (trigger mode) of `cdc` | webhook | — | PostgreSQL |
 //!
 //! See docs/guarantees.md ("The chaos soak") for the faults and what the
 //! checker proves.
@@ -119,9 +120,11 @@ struct PathSpec {
     cdc: bool,
     /// The path starts at row changes captured from MariaDB's binlog.
     binlog: bool,
+    /// The path starts at row changes captured by SQLite triggers.
+    triggers: bool,
 }
 
-const PATHS: [PathSpec; 11] = [
+const PATHS: [PathSpec; 12] = [
     PathSpec {
         name: "http",
         sqlite_outbox: false,
@@ -132,6 +135,7 @@ const PATHS: [PathSpec; 11] = [
         events: false,
         cdc: false,
         binlog: false,
+        triggers: false,
     },
     PathSpec {
         name: "nats",
@@ -143,6 +147,7 @@ const PATHS: [PathSpec; 11] = [
         events: false,
         cdc: false,
         binlog: false,
+        triggers: false,
     },
     PathSpec {
         name: "kafka",
@@ -154,6 +159,7 @@ const PATHS: [PathSpec; 11] = [
         events: false,
         cdc: false,
         binlog: false,
+        triggers: false,
     },
     PathSpec {
         name: "amqp",
@@ -165,6 +171,7 @@ const PATHS: [PathSpec; 11] = [
         events: false,
         cdc: false,
         binlog: false,
+        triggers: false,
     },
     PathSpec {
         name: "redis",
@@ -176,6 +183,7 @@ const PATHS: [PathSpec; 11] = [
         events: false,
         cdc: false,
         binlog: false,
+        triggers: false,
     },
     PathSpec {
         name: "sqlite",
@@ -187,6 +195,7 @@ const PATHS: [PathSpec; 11] = [
         events: false,
         cdc: false,
         binlog: false,
+        triggers: false,
     },
     PathSpec {
         name: "lib",
@@ -198,6 +207,7 @@ const PATHS: [PathSpec; 11] = [
         events: false,
         cdc: false,
         binlog: false,
+        triggers: false,
     },
     PathSpec {
         name: "fwd",
@@ -209,6 +219,7 @@ const PATHS: [PathSpec; 11] = [
         events: true,
         cdc: false,
         binlog: false,
+        triggers: false,
     },
     PathSpec {
         name: "api",
@@ -220,6 +231,7 @@ const PATHS: [PathSpec; 11] = [
         events: true,
         cdc: false,
         binlog: false,
+        triggers: false,
     },
     PathSpec {
         name: cdc::PATH,
@@ -231,6 +243,7 @@ const PATHS: [PathSpec; 11] = [
         events: false,
         cdc: true,
         binlog: false,
+        triggers: false,
     },
     PathSpec {
         name: cdc::BINLOG_PATH,
@@ -242,6 +255,19 @@ const PATHS: [PathSpec; 11] = [
         events: false,
         cdc: false,
         binlog: true,
+        triggers: false,
+    },
+    PathSpec {
+        name: cdc::TRIGGERS_PATH,
+        sqlite_outbox: false,
+        effects: EffectDb::Postgres,
+        ordered: true,
+        consumer: false,
+        library: false,
+        events: false,
+        cdc: false,
+        binlog: false,
+        triggers: true,
     },
 ];
 
@@ -290,6 +316,8 @@ struct Dbs {
     cdc: PgPool,
     /// The MariaDB database whose binlog is captured (through the proxy).
     binlog: MySqlPool,
+    /// The SQLite file whose triggers capture changes.
+    triggers: SqlitePool,
 }
 
 #[tokio::main]
@@ -425,6 +453,7 @@ async fn soak_in(
     }
     let sqlite_url = format!("sqlite://{}", dir.join("outbox.db").display());
     let consumers_url = format!("sqlite://{}", dir.join("consumers.db").display());
+    let triggers_url = format!("sqlite://{}", dir.join("captured.db").display());
     {
         let mut admin = sqlx::MySqlConnection::connect(&args.mariadb).await?;
         admin
@@ -447,6 +476,7 @@ async fn soak_in(
         &sqlite_url,
         &consumers_url,
         &mariadb_url,
+        &triggers_url,
     ] {
         let db = ferry_store::Database::connect(&format!(
             "{url}{}",
@@ -492,7 +522,11 @@ async fn soak_in(
             .max_connections(4)
             .acquire_timeout(Duration::from_secs(3))
             .connect_lazy(&binlog_url)?,
+        triggers: sqlite_pool(&triggers_url)?,
     };
+    for statement in cdc::SQLITE_SCHEMA {
+        dbs.triggers.execute(statement).await?;
+    }
     dbs.cdc.execute(cdc::SCHEMA).await?;
     for statement in cdc::MARIADB_SCHEMA {
         dbs.binlog.execute(statement).await?;
@@ -571,7 +605,7 @@ async fn soak_in(
     ];
     procs.push(ferry_run("consumers", &consumers)?);
     procs.push(ferry_run("events", &events)?);
-    let capture = write("cdc.toml", endpoints.cdc(&cdc_url))?;
+    let capture = write("cdc.toml", endpoints.cdc(&cdc_url, &triggers_url))?;
     procs.push(ferry_run("cdc", &capture)?);
     let binlog_args: Vec<String> = [
         "cdc",
@@ -641,6 +675,8 @@ async fn soak_in(
     // Likewise the binlog capture: until it has saved a position (its
     // snapshot of the seed row delivered), a restart would snapshot again.
     wait_binlog_position(&dbs.binlog, &mut procs, Duration::from_secs(120)).await?;
+    // And the trigger capture's triggers.
+    wait_triggers(&dbs.triggers, &mut procs, Duration::from_secs(120)).await?;
     println!("ferry-soak: relays and consumers up; producing");
 
     let names: Vec<String> = procs.iter().map(|p| p.name.clone()).collect();
@@ -666,16 +702,23 @@ async fn soak_in(
     let mut producers = spawn_producers(args, seed, &dbs, produced.clone());
     producers.push(tokio::spawn(cdc::produce(
         cdc::Captured::Postgres(dbs.cdc.clone()),
-        args.messages / 10,
+        args.messages / 11,
         args.duration,
         seed.wrapping_add(300),
         produced.clone(),
     )));
     producers.push(tokio::spawn(cdc::produce(
         cdc::Captured::Mariadb(dbs.binlog.clone()),
-        args.messages / 10,
+        args.messages / 11,
         args.duration,
         seed.wrapping_add(400),
+        produced.clone(),
+    )));
+    producers.push(tokio::spawn(cdc::produce(
+        cdc::Captured::Sqlite(dbs.triggers.clone()),
+        args.messages / 11,
+        args.duration,
+        seed.wrapping_add(500),
         produced.clone(),
     )));
     let follower_counts = Arc::new(follower::FollowerCounts::default());
@@ -943,18 +986,10 @@ timeout = "2s"
         )
     }
 
-    /// The `cdc` process: `soak_cdc_rows` captured from the slot to the
-    /// webhook.
-    fn cdc(&self, database: &str) -> String {
-        format!(
-            r#"[[cdc]]
-name = "{CAPTURE}"
-from = "{database}"
-mode = "log"
-tables = ["public.soak_cdc_rows"]
-topic_prefix = "soak"
-snapshot = false
-[cdc.retry]
+    /// The `cdc` process: PostgreSQL's `soak_cdc_rows` captured from the
+    /// slot to the webhook, and SQLite's (`triggers`, a file) by triggers.
+    fn cdc(&self, database: &str, triggers: &str) -> String {
+        let common = r#"[cdc.retry]
 max_attempts = 100000
 initial_backoff = "100ms"
 max_backoff = "1s"
@@ -963,11 +998,32 @@ initial = "100ms"
 max = "2s"
 [cdc.sink]
 type = "http"
-url = "http://127.0.0.1:{port}/webhook/{path}"
 timeout = "2s"
+"#;
+        format!(
+            r#"[[cdc]]
+name = "{CAPTURE}"
+from = "{database}"
+mode = "log"
+tables = ["public.soak_cdc_rows"]
+topic_prefix = "soak"
+snapshot = false
+{common}url = "http://127.0.0.1:{port}/webhook/{path}"
+
+[[cdc]]
+name = "{tname}"
+from = "{triggers}"
+mode = "triggers"
+tables = ["soak_cdc_rows"]
+topic_prefix = "soak"
+snapshot = false
+poll_interval = "100ms"
+{common}url = "http://127.0.0.1:{port}/webhook/{tpath}"
 "#,
             port = self.receiver_port,
-            path = cdc::PATH
+            path = cdc::PATH,
+            tname = cdc::TRIGGERS_CAPTURE,
+            tpath = cdc::TRIGGERS_PATH,
         )
     }
 
@@ -1116,15 +1172,16 @@ fn spawn_producers(
 ) -> Vec<tokio::task::JoinHandle<()>> {
     let total = args.messages;
     let secs = args.duration.as_secs_f64().max(1.0);
-    let sqlite_share = total / 10;
-    let events_share = total / 10;
-    let cdc_share = 2 * (total / 10); // produced by cdc::produce, PostgreSQL and MariaDB
+    let sqlite_share = total / 11;
+    let events_share = total / 11;
+    // Produced by cdc::produce: PostgreSQL, MariaDB and SQLite.
+    let cdc_share = 3 * (total / 11);
     let pg_tasks = 4u64;
     let pg_total = total - sqlite_share - events_share - cdc_share;
     let pg_each = pg_total / pg_tasks;
     let pg_paths: Vec<(&'static str, String)> = PATHS
         .iter()
-        .filter(|p| !p.sqlite_outbox && !p.events && !p.cdc && !p.binlog)
+        .filter(|p| !p.sqlite_outbox && !p.events && !p.cdc && !p.binlog && !p.triggers)
         .map(|p| (p.name, topic(p.name)))
         .collect();
     let mut jobs = Vec::new();
@@ -1360,6 +1417,11 @@ async fn progress(dbs: &Dbs) -> anyhow::Result<Vec<(String, [i64; 5])>> {
         .await?
         .get(0);
     expected.insert(cdc::BINLOG_PATH.to_owned(), (changes, 0));
+    let changes: i64 = sqlx::query("SELECT count(*) FROM soak_cdc_log")
+        .fetch_one(&dbs.triggers)
+        .await?
+        .get(0);
+    expected.insert(cdc::TRIGGERS_PATH.to_owned(), (changes, 0));
     let mut applied: HashMap<String, i64> = HashMap::new();
     for row in
         sqlx::query("SELECT path, count(DISTINCT message_id) FROM soak_effects GROUP BY path")
@@ -1402,6 +1464,7 @@ async fn progress(dbs: &Dbs) -> anyhow::Result<Vec<(String, [i64; 5])>> {
     for (name, n) in behind {
         pending.insert(topic(&name), n);
     }
+    pending.insert(topic(cdc::TRIGGERS_PATH), trigger_changes_left(dbs).await?);
     Ok(PATHS
         .iter()
         .map(|p| {
@@ -1541,6 +1604,10 @@ async fn observe(
         }
         if p.binlog {
             paths.push(observe_binlog(dbs, p).await?);
+            continue;
+        }
+        if p.triggers {
+            paths.push(observe_triggers(dbs, p).await?);
             continue;
         }
         let committed: Vec<Produced> = if p.sqlite_outbox {
@@ -1762,6 +1829,86 @@ async fn observe_binlog(dbs: &Dbs, p: &PathSpec) -> anyhow::Result<PathData> {
         pending: 0,
         lag: None,
     })
+}
+
+/// What the trigger path did: committed = the SQLite producer's change
+/// log; dead = the capture's dead letters (in the captured file); pending
+/// = change rows the capture has not pruned.
+async fn observe_triggers(dbs: &Dbs, p: &PathSpec) -> anyhow::Result<PathData> {
+    let committed = sqlx::query("SELECT change_id, row_id, seq FROM soak_cdc_log")
+        .fetch_all(&dbs.triggers)
+        .await?
+        .iter()
+        .map(|r| {
+            Ok(Produced {
+                id: r.get::<String, _>(0).parse()?,
+                key: r.get::<i64, _>(1).to_string(),
+                n: r.get(2),
+                poison: false,
+            })
+        })
+        .collect::<anyhow::Result<_>>()?;
+    let effects = pg_effects(dbs, p.name).await?;
+    let dead = sqlx::query("SELECT message_id FROM ferry_dead_letters")
+        .fetch_all(&dbs.triggers)
+        .await?
+        .iter()
+        .map(|r| Ok(r.get::<String, _>(0).parse()?))
+        .collect::<anyhow::Result<_>>()?;
+    Ok(PathData {
+        name: p.name.to_owned(),
+        ordered: p.ordered,
+        committed,
+        effects,
+        dead,
+        outbox_left: Vec::new(),
+        pending: trigger_changes_left(dbs).await?.max(0) as u64,
+        lag: None,
+    })
+}
+
+/// Change rows the trigger capture recorded and has not pruned yet.
+async fn trigger_changes_left(dbs: &Dbs) -> anyhow::Result<i64> {
+    Ok(
+        sqlx::query("SELECT count(*) FROM ferry_cdc_changes WHERE capture = ?")
+            .bind(cdc::TRIGGERS_CAPTURE)
+            .fetch_one(&dbs.triggers)
+            .await?
+            .get(0),
+    )
+}
+
+/// Waits until the trigger capture has installed its three triggers on
+/// `soak_cdc_rows`.
+async fn wait_triggers(
+    pool: &SqlitePool,
+    procs: &mut [Proc],
+    limit: Duration,
+) -> anyhow::Result<()> {
+    let started = Instant::now();
+    loop {
+        let found: Result<i64, _> = sqlx::query_scalar(
+            "SELECT count(*) FROM sqlite_master WHERE type = 'trigger' AND tbl_name = 'soak_cdc_rows'",
+        )
+        .fetch_one(pool)
+        .await;
+        if matches!(found, Ok(n) if n >= 3) {
+            return Ok(());
+        }
+        for p in procs.iter_mut() {
+            if let Some(status) = p.exited() {
+                bail!(
+                    "{} exited at startup ({status}):\n{}",
+                    p.name,
+                    p.log_tail(20)
+                );
+            }
+        }
+        if started.elapsed() > limit {
+            bail!("the trigger capture installed no triggers within {limit:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
 }
 
 /// The MariaDB database of the binlog path, beside the effects' `db`.

@@ -10,7 +10,8 @@
 //!   sender's timeout, then answer) or answer 500 / 503.
 //! - `POST /webhook/{path}`: the same webhook (and faults) for another
 //!   path: the event store's forwarder posts to `/webhook/fwd`, the CDC
-//!   captures their change events to `/webhook/cdc` and `/webhook/binlog`
+//!   captures their change events to `/webhook/cdc`, `/webhook/binlog`
+//!   and `/webhook/triggers`
 //!   (the effect's id is the change's own, see `cdc.rs`; the inbox keys on
 //!   `ce-id`).
 //!
@@ -153,7 +154,13 @@ struct Incoming {
 fn parse(path: &str, headers: &HeaderMap, body: &[u8]) -> Option<Incoming> {
     let id = headers.get("ce-id")?.to_str().ok()?.parse().ok()?;
     let v: serde_json::Value = serde_json::from_slice(body).ok()?;
-    if path == crate::cdc::PATH || path == crate::cdc::BINLOG_PATH {
+    if [
+        crate::cdc::PATH,
+        crate::cdc::BINLOG_PATH,
+        crate::cdc::TRIGGERS_PATH,
+    ]
+    .contains(&path)
+    {
         let c = crate::cdc::parse_event(&v)?;
         return Some(Incoming {
             inbox_id: id,
