@@ -326,7 +326,7 @@ impl Report {
             add("poison but not dead-lettered", &p.missing_dead);
             if p.pending > 0 {
                 v.push(format!(
-                    "{n}: {} outbox rows still pending (event paths: events the reader's offset is behind the head)",
+                    "{n}: {} outbox rows still pending (event paths: events the reader's offset is behind the head; triggers: change rows not pruned; batch: batches not archived)",
                     p.pending
                 ));
             }

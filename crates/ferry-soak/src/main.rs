@@ -18,10 +18,12 @@
 //! | cdc    | row changes (PostgreSQL) | `[[cdc]]` (log mode) of `cdc` | webhook | — | PostgreSQL |
 //! | binlog | row changes (MariaDB, through the proxy) | `ferry cdc` (binlog) `cdc-binlog` | webhook | — | PostgreSQL |
 //! | triggers | row changes (SQLite) | `[[cdc]]` (trigger mode) of `cdc` | webhook | — | PostgreSQL |
+//! | batch  | rows (PostgreSQL) | `[[export]]` (watermark, every 1 s) of `batch-export` | files in a folder | `[[import]]` of `batch-import` | PostgreSQL |
 //!
 //! See docs/guarantees.md ("The chaos soak") for the faults and what the
 //! checker proves.
 
+mod batch;
 mod cdc;
 mod check;
 mod fault_log;
@@ -122,9 +124,11 @@ struct PathSpec {
     binlog: bool,
     /// The path starts at row changes captured by SQLite triggers.
     triggers: bool,
+    /// The path is the batch export and import.
+    batch: bool,
 }
 
-const PATHS: [PathSpec; 12] = [
+const PATHS: [PathSpec; 13] = [
     PathSpec {
         name: "http",
         sqlite_outbox: false,
@@ -136,6 +140,7 @@ const PATHS: [PathSpec; 12] = [
         cdc: false,
         binlog: false,
         triggers: false,
+        batch: false,
     },
     PathSpec {
         name: "nats",
@@ -148,6 +153,7 @@ const PATHS: [PathSpec; 12] = [
         cdc: false,
         binlog: false,
         triggers: false,
+        batch: false,
     },
     PathSpec {
         name: "kafka",
@@ -160,6 +166,7 @@ const PATHS: [PathSpec; 12] = [
         cdc: false,
         binlog: false,
         triggers: false,
+        batch: false,
     },
     PathSpec {
         name: "amqp",
@@ -172,6 +179,7 @@ const PATHS: [PathSpec; 12] = [
         cdc: false,
         binlog: false,
         triggers: false,
+        batch: false,
     },
     PathSpec {
         name: "redis",
@@ -184,6 +192,7 @@ const PATHS: [PathSpec; 12] = [
         cdc: false,
         binlog: false,
         triggers: false,
+        batch: false,
     },
     PathSpec {
         name: "sqlite",
@@ -196,6 +205,7 @@ const PATHS: [PathSpec; 12] = [
         cdc: false,
         binlog: false,
         triggers: false,
+        batch: false,
     },
     PathSpec {
         name: "lib",
@@ -208,6 +218,7 @@ const PATHS: [PathSpec; 12] = [
         cdc: false,
         binlog: false,
         triggers: false,
+        batch: false,
     },
     PathSpec {
         name: "fwd",
@@ -220,6 +231,7 @@ const PATHS: [PathSpec; 12] = [
         cdc: false,
         binlog: false,
         triggers: false,
+        batch: false,
     },
     PathSpec {
         name: "api",
@@ -232,6 +244,7 @@ const PATHS: [PathSpec; 12] = [
         cdc: false,
         binlog: false,
         triggers: false,
+        batch: false,
     },
     PathSpec {
         name: cdc::PATH,
@@ -244,6 +257,7 @@ const PATHS: [PathSpec; 12] = [
         cdc: true,
         binlog: false,
         triggers: false,
+        batch: false,
     },
     PathSpec {
         name: cdc::BINLOG_PATH,
@@ -256,6 +270,7 @@ const PATHS: [PathSpec; 12] = [
         cdc: false,
         binlog: true,
         triggers: false,
+        batch: false,
     },
     PathSpec {
         name: cdc::TRIGGERS_PATH,
@@ -268,6 +283,20 @@ const PATHS: [PathSpec; 12] = [
         cdc: false,
         binlog: false,
         triggers: true,
+        batch: false,
+    },
+    PathSpec {
+        name: batch::PATH,
+        sqlite_outbox: false,
+        effects: EffectDb::Postgres,
+        ordered: false,
+        consumer: false,
+        library: false,
+        events: false,
+        cdc: false,
+        binlog: false,
+        triggers: false,
+        batch: true,
     },
 ];
 
@@ -318,6 +347,10 @@ struct Dbs {
     binlog: MySqlPool,
     /// The SQLite file whose triggers capture changes.
     triggers: SqlitePool,
+    /// The batch export's source.
+    batch: PgPool,
+    /// The folder batches are handed over in.
+    batch_folder: PathBuf,
 }
 
 #[tokio::main]
@@ -445,11 +478,13 @@ async fn soak_in(
     let outbox_url = pg.database_url("soak_outbox");
     let effects_url = pg.database_url("soak_effects");
     let cdc_url = pg.database_url("soak_cdc");
+    let batch_url = pg.database_url("soak_batch");
     {
         let mut admin = sqlx::PgConnection::connect(&pg.url()).await?;
         admin.execute("CREATE DATABASE soak_outbox").await?;
         admin.execute("CREATE DATABASE soak_effects").await?;
         admin.execute("CREATE DATABASE soak_cdc").await?;
+        admin.execute("CREATE DATABASE soak_batch").await?;
     }
     let sqlite_url = format!("sqlite://{}", dir.join("outbox.db").display());
     let consumers_url = format!("sqlite://{}", dir.join("consumers.db").display());
@@ -523,7 +558,11 @@ async fn soak_in(
             .acquire_timeout(Duration::from_secs(3))
             .connect_lazy(&binlog_url)?,
         triggers: sqlite_pool(&triggers_url)?,
+        batch: pg_pool(batch_url.clone(), 4)?,
+        batch_folder: dir.join("batch"),
     };
+    dbs.batch.execute(batch::SCHEMA).await?;
+    std::fs::create_dir_all(&dbs.batch_folder)?;
     for statement in cdc::SQLITE_SCHEMA {
         dbs.triggers.execute(statement).await?;
     }
@@ -538,7 +577,8 @@ async fn soak_in(
     dbs.effects_pg
         .execute(
             "CREATE TABLE soak_effects (id BIGSERIAL PRIMARY KEY, path TEXT NOT NULL,
-             message_id UUID NOT NULL, msg_key TEXT NOT NULL, n BIGINT NOT NULL)",
+             message_id UUID NOT NULL, msg_key TEXT NOT NULL, n BIGINT NOT NULL,
+             batch_seq BIGINT)",
         )
         .await?;
     dbs.effects_mariadb
@@ -636,6 +676,16 @@ async fn soak_in(
         &binlog_args,
         dir.join("cdc-binlog.log"),
     )?);
+    let export = write(
+        "batch-export.toml",
+        batch::export_config(&batch_url, &dbs.batch_folder, &dir.join("batch-work")),
+    )?;
+    procs.push(ferry_run("batch-export", &export)?);
+    let import = write(
+        "batch-import.toml",
+        batch::import_config(&effects_url, &dbs.batch_folder),
+    )?;
+    procs.push(ferry_run("batch-import", &import)?);
     let library_metrics = free_port();
     let lib = PATHS
         .iter()
@@ -702,23 +752,30 @@ async fn soak_in(
     let mut producers = spawn_producers(args, seed, &dbs, produced.clone());
     producers.push(tokio::spawn(cdc::produce(
         cdc::Captured::Postgres(dbs.cdc.clone()),
-        args.messages / 11,
+        args.messages / 12,
         args.duration,
         seed.wrapping_add(300),
         produced.clone(),
     )));
     producers.push(tokio::spawn(cdc::produce(
         cdc::Captured::Mariadb(dbs.binlog.clone()),
-        args.messages / 11,
+        args.messages / 12,
         args.duration,
         seed.wrapping_add(400),
         produced.clone(),
     )));
     producers.push(tokio::spawn(cdc::produce(
         cdc::Captured::Sqlite(dbs.triggers.clone()),
-        args.messages / 11,
+        args.messages / 12,
         args.duration,
         seed.wrapping_add(500),
+        produced.clone(),
+    )));
+    producers.push(tokio::spawn(batch::produce(
+        dbs.batch.clone(),
+        args.messages / 12,
+        args.duration,
+        seed.wrapping_add(600),
         produced.clone(),
     )));
     let follower_counts = Arc::new(follower::FollowerCounts::default());
@@ -805,6 +862,22 @@ async fn soak_in(
     let not_committed = produced.lock().unwrap().not_committed.clone();
     let observed = observe(&dbs, &lag, not_committed).await?;
     let report = check::check(&observed);
+    match batch::not_archived(&dbs.batch, &dbs.batch_folder).await {
+        Ok(missing) if missing.is_empty() => {}
+        Ok(missing) => problems.push(format!(
+            "batch: {} exported batches not archived by the import: {}",
+            missing.len(),
+            missing
+                .iter()
+                .take(args.first)
+                .cloned()
+                .collect::<Vec<_>>()
+                .join(", ")
+        )),
+        Err(e) => problems.push(format!(
+            "batch: cannot read the export's run history: {e:#}"
+        )),
+    }
     let p = produced.lock().unwrap();
     println!();
     println!(
@@ -833,6 +906,12 @@ async fn soak_in(
         f.crashes.load(Ordering::Relaxed)
     );
     print!("{}", report.table());
+    if let Ok(left) = batch::left(&dbs.batch_folder) {
+        println!(
+            "batch: {} batches archived, {} refused (error/), {} not taken",
+            left.archived, left.refused, left.waiting
+        );
+    }
     let mut faults = String::from("faults injected:");
     for (kind, n) in &injected {
         let _ = write!(faults, " {kind} ×{n};");
@@ -1172,16 +1251,17 @@ fn spawn_producers(
 ) -> Vec<tokio::task::JoinHandle<()>> {
     let total = args.messages;
     let secs = args.duration.as_secs_f64().max(1.0);
-    let sqlite_share = total / 11;
-    let events_share = total / 11;
-    // Produced by cdc::produce: PostgreSQL, MariaDB and SQLite.
-    let cdc_share = 3 * (total / 11);
+    let sqlite_share = total / 12;
+    let events_share = total / 12;
+    // Produced by cdc::produce (PostgreSQL, MariaDB and SQLite) and
+    // batch::produce.
+    let cdc_share = 4 * (total / 12);
     let pg_tasks = 4u64;
     let pg_total = total - sqlite_share - events_share - cdc_share;
     let pg_each = pg_total / pg_tasks;
     let pg_paths: Vec<(&'static str, String)> = PATHS
         .iter()
-        .filter(|p| !p.sqlite_outbox && !p.events && !p.cdc && !p.binlog && !p.triggers)
+        .filter(|p| !p.sqlite_outbox && !p.events && !p.cdc && !p.binlog && !p.triggers && !p.batch)
         .map(|p| (p.name, topic(p.name)))
         .collect();
     let mut jobs = Vec::new();
@@ -1422,6 +1502,11 @@ async fn progress(dbs: &Dbs) -> anyhow::Result<Vec<(String, [i64; 5])>> {
         .await?
         .get(0);
     expected.insert(cdc::TRIGGERS_PATH.to_owned(), (changes, 0));
+    let rows: i64 = sqlx::query("SELECT count(*) FROM soak_batch_rows")
+        .fetch_one(&dbs.batch)
+        .await?
+        .get(0);
+    expected.insert(batch::PATH.to_owned(), (rows, 0));
     let mut applied: HashMap<String, i64> = HashMap::new();
     for row in
         sqlx::query("SELECT path, count(DISTINCT message_id) FROM soak_effects GROUP BY path")
@@ -1465,6 +1550,8 @@ async fn progress(dbs: &Dbs) -> anyhow::Result<Vec<(String, [i64; 5])>> {
         pending.insert(topic(&name), n);
     }
     pending.insert(topic(cdc::TRIGGERS_PATH), trigger_changes_left(dbs).await?);
+    let left = batch::left(&dbs.batch_folder)?;
+    pending.insert(topic(batch::PATH), (left.waiting + left.refused) as i64);
     Ok(PATHS
         .iter()
         .map(|p| {
@@ -1608,6 +1695,10 @@ async fn observe(
         }
         if p.triggers {
             paths.push(observe_triggers(dbs, p).await?);
+            continue;
+        }
+        if p.batch {
+            paths.push(observe_batch(dbs, p).await?);
             continue;
         }
         let committed: Vec<Produced> = if p.sqlite_outbox {
@@ -1863,6 +1954,34 @@ async fn observe_triggers(dbs: &Dbs, p: &PathSpec) -> anyhow::Result<PathData> {
         dead,
         outbox_left: Vec::new(),
         pending: trigger_changes_left(dbs).await?.max(0) as u64,
+        lag: None,
+    })
+}
+
+/// What the batch path did: committed = the exported table's rows;
+/// pending = manifests neither archived nor refused, plus refused ones.
+async fn observe_batch(dbs: &Dbs, p: &PathSpec) -> anyhow::Result<PathData> {
+    let committed = sqlx::query("SELECT message_id, msg_key, n FROM soak_batch_rows")
+        .fetch_all(&dbs.batch)
+        .await?
+        .iter()
+        .map(|r| Produced {
+            id: r.get(0),
+            key: r.get(1),
+            n: r.get(2),
+            poison: false,
+        })
+        .collect();
+    let effects = pg_effects(dbs, p.name).await?;
+    let left = batch::left(&dbs.batch_folder)?;
+    Ok(PathData {
+        name: p.name.to_owned(),
+        ordered: p.ordered,
+        committed,
+        effects,
+        dead: Vec::new(),
+        outbox_left: Vec::new(),
+        pending: left.waiting + left.refused,
         lag: None,
     })
 }
