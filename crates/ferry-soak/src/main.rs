@@ -92,7 +92,8 @@ struct Args {
     /// Ids named per violation.
     #[arg(long, default_value_t = 10)]
     first: usize,
-    /// Keep the run directory (configs, logs, SQLite files) afterwards.
+    /// Keep the whole run directory (configs, logs, SQLite files, batch
+    /// folder) afterwards; its `faults.log` is kept in any case.
     #[arg(long)]
     keep: bool,
     /// Faults overlap: each starts at its time even while earlier ones
