@@ -51,10 +51,19 @@ pub struct RedisConfig {
     /// e.g. `"5s"`.
     #[serde(default = "default_timeout", with = "humantime_serde")]
     pub timeout: Duration,
-    /// The CloudEvents `source` attribute, stored as the `h:ce-source`
-    /// field. Defaults to `/ferry`.
+    /// The CloudEvents `source` attribute, stored as the header
+    /// `ce-source`. Defaults to `/ferry`.
     #[serde(default = "default_source")]
     pub source: String,
+    /// When true, the sink writes each header as a field of its own,
+    /// `h:<name>`, as Ferry did before the `headers` field (see the
+    /// [entry format](crate#entry-format)): for readers that know only that
+    /// layout, such as Ferry subscribers older than the `headers` field
+    /// during a rolling upgrade. It costs Redis and the readers more per
+    /// entry. The subscriber reads both layouts whatever this says.
+    /// Defaults to false.
+    #[serde(default)]
+    pub header_fields: bool,
 }
 
 fn default_prefix() -> String {
@@ -83,14 +92,15 @@ impl RedisConfig {
             maxlen: None,
             timeout: default_timeout(),
             source: default_source(),
+            header_fields: false,
         }
     }
 
     /// Reads a URL such as
     /// `redis://127.0.0.1:6379/0?stream_prefix=ferry.&claim_idle=30s&maxlen=100000`:
-    /// the query may set `stream_prefix`, `claim_idle`, `maxlen`, `timeout`
-    /// and `source` (see the fields); the rest is the server's URL. The
-    /// result is validated.
+    /// the query may set `stream_prefix`, `claim_idle`, `maxlen`, `timeout`,
+    /// `source` and `header_fields` (`true` or `false`; see the fields); the
+    /// rest is the server's URL. The result is validated.
     pub fn from_url(url: &str) -> Result<Self, ConfigError> {
         let mut url = Url::parse(url).map_err(ConfigError::Url)?;
         let query: Vec<(String, String)> = url.query_pairs().into_owned().collect();
@@ -120,6 +130,13 @@ impl RedisConfig {
                     })?);
                 }
                 "source" => config.source = value,
+                "header_fields" => {
+                    config.header_fields = value.parse().map_err(|e| ConfigError::Invalid {
+                        field: "header_fields",
+                        reason: format!("`{value}` is not `true` or `false`"),
+                        source: Some(Box::new(e)),
+                    })?;
+                }
                 _ => return Err(ConfigError::UnknownParameter(name)),
             }
         }
@@ -195,6 +212,7 @@ impl fmt::Debug for RedisConfig {
             .field("maxlen", &self.maxlen)
             .field("timeout", &self.timeout)
             .field("source", &self.source)
+            .field("header_fields", &self.header_fields)
             .finish()
     }
 }
@@ -232,7 +250,7 @@ mod tests {
     #[test]
     fn from_url_splits_settings_from_the_server() {
         let config = RedisConfig::from_url(
-            "redis://:s3cret@127.0.0.1:6379/2?stream_prefix=app.&claim_idle=10s&maxlen=5000&timeout=1s&source=/shop",
+            "redis://:s3cret@127.0.0.1:6379/2?stream_prefix=app.&claim_idle=10s&maxlen=5000&timeout=1s&source=/shop&header_fields=true",
         )
         .unwrap();
         assert_eq!(config.url.as_str(), "redis://:s3cret@127.0.0.1:6379/2");
@@ -241,6 +259,7 @@ mod tests {
         assert_eq!(config.maxlen, Some(5000));
         assert_eq!(config.longest_call(), Duration::from_secs(1));
         assert_eq!(config.source, "/shop");
+        assert!(config.header_fields);
         assert!(!format!("{config:?}").contains("s3cret"));
         let config = RedisConfig::from_url("redis://127.0.0.1").unwrap();
         assert_eq!(
@@ -260,6 +279,7 @@ mod tests {
         assert!(err("redis://h?claim_idle=1ms").contains("`claim_idle`"));
         assert!(err("redis://h?timeout=0s").contains("`timeout`"));
         assert!(err("redis://h?source=").contains("`source`"));
+        assert!(err("redis://h?header_fields=yes").contains("`header_fields`"));
         assert!(err("nats://h").contains("scheme"));
     }
 
@@ -270,6 +290,7 @@ mod tests {
         assert_eq!(config.maxlen, Some(10));
         assert_eq!(config.claim_idle, Duration::from_secs(2));
         assert_eq!(config.stream_prefix, "ferry.");
+        assert!(!config.header_fields);
         assert!(serde_json::from_str::<RedisConfig>(r#"{"url":"redis://h","bogus":1}"#).is_err());
     }
 }

@@ -9,12 +9,25 @@ use redis::Value;
 
 /// The field holding the payload.
 pub(crate) const PAYLOAD: &str = "payload";
-/// Put before a header's name to make its field's name.
+/// The field holding the headers, a JSON object of strings.
+pub(crate) const HEADERS: &str = "headers";
+/// Put before a header's name to make its field's name (the layout with a
+/// field per header).
 pub(crate) const HEADER: &str = "h:";
 
-/// The fields of `message`'s entry: `payload`, then `h:<name>` for each
-/// header of [`binary_headers`].
+/// The fields of `message`'s entry: `payload`, then `headers`, the
+/// headers of [`binary_headers`] as one JSON object.
 pub(crate) fn fields(message: &Message, source: &str) -> Vec<(String, Vec<u8>)> {
+    let headers = binary_headers(message, source);
+    vec![
+        (PAYLOAD.to_owned(), message.payload.to_vec()),
+        (HEADERS.to_owned(), headers_json(&headers)),
+    ]
+}
+
+/// The fields of `message`'s entry with a field per header: `payload`,
+/// then `h:<name>` for each header of [`binary_headers`].
+pub(crate) fn header_fields(message: &Message, source: &str) -> Vec<(String, Vec<u8>)> {
     let headers = binary_headers(message, source);
     let mut out = Vec::with_capacity(1 + headers.len());
     out.push((PAYLOAD.to_owned(), message.payload.to_vec()));
@@ -22,6 +35,18 @@ pub(crate) fn fields(message: &Message, source: &str) -> Vec<(String, Vec<u8>)> 
         out.push((format!("{HEADER}{name}"), value.into_bytes()));
     }
     out
+}
+
+/// `headers` as a JSON object, in their order.
+fn headers_json(headers: &[(String, String)]) -> Vec<u8> {
+    struct Object<'a>(&'a [(String, String)]);
+    impl serde::Serialize for Object<'_> {
+        fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            s.collect_map(self.0.iter().map(|(k, v)| (k, v)))
+        }
+    }
+    // Strings as keys and values: serializing cannot fail.
+    serde_json::to_vec(&Object(headers)).unwrap_or_default()
 }
 
 /// One entry as read: its id and its fields in order.
@@ -32,14 +57,28 @@ pub(crate) struct Entry {
 }
 
 impl Entry {
-    /// The message of this entry, or why the fields are not one.
+    /// The message of this entry, or why the fields are not one. Both
+    /// layouts read: the headers in one `headers` field, or a field
+    /// `h:<name>` per header (or both, a header in only one of them).
     pub(crate) fn message(self) -> Result<Message, Malformed> {
         let mut headers = BTreeMap::new();
+        let mut in_json = BTreeMap::new();
         let mut payload = None;
         let mut problem = None;
         for (name, value) in self.fields {
             if name == PAYLOAD.as_bytes() {
                 payload = Some(Bytes::from(value));
+                continue;
+            }
+            if name == HEADERS.as_bytes() {
+                match serde_json::from_slice::<BTreeMap<String, String>>(&value) {
+                    Ok(object) => in_json.extend(object),
+                    Err(_) => {
+                        problem.get_or_insert(format!(
+                            "field `{HEADERS}` is not a json object of strings"
+                        ));
+                    }
+                }
                 continue;
             }
             match (String::from_utf8(name), String::from_utf8(value)) {
@@ -58,6 +97,18 @@ impl Entry {
                 (Err(_), _) => {
                     problem.get_or_insert("a field name is not utf-8".to_owned());
                 }
+            }
+        }
+        if headers.is_empty() {
+            headers = in_json;
+        } else {
+            for (name, value) in in_json {
+                if headers.contains_key(&name) {
+                    problem.get_or_insert(format!(
+                        "header `{name}` both in `{HEADERS}` and as a field"
+                    ));
+                }
+                headers.insert(name, value);
             }
         }
         let problem = problem.or_else(|| {
@@ -152,8 +203,47 @@ mod tests {
             .with_header("payload", "a header named like the payload field")
             .with_content_type("application/octet-stream");
         m.payload = Bytes::from_static(&[0, 159, 255]);
-        let back = entry(fields(&m, "/ferry/test")).message().unwrap();
+        let written = fields(&m, "/ferry/test");
+        let names: Vec<&str> = written.iter().map(|(name, _)| name.as_str()).collect();
+        assert_eq!(names, [PAYLOAD, HEADERS]);
+        let back = entry(written).message().unwrap();
         ferry_conformance::cases::assert_same_message(&back, &m);
+        // The layout with a field per header, as written before the
+        // `headers` field and still by other producers, reads the same.
+        let written = header_fields(&m, "/ferry/test");
+        assert!(written.iter().any(|(name, _)| name == "h:ce-id"));
+        let back = entry(written).message().unwrap();
+        ferry_conformance::cases::assert_same_message(&back, &m);
+    }
+
+    #[test]
+    fn headers_are_one_json_object_in_their_order() {
+        let m = Message::event("t", "{}").with_header("x-a", "1");
+        let written = fields(&m, "/s");
+        let json = std::str::from_utf8(&written[1].1).unwrap();
+        assert!(
+            json.starts_with(r#"{"ce-specversion":"1.0","ce-id":""#),
+            "{json}"
+        );
+        assert!(json.ends_with(r#","x-a":"1"}"#), "{json}");
+    }
+
+    #[test]
+    fn both_layouts_in_one_entry_read_unless_a_header_is_in_both() {
+        let m = Message::event("t", "{}");
+        let mut mixed = fields(&m, "/s");
+        mixed.push(("h:traceparent".to_owned(), b"00-ab".to_vec()));
+        let back = entry(mixed.clone()).message().unwrap();
+        assert_eq!(
+            back.headers.get("traceparent").map(String::as_str),
+            Some("00-ab")
+        );
+        mixed.push(("h:ce-id".to_owned(), m.id.to_string().into_bytes()));
+        let err = entry(mixed).message().unwrap_err();
+        assert_eq!(
+            err.reason,
+            "header `ce-id` both in `headers` and as a field"
+        );
     }
 
     #[test]
@@ -176,6 +266,19 @@ mod tests {
             .unwrap_err();
         assert_eq!(err.reason, "missing ce-id header");
         assert_eq!(err.payload, Bytes::from_static(b"p"));
+        for bad in [&b"[1]"[..], b"{\"ce-id\":1}", b"{", &[0xff]] {
+            let err = entry(vec![
+                (PAYLOAD.into(), b"p".to_vec()),
+                (HEADERS.into(), bad.to_vec()),
+            ])
+            .message()
+            .unwrap_err();
+            assert_eq!(
+                err.reason,
+                "field `headers` is not a json object of strings"
+            );
+            assert_eq!(err.payload, Bytes::from_static(b"p"));
+        }
     }
 
     #[test]
@@ -246,7 +349,9 @@ mod props {
     fn field_bytes() -> impl Strategy<Value = Vec<u8>> {
         prop_oneof![
             proptest::collection::vec(any::<u8>(), 0..12),
-            "(h:)?(ce-id|ce-type|ce-time|ce-ferrykind|payload|\\PC{0,8})"
+            "(h:)?(ce-id|ce-type|ce-time|ce-ferrykind|payload|headers|\\PC{0,8})"
+                .prop_map(String::into_bytes),
+            "\\{(\"(ce-id|ce-type|\\PC{0,6})\":\"\\PC{0,8}\",?){0,3}\\}"
                 .prop_map(String::into_bytes),
         ]
     }
@@ -275,10 +380,15 @@ mod props {
         #![proptest_config(ProptestConfig::with_cases(256))]
 
         #[test]
-        fn encode_then_decode_gives_the_message_back(m in message(), source in text()) {
+        fn encode_then_decode_gives_the_message_back(
+            m in message(),
+            source in text(),
+            per_header in any::<bool>(),
+        ) {
+            let written = if per_header { header_fields(&m, &source) } else { fields(&m, &source) };
             let entry = Entry {
                 id: "1-0".to_owned(),
-                fields: fields(&m, &source)
+                fields: written
                     .into_iter()
                     .map(|(k, v)| (k.into_bytes(), v))
                     .collect(),

@@ -8,26 +8,42 @@
 //! # Entry format
 //!
 //! A message on topic `t` is one entry of the stream `{stream_prefix}t`,
-//! with these fields, in this order, so that any Redis client can read it:
+//! with two fields, in this order, so that any Redis client can read it:
 //!
 //! | field | value |
 //! |---|---|
 //! | `payload` | the payload, as raw bytes |
-//! | `h:ce-specversion` | `1.0` |
-//! | `h:ce-id` | the message id (a UUID): the receiver's idempotency key |
-//! | `h:ce-type` | the topic |
-//! | `h:ce-source` | [`RedisConfig::source`] |
-//! | `h:ce-time` | the creation time, RFC 3339 with microseconds |
-//! | `h:ce-partitionkey` | the ordering key, when there is one |
-//! | `h:ce-ferrykind` | `event` or `command` |
-//! | `h:content-type` | the payload's media type |
-//! | `h:<name>` | each of the message's own headers |
+//! | `headers` | the headers, one JSON object of strings, in this order |
+//!
+//! | header | value |
+//! |---|---|
+//! | `ce-specversion` | `1.0` |
+//! | `ce-id` | the message id (a UUID): the receiver's idempotency key |
+//! | `ce-type` | the topic |
+//! | `ce-source` | [`RedisConfig::source`] |
+//! | `ce-time` | the creation time, RFC 3339 with microseconds |
+//! | `ce-partitionkey` | the ordering key, when there is one |
+//! | `ce-ferrykind` | `event` or `command` |
+//! | `content-type` | the payload's media type |
+//! | `<name>` | each of the message's own headers |
 //!
 //! These are the CloudEvents binary-mode attributes of
-//! [`binary_headers`](ferry_core::cloudevents::binary_headers), each under
-//! `h:` and its name. Header names and values are UTF-8. An entry with
-//! another field, a field that is not UTF-8, or no `payload` is read as
-//! malformed.
+//! [`binary_headers`](ferry_core::cloudevents::binary_headers), e.g.
+//! `{"ce-specversion":"1.0","ce-id":"0193…","ce-type":"order.placed",…}`.
+//! One field for all headers keeps an entry cheap for Redis to append and
+//! to hand out, and for readers to parse.
+//!
+//! Earlier versions wrote each header as a field of its own, `h:<name>`
+//! (`payload`, `h:ce-specversion`, `h:ce-id`, … in the order above). The
+//! subscriber reads that layout too, and entries with both (a header in
+//! only one of them), so entries written before and producers that still
+//! write it keep working; with [`RedisConfig::header_fields`] the sink
+//! writes it, for readers that know only that layout.
+//!
+//! Header names and values are UTF-8. An entry with another field, a field
+//! that is not UTF-8, a `headers` field that is not a JSON object of
+//! strings, a header both in `headers` and as an `h:` field, or no
+//! `payload` is read as malformed.
 //!
 //! # Durability
 //!

@@ -44,13 +44,24 @@ impl RedisSink {
     async fn deliver_batch(&self, batch: &[Message]) -> Vec<Delivery> {
         let mut pipe = redis::pipe();
         pipe.ignore_errors();
+        // The stream's key, made again only when the topic changes.
+        let (mut key, mut key_topic) = (String::new(), None);
         for message in batch {
-            let cmd = pipe.cmd("XADD").arg(self.config.stream_key(&message.topic));
+            if key_topic != Some(message.topic.as_str()) {
+                key = self.config.stream_key(&message.topic);
+                key_topic = Some(message.topic.as_str());
+            }
+            let cmd = pipe.cmd("XADD").arg(&key);
             if let Some(maxlen) = self.config.maxlen {
                 cmd.arg("MAXLEN").arg("~").arg(maxlen);
             }
             cmd.arg("*");
-            for (name, value) in crate::entry::fields(message, &self.config.source) {
+            let fields = if self.config.header_fields {
+                crate::entry::header_fields(message, &self.config.source)
+            } else {
+                crate::entry::fields(message, &self.config.source)
+            };
+            for (name, value) in fields {
                 cmd.arg(name).arg(value);
             }
         }

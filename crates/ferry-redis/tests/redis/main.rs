@@ -46,6 +46,52 @@ async fn round_trip_keeps_every_field() {
 }
 
 #[tokio::test]
+async fn both_entry_layouts_read_back() {
+    let config = config(SHARED);
+    let mut per_header = config.clone();
+    per_header.header_fields = true;
+    let sink = RedisSink::connect(config.clone()).await.unwrap();
+    let old_sink = RedisSink::connect(per_header).await.unwrap();
+    let subscriber = RedisSubscriber::connect(config.clone()).await.unwrap();
+    let topic = unique("layouts");
+    let mut stream = subscriber
+        .subscribe(&Subscription::new(&topic, "g"))
+        .await
+        .unwrap();
+    let sent = |n: u8| {
+        Message::event(&topic, Bytes::from(vec![b'{', n, b'}']))
+            .with_key("k")
+            .with_header("traceparent", "00-abc-01")
+    };
+    let (new, old) = (sent(1), sent(2));
+    assert!(sink.deliver(std::slice::from_ref(&new)).await[0].is_ok());
+    assert!(old_sink.deliver(std::slice::from_ref(&old)).await[0].is_ok());
+
+    // On the wire: `payload` and `headers`, or `payload` and a field per
+    // header.
+    let mut c = raw(SHARED).await;
+    type Fields = Vec<(String, Vec<u8>)>;
+    let entries: Vec<(String, Fields)> = redis::cmd("XRANGE")
+        .arg(config.stream_key(&topic))
+        .arg("-")
+        .arg("+")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    let names = |i: usize| -> Vec<&str> { entries[i].1.iter().map(|(n, _)| n.as_str()).collect() };
+    assert_eq!(names(0), ["payload", "headers"]);
+    assert_eq!(names(1)[0], "payload");
+    assert!(names(1).contains(&"h:ce-id"), "{:?}", names(1));
+    assert!(names(1).contains(&"h:traceparent"), "{:?}", names(1));
+
+    for expected in [&new, &old] {
+        let received = next(&mut stream).await;
+        ferry_conformance::cases::assert_same_message(received.message.as_ref().unwrap(), expected);
+        received.ack().await.unwrap();
+    }
+}
+
+#[tokio::test]
 async fn entries_that_are_not_ferry_messages_are_malformed() {
     let config = config(SHARED);
     let subscriber = RedisSubscriber::connect(config.clone()).await.unwrap();
