@@ -8,7 +8,7 @@ use async_nats::jetstream::context::{
     PublishErrorKind,
 };
 use async_nats::jetstream::{self, ErrorCode};
-use async_nats::{Event, HeaderMap, HeaderName, HeaderValue};
+use async_nats::{Event, HeaderMap, HeaderName, HeaderValue, Subject};
 use ferry_core::cloudevents::binary_headers;
 use ferry_core::{Delivery, Message, SinkError, SinkErrorKind};
 use tokio::sync::{watch, OnceCell};
@@ -157,12 +157,13 @@ impl NatsSink {
         let max_payload = self.client.server_info().max_payload;
         let mut pending = Vec::with_capacity(batch.len());
         let mut down = false;
+        let mut subjects = None;
         for message in batch {
             if down {
                 pending.push(Err(SinkError::unavailable("nats is not connected")));
                 continue;
             }
-            let published = match self.publication(message, max_payload) {
+            let published = match self.publication(message, max_payload, &mut subjects) {
                 Ok((subject, publish)) => self
                     .jetstream
                     .send_publish(subject, publish)
@@ -184,19 +185,30 @@ impl NatsSink {
     }
 
     /// The subject and the publication of `message`, or why NATS cannot
-    /// carry it. `max_payload` is the server's limit, 0 if unknown.
+    /// carry it. `max_payload` is the server's limit, 0 if unknown;
+    /// `subjects` remembers the subject of the batch's last topic (a batch
+    /// is mostly one topic), so it is built and checked once.
     fn publication(
         &self,
         message: &Message,
         max_payload: usize,
-    ) -> Result<(String, Publish), SinkError> {
-        let subject = format!("{}{}", self.config.subject_prefix, message.topic);
-        if !is_subject(&subject) {
-            return Err(SinkError::permanent(format!(
-                "topic `{}` does not make a valid nats subject",
-                message.topic.escape_debug()
-            )));
-        }
+        subjects: &mut Option<(String, Subject)>,
+    ) -> Result<(Subject, Publish), SinkError> {
+        let subject = match subjects {
+            Some((topic, subject)) if *topic == message.topic => subject.clone(),
+            _ => {
+                let subject = format!("{}{}", self.config.subject_prefix, message.topic);
+                if !is_subject(&subject) {
+                    return Err(SinkError::permanent(format!(
+                        "topic `{}` does not make a valid nats subject",
+                        message.topic.escape_debug()
+                    )));
+                }
+                let subject = Subject::from(subject);
+                *subjects = Some((message.topic.clone(), subject.clone()));
+                subject
+            }
+        };
         let mut headers = HeaderMap::new();
         let mut header_bytes = 0;
         for (name, value) in binary_headers(message, &self.config.source) {
@@ -205,28 +217,36 @@ impl NatsSink {
             if name.len() >= 5 && name[..5].eq_ignore_ascii_case("nats-") {
                 continue;
             }
-            let header_name = name
-                .parse::<HeaderName>()
-                .ok()
-                .filter(|_| is_header_name(&name))
-                .ok_or_else(|| {
-                    SinkError::permanent(format!(
-                        "`{}` is not a valid nats header name",
-                        name.escape_debug()
-                    ))
-                })?;
-            let value = value.parse::<HeaderValue>().map_err(|e| {
-                SinkError::permanent(format!("header `{name}` has a value nats cannot carry"))
-                    .with_source(e)
-            })?;
+            let header_name = match attribute_name(&name) {
+                Some(attribute) => attribute,
+                None => name
+                    .parse::<HeaderName>()
+                    .ok()
+                    .filter(|_| is_header_name(&name))
+                    .ok_or_else(|| {
+                        SinkError::permanent(format!(
+                            "`{}` is not a valid nats header name",
+                            name.escape_debug()
+                        ))
+                    })?,
+            };
+            // What `HeaderValue::from_str` refuses, without its copy.
+            if value.contains(['\r', '\n']) {
+                let error =
+                    SinkError::permanent(format!("header `{name}` has a value nats cannot carry"));
+                return Err(match value.parse::<HeaderValue>() {
+                    Err(e) => error.with_source(e),
+                    Ok(_) => error,
+                });
+            }
             // The client trims a received value: it would arrive changed.
-            if value.as_str().trim() != value.as_str() {
+            if value.trim() != value {
                 return Err(SinkError::permanent(format!(
                     "header `{name}` has a value with leading or trailing whitespace, which nats clients trim"
                 )));
             }
-            header_bytes += name.len() + value.as_str().len() + 4;
-            headers.insert(header_name, value);
+            header_bytes += name.len() + value.len() + 4;
+            headers.insert(header_name, HeaderValue::from(value));
         }
         let id = message.broker_dedup_id();
         header_bytes += MSG_ID.len() + id.len() + 4;
@@ -245,6 +265,25 @@ impl NatsSink {
             .message_id(id);
         Ok((subject, publish))
     }
+}
+
+/// The header name of a CloudEvents attribute [`binary_headers`] writes,
+/// without an allocation; `None` for any other name.
+fn attribute_name(name: &str) -> Option<HeaderName> {
+    static ATTRIBUTES: [HeaderName; 8] = [
+        HeaderName::from_static("ce-specversion"),
+        HeaderName::from_static("ce-id"),
+        HeaderName::from_static("ce-type"),
+        HeaderName::from_static("ce-source"),
+        HeaderName::from_static("ce-time"),
+        HeaderName::from_static("ce-partitionkey"),
+        HeaderName::from_static("ce-ferrykind"),
+        HeaderName::from_static("content-type"),
+    ];
+    ATTRIBUTES
+        .iter()
+        .find(|attribute| AsRef::<[u8]>::as_ref(*attribute) == name.as_bytes())
+        .cloned()
 }
 
 ferry_core::impl_sink!(NatsSink, "nats", deliver_batch);
@@ -322,6 +361,26 @@ fn api_error(code: ErrorCode) -> SinkError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn attribute_names_are_the_ones_written() {
+        let message = Message::event("orders.created", "{}")
+            .with_key("k")
+            .with_header("x-trace", "t");
+        let mut attributes = 0;
+        for (name, _) in binary_headers(&message, "src") {
+            match attribute_name(&name) {
+                Some(header) => {
+                    attributes += 1;
+                    assert_eq!(AsRef::<[u8]>::as_ref(&header), name.as_bytes());
+                    assert_eq!(header, name.parse::<HeaderName>().unwrap());
+                }
+                None => assert_eq!(name, "x-trace"),
+            }
+        }
+        assert_eq!(attributes, 8);
+        assert!(attribute_name("CE-ID").is_none());
+    }
 
     #[test]
     fn header_names() {

@@ -275,11 +275,12 @@ fn received(message: jetstream::Message) -> Received {
         .headers
         .iter()
         .flat_map(|headers| headers.iter())
-        .filter(|(name, _)| !AsRef::<str>::as_ref(*name).starts_with("Nats-"))
+        .map(|(name, values)| (AsRef::<str>::as_ref(name), values))
+        .filter(|(name, _)| !name.starts_with("Nats-"))
         .filter_map(|(name, values)| {
             values
                 .first()
-                .map(|v| (name.to_string(), v.as_str().to_owned()))
+                .map(|v| (name.to_owned(), v.as_str().to_owned()))
         })
         .collect();
     let decoded = from_binary_headers(headers, message.payload.clone());
