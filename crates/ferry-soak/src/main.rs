@@ -661,8 +661,11 @@ async fn soak_in(
         cdc::BINLOG_CAPTURE,
         "--mode",
         "log",
+        // Qualified: a bare table name matches that table in every
+        // database of the server (another run's soak on the shared
+        // MariaDB included).
         "--tables",
-        "soak_cdc_rows",
+        &format!("{binlog_db}.soak_cdc_rows"),
         "--topic-prefix",
         "soak",
         "--max-attempts",
