@@ -57,6 +57,17 @@ pub struct KafkaConfig {
     /// `"60s"`.
     #[serde(default = "default_join_timeout", with = "humantime_serde")]
     pub join_timeout: Duration,
+    /// How often the subscriber commits the consumer group's position
+    /// after acknowledgements, e.g. `"1s"` (the default). An ack records
+    /// the message as handled and returns; the position committed is
+    /// always below the lowest offset still unacknowledged, and it is also
+    /// committed when a partition is revoked and when the consumer closes.
+    /// A consumer that is killed redelivers what it acknowledged since its
+    /// last commit (at least once: consumers dedup). `"0s"` commits before
+    /// each ack returns, which caps consumption at what the acks in flight
+    /// can do per commit round trip.
+    #[serde(default = "default_commit_interval", with = "humantime_serde")]
+    pub commit_interval: Duration,
     /// Extra librdkafka properties for both producer and consumer, such as
     /// `client.id` or `linger.ms`. The properties Ferry sets itself
     /// (`bootstrap.servers`, `enable.idempotence`, `acks`, `group.id`,
@@ -97,6 +108,10 @@ fn default_join_timeout() -> Duration {
     Duration::from_secs(60)
 }
 
+fn default_commit_interval() -> Duration {
+    Duration::from_secs(1)
+}
+
 fn default_source() -> String {
     crate::DEFAULT_SOURCE.to_owned()
 }
@@ -116,6 +131,7 @@ impl KafkaConfig {
             replication_factor: None,
             delivery_timeout: default_delivery_timeout(),
             join_timeout: default_join_timeout(),
+            commit_interval: default_commit_interval(),
             properties: BTreeMap::new(),
             source: default_source(),
         }
@@ -127,8 +143,8 @@ impl KafkaConfig {
     /// The authority is a comma-separated list of bootstrap brokers
     /// (`host:port`, port 9092 when left out). The query may set
     /// `topic_prefix`, `create_topics` (`true`/`false`), `partitions`,
-    /// `replication_factor`, `delivery_timeout` and `join_timeout` (e.g.
-    /// `10s`) and `source`; any other name is a librdkafka property (e.g.
+    /// `replication_factor`, `delivery_timeout`, `join_timeout` and
+    /// `commit_interval` (e.g. `10s`) and `source`; any other name is a librdkafka property (e.g.
     /// `client.id=ferry`), see [`KafkaConfig::properties`]. The result is
     /// validated.
     pub fn from_url(url: &str) -> Result<Self, KafkaConfigError> {
@@ -178,6 +194,7 @@ impl KafkaConfig {
                     config.delivery_timeout = duration("delivery_timeout", &value)?
                 }
                 "join_timeout" => config.join_timeout = duration("join_timeout", &value)?,
+                "commit_interval" => config.commit_interval = duration("commit_interval", &value)?,
                 "source" => config.source = value,
                 _ => {
                     config.properties.insert(name, value);

@@ -20,7 +20,7 @@ use rdkafka::{ClientContext, Message as _, Offset, TopicPartitionList};
 use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 
 use crate::admin::Topics;
-use crate::offsets::{Partitions, Position};
+use crate::offsets::{Commit, Partitions, Position, Sequence};
 use crate::quiet::{self, Quiet};
 use crate::topic::kafka_topic;
 use crate::{KafkaConfig, KafkaConfigError};
@@ -42,13 +42,20 @@ use crate::{KafkaConfig, KafkaConfigError};
 ///   contract lets an adapter say so): at its first assignment the consumer
 ///   commits the partitions' low watermarks, so that the group and its
 ///   backlog exist on the broker from then on.
-/// * **Ack** commits offsets (`enable.auto.commit=false`), only after the
-///   handler acknowledged, and only up to the lowest offset of the
-///   partition handed out and not yet acknowledged: acks may come in any
-///   order, the commit never passes an unacknowledged message. A consumer
-///   that stops leaves its unacknowledged messages to the next owner of the
-///   partition, which reads on from the committed offset; that is how
-///   unacknowledged messages are redelivered.
+/// * **Ack** records the message as handled; the group's position is
+///   committed (`enable.auto.commit=false`; Ferry commits) every
+///   [`KafkaConfig::commit_interval`] (1 s by default), when a partition is
+///   revoked (before the next owner reads) and when the consumer closes,
+///   and it only ever moves up to the lowest offset of the partition handed
+///   out and not yet acknowledged: acks may come in any order, the commit
+///   never passes an unacknowledged message. A consumer that stops leaves
+///   its unacknowledged messages to the next owner of the partition, which
+///   reads on from the committed offset; that is how unacknowledged
+///   messages are redelivered. A consumer that is killed also redelivers
+///   what it acknowledged since its last commit (at least once; consumers
+///   dedup). With `commit_interval = "0s"` each ack commits before it
+///   returns (one commit for all the acks that arrive while one is in
+///   flight), and an ack that returned `Ok` is never redelivered.
 /// * **Nack** seeks the partition back to the nacked offset, so the message
 ///   and the partition's later ones are delivered again in order (the later
 ///   ones are duplicates when they were handled already: at least once). A
@@ -106,6 +113,8 @@ impl KafkaSubscriber {
         let shared = Arc::new(Shared {
             partitions: Mutex::new(Partitions::default()),
             commit: tokio::sync::Mutex::new(()),
+            committing: Mutex::new(()),
+            topic: topic.clone(),
         });
         let context = GroupContext {
             shared: shared.clone(),
@@ -134,7 +143,11 @@ impl KafkaSubscriber {
             topic: topic.clone(),
             seeks: seeks_tx,
             timeout: self.config.delivery_timeout,
+            commit_interval: self.config.commit_interval,
         };
+        if !self.config.commit_interval.is_zero() {
+            tokio::spawn(commit_periodically(member.clone()));
+        }
         tokio::spawn(forward(
             consumer.clone(),
             member.clone(),
@@ -208,9 +221,15 @@ ferry_core::impl_debug!(
 /// What a consumer, its rebalance callbacks and its ackers share.
 struct Shared {
     partitions: Mutex<Partitions>,
-    /// Held while committing, so that commits reach the broker in the
-    /// order their positions were chosen and never move a position back.
+    /// Awaited by the tasks that commit, so that they take turns without
+    /// holding a thread while they wait.
     commit: tokio::sync::Mutex<()>,
+    /// Held from choosing positions to commit until the broker answered
+    /// (by those tasks, and by a revocation, which commits in the
+    /// rebalance callback), so that commits reach the broker in the order
+    /// their positions were chosen and never move a position back.
+    committing: Mutex<()>,
+    topic: String,
 }
 
 impl Shared {
@@ -219,6 +238,49 @@ impl Shared {
         // go on (at worst a message is delivered again).
         self.partitions.lock().unwrap_or_else(|e| e.into_inner())
     }
+
+    fn committing(&self) -> MutexGuard<'_, ()> {
+        self.committing.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Commits the positions `choose` picks while this holds the commit
+    /// order, then records them. Blocks until the broker answered.
+    fn commit_chosen(
+        &self,
+        consumer: &impl Consumer<GroupContext>,
+        choose: impl FnOnce(&mut Partitions) -> Result<Vec<Commit>, ()>,
+    ) -> Result<(), SubscribeError> {
+        let _order = self.committing();
+        let commits = choose(&mut self.partitions()).map_err(|()| reassigned())?;
+        if commits.is_empty() {
+            return Ok(());
+        }
+        commit_offsets(consumer, &self.topic, &commits)
+            .map_err(|e| subscribe_error(e, "kafka offset commit failed"))?;
+        let mut partitions = self.partitions();
+        for commit in commits {
+            partitions.committed(commit);
+        }
+        Ok(())
+    }
+}
+
+/// Commits `commits` synchronously.
+fn commit_offsets(
+    consumer: &impl Consumer<GroupContext>,
+    topic: &str,
+    commits: &[Commit],
+) -> Result<(), KafkaError> {
+    let mut tpl = TopicPartitionList::new();
+    for commit in commits {
+        tpl.add_partition_offset(topic, commit.partition, Offset::Offset(commit.offset))?;
+    }
+    let result = consumer.commit(&tpl, CommitMode::Sync);
+    match &result {
+        Ok(()) => tracing::trace!(?commits, "kafka offsets committed"),
+        Err(e) => tracing::debug!(?commits, error = %e, "kafka offset commit failed"),
+    }
+    result
 }
 
 /// Tracks the assignment: each partition assigned or revoked starts its
@@ -239,15 +301,40 @@ impl ClientContext for GroupContext {
 }
 
 impl ConsumerContext for GroupContext {
-    fn pre_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         match rebalance {
             Rebalance::Assign(tpl) | Rebalance::Revoke(tpl) => {
-                let mut partitions = self.shared.partitions();
-                for element in tpl.elements() {
-                    partitions.reset(element.partition());
+                let assign = matches!(rebalance, Rebalance::Assign(_));
+                let ids: Vec<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
+                tracing::debug!(
+                    kind = if assign { "assign" } else { "revoke" },
+                    partitions = ?ids,
+                    "kafka rebalance"
+                );
+                if assign {
+                    let mut partitions = self.shared.partitions();
+                    for &id in &ids {
+                        partitions.reset(id);
+                    }
+                    return;
                 }
+                // What was acknowledged on the revoked partitions is
+                // committed before the next owner reads from the group's
+                // position (a failure leaves it to be delivered again);
+                // settles from now on are refused.
+                let _ = self.shared.commit_chosen(consumer, |partitions| {
+                    let left = partitions.uncommitted(Some(&ids));
+                    for &id in &ids {
+                        partitions.reset(id);
+                    }
+                    Ok(left)
+                });
             }
-            Rebalance::Error(e) => tracing::warn!(error = %e, "kafka rebalance failed"),
+            Rebalance::Error(e) => {
+                // librdkafka drops the whole assignment.
+                tracing::warn!(error = %e, "kafka rebalance failed");
+                drop(self.shared.partitions().close());
+            }
         }
     }
 
@@ -271,23 +358,57 @@ struct Member {
     topic: String,
     seeks: mpsc::UnboundedSender<Position>,
     timeout: Duration,
+    /// [`KafkaConfig::commit_interval`]: zero commits on each ack.
+    commit_interval: Duration,
 }
 
 impl Member {
-    /// Commits `offset` as the position of `position`'s partition.
-    async fn commit(&self, position: Position, offset: i64) -> Result<(), SubscribeError> {
+    /// Commits the positions `choose` picks once it is this task's turn.
+    async fn commit(
+        &self,
+        choose: impl FnOnce(&mut Partitions) -> Result<Vec<Commit>, ()> + Send + 'static,
+    ) -> Result<(), SubscribeError> {
         let Some(consumer) = self.consumer.upgrade() else {
             return Err(closed());
         };
-        let mut tpl = TopicPartitionList::new();
-        tpl.add_partition_offset(&self.topic, position.partition, Offset::Offset(offset))
-            .map_err(|e| SubscribeError::permanent("invalid offset").with_source(e))?;
-        tokio::task::spawn_blocking(move || consumer.commit(&tpl, CommitMode::Sync))
+        let _turn = self.shared.commit.lock().await;
+        let shared = self.shared.clone();
+        tokio::task::spawn_blocking(move || shared.commit_chosen(&*consumer, choose))
             .await
             .map_err(|e| SubscribeError::unavailable("kafka offset commit failed").with_source(e))?
-            .map_err(|e| subscribe_error(e, "kafka offset commit failed"))?;
-        self.shared.partitions().committed(position, offset);
-        Ok(())
+    }
+}
+
+/// Commits what was acknowledged every [`KafkaConfig::commit_interval`]
+/// until the consumer is gone; a failed commit is retried at the next tick
+/// and logged once when commits start failing and once when they succeed
+/// again.
+async fn commit_periodically(member: Member) {
+    let mut tick = tokio::time::interval(member.commit_interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    let mut failing = false;
+    loop {
+        tick.tick().await;
+        if member.consumer.strong_count() == 0 {
+            return;
+        }
+        match member
+            .commit(|partitions| Ok(partitions.uncommitted(None)))
+            .await
+        {
+            Ok(()) if failing => {
+                failing = false;
+                tracing::info!(topic = %member.topic, "kafka offset commits succeed again");
+            }
+            Ok(()) => {}
+            Err(_) if member.consumer.strong_count() == 0 => return,
+            Err(e) if !failing => {
+                failing = true;
+                tracing::warn!(topic = %member.topic, error = %e.describe(), "kafka offset commit failed; retrying");
+            }
+            Err(_) => {}
+        }
     }
 }
 
@@ -339,15 +460,27 @@ async fn forward(
             }
         }
     }
-    // Closing the consumer waits for it to leave the group: not on the
-    // runtime's threads.
-    drop(tokio::task::spawn_blocking(move || drop(consumer)));
+    // What was acknowledged is committed before the consumer leaves its
+    // group (a failure leaves it to be delivered again); closing waits for
+    // the broker: not on the runtime's threads.
+    drop(tokio::task::spawn_blocking(move || {
+        let _ = member
+            .shared
+            .commit_chosen(&*consumer, |partitions| Ok(partitions.close()));
+        drop(consumer);
+    }));
 }
 
 fn seek(consumer: &GroupConsumer, member: &Member, position: Position) {
     if !member.shared.partitions().rewind(position) {
         return;
     }
+    tracing::debug!(
+        partition = position.partition,
+        offset = position.offset,
+        epoch = position.epoch,
+        "kafka seek back for a nack"
+    );
     // A zero timeout seeks asynchronously; librdkafka drops the messages
     // fetched before the seek.
     if let Err(e) = consumer.seek(
@@ -367,12 +500,36 @@ fn hand_out(
     member: &Member,
     permit: OwnedSemaphorePermit,
 ) -> Received {
-    let position = member
+    let (position, sequence) = member
         .shared
         .partitions()
         .handed_out(message.partition(), message.offset());
+    match sequence {
+        Sequence::First => tracing::debug!(
+            partition = position.partition,
+            offset = position.offset,
+            epoch = position.epoch,
+            "kafka partition: first message since its assignment"
+        ),
+        Sequence::Skipped { from } => tracing::debug!(
+            partition = position.partition,
+            from,
+            to = position.offset,
+            epoch = position.epoch,
+            "kafka partition: offsets skipped"
+        ),
+        Sequence::Next => {}
+    }
+    let decoded = decode(message);
+    tracing::trace!(
+        partition = position.partition,
+        offset = position.offset,
+        epoch = position.epoch,
+        id = ?decoded.as_ref().map(|m| m.id).ok(),
+        "kafka message handed out"
+    );
     Received::new(
-        decode(message),
+        decoded,
         None,
         KafkaAcker {
             member: member.clone(),
@@ -425,25 +582,43 @@ impl Acker for KafkaAcker {
     fn ack(self: Box<Self>) -> BoxFuture<'static, Result<(), SubscribeError>> {
         Box::pin(async move {
             let shared = self.member.shared.clone();
-            let reassigned = || {
-                SubscribeError::unavailable(
-                    "the kafka partition was reassigned; the message will be delivered again",
-                )
+            // The position this acknowledgement needs committed is fixed
+            // when it is recorded, before waiting for the commit lock:
+            // whichever commit first covers it settles it, so the acks that
+            // arrive while one commit is in flight share the next one.
+            let needed = match shared.partitions().acked(self.position) {
+                Err(()) => {
+                    tracing::debug!(
+                        partition = self.position.partition,
+                        offset = self.position.offset,
+                        epoch = self.position.epoch,
+                        "kafka ack refused: the partition was reassigned or the consumer closed"
+                    );
+                    return Err(reassigned());
+                }
+                // Committed with the next periodic commit (or the one when
+                // the partition is revoked or the consumer closes).
+                Ok(_) if !self.member.commit_interval.is_zero() => return Ok(()),
+                // An earlier offset is still unacknowledged (the commit
+                // that follows its ack covers this one too), or a commit
+                // already covers this one.
+                Ok(None) => return Ok(()),
+                Ok(Some(needed)) => needed,
             };
-            // Recorded before waiting for the commit lock, so that the
-            // commit in flight's successor covers this acknowledgement and
-            // every other that arrived meanwhile: one commit for many.
-            let recorded = shared.partitions().acked(self.position);
-            if recorded.is_err() {
-                return Err(reassigned());
-            }
-            let _commit = shared.commit.lock().await;
-            let target = shared.partitions().commit_target(self.position);
-            match target {
-                Err(()) => Err(reassigned()),
-                Ok(None) => Ok(()),
-                Ok(Some(offset)) => self.member.commit(self.position, offset).await,
-            }
+            let position = self.position;
+            self.member
+                .commit(move |partitions| {
+                    Ok(partitions
+                        .commit_target(position, needed)?
+                        .map(|offset| Commit {
+                            partition: position.partition,
+                            offset,
+                            epoch: position.epoch,
+                        })
+                        .into_iter()
+                        .collect())
+                })
+                .await
         })
     }
 
@@ -476,10 +651,12 @@ impl Acker for KafkaAcker {
 /// Pins a new group's start: commits the low watermark of each assigned
 /// partition that has no committed offset yet.
 async fn pin_start(consumer: Arc<GroupConsumer>, member: Member) -> Result<(), SubscribeError> {
-    let _commit = member.shared.commit.lock().await;
+    let _turn = member.shared.commit.lock().await;
     let timeout = member.timeout;
     let topic = member.topic.clone();
+    let shared = member.shared.clone();
     tokio::task::spawn_blocking(move || -> Result<(), KafkaError> {
+        let _order = shared.committing();
         let assignment = consumer.assignment()?;
         if assignment.count() == 0 {
             return Ok(());
@@ -557,6 +734,12 @@ fn lag(config: &KafkaConfig, topic: &str, group: &str) -> Result<Lag, SubscribeE
         in_flight: None,
         oldest_age: None,
     })
+}
+
+fn reassigned() -> SubscribeError {
+    SubscribeError::unavailable(
+        "the kafka partition was reassigned or the consumer closed; the message will be delivered again",
+    )
 }
 
 fn closed() -> SubscribeError {

@@ -104,12 +104,25 @@ async fn round_trip_keeps_every_field_and_each_keys_order() {
 
 /// Acks out of order commit only the contiguous prefix; a consumer that
 /// stops with a message unacknowledged leaves the group, and the next member
-/// reads on from the committed offset.
+/// reads on from the committed offset. Commits before each ack returns.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_member_resumes_at_the_lowest_unacked_offset() {
+    resumes_at_the_lowest_unacked_offset(Duration::ZERO).await;
+}
+
+/// The same with periodic commits (the default): the committed position
+/// follows the acks within the interval, never past an unacknowledged
+/// message, and what was acknowledged is committed when the consumer closes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_periodic_commits_a_new_member_resumes_at_the_lowest_unacked_offset() {
+    resumes_at_the_lowest_unacked_offset(Duration::from_millis(300)).await;
+}
+
+async fn resumes_at_the_lowest_unacked_offset(commit_interval: Duration) {
     let topic = unique("resume");
     let mut config = config();
     config.partitions = 1;
+    config.commit_interval = commit_interval;
     let sub = Subscription::new(&topic, unique("g"));
     let sink = KafkaSink::connect(config.clone()).await.unwrap();
     let first = KafkaSubscriber::connect(config.clone()).await.unwrap();
@@ -130,8 +143,8 @@ async fn a_new_member_resumes_at_the_lowest_unacked_offset() {
     for i in [4, 0, 3, 1] {
         received[i].take().unwrap().ack().await.unwrap();
     }
-    let lag = first.lag(&sub).await.unwrap();
-    assert_eq!(lag.waiting, Some(3), "committed up to offset 2: {lag:?}");
+    // Committed up to offset 2: three waiting.
+    lag_reaches(&first, &sub, 3, commit_interval).await;
     drop(received);
     drop(stream);
 
@@ -142,7 +155,88 @@ async fn a_new_member_resumes_at_the_lowest_unacked_offset() {
         assert_eq!(message(&r).id, m.id, "from the committed offset on");
         r.ack().await.unwrap();
     }
-    assert_eq!(second.lag(&sub).await.unwrap().waiting, Some(0));
+    lag_reaches(&second, &sub, 0, commit_interval).await;
+}
+
+/// With periodic commits, acknowledged positions are committed when the
+/// consumer closes and when its partitions are revoked, not only at the
+/// next tick (an hour away here).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledged_positions_are_committed_on_close_and_on_revoke() {
+    let topic = unique("commit-on");
+    let mut config = config();
+    config.partitions = 2;
+    config.commit_interval = Duration::from_secs(3600);
+    let sub = Subscription::new(&topic, unique("g"));
+    let sink = KafkaSink::connect(config.clone()).await.unwrap();
+    let first = KafkaSubscriber::connect(config.clone()).await.unwrap();
+    let mut stream = first.subscribe(&sub).await.unwrap();
+    let batch = |n: usize| -> Vec<Message> {
+        (0..n)
+            .map(|i| Message::event(&topic, "{}").with_key(format!("key-{i}")))
+            .collect()
+    };
+    let sent = batch(10);
+    deliver_all(&sink, &sent).await;
+    for _ in &sent {
+        next(&mut stream).await.ack().await.unwrap();
+    }
+    // A second member: the first's partitions are revoked, which commits
+    // (the only commits here are on revoke and on close; tansu may also
+    // rebalance once by itself after the first join, which commits the
+    // same way).
+    let second = KafkaSubscriber::connect(config.clone()).await.unwrap();
+    let second_stream = second.subscribe(&sub).await.unwrap();
+    lag_reaches(&second, &sub, 0, Duration::from_millis(200)).await;
+    drop(second_stream);
+
+    // Closing commits too.
+    let more = batch(4);
+    deliver_all(&sink, &more).await;
+    let mut got = 0;
+    while got < more.len() {
+        let r = next(&mut stream).await;
+        assert!(
+            more.iter().any(|m| m.id == message(&r).id),
+            "an acknowledged message came again"
+        );
+        r.ack().await.unwrap();
+        got += 1;
+    }
+    drop(stream);
+    lag_reaches(&first, &sub, 0, Duration::from_millis(200)).await;
+}
+
+/// Waits for the group's lag to be `want`: at once when every ack commits,
+/// else within a few commit intervals, and never below `want` (that would
+/// be a commit past an unacknowledged message).
+async fn lag_reaches(
+    subscriber: &KafkaSubscriber,
+    sub: &Subscription,
+    want: u64,
+    commit_interval: Duration,
+) {
+    let deadline = tokio::time::Instant::now() + commit_interval * 10 + Duration::from_secs(5);
+    loop {
+        let lag = subscriber.lag(sub).await.unwrap();
+        let waiting = lag.waiting.expect("kafka reports lag");
+        assert!(
+            waiting >= want,
+            "committed past an unacknowledged message: {lag:?}"
+        );
+        if waiting == want {
+            return;
+        }
+        assert!(
+            !commit_interval.is_zero(),
+            "with a commit per ack the lag is {want} at once: {lag:?}"
+        );
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "lag never reached {want}: {lag:?}"
+        );
+        tokio::time::sleep(commit_interval / 2).await;
+    }
 }
 
 /// Records another producer wrote with headers that are not a Ferry
