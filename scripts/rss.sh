@@ -165,7 +165,7 @@ stream_msgs=$(js "\$JS.API.STREAM.INFO.$stream" | python3 -c 'import json, sys; 
 
 smaps() { # PID: the largest mappings by Rss, anonymous and file-backed
   awk '
-    /^[0-9a-f]+-[0-9a-f]+ / {name = ($6 == "" ? "[anon]" : $6)}
+    /^[0-9a-f]+-[0-9a-f]+ / {name = ($6 == "" ? "[anon]" : $6); sub(/.*\//, "", name)}
     /^Rss:/ {rss[name] += $2}
     /^Anonymous:/ {anon[name] += $2}
     END {for (n in rss) if (rss[n] > 0) printf "  %8d kB  (anon %6d kB)  %s\n", rss[n], anon[n], n}
