@@ -9,6 +9,19 @@ use crate::change::{Change, TableId};
 /// A table is named `table` or `schema.table`; `*` matches any run of
 /// characters (`public.*`, `*.audit_*`). Ferry's own tables
 /// (`ferry_*`) are never captured.
+///
+/// What an unqualified `table` (and the `table` of `table.column`) means
+/// depends on the source:
+///
+/// * **MariaDB/MySQL**, whose schemas are databases and whose binlog is
+///   the whole server's: when the source URL names a database, that
+///   database ([`scoped`](Filter::scoped) qualifies the patterns when the
+///   capture is built). `db.table` names another database, `*.table` the
+///   table in every database. Without a database in the URL, an
+///   unqualified name matches the table in every database.
+/// * **PostgreSQL**: a connection (and its slot) sees one database only;
+///   an unqualified name matches the table in any schema of it.
+/// * **SQLite**: one schema, `main`.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Filter {
@@ -42,6 +55,37 @@ impl Filter {
                 Some((t, c)) => glob(c, column) && table_matches(t, table),
                 None => false,
             })
+    }
+
+    /// The filter with every unqualified table pattern of `include`,
+    /// `exclude` and `exclude_columns` qualified with `schema` (`orders`
+    /// becomes `shop.orders`, `orders.email` becomes `shop.orders.email`);
+    /// qualified patterns (`other.orders`, `*.orders`) stay as they are.
+    /// `schema` empty leaves the filter as it is.
+    pub fn scoped(&self, schema: &str) -> Filter {
+        if schema.is_empty() {
+            return self.clone();
+        }
+        let table = |p: &String| {
+            if p.contains('.') {
+                p.clone()
+            } else {
+                format!("{schema}.{p}")
+            }
+        };
+        // `table.column` has one dot; `schema.table.column` two.
+        let column = |p: &String| {
+            if p.matches('.').count() == 1 {
+                format!("{schema}.{p}")
+            } else {
+                p.clone()
+            }
+        };
+        Filter {
+            include: self.include.iter().map(table).collect(),
+            exclude: self.exclude.iter().map(table).collect(),
+            exclude_columns: self.exclude_columns.iter().map(column).collect(),
+        }
     }
 
     /// `change` without its excluded columns (from the key too).
@@ -127,6 +171,38 @@ mod tests {
         assert!(f.drops_column(&t("public", "people"), "ssn"));
         assert!(!f.drops_column(&t("public", "users"), "name"));
         assert!(!f.drops_column(&t("other", "people"), "ssn"));
+    }
+
+    #[test]
+    fn scoped_qualifies_only_unqualified_patterns() {
+        let f = Filter {
+            include: vec!["orders".into(), "other.orders".into(), "*.items".into()],
+            exclude: vec!["audit_*".into(), "x.y".into()],
+            exclude_columns: vec!["orders.email".into(), "*.ssn".into(), "o.t.c".into()],
+        }
+        .scoped("shop");
+        assert_eq!(f.include, ["shop.orders", "other.orders", "*.items"]);
+        assert_eq!(f.exclude, ["shop.audit_*", "x.y"]);
+        assert_eq!(
+            f.exclude_columns,
+            ["shop.orders.email", "shop.*.ssn", "o.t.c"]
+        );
+        assert!(f.captures(&t("shop", "orders")));
+        assert!(!f.captures(&t("tenant2", "orders")));
+        assert!(f.captures(&t("other", "orders")));
+        assert!(f.captures(&t("tenant2", "items")));
+        assert!(!f.captures(&t("shop", "audit_log")));
+        assert!(f.drops_column(&t("shop", "orders"), "email"));
+        assert!(!f.drops_column(&t("other", "orders"), "email"));
+        assert!(f.drops_column(&t("shop", "people"), "ssn"));
+        assert!(!f.drops_column(&t("tenant2", "people"), "ssn"));
+        // Unqualified names match every schema until scoped.
+        let bare = Filter {
+            include: vec!["orders".into()],
+            ..Filter::default()
+        };
+        assert!(bare.captures(&t("tenant2", "orders")));
+        assert_eq!(bare.scoped(""), bare);
     }
 
     #[test]

@@ -22,8 +22,8 @@ pub struct BinlogConfig {
     /// `binlog_format=ROW`, `binlog_row_image=FULL` and
     /// `binlog_row_metadata=FULL`; the user `REPLICATION SLAVE`, `BINLOG
     /// MONITOR` and `SELECT` on the captured tables. The database in the
-    /// path is the default scope of `tables` and, without `offsets`, where
-    /// the capture's position is kept.
+    /// path is the scope of `tables` (see there) and, without `offsets`,
+    /// where the capture's position is kept.
     pub url: String,
     /// The capture's name: the key of its saved position and part of
     /// every change id. Two captures of one server need two names.
@@ -33,10 +33,15 @@ pub struct BinlogConfig {
     /// derived from `name` (never 0 or 1).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub server_id: Option<u32>,
-    /// Tables captured and columns left out. With no `include`, the
-    /// tables of the URL's database (every database when the URL names
-    /// none); the server's own schemas (`mysql`, `sys`, …) and Ferry's
-    /// `ferry_*` tables never.
+    /// Tables captured and columns left out. The binlog carries every
+    /// database's changes, so when the URL names a database, an
+    /// unqualified table (`orders` in `include` or `exclude`, `orders.email`
+    /// in `exclude_columns`) is that database's; `other.orders` names
+    /// another database's table, `*.orders` the table in every database.
+    /// With no `include`, the tables of the URL's database. When the URL
+    /// names no database, an unqualified name matches the table in every
+    /// database, and no `include` means every database. The server's own
+    /// schemas (`mysql`, `sys`, …) and Ferry's `ferry_*` tables never.
     #[serde(default)]
     pub tables: Filter,
     /// Where the capture's position is kept (`sqlite://…`, `postgres://…`

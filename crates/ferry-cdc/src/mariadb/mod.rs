@@ -554,9 +554,12 @@ impl BinlogStatus {
     }
 }
 
-/// `tables` with the URL's database as the default scope.
+/// `tables` scoped to the URL's database: an unqualified table pattern
+/// names that database's table (the binlog carries every database's
+/// changes; a bare `orders` would otherwise capture every database's
+/// `orders`), and an empty `include` means its tables.
 fn scope(tables: &Filter, database: &str) -> Filter {
-    let mut filter = tables.clone();
+    let mut filter = tables.scoped(database);
     if filter.include.is_empty() && !database.is_empty() {
         filter.include.push(format!("{database}.*"));
     }
@@ -636,7 +639,7 @@ mod tests {
     }
 
     #[test]
-    fn the_urls_database_scopes_an_empty_include() {
+    fn the_urls_database_scopes_unqualified_and_empty_includes() {
         assert_eq!(scope(&Filter::default(), "shop").include, vec!["shop.*"]);
         assert!(scope(&Filter::default(), "").include.is_empty());
         let named = Filter {
@@ -644,5 +647,15 @@ mod tests {
             ..Filter::default()
         };
         assert_eq!(scope(&named, "shop").include, vec!["other.t"]);
+        let bare = Filter {
+            include: vec!["t".into(), "*.u".into()],
+            exclude: vec!["t_old".into()],
+            exclude_columns: vec!["t.secret".into()],
+        };
+        let scoped = scope(&bare, "shop");
+        assert_eq!(scoped.include, vec!["shop.t", "*.u"]);
+        assert_eq!(scoped.exclude, vec!["shop.t_old"]);
+        assert_eq!(scoped.exclude_columns, vec!["shop.t.secret"]);
+        assert_eq!(scope(&bare, ""), bare);
     }
 }

@@ -863,3 +863,114 @@ async fn a_prepared_xa_transaction_on_a_captured_table_stops_the_capture() {
     assert_eq!(e.kind, ErrorKind::Permanent);
     assert!(e.message.contains("XA PREPARE is not supported"), "{e}");
 }
+
+/// (database, op, key, `v` if sent) of each change.
+fn scoped_summary(got: &[Captured]) -> Vec<(String, Op, Value, Option<Value>)> {
+    got.iter()
+        .map(|c| {
+            let row = c.change.after.as_ref().or(c.change.before.as_ref());
+            (
+                c.change.source.table.schema.clone(),
+                c.change.op,
+                Value::Object(c.change.key.clone()),
+                row.and_then(|r| r.get("v").cloned()),
+            )
+        })
+        .collect()
+}
+
+/// The binlog is the whole server's: a bare table name (and the table of
+/// a bare `table.column`) means the table of the URL's database, in the
+/// snapshot and in the stream; `*.table` names it in every database.
+#[tokio::test]
+async fn a_bare_table_name_means_the_urls_database_only() {
+    let own = MysqlTestDb::create().await;
+    let other = MysqlTestDb::create().await;
+    let (own_name, other_name) = (db_name(&own), db_name(&other));
+    // The same name in both databases, and in no other test's.
+    let table = format!("same_{}", &own_name[own_name.len() - 12..]);
+    let mut own_conn = connect(&own).await;
+    let mut other_conn = connect(&other).await;
+    let create = format!("CREATE TABLE {table} (id INT PRIMARY KEY, v VARCHAR(50)) ENGINE=InnoDB");
+    exec(&mut own_conn, &create).await;
+    exec(&mut other_conn, &create).await;
+    exec(
+        &mut own_conn,
+        &format!("INSERT INTO {table} VALUES (1, 'own1'), (2, 'own2')"),
+    )
+    .await;
+    exec(
+        &mut other_conn,
+        &format!("INSERT INTO {table} VALUES (101, 'other101')"),
+    )
+    .await;
+
+    let mut bare = config(&own, SnapshotMode::Initial);
+    bare.tables = Filter {
+        include: vec![table.clone()],
+        ..Filter::default()
+    };
+    let mut every = config(&own, SnapshotMode::Initial);
+    every.name = format!("every_{own_name}");
+    every.tables = Filter {
+        include: vec![format!("*.{table}")],
+        exclude_columns: vec![format!("{table}.v")],
+        ..Filter::default()
+    };
+    let mut bare = start(bare).await;
+    let mut every = start(every).await;
+
+    exec(
+        &mut own_conn,
+        &format!(
+            "INSERT INTO {table} VALUES (3, 'own3'); UPDATE {table} SET v = 'own1x' WHERE id = 1"
+        ),
+    )
+    .await;
+    exec(
+        &mut other_conn,
+        &format!(
+            "INSERT INTO {table} VALUES (102, 'other102'); DELETE FROM {table} WHERE id = 101"
+        ),
+    )
+    .await;
+
+    let got = read_n(&mut bare, 4, 100).await;
+    assert_quiet(&mut bare).await;
+    let (o, v) = (own_name.clone(), |s: &str| Some(json!(s)));
+    assert_eq!(
+        scoped_summary(&got),
+        vec![
+            (o.clone(), Op::Read, k(1), v("own1")),
+            (o.clone(), Op::Read, k(2), v("own2")),
+            (o.clone(), Op::Create, k(3), v("own3")),
+            (o.clone(), Op::Update, k(1), v("own1x")),
+        ]
+    );
+
+    // `*.table`: both databases; the bare `table.v` left out of the own
+    // database's rows only.
+    let got = read_n(&mut every, 7, 100).await;
+    assert_quiet(&mut every).await;
+    let got = scoped_summary(&got);
+    let mut reads = got[..3].to_vec();
+    reads.sort_by_key(|(db, _, key, _)| (db.clone(), key.to_string()));
+    let mut want_reads = vec![
+        (o.clone(), Op::Read, k(1), None),
+        (o.clone(), Op::Read, k(2), None),
+        (other_name.clone(), Op::Read, k(101), v("other101")),
+    ];
+    want_reads.sort_by_key(|(db, _, key, _)| (db.clone(), key.to_string()));
+    assert_eq!(reads, want_reads);
+    assert_eq!(
+        got[3..],
+        [
+            (o.clone(), Op::Create, k(3), None),
+            (o.clone(), Op::Update, k(1), None),
+            (other_name.clone(), Op::Create, k(102), v("other102")),
+            (other_name.clone(), Op::Delete, k(101), v("other101")),
+        ]
+    );
+    bare.close().await;
+    every.close().await;
+}
