@@ -25,7 +25,12 @@ use crate::change::TableId;
 ///
 /// Source tables are named `schema.table` as the capture names them
 /// (`main.orders` on SQLite, `database.orders` on MariaDB), or by their
-/// name alone, which matches that table in any schema.
+/// name alone. From PostgreSQL or SQLite, the name alone matches that
+/// table in any schema. From MariaDB, whose schemas are databases, it
+/// names the table of the capture's database (the one its URL names) only,
+/// as the capture's own table patterns do: a table of another database
+/// (captured with `other.orders` or `*.orders`) is mapped by
+/// `other.orders`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ApplyConfig {
@@ -126,6 +131,34 @@ impl ApplyConfig {
         Ok(())
     }
 
+    /// The mapping with every source table named by its name alone
+    /// (`orders`) named `schema.orders` instead, unless `schema.orders`
+    /// is named too (then that one holds). `schema` empty leaves it as it
+    /// is. For a MariaDB source, where a bare name means the capture's
+    /// database.
+    pub fn scoped(&self, schema: &str) -> ApplyConfig {
+        fn qualify<V: Clone>(map: &BTreeMap<String, V>, schema: &str) -> BTreeMap<String, V> {
+            let mut out: BTreeMap<String, V> = map
+                .iter()
+                .filter(|(k, _)| k.contains('.'))
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
+            for (k, v) in map.iter().filter(|(k, _)| !k.contains('.')) {
+                out.entry(format!("{schema}.{k}"))
+                    .or_insert_with(|| v.clone());
+            }
+            out
+        }
+        if schema.is_empty() {
+            return self.clone();
+        }
+        ApplyConfig {
+            tables: qualify(&self.tables, schema),
+            columns: qualify(&self.columns, schema),
+            ..self.clone()
+        }
+    }
+
     /// The target table named for `table`, if any: by `schema.table`,
     /// else by the name alone.
     pub(crate) fn table_for(&self, table: &TableId) -> Option<&str> {
@@ -195,6 +228,30 @@ mod tests {
         let mut c = ApplyConfig::new("a");
         c.tables.insert("t".into(), "s.".into());
         assert!(c.validate().is_err());
+    }
+
+    #[test]
+    fn scoped_names_bare_source_tables_in_the_schema() {
+        let c = parse(
+            r#"{"capture": "shop", "tables": {"orders": "orders_copy", "items": "a",
+                "shop.items": "b", "other.orders": "other_orders"},
+                "columns": {"orders": {"drop": ["email"]}}}"#,
+        )
+        .scoped("shop");
+        let table = |s: &str, n: &str| c.table_for(&TableId::new(s, n));
+        assert_eq!(table("shop", "orders"), Some("orders_copy"));
+        assert_eq!(table("tenant2", "orders"), None);
+        assert_eq!(table("other", "orders"), Some("other_orders"));
+        assert_eq!(table("shop", "items"), Some("b"));
+        assert!(c.columns_for(&TableId::new("shop", "orders")).is_some());
+        assert!(c.columns_for(&TableId::new("tenant2", "orders")).is_none());
+        // Unscoped, a bare name matches every schema.
+        let bare = parse(r#"{"capture": "shop", "tables": {"orders": "orders_copy"}}"#);
+        assert_eq!(
+            bare.table_for(&TableId::new("tenant2", "orders")),
+            Some("orders_copy")
+        );
+        assert_eq!(bare.scoped(""), bare);
     }
 
     fn parse(json: &str) -> ApplyConfig {

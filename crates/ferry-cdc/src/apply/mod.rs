@@ -361,6 +361,12 @@ impl<DB: Target, C: Capture> Engine<DB, C> {
     ) -> Self {
         let keep_schema =
             DB::KIND == ferry_store::DatabaseKind::Postgres && capture.connector() == "postgresql";
+        // On MariaDB a bare source table name means the capture's database.
+        let config = if capture.connector() == "mysql" {
+            config.scoped(capture.database())
+        } else {
+            config
+        };
         let target_health = Health::new("target database", &config.capture, &config.backoff);
         let source_health = Health::new("source", &config.capture, &config.backoff);
         let kept = KEPT_CHANGES.max(config.batch_size.saturating_mul(2));

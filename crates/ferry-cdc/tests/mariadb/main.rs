@@ -5,15 +5,19 @@
 //! and starts at the binlog's end (or snapshots its own tables).
 
 use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ferry_cdc::mariadb::{BinlogConfig, MariaDbCapture, Saved, SnapshotMode};
 use ferry_cdc::offsets::Offsets;
-use ferry_cdc::{Capture, CaptureError, Captured, Checkpoint, Filter, Op, Position};
+use ferry_cdc::{
+    ApplyConfig, Capture, CaptureError, Captured, Checkpoint, Filter, Op, Position, ShipStats,
+};
 use ferry_core::ErrorKind;
 use ferry_testkit::{MysqlTestDb, PgTestDb, SqliteTestDb};
 use serde_json::{json, Value};
 use sqlx::{Connection, MySqlConnection};
+use tokio_util::sync::CancellationToken;
 
 mod backfill;
 #[path = "../common/order.rs"]
@@ -973,4 +977,96 @@ async fn a_bare_table_name_means_the_urls_database_only() {
     );
     bare.close().await;
     every.close().await;
+}
+
+/// Into a database target, a bare source table of `[tables]` names the
+/// capture's database's table too: with `*.table` captured and `table =
+/// "copy"`, the URL's database's rows go to `copy`, the other database's
+/// to the table of their own name.
+#[tokio::test]
+async fn a_bare_table_of_an_apply_mapping_means_the_urls_database() {
+    let own = MysqlTestDb::create().await;
+    let other = MysqlTestDb::create().await;
+    let own_name = db_name(&own);
+    let table = format!("same_{}", &own_name[own_name.len() - 12..]);
+    let mut own_conn = connect(&own).await;
+    let mut other_conn = connect(&other).await;
+    let create = format!("CREATE TABLE {table} (id INT PRIMARY KEY, v VARCHAR(50)) ENGINE=InnoDB");
+    exec(&mut own_conn, &create).await;
+    exec(&mut other_conn, &create).await;
+    exec(
+        &mut own_conn,
+        &format!("INSERT INTO {table} VALUES (1, 'own1')"),
+    )
+    .await;
+    exec(
+        &mut other_conn,
+        &format!("INSERT INTO {table} VALUES (101, 'other101')"),
+    )
+    .await;
+    let target = SqliteTestDb::create();
+    let target_db = ferry_store::Database::connect(&target.url).await.unwrap();
+    let ferry_store::Database::Sqlite(pool) = &target_db else {
+        unreachable!()
+    };
+    for t in ["copy", table.as_str()] {
+        sqlx::query(&format!(
+            "CREATE TABLE {t} (id INTEGER PRIMARY KEY, v TEXT)"
+        ))
+        .execute(pool)
+        .await
+        .unwrap();
+    }
+
+    let mut cfg = config(&own, SnapshotMode::Initial);
+    cfg.tables = Filter {
+        include: vec![format!("*.{table}")],
+        ..Filter::default()
+    };
+    let capture = start(cfg.clone()).await;
+    let mut apply_config = ApplyConfig::new(cfg.name.clone());
+    apply_config.tables.insert(table.clone(), "copy".into());
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(ferry_cdc::apply(
+        capture,
+        target_db.clone(),
+        apply_config,
+        Arc::new(ShipStats::default()),
+        stop.clone(),
+    ));
+    exec(
+        &mut own_conn,
+        &format!("INSERT INTO {table} VALUES (2, 'own2')"),
+    )
+    .await;
+    exec(
+        &mut other_conn,
+        &format!("INSERT INTO {table} VALUES (102, 'other102')"),
+    )
+    .await;
+
+    let rows = |t: String| async move {
+        sqlx::query_as::<_, (i64, String)>(&format!("SELECT id, v FROM {t} ORDER BY id"))
+            .fetch_all(pool)
+            .await
+            .unwrap()
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while rows("copy".into()).await.len() + rows(table.clone()).await.len() < 4 {
+        assert!(!task.is_finished(), "apply ended: {task:?}");
+        assert!(Instant::now() < deadline, "not applied after a minute");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    stop.cancel();
+    task.await.unwrap().unwrap();
+    let row = |id: i64, v: &str| (id, v.to_owned());
+    assert_eq!(
+        rows("copy".into()).await,
+        vec![row(1, "own1"), row(2, "own2")]
+    );
+    assert_eq!(
+        rows(table.clone()).await,
+        vec![row(101, "other101"), row(102, "other102")]
+    );
+    target_db.close().await;
 }
