@@ -111,14 +111,19 @@ pub struct CdcFileConfig {
     #[serde(default)]
     pub mode: Option<Mode>,
     /// Tables captured: `table` or `schema.table`, `*` as a wildcard
-    /// (default: every table but Ferry's own).
+    /// (default: every table but Ferry's own). On MariaDB a schema is a
+    /// database: when `from` names one, a bare `table` (here, in `exclude`
+    /// and in `exclude_columns`) is that database's, `db.table` another's,
+    /// `*.table` every database's, and the default is that database's
+    /// tables. On PostgreSQL a bare `table` matches it in any schema of
+    /// the `from` database.
     #[serde(default)]
     pub tables: Vec<String>,
     /// Tables never captured, even when `tables` names them.
     #[serde(default)]
     pub exclude: Vec<String>,
     /// Columns that never leave the database: `table.column` or
-    /// `schema.table.column`.
+    /// `schema.table.column` (`table` as in `tables`).
     #[serde(default)]
     pub exclude_columns: Vec<String>,
     /// Topic prefix: a change of `public.orders` goes to
@@ -850,21 +855,22 @@ pub async fn backfill(
     let default_schema = match db.kind() {
         DatabaseKind::Postgres => "public".to_owned(),
         DatabaseKind::Sqlite => "main".to_owned(),
-        // The database the URL names: `mysql://host/shop?…` is `shop`.
-        DatabaseKind::Mysql => from
-            .split('?')
-            .next()
-            .and_then(|u| u.rsplit_once('/'))
-            .map(|(_, db)| db.to_owned())
+        // The database the URL names: `mysql://host/shop?…` is `shop`
+        // (none in `mysql://host`).
+        DatabaseKind::Mysql => url::Url::parse(from)
+            .map(|u| u.path().trim_start_matches('/').to_owned())
             .unwrap_or_default(),
     };
     let tables: Vec<TableId> = tables
         .iter()
         .map(|t| match t.split_once('.') {
-            Some((schema, table)) => TableId::new(schema, table),
-            None => TableId::new(default_schema.clone(), t.clone()),
+            Some((schema, table)) => Ok(TableId::new(schema, table)),
+            None if default_schema.is_empty() => Err(anyhow::anyhow!(
+                "the source URL names no database: name the table as `database.{t}`"
+            )),
+            None => Ok(TableId::new(default_schema.clone(), t.clone())),
         })
-        .collect();
+        .collect::<anyhow::Result<_>>()?;
     match (mode, db.kind()) {
         (Mode::Triggers, _) => {
             for table in &tables {

@@ -293,7 +293,9 @@ struct CdcArgs {
     #[arg(long, default_value = "ferry")]
     name: String,
     /// Tables to capture (`table`, `schema.table`, `*` wildcards; repeatable
-    /// or comma-separated); default every table.
+    /// or comma-separated); default every table. On MariaDB a bare `table`
+    /// (here, in --exclude and --exclude-columns) is the `--from` database's,
+    /// `*.table` every database's.
     #[arg(long = "tables", value_delimiter = ',')]
     tables: Vec<String>,
     /// Tables never captured (repeatable or comma-separated).

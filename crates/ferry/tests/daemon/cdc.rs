@@ -248,6 +248,28 @@ async fn cdc_refusals_name_the_fix() {
     assert!(err.contains("tabels") && err.contains("line 4"), "{err}");
 }
 
+/// `ferry cdc backfill` from a MariaDB URL that names no database: a bare
+/// table is refused, asking for `database.table` (it was looked up in a
+/// database named after the URL's host part).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cdc_backfill_of_a_bare_table_needs_the_urls_database_on_mariadb() {
+    let mut server = url::Url::parse(&ferry_testkit::mysql_admin_url()).unwrap();
+    server.set_path("");
+    let out = ferry(&[
+        "cdc",
+        "backfill",
+        "--from",
+        server.as_str(),
+        "--name",
+        "x",
+        "--table",
+        "accounts",
+    ]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("`database.accounts`"), "{err}");
+}
+
 async fn count(db: &Database, sql: &str) -> i64 {
     match db {
         Database::Sqlite(p) => sqlx::query_scalar(sql).fetch_one(p).await.unwrap(),
