@@ -279,6 +279,22 @@ pub(crate) async fn archive(
     .await
 }
 
+/// Whether batch `batch`'s manifest has left `job`'s folder since the pass
+/// listed it: another importer took the batch (archived or refused it)
+/// while this one was fetching it. A listing that fails says no.
+pub(crate) async fn taken_by_another(
+    job: &ImportJob,
+    location: &dyn Location,
+    batch: &str,
+) -> bool {
+    let manifest = job.path(&Manifest::file_name(batch));
+    let folder = crate::location::parent(&manifest);
+    match location.list(folder).await {
+        Ok(entries) => !entries.iter().any(|entry| entry.name == manifest),
+        Err(_) => false,
+    }
+}
+
 /// Moves `from` to `to`; a `from` that is no longer there when the move
 /// fails was moved by someone else (another importer archiving the same
 /// batch, which it loaded or skipped): done, not a failure.

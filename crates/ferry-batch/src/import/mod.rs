@@ -76,7 +76,9 @@ const RETENTION_EVERY: Duration = Duration::from_secs(3600);
 pub struct ImportReport {
     /// Batches loaded (and archived), in the order they were taken.
     pub imported: Vec<ImportedBatch>,
-    /// Batches the ledger already held: not loaded again, archived.
+    /// Batches the ledger already held (not loaded again, archived), and
+    /// batches another importer took while this one was fetching them
+    /// (left to it).
     pub skipped: Vec<String>,
     /// Batches refused and moved to the error folder.
     pub refused: Vec<RefusedBatch>,
@@ -288,6 +290,13 @@ impl Importer {
             Ok((Loaded::AlreadyImported, files)) => {
                 batch::archive(job, location, name, &files, listed).await?;
                 tracing::info!(job = %job.name, batch = name, "batch already imported: archived without loading");
+                report.skipped.push(name.to_owned());
+            }
+            // A file gone while it was fetched may have been archived by
+            // another importer that took the batch meanwhile: then it is
+            // that one's, not refused.
+            Err(Problem::Refused(_)) if batch::taken_by_another(job, location, name).await => {
+                tracing::info!(job = %job.name, batch = name, "batch taken by another importer meanwhile: left to it");
                 report.skipped.push(name.to_owned());
             }
             Err(Problem::Refused(reason)) => {
