@@ -15,6 +15,8 @@ pub struct Proc {
     pub name: String,
     program: PathBuf,
     args: Vec<String>,
+    /// Environment variables set for it on top of the soak's own.
+    env: Vec<(String, String)>,
     log: PathBuf,
     child: Option<Child>,
     /// Times it was killed with SIGKILL.
@@ -33,6 +35,7 @@ impl Proc {
             name: name.to_owned(),
             program: program.to_owned(),
             args: args.to_vec(),
+            env: Vec::new(),
             log,
             child: None,
             kills: 0,
@@ -50,6 +53,7 @@ impl Proc {
         let err = out.try_clone()?;
         let child = Command::new(&self.program)
             .args(&self.args)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err)
@@ -170,7 +174,19 @@ pub async fn tansu(dir: &Path, port: u16, advertised: u16) -> anyhow::Result<Pro
         "--storage-engine".to_owned(),
         "memory://tansu/".to_owned(),
     ];
-    let p = Proc::start("tansu", &program, &args, dir.join("tansu.log"))?;
+    // tansu logs with RUST_LOG too: a RUST_LOG meant for Ferry's processes
+    // (say `info,ferry_kafka=debug`) made it write a line per span of every
+    // fetch, 20 GB in a quarter of an hour.
+    let mut p = Proc {
+        name: "tansu".to_owned(),
+        program,
+        args,
+        env: vec![("RUST_LOG".to_owned(), "warn".to_owned())],
+        log: dir.join("tansu.log"),
+        child: None,
+        kills: 0,
+    };
+    p.spawn()?;
     wait_port("tansu", port, Duration::from_secs(30)).await?;
     Ok(p)
 }
