@@ -100,10 +100,14 @@
 //! `new` and changed what `send_feedback` does before `start`), hence the
 //! exact pin: an upgrade is a deliberate change, re-tested with
 //! `cargo test -p ferry-cdc --test postgres`. Its default TLS backend
-//! (rustls with aws-lc-rs) needs `cmake` to build; the `libpq` backend
-//! links the system's libpq (`libpq-dev` to build, `libpq5` at run time)
-//! and takes TLS settings (`sslmode`, `sslrootcert`) from the URL as every
-//! libpq client does.
+//! (rustls with aws-lc-rs) needs a `webpki-roots` release newer than the
+//! registry this is built from has; the `libpq` backend takes TLS settings
+//! (`sslmode`, `sslrootcert`) from the URL as every libpq client does. Its
+//! libpq is built from source and linked statically (`pq-sys`'s `bundled`
+//! feature, with the system's OpenSSL): the system's libpq links LDAP,
+//! Kerberos and GnuTLS, about 3.5 MB of shared libraries mapped by every
+//! `ferry` process (bench/README.md, memory). Kerberos/GSSAPI
+//! authentication and LDAP service lookup are therefore not available.
 //!
 //! # Limits
 //!
