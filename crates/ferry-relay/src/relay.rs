@@ -6,7 +6,10 @@ use ferry_core::{error_chain, Sink};
 use ferry_store::outbox::{ClaimFilter, ClaimedBatch, Outbox, Outcome, Retention};
 use tokio_util::sync::CancellationToken;
 
-use ferry_delivery::{deliver, probe_limit, tally, AfterGiveUp, BatchResult, Claimed, Health};
+use ferry_delivery::{
+    deliver, probe_limit, tally, AfterGiveUp, BatchResult, Claimed, Health, OrderPolicy,
+};
+use tokio::sync::watch;
 
 use crate::{PauseSwitch, RelayConfig};
 
@@ -25,6 +28,10 @@ pub struct RelayStats {
     pub sink_unavailable: AtomicU64,
     /// Claims made, empty ones included (how busy an idle relay is).
     pub claims: AtomicU64,
+    /// Times a worker beyond the first sat out because the last batch of
+    /// an ordered relay carried ordering keys (see
+    /// [`RelayConfig::concurrency`](crate::RelayConfig::concurrency)).
+    pub sat_out: AtomicU64,
 }
 
 impl RelayStats {
@@ -69,6 +76,10 @@ struct Shared<O: Outbox> {
     pause: PauseSwitch,
     sink_health: Health,
     store_health: Health,
+    /// Whether the last batch claimed carried ordering keys, on an ordered
+    /// relay with more than one worker: the workers beyond the first sit
+    /// out while it does (they would hold back each other's keys).
+    keyed: watch::Sender<bool>,
 }
 
 impl<O: Outbox> Relay<O> {
@@ -104,6 +115,7 @@ impl<O: Outbox> Relay<O> {
             None => self.config.concurrency.max(1),
         };
         let shared = Arc::new(Shared {
+            keyed: watch::Sender::new(false),
             sink_health: Health::new("sink", &self.config.name, &self.config.sink_backoff),
             store_health: Health::new("database", &self.config.name, &self.config.sink_backoff),
             outbox: self.outbox,
@@ -182,6 +194,15 @@ async fn work<O: Outbox>(s: Arc<Shared<O>>, worker: usize, shutdown: Cancellatio
         // keys, doubling per failed probe: one message the sink keeps refusing
         // then shares a wave with others, and is retried on its own (see
         // `delivery`) instead of holding the whole pipeline.
+        if worker > 0 && s.config.order == OrderPolicy::Ordered && *s.keyed.borrow() {
+            s.stats.sat_out.fetch_add(1, Ordering::Relaxed);
+            let mut keyed = s.keyed.subscribe();
+            tokio::select! {
+                _ = keyed.wait_for(|keyed| !keyed) => {}
+                _ = shutdown.cancelled() => {}
+            }
+            continue;
+        }
         filter.one_per_key = s.sink_health.failures() > 0;
         filter.limit = probe_limit(s.sink_health.failures(), s.config.batch_size);
         s.stats.claims.fetch_add(1, Ordering::Relaxed);
@@ -211,6 +232,14 @@ async fn work<O: Outbox>(s: Arc<Shared<O>>, worker: usize, shutdown: Cancellatio
             continue;
         }
         idle_streak = 0;
+        if s.config.order == OrderPolicy::Ordered && s.config.concurrency > 1 {
+            let keyed = batch
+                .messages()
+                .iter()
+                .any(|c| c.message.as_ref().is_ok_and(|m| m.key.is_some()));
+            s.keyed
+                .send_if_modified(|was| std::mem::replace(was, keyed) != keyed);
+        }
         let process = async {
             let spans = crate::trace::delivery_spans(relay, batch.messages());
             let result = deliver(

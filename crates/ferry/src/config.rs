@@ -199,7 +199,7 @@ url = "nats://127.0.0.1:4222"
         );
         let q = &c.pipelines[1];
         assert_eq!(q.order, OrderPolicy::Ordered);
-        assert_eq!(q.concurrency.get(), 1);
+        assert_eq!(q.concurrency.get(), 2);
         assert_eq!(q.retention(), Retention::Delete);
     }
 

@@ -90,7 +90,8 @@ enum Command {
         /// Messages per batch (at least 1).
         #[arg(long, default_value_t = default_batch_size())]
         batch_size: NonZeroU32,
-        /// Batches in flight at once (at least 1; SQLite: 1).
+        /// Batches in flight at once (at least 1; SQLite: 1). On an ordered relay
+        /// the workers beyond the first sit out while batches carry ordering keys.
         #[arg(long, default_value_t = default_concurrency())]
         concurrency: NonZeroUsize,
         /// Only these topics (repeatable).

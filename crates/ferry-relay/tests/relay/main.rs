@@ -219,6 +219,63 @@ async fn several_workers_keep_order_per_key_mysql() {
     several_workers_keep_order_per_key(DatabaseKind::Mysql).await;
 }
 
+/// The default two workers of an ordered relay: while the batches carry
+/// ordering keys the second sits out (two would hold back each other's
+/// keys); unkeyed batches, or an unordered relay, keep both working.
+async fn second_worker(kind: DatabaseKind, order: OrderPolicy, keys: Option<usize>) -> u64 {
+    let env = env(kind).await;
+    let r = Receiver::start().await;
+    let cfg = RelayConfig {
+        order,
+        batch_size: 20,
+        ..config()
+    };
+    assert_eq!(cfg.concurrency, 2, "the default");
+    let relay = env.start(http_sink(&r).await, cfg);
+    let messages = match keys {
+        Some(keys) => keyed(400, keys),
+        None => (0..400)
+            .map(|i| Message::event("t", format!("u:{i}")))
+            .collect(),
+    };
+    env.enqueue(&messages).await;
+    wait_until("all applied", Duration::from_secs(30), || {
+        r.applied().len() == 400
+    })
+    .await;
+    assert_eq!(r.requests().len(), 400, "no duplicate in normal operation");
+    if keys.is_some() && order == OrderPolicy::Ordered {
+        assert_in_order_per_key(&r);
+    }
+    let sat_out = relay.stats.sat_out.load(Ordering::Relaxed);
+    relay.stop().await.unwrap();
+    sat_out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_second_worker_sits_out_keyed_batches_postgres() {
+    let sat_out = second_worker(DatabaseKind::Postgres, OrderPolicy::Ordered, Some(13)).await;
+    assert!(sat_out > 0, "the second worker never sat out");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_second_worker_sits_out_keyed_batches_mysql() {
+    let sat_out = second_worker(DatabaseKind::Mysql, OrderPolicy::Ordered, Some(13)).await;
+    assert!(sat_out > 0, "the second worker never sat out");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_second_worker_works_on_unkeyed_batches() {
+    let sat_out = second_worker(DatabaseKind::Postgres, OrderPolicy::Ordered, None).await;
+    assert_eq!(sat_out, 0, "unkeyed batches made the second worker sit out");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_second_worker_of_an_unordered_relay_works_on_keyed_batches() {
+    let sat_out = second_worker(DatabaseKind::Postgres, OrderPolicy::Unordered, Some(13)).await;
+    assert_eq!(sat_out, 0, "an unordered relay's second worker sat out");
+}
+
 both!(
     poison_message_is_dead_lettered_and_others_flow,
     |env: Env| async move {
