@@ -722,15 +722,40 @@ async fn soak_in(
         dir.join("consumer-lib.log"),
     )?);
     let metrics_ports = [consumers_metrics, library_metrics];
-    wait_subscribed(&metrics_ports, &mut procs, Duration::from_secs(120)).await?;
+    let limit = Duration::from_secs(120);
+    wait_ready(
+        &mut procs,
+        limit,
+        "the consumers did not all subscribe",
+        || all_subscribed(&metrics_ports),
+    )
+    .await?;
     // Changes made before the capture's slot exists would not be captured
     // (the capture runs without a snapshot).
-    wait_slot(&dbs.cdc, &mut procs, Duration::from_secs(120)).await?;
+    wait_ready(
+        &mut procs,
+        limit,
+        "the capture's replication slot did not appear",
+        || slot_exists(&dbs.cdc),
+    )
+    .await?;
     // Likewise the binlog capture: until it has saved a position (its
     // snapshot of the seed row delivered), a restart would snapshot again.
-    wait_binlog_position(&dbs.binlog, &mut procs, Duration::from_secs(120)).await?;
+    wait_ready(
+        &mut procs,
+        limit,
+        "the binlog capture saved no position",
+        || binlog_position_saved(&dbs.binlog),
+    )
+    .await?;
     // And the trigger capture's triggers.
-    wait_triggers(&dbs.triggers, &mut procs, Duration::from_secs(120)).await?;
+    wait_ready(
+        &mut procs,
+        limit,
+        "the trigger capture installed no triggers",
+        || triggers_installed(&dbs.triggers),
+    )
+    .await?;
     println!("ferry-soak: relays and consumers up; producing");
 
     let names: Vec<String> = procs.iter().map(|p| p.name.clone()).collect();
@@ -1210,26 +1235,31 @@ fn per_consumer(text: &str, metric: &str) -> HashMap<String, f64> {
     out
 }
 
-async fn wait_subscribed(ports: &[u16], procs: &mut [Proc], limit: Duration) -> anyhow::Result<()> {
-    let started = Instant::now();
-    let wanted: Vec<&str> = PATHS
+/// Whether every consumer path reports a subscription on the metrics ports.
+async fn all_subscribed(ports: &[u16]) -> bool {
+    let mut text = String::new();
+    for port in ports {
+        text.push_str(&metrics(*port).await.unwrap_or_default());
+    }
+    let subscribed = per_consumer(&text, "ferry_consumer_subscribed");
+    PATHS
         .iter()
         .filter(|p| p.consumer)
-        .map(|p| p.name)
-        .collect();
+        .all(|p| subscribed.get(p.name).is_some_and(|v| *v >= 1.0))
+}
+
+/// Polls `ready` every 250 ms until it holds. Fails with `what` after
+/// `limit`, or at once, with its log's tail, when a process has exited.
+async fn wait_ready<F: std::future::Future<Output = bool>>(
+    procs: &mut [Proc],
+    limit: Duration,
+    what: &str,
+    mut ready: impl FnMut() -> F,
+) -> anyhow::Result<()> {
+    let started = Instant::now();
     loop {
-        let mut text = String::new();
-        for port in ports {
-            text.push_str(&metrics(*port).await.unwrap_or_default());
-        }
-        {
-            let subscribed = per_consumer(&text, "ferry_consumer_subscribed");
-            if wanted
-                .iter()
-                .all(|c| subscribed.get(*c).is_some_and(|v| *v >= 1.0))
-            {
-                return Ok(());
-            }
+        if ready().await {
+            return Ok(());
         }
         for p in procs.iter_mut() {
             if let Some(status) = p.exited() {
@@ -1241,7 +1271,7 @@ async fn wait_subscribed(ports: &[u16], procs: &mut [Proc], limit: Duration) -> 
             }
         }
         if started.elapsed() > limit {
-            bail!("the consumers did not all subscribe within {limit:?}");
+            bail!("{what} within {limit:?}");
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
@@ -1894,70 +1924,61 @@ async fn observe_cdc(dbs: &Dbs, p: &PathSpec) -> anyhow::Result<PathData> {
 /// What the binlog path did: committed = the MariaDB producer's change
 /// log; dead = `ferry cdc`'s dead letters (in the captured database).
 async fn observe_binlog(dbs: &Dbs, p: &PathSpec) -> anyhow::Result<PathData> {
-    let committed = sqlx::query("SELECT change_id, row_id, seq FROM soak_cdc_log")
-        .fetch_all(&dbs.binlog)
-        .await?
-        .iter()
-        .map(|r| {
-            Ok(Produced {
-                id: r.get::<String, _>(0).parse()?,
-                key: r.get::<i64, _>(1).to_string(),
-                n: r.get(2),
-                poison: false,
-            })
-        })
-        .collect::<anyhow::Result<_>>()?;
-    let effects = pg_effects(dbs, p.name).await?;
-    let dead = sqlx::query("SELECT message_id FROM ferry_dead_letters")
-        .fetch_all(&dbs.binlog)
-        .await?
-        .iter()
-        .map(|r| Ok(r.get::<String, _>(0).parse()?))
-        .collect::<anyhow::Result<_>>()?;
-    Ok(PathData {
-        name: p.name.to_owned(),
-        ordered: p.ordered,
-        committed,
-        effects,
-        dead,
-        outbox_left: Vec::new(),
-        pending: 0,
-        lag: None,
-    })
+    let log = sqlx::query_as(CHANGE_LOG).fetch_all(&dbs.binlog).await?;
+    let dead = sqlx::query_scalar(DEAD_IDS).fetch_all(&dbs.binlog).await?;
+    change_path(dbs, p, log, dead, 0).await
 }
 
 /// What the trigger path did: committed = the SQLite producer's change
 /// log; dead = the capture's dead letters (in the captured file); pending
 /// = change rows the capture has not pruned.
 async fn observe_triggers(dbs: &Dbs, p: &PathSpec) -> anyhow::Result<PathData> {
-    let committed = sqlx::query("SELECT change_id, row_id, seq FROM soak_cdc_log")
+    let log = sqlx::query_as(CHANGE_LOG).fetch_all(&dbs.triggers).await?;
+    let dead = sqlx::query_scalar(DEAD_IDS)
         .fetch_all(&dbs.triggers)
-        .await?
-        .iter()
-        .map(|r| {
+        .await?;
+    let pending = trigger_changes_left(dbs).await?.max(0) as u64;
+    change_path(dbs, p, log, dead, pending).await
+}
+
+/// A producer's change log: (change id, row id, its sequence in the row).
+const CHANGE_LOG: &str = "SELECT change_id, row_id, seq FROM soak_cdc_log";
+/// A capture's dead letters, in the captured database.
+const DEAD_IDS: &str = "SELECT message_id FROM ferry_dead_letters";
+
+/// A capture path's data from its producer's change log and its dead
+/// letters (read from the captured database, whichever kind it is); the
+/// effects are in PostgreSQL.
+async fn change_path(
+    dbs: &Dbs,
+    p: &PathSpec,
+    log: Vec<(String, i64, i64)>,
+    dead: Vec<String>,
+    pending: u64,
+) -> anyhow::Result<PathData> {
+    let committed = log
+        .into_iter()
+        .map(|(id, row, n)| {
             Ok(Produced {
-                id: r.get::<String, _>(0).parse()?,
-                key: r.get::<i64, _>(1).to_string(),
-                n: r.get(2),
+                id: id.parse()?,
+                key: row.to_string(),
+                n,
                 poison: false,
             })
         })
         .collect::<anyhow::Result<_>>()?;
-    let effects = pg_effects(dbs, p.name).await?;
-    let dead = sqlx::query("SELECT message_id FROM ferry_dead_letters")
-        .fetch_all(&dbs.triggers)
-        .await?
+    let dead = dead
         .iter()
-        .map(|r| Ok(r.get::<String, _>(0).parse()?))
+        .map(|id| Ok(id.parse()?))
         .collect::<anyhow::Result<_>>()?;
     Ok(PathData {
         name: p.name.to_owned(),
         ordered: p.ordered,
         committed,
-        effects,
+        effects: pg_effects(dbs, p.name).await?,
         dead,
         outbox_left: Vec::new(),
-        pending: trigger_changes_left(dbs).await?.max(0) as u64,
+        pending,
         lag: None,
     })
 }
@@ -2001,37 +2022,15 @@ async fn trigger_changes_left(dbs: &Dbs) -> anyhow::Result<i64> {
     )
 }
 
-/// Waits until the trigger capture has installed its three triggers on
+/// Whether the trigger capture has installed its three triggers on
 /// `soak_cdc_rows`.
-async fn wait_triggers(
-    pool: &SqlitePool,
-    procs: &mut [Proc],
-    limit: Duration,
-) -> anyhow::Result<()> {
-    let started = Instant::now();
-    loop {
-        let found: Result<i64, _> = sqlx::query_scalar(
-            "SELECT count(*) FROM sqlite_master WHERE type = 'trigger' AND tbl_name = 'soak_cdc_rows'",
-        )
-        .fetch_one(pool)
-        .await;
-        if matches!(found, Ok(n) if n >= 3) {
-            return Ok(());
-        }
-        for p in procs.iter_mut() {
-            if let Some(status) = p.exited() {
-                bail!(
-                    "{} exited at startup ({status}):\n{}",
-                    p.name,
-                    p.log_tail(20)
-                );
-            }
-        }
-        if started.elapsed() > limit {
-            bail!("the trigger capture installed no triggers within {limit:?}");
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+async fn triggers_installed(pool: &SqlitePool) -> bool {
+    let found: Result<i64, _> = sqlx::query_scalar(
+        "SELECT count(*) FROM sqlite_master WHERE type = 'trigger' AND tbl_name = 'soak_cdc_rows'",
+    )
+    .fetch_one(pool)
+    .await;
+    matches!(found, Ok(n) if n >= 3)
 }
 
 /// The MariaDB database of the binlog path, beside the effects' `db`.
@@ -2039,62 +2038,22 @@ fn binlog_database(db: &str) -> String {
     format!("{db}_binlog")
 }
 
-/// Waits until the binlog capture has saved a position.
-async fn wait_binlog_position(
-    pool: &MySqlPool,
-    procs: &mut [Proc],
-    limit: Duration,
-) -> anyhow::Result<()> {
-    let started = Instant::now();
-    loop {
-        let found = sqlx::query("SELECT 1 FROM ferry_cdc_offsets WHERE capture = ?")
-            .bind(cdc::BINLOG_CAPTURE)
-            .fetch_optional(pool)
-            .await;
-        if matches!(found, Ok(Some(_))) {
-            return Ok(());
-        }
-        for p in procs.iter_mut() {
-            if let Some(status) = p.exited() {
-                bail!(
-                    "{} exited at startup ({status}):\n{}",
-                    p.name,
-                    p.log_tail(20)
-                );
-            }
-        }
-        if started.elapsed() > limit {
-            bail!("the binlog capture saved no position within {limit:?}");
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+/// Whether the binlog capture has saved a position.
+async fn binlog_position_saved(pool: &MySqlPool) -> bool {
+    let found = sqlx::query("SELECT 1 FROM ferry_cdc_offsets WHERE capture = ?")
+        .bind(cdc::BINLOG_CAPTURE)
+        .fetch_optional(pool)
+        .await;
+    matches!(found, Ok(Some(_)))
 }
 
-/// Waits until the capture's replication slot exists.
-async fn wait_slot(pool: &PgPool, procs: &mut [Proc], limit: Duration) -> anyhow::Result<()> {
-    let started = Instant::now();
-    loop {
-        let found = sqlx::query("SELECT 1 FROM pg_replication_slots WHERE slot_name = $1")
-            .bind(format!("ferry_{CAPTURE}"))
-            .fetch_optional(pool)
-            .await;
-        if matches!(found, Ok(Some(_))) {
-            return Ok(());
-        }
-        for p in procs.iter_mut() {
-            if let Some(status) = p.exited() {
-                bail!(
-                    "{} exited at startup ({status}):\n{}",
-                    p.name,
-                    p.log_tail(20)
-                );
-            }
-        }
-        if started.elapsed() > limit {
-            bail!("the capture's replication slot did not appear within {limit:?}");
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+/// Whether the capture's replication slot exists.
+async fn slot_exists(pool: &PgPool) -> bool {
+    let found = sqlx::query("SELECT 1 FROM pg_replication_slots WHERE slot_name = $1")
+        .bind(format!("ferry_{CAPTURE}"))
+        .fetch_optional(pool)
+        .await;
+    matches!(found, Ok(Some(_)))
 }
 
 /// Drops what the run made on the shared servers: the MariaDB database and
