@@ -62,6 +62,28 @@ struct Shared {
     nacked_malformed: AtomicUsize,
     /// Whether settling is failing, to log once per change.
     settle_failing: AtomicBool,
+    /// The broker keeps each key's order
+    /// ([`ordered_per_key`](ferry_core::Capabilities::ordered_per_key)) and
+    /// redelivers only what is nacked or left by a consumer that stopped
+    /// (no [`delayed_nack`](ferry_core::Capabilities::delayed_nack), no
+    /// redelivery timer: Kafka). A keyed message that fails transiently is
+    /// then tried again in place, its key's later messages waiting behind
+    /// it, instead of being nacked: a nack seeks the partition back, but
+    /// the key's later messages already handed out would be handled before
+    /// the redelivery, out of order. (A broker with a redelivery timer,
+    /// such as NATS' `ack_wait`, would deliver a held message again on its
+    /// own: those are nacked as before.)
+    hold_keys: bool,
+}
+
+/// The waits between the in-place attempts of a held key's message.
+fn hold_backoff() -> ferry_core::RetryPolicy {
+    ferry_core::RetryPolicy {
+        max_attempts: u32::MAX,
+        initial_backoff: Duration::from_millis(100),
+        max_backoff: Duration::from_secs(5),
+        ..ferry_core::RetryPolicy::default()
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -102,6 +124,10 @@ pub(crate) async fn run(
         nacked: Mutex::default(),
         nacked_malformed: AtomicUsize::new(0),
         settle_failing: AtomicBool::new(false),
+        hold_keys: {
+            let can = subscriber.capabilities();
+            can.ordered_per_key && !can.delayed_nack
+        },
     });
     let permits = Arc::new(Semaphore::new(subscription.prefetch.max(1)));
     let mut tasks = JoinSet::new();
@@ -356,21 +382,41 @@ impl Shared {
         let cx = Context::new(self.group.clone(), message, received.delivery_count);
         let span =
             crate::trace::handling_span(message, &self.topic, &self.group, received.delivery_count);
-        // A panic is a failure of this message (a bug: it is dead-lettered),
-        // not of its key's lane.
-        // The handler is called inside the span too: its synchronous part
-        // (e.g. the inbox making its own span) sees it as current.
-        let handling = span.in_scope(|| self.handler.handle(message, &cx));
-        let handled = AssertUnwindSafe(handling.instrument(span.clone())).catch_unwind();
-        let outcome = tokio::select! {
-            biased;
-            outcome = handled => Some(outcome.unwrap_or_else(|_| {
-                tracing::error!(message_id = %id, topic = %self.topic, group = %self.group, "handler panicked");
-                // Retry never saw it (the panic unwound through the whole
-                // stack): park it rather than redeliver it at once, forever.
-                Err(HandlerError::permanent("handler panicked"))
-            })),
-            _ = self.abort.cancelled() => None,
+        let hold = self.hold_keys && message.key.is_some();
+        let mut held: u32 = 0;
+        let outcome = loop {
+            // A panic is a failure of this message (a bug: it is
+            // dead-lettered), not of its key's lane. The handler is called
+            // inside the span too: its synchronous part (e.g. the inbox
+            // making its own span) sees it as current.
+            let handling = span.in_scope(|| self.handler.handle(message, &cx));
+            let handled = AssertUnwindSafe(handling.instrument(span.clone())).catch_unwind();
+            let outcome = tokio::select! {
+                biased;
+                outcome = handled => Some(outcome.unwrap_or_else(|_| {
+                    tracing::error!(message_id = %id, topic = %self.topic, group = %self.group, "handler panicked");
+                    // Retry never saw it (the panic unwound through the whole
+                    // stack): park it rather than redeliver it at once, forever.
+                    Err(HandlerError::permanent("handler panicked"))
+                })),
+                _ = self.abort.cancelled() => None,
+            };
+            match outcome {
+                Some(Err(e)) if hold && e.is_transient() => {
+                    held = held.saturating_add(1);
+                    Counters::add(&self.counters.failed, 1);
+                    let wait = e.retry_after.unwrap_or_else(|| hold_backoff().delay(held));
+                    tracing::debug!(message_id = %id, topic = %self.topic, group = %self.group,
+                        error = %e.describe(), ?wait, "message failed; trying it again in place, its key held");
+                    tokio::select! {
+                        biased;
+                        // Shutdown: given back (the broker keeps the order).
+                        _ = self.halt.cancelled() => break None,
+                        _ = tokio::time::sleep(wait) => {}
+                    }
+                }
+                other => break other,
+            }
         };
         Counters::add(
             &self.counters.retried,
