@@ -190,10 +190,8 @@ async fn work<O: Outbox>(s: Arc<Shared<O>>, worker: usize, shutdown: Cancellatio
             sleep_or_cancel(pause, &shutdown).await;
             continue;
         }
-        // While the sink is down, probe it with a few messages of different
-        // keys, doubling per failed probe: one message the sink keeps refusing
-        // then shares a wave with others, and is retried on its own (see
-        // `delivery`) instead of holding the whole pipeline.
+        // The workers beyond the first sit out while batches carry keys
+        // (see `Shared::keyed`).
         if worker > 0 && s.config.order == OrderPolicy::Ordered && *s.keyed.borrow() {
             s.stats.sat_out.fetch_add(1, Ordering::Relaxed);
             let mut keyed = s.keyed.subscribe();
@@ -203,6 +201,10 @@ async fn work<O: Outbox>(s: Arc<Shared<O>>, worker: usize, shutdown: Cancellatio
             }
             continue;
         }
+        // While the sink is down, probe it with a few messages of different
+        // keys, doubling per failed probe: one message the sink keeps refusing
+        // then shares a wave with others, and is retried on its own (see
+        // `delivery`) instead of holding the whole pipeline.
         filter.one_per_key = s.sink_health.failures() > 0;
         filter.limit = probe_limit(s.sink_health.failures(), s.config.batch_size);
         s.stats.claims.fetch_add(1, Ordering::Relaxed);
