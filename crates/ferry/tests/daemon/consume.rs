@@ -679,13 +679,6 @@ async fn kafka_keeps_each_keys_order_across_a_downstream_outage() {
         r.applied().len() == n
     })
     .await;
-    let mut last = HashMap::<String, i64>::new();
-    for m in r.applied() {
-        let body = String::from_utf8(m.body.to_vec()).unwrap();
-        let (k, i) = body.split_once(':').unwrap();
-        let i: i64 = i.parse().unwrap();
-        let prev = last.insert(k.to_owned(), i).unwrap_or(-1);
-        assert!(i > prev, "key {k}: {i} applied after {prev}");
-    }
+    assert_in_order_per_key(&r);
     drop((relay, consumer));
 }
