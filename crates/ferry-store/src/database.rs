@@ -118,8 +118,7 @@ impl Database {
                     .journal_mode(SqliteJournalMode::Wal)
                     .busy_timeout(Duration::from_secs(10))
                     .foreign_keys(true);
-                let pool = pool_options(options, None).connect_with(connect).await?;
-                Ok(Database::Sqlite(pool))
+                Ok(Database::Sqlite(open_sqlite(options, connect).await?))
             }
             DatabaseKind::Mysql => {
                 // sqlx knows the `mysql` scheme only.
@@ -225,6 +224,44 @@ impl Database {
 
 /// A pool's options: `options`' size, a ten-second wait for a connection,
 /// and `on_connect` (setting the lease) run on every new connection.
+/// How long an open of a SQLite file is tried again while another
+/// connection holds it locked (SQLite's own `busy_timeout` for statements).
+const SQLITE_OPEN_PATIENCE: Duration = Duration::from_secs(10);
+
+/// Opens a SQLite pool, trying again while the file is busy.
+///
+/// Two processes opening the same new file at once both switch it to WAL.
+/// SQLite answers one of them `SQLITE_BUSY` at once, without waiting in its
+/// busy handler, where waiting could deadlock; an open a moment later finds
+/// the file in WAL mode and succeeds.
+async fn open_sqlite(
+    options: &ConnectOptions,
+    connect: SqliteConnectOptions,
+) -> Result<SqlitePool, sqlx::Error> {
+    let deadline = tokio::time::Instant::now() + SQLITE_OPEN_PATIENCE;
+    let mut pause = Duration::from_millis(5);
+    loop {
+        match pool_options(options, None)
+            .connect_with(connect.clone())
+            .await
+        {
+            Err(e) if is_sqlite_busy(&e) && tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_millis(250));
+            }
+            opened => return opened,
+        }
+    }
+}
+
+/// `SQLITE_BUSY` or `SQLITE_LOCKED`, with any extended code.
+fn is_sqlite_busy(e: &sqlx::Error) -> bool {
+    let Some(code) = e.as_database_error().and_then(|d| d.code()) else {
+        return false;
+    };
+    matches!(code.parse::<i32>().map(|c| c & 0xff), Ok(5 | 6))
+}
+
 fn pool_options<DB: Dialect>(
     options: &ConnectOptions,
     on_connect: Option<String>,

@@ -23,6 +23,7 @@ mod events;
 mod mysql_only;
 mod outbox_broker;
 mod postgres_only;
+mod sqlite_open;
 
 /// A migrated database and an outbox on it, of either kind.
 pub struct Env {
