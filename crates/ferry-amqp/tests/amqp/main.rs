@@ -305,8 +305,9 @@ async fn restart_loses_nothing(queue_type: QueueType, crash: bool) {
                 assert_ne!(e.kind, SinkErrorKind::Permanent, "{}", e.describe());
                 assert!(
                     Instant::now() < deadline,
-                    "sink did not reconnect: {}",
-                    e.describe()
+                    "sink did not reconnect: {}\n{}",
+                    e.describe(),
+                    node.log_tail()
                 );
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }

@@ -107,6 +107,28 @@ impl RabbitNode {
         let _ = std::fs::remove_file(self.dir.join("pid"));
     }
 
+    /// The last lines of the node's logs, for a failure message.
+    pub fn log_tail(&self) -> String {
+        let mut tail = String::new();
+        let logs = std::fs::read_dir(self.dir.join("log"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.path())
+            .chain([self.dir.join("server.log")]);
+        for path in logs {
+            let text = std::fs::read_to_string(&path).unwrap_or_default();
+            let lines: Vec<&str> = text.lines().collect();
+            let from = lines.len().saturating_sub(60);
+            tail.push_str(&format!("--- {}\n", path.display()));
+            for line in &lines[from..] {
+                tail.push_str(line);
+                tail.push('\n');
+            }
+        }
+        tail
+    }
+
     /// Closes every client connection, as a network failure would.
     pub fn close_all_connections(&self) {
         self.ctl(&["close_all_connections", "ferry test"]);

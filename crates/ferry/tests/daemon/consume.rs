@@ -41,6 +41,80 @@ fn consume(level: &str, from: &str, to: &str, topic: &str, group: &str, dead: &s
     command
 }
 
+/// Starts `command` (a `ferry consume`) serving `/metrics` on a free port
+/// and waits until it has subscribed: its queue, stream group, durable
+/// consumer or Kafka group membership (with the group's start pinned)
+/// exists, so it gets every message published after this returns. A Kafka
+/// group join can take 20 s and more on this machine; no fixed sleep fits.
+async fn spawn_subscribed(command: &mut Command) -> Reaped {
+    let addr = format!("127.0.0.1:{}", free_port());
+    let mut child = Reaped(command.args(["--listen", &addr]).spawn().unwrap());
+    let start = std::time::Instant::now();
+    loop {
+        let page = http_get(&addr, "/metrics").await.unwrap_or_default();
+        if metric(&page, "ferry_consumer_subscribed").is_some_and(|v| v >= 1.0) {
+            return child;
+        }
+        if let Some(status) = child.0.try_wait().unwrap() {
+            panic!("ferry consume exited ({status}) before it subscribed");
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(90),
+            "ferry consume did not subscribe within 90 s"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// What a broker test of `ferry consume` starts from: an SQLite outbox
+/// (written by plain SQL), a database for dead letters, a receiver, and a
+/// group and topic of the test's own (`topic` is `{kind}.{group}`).
+struct Through {
+    outbox: SqliteTestDb,
+    dead: SqliteTestDb,
+    db: Database,
+    r: Receiver,
+    group: String,
+    topic: String,
+}
+
+impl Through {
+    async fn new(kind: &str) -> Self {
+        let outbox = SqliteTestDb::create();
+        let db = migrated(&format!("{}?mode=rwc", outbox.url)).await;
+        let group = format!("g{}", &uuid::Uuid::now_v7().simple().to_string()[20..]);
+        Self {
+            topic: format!("{kind}.{group}"),
+            outbox,
+            dead: SqliteTestDb::create(),
+            db,
+            r: Receiver::start().await,
+            group,
+        }
+    }
+
+    /// `ferry consume --from from` of this group and topic to the receiver.
+    fn consume(&self, from: &str) -> Command {
+        consume(
+            "warn",
+            from,
+            &self.r.url(),
+            &self.topic,
+            &self.group,
+            &self.dead.url,
+        )
+    }
+
+    /// Writes `sent` to the outbox and starts `ferry relay` into `to`.
+    async fn relay(&self, sent: &[Message], to: &str) -> Reaped {
+        enqueue(&self.db, sent).await;
+        Reaped(spawn_relay(&self.outbox.url, to, &[]))
+    }
+}
+
+/// The tests' Kafka: the services' tansu, topics of their own prefix.
+const KAFKA: &str = "kafka://127.0.0.1:19092?topic_prefix=ferrydaemontest.";
+
 fn spawn_consume(server: &NatsServer, to: &str, database: &str, extra: &[&str]) -> Reaped {
     let from = nats_url(server);
     Reaped(
@@ -410,38 +484,20 @@ warn_waiting = 10
 /// broker, a consumer out of it to an HTTP receiver; every message arrives
 /// with its id and key.
 async fn relay_and_consume_through(broker_url: &str) {
-    let outbox = SqliteTestDb::create();
-    let dead = SqliteTestDb::create();
-    let db = migrated(&format!("{}?mode=rwc", outbox.url)).await;
-    let r = Receiver::start().await;
-    let group = format!("g{}", &uuid::Uuid::now_v7().simple().to_string()[20..]);
-    let topic = format!("relayed.{group}");
-    let consumer = Reaped(
-        consume("warn", broker_url, &r.url(), &topic, &group, &dead.url)
-            .spawn()
-            .unwrap(),
-    );
-    // The group's queue, stream group or consumer exists once the consumer
-    // has subscribed; a Kafka group join takes longest.
-    tokio::time::sleep(Duration::from_secs(if broker_url.starts_with("kafka") {
-        25
-    } else {
-        3
-    }))
-    .await;
+    let t = Through::new("relayed").await;
+    let consumer = spawn_subscribed(&mut t.consume(broker_url)).await;
     let sent: Vec<Message> = (0..20)
-        .map(|i| Message::event(&topic, format!("{{\"n\":{i}}}")).with_key(format!("k{}", i % 4)))
+        .map(|i| Message::event(&t.topic, format!("{{\"n\":{i}}}")).with_key(format!("k{}", i % 4)))
         .collect();
-    enqueue(&db, &sent).await;
-    let relay = Reaped(spawn_relay(&outbox.url, broker_url, &[]));
+    let relay = t.relay(&sent, broker_url).await;
     wait_until(
         "every message relayed and consumed",
         Duration::from_secs(90),
-        || r.applied().len() == sent.len(),
+        || t.r.applied().len() == sent.len(),
     )
     .await;
     let mut got: Vec<(String, Option<String>)> =
-        r.applied().into_iter().map(|m| (m.id, m.key)).collect();
+        t.r.applied().into_iter().map(|m| (m.id, m.key)).collect();
     let mut want: Vec<(String, Option<String>)> = sent
         .iter()
         .map(|m| (m.id.to_string(), m.key.clone()))
@@ -465,7 +521,7 @@ async fn relay_and_consume_through_redis() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn relay_and_consume_through_kafka() {
-    relay_and_consume_through("kafka://127.0.0.1:19092?topic_prefix=ferrydaemontest.").await;
+    relay_and_consume_through(KAFKA).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -591,45 +647,29 @@ async fn an_unreachable_database_is_retried_not_fatal() {
 /// `commit_interval=0s`, nothing would come again.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_kafka_consumer_killed_between_commits_redelivers_and_the_receiver_applies_once() {
-    let outbox = SqliteTestDb::create();
-    let dead = SqliteTestDb::create();
-    let db = migrated(&format!("{}?mode=rwc", outbox.url)).await;
-    let r = Receiver::start().await;
-    let group = format!("g{}", &uuid::Uuid::now_v7().simple().to_string()[20..]);
-    let topic = format!("killed.{group}");
-    let broker = "kafka://127.0.0.1:19092?topic_prefix=ferrydaemontest.";
+    let t = Through::new("killed").await;
     // A dead member leaves the group after 6 s rather than librdkafka's 45.
     let from =
-        format!("{broker}&commit_interval=1h&session.timeout.ms=6000&heartbeat.interval.ms=1000");
-    let spawn = || {
-        Reaped(
-            consume("warn", &from, &r.url(), &topic, &group, &dead.url)
-                .spawn()
-                .unwrap(),
-        )
-    };
-    let mut first = spawn();
-    // A Kafka group join takes long (see relay_and_consume_through).
-    tokio::time::sleep(Duration::from_secs(25)).await;
+        format!("{KAFKA}&commit_interval=1h&session.timeout.ms=6000&heartbeat.interval.ms=1000");
+    let mut first = spawn_subscribed(&mut t.consume(&from)).await;
     let sent: Vec<Message> = (0..20)
-        .map(|i| Message::event(&topic, format!("{{\"n\":{i}}}")).with_key(format!("k{}", i % 4)))
+        .map(|i| Message::event(&t.topic, format!("{{\"n\":{i}}}")).with_key(format!("k{}", i % 4)))
         .collect();
-    enqueue(&db, &sent).await;
-    let relay = Reaped(spawn_relay(&outbox.url, broker, &[]));
+    let relay = t.relay(&sent, KAFKA).await;
     wait_until("every message applied", Duration::from_secs(90), || {
-        r.applied().len() == sent.len()
+        t.r.applied().len() == sent.len()
     })
     .await;
-    let before = r.requests().len();
+    let before = t.r.requests().len();
     sigkill(&mut first.0);
-    let second = spawn();
+    let second = Reaped(t.consume(&from).spawn().unwrap());
     wait_until(
         "the acknowledged messages handed out again",
         Duration::from_secs(120),
-        || r.requests().len() >= before + sent.len(),
+        || t.r.requests().len() >= before + sent.len(),
     )
     .await;
-    let applied: Vec<String> = r.applied().into_iter().map(|m| m.id).collect();
+    let applied: Vec<String> = t.r.applied().into_iter().map(|m| m.id).collect();
     let applied_set: HashSet<String> = applied.iter().cloned().collect();
     let sent_ids: HashSet<String> = sent.iter().map(|m| m.id.to_string()).collect();
     assert_eq!(applied.len(), sent.len(), "applied once each");
@@ -647,38 +687,24 @@ async fn a_kafka_consumer_killed_between_commits_redelivers_and_the_receiver_app
 /// applied in the order they were published.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kafka_keeps_each_keys_order_across_a_downstream_outage() {
-    let outbox = SqliteTestDb::create();
-    let dead = SqliteTestDb::create();
-    let db = migrated(&format!("{}?mode=rwc", outbox.url)).await;
-    let r = Receiver::start().await;
-    r.set_mode(ferry_testkit::Mode::Down);
-    let group = format!("g{}", &uuid::Uuid::now_v7().simple().to_string()[20..]);
-    let topic = format!("outage.{group}");
-    let broker = "kafka://127.0.0.1:19092?topic_prefix=ferrydaemontest.";
-    let consumer = Reaped(
-        consume("warn", broker, &r.url(), &topic, &group, &dead.url)
-            .args(["--prefetch", "64"])
-            .spawn()
-            .unwrap(),
-    );
-    // A Kafka group join takes long (see relay_and_consume_through).
-    tokio::time::sleep(Duration::from_secs(25)).await;
+    let t = Through::new("outage").await;
+    t.r.set_mode(ferry_testkit::Mode::Down);
+    let consumer = spawn_subscribed(t.consume(KAFKA).args(["--prefetch", "64"])).await;
     let n = 200;
     let sent: Vec<Message> = (0..n)
-        .map(|i| Message::event(&topic, format!("{}:{i}", i % 4)).with_key(format!("k{}", i % 4)))
+        .map(|i| Message::event(&t.topic, format!("{}:{i}", i % 4)).with_key(format!("k{}", i % 4)))
         .collect();
-    enqueue(&db, &sent).await;
-    let relay = Reaped(spawn_relay(&outbox.url, broker, &[]));
+    let relay = t.relay(&sent, KAFKA).await;
     wait_until("the endpoint tried", Duration::from_secs(60), || {
-        r.requests_while_down() >= 8
+        t.r.requests_while_down() >= 8
     })
     .await;
     tokio::time::sleep(Duration::from_secs(2)).await;
-    r.set_mode(ferry_testkit::Mode::Up);
+    t.r.set_mode(ferry_testkit::Mode::Up);
     wait_until("every message applied", Duration::from_secs(90), || {
-        r.applied().len() == n
+        t.r.applied().len() == n
     })
     .await;
-    assert_in_order_per_key(&r);
+    assert_in_order_per_key(&t.r);
     drop((relay, consumer));
 }
