@@ -91,7 +91,9 @@ impl Database {
     }
 
     /// Opens a pool. A SQLite file is created when missing unless the URL
-    /// says otherwise (`?mode=ro`, `?mode=rw`).
+    /// says otherwise (`?mode=ro`, `?mode=rw`), and opened in WAL mode; an
+    /// open that finds the file locked by another connection (several
+    /// processes opening a new file at once) is tried again for up to 10 s.
     pub async fn connect_with(url: &str, options: &ConnectOptions) -> Result<Self, StoreError> {
         match DatabaseKind::of(url)? {
             DatabaseKind::Postgres => {
