@@ -118,7 +118,7 @@ impl Database {
                 }
                 let connect = connect
                     .journal_mode(SqliteJournalMode::Wal)
-                    .busy_timeout(Duration::from_secs(10))
+                    .busy_timeout(SQLITE_PATIENCE)
                     .foreign_keys(true);
                 Ok(Database::Sqlite(open_sqlite(options, connect).await?))
             }
@@ -224,11 +224,9 @@ impl Database {
     }
 }
 
-/// A pool's options: `options`' size, a ten-second wait for a connection,
-/// and `on_connect` (setting the lease) run on every new connection.
-/// How long an open of a SQLite file is tried again while another
-/// connection holds it locked (SQLite's own `busy_timeout` for statements).
-const SQLITE_OPEN_PATIENCE: Duration = Duration::from_secs(10);
+/// How long a SQLite statement waits for a lock (`busy_timeout`), and how
+/// long an open is tried again while another connection holds the file.
+const SQLITE_PATIENCE: Duration = Duration::from_secs(10);
 
 /// Opens a SQLite pool, trying again while the file is busy.
 ///
@@ -240,7 +238,7 @@ async fn open_sqlite(
     options: &ConnectOptions,
     connect: SqliteConnectOptions,
 ) -> Result<SqlitePool, sqlx::Error> {
-    let deadline = tokio::time::Instant::now() + SQLITE_OPEN_PATIENCE;
+    let deadline = tokio::time::Instant::now() + SQLITE_PATIENCE;
     let mut pause = Duration::from_millis(5);
     loop {
         match pool_options(options, None)
@@ -264,6 +262,8 @@ fn is_sqlite_busy(e: &sqlx::Error) -> bool {
     matches!(code.parse::<i32>().map(|c| c & 0xff), Ok(5 | 6))
 }
 
+/// A pool's options: `options`' size, a ten-second wait for a connection,
+/// and `on_connect` (setting the lease) run on every new connection.
 fn pool_options<DB: Dialect>(
     options: &ConnectOptions,
     on_connect: Option<String>,
