@@ -119,15 +119,17 @@ each_db!(
     |env: Env| async move {
         let (old, new) = (MessageId::new(), MessageId::new());
         with_pool!(env, (|p| record_committed(p, "billing", old)));
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        env.age_inbox_two_hours().await;
         with_pool!(env, (|p| record_committed(p, "billing", new)));
         assert_eq!(
-            env.db.prune_inbox(Duration::from_secs(3600)).await.unwrap(),
-            0
+            env.db.prune_inbox(Duration::from_secs(3 * 3600)).await.unwrap(),
+            0,
+            "nothing is three hours old"
         );
         assert_eq!(
-            env.db.prune_inbox(Duration::from_millis(25)).await.unwrap(),
-            1
+            env.db.prune_inbox(Duration::from_secs(3600)).await.unwrap(),
+            1,
+            "only the row two hours old goes"
         );
         assert_eq!(env.scalar("SELECT COUNT(*) FROM ferry_inbox").await, 1);
         assert_eq!(

@@ -201,6 +201,23 @@ impl Env {
             .unwrap())
     }
 
+    /// Moves every inbox row's `received_at` two hours into the past, so a
+    /// retention test does not depend on how fast the machine runs.
+    pub async fn age_inbox_two_hours(&self) {
+        let sql = match &self.db {
+            Database::Postgres(_) => {
+                "UPDATE ferry_inbox SET received_at = now() - interval '2 hours'"
+            }
+            Database::Mysql(_) => {
+                "UPDATE ferry_inbox SET received_at = CURRENT_TIMESTAMP(6) - INTERVAL 2 HOUR"
+            }
+            Database::Sqlite(_) => {
+                "UPDATE ferry_inbox SET received_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now', '-2 hours')"
+            }
+        };
+        self.exec(sql).await
+    }
+
     pub async fn scalar(&self, sql: &str) -> i64 {
         on_pool!(&self.db, |p| sqlx::query_scalar(sql)
             .fetch_one(p)
