@@ -9,6 +9,16 @@
 //!   adapter's semantics (a durable group, each message acknowledged after
 //!   it was taken, at most `--prefetch` unacknowledged): the consuming
 //!   baseline;
+//! * **raw with Ferry's envelope** (NATS, Redis and Kafka): the same two
+//!   loops, but each message carries what Ferry puts on the wire beside the
+//!   payload (the CloudEvents attributes of
+//!   [`binary_headers`](ferry_core::cloudevents::binary_headers), encoded as
+//!   the adapter encodes them), built while the clock runs, and each message
+//!   consumed is decoded back with
+//!   [`from_binary_headers`](ferry_core::cloudevents::from_binary_headers).
+//!   Ferry's figure divided by this one is what the adapter costs beyond
+//!   the envelope; divided by the bare raw figure, what a user sees against
+//!   their client sending payloads alone;
 //! * **ferry publish**: the adapter's [`Sink`] delivers the same messages in
 //!   batches of `--batch-size` (or the sink's own limit), as the relay does;
 //! * **ferry consume**: the adapter's [`Subscriber`] hands them to one
@@ -22,6 +32,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use bytes::Bytes;
+use ferry_core::cloudevents::{binary_headers, from_binary_headers};
 use ferry_core::{Message, Sink, Subscriber, Subscription};
 use futures::stream::FuturesUnordered;
 use futures::StreamExt;
@@ -74,19 +85,38 @@ pub struct BrokersArgs {
 pub trait Target: Send + Sync {
     /// Short name, as in `--broker`.
     fn name(&self) -> &'static str;
-    /// Publishes `payloads` to `topic` with the client crate alone, in
+    /// Publishes `messages` to `topic` with the client crate alone, in
     /// batches of `batch` whose acknowledgements are awaited together, then
     /// consumes them with the same crate, at most `prefetch` unacknowledged;
     /// returns how long each took (consuming: from the first message
     /// received to the last acknowledged), connecting and declaring left
     /// out (as the adapter's sink is connected before its clock starts).
+    /// With `envelope`, each message carries Ferry's envelope (its
+    /// CloudEvents headers, encoded as the adapter encodes them) and is
+    /// decoded back as it is consumed; without, the payload alone.
     fn raw<'a>(
         &'a self,
         topic: &'a str,
-        payloads: &'a [Bytes],
+        messages: &'a [Message],
+        envelope: bool,
         batch: usize,
         prefetch: usize,
     ) -> ferry_core::BoxFuture<'a, anyhow::Result<RawTimes>>;
+    /// Whether [`raw`](Self::raw) can carry Ferry's envelope.
+    fn has_envelope(&self) -> bool;
+    /// Whether a new group of this broker starts at the topic's beginning,
+    /// so that Ferry's side, like the raw side, can publish before it
+    /// subscribes (no consumer fetching beside the publisher). Where a new
+    /// group starts at the end, Ferry subscribes first.
+    fn group_starts_at_beginning(&self) -> bool {
+        false
+    }
+    /// A topic the adapter's sink delivers one message to before its clock
+    /// starts, where the client's first delivery pays a one-time start (as
+    /// the raw side does before its own clock).
+    fn warm_up_topic(&self) -> Option<&'static str> {
+        None
+    }
     /// The adapter's sink.
     fn sink(&self) -> ferry_core::BoxFuture<'_, anyhow::Result<Arc<dyn Sink>>>;
     /// The adapter's subscriber.
@@ -165,6 +195,8 @@ async fn within<T>(
 struct Rates {
     raw: f64,
     raw_consume: f64,
+    /// Raw publish and consume with Ferry's envelope, where measured.
+    enveloped: Option<(f64, f64)>,
     publish: f64,
     consume: f64,
     /// Outbox to consumer with inbox, and the inbox transactions' ceiling.
@@ -195,7 +227,7 @@ pub async fn run(args: &BrokersArgs, tsv: &Tsv) -> anyhow::Result<()> {
                 .await
                 .with_context(|| format!("{} run {run}", target.name()))?;
             println!(
-                "   run {run}/{}: raw publish {} msg/s; ferry publish {} msg/s ({}); raw consume {} msg/s; ferry consume {} msg/s ({}){}",
+                "   run {run}/{}: raw publish {} msg/s; ferry publish {} msg/s ({}); raw consume {} msg/s; ferry consume {} msg/s ({}){}{}",
                 args.runs,
                 thousands(rates.raw),
                 thousands(rates.publish),
@@ -203,6 +235,13 @@ pub async fn run(args: &BrokersArgs, tsv: &Tsv) -> anyhow::Result<()> {
                 thousands(rates.raw_consume),
                 thousands(rates.consume),
                 ratio(rates.consume, rates.raw_consume),
+                rates.enveloped.map_or(String::new(), |(p, c)| format!(
+                    "; raw with ferry's envelope: publish {} msg/s (ferry {}), consume {} msg/s (ferry {})",
+                    thousands(p),
+                    ratio(rates.publish, p),
+                    thousands(c),
+                    ratio(rates.consume, c)
+                )),
                 rates.end_to_end.map_or(String::new(), |(e, ceiling)| format!(
                     "; outbox->consumer with inbox {} msg/s ({} of raw publish, {} of the {} msg/s inbox-transaction ceiling)",
                     thousands(e),
@@ -217,6 +256,10 @@ pub async fn run(args: &BrokersArgs, tsv: &Tsv) -> anyhow::Result<()> {
                 ("raw-consume", rates.raw_consume),
                 ("consume", rates.consume),
             ];
+            if let Some((p, c)) = rates.enveloped {
+                figures.push(("raw-envelope-publish", p));
+                figures.push(("raw-envelope-consume", c));
+            }
             if let Some((e, ceiling)) = rates.end_to_end {
                 figures.push(("end-to-end", e));
                 figures.push(("inbox-ceiling", ceiling));
@@ -249,27 +292,44 @@ pub async fn run(args: &BrokersArgs, tsv: &Tsv) -> anyhow::Result<()> {
             .filter_map(|r| r.end_to_end.map(|e| e.1))
             .collect();
         let e2e = (!e2e.is_empty()).then(|| (median(&e2e), median(&ceiling)));
+        let enveloped = runs.iter().all(|r| r.enveloped.is_some()).then(|| {
+            (
+                med(|r| r.enveloped.map_or(0.0, |e| e.0)),
+                med(|r| r.enveloped.map_or(0.0, |e| e.1)),
+            )
+        });
         summary.push((
             target.name(),
             med(|r| r.raw),
             med(|r| r.publish),
             med(|r| r.raw_consume),
             med(|r| r.consume),
+            enveloped,
             e2e,
         ));
     }
     println!();
-    println!("| broker | raw publish msg/s | ferry publish msg/s | ÷ raw | raw consume msg/s | ferry consume msg/s | ÷ raw | outbox → consumer + inbox (PostgreSQL) msg/s | ÷ raw publish | ÷ inbox ceiling |");
-    println!("|---|---|---|---|---|---|---|---|---|---|");
-    for (name, raw, publish, raw_consume, consume, e2e) in summary {
+    println!("| broker | raw publish msg/s | ferry publish msg/s | ÷ raw | ÷ raw with envelope (its msg/s) | raw consume msg/s | ferry consume msg/s | ÷ raw | ÷ raw with envelope (its msg/s) | outbox → consumer + inbox (PostgreSQL) msg/s | ÷ raw publish | ÷ inbox ceiling |");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
+    for (name, raw, publish, raw_consume, consume, enveloped, e2e) in summary {
         println!(
-            "| {name} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {name} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
             thousands(raw),
             thousands(publish),
             ratio(publish, raw),
+            enveloped.map_or("—".to_owned(), |(p, _)| format!(
+                "{} ({})",
+                ratio(publish, p),
+                thousands(p)
+            )),
             thousands(raw_consume),
             thousands(consume),
             ratio(consume, raw_consume),
+            enveloped.map_or("—".to_owned(), |(_, c)| format!(
+                "{} ({})",
+                ratio(consume, c),
+                thousands(c)
+            )),
             e2e.map_or("—".to_owned(), |(e, _)| thousands(e)),
             e2e.map_or("—".to_owned(), |(e, _)| ratio(e, raw)),
             e2e.map_or("—".to_owned(), |(e, ceiling)| format!(
@@ -433,24 +493,69 @@ async fn measure(target: &dyn Target, args: &BrokersArgs) -> anyhow::Result<Rate
     let payloads: Vec<Bytes> = (0..args.messages)
         .map(|i| payload(args.payload, i))
         .collect();
+    let rates = |took: RawTimes| {
+        (
+            args.messages as f64 / took.publish.as_secs_f64().max(1e-9),
+            args.messages as f64 / took.consume.as_secs_f64().max(1e-9),
+        )
+    };
 
+    let raw_messages: Vec<Message> = payloads
+        .iter()
+        .map(|p| Message::event(&raw_topic, p.clone()))
+        .collect();
     let took = target
-        .raw(&raw_topic, &payloads, args.batch_size, args.prefetch)
+        .raw(
+            &raw_topic,
+            &raw_messages,
+            false,
+            args.batch_size,
+            args.prefetch,
+        )
         .await
         .context("raw publish and consume")?;
-    let raw = args.messages as f64 / took.publish.as_secs_f64().max(1e-9);
-    let raw_consume = args.messages as f64 / took.consume.as_secs_f64().max(1e-9);
+    let (raw, raw_consume) = rates(took);
     target.clean(&raw_topic).await;
+    let enveloped = if target.has_envelope() {
+        let topic = format!("bench-env-{}", &id[20..]);
+        let messages: Vec<Message> = payloads
+            .iter()
+            .map(|p| Message::event(&topic, p.clone()))
+            .collect();
+        let took = target
+            .raw(&topic, &messages, true, args.batch_size, args.prefetch)
+            .await
+            .context("raw publish and consume with ferry's envelope")?;
+        target.clean(&topic).await;
+        Some(rates(took))
+    } else {
+        None
+    };
 
-    // The group exists before anything is published, so it gets everything.
+    // A group that starts at the end exists before anything is published,
+    // so it gets everything; one that starts at the beginning subscribes
+    // after publishing, as the raw side does.
     let subscriber = target.subscriber().await?;
     let subscription = Subscription::new(&topic, "bench").with_prefetch(args.prefetch);
-    let mut stream = subscriber
-        .subscribe(&subscription)
-        .await
-        .map_err(|e| anyhow::anyhow!("subscribe: {}", e.describe()))?;
+    let subscribe = || async {
+        subscriber
+            .subscribe(&subscription)
+            .await
+            .map_err(|e| anyhow::anyhow!("subscribe: {}", e.describe()))
+    };
+    let mut early = if target.group_starts_at_beginning() {
+        None
+    } else {
+        Some(subscribe().await?)
+    };
 
     let sink = target.sink().await?;
+    if let Some(warm) = target.warm_up_topic() {
+        let message = Message::event(warm, Bytes::from_static(b"{}"));
+        if let Some(Err(e)) = sink.deliver(std::slice::from_ref(&message)).await.pop() {
+            bail!("ferry warm-up: {}", e.describe());
+        }
+    }
     let messages: Vec<Message> = payloads
         .iter()
         .map(|p| Message::event(&topic, p.clone()))
@@ -468,6 +573,10 @@ async fn measure(target: &dyn Target, args: &BrokersArgs) -> anyhow::Result<Rate
         }
     }
     let publish = args.messages as f64 / start.elapsed().as_secs_f64();
+    let mut stream = match early.take() {
+        Some(stream) => stream,
+        None => subscribe().await?,
+    };
 
     let mut acks = FuturesUnordered::new();
     let mut received = 0;
@@ -512,6 +621,7 @@ async fn measure(target: &dyn Target, args: &BrokersArgs) -> anyhow::Result<Rate
     Ok(Rates {
         raw,
         raw_consume,
+        enveloped,
         publish,
         consume,
         end_to_end,
@@ -540,10 +650,14 @@ mod nats {
         fn name(&self) -> &'static str {
             "nats"
         }
+        fn has_envelope(&self) -> bool {
+            true
+        }
         fn raw<'a>(
             &'a self,
             topic: &'a str,
-            payloads: &'a [Bytes],
+            messages: &'a [Message],
+            envelope: bool,
             batch: usize,
             prefetch: usize,
         ) -> ferry_core::BoxFuture<'a, anyhow::Result<RawTimes>> {
@@ -558,13 +672,18 @@ mod nats {
                 .await?;
                 let subject = format!("ferrybench.{topic}");
                 let start = Instant::now();
-                for chunk in payloads.chunks(batch) {
+                for chunk in messages.chunks(batch) {
                     let mut acks = Vec::with_capacity(chunk.len());
-                    for p in chunk {
+                    for m in chunk {
                         let mut headers = async_nats::HeaderMap::new();
-                        headers.insert("Nats-Msg-Id", uuid::Uuid::now_v7().to_string().as_str());
+                        if envelope {
+                            for (name, value) in binary_headers(m, "/ferry/bench") {
+                                headers.insert(name.as_str(), value.as_str());
+                            }
+                        }
+                        headers.insert("Nats-Msg-Id", m.id.to_string().as_str());
                         acks.push(
-                            js.publish_with_headers(subject.clone(), headers, p.clone())
+                            js.publish_with_headers(subject.clone(), headers, m.payload.clone())
                                 .await?,
                         );
                     }
@@ -590,7 +709,8 @@ mod nats {
                         ..Default::default()
                     })
                     .await?;
-                let mut messages = consumer
+                let messages_len = messages.len();
+                let mut pulled = consumer
                     .stream()
                     .max_messages_per_batch(prefetch)
                     .heartbeat(Duration::from_secs(5))
@@ -598,19 +718,33 @@ mod nats {
                     .messages()
                     .await?;
                 let mut clock = ConsumeClock::default();
-                for received in 0..payloads.len() {
-                    let message = within("raw consume", received, messages.next())
+                for received in 0..messages_len {
+                    let message = within("raw consume", received, pulled.next())
                         .await?
                         .context("raw consume: the pull stream ended")?
                         .map_err(|e| anyhow::anyhow!("raw consume: {e}"))?;
                     clock.received();
+                    if envelope {
+                        let headers = message
+                            .headers
+                            .iter()
+                            .flat_map(|h| h.iter())
+                            .filter(|(name, _)| !AsRef::<str>::as_ref(*name).starts_with("Nats-"))
+                            .filter_map(|(name, values)| {
+                                values.first().map(|v| {
+                                    (AsRef::<str>::as_ref(name).to_owned(), v.as_str().to_owned())
+                                })
+                            });
+                        from_binary_headers(headers, message.payload.clone())
+                            .map_err(|e| anyhow::anyhow!("raw decode: {e}"))?;
+                    }
                     message
                         .ack()
                         .await
                         .map_err(|e| anyhow::anyhow!("raw ack: {e}"))?;
                 }
                 let consume = clock.elapsed();
-                drop(messages);
+                drop(pulled);
                 let _ = stream.delete_consumer(&durable).await;
                 Ok(RawTimes { publish, consume })
             })
@@ -642,6 +776,10 @@ mod nats {
         }
     }
 }
+
+/// The Kafka topic both sides' producers send one record to before their
+/// clocks start.
+const KAFKA_WARM_UP: &str = "ferrybench.warm-up";
 
 /// RabbitMQ, Redis, Kafka and SQS: Ferry's side from the adapter's URL, the
 /// raw side with the adapter's own client crate and the same durability
@@ -684,19 +822,41 @@ mod others {
         fn name(&self) -> &'static str {
             self.name
         }
+        fn has_envelope(&self) -> bool {
+            matches!(self.raw, Raw::Redis(_) | Raw::Kafka(_))
+        }
+        fn group_starts_at_beginning(&self) -> bool {
+            // A new Kafka group is pinned at the low watermark.
+            matches!(self.raw, Raw::Kafka(_))
+        }
+        fn warm_up_topic(&self) -> Option<&'static str> {
+            // Ferry's topic_prefix `ferrybench.` makes KAFKA_WARM_UP.
+            matches!(self.raw, Raw::Kafka(_)).then_some("warm-up")
+        }
         fn raw<'a>(
             &'a self,
             topic: &'a str,
-            payloads: &'a [Bytes],
+            messages: &'a [Message],
+            envelope: bool,
             batch: usize,
             prefetch: usize,
         ) -> ferry_core::BoxFuture<'a, anyhow::Result<RawTimes>> {
             Box::pin(async move {
+                let payloads =
+                    || -> Vec<Bytes> { messages.iter().map(|m| m.payload.clone()).collect() };
                 match &self.raw {
-                    Raw::Amqp(url) => amqp(url, topic, payloads, batch, prefetch).await,
-                    Raw::Redis(url) => redis_raw(url, topic, payloads, batch, prefetch).await,
-                    Raw::Kafka(brokers) => kafka(brokers, topic, payloads, batch).await,
-                    Raw::Sqs(endpoint) => sqs(endpoint, topic, payloads).await,
+                    Raw::Amqp(url) => {
+                        anyhow::ensure!(!envelope, "no raw amqp loop with ferry's envelope");
+                        amqp(url, topic, &payloads(), batch, prefetch).await
+                    }
+                    Raw::Redis(url) => {
+                        redis_raw(url, topic, messages, envelope, batch, prefetch).await
+                    }
+                    Raw::Kafka(brokers) => kafka(brokers, topic, messages, envelope, batch).await,
+                    Raw::Sqs(endpoint) => {
+                        anyhow::ensure!(!envelope, "no raw sqs loop with ferry's envelope");
+                        sqs(endpoint, topic, &payloads()).await
+                    }
                 }
             })
         }
@@ -834,7 +994,8 @@ mod others {
     async fn redis_raw(
         url: &str,
         topic: &str,
-        payloads: &[Bytes],
+        messages: &[Message],
+        envelope: bool,
         batch: usize,
         prefetch: usize,
     ) -> anyhow::Result<RawTimes> {
@@ -844,14 +1005,24 @@ mod others {
         let mut connection = client.get_multiplexed_async_connection().await?;
         let key = format!("ferrybench.raw.{topic}");
         let start = Instant::now();
-        for chunk in payloads.chunks(batch) {
+        for chunk in messages.chunks(batch) {
             let mut pipe = redis::pipe();
-            for p in chunk {
-                pipe.cmd("XADD")
+            for m in chunk {
+                let cmd = pipe
+                    .cmd("XADD")
                     .arg(&key)
                     .arg("*")
                     .arg("payload")
-                    .arg(p.as_ref());
+                    .arg(m.payload.as_ref());
+                if envelope {
+                    // The adapter's layout: the headers as one JSON object.
+                    let headers: serde_json::Map<String, serde_json::Value> =
+                        binary_headers(m, "/ferry/bench")
+                            .into_iter()
+                            .map(|(k, v)| (k, serde_json::Value::String(v)))
+                            .collect();
+                    cmd.arg("headers").arg(serde_json::to_vec(&headers)?);
+                }
             }
             let _: Vec<String> = pipe.query_async(&mut connection).await?;
         }
@@ -866,19 +1037,29 @@ mod others {
             .block(1000);
         let mut clock = ConsumeClock::default();
         let mut received = 0;
-        while received < payloads.len() {
+        while received < messages.len() {
             let reply: Option<StreamReadReply> = within(
                 "raw consume",
                 received,
                 connection.xread_options(&[&key], &[">"], &options),
             )
             .await??;
-            let ids: Vec<String> = reply
-                .into_iter()
-                .flat_map(|r| r.keys)
-                .flat_map(|k| k.ids)
-                .map(|entry| entry.id)
-                .collect();
+            let mut ids = Vec::new();
+            for entry in reply.into_iter().flat_map(|r| r.keys).flat_map(|k| k.ids) {
+                if envelope {
+                    let field = |name: &str| -> anyhow::Result<Vec<u8>> {
+                        match entry.map.get(name) {
+                            Some(redis::Value::BulkString(b)) => Ok(b.clone()),
+                            other => bail!("raw decode: field {name} is {other:?}"),
+                        }
+                    };
+                    let headers: std::collections::BTreeMap<String, String> =
+                        serde_json::from_slice(&field("headers")?)?;
+                    from_binary_headers(headers, Bytes::from(field("payload")?))
+                        .map_err(|e| anyhow::anyhow!("raw decode: {e}"))?;
+                }
+                ids.push(entry.id);
+            }
             if ids.is_empty() {
                 continue;
             }
@@ -897,13 +1078,16 @@ mod others {
     async fn kafka(
         brokers: &str,
         topic: &str,
-        payloads: &[Bytes],
+        messages: &[Message],
+        envelope: bool,
         batch: usize,
     ) -> anyhow::Result<RawTimes> {
         use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
         use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
-        use rdkafka::producer::{FutureProducer, FutureRecord};
+        use rdkafka::message::{Header, Headers, OwnedHeaders};
+        use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
         use rdkafka::ClientConfig;
+        use rdkafka::Message as _;
         let mut config = ClientConfig::new();
         config
             .set("bootstrap.servers", brokers)
@@ -911,18 +1095,49 @@ mod others {
             .set("acks", "all");
         let name = format!("ferrybench.raw.{topic}");
         let admin: AdminClient<_> = config.create()?;
+        // As the adapter's sink does: wait until the topic is created.
+        let created = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
         admin
             .create_topics(
-                &[NewTopic::new(&name, 1, TopicReplication::Fixed(1))],
-                &AdminOptions::new(),
+                &[
+                    NewTopic::new(&name, 1, TopicReplication::Fixed(1)),
+                    NewTopic::new(KAFKA_WARM_UP, 1, TopicReplication::Fixed(1)),
+                ],
+                &created,
             )
             .await?;
         let producer: FutureProducer = config.create()?;
+        // The producer's first delivery waits for its idempotent producer
+        // id (about 0.5 s on tansu), which a long-running relay pays once:
+        // one record to a topic of its own before the clock, as Ferry's side.
+        let warm = FutureRecord::<str, [u8]>::to(KAFKA_WARM_UP).payload(b"{}");
+        if let Err((e, _)) = producer.send(warm, Duration::from_secs(10)).await {
+            bail!("kafka warm-up failed: {e}");
+        }
+        // Also know the topic's leader, as the sink does once it has sent.
+        let metadata = producer.clone();
+        let topic_name = name.clone();
+        tokio::task::spawn_blocking(move || {
+            metadata
+                .client()
+                .fetch_metadata(Some(&topic_name), Duration::from_secs(10))
+        })
+        .await??;
         let start = Instant::now();
-        for chunk in payloads.chunks(batch) {
+        for chunk in messages.chunks(batch) {
             let mut reports = Vec::with_capacity(chunk.len());
-            for p in chunk {
-                let record = FutureRecord::<str, [u8]>::to(&name).payload(p.as_ref());
+            for m in chunk {
+                let mut record = FutureRecord::<str, [u8]>::to(&name).payload(m.payload.as_ref());
+                if envelope {
+                    let mut headers = OwnedHeaders::new_with_capacity(8);
+                    for (name, value) in binary_headers(m, "/ferry/bench") {
+                        headers = headers.insert(Header {
+                            key: &name,
+                            value: Some(&value),
+                        });
+                    }
+                    record = record.headers(headers);
+                }
                 match producer.send_result(record) {
                     Ok(report) => reports.push(report),
                     Err((e, _)) => bail!("kafka refused a record: {e}"),
@@ -950,9 +1165,21 @@ mod others {
             .create()?;
         consumer.subscribe(&[&name])?;
         let mut clock = ConsumeClock::default();
-        for received in 0..payloads.len() {
+        for received in 0..messages.len() {
             let message = within("raw consume", received, consumer.recv()).await??;
             clock.received();
+            if envelope {
+                let mut headers = Vec::with_capacity(8);
+                if let Some(h) = message.headers() {
+                    for header in h.iter() {
+                        let value = std::str::from_utf8(header.value.unwrap_or_default())?;
+                        headers.push((header.key.to_owned(), value.to_owned()));
+                    }
+                }
+                let payload = Bytes::copy_from_slice(message.payload().unwrap_or_default());
+                from_binary_headers(headers, payload)
+                    .map_err(|e| anyhow::anyhow!("raw decode: {e}"))?;
+            }
             consumer.store_offset_from_message(&message)?;
         }
         let consume = clock.elapsed();
