@@ -122,7 +122,10 @@ each_db!(
         env.age_inbox_two_hours().await;
         with_pool!(env, (|p| record_committed(p, "billing", new)));
         assert_eq!(
-            env.db.prune_inbox(Duration::from_secs(3 * 3600)).await.unwrap(),
+            env.db
+                .prune_inbox(Duration::from_secs(3 * 3600))
+                .await
+                .unwrap(),
             0,
             "nothing is three hours old"
         );
