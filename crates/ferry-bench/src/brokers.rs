@@ -1015,13 +1015,15 @@ mod others {
                     .arg("payload")
                     .arg(m.payload.as_ref());
                 if envelope {
-                    // The adapter's layout: the headers as one JSON object.
-                    let headers: serde_json::Map<String, serde_json::Value> =
-                        binary_headers(m, "/ferry/bench")
-                            .into_iter()
-                            .map(|(k, v)| (k, serde_json::Value::String(v)))
-                            .collect();
-                    cmd.arg("headers").arg(serde_json::to_vec(&headers)?);
+                    // The adapter's layout: the headers as one JSON object,
+                    // written straight from the pairs, as the adapter does.
+                    let headers = binary_headers(m, "/ferry/bench");
+                    let mut json = Vec::with_capacity(256);
+                    serde::Serializer::collect_map(
+                        &mut serde_json::Serializer::new(&mut json),
+                        headers.iter().map(|(k, v)| (k, v)),
+                    )?;
+                    cmd.arg("headers").arg(json);
                 }
             }
             let _: Vec<String> = pipe.query_async(&mut connection).await?;
