@@ -543,7 +543,7 @@ async fn measure(target: &dyn Target, args: &BrokersArgs) -> anyhow::Result<Rate
             .await
             .map_err(|e| anyhow::anyhow!("subscribe: {}", e.describe()))
     };
-    let mut early = if target.group_starts_at_beginning() {
+    let early = if target.group_starts_at_beginning() {
         None
     } else {
         Some(subscribe().await?)
@@ -573,7 +573,7 @@ async fn measure(target: &dyn Target, args: &BrokersArgs) -> anyhow::Result<Rate
         }
     }
     let publish = args.messages as f64 / start.elapsed().as_secs_f64();
-    let mut stream = match early.take() {
+    let mut stream = match early {
         Some(stream) => stream,
         None => subscribe().await?,
     };
@@ -1116,7 +1116,8 @@ mod others {
         if let Err((e, _)) = producer.send(warm, Duration::from_secs(10)).await {
             bail!("kafka warm-up failed: {e}");
         }
-        // Also know the topic's leader, as the sink does once it has sent.
+        // The raw side also learns the topic's leader before its clock;
+        // Ferry's sink learns it within its own, so this favours raw.
         let metadata = producer.clone();
         let topic_name = name.clone();
         tokio::task::spawn_blocking(move || {
